@@ -1,0 +1,351 @@
+//! The metadata arena: memory for the allocator's own structures (region descriptors,
+//! tree nodes, heaps) and for allocations made by our dependencies while we are inside
+//! the allocator (the re-entrancy bootstrap path of DESIGN.md §5). It owns its arenas and
+//! calls only `os` and `space`; it never touches the region table, so it can serve any
+//! caller at any depth without recursion.
+//!
+//! Layout: 1 GiB reservations, cut into 64 KiB chunks. Chunk 0 holds a table with one
+//! word per chunk: the power-of-two block class the chunk was carved into, or the length
+//! of a multi-chunk span. Freed blocks go to per-class free lists. One spin lock guards
+//! it all; every section is a few list operations (no syscall except when a new arena is
+//! reserved, a once-per-GiB event).
+
+use crate::os;
+use crate::space::{self, SlotKind};
+use crate::sync::SpinLock;
+use core::ptr;
+
+/// Meta arenas are reserved this large and aligned, so `p & !(ARENA_SIZE - 1)` finds the
+/// chunk table of any meta pointer.
+const ARENA_SIZE: usize = 1 << 30;
+const CHUNK_SHIFT: u32 = 16;
+const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
+const CHUNKS_PER_ARENA: usize = ARENA_SIZE / CHUNK_SIZE;
+/// The chunk table (one u32 per chunk) fills exactly chunk 0.
+const _: () = assert!(CHUNKS_PER_ARENA * 4 == CHUNK_SIZE);
+const MAX_ARENAS: usize = 16;
+
+/// Block classes: powers of two from 16 bytes to half a chunk; larger requests take
+/// whole-chunk spans.
+const MIN_CLASS_SHIFT: u32 = 4;
+const MAX_CLASS_SHIFT: u32 = CHUNK_SHIFT - 1;
+const CLASSES: usize = (MAX_CLASS_SHIFT - MIN_CLASS_SHIFT + 1) as usize;
+
+/// Chunk-table words: 0 = unused, 1..=CLASSES = carved into class (word - 1),
+/// SPAN_FLAG | n = first chunk of an n-chunk span.
+const SPAN_FLAG: u32 = 1 << 31;
+
+struct FreeBlock {
+    next: *mut FreeBlock,
+}
+
+struct FreeSpan {
+    next: *mut FreeSpan,
+    chunks: usize,
+}
+
+struct MetaState {
+    arenas: [usize; MAX_ARENAS],
+    arena_count: usize,
+    /// Next never-used chunk of the newest arena, and its end.
+    bump: usize,
+    bump_end: usize,
+    free: [*mut FreeBlock; CLASSES],
+    free_spans: *mut FreeSpan,
+    bytes_in_use: usize,
+}
+
+// SAFETY: the raw pointers are only followed under the META lock.
+unsafe impl Send for MetaState {}
+
+static META: SpinLock<MetaState> = SpinLock::new(MetaState {
+    arenas: [0; MAX_ARENAS],
+    arena_count: 0,
+    bump: 0,
+    bump_end: 0,
+    free: [ptr::null_mut(); CLASSES],
+    free_spans: ptr::null_mut(),
+    bytes_in_use: 0,
+});
+
+/// Metadata statistics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetaStats {
+    /// Bytes handed out and not yet freed.
+    pub in_use: usize,
+    /// Bytes of arena carved so far (an upper bound on what metadata made resident).
+    pub carved: usize,
+    /// Address space reserved for metadata.
+    pub reserved: usize,
+}
+
+pub fn stats() -> MetaStats {
+    let state = META.lock();
+    let carved = if state.arena_count == 0 {
+        0
+    } else {
+        (state.arena_count - 1) * ARENA_SIZE
+            + (state.bump - state.arenas[state.arena_count - 1])
+    };
+    MetaStats {
+        in_use: state.bytes_in_use,
+        carved,
+        reserved: state.arena_count * ARENA_SIZE,
+    }
+}
+
+fn class_of(size: usize, align: usize) -> Option<usize> {
+    let need = size.max(align).max(1 << MIN_CLASS_SHIFT);
+    let shift = usize::BITS - (need - 1).leading_zeros();
+    (shift <= MAX_CLASS_SHIFT).then(|| (shift - MIN_CLASS_SHIFT) as usize)
+}
+
+fn chunk_word(addr: usize) -> *mut u32 {
+    let base = addr & !(ARENA_SIZE - 1);
+    let index = (addr - base) >> CHUNK_SHIFT;
+    (base as *mut u32).wrapping_add(index)
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two up to 64 KiB).
+/// Returns null when the address space is exhausted.
+pub fn alloc(size: usize, align: usize) -> *mut u8 {
+    debug_assert!(align.is_power_of_two() && align <= CHUNK_SIZE);
+    let mut state = META.lock();
+    match class_of(size, align) {
+        Some(class) => state.alloc_block(class),
+        None => {
+            let Some(bytes) = size.checked_add(CHUNK_SIZE - 1) else {
+                return ptr::null_mut();
+            };
+            state.alloc_span(bytes >> CHUNK_SHIFT)
+        }
+    }
+}
+
+/// Like `alloc`, with the memory zeroed.
+pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    let p = alloc(size, align);
+    if !p.is_null() {
+        // SAFETY: `p` points to at least `size` bytes we just handed out.
+        unsafe { ptr::write_bytes(p, 0, size) };
+    }
+    p
+}
+
+/// Returns a block to the arena.
+///
+/// # Safety
+/// `p` must come from `alloc`/`alloc_zeroed` and not have been freed since.
+pub unsafe fn free(p: *mut u8) {
+    let mut state = META.lock();
+    // SAFETY: `p` lies in a meta arena (caller contract), whose chunk 0 is the table.
+    let word = unsafe { *chunk_word(p as usize) };
+    if word & SPAN_FLAG != 0 {
+        let chunks = (word & !SPAN_FLAG) as usize;
+        state.bytes_in_use -= chunks * CHUNK_SIZE;
+        let span = p as *mut FreeSpan;
+        // SAFETY: the span is ours again and at least one chunk long.
+        unsafe {
+            span.write(FreeSpan {
+                next: state.free_spans,
+                chunks,
+            })
+        };
+        state.free_spans = span;
+    } else {
+        let class = word as usize - 1;
+        state.bytes_in_use -= 1 << (class as u32 + MIN_CLASS_SHIFT);
+        let block = p as *mut FreeBlock;
+        // SAFETY: the block is ours again and at least 16 bytes long.
+        unsafe { block.write(FreeBlock { next: state.free[class] }) };
+        state.free[class] = block;
+    }
+}
+
+/// The usable size of a meta block.
+///
+/// # Safety
+/// `p` must be a live meta block.
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    // SAFETY: caller contract, as in `free`.
+    let word = unsafe { *chunk_word(p as usize) };
+    if word & SPAN_FLAG != 0 {
+        (word & !SPAN_FLAG) as usize * CHUNK_SIZE
+    } else {
+        1 << (word - 1 + MIN_CLASS_SHIFT)
+    }
+}
+
+/// True if `p` lies in a meta arena.
+pub fn contains(p: *const u8) -> bool {
+    space::kind_of(p as usize) == SlotKind::Meta
+}
+
+/// Lock the arena across `fork` so the child never inherits a half-done update.
+pub fn fork_prepare() {
+    META.raw_lock();
+}
+
+/// # Safety
+/// Only after `fork_prepare` on this thread.
+pub unsafe fn fork_release() {
+    // SAFETY: caller contract.
+    unsafe { META.raw_unlock() };
+}
+
+impl MetaState {
+    fn alloc_block(&mut self, class: usize) -> *mut u8 {
+        if self.free[class].is_null() && !self.carve_chunk(class) {
+            return ptr::null_mut();
+        }
+        let block = self.free[class];
+        // SAFETY: list blocks are free meta blocks whose first word is the link.
+        self.free[class] = unsafe { (*block).next };
+        self.bytes_in_use += 1 << (class as u32 + MIN_CLASS_SHIFT);
+        block as *mut u8
+    }
+
+    fn carve_chunk(&mut self, class: usize) -> bool {
+        let chunk = self.alloc_span(1);
+        if chunk.is_null() {
+            return false;
+        }
+        // `alloc_span` counted the chunk as in use; its blocks are counted one by one.
+        self.bytes_in_use -= CHUNK_SIZE;
+        let chunk = chunk as usize;
+        // SAFETY: the chunk is ours and its table word is in the arena's chunk 0.
+        unsafe { *chunk_word(chunk) = class as u32 + 1 };
+        let size = 1usize << (class as u32 + MIN_CLASS_SHIFT);
+        for block in (chunk..chunk + CHUNK_SIZE).step_by(size).rev() {
+            let block = block as *mut FreeBlock;
+            // SAFETY: each block lies inside the fresh chunk.
+            unsafe { block.write(FreeBlock { next: self.free[class] }) };
+            self.free[class] = block;
+        }
+        true
+    }
+
+    fn alloc_span(&mut self, chunks: usize) -> *mut u8 {
+        let mut link: *mut *mut FreeSpan = &mut self.free_spans;
+        // First fit over freed spans; metadata spans are rare (large dependency tables).
+        // SAFETY: the list holds free spans written by `free`.
+        unsafe {
+            while !(*link).is_null() {
+                let span = *link;
+                let have = (*span).chunks;
+                if have >= chunks {
+                    *link = (*span).next;
+                    if have > chunks {
+                        let rest = (span as usize + chunks * CHUNK_SIZE) as *mut FreeSpan;
+                        rest.write(FreeSpan {
+                            next: self.free_spans,
+                            chunks: have - chunks,
+                        });
+                        *chunk_word(rest as usize) = SPAN_FLAG | (have - chunks) as u32;
+                        self.free_spans = rest;
+                    }
+                    return self.mark_span(span as usize, chunks);
+                }
+                link = &mut (*span).next;
+            }
+        }
+        let bytes = chunks * CHUNK_SIZE;
+        if self.bump_end - self.bump < bytes && !self.new_arena(bytes) {
+            return ptr::null_mut();
+        }
+        let span = self.bump;
+        self.bump += bytes;
+        self.mark_span(span, chunks)
+    }
+
+    fn mark_span(&mut self, span: usize, chunks: usize) -> *mut u8 {
+        // SAFETY: the span is ours; its first chunk's table word is in chunk 0.
+        unsafe { *chunk_word(span) = SPAN_FLAG | chunks as u32 };
+        self.bytes_in_use += chunks * CHUNK_SIZE;
+        span as *mut u8
+    }
+
+    fn new_arena(&mut self, bytes: usize) -> bool {
+        if self.arena_count == MAX_ARENAS || bytes > ARENA_SIZE - CHUNK_SIZE {
+            return false;
+        }
+        let Ok(base) = os::reserve(ARENA_SIZE, ARENA_SIZE) else {
+            return false;
+        };
+        space::set_kind(base, ARENA_SIZE, SlotKind::Meta);
+        self.arenas[self.arena_count] = base;
+        self.arena_count += 1;
+        // The unused tail of the previous arena is abandoned: at most one span's worth.
+        self.bump = base + CHUNK_SIZE;
+        self.bump_end = base + ARENA_SIZE;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> MetaState {
+        MetaState {
+            arenas: [0; MAX_ARENAS],
+            arena_count: 0,
+            bump: 0,
+            bump_end: 0,
+            free: [ptr::null_mut(); CLASSES],
+            free_spans: ptr::null_mut(),
+            bytes_in_use: 0,
+        }
+    }
+
+    #[test]
+    fn class_blocks_are_aligned_and_reused_lifo() {
+        let mut state = fresh();
+        let class = class_of(24, 8).unwrap();
+        let a = state.alloc_block(class);
+        let b = state.alloc_block(class);
+        assert!(!a.is_null() && !b.is_null() && a != b);
+        assert!(contains(a));
+        assert_eq!(a as usize % 32, 0);
+        assert_eq!(state.bytes_in_use, 64);
+        // SAFETY: `a` is a live block of this state's arena.
+        unsafe {
+            assert_eq!(usable_size(a), 32);
+            (a as *mut FreeBlock).write(FreeBlock { next: state.free[class] });
+        }
+        state.free[class] = a as *mut FreeBlock;
+        assert_eq!(state.alloc_block(class), a, "LIFO reuse of the freed block");
+    }
+
+    #[test]
+    fn spans_are_chunk_aligned_and_reused_first_fit() {
+        let mut state = fresh();
+        let big = state.alloc_span(4);
+        assert_eq!(big as usize % CHUNK_SIZE, 0);
+        // SAFETY: `big` is a live 4-chunk span of this state's arena.
+        unsafe {
+            assert_eq!(usable_size(big), 4 * CHUNK_SIZE);
+            ptr::write_bytes(big, 0xab, 4 * CHUNK_SIZE);
+            (big as *mut FreeSpan).write(FreeSpan { next: ptr::null_mut(), chunks: 4 });
+        }
+        state.free_spans = big as *mut FreeSpan;
+        assert_eq!(state.alloc_span(3), big, "first fit reuses the freed span");
+        let rest = state.alloc_span(1);
+        assert_eq!(rest as usize, big as usize + 3 * CHUNK_SIZE, "the split tail");
+    }
+
+    #[test]
+    fn global_arena_round_trip() {
+        let aligned = alloc(100, 4096);
+        assert_eq!(aligned as usize % 4096, 0);
+        let zeroed = alloc_zeroed(200_000, 16);
+        // SAFETY: live meta blocks of the sizes asked for.
+        unsafe {
+            assert!((0..200_000).all(|i| *zeroed.add(i) == 0));
+            assert!(usable_size(zeroed) >= 200_000);
+            free(zeroed);
+            free(aligned);
+        }
+        assert!(stats().reserved >= ARENA_SIZE);
+    }
+}

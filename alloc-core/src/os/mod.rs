@@ -1,0 +1,387 @@
+//! The OS layer: the only module that calls `mmap`, `munmap`, `madvise`, `mprotect`
+//! and `mremap`. It owns the syscall counters and nothing else; it calls only `libc`.
+//!
+//! Everything above speaks in page-aligned `(addr, len)` pairs and gets typed errors.
+//! Each call preserves the caller's `errno`, because under `LD_PRELOAD` our callers are
+//! C programs that read `errno` after an unrelated libc call.
+//!
+//! `memmap2` was considered and left out: its `MmapMut` unmaps on drop and cannot
+//! express `MAP_NORESERVE` reservations that are trimmed to an alignment, which is all
+//! this layer does.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// The base page size. x86_64 and aarch64 Linux with 4 KiB pages are the supported
+/// targets; `init_check` verifies it at start-up.
+pub const PAGE_SIZE: usize = 4096;
+
+/// `madvise` advice values newer than the `libc` crate's constants (Linux 6.13+).
+const MADV_GUARD_INSTALL: libc::c_int = 102;
+const MADV_GUARD_REMOVE: libc::c_int = 103;
+
+/// How free memory is handed back to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PurgeMode {
+    /// `MADV_DONTNEED`: RSS drops at once and the pages read back as zero.
+    DontNeed,
+    /// `MADV_FREE`: the kernel reclaims lazily; content is undefined until rewritten.
+    Free,
+}
+
+/// A failed system call, with the errno it reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OsError {
+    pub call: Syscall,
+    pub errno: i32,
+}
+
+/// The syscalls we count. Each one that takes the kernel's `mmap_lock` for write is
+/// marked in `takes_mmap_lock_write`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Syscall {
+    Mmap = 0,
+    Munmap,
+    Mremap,
+    Mprotect,
+    MadviseDontNeed,
+    MadviseFree,
+    MadviseGuard,
+}
+
+const SYSCALL_KINDS: usize = 7;
+
+impl Syscall {
+    pub const ALL: [Syscall; SYSCALL_KINDS] = [
+        Syscall::Mmap,
+        Syscall::Munmap,
+        Syscall::Mremap,
+        Syscall::Mprotect,
+        Syscall::MadviseDontNeed,
+        Syscall::MadviseFree,
+        Syscall::MadviseGuard,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Syscall::Mmap => "mmap",
+            Syscall::Munmap => "munmap",
+            Syscall::Mremap => "mremap",
+            Syscall::Mprotect => "mprotect",
+            Syscall::MadviseDontNeed => "madvise(DONTNEED)",
+            Syscall::MadviseFree => "madvise(FREE)",
+            Syscall::MadviseGuard => "madvise(GUARD)",
+        }
+    }
+
+    /// True for the calls that serialise on the process-wide `mmap_lock` (write).
+    pub fn takes_mmap_lock_write(self) -> bool {
+        matches!(
+            self,
+            Syscall::Mmap | Syscall::Munmap | Syscall::Mremap | Syscall::Mprotect
+        )
+    }
+}
+
+/// Issued-call counters. Relaxed: they are statistics, read without ordering needs.
+static COUNTS: [AtomicU64; SYSCALL_KINDS] = [const { AtomicU64::new(0) }; SYSCALL_KINDS];
+
+/// How many calls of each kind this process has issued, successful or not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallCounts(pub [u64; SYSCALL_KINDS]);
+
+impl SyscallCounts {
+    pub fn get(&self, call: Syscall) -> u64 {
+        self.0[call as usize]
+    }
+
+    /// Calls that took the kernel's `mmap_lock` for write.
+    pub fn mmap_lock_writers(&self) -> u64 {
+        Syscall::ALL
+            .iter()
+            .filter(|c| c.takes_mmap_lock_write())
+            .map(|&c| self.get(c))
+            .sum()
+    }
+}
+
+pub fn syscall_counts() -> SyscallCounts {
+    SyscallCounts(core::array::from_fn(|i| COUNTS[i].load(Ordering::Relaxed)))
+}
+
+fn count(call: Syscall) {
+    COUNTS[call as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Restores `errno` when dropped, so internal syscalls never leak an errno to C callers.
+struct ErrnoGuard(i32);
+
+impl ErrnoGuard {
+    fn save() -> Self {
+        ErrnoGuard(errno())
+    }
+}
+
+impl Drop for ErrnoGuard {
+    fn drop(&mut self) {
+        set_errno(self.0);
+    }
+}
+
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life.
+    unsafe { *libc::__errno_location() }
+}
+
+pub fn set_errno(value: i32) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = value }
+}
+
+/// Fails the build of a test or the start-up check if the kernel's page size differs.
+pub fn init_check() -> bool {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize == PAGE_SIZE }
+}
+
+/// Reserves `len` bytes of address space aligned to `align` (a power of two, at least a
+/// page). The memory is readable and writable, committed lazily by the kernel on first
+/// touch, and not charged against overcommit (`MAP_NORESERVE`).
+pub fn reserve(len: usize, align: usize) -> Result<usize, OsError> {
+    debug_assert!(align.is_power_of_two() && align >= PAGE_SIZE);
+    debug_assert!(len % PAGE_SIZE == 0 && len > 0);
+    let _errno = ErrnoGuard::save();
+    let padded = len.checked_add(align - PAGE_SIZE).ok_or(OsError {
+        call: Syscall::Mmap,
+        errno: libc::ENOMEM,
+    })?;
+    let base = map(padded)?;
+    let start = (base + align - 1) & !(align - 1);
+    // Trim the padding so the kernel keeps one VMA of exactly `len` bytes.
+    if start > base {
+        unmap_raw(base, start - base)?;
+    }
+    let tail = base + padded - (start + len);
+    if tail > 0 {
+        unmap_raw(start + len, tail)?;
+    }
+    Ok(start)
+}
+
+fn map(len: usize) -> Result<usize, OsError> {
+    count(Syscall::Mmap);
+    // SAFETY: an anonymous private mapping at an address the kernel picks cannot alias
+    // any existing memory.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(OsError {
+            call: Syscall::Mmap,
+            errno: errno(),
+        });
+    }
+    Ok(p as usize)
+}
+
+fn unmap_raw(addr: usize, len: usize) -> Result<(), OsError> {
+    count(Syscall::Munmap);
+    // SAFETY: callers pass ranges this module mapped and nobody else references.
+    if unsafe { libc::munmap(addr as *mut libc::c_void, len) } != 0 {
+        return Err(OsError {
+            call: Syscall::Munmap,
+            errno: errno(),
+        });
+    }
+    Ok(())
+}
+
+/// Returns a reservation to the kernel.
+///
+/// # Safety
+/// `[addr, addr + len)` must be a range returned by `reserve` (or a page-aligned part of
+/// one) that no live object uses any more.
+pub unsafe fn release(addr: usize, len: usize) -> Result<(), OsError> {
+    let _errno = ErrnoGuard::save();
+    unmap_raw(addr, len)
+}
+
+/// Hands the pages of a free range back to the kernel; the range stays reserved.
+///
+/// # Safety
+/// No live object may lie in the range: its content is lost.
+pub unsafe fn purge(addr: usize, len: usize, mode: PurgeMode) -> Result<(), OsError> {
+    let _errno = ErrnoGuard::save();
+    let (call, advice) = match mode {
+        PurgeMode::DontNeed => (Syscall::MadviseDontNeed, libc::MADV_DONTNEED),
+        PurgeMode::Free => (Syscall::MadviseFree, libc::MADV_FREE),
+    };
+    madvise(call, addr, len, advice)
+}
+
+fn madvise(call: Syscall, addr: usize, len: usize, advice: libc::c_int) -> Result<(), OsError> {
+    count(call);
+    // SAFETY: the caller guarantees the range is ours and holds no live object.
+    if unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) } != 0 {
+        return Err(OsError { call, errno: errno() });
+    }
+    Ok(())
+}
+
+/// Makes a range fault on any access. Prefers `MADV_GUARD_INSTALL` (no VMA split, no
+/// `mmap_lock` write); falls back to `mprotect(PROT_NONE)` on older kernels.
+///
+/// # Safety
+/// No live object may lie in the range.
+pub unsafe fn guard_install(addr: usize, len: usize) -> Result<(), OsError> {
+    let _errno = ErrnoGuard::save();
+    match madvise(Syscall::MadviseGuard, addr, len, MADV_GUARD_INSTALL) {
+        Ok(()) => Ok(()),
+        Err(_) => protect(addr, len, libc::PROT_NONE),
+    }
+}
+
+/// Undoes `guard_install`; the range reads back as zero afterwards.
+///
+/// # Safety
+/// The range must be one that `guard_install` protected.
+pub unsafe fn guard_remove(addr: usize, len: usize) -> Result<(), OsError> {
+    let _errno = ErrnoGuard::save();
+    match madvise(Syscall::MadviseGuard, addr, len, MADV_GUARD_REMOVE) {
+        Ok(()) => Ok(()),
+        Err(_) => protect(addr, len, libc::PROT_READ | libc::PROT_WRITE),
+    }
+}
+
+fn protect(addr: usize, len: usize, prot: libc::c_int) -> Result<(), OsError> {
+    count(Syscall::Mprotect);
+    // SAFETY: the range is ours (caller contract of guard_install/guard_remove).
+    if unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) } != 0 {
+        return Err(OsError {
+            call: Syscall::Mprotect,
+            errno: errno(),
+        });
+    }
+    Ok(())
+}
+
+/// Moves the pages of `[from, from + len)` to `[to, to + len)` without copying, leaving
+/// the source mapped and empty (`MREMAP_DONTUNMAP`), so the arena keeps no hole.
+///
+/// # Safety
+/// Both ranges must be ours; the destination holds no live object and the source's
+/// content is not needed any more.
+pub unsafe fn move_pages(from: usize, to: usize, len: usize) -> Result<(), OsError> {
+    let _errno = ErrnoGuard::save();
+    count(Syscall::Mremap);
+    // SAFETY: caller contract; MREMAP_FIXED replaces our own reserved pages at `to`.
+    let p = unsafe {
+        libc::mremap(
+            from as *mut libc::c_void,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
+            to as *mut libc::c_void,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(OsError {
+            call: Syscall::Mremap,
+            errno: errno(),
+        });
+    }
+    Ok(())
+}
+
+/// A coarse monotonic clock in milliseconds for purge decay (vDSO, no syscall).
+pub fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC_COARSE always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Writes a message to stderr without allocating (used before aborting).
+pub fn write_stderr(bytes: &[u8]) {
+    let _errno = ErrnoGuard::save();
+    // SAFETY: writing a valid buffer to fd 2; a short or failed write is acceptable here.
+    unsafe { libc::write(2, bytes.as_ptr() as *const libc::c_void, bytes.len()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_is_aligned_usable_and_counted() {
+        assert!(init_check());
+        let before = syscall_counts();
+        let align = 1 << 22;
+        let addr = reserve(8 * PAGE_SIZE, align).unwrap();
+        assert_eq!(addr % align, 0);
+        // SAFETY: freshly reserved, writable memory.
+        unsafe {
+            let p = addr as *mut u8;
+            assert_eq!(*p, 0);
+            p.write(7);
+            purge(addr, PAGE_SIZE, PurgeMode::DontNeed).unwrap();
+            assert_eq!(*p, 0, "DONTNEED must zero the page");
+            release(addr, 8 * PAGE_SIZE).unwrap();
+        }
+        let after = syscall_counts();
+        assert!(after.get(Syscall::Mmap) > before.get(Syscall::Mmap));
+        assert!(after.get(Syscall::MadviseDontNeed) > before.get(Syscall::MadviseDontNeed));
+    }
+
+    #[test]
+    fn errno_survives_internal_calls() {
+        set_errno(libc::EAGAIN);
+        let addr = reserve(PAGE_SIZE, PAGE_SIZE).unwrap();
+        // SAFETY: our reservation, unused.
+        unsafe { release(addr, PAGE_SIZE).unwrap() };
+        assert_eq!(errno(), libc::EAGAIN);
+    }
+
+    #[test]
+    fn failures_are_typed() {
+        // SAFETY: an unaligned address makes madvise fail with EINVAL and touches nothing.
+        let err = unsafe { purge(1, PAGE_SIZE, PurgeMode::Free) }.unwrap_err();
+        assert_eq!(err.call, Syscall::MadviseFree);
+        assert_eq!(err.errno, libc::EINVAL);
+    }
+
+    #[test]
+    fn guard_pages_fault_free_and_reverse() {
+        let addr = reserve(2 * PAGE_SIZE, PAGE_SIZE).unwrap();
+        // SAFETY: our reservation, unused.
+        unsafe {
+            guard_install(addr, PAGE_SIZE).unwrap();
+            guard_remove(addr, PAGE_SIZE).unwrap();
+            (addr as *mut u8).write(1);
+            release(addr, 2 * PAGE_SIZE).unwrap();
+        }
+    }
+
+    #[test]
+    fn move_pages_keeps_content_and_source_mapped() {
+        let addr = reserve(4 * PAGE_SIZE, PAGE_SIZE).unwrap();
+        // SAFETY: our reservation; the two halves do not overlap.
+        unsafe {
+            (addr as *mut u64).write(0xfeed);
+            move_pages(addr, addr + 2 * PAGE_SIZE, 2 * PAGE_SIZE).unwrap();
+            assert_eq!(((addr + 2 * PAGE_SIZE) as *const u64).read(), 0xfeed);
+            assert_eq!((addr as *const u64).read(), 0, "source reads back empty");
+            release(addr, 4 * PAGE_SIZE).unwrap();
+        }
+    }
+}

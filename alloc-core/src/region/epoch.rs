@@ -1,0 +1,80 @@
+//! Our own epoch collector (crossbeam-epoch) for the region table's grace periods.
+//! It owns the collector and each thread's registration; it calls `crossbeam_epoch` and
+//! `meta` (the handle lives in metadata memory).
+//!
+//! Why not `crossbeam_epoch::pin()`: the default collector is built lazily inside a
+//! `Once` and allocates, so pinning from inside `GlobalAlloc::alloc` re-enters that
+//! `Once` on the program's first allocation and deadlocks, and its thread-local handle
+//! needs a TLS destructor (glibc registers those with `calloc`, i.e. with us). Here the
+//! collector is built once under the re-entrancy flag (its allocations go to `meta`),
+//! each thread's `LocalHandle` lives in metadata memory behind a `const` thread-local
+//! without `Drop`, and `release_thread` drops it from our thread-exit hook.
+
+use crate::meta;
+use crossbeam_epoch::{Collector, Guard, LocalHandle};
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+static COLLECTOR: OnceLock<Collector> = OnceLock::new();
+
+thread_local! {
+    static HANDLE: Cell<*mut LocalHandle> = const { Cell::new(core::ptr::null_mut()) };
+}
+
+fn collector() -> &'static Collector {
+    COLLECTOR.get_or_init(Collector::new)
+}
+
+/// Pins the current thread. The caller must be inside the allocator (re-entrancy flag
+/// set): the first pin of a thread registers it, which allocates.
+pub fn pin() -> Guard {
+    let handle = HANDLE.with(|h| h.get());
+    let handle = if handle.is_null() {
+        register()
+    } else {
+        handle
+    };
+    // SAFETY: `handle` was written by `register` on this thread and is dropped only by
+    // `release_thread` on this thread, after which the slot is null again.
+    unsafe { (*handle).pin() }
+}
+
+#[cold]
+#[inline(never)]
+fn register() -> *mut LocalHandle {
+    let slot = meta::alloc(
+        core::mem::size_of::<LocalHandle>(),
+        core::mem::align_of::<LocalHandle>(),
+    ) as *mut LocalHandle;
+    if slot.is_null() {
+        crate::fatal("out of metadata memory registering a thread with the epoch collector");
+    }
+    // SAFETY: `slot` is fresh metadata memory sized and aligned for a LocalHandle.
+    unsafe { slot.write(collector().register()) };
+    HANDLE.with(|h| h.set(slot));
+    slot
+}
+
+/// Unregisters the current thread (thread exit). Safe to call when never registered.
+pub fn release_thread() {
+    let handle = HANDLE.with(|h| h.replace(core::ptr::null_mut()));
+    if !handle.is_null() {
+        // SAFETY: `handle` is this thread's registration, not pinned now (we are not
+        // inside a table operation), and nobody else holds it.
+        unsafe {
+            core::ptr::drop_in_place(handle);
+            meta::free(handle as *mut u8);
+        }
+    }
+}
+
+/// Frees a metadata block once every thread pinned now has unpinned.
+///
+/// # Safety
+/// `p` must be a metadata block that no new reader can reach any more (unlinked).
+pub unsafe fn defer_meta_free(guard: &Guard, p: *mut u8) {
+    let addr = p as usize;
+    // SAFETY: the closure captures one word (stored inline, no allocation per call) and
+    // runs after the grace period, when no reader can hold `p`.
+    unsafe { guard.defer_unchecked(move || meta::free(addr as *mut u8)) };
+}

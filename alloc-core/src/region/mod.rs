@@ -1,0 +1,3 @@
+//! The region table (work in progress).
+pub mod epoch;
+pub mod tree;

@@ -1,0 +1,81 @@
+//! The address-space map: which 4 MiB slots of the address space belong to rangealloc
+//! and what each holds. It owns one static byte per slot and calls nothing.
+//!
+//! `free(p)` reads one byte here before it follows any pointer: a small-object segment
+//! (its header sits at the slot base), a slot whose objects the region table knows, our
+//! metadata arena, or memory that is not ours at all (a foreign pointer, reported and
+//! never followed). The map covers the 47-bit user address space, which is where the
+//! kernel places mappings that were not asked for above it; 32 MiB of zero-initialised
+//! static memory of which only the pages that describe our arenas are ever touched.
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// Slot size: the small-object segment size, so a segment is exactly one slot.
+pub const SLOT_SHIFT: u32 = 22;
+pub const SLOT_SIZE: usize = 1 << SLOT_SHIFT;
+const ADDRESS_BITS: u32 = 47;
+const SLOTS: usize = 1 << (ADDRESS_BITS - SLOT_SHIFT);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SlotKind {
+    /// Not ours: never followed.
+    Foreign = 0,
+    /// A small-object segment whose header sits at the slot base.
+    Segment = 1,
+    /// Arena memory whose objects the region table describes.
+    Table = 2,
+    /// The internal metadata arena.
+    Meta = 3,
+}
+
+static SLOT_KIND: [AtomicU8; SLOTS] = [const { AtomicU8::new(0) }; SLOTS];
+
+/// The kind of the slot holding `addr`.
+#[inline(always)]
+pub fn kind_of(addr: usize) -> SlotKind {
+    let index = addr >> SLOT_SHIFT;
+    if index >= SLOTS {
+        return SlotKind::Foreign;
+    }
+    // Acquire pairs with the Release in `set_kind`: whoever sees `Segment` also sees the
+    // segment header written before the slot was published.
+    match SLOT_KIND[index].load(Ordering::Acquire) {
+        1 => SlotKind::Segment,
+        2 => SlotKind::Table,
+        3 => SlotKind::Meta,
+        _ => SlotKind::Foreign,
+    }
+}
+
+/// Marks every slot overlapping `[addr, addr + len)` as `kind`.
+pub fn set_kind(addr: usize, len: usize, kind: SlotKind) {
+    let first = addr >> SLOT_SHIFT;
+    let last = (addr + len - 1) >> SLOT_SHIFT;
+    assert!(last < SLOTS, "address above the 47-bit user space");
+    for slot in &SLOT_KIND[first..=last] {
+        slot.store(kind as u8, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_kernel_addresses_are_foreign() {
+        assert_eq!(kind_of(0), SlotKind::Foreign);
+        assert_eq!(kind_of(usize::MAX), SlotKind::Foreign);
+        assert_eq!(kind_of(1 << 47), SlotKind::Foreign);
+    }
+
+    #[test]
+    fn set_kind_covers_every_overlapped_slot() {
+        let base = 0x7000_0000_0000 - 4 * SLOT_SIZE;
+        set_kind(base + 10, SLOT_SIZE + 1, SlotKind::Meta);
+        assert_eq!(kind_of(base), SlotKind::Meta);
+        assert_eq!(kind_of(base + SLOT_SIZE + 10), SlotKind::Meta);
+        assert_eq!(kind_of(base + 2 * SLOT_SIZE), SlotKind::Foreign);
+        set_kind(base, 2 * SLOT_SIZE, SlotKind::Foreign);
+    }
+}
