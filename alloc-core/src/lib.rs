@@ -61,3 +61,84 @@ pub fn fatal(message: &str) -> ! {
     os::write_stderr(b"\n");
     std::process::abort()
 }
+
+// ---------------------------------------------------------------------------------------
+// Public allocation API. TEMPORARY: forwards to glibc while the engine is being built;
+// replaced by heap/ and large/ before the first release.
+// ---------------------------------------------------------------------------------------
+extern "C" {
+    fn __libc_memalign(align: usize, size: usize) -> *mut u8;
+    fn __libc_free(p: *mut u8);
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory.
+///
+/// # Safety
+/// `align` must be a power of two.
+pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
+    // SAFETY: forwarding.
+    unsafe { __libc_memalign(align.max(MALLOC_ALIGN), size.max(1)) }
+}
+
+/// Like `alloc`, zero-filled.
+///
+/// # Safety
+/// As `alloc`.
+pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    // SAFETY: forwarding.
+    let p = unsafe { alloc(size, align) };
+    if !p.is_null() {
+        // SAFETY: fresh block of at least `size` bytes.
+        unsafe { core::ptr::write_bytes(p, 0, size) };
+    }
+    p
+}
+
+/// Frees a block; null is a no-op. Misuse (double free, foreign pointer) aborts.
+///
+/// # Safety
+/// `p` must be null or come from this allocator.
+pub unsafe fn free(p: *mut u8) {
+    if !p.is_null() {
+        // SAFETY: forwarding.
+        unsafe { __libc_free(p) }
+    }
+}
+
+/// The usable size of a live block.
+///
+/// # Safety
+/// `p` must be a live block of this allocator.
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    extern "C" {
+        fn malloc_usable_size(p: *const u8) -> usize;
+    }
+    // SAFETY: forwarding.
+    unsafe { malloc_usable_size(p) }
+}
+
+/// Resizes a live block to `new_size` bytes aligned to `align`, in place when possible.
+/// Returns null (and leaves `p` intact) when out of memory.
+///
+/// # Safety
+/// `p` must be a live, non-null block of this allocator, allocated with `align`.
+pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    // SAFETY: forwarding.
+    unsafe {
+        let old = usable_size(p);
+        if new_size <= old && new_size >= old / 2 {
+            return p;
+        }
+        let q = alloc(new_size, align);
+        if !q.is_null() {
+            core::ptr::copy_nonoverlapping(p, q, old.min(new_size));
+            free(p);
+        }
+        q
+    }
+}
+
+/// `pthread_atfork` handlers: lock everything before `fork`, release in both processes.
+pub fn fork_prepare() {}
+pub fn fork_parent() {}
+pub fn fork_child() {}

@@ -1,1 +1,49 @@
-//! placeholder
+//! `rangealloc` as a Rust global allocator:
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static A: rangealloc::RangeAlloc = rangealloc::RangeAlloc;
+//! ```
+//!
+//! A thin adapter over `rangealloc-core`: no logic of its own beyond mapping `Layout`s.
+
+use core::alloc::{GlobalAlloc, Layout};
+use rangealloc_core as core_api;
+
+pub use rangealloc_core::os::{Syscall, SyscallCounts};
+
+/// The allocator. Zero-sized; all state lives in the engine.
+pub struct RangeAlloc;
+
+// SAFETY: every method forwards to the engine, which returns blocks of at least the
+// requested size and alignment, or null, and accepts back exactly the blocks it returned.
+unsafe impl GlobalAlloc for RangeAlloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: Layout guarantees a power-of-two alignment.
+        unsafe { core_api::alloc(layout.size(), layout.align()) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as in `alloc`.
+        unsafe { core_api::alloc_zeroed(layout.size(), layout.align()) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: GlobalAlloc's contract: `ptr` came from this allocator.
+        unsafe { core_api::free(ptr) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: GlobalAlloc's contract: `ptr` is live and was allocated with `layout`.
+        unsafe { core_api::realloc(ptr, new_size, layout.align()) }
+    }
+}
+
+/// Syscalls the allocator has issued so far, by kind.
+pub fn syscall_counts() -> SyscallCounts {
+    rangealloc_core::os::syscall_counts()
+}
