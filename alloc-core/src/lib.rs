@@ -7,51 +7,24 @@
 //! memory syscalls; `space` maps addresses to their owner. This file is the public
 //! surface (used by `rangealloc` and the C shim) and the re-entrancy guard.
 
+pub mod heap;
+pub mod large;
+mod misuse;
 pub mod meta;
+pub mod options;
 pub mod os;
+pub mod purge;
 pub mod region;
 pub mod space;
 pub mod sync;
 
-use core::cell::Cell;
+pub mod stats;
+pub mod thread;
+
+pub(crate) use thread::Reentrancy;
 
 /// The alignment C's `malloc` guarantees on x86_64 (`alignof(max_align_t)`).
 pub const MALLOC_ALIGN: usize = 16;
-
-thread_local! {
-    /// Set while this thread runs allocator code that may allocate through a dependency
-    /// (crossbeam-epoch, parking_lot). Nested requests then go to `meta`, never to the
-    /// table. `const` and without `Drop`, so reading it never allocates or registers a
-    /// destructor.
-    static IN_ALLOCATOR: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks this thread as inside the allocator until dropped.
-pub(crate) struct Reentrancy {
-    was_inside: bool,
-}
-
-impl Reentrancy {
-    #[inline]
-    pub(crate) fn enter() -> Self {
-        Reentrancy {
-            was_inside: IN_ALLOCATOR.with(|f| f.replace(true)),
-        }
-    }
-}
-
-impl Drop for Reentrancy {
-    #[inline]
-    fn drop(&mut self) {
-        let was = self.was_inside;
-        IN_ALLOCATOR.with(|f| f.set(was));
-    }
-}
-
-#[inline]
-pub(crate) fn inside_allocator() -> bool {
-    IN_ALLOCATOR.with(|f| f.get())
-}
 
 /// Reports an internal failure that leaves no safe way on, and aborts.
 #[cold]
@@ -62,83 +35,195 @@ pub fn fatal(message: &str) -> ! {
     std::process::abort()
 }
 
+
 // ---------------------------------------------------------------------------------------
-// Public allocation API. TEMPORARY: forwards to glibc while the engine is being built;
-// replaced by heap/ and large/ before the first release.
+// The public allocation API.
 // ---------------------------------------------------------------------------------------
-extern "C" {
-    fn __libc_memalign(align: usize, size: usize) -> *mut u8;
-    fn __libc_free(p: *mut u8);
-}
+
+use heap::SMALL_MAX;
+use misuse::Misuse;
+use space::SlotKind;
 
 /// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory.
 ///
 /// # Safety
 /// `align` must be a power of two.
+#[inline]
 pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
-    // SAFETY: forwarding.
-    unsafe { __libc_memalign(align.max(MALLOC_ALIGN), size.max(1)) }
+    if size <= SMALL_MAX && align <= MALLOC_ALIGN {
+        return heap::alloc_small(heap::class_of(size));
+    }
+    alloc_generic(size, align, false)
 }
 
 /// Like `alloc`, zero-filled.
 ///
 /// # Safety
 /// As `alloc`.
+#[inline]
 pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
-    // SAFETY: forwarding.
-    let p = unsafe { alloc(size, align) };
-    if !p.is_null() {
-        // SAFETY: fresh block of at least `size` bytes.
-        unsafe { core::ptr::write_bytes(p, 0, size) };
+    if size <= SMALL_MAX && align <= MALLOC_ALIGN {
+        let p = heap::alloc_small(heap::class_of(size));
+        if !p.is_null() {
+            // SAFETY: a fresh block of at least `size` bytes.
+            unsafe { core::ptr::write_bytes(p, 0, size) };
+        }
+        return p;
     }
-    p
+    alloc_generic(size, align, true)
 }
 
-/// Frees a block; null is a no-op. Misuse (double free, foreign pointer) aborts.
+#[cold]
+#[inline(never)]
+fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if align <= os::PAGE_SIZE {
+        if let Some(class) = heap::class_for(size, align) {
+            let p = heap::alloc_small(class);
+            if zero && !p.is_null() {
+                // SAFETY: a fresh block of at least `size` bytes.
+                unsafe { core::ptr::write_bytes(p, 0, size) };
+            }
+            return p;
+        }
+    }
+    large::alloc(size, align, zero)
+}
+
+/// Frees a block; null is a no-op. Misuse (double free, a pointer we never returned,
+/// an interior pointer) aborts with a message naming the pointer, before any state
+/// changes.
 ///
 /// # Safety
-/// `p` must be null or come from this allocator.
+/// `p` must be null or a pointer this allocator returned (anything else is detected
+/// where the checks can see it, see the README's guarantees).
+#[inline]
 pub unsafe fn free(p: *mut u8) {
-    if !p.is_null() {
-        // SAFETY: forwarding.
-        unsafe { __libc_free(p) }
+    match space::kind_of(p as usize) {
+        // SAFETY: the slot is a live segment.
+        SlotKind::Segment => match unsafe { heap::free_small(p) } {
+            Ok(()) => {}
+            Err(heap::SmallFreeError::DoubleFree) => misuse::report(Misuse::DoubleFree, "free", p),
+            Err(heap::SmallFreeError::NotABlock) => misuse::report(Misuse::NotAllocated, "free", p),
+        },
+        _ => free_other(p),
     }
 }
 
-/// The usable size of a live block.
+#[cold]
+#[inline(never)]
+fn free_other(p: *mut u8) {
+    match space::kind_of(p as usize) {
+        SlotKind::Table => {
+            if let Err(e) = large::free(p) {
+                misuse::report(Misuse::from(e), "free", p);
+            }
+        }
+        // SAFETY: a block of the metadata arena (nested or exiting-thread allocations).
+        SlotKind::Meta => unsafe { meta::free(p) },
+        SlotKind::Foreign if p.is_null() => {}
+        _ => misuse::report(Misuse::NotAllocated, "free", p),
+    }
+}
+
+/// The usable size of a live block (at least the size asked for).
 ///
 /// # Safety
-/// `p` must be a live block of this allocator.
+/// `p` must be a live block of this allocator; other pointers abort.
 pub unsafe fn usable_size(p: *const u8) -> usize {
-    extern "C" {
-        fn malloc_usable_size(p: *const u8) -> usize;
+    // SAFETY: caller contract; `checked_usable_size` validates.
+    unsafe { checked_usable_size(p, "malloc_usable_size") }
+}
+
+unsafe fn checked_usable_size(p: *const u8, call: &str) -> usize {
+    match space::kind_of(p as usize) {
+        // SAFETY: the slot is a live segment.
+        SlotKind::Segment => unsafe {
+            if !heap::is_block_start(p) {
+                misuse::report(Misuse::NotAllocated, call, p);
+            }
+            if heap::is_free_block(p) {
+                misuse::report(Misuse::UseAfterFree, call, p);
+            }
+            heap::usable_size(p)
+        },
+        SlotKind::Table => match large::usable_size(p) {
+            Some(len) => len,
+            None => misuse::report(Misuse::NotAllocated, call, p),
+        },
+        // SAFETY: a metadata block.
+        SlotKind::Meta => unsafe { meta::usable_size(p) },
+        SlotKind::Foreign => misuse::report(Misuse::NotAllocated, call, p),
     }
-    // SAFETY: forwarding.
-    unsafe { malloc_usable_size(p) }
 }
 
 /// Resizes a live block to `new_size` bytes aligned to `align`, in place when possible.
-/// Returns null (and leaves `p` intact) when out of memory.
+/// Returns null (leaving `p` intact) when out of memory.
 ///
 /// # Safety
 /// `p` must be a live, non-null block of this allocator, allocated with `align`.
 pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
-    // SAFETY: forwarding.
-    unsafe {
-        let old = usable_size(p);
-        if new_size <= old && new_size >= old / 2 {
-            return p;
-        }
-        let q = alloc(new_size, align);
-        if !q.is_null() {
+    // SAFETY: validated by `checked_usable_size`, which aborts on foreign pointers.
+    let old = unsafe { checked_usable_size(p, "realloc") };
+    let kind = space::kind_of(p as usize);
+    if kind == SlotKind::Table && (new_size > SMALL_MAX || align > os::PAGE_SIZE) {
+        // SAFETY: `p` is a live large object of `old` bytes.
+        return unsafe { large::realloc(p, old, new_size, align) };
+    }
+    // Small (or meta) blocks stay put while the new size fits and wastes at most half.
+    if new_size <= old && new_size >= old / 2 && kind != SlotKind::Table {
+        return p;
+    }
+    // SAFETY: `align` is the block's alignment (caller contract).
+    let q = unsafe { alloc(new_size, align) };
+    if !q.is_null() {
+        // SAFETY: distinct live blocks, each at least min(old, new_size) bytes.
+        unsafe {
             core::ptr::copy_nonoverlapping(p, q, old.min(new_size));
             free(p);
         }
-        q
     }
+    q
 }
 
-/// `pthread_atfork` handlers: lock everything before `fork`, release in both processes.
-pub fn fork_prepare() {}
-pub fn fork_parent() {}
-pub fn fork_child() {}
+/// `pthread_atfork` handlers: take every allocator lock before `fork` so the child never
+/// inherits one mid-update, and release them in both processes.
+/// Lock order: heap lists, then the table's writer mutex, then the metadata arena (no
+/// path holds a later one while taking an earlier one).
+pub fn fork_prepare() {
+    SLOT_BEFORE_FORK.with(|s| s.set(thread::get()));
+    // Anything the locking below allocates goes to the metadata arena.
+    thread::set(thread::BUSY);
+    heap::fork_prepare();
+    region::TABLE.fork_prepare();
+    meta::fork_prepare();
+}
+
+pub fn fork_parent() {
+    // SAFETY: `fork_prepare` ran on this thread.
+    unsafe {
+        meta::fork_release();
+        region::TABLE.fork_release();
+        heap::fork_release();
+    }
+    thread_restore_after_fork();
+}
+
+pub fn fork_child() {
+    // SAFETY: `fork_prepare` ran on this thread, the only one left in the child.
+    unsafe {
+        meta::fork_release();
+        region::TABLE.fork_release();
+        heap::fork_release();
+    }
+    thread_restore_after_fork();
+    heap::fork_child();
+}
+
+thread_local! {
+    static SLOT_BEFORE_FORK: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+fn thread_restore_after_fork() {
+    let saved = SLOT_BEFORE_FORK.with(|s| s.get());
+    thread::set(saved);
+}

@@ -1,3 +1,150 @@
-//! The region table (work in progress).
+//! The region table: rangealloc's user-space VMA tree. It owns every address range the
+//! allocator manages outside the metadata arena, each described by a `Region`, and it
+//! calls `os` (for address space), `meta` (for descriptors and tree nodes) and `space`.
+//!
+//! - `tree`: the ordered map from start address to region, readable without locks
+//!   (copy-on-write B+tree published by one atomic store, reclaimed by epoch).
+//! - `lock`: the per-region lock word and the table sequence (kernel per-VMA locks).
+//! - `table`: `RegionTable`, its writer mutex, the read side (`find_and_read_lock`) and
+//!   the structural updates (allocate, retire, grow, shrink, coalesce, purge).
+//! - `free_index`: free regions binned by size, for placement (writer-side only).
+//! - `epoch`: our own crossbeam-epoch collector.
+
 pub mod epoch;
+mod free_index;
+pub mod lock;
+pub mod table;
 pub mod tree;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::cell::UnsafeCell;
+use lock::RegionLock;
+
+pub use table::{LockCounters, ReadGuard, RegionTable, TABLE};
+
+/// What a region holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RegionKind {
+    /// Unused arena space, available for placement.
+    Free = 0,
+    /// One large object.
+    Large = 1,
+    /// A small-object segment (one `space::SLOT_SIZE` slot).
+    Segment = 2,
+}
+
+/// A region's lifecycle as seen by `free`: `Live` until freed, then `Retired` until the
+/// next writer folds it back into free space. The `Live -> Retired` compare-and-swap is
+/// what makes a double free of a large object detectable, exactly, without a lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RegionState {
+    Live = 0,
+    Retired = 1,
+}
+
+/// A region descriptor. Lives in metadata memory; freed one grace period after it is
+/// detached. `start`, `len` and `kind` change only while the region is write-locked by
+/// the current update (so a reader that validated its read lock sees them stable).
+pub struct Region {
+    pub lock: RegionLock,
+    start: AtomicUsize,
+    len: AtomicUsize,
+    kind: AtomicU8,
+    state: AtomicU8,
+    /// Set (Release, before `end_write_all`) when the region leaves the tree.
+    detached: AtomicBool,
+    /// Milliseconds stamp of the moment a free region got dirty pages; 0 when clean.
+    dirty_since: AtomicU64,
+    /// True when every page of a free region reads as zero (fresh or DONTNEED-purged).
+    zeroed: AtomicBool,
+    /// Link in the table's retired stack (lock-free push, pop-all under the mutex).
+    retired_next: AtomicPtr<Region>,
+    /// Links in the free index; touched only under the table's writer mutex.
+    pub(crate) bin_links: UnsafeCell<[*mut Region; 2]>,
+    /// The free-index bin this region sits in, or `NO_BIN`; writer mutex only.
+    pub(crate) bin: UnsafeCell<u8>,
+}
+
+pub(crate) const NO_BIN: u8 = u8::MAX;
+
+// SAFETY: all shared mutable state is atomic, except `bin_links`/`bin`, which only the
+// holder of the table's writer mutex touches.
+unsafe impl Sync for Region {}
+// SAFETY: as above.
+unsafe impl Send for Region {}
+
+impl Region {
+    fn new(start: usize, len: usize, kind: RegionKind, zeroed: bool) -> Self {
+        Region {
+            lock: RegionLock::new(),
+            start: AtomicUsize::new(start),
+            len: AtomicUsize::new(len),
+            kind: AtomicU8::new(kind as u8),
+            state: AtomicU8::new(RegionState::Live as u8),
+            detached: AtomicBool::new(false),
+            dirty_since: AtomicU64::new(0),
+            zeroed: AtomicBool::new(zeroed),
+            retired_next: AtomicPtr::new(core::ptr::null_mut()),
+            bin_links: UnsafeCell::new([core::ptr::null_mut(); 2]),
+            bin: UnsafeCell::new(NO_BIN),
+        }
+    }
+
+    // Relaxed loads below: callers either hold a validated read lock (the fields cannot
+    // change until they release it) or the writer mutex (they are the only writer).
+    #[inline]
+    pub fn start(&self) -> usize {
+        self.start.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn end(&self) -> usize {
+        self.start() + self.len()
+    }
+
+    #[inline]
+    pub fn contains(&self, addr: usize) -> bool {
+        addr.wrapping_sub(self.start()) < self.len()
+    }
+
+    #[inline]
+    pub fn kind(&self) -> RegionKind {
+        match self.kind.load(Ordering::Relaxed) {
+            1 => RegionKind::Large,
+            2 => RegionKind::Segment,
+            _ => RegionKind::Free,
+        }
+    }
+
+    #[inline]
+    pub fn state(&self) -> RegionState {
+        if self.state.load(Ordering::Acquire) == RegionState::Retired as u8 {
+            RegionState::Retired
+        } else {
+            RegionState::Live
+        }
+    }
+
+    #[inline]
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(Ordering::Acquire)
+    }
+
+    pub fn is_zeroed(&self) -> bool {
+        self.zeroed.load(Ordering::Relaxed)
+    }
+
+    pub fn dirty_since(&self) -> u64 {
+        self.dirty_since.load(Ordering::Relaxed)
+    }
+}

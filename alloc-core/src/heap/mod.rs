@@ -1,0 +1,151 @@
+//! Thread-local heaps: the small-object fast path. A heap owns segments (from the region
+//! table), their pages and a queue of pages per size class; it calls `region` (through
+//! `segment`), `meta` (for the heap structs), `os` and `thread`.
+//!
+//! `alloc_small` pops the current page's free list; `free_small` masks the pointer to its
+//! segment header, validates the block and pushes it on the page's local list when this
+//! thread owns the page, or on the page's atomic list otherwise. Neither touches the
+//! region table or takes a lock. Everything else is in `slow.rs` and `lifecycle.rs`.
+
+mod lifecycle;
+pub mod page;
+pub mod segment;
+pub mod size_class;
+mod slow;
+
+use crate::thread;
+use page::{free_cookie, Block, Page};
+use segment::Segment;
+use size_class::CLASSES;
+
+pub use lifecycle::{fork_child, fork_prepare, fork_release, heap_counts, HeapCounts};
+pub use size_class::{class_for, class_of, class_size, SMALL_MAX};
+
+/// Per-class queue of pages with (possibly) free blocks; `current[class]` is its head.
+#[derive(Clone, Copy)]
+struct PageQueue {
+    first: *mut Page,
+    last: *mut Page,
+}
+
+pub struct Heap {
+    /// The page each class allocates from: the queue head, or the static empty page
+    /// (whose free list is always null) so the fast path needs no null check.
+    current: [*mut Page; CLASSES],
+    queues: [PageQueue; CLASSES],
+    /// Parked-full pages that received remote frees (pushed by freers, popped whole).
+    pending: crate::sync::atomic::AtomicPtr<Page>,
+    /// Segments owned by this heap.
+    segments: *mut Segment,
+    /// Next time (ms) the slow path checks for pages to purge.
+    next_purge_ms: u64,
+    /// Links in the global list of heaps and in the abandoned stack.
+    all_next: *mut Heap,
+    abandoned_next: *mut Heap,
+}
+
+/// The page every empty class points at. Never written: its lists are null forever.
+struct EmptyPage(Page);
+// SAFETY: the static empty page is never modified, only read.
+unsafe impl Sync for EmptyPage {}
+static EMPTY_PAGE: EmptyPage = EmptyPage(Page::empty());
+
+fn empty_page() -> *mut Page {
+    &EMPTY_PAGE.0 as *const Page as *mut Page
+}
+
+/// Allocates a small block of `class`. Null only when out of memory.
+#[inline(always)]
+pub fn alloc_small(class: usize) -> *mut u8 {
+    let slot = thread::get();
+    if slot < thread::SENTINEL_LIMIT {
+        return slow::alloc_without_heap(slot, class);
+    }
+    let heap = slot as *mut Heap;
+    // SAFETY: `slot` is this thread's heap, owned by this thread; the current page is a
+    // live page of the heap or the static empty page (whose `free` is null).
+    unsafe {
+        let page = (*heap).current[class];
+        let block = (*page).free;
+        if block.is_null() {
+            return slow::alloc_slow(heap, class);
+        }
+        (*page).free = (*block).next;
+        (*page).used += 1;
+        (*block).cookie = 0;
+        block as *mut u8
+    }
+}
+
+/// What `free_small` found wrong with a pointer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmallFreeError {
+    /// Not the start of a block of a live page (interior, misaligned or stale pointer).
+    NotABlock,
+    /// The block is already free.
+    DoubleFree,
+}
+
+/// Frees a block of a segment. Never locks; on the owning thread, never an atomic RMW.
+///
+/// # Safety
+/// `p` lies in a live segment (its `space` slot says so).
+#[inline(always)]
+pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
+    let addr = p as usize;
+    // SAFETY: the slot is a live segment, whose header sits at its base.
+    unsafe {
+        let seg = Segment::of(addr);
+        let page = (*seg).page_of(addr);
+        if (*page).block_index(addr).is_none() {
+            return Err(SmallFreeError::NotABlock);
+        }
+        let block = p as *mut Block;
+        let cookie = free_cookie(block);
+        if (*block).cookie == cookie {
+            return Err(SmallFreeError::DoubleFree);
+        }
+        (*block).cookie = cookie;
+        if (*seg).heap == thread::get() {
+            (*block).next = (*page).local_free;
+            (*page).local_free = block;
+            (*page).used -= 1;
+            if (*page).used == 0 || (*page).in_full {
+                slow::free_local_slow((*seg).heap as *mut Heap, page);
+            }
+        } else if (*page).push_remote(block) {
+            slow::hand_off_pending((*seg).heap as *mut Heap, page);
+        }
+    }
+    Ok(())
+}
+
+/// The usable size of a small block.
+///
+/// # Safety
+/// `p` is a live block of a live segment.
+#[inline]
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    // SAFETY: caller contract.
+    unsafe { (*(*Segment::of(p as usize)).page_of(p as usize)).block_size as usize }
+}
+
+/// True if `p` is a live block (not on any free list we can see from the cookie).
+///
+/// # Safety
+/// `p` lies in a live segment.
+pub unsafe fn is_block_start(p: *const u8) -> bool {
+    let addr = p as usize;
+    // SAFETY: caller contract.
+    unsafe { (*(*Segment::of(addr)).page_of(addr)).block_index(addr).is_some() }
+}
+
+/// True if the block at `p` carries the free cookie (it is on a free list).
+///
+/// # Safety
+/// `p` is a block start of a live page.
+pub unsafe fn is_free_block(p: *const u8) -> bool {
+    let block = p as *const Block;
+    // SAFETY: caller contract: a carved block of at least 16 bytes.
+    unsafe { (*block).cookie == free_cookie(block) }
+}

@@ -1,0 +1,169 @@
+//! A segment: one 4 MiB region of the table (one `space` slot), owned by one heap, cut
+//! into 64 KiB units that pages occupy. The segment header (this struct) sits at the
+//! segment base, so `free(p)` finds the page of any small block by masking `p`: no
+//! table lookup, no lock. Owns the header and its unit bitmaps; calls `region` (to get
+//! and give back the segment) and `os` (to purge unused units).
+
+use super::page::Page;
+use crate::os::{self, PurgeMode};
+use crate::region::{RegionKind, TABLE};
+use crate::space::SLOT_SIZE;
+use core::ptr;
+
+pub const SEGMENT_SIZE: usize = SLOT_SIZE;
+pub const UNIT_SHIFT: u32 = 16;
+pub const UNIT_SIZE: usize = 1 << UNIT_SHIFT;
+pub const UNITS: usize = SEGMENT_SIZE / UNIT_SIZE;
+const ALL_UNITS: u64 = u64::MAX;
+const _: () = assert!(UNITS == 64);
+
+/// Bytes reserved for the header at the start of unit 0 (page-aligned, so blocks of
+/// page-aligned classes stay aligned).
+pub const HEADER_SIZE: usize = core::mem::size_of::<Segment>().next_multiple_of(os::PAGE_SIZE);
+
+#[repr(C)]
+pub struct Segment {
+    /// The owning heap (type-erased to keep this layer below `heap`).
+    pub heap: usize,
+    /// For each unit, the index of the unit where its page starts.
+    pub unit_page: [u8; UNITS],
+    /// Units not in any page (bit per unit). Owner only.
+    pub free_units: u64,
+    /// Free units that hold dirty pages not yet purged, and since when (ms).
+    pub dirty_units: u64,
+    pub dirty_since: u64,
+    /// Links in the owning heap's list of segments.
+    pub next: *mut Segment,
+    pub prev: *mut Segment,
+    pub pages: [Page; UNITS],
+}
+
+impl Segment {
+    /// Gets a fresh segment from the region table. Null when out of memory.
+    pub fn create(heap: usize) -> *mut Segment {
+        let Some(placed) = TABLE.allocate(SEGMENT_SIZE, SEGMENT_SIZE, RegionKind::Segment)
+        else {
+            return ptr::null_mut();
+        };
+        let seg = placed.start as *mut Segment;
+        // SAFETY: the region is ours, writable and at least HEADER_SIZE long. Fields are
+        // written in place: `Segment` is too big for the stack of a small thread.
+        unsafe {
+            ptr::addr_of_mut!((*seg).heap).write(heap);
+            ptr::addr_of_mut!((*seg).unit_page).write([0; UNITS]);
+            ptr::addr_of_mut!((*seg).free_units).write(ALL_UNITS);
+            ptr::addr_of_mut!((*seg).dirty_units).write(0);
+            ptr::addr_of_mut!((*seg).dirty_since).write(0);
+            ptr::addr_of_mut!((*seg).next).write(ptr::null_mut());
+            ptr::addr_of_mut!((*seg).prev).write(ptr::null_mut());
+            let pages = ptr::addr_of_mut!((*seg).pages) as *mut Page;
+            for i in 0..UNITS {
+                pages.add(i).write(Page::empty());
+            }
+        }
+        seg
+    }
+
+    /// Gives the (empty) segment back to the region table.
+    ///
+    /// # Safety
+    /// No page of the segment is live and nothing references it any more.
+    pub unsafe fn release(seg: *mut Segment) {
+        if TABLE.retire(seg as usize).is_err() {
+            crate::fatal("segment release: the region table does not know the segment");
+        }
+    }
+
+    /// The segment holding `addr`.
+    #[inline(always)]
+    pub fn of(addr: usize) -> *mut Segment {
+        (addr & !(SEGMENT_SIZE - 1)) as *mut Segment
+    }
+
+    /// The page descriptor serving `addr` (which lies in this segment).
+    #[inline(always)]
+    pub fn page_of(&mut self, addr: usize) -> *mut Page {
+        let unit = (addr & (SEGMENT_SIZE - 1)) >> UNIT_SHIFT;
+        let first = self.unit_page[unit] as usize;
+        &mut self.pages[first]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.free_units == ALL_UNITS
+    }
+
+    /// Claims `units` units (1, or a power of two aligned to itself) for a new page of
+    /// `class` with blocks of `block_size`. Returns the page, or null if no run is free.
+    pub fn alloc_page(&mut self, class: usize, block_size: usize, units: usize) -> *mut Page {
+        let run = if units == 64 { ALL_UNITS } else { (1u64 << units) - 1 };
+        let mut first = 0;
+        while first < UNITS {
+            if self.free_units & (run << first) == run << first {
+                break;
+            }
+            first += units;
+        }
+        if first >= UNITS {
+            return ptr::null_mut();
+        }
+        self.free_units &= !(run << first);
+        self.dirty_units &= !(run << first);
+        for u in first..first + units {
+            self.unit_page[u] = first as u8;
+        }
+        let base = self as *mut Segment as usize;
+        let start = base + first * UNIT_SIZE + if first == 0 { HEADER_SIZE } else { 0 };
+        let span_end = base + (first + units) * UNIT_SIZE;
+        // Blocks start at `start`; the page ends at the last whole block.
+        let end = start + (span_end - start) / block_size * block_size;
+        let page = &mut self.pages[first];
+        page.init(class, block_size, units, start, end);
+        page
+    }
+
+    /// Returns the units of an empty page to the segment; they are dirty until purged.
+    pub fn free_page(&mut self, page: *mut Page, now_ms: u64) {
+        // SAFETY: `page` is one of this segment's descriptors.
+        let (first, units) = unsafe {
+            let index = page.offset_from(self.pages.as_ptr()) as usize;
+            (index, (*page).units as usize)
+        };
+        let run = if units == 64 { ALL_UNITS } else { (1u64 << units) - 1 };
+        self.free_units |= run << first;
+        if self.dirty_units == 0 {
+            self.dirty_since = now_ms;
+        }
+        self.dirty_units |= run << first;
+        self.pages[first] = Page::empty();
+    }
+
+    /// Purges dirty free units if they have been dirty for `delay_ms`. Returns bytes.
+    pub fn purge(&mut self, now_ms: u64, delay_ms: u64, mode: PurgeMode) -> usize {
+        if self.dirty_units == 0 || now_ms.saturating_sub(self.dirty_since) < delay_ms {
+            return 0;
+        }
+        let base = self as *mut Segment as usize;
+        let mut purged = 0;
+        let mut unit = 0;
+        while unit < UNITS {
+            if self.dirty_units & (1 << unit) == 0 {
+                unit += 1;
+                continue;
+            }
+            let first = unit;
+            while unit < UNITS && self.dirty_units & (1 << unit) != 0 {
+                unit += 1;
+            }
+            // Unit 0 keeps its header.
+            let lo = base + first * UNIT_SIZE + if first == 0 { HEADER_SIZE } else { 0 };
+            let hi = base + unit * UNIT_SIZE;
+            // SAFETY: free units hold no live block, and this heap owns the segment, so
+            // nobody can place an object there during the call.
+            if unsafe { os::purge(lo, hi - lo, mode) }.is_ok() {
+                purged += hi - lo;
+            }
+        }
+        self.dirty_units = 0;
+        purged
+    }
+}

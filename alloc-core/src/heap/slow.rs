@@ -1,0 +1,342 @@
+//! The heap's slow paths: refilling a class from its page queue, fresh pages and
+//! segments; un-parking and retiring pages on free; the pending hand-off; periodic
+//! purging of unused units. Owner-thread only, except `hand_off_pending`.
+
+use super::page::{Block, Page, NOT_FULL, PENDING};
+
+const _: () = assert!(core::mem::size_of::<Block>() <= super::size_class::MIN_BLOCK);
+use super::segment::Segment;
+use super::size_class::{class_size, SMALL_PAGE_MAX_BLOCK};
+use super::{empty_page, lifecycle, Heap, PageQueue};
+use crate::sync::atomic::Ordering;
+use crate::{meta, os, purge, thread};
+use core::ptr;
+
+/// Units per page for classes above `SMALL_PAGE_MAX_BLOCK` (512 KiB pages).
+const LARGE_PAGE_UNITS: usize = 8;
+
+/// The allocation path of a thread whose slot holds a sentinel.
+#[cold]
+#[inline(never)]
+pub fn alloc_without_heap(slot: usize, class: usize) -> *mut u8 {
+    match slot {
+        thread::UNINIT => {
+            let heap = lifecycle::init_thread();
+            if heap.is_null() {
+                return meta::alloc(class_size(class), crate::MALLOC_ALIGN);
+            }
+            // SAFETY: a fresh heap owned by this thread.
+            unsafe { alloc_slow(heap, class) }
+        }
+        // Nested inside the allocator, or a thread past its exit hook: the metadata
+        // arena serves these few requests without touching heaps or the table.
+        _ => meta::alloc(class_size(class), crate::MALLOC_ALIGN),
+    }
+}
+
+#[inline(always)]
+unsafe fn pop(page: *mut Page) -> *mut u8 {
+    // SAFETY: caller guarantees `page` is ours and its free list is non-empty.
+    unsafe {
+        let block = (*page).free;
+        (*page).free = (*block).next;
+        (*page).used += 1;
+        (*block).cookie = 0;
+        block as *mut u8
+    }
+}
+
+/// Refills `class` and allocates from it.
+///
+/// # Safety
+/// `heap` is this thread's heap.
+#[cold]
+#[inline(never)]
+pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
+    // SAFETY: caller contract: we own the heap and its pages.
+    unsafe {
+        let heap = &mut *heap;
+        maybe_purge(heap);
+        if !heap.pending.load(Ordering::Relaxed).is_null() {
+            drain_pending(heap);
+        }
+        let mut page = heap.queues[class].first;
+        while !page.is_null() {
+            if (*page).collect() || (*page).extend() {
+                heap.current[class] = page;
+                return pop(page);
+            }
+            let next = (*page).next;
+            queue_remove(heap, page);
+            if !(*page).park_full() {
+                // A remote free raced in: the page has blocks again.
+                queue_push_front(heap, page);
+                if (*page).collect() {
+                    return pop(page);
+                }
+            }
+            page = next;
+        }
+        let page = fresh_page(heap, class);
+        if page.is_null() {
+            return ptr::null_mut();
+        }
+        queue_push_front(heap, page);
+        (*page).extend();
+        pop(page)
+    }
+}
+
+unsafe fn fresh_page(heap: &mut Heap, class: usize) -> *mut Page {
+    let size = class_size(class);
+    let units = if size <= SMALL_PAGE_MAX_BLOCK {
+        1
+    } else {
+        LARGE_PAGE_UNITS
+    };
+    // SAFETY: the heap's segment list holds live segments it owns.
+    unsafe {
+        let mut seg = heap.segments;
+        while !seg.is_null() {
+            let page = (*seg).alloc_page(class, size, units);
+            if !page.is_null() {
+                return page;
+            }
+            seg = (*seg).next;
+        }
+        let seg = Segment::create(heap as *mut Heap as usize);
+        if seg.is_null() {
+            return ptr::null_mut();
+        }
+        (*seg).next = heap.segments;
+        if !heap.segments.is_null() {
+            (*heap.segments).prev = seg;
+        }
+        heap.segments = seg;
+        (*seg).alloc_page(class, size, units)
+    }
+}
+
+/// A local free left the page empty or found it parked full.
+///
+/// # Safety
+/// `heap` is this thread's heap and owns `page`.
+#[cold]
+#[inline(never)]
+pub unsafe fn free_local_slow(heap: *mut Heap, page: *mut Page) {
+    // SAFETY: caller contract.
+    unsafe {
+        let heap = &mut *heap;
+        if (*page).in_full {
+            // Not parked any more. If a freer already moved it to PENDING it is (or is
+            // about to be) on our pending stack; `drain_pending` then skips it.
+            let _ = (*page).full_state.compare_exchange(
+                super::page::FULL,
+                NOT_FULL,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
+            (*page).in_full = false;
+            queue_push_back(heap, page);
+        }
+        if (*page).used == 0 {
+            retire_if_spare(heap, page);
+        }
+    }
+}
+
+/// Returns an empty page's units to its segment, unless it is its class's only page (a
+/// class that oscillates around one page should not map and purge it each time) or a
+/// remote freer still holds it for the pending hand-off.
+unsafe fn retire_if_spare(heap: &mut Heap, page: *mut Page) {
+    // SAFETY: we own `page` (caller contract of our callers).
+    unsafe {
+        let class = (*page).class as usize;
+        let queue = heap.queues[class];
+        if queue.first == page && queue.last == page {
+            return;
+        }
+        if (*page).full_state.load(Ordering::Acquire) == PENDING {
+            return; // drain_pending retires it once the freer has pushed it
+        }
+        queue_remove(heap, page);
+        let seg = Segment::of(page as usize);
+        (*seg).free_page(page, os::now_ms());
+        if (*seg).is_empty() && !((*seg).next.is_null() && (*seg).prev.is_null()) {
+            release_segment(heap, seg);
+        }
+    }
+}
+
+unsafe fn release_segment(heap: &mut Heap, seg: *mut Segment) {
+    // SAFETY: `seg` is an empty segment of this heap.
+    unsafe {
+        let (prev, next) = ((*seg).prev, (*seg).next);
+        if prev.is_null() {
+            heap.segments = next;
+        } else {
+            (*prev).next = next;
+        }
+        if !next.is_null() {
+            (*next).prev = prev;
+        }
+        Segment::release(seg);
+    }
+}
+
+/// A remote freer found `page` parked full: hand it to its owner.
+#[cold]
+#[inline(never)]
+pub fn hand_off_pending(heap: *mut Heap, page: *mut Page) {
+    // SAFETY: the segment's heap outlives its pages (heaps are never freed, only
+    // abandoned and adopted); `page` is parked and PENDING, so only we link it.
+    unsafe {
+        let pending = &(*heap).pending;
+        let mut head = pending.load(Ordering::Relaxed);
+        loop {
+            (*page).pending_next.store(head, Ordering::Relaxed);
+            // Release publishes the link to the owner's Acquire swap.
+            match pending.compare_exchange_weak(head, page, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(seen) => head = seen,
+            }
+        }
+    }
+}
+
+/// Takes back every parked page that remote frees handed to us.
+pub(super) unsafe fn drain_pending(heap: &mut Heap) {
+    let mut page = heap.pending.swap(ptr::null_mut(), Ordering::Acquire);
+    // SAFETY: pages on the stack are ours; each was pushed once (PENDING) and is popped
+    // here once.
+    unsafe {
+        while !page.is_null() {
+            let next = (*page).pending_next.load(Ordering::Relaxed);
+            (*page).full_state.store(NOT_FULL, Ordering::SeqCst);
+            if (*page).in_full {
+                (*page).in_full = false;
+                queue_push_back(heap, page);
+            }
+            (*page).collect();
+            if (*page).used == 0 {
+                retire_if_spare(heap, page);
+            }
+            page = next;
+        }
+    }
+}
+
+/// Purges this heap's unused units and runs the global purge when their time has come.
+unsafe fn maybe_purge(heap: &mut Heap) {
+    let now = os::now_ms();
+    if now < heap.next_purge_ms {
+        return;
+    }
+    let (delay, mode) = purge::settings();
+    heap.next_purge_ms = now + purge::interval_ms(delay);
+    let mut seg = heap.segments;
+    let mut bytes = 0;
+    // SAFETY: the heap's live segments.
+    unsafe {
+        while !seg.is_null() {
+            bytes += (*seg).purge(now, delay, mode);
+            seg = (*seg).next;
+        }
+    }
+    purge::record_heap_purge(bytes);
+    purge::tick(now);
+}
+
+// ---- page queues ------------------------------------------------------------------
+
+fn set_current(heap: &mut Heap, class: usize) {
+    let first = heap.queues[class].first;
+    heap.current[class] = if first.is_null() { empty_page() } else { first };
+}
+
+pub(super) unsafe fn queue_push_front(heap: &mut Heap, page: *mut Page) {
+    // SAFETY: the heap owns `page`, which is in no queue.
+    unsafe {
+        let class = (*page).class as usize;
+        let q: &mut PageQueue = &mut heap.queues[class];
+        (*page).prev = ptr::null_mut();
+        (*page).next = q.first;
+        if q.first.is_null() {
+            q.last = page;
+        } else {
+            (*q.first).prev = page;
+        }
+        q.first = page;
+        set_current(heap, class);
+    }
+}
+
+pub(super) unsafe fn queue_push_back(heap: &mut Heap, page: *mut Page) {
+    // SAFETY: as in `queue_push_front`.
+    unsafe {
+        let class = (*page).class as usize;
+        let q: &mut PageQueue = &mut heap.queues[class];
+        (*page).next = ptr::null_mut();
+        (*page).prev = q.last;
+        if q.last.is_null() {
+            q.first = page;
+        } else {
+            (*q.last).next = page;
+        }
+        q.last = page;
+        set_current(heap, class);
+    }
+}
+
+pub(super) unsafe fn queue_remove(heap: &mut Heap, page: *mut Page) {
+    // SAFETY: the heap owns `page`, which is in its class queue.
+    unsafe {
+        let class = (*page).class as usize;
+        let q: &mut PageQueue = &mut heap.queues[class];
+        let (prev, next) = ((*page).prev, (*page).next);
+        if prev.is_null() {
+            q.first = next;
+        } else {
+            (*prev).next = next;
+        }
+        if next.is_null() {
+            q.last = prev;
+        } else {
+            (*next).prev = prev;
+        }
+        (*page).prev = ptr::null_mut();
+        (*page).next = ptr::null_mut();
+        set_current(heap, class);
+    }
+}
+
+/// Frees everything that can be freed when a heap is abandoned: collects every page,
+/// retires the empty ones and releases empty segments.
+pub(super) unsafe fn trim(heap: &mut Heap) {
+    // SAFETY: the caller owns the heap (exiting thread or fork child).
+    unsafe {
+        drain_pending(heap);
+        for class in 0..super::CLASSES {
+            let mut page = heap.queues[class].first;
+            while !page.is_null() {
+                let next = (*page).next;
+                (*page).collect();
+                if (*page).used == 0 && (*page).full_state.load(Ordering::Acquire) != PENDING {
+                    queue_remove(heap, page);
+                    let seg = Segment::of(page as usize);
+                    (*seg).free_page(page, os::now_ms());
+                }
+                page = next;
+            }
+        }
+        let mut seg = heap.segments;
+        while !seg.is_null() {
+            let next = (*seg).next;
+            if (*seg).is_empty() {
+                release_segment(heap, seg);
+            }
+            seg = next;
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Large objects: every request above the small limit (or aligned beyond a page) is a
+//! region of its own. Owns no state; calls `region` (placement, retire, in-place growth
+//! and shrink) and `purge`.
+//!
+//! `realloc` grows in place when the next region is free (a table update under the two
+//! regions' write locks, one bulk unlock); otherwise it moves the object to a roomy
+//! spot, so that the next growth happens in place again. Shrinking gives the tail back
+//! as a free region. No path here makes a syscall in steady state.
+
+use crate::os::{self, PAGE_SIZE};
+use crate::region::table::RetireError;
+use crate::region::{RegionKind, TABLE};
+use core::ptr;
+
+fn page_round(size: usize) -> Option<usize> {
+    size.max(1).checked_next_multiple_of(PAGE_SIZE)
+}
+
+/// Allocates a large object. Null when out of memory.
+pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let Some(len) = page_round(size) else {
+        return ptr::null_mut();
+    };
+    place(len, align.max(PAGE_SIZE), zero, false)
+}
+
+fn place(len: usize, align: usize, zero: bool, roomy: bool) -> *mut u8 {
+    let placed = if roomy {
+        TABLE.allocate_roomy(len, align, RegionKind::Large)
+    } else {
+        TABLE.allocate(len, align, RegionKind::Large)
+    };
+    let Some(placed) = placed else {
+        return ptr::null_mut();
+    };
+    if zero && !placed.zeroed {
+        // SAFETY: the region is ours and `len` bytes long.
+        unsafe { ptr::write_bytes(placed.start as *mut u8, 0, len) };
+    }
+    crate::purge::tick(os::now_ms());
+    placed.start as *mut u8
+}
+
+/// Frees a large object.
+pub fn free(p: *mut u8) -> Result<(), RetireError> {
+    TABLE.retire(p as usize)?;
+    crate::purge::tick(os::now_ms());
+    Ok(())
+}
+
+/// The usable size of a live large object, or `None` if `p` is not one.
+pub fn usable_size(p: *const u8) -> Option<usize> {
+    TABLE.object_len(p as usize)
+}
+
+/// Resizes a live large object of `old_len` bytes to `new_size` bytes (still large).
+///
+/// # Safety
+/// `p` is a live large object of length `old_len`, allocated with `align`.
+pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize) -> *mut u8 {
+    let Some(new_len) = page_round(new_size) else {
+        return ptr::null_mut();
+    };
+    let addr = p as usize;
+    if new_len == old_len
+        || (new_len < old_len && TABLE.shrink_in_place(addr, new_len))
+        || (new_len > old_len && TABLE.grow_in_place(addr, new_len))
+    {
+        return p;
+    }
+    if new_len < old_len {
+        return p; // the tail could not be split off (out of metadata): keep it all
+    }
+    let q = place(new_len, align.max(PAGE_SIZE), false, true);
+    if !q.is_null() {
+        // SAFETY: both are live, distinct regions of at least `old_len` bytes.
+        unsafe { ptr::copy_nonoverlapping(p, q, old_len) };
+        if TABLE.retire(addr).is_err() {
+            crate::fatal("realloc: a live large object vanished from the region table");
+        }
+    }
+    q
+}

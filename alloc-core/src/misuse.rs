@@ -1,0 +1,78 @@
+//! Reporting detected misuse: one line naming the call, the pointer and the misuse,
+//! then abort. Formats into a stack buffer (no allocation: the heap may be the thing
+//! that is broken). Calls `os`.
+
+use crate::region::table::RetireError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misuse {
+    DoubleFree,
+    NotAllocated,
+    Interior,
+    UseAfterFree,
+}
+
+impl From<RetireError> for Misuse {
+    fn from(e: RetireError) -> Self {
+        match e {
+            RetireError::DoubleFree => Misuse::DoubleFree,
+            RetireError::Interior => Misuse::Interior,
+            RetireError::NotAllocated => Misuse::NotAllocated,
+        }
+    }
+}
+
+impl Misuse {
+    fn describe(self) -> &'static [u8] {
+        match self {
+            Misuse::DoubleFree => b"double free of ",
+            Misuse::NotAllocated => b"pointer not allocated by rangealloc: ",
+            Misuse::Interior => b"pointer into the middle of an allocation: ",
+            Misuse::UseAfterFree => b"pointer to an already freed block: ",
+        }
+    }
+}
+
+/// Writes `rangealloc: <call>(): <misuse> 0x<ptr>` to stderr and aborts.
+#[cold]
+#[inline(never)]
+pub fn report(misuse: Misuse, call: &str, p: *const u8) -> ! {
+    let mut line = [0u8; 160];
+    let mut len = 0;
+    for part in [b"rangealloc: ".as_slice(), call.as_bytes(), b"(): ", misuse.describe(), b"0x"] {
+        let n = part.len().min(line.len() - len);
+        line[len..len + n].copy_from_slice(&part[..n]);
+        len += n;
+    }
+    len += write_hex(&mut line[len..], p as usize);
+    if len < line.len() {
+        line[len] = b'\n';
+        len += 1;
+    }
+    crate::os::write_stderr(&line[..len]);
+    std::process::abort()
+}
+
+fn write_hex(out: &mut [u8], value: usize) -> usize {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digits = ((usize::BITS - value.leading_zeros()).div_ceil(4)).max(1) as usize;
+    let n = digits.min(out.len());
+    for i in 0..n {
+        out[i] = DIGITS[(value >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_formatting() {
+        let mut buf = [0u8; 20];
+        let n = write_hex(&mut buf, 0x7f00_dead_beef);
+        assert_eq!(&buf[..n], b"7f00deadbeef");
+        let n = write_hex(&mut buf, 0);
+        assert_eq!(&buf[..n], b"0");
+    }
+}

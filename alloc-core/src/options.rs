@@ -1,0 +1,155 @@
+//! Options: read once from `RANGEALLOC_OPTIONS=key=value,...` without allocating.
+//! Owns the parsed options; calls `os` (for warnings) and `libc::getenv`.
+//!
+//! Unknown keys and bad values print one warning on stderr and keep the default.
+
+use crate::os::{self, PurgeMode};
+use core::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+/// jemalloc's `dirty_decay_ms` defaults to 10 s, mimalloc's purge delay to 10 ms; we
+/// keep free pages one second, which lets a steady workload reuse them without faults
+/// while idle memory goes back within seconds.
+pub const DEFAULT_PURGE_DELAY_MS: u64 = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub purge_delay_ms: u64,
+    pub purge_mode: PurgeMode,
+    pub background_purge: bool,
+    pub secure: bool,
+    pub stats_at_exit: bool,
+    pub verbose: bool,
+}
+
+pub const DEFAULTS: Options = Options {
+    purge_delay_ms: DEFAULT_PURGE_DELAY_MS,
+    purge_mode: PurgeMode::DontNeed,
+    background_purge: false,
+    secure: false,
+    stats_at_exit: false,
+    verbose: false,
+};
+
+static OPTIONS: OnceLock<Options> = OnceLock::new();
+/// 0 = not parsed, 1 = parsing (reads see defaults), 2 = parsed.
+static STATE: AtomicU8 = AtomicU8::new(0);
+
+/// The options in force. The first call parses the environment.
+pub fn get() -> Options {
+    if let Some(o) = OPTIONS.get() {
+        return *o;
+    }
+    if STATE
+        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return DEFAULTS;
+    }
+    let parsed = from_env();
+    let _ = OPTIONS.set(parsed);
+    STATE.store(2, Ordering::Release);
+    parsed
+}
+
+fn from_env() -> Options {
+    // SAFETY: getenv with a NUL-terminated name; the result is read before any setenv
+    // by this thread could change it.
+    let value = unsafe { libc::getenv(c"RANGEALLOC_OPTIONS".as_ptr()) };
+    if value.is_null() {
+        return DEFAULTS;
+    }
+    // SAFETY: getenv returns a NUL-terminated string.
+    let bytes = unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes();
+    parse(bytes, &mut |msg: &[&[u8]]| {
+        os::write_stderr(b"rangealloc: warning: ");
+        for part in msg {
+            os::write_stderr(part);
+        }
+        os::write_stderr(b"\n");
+    })
+}
+
+/// Parses an option string, reporting each problem through `warn`.
+pub fn parse(text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
+    let mut o = DEFAULTS;
+    for item in text.split(|&b| b == b',').filter(|s| !s.is_empty()) {
+        let Some(eq) = item.iter().position(|&b| b == b'=') else {
+            warn(&[b"option '", item, b"' has no '=value'; ignored"]);
+            continue;
+        };
+        let (key, value) = (&item[..eq], &item[eq + 1..]);
+        let ok = match key {
+            b"purge_delay_ms" => parse_u64(value).map(|v| o.purge_delay_ms = v).is_some(),
+            b"purge_mode" => match value {
+                b"dontneed" => Some(o.purge_mode = PurgeMode::DontNeed).is_some(),
+                b"free" => Some(o.purge_mode = PurgeMode::Free).is_some(),
+                _ => false,
+            },
+            b"background_purge" => parse_bool(value).map(|v| o.background_purge = v).is_some(),
+            b"secure" => parse_bool(value).map(|v| o.secure = v).is_some(),
+            b"stats" => parse_bool(value).map(|v| o.stats_at_exit = v).is_some(),
+            b"verbose" => parse_bool(value).map(|v| o.verbose = v).is_some(),
+            _ => {
+                warn(&[b"unknown option '", key, b"'; ignored"]);
+                continue;
+            }
+        };
+        if !ok {
+            warn(&[b"bad value '", value, b"' for option '", key, b"'; default kept"]);
+        }
+    }
+    o
+}
+
+fn parse_u64(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 18 {
+        return None;
+    }
+    text.iter().try_fold(0u64, |acc, &b| {
+        b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as u64)
+    })
+}
+
+fn parse_bool(text: &[u8]) -> Option<bool> {
+    match text {
+        b"1" | b"true" | b"on" | b"yes" => Some(true),
+        b"0" | b"false" | b"off" | b"no" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_collect(text: &str) -> (Options, usize) {
+        let mut warnings = 0;
+        let o = parse(text.as_bytes(), &mut |_| warnings += 1);
+        (o, warnings)
+    }
+
+    #[test]
+    fn every_option_parses() {
+        let (o, w) = parse_collect(
+            "purge_delay_ms=250,purge_mode=free,background_purge=1,secure=on,stats=true,verbose=yes",
+        );
+        assert_eq!(w, 0);
+        assert_eq!(o.purge_delay_ms, 250);
+        assert_eq!(o.purge_mode, PurgeMode::Free);
+        assert!(o.background_purge && o.secure && o.stats_at_exit && o.verbose);
+    }
+
+    #[test]
+    fn malformed_strings_warn_and_keep_defaults() {
+        for bad in ["purge_delay_ms=-1", "purge_delay_ms=", "purge_mode=maybe", "secure",
+                    "nonsense=1", "stats=2", "purge_delay_ms=99999999999999999999"] {
+            let (o, w) = parse_collect(bad);
+            assert_eq!(o, DEFAULTS, "{bad}");
+            assert_eq!(w, 1, "{bad}");
+        }
+        let (o, w) = parse_collect(",,stats=1,,bogus,");
+        assert!(o.stats_at_exit);
+        assert_eq!(w, 1);
+    }
+}

@@ -1,0 +1,76 @@
+//! Returning memory to the OS: when and how much. Owns the purge clock and purge
+//! counters; calls `region` (free regions, purged under their own read lock) and
+//! `options`. Heaps purge their own unused units from their slow path (`heap::slow`)
+//! and then call `tick`, which runs the table-wide pass at most once per interval:
+//! decay is lazy, driven by allocator calls, never done on every free.
+
+use crate::options;
+use crate::os::PurgeMode;
+use crate::region::TABLE;
+use crate::stats::Counter;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// The pass runs at most this often relative to the delay (a quarter of it), so dirty
+/// memory lives at most 1.25 x the delay.
+const INTERVAL_DIVISOR: u64 = 4;
+/// ... and at least every this many ms apart, so a zero delay does not purge on
+/// every slow path.
+const MIN_INTERVAL_MS: u64 = 10;
+/// Bytes one pass may purge: bounds the time a pass spends in `madvise`.
+const PASS_BUDGET: usize = 256 << 20;
+
+static NEXT_PASS_MS: AtomicU64 = AtomicU64::new(0);
+pub static PURGED_BYTES: Counter = Counter::new();
+pub static PASSES: Counter = Counter::new();
+
+pub fn settings() -> (u64, PurgeMode) {
+    let o = options::get();
+    (o.purge_delay_ms, o.purge_mode)
+}
+
+pub fn interval_ms(delay_ms: u64) -> u64 {
+    (delay_ms / INTERVAL_DIVISOR).max(MIN_INTERVAL_MS)
+}
+
+pub fn record_heap_purge(bytes: usize) {
+    if bytes > 0 {
+        PURGED_BYTES.add(bytes as u64);
+    }
+}
+
+/// Runs the table-wide pass if its time has come (one thread wins the slot).
+pub fn tick(now_ms: u64) {
+    let next = NEXT_PASS_MS.load(Ordering::Relaxed);
+    if now_ms < next {
+        return;
+    }
+    let (delay, mode) = settings();
+    // Relaxed: the slot only elects one thread; the pass synchronises through the table.
+    if NEXT_PASS_MS
+        .compare_exchange(next, now_ms + interval_ms(delay), Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        run_pass(delay, mode, PASS_BUDGET);
+    }
+}
+
+/// Purges free regions dirty for at least `delay_ms`; returns bytes purged.
+pub fn run_pass(delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
+    PASSES.inc();
+    let bytes = TABLE.purge(delay_ms, mode, budget);
+    PURGED_BYTES.add(bytes as u64);
+    bytes
+}
+
+/// Purges every free region now, whatever its age (tests, `rangealloc_purge`).
+pub fn purge_all() -> usize {
+    let (_, mode) = settings();
+    let mut total = 0;
+    loop {
+        let bytes = run_pass(0, mode, usize::MAX);
+        total += bytes;
+        if bytes == 0 {
+            return total;
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The free index: free regions binned by size (power-of-two bins of their length), for
+//! placement. It owns the bin heads and the regions' intrusive links, and is touched only
+//! by the holder of the table's writer mutex, so it needs no synchronisation. Calls
+//! nothing.
+
+use super::{Region, RegionKind, NO_BIN};
+use core::ptr;
+
+const BINS: usize = usize::BITS as usize;
+
+pub(crate) struct FreeIndex {
+    heads: [*mut Region; BINS],
+    /// Bytes in all indexed free regions.
+    pub bytes: usize,
+    pub count: usize,
+}
+
+fn bin_of(len: usize) -> usize {
+    (usize::BITS - 1 - len.leading_zeros()) as usize
+}
+
+const PREV: usize = 0;
+const NEXT: usize = 1;
+
+impl FreeIndex {
+    pub const fn new() -> Self {
+        FreeIndex {
+            heads: [ptr::null_mut(); BINS],
+            bytes: 0,
+            count: 0,
+        }
+    }
+
+    /// # Safety
+    /// Writer mutex held; `r` is a live, attached free region not in the index.
+    pub unsafe fn insert(&mut self, r: *mut Region) {
+        // SAFETY: caller contract: exclusive access to the links of indexed regions.
+        unsafe {
+            debug_assert_eq!((*r).kind(), RegionKind::Free);
+            debug_assert_eq!(*(*r).bin.get(), NO_BIN);
+            let bin = bin_of((*r).len());
+            let head = self.heads[bin];
+            *(*r).bin_links.get() = [ptr::null_mut(), head];
+            if !head.is_null() {
+                (*(*head).bin_links.get())[PREV] = r;
+            }
+            self.heads[bin] = r;
+            *(*r).bin.get() = bin as u8;
+            self.bytes += (*r).len();
+        }
+        self.count += 1;
+    }
+
+    /// Removes `r` if it is indexed. Must be called before `r`'s length changes.
+    ///
+    /// # Safety
+    /// Writer mutex held; `r` is a live region descriptor.
+    pub unsafe fn remove(&mut self, r: *mut Region) {
+        // SAFETY: caller contract, as in `insert`.
+        unsafe {
+            let bin = *(*r).bin.get();
+            if bin == NO_BIN {
+                return;
+            }
+            let [prev, next] = *(*r).bin_links.get();
+            if prev.is_null() {
+                self.heads[bin as usize] = next;
+            } else {
+                (*(*prev).bin_links.get())[NEXT] = next;
+            }
+            if !next.is_null() {
+                (*(*next).bin_links.get())[PREV] = prev;
+            }
+            *(*r).bin.get() = NO_BIN;
+            self.bytes -= (*r).len();
+        }
+        self.count -= 1;
+    }
+
+    /// A free region that can hold `len` bytes at an `align`-aligned start, and that
+    /// start. Searches the smallest bins first (best fit by bin, first fit within it),
+    /// which keeps the big free regions whole for big objects and growth.
+    ///
+    /// # Safety
+    /// Writer mutex held.
+    pub unsafe fn find(&self, len: usize, align: usize) -> Option<(*mut Region, usize)> {
+        for bin in bin_of(len)..BINS {
+            let mut r = self.heads[bin];
+            while !r.is_null() {
+                // SAFETY: indexed regions are live while the writer mutex is held.
+                let (start, end) = unsafe { ((*r).start(), (*r).end()) };
+                let at = (start + align - 1) & !(align - 1);
+                if at >= start && at.checked_add(len).is_some_and(|e| e <= end) {
+                    return Some((r, at));
+                }
+                // SAFETY: as above.
+                r = unsafe { (*(*r).bin_links.get())[NEXT] };
+            }
+        }
+        None
+    }
+
+    /// Visits every indexed region (for the purge pass).
+    ///
+    /// # Safety
+    /// Writer mutex held for the whole visit; `f` must not change the index.
+    pub unsafe fn for_each(&self, mut f: impl FnMut(*mut Region)) {
+        for &head in &self.heads {
+            let mut r = head;
+            while !r.is_null() {
+                f(r);
+                // SAFETY: as in `find`.
+                r = unsafe { (*(*r).bin_links.get())[NEXT] };
+            }
+        }
+    }
+}

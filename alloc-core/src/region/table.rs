@@ -1,0 +1,727 @@
+//! `RegionTable`: the tree of regions, its writer mutex (the `mmap_lock` analogue, taken
+//! only for structural changes) and its sequence counter, with the read side
+//! (`find_and_read_lock`, lock-free) and every structural update. Calls `tree`, `lock`,
+//! `free_index`, `epoch`, `meta`, `os` and `space`.
+//!
+//! Read side (free, usable size, purge of one region):
+//! pin; r = tree.floor(addr); try-read r; back off if `lock_seq == table_seq`; re-check
+//! `detached` and the range (the descriptor may have left the tree since we found it);
+//! unpin. The read reference alone then keeps `r` attached: detaching needs
+//! `start_write`, which waits readers out. Any failure falls to the slow path, which
+//! repeats the lookup under the writer mutex, where it cannot fail spuriously.
+//!
+//! Write side: every update runs in `write()`: writer mutex, epoch pin, the update
+//! (`start_write` on each region it changes), one `end_write_all`, unlock.
+
+use super::epoch;
+use super::free_index::FreeIndex;
+use super::lock::TableSeq;
+use super::tree::RangeTree;
+use super::{Region, RegionKind, RegionState};
+use crate::os::{self, PurgeMode};
+use crate::space::{self, SlotKind};
+use crate::stats::Counter;
+use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::{meta, Reentrancy};
+use crossbeam_epoch::Guard;
+use parking_lot::Mutex;
+use core::ptr;
+
+/// Address space is reserved in arenas of this size (or the request rounded up to it):
+/// large enough that steady state never maps again, and free with `MAP_NORESERVE`.
+pub const ARENA_SIZE: usize = 1 << 30;
+
+/// Fast-path attempts before a reader takes the slow path after finding a stale region.
+const STALE_RETRIES: u32 = 2;
+
+/// The process's region table.
+pub static TABLE: RegionTable = RegionTable::new();
+
+/// Counters of the read-side protocol, as the kernel's `VMA_LOCK_*` events.
+pub struct LockCounters {
+    /// Lookups that got a validated read lock without the writer mutex.
+    pub success: Counter,
+    /// try-read failed, or the region was write-locked by an update (`lock_seq`).
+    pub abort: Counter,
+    /// The region found was detached or no longer covered the address.
+    pub retry: Counter,
+    /// The lock-free lookup found no region covering the address.
+    pub miss: Counter,
+    /// Lookups finished under the writer mutex.
+    pub slow: Counter,
+    /// Writer-mutex acquisitions (structural updates and slow lookups).
+    pub writer: Counter,
+}
+
+/// What a reader holds: a validated read reference on one region.
+pub struct ReadGuard {
+    region: &'static Region,
+}
+
+impl ReadGuard {
+    pub fn region(&self) -> &'static Region {
+        self.region
+    }
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        self.region.lock.read_unlock();
+    }
+}
+
+/// Why a `retire` was refused: each is misuse by the caller of `free`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetireError {
+    /// No live object region covers the address.
+    NotAllocated,
+    /// The address lies inside a region but is not its start.
+    Interior,
+    /// The region was already freed.
+    DoubleFree,
+}
+
+struct WriterState {
+    free: FreeIndex,
+    /// Address space reserved from the OS, in bytes.
+    reserved: usize,
+}
+
+// SAFETY: the raw pointers inside the free index are followed only under the mutex.
+unsafe impl Send for WriterState {}
+
+pub struct RegionTable {
+    tree: RangeTree,
+    seq: TableSeq,
+    writer: Mutex<WriterState>,
+    /// Retired regions waiting to become free space: a lock-free stack pushed by `free`
+    /// and emptied whole (swap with null) by writers, so it has no ABA hazard.
+    retired: AtomicPtr<Region>,
+    pub counters: LockCounters,
+    live_regions: AtomicUsize,
+}
+
+/// A live region's description for callers that placed it.
+#[derive(Clone, Copy, Debug)]
+pub struct Placed {
+    pub start: usize,
+    pub len: usize,
+    /// The memory reads as zero (fresh or purged with DONTNEED).
+    pub zeroed: bool,
+}
+
+impl RegionTable {
+    pub const fn new() -> Self {
+        RegionTable {
+            tree: RangeTree::new(),
+            seq: TableSeq::new(),
+            writer: Mutex::new(WriterState {
+                free: FreeIndex::new(),
+                reserved: 0,
+            }),
+            retired: AtomicPtr::new(ptr::null_mut()),
+            counters: LockCounters {
+                success: Counter::new(),
+                abort: Counter::new(),
+                retry: Counter::new(),
+                miss: Counter::new(),
+                slow: Counter::new(),
+                writer: Counter::new(),
+            },
+            live_regions: AtomicUsize::new(0),
+        }
+    }
+
+    // ------------------------------------------------------------------ read side
+
+    /// The region covering `addr`, read-locked, or `None` if no region covers it.
+    #[inline]
+    pub fn find_and_read_lock(&self, addr: usize) -> Option<ReadGuard> {
+        let _inside = Reentrancy::enter();
+        for _ in 0..STALE_RETRIES {
+            let guard = epoch::pin();
+            let Some((_, value)) = self.tree.floor(addr, &guard) else {
+                self.counters.miss.inc();
+                break;
+            };
+            // SAFETY: values in the tree are descriptors, valid while we are pinned.
+            let region: &'static Region = unsafe { &*(value as *const Region) };
+            if !region.lock.try_read_unlocked(&self.seq) {
+                self.counters.abort.inc();
+                break;
+            }
+            if region.is_detached() || !region.contains(addr) {
+                region.lock.read_unlock();
+                if region.is_detached() {
+                    self.counters.retry.inc();
+                    continue;
+                }
+                self.counters.miss.inc();
+                break;
+            }
+            self.counters.success.inc();
+            return Some(ReadGuard { region });
+        }
+        self.find_and_read_lock_slow(addr)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn find_and_read_lock_slow(&self, addr: usize) -> Option<ReadGuard> {
+        let _inside = Reentrancy::enter();
+        let _writer = self.writer.lock();
+        self.counters.writer.inc();
+        self.counters.slow.inc();
+        let guard = epoch::pin();
+        let (_, value) = self.tree.floor(addr, &guard)?;
+        // SAFETY: as in the fast path; under the writer mutex it is also attached.
+        let region: &'static Region = unsafe { &*(value as *const Region) };
+        if !region.contains(addr) {
+            return None;
+        }
+        // SAFETY: we hold the writer mutex.
+        unsafe { region.lock.read_lock_under_writer() };
+        Some(ReadGuard { region })
+    }
+
+    /// Frees the object region starting at `addr`: marks it retired (exactly once, which
+    /// detects double frees) under its read lock, without the writer mutex. The next
+    /// writer folds it into free space.
+    pub fn retire(&self, addr: usize) -> Result<(), RetireError> {
+        let read = self
+            .find_and_read_lock(addr)
+            .ok_or(RetireError::NotAllocated)?;
+        let region = read.region();
+        if region.kind() == RegionKind::Free {
+            return Err(RetireError::NotAllocated);
+        }
+        if region.start() != addr {
+            return Err(RetireError::Interior);
+        }
+        // AcqRel: exactly one freer wins; the winner's accesses to the object happen
+        // before the writer that later reads the state (Acquire in `state()`).
+        if region
+            .state
+            .compare_exchange(
+                RegionState::Live as u8,
+                RegionState::Retired as u8,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return Err(RetireError::DoubleFree);
+        }
+        let node = region as *const Region as *mut Region;
+        let mut head = self.retired.load(Ordering::Relaxed);
+        loop {
+            region.retired_next.store(head, Ordering::Relaxed);
+            // Release publishes the link (and the retirement) to the writer's Acquire swap.
+            match self
+                .retired
+                .compare_exchange_weak(head, node, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(seen) => head = seen,
+            }
+        }
+        self.live_regions.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The length of the live object region starting at `addr`.
+    pub fn object_len(&self, addr: usize) -> Option<usize> {
+        let read = self.find_and_read_lock(addr)?;
+        let r = read.region();
+        (r.kind() != RegionKind::Free && r.start() == addr && r.state() == RegionState::Live)
+            .then(|| r.len())
+    }
+
+    // ----------------------------------------------------------------- write side
+
+    fn write<R>(&self, update: impl FnOnce(&mut Writer<'_>) -> R) -> R {
+        let _inside = Reentrancy::enter();
+        let mut state = self.writer.lock();
+        self.counters.writer.inc();
+        let guard = epoch::pin();
+        let mut writer = Writer {
+            table: self,
+            state: &mut state,
+            guard: &guard,
+        };
+        writer.drain_retired();
+        let result = update(&mut writer);
+        // SAFETY: we hold the writer mutex; this ends the update.
+        unsafe { self.seq.end_write_all() };
+        result
+    }
+
+    /// Places a new live region of `len` bytes (page multiple) aligned to `align`.
+    pub fn allocate(&self, len: usize, align: usize, kind: RegionKind) -> Option<Placed> {
+        debug_assert!(kind != RegionKind::Free);
+        let placed = self.write(|w| w.allocate(len, align, kind))?;
+        self.live_regions.fetch_add(1, Ordering::Relaxed);
+        Some(placed)
+    }
+
+    /// Places a new live region where at least three times its length is free around
+    /// it, in the middle of that space, so it can later grow in place. Used when an object
+    /// moves because it grew: it is likely to grow again. Falls back to `allocate`.
+    pub fn allocate_roomy(&self, len: usize, align: usize, kind: RegionKind) -> Option<Placed> {
+        let placed = self.write(|w| w.allocate_roomy(len, align, kind))?;
+        self.live_regions.fetch_add(1, Ordering::Relaxed);
+        Some(placed)
+    }
+
+    /// Grows the live object region at `addr` to `new_len` into a free neighbour.
+    /// False when the neighbour is not free or too small (the caller moves instead).
+    pub fn grow_in_place(&self, addr: usize, new_len: usize) -> bool {
+        self.write(|w| w.grow(addr, new_len))
+    }
+
+    /// Shrinks the live object region at `addr` to `new_len`, giving the tail back.
+    pub fn shrink_in_place(&self, addr: usize, new_len: usize) -> bool {
+        self.write(|w| w.shrink(addr, new_len))
+    }
+
+    /// Folds retired regions into free space now (normally done by the next writer).
+    pub fn collect_retired(&self) {
+        self.write(|_| ())
+    }
+
+    /// Purges free regions dirty for at least `delay_ms`, at most `budget` bytes. The
+    /// writer mutex is held only to pick them; each `madvise` runs under the region's
+    /// read lock alone, so a writer wanting that region waits, and no other does.
+    pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
+        const BATCH: usize = 16;
+        let now = os::now_ms();
+        let mut picked: [Option<ReadGuard>; BATCH] = [const { None }; BATCH];
+        let mut count = 0;
+        self.write(|w| {
+            let mut bytes = 0;
+            // SAFETY: we hold the writer mutex for the visit.
+            unsafe {
+                w.state.free.for_each(|r| {
+                    let region: &'static Region = &*r;
+                    let since = region.dirty_since();
+                    if count < BATCH && bytes < budget && since != 0 && now.saturating_sub(since) >= delay_ms
+                    {
+                        region.lock.read_lock_under_writer();
+                        bytes += region.len();
+                        picked[count] = Some(ReadGuard { region });
+                        count += 1;
+                    }
+                })
+            };
+        });
+        let mut purged = 0;
+        for read in picked.iter_mut().take(count) {
+            let Some(read) = read.take() else { continue };
+            let r = read.region();
+            // SAFETY: a free region holds no live object, and our read reference keeps
+            // any writer from handing it out until the call returns.
+            if unsafe { os::purge(r.start(), r.len(), mode) }.is_ok() {
+                purged += r.len();
+                r.dirty_since.store(0, Ordering::Relaxed);
+                r.zeroed
+                    .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
+            }
+        }
+        purged
+    }
+
+    // ------------------------------------------------------------- introspection
+
+    /// Live object regions (large objects and segments), not counting retired ones.
+    pub fn live_regions(&self) -> usize {
+        self.live_regions.load(Ordering::Relaxed)
+    }
+
+    /// Address space reserved, and free bytes (total, and dirty part) in the index.
+    pub fn space(&self) -> SpaceStats {
+        let _inside = Reentrancy::enter();
+        let state = self.writer.lock();
+        let guard = epoch::pin();
+        let mut stats = SpaceStats {
+            reserved: state.reserved,
+            free: state.free.bytes,
+            ..SpaceStats::default()
+        };
+        self.tree.for_each(&guard, |_, value| {
+            // SAFETY: tree values are descriptors, valid while pinned.
+            let r = unsafe { &*(value as *const Region) };
+            match (r.kind(), r.state()) {
+                (RegionKind::Free, _) => {
+                    stats.free_regions += 1;
+                    if r.dirty_since() != 0 {
+                        stats.dirty += r.len();
+                    }
+                }
+                (_, RegionState::Retired) => stats.retired += r.len(),
+                (RegionKind::Large, _) => {
+                    stats.large_regions += 1;
+                    stats.large_bytes += r.len();
+                }
+                (RegionKind::Segment, _) => {
+                    stats.segment_regions += 1;
+                    stats.segment_bytes += r.len();
+                }
+            }
+        });
+        stats
+    }
+
+    /// Visits every region in address order (tests and diagnostics).
+    pub fn for_each_region(&self, mut f: impl FnMut(usize, usize, RegionKind, RegionState)) {
+        let _inside = Reentrancy::enter();
+        let guard = epoch::pin();
+        self.tree.for_each(&guard, |_, value| {
+            // SAFETY: as in `space`.
+            let r = unsafe { &*(value as *const Region) };
+            f(r.start(), r.len(), r.kind(), r.state())
+        });
+    }
+
+    /// Locks the table across `fork` (the child must not inherit a half-done update).
+    pub fn fork_prepare(&self) {
+        core::mem::forget(self.writer.lock());
+    }
+
+    /// # Safety
+    /// Only after `fork_prepare`, in the parent or the child.
+    pub unsafe fn fork_release(&self) {
+        // SAFETY: caller contract: the mutex is held by this thread via fork_prepare.
+        unsafe { self.writer.force_unlock(Default::default()) };
+    }
+}
+
+/// The table's free-space totals.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpaceStats {
+    pub reserved: usize,
+    pub free: usize,
+    pub dirty: usize,
+    pub retired: usize,
+    pub free_regions: usize,
+    pub large_regions: usize,
+    pub large_bytes: usize,
+    pub segment_regions: usize,
+    pub segment_bytes: usize,
+}
+
+/// One structural update in progress: the writer mutex is held and the thread pinned.
+struct Writer<'a> {
+    table: &'a RegionTable,
+    state: &'a mut WriterState,
+    guard: &'a Guard,
+}
+
+/// The arena a range belongs to: regions merge only within one reservation, since a
+/// range spanning two kernel mappings cannot be moved with `mremap`.
+fn arena_of(addr: usize) -> usize {
+    addr & !(ARENA_SIZE - 1)
+}
+
+impl Writer<'_> {
+    fn start_write(&self, r: &Region) {
+        // SAFETY: we hold the writer mutex and `write()` ends the update.
+        unsafe { r.lock.start_write(&self.table.seq) }
+    }
+
+    fn region_at(&self, key: usize) -> Option<&'static Region> {
+        let value = self.table.tree.get(key, self.guard)?;
+        // SAFETY: tree values are descriptors; under the writer mutex, attached.
+        Some(unsafe { &*(value as *const Region) })
+    }
+
+    fn live_object_at(&self, addr: usize) -> Option<&'static Region> {
+        self.region_at(addr)
+            .filter(|r| r.kind() != RegionKind::Free && r.state() == RegionState::Live)
+    }
+
+    fn new_region(&self, start: usize, len: usize, kind: RegionKind, zeroed: bool) -> *mut Region {
+        let p = meta::alloc(
+            core::mem::size_of::<Region>(),
+            core::mem::align_of::<Region>(),
+        ) as *mut Region;
+        if !p.is_null() {
+            // SAFETY: fresh metadata memory sized and aligned for a Region.
+            unsafe { p.write(Region::new(start, len, kind, zeroed)) };
+        }
+        p
+    }
+
+    /// Takes `r` out of the tree and frees its descriptor after the grace period.
+    fn detach(&mut self, r: &'static Region) {
+        self.start_write(r);
+        let p = r as *const Region as *mut Region;
+        // SAFETY: writer mutex held; `r` may be indexed.
+        unsafe {
+            self.state.free.remove(p);
+            self.table.tree.remove(r.start(), self.guard);
+        }
+        // Release (made visible by `end_write_all`): readers that still find `r` in an
+        // old tree version see it detached once they see the new sequence.
+        r.detached.store(true, Ordering::Release);
+        // SAFETY: unlinked from the tree; readers pinned now may still look at it.
+        unsafe { epoch::defer_meta_free(self.guard, p as *mut u8) };
+    }
+
+    fn insert(&mut self, r: *mut Region) -> bool {
+        // SAFETY: writer mutex held; `r` is a fresh descriptor not yet published.
+        let inserted = unsafe { self.table.tree.insert((*r).start(), r as usize, self.guard) };
+        if inserted.is_err() {
+            // SAFETY: never published, so no reader can hold it.
+            unsafe { meta::free(r as *mut u8) };
+            return false;
+        }
+        true
+    }
+
+    fn drain_retired(&mut self) {
+        // Acquire pairs with the Release pushes in `retire`.
+        let mut r = self.table.retired.swap(ptr::null_mut(), Ordering::Acquire);
+        let now = os::now_ms().max(1);
+        while !r.is_null() {
+            // SAFETY: retired regions stay attached until this writer frees them.
+            let region: &'static Region = unsafe { &*r };
+            r = region.retired_next.load(Ordering::Relaxed);
+            if region.kind() == RegionKind::Segment {
+                space::set_kind(region.start(), region.len(), SlotKind::Table);
+            }
+            self.start_write(region);
+            region.kind.store(RegionKind::Free as u8, Ordering::Relaxed);
+            region.state.store(RegionState::Live as u8, Ordering::Relaxed);
+            region.zeroed.store(false, Ordering::Relaxed);
+            region.dirty_since.store(now, Ordering::Relaxed);
+            self.coalesce(region);
+        }
+    }
+
+    /// Merges the free region `r` with free neighbours in its arena and indexes it.
+    fn coalesce(&mut self, mut r: &'static Region) {
+        if let Some((_, value)) = self.table.tree.prev_before(r.start(), self.guard) {
+            // SAFETY: tree value under the writer mutex.
+            let prev: &'static Region = unsafe { &*(value as *const Region) };
+            if prev.kind() == RegionKind::Free
+                && prev.end() == r.start()
+                && arena_of(prev.start()) == arena_of(r.start())
+            {
+                self.absorb(prev, r);
+                r = prev;
+            }
+        }
+        if let Some((_, value)) = self.table.tree.next_after(r.start(), self.guard) {
+            // SAFETY: as above.
+            let next: &'static Region = unsafe { &*(value as *const Region) };
+            if next.kind() == RegionKind::Free
+                && r.end() == next.start()
+                && arena_of(next.start()) == arena_of(r.start())
+            {
+                self.absorb(r, next);
+            }
+        }
+        let p = r as *const Region as *mut Region;
+        // SAFETY: writer mutex held; remove first since its length may have changed.
+        unsafe {
+            self.state.free.remove(p);
+            self.state.free.insert(p);
+        }
+    }
+
+    /// `left` (free) takes over its adjacent free neighbour `right`.
+    fn absorb(&mut self, left: &'static Region, right: &'static Region) {
+        self.start_write(left);
+        let p = left as *const Region as *mut Region;
+        // SAFETY: writer mutex held; its bin depends on the length about to change.
+        unsafe { self.state.free.remove(p) };
+        let right_len = right.len();
+        let zeroed = left.is_zeroed() && right.is_zeroed();
+        let dirty = match (left.dirty_since(), right.dirty_since()) {
+            (0, d) | (d, 0) => d,
+            (a, b) => a.min(b),
+        };
+        self.detach(right);
+        left.len.fetch_add(right_len, Ordering::Relaxed);
+        left.zeroed.store(zeroed, Ordering::Relaxed);
+        left.dirty_since.store(dirty, Ordering::Relaxed);
+    }
+
+    fn allocate(&mut self, len: usize, align: usize, kind: RegionKind) -> Option<Placed> {
+        // SAFETY: writer mutex held.
+        let found = unsafe { self.state.free.find(len, align) };
+        let (free, at) = match found {
+            Some(hit) => hit,
+            None => {
+                self.add_arena(len, align)?;
+                // SAFETY: as above.
+                unsafe { self.state.free.find(len, align)? }
+            }
+        };
+        // SAFETY: indexed regions are attached descriptors.
+        let free: &'static Region = unsafe { &*free };
+        self.carve(free, at, len, kind)
+    }
+
+    fn allocate_roomy(&mut self, len: usize, align: usize, kind: RegionKind) -> Option<Placed> {
+        const ROOM_FACTOR: usize = 4;
+        let Some(want) = len.checked_mul(ROOM_FACTOR) else {
+            return self.allocate(len, align, kind);
+        };
+        // SAFETY: writer mutex held.
+        let Some((free, _)) = (unsafe { self.state.free.find(want, align) }) else {
+            return self.allocate(len, align, kind);
+        };
+        // SAFETY: indexed regions are attached descriptors.
+        let free: &'static Region = unsafe { &*free };
+        let middle = free.start() + (free.len() - len) / 2;
+        let at = middle & !(align - 1);
+        let at = if at < free.start() { free.start() } else { at };
+        self.carve(free, at, len, kind)
+    }
+
+    /// Reserves a new arena big enough for `len` at `align` and indexes it as free.
+    fn add_arena(&mut self, len: usize, align: usize) -> Option<()> {
+        let size = len.checked_add(align)?.checked_next_multiple_of(ARENA_SIZE)?;
+        let base = os::reserve(size, ARENA_SIZE).ok()?;
+        let r = self.new_region(base, size, RegionKind::Free, true);
+        if r.is_null() || !self.insert(r) {
+            // SAFETY: the reservation was never published.
+            let _ = unsafe { os::release(base, size) };
+            return None;
+        }
+        space::set_kind(base, size, SlotKind::Table);
+        self.state.reserved += size;
+        // SAFETY: writer mutex held; fresh attached free region.
+        unsafe { self.state.free.insert(r) };
+        Some(())
+    }
+
+    /// Cuts `[at, at + len)` out of the free region `free` as a new live region.
+    fn carve(&mut self, free: &'static Region, at: usize, len: usize, kind: RegionKind) -> Option<Placed> {
+        let (start, end) = (free.start(), free.end());
+        let zeroed = free.is_zeroed();
+        let dirty = free.dirty_since();
+        let object = self.new_region(at, len, kind, zeroed);
+        if object.is_null() {
+            return None;
+        }
+        let tail = if at + len < end {
+            let t = self.new_region(at + len, end - at - len, RegionKind::Free, zeroed);
+            if t.is_null() {
+                // SAFETY: never published.
+                unsafe { meta::free(object as *mut u8) };
+                return None;
+            }
+            t
+        } else {
+            ptr::null_mut()
+        };
+        self.start_write(free);
+        let fp = free as *const Region as *mut Region;
+        // SAFETY: writer mutex held.
+        unsafe { self.state.free.remove(fp) };
+        if at == start {
+            self.detach(free);
+        } else {
+            free.len.store(at - start, Ordering::Relaxed);
+            // SAFETY: as above; the head stays free.
+            unsafe { self.state.free.insert(fp) };
+        }
+        let ok = self.insert(object);
+        if !tail.is_null() {
+            // SAFETY: the tail carries the free region's purge state.
+            unsafe { (*tail).dirty_since.store(dirty, Ordering::Relaxed) };
+            if self.insert(tail) {
+                // SAFETY: writer mutex held; attached free region.
+                unsafe { self.state.free.insert(tail) };
+            }
+        }
+        if !ok {
+            // The tree could not take the node: give the range back as free space.
+            let back = self.new_region(at, len, RegionKind::Free, zeroed);
+            if !back.is_null() && self.insert(back) {
+                // SAFETY: as above.
+                self.coalesce(unsafe { &*back });
+            }
+            return None;
+        }
+        if kind == RegionKind::Segment {
+            space::set_kind(at, len, SlotKind::Segment);
+        }
+        Some(Placed { start: at, len, zeroed })
+    }
+
+    fn grow(&mut self, addr: usize, new_len: usize) -> bool {
+        let Some(r) = self.live_object_at(addr) else {
+            return false;
+        };
+        let delta = match new_len.checked_sub(r.len()) {
+            Some(0) | None => return true,
+            Some(d) => d,
+        };
+        let Some((_, value)) = self.table.tree.next_after(addr, self.guard) else {
+            return false;
+        };
+        // SAFETY: tree value under the writer mutex.
+        let next: &'static Region = unsafe { &*(value as *const Region) };
+        if next.kind() != RegionKind::Free
+            || next.start() != r.end()
+            || next.len() < delta
+            || arena_of(next.start()) != arena_of(addr)
+        {
+            return false;
+        }
+        self.start_write(r);
+        self.start_write(next);
+        if next.len() == delta {
+            self.detach(next);
+        } else {
+            let np = next as *const Region as *mut Region;
+            // SAFETY: writer mutex held; no key lies between next.start and the new
+            // start, which stays inside `next`.
+            unsafe {
+                self.state.free.remove(np);
+                if self
+                    .table
+                    .tree
+                    .rekey(next.start(), next.start() + delta, self.guard)
+                    .is_err()
+                {
+                    self.state.free.insert(np);
+                    return false;
+                }
+                next.start.fetch_add(delta, Ordering::Relaxed);
+                next.len.fetch_sub(delta, Ordering::Relaxed);
+                self.state.free.insert(np);
+            }
+        }
+        r.len.store(new_len, Ordering::Relaxed);
+        true
+    }
+
+    fn shrink(&mut self, addr: usize, new_len: usize) -> bool {
+        let Some(r) = self.live_object_at(addr) else {
+            return false;
+        };
+        if new_len >= r.len() || new_len == 0 {
+            return new_len == r.len();
+        }
+        let tail = self.new_region(addr + new_len, r.len() - new_len, RegionKind::Free, false);
+        if tail.is_null() {
+            return false;
+        }
+        let old_len = r.len();
+        self.start_write(r);
+        r.len.store(new_len, Ordering::Relaxed);
+        if !self.insert(tail) {
+            r.len.store(old_len, Ordering::Relaxed);
+            return false;
+        }
+        // SAFETY: just inserted, attached.
+        let tail = unsafe { &*tail };
+        tail.dirty_since.store(os::now_ms().max(1), Ordering::Relaxed);
+        self.coalesce(tail);
+        true
+    }
+}

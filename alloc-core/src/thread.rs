@@ -1,0 +1,61 @@
+//! The calling thread's allocator slot: one `const` thread-local word holding this
+//! thread's heap, or a sentinel. It owns that word and calls nothing.
+//!
+//! The sentinels double as the re-entrancy guard of DESIGN.md §5: while a thread runs
+//! allocator code that may allocate through a dependency, its slot reads `BUSY`, so a
+//! nested `alloc` fails the fast path's single check and goes to the metadata arena,
+//! and a nested `free` of one of its own blocks sees a foreign owner and takes the
+//! atomic (remote) path instead of touching the heap mid-update. One thread-local load
+//! serves both the fast path and the guard.
+
+use core::cell::Cell;
+
+/// No heap yet (first allocation of the thread).
+pub const UNINIT: usize = 0;
+/// Inside the allocator: nested requests bypass the heap and the table.
+pub const BUSY: usize = 1;
+/// The thread is exiting and gave its heap up.
+pub const DEAD: usize = 2;
+/// Slot values below this are sentinels, not heap pointers.
+pub const SENTINEL_LIMIT: usize = 4096;
+
+thread_local! {
+    static SLOT: Cell<usize> = const { Cell::new(UNINIT) };
+}
+
+#[inline(always)]
+pub fn get() -> usize {
+    SLOT.with(|s| s.get())
+}
+
+#[inline(always)]
+pub fn set(value: usize) {
+    SLOT.with(|s| s.set(value))
+}
+
+/// Marks this thread as inside the allocator until dropped.
+pub struct Reentrancy {
+    saved: usize,
+}
+
+impl Reentrancy {
+    #[inline]
+    pub fn enter() -> Self {
+        Reentrancy {
+            saved: SLOT.with(|s| s.replace(BUSY)),
+        }
+    }
+}
+
+impl Drop for Reentrancy {
+    #[inline]
+    fn drop(&mut self) {
+        let saved = self.saved;
+        SLOT.with(|s| s.set(saved));
+    }
+}
+
+#[inline]
+pub fn inside_allocator() -> bool {
+    get() == BUSY
+}
