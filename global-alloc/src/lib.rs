@@ -47,3 +47,7 @@ unsafe impl GlobalAlloc for RangeAlloc {
 pub fn syscall_counts() -> SyscallCounts {
     rangealloc_core::os::syscall_counts()
 }
+
+/// The engine itself, for benchmarks and tools that study its parts (the region table,
+/// size classes, counters).
+pub use rangealloc_core as engine;
