@@ -15,6 +15,7 @@ pub mod options;
 pub mod os;
 pub mod purge;
 pub mod region;
+pub mod snapshot;
 pub mod space;
 pub mod sync;
 

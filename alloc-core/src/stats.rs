@@ -44,6 +44,12 @@ impl Counter {
         self.0[shard()].0.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Subtracts (the shards wrap; their sum is exact).
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.add(n.wrapping_neg());
+    }
+
     #[inline]
     pub fn inc(&self) {
         self.add(1);

@@ -51,3 +51,30 @@ pub fn syscall_counts() -> SyscallCounts {
 /// The engine itself, for benchmarks and tools that study its parts (the region table,
 /// size classes, counters).
 pub use rangealloc_core as engine;
+
+pub use rangealloc_core::options::Options;
+pub use rangealloc_core::snapshot::{ClassStats, LockStats, RegionStats, Stats};
+
+/// A snapshot of the allocator's statistics (allocated, active, resident, mapped,
+/// retained, metadata, regions by kind, per-class counts, syscalls, region-lock
+/// counters, purge counts). Costs a walk over the heaps and the region tree.
+pub fn stats() -> Stats {
+    rangealloc_core::snapshot::snapshot()
+}
+
+/// Writes the human-readable statistics report to stderr.
+pub fn print_stats() {
+    rangealloc_core::snapshot::print_to_stderr()
+}
+
+/// The options in force (parsed once from `RANGEALLOC_OPTIONS`).
+pub fn options() -> Options {
+    rangealloc_core::options::get()
+}
+
+/// Returns every free region's pages to the OS now, whatever the purge delay; returns
+/// the bytes purged.
+pub fn purge() -> usize {
+    rangealloc_core::region::TABLE.collect_retired();
+    rangealloc_core::purge::purge_all()
+}

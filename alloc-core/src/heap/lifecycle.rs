@@ -82,6 +82,7 @@ fn exit_key() -> Option<libc::pthread_key_t> {
                     // SAFETY: valid out-pointer and a destructor with the C signature.
                     let ok = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
                     let value = if ok == 0 { key as usize + 2 } else { usize::MAX };
+                    process_start();
                     // Release pairs with the Acquire above in other threads.
                     EXIT_KEY.store(value, Ordering::Release);
                 }
@@ -91,6 +92,23 @@ fn exit_key() -> Option<libc::pthread_key_t> {
             value => return Some((value - 2) as libc::pthread_key_t),
         }
     }
+}
+
+/// Once per process, on the first heap: the exit report and the background purger,
+/// when the options ask for them.
+fn process_start() {
+    let options = crate::options::get();
+    if options.stats_at_exit {
+        // SAFETY: registering a plain `extern "C"` function.
+        unsafe { libc::atexit(print_stats_at_exit) };
+    }
+    if options.background_purge {
+        crate::purge::start_background_thread();
+    }
+}
+
+extern "C" fn print_stats_at_exit() {
+    crate::snapshot::print_to_stderr();
 }
 
 fn adopt_or_create() -> *mut Heap {
@@ -112,6 +130,7 @@ fn adopt_or_create() -> *mut Heap {
     unsafe {
         heap.write(Heap {
             current: [empty_page(); CLASSES],
+            counts: core::array::from_fn(|_| Default::default()),
             queues: [PageQueue {
                 first: ptr::null_mut(),
                 last: ptr::null_mut(),
@@ -199,4 +218,18 @@ pub fn fork_prepare() {
 pub unsafe fn fork_release() {
     // SAFETY: caller contract.
     unsafe { HEAPS.raw_unlock() };
+}
+
+/// Visits every heap ever created (heaps are never freed, so this is safe while their
+/// owners run; the counts read are each a consistent word, possibly a moment old).
+pub fn for_each_heap(mut f: impl FnMut(&Heap)) {
+    let lists = HEAPS.lock();
+    let mut heap = lists.all;
+    while !heap.is_null() {
+        // SAFETY: heaps in the list are live forever.
+        unsafe {
+            f(&*heap);
+            heap = (*heap).all_next;
+        }
+    }
 }

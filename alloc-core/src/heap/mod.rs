@@ -13,12 +13,13 @@ pub mod segment;
 pub mod size_class;
 mod slow;
 
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::thread;
 use page::{free_cookie, Block, Page};
 use segment::Segment;
 use size_class::CLASSES;
 
-pub use lifecycle::{fork_child, fork_prepare, fork_release, heap_counts, HeapCounts};
+pub use lifecycle::{for_each_heap, fork_child, fork_prepare, fork_release, heap_counts, HeapCounts};
 pub use size_class::{class_for, class_of, class_size, SMALL_MAX};
 
 /// Per-class queue of pages with (possibly) free blocks; `current[class]` is its head.
@@ -32,6 +33,10 @@ pub struct Heap {
     /// The page each class allocates from: the queue head, or the static empty page
     /// (whose free list is always null) so the fast path needs no null check.
     current: [*mut Page; CLASSES],
+    /// Blocks this heap's thread allocated and freed, per class. Only the owner writes
+    /// (a load and a store, no RMW); `stats` sums them over all heaps, and frees made by
+    /// a thread count in that thread's heap, so the sums give the live blocks.
+    pub(crate) counts: [ClassCount; CLASSES],
     queues: [PageQueue; CLASSES],
     /// Parked-full pages that received remote frees (pushed by freers, popped whole).
     pending: crate::sync::atomic::AtomicPtr<Page>,
@@ -42,6 +47,21 @@ pub struct Heap {
     /// Links in the global list of heaps and in the abandoned stack.
     all_next: *mut Heap,
     abandoned_next: *mut Heap,
+}
+
+#[derive(Default)]
+pub(crate) struct ClassCount {
+    pub allocs: AtomicU64,
+    pub frees: AtomicU64,
+}
+
+/// Frees made by threads without a heap (nested, exiting), per class.
+pub(crate) static ORPHAN_FREES: [AtomicU64; CLASSES] = [const { AtomicU64::new(0) }; CLASSES];
+
+/// Owner-only increment: a plain load and store, which is all a single writer needs.
+#[inline(always)]
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
 }
 
 /// The page every empty class points at. Never written: its lists are null forever.
@@ -73,6 +93,7 @@ pub fn alloc_small(class: usize) -> *mut u8 {
         (*page).free = (*block).next;
         (*page).used += 1;
         (*block).cookie = 0;
+        bump(&(*heap).counts[class].allocs);
         block as *mut u8
     }
 }
@@ -106,15 +127,20 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
             return Err(SmallFreeError::DoubleFree);
         }
         (*block).cookie = cookie;
-        if (*seg).heap == thread::get() {
+        let slot = thread::get();
+        if (*seg).heap == slot {
+            bump(&(*(slot as *mut Heap)).counts[(*page).class as usize].frees);
             (*block).next = (*page).local_free;
             (*page).local_free = block;
             (*page).used -= 1;
             if (*page).used == 0 || (*page).in_full {
                 slow::free_local_slow((*seg).heap as *mut Heap, page);
             }
-        } else if (*page).push_remote(block) {
-            slow::hand_off_pending((*seg).heap as *mut Heap, page);
+        } else {
+            slow::count_remote_free(slot, (*page).class as usize);
+            if (*page).push_remote(block) {
+                slow::hand_off_pending((*seg).heap as *mut Heap, page);
+            }
         }
     }
     Ok(())

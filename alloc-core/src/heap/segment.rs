@@ -8,6 +8,13 @@ use super::page::Page;
 use crate::os::{self, PurgeMode};
 use crate::region::{RegionKind, TABLE};
 use crate::space::SLOT_SIZE;
+use crate::stats::Counter;
+
+/// Bytes of pages in use (handed to a size class), unused units not yet purged, and
+/// live segments: the small-object side of `stats`.
+pub static SMALL_PAGE_BYTES: Counter = Counter::new();
+pub static SEGMENT_DIRTY_BYTES: Counter = Counter::new();
+pub static SEGMENTS: Counter = Counter::new();
 use core::ptr;
 
 pub const SEGMENT_SIZE: usize = SLOT_SIZE;
@@ -45,6 +52,7 @@ impl Segment {
         else {
             return ptr::null_mut();
         };
+        SEGMENTS.inc();
         let seg = placed.start as *mut Segment;
         // SAFETY: the region is ours, writable and at least HEADER_SIZE long. Fields are
         // written in place: `Segment` is too big for the stack of a small thread.
@@ -69,6 +77,10 @@ impl Segment {
     /// # Safety
     /// No page of the segment is live and nothing references it any more.
     pub unsafe fn release(seg: *mut Segment) {
+        // SAFETY: caller contract: the header is still ours to read.
+        let dirty = unsafe { (*seg).dirty_units.count_ones() } as u64;
+        SEGMENT_DIRTY_BYTES.sub(dirty * UNIT_SIZE as u64);
+        SEGMENTS.sub(1);
         if TABLE.retire(seg as usize).is_err() {
             crate::fatal("segment release: the region table does not know the segment");
         }
@@ -106,6 +118,9 @@ impl Segment {
         if first >= UNITS {
             return ptr::null_mut();
         }
+        let reused_dirty = (self.dirty_units & (run << first)).count_ones() as u64;
+        SEGMENT_DIRTY_BYTES.sub(reused_dirty * UNIT_SIZE as u64);
+        SMALL_PAGE_BYTES.add((units * UNIT_SIZE) as u64);
         self.free_units &= !(run << first);
         self.dirty_units &= !(run << first);
         for u in first..first + units {
@@ -130,6 +145,8 @@ impl Segment {
         };
         let run = if units == 64 { ALL_UNITS } else { (1u64 << units) - 1 };
         self.free_units |= run << first;
+        SMALL_PAGE_BYTES.sub((units * UNIT_SIZE) as u64);
+        SEGMENT_DIRTY_BYTES.add((units * UNIT_SIZE) as u64);
         if self.dirty_units == 0 {
             self.dirty_since = now_ms;
         }
@@ -163,6 +180,7 @@ impl Segment {
                 purged += hi - lo;
             }
         }
+        SEGMENT_DIRTY_BYTES.sub(self.dirty_units.count_ones() as u64 * UNIT_SIZE as u64);
         self.dirty_units = 0;
         purged
     }

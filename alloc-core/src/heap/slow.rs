@@ -34,14 +34,26 @@ pub fn alloc_without_heap(slot: usize, class: usize) -> *mut u8 {
     }
 }
 
+/// Counts a free of a block owned by another heap, in the freeing thread's heap.
+#[inline]
+pub fn count_remote_free(slot: usize, class: usize) {
+    if slot >= thread::SENTINEL_LIMIT {
+        // SAFETY: `slot` is this thread's heap; only this thread writes its counts.
+        unsafe { super::bump(&(*(slot as *mut Heap)).counts[class].frees) };
+    } else {
+        super::ORPHAN_FREES[class].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[inline(always)]
-unsafe fn pop(page: *mut Page) -> *mut u8 {
+unsafe fn pop(heap: &Heap, page: *mut Page) -> *mut u8 {
     // SAFETY: caller guarantees `page` is ours and its free list is non-empty.
     unsafe {
         let block = (*page).free;
         (*page).free = (*block).next;
         (*page).used += 1;
         (*block).cookie = 0;
+        super::bump(&heap.counts[(*page).class as usize].allocs);
         block as *mut u8
     }
 }
@@ -64,7 +76,7 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
         while !page.is_null() {
             if (*page).collect() || (*page).extend() {
                 heap.current[class] = page;
-                return pop(page);
+                return pop(heap, page);
             }
             let next = (*page).next;
             queue_remove(heap, page);
@@ -72,7 +84,7 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
                 // A remote free raced in: the page has blocks again.
                 queue_push_front(heap, page);
                 if (*page).collect() {
-                    return pop(page);
+                    return pop(heap, page);
                 }
             }
             page = next;
@@ -83,7 +95,7 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
         }
         queue_push_front(heap, page);
         (*page).extend();
-        pop(page)
+        pop(heap, page)
     }
 }
 

@@ -74,3 +74,37 @@ pub fn purge_all() -> usize {
         }
     }
 }
+
+/// Starts the optional background purger: a thread that runs the table-wide pass every
+/// interval, so idle processes return memory without making allocator calls. Heaps'
+/// own unused units are purged by their owners (no other thread may touch them).
+pub fn start_background_thread() {
+    extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
+        loop {
+            let (delay, mode) = settings();
+            let interval = interval_ms(delay);
+            let pause = libc::timespec {
+                tv_sec: (interval / 1000) as libc::time_t,
+                tv_nsec: ((interval % 1000) * 1_000_000) as libc::c_long,
+            };
+            // SAFETY: a valid timespec; an early wake-up (signal) only purges sooner.
+            unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };
+            run_pass(delay, mode, PASS_BUDGET);
+        }
+    }
+    let mut thread: libc::pthread_t = 0;
+    // SAFETY: valid out-pointer, default attributes, a function with the C signature;
+    // the thread runs for the life of the process.
+    let started = unsafe {
+        libc::pthread_create(&mut thread, core::ptr::null(), run, core::ptr::null_mut())
+    };
+    if started == 0 {
+        BACKGROUND_STARTED.store(true, Ordering::Relaxed);
+        // SAFETY: `thread` was just created and is not joined by anyone.
+        unsafe { libc::pthread_detach(thread) };
+    }
+}
+
+/// True once the background purger runs (reported by stats and tests).
+pub static BACKGROUND_STARTED: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);

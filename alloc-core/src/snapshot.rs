@@ -1,0 +1,218 @@
+//! Statistics snapshots and the human-readable report. Owns nothing; reads the counters
+//! of `heap`, `region`, `purge`, `meta` and `os`. Reading costs a walk over the heaps
+//! (one per live thread at most) and the region tree, never a pause of the fast path.
+
+use crate::heap::{self, segment, size_class};
+use crate::os::{self, Syscall, SyscallCounts};
+use crate::region::TABLE;
+use crate::sync::atomic::Ordering;
+use crate::{meta, purge};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClassStats {
+    pub block_size: usize,
+    pub allocs: u64,
+    pub frees: u64,
+}
+
+impl ClassStats {
+    pub fn live(&self) -> u64 {
+        self.allocs.saturating_sub(self.frees)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LockStats {
+    pub success: u64,
+    pub abort: u64,
+    pub retry: u64,
+    pub miss: u64,
+    pub slow: u64,
+    pub writer: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RegionStats {
+    pub large: usize,
+    pub large_bytes: usize,
+    pub segments: usize,
+    pub free: usize,
+    pub free_bytes: usize,
+    pub dirty_bytes: usize,
+    pub retired_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Bytes in live blocks (small blocks at their class size, large objects whole).
+    pub allocated: usize,
+    /// Bytes in pages handed to size classes plus live large objects.
+    pub active: usize,
+    /// Upper bound on the memory we keep resident: active, dirty free memory not yet
+    /// purged, retired regions and metadata.
+    pub resident: usize,
+    /// Address space reserved from the OS (arenas and metadata).
+    pub mapped: usize,
+    /// Reserved but not resident (`mapped - resident`).
+    pub retained: usize,
+    /// Metadata bytes carved (descriptors, tree nodes, heaps, dependencies' blocks).
+    pub metadata: usize,
+    pub regions: RegionStats,
+    pub classes: [ClassStats; size_class::CLASSES],
+    pub syscalls: SyscallCounts,
+    pub lock: LockStats,
+    pub purge_passes: u64,
+    pub purged_bytes: u64,
+    pub heaps: usize,
+    pub abandoned_heaps: usize,
+}
+
+pub fn snapshot() -> Stats {
+    let mut classes = [ClassStats::default(); size_class::CLASSES];
+    for (c, class) in classes.iter_mut().enumerate() {
+        class.block_size = size_class::class_size(c);
+        class.frees = heap::ORPHAN_FREES[c].load(Ordering::Relaxed);
+    }
+    heap::for_each_heap(|h| {
+        for (class, count) in classes.iter_mut().zip(h.counts.iter()) {
+            class.allocs += count.allocs.load(Ordering::Relaxed);
+            class.frees += count.frees.load(Ordering::Relaxed);
+        }
+    });
+    let small_live: usize = classes
+        .iter()
+        .map(|c| c.live() as usize * c.block_size)
+        .sum();
+    let space = TABLE.space();
+    let meta = meta::stats();
+    let small_pages = segment::SMALL_PAGE_BYTES.get() as usize;
+    let segment_dirty = segment::SEGMENT_DIRTY_BYTES.get() as usize;
+    let active = small_pages + space.large_bytes;
+    let resident = active + segment_dirty + space.dirty + space.retired + meta.carved;
+    let mapped = space.reserved + meta.reserved;
+    let counters = &TABLE.counters;
+    let heaps = heap::heap_counts();
+    Stats {
+        allocated: small_live + space.large_bytes,
+        active,
+        resident,
+        mapped,
+        retained: mapped.saturating_sub(resident),
+        metadata: meta.carved,
+        regions: RegionStats {
+            large: space.large_regions,
+            large_bytes: space.large_bytes,
+            segments: space.segment_regions,
+            free: space.free_regions,
+            free_bytes: space.free,
+            dirty_bytes: space.dirty,
+            retired_bytes: space.retired,
+        },
+        classes,
+        syscalls: os::syscall_counts(),
+        lock: LockStats {
+            success: counters.success.get(),
+            abort: counters.abort.get(),
+            retry: counters.retry.get(),
+            miss: counters.miss.get(),
+            slow: counters.slow.get(),
+            writer: counters.writer.get(),
+        },
+        purge_passes: purge::PASSES.get(),
+        purged_bytes: purge::PURGED_BYTES.get(),
+        heaps: heaps.heaps,
+        abandoned_heaps: heaps.abandoned,
+    }
+}
+
+/// A `fmt::Write` into a fixed buffer that flushes through `out` when full: formatting
+/// without allocating, so the report can be printed from `atexit` or a signal-free
+/// corner of a broken program.
+struct Sink<'a> {
+    buf: [u8; 512],
+    len: usize,
+    out: &'a mut dyn FnMut(&[u8]),
+}
+
+impl core::fmt::Write for Sink<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == self.buf.len() {
+                (self.out)(&self.buf);
+                self.len = 0;
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the human-readable report through `out`, in pieces.
+pub fn print(out: &mut dyn FnMut(&[u8])) {
+    let s = snapshot();
+    let mut w = Sink {
+        buf: [0; 512],
+        len: 0,
+        out,
+    };
+    let _ = write_report(&mut w, &s);
+    let len = w.len;
+    (w.out)(&w.buf[..len]);
+}
+
+fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
+    const MIB: f64 = (1 << 20) as f64;
+    writeln!(w, "rangealloc {} statistics", env!("CARGO_PKG_VERSION"))?;
+    for (name, value) in [
+        ("allocated", s.allocated),
+        ("active", s.active),
+        ("resident", s.resident),
+        ("mapped", s.mapped),
+        ("retained", s.retained),
+        ("metadata", s.metadata),
+    ] {
+        writeln!(w, "  {name:<10} {:>12.2} MiB", value as f64 / MIB)?;
+    }
+    let r = &s.regions;
+    writeln!(
+        w,
+        "  regions    large {} ({:.2} MiB), segments {}, free {} ({:.2} MiB, {:.2} MiB dirty), retired {:.2} MiB",
+        r.large,
+        r.large_bytes as f64 / MIB,
+        r.segments,
+        r.free,
+        r.free_bytes as f64 / MIB,
+        r.dirty_bytes as f64 / MIB,
+        r.retired_bytes as f64 / MIB
+    )?;
+    let l = &s.lock;
+    writeln!(
+        w,
+        "  region lock: fast-path success {} abort {} retry {} miss {} slow {}; writer mutex {}",
+        l.success, l.abort, l.retry, l.miss, l.slow, l.writer
+    )?;
+    write!(w, "  syscalls:")?;
+    for call in Syscall::ALL {
+        write!(w, " {} {}", call.name(), s.syscalls.get(call))?;
+    }
+    writeln!(w, " (mmap_lock writers {})", s.syscalls.mmap_lock_writers())?;
+    writeln!(
+        w,
+        "  purge: {} passes, {:.2} MiB; heaps {} ({} abandoned)",
+        s.purge_passes,
+        s.purged_bytes as f64 / MIB,
+        s.heaps,
+        s.abandoned_heaps
+    )?;
+    writeln!(w, "  size classes with activity (block size: live / allocs / frees):")?;
+    for c in s.classes.iter().filter(|c| c.allocs > 0) {
+        writeln!(w, "    {:>6}: {:>10} / {:>12} / {:>12}", c.block_size, c.live(), c.allocs, c.frees)?;
+    }
+    Ok(())
+}
+
+/// Prints the report on stderr (for `stats=1` at exit).
+pub fn print_to_stderr() {
+    print(&mut |bytes| os::write_stderr(bytes));
+}

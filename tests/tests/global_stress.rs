@@ -1,0 +1,178 @@
+//! Whole-allocator stress as the test binary's `#[global_allocator]`: randomized
+//! multi-threaded alloc/realloc/free with hand-offs between threads and per-object
+//! content patterns, and thread churn with bounded memory.
+
+use rangealloc::engine;
+use rangealloc::RangeAlloc;
+use std::sync::mpsc;
+
+#[global_allocator]
+static A: RangeAlloc = RangeAlloc;
+
+/// A tiny deterministic generator (xorshift), so failures replay from the seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn size(&mut self) -> usize {
+        match self.next() % 100 {
+            0..=69 => (self.next() % 256) as usize,
+            70..=94 => (self.next() % 8192) as usize,
+            95..=98 => (self.next() % 200_000) as usize,
+            _ => (self.next() % (4 << 20)) as usize,
+        }
+    }
+}
+
+/// An object whose bytes derive from its id, checked before it is dropped.
+struct Obj {
+    id: u64,
+    data: Vec<u8>,
+}
+
+impl Obj {
+    fn new(id: u64, len: usize) -> Obj {
+        Obj {
+            id,
+            data: (0..len).map(|i| pattern(id, i)).collect(),
+        }
+    }
+    fn verify(&self) {
+        let bad = self
+            .data
+            .iter()
+            .enumerate()
+            .position(|(i, &b)| b != pattern(self.id, i));
+        assert!(
+            bad.is_none(),
+            "object {} corrupted at byte {:?}",
+            self.id,
+            bad
+        );
+    }
+    fn resize(&mut self, len: usize) {
+        self.verify();
+        let old = self.data.len();
+        self.data.truncate(len);
+        self.data
+            .extend((old.min(len)..len).map(|i| pattern(self.id, i)));
+        self.data.shrink_to_fit();
+    }
+}
+
+fn pattern(id: u64, i: usize) -> u8 {
+    (id as usize).wrapping_mul(31).wrapping_add(i) as u8
+}
+
+const THREADS: u64 = 16;
+/// Operations per thread; 16 threads give 10^6 operations in all (the 10^7 run is the
+/// `ignored` test below).
+const OPS: u64 = 60_000;
+const LIVE: usize = 400;
+
+fn stress(ops: u64) {
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..THREADS).map(|_| mpsc::channel::<Vec<Obj>>()).unzip();
+    let threads: Vec<_> = receivers
+        .into_iter()
+        .enumerate()
+        .map(|(t, rx)| {
+            let senders = senders.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x9e37_79b9 + t as u64);
+                let mut live: Vec<Obj> = Vec::with_capacity(LIVE);
+                for op in 0..ops {
+                    let id = (t as u64) << 40 | op;
+                    match rng.next() % 10 {
+                        0..=4 => {
+                            if live.len() >= LIVE {
+                                let victim = live.swap_remove(rng.next() as usize % live.len());
+                                victim.verify();
+                            }
+                            live.push(Obj::new(id, rng.size()));
+                        }
+                        5..=6 if !live.is_empty() => {
+                            let i = rng.next() as usize % live.len();
+                            let len = rng.size();
+                            live[i].resize(len);
+                        }
+                        7 if live.len() > 16 => {
+                            let to = rng.next() as usize % senders.len();
+                            let batch: Vec<Obj> = live.drain(..16).collect();
+                            let _ = senders[to].send(batch);
+                        }
+                        _ => {
+                            while let Ok(batch) = rx.try_recv() {
+                                for o in batch {
+                                    o.verify();
+                                }
+                            }
+                        }
+                    }
+                }
+                drop(senders);
+                for o in &live {
+                    o.verify();
+                }
+                live.len()
+            })
+        })
+        .collect();
+    drop(senders);
+    for t in threads {
+        t.join().expect("stress thread failed");
+    }
+}
+
+#[test]
+fn randomized_multithreaded_stress_with_content_checks() {
+    stress(OPS);
+}
+
+/// 16 threads x 625,000 ops = 10^7 operations (run with `--ignored`).
+#[test]
+#[ignore]
+fn randomized_stress_ten_million() {
+    stress(625_000);
+}
+
+#[test]
+fn thread_churn_keeps_memory_bounded() {
+    const ROUNDS: usize = 100;
+    const PER_ROUND: usize = 100;
+    let mut reserved_after_warmup = 0;
+    for round in 0..ROUNDS {
+        let threads: Vec<_> = (0..PER_ROUND)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let v: Vec<Box<[u8]>> = (0..50)
+                        .map(|k| vec![(i + k) as u8; 16 + k * 97].into_boxed_slice())
+                        .collect();
+                    // Keep a few alive across the thread's death: freed later by another
+                    // thread into the abandoned heap.
+                    v.into_iter().step_by(10).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let survivors: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        drop(survivors);
+        if round == 10 {
+            reserved_after_warmup = engine::region::TABLE.space().reserved;
+        }
+    }
+    let counts = engine::heap::heap_counts();
+    // 10,000 threads ran, at most PER_ROUND (+ the test harness's) at once.
+    assert!(
+        counts.heaps <= PER_ROUND + 16,
+        "heaps grew with churn: {counts:?}"
+    );
+    let reserved = engine::region::TABLE.space().reserved;
+    assert!(
+        reserved <= reserved_after_warmup.max(1 << 30),
+        "address space grew under churn: {reserved} > {reserved_after_warmup}"
+    );
+}

@@ -1,0 +1,176 @@
+//! Statistics move as expected for known allocation patterns, and every option is
+//! parsed, applied and reported (checked in child processes, since options are read
+//! once per process).
+
+use rangealloc::RangeAlloc;
+use std::process::Command;
+
+#[global_allocator]
+static A: RangeAlloc = RangeAlloc;
+
+const LARGE: usize = 1 << 20;
+const N: usize = 20;
+
+/// Runs this test binary again as a child with `RANGEALLOC_OPTIONS`, executing `mode`.
+fn child(options: &str, mode: &str) -> std::process::Output {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env("RANGEALLOC_OPTIONS", options)
+        .env("RANGEALLOC_TEST_CHILD", mode)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn child_entry() {
+    let Ok(mode) = std::env::var("RANGEALLOC_TEST_CHILD") else {
+        return; // only meaningful when spawned by `child`
+    };
+    let o = rangealloc::options();
+    match mode.as_str() {
+        "print-options" => println!(
+            "OPTIONS delay={} mode={:?} background={} secure={} stats={} verbose={}",
+            o.purge_delay_ms,
+            o.purge_mode,
+            o.background_purge,
+            o.secure,
+            o.stats_at_exit,
+            o.verbose
+        ),
+        "background" => {
+            let v = vec![1u8; 8 << 20];
+            drop(v);
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            let s = rangealloc::stats();
+            println!(
+                "BACKGROUND started={} passes={} dirty={}",
+                rangealloc::engine::purge::BACKGROUND_STARTED
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                s.purge_passes,
+                s.regions.dirty_bytes
+            );
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn large_objects_move_region_counts_and_resident() {
+    let before = rangealloc::stats();
+    let blocks: Vec<Vec<u8>> = (0..N).map(|i| vec![i as u8; LARGE]).collect();
+    let during = rangealloc::stats();
+    // Other tests run concurrently in this process, so compare with slack.
+    assert!(during.regions.large >= before.regions.large + N);
+    assert!(during.allocated >= before.allocated + N * LARGE);
+    assert!(during.resident >= during.active && during.active >= N * LARGE);
+    assert!(during.mapped >= during.resident);
+    drop(blocks);
+    let purged = rangealloc::purge();
+    let after = rangealloc::stats();
+    assert!(purged >= N * LARGE, "purged only {purged} bytes");
+    assert!(after.regions.dirty_bytes < during.regions.large_bytes);
+    assert!(after.purged_bytes >= purged as u64);
+    assert!(
+        after.syscalls.get(rangealloc::Syscall::MadviseDontNeed)
+            > during.syscalls.get(rangealloc::Syscall::MadviseDontNeed)
+    );
+}
+
+#[test]
+fn small_class_counts_track_live_blocks() {
+    let size = 3000; // a class no other test here uses heavily
+    let class = rangealloc::engine::heap::class_of(size);
+    let before = rangealloc::stats().classes[class];
+    let v: Vec<Box<[u8]>> = (0..1000)
+        .map(|_| vec![7u8; size].into_boxed_slice())
+        .collect();
+    let during = rangealloc::stats().classes[class];
+    assert!(during.allocs >= before.allocs + 1000);
+    drop(v);
+    let after = rangealloc::stats().classes[class];
+    assert!(after.frees >= before.frees + 1000);
+    assert_eq!(
+        during.block_size,
+        rangealloc::engine::heap::class_size(class)
+    );
+}
+
+#[test]
+fn lock_counters_count_fast_path_lookups() {
+    let before = rangealloc::stats().lock;
+    let v: Vec<Vec<u8>> = (0..50).map(|_| vec![0u8; 200_000]).collect();
+    drop(v); // each large free is one find_and_read_lock
+    let after = rangealloc::stats().lock;
+    assert!(after.success + after.slow >= before.success + before.slow + 50);
+    assert!(after.writer > before.writer);
+}
+
+#[test]
+fn every_option_is_parsed_and_applied() {
+    let out = child(
+        "purge_delay_ms=250,purge_mode=free,secure=1,verbose=1",
+        "print-options",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "OPTIONS delay=250 mode=Free background=false secure=true stats=false verbose=true"
+        ),
+        "{stdout}"
+    );
+    assert!(out.stderr.is_empty() || !String::from_utf8_lossy(&out.stderr).contains("warning"));
+}
+
+#[test]
+fn malformed_options_warn_once_and_keep_defaults() {
+    let out = child("purge_delay_ms=soon,frobnicate=1,stats", "print-options");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("OPTIONS delay=1000 mode=DontNeed"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stderr.matches("rangealloc: warning:").count(),
+        3,
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad value 'soon' for option 'purge_delay_ms'"));
+    assert!(stderr.contains("unknown option 'frobnicate'"));
+}
+
+#[test]
+fn stats_at_exit_prints_the_report() {
+    let out = child("stats=1", "print-options");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rangealloc 0.1.0 statistics"), "{stderr}");
+    assert!(stderr.contains("region lock: fast-path success"));
+    assert!(stderr.contains("syscalls: mmap"));
+}
+
+#[test]
+fn background_purger_runs_passes() {
+    let out = child("background_purge=1,purge_delay_ms=40", "background");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.find("BACKGROUND").map(|at| &l[at..]))
+        .expect(&stdout);
+    assert!(line.contains("started=true"), "{line}");
+    let passes: u64 = line
+        .split("passes=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(passes >= 3, "{line}");
+    assert!(
+        line.ends_with("dirty=0"),
+        "the freed 8 MiB was purged: {line}"
+    );
+}
