@@ -1,1 +1,161 @@
-//! placeholder
+//! `librangealloc.so`: rangealloc as a drop-in C allocator, for `LD_PRELOAD` or for
+//! linking with `-lrangealloc`.
+//!
+//! This crate owns the C ABI and nothing else: argument checking, `errno`, the exact
+//! C/POSIX/glibc semantics of each entry point, and the one-time `pthread_atfork`
+//! registration. It calls only `rangealloc-core`'s public API and `libc`, and it never
+//! allocates through Rust's global allocator (under `LD_PRELOAD` that would be us).
+//!
+//! `malloc` holds the C malloc family, `cxx` the C++ `operator new`/`delete` family,
+//! `compat` the historical and jemalloc-compatible names; this file holds what they
+//! share. Nothing here may panic: the workspace builds with `panic = "abort"`, and the
+//! code uses no indexing, `unwrap` or unchecked arithmetic on caller-supplied values.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod compat;
+mod cxx;
+mod malloc;
+
+use core::ffi::{c_char, c_void};
+use core::sync::atomic::{AtomicU8, Ordering};
+use rangealloc_core as engine;
+
+/// The largest request we accept. Like glibc (which fails anything above
+/// `PTRDIFF_MAX`), because pointer differences inside a larger object would overflow,
+/// and because `size + alignment padding` must never wrap into a tiny block.
+const MAX_REQUEST: usize = isize::MAX as usize;
+
+/// `rangealloc_version()`: the crate version, NUL-terminated.
+static VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+
+/// The library version as a NUL-terminated string, e.g. `"0.1.0"`. Also the way to ask
+/// "is rangealloc the allocator of this process?": `dlsym(RTLD_DEFAULT,
+/// "rangealloc_version")` is non-null exactly when the library is loaded.
+#[no_mangle]
+pub extern "C" fn rangealloc_version() -> *const c_char {
+    VERSION.as_ptr().cast()
+}
+
+/// True when a block of `size` bytes aligned to `align` (a power of two) can be
+/// requested without the size, plus alignment padding, exceeding `MAX_REQUEST`.
+#[inline(always)]
+fn request_fits(size: usize, align: usize) -> bool {
+    // `align >= 1`, and every power of two up to 2^63 minus one is at most
+    // `isize::MAX`, so the subtraction cannot wrap.
+    size <= MAX_REQUEST - (align - 1)
+}
+
+/// The failure return of every malloc-family call: `errno = ENOMEM`, null.
+#[cold]
+#[inline(never)]
+fn out_of_memory() -> *mut c_void {
+    engine::os::set_errno(libc::ENOMEM);
+    core::ptr::null_mut()
+}
+
+/// Allocates `size` bytes aligned to `align`, as C's allocation functions do: never a
+/// null for size 0 (a unique, freeable block), `errno = ENOMEM` and null on failure.
+///
+/// # Safety
+/// `align` must be a power of two.
+#[inline(always)]
+unsafe fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
+    ensure_initialised();
+    if !request_fits(size, align) {
+        return out_of_memory();
+    }
+    // The engine may treat 0 as its smallest class already; asking for 1 makes the
+    // "unique pointer for malloc(0)" promise independent of that.
+    let size = size.max(1);
+    let p = if zeroed {
+        // SAFETY: the caller guarantees `align` is a power of two.
+        unsafe { engine::alloc_zeroed(size, align) }
+    } else {
+        // SAFETY: as above.
+        unsafe { engine::alloc(size, align) }
+    };
+    if p.is_null() {
+        out_of_memory()
+    } else {
+        p.cast()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One-time set-up, done lazily on the first allocation: under LD_PRELOAD the dynamic
+// loader and libc call `malloc` before any constructor of ours could run.
+// ---------------------------------------------------------------------------------------
+
+const ATFORK_UNREGISTERED: u8 = 0;
+const ATFORK_REGISTERING: u8 = 1;
+const ATFORK_REGISTERED: u8 = 2;
+
+/// Whether the engine's fork handlers are registered with `pthread_atfork`.
+static ATFORK: AtomicU8 = AtomicU8::new(ATFORK_UNREGISTERED);
+
+#[inline(always)]
+fn ensure_initialised() {
+    // Relaxed: the flag guards no data; it only avoids a second registration, and
+    // the compare-exchange in the slow path decides who registers.
+    if ATFORK.load(Ordering::Relaxed) != ATFORK_REGISTERED {
+        register_fork_handlers();
+    }
+}
+
+/// Registers the engine's fork handlers, once per process. glibc keeps the first 48
+/// handlers in static storage, so this does not call `malloc`. Threads that arrive
+/// while another registers go on without waiting: a process cannot `fork` before
+/// `pthread_atfork` returns in the registering thread and still expect the handlers.
+#[cold]
+#[inline(never)]
+fn register_fork_handlers() {
+    if ATFORK
+        .compare_exchange(
+            ATFORK_UNREGISTERED,
+            ATFORK_REGISTERING,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        )
+        .is_err()
+    {
+        return;
+    }
+    // SAFETY: the three handlers are `extern "C"` functions with no arguments, valid
+    // for the life of the process (this library is never unloaded under preload).
+    let rc = unsafe {
+        libc::pthread_atfork(
+            Some(fork_prepare_handler),
+            Some(fork_parent_handler),
+            Some(fork_child_handler),
+        )
+    };
+    if rc != 0 {
+        engine::fatal("pthread_atfork failed: fork() in a threaded program would be unsafe");
+    }
+    // Relaxed: see `ensure_initialised`.
+    ATFORK.store(ATFORK_REGISTERED, Ordering::Relaxed);
+}
+
+extern "C" fn fork_prepare_handler() {
+    engine::fork_prepare();
+}
+
+extern "C" fn fork_parent_handler() {
+    engine::fork_parent();
+}
+
+extern "C" fn fork_child_handler() {
+    engine::fork_child();
+}
+
+/// Frees a block from any of our allocation functions; null is a no-op.
+///
+/// # Safety
+/// `p` must be null or a live block of this allocator; misuse is the engine's to
+/// detect and report.
+#[inline(always)]
+unsafe fn release(p: *mut c_void) {
+    // SAFETY: forwarded contract.
+    unsafe { engine::free(p.cast()) }
+}

@@ -29,7 +29,19 @@ fn every_class_and_alignment_round_trips() {
         .map(rangealloc_core::heap::class_size)
         .flat_map(|s| [s - 1, s, s + 1])
         .collect();
-    sizes.extend([1, 2, 3, 7, 8, 9, 65_536, 100_000, 1 << 20, 3 << 20, 17 << 20]);
+    sizes.extend([
+        1,
+        2,
+        3,
+        7,
+        8,
+        9,
+        65_536,
+        100_000,
+        1 << 20,
+        3 << 20,
+        17 << 20,
+    ]);
     for &size in &sizes {
         for shift in [0, 3, 4, 5, 6, 7, 8, 10, 12, 13, 16, 21] {
             let align = 1usize << shift;
@@ -75,8 +87,20 @@ fn zeroed_memory_is_zero_even_when_recycled() {
 #[test]
 fn realloc_preserves_content_across_boundaries() {
     let steps = [
-        1usize, 16, 100, 1000, 32_768, 32_769, 65_536, 1 << 20, 64 << 20, 3 << 20, 40_000,
-        30_000, 100, 1,
+        1usize,
+        16,
+        100,
+        1000,
+        32_768,
+        32_769,
+        65_536,
+        1 << 20,
+        64 << 20,
+        3 << 20,
+        40_000,
+        30_000,
+        100,
+        1,
     ];
     let layout = Layout::from_size_align(steps[0], 8).unwrap();
     // SAFETY: non-zero size.
