@@ -85,7 +85,10 @@ pub fn alloc_small(class: usize) -> *mut u8 {
     // SAFETY: `slot` is this thread's heap, owned by this thread; the current page is a
     // live page of the heap or the static empty page (whose `free` is null).
     unsafe {
-        let page = (*heap).current[class];
+        // `class_of` never returns CLASSES or more; unchecked indexing keeps the bounds
+        // check off the fast path.
+        debug_assert!(class < CLASSES);
+        let page = *(*heap).current.get_unchecked(class);
         let block = (*page).free;
         if block.is_null() {
             return slow::alloc_slow(heap, class);
@@ -93,7 +96,7 @@ pub fn alloc_small(class: usize) -> *mut u8 {
         (*page).free = (*block).next;
         (*page).used += 1;
         (*block).cookie = 0;
-        bump(&(*heap).counts[class].allocs);
+        bump(&(*heap).counts.get_unchecked(class).allocs);
         block as *mut u8
     }
 }
@@ -129,7 +132,8 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
         (*block).cookie = cookie;
         let slot = thread::get();
         if (*seg).heap == slot {
-            bump(&(*(slot as *mut Heap)).counts[(*page).class as usize].frees);
+            // A live page's class is below CLASSES (set by `Page::init`).
+            bump(&(*(slot as *mut Heap)).counts.get_unchecked((*page).class as usize).frees);
             (*block).next = (*page).local_free;
             (*page).local_free = block;
             (*page).used -= 1;

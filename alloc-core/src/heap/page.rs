@@ -48,7 +48,9 @@ pub const PENDING: u8 = 2;
 /// is exactly `off / size`.
 const RECIPROCAL_SHIFT: u32 = 40;
 
-#[repr(C)]
+/// 128 bytes (two cache lines, a power of two so indexing is a shift): the hot owner
+/// fields share the first line with the shared `thread_free` word.
+#[repr(C, align(128))]
 pub struct Page {
     // --- owner-only fields, hot ---
     pub free: *mut Block,

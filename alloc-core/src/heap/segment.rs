@@ -96,8 +96,11 @@ impl Segment {
     #[inline(always)]
     pub fn page_of(&mut self, addr: usize) -> *mut Page {
         let unit = (addr & (SEGMENT_SIZE - 1)) >> UNIT_SHIFT;
-        let first = self.unit_page[unit] as usize;
-        &mut self.pages[first]
+        // SAFETY: `unit` < UNITS by the mask, and `unit_page` entries are unit indices.
+        unsafe {
+            let first = *self.unit_page.get_unchecked(unit) as usize;
+            self.pages.get_unchecked_mut(first)
+        }
     }
 
     pub fn is_empty(&self) -> bool {
