@@ -12,3 +12,6 @@ cargo test --release --workspace
 # loom models of the region-table protocol (a separate target dir: different cfg).
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --release -p rangealloc-core --lib loom
+
+# The hardened build (encoded free lists, randomized order, zero-on-free).
+cargo test --release -p rangealloc-tests --features secure --test secure_mode

@@ -10,6 +10,9 @@ pub enum Misuse {
     NotAllocated,
     Interior,
     UseAfterFree,
+    /// A free list link points outside its page: something wrote into a freed block.
+    #[cfg_attr(not(feature = "secure"), allow(dead_code))]
+    CorruptFreeList,
 }
 
 impl From<RetireError> for Misuse {
@@ -29,6 +32,7 @@ impl Misuse {
             Misuse::NotAllocated => b"pointer not allocated by rangealloc: ",
             Misuse::Interior => b"pointer into the middle of an allocation: ",
             Misuse::UseAfterFree => b"pointer to an already freed block: ",
+            Misuse::CorruptFreeList => b"free list corrupted (write after free?) at block ",
         }
     }
 }
@@ -39,7 +43,13 @@ impl Misuse {
 pub fn report(misuse: Misuse, call: &str, p: *const u8) -> ! {
     let mut line = [0u8; 160];
     let mut len = 0;
-    for part in [b"rangealloc: ".as_slice(), call.as_bytes(), b"(): ", misuse.describe(), b"0x"] {
+    for part in [
+        b"rangealloc: ".as_slice(),
+        call.as_bytes(),
+        b"(): ",
+        misuse.describe(),
+        b"0x",
+    ] {
         let n = part.len().min(line.len() - len);
         line[len..len + n].copy_from_slice(&part[..n]);
         len += n;

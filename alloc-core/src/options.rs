@@ -96,7 +96,13 @@ pub fn parse(text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
             }
         };
         if !ok {
-            warn(&[b"bad value '", value, b"' for option '", key, b"'; default kept"]);
+            warn(&[
+                b"bad value '",
+                value,
+                b"' for option '",
+                key,
+                b"'; default kept",
+            ]);
         }
     }
     o
@@ -142,8 +148,15 @@ mod tests {
 
     #[test]
     fn malformed_strings_warn_and_keep_defaults() {
-        for bad in ["purge_delay_ms=-1", "purge_delay_ms=", "purge_mode=maybe", "secure",
-                    "nonsense=1", "stats=2", "purge_delay_ms=99999999999999999999"] {
+        for bad in [
+            "purge_delay_ms=-1",
+            "purge_delay_ms=",
+            "purge_mode=maybe",
+            "secure",
+            "nonsense=1",
+            "stats=2",
+            "purge_delay_ms=99999999999999999999",
+        ] {
             let (o, w) = parse_collect(bad);
             assert_eq!(o, DEFAULTS, "{bad}");
             assert_eq!(w, 1, "{bad}");

@@ -205,9 +205,19 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
         s.heaps,
         s.abandoned_heaps
     )?;
-    writeln!(w, "  size classes with activity (block size: live / allocs / frees):")?;
+    writeln!(
+        w,
+        "  size classes with activity (block size: live / allocs / frees):"
+    )?;
     for c in s.classes.iter().filter(|c| c.allocs > 0) {
-        writeln!(w, "    {:>6}: {:>10} / {:>12} / {:>12}", c.block_size, c.live(), c.allocs, c.frees)?;
+        writeln!(
+            w,
+            "    {:>6}: {:>10} / {:>12} / {:>12}",
+            c.block_size,
+            c.live(),
+            c.allocs,
+            c.frees
+        )?;
     }
     Ok(())
 }

@@ -3,10 +3,10 @@
 //! the few short, allocation-free critical sections where parking would allocate.
 //! It calls nothing but `core`/`std` (and `loom` in model builds).
 
-#[cfg(loom)]
-pub use loom::sync::atomic;
 #[cfg(not(loom))]
 pub use core::sync::atomic;
+#[cfg(loom)]
+pub use loom::sync::atomic;
 
 use atomic::{AtomicBool, Ordering};
 use core::cell::UnsafeCell;

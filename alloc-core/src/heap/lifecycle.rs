@@ -81,7 +81,11 @@ fn exit_key() -> Option<libc::pthread_key_t> {
                     let mut key: libc::pthread_key_t = 0;
                     // SAFETY: valid out-pointer and a destructor with the C signature.
                     let ok = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
-                    let value = if ok == 0 { key as usize + 2 } else { usize::MAX };
+                    let value = if ok == 0 {
+                        key as usize + 2
+                    } else {
+                        usize::MAX
+                    };
                     process_start();
                     // Release pairs with the Acquire above in other threads.
                     EXIT_KEY.store(value, Ordering::Release);
@@ -97,6 +101,8 @@ fn exit_key() -> Option<libc::pthread_key_t> {
 /// Once per process, on the first heap: the exit report and the background purger,
 /// when the options ask for them.
 fn process_start() {
+    #[cfg(feature = "secure")]
+    super::page::hardening::init();
     let options = crate::options::get();
     if options.stats_at_exit {
         // SAFETY: registering a plain `extern "C"` function.
@@ -122,7 +128,8 @@ fn adopt_or_create() -> *mut Heap {
             return heap;
         }
     }
-    let heap = meta::alloc(core::mem::size_of::<Heap>(), core::mem::align_of::<Heap>()) as *mut Heap;
+    let heap =
+        meta::alloc(core::mem::size_of::<Heap>(), core::mem::align_of::<Heap>()) as *mut Heap;
     if heap.is_null() {
         return heap;
     }

@@ -19,7 +19,9 @@ use page::{free_cookie, Block, Page};
 use segment::Segment;
 use size_class::CLASSES;
 
-pub use lifecycle::{for_each_heap, fork_child, fork_prepare, fork_release, heap_counts, HeapCounts};
+pub use lifecycle::{
+    for_each_heap, fork_child, fork_prepare, fork_release, heap_counts, HeapCounts,
+};
 pub use size_class::{class_for, class_of, class_size, SMALL_MAX};
 
 /// Per-class queue of pages with (possibly) free blocks; `current[class]` is its head.
@@ -61,7 +63,10 @@ pub(crate) static ORPHAN_FREES: [AtomicU64; CLASSES] = [const { AtomicU64::new(0
 /// Owner-only increment: a plain load and store, which is all a single writer needs.
 #[inline(always)]
 fn bump(counter: &AtomicU64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }
 
 /// The page every empty class points at. Never written: its lists are null forever.
@@ -93,12 +98,53 @@ pub fn alloc_small(class: usize) -> *mut u8 {
         if block.is_null() {
             return slow::alloc_slow(heap, class);
         }
-        (*page).free = (*block).next;
+        (*page).free = next_checked(page, block);
         (*page).used += 1;
         (*block).cookie = 0;
         bump(&(*heap).counts.get_unchecked(class).allocs);
         block as *mut u8
     }
+}
+
+/// The link of a block being popped; with the `secure` feature, checked to stay inside
+/// the page (a corrupted link means a write into freed memory).
+///
+/// # Safety
+/// `block` is the head of `page`'s free list.
+#[inline(always)]
+pub(crate) unsafe fn next_checked(page: *mut Page, block: *mut Block) -> *mut Block {
+    // SAFETY: caller contract.
+    let next = unsafe { Block::load_next(block) };
+    #[cfg(feature = "secure")]
+    // SAFETY: caller contract: `page` is live.
+    unsafe {
+        if !next.is_null()
+            && (next as usize).wrapping_sub((*page).start) >= (*page).end - (*page).start
+        {
+            crate::misuse::report(
+                crate::misuse::Misuse::CorruptFreeList,
+                "malloc",
+                block as *const u8,
+            );
+        }
+    }
+    #[cfg(not(feature = "secure"))]
+    let _ = page;
+    next
+}
+
+/// With the `secure` feature, wipes a freed block (past its header) so freed data does
+/// not linger.
+#[inline(always)]
+unsafe fn zero_on_free(block: *mut Block, page: *mut Page) {
+    #[cfg(feature = "secure")]
+    // SAFETY: the block is at least `block_size` bytes, the header is 16.
+    unsafe {
+        let size = (*page).block_size as usize;
+        core::ptr::write_bytes((block as *mut u8).add(16), 0, size - 16);
+    }
+    #[cfg(not(feature = "secure"))]
+    let _ = (block, page);
 }
 
 /// What `free_small` found wrong with a pointer.
@@ -133,14 +179,21 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
         let slot = thread::get();
         if (*seg).heap == slot {
             // A live page's class is below CLASSES (set by `Page::init`).
-            bump(&(*(slot as *mut Heap)).counts.get_unchecked((*page).class as usize).frees);
-            (*block).next = (*page).local_free;
+            bump(
+                &(*(slot as *mut Heap))
+                    .counts
+                    .get_unchecked((*page).class as usize)
+                    .frees,
+            );
+            zero_on_free(block, page);
+            Block::store_next(block, (*page).local_free);
             (*page).local_free = block;
             (*page).used -= 1;
             if (*page).used == 0 || (*page).in_full {
                 slow::free_local_slow((*seg).heap as *mut Heap, page);
             }
         } else {
+            zero_on_free(block, page);
             slow::count_remote_free(slot, (*page).class as usize);
             if (*page).push_remote(block) {
                 slow::hand_off_pending((*seg).heap as *mut Heap, page);
@@ -167,7 +220,11 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
 pub unsafe fn is_block_start(p: *const u8) -> bool {
     let addr = p as usize;
     // SAFETY: caller contract.
-    unsafe { (*(*Segment::of(addr)).page_of(addr)).block_index(addr).is_some() }
+    unsafe {
+        (*(*Segment::of(addr)).page_of(addr))
+            .block_index(addr)
+            .is_some()
+    }
 }
 
 /// True if the block at `p` carries the free cookie (it is on a free list).

@@ -32,10 +32,116 @@ pub fn free_cookie(block: *const Block) -> usize {
     FREE_COOKIE ^ block as usize
 }
 
+/// With the `secure` feature, free-list links are stored xor a per-process random key
+/// and the block's own (rotated) address, so an attacker who overwrites a freed block
+/// cannot plant a chosen pointer, and a corrupted link is caught when popped.
+#[cfg(feature = "secure")]
+pub mod hardening {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+
+    /// Sets the key once, from the kernel's random bytes (before the first block).
+    pub fn init() {
+        if KEY.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let mut key = 0usize;
+        // SAFETY: getrandom writes at most size_of::<usize>() bytes into `key`.
+        unsafe {
+            libc::getrandom(
+                &mut key as *mut usize as *mut libc::c_void,
+                core::mem::size_of::<usize>(),
+                0,
+            )
+        };
+        let _ = KEY.compare_exchange(0, key | 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    pub fn mask(block: usize) -> usize {
+        KEY.load(Ordering::Relaxed) ^ block.rotate_left(17)
+    }
+
+    /// A cheap per-thread generator for free-list shuffling (xorshift seeded by the key
+    /// and the stack address).
+    pub fn random() -> usize {
+        thread_local! {
+            static STATE: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+        }
+        STATE.with(|s| {
+            let mut x = s.get();
+            if x == 0 {
+                x = KEY.load(Ordering::Relaxed) ^ (&x as *const usize as usize) | 1;
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.set(x);
+            x
+        })
+    }
+}
+
+impl Block {
+    /// The next link of a free block.
+    ///
+    /// # Safety
+    /// `this` is a free block.
+    #[inline(always)]
+    pub unsafe fn load_next(this: *mut Block) -> *mut Block {
+        // SAFETY: caller contract.
+        let stored = unsafe { (*this).next } as usize;
+        #[cfg(feature = "secure")]
+        let stored = stored ^ hardening::mask(this as usize);
+        stored as *mut Block
+    }
+
+    /// Sets the next link of a free block.
+    ///
+    /// # Safety
+    /// `this` is a block we own.
+    #[inline(always)]
+    pub unsafe fn store_next(this: *mut Block, next: *mut Block) {
+        let stored = next as usize;
+        #[cfg(feature = "secure")]
+        let stored = stored ^ hardening::mask(this as usize);
+        // SAFETY: caller contract.
+        unsafe { (*this).next = stored as *mut Block };
+    }
+}
+
 /// Blocks carved per lazy extension: enough to amortise the slow path, few enough not to
 /// touch a whole 512 KiB page at once.
 const EXTEND_BYTES: usize = 16 * 1024;
 const EXTEND_MIN_BLOCKS: usize = 4;
+
+#[cfg(not(feature = "secure"))]
+fn batch_order(_batch: usize) -> (usize, usize) {
+    (0, 1)
+}
+
+/// A random start and a random stride coprime with `batch` (so every block is linked
+/// exactly once).
+#[cfg(feature = "secure")]
+fn batch_order(batch: usize) -> (usize, usize) {
+    fn gcd(mut a: usize, mut b: usize) -> usize {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    }
+    let offset = hardening::random() % batch;
+    let mut stride = 1;
+    for _ in 0..8 {
+        let candidate = hardening::random() % batch | 1;
+        if gcd(candidate, batch) == 1 {
+            stride = candidate;
+            break;
+        }
+    }
+    (offset, stride)
+}
 
 /// `full_state` values: the handshake between an owner that parks a full page off its
 /// queues and remote freers that must bring it back.
@@ -102,7 +208,14 @@ impl Page {
     }
 
     /// Makes this descriptor a fresh page of `class` over `[start, end)`.
-    pub fn init(&mut self, class: usize, block_size: usize, units: usize, start: usize, end: usize) {
+    pub fn init(
+        &mut self,
+        class: usize,
+        block_size: usize,
+        units: usize,
+        start: usize,
+        end: usize,
+    ) {
         *self = Page::empty();
         self.class = class as u8;
         self.units = units as u8;
@@ -139,12 +252,22 @@ impl Page {
         let batch = left.min((EXTEND_BYTES / size).max(EXTEND_MIN_BLOCKS));
         let first = self.bump;
         self.bump += batch * size;
-        // Link the batch front to back; blocks keep cookie 0 (never freed).
+        // Link the batch; blocks keep cookie 0 (never freed). In order by default (the
+        // next allocation is the next address: friendly to caches and prefetchers); with
+        // the `secure` feature, in a random stride order so addresses are not predictable.
+        let (offset, stride) = batch_order(batch);
         let mut next = self.free;
         for i in (0..batch).rev() {
-            let block = (first + i * size) as *mut Block;
+            let index = (offset + i * stride) % batch;
+            let block = (first + index * size) as *mut Block;
             // SAFETY: the block lies in this page's never-used part, owned by us.
-            unsafe { block.write(Block { next, cookie: 0 }) };
+            unsafe {
+                block.write(Block {
+                    next: ptr::null_mut(),
+                    cookie: 0,
+                });
+                Block::store_next(block, next);
+            }
             next = block;
         }
         self.free = next;
@@ -161,9 +284,9 @@ impl Page {
             let mut count = 0u32;
             while !list.is_null() {
                 // SAFETY: blocks on the list are free blocks of this page.
-                let next = unsafe { (*list).next };
+                let next = unsafe { Block::load_next(list) };
                 // SAFETY: as above.
-                unsafe { (*list).next = self.free };
+                unsafe { Block::store_next(list, self.free) };
                 self.free = list;
                 list = next;
                 count += 1;
@@ -177,10 +300,14 @@ impl Page {
                 let mut tail = self.local_free;
                 // SAFETY: local_free holds free blocks of this page.
                 unsafe {
-                    while !(*tail).next.is_null() {
-                        tail = (*tail).next;
+                    loop {
+                        let next = Block::load_next(tail);
+                        if next.is_null() {
+                            break;
+                        }
+                        tail = next;
                     }
-                    (*tail).next = self.free;
+                    Block::store_next(tail, self.free);
                 }
                 self.free = self.local_free;
             }
@@ -196,7 +323,7 @@ impl Page {
         let mut head = self.thread_free.load(Ordering::Relaxed);
         loop {
             // SAFETY: the block is ours to link until the push is published.
-            unsafe { (*block).next = head };
+            unsafe { Block::store_next(block, head) };
             // SeqCst pairs with the owner's SeqCst store of FULL and load of
             // `thread_free` in `park_full` (a store-load handshake: either the owner
             // sees this block, or we see FULL).
@@ -256,7 +383,7 @@ mod tests {
         assert_eq!(page.block_index(start - 64), None);
         let a = page.free;
         // SAFETY: `a` is a carved block of the page.
-        page.free = unsafe { (*a).next };
+        page.free = unsafe { Block::load_next(a) };
         page.used = 1;
         assert!(!page.push_remote(a), "not parked: no hand-off");
         assert!(page.collect());
@@ -272,7 +399,10 @@ mod tests {
         page.init(0, 16, 1, start, start + 512);
         assert!(page.park_full());
         let block = start as *mut Block;
-        assert!(page.push_remote(block), "first remote free of a parked page hands it off");
+        assert!(
+            page.push_remote(block),
+            "first remote free of a parked page hands it off"
+        );
         assert_eq!(page.full_state.load(Ordering::Relaxed), PENDING);
         assert!(!page.push_remote((start + 16) as *mut Block), "only once");
     }

@@ -48,8 +48,7 @@ pub struct Segment {
 impl Segment {
     /// Gets a fresh segment from the region table. Null when out of memory.
     pub fn create(heap: usize) -> *mut Segment {
-        let Some(placed) = TABLE.allocate(SEGMENT_SIZE, SEGMENT_SIZE, RegionKind::Segment)
-        else {
+        let Some(placed) = TABLE.allocate(SEGMENT_SIZE, SEGMENT_SIZE, RegionKind::Segment) else {
             return ptr::null_mut();
         };
         SEGMENTS.inc();
@@ -110,7 +109,11 @@ impl Segment {
     /// Claims `units` units (1, or a power of two aligned to itself) for a new page of
     /// `class` with blocks of `block_size`. Returns the page, or null if no run is free.
     pub fn alloc_page(&mut self, class: usize, block_size: usize, units: usize) -> *mut Page {
-        let run = if units == 64 { ALL_UNITS } else { (1u64 << units) - 1 };
+        let run = if units == 64 {
+            ALL_UNITS
+        } else {
+            (1u64 << units) - 1
+        };
         let mut first = 0;
         while first < UNITS {
             if self.free_units & (run << first) == run << first {
@@ -146,7 +149,11 @@ impl Segment {
             let index = page.offset_from(self.pages.as_ptr()) as usize;
             (index, (*page).units as usize)
         };
-        let run = if units == 64 { ALL_UNITS } else { (1u64 << units) - 1 };
+        let run = if units == 64 {
+            ALL_UNITS
+        } else {
+            (1u64 << units) - 1
+        };
         self.free_units |= run << first;
         SMALL_PAGE_BYTES.sub((units * UNIT_SIZE) as u64);
         SEGMENT_DIRTY_BYTES.add((units * UNIT_SIZE) as u64);

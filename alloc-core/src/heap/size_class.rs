@@ -73,7 +73,10 @@ mod tests {
             let c = class_of(size);
             let s = class_size(c);
             assert!(s >= size.max(1), "size {size} class {c} block {s}");
-            assert!(c == 0 || class_size(c - 1) < size, "size {size} not in smallest class");
+            assert!(
+                c == 0 || class_size(c - 1) < size,
+                "size {size} not in smallest class"
+            );
             assert_eq!(s % 16, 0, "16-byte alignment for size {size}");
             if size > LINEAR_MAX {
                 assert!((s - size) * 8 <= s, "waste above 12.5% for {size}");

@@ -50,7 +50,7 @@ unsafe fn pop(heap: &Heap, page: *mut Page) -> *mut u8 {
     // SAFETY: caller guarantees `page` is ours and its free list is non-empty.
     unsafe {
         let block = (*page).free;
-        (*page).free = (*block).next;
+        (*page).free = super::next_checked(page, block);
         (*page).used += 1;
         (*block).cookie = 0;
         super::bump(&heap.counts[(*page).class as usize].allocs);
@@ -208,8 +208,7 @@ pub fn hand_off_pending(heap: *mut Heap, page: *mut Page) {
         loop {
             (*page).pending_next.store(head, Ordering::Relaxed);
             // Release publishes the link to the owner's Acquire swap.
-            match pending.compare_exchange_weak(head, page, Ordering::Release, Ordering::Relaxed)
-            {
+            match pending.compare_exchange_weak(head, page, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(seen) => head = seen,
             }

@@ -16,12 +16,32 @@ fn page_round(size: usize) -> Option<usize> {
     size.max(1).checked_next_multiple_of(PAGE_SIZE)
 }
 
+/// With `secure=1`, every large object is followed by one guard page (installed with
+/// `MADV_GUARD_INSTALL`, no `mmap_lock` write; `mprotect` on older kernels), so a linear
+/// overflow faults at once instead of corrupting the neighbour.
+fn guard_len() -> usize {
+    if crate::options::get().secure {
+        PAGE_SIZE
+    } else {
+        0
+    }
+}
+
 /// Allocates a large object. Null when out of memory.
 pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
-    let Some(len) = page_round(size) else {
+    let guard = guard_len();
+    let Some(len) = page_round(size).and_then(|l| l.checked_add(guard)) else {
         return ptr::null_mut();
     };
-    place(len, align.max(PAGE_SIZE), zero, false)
+    let p = place(len, align.max(PAGE_SIZE), zero, false);
+    if guard != 0 && !p.is_null() {
+        // SAFETY: the last page of our fresh region holds no object bytes.
+        if unsafe { os::guard_install(p as usize + len - guard, guard) }.is_err() {
+            let _ = TABLE.retire(p as usize);
+            return ptr::null_mut();
+        }
+    }
+    p
 }
 
 fn place(len: usize, align: usize, zero: bool, roomy: bool) -> *mut u8 {
@@ -43,6 +63,18 @@ fn place(len: usize, align: usize, zero: bool, roomy: bool) -> *mut u8 {
 
 /// Frees a large object.
 pub fn free(p: *mut u8) -> Result<(), RetireError> {
+    let guard = guard_len();
+    if guard != 0 {
+        // Validate first, then lift the guard before the region can be reused.
+        let Some(len) = TABLE.object_len(p as usize) else {
+            return Err(TABLE
+                .retire(p as usize)
+                .err()
+                .unwrap_or(RetireError::NotAllocated));
+        };
+        // SAFETY: the guard page of a live object we are about to free.
+        let _ = unsafe { os::guard_remove(p as usize + len - guard, guard) };
+    }
     TABLE.retire(p as usize)?;
     crate::purge::tick(os::now_ms());
     Ok(())
@@ -50,7 +82,7 @@ pub fn free(p: *mut u8) -> Result<(), RetireError> {
 
 /// The usable size of a live large object, or `None` if `p` is not one.
 pub fn usable_size(p: *const u8) -> Option<usize> {
-    TABLE.object_len(p as usize)
+    TABLE.object_len(p as usize).map(|len| len - guard_len())
 }
 
 /// Resizes a live large object of `old_len` bytes to `new_size` bytes (still large).
@@ -62,6 +94,10 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         return ptr::null_mut();
     };
     let addr = p as usize;
+    if guard_len() != 0 {
+        // Guarded objects always move: moving the guard in place would cost as much.
+        return move_to(p, old_len.min(new_size), alloc(new_size, align, false));
+    }
     if new_len == old_len
         || (new_len < old_len && TABLE.shrink_in_place(addr, new_len))
         || (new_len > old_len && TABLE.grow_in_place(addr, new_len))
@@ -71,11 +107,19 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
     if new_len < old_len {
         return p; // the tail could not be split off (out of metadata): keep it all
     }
-    let q = place(new_len, align.max(PAGE_SIZE), false, true);
+    move_to(
+        p,
+        old_len,
+        place(new_len, align.max(PAGE_SIZE), false, true),
+    )
+}
+
+/// Copies `len` bytes of the large object `p` to `q` (when not null) and frees `p`.
+fn move_to(p: *mut u8, len: usize, q: *mut u8) -> *mut u8 {
     if !q.is_null() {
-        // SAFETY: both are live, distinct regions of at least `old_len` bytes.
-        unsafe { ptr::copy_nonoverlapping(p, q, old_len) };
-        if TABLE.retire(addr).is_err() {
+        // SAFETY: both are live, distinct objects of at least `len` usable bytes.
+        unsafe { ptr::copy_nonoverlapping(p, q, len) };
+        if free(p).is_err() {
             crate::fatal("realloc: a live large object vanished from the region table");
         }
     }

@@ -84,8 +84,7 @@ pub fn stats() -> MetaStats {
     let carved = if state.arena_count == 0 {
         0
     } else {
-        (state.arena_count - 1) * ARENA_SIZE
-            + (state.bump - state.arenas[state.arena_count - 1])
+        (state.arena_count - 1) * ARENA_SIZE + (state.bump - state.arenas[state.arena_count - 1])
     };
     MetaStats {
         in_use: state.bytes_in_use,
@@ -157,7 +156,11 @@ pub unsafe fn free(p: *mut u8) {
         state.bytes_in_use -= 1 << (class as u32 + MIN_CLASS_SHIFT);
         let block = p as *mut FreeBlock;
         // SAFETY: the block is ours again and at least 16 bytes long.
-        unsafe { block.write(FreeBlock { next: state.free[class] }) };
+        unsafe {
+            block.write(FreeBlock {
+                next: state.free[class],
+            })
+        };
         state.free[class] = block;
     }
 }
@@ -219,7 +222,11 @@ impl MetaState {
         for block in (chunk..chunk + CHUNK_SIZE).step_by(size).rev() {
             let block = block as *mut FreeBlock;
             // SAFETY: each block lies inside the fresh chunk.
-            unsafe { block.write(FreeBlock { next: self.free[class] }) };
+            unsafe {
+                block.write(FreeBlock {
+                    next: self.free[class],
+                })
+            };
             self.free[class] = block;
         }
         true
@@ -311,7 +318,9 @@ mod tests {
         // SAFETY: `a` is a live block of this state's arena.
         unsafe {
             assert_eq!(usable_size(a), 32);
-            (a as *mut FreeBlock).write(FreeBlock { next: state.free[class] });
+            (a as *mut FreeBlock).write(FreeBlock {
+                next: state.free[class],
+            });
         }
         state.free[class] = a as *mut FreeBlock;
         assert_eq!(state.alloc_block(class), a, "LIFO reuse of the freed block");
@@ -326,12 +335,19 @@ mod tests {
         unsafe {
             assert_eq!(usable_size(big), 4 * CHUNK_SIZE);
             ptr::write_bytes(big, 0xab, 4 * CHUNK_SIZE);
-            (big as *mut FreeSpan).write(FreeSpan { next: ptr::null_mut(), chunks: 4 });
+            (big as *mut FreeSpan).write(FreeSpan {
+                next: ptr::null_mut(),
+                chunks: 4,
+            });
         }
         state.free_spans = big as *mut FreeSpan;
         assert_eq!(state.alloc_span(3), big, "first fit reuses the freed span");
         let rest = state.alloc_span(1);
-        assert_eq!(rest as usize, big as usize + 3 * CHUNK_SIZE, "the split tail");
+        assert_eq!(
+            rest as usize,
+            big as usize + 3 * CHUNK_SIZE,
+            "the split tail"
+        );
     }
 
     #[test]

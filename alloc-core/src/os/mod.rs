@@ -230,7 +230,10 @@ fn madvise(call: Syscall, addr: usize, len: usize, advice: libc::c_int) -> Resul
     count(call);
     // SAFETY: the caller guarantees the range is ours and holds no live object.
     if unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) } != 0 {
-        return Err(OsError { call, errno: errno() });
+        return Err(OsError {
+            call,
+            errno: errno(),
+        });
     }
     Ok(())
 }

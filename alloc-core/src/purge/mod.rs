@@ -47,7 +47,12 @@ pub fn tick(now_ms: u64) {
     let (delay, mode) = settings();
     // Relaxed: the slot only elects one thread; the pass synchronises through the table.
     if NEXT_PASS_MS
-        .compare_exchange(next, now_ms + interval_ms(delay), Ordering::Relaxed, Ordering::Relaxed)
+        .compare_exchange(
+            next,
+            now_ms + interval_ms(delay),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        )
         .is_ok()
     {
         run_pass(delay, mode, PASS_BUDGET);
@@ -95,9 +100,8 @@ pub fn start_background_thread() {
     let mut thread: libc::pthread_t = 0;
     // SAFETY: valid out-pointer, default attributes, a function with the C signature;
     // the thread runs for the life of the process.
-    let started = unsafe {
-        libc::pthread_create(&mut thread, core::ptr::null(), run, core::ptr::null_mut())
-    };
+    let started =
+        unsafe { libc::pthread_create(&mut thread, core::ptr::null(), run, core::ptr::null_mut()) };
     if started == 0 {
         BACKGROUND_STARTED.store(true, Ordering::Relaxed);
         // SAFETY: `thread` was just created and is not joined by anyone.

@@ -23,9 +23,9 @@ use crate::space::{self, SlotKind};
 use crate::stats::Counter;
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::{meta, Reentrancy};
+use core::ptr;
 use crossbeam_epoch::Guard;
 use parking_lot::Mutex;
-use core::ptr;
 
 /// Address space is reserved in arenas of this size (or the request rounded up to it):
 /// large enough that steady state never maps again, and free with `MAP_NORESERVE`.
@@ -217,10 +217,12 @@ impl RegionTable {
         loop {
             region.retired_next.store(head, Ordering::Relaxed);
             // Release publishes the link (and the retirement) to the writer's Acquire swap.
-            match self
-                .retired
-                .compare_exchange_weak(head, node, Ordering::Release, Ordering::Relaxed)
-            {
+            match self.retired.compare_exchange_weak(
+                head,
+                node,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break,
                 Err(seen) => head = seen,
             }
@@ -304,7 +306,10 @@ impl RegionTable {
                 w.state.free.for_each(|r| {
                     let region: &'static Region = &*r;
                     let since = region.dirty_since();
-                    if count < BATCH && bytes < budget && since != 0 && now.saturating_sub(since) >= delay_ms
+                    if count < BATCH
+                        && bytes < budget
+                        && since != 0
+                        && now.saturating_sub(since) >= delay_ms
                     {
                         region.lock.read_lock_under_writer();
                         bytes += region.len();
@@ -491,7 +496,9 @@ impl Writer<'_> {
             }
             self.start_write(region);
             region.kind.store(RegionKind::Free as u8, Ordering::Relaxed);
-            region.state.store(RegionState::Live as u8, Ordering::Relaxed);
+            region
+                .state
+                .store(RegionState::Live as u8, Ordering::Relaxed);
             region.zeroed.store(false, Ordering::Relaxed);
             region.dirty_since.store(now, Ordering::Relaxed);
             self.coalesce(region);
@@ -582,7 +589,9 @@ impl Writer<'_> {
 
     /// Reserves a new arena big enough for `len` at `align` and indexes it as free.
     fn add_arena(&mut self, len: usize, align: usize) -> Option<()> {
-        let size = len.checked_add(align)?.checked_next_multiple_of(ARENA_SIZE)?;
+        let size = len
+            .checked_add(align)?
+            .checked_next_multiple_of(ARENA_SIZE)?;
         let base = os::reserve(size, ARENA_SIZE).ok()?;
         let r = self.new_region(base, size, RegionKind::Free, true);
         if r.is_null() || !self.insert(r) {
@@ -598,7 +607,13 @@ impl Writer<'_> {
     }
 
     /// Cuts `[at, at + len)` out of the free region `free` as a new live region.
-    fn carve(&mut self, free: &'static Region, at: usize, len: usize, kind: RegionKind) -> Option<Placed> {
+    fn carve(
+        &mut self,
+        free: &'static Region,
+        at: usize,
+        len: usize,
+        kind: RegionKind,
+    ) -> Option<Placed> {
         let (start, end) = (free.start(), free.end());
         let zeroed = free.is_zeroed();
         let dirty = free.dirty_since();
@@ -649,7 +664,11 @@ impl Writer<'_> {
         if kind == RegionKind::Segment {
             space::set_kind(at, len, SlotKind::Segment);
         }
-        Some(Placed { start: at, len, zeroed })
+        Some(Placed {
+            start: at,
+            len,
+            zeroed,
+        })
     }
 
     fn grow(&mut self, addr: usize, new_len: usize) -> bool {
@@ -720,7 +739,8 @@ impl Writer<'_> {
         }
         // SAFETY: just inserted, attached.
         let tail = unsafe { &*tail };
-        tail.dirty_since.store(os::now_ms().max(1), Ordering::Relaxed);
+        tail.dirty_since
+            .store(os::now_ms().max(1), Ordering::Relaxed);
         self.coalesce(tail);
         true
     }
