@@ -86,3 +86,23 @@ fn realloc_sequences_never_overlap() {
         }
     }
 }
+
+/// Regression (found by the model fuzzer): a growing realloc that moves an object with a
+/// large alignment to a roomy spot must keep the alignment.
+#[test]
+fn moving_realloc_keeps_large_alignment() {
+    for shift in 12..=22 {
+        let align = 1usize << shift;
+        // SAFETY: live blocks, checked and freed once.
+        unsafe {
+            let blocker = engine::alloc(64 << 10, 8);
+            let mut p = engine::alloc(40_000, align);
+            for size in [100_000usize, 1 << 20, 5 << 20] {
+                p = engine::realloc(p, size, align);
+                assert_eq!(p as usize % align, 0, "align {align} size {size}");
+            }
+            engine::free(p);
+            engine::free(blocker);
+        }
+    }
+}

@@ -581,9 +581,11 @@ impl Writer<'_> {
         };
         // SAFETY: indexed regions are attached descriptors.
         let free: &'static Region = unsafe { &*free };
+        // `find` guaranteed an aligned start with `want` bytes after it, so rounding the
+        // middle down can only fall back to that aligned start.
+        let aligned_start = free.start().next_multiple_of(align);
         let middle = free.start() + (free.len() - len) / 2;
-        let at = middle & !(align - 1);
-        let at = if at < free.start() { free.start() } else { at };
+        let at = (middle & !(align - 1)).max(aligned_start);
         self.carve(free, at, len, kind)
     }
 
