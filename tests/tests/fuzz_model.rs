@@ -73,13 +73,23 @@ fn verify(b: &Block) {
     for i in (0..b.size).step_by(step).chain([b.size - 1]) {
         // SAFETY: within the live block.
         let v = unsafe { *(b.addr as *const u8).add(i) };
-        assert_eq!(v, b.tag, "block {:#x}+{i} (size {}) corrupted", b.addr, b.size);
+        assert_eq!(
+            v, b.tag,
+            "block {:#x}+{i} (size {}) corrupted",
+            b.addr, b.size
+        );
     }
 }
 
 fn check_new(live: &BTreeMap<usize, Block>, b: &Block) {
     assert!(b.addr != 0, "null for size {} align {}", b.size, b.align);
-    assert_eq!(b.addr % b.align, 0, "misaligned: {:#x} align {}", b.addr, b.align);
+    assert_eq!(
+        b.addr % b.align,
+        0,
+        "misaligned: {:#x} align {}",
+        b.addr,
+        b.align
+    );
     // SAFETY: a live block of ours.
     let usable = unsafe { engine::usable_size(b.addr as *const u8) };
     assert!(usable >= b.size, "usable {usable} < size {}", b.size);
@@ -109,7 +119,12 @@ fn worker(seed: u64, deadline: Instant, mailboxes: Vec<Mailbox>, me: usize) -> u
                     let (size, align) = (rng.size(), rng.align());
                     // SAFETY: power-of-two alignment.
                     let addr = unsafe { engine::alloc(size, align) } as usize;
-                    let b = Block { addr, size, align, tag };
+                    let b = Block {
+                        addr,
+                        size,
+                        align,
+                        tag,
+                    };
                     check_new(&live, &b);
                     fill(&b);
                     live.insert(addr, b);
@@ -118,7 +133,12 @@ fn worker(seed: u64, deadline: Instant, mailboxes: Vec<Mailbox>, me: usize) -> u
                     let size = rng.size();
                     // SAFETY: 16 is a power of two.
                     let addr = unsafe { engine::alloc_zeroed(size, 16) } as usize;
-                    let b = Block { addr, size, align: 16, tag };
+                    let b = Block {
+                        addr,
+                        size,
+                        align: 16,
+                        tag,
+                    };
                     check_new(&live, &b);
                     // SAFETY: within the fresh block.
                     let zero = (0..size).all(|i| unsafe { *(addr as *const u8).add(i) } == 0);
@@ -127,15 +147,26 @@ fn worker(seed: u64, deadline: Instant, mailboxes: Vec<Mailbox>, me: usize) -> u
                     live.insert(addr, b);
                 }
                 5..=6 if !live.is_empty() => {
-                    let key = *live.keys().nth(rng.below(live.len() as u64) as usize).unwrap();
+                    let key = *live
+                        .keys()
+                        .nth(rng.below(live.len() as u64) as usize)
+                        .unwrap();
                     let old = live.remove(&key).unwrap();
                     verify(&old);
                     let size = rng.size();
                     // SAFETY: live block allocated with `old.align`.
                     let addr = unsafe { engine::realloc(old.addr as *mut u8, size, old.align) };
-                    let b = Block { addr: addr as usize, size, align: old.align, tag: old.tag };
+                    let b = Block {
+                        addr: addr as usize,
+                        size,
+                        align: old.align,
+                        tag: old.tag,
+                    };
                     check_new(&live, &b);
-                    verify(&Block { size: size.min(old.size), ..b });
+                    verify(&Block {
+                        size: size.min(old.size),
+                        ..b
+                    });
                     let b = Block { tag, ..b };
                     fill(&b);
                     live.insert(b.addr, b);
@@ -157,7 +188,10 @@ fn worker(seed: u64, deadline: Instant, mailboxes: Vec<Mailbox>, me: usize) -> u
                     }
                 }
                 _ if !live.is_empty() => {
-                    let key = *live.keys().nth(rng.below(live.len() as u64) as usize).unwrap();
+                    let key = *live
+                        .keys()
+                        .nth(rng.below(live.len() as u64) as usize)
+                        .unwrap();
                     let b = live.remove(&key).unwrap();
                     verify(&b);
                     // SAFETY: live block, freed once.
@@ -177,7 +211,10 @@ fn worker(seed: u64, deadline: Instant, mailboxes: Vec<Mailbox>, me: usize) -> u
 
 #[test]
 fn fuzz_against_the_model() {
-    let secs: u64 = std::env::var("RANGEALLOC_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let secs: u64 = std::env::var("RANGEALLOC_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let seed: u64 = std::env::var("RANGEALLOC_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -192,7 +229,10 @@ fn fuzz_against_the_model() {
             std::thread::spawn(move || worker(seed.wrapping_add(t as u64), deadline, mb, t))
         })
         .collect();
-    let ops: u64 = handles.into_iter().map(|h| h.join().expect("fuzz worker failed")).sum();
+    let ops: u64 = handles
+        .into_iter()
+        .map(|h| h.join().expect("fuzz worker failed"))
+        .sum();
     for mb in &mailboxes {
         for b in mb.lock().unwrap().drain(..) {
             verify(&b);
