@@ -190,7 +190,13 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
             (*page).local_free = block;
             (*page).used -= 1;
             if (*page).used == 0 || (*page).in_full {
-                slow::free_local_slow((*seg).heap as *mut Heap, page);
+                // An emptied page that is alone in its class queue stays (a class that
+                // oscillates around one page must not give it back each time): decided
+                // here, without the call.
+                let alone = (*page).prev.is_null() && (*page).next.is_null();
+                if (*page).in_full || !alone {
+                    slow::free_local_slow((*seg).heap as *mut Heap, page);
+                }
             }
         } else {
             zero_on_free(block, page);
