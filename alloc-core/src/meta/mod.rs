@@ -58,15 +58,19 @@ struct MetaState {
 // SAFETY: the raw pointers are only followed under the META lock.
 unsafe impl Send for MetaState {}
 
-static META: SpinLock<MetaState> = SpinLock::new(MetaState {
-    arenas: [0; MAX_ARENAS],
-    arena_count: 0,
-    bump: 0,
-    bump_end: 0,
-    free: [ptr::null_mut(); CLASSES],
-    free_spans: ptr::null_mut(),
-    bytes_in_use: 0,
-});
+impl MetaState {
+    const EMPTY: MetaState = MetaState {
+        arenas: [0; MAX_ARENAS],
+        arena_count: 0,
+        bump: 0,
+        bump_end: 0,
+        free: [ptr::null_mut(); CLASSES],
+        free_spans: ptr::null_mut(),
+        bytes_in_use: 0,
+    };
+}
+
+static META: SpinLock<MetaState> = SpinLock::new(MetaState::EMPTY);
 
 /// Metadata statistics.
 #[derive(Clone, Copy, Debug, Default)]
@@ -294,15 +298,7 @@ mod tests {
     use super::*;
 
     fn fresh() -> MetaState {
-        MetaState {
-            arenas: [0; MAX_ARENAS],
-            arena_count: 0,
-            bump: 0,
-            bump_end: 0,
-            free: [ptr::null_mut(); CLASSES],
-            free_spans: ptr::null_mut(),
-            bytes_in_use: 0,
-        }
+        MetaState::EMPTY
     }
 
     #[test]
