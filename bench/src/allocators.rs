@@ -1,0 +1,149 @@
+//! The allocators under comparison: their names, worker binaries, and the probes a
+//! worker uses to read an allocator's own statistics and syscall counters.
+//!
+//! Each `bench-worker-*` binary sets its `#[global_allocator]` and passes the matching
+//! probe to [`crate::worker_main`]. Probes only read; a probe for an allocator that the
+//! binary did not link as global allocator must never be called (jemalloc's control
+//! interface would initialise a second, idle heap).
+
+use rangealloc::SyscallCounts;
+
+/// One allocator: the name used in reports and the worker binary that links it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocator {
+    pub name: &'static str,
+    pub worker_bin: &'static str,
+}
+
+/// Every allocator, in the order runs interleave and reports list them.
+pub const ALL: [Allocator; 4] = [
+    Allocator {
+        name: "rangealloc",
+        worker_bin: "bench-worker-rangealloc",
+    },
+    Allocator {
+        name: "jemalloc",
+        worker_bin: "bench-worker-jemalloc",
+    },
+    Allocator {
+        name: "mimalloc",
+        worker_bin: "bench-worker-mimalloc",
+    },
+    Allocator {
+        name: "system",
+        worker_bin: "bench-worker-system",
+    },
+];
+
+/// The allocator that ratios are taken against: the best-known general-purpose
+/// allocator with a stable Rust binding, and the one rangealloc aims to beat.
+pub const BASELINE: &str = "jemalloc";
+
+/// The allocator whose own syscall counters the report shows.
+pub const UNDER_TEST: &str = "rangealloc";
+
+/// Heap statistics in bytes, as an allocator reports them about itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocStats {
+    /// Bytes handed to the program and not yet freed.
+    pub allocated: u64,
+    /// Bytes in pages the allocator holds for live objects (allocated + fragmentation).
+    pub active: u64,
+    /// Bytes the allocator believes are resident (active + metadata + dirty caches).
+    pub resident: u64,
+}
+
+/// What a worker can ask of the allocator it links.
+pub trait Probe: Sync {
+    fn name(&self) -> &'static str;
+    /// The allocator's own statistics, if it exposes them.
+    fn stats(&self) -> Option<AllocStats>;
+    /// The allocator's own count of the syscalls it issued, if it keeps one.
+    fn syscalls(&self) -> Option<SyscallCounts>;
+}
+
+/// rangealloc: statistics from its snapshot, syscall counters from its OS layer.
+pub struct Rangealloc;
+
+impl Probe for Rangealloc {
+    fn name(&self) -> &'static str {
+        "rangealloc"
+    }
+
+    fn stats(&self) -> Option<AllocStats> {
+        // A snapshot walks the heaps and the region tree: taken once, after the timing.
+        let s = rangealloc::stats();
+        Some(AllocStats {
+            allocated: s.allocated as u64,
+            active: s.active as u64,
+            resident: s.resident as u64,
+        })
+    }
+
+    fn syscalls(&self) -> Option<SyscallCounts> {
+        Some(rangealloc::syscall_counts())
+    }
+}
+
+/// jemalloc through `tikv-jemallocator`: statistics from its `mallctl` interface.
+pub struct Jemalloc;
+
+impl Probe for Jemalloc {
+    fn name(&self) -> &'static str {
+        "jemalloc"
+    }
+
+    fn stats(&self) -> Option<AllocStats> {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        // jemalloc caches its statistics; advancing the epoch refreshes them.
+        epoch::advance().ok()?;
+        Some(AllocStats {
+            allocated: stats::allocated::read().ok()? as u64,
+            active: stats::active::read().ok()? as u64,
+            resident: stats::resident::read().ok()? as u64,
+        })
+    }
+
+    fn syscalls(&self) -> Option<SyscallCounts> {
+        None
+    }
+}
+
+/// mimalloc through the `mimalloc` crate, which exposes no statistics.
+pub struct Mimalloc;
+
+impl Probe for Mimalloc {
+    fn name(&self) -> &'static str {
+        "mimalloc"
+    }
+
+    fn stats(&self) -> Option<AllocStats> {
+        None
+    }
+
+    fn syscalls(&self) -> Option<SyscallCounts> {
+        None
+    }
+}
+
+/// The system allocator (glibc malloc on Linux) through `std::alloc::System`.
+pub struct System;
+
+impl Probe for System {
+    fn name(&self) -> &'static str {
+        "system"
+    }
+
+    fn stats(&self) -> Option<AllocStats> {
+        None
+    }
+
+    fn syscalls(&self) -> Option<SyscallCounts> {
+        None
+    }
+}
+
+/// Looks an allocator up by name.
+pub fn by_name(name: &str) -> Option<Allocator> {
+    ALL.iter().copied().find(|a| a.name == name)
+}

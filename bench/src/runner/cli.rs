@@ -1,0 +1,285 @@
+//! The runner's command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::allocators;
+use crate::workloads;
+
+pub const USAGE: &str = "\
+usage: cargo run --release -p rangealloc-bench -- [OPTIONS]
+       cargo run --release -p rangealloc-bench -- markdown|report [--in FILE]
+       cargo run --release -p rangealloc-bench -- list
+
+Runs every workload against rangealloc, jemalloc, mimalloc and the system allocator,
+interleaved, and writes a table (stdout), results.json and SVG charts.
+
+options:
+  --quick              small inputs, 3 repetitions, threads 2,8 (default; < 3 min on 2 cores)
+  --full               larger inputs, 7 repetitions, threads 1,2,4,8
+  --threads LIST       thread counts, e.g. 1,2,4,8
+  --filter LIST        only workloads whose name contains one of these (comma-separated)
+  --allocators LIST    only these allocators (jemalloc, the baseline, is always run)
+  --reps N             repetitions per cell
+  --seed N             input seed (same for every allocator)
+  --out DIR            output directory (default bench-results)
+  --syscalls           extra pass: count mmap/munmap/mremap/mprotect/madvise per run
+                       with `strace -c -f` for every allocator (needs strace)
+  --markdown           also print the BENCHMARKS.md section
+  --timeout SECS       kill a worker run after this long (default 300)
+  --no-build           do not run `cargo build` for the workers first
+
+subcommands:
+  markdown [--in FILE] print the BENCHMARKS.md section from a saved results.json
+                       (default bench-results/results.json)
+  report [--in FILE]   print the table and redraw the charts next to FILE
+  list                 list the workloads and what each re-implements";
+
+/// Repetitions in quick mode: the fewest that give a median and a spread.
+pub const QUICK_REPS: usize = 3;
+/// Repetitions in full mode: enough that one disturbed run cannot move the median.
+pub const FULL_REPS: usize = 7;
+/// Quick mode's thread counts: below and well above this 2-core machine's core count
+/// (oversubscription is part of the test).
+pub const QUICK_THREADS: [usize; 2] = [2, 8];
+pub const FULL_THREADS: [usize; 4] = [1, 2, 4, 8];
+/// The default input seed; any fixed value works, it only has to be the same for all.
+pub const DEFAULT_SEED: u64 = 0x5eed;
+/// Longest a single worker run may take before it is killed and counted as failed:
+/// generous, since a full-mode run is seconds; it only catches hangs.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_OUT: &str = "bench-results";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Quick,
+    Full,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Quick => "quick",
+            Mode::Full => "full",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Options),
+    /// Print the BENCHMARKS.md section from a saved results.json.
+    Markdown {
+        input: PathBuf,
+    },
+    /// Print the table and redraw the charts (next to the file) from a saved results.json.
+    Report {
+        input: PathBuf,
+    },
+    List,
+    Help,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub mode: Mode,
+    pub threads: Vec<usize>,
+    pub workloads: Vec<&'static str>,
+    pub allocators: Vec<&'static str>,
+    pub reps: usize,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub syscalls: bool,
+    pub markdown: bool,
+    pub timeout: Duration,
+    pub build: bool,
+}
+
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    match args.first().map(String::as_str) {
+        Some(sub @ ("markdown" | "report")) => {
+            let input = match &args[1..] {
+                [] => PathBuf::from(DEFAULT_OUT).join("results.json"),
+                [flag, file] if flag == "--in" => PathBuf::from(file),
+                _ => return Err(format!("{sub} takes only --in FILE")),
+            };
+            return Ok(if sub == "markdown" {
+                Command::Markdown { input }
+            } else {
+                Command::Report { input }
+            });
+        }
+        Some("list") => return Ok(Command::List),
+        _ => {}
+    }
+    // Mode-dependent settings stay unset until the mode is known (flags may come in
+    // any order); the rest go straight into `o`.
+    let (mut threads, mut reps, mut filter, mut alloc_list) = (None, None, None, None);
+    let mut o = Options {
+        mode: Mode::Quick,
+        threads: vec![],
+        workloads: vec![],
+        allocators: vec![],
+        reps: 0,
+        seed: DEFAULT_SEED,
+        out: PathBuf::from(DEFAULT_OUT),
+        syscalls: false,
+        markdown: false,
+        timeout: DEFAULT_TIMEOUT,
+        build: true,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--quick" => o.mode = Mode::Quick,
+            "--full" => o.mode = Mode::Full,
+            "--threads" => threads = Some(number_list(&value()?)?),
+            "--reps" => reps = Some(number(&value()?)? as usize),
+            "--filter" => filter = Some(value()?),
+            "--allocators" => alloc_list = Some(value()?),
+            "--seed" => o.seed = number(&value()?)?,
+            "--timeout" => o.timeout = Duration::from_secs(number(&value()?)?),
+            "--out" => o.out = PathBuf::from(value()?),
+            "--syscalls" => o.syscalls = true,
+            "--markdown" => o.markdown = true,
+            "--no-build" => o.build = false,
+            _ => return Err(format!("unknown argument {flag}\n\n{USAGE}")),
+        }
+    }
+    let (default_reps, default_threads) = match o.mode {
+        Mode::Quick => (QUICK_REPS, QUICK_THREADS.to_vec()),
+        Mode::Full => (FULL_REPS, FULL_THREADS.to_vec()),
+    };
+    o.reps = reps.unwrap_or(default_reps).max(1);
+    o.threads = threads.unwrap_or(default_threads);
+    if o.threads.is_empty() || o.threads.contains(&0) {
+        return Err("--threads needs positive counts".into());
+    }
+    o.workloads = select_workloads(filter.as_deref())?;
+    o.allocators = select_allocators(alloc_list.as_deref())?;
+    Ok(Command::Run(o))
+}
+
+fn select_workloads(filter: Option<&str>) -> Result<Vec<&'static str>, String> {
+    let names = workloads::ALL.iter().map(|w| w.name);
+    let Some(filter) = filter else {
+        return Ok(names.collect());
+    };
+    let wanted: Vec<&str> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let chosen: Vec<_> = names
+        .filter(|n| wanted.iter().any(|w| n.contains(w)))
+        .collect();
+    if chosen.is_empty() {
+        let all: Vec<_> = workloads::ALL.iter().map(|w| w.name).collect();
+        return Err(format!(
+            "--filter {filter} matches no workload; workloads: {}",
+            all.join(", ")
+        ));
+    }
+    Ok(chosen)
+}
+
+fn select_allocators(list: Option<&str>) -> Result<Vec<&'static str>, String> {
+    let Some(list) = list else {
+        return Ok(allocators::ALL.iter().map(|a| a.name).collect());
+    };
+    let mut chosen = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        chosen.push(
+            allocators::by_name(name)
+                .ok_or_else(|| format!("unknown allocator {name}"))?
+                .name,
+        );
+    }
+    // Ratios need the baseline in the same session.
+    if !chosen.contains(&allocators::BASELINE) {
+        chosen.push(allocators::BASELINE);
+    }
+    // Keep the canonical order whatever order the user typed.
+    Ok(allocators::ALL
+        .iter()
+        .map(|a| a.name)
+        .filter(|n| chosen.contains(n))
+        .collect())
+}
+
+fn number(s: &str) -> Result<u64, String> {
+    s.parse().map_err(|e| format!("{s}: {e}"))
+}
+
+fn number_list(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
+        .map(|p| number(p.trim()).map(|n| n as usize))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Options {
+        match parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap() {
+            Command::Run(o) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_quick() {
+        let o = run(&[]);
+        assert_eq!(o.mode, Mode::Quick);
+        assert_eq!(o.reps, QUICK_REPS);
+        assert_eq!(o.threads, QUICK_THREADS.to_vec());
+        assert_eq!(o.workloads.len(), workloads::ALL.len());
+        assert_eq!(o.allocators.len(), allocators::ALL.len());
+    }
+
+    #[test]
+    fn full_and_overrides() {
+        let o = run(&[
+            "--full",
+            "--threads",
+            "1,3",
+            "--filter",
+            "cache,region",
+            "--allocators",
+            "system,rangealloc",
+        ]);
+        assert_eq!(o.reps, FULL_REPS);
+        assert_eq!(o.threads, vec![1, 3]);
+        assert_eq!(o.workloads, vec!["cache-scratch", "cache-thrash", "region"]);
+        assert_eq!(o.allocators, vec!["rangealloc", "jemalloc", "system"]);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let parse_str = |a: &[&str]| parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(parse_str(&["--filter", "nothing-matches"]).is_err());
+        assert!(parse_str(&["--threads", "0"]).is_err());
+        assert!(parse_str(&["--bogus"]).is_err());
+        assert!(parse_str(&["--allocators", "tcmalloc"]).is_err());
+    }
+
+    #[test]
+    fn subcommands() {
+        let parse_str =
+            |a: &[&str]| parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        assert_eq!(parse_str(&["list"]), Command::List);
+        assert_eq!(
+            parse_str(&["markdown", "--in", "x.json"]),
+            Command::Markdown {
+                input: "x.json".into()
+            }
+        );
+    }
+}
