@@ -81,11 +81,7 @@ pub fn parse(text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
         let (key, value) = (&item[..eq], &item[eq + 1..]);
         let ok = match key {
             b"purge_delay_ms" => parse_u64(value).map(|v| o.purge_delay_ms = v).is_some(),
-            b"purge_mode" => match value {
-                b"dontneed" => Some(o.purge_mode = PurgeMode::DontNeed).is_some(),
-                b"free" => Some(o.purge_mode = PurgeMode::Free).is_some(),
-                _ => false,
-            },
+            b"purge_mode" => parse_mode(value).map(|v| o.purge_mode = v).is_some(),
             b"background_purge" => parse_bool(value).map(|v| o.background_purge = v).is_some(),
             b"secure" => parse_bool(value).map(|v| o.secure = v).is_some(),
             b"stats" => parse_bool(value).map(|v| o.stats_at_exit = v).is_some(),
@@ -115,6 +111,14 @@ fn parse_u64(text: &[u8]) -> Option<u64> {
     text.iter().try_fold(0u64, |acc, &b| {
         b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as u64)
     })
+}
+
+fn parse_mode(text: &[u8]) -> Option<PurgeMode> {
+    match text {
+        b"dontneed" => Some(PurgeMode::DontNeed),
+        b"free" => Some(PurgeMode::Free),
+        _ => None,
+    }
 }
 
 fn parse_bool(text: &[u8]) -> Option<bool> {

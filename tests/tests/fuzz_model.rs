@@ -96,7 +96,7 @@ fn check_new(live: &BTreeMap<usize, Block>, b: &Block) {
     let end = b.addr + b.size.max(1);
     if let Some((_, prev)) = live.range(..end).next_back() {
         assert!(
-            prev.addr + prev.size.max(1) <= b.addr || prev.addr == b.addr && false,
+            prev.addr + prev.size.max(1) <= b.addr,
             "overlap: new {:#x}+{} with live {:#x}+{}",
             b.addr,
             b.size,

@@ -72,7 +72,7 @@ pub mod hardening {
         STATE.with(|s| {
             let mut x = s.get();
             if x == 0 {
-                x = KEY.load(Ordering::Relaxed) ^ (&x as *const usize as usize) | 1;
+                x = (KEY.load(Ordering::Relaxed) ^ (&x as *const usize as usize)) | 1;
             }
             x ^= x << 13;
             x ^= x >> 7;
@@ -134,7 +134,7 @@ fn batch_order(batch: usize) -> (usize, usize) {
     let offset = hardening::random() % batch;
     let mut stride = 1;
     for _ in 0..8 {
-        let candidate = hardening::random() % batch | 1;
+        let candidate = (hardening::random() % batch) | 1;
         if gcd(candidate, batch) == 1 {
             stride = candidate;
             break;
@@ -318,8 +318,11 @@ impl Page {
 
     /// Pushes a block freed by a thread that does not own the page. Returns true if the
     /// page was parked full and this caller must hand it to the owner's pending stack.
+    ///
+    /// # Safety
+    /// `block` is a block of this page that the caller is freeing.
     #[inline]
-    pub fn push_remote(&self, block: *mut Block) -> bool {
+    pub unsafe fn push_remote(&self, block: *mut Block) -> bool {
         let mut head = self.thread_free.load(Ordering::Relaxed);
         loop {
             // SAFETY: the block is ours to link until the push is published.
@@ -385,7 +388,8 @@ mod tests {
         // SAFETY: `a` is a carved block of the page.
         page.free = unsafe { Block::load_next(a) };
         page.used = 1;
-        assert!(!page.push_remote(a), "not parked: no hand-off");
+        // SAFETY: `a` is a block of the page.
+        assert!(!unsafe { page.push_remote(a) }, "not parked: no hand-off");
         assert!(page.collect());
         assert_eq!(page.used, 0);
         assert_eq!(page.free, a);
@@ -399,11 +403,15 @@ mod tests {
         page.init(0, 16, 1, start, start + 512);
         assert!(page.park_full());
         let block = start as *mut Block;
-        assert!(
-            page.push_remote(block),
-            "first remote free of a parked page hands it off"
-        );
+        // SAFETY: both are blocks of the page.
+        let (first, second) = unsafe {
+            (
+                page.push_remote(block),
+                page.push_remote((start + 16) as *mut Block),
+            )
+        };
+        assert!(first, "first remote free of a parked page hands it off");
         assert_eq!(page.full_state.load(Ordering::Relaxed), PENDING);
-        assert!(!page.push_remote((start + 16) as *mut Block), "only once");
+        assert!(!second, "only once");
     }
 }

@@ -143,7 +143,10 @@ impl Segment {
     }
 
     /// Returns the units of an empty page to the segment; they are dirty until purged.
-    pub fn free_page(&mut self, page: *mut Page, now_ms: u64) {
+    ///
+    /// # Safety
+    /// `page` is an empty live page descriptor of this segment.
+    pub unsafe fn free_page(&mut self, page: *mut Page, now_ms: u64) {
         // SAFETY: `page` is one of this segment's descriptors.
         let (first, units) = unsafe {
             let index = page.offset_from(self.pages.as_ptr()) as usize;

@@ -53,7 +53,7 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
         return None;
     }
     let mut class = class_of(size);
-    while class_size(class) % align != 0 {
+    while !class_size(class).is_multiple_of(align) {
         class += 1;
         if class == CLASSES {
             return None;

@@ -149,7 +149,7 @@ pub fn init_check() -> bool {
 /// touch, and not charged against overcommit (`MAP_NORESERVE`).
 pub fn reserve(len: usize, align: usize) -> Result<usize, OsError> {
     debug_assert!(align.is_power_of_two() && align >= PAGE_SIZE);
-    debug_assert!(len % PAGE_SIZE == 0 && len > 0);
+    debug_assert!(len.is_multiple_of(PAGE_SIZE) && len > 0);
     let _errno = ErrnoGuard::save();
     let padded = len.checked_add(align - PAGE_SIZE).ok_or(OsError {
         call: Syscall::Mmap,

@@ -56,9 +56,23 @@ impl TableSeq {
     }
 }
 
+#[cfg(not(loom))]
+impl Default for TableSeq {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub struct RegionLock {
     word: AtomicUsize,
     lock_seq: AtomicU64,
+}
+
+#[cfg(not(loom))]
+impl Default for RegionLock {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl RegionLock {

@@ -110,6 +110,12 @@ pub struct Placed {
     pub zeroed: bool,
 }
 
+impl Default for RegionTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RegionTable {
     pub const fn new() -> Self {
         RegionTable {
