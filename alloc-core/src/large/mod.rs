@@ -61,21 +61,33 @@ fn place(len: usize, align: usize, zero: bool, roomy: bool) -> *mut u8 {
     placed.start as *mut u8
 }
 
+/// Objects (or shrunk tails) this big are purged by the thread that frees them, at once,
+/// instead of waiting for the purge delay: jemalloc's `oversize_threshold` (8 MiB) makes
+/// the same trade (a big buffer is rarely reused before it would have been purged, and
+/// keeping it dirty costs the most memory). The `madvise` runs under the region's own
+/// read lock: no process-wide lock, no `mmap_lock` write.
+pub const OVERSIZE_PURGE: usize = 8 << 20;
+
 /// Frees a large object.
 pub fn free(p: *mut u8) -> Result<(), RetireError> {
     let guard = guard_len();
-    if guard != 0 {
-        // Validate first, then lift the guard before the region can be reused.
-        let Some(len) = TABLE.object_len(p as usize) else {
-            return Err(TABLE
-                .retire(p as usize)
-                .err()
-                .unwrap_or(RetireError::NotAllocated));
-        };
-        // SAFETY: the guard page of a live object we are about to free.
-        let _ = unsafe { os::guard_remove(p as usize + len - guard, guard) };
-    }
-    TABLE.retire(p as usize)?;
+    TABLE.retire_with(p as usize, |region| {
+        let len = region.len();
+        if guard != 0 {
+            // SAFETY: the guard page of the live object being freed; lifted before the
+            // region can be reused.
+            let _ = unsafe { os::guard_remove(p as usize + len - guard, guard) };
+        }
+        if len >= OVERSIZE_PURGE {
+            let (_, mode) = crate::purge::settings();
+            // SAFETY: the object is being freed by its owner: its content is dead, and
+            // nobody can reuse the range before we retire it.
+            if unsafe { os::purge(p as usize, len, mode) }.is_ok() {
+                crate::purge::record_heap_purge(len);
+                region.mark_purged(mode);
+            }
+        }
+    })?;
     crate::purge::tick(os::now_ms());
     Ok(())
 }
@@ -97,6 +109,16 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
     if guard_len() != 0 {
         // Guarded objects always move: moving the guard in place would cost as much.
         return move_to(p, old_len.min(new_size), alloc(new_size, align, false));
+    }
+    if new_len < old_len && old_len - new_len >= OVERSIZE_PURGE {
+        let (_, mode) = crate::purge::settings();
+        // SAFETY: the tail past the new size is dead content of our live object.
+        if unsafe { os::purge(addr + new_len, old_len - new_len, mode) }.is_ok() {
+            crate::purge::record_heap_purge(old_len - new_len);
+            if TABLE.shrink_in_place_purged(addr, new_len, mode) {
+                return p;
+            }
+        }
     }
     if new_len == old_len
         || (new_len < old_len && TABLE.shrink_in_place(addr, new_len))

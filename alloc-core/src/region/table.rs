@@ -70,6 +70,19 @@ impl Drop for ReadGuard {
     }
 }
 
+/// `dirty_since` of a live region whose pages its freer purged before retiring it.
+const PURGED_AT_RETIRE: u64 = u64::MAX;
+
+impl Region {
+    /// Records, from a `retire_with` hook, that the object's pages were purged with
+    /// `mode`, so the free space it becomes is clean (and zero after DONTNEED).
+    pub fn mark_purged(&self, mode: PurgeMode) {
+        self.zeroed
+            .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
+        self.dirty_since.store(PURGED_AT_RETIRE, Ordering::Relaxed);
+    }
+}
+
 /// Why a `retire` was refused: each is misuse by the caller of `free`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetireError {
@@ -194,6 +207,18 @@ impl RegionTable {
     /// detects double frees) under its read lock, without the writer mutex. The next
     /// writer folds it into free space.
     pub fn retire(&self, addr: usize) -> Result<(), RetireError> {
+        self.retire_with(addr, |_| {})
+    }
+
+    /// `retire`, running `prepare` on the validated, still-live region under its read
+    /// lock first: the place for work on the object's pages that must finish before
+    /// anyone can reuse them (lifting a guard page, purging a big object) and that needs
+    /// no process-wide lock. `prepare` may call `Region::mark_purged`.
+    pub fn retire_with(
+        &self,
+        addr: usize,
+        prepare: impl FnOnce(&Region),
+    ) -> Result<(), RetireError> {
         let read = self
             .find_and_read_lock(addr)
             .ok_or(RetireError::NotAllocated)?;
@@ -204,6 +229,10 @@ impl RegionTable {
         if region.start() != addr {
             return Err(RetireError::Interior);
         }
+        if region.state() != RegionState::Live {
+            return Err(RetireError::DoubleFree);
+        }
+        prepare(region);
         // AcqRel: exactly one freer wins; the winner's accesses to the object happen
         // before the writer that later reads the state (Acquire in `state()`).
         if region
@@ -289,7 +318,12 @@ impl RegionTable {
 
     /// Shrinks the live object region at `addr` to `new_len`, giving the tail back.
     pub fn shrink_in_place(&self, addr: usize, new_len: usize) -> bool {
-        self.write(|w| w.shrink(addr, new_len))
+        self.write(|w| w.shrink(addr, new_len, None))
+    }
+
+    /// `shrink_in_place` for a caller that already purged the tail with `mode`.
+    pub fn shrink_in_place_purged(&self, addr: usize, new_len: usize, mode: PurgeMode) -> bool {
+        self.write(|w| w.shrink(addr, new_len, Some(mode)))
     }
 
     /// Folds retired regions into free space now (normally done by the next writer).
@@ -505,8 +539,12 @@ impl Writer<'_> {
             region
                 .state
                 .store(RegionState::Live as u8, Ordering::Relaxed);
-            region.zeroed.store(false, Ordering::Relaxed);
-            region.dirty_since.store(now, Ordering::Relaxed);
+            if region.dirty_since() == PURGED_AT_RETIRE {
+                region.dirty_since.store(0, Ordering::Relaxed);
+            } else {
+                region.zeroed.store(false, Ordering::Relaxed);
+                region.dirty_since.store(now, Ordering::Relaxed);
+            }
             self.coalesce(region);
         }
     }
@@ -727,14 +765,15 @@ impl Writer<'_> {
         true
     }
 
-    fn shrink(&mut self, addr: usize, new_len: usize) -> bool {
+    fn shrink(&mut self, addr: usize, new_len: usize, purged: Option<PurgeMode>) -> bool {
         let Some(r) = self.live_object_at(addr) else {
             return false;
         };
         if new_len >= r.len() || new_len == 0 {
             return new_len == r.len();
         }
-        let tail = self.new_region(addr + new_len, r.len() - new_len, RegionKind::Free, false);
+        let zeroed = purged == Some(PurgeMode::DontNeed);
+        let tail = self.new_region(addr + new_len, r.len() - new_len, RegionKind::Free, zeroed);
         if tail.is_null() {
             return false;
         }
@@ -747,8 +786,10 @@ impl Writer<'_> {
         }
         // SAFETY: just inserted, attached.
         let tail = unsafe { &*tail };
-        tail.dirty_since
-            .store(os::now_ms().max(1), Ordering::Relaxed);
+        if purged.is_none() {
+            tail.dirty_since
+                .store(os::now_ms().max(1), Ordering::Relaxed);
+        }
         self.coalesce(tail);
         true
     }
