@@ -1,0 +1,219 @@
+//! Historical and foreign allocator names that programs call directly, so that under
+//! `LD_PRELOAD` no block ever crosses between us and another allocator.
+//!
+//! - `cfree`: glibc keeps it as a compatibility symbol for old binaries.
+//! - jemalloc's non-standard API (`mallocx`, `rallocx`, `xallocx`, `sallocx`, `dallocx`,
+//!   `sdallocx`, `nallocx`, `mallctl`, `mallctlnametomib`, `mallctlbymib`,
+//!   `malloc_stats_print`). Debian links some programs against `libjemalloc.so.2` with
+//!   unprefixed names: `redis-server` calls `malloc`/`free`/`realloc`/`calloc`/
+//!   `malloc_usable_size` (which our preload wins) and `nallocx`, `mallctl` and
+//!   `malloc_stats_print` (which would otherwise reach jemalloc). If a program mixes
+//!   our `malloc` with jemalloc's `sdallocx`, jemalloc frees a block it does not own, so
+//!   we answer the whole API ourselves.
+//!
+//! `mallctl` knows only `"epoch"` for now and answers `ENOENT` for every other name, as
+//! jemalloc does for names it does not have; the statistics names arrive with the
+//! engine's stats API. `xallocx` never resizes in place (it reports the current size,
+//! which jemalloc's contract allows), and `nallocx` returns the request itself: a
+//! conservative answer (a block of that size always fits) until the engine exposes its
+//! size classes.
+
+use crate::malloc::resize;
+use crate::{allocate, release, request_fits};
+use core::ffi::{c_char, c_int, c_void, CStr};
+use core::sync::atomic::{AtomicU64, Ordering};
+use rangealloc_core::{self as engine, MALLOC_ALIGN};
+
+/// glibc's compatibility `cfree`: `free`.
+#[no_mangle]
+pub unsafe extern "C" fn cfree(p: *mut c_void) {
+    // SAFETY: `free`'s contract.
+    unsafe { release(p) }
+}
+
+// ---------------------------------------------------------------------------------------
+// jemalloc's `*allocx` family. Flags: the low 6 bits are log2(alignment) (0: default),
+// bit 6 is MALLOCX_ZERO; the tcache and arena bits are accepted and ignored.
+// ---------------------------------------------------------------------------------------
+
+const MALLOCX_LG_ALIGN_MASK: c_int = 0x3f;
+const MALLOCX_ZERO: c_int = 0x40;
+
+/// The alignment `flags` ask for, at least `MALLOC_ALIGN`; always a power of two.
+fn flags_align(flags: c_int) -> usize {
+    // The mask keeps the shift below 64.
+    let lg = (flags & MALLOCX_LG_ALIGN_MASK) as u32;
+    (1usize << lg).max(MALLOC_ALIGN)
+}
+
+fn flags_zero(flags: c_int) -> bool {
+    flags & MALLOCX_ZERO != 0
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mallocx(size: usize, flags: c_int) -> *mut c_void {
+    // SAFETY: `flags_align` returns a power of two.
+    unsafe { allocate(size, flags_align(flags), flags_zero(flags)) }
+}
+
+/// Null on failure with `p` intact. With MALLOCX_ZERO, the bytes past the old usable
+/// size are zeroed, as jemalloc specifies.
+#[no_mangle]
+pub unsafe extern "C" fn rallocx(p: *mut c_void, size: usize, flags: c_int) -> *mut c_void {
+    if p.is_null() {
+        // jemalloc leaves this undefined; we treat it as `mallocx`.
+        // SAFETY: as in `mallocx`.
+        return unsafe { mallocx(size, flags) };
+    }
+    let align = flags_align(flags);
+    if !flags_zero(flags) {
+        // SAFETY: `p` is a live block (jemalloc's contract); `align` a power of two.
+        return unsafe { resize(p, size.max(1), align) };
+    }
+    // SAFETY: `p` is a live block.
+    let old_usable = unsafe { engine::usable_size(p.cast_const().cast()) };
+    // SAFETY: as above.
+    let q = unsafe { resize(p, size.max(1), align) };
+    if !q.is_null() {
+        // SAFETY: `q` is live; its usable size bounds the write.
+        let new_usable = unsafe { engine::usable_size(q.cast_const().cast()) };
+        if new_usable > old_usable {
+            // SAFETY: `[old_usable, new_usable)` lies inside the block `q`.
+            unsafe {
+                core::ptr::write_bytes(q.cast::<u8>().add(old_usable), 0, new_usable - old_usable)
+            };
+        }
+    }
+    q
+}
+
+/// Never resizes in place: returns the current usable size, which jemalloc's contract
+/// allows ("the real size of the allocation, which may be unchanged").
+#[no_mangle]
+pub unsafe extern "C" fn xallocx(p: *mut c_void, size: usize, extra: usize, flags: c_int) -> usize {
+    let _ = (size, extra);
+    // SAFETY: `p` is a live block (jemalloc's contract).
+    unsafe { sallocx(p, flags) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn sallocx(p: *const c_void, _flags: c_int) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    // SAFETY: `p` is a live block (jemalloc's contract).
+    unsafe { engine::usable_size(p.cast()) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dallocx(p: *mut c_void, _flags: c_int) {
+    // SAFETY: `p` came from us (jemalloc's contract).
+    unsafe { release(p) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn sdallocx(p: *mut c_void, _size: usize, _flags: c_int) {
+    // SAFETY: `p` came from us (jemalloc's contract).
+    unsafe { release(p) }
+}
+
+/// The size `mallocx(size, flags)` would provide, or 0 if it would fail for size
+/// reasons. Conservative: the request itself (see the module comment).
+#[no_mangle]
+pub extern "C" fn nallocx(size: usize, flags: c_int) -> usize {
+    if request_fits(size, flags_align(flags)) {
+        size.max(1)
+    } else {
+        0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// mallctl: "epoch" only, ENOENT for everything else.
+// ---------------------------------------------------------------------------------------
+
+/// jemalloc's statistics epoch: bumped by each write of `"epoch"`.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+#[no_mangle]
+pub unsafe extern "C" fn mallctl(
+    name: *const c_char,
+    oldp: *mut c_void,
+    oldlenp: *mut usize,
+    newp: *mut c_void,
+    newlen: usize,
+) -> c_int {
+    if name.is_null() {
+        return libc::EINVAL;
+    }
+    // SAFETY: jemalloc's contract: `name` is a NUL-terminated string.
+    let name = unsafe { CStr::from_ptr(name) };
+    if name.to_bytes() != b"epoch" {
+        return libc::ENOENT;
+    }
+    const LEN: usize = core::mem::size_of::<u64>();
+    if !newp.is_null() && newlen != LEN {
+        return libc::EINVAL;
+    }
+    if !oldp.is_null() {
+        // SAFETY: jemalloc's contract: with `oldp`, `oldlenp` points to its length.
+        if oldlenp.is_null() || unsafe { oldlenp.read() } != LEN {
+            return libc::EINVAL;
+        }
+    }
+    if !newp.is_null() {
+        // Relaxed: the epoch orders nothing; it is a counter callers compare.
+        EPOCH.fetch_add(1, Ordering::Relaxed);
+    }
+    if !oldp.is_null() {
+        // SAFETY: `oldp` has room for `LEN` bytes (checked against `*oldlenp`); it may
+        // be unaligned.
+        unsafe {
+            oldp.cast::<u64>()
+                .write_unaligned(EPOCH.load(Ordering::Relaxed))
+        };
+    }
+    0
+}
+
+/// No MIB namespace yet: every name is unknown.
+#[no_mangle]
+pub unsafe extern "C" fn mallctlnametomib(
+    _name: *const c_char,
+    _mibp: *mut usize,
+    _miblenp: *mut usize,
+) -> c_int {
+    libc::ENOENT
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn mallctlbymib(
+    _mib: *const usize,
+    _miblen: usize,
+    _oldp: *mut c_void,
+    _oldlenp: *mut usize,
+    _newp: *mut c_void,
+    _newlen: usize,
+) -> c_int {
+    libc::ENOENT
+}
+
+/// jemalloc's `write_cb(cbopaque, message)`.
+type WriteCallback = unsafe extern "C" fn(*mut c_void, *const c_char);
+
+static STATS_UNAVAILABLE: &CStr = c"rangealloc: statistics are not available in this build\n";
+
+/// Writes a statistics report through `write_cb` (or to stderr when it is null).
+/// Placeholder text until the engine's stats API lands.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_stats_print(
+    write_cb: Option<WriteCallback>,
+    cbopaque: *mut c_void,
+    _opts: *const c_char,
+) {
+    match write_cb {
+        // SAFETY: the callback takes the caller's opaque pointer and a C string.
+        Some(write) => unsafe { write(cbopaque, STATS_UNAVAILABLE.as_ptr()) },
+        None => engine::os::write_stderr(STATS_UNAVAILABLE.to_bytes()),
+    }
+}

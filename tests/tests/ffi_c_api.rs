@@ -1,0 +1,251 @@
+//! The C ABI of `librangealloc.so` under `LD_PRELOAD`: every exported C function's
+//! edge cases (`tests/c/malloc_api.c`), jemalloc's API (`jemalloc_api.c`), proof that a
+//! preloaded program really runs on rangealloc (`preload_check.c`), the exact exported
+//! symbol set, linking with `-lrangealloc` through the pkg-config file, and everyday
+//! tools behaving identically with and without the preload.
+
+mod ffi_support;
+
+use ffi_support::{assert_lines, compile, have, preloaded, run, so_path, workspace, Lang};
+use std::process::Command;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn malloc_family_edge_cases() {
+    let exe = compile("malloc_api.c", "malloc_api", Lang::C, &[]);
+    let out = run(preloaded(&exe), LIMIT);
+    out.assert_success("malloc_api under LD_PRELOAD");
+    assert_lines(
+        &out.stdout,
+        &[
+            "ok malloc",
+            "ok free",
+            "ok calloc",
+            "ok realloc",
+            "ok reallocarray",
+            "ok posix_memalign",
+            "ok aligned_alloc",
+            "ok memalign",
+            "ok valloc",
+            "ok pvalloc",
+            "ok malloc_usable_size",
+            "ok cfree",
+            "ALL OK",
+        ],
+    );
+}
+
+#[test]
+fn jemalloc_compatible_api() {
+    let exe = compile("jemalloc_api.c", "jemalloc_api", Lang::C, &[]);
+    let out = run(preloaded(&exe), LIMIT);
+    out.assert_success("jemalloc_api under LD_PRELOAD");
+    assert_lines(&out.stdout, &["ALL OK"]);
+}
+
+/// Every allocation symbol resolves into librangealloc.so, `rangealloc_version()` is
+/// reachable through `dlsym(RTLD_DEFAULT)`, and allocations made before `main` are
+/// ours. Without the preload the same program must fail, or it proves nothing.
+#[test]
+fn preloaded_program_runs_on_rangealloc() {
+    let exe = compile("preload_check.c", "preload_check", Lang::C, &[]);
+    let out = run(preloaded(&exe), LIMIT);
+    out.assert_success("preload_check under LD_PRELOAD");
+    let version = format!("version {}", env!("CARGO_PKG_VERSION"));
+    assert_lines(
+        &out.stdout,
+        &[
+            "malloc librangealloc.so",
+            "free librangealloc.so",
+            &version,
+            "ALL OK",
+        ],
+    );
+
+    let plain = run(Command::new(&exe), LIMIT);
+    assert!(
+        !plain.status.success(),
+        "preload_check passed without the preload"
+    );
+    assert!(
+        plain.stdout.contains("malloc libc.so.6"),
+        "{}",
+        plain.stdout
+    );
+}
+
+/// The library exports exactly the allocator API: nothing from Rust's std leaks out
+/// to interpose on the program's own symbols.
+#[test]
+fn exported_symbols_are_exactly_the_api() {
+    if !have("nm") {
+        eprintln!("SKIP: nm not installed (apt package binutils)");
+        return;
+    }
+    let out = run(
+        {
+            let mut c = Command::new("nm");
+            c.args(["-D", "--defined-only", "--format=posix"])
+                .arg(so_path());
+            c
+        },
+        LIMIT,
+    );
+    out.assert_success("nm -D");
+    let mut exported: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|name| name.split('@').next().unwrap_or(name))
+        .collect();
+    exported.sort_unstable();
+    let mut expected = vec![
+        // C
+        "malloc",
+        "free",
+        "calloc",
+        "realloc",
+        "reallocarray",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "valloc",
+        "pvalloc",
+        "malloc_usable_size",
+        "cfree",
+        // jemalloc
+        "mallocx",
+        "rallocx",
+        "xallocx",
+        "sallocx",
+        "dallocx",
+        "sdallocx",
+        "nallocx",
+        "mallctl",
+        "mallctlnametomib",
+        "mallctlbymib",
+        "malloc_stats_print",
+        // rangealloc
+        "rangealloc_version",
+        // C++ new
+        "_Znwm",
+        "_Znam",
+        "_ZnwmRKSt9nothrow_t",
+        "_ZnamRKSt9nothrow_t",
+        "_ZnwmSt11align_val_t",
+        "_ZnamSt11align_val_t",
+        "_ZnwmSt11align_val_tRKSt9nothrow_t",
+        "_ZnamSt11align_val_tRKSt9nothrow_t",
+        // C++ delete
+        "_ZdlPv",
+        "_ZdaPv",
+        "_ZdlPvm",
+        "_ZdaPvm",
+        "_ZdlPvRKSt9nothrow_t",
+        "_ZdaPvRKSt9nothrow_t",
+        "_ZdlPvSt11align_val_t",
+        "_ZdaPvSt11align_val_t",
+        "_ZdlPvmSt11align_val_t",
+        "_ZdaPvmSt11align_val_t",
+        "_ZdlPvSt11align_val_tRKSt9nothrow_t",
+        "_ZdaPvSt11align_val_tRKSt9nothrow_t",
+    ];
+    expected.sort_unstable();
+    assert_eq!(exported, expected);
+}
+
+#[test]
+fn header_version_matches_the_crate() {
+    let header =
+        std::fs::read_to_string(workspace().join("ffi/include/rangealloc.h")).expect("read header");
+    let line = format!(
+        "#define RANGEALLOC_VERSION \"{}\"",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        header.lines().any(|l| l == line),
+        "rangealloc.h lacks {line:?}"
+    );
+}
+
+/// Linked (not preloaded) with the flags from `rangealloc.pc`: the program's `malloc`
+/// is still ours, and the header compiles.
+#[test]
+fn linked_through_pkg_config() {
+    let prefix = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pc-prefix-{}", std::process::id()));
+    std::fs::create_dir_all(prefix.join("lib")).expect("mkdir lib");
+    std::fs::create_dir_all(prefix.join("include")).expect("mkdir include");
+    std::fs::copy(so_path(), prefix.join("lib/librangealloc.so")).expect("copy the library");
+    std::fs::copy(
+        workspace().join("ffi/include/rangealloc.h"),
+        prefix.join("include/rangealloc.h"),
+    )
+    .expect("copy the header");
+    let template = std::fs::read_to_string(workspace().join("ffi/rangealloc.pc.in"))
+        .expect("read rangealloc.pc.in");
+    let pc = template
+        .replace("@PREFIX@", prefix.to_str().expect("utf-8 path"))
+        .replace("@VERSION@", env!("CARGO_PKG_VERSION"));
+    std::fs::write(prefix.join("rangealloc.pc"), pc).expect("write rangealloc.pc");
+
+    let flags: Vec<String> = if have("pkg-config") {
+        let mut c = Command::new("pkg-config");
+        c.args(["--cflags", "--libs", "rangealloc"])
+            .env("PKG_CONFIG_PATH", &prefix);
+        let out = run(c, LIMIT);
+        out.assert_success("pkg-config");
+        let mut v = Command::new("pkg-config");
+        v.args(["--modversion", "rangealloc"])
+            .env("PKG_CONFIG_PATH", &prefix);
+        assert_eq!(run(v, LIMIT).stdout.trim(), env!("CARGO_PKG_VERSION"));
+        out.stdout.split_whitespace().map(str::to_owned).collect()
+    } else {
+        eprintln!("note: pkg-config not installed (apt package pkg-config); using the .pc's flags by hand");
+        vec![
+            format!("-I{}", prefix.join("include").display()),
+            format!("-L{}", prefix.join("lib").display()),
+            "-lrangealloc".to_owned(),
+        ]
+    };
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let exe = compile("linked.c", "linked", Lang::C, &flags);
+    let mut cmd = Command::new(&exe);
+    cmd.env("LD_LIBRARY_PATH", prefix.join("lib"))
+        .env_remove("LD_PRELOAD");
+    let out = run(cmd, LIMIT);
+    out.assert_success("linked program");
+    assert_lines(
+        &out.stdout,
+        &[&format!("linked {} ALL OK", env!("CARGO_PKG_VERSION"))],
+    );
+    let _ = std::fs::remove_dir_all(&prefix);
+}
+
+/// Everyday tools (the shell, coreutils, the loader's own start-up allocations) give
+/// identical output with and without the preload.
+#[test]
+fn shell_tools_behave_identically() {
+    let script = "set -e; ls -la /usr/lib | sort | head -n 50; \
+                  seq 1 200000 | sort -r | md5sum; \
+                  printf '%s\\n' a b c | tr a-z A-Z; \
+                  find /usr/share/doc -maxdepth 1 | sort | wc -l; \
+                  env -i PATH=/usr/bin:/bin sh -c 'echo nested ok'";
+    let plain = run(
+        {
+            let mut c = Command::new("sh");
+            c.args(["-c", script]);
+            c
+        },
+        LIMIT,
+    );
+    plain.assert_success("shell tools without preload");
+    let mut c = preloaded("sh");
+    c.args(["-c", script]);
+    let with = run(c, LIMIT);
+    with.assert_success("shell tools with preload");
+    assert_eq!(plain.stdout, with.stdout);
+    assert_eq!(with.stderr, "", "unexpected stderr under preload");
+}
