@@ -61,7 +61,7 @@ fn place(len: usize, align: usize, zero: bool, roomy: bool) -> *mut u8 {
     placed.start as *mut u8
 }
 
-/// Objects (or shrunk tails) this big are purged by the thread that frees them, at once,
+/// Objects this big are purged by the thread that frees them, at once,
 /// instead of waiting for the purge delay: jemalloc's `oversize_threshold` (8 MiB) makes
 /// the same trade (a big buffer is rarely reused before it would have been purged, and
 /// keeping it dirty costs the most memory). The `madvise` runs under the region's own
@@ -109,16 +109,6 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
     if guard_len() != 0 {
         // Guarded objects always move: moving the guard in place would cost as much.
         return move_to(p, old_len.min(new_size), alloc(new_size, align, false));
-    }
-    if new_len < old_len && old_len - new_len >= OVERSIZE_PURGE {
-        let (_, mode) = crate::purge::settings();
-        // SAFETY: the tail past the new size is dead content of our live object.
-        if unsafe { os::purge(addr + new_len, old_len - new_len, mode) }.is_ok() {
-            crate::purge::record_heap_purge(old_len - new_len);
-            if TABLE.shrink_in_place_purged(addr, new_len, mode) {
-                return p;
-            }
-        }
     }
     if new_len == old_len
         || (new_len < old_len && TABLE.shrink_in_place(addr, new_len))

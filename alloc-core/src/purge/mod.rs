@@ -38,8 +38,21 @@ pub fn record_heap_purge(bytes: usize) {
     }
 }
 
-/// Runs the table-wide pass if its time has come (one thread wins the slot).
+/// Dirty free space the table may hold before the excess is purged at once, whatever
+/// its age: reuse of dirty space is what makes freeing and reallocating big buffers
+/// cheap, but a burst of frees must not pin unbounded memory for a whole purge delay.
+/// 64 MiB keeps one 64 MiB buffer's worth for reuse (the region workload's biggest).
+pub const DIRTY_CAP: usize = 64 << 20;
+
+/// Runs the table-wide pass if its time has come (one thread wins the slot), or at once
+/// when dirty space exceeds `DIRTY_CAP`.
 pub fn tick(now_ms: u64) {
+    let dirty = TABLE.dirty_bytes();
+    if dirty > DIRTY_CAP {
+        let (_, mode) = settings();
+        run_pass(0, mode, dirty - DIRTY_CAP);
+        return;
+    }
     let next = NEXT_PASS_MS.load(Ordering::Relaxed);
     if now_ms < next {
         return;

@@ -78,19 +78,53 @@ impl FreeIndex {
     }
 
     /// A free region that can hold `len` bytes at an `align`-aligned start, and that
-    /// start. Searches the smallest bins first (best fit by bin, first fit within it),
-    /// which keeps the big free regions whole for big objects and growth.
+    /// start. Dirty regions (pages still resident, not yet purged) come first: reusing
+    /// them costs no page faults and no new resident memory, while a clean region would
+    /// grow RSS as the dirty one waits for its purge. Within each pass the smallest bins
+    /// are searched first (best fit by bin, first fit within it), which keeps the big
+    /// free regions whole for big objects and growth.
     ///
     /// # Safety
     /// Writer mutex held.
     pub unsafe fn find(&self, len: usize, align: usize) -> Option<(*mut Region, usize)> {
+        // SAFETY: caller contract.
+        unsafe {
+            self.find_dirty(len, align)
+                .or_else(|| self.find_any(len, align))
+        }
+    }
+
+    /// `find` among dirty regions only.
+    ///
+    /// # Safety
+    /// Writer mutex held.
+    pub unsafe fn find_dirty(&self, len: usize, align: usize) -> Option<(*mut Region, usize)> {
+        // SAFETY: caller contract; indexed regions are live.
+        unsafe { self.find_where(len, align, |r| (*r).dirty_since() != 0) }
+    }
+
+    /// `find` among all regions, in bin order.
+    ///
+    /// # Safety
+    /// Writer mutex held.
+    pub unsafe fn find_any(&self, len: usize, align: usize) -> Option<(*mut Region, usize)> {
+        // SAFETY: caller contract.
+        unsafe { self.find_where(len, align, |_| true) }
+    }
+
+    unsafe fn find_where(
+        &self,
+        len: usize,
+        align: usize,
+        accept: impl Fn(*mut Region) -> bool,
+    ) -> Option<(*mut Region, usize)> {
         for bin in bin_of(len)..BINS {
             let mut r = self.heads[bin];
             while !r.is_null() {
                 // SAFETY: indexed regions are live while the writer mutex is held.
                 let (start, end) = unsafe { ((*r).start(), (*r).end()) };
                 let at = (start + align - 1) & !(align - 1);
-                if at >= start && at.checked_add(len).is_some_and(|e| e <= end) {
+                if at >= start && at.checked_add(len).is_some_and(|e| e <= end) && accept(r) {
                     return Some((r, at));
                 }
                 // SAFETY: as above.

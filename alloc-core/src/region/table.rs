@@ -112,6 +112,9 @@ pub struct RegionTable {
     retired: AtomicPtr<Region>,
     pub counters: LockCounters,
     live_regions: AtomicUsize,
+    /// Bytes in dirty free regions (written under the writer mutex, or by a purge that
+    /// holds the region's read lock; Relaxed: a statistic that drives purging).
+    dirty_bytes: AtomicUsize,
 }
 
 /// A live region's description for callers that placed it.
@@ -148,6 +151,7 @@ impl RegionTable {
                 writer: Counter::new(),
             },
             live_regions: AtomicUsize::new(0),
+            dirty_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -318,12 +322,7 @@ impl RegionTable {
 
     /// Shrinks the live object region at `addr` to `new_len`, giving the tail back.
     pub fn shrink_in_place(&self, addr: usize, new_len: usize) -> bool {
-        self.write(|w| w.shrink(addr, new_len, None))
-    }
-
-    /// `shrink_in_place` for a caller that already purged the tail with `mode`.
-    pub fn shrink_in_place_purged(&self, addr: usize, new_len: usize, mode: PurgeMode) -> bool {
-        self.write(|w| w.shrink(addr, new_len, Some(mode)))
+        self.write(|w| w.shrink(addr, new_len))
     }
 
     /// Folds retired regions into free space now (normally done by the next writer).
@@ -360,22 +359,42 @@ impl RegionTable {
             };
         });
         let mut purged = 0;
-        for read in picked.iter_mut().take(count) {
+        let mut cleaned = [0usize; BATCH];
+        for (read, start) in picked.iter_mut().take(count).zip(cleaned.iter_mut()) {
             let Some(read) = read.take() else { continue };
             let r = read.region();
             // SAFETY: a free region holds no live object, and our read reference keeps
             // any writer from handing it out until the call returns.
             if unsafe { os::purge(r.start(), r.len(), mode) }.is_ok() {
                 purged += r.len();
+                self.dirty_bytes.fetch_sub(r.len(), Ordering::Relaxed);
                 r.dirty_since.store(0, Ordering::Relaxed);
                 r.zeroed
                     .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
+                *start = r.start();
             }
+        }
+        if purged > 0 {
+            // Now clean, they may merge with clean neighbours.
+            self.write(|w| {
+                for &start in cleaned.iter().filter(|&&s| s != 0) {
+                    if let Some(r) = w.region_at(start) {
+                        if r.kind() == RegionKind::Free && r.dirty_since() == 0 {
+                            w.coalesce(r);
+                        }
+                    }
+                }
+            });
         }
         purged
     }
 
     // ------------------------------------------------------------- introspection
+
+    /// Bytes of dirty free space (freed pages not purged yet).
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty_bytes.load(Ordering::Relaxed)
+    }
 
     /// Live object regions (large objects and segments), not counting retired ones.
     pub fn live_regions(&self) -> usize {
@@ -418,12 +437,25 @@ impl RegionTable {
 
     /// Visits every region in address order (tests and diagnostics).
     pub fn for_each_region(&self, mut f: impl FnMut(usize, usize, RegionKind, RegionState)) {
+        self.for_each_region_ref(|r| f(r.start(), r.len(), r.kind(), r.state()));
+    }
+
+    /// Visits every free region in address order with its dirtiness (tests and
+    /// diagnostics).
+    pub fn for_each_free_region(&self, mut f: impl FnMut(usize, usize, bool)) {
+        self.for_each_region_ref(|r| {
+            if r.kind() == RegionKind::Free {
+                f(r.start(), r.len(), r.dirty_since() != 0)
+            }
+        });
+    }
+
+    fn for_each_region_ref(&self, mut f: impl FnMut(&Region)) {
         let _inside = Reentrancy::enter();
         let guard = epoch::pin();
         self.tree.for_each(&guard, |_, value| {
-            // SAFETY: as in `space`.
-            let r = unsafe { &*(value as *const Region) };
-            f(r.start(), r.len(), r.kind(), r.state())
+            // SAFETY: tree values are descriptors, valid while pinned.
+            f(unsafe { &*(value as *const Region) })
         });
     }
 
@@ -544,20 +576,29 @@ impl Writer<'_> {
             } else {
                 region.zeroed.store(false, Ordering::Relaxed);
                 region.dirty_since.store(now, Ordering::Relaxed);
+                self.table
+                    .dirty_bytes
+                    .fetch_add(region.len(), Ordering::Relaxed);
             }
             self.coalesce(region);
         }
     }
 
-    /// Merges the free region `r` with free neighbours in its arena and indexes it.
+    /// Merges the free region `r` with free neighbours in its arena that are as dirty
+    /// as it is, and indexes it. Dirty and clean space stay apart (as jemalloc keeps its
+    /// dirty and retained extents apart): a merged region could only be called all
+    /// dirty, which would send placement into clean pages and purges over clean ones.
     fn coalesce(&mut self, mut r: &'static Region) {
+        let mergeable = |a: &Region, b: &Region| {
+            a.kind() == RegionKind::Free
+                && a.end() == b.start()
+                && arena_of(a.start()) == arena_of(b.start())
+                && (a.dirty_since() == 0) == (b.dirty_since() == 0)
+        };
         if let Some((_, value)) = self.table.tree.prev_before(r.start(), self.guard) {
             // SAFETY: tree value under the writer mutex.
             let prev: &'static Region = unsafe { &*(value as *const Region) };
-            if prev.kind() == RegionKind::Free
-                && prev.end() == r.start()
-                && arena_of(prev.start()) == arena_of(r.start())
-            {
+            if mergeable(prev, r) {
                 self.absorb(prev, r);
                 r = prev;
             }
@@ -565,10 +606,7 @@ impl Writer<'_> {
         if let Some((_, value)) = self.table.tree.next_after(r.start(), self.guard) {
             // SAFETY: as above.
             let next: &'static Region = unsafe { &*(value as *const Region) };
-            if next.kind() == RegionKind::Free
-                && r.end() == next.start()
-                && arena_of(next.start()) == arena_of(r.start())
-            {
+            if next.kind() == RegionKind::Free && mergeable(r, next) {
                 self.absorb(r, next);
             }
         }
@@ -614,22 +652,34 @@ impl Writer<'_> {
         self.carve(free, at, len, kind)
     }
 
+    /// Roomy placement, in order of preference: dirty space with room to grow (no
+    /// faults, no new RSS, and the next growth is in place), dirty space that just fits
+    /// (still no new RSS: a growing buffer most often finds the space its previous
+    /// incarnation left), clean space with room, then whatever `allocate` finds.
     fn allocate_roomy(&mut self, len: usize, align: usize, kind: RegionKind) -> Option<Placed> {
         const ROOM_FACTOR: usize = 4;
-        let Some(want) = len.checked_mul(ROOM_FACTOR) else {
-            return self.allocate(len, align, kind);
-        };
+        let want = len.saturating_mul(ROOM_FACTOR);
+        let free = &self.state.free;
         // SAFETY: writer mutex held.
-        let Some((free, _)) = (unsafe { self.state.free.find(want, align) }) else {
+        let found = unsafe {
+            free.find_dirty(want, align)
+                .map(|hit| (hit, true))
+                .or_else(|| free.find_dirty(len, align).map(|hit| (hit, false)))
+                .or_else(|| free.find_any(want, align).map(|hit| (hit, true)))
+        };
+        let Some(((region, at), roomy)) = found else {
             return self.allocate(len, align, kind);
         };
         // SAFETY: indexed regions are attached descriptors.
-        let free: &'static Region = unsafe { &*free };
-        // `find` guaranteed an aligned start with `want` bytes after it, so rounding the
-        // middle down can only fall back to that aligned start.
-        let aligned_start = free.start().next_multiple_of(align);
-        let middle = free.start() + (free.len() - len) / 2;
-        let at = (middle & !(align - 1)).max(aligned_start);
+        let free: &'static Region = unsafe { &*region };
+        let at = if roomy {
+            // `find` guaranteed an aligned start with `want` bytes after it, so rounding
+            // the middle down can only fall back to that aligned start.
+            let middle = free.start() + (free.len() - len) / 2;
+            (middle & !(align - 1)).max(at)
+        } else {
+            at
+        };
         self.carve(free, at, len, kind)
     }
 
@@ -710,6 +760,9 @@ impl Writer<'_> {
         if kind == RegionKind::Segment {
             space::set_kind(at, len, SlotKind::Segment);
         }
+        if dirty != 0 {
+            self.table.dirty_bytes.fetch_sub(len, Ordering::Relaxed);
+        }
         Some(Placed {
             start: at,
             len,
@@ -739,6 +792,9 @@ impl Writer<'_> {
         }
         self.start_write(r);
         self.start_write(next);
+        if next.dirty_since() != 0 {
+            self.table.dirty_bytes.fetch_sub(delta, Ordering::Relaxed);
+        }
         if next.len() == delta {
             self.detach(next);
         } else {
@@ -765,15 +821,14 @@ impl Writer<'_> {
         true
     }
 
-    fn shrink(&mut self, addr: usize, new_len: usize, purged: Option<PurgeMode>) -> bool {
+    fn shrink(&mut self, addr: usize, new_len: usize) -> bool {
         let Some(r) = self.live_object_at(addr) else {
             return false;
         };
         if new_len >= r.len() || new_len == 0 {
             return new_len == r.len();
         }
-        let zeroed = purged == Some(PurgeMode::DontNeed);
-        let tail = self.new_region(addr + new_len, r.len() - new_len, RegionKind::Free, zeroed);
+        let tail = self.new_region(addr + new_len, r.len() - new_len, RegionKind::Free, false);
         if tail.is_null() {
             return false;
         }
@@ -786,10 +841,11 @@ impl Writer<'_> {
         }
         // SAFETY: just inserted, attached.
         let tail = unsafe { &*tail };
-        if purged.is_none() {
-            tail.dirty_since
-                .store(os::now_ms().max(1), Ordering::Relaxed);
-        }
+        tail.dirty_since
+            .store(os::now_ms().max(1), Ordering::Relaxed);
+        self.table
+            .dirty_bytes
+            .fetch_add(tail.len(), Ordering::Relaxed);
         self.coalesce(tail);
         true
     }
