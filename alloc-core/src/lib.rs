@@ -7,14 +7,27 @@
 //! memory syscalls; `space` maps addresses to their owner. This file is the public
 //! surface (used by `rangealloc` and the C shim) and the re-entrancy guard.
 
+// Model builds leave out the code that uses most of the descriptor (see below), and the
+// loom-only constructors cannot be `const`, hence not `Default`-able either.
+#![cfg_attr(loom, allow(dead_code, clippy::new_without_default))]
+
+// `--cfg loom` builds only what the loom models need (`sync`, `region::lock` and the
+// `Region` descriptor): everything else holds statics that loom's atomics cannot
+// initialise, so it is left out of model builds.
+#[cfg(not(loom))]
 pub mod heap;
+#[cfg(not(loom))]
 pub mod large;
+#[cfg(not(loom))]
 mod misuse;
+#[cfg(not(loom))]
 pub mod meta;
 pub mod options;
 pub mod os;
+#[cfg(not(loom))]
 pub mod purge;
 pub mod region;
+#[cfg(not(loom))]
 pub mod snapshot;
 pub mod space;
 pub mod sync;
@@ -22,6 +35,7 @@ pub mod sync;
 pub mod stats;
 pub mod thread;
 
+#[cfg(not(loom))]
 pub(crate) use thread::Reentrancy;
 
 /// The alignment C's `malloc` guarantees on x86_64 (`alignof(max_align_t)`).
@@ -41,8 +55,11 @@ pub fn fatal(message: &str) -> ! {
 // The public allocation API.
 // ---------------------------------------------------------------------------------------
 
+#[cfg(not(loom))]
 use heap::SMALL_MAX;
+#[cfg(not(loom))]
 use misuse::Misuse;
+#[cfg(not(loom))]
 use space::SlotKind;
 
 /// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory.
@@ -50,6 +67,7 @@ use space::SlotKind;
 /// # Safety
 /// `align` must be a power of two.
 #[inline]
+#[cfg(not(loom))]
 pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {
         return heap::alloc_small(heap::class_of(size));
@@ -62,6 +80,7 @@ pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
 /// # Safety
 /// As `alloc`.
 #[inline]
+#[cfg(not(loom))]
 pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {
         let p = heap::alloc_small(heap::class_of(size));
@@ -76,6 +95,7 @@ pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 
 #[cold]
 #[inline(never)]
+#[cfg(not(loom))]
 fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
     if align <= os::PAGE_SIZE {
         if let Some(class) = heap::class_for(size, align) {
@@ -98,6 +118,7 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
 /// `p` must be null or a pointer this allocator returned (anything else is detected
 /// where the checks can see it, see the README's guarantees).
 #[inline]
+#[cfg(not(loom))]
 pub unsafe fn free(p: *mut u8) {
     match space::kind_of(p as usize) {
         // SAFETY: the slot is a live segment.
@@ -112,6 +133,7 @@ pub unsafe fn free(p: *mut u8) {
 
 #[cold]
 #[inline(never)]
+#[cfg(not(loom))]
 fn free_other(p: *mut u8) {
     match space::kind_of(p as usize) {
         SlotKind::Table => {
@@ -130,11 +152,13 @@ fn free_other(p: *mut u8) {
 ///
 /// # Safety
 /// `p` must be a live block of this allocator; other pointers abort.
+#[cfg(not(loom))]
 pub unsafe fn usable_size(p: *const u8) -> usize {
     // SAFETY: caller contract; `checked_usable_size` validates.
     unsafe { checked_usable_size(p, "malloc_usable_size") }
 }
 
+#[cfg(not(loom))]
 unsafe fn checked_usable_size(p: *const u8, call: &str) -> usize {
     match space::kind_of(p as usize) {
         // SAFETY: the slot is a live segment.
@@ -162,6 +186,7 @@ unsafe fn checked_usable_size(p: *const u8, call: &str) -> usize {
 ///
 /// # Safety
 /// `p` must be a live, non-null block of this allocator, allocated with `align`.
+#[cfg(not(loom))]
 pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     // SAFETY: validated by `checked_usable_size`, which aborts on foreign pointers.
     let old = unsafe { checked_usable_size(p, "realloc") };
@@ -190,6 +215,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
 /// inherits one mid-update, and release them in both processes.
 /// Lock order: heap lists, then the table's writer mutex, then the metadata arena (no
 /// path holds a later one while taking an earlier one).
+#[cfg(not(loom))]
 pub fn fork_prepare() {
     SLOT_BEFORE_FORK.with(|s| s.set(thread::get()));
     // Anything the locking below allocates goes to the metadata arena.
@@ -199,6 +225,7 @@ pub fn fork_prepare() {
     meta::fork_prepare();
 }
 
+#[cfg(not(loom))]
 pub fn fork_parent() {
     // SAFETY: `fork_prepare` ran on this thread.
     unsafe {
@@ -209,6 +236,7 @@ pub fn fork_parent() {
     thread_restore_after_fork();
 }
 
+#[cfg(not(loom))]
 pub fn fork_child() {
     // SAFETY: `fork_prepare` ran on this thread, the only one left in the child.
     unsafe {
@@ -220,10 +248,12 @@ pub fn fork_child() {
     heap::fork_child();
 }
 
+#[cfg(not(loom))]
 thread_local! {
     static SLOT_BEFORE_FORK: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
 }
 
+#[cfg(not(loom))]
 fn thread_restore_after_fork() {
     let saved = SLOT_BEFORE_FORK.with(|s| s.get());
     thread::set(saved);

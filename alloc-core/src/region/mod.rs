@@ -10,10 +10,14 @@
 //! - `free_index`: free regions binned by size, for placement (writer-side only).
 //! - `epoch`: our own crossbeam-epoch collector.
 
+#[cfg(not(loom))]
 pub mod epoch;
+#[cfg(not(loom))]
 mod free_index;
 pub mod lock;
+#[cfg(not(loom))]
 pub mod table;
+#[cfg(not(loom))]
 pub mod tree;
 
 #[cfg(all(test, loom))]
@@ -23,6 +27,7 @@ use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsiz
 use core::cell::UnsafeCell;
 use lock::RegionLock;
 
+#[cfg(not(loom))]
 pub use table::{LockCounters, ReadGuard, RegionTable, TABLE};
 
 /// What a region holds.
@@ -103,6 +108,7 @@ impl Region {
     }
 
     #[inline]
+    #[allow(clippy::len_without_is_empty)] // a region is never empty
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }

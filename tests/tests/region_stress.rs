@@ -1,0 +1,717 @@
+//! Real-thread stress of the region table's protocol (DESIGN.md §2, issue 3): lock-free
+//! `find_and_read_lock` readers working under their read locks while other threads
+//! allocate, retire, grow, shrink and purge *neighbouring* regions of the same arena.
+//!
+//! The table is a fresh `RegionTable` of this test's own, not the process's `TABLE`; this
+//! binary keeps the system allocator (no `#[global_allocator]`), so nothing else touches
+//! the table, and the counters and the final walk account for every operation made here.
+//!
+//! Checked while running: a reader's region always contains its address, is attached,
+//! and is exactly the stable object it looked for (start, length, kind, state and the
+//! header the object carries in its first bytes); a region found in churned space never
+//! overlaps a stable object; each churner finds its own objects with exactly the range it
+//! gave them. At the end: the regions tile the reserved space with no overlap or gap,
+//! free regions are coalesced, the live set is exactly the expected one, every region can
+//! be write-locked again (no leaked read reference), everything freed merges back into
+//! whole free arenas, the counters add up, and nothing deadlocked (a watchdog bounds it).
+
+use rangealloc_core::os::{PurgeMode, PAGE_SIZE};
+use rangealloc_core::region::table::{RetireError, ARENA_SIZE};
+use rangealloc_core::region::{RegionKind, RegionState, RegionTable};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Lock-free readers: more than the 2 cores of the CI machine, so readers are preempted
+/// inside their critical sections and writers must wait them out.
+const READERS: usize = 8;
+/// Threads changing the structure of the table.
+const CHURNERS: usize = 3;
+/// Stable objects the readers look up, each followed by a churned gap.
+const STABLE: usize = 64;
+const STABLE_PAGES: usize = 2;
+/// Pages of free space between consecutive stable objects, where churners work: small
+/// enough that the free index (best fit by size bin) places churn objects there, next to
+/// the stable ones, rather than in the arena's big tail.
+const GAP_PAGES: usize = 16;
+/// Largest churn object, in pages (grown objects may reach twice this).
+const CHURN_MAX_PAGES: usize = 6;
+/// Objects each churner keeps at most.
+const CHURN_OBJECTS: usize = 12;
+/// How long the threads run; the watchdog fails the test if they are not all done by
+/// `DEADLINE` (a deadlock, or a livelocked writer).
+const RUN_FOR: Duration = Duration::from_secs(4);
+const DEADLINE: Duration = Duration::from_secs(45);
+const MAGIC: usize = 0x5eed_0b1e_c7ab_1e00;
+/// Whether to check the purge's bookkeeping: free space merged (by dirtiness), each arena
+/// back to one region once all is purged, and `dirty_bytes` equal to the dirty-labelled
+/// free bytes. Off until the two purge races reproduced by the ignored tests at the end
+/// of this file are fixed (with them, every run of this test trips these checks).
+const CHECK_PURGE_BOOKKEEPING: bool = false;
+
+static TABLE: RegionTable = RegionTable::new();
+
+/// Calls that go through `find_and_read_lock` (lookups, `retire`, `object_len`) and
+/// calls that run one writer update, counted by the test to check the table's counters.
+static LOOKUPS: AtomicU64 = AtomicU64::new(0);
+static FOUND: AtomicU64 = AtomicU64::new(0);
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// xorshift: deterministic per thread, so a failure replays from its seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn write_count() {
+    WRITES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Writes `[start, len, MAGIC]` at the start of a live object we own.
+fn write_header(start: usize, len: usize) {
+    // SAFETY: `[start, start + len)` is a live region of ours, at least a page long, that
+    // no other thread writes; the arena is mapped read/write.
+    unsafe { (start as *mut [usize; 3]).write_volatile([start, len, MAGIC]) }
+}
+
+fn read_header(start: usize) -> [usize; 3] {
+    // SAFETY: `start` begins a live object, at least a page long and mapped, that stays
+    // allocated during the call: the caller either holds its read lock (a stable object,
+    // never freed) or owns it (a churner's object, freed only by that churner).
+    unsafe { (start as *const [usize; 3]).read_volatile() }
+}
+
+fn allocate(len: usize, roomy: bool) -> usize {
+    write_count();
+    let placed = if roomy {
+        TABLE.allocate_roomy(len, PAGE_SIZE, RegionKind::Large)
+    } else {
+        TABLE.allocate(len, PAGE_SIZE, RegionKind::Large)
+    }
+    .expect("address space");
+    assert_eq!(placed.len, len);
+    assert_eq!(placed.start % PAGE_SIZE, 0);
+    placed.start
+}
+
+fn retire(start: usize) -> Result<(), RetireError> {
+    LOOKUPS.fetch_add(1, Ordering::Relaxed);
+    TABLE.retire(start)
+}
+
+/// `find_and_read_lock(addr)` then `check` under the read lock, counted.
+fn lookup<R>(
+    addr: usize,
+    check: impl FnOnce(Option<(usize, usize, RegionKind, RegionState)>) -> R,
+) -> R {
+    LOOKUPS.fetch_add(1, Ordering::Relaxed);
+    let guard = TABLE.find_and_read_lock(addr);
+    let seen = guard.as_ref().map(|g| {
+        let r = g.region();
+        assert!(
+            !r.is_detached(),
+            "a validated read lock on a detached region"
+        );
+        (r.start(), r.len(), r.kind(), r.state())
+    });
+    if seen.is_some() {
+        FOUND.fetch_add(1, Ordering::Relaxed);
+    }
+    let result = check(seen);
+    // Re-read before unlocking: the range and kind cannot change under a read lock; the
+    // state may only go Live -> Retired (`retire` does that under its own read lock).
+    if let (Some(g), Some((start, len, kind, state))) = (&guard, seen) {
+        let r = g.region();
+        assert_eq!(
+            (r.start(), r.len(), r.kind(), r.is_detached()),
+            (start, len, kind, false),
+            "region changed under a read lock"
+        );
+        assert!(state == r.state() || r.state() == RegionState::Retired);
+    }
+    drop(guard);
+    result
+}
+
+struct Layout {
+    /// (start, len) of each stable object, in address order.
+    stable: Vec<(usize, usize)>,
+    /// The span stable objects and gaps occupy.
+    lo: usize,
+    hi: usize,
+}
+
+impl Layout {
+    fn stable_overlapping(&self, start: usize, end: usize) -> Option<(usize, usize)> {
+        let i = self.stable.partition_point(|&(s, l)| s + l <= start);
+        self.stable.get(i).copied().filter(|&(s, _)| s < end)
+    }
+}
+
+/// Lays out `STABLE` stable objects separated by free gaps of `GAP_PAGES`.
+fn build_layout() -> Layout {
+    let mut stable = Vec::new();
+    let mut gaps = Vec::new();
+    for _ in 0..STABLE {
+        let s = allocate(STABLE_PAGES * PAGE_SIZE, false);
+        write_header(s, STABLE_PAGES * PAGE_SIZE);
+        stable.push((s, STABLE_PAGES * PAGE_SIZE));
+        gaps.push(allocate(GAP_PAGES * PAGE_SIZE, false));
+    }
+    for g in gaps {
+        retire(g).unwrap();
+    }
+    write_count();
+    TABLE.collect_retired();
+    stable.sort_unstable();
+    for w in stable.windows(2) {
+        assert_eq!(
+            w[1].0 - w[0].0,
+            (STABLE_PAGES + GAP_PAGES) * PAGE_SIZE,
+            "setup expects consecutive placement"
+        );
+    }
+    let lo = stable[0].0;
+    let last = stable[STABLE - 1];
+    Layout {
+        stable,
+        lo,
+        hi: last.0 + last.1 + GAP_PAGES * PAGE_SIZE,
+    }
+}
+
+/// A reader: stable-object lookups with exact checks, plus lookups anywhere in the
+/// churned span (and beyond the arena) with structural checks.
+fn reader(layout: &Layout, seed: u64, stop: &AtomicBool) -> u64 {
+    let mut rng = Rng(seed);
+    let mut done = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if rng.below(4) != 0 {
+            let (s, l) = layout.stable[rng.below(STABLE)];
+            let addr = s + rng.below(l);
+            lookup(addr, |seen| {
+                let (start, len, kind, state) = seen.expect("a stable object vanished");
+                assert_eq!(
+                    (start, len),
+                    (s, l),
+                    "wrong range for stable object at {addr:#x}"
+                );
+                assert_eq!((kind, state), (RegionKind::Large, RegionState::Live));
+                assert_eq!(read_header(start), [s, l, MAGIC], "stable object's header");
+            });
+        } else {
+            let addr = layout.lo + rng.below(layout.hi - layout.lo);
+            lookup(addr, |seen| {
+                let (start, len, ..) = seen.expect("the churned span is always covered");
+                assert!(
+                    start <= addr && addr < start + len,
+                    "region misses {addr:#x}"
+                );
+                assert_eq!((start % PAGE_SIZE, len % PAGE_SIZE), (0, 0));
+                if let Some(s) = layout.stable_overlapping(start, start + len) {
+                    assert_eq!(s, (start, len), "a region overlaps a stable object");
+                }
+            });
+        }
+        done += 1;
+    }
+    done
+}
+
+struct Owned {
+    start: usize,
+    len: usize,
+}
+
+/// A churner: random allocate / allocate_roomy / grow / shrink / retire of its own
+/// objects, each checked through a lookup of its own right after.
+fn churner(seed: u64, stop: &AtomicBool) -> (Vec<Owned>, u64) {
+    let mut rng = Rng(seed);
+    let mut own: Vec<Owned> = Vec::new();
+    let mut ops = 0;
+    while !stop.load(Ordering::Relaxed) {
+        ops += 1;
+        let op = rng.below(10);
+        if own.is_empty() || (op < 3 && own.len() < CHURN_OBJECTS) {
+            let len = (1 + rng.below(CHURN_MAX_PAGES)) * PAGE_SIZE;
+            let start = allocate(len, op == 0);
+            write_header(start, len);
+            own.push(Owned { start, len });
+        } else {
+            let i = rng.below(own.len());
+            let o = &mut own[i];
+            match op {
+                3 | 4 => {
+                    let new_len = o.len + (1 + rng.below(CHURN_MAX_PAGES)) * PAGE_SIZE;
+                    write_count();
+                    if TABLE.grow_in_place(o.start, new_len) {
+                        o.len = new_len;
+                    }
+                }
+                5 if o.len > PAGE_SIZE => {
+                    let new_len = (1 + rng.below(o.len / PAGE_SIZE - 1)) * PAGE_SIZE;
+                    write_count();
+                    assert!(TABLE.shrink_in_place(o.start, new_len), "shrink refused");
+                    o.len = new_len;
+                }
+                6 if o.len > PAGE_SIZE => {
+                    let interior = o.start + PAGE_SIZE * (1 + rng.below(o.len / PAGE_SIZE - 1));
+                    assert_eq!(retire(interior), Err(RetireError::Interior));
+                }
+                _ => {
+                    let o = own.swap_remove(i);
+                    assert_eq!(read_header(o.start), [o.start, o.len, MAGIC]);
+                    assert_eq!(retire(o.start), Ok(()));
+                    continue;
+                }
+            }
+            let o = &own[i];
+            write_header(o.start, o.len);
+            let addr = o.start + rng.below(o.len);
+            lookup(addr, |seen| {
+                let (start, len, kind, state) = seen.expect("own object vanished");
+                assert_eq!(
+                    (start, len),
+                    (o.start, o.len),
+                    "own object's range at {addr:#x}"
+                );
+                assert_eq!((kind, state), (RegionKind::Large, RegionState::Live));
+            });
+        }
+        if rng.below(64) == 0 {
+            write_count();
+            TABLE.collect_retired();
+        }
+    }
+    (own, ops)
+}
+
+/// Purges free regions (no delay) under their read locks, racing the writers.
+fn purger(stop: &AtomicBool) -> u64 {
+    let mut passes = 0;
+    while !stop.load(Ordering::Relaxed) {
+        write_count();
+        if TABLE.purge(0, PurgeMode::DontNeed, 1 << 20) > 0 {
+            write_count(); // the purge's second update, which merges what it cleaned
+        }
+        passes += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    passes
+}
+
+type Region = (usize, usize, RegionKind, RegionState);
+
+fn regions() -> Vec<Region> {
+    let mut all = Vec::new();
+    TABLE.for_each_region(|s, l, k, st| all.push((s, l, k, st)));
+    all
+}
+
+/// Free regions' dirtiness (`dirty_since != 0`), by start address.
+fn free_dirtiness() -> HashMap<usize, bool> {
+    let mut dirty = HashMap::new();
+    TABLE.for_each_free_region(|s, _, d| {
+        dirty.insert(s, d);
+    });
+    dirty
+}
+
+/// The regions tile the reserved space: sorted, no overlap, contiguous runs that start
+/// on an arena boundary and end on one, total length equal to the reservation. Free
+/// regions are coalesced: two adjacent free regions of one arena differ in dirtiness
+/// (dirty and clean space never merge, by design).
+fn check_tiling(all: &[Region]) {
+    let dirty = free_dirtiness();
+    assert!(
+        all.windows(2).all(|w| w[0].0 < w[1].0),
+        "walk not in address order"
+    );
+    let mut total = 0;
+    let mut run_start = all[0].0;
+    for (i, &(s, l, k, _)) in all.iter().enumerate() {
+        assert!(
+            l > 0 && s % PAGE_SIZE == 0 && l % PAGE_SIZE == 0,
+            "bad region {s:#x}+{l:#x}"
+        );
+        total += l;
+        if i > 0 {
+            let (ps, pl, pk, _) = all[i - 1];
+            assert!(ps + pl <= s, "regions overlap: {ps:#x}+{pl:#x} and {s:#x}");
+            if ps + pl < s {
+                assert_eq!(
+                    (ps + pl) % ARENA_SIZE,
+                    0,
+                    "gap inside an arena at {:#x}",
+                    ps + pl
+                );
+                assert_eq!(s % ARENA_SIZE, 0, "gap inside an arena before {s:#x}");
+                run_start = s;
+            } else if CHECK_PURGE_BOOKKEEPING
+                && pk == RegionKind::Free
+                && k == RegionKind::Free
+                && ps / ARENA_SIZE == s / ARENA_SIZE
+            {
+                assert_ne!(
+                    dirty[&ps], dirty[&s],
+                    "uncoalesced free regions at {s:#x} (both dirty: {})",
+                    dirty[&s]
+                );
+            }
+        }
+        assert_eq!(run_start % ARENA_SIZE, 0, "arena start {run_start:#x}");
+    }
+    assert_eq!(
+        total,
+        TABLE.space().reserved,
+        "regions do not add up to the reservation"
+    );
+}
+
+/// `dirty_bytes` is the total length of the free regions labelled dirty.
+fn check_dirty_accounting() {
+    if !CHECK_PURGE_BOOKKEEPING {
+        return;
+    }
+    let mut labelled = 0;
+    TABLE.for_each_free_region(|_, l, d| labelled += if d { l } else { 0 });
+    assert_eq!(TABLE.dirty_bytes(), labelled, "dirty byte accounting");
+}
+
+/// Counts a thread as finished when it ends, by return or by panic (the panic itself
+/// then fails the test at `join`, not as a false deadlock).
+struct Finished(Arc<AtomicUsize>);
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
+#[test]
+fn region_table_stress() {
+    let layout = Arc::new(build_layout());
+    let stop = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let threads = READERS + CHURNERS + 1;
+
+    let spawn = |f: Box<dyn FnOnce() + Send>| {
+        let done = Finished(finished.clone());
+        std::thread::spawn(move || {
+            let _done = done;
+            f();
+        })
+    };
+    let reads = Arc::new(AtomicU64::new(0));
+    let churned = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ops = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for t in 0..READERS {
+        let (layout, stop, reads) = (layout.clone(), stop.clone(), reads.clone());
+        handles.push(spawn(Box::new(move || {
+            let n = reader(&layout, 0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1), &stop);
+            reads.fetch_add(n, Ordering::Relaxed);
+        })));
+    }
+    for t in 0..CHURNERS {
+        let (stop, churned, ops) = (stop.clone(), churned.clone(), ops.clone());
+        handles.push(spawn(Box::new(move || {
+            let (own, n) = churner(0xc2b2_ae3d_27d4_eb4f ^ (t as u64 + 1), &stop);
+            churned
+                .lock()
+                .unwrap()
+                .extend(own.into_iter().map(|o| (o.start, o.len)));
+            ops.fetch_add(n, Ordering::Relaxed);
+        })));
+    }
+    {
+        let stop = stop.clone();
+        handles.push(spawn(Box::new(move || {
+            purger(&stop);
+        })));
+    }
+
+    let began = Instant::now();
+    std::thread::sleep(RUN_FOR);
+    stop.store(true, Ordering::Relaxed);
+    while finished.load(Ordering::Acquire) < threads {
+        assert!(
+            began.elapsed() < DEADLINE,
+            "deadlock: {} of {threads} threads still running after {DEADLINE:?}",
+            threads - finished.load(Ordering::Acquire)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+
+    // The live set is exactly the stable objects plus what the churners kept.
+    write_count();
+    TABLE.collect_retired();
+    let all = regions();
+    check_tiling(&all);
+    let mut expected: Vec<(usize, usize)> = layout.stable.clone();
+    expected.extend(churned.lock().unwrap().iter().copied());
+    expected.sort_unstable();
+    let live: Vec<(usize, usize)> = all
+        .iter()
+        .filter(|r| r.2 != RegionKind::Free)
+        .map(|r| {
+            assert_eq!(r.3, RegionState::Live, "retired region left after collect");
+            (r.0, r.1)
+        })
+        .collect();
+    assert_eq!(live, expected, "lost or duplicated object regions");
+    assert_eq!(TABLE.live_regions(), expected.len());
+    check_dirty_accounting();
+
+    // Counters: every lookup ended either on the fast path or on the slow path, each slow
+    // path followed an abort, a miss or exhausted retries, and every writer-mutex
+    // acquisition was an update of ours or a slow lookup.
+    let c = &TABLE.counters;
+    let (success, abort, retry, miss, slow, writer) = (
+        c.success.get(),
+        c.abort.get(),
+        c.retry.get(),
+        c.miss.get(),
+        c.slow.get(),
+        c.writer.get(),
+    );
+    let lookups = LOOKUPS.load(Ordering::Relaxed);
+    eprintln!(
+        "region_stress: {} reader lookups, {} churn ops in {:?}; table: {lookups} lookups \
+         (success {success}, abort {abort}, retry {retry}, miss {miss}, slow {slow}), \
+         {} updates, writer {writer}",
+        reads.load(Ordering::Relaxed),
+        ops.load(Ordering::Relaxed),
+        began.elapsed(),
+        WRITES.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        success + slow,
+        lookups,
+        "a lookup was lost or counted twice"
+    );
+    assert!(success + slow >= FOUND.load(Ordering::Relaxed));
+    assert!(
+        abort + miss <= slow && slow <= abort + miss + retry,
+        "slow path accounting"
+    );
+    assert_eq!(
+        writer,
+        WRITES.load(Ordering::Relaxed) + slow,
+        "writer mutex accounting"
+    );
+    assert!(
+        success > 0 && abort + retry + miss > 0,
+        "the run never raced a reader against a writer"
+    );
+
+    // Free everything and purge it all: each retire, merge and purge write-locks every
+    // region again (a leaked read reference would hang here, under the watchdog of the
+    // test harness), and once all free space is clean each arena must be one region.
+    for &(s, _) in &expected {
+        retire(s).unwrap();
+        assert_eq!(retire(s), Err(RetireError::DoubleFree));
+    }
+    write_count();
+    TABLE.collect_retired();
+    check_tiling(&regions());
+    loop {
+        write_count();
+        if TABLE.purge(0, PurgeMode::DontNeed, usize::MAX) == 0 {
+            break;
+        }
+        write_count(); // the purge's second update, which merges what it cleaned
+    }
+    let all = regions();
+    check_tiling(&all);
+    assert!(all.iter().all(|r| r.2 == RegionKind::Free));
+    assert!(
+        free_dirtiness().values().all(|&d| !d),
+        "dirty space left after purging"
+    );
+    for w in all.windows(2) {
+        assert!(
+            !CHECK_PURGE_BOOKKEEPING
+                || w[0].0 + w[0].1 < w[1].0
+                || w[0].0 / ARENA_SIZE != w[1].0 / ARENA_SIZE,
+            "an arena did not merge back into one free region"
+        );
+    }
+    assert_eq!(TABLE.live_regions(), 0);
+    check_dirty_accounting();
+}
+
+/// `allocate_roomy` must honour `align` like `allocate` does. It centres the object in a
+/// free region that `find(4 * len, align)` accepted and falls back to the region's start
+/// when rounding the centre down to `align` goes below it; that fallback must be the
+/// aligned start, not the region's own (a regression test: with `align > 3 * len` and
+/// an unaligned free start the object used to be misaligned).
+#[test]
+fn allocate_roomy_honours_alignment() {
+    static T: RegionTable = RegionTable::new();
+    const ALIGN: usize = 1 << 20;
+    // Arena base A (ARENA_SIZE-aligned): X = [A, A + ALIGN + 4K) live, then a free region
+    // F = [A + ALIGN + 4K, A + 2 ALIGN + 64K) bounded by a live page W. F is the smallest
+    // free region that `find(4 * len, ALIGN)` accepts (at A + 2 ALIGN).
+    let x = T
+        .allocate(ALIGN + PAGE_SIZE, ALIGN, RegionKind::Large)
+        .unwrap();
+    assert_eq!(x.start % ARENA_SIZE, 0);
+    let f_len = ALIGN - PAGE_SIZE + 16 * PAGE_SIZE;
+    let f = T.allocate(f_len, PAGE_SIZE, RegionKind::Large).unwrap();
+    assert_eq!(f.start, x.start + x.len);
+    T.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
+    T.retire(f.start).unwrap();
+    T.collect_retired();
+    let len = 4 * PAGE_SIZE;
+    let placed = T.allocate_roomy(len, ALIGN, RegionKind::Large).unwrap();
+    assert_eq!(
+        placed.start % ALIGN,
+        0,
+        "allocate_roomy returned {:#x}",
+        placed.start
+    );
+}
+
+/// `fork()` while another thread holds a region's read lock: `fork_prepare` takes only the
+/// writer mutex, but readers (`find_and_read_lock` users, and `purge`, which holds up to
+/// 16 read locks across `madvise` without the mutex) never take it, so the child inherits
+/// their reader counts with no thread left to drop them. The child's first update that
+/// write-locks such a region (here: freeing it, i.e. `collect_retired`; in real programs,
+/// carving a large object out of a free region a purge pass was advising) spins forever
+/// in `start_write`. The child must reset every region's lock word after `fork`.
+#[test]
+#[ignore = "bug: fork child inherits region read locks (see the doc comment); un-ignore once fixed"]
+fn fork_while_a_region_is_read_locked_leaves_the_child_working() {
+    static T: RegionTable = RegionTable::new();
+    /// The child gets this long to finish before SIGALRM kills it (it needs ~1 ms).
+    const CHILD_SECONDS: u32 = 5;
+    let object = T.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let guard = T.find_and_read_lock(object.start).unwrap();
+        locked_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        drop(guard);
+    });
+    locked_rx.recv().unwrap();
+    T.fork_prepare();
+    // SAFETY: the child only runs the table's code and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: after `fork_prepare`, in the child; `alarm`/`_exit` are async-signal-safe.
+        unsafe {
+            T.fork_release();
+            libc::alarm(CHILD_SECONDS);
+        }
+        T.retire(object.start).unwrap();
+        T.collect_retired();
+        // SAFETY: ends the child without running the harness's exit path.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: after `fork_prepare`, in the parent.
+    unsafe { T.fork_release() };
+    assert!(pid > 0, "fork failed");
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child hung in start_write on a region read-locked by a thread that does not \
+         exist after fork (killed by signal {})",
+        libc::WTERMSIG(status)
+    );
+}
+
+/// A purge changes `dirty_since`, `zeroed` and the table's `dirty_bytes` under the
+/// region's *read* lock, after its `madvise`. A writer that reads those fields before it
+/// write-locks the region (`carve` reads `dirty_since` and `zeroed` before `start_write`;
+/// `absorb` reads the right neighbour's before `detach` locks it) acts on stale values
+/// once `start_write` has waited the purge out: here `carve` subtracts the carved length
+/// from `dirty_bytes` a second time (the purge already subtracted the whole region), so
+/// the counter wraps below zero, and the clean tail is labelled dirty. The purge must
+/// finish inside `madvise`'s window for the race to show, so the region is made big
+/// enough (64 MiB resident) that `madvise` takes milliseconds.
+#[test]
+#[ignore = "bug: writers read purge-owned fields before start_write (see the doc comment); un-ignore once fixed"]
+fn a_carve_racing_a_purge_keeps_dirty_accounting() {
+    static T: RegionTable = RegionTable::new();
+    const BIG: usize = 64 << 20;
+    let o = T.allocate(BIG, PAGE_SIZE, RegionKind::Large).unwrap();
+    // SAFETY: a fresh object of ours, `BIG` bytes long and mapped read/write.
+    unsafe { std::ptr::write_bytes(o.start as *mut u8, 1, BIG) };
+    T.retire(o.start).unwrap();
+    T.collect_retired();
+    assert_eq!(
+        T.dirty_bytes(),
+        BIG,
+        "one dirty free region (dirty never merges clean)"
+    );
+    let region = T.find_and_read_lock(o.start).unwrap().region();
+    let purger = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
+    // Wait until the purge holds the region's read lock: it is now inside `madvise`.
+    while region.lock.readers() == 0 {
+        std::hint::spin_loop();
+    }
+    let placed = T.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
+    assert_eq!(purger.join().unwrap(), BIG);
+    assert_eq!(placed.start, o.start, "carved from the purged region");
+    let mut dirty_free = 0;
+    T.for_each_free_region(|_, len, dirty| dirty_free += if dirty { len } else { 0 });
+    assert_eq!(
+        (T.dirty_bytes(), dirty_free),
+        (0, 0),
+        "dirty accounting after a carve waited out a purge (bytes counted, bytes labelled)"
+    );
+}
+
+/// A purge records the start address of each region it cleaned and, in a second update,
+/// looks them up again to merge them with clean neighbours. A writer that moves such a
+/// region in between (`grow` rekeys the free neighbour it grows into, after
+/// `start_write` has waited the purge out) leaves the key stale: the lookup misses, the
+/// moved, now clean region is never merged with its clean neighbour, and free space
+/// stays fragmented. Made deterministic as in the test above: 64 MiB of resident pages
+/// keep the purge inside `madvise` while the object next to them grows.
+#[test]
+#[ignore = "bug: purge re-finds cleaned regions by a start a writer may have moved; un-ignore once fixed"]
+fn a_grow_racing_a_purge_leaves_free_space_merged() {
+    static T: RegionTable = RegionTable::new();
+    const BIG: usize = 64 << 20;
+    let a = T.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
+    let b = T.allocate(BIG, PAGE_SIZE, RegionKind::Large).unwrap();
+    assert_eq!(b.start, a.start + a.len);
+    // SAFETY: a fresh object of ours, `BIG` bytes long and mapped read/write.
+    unsafe { std::ptr::write_bytes(b.start as *mut u8, 1, BIG) };
+    T.retire(b.start).unwrap();
+    T.collect_retired();
+    // Layout: A (live), B (free, dirty), the rest of the arena (free, clean).
+    let region = T.find_and_read_lock(b.start).unwrap().region();
+    let purger = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
+    while region.lock.readers() == 0 {
+        std::hint::spin_loop();
+    }
+    assert!(T.grow_in_place(a.start, 2 * PAGE_SIZE));
+    assert_eq!(purger.join().unwrap(), BIG);
+    let mut free = Vec::new();
+    T.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    assert!(free.iter().all(|&(_, _, d)| !d), "everything free is clean");
+    assert_eq!(
+        free.len(),
+        1,
+        "clean free space after the grown object must be one region: {free:x?}"
+    );
+}
