@@ -19,9 +19,9 @@ pub mod heap;
 #[cfg(not(loom))]
 pub mod large;
 #[cfg(not(loom))]
-mod misuse;
-#[cfg(not(loom))]
 pub mod meta;
+#[cfg(not(loom))]
+mod misuse;
 pub mod options;
 pub mod os;
 #[cfg(not(loom))]
@@ -49,7 +49,6 @@ pub fn fatal(message: &str) -> ! {
     os::write_stderr(b"\n");
     std::process::abort()
 }
-
 
 // ---------------------------------------------------------------------------------------
 // The public allocation API.
@@ -227,34 +226,31 @@ pub fn fork_prepare() {
 
 #[cfg(not(loom))]
 pub fn fork_parent() {
-    // SAFETY: `fork_prepare` ran on this thread.
-    unsafe {
-        meta::fork_release();
-        region::TABLE.fork_release();
-        heap::fork_release();
-    }
-    thread_restore_after_fork();
+    release_fork_locks();
 }
 
 #[cfg(not(loom))]
 pub fn fork_child() {
-    // SAFETY: `fork_prepare` ran on this thread, the only one left in the child.
+    release_fork_locks();
+    // SAFETY: we are the child's only thread, the locks are released and nothing else
+    // runs yet.
+    unsafe { region::TABLE.after_fork_in_child() };
+    heap::fork_child();
+}
+
+/// Releases what `fork_prepare` took (reverse order) and restores the thread slot.
+#[cfg(not(loom))]
+fn release_fork_locks() {
+    // SAFETY: `fork_prepare` ran on this thread (in the child, the only one left).
     unsafe {
         meta::fork_release();
         region::TABLE.fork_release();
         heap::fork_release();
     }
-    thread_restore_after_fork();
-    heap::fork_child();
+    thread::set(SLOT_BEFORE_FORK.with(|s| s.get()));
 }
 
 #[cfg(not(loom))]
 thread_local! {
     static SLOT_BEFORE_FORK: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
-}
-
-#[cfg(not(loom))]
-fn thread_restore_after_fork() {
-    let saved = SLOT_BEFORE_FORK.with(|s| s.get());
-    thread::set(saved);
 }

@@ -94,7 +94,10 @@ extern "C" fn on_alarm(_: libc::c_int) {
 fn signals_during_allocation_do_not_disturb_it() {
     // SAFETY: installing a handler that only bumps an atomic, and a 100 us timer.
     unsafe {
-        libc::signal(libc::SIGALRM, on_alarm as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(
+            libc::SIGALRM,
+            on_alarm as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
         let t = libc::itimerval {
             it_interval: libc::timeval {
                 tv_sec: 0,

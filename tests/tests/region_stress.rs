@@ -46,8 +46,9 @@ const DEADLINE: Duration = Duration::from_secs(45);
 const MAGIC: usize = 0x5eed_0b1e_c7ab_1e00;
 /// Whether to check the purge's bookkeeping: free space merged (by dirtiness), each arena
 /// back to one region once all is purged, and `dirty_bytes` equal to the dirty-labelled
-/// free bytes. Off until the two purge races reproduced by the ignored tests at the end
-/// of this file are fixed (with them, every run of this test trips these checks).
+/// free bytes. The two purge races of the tests at the end of this file are fixed, but
+/// with this on the stress still finds two adjacent clean free regions left unmerged
+/// now and then (cause not found yet; see the issue note). Off until that is fixed.
 const CHECK_PURGE_BOOKKEEPING: bool = false;
 
 static TABLE: RegionTable = RegionTable::new();
@@ -590,9 +591,9 @@ fn allocate_roomy_honours_alignment() {
 /// their reader counts with no thread left to drop them. The child's first update that
 /// write-locks such a region (here: freeing it, i.e. `collect_retired`; in real programs,
 /// carving a large object out of a free region a purge pass was advising) spins forever
-/// in `start_write`. The child must reset every region's lock word after `fork`.
+/// in `start_write`. The child must reset every region's lock word after `fork`, which
+/// `RegionTable::after_fork_in_child` does (the engine's `fork_child` calls it).
 #[test]
-#[ignore = "bug: fork child inherits region read locks (see the doc comment); un-ignore once fixed"]
 fn fork_while_a_region_is_read_locked_leaves_the_child_working() {
     static T: RegionTable = RegionTable::new();
     /// The child gets this long to finish before SIGALRM kills it (it needs ~1 ms).
@@ -614,6 +615,7 @@ fn fork_while_a_region_is_read_locked_leaves_the_child_working() {
         // SAFETY: after `fork_prepare`, in the child; `alarm`/`_exit` are async-signal-safe.
         unsafe {
             T.fork_release();
+            T.after_fork_in_child();
             libc::alarm(CHILD_SECONDS);
         }
         T.retire(object.start).unwrap();
@@ -647,7 +649,6 @@ fn fork_while_a_region_is_read_locked_leaves_the_child_working() {
 /// finish inside `madvise`'s window for the race to show, so the region is made big
 /// enough (64 MiB resident) that `madvise` takes milliseconds.
 #[test]
-#[ignore = "bug: writers read purge-owned fields before start_write (see the doc comment); un-ignore once fixed"]
 fn a_carve_racing_a_purge_keeps_dirty_accounting() {
     static T: RegionTable = RegionTable::new();
     const BIG: usize = 64 << 20;
@@ -687,7 +688,6 @@ fn a_carve_racing_a_purge_keeps_dirty_accounting() {
 /// stays fragmented. Made deterministic as in the test above: 64 MiB of resident pages
 /// keep the purge inside `madvise` while the object next to them grows.
 #[test]
-#[ignore = "bug: purge re-finds cleaned regions by a start a writer may have moved; un-ignore once fixed"]
 fn a_grow_racing_a_purge_leaves_free_space_merged() {
     static T: RegionTable = RegionTable::new();
     const BIG: usize = 64 << 20;

@@ -13,6 +13,7 @@
 use crate::meta;
 use crossbeam_epoch::{Collector, Guard, LocalHandle};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 static COLLECTOR: OnceLock<Collector> = OnceLock::new();
@@ -29,11 +30,7 @@ fn collector() -> &'static Collector {
 /// set): the first pin of a thread registers it, which allocates.
 pub fn pin() -> Guard {
     let handle = HANDLE.with(|h| h.get());
-    let handle = if handle.is_null() {
-        register()
-    } else {
-        handle
-    };
+    let handle = if handle.is_null() { register() } else { handle };
     // SAFETY: `handle` was written by `register` on this thread and is dropped only by
     // `release_thread` on this thread, after which the slot is null again.
     unsafe { (*handle).pin() }
@@ -52,7 +49,50 @@ fn register() -> *mut LocalHandle {
     // SAFETY: `slot` is fresh metadata memory sized and aligned for a LocalHandle.
     unsafe { slot.write(collector().register()) };
     HANDLE.with(|h| h.set(slot));
+    // A thread that never gets a heap (only large objects) must still unregister at
+    // exit: a key of our own whose destructor does it (a no-op if the heap's exit hook
+    // already did). Setting the value again after a destructor ran makes glibc run it
+    // again, so a late re-registration is released too.
+    if let Some(key) = exit_key() {
+        // SAFETY: a valid key; the value is only a marker.
+        unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<libc::c_void>()) };
+    }
     slot
+}
+
+/// 0 = not created, 1 = being created, usize::MAX = failed, else key + 2.
+static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
+
+fn exit_key() -> Option<libc::pthread_key_t> {
+    loop {
+        match EXIT_KEY.load(Ordering::Acquire) {
+            0 => {
+                if EXIT_KEY
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    let mut key: libc::pthread_key_t = 0;
+                    // SAFETY: valid out-pointer and a destructor with the C signature.
+                    let ok = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
+                    let value = if ok == 0 {
+                        key as usize + 2
+                    } else {
+                        usize::MAX
+                    };
+                    // Release pairs with the Acquire loads of other threads.
+                    EXIT_KEY.store(value, Ordering::Release);
+                }
+            }
+            1 => core::hint::spin_loop(),
+            usize::MAX => return None,
+            value => return Some((value - 2) as libc::pthread_key_t),
+        }
+    }
+}
+
+unsafe extern "C" fn on_thread_exit(_: *mut libc::c_void) {
+    let _inside = crate::Reentrancy::enter();
+    release_thread();
 }
 
 /// Unregisters the current thread (thread exit). Safe to call when never registered.

@@ -177,6 +177,15 @@ impl RegionLock {
         self.lock_seq.load(Ordering::Relaxed) == seq.current()
     }
 
+    /// Forgets every read reference and writer mark (fork child only).
+    ///
+    /// # Safety
+    /// Only in a fork child, where the threads that held references no longer exist
+    /// and this thread holds none.
+    pub unsafe fn reset_after_fork(&self) {
+        self.word.store(0, Ordering::Relaxed);
+    }
+
     /// Readers currently inside (for tests and assertions).
     pub fn readers(&self) -> usize {
         self.word.load(Ordering::Relaxed) & !WRITER

@@ -236,7 +236,6 @@ impl RegionTable {
         if region.state() != RegionState::Live {
             return Err(RetireError::DoubleFree);
         }
-        prepare(region);
         // AcqRel: exactly one freer wins; the winner's accesses to the object happen
         // before the writer that later reads the state (Acquire in `state()`).
         if region
@@ -251,6 +250,9 @@ impl RegionTable {
         {
             return Err(RetireError::DoubleFree);
         }
+        // Only the winning freer prepares; still under our read lock and not yet on the
+        // retired stack, so no writer can reuse the range meanwhile.
+        prepare(region);
         let node = region as *const Region as *mut Region;
         let mut head = self.retired.load(Ordering::Relaxed);
         loop {
@@ -335,6 +337,10 @@ impl RegionTable {
     /// read lock alone, so a writer wanting that region waits, and no other does.
     pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
         const BATCH: usize = 16;
+        // Pinned across both phases, so the descriptors picked stay valid memory even if
+        // a writer detaches them in between (phase two then skips them).
+        let _inside = Reentrancy::enter();
+        let _pinned = epoch::pin();
         let now = os::now_ms();
         let mut picked: [Option<ReadGuard>; BATCH] = [const { None }; BATCH];
         let mut count = 0;
@@ -359,8 +365,8 @@ impl RegionTable {
             };
         });
         let mut purged = 0;
-        let mut cleaned = [0usize; BATCH];
-        for (read, start) in picked.iter_mut().take(count).zip(cleaned.iter_mut()) {
+        let mut cleaned: [Option<&'static Region>; BATCH] = [None; BATCH];
+        for (read, slot) in picked.iter_mut().take(count).zip(cleaned.iter_mut()) {
             let Some(read) = read.take() else { continue };
             let r = read.region();
             // SAFETY: a free region holds no live object, and our read reference keeps
@@ -371,17 +377,16 @@ impl RegionTable {
                 r.dirty_since.store(0, Ordering::Relaxed);
                 r.zeroed
                     .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
-                *start = r.start();
+                *slot = Some(r);
             }
         }
         if purged > 0 {
-            // Now clean, they may merge with clean neighbours.
+            // Now clean, they may merge with clean neighbours: those still attached, free
+            // and clean (a writer may have moved, carved or merged them meanwhile).
             self.write(|w| {
-                for &start in cleaned.iter().filter(|&&s| s != 0) {
-                    if let Some(r) = w.region_at(start) {
-                        if r.kind() == RegionKind::Free && r.dirty_since() == 0 {
-                            w.coalesce(r);
-                        }
+                for r in cleaned.iter().flatten() {
+                    if !r.is_detached() && r.kind() == RegionKind::Free && r.dirty_since() == 0 {
+                        w.coalesce(r);
                     }
                 }
             });
@@ -456,6 +461,27 @@ impl RegionTable {
         self.tree.for_each(&guard, |_, value| {
             // SAFETY: tree values are descriptors, valid while pinned.
             f(unsafe { &*(value as *const Region) })
+        });
+    }
+
+    /// Repairs the table in a fork child: read references held by threads that do not
+    /// exist in the child would block every later writer of their regions forever, and
+    /// a retire interrupted between its state change and its push would be lost. Resets
+    /// every lock word and rebuilds the retired stack from the regions' states.
+    ///
+    /// # Safety
+    /// Only in a fork child, after `fork_release`, before anything else uses the table.
+    pub unsafe fn after_fork_in_child(&self) {
+        self.retired.store(ptr::null_mut(), Ordering::Relaxed);
+        self.for_each_region_ref(|r| {
+            // SAFETY: caller contract: the only thread, holding no reference.
+            unsafe { r.lock.reset_after_fork() };
+            if r.kind() != RegionKind::Free && r.state() == RegionState::Retired {
+                let node = r as *const Region as *mut Region;
+                r.retired_next
+                    .store(self.retired.load(Ordering::Relaxed), Ordering::Relaxed);
+                self.retired.store(node, Ordering::Relaxed);
+            }
         });
     }
 
@@ -589,16 +615,24 @@ impl Writer<'_> {
     /// dirty and retained extents apart): a merged region could only be called all
     /// dirty, which would send placement into clean pages and purges over clean ones.
     fn coalesce(&mut self, mut r: &'static Region) {
-        let mergeable = |a: &Region, b: &Region| {
-            a.kind() == RegionKind::Free
-                && a.end() == b.start()
-                && arena_of(a.start()) == arena_of(b.start())
-                && (a.dirty_since() == 0) == (b.dirty_since() == 0)
+        // Dirtiness is read only after both regions are write-locked (a purge changes it
+        // under a read lock); `kind` and the range change only under the writer mutex.
+        let mergeable = |w: &mut Self, a: &'static Region, b: &'static Region| {
+            if a.kind() != RegionKind::Free
+                || b.kind() != RegionKind::Free
+                || a.end() != b.start()
+                || arena_of(a.start()) != arena_of(b.start())
+            {
+                return false;
+            }
+            w.start_write(a);
+            w.start_write(b);
+            (a.dirty_since() == 0) == (b.dirty_since() == 0)
         };
         if let Some((_, value)) = self.table.tree.prev_before(r.start(), self.guard) {
             // SAFETY: tree value under the writer mutex.
             let prev: &'static Region = unsafe { &*(value as *const Region) };
-            if mergeable(prev, r) {
+            if mergeable(self, prev, r) {
                 self.absorb(prev, r);
                 r = prev;
             }
@@ -606,7 +640,7 @@ impl Writer<'_> {
         if let Some((_, value)) = self.table.tree.next_after(r.start(), self.guard) {
             // SAFETY: as above.
             let next: &'static Region = unsafe { &*(value as *const Region) };
-            if next.kind() == RegionKind::Free && mergeable(r, next) {
+            if mergeable(self, r, next) {
                 self.absorb(r, next);
             }
         }
@@ -620,7 +654,9 @@ impl Writer<'_> {
 
     /// `left` (free) takes over its adjacent free neighbour `right`.
     fn absorb(&mut self, left: &'static Region, right: &'static Region) {
+        // Both locked before their purge-owned fields are read (see `carve`).
         self.start_write(left);
+        self.start_write(right);
         let p = left as *const Region as *mut Region;
         // SAFETY: writer mutex held; its bin depends on the length about to change.
         unsafe { self.state.free.remove(p) };
@@ -710,6 +746,9 @@ impl Writer<'_> {
         len: usize,
         kind: RegionKind,
     ) -> Option<Placed> {
+        // Write-lock first: a purge may be changing `zeroed`/`dirty_since` under its read
+        // lock, and `start_write` waits it out.
+        self.start_write(free);
         let (start, end) = (free.start(), free.end());
         let zeroed = free.is_zeroed();
         let dirty = free.dirty_since();
