@@ -11,9 +11,10 @@
  * malloc_stats_print), declared by <jemalloc/jemalloc.h>, so programs linked with
  * jemalloc run entirely on rangealloc under LD_PRELOAD.
  *
- * This header declares what is rangealloc's own. Statistics and options
- * (rangealloc_stats_print, a statistics struct getter) will be added here when the
- * engine's stats API is published; RANGEALLOC_OPTIONS is read from the environment.
+ * This header declares what is rangealloc's own: its version, statistics and an
+ * explicit purge. Options are read once from the environment variable
+ * RANGEALLOC_OPTIONS=key=value,... (purge_delay_ms, purge_mode=dontneed|free,
+ * background_purge, secure, stats, verbose; see the README).
  */
 #ifndef RANGEALLOC_H
 #define RANGEALLOC_H
@@ -31,6 +32,51 @@ extern "C" {
  * under LD_PRELOAD), look the symbol up: dlsym(RTLD_DEFAULT, "rangealloc_version").
  */
 const char *rangealloc_version(void);
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* A statistics snapshot. Byte counts are size_t, event counts uint64_t. */
+struct rangealloc_stats {
+    size_t allocated;      /* bytes in live blocks (small at class size, large whole) */
+    size_t active;         /* bytes of pages in use by size classes + live large objects */
+    size_t resident;       /* upper bound on resident memory: active, dirty, metadata */
+    size_t mapped;         /* address space reserved from the OS */
+    size_t retained;       /* mapped but not resident */
+    size_t metadata;       /* bytes of the metadata arena in use */
+    size_t large_regions;  /* live large objects (one region each) */
+    size_t segment_regions;/* live small-object segments */
+    size_t free_regions;   /* free regions in the region table */
+    size_t dirty_bytes;    /* free bytes not purged yet */
+    size_t heaps;          /* thread heaps created */
+    size_t abandoned_heaps;/* heaps of exited threads waiting for adoption */
+    uint64_t lock_fast_success;  /* region lookups that locked without the writer mutex */
+    uint64_t lock_abort;         /* ... that found the region write-locked by an update */
+    uint64_t lock_retry;         /* ... that found a detached region and retried */
+    uint64_t lock_miss;          /* ... that found no region covering the address */
+    uint64_t lock_slow;          /* ... finished under the writer mutex */
+    uint64_t writer_acquisitions;/* table writer-mutex acquisitions */
+    uint64_t syscalls_mmap, syscalls_munmap, syscalls_mremap, syscalls_mprotect;
+    uint64_t syscalls_madvise_dontneed, syscalls_madvise_free, syscalls_madvise_guard;
+    uint64_t purge_passes;
+    uint64_t purged_bytes;
+};
+
+/*
+ * Fills *out with a snapshot; pass sizeof(struct rangealloc_stats) as size (only that
+ * many bytes are written, so programs built against an older header keep working).
+ * Returns 0, or EINVAL when out is NULL.
+ */
+int rangealloc_stats_get(struct rangealloc_stats *out, size_t size);
+
+/* Writes the human-readable report (as printed at exit with stats=1) to stream, or to
+ * stderr when stream is NULL. */
+void rangealloc_stats_print(FILE *stream);
+
+/* Returns every free page to the OS now, whatever the purge delay; returns the bytes
+ * purged. */
+size_t rangealloc_purge(void);
 
 #ifdef __cplusplus
 }

@@ -198,22 +198,4 @@ pub unsafe extern "C" fn mallctlbymib(
     libc::ENOENT
 }
 
-/// jemalloc's `write_cb(cbopaque, message)`.
-type WriteCallback = unsafe extern "C" fn(*mut c_void, *const c_char);
 
-static STATS_UNAVAILABLE: &CStr = c"rangealloc: statistics are not available in this build\n";
-
-/// Writes a statistics report through `write_cb` (or to stderr when it is null).
-/// Placeholder text until the engine's stats API lands.
-#[no_mangle]
-pub unsafe extern "C" fn malloc_stats_print(
-    write_cb: Option<WriteCallback>,
-    cbopaque: *mut c_void,
-    _opts: *const c_char,
-) {
-    match write_cb {
-        // SAFETY: the callback takes the caller's opaque pointer and a C string.
-        Some(write) => unsafe { write(cbopaque, STATS_UNAVAILABLE.as_ptr()) },
-        None => engine::os::write_stderr(STATS_UNAVAILABLE.to_bytes()),
-    }
-}

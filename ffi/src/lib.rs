@@ -16,6 +16,7 @@
 mod compat;
 mod cxx;
 mod malloc;
+mod stats;
 
 use core::ffi::{c_char, c_void};
 use core::sync::atomic::{AtomicU8, Ordering};

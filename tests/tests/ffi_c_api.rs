@@ -129,6 +129,9 @@ fn exported_symbols_are_exactly_the_api() {
         "malloc_stats_print",
         // rangealloc
         "rangealloc_version",
+        "rangealloc_stats_get",
+        "rangealloc_stats_print",
+        "rangealloc_purge",
         // C++ new
         "_Znwm",
         "_Znam",
@@ -248,4 +251,23 @@ fn shell_tools_behave_identically() {
     with.assert_success("shell tools with preload");
     assert_eq!(plain.stdout, with.stdout);
     assert_eq!(with.stderr, "", "unexpected stderr under preload");
+}
+
+/// The C statistics API (`rangealloc.h`) under the preload, and `RANGEALLOC_OPTIONS=stats=1`
+/// printing the report at exit of a C program.
+#[test]
+fn c_stats_api_and_stats_at_exit() {
+    let exe = compile("stats.c", "stats", Lang::C, &[]);
+    let out = run(preloaded(&exe), LIMIT);
+    out.assert_success("stats.c under LD_PRELOAD");
+    assert_lines(
+        &out.stdout,
+        &["ok large regions +32", "ok purged", "ok prefix", "ok report", "ALL OK"],
+    );
+    let mut cmd = preloaded(&exe);
+    cmd.env("RANGEALLOC_OPTIONS", "stats=1");
+    let out = run(cmd, LIMIT);
+    out.assert_success("stats.c with stats=1");
+    assert!(out.stderr.contains("rangealloc 0.1.0 statistics"), "{}", out.stderr);
+    assert!(out.stderr.contains("syscalls: mmap"), "{}", out.stderr);
 }

@@ -1,0 +1,146 @@
+//! The C statistics API: `rangealloc_stats_get`, `rangealloc_stats_print`,
+//! `rangealloc_purge`, and jemalloc's `malloc_stats_print` answered with our report.
+//! Thin: it copies the engine's snapshot into a C struct and writes its text report.
+
+use core::ffi::{c_char, c_void};
+use rangealloc_core as engine;
+use rangealloc_core::os::Syscall;
+
+/// Mirrors `struct rangealloc_stats` in `ffi/include/rangealloc.h` field for field.
+#[repr(C)]
+#[derive(Default)]
+pub struct RangeallocStats {
+    pub allocated: usize,
+    pub active: usize,
+    pub resident: usize,
+    pub mapped: usize,
+    pub retained: usize,
+    pub metadata: usize,
+    pub large_regions: usize,
+    pub segment_regions: usize,
+    pub free_regions: usize,
+    pub dirty_bytes: usize,
+    pub heaps: usize,
+    pub abandoned_heaps: usize,
+    pub lock_fast_success: u64,
+    pub lock_abort: u64,
+    pub lock_retry: u64,
+    pub lock_miss: u64,
+    pub lock_slow: u64,
+    pub writer_acquisitions: u64,
+    pub syscalls_mmap: u64,
+    pub syscalls_munmap: u64,
+    pub syscalls_mremap: u64,
+    pub syscalls_mprotect: u64,
+    pub syscalls_madvise_dontneed: u64,
+    pub syscalls_madvise_free: u64,
+    pub syscalls_madvise_guard: u64,
+    pub purge_passes: u64,
+    pub purged_bytes: u64,
+}
+
+/// Fills `out` with a snapshot. `size` is `sizeof(struct rangealloc_stats)` as the
+/// caller was compiled with: only that many bytes are written, so a program built
+/// against an older, shorter struct keeps working. Returns 0, or EINVAL for a null
+/// `out`.
+///
+/// # Safety
+/// `out` must be null or point to `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rangealloc_stats_get(out: *mut RangeallocStats, size: usize) -> i32 {
+    if out.is_null() {
+        return libc::EINVAL;
+    }
+    let s = engine::snapshot::snapshot();
+    let c = &s.syscalls;
+    let snapshot = RangeallocStats {
+        allocated: s.allocated,
+        active: s.active,
+        resident: s.resident,
+        mapped: s.mapped,
+        retained: s.retained,
+        metadata: s.metadata,
+        large_regions: s.regions.large,
+        segment_regions: s.regions.segments,
+        free_regions: s.regions.free,
+        dirty_bytes: s.regions.dirty_bytes,
+        heaps: s.heaps,
+        abandoned_heaps: s.abandoned_heaps,
+        lock_fast_success: s.lock.success,
+        lock_abort: s.lock.abort,
+        lock_retry: s.lock.retry,
+        lock_miss: s.lock.miss,
+        lock_slow: s.lock.slow,
+        writer_acquisitions: s.lock.writer,
+        syscalls_mmap: c.get(Syscall::Mmap),
+        syscalls_munmap: c.get(Syscall::Munmap),
+        syscalls_mremap: c.get(Syscall::Mremap),
+        syscalls_mprotect: c.get(Syscall::Mprotect),
+        syscalls_madvise_dontneed: c.get(Syscall::MadviseDontNeed),
+        syscalls_madvise_free: c.get(Syscall::MadviseFree),
+        syscalls_madvise_guard: c.get(Syscall::MadviseGuard),
+        purge_passes: s.purge_passes,
+        purged_bytes: s.purged_bytes,
+    };
+    let n = size.min(core::mem::size_of::<RangeallocStats>());
+    // SAFETY: `out` has `size` writable bytes (caller contract); we copy at most that.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            &snapshot as *const RangeallocStats as *const u8,
+            out as *mut u8,
+            n,
+        )
+    };
+    0
+}
+
+/// Writes the human-readable report to `stream` (a `FILE *`), or to stderr when null.
+///
+/// # Safety
+/// `stream` must be null or a valid, writable `FILE *`.
+#[no_mangle]
+pub unsafe extern "C" fn rangealloc_stats_print(stream: *mut libc::FILE) {
+    engine::snapshot::print(&mut |bytes: &[u8]| {
+        if stream.is_null() {
+            engine::os::write_stderr(bytes);
+        } else {
+            // SAFETY: caller contract: a valid FILE *.
+            unsafe { libc::fwrite(bytes.as_ptr() as *const c_void, 1, bytes.len(), stream) };
+        }
+    });
+}
+
+/// Returns every free region's pages to the OS now; returns the bytes purged.
+#[no_mangle]
+pub extern "C" fn rangealloc_purge() -> usize {
+    engine::region::TABLE.collect_retired();
+    engine::purge::purge_all()
+}
+
+pub type WriteCallback = unsafe extern "C" fn(*mut c_void, *const c_char);
+
+/// jemalloc's `malloc_stats_print`: our report, through `write_cb` (NUL-terminated
+/// pieces) or to stderr when it is null. `opts` is ignored.
+///
+/// # Safety
+/// `write_cb`, when given, must accept `cbopaque` and a C string.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_stats_print(
+    write_cb: Option<WriteCallback>,
+    cbopaque: *mut c_void,
+    _opts: *const c_char,
+) {
+    let Some(write) = write_cb else {
+        engine::snapshot::print_to_stderr();
+        return;
+    };
+    engine::snapshot::print(&mut |bytes: &[u8]| {
+        let mut piece = [0u8; 513];
+        for chunk in bytes.chunks(piece.len() - 1) {
+            piece[..chunk.len()].copy_from_slice(chunk);
+            piece[chunk.len()] = 0;
+            // SAFETY: caller contract; `piece` is NUL-terminated.
+            unsafe { write(cbopaque, piece.as_ptr() as *const c_char) };
+        }
+    });
+}
