@@ -63,6 +63,35 @@ pub fn report(misuse: Misuse, call: &str, p: *const u8) -> ! {
     std::process::abort()
 }
 
+/// With `verbose=1`, reports an allocation that failed for lack of memory (the caller
+/// then returns null as usual).
+#[cold]
+#[inline(never)]
+pub fn out_of_memory(size: usize, align: usize) {
+    if !crate::options::get().verbose {
+        return;
+    }
+    let mut line = [0u8; 128];
+    let mut len = 0;
+    let mut put = |bytes: &[u8], line: &mut [u8; 128]| {
+        let n = bytes.len().min(line.len() - len);
+        line[len..len + n].copy_from_slice(&bytes[..n]);
+        len += n;
+    };
+    put(
+        b"rangealloc: out of memory: could not allocate 0x",
+        &mut line,
+    );
+    let mut hex = [0u8; 16];
+    let n = write_hex(&mut hex, size);
+    put(&hex[..n], &mut line);
+    put(b" bytes aligned to 0x", &mut line);
+    let n = write_hex(&mut hex, align);
+    put(&hex[..n], &mut line);
+    put(b"\n", &mut line);
+    crate::os::write_stderr(&line[..len]);
+}
+
 fn write_hex(out: &mut [u8], value: usize) -> usize {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let digits = ((usize::BITS - value.leading_zeros()).div_ceil(4)).max(1) as usize;

@@ -37,6 +37,10 @@ fn child_entry() {
             o.stats_at_exit,
             o.verbose
         ),
+        "oom" => {
+            let mut v: Vec<u8> = Vec::new();
+            println!("OOM failed={}", v.try_reserve_exact(1 << 62).is_err());
+        }
         "background" => {
             let v = vec![1u8; 8 << 20];
             drop(v);
@@ -173,4 +177,18 @@ fn background_purger_runs_passes() {
         line.ends_with("dirty=0"),
         "the freed 8 MiB was purged: {line}"
     );
+}
+
+#[test]
+fn verbose_reports_failed_allocations() {
+    let out = child("verbose=1", "oom");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("OOM failed=true"), "{stdout}");
+    assert!(
+        stderr.contains("rangealloc: out of memory: could not allocate 0x4000000000000000 bytes"),
+        "{stderr}"
+    );
+    let quiet = child("", "oom");
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("out of memory"));
 }

@@ -91,6 +91,7 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
         }
         let page = fresh_page(heap, class);
         if page.is_null() {
+            crate::misuse::out_of_memory(class_size(class), crate::MALLOC_ALIGN);
             return ptr::null_mut();
         }
         queue_push_front(heap, page);

@@ -31,9 +31,13 @@ fn guard_len() -> usize {
 pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     let guard = guard_len();
     let Some(len) = page_round(size).and_then(|l| l.checked_add(guard)) else {
+        crate::misuse::out_of_memory(size, align);
         return ptr::null_mut();
     };
     let p = place(len, align.max(PAGE_SIZE), zero, false);
+    if p.is_null() {
+        crate::misuse::out_of_memory(size, align);
+    }
     if guard != 0 && !p.is_null() {
         // SAFETY: the last page of our fresh region holds no object bytes.
         if unsafe { os::guard_install(p as usize + len - guard, guard) }.is_err() {
