@@ -96,6 +96,16 @@ pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 #[inline(never)]
 #[cfg(not(loom))]
 fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if thread::inside_allocator() {
+        // Nested inside the allocator (a dependency, or a diagnostic callback, asking
+        // for a big block): never back into the table, whose mutex we may hold.
+        let p = meta::alloc(size, align);
+        if zero && !p.is_null() {
+            // SAFETY: a fresh metadata block of at least `size` bytes.
+            unsafe { core::ptr::write_bytes(p, 0, size) };
+        }
+        return p;
+    }
     if align <= os::PAGE_SIZE {
         if let Some(class) = heap::class_for(size, align) {
             let p = heap::alloc_small(class);

@@ -197,5 +197,3 @@ pub unsafe extern "C" fn mallctlbymib(
 ) -> c_int {
     libc::ENOENT
 }
-
-

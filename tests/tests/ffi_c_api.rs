@@ -262,12 +262,22 @@ fn c_stats_api_and_stats_at_exit() {
     out.assert_success("stats.c under LD_PRELOAD");
     assert_lines(
         &out.stdout,
-        &["ok large regions +32", "ok purged", "ok prefix", "ok report", "ALL OK"],
+        &[
+            "ok large regions +32",
+            "ok purged",
+            "ok prefix",
+            "ok report",
+            "ALL OK",
+        ],
     );
     let mut cmd = preloaded(&exe);
     cmd.env("RANGEALLOC_OPTIONS", "stats=1");
     let out = run(cmd, LIMIT);
     out.assert_success("stats.c with stats=1");
-    assert!(out.stderr.contains("rangealloc 0.1.0 statistics"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("rangealloc 0.1.0 statistics"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("syscalls: mmap"), "{}", out.stderr);
 }

@@ -109,10 +109,13 @@ fn chunk_word(addr: usize) -> *mut u32 {
     (base as *mut u32).wrapping_add(index)
 }
 
-/// Allocates `size` bytes aligned to `align` (a power of two up to 64 KiB).
+/// Allocates `size` bytes aligned to `align` (a power of two; above 64 KiB, null).
 /// Returns null when the address space is exhausted.
 pub fn alloc(size: usize, align: usize) -> *mut u8 {
-    debug_assert!(align.is_power_of_two() && align <= CHUNK_SIZE);
+    debug_assert!(align.is_power_of_two());
+    if align > CHUNK_SIZE {
+        return ptr::null_mut();
+    }
     let mut state = META.lock();
     match class_of(size, align) {
         Some(class) => state.alloc_block(class),

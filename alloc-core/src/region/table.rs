@@ -455,8 +455,12 @@ impl RegionTable {
         });
     }
 
+    /// Under the writer mutex: a lock-free walk could pair an old tree version with
+    /// descriptors an update is changing in place (a merge grows the left region before
+    /// the new tree drops the right one), and show ranges that never coexisted.
     fn for_each_region_ref(&self, mut f: impl FnMut(&Region)) {
         let _inside = Reentrancy::enter();
+        let _writer = self.writer.lock();
         let guard = epoch::pin();
         self.tree.for_each(&guard, |_, value| {
             // SAFETY: tree values are descriptors, valid while pinned.
