@@ -59,3 +59,53 @@ impl Drop for Reentrancy {
 pub fn inside_allocator() -> bool {
     get() == BUSY
 }
+
+/// A `pthread` key whose destructor runs at thread exit, created once on first use.
+/// `pthread_key_create` does not allocate, so this is safe on the allocation path.
+pub struct ExitKey {
+    /// 0 = not created, 1 = being created, `usize::MAX` = failed, else key + 2.
+    state: core::sync::atomic::AtomicUsize,
+    destructor: unsafe extern "C" fn(*mut libc::c_void),
+}
+
+impl ExitKey {
+    pub const fn new(destructor: unsafe extern "C" fn(*mut libc::c_void)) -> Self {
+        ExitKey {
+            state: core::sync::atomic::AtomicUsize::new(0),
+            destructor,
+        }
+    }
+
+    /// The key, creating it on the first call, which also runs `on_create` once.
+    pub fn get(&self, on_create: impl FnOnce()) -> Option<libc::pthread_key_t> {
+        use core::sync::atomic::Ordering;
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                0 => {
+                    if self
+                        .state
+                        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let mut key: libc::pthread_key_t = 0;
+                    // SAFETY: valid out-pointer and a destructor with the C signature.
+                    let ok = unsafe { libc::pthread_key_create(&mut key, Some(self.destructor)) };
+                    let value = if ok == 0 {
+                        key as usize + 2
+                    } else {
+                        usize::MAX
+                    };
+                    on_create();
+                    // Release pairs with the Acquire loads of other threads.
+                    self.state.store(value, Ordering::Release);
+                    return (ok == 0).then_some(key);
+                }
+                1 => core::hint::spin_loop(),
+                usize::MAX => return None,
+                value => return Some((value - 2) as libc::pthread_key_t),
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@
 
 use super::{empty_page, slow, Heap, PageQueue, CLASSES};
 use crate::region::epoch;
-use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::atomic::AtomicPtr;
 use crate::sync::SpinLock;
 use crate::{meta, thread, Reentrancy};
 use core::ptr;
@@ -31,8 +31,8 @@ static HEAPS: SpinLock<HeapLists> = SpinLock::new(HeapLists {
     abandoned_count: 0,
 });
 
-/// 0 = no key yet, 1 = being created, otherwise key + 2.
-static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
+/// Runs `on_thread_exit` for every thread that had a heap.
+static EXIT_KEY: thread::ExitKey = thread::ExitKey::new(on_thread_exit);
 
 /// Heap counts: created, and currently abandoned (waiting for adoption).
 #[derive(Clone, Copy, Debug, Default)]
@@ -71,31 +71,7 @@ pub fn init_thread() -> *mut Heap {
 }
 
 fn exit_key() -> Option<libc::pthread_key_t> {
-    loop {
-        match EXIT_KEY.load(Ordering::Acquire) {
-            0 => {
-                if EXIT_KEY
-                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    let mut key: libc::pthread_key_t = 0;
-                    // SAFETY: valid out-pointer and a destructor with the C signature.
-                    let ok = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
-                    let value = if ok == 0 {
-                        key as usize + 2
-                    } else {
-                        usize::MAX
-                    };
-                    process_start();
-                    // Release pairs with the Acquire above in other threads.
-                    EXIT_KEY.store(value, Ordering::Release);
-                }
-            }
-            1 => core::hint::spin_loop(),
-            usize::MAX => return None,
-            value => return Some((value - 2) as libc::pthread_key_t),
-        }
-    }
+    EXIT_KEY.get(process_start)
 }
 
 /// Once per process, on the first heap: the exit report and the background purger,

@@ -13,7 +13,6 @@
 use crate::meta;
 use crossbeam_epoch::{Collector, Guard, LocalHandle};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 static COLLECTOR: OnceLock<Collector> = OnceLock::new();
@@ -60,34 +59,11 @@ fn register() -> *mut LocalHandle {
     slot
 }
 
-/// 0 = not created, 1 = being created, usize::MAX = failed, else key + 2.
-static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
+/// Unregisters threads that registered (see `register`) at their exit.
+static EXIT_KEY: crate::thread::ExitKey = crate::thread::ExitKey::new(on_thread_exit);
 
 fn exit_key() -> Option<libc::pthread_key_t> {
-    loop {
-        match EXIT_KEY.load(Ordering::Acquire) {
-            0 => {
-                if EXIT_KEY
-                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    let mut key: libc::pthread_key_t = 0;
-                    // SAFETY: valid out-pointer and a destructor with the C signature.
-                    let ok = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
-                    let value = if ok == 0 {
-                        key as usize + 2
-                    } else {
-                        usize::MAX
-                    };
-                    // Release pairs with the Acquire loads of other threads.
-                    EXIT_KEY.store(value, Ordering::Release);
-                }
-            }
-            1 => core::hint::spin_loop(),
-            usize::MAX => return None,
-            value => return Some((value - 2) as libc::pthread_key_t),
-        }
-    }
+    EXIT_KEY.get(|| {})
 }
 
 unsafe extern "C" fn on_thread_exit(_: *mut libc::c_void) {

@@ -22,10 +22,10 @@ use crate::os::{self, PurgeMode};
 use crate::space::{self, SlotKind};
 use crate::stats::Counter;
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::SpinLock;
 use crate::{meta, Reentrancy};
 use core::ptr;
 use crossbeam_epoch::Guard;
-use parking_lot::Mutex;
 
 /// Address space is reserved in arenas of this size (or the request rounded up to it):
 /// large enough that steady state never maps again, and free with `MAP_NORESERVE`.
@@ -106,7 +106,13 @@ unsafe impl Send for WriterState {}
 pub struct RegionTable {
     tree: RangeTree,
     seq: TableSeq,
-    writer: Mutex<WriterState>,
+    /// The writer mutex. A spin-then-yield lock rather than `parking_lot::Mutex`: a
+    /// parking lock's `fork` handling is unsafe (a child whose parent had threads parked
+    /// on it must wake them through parking_lot's bucket locks, which a vanished thread
+    /// may hold: the child hangs on a futex, as `tests/tests/fork_signals.rs` showed),
+    /// and parking allocates. Sections under it make no syscall but the rare arena
+    /// reservation, so spinning is short.
+    writer: SpinLock<WriterState>,
     /// Retired regions waiting to become free space: a lock-free stack pushed by `free`
     /// and emptied whole (swap with null) by writers, so it has no ABA hazard.
     retired: AtomicPtr<Region>,
@@ -137,7 +143,7 @@ impl RegionTable {
         RegionTable {
             tree: RangeTree::new(),
             seq: TableSeq::new(),
-            writer: Mutex::new(WriterState {
+            writer: SpinLock::new(WriterState {
                 free: FreeIndex::new(),
                 reserved: 0,
             }),
@@ -491,14 +497,14 @@ impl RegionTable {
 
     /// Locks the table across `fork` (the child must not inherit a half-done update).
     pub fn fork_prepare(&self) {
-        core::mem::forget(self.writer.lock());
+        self.writer.raw_lock();
     }
 
     /// # Safety
     /// Only after `fork_prepare`, in the parent or the child.
     pub unsafe fn fork_release(&self) {
         // SAFETY: caller contract: the mutex is held by this thread via fork_prepare.
-        unsafe { self.writer.force_unlock(Default::default()) };
+        unsafe { self.writer.raw_unlock() };
     }
 }
 
