@@ -4,17 +4,12 @@
 
 use rangealloc::engine;
 use rangealloc::RangeAlloc;
-use std::process::Command;
 
 #[global_allocator]
 static A: RangeAlloc = RangeAlloc;
 
 fn child(mode: &str) -> std::process::Output {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env("RANGEALLOC_TEST_CHILD", mode)
-        .output()
-        .unwrap()
+    rangealloc_tests::run_child(mode, None)
 }
 
 static STATIC_BYTES: [u8; 64] = [0; 64];

@@ -9,14 +9,14 @@ use std::sync::mpsc;
 #[global_allocator]
 static A: RangeAlloc = RangeAlloc;
 
-/// A tiny deterministic generator (xorshift), so failures replay from the seed.
-struct Rng(u64);
+use rangealloc_tests::XorShift;
+
+/// The stress's size distribution over a deterministic generator (failures replay from
+/// the seed).
+struct Rng(XorShift);
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        self.0.next()
     }
     fn size(&mut self, light: bool) -> usize {
         if light {
@@ -87,7 +87,7 @@ fn stress(ops: u64, light: bool) {
         .map(|(t, rx)| {
             let senders = senders.clone();
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9e37_79b9 + t as u64);
+                let mut rng = Rng(XorShift(0x9e37_79b9 + t as u64));
                 let mut live: Vec<Obj> = Vec::with_capacity(LIVE);
                 for op in 0..ops {
                     let id = (t as u64) << 40 | op;

@@ -6,18 +6,12 @@
 use rangealloc::engine;
 use rangealloc::RangeAlloc;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 
 #[global_allocator]
 static A: RangeAlloc = RangeAlloc;
 
 fn child(options: &str, mode: &str) -> std::process::Output {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env("RANGEALLOC_OPTIONS", options)
-        .env("RANGEALLOC_TEST_CHILD", mode)
-        .output()
-        .unwrap()
+    rangealloc_tests::run_child(mode, Some(options))
 }
 
 #[test]

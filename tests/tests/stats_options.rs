@@ -3,7 +3,6 @@
 //! once per process).
 
 use rangealloc::RangeAlloc;
-use std::process::Command;
 
 #[global_allocator]
 static A: RangeAlloc = RangeAlloc;
@@ -13,12 +12,7 @@ const N: usize = 20;
 
 /// Runs this test binary again as a child with `RANGEALLOC_OPTIONS`, executing `mode`.
 fn child(options: &str, mode: &str) -> std::process::Output {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env("RANGEALLOC_OPTIONS", options)
-        .env("RANGEALLOC_TEST_CHILD", mode)
-        .output()
-        .unwrap()
+    rangealloc_tests::run_child(mode, Some(options))
 }
 
 #[test]
