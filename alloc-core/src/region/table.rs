@@ -302,6 +302,8 @@ impl RegionTable {
         let result = update(&mut writer);
         // SAFETY: we hold the writer mutex; this ends the update.
         unsafe { self.seq.end_write_all() };
+        drop(state);
+        epoch::flush_if_due(&guard);
         result
     }
 

@@ -14,7 +14,7 @@
 //! allocator, and the table is a private `RegionTable`, not the process's.
 //!
 //! `cargo run --release -p rangealloc-bench --bin region-table [seconds-per-run
-//! [writer-updates-per-s [objects]]]`
+//! [writer-updates-per-s [objects [header|page|both]]]]`
 
 use rangealloc::engine::os::PAGE_SIZE;
 use rangealloc::engine::region::{RegionKind, RegionTable};
@@ -39,7 +39,7 @@ const CHURN_OBJECTS: usize = 512;
 const CHURN_MAX_PAGES: usize = 3;
 /// Default measuring window per run: 4 runs (two variants, with and without the writer)
 /// per reader count, 20 runs of 1.5 s plus setup, keep the benchmark near 35 s.
-const DEFAULT_WINDOW: Duration = Duration::from_millis(1500);
+const DEFAULT_WINDOW: Duration = Duration::from_millis(1000);
 /// Structural updates per second the writer aims at, the same in both variants so the
 /// readers of each face the same write load: 10 k/s is a busy large-object workload
 /// (each update is one placement, resize or free; in a kernel-VMA allocator each would
@@ -72,11 +72,36 @@ impl Rng {
 /// The readers' objects: (start, len), each starting with its own address as a header.
 type Objects = Arc<Vec<(usize, usize)>>;
 
-fn header(start: usize) -> usize {
-    // SAFETY: `start` begins a live object of the private table (at least a page, mapped
-    // read/write) that lives for the whole run; the caller holds its read lock (table
-    // variant) or the global read lock (baseline).
-    unsafe { (start as *const usize).read_volatile() }
+/// What a reader does under the read lock once it found its object.
+#[derive(Clone, Copy)]
+enum Work {
+    /// Read the object's header word: the bare lookup, as `free` or `usable_size` does.
+    Header,
+    /// Read the object's whole first page: work the size of a page fault's, which the
+    /// kernel's per-VMA lock holds for the zeroing or copying of a page, and of the
+    /// per-region work this allocator does under a read lock (a purge, a guard page).
+    Page,
+}
+
+impl Work {
+    fn name(self) -> &'static str {
+        match self {
+            Work::Header => "header word",
+            Work::Page => "whole page",
+        }
+    }
+
+    fn on(self, start: usize) -> usize {
+        let words = match self {
+            Work::Header => 1,
+            Work::Page => PAGE_SIZE / size_of::<usize>(),
+        };
+        // SAFETY: `start` begins a live object of the private table (at least a page,
+        // mapped read/write) that lives for the whole run; the caller holds its read lock
+        // (table variant) or the global read lock (baseline).
+        let object = unsafe { std::slice::from_raw_parts(start as *const usize, words) };
+        object.iter().fold(0, |sum, w| sum.wrapping_add(*w))
+    }
 }
 
 fn setup(count: usize) -> Objects {
@@ -150,7 +175,13 @@ fn churn_step(rng: &mut Rng, own: &mut Vec<(usize, usize)>) -> Change {
 #[derive(Clone, Copy)]
 enum Variant {
     Table,
-    GlobalLock,
+    GlobalLock(Baseline),
+}
+
+#[derive(Clone, Copy)]
+enum Baseline {
+    Std,
+    Fair,
 }
 
 struct Run {
@@ -171,7 +202,7 @@ fn counters() -> [u64; 5] {
     ]
 }
 
-fn table_reader(objects: &[(usize, usize)], seed: u64, stop: &AtomicBool) -> u64 {
+fn table_reader(objects: &[(usize, usize)], work: Work, seed: u64, stop: &AtomicBool) -> u64 {
     let mut rng = Rng(seed);
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -180,26 +211,90 @@ fn table_reader(objects: &[(usize, usize)], seed: u64, stop: &AtomicBool) -> u64
             .find_and_read_lock(start + rng.below(len))
             .expect("a live object");
         let r = guard.region();
-        black_box(header(r.start()) + r.len());
+        black_box(work.on(r.start()) + r.len());
         drop(guard);
         n += 1;
     }
     n
 }
 
-type Map = RwLock<BTreeMap<usize, (usize, usize)>>;
+/// The baseline's map: live objects by start, behind one global lock.
+type Live = BTreeMap<usize, (usize, usize)>;
+
+/// The two global locks the baseline is measured with.
+struct Maps {
+    /// `std::sync::RwLock`: on Linux a futex lock that lets waiting readers in ahead of
+    /// a writer that is not running, so oversubscribed readers can starve the writer.
+    std: RwLock<Live>,
+    /// `parking_lot::RwLock`: task-fair (a waiting writer blocks new readers, and
+    /// unlocks hand over fairly), so the writer gets its updates done, as an allocator's
+    /// global lock must let a thread that frees or grows a large object make progress.
+    fair: parking_lot::RwLock<Live>,
+}
+
+impl Maps {
+    fn read(&self, lock: Baseline) -> MapRead<'_> {
+        match lock {
+            Baseline::Std => MapRead::Std(self.std.read().unwrap()),
+            Baseline::Fair => MapRead::Fair(self.fair.read()),
+        }
+    }
+
+    fn write(&self, lock: Baseline) -> MapWrite<'_> {
+        match lock {
+            Baseline::Std => MapWrite::Std(self.std.write().unwrap()),
+            Baseline::Fair => MapWrite::Fair(self.fair.write()),
+        }
+    }
+}
+
+enum MapRead<'a> {
+    Std(std::sync::RwLockReadGuard<'a, Live>),
+    Fair(parking_lot::RwLockReadGuard<'a, Live>),
+}
+
+impl std::ops::Deref for MapRead<'_> {
+    type Target = Live;
+    fn deref(&self) -> &Live {
+        match self {
+            MapRead::Std(g) => g,
+            MapRead::Fair(g) => g,
+        }
+    }
+}
+
+enum MapWrite<'a> {
+    Std(std::sync::RwLockWriteGuard<'a, Live>),
+    Fair(parking_lot::RwLockWriteGuard<'a, Live>),
+}
+
+impl MapWrite<'_> {
+    fn live(&mut self) -> &mut Live {
+        match self {
+            MapWrite::Std(g) => g,
+            MapWrite::Fair(g) => g,
+        }
+    }
+}
 
 /// Baseline reader: the same lookup in a `BTreeMap` of live objects behind one RwLock.
-fn map_reader(map: &Map, objects: &[(usize, usize)], seed: u64, stop: &AtomicBool) -> u64 {
+fn map_reader(
+    maps: &Maps,
+    lock: Baseline,
+    objects: &[(usize, usize)],
+    work: Work,
+    seed: u64,
+    stop: &AtomicBool,
+) -> u64 {
     let mut rng = Rng(seed);
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         let (start, len) = objects[rng.below(objects.len())];
         let addr = start + rng.below(len);
-        let live = map.read().unwrap();
+        let live = maps.read(lock);
         let (&s, &(l, _)) = live.range(..=addr).next_back().expect("a live object");
         assert!(addr < s + l);
-        black_box(header(s) + l);
+        black_box(work.on(s) + l);
         drop(live);
         n += 1;
     }
@@ -208,7 +303,7 @@ fn map_reader(map: &Map, objects: &[(usize, usize)], seed: u64, stop: &AtomicBoo
 
 /// The writer: `churn_step` at `rate` updates per second (`0`: flat out); in the
 /// baseline each step runs inside the global write lock and is mirrored into the map.
-fn writer(variant: Variant, map: &Map, rate: u64, stop: &AtomicBool) -> u64 {
+fn writer(variant: Variant, maps: &Maps, rate: u64, stop: &AtomicBool) -> u64 {
     let mut rng = Rng(0xc2b2_ae3d_27d4_eb4f);
     let mut own = Vec::new();
     let mut updates = 0u64;
@@ -223,14 +318,14 @@ fn writer(variant: Variant, map: &Map, rate: u64, stop: &AtomicBool) -> u64 {
             Variant::Table => {
                 churn_step(&mut rng, &mut own);
             }
-            Variant::GlobalLock => {
-                let mut live = map.write().unwrap();
+            Variant::GlobalLock(lock) => {
+                let mut live = maps.write(lock);
                 match churn_step(&mut rng, &mut own) {
                     Change::Insert(s, l) | Change::Resize(s, l) => {
-                        live.insert(s, (l, 0));
+                        live.live().insert(s, (l, 0));
                     }
                     Change::Remove(s) => {
-                        live.remove(&s);
+                        live.live().remove(&s);
                     }
                     Change::None => {}
                 }
@@ -241,7 +336,8 @@ fn writer(variant: Variant, map: &Map, rate: u64, stop: &AtomicBool) -> u64 {
     // Give the writer's objects back so every run starts from the same layout.
     for (s, _) in own {
         TABLE.retire(s).expect("the writer's own object");
-        map.write().unwrap().remove(&s);
+        maps.std.write().unwrap().remove(&s);
+        maps.fair.write().remove(&s);
     }
     TABLE.collect_retired();
     updates
@@ -251,27 +347,28 @@ fn writer(variant: Variant, map: &Map, rate: u64, stop: &AtomicBool) -> u64 {
 /// updates/s, or none.
 fn run(
     variant: Variant,
+    work: Work,
     readers: usize,
     rate: Option<u64>,
     objects: &Objects,
-    map: &Arc<Map>,
+    maps: &Arc<Maps>,
     window: Duration,
 ) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let before = counters();
     let handles: Vec<_> = (0..readers)
         .map(|t| {
-            let (objects, map, stop) = (objects.clone(), map.clone(), stop.clone());
+            let (objects, maps, stop) = (objects.clone(), maps.clone(), stop.clone());
             let seed = 0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) << 32);
             std::thread::spawn(move || match variant {
-                Variant::Table => table_reader(&objects, seed, &stop),
-                Variant::GlobalLock => map_reader(&map, &objects, seed, &stop),
+                Variant::Table => table_reader(&objects, work, seed, &stop),
+                Variant::GlobalLock(lock) => map_reader(&maps, lock, &objects, work, seed, &stop),
             })
         })
         .collect();
     let writer = rate.map(|rate| {
-        let (map, stop) = (map.clone(), stop.clone());
-        std::thread::spawn(move || writer(variant, &map, rate, &stop))
+        let (maps, stop) = (maps.clone(), stop.clone());
+        std::thread::spawn(move || writer(variant, &maps, rate, &stop))
     });
     let began = Instant::now();
     std::thread::sleep(window);
@@ -285,6 +382,70 @@ fn run(
         updates_per_s: updates as f64 / elapsed,
         counters: std::array::from_fn(|i| after[i] - before[i]),
     }
+}
+
+/// One workload's table: every reader count, table and both baselines, with the writer
+/// and without; returns the table's ratio to the fair lock at `TARGET_READERS` and
+/// whether that baseline's writer was starved.
+fn report(
+    work: Work,
+    rate: u64,
+    objects: &Objects,
+    maps: &Arc<Maps>,
+    window: Duration,
+) -> Option<(f64, &'static str)> {
+    println!("\nReaders' work under the lock: {}\n", work.name());
+    println!(
+        "| readers | table Mops/s | fair RwLock Mops/s | ratio | std RwLock Mops/s | ratio | \
+         writer kupdates/s (table / fair / std) | no writer: table / fair / std Mops/s | \
+         table lookups | abort | retry | miss | slow |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut target = None;
+    for readers in READER_COUNTS {
+        let measure = |variant, writer| run(variant, work, readers, writer, objects, maps, window);
+        let fair = Variant::GlobalLock(Baseline::Fair);
+        let std = Variant::GlobalLock(Baseline::Std);
+        let (table, table_alone) = (
+            measure(Variant::Table, Some(rate)),
+            measure(Variant::Table, None),
+        );
+        let (fair, fair_alone) = (measure(fair, Some(rate)), measure(fair, None));
+        let (std, std_alone) = (measure(std, Some(rate)), measure(std, None));
+        let ratio = |base: &Run| table.lookups_per_s / base.lookups_per_s;
+        // A baseline whose writer fell behind ran a lighter workload than the table's.
+        let starved = |base: &Run| {
+            if base.updates_per_s < 0.9 * table.updates_per_s {
+                " (writer starved)"
+            } else {
+                ""
+            }
+        };
+        let [success, abort, retry, miss, slow] = table.counters;
+        println!(
+            "| {readers} | {:.2} | {:.2} | {:.2}x{} | {:.2} | {:.2}x{} | {:.1} / {:.1} / {:.1} | \
+             {:.2} / {:.2} / {:.2} | {} | {abort} ({:.4}%) | {retry} | {miss} | {slow} |",
+            table.lookups_per_s / 1e6,
+            fair.lookups_per_s / 1e6,
+            ratio(&fair),
+            starved(&fair),
+            std.lookups_per_s / 1e6,
+            ratio(&std),
+            starved(&std),
+            table.updates_per_s / 1e3,
+            fair.updates_per_s / 1e3,
+            std.updates_per_s / 1e3,
+            table_alone.lookups_per_s / 1e6,
+            fair_alone.lookups_per_s / 1e6,
+            std_alone.lookups_per_s / 1e6,
+            success + slow,
+            100.0 * abort as f64 / (success + slow).max(1) as f64,
+        );
+        if readers == TARGET_READERS {
+            target = Some((ratio(&fair), starved(&fair)));
+        }
+    }
+    target
 }
 
 fn main() {
@@ -302,9 +463,11 @@ fn main() {
         .map(|s| s.parse().expect("reader objects"))
         .unwrap_or(DEFAULT_OBJECTS);
     let objects = setup(count);
-    let map: Arc<Map> = Arc::new(RwLock::new(
-        objects.iter().map(|&(s, l)| (s, (l, 0))).collect(),
-    ));
+    let live: Live = objects.iter().map(|&(s, l)| (s, (l, 0))).collect();
+    let maps = Arc::new(Maps {
+        std: RwLock::new(live.clone()),
+        fair: parking_lot::RwLock::new(live),
+    });
     println!(
         "region-table: {count} reader objects with {GAP_PAGES}-page churned gaps between \
          them; one writer at {} updates/s; {:.1} s per run; {} CPUs\n",
@@ -316,51 +479,28 @@ fn main() {
         window.as_secs_f64(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!(
-        "| readers | table Mops/s | RwLock<BTreeMap> Mops/s | ratio | table, no writer | \
-         RwLock, no writer | writer updates/s (table / RwLock) | table lookups | abort | \
-         retry | miss | slow |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut target = None;
-    for readers in READER_COUNTS {
-        let table = run(Variant::Table, readers, Some(rate), &objects, &map, window);
-        let global = run(
-            Variant::GlobalLock,
-            readers,
-            Some(rate),
-            &objects,
-            &map,
-            window,
-        );
-        let table_alone = run(Variant::Table, readers, None, &objects, &map, window);
-        let global_alone = run(Variant::GlobalLock, readers, None, &objects, &map, window);
-        let ratio = table.lookups_per_s / global.lookups_per_s;
-        let [success, abort, retry, miss, slow] = table.counters;
-        println!(
-            "| {readers} | {:.2} | {:.2} | {ratio:.2}x | {:.2} | {:.2} | {:.1}k / {:.1}k | {} | \
-             {abort} ({:.4}%) | {retry} | {miss} | {slow} |",
-            table.lookups_per_s / 1e6,
-            global.lookups_per_s / 1e6,
-            table_alone.lookups_per_s / 1e6,
-            global_alone.lookups_per_s / 1e6,
-            table.updates_per_s / 1e3,
-            global.updates_per_s / 1e3,
-            success + slow,
-            100.0 * abort as f64 / (success + slow).max(1) as f64,
-        );
-        if readers == TARGET_READERS {
-            target = Some(ratio);
+    let works = match args.next().as_deref() {
+        None | Some("both") => vec![Work::Header, Work::Page],
+        Some("header") => vec![Work::Header],
+        Some("page") => vec![Work::Page],
+        Some(other) => panic!("work: header, page or both, not {other:?}"),
+    };
+    for work in works {
+        if let Some((ratio, starved)) = report(work, rate, &objects, &maps, window) {
+            println!(
+                "\n{}: ratio to the fair global lock at {TARGET_READERS} readers: {ratio:.2}x{starved} \
+                 (issue 3 target >= {TARGET_RATIO:.1}x: {})",
+                work.name(),
+                if ratio >= TARGET_RATIO && starved.is_empty() { "met" } else { "NOT met" }
+            );
         }
     }
-    if let Some(ratio) = target {
-        println!(
-            "\nratio at {TARGET_READERS} readers: {ratio:.2}x (issue 3 target >= {TARGET_RATIO:.1}x: {})",
-            if ratio >= TARGET_RATIO { "met" } else { "NOT met" }
-        );
-    }
+    println!();
     println!(
-        "Counters are the table's fast-path events during the run with the writer (its own \
-         `retire` lookups included); `slow` = lookups finished under the writer mutex."
+        "Ratios are table lookups/s over the baseline's, both with the writer running. A \
+         baseline marked \"writer starved\" completed under 90% of the table writer's updates, \
+         so its readers ran a lighter workload. Counters are the table's fast-path events \
+         during its run with the writer (its own `retire` lookups included); `slow` = \
+         lookups finished under the writer mutex."
     );
 }
