@@ -55,6 +55,12 @@ pub enum RegionState {
 /// A region descriptor. Lives in metadata memory; freed one grace period after it is
 /// detached. `start`, `len` and `kind` change only while the region is write-locked by
 /// the current update (so a reader that validated its read lock sees them stable).
+///
+/// `repr(C)`, hot fields first: a lookup reads the lock, the range, the kind, the state
+/// and `detached`, and they all sit in the descriptor's first cache line (metadata
+/// blocks are aligned to their power-of-two size). Left to the compiler, the byte-sized
+/// fields went after the links, at offset 64, and every lookup touched two lines.
+#[repr(C)]
 pub struct Region {
     pub lock: RegionLock,
     start: AtomicUsize,
@@ -63,17 +69,21 @@ pub struct Region {
     state: AtomicU8,
     /// Set (Release, before `end_write_all`) when the region leaves the tree.
     detached: AtomicBool,
-    /// Milliseconds stamp of the moment a free region got dirty pages; 0 when clean.
-    dirty_since: AtomicU64,
     /// True when every page of a free region reads as zero (fresh or DONTNEED-purged).
     zeroed: AtomicBool,
+    /// The free-index bin this region sits in, or `NO_BIN`; writer mutex only.
+    pub(crate) bin: UnsafeCell<u8>,
+    /// Milliseconds stamp of the moment a free region got dirty pages; 0 when clean.
+    dirty_since: AtomicU64,
     /// Link in the table's retired stack (lock-free push, pop-all under the mutex).
     retired_next: AtomicPtr<Region>,
     /// Links in the free index; touched only under the table's writer mutex.
     pub(crate) bin_links: UnsafeCell<[*mut Region; 2]>,
-    /// The free-index bin this region sits in, or `NO_BIN`; writer mutex only.
-    pub(crate) bin: UnsafeCell<u8>,
 }
+
+// What a lookup reads fits one cache line (see above).
+#[cfg(not(loom))]
+const _: () = assert!(core::mem::offset_of!(Region, zeroed) < 64);
 
 pub(crate) const NO_BIN: u8 = u8::MAX;
 
