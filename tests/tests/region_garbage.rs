@@ -4,7 +4,8 @@
 //! freed one grace period later through the epoch collector. crossbeam collects on its
 //! own too rarely for a burst of placements, and a 32K-region table once left 78 MB of
 //! metadata waiting (5 MB live), spread over pages the readers then missed in the TLB.
-//! The table now flushes its deferred frees as it goes (`epoch::flush_if_due`).
+//! Each update now hands its unlinked blocks to the collector as one batch
+//! (`epoch::seal`), and writers free expired batches (`epoch::reclaim`).
 //!
 //! Own binary, one test, a private table and the system allocator: the metadata figures
 //! are process-wide, and nothing else here makes any.

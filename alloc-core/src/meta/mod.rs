@@ -143,32 +143,19 @@ pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 /// # Safety
 /// `p` must come from `alloc`/`alloc_zeroed` and not have been freed since.
 pub unsafe fn free(p: *mut u8) {
+    // SAFETY: caller contract.
+    unsafe { META.lock().free(p) };
+}
+
+/// Returns several blocks under one acquisition of the lock.
+///
+/// # Safety
+/// As `free`, for every block.
+pub unsafe fn free_all(blocks: impl Iterator<Item = *mut u8>) {
     let mut state = META.lock();
-    // SAFETY: `p` lies in a meta arena (caller contract), whose chunk 0 is the table.
-    let word = unsafe { *chunk_word(p as usize) };
-    if word & SPAN_FLAG != 0 {
-        let chunks = (word & !SPAN_FLAG) as usize;
-        state.bytes_in_use -= chunks * CHUNK_SIZE;
-        let span = p as *mut FreeSpan;
-        // SAFETY: the span is ours again and at least one chunk long.
-        unsafe {
-            span.write(FreeSpan {
-                next: state.free_spans,
-                chunks,
-            })
-        };
-        state.free_spans = span;
-    } else {
-        let class = word as usize - 1;
-        state.bytes_in_use -= 1 << (class as u32 + MIN_CLASS_SHIFT);
-        let block = p as *mut FreeBlock;
-        // SAFETY: the block is ours again and at least 16 bytes long.
-        unsafe {
-            block.write(FreeBlock {
-                next: state.free[class],
-            })
-        };
-        state.free[class] = block;
+    for p in blocks {
+        // SAFETY: caller contract.
+        unsafe { state.free(p) };
     }
 }
 
@@ -204,6 +191,37 @@ pub unsafe fn fork_release() {
 }
 
 impl MetaState {
+    /// # Safety
+    /// `p` must be a live block of this arena.
+    unsafe fn free(&mut self, p: *mut u8) {
+        // SAFETY: `p` lies in a meta arena (caller contract), whose chunk 0 is the table.
+        let word = unsafe { *chunk_word(p as usize) };
+        if word & SPAN_FLAG != 0 {
+            let chunks = (word & !SPAN_FLAG) as usize;
+            self.bytes_in_use -= chunks * CHUNK_SIZE;
+            let span = p as *mut FreeSpan;
+            // SAFETY: the span is ours again and at least one chunk long.
+            unsafe {
+                span.write(FreeSpan {
+                    next: self.free_spans,
+                    chunks,
+                })
+            };
+            self.free_spans = span;
+        } else {
+            let class = word as usize - 1;
+            self.bytes_in_use -= 1 << (class as u32 + MIN_CLASS_SHIFT);
+            let block = p as *mut FreeBlock;
+            // SAFETY: the block is ours again and at least 16 bytes long.
+            unsafe {
+                block.write(FreeBlock {
+                    next: self.free[class],
+                })
+            };
+            self.free[class] = block;
+        }
+    }
+
     fn alloc_block(&mut self, class: usize) -> *mut u8 {
         if self.free[class].is_null() && !self.carve_chunk(class) {
             return ptr::null_mut();

@@ -303,7 +303,10 @@ impl RegionTable {
         // SAFETY: we hold the writer mutex; this ends the update.
         unsafe { self.seq.end_write_all() };
         drop(state);
-        epoch::flush_if_due(&guard);
+        // After the mutex: the blocks this update unlinked go to the collector as one
+        // deferred free, and blocks whose grace period has passed go back to metadata.
+        epoch::seal(&guard);
+        epoch::reclaim();
         result
     }
 

@@ -37,9 +37,13 @@ const GAP_PAGES: usize = 8;
 /// The writer keeps at most this many objects of its own, each 1..=`CHURN_MAX_PAGES`.
 const CHURN_OBJECTS: usize = 512;
 const CHURN_MAX_PAGES: usize = 3;
-/// Default measuring window per run: 4 runs (two variants, with and without the writer)
-/// per reader count, 20 runs of 1.5 s plus setup, keep the benchmark near 35 s.
-const DEFAULT_WINDOW: Duration = Duration::from_millis(1000);
+/// Default measuring window per run: 6 configurations (table and two baselines, with and
+/// without the writer) x `REPEATS` rounds x 5 reader counts x 2 workloads = 180 runs of
+/// 0.5 s, about 95 s in all.
+const DEFAULT_WINDOW: Duration = Duration::from_millis(500);
+/// Rounds per cell; the table reports the median (single runs on this shared 2-core VM
+/// varied by 2x between identical configurations).
+const REPEATS: usize = 3;
 /// Structural updates per second the writer aims at, the same in both variants so the
 /// readers of each face the same write load: 10 k/s is a busy large-object workload
 /// (each update is one placement, resize or free; in a kernel-VMA allocator each would
@@ -182,6 +186,15 @@ enum Variant {
 enum Baseline {
     Std,
     Fair,
+}
+
+/// The median run by reader throughput; its counters are the sum over all rounds.
+fn median(mut runs: Vec<Run>) -> Run {
+    let total: [u64; 5] = std::array::from_fn(|i| runs.iter().map(|r| r.counters[i]).sum());
+    runs.sort_by(|a, b| a.lookups_per_s.total_cmp(&b.lookups_per_s));
+    let mut mid = runs.swap_remove(runs.len() / 2);
+    mid.counters = total;
+    mid
 }
 
 struct Run {
@@ -403,15 +416,28 @@ fn report(
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut target = None;
     for readers in READER_COUNTS {
-        let measure = |variant, writer| run(variant, work, readers, writer, objects, maps, window);
         let fair = Variant::GlobalLock(Baseline::Fair);
         let std = Variant::GlobalLock(Baseline::Std);
-        let (table, table_alone) = (
-            measure(Variant::Table, Some(rate)),
-            measure(Variant::Table, None),
-        );
-        let (fair, fair_alone) = (measure(fair, Some(rate)), measure(fair, None));
-        let (std, std_alone) = (measure(std, Some(rate)), measure(std, None));
+        let configs = [
+            (Variant::Table, Some(rate)),
+            (Variant::Table, None),
+            (fair, Some(rate)),
+            (fair, None),
+            (std, Some(rate)),
+            (std, None),
+        ];
+        // Rounds interleave the configurations, so a slow spell of the machine (it is
+        // shared, and a VM) hits all of them; each cell is the median round.
+        let mut runs: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
+        for _ in 0..REPEATS {
+            for (runs, &(variant, writer)) in runs.iter_mut().zip(&configs) {
+                runs.push(run(variant, work, readers, writer, objects, maps, window));
+            }
+        }
+        let mut medians = runs.into_iter().map(median);
+        let mut next = || medians.next().expect("one median per configuration");
+        let (table, table_alone, fair, fair_alone, std, std_alone) =
+            (next(), next(), next(), next(), next(), next());
         let ratio = |base: &Run| table.lookups_per_s / base.lookups_per_s;
         // A baseline whose writer fell behind ran a lighter workload than the table's.
         let starved = |base: &Run| {
@@ -497,10 +523,11 @@ fn main() {
     }
     println!();
     println!(
-        "Ratios are table lookups/s over the baseline's, both with the writer running. A \
-         baseline marked \"writer starved\" completed under 90% of the table writer's updates, \
-         so its readers ran a lighter workload. Counters are the table's fast-path events \
-         during its run with the writer (its own `retire` lookups included); `slow` = \
+        "Cells are the median of {REPEATS} interleaved rounds. Ratios are table lookups/s \
+         over the baseline's, both with the writer running. A baseline marked \"writer \
+         starved\" completed under 90% of the table writer's updates, so its readers ran a \
+         lighter workload. Counters are the table's fast-path events in its runs with the \
+         writer, summed over the rounds (its own `retire` lookups included); `slow` = \
          lookups finished under the writer mutex."
     );
 }
