@@ -119,6 +119,22 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
     large::alloc(size, align, zero)
 }
 
+/// The usable size `alloc(size, align)` would give (what `usable_size` then reports), or
+/// `None` if the request can never succeed: jemalloc's `nallocx`, which programs use to
+/// account for memory (redis does) or to ask for exactly a class size.
+#[cfg(not(loom))]
+pub fn good_size(size: usize, align: usize) -> Option<usize> {
+    if size <= SMALL_MAX && align <= MALLOC_ALIGN {
+        return Some(heap::class_size(heap::class_of(size)));
+    }
+    if align <= os::PAGE_SIZE {
+        if let Some(class) = heap::class_for(size, align) {
+            return Some(heap::class_size(class));
+        }
+    }
+    large::good_size(size, align)
+}
+
 /// Frees a block; null is a no-op. Misuse (double free, a pointer we never returned,
 /// an interior pointer) aborts with a message naming the pointer, before any state
 /// changes.

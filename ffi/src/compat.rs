@@ -14,9 +14,8 @@
 //! `mallctl` knows only `"epoch"` for now and answers `ENOENT` for every other name, as
 //! jemalloc does for names it does not have; the statistics names arrive with the
 //! engine's stats API. `xallocx` never resizes in place (it reports the current size,
-//! which jemalloc's contract allows), and `nallocx` returns the request itself: a
-//! conservative answer (a block of that size always fits) until the engine exposes its
-//! size classes.
+//! which jemalloc's contract allows). `nallocx` answers the engine's own size class
+//! (`rangealloc_core::good_size`), so it equals `sallocx` of the block `mallocx` returns.
 
 use crate::malloc::resize;
 use crate::{allocate, release, request_fits};
@@ -117,15 +116,15 @@ pub unsafe extern "C" fn sdallocx(p: *mut c_void, _size: usize, _flags: c_int) {
     unsafe { release(p) }
 }
 
-/// The size `mallocx(size, flags)` would provide, or 0 if it would fail for size
-/// reasons. Conservative: the request itself (see the module comment).
+/// The usable size `mallocx(size, flags)` would provide (its size class, or the page
+/// multiple of a large object), or 0 if it would fail for size reasons.
 #[no_mangle]
 pub extern "C" fn nallocx(size: usize, flags: c_int) -> usize {
-    if request_fits(size, flags_align(flags)) {
-        size.max(1)
-    } else {
-        0
+    let align = flags_align(flags);
+    if !request_fits(size, align) {
+        return 0;
     }
+    engine::good_size(size.max(1), align).unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -68,8 +68,16 @@ int main(void) {
     CHECK(xallocx(q, 10, 0, 0) == sallocx(q, 0));
     free(q); /* blocks are interchangeable with the C API */
 
-    /* nallocx: at least the request; 0 for impossible sizes. */
+    /* nallocx: exactly the usable size mallocx gives (small classes, aligned classes,
+     * large page multiples); 0 for impossible sizes. */
     CHECK(nallocx(100, 0) >= 100 && nallocx(1, 0) >= 1);
+    for (size_t n = 1; n < (size_t)3 << 20; n += n / 5 + 1) {
+        for (int lg = 0; lg <= 14; lg += 7) {
+            void *b = mallocx(opaque(n), MALLOCX_LG_ALIGN(lg));
+            CHECK(b != NULL && nallocx(n, MALLOCX_LG_ALIGN(lg)) == sallocx(b, 0));
+            dallocx(b, 0);
+        }
+    }
     CHECK(nallocx(SIZE_MAX, 0) == 0 && nallocx(PTRDIFF_MAX, MALLOCX_LG_ALIGN(12)) == 0);
 
     /* mallctl: "epoch" works (read and refresh), other names are ENOENT. */

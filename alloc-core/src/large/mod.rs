@@ -27,6 +27,14 @@ fn guard_len() -> usize {
     }
 }
 
+/// The usable size of a large object of `size` bytes at `align`, or `None` if no such
+/// object fits the address space.
+pub fn good_size(size: usize, align: usize) -> Option<usize> {
+    let len = page_round(size)?;
+    // Placement needs `len + align` of room at worst, and sizes stay below isize::MAX.
+    (len.checked_add(align.max(PAGE_SIZE))? <= isize::MAX as usize).then_some(len)
+}
+
 /// Allocates a large object. Null when out of memory.
 pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     let guard = guard_len();
