@@ -145,31 +145,43 @@ pub fn good_size(size: usize, align: usize) -> Option<usize> {
 #[inline]
 #[cfg(not(loom))]
 pub unsafe fn free(p: *mut u8) {
+    // SAFETY: forwarded contract.
+    unsafe { free_as(p, "free") }
+}
+
+/// `free` for a caller with another name (`operator delete`, `cfree`, `dallocx`...):
+/// a misuse message names `call`. The name travels only to the cold reporting paths.
+///
+/// # Safety
+/// As `free`.
+#[inline]
+#[cfg(not(loom))]
+pub unsafe fn free_as(p: *mut u8, call: &'static str) {
     match space::kind_of(p as usize) {
         // SAFETY: the slot is a live segment.
         SlotKind::Segment => match unsafe { heap::free_small(p) } {
             Ok(()) => {}
-            Err(heap::SmallFreeError::DoubleFree) => misuse::report(Misuse::DoubleFree, "free", p),
-            Err(heap::SmallFreeError::NotABlock) => misuse::report(Misuse::NotAllocated, "free", p),
+            Err(heap::SmallFreeError::DoubleFree) => misuse::report(Misuse::DoubleFree, call, p),
+            Err(heap::SmallFreeError::NotABlock) => misuse::report(Misuse::NotAllocated, call, p),
         },
-        _ => free_other(p),
+        _ => free_other(p, call),
     }
 }
 
 #[cold]
 #[inline(never)]
 #[cfg(not(loom))]
-fn free_other(p: *mut u8) {
+fn free_other(p: *mut u8, call: &'static str) {
     match space::kind_of(p as usize) {
         SlotKind::Table => {
             if let Err(e) = large::free(p) {
-                misuse::report(Misuse::from(e), "free", p);
+                misuse::report(Misuse::from(e), call, p);
             }
         }
         // SAFETY: a block of the metadata arena (nested or exiting-thread allocations).
         SlotKind::Meta => unsafe { meta::free(p) },
         SlotKind::Foreign if p.is_null() => {}
-        _ => misuse::report(Misuse::NotAllocated, "free", p),
+        _ => misuse::report(Misuse::NotAllocated, call, p),
     }
 }
 

@@ -27,7 +27,7 @@ use rangealloc_core::{self as engine, MALLOC_ALIGN};
 #[no_mangle]
 pub unsafe extern "C" fn cfree(p: *mut c_void) {
     // SAFETY: `free`'s contract.
-    unsafe { release(p) }
+    unsafe { release(p, "cfree") }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -107,13 +107,13 @@ pub unsafe extern "C" fn sallocx(p: *const c_void, _flags: c_int) -> usize {
 #[no_mangle]
 pub unsafe extern "C" fn dallocx(p: *mut c_void, _flags: c_int) {
     // SAFETY: `p` came from us (jemalloc's contract).
-    unsafe { release(p) }
+    unsafe { release(p, "dallocx") }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn sdallocx(p: *mut c_void, _size: usize, _flags: c_int) {
     // SAFETY: `p` came from us (jemalloc's contract).
-    unsafe { release(p) }
+    unsafe { release(p, "sdallocx") }
 }
 
 /// The usable size `mallocx(size, flags)` would provide (its size class, or the page

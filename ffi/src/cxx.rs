@@ -281,7 +281,7 @@ macro_rules! delete_forms {
         pub unsafe extern "C" fn $name(p: *mut c_void $(, $arg: $ty)*) {
             $(let _ = $arg;)*
             // SAFETY: C++'s contract: `p` is null or came from the matching `new`.
-            unsafe { release(p) }
+            unsafe { release(p, "operator delete") }
         }
     )*};
 }

@@ -150,13 +150,14 @@ extern "C" fn fork_child_handler() {
     engine::fork_child();
 }
 
-/// Frees a block from any of our allocation functions; null is a no-op.
+/// Frees a block from any of our allocation functions; null is a no-op. `call` names
+/// the exported function in misuse messages.
 ///
 /// # Safety
 /// `p` must be null or a live block of this allocator; misuse is the engine's to
 /// detect and report.
 #[inline(always)]
-unsafe fn release(p: *mut c_void) {
+unsafe fn release(p: *mut c_void, call: &'static str) {
     // SAFETY: forwarded contract.
-    unsafe { engine::free(p.cast()) }
+    unsafe { engine::free_as(p.cast(), call) }
 }

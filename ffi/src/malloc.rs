@@ -22,7 +22,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
     // SAFETY: C's contract for `free`.
-    unsafe { release(p) }
+    unsafe { release(p, "free") }
 }
 
 /// Overflow of `count * size` fails with `ENOMEM`, never returns a short block.
@@ -47,7 +47,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
     }
     if size == 0 {
         // SAFETY: C's contract: `p` is a live block of ours.
-        unsafe { release(p) };
+        unsafe { release(p, "realloc") };
         return core::ptr::null_mut();
     }
     // SAFETY: as above; `p` is non-null and MALLOC_ALIGN is a power of two.

@@ -1,12 +1,20 @@
 /* Misuse through the C ABI must abort with rangealloc's one-line report, before any
  * state changes. Usage: misuse <case>; every case should die by SIGABRT. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <malloc.h>
 #include <stdlib.h>
 
 #include "check.h"
 
 static char static_buffer[64];
+
+/* Our export of `name` (the preloaded library's), to reach the non-standard frees. */
+static void (*free_function(const char *name))(void *) {
+    void (*f)(void *) = (void (*)(void *))dlsym(RTLD_DEFAULT, name);
+    CHECK(f != NULL);
+    return f;
+}
 
 int main(int argc, char **argv) {
     CHECK(argc == 2);
@@ -30,6 +38,16 @@ int main(int argc, char **argv) {
     } else if (!strcmp(c, "free-interior-large")) {
         char *p = malloc(opaque(8 << 20));
         free(p + 4096);
+    } else if (!strcmp(c, "delete-twice") || !strcmp(c, "cfree-twice")) {
+        /* operator delete(void *) is _ZdlPv. */
+        void (*release)(void *) = free_function(c[0] == 'd' ? "_ZdlPv" : "cfree");
+        void *p = malloc(opaque(100));
+        release(p);
+        release(p);
+    } else if (!strcmp(c, "dallocx-stack")) {
+        void (*dallocx)(void *, int) = (void (*)(void *, int))dlsym(RTLD_DEFAULT, "dallocx");
+        CHECK(dallocx != NULL);
+        dallocx(stack_buffer, 0);
     } else if (!strcmp(c, "realloc-stack")) {
         void *volatile q = realloc(stack_buffer, opaque(200));
         (void)q;

@@ -27,6 +27,12 @@ fn misuse_aborts_with_a_report() {
             "free-interior-large",
             "free(): pointer into the middle of an allocation: 0x",
         ),
+        ("delete-twice", "operator delete(): double free of 0x"),
+        ("cfree-twice", "cfree(): double free of 0x"),
+        (
+            "dallocx-stack",
+            "dallocx(): pointer not allocated by rangealloc: 0x",
+        ),
         (
             "realloc-stack",
             "realloc(): pointer not allocated by rangealloc: 0x",
