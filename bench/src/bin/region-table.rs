@@ -14,7 +14,7 @@
 //! allocator, and the table is a private `RegionTable`, not the process's.
 //!
 //! `cargo run --release -p rangealloc-bench --bin region-table [seconds-per-run
-//! [writer-updates-per-s [objects [header|page|both]]]]`
+//! [writer-updates-per-s [objects [header|page|sweep|all]]]]`
 
 use rangealloc::engine::os::PAGE_SIZE;
 use rangealloc::engine::region::{RegionKind, RegionTable};
@@ -38,8 +38,8 @@ const GAP_PAGES: usize = 8;
 const CHURN_OBJECTS: usize = 512;
 const CHURN_MAX_PAGES: usize = 3;
 /// Default measuring window per run: 6 configurations (table and two baselines, with and
-/// without the writer) x `REPEATS` rounds x 5 reader counts x 2 workloads = 180 runs of
-/// 0.5 s, about 95 s in all.
+/// without the writer) x `REPEATS` rounds x 5 reader counts x 2 workloads = 180 runs,
+/// plus 45 for the writer-rate sweep, of 0.5 s: about two minutes in all.
 const DEFAULT_WINDOW: Duration = Duration::from_millis(500);
 /// Rounds per cell; the table reports the median (single runs on this shared 2-core VM
 /// varied by 2x between identical configurations).
@@ -474,6 +474,65 @@ fn report(
     target
 }
 
+/// Writer rates of the sweep (updates/s; 0 = flat out), at `TARGET_READERS` readers.
+const SWEEP_RATES: [u64; 4] = [1_000, 10_000, 100_000, 0];
+
+/// How much each variant's readers keep of their no-writer throughput as the writer
+/// speeds up: the claim "readers are not slowed by writers of other regions", measured
+/// at `TARGET_READERS` readers on the header-word workload.
+fn sweep(objects: &Objects, maps: &Arc<Maps>, window: Duration) {
+    let readers = TARGET_READERS;
+    let work = Work::Header;
+    println!(
+        "\nWriter-rate sweep, {readers} readers, header word: reader Mops/s with the writer \
+         (share of the same variant without it) and the writer's kupdates/s\n"
+    );
+    println!("| writer target | table | fair RwLock | std RwLock |");
+    println!("|---:|---:|---:|---:|");
+    let variants = [
+        Variant::Table,
+        Variant::GlobalLock(Baseline::Fair),
+        Variant::GlobalLock(Baseline::Std),
+    ];
+    let alone: Vec<Run> = variants
+        .iter()
+        .map(|&v| {
+            median(
+                (0..REPEATS)
+                    .map(|_| run(v, work, readers, None, objects, maps, window))
+                    .collect(),
+            )
+        })
+        .collect();
+    for rate in SWEEP_RATES {
+        let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
+        for _ in 0..REPEATS {
+            for (runs, &v) in runs.iter_mut().zip(&variants) {
+                runs.push(run(v, work, readers, Some(rate), objects, maps, window));
+            }
+        }
+        let cells: Vec<String> = runs
+            .into_iter()
+            .map(median)
+            .zip(&alone)
+            .map(|(with, alone)| {
+                format!(
+                    "{:.2} ({:.0}%), {:.1}k/s",
+                    with.lookups_per_s / 1e6,
+                    100.0 * with.lookups_per_s / alone.lookups_per_s,
+                    with.updates_per_s / 1e3
+                )
+            })
+            .collect();
+        let target = if rate == 0 {
+            "flat out".to_string()
+        } else {
+            format!("{}k/s", rate / 1000)
+        };
+        println!("| {target} | {} |", cells.join(" | "));
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let window = args
@@ -505,11 +564,12 @@ fn main() {
         window.as_secs_f64(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let works = match args.next().as_deref() {
-        None | Some("both") => vec![Work::Header, Work::Page],
-        Some("header") => vec![Work::Header],
-        Some("page") => vec![Work::Page],
-        Some(other) => panic!("work: header, page or both, not {other:?}"),
+    let (works, sweep_rates) = match args.next().as_deref() {
+        None | Some("all") => (vec![Work::Header, Work::Page], true),
+        Some("header") => (vec![Work::Header], false),
+        Some("page") => (vec![Work::Page], false),
+        Some("sweep") => (vec![], true),
+        Some(other) => panic!("part: header, page, sweep or all, not {other:?}"),
     };
     for work in works {
         if let Some((ratio, starved)) = report(work, rate, &objects, &maps, window) {
@@ -520,6 +580,9 @@ fn main() {
                 if ratio >= TARGET_RATIO && starved.is_empty() { "met" } else { "NOT met" }
             );
         }
+    }
+    if sweep_rates {
+        sweep(&objects, &maps, window);
     }
     println!();
     println!(
