@@ -705,3 +705,80 @@ fn a_grow_racing_a_purge_leaves_free_space_merged() {
         "clean free space after the grown object must be one region: {free:x?}"
     );
 }
+
+/// Two adjacent free regions of one arena with the same dirtiness, or `None`.
+fn unmerged_free_neighbours(table: &RegionTable) -> Option<[(usize, usize, bool); 2]> {
+    let mut free = Vec::new();
+    table.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    free.windows(2)
+        .find(|w| {
+            w[0].0 + w[0].1 == w[1].0
+                && w[0].0 / ARENA_SIZE == w[1].0 / ARENA_SIZE
+                && w[0].2 == w[1].2
+        })
+        .map(|w| [w[0], w[1]])
+}
+
+/// The purge's second update re-merged only the descriptors it cleaned, but a writer
+/// running between its two phases, once `start_write` has waited out the `madvise`, sees
+/// the region clean and may cut new free regions out of it: `carve` (here, `allocate`,
+/// which prefers the dirty region the purge is advising) detaches it and leaves a clean
+/// tail, a new descriptor that nobody coalesces, beside the clean space that already
+/// followed the region. The stress test's unmerged clean neighbours came from this.
+#[test]
+fn a_carve_racing_a_purge_leaves_free_space_merged() {
+    static T: RegionTable = RegionTable::new();
+    const BIG: usize = 64 << 20;
+    let o = T.allocate(BIG, PAGE_SIZE, RegionKind::Large).unwrap();
+    // SAFETY: a fresh object of ours, `BIG` bytes long and mapped read/write.
+    unsafe { std::ptr::write_bytes(o.start as *mut u8, 1, BIG) };
+    T.retire(o.start).unwrap();
+    T.collect_retired();
+    // Layout: O (free, dirty), the rest of the arena (free, clean).
+    let region = T.find_and_read_lock(o.start).unwrap().region();
+    let purger = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
+    while region.lock.readers() == 0 && !purger.is_finished() {
+        std::hint::spin_loop();
+    }
+    let placed = T.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
+    assert_eq!(purger.join().unwrap(), BIG);
+    assert_eq!(placed.start, o.start, "carved from the purged region");
+    assert_eq!(
+        unmerged_free_neighbours(&T),
+        None,
+        "the clean tail of a region carved between the purge's phases"
+    );
+}
+
+/// The same window, seen by a writer that merges: an object freed already purged
+/// (`mark_purged`, as `large::free` does for big objects) is clean, so once
+/// `start_write` has waited out the purge of its dirty right neighbour, `coalesce`
+/// absorbs that neighbour, detaching it; the purge's second update then skips it, and
+/// the merged region stays apart from the clean space beyond.
+#[test]
+fn freeing_a_purged_object_racing_a_purge_leaves_free_space_merged() {
+    static T: RegionTable = RegionTable::new();
+    const BIG: usize = 64 << 20;
+    let a = T.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
+    let b = T.allocate(BIG, PAGE_SIZE, RegionKind::Large).unwrap();
+    assert_eq!(b.start, a.start + a.len);
+    // SAFETY: a fresh object of ours, `BIG` bytes long and mapped read/write.
+    unsafe { std::ptr::write_bytes(b.start as *mut u8, 1, BIG) };
+    T.retire(b.start).unwrap();
+    T.collect_retired();
+    // Layout: A (live), B (free, dirty), the rest of the arena (free, clean).
+    let region = T.find_and_read_lock(b.start).unwrap().region();
+    let purger = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
+    while region.lock.readers() == 0 && !purger.is_finished() {
+        std::hint::spin_loop();
+    }
+    T.retire_with(a.start, |r| r.mark_purged(PurgeMode::DontNeed))
+        .unwrap();
+    T.collect_retired();
+    assert_eq!(purger.join().unwrap(), BIG);
+    assert_eq!(
+        unmerged_free_neighbours(&T),
+        None,
+        "a clean object freed next to a region being purged"
+    );
+}
