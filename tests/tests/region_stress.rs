@@ -770,3 +770,34 @@ fn freeing_a_purged_object_racing_a_purge_leaves_free_space_merged() {
         "a clean object freed next to a region being purged"
     );
 }
+
+/// Two purges at once (the `DIRTY_CAP` pass runs on any thread, beside the timed or the
+/// background one) pick the same region: the second picks it while the first is still
+/// inside `madvise`, when it still reads dirty. Each then subtracts its length from
+/// `dirty_bytes`, which wraps below zero, and a wrapped total above `DIRTY_CAP` sends
+/// every later `purge::tick` into a pass.
+#[test]
+fn two_purges_of_one_region_count_its_bytes_once() {
+    static T: RegionTable = RegionTable::new();
+    const BIG: usize = 64 << 20;
+    let o = T.allocate(BIG, PAGE_SIZE, RegionKind::Large).unwrap();
+    // SAFETY: a fresh object of ours, `BIG` bytes long and mapped read/write.
+    unsafe { std::ptr::write_bytes(o.start as *mut u8, 1, BIG) };
+    T.retire(o.start).unwrap();
+    T.collect_retired();
+    let region = T.find_and_read_lock(o.start).unwrap().region();
+    let first = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
+    while region.lock.readers() == 0 && !first.is_finished() {
+        std::hint::spin_loop();
+    }
+    let second = T.purge(0, PurgeMode::DontNeed, usize::MAX);
+    let first = first.join().unwrap();
+    assert_eq!(first.max(second), BIG);
+    let mut dirty_free = 0;
+    T.for_each_free_region(|_, len, dirty| dirty_free += if dirty { len } else { 0 });
+    assert_eq!(
+        (T.dirty_bytes(), dirty_free),
+        (0, 0),
+        "dirty accounting after two purges of one region (bytes counted, bytes labelled)"
+    );
+}

@@ -381,12 +381,17 @@ impl RegionTable {
             // SAFETY: a free region holds no live object, and our read reference keeps
             // any writer from handing it out until the call returns.
             if unsafe { os::purge(r.start(), r.len(), mode) }.is_ok() {
-                purged += r.len();
-                self.dirty_bytes.fetch_sub(r.len(), Ordering::Relaxed);
-                r.dirty_since.store(0, Ordering::Relaxed);
                 r.zeroed
                     .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
-                *slot = (r.start(), r.end());
+                // A swap, not a store: two purges at once (a `DIRTY_CAP` pass beside the
+                // timed one) may both pick the region, the second while the first is in
+                // `madvise` and it still reads dirty. Only the one that cleans it counts
+                // it, or `dirty_bytes` would lose its length twice and wrap.
+                if r.dirty_since.swap(0, Ordering::Relaxed) != 0 {
+                    purged += r.len();
+                    self.dirty_bytes.fetch_sub(r.len(), Ordering::Relaxed);
+                    *slot = (r.start(), r.end());
+                }
             }
         }
         if purged > 0 {
