@@ -348,10 +348,10 @@ impl RegionTable {
     /// read lock alone, so a writer wanting that region waits, and no other does.
     pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
         const BATCH: usize = 16;
-        // Pinned across both phases, so the descriptors picked stay valid memory even if
-        // a writer detaches them in between (phase two then skips them).
+        // No pin across the phases: the read references keep the picked regions attached
+        // through `madvise` (detaching needs `start_write`), and phase two works on
+        // addresses, not on the descriptors.
         let _inside = Reentrancy::enter();
-        let _pinned = epoch::pin();
         let now = os::now_ms();
         let mut picked: [Option<ReadGuard>; BATCH] = [const { None }; BATCH];
         let mut count = 0;
@@ -376,29 +376,39 @@ impl RegionTable {
             };
         });
         let mut purged = 0;
-        let mut cleaned: [Option<&'static Region>; BATCH] = [None; BATCH];
+        // The ranges cleaned, as `(start, end)`; empty where the `madvise` failed.
+        let mut cleaned: [(usize, usize); BATCH] = [(0, 0); BATCH];
         for (read, slot) in picked.iter_mut().take(count).zip(cleaned.iter_mut()) {
             let Some(read) = read.take() else { continue };
             let r = read.region();
             // SAFETY: a free region holds no live object, and our read reference keeps
             // any writer from handing it out until the call returns.
             if unsafe { os::purge(r.start(), r.len(), mode) }.is_ok() {
-                purged += r.len();
-                self.dirty_bytes.fetch_sub(r.len(), Ordering::Relaxed);
-                r.dirty_since.store(0, Ordering::Relaxed);
                 r.zeroed
                     .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
-                *slot = Some(r);
+                // A swap, not a store: two purges at once (a `DIRTY_CAP` pass beside the
+                // timed one) may both pick the region, the second while the first is in
+                // `madvise` and it still reads dirty. Only the one that cleans it counts
+                // it, or `dirty_bytes` would lose its length twice and wrap.
+                if r.dirty_since.swap(0, Ordering::Relaxed) != 0 {
+                    purged += r.len();
+                    self.dirty_bytes.fetch_sub(r.len(), Ordering::Relaxed);
+                    *slot = (r.start(), r.end());
+                }
             }
         }
         if purged > 0 {
-            // Now clean, they may merge with clean neighbours: those still attached, free
-            // and clean (a writer may have moved, carved or merged them meanwhile).
+            // Now clean, the space may merge with clean neighbours. Re-merged by address,
+            // not by the descriptors picked: between the phases a writer that waited out
+            // the `madvise` sees a region clean and may rebuild it into descriptors this
+            // purge never saw, whose neighbours nobody re-examines. `carve` leaves a clean
+            // tail beside the clean space that followed the region; `coalesce` of a clean
+            // neighbour absorbs the region and stops, short of the clean space beyond it;
+            // `grow` moves its start. Every free region holding cleaned pages overlaps a
+            // cleaned range, so coalescing those restores the invariant, whatever ran.
             self.write(|w| {
-                for r in cleaned.iter().flatten() {
-                    if !r.is_detached() && r.kind() == RegionKind::Free && r.dirty_since() == 0 {
-                        w.coalesce(r);
-                    }
+                for &(start, end) in &cleaned {
+                    w.coalesce_overlapping(start, end);
                 }
             });
         }
@@ -629,7 +639,7 @@ impl Writer<'_> {
     /// as it is, and indexes it. Dirty and clean space stay apart (as jemalloc keeps its
     /// dirty and retained extents apart): a merged region could only be called all
     /// dirty, which would send placement into clean pages and purges over clean ones.
-    fn coalesce(&mut self, mut r: &'static Region) {
+    fn coalesce(&mut self, mut r: &'static Region) -> &'static Region {
         // Dirtiness is read only after both regions are write-locked (a purge changes it
         // under a read lock); `kind` and the range change only under the writer mutex.
         let mergeable = |w: &mut Self, a: &'static Region, b: &'static Region| {
@@ -664,6 +674,30 @@ impl Writer<'_> {
         unsafe {
             self.state.free.remove(p);
             self.state.free.insert(p);
+        }
+        r
+    }
+
+    /// Coalesces every free region overlapping `[start, end)` (nothing if it is empty).
+    /// Costs one lookup per region now covering the range: the one region a purge
+    /// cleaned, unless writers cut it up between the purge's phases.
+    fn coalesce_overlapping(&mut self, start: usize, end: usize) {
+        if start >= end {
+            return;
+        }
+        let mut next = self.table.tree.floor(start, self.guard);
+        while let Some((_, value)) = next {
+            // SAFETY: tree value under the writer mutex.
+            let mut r: &'static Region = unsafe { &*(value as *const Region) };
+            if r.start() >= end {
+                break;
+            }
+            // Dirty ones too: a purge-owned field read here, unlocked, could be stale, and
+            // `coalesce` reads dirtiness only after it write-locks both sides.
+            if r.end() > start && r.kind() == RegionKind::Free {
+                r = self.coalesce(r);
+            }
+            next = self.table.tree.next_after(r.start(), self.guard);
         }
     }
 
