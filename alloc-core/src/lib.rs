@@ -271,8 +271,11 @@ pub fn fork_parent() {
 pub fn fork_child() {
     release_fork_locks();
     // SAFETY: we are the child's only thread, the locks are released and nothing else
-    // runs yet.
-    unsafe { region::TABLE.after_fork_in_child() };
+    // runs yet. The epoch first: the table's repair already pins.
+    unsafe {
+        region::epoch::after_fork_in_child();
+        region::TABLE.after_fork_in_child();
+    }
     heap::fork_child();
 }
 
