@@ -108,4 +108,44 @@ impl ExitKey {
             }
         }
     }
+
+    /// In a fork child: a creation that a vanished parent thread had begun will never
+    /// finish, and `get` would spin on it forever; start over (the key it may have made
+    /// leaks, one per such fork).
+    ///
+    /// # Safety
+    /// Only in a fork child while it is single-threaded.
+    pub unsafe fn after_fork_in_child(&self) {
+        use core::sync::atomic::Ordering;
+        // Relaxed: one thread; threads started later see it through `pthread_create`.
+        let _ = self
+            .state
+            .compare_exchange(1, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExitKey;
+    use core::sync::atomic::Ordering;
+
+    unsafe extern "C" fn nothing(_: *mut libc::c_void) {}
+
+    /// A fork child inherits a key "being created" by a thread it does not have; after
+    /// the fork repair, `get` creates one instead of spinning forever.
+    #[test]
+    fn a_creation_cut_off_by_fork_starts_over() {
+        let key = ExitKey::new(nothing);
+        key.state.store(1, Ordering::Relaxed); // as the vanished creator left it
+                                               // SAFETY: this test is the only user of `key`.
+        unsafe { key.after_fork_in_child() };
+        let mut created = false;
+        assert!(key.get(|| created = true).is_some());
+        assert!(created);
+        // A finished key is left alone.
+        let before = key.state.load(Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { key.after_fork_in_child() };
+        assert_eq!(key.state.load(Ordering::Relaxed), before);
+    }
 }

@@ -158,6 +158,8 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
 /// In a fork child only the forking thread survives: every other thread's heap is
 /// abandoned so the child can adopt its memory.
 pub fn fork_child() {
+    // SAFETY: called from the engine's fork-child hook, single-threaded.
+    unsafe { EXIT_KEY.after_fork_in_child() };
     let own = thread::get();
     let mut orphans: *mut Heap = ptr::null_mut();
     {

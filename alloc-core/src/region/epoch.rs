@@ -117,6 +117,8 @@ fn build_collector() -> &'static Collector {
 /// # Safety
 /// Only in a fork child while it is single-threaded, before anything pins.
 pub unsafe fn after_fork_in_child() {
+    // SAFETY: our caller's contract.
+    unsafe { EXIT_KEY.after_fork_in_child() };
     let handle = HANDLE.with(|h| h.get());
     // SAFETY: a non-null slot holds this thread's live registration (see `pin`).
     if !handle.is_null() && unsafe { (*handle).is_pinned() } {
