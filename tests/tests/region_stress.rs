@@ -104,6 +104,7 @@ fn lookup<R>(
             !r.is_detached(),
             "a validated read lock on a detached region"
         );
+        assert_eq!(g.start(), r.start(), "the guard's start is the region's");
         (r.start(), r.len(), r.kind(), r.state())
     });
     if seen.is_some() {

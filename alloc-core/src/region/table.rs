@@ -56,11 +56,22 @@ pub struct LockCounters {
 /// What a reader holds: a validated read reference on one region.
 pub struct ReadGuard {
     region: &'static Region,
+    /// The region's start, as the tree gave it (validated equal to the descriptor's).
+    start: usize,
 }
 
 impl ReadGuard {
     pub fn region(&self) -> &'static Region {
         self.region
+    }
+
+    /// The region's start address. Equal to `region().start()`, but taken from the tree
+    /// node the lookup already read: a caller that goes on to touch the region's memory
+    /// does not wait for the descriptor's cache miss first (the validating comparison
+    /// is a predicted branch, so the CPU runs ahead with this value).
+    #[inline]
+    pub fn start(&self) -> usize {
+        self.start
     }
 }
 
@@ -169,7 +180,7 @@ impl RegionTable {
         let _inside = Reentrancy::enter();
         for _ in 0..STALE_RETRIES {
             let guard = epoch::pin();
-            let Some((_, value)) = self.tree.floor(addr, &guard) else {
+            let Some((start, value)) = self.tree.floor(addr, &guard) else {
                 self.counters.miss.inc();
                 break;
             };
@@ -179,9 +190,10 @@ impl RegionTable {
                 self.counters.abort.inc();
                 break;
             }
-            if region.is_detached() || !region.contains(addr) {
+            if region.is_detached() || !region.contains(addr) || region.start() != start {
                 region.lock.read_unlock();
-                if region.is_detached() {
+                // A detached region, or one an update moved after our tree snapshot.
+                if region.is_detached() || region.start() != start {
                     self.counters.retry.inc();
                     continue;
                 }
@@ -189,7 +201,7 @@ impl RegionTable {
                 break;
             }
             self.counters.success.inc();
-            return Some(ReadGuard { region });
+            return Some(ReadGuard { region, start });
         }
         self.find_and_read_lock_slow(addr)
     }
@@ -202,15 +214,16 @@ impl RegionTable {
         self.counters.writer.inc();
         self.counters.slow.inc();
         let guard = epoch::pin();
-        let (_, value) = self.tree.floor(addr, &guard)?;
+        let (start, value) = self.tree.floor(addr, &guard)?;
         // SAFETY: as in the fast path; under the writer mutex it is also attached.
         let region: &'static Region = unsafe { &*(value as *const Region) };
         if !region.contains(addr) {
             return None;
         }
+        debug_assert_eq!(region.start(), start, "the tree is current under the mutex");
         // SAFETY: we hold the writer mutex.
         unsafe { region.lock.read_lock_under_writer() };
-        Some(ReadGuard { region })
+        Some(ReadGuard { region, start })
     }
 
     /// Frees the object region starting at `addr`: marks it retired (exactly once, which
@@ -369,7 +382,10 @@ impl RegionTable {
                     {
                         region.lock.read_lock_under_writer();
                         bytes += region.len();
-                        picked[count] = Some(ReadGuard { region });
+                        picked[count] = Some(ReadGuard {
+                            region,
+                            start: region.start(),
+                        });
                         count += 1;
                     }
                 })
