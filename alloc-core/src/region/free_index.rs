@@ -1,9 +1,10 @@
 //! The free index: free regions binned by size (power-of-two bins of their length), for
-//! placement. It owns the bin heads and the regions' intrusive links, and is touched only
+//! placement. It owns the bin heads and the free regions' intrusive links (`Region::link`), and is touched only
 //! by the holder of the table's writer mutex, so it needs no synchronisation. Calls
 //! nothing.
 
-use super::{Region, RegionKind, NO_BIN};
+use super::{Region, RegionKind, BIN_NEXT, BIN_PREV, NO_BIN};
+use crate::sync::atomic::Ordering::Relaxed;
 use core::ptr;
 
 const BINS: usize = usize::BITS as usize;
@@ -18,9 +19,6 @@ pub(crate) struct FreeIndex {
 fn bin_of(len: usize) -> usize {
     (usize::BITS - 1 - len.leading_zeros()) as usize
 }
-
-const PREV: usize = 0;
-const NEXT: usize = 1;
 
 impl FreeIndex {
     pub const fn new() -> Self {
@@ -40,9 +38,10 @@ impl FreeIndex {
             debug_assert_eq!(*(*r).bin.get(), NO_BIN);
             let bin = bin_of((*r).len());
             let head = self.heads[bin];
-            *(*r).bin_links.get() = [ptr::null_mut(), head];
+            (*r).link(BIN_PREV).store(ptr::null_mut(), Relaxed);
+            (*r).link(BIN_NEXT).store(head, Relaxed);
             if !head.is_null() {
-                (*(*head).bin_links.get())[PREV] = r;
+                (*head).link(BIN_PREV).store(r, Relaxed);
             }
             self.heads[bin] = r;
             *(*r).bin.get() = bin as u8;
@@ -62,14 +61,15 @@ impl FreeIndex {
             if bin == NO_BIN {
                 return;
             }
-            let [prev, next] = *(*r).bin_links.get();
+            let prev = (*r).link(BIN_PREV).load(Relaxed);
+            let next = (*r).link(BIN_NEXT).load(Relaxed);
             if prev.is_null() {
                 self.heads[bin as usize] = next;
             } else {
-                (*(*prev).bin_links.get())[NEXT] = next;
+                (*prev).link(BIN_NEXT).store(next, Relaxed);
             }
             if !next.is_null() {
-                (*(*next).bin_links.get())[PREV] = prev;
+                (*next).link(BIN_PREV).store(prev, Relaxed);
             }
             *(*r).bin.get() = NO_BIN;
             self.bytes -= (*r).len();
@@ -128,7 +128,7 @@ impl FreeIndex {
                     return Some((r, at));
                 }
                 // SAFETY: as above.
-                r = unsafe { (*(*r).bin_links.get())[NEXT] };
+                r = unsafe { (*r).link(BIN_NEXT).load(Relaxed) };
             }
         }
         None
@@ -144,7 +144,7 @@ impl FreeIndex {
             while !r.is_null() {
                 f(r);
                 // SAFETY: as in `find`.
-                r = unsafe { (*(*r).bin_links.get())[NEXT] };
+                r = unsafe { (*r).link(BIN_NEXT).load(Relaxed) };
             }
         }
     }

@@ -17,7 +17,7 @@ use super::epoch;
 use super::free_index::FreeIndex;
 use super::lock::TableSeq;
 use super::tree::RangeTree;
-use super::{Region, RegionKind, RegionState};
+use super::{Region, RegionKind, RegionState, RETIRED_NEXT};
 use crate::os::{self, PurgeMode};
 use crate::space::{self, SlotKind};
 use crate::stats::Counter;
@@ -275,7 +275,7 @@ impl RegionTable {
         let node = region as *const Region as *mut Region;
         let mut head = self.retired.load(Ordering::Relaxed);
         loop {
-            region.retired_next.store(head, Ordering::Relaxed);
+            region.link(RETIRED_NEXT).store(head, Ordering::Relaxed);
             // Release publishes the link (and the retirement) to the writer's Acquire swap.
             match self.retired.compare_exchange_weak(
                 head,
@@ -519,7 +519,7 @@ impl RegionTable {
             unsafe { r.lock.reset_after_fork() };
             if r.kind() != RegionKind::Free && r.state() == RegionState::Retired {
                 let node = r as *const Region as *mut Region;
-                r.retired_next
+                r.link(RETIRED_NEXT)
                     .store(self.retired.load(Ordering::Relaxed), Ordering::Relaxed);
                 self.retired.store(node, Ordering::Relaxed);
             }
@@ -629,7 +629,7 @@ impl Writer<'_> {
         while !r.is_null() {
             // SAFETY: retired regions stay attached until this writer frees them.
             let region: &'static Region = unsafe { &*r };
-            r = region.retired_next.load(Ordering::Relaxed);
+            r = region.link(RETIRED_NEXT).load(Ordering::Relaxed);
             if region.kind() == RegionKind::Segment {
                 space::set_kind(region.start(), region.len(), SlotKind::Table);
             }

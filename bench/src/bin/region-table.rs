@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// (readers are preempted while they hold locks, the case a global lock handles worst).
 const READER_COUNTS: [usize; 5] = [1, 2, 4, 8, 16];
 /// Long-lived objects the readers look up (the third argument overrides it): 16 Ki
-/// objects plus the free gaps between them make ~32 Ki regions, whose descriptors (4 MiB)
+/// objects plus the free gaps between them make ~32 Ki regions, whose descriptors (2 MiB)
 /// and tree no longer fit in this machine's caches, as in a big process. At 4 Ki objects
 /// and below a lookup costs the same as the baseline's; see the report in issue 3.
 const DEFAULT_OBJECTS: usize = 16 * 1024;
