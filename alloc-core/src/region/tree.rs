@@ -24,8 +24,9 @@ const NODE_BYTES: usize = 256;
 /// Entries per node: a key word and a slot word each, after the 8-byte header.
 const FANOUT: usize = (NODE_BYTES - 8) / 16;
 /// Every node but the root holds at least this many entries, so `L` levels hold at least
-/// `2 * MIN_FILL^(L-1)` entries. Splitting `FANOUT + 1` entries, or merging an underfull
-/// node (`MIN_FILL - 1`) with a sibling, yields nodes of at least `MIN_FILL`.
+/// `2 * MIN_FILL^(L-1)` entries. Splitting `FANOUT + 1` entries, filling a left sibling
+/// up from them (the rest keeps at least `MIN_FILL`), or merging an underfull node
+/// (`MIN_FILL - 1`) with a sibling, yields nodes of at least `MIN_FILL`.
 const MIN_FILL: usize = FANOUT / 2;
 const _: () = assert!(MIN_FILL >= 2 && FANOUT.div_ceil(2) >= MIN_FILL);
 /// Sizes the writers' path arrays: 14 levels would need 2 * 7^13 ≈ 2e11 entries, more
@@ -512,7 +513,8 @@ impl RangeTree {
 
 impl Writer<'_> {
     /// Climbs `path` from the leaf, building each level's replacement from `entries`:
-    /// an underfull node merges with (or borrows from) a sibling, an overfull one splits,
+    /// an underfull node merges with (or borrows from) a sibling, an overfull one fills
+    /// its left sibling up or, when that is full or absent, splits,
     /// and a root left with one child gives way to it. Returns the new root.
     fn rebuild(&mut self, path: &Path, entries: &mut Entries) -> Result<*mut Node, TreeError> {
         // Two buffers, swapped per level: an `Entries` is too big to move around.
@@ -525,7 +527,21 @@ impl Writer<'_> {
             let parent = unsafe { &*path.nodes[level - 1] };
             let at = path.index[level - 1];
             let mut replaced = at..at + 1;
-            if entries.len < MIN_FILL {
+            let mut fill_left = false;
+            if entries.len > FANOUT && at > 0 {
+                // Overfull: hand entries to the left sibling while it has room rather than
+                // split (as a B*-tree does). Ascending inserts, an arena carved from its
+                // low end, would otherwise leave every node half full for good, and a
+                // reader's descent would cross twice the nodes a full tree spreads over.
+                // SAFETY: as above.
+                let s = unsafe { &*parent.child(at - 1) };
+                if (s.len as usize) < FANOUT {
+                    self.retired_push(s);
+                    entries.prepend(s);
+                    replaced.start = at - 1;
+                    fill_left = true;
+                }
+            } else if entries.len < MIN_FILL {
                 // Non-root nodes hold >= 2 entries, so there is a sibling to lean on.
                 let sibling = if at > 0 { at - 1 } else { at + 1 };
                 // SAFETY: as above.
@@ -541,7 +557,7 @@ impl Writer<'_> {
             }
             up.len = 0;
             up.extend(parent, 0..replaced.start);
-            self.emit(entries, height, up)?;
+            self.emit(entries, height, fill_left, up)?;
             up.extend(parent, replaced.end..parent.len as usize);
             core::mem::swap(&mut entries, &mut up);
             height += 1;
@@ -554,7 +570,7 @@ impl Writer<'_> {
         }
         if height == 0 || entries.len > 1 {
             up.len = 0;
-            self.emit(entries, height, up)?;
+            self.emit(entries, height, false, up)?;
             entries = up;
             height += 1;
         }
@@ -565,11 +581,23 @@ impl Writer<'_> {
         }
     }
 
-    /// Builds `entries` as one node, or as two halves if they do not fit, and pushes
-    /// (smallest key, node) for each onto `up`.
-    fn emit(&mut self, entries: &Entries, height: u32, up: &mut Entries) -> Result<(), TreeError> {
+    /// Builds `entries` as one node, or as two if they do not fit, and pushes (smallest
+    /// key, node) for each onto `up`. Two nodes are halves, or with `fill_left` (entries
+    /// of an overfull node and its left sibling, at most `2 * FANOUT`) a full left node
+    /// and the rest, which is never below `MIN_FILL`.
+    fn emit(
+        &mut self,
+        entries: &Entries,
+        height: u32,
+        fill_left: bool,
+        up: &mut Entries,
+    ) -> Result<(), TreeError> {
         let n = entries.len;
-        let cut = if n <= FANOUT { n } else { n / 2 };
+        let cut = match (n <= FANOUT, fill_left) {
+            (true, _) => n,
+            (false, true) => FANOUT.min(n - MIN_FILL),
+            (false, false) => n / 2,
+        };
         for range in [0..cut, cut..n].into_iter().filter(|r| !r.is_empty()) {
             let node = self.node(entries, range.clone(), height)?;
             up.push(entries.keys[range.start], node.expose_provenance());
@@ -939,6 +967,45 @@ mod tests {
             }
             check(&tree);
             assert_eq!(entries(&tree), model.into_iter().collect::<Vec<_>>());
+        }
+    }
+
+    /// Leaves and their mean fill, in entries per leaf.
+    fn leaf_fill(tree: &RangeTree) -> f64 {
+        fn leaves(n: &Node) -> usize {
+            match n.height {
+                0 => 1,
+                // SAFETY: test trees have no concurrent writer.
+                _ => (0..n.len as usize)
+                    .map(|i| leaves(unsafe { &*n.child(i) }))
+                    .sum(),
+            }
+        }
+        // SAFETY: as above.
+        let root = unsafe { &*tree.root.load(Ordering::Acquire) };
+        tree.len() as f64 / leaves(root) as f64
+    }
+
+    /// Ascending inserts, and inserts just below a last key (an arena carved from its low
+    /// end, its free tail last), fill nodes up instead of leaving each half full.
+    #[test]
+    fn ascending_inserts_fill_nodes() {
+        let g = epoch::pin();
+        for below_tail in [false, true] {
+            let tree = RangeTree::new();
+            // SAFETY: single-threaded test: writers are serialised.
+            unsafe {
+                if below_tail {
+                    tree.insert(usize::MAX, 0, &g).unwrap();
+                }
+                for k in 0..20_000 {
+                    tree.insert(k, k, &g).unwrap();
+                }
+            }
+            check(&tree);
+            let fill = leaf_fill(&tree);
+            assert!(fill > 0.85 * FANOUT as f64, "{fill:.1} entries per leaf");
+            assert_eq!(levels(&tree), 4);
         }
     }
 
