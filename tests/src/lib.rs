@@ -2,6 +2,8 @@
 
 use std::process::{Command, Output};
 
+pub mod tiling;
+
 /// Runs this test binary again, executing only its `child_entry` test with
 /// `RANGEALLOC_TEST_CHILD=mode` (and `RANGEALLOC_OPTIONS=options` when given): the way
 /// to test what aborts, options read once per process, and process-wide limits.

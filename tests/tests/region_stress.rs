@@ -19,7 +19,6 @@
 use rangealloc_core::os::{PurgeMode, PAGE_SIZE};
 use rangealloc_core::region::table::{RetireError, ARENA_SIZE};
 use rangealloc_core::region::{RegionKind, RegionState, RegionTable};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +52,7 @@ static LOOKUPS: AtomicU64 = AtomicU64::new(0);
 static FOUND: AtomicU64 = AtomicU64::new(0);
 static WRITES: AtomicU64 = AtomicU64::new(0);
 
+use rangealloc_tests::tiling::{check_dirty_accounting, check_tiling, free_dirtiness, regions};
 use rangealloc_tests::XorShift as Rng;
 
 fn write_count() {
@@ -293,80 +293,6 @@ fn purger(stop: &AtomicBool) -> u64 {
     passes
 }
 
-type Region = (usize, usize, RegionKind, RegionState);
-
-fn regions() -> Vec<Region> {
-    let mut all = Vec::new();
-    TABLE.for_each_region(|s, l, k, st| all.push((s, l, k, st)));
-    all
-}
-
-/// Free regions' dirtiness (`dirty_since != 0`), by start address.
-fn free_dirtiness() -> HashMap<usize, bool> {
-    let mut dirty = HashMap::new();
-    TABLE.for_each_free_region(|s, _, d| {
-        dirty.insert(s, d);
-    });
-    dirty
-}
-
-/// The regions tile the reserved space: sorted, no overlap, contiguous runs that start
-/// on an arena boundary and end on one, total length equal to the reservation. Free
-/// regions are coalesced: two adjacent free regions of one arena differ in dirtiness
-/// (dirty and clean space never merge, by design).
-fn check_tiling(all: &[Region]) {
-    let dirty = free_dirtiness();
-    assert!(
-        all.windows(2).all(|w| w[0].0 < w[1].0),
-        "walk not in address order"
-    );
-    let mut total = 0;
-    let mut run_start = all[0].0;
-    for (i, &(s, l, k, _)) in all.iter().enumerate() {
-        assert!(
-            l > 0 && s % PAGE_SIZE == 0 && l % PAGE_SIZE == 0,
-            "bad region {s:#x}+{l:#x}"
-        );
-        total += l;
-        if i > 0 {
-            let (ps, pl, pk, _) = all[i - 1];
-            assert!(ps + pl <= s, "regions overlap: {ps:#x}+{pl:#x} and {s:#x}");
-            if ps + pl < s {
-                assert_eq!(
-                    (ps + pl) % ARENA_SIZE,
-                    0,
-                    "gap inside an arena at {:#x}",
-                    ps + pl
-                );
-                assert_eq!(s % ARENA_SIZE, 0, "gap inside an arena before {s:#x}");
-                run_start = s;
-            } else if pk == RegionKind::Free
-                && k == RegionKind::Free
-                && ps / ARENA_SIZE == s / ARENA_SIZE
-            {
-                assert_ne!(
-                    dirty[&ps], dirty[&s],
-                    "uncoalesced free regions at {s:#x} (both dirty: {})",
-                    dirty[&s]
-                );
-            }
-        }
-        assert_eq!(run_start % ARENA_SIZE, 0, "arena start {run_start:#x}");
-    }
-    assert_eq!(
-        total,
-        TABLE.space().reserved,
-        "regions do not add up to the reservation"
-    );
-}
-
-/// `dirty_bytes` is the total length of the free regions labelled dirty.
-fn check_dirty_accounting() {
-    let mut labelled = 0;
-    TABLE.for_each_free_region(|_, l, d| labelled += if d { l } else { 0 });
-    assert_eq!(TABLE.dirty_bytes(), labelled, "dirty byte accounting");
-}
-
 /// Counts a thread as finished when it ends, by return or by panic (the panic itself
 /// then fails the test at `join`, not as a false deadlock).
 struct Finished(Arc<AtomicUsize>);
@@ -437,8 +363,8 @@ fn region_table_stress() {
     // The live set is exactly the stable objects plus what the churners kept.
     write_count();
     TABLE.collect_retired();
-    let all = regions();
-    check_tiling(&all);
+    let all = regions(&TABLE);
+    check_tiling(&TABLE, &all);
     let mut expected: Vec<(usize, usize)> = layout.stable.clone();
     expected.extend(churned.lock().unwrap().iter().copied());
     expected.sort_unstable();
@@ -452,7 +378,7 @@ fn region_table_stress() {
         .collect();
     assert_eq!(live, expected, "lost or duplicated object regions");
     assert_eq!(TABLE.live_regions(), expected.len());
-    check_dirty_accounting();
+    check_dirty_accounting(&TABLE);
 
     // Counters: every lookup ended either on the fast path or on the slow path, each slow
     // path followed an abort, a miss or exhausted retries, and every writer-mutex
@@ -505,7 +431,7 @@ fn region_table_stress() {
     }
     write_count();
     TABLE.collect_retired();
-    check_tiling(&regions());
+    check_tiling(&TABLE, &regions(&TABLE));
     loop {
         write_count();
         if TABLE.purge(0, PurgeMode::DontNeed, usize::MAX) == 0 {
@@ -513,11 +439,11 @@ fn region_table_stress() {
         }
         write_count(); // the purge's second update, which merges what it cleaned
     }
-    let all = regions();
-    check_tiling(&all);
+    let all = regions(&TABLE);
+    check_tiling(&TABLE, &all);
     assert!(all.iter().all(|r| r.2 == RegionKind::Free));
     assert!(
-        free_dirtiness().values().all(|&d| !d),
+        free_dirtiness(&TABLE).values().all(|&d| !d),
         "dirty space left after purging"
     );
     for w in all.windows(2) {
@@ -527,7 +453,7 @@ fn region_table_stress() {
         );
     }
     assert_eq!(TABLE.live_regions(), 0);
-    check_dirty_accounting();
+    check_dirty_accounting(&TABLE);
 }
 
 /// `allocate_roomy` must honour `align` like `allocate` does. It centres the object in a

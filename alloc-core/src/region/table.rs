@@ -356,7 +356,8 @@ impl RegionTable {
         self.write(|_| ())
     }
 
-    /// Purges free regions dirty for at least `delay_ms`, at most `budget` bytes. The
+    /// Purges free regions dirty for at least `delay_ms`, at most `budget` bytes and 16
+    /// regions (call again while it returns nonzero to purge them all). The
     /// writer mutex is held only to pick them; each `madvise` runs under the region's
     /// read lock alone, so a writer wanting that region waits, and no other does.
     pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {

@@ -1,0 +1,279 @@
+//! Randomized model test of the region table (issue 3): thousands of random sequences of
+//! placements (a free region split), grows and shrinks (resizes), frees and collections
+//! (merges), and purges (dirty space turned clean), each step checked against a
+//! `BTreeMap` model of the live and the freed-but-not-yet-collected objects.
+//!
+//! After every step: the walk of the table shows exactly the model's objects, with their
+//! state; the regions tile the reservation and free space is coalesced; `dirty_bytes`
+//! and `live_regions` agree with the walk; lookups of random addresses inside objects,
+//! inside free space and outside every arena find what the model says. A grow is
+//! predicted from the layout before it (it must succeed exactly when the next region is
+//! free and long enough), and a placement must land on free space. Each sequence ends
+//! by freeing what it placed; every 250th then purges everything, after which each arena
+//! must be one free region again.
+//!
+//! The table is a private `RegionTable`, and the binary keeps the system allocator.
+//! Deterministic: a failure replays from `SEED`.
+
+use rangealloc_core::os::{PurgeMode, PAGE_SIZE};
+use rangealloc_core::region::table::{RetireError, ARENA_SIZE};
+use rangealloc_core::region::{RegionKind, RegionState, RegionTable};
+use rangealloc_tests::tiling::{check_dirty_accounting, check_tiling, regions, Region};
+use rangealloc_tests::XorShift as Rng;
+use std::collections::BTreeMap;
+
+static TABLE: RegionTable = RegionTable::new();
+
+const SEED: u64 = 0x7265_6769_6f6e_6d64;
+const SEQUENCES: usize = 3000;
+/// Every `LONG_EVERY`th sequence runs `LONG_OPS` steps (deep fragmentation), the others
+/// `SHORT_OPS`.
+const SHORT_OPS: usize = 60;
+const LONG_OPS: usize = 4000;
+const LONG_EVERY: usize = 100;
+const FULL_PURGE_EVERY: usize = 250;
+
+/// Live objects and objects freed since the table last folded them into free space,
+/// both by start address.
+#[derive(Default)]
+struct Model {
+    live: BTreeMap<usize, usize>,
+    retired: BTreeMap<usize, usize>,
+}
+
+impl Model {
+    /// Whether `[start, start + len)` meets a live or retired object.
+    fn overlaps(&self, start: usize, len: usize) -> bool {
+        [&self.live, &self.retired].iter().any(|objects| {
+            objects
+                .range(..start + len)
+                .next_back()
+                .is_some_and(|(&s, &l)| s + l > start)
+        })
+    }
+
+    fn pick_live(&self, rng: &mut Rng) -> Option<(usize, usize)> {
+        let n = self.live.len();
+        (n > 0).then(|| {
+            let (&s, &l) = self.live.iter().nth(rng.below(n)).unwrap();
+            (s, l)
+        })
+    }
+}
+
+fn pages(rng: &mut Rng) -> usize {
+    let n = match rng.below(16) {
+        0..=11 => 1 + rng.below(8),
+        12..=14 => 1 + rng.below(256),
+        _ => 1 + rng.below(8192),
+    };
+    n * PAGE_SIZE
+}
+
+fn align(rng: &mut Rng) -> usize {
+    match rng.below(8) {
+        0 => 64 * 1024,
+        1 => 2 * 1024 * 1024,
+        _ => PAGE_SIZE,
+    }
+}
+
+/// The region starting right at `end`, as the walk `all` shows it.
+fn region_at(all: &[Region], end: usize) -> Option<Region> {
+    all.binary_search_by_key(&end, |r| r.0).ok().map(|i| all[i])
+}
+
+fn allocate(model: &mut Model, rng: &mut Rng) {
+    let (len, align) = (pages(rng), align(rng));
+    let placed = if rng.below(4) == 0 {
+        TABLE.allocate_roomy(len, align, RegionKind::Large)
+    } else {
+        TABLE.allocate(len, align, RegionKind::Large)
+    }
+    .expect("address space");
+    assert_eq!(placed.len, len);
+    assert_eq!(
+        placed.start % align,
+        0,
+        "placement ignores alignment {align:#x}"
+    );
+    // Frees made before this update were folded in first, so their space may be reused.
+    model.retired.clear();
+    assert!(
+        !model.overlaps(placed.start, len),
+        "placed {:#x}+{len:#x} over a live object",
+        placed.start
+    );
+    model.live.insert(placed.start, len);
+}
+
+fn grow(model: &mut Model, rng: &mut Rng) {
+    let Some((start, len)) = model.pick_live(rng) else {
+        return;
+    };
+    let delta = (1 + rng.below(16)) * PAGE_SIZE;
+    // With no free pending, the layout before the update is the one it works on.
+    let predicted = model.retired.is_empty().then(|| {
+        region_at(&regions(&TABLE), start + len)
+            .is_some_and(|(_, l, k, _)| k == RegionKind::Free && l >= delta)
+    });
+    let grown = TABLE.grow_in_place(start, len + delta);
+    model.retired.clear();
+    if let Some(predicted) = predicted {
+        assert_eq!(grown, predicted, "grow {start:#x}+{len:#x} by {delta:#x}");
+    }
+    if grown {
+        assert!(!model.overlaps(start + len, delta), "grew over an object");
+        model.live.insert(start, len + delta);
+    }
+}
+
+fn shrink(model: &mut Model, rng: &mut Rng) {
+    let Some((start, len)) = model.pick_live(rng) else {
+        return;
+    };
+    if len == PAGE_SIZE {
+        return;
+    }
+    let new_len = (1 + rng.below(len / PAGE_SIZE - 1)) * PAGE_SIZE;
+    assert!(TABLE.shrink_in_place(start, new_len));
+    model.retired.clear();
+    model.live.insert(start, new_len);
+}
+
+fn retire(model: &mut Model, rng: &mut Rng) {
+    let Some((start, len)) = model.pick_live(rng) else {
+        return;
+    };
+    if len > PAGE_SIZE && rng.below(4) == 0 {
+        let interior = start + (1 + rng.below(len / PAGE_SIZE - 1)) * PAGE_SIZE;
+        assert_eq!(TABLE.retire(interior), Err(RetireError::Interior));
+    }
+    assert_eq!(TABLE.retire(start), Ok(()));
+    if rng.below(4) == 0 {
+        assert_eq!(TABLE.retire(start), Err(RetireError::DoubleFree));
+    }
+    model.live.remove(&start);
+    model.retired.insert(start, len);
+}
+
+fn purge(model: &mut Model, rng: &mut Rng) {
+    let mode = if rng.below(2) == 0 {
+        PurgeMode::DontNeed
+    } else {
+        PurgeMode::Free
+    };
+    TABLE.purge(0, mode, (1 + rng.below(64)) * PAGE_SIZE);
+    model.retired.clear();
+}
+
+/// The walk shows exactly the model's objects; lookups agree with both.
+fn check(model: &Model, rng: &mut Rng) {
+    let all = regions(&TABLE);
+    check_tiling(&TABLE, &all);
+    check_dirty_accounting(&TABLE);
+    let mut live = BTreeMap::new();
+    let mut retired = BTreeMap::new();
+    for &(s, l, k, st) in &all {
+        match (k, st) {
+            (RegionKind::Free, _) => {}
+            (_, RegionState::Live) => assert!(live.insert(s, l).is_none()),
+            (_, RegionState::Retired) => assert!(retired.insert(s, l).is_none()),
+        }
+    }
+    assert_eq!(live, model.live, "live objects");
+    // A free the model still holds may already be folded in (an update ran since).
+    assert!(
+        retired.iter().all(|(s, l)| model.retired.get(s) == Some(l)),
+        "a retired region the model does not know"
+    );
+    assert_eq!(TABLE.live_regions(), model.live.len());
+
+    if let Some((start, len)) = model.pick_live(rng) {
+        let addr = start + rng.below(len);
+        let guard = TABLE.find_and_read_lock(addr).expect("a live object");
+        let r = guard.region();
+        assert_eq!((guard.start(), r.start(), r.len()), (start, start, len));
+        assert_eq!(
+            (r.kind(), r.state()),
+            (RegionKind::Large, RegionState::Live)
+        );
+        drop(guard);
+        assert_eq!(TABLE.object_len(start), Some(len));
+        if len > PAGE_SIZE {
+            assert_eq!(TABLE.object_len(start + PAGE_SIZE), None);
+        }
+    }
+    let free: Vec<&Region> = all.iter().filter(|r| r.2 == RegionKind::Free).collect();
+    if !free.is_empty() {
+        let &&(s, l, _, _) = &free[rng.below(free.len())];
+        let addr = s + rng.below(l);
+        let guard = TABLE
+            .find_and_read_lock(addr)
+            .expect("free space is a region");
+        assert_eq!(guard.region().kind(), RegionKind::Free);
+        assert!(guard.region().contains(addr));
+        drop(guard);
+        assert_eq!(TABLE.retire(addr), Err(RetireError::NotAllocated));
+        assert_eq!(TABLE.object_len(s), None);
+    }
+    assert!(TABLE.find_and_read_lock(PAGE_SIZE).is_none());
+}
+
+/// Frees everything the model holds and folds it into free space.
+fn release_all(model: &mut Model) {
+    for &start in model.live.keys() {
+        assert_eq!(TABLE.retire(start), Ok(()));
+    }
+    model.live.clear();
+    TABLE.collect_retired();
+    model.retired.clear();
+}
+
+#[test]
+fn region_table_matches_its_model() {
+    let mut rng = Rng(SEED);
+    let mut steps = 0;
+    let mut most_regions = 0;
+    for seq in 0..SEQUENCES {
+        let mut model = Model::default();
+        let ops = if seq % LONG_EVERY == LONG_EVERY - 1 {
+            LONG_OPS
+        } else {
+            SHORT_OPS
+        };
+        for _ in 0..ops {
+            match rng.below(16) {
+                0..=4 => allocate(&mut model, &mut rng),
+                5..=6 => grow(&mut model, &mut rng),
+                7..=8 => shrink(&mut model, &mut rng),
+                9..=12 => retire(&mut model, &mut rng),
+                13 => {
+                    TABLE.collect_retired();
+                    model.retired.clear();
+                }
+                _ => purge(&mut model, &mut rng),
+            }
+            check(&model, &mut rng);
+            steps += 1;
+            most_regions = most_regions.max(regions(&TABLE).len());
+        }
+        release_all(&mut model);
+        check(&model, &mut rng);
+        assert!(regions(&TABLE).iter().all(|r| r.2 == RegionKind::Free));
+        if seq % FULL_PURGE_EVERY == FULL_PURGE_EVERY - 1 {
+            // One call purges a batch of regions: repeat until nothing is left.
+            while TABLE.purge(0, PurgeMode::DontNeed, usize::MAX) > 0 {}
+            let all = regions(&TABLE);
+            check_tiling(&TABLE, &all);
+            assert_eq!(TABLE.dirty_bytes(), 0);
+            assert_eq!(
+                all.len(),
+                TABLE.space().reserved / ARENA_SIZE,
+                "empty clean arenas are one free region each: {all:x?}"
+            );
+        }
+    }
+    assert!(steps > SEQUENCES * SHORT_OPS);
+    eprintln!("{steps} steps, up to {most_regions} regions");
+}
