@@ -585,6 +585,10 @@ impl Writer<'_> {
     }
 
     fn new_region(&self, start: usize, len: usize, kind: RegionKind, zeroed: bool) -> *mut Region {
+        #[cfg(test)]
+        if super::tree::meta_budget::exhausted() {
+            return ptr::null_mut();
+        }
         let p = meta::alloc(
             core::mem::size_of::<Region>(),
             core::mem::align_of::<Region>(),
@@ -599,16 +603,23 @@ impl Writer<'_> {
     /// Takes `r` out of the tree and frees its descriptor after the grace period.
     fn detach(&mut self, r: &'static Region) {
         self.start_write(r);
+        // SAFETY: writer mutex held; removal never fails (the tree keeps spare nodes).
+        unsafe { self.table.tree.remove(r.start(), self.guard) };
+        self.discard(r);
+    }
+
+    /// Retires the descriptor of `r`, which the tree no longer reaches (removed, or its
+    /// key now holds another descriptor): out of the free index, marked detached, freed
+    /// after the grace period.
+    fn discard(&mut self, r: &'static Region) {
+        self.start_write(r);
         let p = r as *const Region as *mut Region;
         // SAFETY: writer mutex held; `r` may be indexed.
-        unsafe {
-            self.state.free.remove(p);
-            self.table.tree.remove(r.start(), self.guard);
-        }
+        unsafe { self.state.free.remove(p) };
         // Release (made visible by `end_write_all`): readers that still find `r` in an
         // old tree version see it detached once they see the new sequence.
         r.detached.store(true, Ordering::Release);
-        // SAFETY: unlinked from the tree; readers pinned now may still look at it.
+        // SAFETY: unreachable from the tree; readers pinned now may still look at it.
         unsafe { epoch::defer_meta_free(self.guard, p as *mut u8) };
     }
 
@@ -804,7 +815,10 @@ impl Writer<'_> {
         Some(())
     }
 
-    /// Cuts `[at, at + len)` out of the free region `free` as a new live region.
+    /// Cuts `[at, at + len)` out of the free region `free` as a new live region. All or
+    /// nothing: the descriptors are allocated and every tree insert (the steps that can
+    /// fail, for want of metadata) is made before `free` changes, and a failure undoes
+    /// what was published, so the table is as it was when this returns `None`.
     fn carve(
         &mut self,
         free: &'static Region,
@@ -829,38 +843,43 @@ impl Writer<'_> {
                 unsafe { meta::free(object as *mut u8) };
                 return None;
             }
+            // SAFETY: fresh, unpublished; the tail carries the free region's purge state.
+            unsafe { (*t).dirty_since.store(dirty, Ordering::Relaxed) };
             t
         } else {
             ptr::null_mut()
         };
-        self.start_write(free);
+        // The tail first: until `free` shrinks, readers in its range still find `free`
+        // (write-locked, so they wait for this update) or the tail, which is free space.
+        if !tail.is_null() && !self.insert(tail) {
+            // SAFETY: never published (`insert` freed the tail).
+            unsafe { meta::free(object as *mut u8) };
+            return None;
+        }
         let fp = free as *const Region as *mut Region;
-        // SAFETY: writer mutex held.
-        unsafe { self.state.free.remove(fp) };
         if at == start {
-            self.detach(free);
-        } else {
-            free.len.store(at - start, Ordering::Relaxed);
-            // SAFETY: as above; the head stays free.
-            unsafe { self.state.free.insert(fp) };
-        }
-        let ok = self.insert(object);
-        if !tail.is_null() {
-            // SAFETY: the tail carries the free region's purge state.
-            unsafe { (*tail).dirty_since.store(dirty, Ordering::Relaxed) };
-            if self.insert(tail) {
-                // SAFETY: writer mutex held; attached free region.
-                unsafe { self.state.free.insert(tail) };
+            // The object takes the free region's key in place: no allocation, no failure.
+            // SAFETY: writer mutex held, `start` is in the tree.
+            unsafe { self.table.tree.replace(start, object as usize, self.guard) };
+            self.discard(free);
+        } else if self.insert(object) {
+            // SAFETY: writer mutex held; out of the index before its length changes,
+            // back in after, as the head that stays free.
+            unsafe {
+                self.state.free.remove(fp);
+                free.len.store(at - start, Ordering::Relaxed);
+                self.state.free.insert(fp);
             }
-        }
-        if !ok {
-            // The tree could not take the node: give the range back as free space.
-            let back = self.new_region(at, len, RegionKind::Free, zeroed);
-            if !back.is_null() && self.insert(back) {
-                // SAFETY: as above.
-                self.coalesce(unsafe { &*back });
+        } else {
+            if !tail.is_null() {
+                // SAFETY: published above, so it goes the way of any detached region.
+                self.detach(unsafe { &*tail });
             }
             return None;
+        }
+        if !tail.is_null() {
+            // SAFETY: writer mutex held; attached free region.
+            unsafe { self.state.free.insert(tail) };
         }
         if kind == RegionKind::Segment {
             space::set_kind(at, len, SlotKind::Segment);
@@ -955,3 +974,7 @@ impl Writer<'_> {
         true
     }
 }
+
+#[cfg(all(test, not(loom)))]
+#[path = "table_tests.rs"]
+mod tests;

@@ -681,10 +681,36 @@ impl Drop for RangeTree {
 
 fn alloc_node() -> *mut Node {
     #[cfg(test)]
-    if tests::fail_this_alloc() {
+    if meta_budget::exhausted() {
         return ptr::null_mut();
     }
     meta::alloc(NODE_BYTES, core::mem::align_of::<Node>()) as *mut Node
+}
+
+/// Test-only fault injection for the region table's metadata (tree nodes here, region
+/// descriptors in the table's writer): how many allocations on this thread succeed
+/// before the next one fails as if `meta` were exhausted.
+#[cfg(test)]
+pub(crate) mod meta_budget {
+    use std::cell::Cell;
+
+    thread_local! {
+        static LEFT: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+
+    /// Lets `n` more allocations succeed (`usize::MAX`: no limit).
+    pub(crate) fn set(n: usize) {
+        LEFT.with(|left| left.set(n));
+    }
+
+    /// Counts one allocation; true when it must fail.
+    pub(crate) fn exhausted() -> bool {
+        LEFT.with(|left| {
+            let n = left.get();
+            left.set(n.saturating_sub(1));
+            n == 0
+        })
+    }
 }
 
 #[cfg(test)]
@@ -693,23 +719,9 @@ mod tests {
     use rand::rngs::SmallRng;
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
-    use std::cell::Cell;
     use std::collections::BTreeMap;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
-
-    thread_local! {
-        /// Node allocations on this thread that succeed before `alloc_node` fails.
-        static ALLOCS_LEFT: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-
-    pub(super) fn fail_this_alloc() -> bool {
-        ALLOCS_LEFT.with(|left| {
-            let n = left.get();
-            left.set(n.saturating_sub(1));
-            n == 0
-        })
-    }
 
     fn entries(tree: &RangeTree) -> Vec<(usize, usize)> {
         let mut out = Vec::new();
@@ -861,9 +873,9 @@ mod tests {
         let tree = RangeTree::new();
         let g = epoch::pin();
         let with_budget = |fail_at: usize, op: &dyn Fn() -> Result<(), TreeError>| {
-            ALLOCS_LEFT.with(|l| l.set(fail_at));
+            meta_budget::set(fail_at);
             let result = op();
-            ALLOCS_LEFT.with(|l| l.set(usize::MAX));
+            meta_budget::set(usize::MAX);
             assert!(matches!(result, Ok(()) | Err(TreeError::OutOfMemory)));
             result.is_ok()
         };
@@ -896,10 +908,10 @@ mod tests {
         for k in (0..FANOUT * FANOUT * 3).rev() {
             // SAFETY: as above; only this thread touches the spares.
             let stock = unsafe { &*tree.spares.get() }.count;
-            ALLOCS_LEFT.with(|l| l.set(0));
+            meta_budget::set(0);
             // SAFETY: as above.
             assert_eq!(unsafe { tree.remove(k * 2, &g) }, Some(k));
-            ALLOCS_LEFT.with(|l| l.set(usize::MAX));
+            meta_budget::set(usize::MAX);
             // SAFETY: as above.
             assert!(k == 0 || unsafe { &*tree.spares.get() }.count < stock);
             tree.refill_spares(2 * levels(&tree) + 1).unwrap();

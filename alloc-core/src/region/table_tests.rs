@@ -1,0 +1,113 @@
+//! Unit tests of the table's writer where only fault injection reaches: updates that
+//! run out of metadata part-way must leave the table exactly as it was.
+
+use super::*;
+use crate::os::PAGE_SIZE;
+use crate::region::tree::meta_budget;
+
+type Snapshot = (
+    Vec<(usize, usize, RegionKind, RegionState)>,
+    Vec<(usize, usize, bool)>,
+    usize,
+    usize,
+);
+
+/// Everything observable about the layout: regions, free regions with their
+/// dirtiness, dirty bytes, live objects.
+fn snapshot(table: &RegionTable) -> Snapshot {
+    let mut regions = Vec::new();
+    table.for_each_region(|s, l, k, st| regions.push((s, l, k, st)));
+    let mut free = Vec::new();
+    table.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    (regions, free, table.dirty_bytes(), table.live_regions())
+}
+
+/// The regions tile the reservation, and `dirty_bytes` is what the labels say.
+fn check_layout(table: &RegionTable) {
+    let (regions, free, dirty, _) = snapshot(table);
+    let reserved: usize = regions.iter().map(|r| r.1).sum();
+    assert_eq!(reserved, table.space().reserved);
+    for w in regions.windows(2) {
+        let (s, l) = (w[0].0, w[0].1);
+        assert!(
+            s + l == w[1].0 || (s + l) % ARENA_SIZE == 0,
+            "gap after {s:#x}"
+        );
+    }
+    let labelled: usize = free.iter().filter(|f| f.2).map(|f| f.1).sum();
+    assert_eq!(dirty, labelled, "dirty accounting");
+}
+
+/// Every placement kind (at a free region's start or inside it, with or without a
+/// tail, plain or roomy, in dirty or clean space) failed at each of its metadata
+/// allocations in turn: descriptors first, then the tree nodes of each insert. Each
+/// failure must change nothing; the first budget that suffices must succeed.
+#[test]
+fn a_placement_out_of_metadata_changes_nothing() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let mut objects = Vec::new();
+    for i in 0..64 {
+        let len = (1 + i % 3) * PAGE_SIZE;
+        objects.push(
+            table
+                .allocate(len, PAGE_SIZE, RegionKind::Large)
+                .unwrap()
+                .start,
+        );
+    }
+    // Dirty gaps of one to three pages between the survivors; clean space after them.
+    for (i, &start) in objects.iter().enumerate() {
+        if i % 4 == 1 {
+            table.retire(start).unwrap();
+        }
+    }
+    table.collect_retired();
+    assert!(table.dirty_bytes() > 0);
+    let cases = [
+        (PAGE_SIZE, PAGE_SIZE, false),
+        (2 * PAGE_SIZE, PAGE_SIZE, false),
+        (8 * PAGE_SIZE, PAGE_SIZE, false),
+        (PAGE_SIZE, 64 * 1024, false),
+        (5 * PAGE_SIZE, 2 * 1024 * 1024, false),
+        (2 * PAGE_SIZE, PAGE_SIZE, true),
+        (64 * PAGE_SIZE, PAGE_SIZE, true),
+    ];
+    let mut most_failures = 0;
+    for (len, align, roomy) in cases {
+        let mut failures = 0;
+        let placed = (0..64)
+            .find_map(|budget| {
+                let before = snapshot(table);
+                meta_budget::set(budget);
+                let placed = if roomy {
+                    table.allocate_roomy(len, align, RegionKind::Large)
+                } else {
+                    table.allocate(len, align, RegionKind::Large)
+                };
+                meta_budget::set(usize::MAX);
+                if placed.is_none() {
+                    assert_eq!(
+                        snapshot(table),
+                        before,
+                        "budget {budget}: {len:#x} @ {align:#x}"
+                    );
+                    failures += 1;
+                }
+                placed
+            })
+            .expect("enough metadata eventually");
+        // The object's descriptor at least (an exact fit at a free region's start takes
+        // its key in place: no tree node); a tail or a placement inside the free region
+        // adds a descriptor and the nodes of one or two inserts.
+        assert!(failures >= 1);
+        most_failures = most_failures.max(failures);
+        assert_eq!(placed.len, len);
+        assert_eq!(placed.start % align, 0);
+        assert_eq!(table.object_len(placed.start), Some(len));
+        check_layout(table);
+    }
+    assert!(
+        most_failures >= 4,
+        "no placement failed inside its tree inserts"
+    );
+}
