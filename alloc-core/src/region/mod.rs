@@ -5,8 +5,9 @@
 //! - `tree`: the ordered map from start address to region, readable without locks
 //!   (copy-on-write B+tree published by one atomic store, reclaimed by epoch).
 //! - `lock`: the per-region lock word and the table sequence (kernel per-VMA locks).
-//! - `table`: `RegionTable`, its writer mutex, the read side (`find_and_read_lock`) and
-//!   the structural updates (allocate, retire, grow, shrink, coalesce, purge).
+//! - `table`: `RegionTable`, its writer mutex, the read side (`find_and_read_lock`,
+//!   `retire`) and purge; `table/writer.rs` holds the structural updates (allocate,
+//!   grow, shrink, coalesce).
 //! - `free_index`: free regions binned by size, for placement (writer-side only).
 //! - `epoch`: our own crossbeam-epoch collector.
 

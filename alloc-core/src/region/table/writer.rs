@@ -1,0 +1,449 @@
+//! The table's write side: `Writer`, one structural update in progress (writer mutex
+//! held, thread pinned), and every change it makes to the tree, the descriptors and the
+//! free index: placement (`allocate`, `allocate_roomy`, `carve`, new arenas), resizing
+//! in place (`grow`, `shrink`), folding freed objects back into free space
+//! (`drain_retired`, `coalesce`, `absorb`) and detaching descriptors. Each change
+//! write-locks the regions it touches (`start_write`); `RegionTable::write` ends the
+//! update with one `end_write_all`. Calls `tree`, `free_index`, `epoch`, `meta`, `os`
+//! and `space`.
+
+use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGED_AT_RETIRE};
+use crate::meta;
+use crate::os;
+use crate::region::epoch;
+use crate::region::{Region, RegionKind, RegionState, RETIRED_NEXT};
+use crate::space::{self, SlotKind};
+use crate::sync::atomic::Ordering;
+use core::ptr;
+use crossbeam_epoch::Guard;
+
+/// One structural update in progress: the writer mutex is held and the thread pinned.
+pub(super) struct Writer<'a> {
+    pub(super) table: &'a RegionTable,
+    pub(super) state: &'a mut WriterState,
+    pub(super) guard: &'a Guard,
+}
+
+/// The arena a range belongs to: regions merge only within one reservation, since a
+/// range spanning two kernel mappings cannot be moved with `mremap`.
+fn arena_of(addr: usize) -> usize {
+    addr & !(ARENA_SIZE - 1)
+}
+
+impl Writer<'_> {
+    fn start_write(&self, r: &Region) {
+        // SAFETY: we hold the writer mutex and `write()` ends the update.
+        unsafe { r.lock.start_write(&self.table.seq) }
+    }
+
+    fn region_at(&self, key: usize) -> Option<&'static Region> {
+        let value = self.table.tree.get(key, self.guard)?;
+        // SAFETY: tree values are descriptors; under the writer mutex, attached.
+        Some(unsafe { &*(value as *const Region) })
+    }
+
+    fn live_object_at(&self, addr: usize) -> Option<&'static Region> {
+        self.region_at(addr)
+            .filter(|r| r.kind() != RegionKind::Free && r.state() == RegionState::Live)
+    }
+
+    fn new_region(&self, start: usize, len: usize, kind: RegionKind, zeroed: bool) -> *mut Region {
+        #[cfg(test)]
+        if crate::region::tree::meta_budget::exhausted() {
+            return ptr::null_mut();
+        }
+        let p = meta::alloc(
+            core::mem::size_of::<Region>(),
+            core::mem::align_of::<Region>(),
+        ) as *mut Region;
+        if !p.is_null() {
+            // SAFETY: fresh metadata memory sized and aligned for a Region.
+            unsafe { p.write(Region::new(start, len, kind, zeroed)) };
+        }
+        p
+    }
+
+    /// Takes `r` out of the tree and frees its descriptor after the grace period.
+    fn detach(&mut self, r: &'static Region) {
+        self.start_write(r);
+        // SAFETY: writer mutex held; removal never fails (the tree keeps spare nodes).
+        unsafe { self.table.tree.remove(r.start(), self.guard) };
+        self.discard(r);
+    }
+
+    /// Retires the descriptor of `r`, which the tree no longer reaches (removed, or its
+    /// key now holds another descriptor): out of the free index, marked detached, freed
+    /// after the grace period.
+    fn discard(&mut self, r: &'static Region) {
+        self.start_write(r);
+        let p = r as *const Region as *mut Region;
+        // SAFETY: writer mutex held; `r` may be indexed.
+        unsafe { self.state.free.remove(p) };
+        // Release (made visible by `end_write_all`): readers that still find `r` in an
+        // old tree version see it detached once they see the new sequence.
+        r.detached.store(true, Ordering::Release);
+        // SAFETY: unreachable from the tree; readers pinned now may still look at it.
+        unsafe { epoch::defer_meta_free(self.guard, p as *mut u8) };
+    }
+
+    fn insert(&mut self, r: *mut Region) -> bool {
+        // SAFETY: writer mutex held; `r` is a fresh descriptor not yet published.
+        let inserted = unsafe { self.table.tree.insert((*r).start(), r as usize, self.guard) };
+        if inserted.is_err() {
+            // SAFETY: never published, so no reader can hold it.
+            unsafe { meta::free(r as *mut u8) };
+            return false;
+        }
+        true
+    }
+
+    pub(super) fn drain_retired(&mut self) {
+        // Acquire pairs with the Release pushes in `retire`.
+        let mut r = self.table.retired.swap(ptr::null_mut(), Ordering::Acquire);
+        let now = os::now_ms().max(1);
+        while !r.is_null() {
+            // SAFETY: retired regions stay attached until this writer frees them.
+            let region: &'static Region = unsafe { &*r };
+            r = region.link(RETIRED_NEXT).load(Ordering::Relaxed);
+            if region.kind() == RegionKind::Segment {
+                space::set_kind(region.start(), region.len(), SlotKind::Table);
+            }
+            self.start_write(region);
+            region.kind.store(RegionKind::Free as u8, Ordering::Relaxed);
+            region
+                .state
+                .store(RegionState::Live as u8, Ordering::Relaxed);
+            if region.dirty_since() == PURGED_AT_RETIRE {
+                region.dirty_since.store(0, Ordering::Relaxed);
+            } else {
+                region.zeroed.store(false, Ordering::Relaxed);
+                region.dirty_since.store(now, Ordering::Relaxed);
+                self.table
+                    .dirty_bytes
+                    .fetch_add(region.len(), Ordering::Relaxed);
+            }
+            self.coalesce(region);
+        }
+    }
+
+    /// Merges the free region `r` with free neighbours in its arena that are as dirty
+    /// as it is, and indexes it. Dirty and clean space stay apart (as jemalloc keeps its
+    /// dirty and retained extents apart): a merged region could only be called all
+    /// dirty, which would send placement into clean pages and purges over clean ones.
+    fn coalesce(&mut self, mut r: &'static Region) -> &'static Region {
+        // Dirtiness is read only after both regions are write-locked (a purge changes it
+        // under a read lock); `kind` and the range change only under the writer mutex.
+        let mergeable = |w: &mut Self, a: &'static Region, b: &'static Region| {
+            if a.kind() != RegionKind::Free
+                || b.kind() != RegionKind::Free
+                || a.end() != b.start()
+                || arena_of(a.start()) != arena_of(b.start())
+            {
+                return false;
+            }
+            w.start_write(a);
+            w.start_write(b);
+            (a.dirty_since() == 0) == (b.dirty_since() == 0)
+        };
+        if let Some((_, value)) = self.table.tree.prev_before(r.start(), self.guard) {
+            // SAFETY: tree value under the writer mutex.
+            let prev: &'static Region = unsafe { &*(value as *const Region) };
+            if mergeable(self, prev, r) {
+                self.absorb(prev, r);
+                r = prev;
+            }
+        }
+        if let Some((_, value)) = self.table.tree.next_after(r.start(), self.guard) {
+            // SAFETY: as above.
+            let next: &'static Region = unsafe { &*(value as *const Region) };
+            if mergeable(self, r, next) {
+                self.absorb(r, next);
+            }
+        }
+        let p = r as *const Region as *mut Region;
+        // SAFETY: writer mutex held; remove first since its length may have changed.
+        unsafe {
+            self.state.free.remove(p);
+            self.state.free.insert(p);
+        }
+        r
+    }
+
+    /// Coalesces every free region overlapping `[start, end)` (nothing if it is empty).
+    /// Costs one lookup per region now covering the range: the one region a purge
+    /// cleaned, unless writers cut it up between the purge's phases.
+    pub(super) fn coalesce_overlapping(&mut self, start: usize, end: usize) {
+        if start >= end {
+            return;
+        }
+        let mut next = self.table.tree.floor(start, self.guard);
+        while let Some((_, value)) = next {
+            // SAFETY: tree value under the writer mutex.
+            let mut r: &'static Region = unsafe { &*(value as *const Region) };
+            if r.start() >= end {
+                break;
+            }
+            // Dirty ones too: a purge-owned field read here, unlocked, could be stale, and
+            // `coalesce` reads dirtiness only after it write-locks both sides.
+            if r.end() > start && r.kind() == RegionKind::Free {
+                r = self.coalesce(r);
+            }
+            next = self.table.tree.next_after(r.start(), self.guard);
+        }
+    }
+
+    /// `left` (free) takes over its adjacent free neighbour `right`.
+    fn absorb(&mut self, left: &'static Region, right: &'static Region) {
+        // Both locked before their purge-owned fields are read (see `carve`).
+        self.start_write(left);
+        self.start_write(right);
+        let p = left as *const Region as *mut Region;
+        // SAFETY: writer mutex held; its bin depends on the length about to change.
+        unsafe { self.state.free.remove(p) };
+        let right_len = right.len();
+        let zeroed = left.is_zeroed() && right.is_zeroed();
+        let dirty = match (left.dirty_since(), right.dirty_since()) {
+            (0, d) | (d, 0) => d,
+            (a, b) => a.min(b),
+        };
+        self.detach(right);
+        left.len.fetch_add(right_len, Ordering::Relaxed);
+        left.zeroed.store(zeroed, Ordering::Relaxed);
+        left.dirty_since.store(dirty, Ordering::Relaxed);
+    }
+
+    pub(super) fn allocate(
+        &mut self,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+    ) -> Option<Placed> {
+        // SAFETY: writer mutex held.
+        let found = unsafe { self.state.free.find(len, align) };
+        let (free, at) = match found {
+            Some(hit) => hit,
+            None => {
+                self.add_arena(len, align)?;
+                // SAFETY: as above.
+                unsafe { self.state.free.find(len, align)? }
+            }
+        };
+        // SAFETY: indexed regions are attached descriptors.
+        let free: &'static Region = unsafe { &*free };
+        self.carve(free, at, len, kind)
+    }
+
+    /// Roomy placement, in order of preference: dirty space with room to grow (no
+    /// faults, no new RSS, and the next growth is in place), dirty space that just fits
+    /// (still no new RSS: a growing buffer most often finds the space its previous
+    /// incarnation left), clean space with room, then whatever `allocate` finds.
+    pub(super) fn allocate_roomy(
+        &mut self,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+    ) -> Option<Placed> {
+        const ROOM_FACTOR: usize = 4;
+        let want = len.saturating_mul(ROOM_FACTOR);
+        let free = &self.state.free;
+        // SAFETY: writer mutex held.
+        let found = unsafe {
+            free.find_dirty(want, align)
+                .map(|hit| (hit, true))
+                .or_else(|| free.find_dirty(len, align).map(|hit| (hit, false)))
+                .or_else(|| free.find_any(want, align).map(|hit| (hit, true)))
+        };
+        let Some(((region, at), roomy)) = found else {
+            return self.allocate(len, align, kind);
+        };
+        // SAFETY: indexed regions are attached descriptors.
+        let free: &'static Region = unsafe { &*region };
+        let at = if roomy {
+            // `find` guaranteed an aligned start with `want` bytes after it, so rounding
+            // the middle down can only fall back to that aligned start.
+            let middle = free.start() + (free.len() - len) / 2;
+            (middle & !(align - 1)).max(at)
+        } else {
+            at
+        };
+        self.carve(free, at, len, kind)
+    }
+
+    /// Reserves a new arena big enough for `len` at `align` and indexes it as free.
+    fn add_arena(&mut self, len: usize, align: usize) -> Option<()> {
+        let size = len
+            .checked_add(align)?
+            .checked_next_multiple_of(ARENA_SIZE)?;
+        let base = os::reserve(size, ARENA_SIZE).ok()?;
+        let r = self.new_region(base, size, RegionKind::Free, true);
+        if r.is_null() || !self.insert(r) {
+            // SAFETY: the reservation was never published.
+            let _ = unsafe { os::release(base, size) };
+            return None;
+        }
+        space::set_kind(base, size, SlotKind::Table);
+        self.state.reserved += size;
+        // SAFETY: writer mutex held; fresh attached free region.
+        unsafe { self.state.free.insert(r) };
+        Some(())
+    }
+
+    /// Cuts `[at, at + len)` out of the free region `free` as a new live region. All or
+    /// nothing: the descriptors are allocated and every tree insert (the steps that can
+    /// fail, for want of metadata) is made before `free` changes, and a failure undoes
+    /// what was published, so the table is as it was when this returns `None`.
+    fn carve(
+        &mut self,
+        free: &'static Region,
+        at: usize,
+        len: usize,
+        kind: RegionKind,
+    ) -> Option<Placed> {
+        // Write-lock first: a purge may be changing `zeroed`/`dirty_since` under its read
+        // lock, and `start_write` waits it out.
+        self.start_write(free);
+        let (start, end) = (free.start(), free.end());
+        let zeroed = free.is_zeroed();
+        let dirty = free.dirty_since();
+        let object = self.new_region(at, len, kind, zeroed);
+        if object.is_null() {
+            return None;
+        }
+        let tail = if at + len < end {
+            let t = self.new_region(at + len, end - at - len, RegionKind::Free, zeroed);
+            if t.is_null() {
+                // SAFETY: never published.
+                unsafe { meta::free(object as *mut u8) };
+                return None;
+            }
+            // SAFETY: fresh, unpublished; the tail carries the free region's purge state.
+            unsafe { (*t).dirty_since.store(dirty, Ordering::Relaxed) };
+            t
+        } else {
+            ptr::null_mut()
+        };
+        // The tail first: until `free` shrinks, readers in its range still find `free`
+        // (write-locked, so they wait for this update) or the tail, which is free space.
+        if !tail.is_null() && !self.insert(tail) {
+            // SAFETY: never published (`insert` freed the tail).
+            unsafe { meta::free(object as *mut u8) };
+            return None;
+        }
+        let fp = free as *const Region as *mut Region;
+        if at == start {
+            // The object takes the free region's key in place: no allocation, no failure.
+            // SAFETY: writer mutex held, `start` is in the tree.
+            unsafe { self.table.tree.replace(start, object as usize, self.guard) };
+            self.discard(free);
+        } else if self.insert(object) {
+            // SAFETY: writer mutex held; out of the index before its length changes,
+            // back in after, as the head that stays free.
+            unsafe {
+                self.state.free.remove(fp);
+                free.len.store(at - start, Ordering::Relaxed);
+                self.state.free.insert(fp);
+            }
+        } else {
+            if !tail.is_null() {
+                // SAFETY: published above, so it goes the way of any detached region.
+                self.detach(unsafe { &*tail });
+            }
+            return None;
+        }
+        if !tail.is_null() {
+            // SAFETY: writer mutex held; attached free region.
+            unsafe { self.state.free.insert(tail) };
+        }
+        if kind == RegionKind::Segment {
+            space::set_kind(at, len, SlotKind::Segment);
+        }
+        if dirty != 0 {
+            self.table.dirty_bytes.fetch_sub(len, Ordering::Relaxed);
+        }
+        Some(Placed {
+            start: at,
+            len,
+            zeroed,
+        })
+    }
+
+    pub(super) fn grow(&mut self, addr: usize, new_len: usize) -> bool {
+        let Some(r) = self.live_object_at(addr) else {
+            return false;
+        };
+        let delta = match new_len.checked_sub(r.len()) {
+            Some(0) | None => return true,
+            Some(d) => d,
+        };
+        let Some((_, value)) = self.table.tree.next_after(addr, self.guard) else {
+            return false;
+        };
+        // SAFETY: tree value under the writer mutex.
+        let next: &'static Region = unsafe { &*(value as *const Region) };
+        if next.kind() != RegionKind::Free
+            || next.start() != r.end()
+            || next.len() < delta
+            || arena_of(next.start()) != arena_of(addr)
+        {
+            return false;
+        }
+        self.start_write(r);
+        self.start_write(next);
+        if next.dirty_since() != 0 {
+            self.table.dirty_bytes.fetch_sub(delta, Ordering::Relaxed);
+        }
+        if next.len() == delta {
+            self.detach(next);
+        } else {
+            let np = next as *const Region as *mut Region;
+            // SAFETY: writer mutex held; no key lies between next.start and the new
+            // start, which stays inside `next`.
+            unsafe {
+                self.state.free.remove(np);
+                if self
+                    .table
+                    .tree
+                    .rekey(next.start(), next.start() + delta, self.guard)
+                    .is_err()
+                {
+                    self.state.free.insert(np);
+                    return false;
+                }
+                next.start.fetch_add(delta, Ordering::Relaxed);
+                next.len.fetch_sub(delta, Ordering::Relaxed);
+                self.state.free.insert(np);
+            }
+        }
+        r.len.store(new_len, Ordering::Relaxed);
+        true
+    }
+
+    pub(super) fn shrink(&mut self, addr: usize, new_len: usize) -> bool {
+        let Some(r) = self.live_object_at(addr) else {
+            return false;
+        };
+        if new_len >= r.len() || new_len == 0 {
+            return new_len == r.len();
+        }
+        let tail = self.new_region(addr + new_len, r.len() - new_len, RegionKind::Free, false);
+        if tail.is_null() {
+            return false;
+        }
+        let old_len = r.len();
+        self.start_write(r);
+        r.len.store(new_len, Ordering::Relaxed);
+        if !self.insert(tail) {
+            r.len.store(old_len, Ordering::Relaxed);
+            return false;
+        }
+        // SAFETY: just inserted, attached.
+        let tail = unsafe { &*tail };
+        tail.dirty_since
+            .store(os::now_ms().max(1), Ordering::Relaxed);
+        self.table
+            .dirty_bytes
+            .fetch_add(tail.len(), Ordering::Relaxed);
+        self.coalesce(tail);
+        true
+    }
+}
