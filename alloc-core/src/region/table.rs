@@ -135,6 +135,8 @@ pub struct RegionTable {
     /// Bytes in dirty free regions (written under the writer mutex, or by a purge that
     /// holds the region's read lock; Relaxed: a statistic that drives purging).
     dirty_bytes: AtomicUsize,
+    /// `madvise` calls made by `purge`.
+    pub purge_calls: Counter,
 }
 
 /// A live region's description for callers that placed it.
@@ -172,6 +174,7 @@ impl RegionTable {
             },
             live_regions: AtomicUsize::new(0),
             dirty_bytes: AtomicUsize::new(0),
+            purge_calls: Counter::new(),
         }
     }
 
@@ -363,6 +366,12 @@ impl RegionTable {
     /// regions (call again while it returns nonzero to purge them all). The
     /// writer mutex is held only to pick them; each `madvise` runs under the region's
     /// read lock alone, so a writer wanting that region waits, and no other does.
+    ///
+    /// Picking a region claims it: it is labelled clean (and leaves `dirty_bytes`) at
+    /// once, so a purge running beside this one (a `DIRTY_CAP` pass beside the timed one)
+    /// skips it instead of repeating the `madvise`, and nobody can see the label before
+    /// the pages are clean: everything that acts on a region's dirtiness write-locks it
+    /// first, which waits for our read lock. A failed `madvise` puts the label back.
     pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
         const BATCH: usize = 16;
         // No pin across the phases: the read references keep the picked regions attached
@@ -371,6 +380,7 @@ impl RegionTable {
         let _inside = Reentrancy::enter();
         let now = os::now_ms();
         let mut picked: [Option<ReadGuard>; BATCH] = [const { None }; BATCH];
+        let mut since_of = [0u64; BATCH];
         let mut count = 0;
         self.write(|w| {
             let mut bytes = 0;
@@ -385,11 +395,15 @@ impl RegionTable {
                         && now.saturating_sub(since) >= delay_ms
                     {
                         region.lock.read_lock_under_writer();
+                        // The claim (see above): under our read lock, as in phase two.
+                        region.dirty_since.store(0, Ordering::Relaxed);
+                        self.dirty_bytes.fetch_sub(region.len(), Ordering::Relaxed);
                         bytes += region.len();
                         picked[count] = Some(ReadGuard {
                             region,
                             start: region.start(),
                         });
+                        since_of[count] = since;
                         count += 1;
                     }
                 })
@@ -398,23 +412,26 @@ impl RegionTable {
         let mut purged = 0;
         // The ranges cleaned, as `(start, end)`; empty where the `madvise` failed.
         let mut cleaned: [(usize, usize); BATCH] = [(0, 0); BATCH];
-        for (read, slot) in picked.iter_mut().take(count).zip(cleaned.iter_mut()) {
+        for ((read, slot), &since) in picked
+            .iter_mut()
+            .take(count)
+            .zip(cleaned.iter_mut())
+            .zip(&since_of)
+        {
             let Some(read) = read.take() else { continue };
             let r = read.region();
+            self.purge_calls.inc();
             // SAFETY: a free region holds no live object, and our read reference keeps
             // any writer from handing it out until the call returns.
             if unsafe { os::purge(r.start(), r.len(), mode) }.is_ok() {
                 r.zeroed
                     .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
-                // A swap, not a store: two purges at once (a `DIRTY_CAP` pass beside the
-                // timed one) may both pick the region, the second while the first is in
-                // `madvise` and it still reads dirty. Only the one that cleans it counts
-                // it, or `dirty_bytes` would lose its length twice and wrap.
-                if r.dirty_since.swap(0, Ordering::Relaxed) != 0 {
-                    purged += r.len();
-                    self.dirty_bytes.fetch_sub(r.len(), Ordering::Relaxed);
-                    *slot = (r.start(), r.end());
-                }
+                purged += r.len();
+                *slot = (r.start(), r.end());
+            } else {
+                // Still dirty: unclaim it (still under our read lock).
+                r.dirty_since.store(since, Ordering::Relaxed);
+                self.dirty_bytes.fetch_add(r.len(), Ordering::Relaxed);
             }
         }
         if purged > 0 {
