@@ -11,16 +11,13 @@
 //!   our `malloc` with jemalloc's `sdallocx`, jemalloc frees a block it does not own, so
 //!   we answer the whole API ourselves.
 //!
-//! `mallctl` knows only `"epoch"` for now and answers `ENOENT` for every other name, as
-//! jemalloc does for names it does not have; the statistics names arrive with the
-//! engine's stats API. `xallocx` never resizes in place (it reports the current size,
+//! The `mallctl` family is in `mallctl.rs`. `xallocx` never resizes in place (it reports the current size,
 //! which jemalloc's contract allows). `nallocx` answers the engine's own size class
 //! (`rangealloc_core::good_size`), so it equals `sallocx` of the block `mallocx` returns.
 
 use crate::malloc::resize;
 use crate::{allocate, release, request_fits};
-use core::ffi::{c_char, c_int, c_void, CStr};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::ffi::{c_int, c_void};
 use rangealloc_core::{self as engine, MALLOC_ALIGN};
 
 /// glibc's compatibility `cfree`: `free`.
@@ -125,74 +122,4 @@ pub extern "C" fn nallocx(size: usize, flags: c_int) -> usize {
         return 0;
     }
     engine::good_size(size.max(1), align).unwrap_or(0)
-}
-
-// ---------------------------------------------------------------------------------------
-// mallctl: "epoch" only, ENOENT for everything else.
-// ---------------------------------------------------------------------------------------
-
-/// jemalloc's statistics epoch: bumped by each write of `"epoch"`.
-static EPOCH: AtomicU64 = AtomicU64::new(1);
-
-#[no_mangle]
-pub unsafe extern "C" fn mallctl(
-    name: *const c_char,
-    oldp: *mut c_void,
-    oldlenp: *mut usize,
-    newp: *mut c_void,
-    newlen: usize,
-) -> c_int {
-    if name.is_null() {
-        return libc::EINVAL;
-    }
-    // SAFETY: jemalloc's contract: `name` is a NUL-terminated string.
-    let name = unsafe { CStr::from_ptr(name) };
-    if name.to_bytes() != b"epoch" {
-        return libc::ENOENT;
-    }
-    const LEN: usize = core::mem::size_of::<u64>();
-    if !newp.is_null() && newlen != LEN {
-        return libc::EINVAL;
-    }
-    if !oldp.is_null() {
-        // SAFETY: jemalloc's contract: with `oldp`, `oldlenp` points to its length.
-        if oldlenp.is_null() || unsafe { oldlenp.read() } != LEN {
-            return libc::EINVAL;
-        }
-    }
-    if !newp.is_null() {
-        // Relaxed: the epoch orders nothing; it is a counter callers compare.
-        EPOCH.fetch_add(1, Ordering::Relaxed);
-    }
-    if !oldp.is_null() {
-        // SAFETY: `oldp` has room for `LEN` bytes (checked against `*oldlenp`); it may
-        // be unaligned.
-        unsafe {
-            oldp.cast::<u64>()
-                .write_unaligned(EPOCH.load(Ordering::Relaxed))
-        };
-    }
-    0
-}
-
-/// No MIB namespace yet: every name is unknown.
-#[no_mangle]
-pub unsafe extern "C" fn mallctlnametomib(
-    _name: *const c_char,
-    _mibp: *mut usize,
-    _miblenp: *mut usize,
-) -> c_int {
-    libc::ENOENT
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn mallctlbymib(
-    _mib: *const usize,
-    _miblen: usize,
-    _oldp: *mut c_void,
-    _oldlenp: *mut usize,
-    _newp: *mut c_void,
-    _newlen: usize,
-) -> c_int {
-    libc::ENOENT
 }

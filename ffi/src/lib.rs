@@ -15,6 +15,7 @@
 
 mod compat;
 mod cxx;
+mod mallctl;
 mod malloc;
 mod stats;
 

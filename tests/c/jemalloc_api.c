@@ -80,21 +80,72 @@ int main(void) {
     }
     CHECK(nallocx(SIZE_MAX, 0) == 0 && nallocx(PTRDIFF_MAX, MALLOCX_LG_ALIGN(12)) == 0);
 
-    /* mallctl: "epoch" works (read and refresh), other names are ENOENT. */
+    /* mallctl: "epoch" reads and refreshes; stats.* are the snapshot of the last epoch
+     * write; arenas.narenas and arena.<i>.purge as redis's MEMORY PURGE uses them. */
     uint64_t epoch = 1, got = 0;
     size_t len = sizeof got;
     CHECK(mallctl("epoch", &got, &len, &epoch, sizeof epoch) == 0 && got >= 1);
+    uint64_t next = 0;
+    CHECK(mallctl("epoch", &next, &len, &epoch, sizeof epoch) == 0 && next == got + 1);
     len = 3;
     CHECK(mallctl("epoch", &got, &len, NULL, 0) == EINVAL);
     CHECK(mallctl("epoch", NULL, NULL, &epoch, 3) == EINVAL);
-    size_t allocated = 0;
-    len = sizeof allocated;
-    CHECK(mallctl("stats.allocated", &allocated, &len, NULL, 0) == ENOENT);
+
+    size_t before = 0, after = 0, stale = 0, value = 0;
+    len = sizeof before;
+    CHECK(mallctl("epoch", NULL, NULL, &epoch, sizeof epoch) == 0);
+    CHECK(mallctl("stats.allocated", &before, &len, NULL, 0) == 0);
+    enum { BIG = 8 << 20 };
+    char *big = malloc(opaque(BIG));
+    CHECK(big != NULL);
+    memset(big, 1, BIG);
+    CHECK(mallctl("stats.allocated", &stale, &len, NULL, 0) == 0 && stale == before);
+    CHECK(mallctl("epoch", NULL, NULL, &epoch, sizeof epoch) == 0);
+    CHECK(mallctl("stats.allocated", &after, &len, NULL, 0) == 0 && after >= before + BIG);
+    size_t active = 0, resident = 0, mapped = 0, retained = 0, metadata = 0;
+    CHECK(mallctl("stats.active", &active, &len, NULL, 0) == 0 && active >= after);
+    CHECK(mallctl("stats.resident", &resident, &len, NULL, 0) == 0 && resident >= BIG);
+    CHECK(mallctl("stats.mapped", &mapped, &len, NULL, 0) == 0 && mapped >= active);
+    CHECK(mallctl("stats.retained", &retained, &len, NULL, 0) == 0);
+    CHECK(mallctl("stats.metadata", &metadata, &len, NULL, 0) == 0 && metadata > 0);
+    /* Read through volatile: the block must really exist (no malloc/free elision). */
+    CHECK(((volatile char *)big)[BIG - 1] == 1);
+    free(big);
+    CHECK(mallctl("stats.allocated", NULL, NULL, &value, sizeof value) == EPERM);
+    len = 4;
+    CHECK(mallctl("stats.allocated", &value, &len, NULL, 0) == EINVAL);
+
+    unsigned narenas = 0;
+    len = sizeof narenas;
+    CHECK(mallctl("arenas.narenas", &narenas, &len, NULL, 0) == 0 && narenas == 1);
+    char purge[32];
+    snprintf(purge, sizeof purge, "arena.%u.purge", narenas);
+    CHECK(mallctl(purge, NULL, NULL, NULL, 0) == 0);
+    CHECK(mallctl("arena.4096.purge", NULL, NULL, NULL, 0) == 0);
+    CHECK(mallctl("arena.7.purge", NULL, NULL, NULL, 0) == ENOENT);
+    len = sizeof value;
+    CHECK(mallctl("arena.0.purge", &value, &len, NULL, 0) == EPERM);
+
     CHECK(mallctl("no.such.name", NULL, NULL, NULL, 0) == ENOENT);
+    CHECK(mallctl("stats", NULL, NULL, NULL, 0) == ENOENT);
+    CHECK(mallctl("stats.allocated.x", NULL, NULL, NULL, 0) == ENOENT);
     CHECK(mallctl(NULL, NULL, NULL, NULL, 0) == EINVAL);
+
+    /* MIBs: one component per level, reusable with another arena index; a shorter
+     * *miblenp gives a prefix, which names nothing by itself. */
     size_t mib[4], miblen = 4;
-    CHECK(mallctlnametomib("arenas.narenas", mib, &miblen) == ENOENT);
+    CHECK(mallctlnametomib("stats.resident", mib, &miblen) == 0 && miblen == 2);
+    len = sizeof value;
+    CHECK(mallctlbymib(mib, miblen, &value, &len, NULL, 0) == 0 && value == resident);
+    miblen = 4;
+    CHECK(mallctlnametomib("arena.0.purge", mib, &miblen) == 0 && miblen == 3);
+    mib[1] = 4096;
+    CHECK(mallctlbymib(mib, miblen, NULL, NULL, NULL, 0) == 0);
+    miblen = 1;
+    CHECK(mallctlnametomib("stats.active", mib, &miblen) == 0 && miblen == 1);
     CHECK(mallctlbymib(mib, 1, NULL, NULL, NULL, 0) == ENOENT);
+    miblen = 4;
+    CHECK(mallctlnametomib("arenas.nope", mib, &miblen) == ENOENT);
 
     stats_print(write_cb, &written, NULL);
     CHECK(written > 0);

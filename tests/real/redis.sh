@@ -82,9 +82,13 @@ cli --no-raw dbsize | sed 's/(integer) //' | awk '{ print ($1 > 1000 ? "dbsize >
 
 # Allocator-facing commands: they must succeed (their numbers differ by allocator).
 cli info memory | grep -c '^used_memory:'
+# allocator_* come from mallctl("stats.allocated" / "stats.active" / "stats.resident").
+cli info memory | awk -F: '/^allocator_(allocated|active|resident):/ { if ($2 + 0 > 0) n++ }
+    END { print n + 0 " allocator statistics above zero" }'
 cli memory stats | grep -c 'allocator'
 cli memory malloc-stats >/dev/null && echo "malloc-stats answered"
-cli memory purge >/dev/null; echo "purge answered"
+# MEMORY PURGE: mallctl("arenas.narenas"), then "arena.<narenas>.purge"; OK or an error.
+cli memory purge
 cli flushall
 cli get greeting
 

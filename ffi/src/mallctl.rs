@@ -1,0 +1,267 @@
+//! jemalloc's `mallctl` family (`mallctl`, `mallctlnametomib`, `mallctlbymib`) over the
+//! part of jemalloc's namespace that programs linked against it read or drive, answered
+//! from the engine's statistics snapshot. Debian's `redis-server` is the reason: its
+//! `INFO memory` reads `stats.*` after writing `epoch`, and `MEMORY PURGE` reads
+//! `arenas.narenas` and runs `arena.<narenas>.purge`. Calls only the engine's snapshot
+//! and purge.
+//!
+//! Names (a MIB has one component per dot-separated level, as in jemalloc):
+//! - `epoch` (`uint64_t`, read/write): a write takes a new statistics snapshot, as
+//!   jemalloc refreshes its statistics; reads return the epoch.
+//! - `stats.allocated`, `stats.active`, `stats.resident`, `stats.mapped`,
+//!   `stats.retained`, `stats.metadata` (`size_t`, read-only): the snapshot taken at the
+//!   last `epoch` write (the first read takes one if none was).
+//! - `arenas.narenas` (`unsigned`, read-only): 1; rangealloc has no arenas to choose.
+//! - `arena.<i>.purge` (neither read nor written): purges every free region now, for
+//!   `i` of 0, 1 (`narenas`, jemalloc's older "all arenas") or 4096
+//!   (`MALLCTL_ARENAS_ALL`).
+//!
+//! Errors as jemalloc gives them: `ENOENT` for an unknown name, `EPERM` for writing a
+//! read-only name or reading or writing a void one, `EINVAL` for a length that does not
+//! match the value's type or a null name.
+
+use core::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use rangealloc_core as engine;
+
+/// jemalloc's statistics epoch: bumped by each write of `"epoch"`.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// The statistics as of the last `epoch` write, in `STAT_NAMES` order.
+static STATS: [AtomicUsize; STAT_NAMES.len()] = [const { AtomicUsize::new(0) }; 6];
+static STATS_TAKEN: AtomicBool = AtomicBool::new(false);
+
+const STAT_NAMES: [&str; 6] = [
+    "allocated",
+    "active",
+    "resident",
+    "mapped",
+    "retained",
+    "metadata",
+];
+
+/// `MALLCTL_ARENAS_ALL`.
+const ARENAS_ALL: usize = 4096;
+
+/// Top-level MIB components.
+const EPOCH_MIB: usize = 0;
+const STATS_MIB: usize = 1;
+const ARENAS_MIB: usize = 2;
+const ARENA_MIB: usize = 3;
+const MAX_MIB: usize = 3;
+
+/// A name resolved to what it controls.
+#[derive(Clone, Copy)]
+enum Ctl {
+    Epoch,
+    Stat(usize),
+    NArenas,
+    ArenaPurge,
+}
+
+/// `name` as a MIB, or `None` if it is not in the namespace.
+fn name_to_mib(name: &[u8]) -> Option<([usize; MAX_MIB], usize)> {
+    let name = core::str::from_utf8(name).ok()?;
+    let mut parts = name.split('.');
+    let mut mib = [0; MAX_MIB];
+    let len = match parts.next()? {
+        "epoch" => {
+            mib[0] = EPOCH_MIB;
+            1
+        }
+        "stats" => {
+            mib[0] = STATS_MIB;
+            let stat = parts.next()?;
+            mib[1] = STAT_NAMES.iter().position(|&n| n == stat)?;
+            2
+        }
+        "arenas" => {
+            mib[0] = ARENAS_MIB;
+            (parts.next()? == "narenas").then_some(())?;
+            2
+        }
+        "arena" => {
+            mib[0] = ARENA_MIB;
+            mib[1] = parts.next()?.parse().ok()?;
+            (parts.next()? == "purge").then_some(())?;
+            3
+        }
+        _ => return None,
+    };
+    parts.next().is_none().then_some((mib, len))
+}
+
+fn resolve(mib: &[usize]) -> Option<Ctl> {
+    match *mib {
+        [EPOCH_MIB] => Some(Ctl::Epoch),
+        [STATS_MIB, i] if i < STAT_NAMES.len() => Some(Ctl::Stat(i)),
+        [ARENAS_MIB, 0] => Some(Ctl::NArenas),
+        [ARENA_MIB, i, 0] if i <= 1 || i == ARENAS_ALL => Some(Ctl::ArenaPurge),
+        _ => None,
+    }
+}
+
+fn take_stats() {
+    let s = engine::snapshot::snapshot();
+    let values = [
+        s.allocated,
+        s.active,
+        s.resident,
+        s.mapped,
+        s.retained,
+        s.metadata,
+    ];
+    for (slot, v) in STATS.iter().zip(values) {
+        slot.store(v, Ordering::Relaxed);
+    }
+    STATS_TAKEN.store(true, Ordering::Release);
+}
+
+impl Ctl {
+    /// The size of the value read (0 for a name that has none).
+    fn value_size(self) -> usize {
+        match self {
+            Ctl::Epoch => size_of::<u64>(),
+            Ctl::Stat(_) => size_of::<usize>(),
+            Ctl::NArenas => size_of::<c_uint>(),
+            Ctl::ArenaPurge => 0,
+        }
+    }
+}
+
+/// Checks the request against jemalloc's rules, acts, then copies the value out.
+///
+/// # Safety
+/// As `mallctl`'s contract for `oldp`, `oldlenp` and `newp`.
+unsafe fn control(
+    ctl: Ctl,
+    oldp: *mut c_void,
+    oldlenp: *mut usize,
+    newp: *mut c_void,
+    newlen: usize,
+) -> c_int {
+    let (reads, writes) = (!oldp.is_null(), !newp.is_null());
+    let size = ctl.value_size();
+    let writable = matches!(ctl, Ctl::Epoch);
+    if (writes && !writable) || (reads && size == 0) {
+        return libc::EPERM;
+    }
+    if writes && newlen != size {
+        return libc::EINVAL;
+    }
+    // SAFETY: jemalloc's contract: with `oldp`, `oldlenp` points to its length.
+    if reads && (oldlenp.is_null() || unsafe { oldlenp.read() } != size) {
+        return libc::EINVAL;
+    }
+    let out = oldp;
+    match ctl {
+        Ctl::Epoch => {
+            if writes {
+                // Relaxed: the epoch orders nothing; it is a counter callers compare.
+                EPOCH.fetch_add(1, Ordering::Relaxed);
+                take_stats();
+            }
+            if reads {
+                let epoch = EPOCH.load(Ordering::Relaxed);
+                // SAFETY: `out` has room for the value (checked against `*oldlenp`
+                // above); it may be unaligned. The same below.
+                unsafe { out.cast::<u64>().write_unaligned(epoch) };
+            }
+        }
+        Ctl::Stat(i) => {
+            if !STATS_TAKEN.load(Ordering::Acquire) {
+                take_stats();
+            }
+            if reads {
+                let value = STATS[i].load(Ordering::Relaxed);
+                // SAFETY: as above.
+                unsafe { out.cast::<usize>().write_unaligned(value) };
+            }
+        }
+        Ctl::NArenas => {
+            if reads {
+                // SAFETY: as above.
+                unsafe { out.cast::<c_uint>().write_unaligned(1) };
+            }
+        }
+        Ctl::ArenaPurge => {
+            crate::stats::rangealloc_purge();
+        }
+    }
+    0
+}
+
+/// # Safety
+/// jemalloc's contract: `name` is a NUL-terminated string; `oldp`, when not null, has
+/// `*oldlenp` writable bytes; `newp`, when not null, has `newlen` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn mallctl(
+    name: *const c_char,
+    oldp: *mut c_void,
+    oldlenp: *mut usize,
+    newp: *mut c_void,
+    newlen: usize,
+) -> c_int {
+    if name.is_null() {
+        return libc::EINVAL;
+    }
+    // SAFETY: caller contract.
+    let name = unsafe { CStr::from_ptr(name) };
+    match name_to_mib(name.to_bytes()).and_then(|(mib, len)| resolve(&mib[..len])) {
+        // SAFETY: caller contract.
+        Some(ctl) => unsafe { control(ctl, oldp, oldlenp, newp, newlen) },
+        None => libc::ENOENT,
+    }
+}
+
+/// Translates `name` to a MIB of at most `*miblenp` components (a shorter prefix when
+/// `*miblenp` is smaller, as jemalloc allows), and stores the length used.
+///
+/// # Safety
+/// `name` is a NUL-terminated string; `mibp` has room for `*miblenp` words.
+#[no_mangle]
+pub unsafe extern "C" fn mallctlnametomib(
+    name: *const c_char,
+    mibp: *mut usize,
+    miblenp: *mut usize,
+) -> c_int {
+    if name.is_null() || mibp.is_null() || miblenp.is_null() {
+        return libc::EINVAL;
+    }
+    // SAFETY: caller contract.
+    let name = unsafe { CStr::from_ptr(name) };
+    let Some((mib, len)) = name_to_mib(name.to_bytes()) else {
+        return libc::ENOENT;
+    };
+    // SAFETY: caller contract.
+    let len = len.min(unsafe { miblenp.read() });
+    // SAFETY: `mibp` has room for `*miblenp >= len` words; `miblenp` is writable.
+    unsafe {
+        core::ptr::copy_nonoverlapping(mib.as_ptr(), mibp, len);
+        miblenp.write(len);
+    }
+    0
+}
+
+/// # Safety
+/// `mib` points to `miblen` words; `oldp`, `oldlenp`, `newp` as in `mallctl`.
+#[no_mangle]
+pub unsafe extern "C" fn mallctlbymib(
+    mib: *const usize,
+    miblen: usize,
+    oldp: *mut c_void,
+    oldlenp: *mut usize,
+    newp: *mut c_void,
+    newlen: usize,
+) -> c_int {
+    if mib.is_null() || miblen == 0 || miblen > MAX_MIB {
+        return libc::ENOENT;
+    }
+    // SAFETY: caller contract.
+    let mib = unsafe { core::slice::from_raw_parts(mib, miblen) };
+    match resolve(mib) {
+        // SAFETY: caller contract.
+        Some(ctl) => unsafe { control(ctl, oldp, oldlenp, newp, newlen) },
+        None => libc::ENOENT,
+    }
+}
