@@ -730,3 +730,93 @@ fn two_purges_of_one_region_count_its_bytes_once() {
         "dirty accounting after two purges of one region (bytes counted, bytes labelled)"
     );
 }
+
+/// Pages of `[start, start + len)` resident now (`mincore`).
+fn resident_pages(start: usize, len: usize) -> usize {
+    let mut vec = vec![0u8; len.div_ceil(PAGE_SIZE)];
+    // SAFETY: `[start, start + len)` is mapped (our table's arena); `vec` has one byte
+    // per page.
+    let rc = unsafe { libc::mincore(start as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore");
+    vec.iter().filter(|&&b| b & 1 != 0).count()
+}
+
+/// A fork while a purge is inside `madvise`: the purge had claimed its regions (stamped
+/// `PURGING`, out of `dirty_bytes`), and the child's copy of it never finishes. The child
+/// must see those regions dirty again and purge them itself; once, it kept them labelled
+/// clean with their pages resident, and `dirty_bytes` short of them, for good. (Found by
+/// review; made deterministic by waiting until the purge holds every region's read lock.)
+#[test]
+fn fork_during_a_purge_leaves_the_childs_claimed_regions_dirty() {
+    static T: RegionTable = RegionTable::new();
+    const BIG: usize = 32 << 20;
+    const CHILD_SECONDS: u32 = 10;
+    let mut objects = Vec::new();
+    for _ in 0..3 {
+        let o = T.allocate(BIG, PAGE_SIZE, RegionKind::Large).unwrap();
+        // A live separator, so the three freed objects stay three free regions.
+        T.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
+        // SAFETY: a fresh object of ours, `BIG` bytes long and mapped read/write.
+        unsafe { std::ptr::write_bytes(o.start as *mut u8, 1, BIG) };
+        objects.push(o.start);
+    }
+    for &o in &objects {
+        T.retire(o).unwrap();
+    }
+    T.collect_retired();
+    let regions: Vec<_> = objects
+        .iter()
+        .map(|&o| T.find_and_read_lock(o).unwrap().region())
+        .collect();
+    let purger = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
+    // Until the purge holds all three read locks (phase two), or is already done.
+    while regions.iter().any(|r| r.lock.readers() == 0) && !purger.is_finished() {
+        std::hint::spin_loop();
+    }
+    T.fork_prepare();
+    // SAFETY: the child only runs the table's code, `mincore` and `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: after `fork_prepare`, in the child; `alarm`/`_exit` are async-signal-safe.
+        unsafe {
+            T.fork_release();
+            rangealloc_core::region::epoch::after_fork_in_child();
+            T.after_fork_in_child();
+            libc::alarm(CHILD_SECONDS);
+        }
+        let mut labelled = 0;
+        T.for_each_free_region(|_, l, dirty| labelled += if dirty { l } else { 0 });
+        let accounted = T.dirty_bytes() == labelled;
+        while T.purge(0, PurgeMode::DontNeed, usize::MAX) > 0 {}
+        let mut resident_clean = 0;
+        T.for_each_free_region(|s, l, dirty| {
+            if objects.contains(&s) && !dirty && resident_pages(s, l) > 0 {
+                resident_clean += 1;
+            }
+        });
+        let code = if !accounted {
+            20
+        } else {
+            resident_clean.min(9)
+        };
+        // SAFETY: ends the child without running the harness's exit path.
+        unsafe { libc::_exit(code) };
+    }
+    // SAFETY: after `fork_prepare`, in the parent.
+    unsafe { T.fork_release() };
+    assert!(pid > 0, "fork failed");
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(purger.join().unwrap(), 3 * BIG);
+    assert!(
+        libc::WIFEXITED(status),
+        "child killed by signal {}",
+        libc::WTERMSIG(status)
+    );
+    match libc::WEXITSTATUS(status) {
+        0 => {}
+        20 => panic!("child: dirty_bytes disagrees with the dirty labels after fork"),
+        n => panic!("child: {n} free region(s) labelled clean but resident"),
+    }
+}

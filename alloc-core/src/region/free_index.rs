@@ -100,7 +100,7 @@ impl FreeIndex {
     /// Writer mutex held.
     pub unsafe fn find_dirty(&self, len: usize, align: usize) -> Option<(*mut Region, usize)> {
         // SAFETY: caller contract; indexed regions are live.
-        unsafe { self.find_where(len, align, |r| (*r).dirty_since() != 0) }
+        unsafe { self.find_where(len, align, |r| (*r).is_dirty()) }
     }
 
     /// `find` among all regions, in bin order.

@@ -181,4 +181,17 @@ impl Region {
     pub fn dirty_since(&self) -> u64 {
         self.dirty_since.load(Ordering::Relaxed)
     }
+
+    /// Whether a free region holds dirty pages: stamped, and not claimed by a purge
+    /// that is advising them now (`PURGING`: already out of `dirty_bytes`).
+    pub fn is_dirty(&self) -> bool {
+        let since = self.dirty_since();
+        since != 0 && since != PURGING
+    }
 }
+
+/// `dirty_since` of a free region a purge has picked and is advising under its read
+/// lock. Writers never see it (they write-lock the region first, which waits for the
+/// purge); placement, statistics and other purges treat it as clean; a fork child, whose
+/// copy of the purge never finishes, turns it back into a dirty stamp.
+pub(crate) const PURGING: u64 = u64::MAX - 1;

@@ -19,7 +19,7 @@ use super::epoch;
 use super::free_index::FreeIndex;
 use super::lock::TableSeq;
 use super::tree::RangeTree;
-use super::{Region, RegionKind, RegionState, RETIRED_NEXT};
+use super::{Region, RegionKind, RegionState, PURGING, RETIRED_NEXT};
 use crate::os::{self, PurgeMode};
 use crate::stats::Counter;
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
@@ -367,11 +367,12 @@ impl RegionTable {
     /// writer mutex is held only to pick them; each `madvise` runs under the region's
     /// read lock alone, so a writer wanting that region waits, and no other does.
     ///
-    /// Picking a region claims it: it is labelled clean (and leaves `dirty_bytes`) at
-    /// once, so a purge running beside this one (a `DIRTY_CAP` pass beside the timed one)
-    /// skips it instead of repeating the `madvise`, and nobody can see the label before
-    /// the pages are clean: everything that acts on a region's dirtiness write-locks it
-    /// first, which waits for our read lock. A failed `madvise` puts the label back.
+    /// Picking a region claims it: it is stamped `PURGING` (which reads as clean) and
+    /// leaves `dirty_bytes` at once, so a purge running beside this one (a `DIRTY_CAP`
+    /// pass beside the timed one) skips it instead of repeating the `madvise`. No writer
+    /// sees the stamp: everything that acts on a region's dirtiness write-locks it first,
+    /// which waits for our read lock. A failed `madvise` puts the dirty stamp back; a fork
+    /// child, whose copy of this purge never ends, does too (`after_fork_in_child`).
     pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
         const BATCH: usize = 16;
         // No pin across the phases: the read references keep the picked regions attached
@@ -388,15 +389,18 @@ impl RegionTable {
             unsafe {
                 w.state.free.for_each(|r| {
                     let region: &'static Region = &*r;
-                    let since = region.dirty_since();
+                    // Acquire pairs with the Release of a failed purge's un-claim, so
+                    // its `dirty_bytes` add comes before our subtraction.
+                    let since = region.dirty_since.load(Ordering::Acquire);
                     if count < BATCH
                         && bytes < budget
                         && since != 0
+                        && since != PURGING
                         && now.saturating_sub(since) >= delay_ms
                     {
                         region.lock.read_lock_under_writer();
                         // The claim (see above): under our read lock, as in phase two.
-                        region.dirty_since.store(0, Ordering::Relaxed);
+                        region.dirty_since.store(PURGING, Ordering::Relaxed);
                         self.dirty_bytes.fetch_sub(region.len(), Ordering::Relaxed);
                         bytes += region.len();
                         picked[count] = Some(ReadGuard {
@@ -426,12 +430,14 @@ impl RegionTable {
             if unsafe { os::purge(r.start(), r.len(), mode) }.is_ok() {
                 r.zeroed
                     .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
+                r.dirty_since.store(0, Ordering::Relaxed);
                 purged += r.len();
                 *slot = (r.start(), r.end());
             } else {
-                // Still dirty: unclaim it (still under our read lock).
-                r.dirty_since.store(since, Ordering::Relaxed);
+                // Still dirty: un-claim it (still under our read lock). Bytes first, then
+                // the stamp (Release), so a purge that claims it next subtracts after.
                 self.dirty_bytes.fetch_add(r.len(), Ordering::Relaxed);
+                r.dirty_since.store(since, Ordering::Release);
             }
         }
         if purged > 0 {
@@ -480,7 +486,7 @@ impl RegionTable {
             match (r.kind(), r.state()) {
                 (RegionKind::Free, _) => {
                     stats.free_regions += 1;
-                    if r.dirty_since() != 0 {
+                    if r.is_dirty() {
                         stats.dirty += r.len();
                     }
                 }
@@ -508,7 +514,7 @@ impl RegionTable {
     pub fn for_each_free_region(&self, mut f: impl FnMut(usize, usize, bool)) {
         self.for_each_region_ref(|r| {
             if r.kind() == RegionKind::Free {
-                f(r.start(), r.len(), r.dirty_since() != 0)
+                f(r.start(), r.len(), r.is_dirty())
             }
         });
     }
@@ -527,13 +533,16 @@ impl RegionTable {
     }
 
     /// Repairs the table in a fork child: read references held by threads that do not
-    /// exist in the child would block every later writer of their regions forever, and
-    /// a retire interrupted between its state change and its push would be lost. Resets
-    /// every lock word and rebuilds the retired stack from the regions' states.
+    /// exist in the child would block every later writer of their regions forever, a
+    /// retire interrupted between its state change and its push would be lost, and a
+    /// region a purge had claimed would stay `PURGING` (clean to everyone, yet never
+    /// advised in the child). Resets every lock word, rebuilds the retired stack from the
+    /// regions' states, and makes claimed regions dirty again.
     ///
     /// # Safety
     /// Only in a fork child, after `fork_release`, before anything else uses the table.
     pub unsafe fn after_fork_in_child(&self) {
+        let now = os::now_ms().max(1);
         self.retired.store(ptr::null_mut(), Ordering::Relaxed);
         self.for_each_region_ref(|r| {
             // SAFETY: caller contract: the only thread, holding no reference.
@@ -543,6 +552,10 @@ impl RegionTable {
                 r.link(RETIRED_NEXT)
                     .store(self.retired.load(Ordering::Relaxed), Ordering::Relaxed);
                 self.retired.store(node, Ordering::Relaxed);
+            }
+            if r.kind() == RegionKind::Free && r.dirty_since() == PURGING {
+                r.dirty_since.store(now, Ordering::Relaxed);
+                self.dirty_bytes.fetch_add(r.len(), Ordering::Relaxed);
             }
         });
     }

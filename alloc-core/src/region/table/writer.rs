@@ -143,7 +143,7 @@ impl Writer<'_> {
             }
             w.start_write(a);
             w.start_write(b);
-            (a.dirty_since() == 0) == (b.dirty_since() == 0)
+            a.is_dirty() == b.is_dirty()
         };
         if let Some((_, value)) = self.table.tree.prev_before(r.start(), self.guard) {
             // SAFETY: tree value under the writer mutex.
@@ -389,7 +389,7 @@ impl Writer<'_> {
         }
         self.start_write(r);
         self.start_write(next);
-        if next.dirty_since() != 0 {
+        if next.is_dirty() {
             self.table.dirty_bytes.fetch_sub(delta, Ordering::Relaxed);
         }
         if next.len() == delta {
