@@ -277,6 +277,7 @@ pub fn fork_child() {
         region::TABLE.after_fork_in_child();
     }
     heap::fork_child();
+    options::after_fork_in_child();
 }
 
 /// Releases what `fork_prepare` took (reverse order) and restores the thread slot.

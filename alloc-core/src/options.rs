@@ -4,8 +4,8 @@
 //! Unknown keys and bad values print one warning on stderr and keep the default.
 
 use crate::os::{self, PurgeMode};
+use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU8, Ordering};
-use std::sync::OnceLock;
 
 /// jemalloc's `dirty_decay_ms` defaults to 10 s, mimalloc's purge delay to 10 ms; we
 /// keep free pages one second, which lets a steady workload reuse them without faults
@@ -31,25 +31,74 @@ pub const DEFAULTS: Options = Options {
     verbose: false,
 };
 
-static OPTIONS: OnceLock<Options> = OnceLock::new();
-/// 0 = not parsed, 1 = parsing (reads see defaults), 2 = parsed.
-static STATE: AtomicU8 = AtomicU8::new(0);
+/// The options, parsed once. Not a `OnceLock`: a fork child whose parent had a thread
+/// inside `OnceLock::set` would wait forever on the lock's `Once`, and this cell can be
+/// repaired instead (`after_fork_in_child`).
+static OPTIONS: ParseOnce = ParseOnce::new();
 
-/// The options in force. The first call parses the environment.
+/// The options in force. The first call parses the environment; calls on other threads
+/// while it does see the defaults (parsing is a few microseconds, on the first
+/// allocation of the process).
 pub fn get() -> Options {
-    if let Some(o) = OPTIONS.get() {
-        return *o;
+    OPTIONS.get_or_parse(from_env)
+}
+
+/// In a fork child: a parse the parent's vanished thread had begun starts over.
+pub fn after_fork_in_child() {
+    OPTIONS.after_fork_in_child();
+}
+
+/// A value parsed once, without locks: `state` 0 = not parsed, 1 = parsing, 2 = parsed.
+struct ParseOnce {
+    state: AtomicU8,
+    value: UnsafeCell<Options>,
+}
+
+// SAFETY: `value` is written only by the thread that moved `state` from 0 to 1, before
+// its Release store of 2, and read only after an Acquire load of 2; never written again.
+unsafe impl Sync for ParseOnce {}
+
+impl ParseOnce {
+    const fn new() -> Self {
+        ParseOnce {
+            state: AtomicU8::new(0),
+            value: UnsafeCell::new(DEFAULTS),
+        }
     }
-    if STATE
-        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        return DEFAULTS;
+
+    #[inline]
+    fn get_or_parse(&self, parse: impl FnOnce() -> Options) -> Options {
+        if self.state.load(Ordering::Acquire) == 2 {
+            // SAFETY: published by the Release store of 2 (see `Sync`).
+            return unsafe { *self.value.get() };
+        }
+        self.parse_now(parse)
     }
-    let parsed = from_env();
-    let _ = OPTIONS.set(parsed);
-    STATE.store(2, Ordering::Release);
-    parsed
+
+    #[cold]
+    fn parse_now(&self, parse: impl FnOnce() -> Options) -> Options {
+        match self
+            .state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire)
+        {
+            Ok(_) => {
+                let parsed = parse();
+                // SAFETY: we moved `state` to 1: nobody else writes or reads `value`.
+                unsafe { *self.value.get() = parsed };
+                self.state.store(2, Ordering::Release);
+                parsed
+            }
+            // SAFETY: as in `get_or_parse`.
+            Err(2) => unsafe { *self.value.get() },
+            Err(_) => DEFAULTS,
+        }
+    }
+
+    fn after_fork_in_child(&self) {
+        let _ = self
+            .state
+            .compare_exchange(1, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
 }
 
 fn from_env() -> Options {
@@ -132,6 +181,27 @@ fn parse_bool(text: &[u8]) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_once_and_a_fork_child_restarts_an_interrupted_parse() {
+        let verbose = Options {
+            verbose: true,
+            ..DEFAULTS
+        };
+        let cell = ParseOnce::new();
+        assert_eq!(cell.get_or_parse(|| verbose), verbose);
+        assert_eq!(cell.get_or_parse(|| unreachable!("parsed once")), verbose);
+        // A thread of the parent was parsing at fork (state 1) and does not exist in the
+        // child: without the repair every call would see the defaults for good.
+        let interrupted = ParseOnce::new();
+        interrupted.state.store(1, Ordering::Relaxed);
+        assert_eq!(interrupted.get_or_parse(|| verbose), DEFAULTS);
+        interrupted.after_fork_in_child();
+        assert_eq!(interrupted.get_or_parse(|| verbose), verbose);
+        // The repair leaves a finished parse alone.
+        cell.after_fork_in_child();
+        assert_eq!(cell.get_or_parse(|| DEFAULTS), verbose);
+    }
 
     fn parse_collect(text: &str) -> (Options, usize) {
         let mut warnings = 0;
