@@ -542,6 +542,34 @@ fn fork_while_a_region_is_read_locked_leaves_the_child_working() {
     );
 }
 
+/// Places an object of `len` bytes in `t`, writes every page (resident, so a purge of
+/// it stays inside `madvise` for a while), frees it and folds it into free space: a
+/// dirty free region. Returns its start.
+fn dirty_free_region(t: &'static RegionTable, len: usize) -> usize {
+    let o = t.allocate(len, PAGE_SIZE, RegionKind::Large).unwrap();
+    // SAFETY: a fresh object of ours, `len` bytes long and mapped read/write.
+    unsafe { std::ptr::write_bytes(o.start as *mut u8, 1, len) };
+    t.retire(o.start).unwrap();
+    t.collect_retired();
+    o.start
+}
+
+/// Starts a full purge of `t` on another thread and returns once it holds the read lock
+/// of every region starting at `starts`, i.e. is inside their `madvise` (phase two). On
+/// a loaded machine the purge may instead finish before this thread looks; the race is
+/// then not exercised, but every caller's end state must hold all the same.
+fn purge_in_madvise(t: &'static RegionTable, starts: &[usize]) -> std::thread::JoinHandle<usize> {
+    let regions: Vec<_> = starts
+        .iter()
+        .map(|&s| t.find_and_read_lock(s).unwrap().region())
+        .collect();
+    let purger = std::thread::spawn(move || t.purge(0, PurgeMode::DontNeed, usize::MAX));
+    while regions.iter().any(|r| r.lock.readers() == 0) && !purger.is_finished() {
+        std::hint::spin_loop();
+    }
+    purger
+}
+
 /// A purge changes `dirty_since`, `zeroed` and the table's `dirty_bytes` under the
 /// region's *read* lock, after its `madvise`. A writer that reads those fields before it
 /// write-locks the region (`carve` reads `dirty_since` and `zeroed` before `start_write`;
@@ -555,27 +583,16 @@ fn fork_while_a_region_is_read_locked_leaves_the_child_working() {
 fn a_carve_racing_a_purge_keeps_dirty_accounting() {
     static T: RegionTable = RegionTable::new();
     const BIG: usize = 64 << 20;
-    let o = T.allocate(BIG, PAGE_SIZE, RegionKind::Large).unwrap();
-    // SAFETY: a fresh object of ours, `BIG` bytes long and mapped read/write.
-    unsafe { std::ptr::write_bytes(o.start as *mut u8, 1, BIG) };
-    T.retire(o.start).unwrap();
-    T.collect_retired();
+    let o = dirty_free_region(&T, BIG);
     assert_eq!(
         T.dirty_bytes(),
         BIG,
         "one dirty free region (dirty never merges clean)"
     );
-    let region = T.find_and_read_lock(o.start).unwrap().region();
-    let purger = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
-    // Wait until the purge holds the region's read lock: it is now inside `madvise`. On
-    // a loaded machine the purge may instead finish before this thread looks; the race
-    // is then not exercised, but the end state must hold all the same.
-    while region.lock.readers() == 0 && !purger.is_finished() {
-        std::hint::spin_loop();
-    }
+    let purger = purge_in_madvise(&T, &[o]);
     let placed = T.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
     assert_eq!(purger.join().unwrap(), BIG);
-    assert_eq!(placed.start, o.start, "carved from the purged region");
+    assert_eq!(placed.start, o, "carved from the purged region");
     let mut dirty_free = 0;
     T.for_each_free_region(|_, len, dirty| dirty_free += if dirty { len } else { 0 });
     assert_eq!(
@@ -597,18 +614,10 @@ fn a_grow_racing_a_purge_leaves_free_space_merged() {
     static T: RegionTable = RegionTable::new();
     const BIG: usize = 64 << 20;
     let a = T.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
-    let b = T.allocate(BIG, PAGE_SIZE, RegionKind::Large).unwrap();
-    assert_eq!(b.start, a.start + a.len);
-    // SAFETY: a fresh object of ours, `BIG` bytes long and mapped read/write.
-    unsafe { std::ptr::write_bytes(b.start as *mut u8, 1, BIG) };
-    T.retire(b.start).unwrap();
-    T.collect_retired();
+    let b = dirty_free_region(&T, BIG);
+    assert_eq!(b, a.start + a.len);
     // Layout: A (live), B (free, dirty), the rest of the arena (free, clean).
-    let region = T.find_and_read_lock(b.start).unwrap().region();
-    let purger = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
-    while region.lock.readers() == 0 && !purger.is_finished() {
-        std::hint::spin_loop();
-    }
+    let purger = purge_in_madvise(&T, &[b]);
     assert!(T.grow_in_place(a.start, 2 * PAGE_SIZE));
     assert_eq!(purger.join().unwrap(), BIG);
     let mut free = Vec::new();
@@ -644,20 +653,12 @@ fn unmerged_free_neighbours(table: &RegionTable) -> Option<[(usize, usize, bool)
 fn a_carve_racing_a_purge_leaves_free_space_merged() {
     static T: RegionTable = RegionTable::new();
     const BIG: usize = 64 << 20;
-    let o = T.allocate(BIG, PAGE_SIZE, RegionKind::Large).unwrap();
-    // SAFETY: a fresh object of ours, `BIG` bytes long and mapped read/write.
-    unsafe { std::ptr::write_bytes(o.start as *mut u8, 1, BIG) };
-    T.retire(o.start).unwrap();
-    T.collect_retired();
+    let o = dirty_free_region(&T, BIG);
     // Layout: O (free, dirty), the rest of the arena (free, clean).
-    let region = T.find_and_read_lock(o.start).unwrap().region();
-    let purger = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
-    while region.lock.readers() == 0 && !purger.is_finished() {
-        std::hint::spin_loop();
-    }
+    let purger = purge_in_madvise(&T, &[o]);
     let placed = T.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
     assert_eq!(purger.join().unwrap(), BIG);
-    assert_eq!(placed.start, o.start, "carved from the purged region");
+    assert_eq!(placed.start, o, "carved from the purged region");
     assert_eq!(
         unmerged_free_neighbours(&T),
         None,
@@ -675,18 +676,10 @@ fn freeing_a_purged_object_racing_a_purge_leaves_free_space_merged() {
     static T: RegionTable = RegionTable::new();
     const BIG: usize = 64 << 20;
     let a = T.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
-    let b = T.allocate(BIG, PAGE_SIZE, RegionKind::Large).unwrap();
-    assert_eq!(b.start, a.start + a.len);
-    // SAFETY: a fresh object of ours, `BIG` bytes long and mapped read/write.
-    unsafe { std::ptr::write_bytes(b.start as *mut u8, 1, BIG) };
-    T.retire(b.start).unwrap();
-    T.collect_retired();
+    let b = dirty_free_region(&T, BIG);
+    assert_eq!(b, a.start + a.len);
     // Layout: A (live), B (free, dirty), the rest of the arena (free, clean).
-    let region = T.find_and_read_lock(b.start).unwrap().region();
-    let purger = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
-    while region.lock.readers() == 0 && !purger.is_finished() {
-        std::hint::spin_loop();
-    }
+    let purger = purge_in_madvise(&T, &[b]);
     T.retire_with(a.start, |r| r.mark_purged(PurgeMode::DontNeed))
         .unwrap();
     T.collect_retired();
@@ -708,16 +701,8 @@ fn freeing_a_purged_object_racing_a_purge_leaves_free_space_merged() {
 fn two_purges_of_one_region_count_its_bytes_once() {
     static T: RegionTable = RegionTable::new();
     const BIG: usize = 64 << 20;
-    let o = T.allocate(BIG, PAGE_SIZE, RegionKind::Large).unwrap();
-    // SAFETY: a fresh object of ours, `BIG` bytes long and mapped read/write.
-    unsafe { std::ptr::write_bytes(o.start as *mut u8, 1, BIG) };
-    T.retire(o.start).unwrap();
-    T.collect_retired();
-    let region = T.find_and_read_lock(o.start).unwrap().region();
-    let first = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
-    while region.lock.readers() == 0 && !first.is_finished() {
-        std::hint::spin_loop();
-    }
+    let o = dirty_free_region(&T, BIG);
+    let first = purge_in_madvise(&T, &[o]);
     let second = T.purge(0, PurgeMode::DontNeed, usize::MAX);
     let first = first.join().unwrap();
     assert_eq!((first, second), (BIG, 0));
@@ -764,15 +749,7 @@ fn fork_during_a_purge_leaves_the_childs_claimed_regions_dirty() {
         T.retire(o).unwrap();
     }
     T.collect_retired();
-    let regions: Vec<_> = objects
-        .iter()
-        .map(|&o| T.find_and_read_lock(o).unwrap().region())
-        .collect();
-    let purger = std::thread::spawn(|| T.purge(0, PurgeMode::DontNeed, usize::MAX));
-    // Until the purge holds all three read locks (phase two), or is already done.
-    while regions.iter().any(|r| r.lock.readers() == 0) && !purger.is_finished() {
-        std::hint::spin_loop();
-    }
+    let purger = purge_in_madvise(&T, &objects);
     T.fork_prepare();
     // SAFETY: the child only runs the table's code, `mincore` and `_exit`.
     let pid = unsafe { libc::fork() };
