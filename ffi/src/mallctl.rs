@@ -28,7 +28,7 @@ use rangealloc_core as engine;
 static EPOCH: AtomicU64 = AtomicU64::new(1);
 
 /// The statistics as of the last `epoch` write, in `STAT_NAMES` order.
-static STATS: [AtomicUsize; STAT_NAMES.len()] = [const { AtomicUsize::new(0) }; 6];
+static STATS: [AtomicUsize; STAT_NAMES.len()] = [const { AtomicUsize::new(0) }; STAT_NAMES.len()];
 static STATS_TAKEN: AtomicBool = AtomicBool::new(false);
 
 const STAT_NAMES: [&str; 6] = [
@@ -153,7 +153,6 @@ unsafe fn control(
     if reads && (oldlenp.is_null() || unsafe { oldlenp.read() } != size) {
         return libc::EINVAL;
     }
-    let out = oldp;
     match ctl {
         Ctl::Epoch => {
             if writes {
@@ -165,7 +164,7 @@ unsafe fn control(
                 let epoch = EPOCH.load(Ordering::Relaxed);
                 // SAFETY: `out` has room for the value (checked against `*oldlenp`
                 // above); it may be unaligned. The same below.
-                unsafe { out.cast::<u64>().write_unaligned(epoch) };
+                unsafe { oldp.cast::<u64>().write_unaligned(epoch) };
             }
         }
         Ctl::Stat(i) => {
@@ -175,13 +174,13 @@ unsafe fn control(
             if reads {
                 let value = STATS[i].load(Ordering::Relaxed);
                 // SAFETY: as above.
-                unsafe { out.cast::<usize>().write_unaligned(value) };
+                unsafe { oldp.cast::<usize>().write_unaligned(value) };
             }
         }
         Ctl::NArenas => {
             if reads {
                 // SAFETY: as above.
-                unsafe { out.cast::<c_uint>().write_unaligned(1) };
+                unsafe { oldp.cast::<c_uint>().write_unaligned(1) };
             }
         }
         Ctl::ArenaPurge => {
