@@ -380,8 +380,8 @@ impl RegionTable {
         // addresses, not on the descriptors.
         let _inside = Reentrancy::enter();
         let now = os::now_ms();
-        let mut picked: [Option<ReadGuard>; BATCH] = [const { None }; BATCH];
-        let mut since_of = [0u64; BATCH];
+        // Each picked region's read reference, with the dirty stamp its claim replaced.
+        let mut picked: [Option<(ReadGuard, u64)>; BATCH] = [const { None }; BATCH];
         let mut count = 0;
         self.write(|w| {
             let mut bytes = 0;
@@ -403,11 +403,11 @@ impl RegionTable {
                         region.dirty_since.store(PURGING, Ordering::Relaxed);
                         self.dirty_bytes.fetch_sub(region.len(), Ordering::Relaxed);
                         bytes += region.len();
-                        picked[count] = Some(ReadGuard {
+                        let read = ReadGuard {
                             region,
                             start: region.start(),
-                        });
-                        since_of[count] = since;
+                        };
+                        picked[count] = Some((read, since));
                         count += 1;
                     }
                 })
@@ -416,13 +416,10 @@ impl RegionTable {
         let mut purged = 0;
         // The ranges cleaned, as `(start, end)`; empty where the `madvise` failed.
         let mut cleaned: [(usize, usize); BATCH] = [(0, 0); BATCH];
-        for ((read, slot), &since) in picked
-            .iter_mut()
-            .take(count)
-            .zip(cleaned.iter_mut())
-            .zip(&since_of)
-        {
-            let Some(read) = read.take() else { continue };
+        for (pick, slot) in picked.iter_mut().take(count).zip(cleaned.iter_mut()) {
+            let Some((read, since)) = pick.take() else {
+                continue;
+            };
             let r = read.region();
             self.purge_calls.inc();
             // SAFETY: a free region holds no live object, and our read reference keeps
