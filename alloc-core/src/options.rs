@@ -1,27 +1,59 @@
-//! Options: read once from `RANGEALLOC_OPTIONS=key=value,...` without allocating.
-//! Owns the parsed options; calls `os` (for warnings) and `libc::getenv`.
+//! Options: read once, without allocating, from the program's own option string
+//! (`RangeAlloc::with_options`, C's `rangealloc_conf`) and then from
+//! `RANGEALLOC_OPTIONS=key=value,...`, whose keys override the program's one by one.
+//! Owns the parsed options and the run-time overrides of the few that may change while
+//! the program runs (`live`); calls `os` (for warnings) and `libc::getenv`.
 //!
 //! Unknown keys and bad values print one warning on stderr and keep the default.
 
 use crate::os::{self, PurgeMode};
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// jemalloc's `dirty_decay_ms` defaults to 10 s, mimalloc's purge delay to 10 ms; we
 /// keep free pages one second, which lets a steady workload reuse them without faults
 /// while idle memory goes back within seconds.
 pub const DEFAULT_PURGE_DELAY_MS: u64 = 1000;
 
+/// Dirty free space the region table may hold before the excess is purged at once,
+/// whatever its age: reuse of dirty space is what makes freeing and reallocating big
+/// buffers cheap, but a burst of frees must not pin unbounded memory for a whole purge
+/// delay. 64 MiB keeps one 64 MiB buffer's worth for reuse (the region workload's
+/// biggest).
+pub const DEFAULT_DIRTY_BUDGET: usize = 64 << 20;
+
+/// Freed large objects this big are purged at once by the freeing thread instead of
+/// waiting for the purge delay: jemalloc's `oversize_threshold` (8 MiB) makes the same
+/// trade (a big buffer is rarely reused before it would have been purged, and keeping
+/// it dirty costs the most memory). Changed only at run time (C's `mallopt
+/// (M_MMAP_THRESHOLD)`, glibc's closest knob: its mmapped chunks go back at `free`).
+pub const DEFAULT_OVERSIZE_PURGE: usize = 8 << 20;
+
+/// A purge delay that never comes: free pages stay until an explicit purge or the dirty
+/// budget sends them back (jemalloc's `dirty_decay_ms = -1`).
+pub const PURGE_NEVER: u64 = u64::MAX;
+
+/// The allocator's options (see the README's table for each key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
+    /// `purge_delay_ms`: how long free pages stay dirty before they are purged.
     pub purge_delay_ms: u64,
+    /// `purge_mode`: `MADV_DONTNEED` or `MADV_FREE`.
     pub purge_mode: PurgeMode,
+    /// `background_purge`: a thread purges even when the program makes no calls.
     pub background_purge: bool,
+    /// `secure`: a guard page after every large object.
     pub secure: bool,
+    /// `stats`: print the statistics report on stderr at exit.
     pub stats_at_exit: bool,
+    /// `verbose`: report allocations that fail for lack of memory.
     pub verbose: bool,
+    /// `dirty_budget_mb` (held in bytes): dirty free space kept before the excess is
+    /// purged at once.
+    pub dirty_budget: usize,
 }
 
+/// The options of a program that sets none.
 pub const DEFAULTS: Options = Options {
     purge_delay_ms: DEFAULT_PURGE_DELAY_MS,
     purge_mode: PurgeMode::DontNeed,
@@ -29,6 +61,7 @@ pub const DEFAULTS: Options = Options {
     secure: false,
     stats_at_exit: false,
     verbose: false,
+    dirty_budget: DEFAULT_DIRTY_BUDGET,
 };
 
 /// The options, parsed once. Not a `OnceLock`: a fork child whose parent had a thread
@@ -36,11 +69,166 @@ pub const DEFAULTS: Options = Options {
 /// repaired instead (`after_fork_in_child`).
 static OPTIONS: ParseOnce = ParseOnce::new();
 
-/// The options in force. The first call parses the environment; calls on other threads
-/// while it does see the defaults (parsing is a few microseconds, on the first
-/// allocation of the process).
+/// The options as parsed at start (the program's string, then the environment). The
+/// first call parses; calls on other threads while it does see the defaults (parsing is
+/// a few microseconds, on the first allocation of the process). The run-time setters do
+/// not change this value: `current` includes them.
 pub fn get() -> Options {
     OPTIONS.get_or_parse(from_env)
+}
+
+/// The options in force now: `get` with the run-time overrides applied.
+pub fn current() -> Options {
+    Options {
+        purge_delay_ms: purge_delay_ms(),
+        background_purge: background_purge(),
+        stats_at_exit: stats_at_exit(),
+        dirty_budget: dirty_budget(),
+        ..get()
+    }
+}
+
+/// True once the options have been parsed (after which a code option string comes too
+/// late to count).
+#[inline]
+pub fn parsed() -> bool {
+    OPTIONS.state.load(Ordering::Acquire) == 2
+}
+
+// ---------------------------------------------------------------------------------------
+// The program's own option string: `RangeAlloc::with_options("...")` in Rust, the
+// `rangealloc_conf` symbol in C. Handed over once before the first parse.
+// ---------------------------------------------------------------------------------------
+
+static CODE_TEXT: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+static CODE_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Gives the engine the option string compiled into the program. It is parsed with the
+/// environment at the first parse (the environment's keys win); malformed items warn
+/// once on stderr then, like the environment's. Returns false when the options were
+/// already parsed (the string then has no effect) or another string was given first.
+pub fn set_code_options(text: &'static [u8]) -> bool {
+    if parsed() {
+        return false;
+    }
+    // Relaxed: the length is published by the Release exchange of the pointer below.
+    CODE_LEN.store(text.len(), Ordering::Relaxed);
+    // Release: pairs with the Acquire load in `code_options`, which then sees the length.
+    CODE_TEXT
+        .compare_exchange(
+            core::ptr::null_mut(),
+            text.as_ptr().cast_mut(),
+            Ordering::Release,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+}
+
+/// The program's option string, if one was given.
+fn code_options() -> Option<&'static [u8]> {
+    // Acquire: pairs with the Release in `set_code_options` (the length is visible).
+    let text = CODE_TEXT.load(Ordering::Acquire);
+    if text.is_null() {
+        return None;
+    }
+    let len = CODE_LEN.load(Ordering::Relaxed);
+    // SAFETY: `text` and `len` come from a `&'static [u8]` given to `set_code_options`.
+    Some(unsafe { core::slice::from_raw_parts(text, len) })
+}
+
+// ---------------------------------------------------------------------------------------
+// Run-time overrides: options that can change safely while the program runs. Each is a
+// value plus a flag saying it was set; until then the parsed option holds. The engine
+// reads them on slow paths only (purge ticks, the background thread, exit).
+// ---------------------------------------------------------------------------------------
+
+/// One run-time override.
+struct Live {
+    set: AtomicBool,
+    value: AtomicU64,
+}
+
+impl Live {
+    const fn new() -> Self {
+        Live {
+            set: AtomicBool::new(false),
+            value: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn get(&self, parsed: u64) -> u64 {
+        // Acquire: pairs with the Release in `put`, so the value read is the one set
+        // (or a later one). No other data hangs off it.
+        if self.set.load(Ordering::Acquire) {
+            self.value.load(Ordering::Relaxed)
+        } else {
+            parsed
+        }
+    }
+
+    fn put(&self, value: u64) {
+        // Relaxed, then Release on the flag: see `get`. Two setters racing leave one of
+        // their values, either of which is a valid setting.
+        self.value.store(value, Ordering::Relaxed);
+        self.set.store(true, Ordering::Release);
+    }
+}
+
+static LIVE_PURGE_DELAY: Live = Live::new();
+static LIVE_BACKGROUND: Live = Live::new();
+static LIVE_STATS_AT_EXIT: Live = Live::new();
+static LIVE_DIRTY_BUDGET: Live = Live::new();
+static LIVE_OVERSIZE_PURGE: Live = Live::new();
+
+/// The purge delay in force (ms; `PURGE_NEVER` for never).
+pub fn purge_delay_ms() -> u64 {
+    LIVE_PURGE_DELAY.get(get().purge_delay_ms)
+}
+
+/// Whether the background purger should purge now.
+pub fn background_purge() -> bool {
+    LIVE_BACKGROUND.get(get().background_purge as u64) != 0
+}
+
+/// Whether the report is printed at exit.
+pub fn stats_at_exit() -> bool {
+    LIVE_STATS_AT_EXIT.get(get().stats_at_exit as u64) != 0
+}
+
+/// The dirty budget in force, in bytes.
+pub fn dirty_budget() -> usize {
+    LIVE_DIRTY_BUDGET.get(get().dirty_budget as u64) as usize
+}
+
+/// The size from which a freed large object is purged at once, in bytes.
+pub fn oversize_purge() -> usize {
+    LIVE_OVERSIZE_PURGE.get(DEFAULT_OVERSIZE_PURGE as u64) as usize
+}
+
+/// Stores a run-time oversize-purge threshold, in bytes.
+pub fn put_oversize_purge(bytes: usize) {
+    LIVE_OVERSIZE_PURGE.put(bytes as u64);
+}
+
+/// Stores a run-time purge delay (the caller, `tuning`, applies side effects).
+pub fn put_purge_delay_ms(ms: u64) {
+    LIVE_PURGE_DELAY.put(ms);
+}
+
+/// Stores the run-time background-purge switch.
+pub fn put_background_purge(on: bool) {
+    LIVE_BACKGROUND.put(on as u64);
+}
+
+/// Stores the run-time stats-at-exit switch.
+pub fn put_stats_at_exit(on: bool) {
+    LIVE_STATS_AT_EXIT.put(on as u64);
+}
+
+/// Stores a run-time dirty budget, in bytes.
+pub fn put_dirty_budget(bytes: usize) {
+    LIVE_DIRTY_BUDGET.put(bytes as u64);
 }
 
 /// In a fork child: a parse the parent's vanished thread had begun starts over.
@@ -101,27 +289,42 @@ impl ParseOnce {
     }
 }
 
+/// The program's option string (if any), then the environment's on top of it.
 fn from_env() -> Options {
+    let base = match code_options() {
+        Some(text) => parse_onto(DEFAULTS, text, &mut |msg| {
+            warn(b"in the program's options: ", msg)
+        }),
+        None => DEFAULTS,
+    };
     // SAFETY: getenv with a NUL-terminated name; the result is read before any setenv
     // by this thread could change it.
     let value = unsafe { libc::getenv(c"RANGEALLOC_OPTIONS".as_ptr()) };
     if value.is_null() {
-        return DEFAULTS;
+        return base;
     }
     // SAFETY: getenv returns a NUL-terminated string.
     let bytes = unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes();
-    parse(bytes, &mut |msg: &[&[u8]]| {
-        os::write_stderr(b"rangealloc: warning: ");
-        for part in msg {
-            os::write_stderr(part);
-        }
-        os::write_stderr(b"\n");
-    })
+    parse_onto(base, bytes, &mut |msg| warn(b"", msg))
 }
 
-/// Parses an option string, reporting each problem through `warn`.
+fn warn(source: &[u8], msg: &[&[u8]]) {
+    os::write_stderr(b"rangealloc: warning: ");
+    os::write_stderr(source);
+    for part in msg {
+        os::write_stderr(part);
+    }
+    os::write_stderr(b"\n");
+}
+
+/// Parses an option string over the defaults, reporting each problem through `warn`.
 pub fn parse(text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
-    let mut o = DEFAULTS;
+    parse_onto(DEFAULTS, text, warn)
+}
+
+/// Parses an option string over `base`: each key given replaces `base`'s value.
+pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
+    let mut o = base;
     for item in text.split(|&b| b == b',').filter(|s| !s.is_empty()) {
         let Some(eq) = item.iter().position(|&b| b == b'=') else {
             warn(&[b"option '", item, b"' has no '=value'; ignored"]);
@@ -135,6 +338,10 @@ pub fn parse(text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
             b"secure" => parse_bool(value).map(|v| o.secure = v).is_some(),
             b"stats" => parse_bool(value).map(|v| o.stats_at_exit = v).is_some(),
             b"verbose" => parse_bool(value).map(|v| o.verbose = v).is_some(),
+            b"dirty_budget_mb" => parse_u64(value)
+                .and_then(|mb| usize::try_from(mb).ok()?.checked_mul(MIB))
+                .map(|v| o.dirty_budget = v)
+                .is_some(),
             _ => {
                 warn(&[b"unknown option '", key, b"'; ignored"]);
                 continue;
@@ -152,6 +359,8 @@ pub fn parse(text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
     }
     o
 }
+
+const MIB: usize = 1 << 20;
 
 fn parse_u64(text: &[u8]) -> Option<u64> {
     if text.is_empty() || text.len() > 18 {
@@ -212,10 +421,11 @@ mod tests {
     #[test]
     fn every_option_parses() {
         let (o, w) = parse_collect(
-            "purge_delay_ms=250,purge_mode=free,background_purge=1,secure=on,stats=true,verbose=yes",
+            "purge_delay_ms=250,purge_mode=free,background_purge=1,secure=on,stats=true,verbose=yes,dirty_budget_mb=3",
         );
         assert_eq!(w, 0);
         assert_eq!(o.purge_delay_ms, 250);
+        assert_eq!(o.dirty_budget, 3 << 20);
         assert_eq!(o.purge_mode, PurgeMode::Free);
         assert!(o.background_purge && o.secure && o.stats_at_exit && o.verbose);
     }
@@ -230,6 +440,7 @@ mod tests {
             "nonsense=1",
             "stats=2",
             "purge_delay_ms=99999999999999999999",
+            "dirty_budget_mb=x",
         ] {
             let (o, w) = parse_collect(bad);
             assert_eq!(o, DEFAULTS, "{bad}");
@@ -238,5 +449,25 @@ mod tests {
         let (o, w) = parse_collect(",,stats=1,,bogus,");
         assert!(o.stats_at_exit);
         assert_eq!(w, 1);
+    }
+
+    /// The environment's keys override the program's one by one; the others stay.
+    #[test]
+    fn a_second_string_overrides_key_by_key() {
+        let mut warnings = 0;
+        let code = parse(b"purge_delay_ms=200,stats=1", &mut |_| warnings += 1);
+        let o = parse_onto(code, b"purge_delay_ms=5,verbose=1", &mut |_| warnings += 1);
+        assert_eq!(warnings, 0);
+        assert_eq!(o.purge_delay_ms, 5);
+        assert!(o.stats_at_exit && o.verbose);
+        assert!(!o.secure);
+    }
+
+    #[test]
+    fn a_live_override_wins_over_the_parsed_value_once_set() {
+        let live = Live::new();
+        assert_eq!(live.get(7), 7);
+        live.put(3);
+        assert_eq!(live.get(7), 3);
     }
 }

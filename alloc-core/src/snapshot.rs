@@ -222,6 +222,88 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
     Ok(())
 }
 
+/// Writes the statistics as one JSON object through `out`, in pieces, without
+/// allocating (the C API and `malloc_stats_print` with jemalloc's `J` option).
+pub fn print_json(out: &mut dyn FnMut(&[u8])) {
+    let s = snapshot();
+    let mut w = Sink {
+        buf: [0; 512],
+        len: 0,
+        out,
+    };
+    let _ = s.write_json(&mut w);
+    let len = w.len;
+    (w.out)(&w.buf[..len]);
+}
+
+impl Stats {
+    /// Writes these statistics as one JSON object (no trailing newline). The keys are
+    /// the field names; nested structs are objects, `classes` an array of the classes
+    /// with activity, `syscalls` an object keyed by syscall name. Hand-written, so the
+    /// engine needs no serialisation dependency.
+    pub fn write_json(&self, w: &mut impl core::fmt::Write) -> core::fmt::Result {
+        write!(w, "{{\"version\":\"{}\"", env!("CARGO_PKG_VERSION"))?;
+        for (name, value) in [
+            ("allocated", self.allocated),
+            ("active", self.active),
+            ("resident", self.resident),
+            ("mapped", self.mapped),
+            ("retained", self.retained),
+            ("metadata", self.metadata),
+            ("heaps", self.heaps),
+            ("abandoned_heaps", self.abandoned_heaps),
+        ] {
+            write!(w, ",\"{name}\":{value}")?;
+        }
+        write!(
+            w,
+            ",\"purge_passes\":{},\"purged_bytes\":{}",
+            self.purge_passes, self.purged_bytes
+        )?;
+        let r = &self.regions;
+        write!(
+            w,
+            ",\"regions\":{{\"large\":{},\"large_bytes\":{},\"segments\":{},\"free\":{},\"free_bytes\":{},\"dirty_bytes\":{},\"retired_bytes\":{}}}",
+            r.large, r.large_bytes, r.segments, r.free, r.free_bytes, r.dirty_bytes, r.retired_bytes
+        )?;
+        let l = &self.lock;
+        write!(
+            w,
+            ",\"lock\":{{\"success\":{},\"abort\":{},\"retry\":{},\"miss\":{},\"slow\":{},\"writer\":{}}}",
+            l.success, l.abort, l.retry, l.miss, l.slow, l.writer
+        )?;
+        write!(w, ",\"syscalls\":{{")?;
+        for (i, call) in Syscall::ALL.into_iter().enumerate() {
+            let comma = if i == 0 { "" } else { "," };
+            write!(w, "{comma}\"{}\":{}", call.name(), self.syscalls.get(call))?;
+        }
+        write!(
+            w,
+            "}},\"mmap_lock_writers\":{},\"classes\":[",
+            self.syscalls.mmap_lock_writers()
+        )?;
+        for (i, c) in self.classes.iter().filter(|c| c.allocs > 0).enumerate() {
+            let comma = if i == 0 { "" } else { "," };
+            write!(
+                w,
+                "{comma}{{\"block_size\":{},\"live\":{},\"allocs\":{},\"frees\":{}}}",
+                c.block_size,
+                c.live(),
+                c.allocs,
+                c.frees
+            )?;
+        }
+        write!(w, "]}}")
+    }
+
+    /// These statistics as a JSON string (see `write_json`).
+    pub fn to_json(&self) -> String {
+        let mut text = String::new();
+        let _ = self.write_json(&mut text);
+        text
+    }
+}
+
 /// Prints the report on stderr (for `stats=1` at exit).
 pub fn print_to_stderr() {
     print(&mut |bytes| os::write_stderr(bytes));

@@ -7,14 +7,18 @@
 //! allocates through Rust's global allocator (under `LD_PRELOAD` that would be us).
 //!
 //! `malloc` holds the C malloc family, `cxx` the C++ `operator new`/`delete` family,
-//! `compat` the historical and jemalloc-compatible names; this file holds what they
+//! `compat` the historical and jemalloc-compatible names, `glibc` glibc's internal
+//! names, introspection and C23's sized frees, `config` the program's options and the
+//! run-time setters, `stats` and `mallctl` the statistics; this file holds what they
 //! share. Nothing here may panic: the workspace builds with `panic = "abort"`, and the
 //! code uses no indexing, `unwrap` or unchecked arithmetic on caller-supplied values.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod compat;
+mod config;
 mod cxx;
+mod glibc;
 mod mallctl;
 mod malloc;
 mod stats;
@@ -105,13 +109,17 @@ fn ensure_initialised() {
     }
 }
 
-/// Registers the engine's fork handlers, once per process. glibc keeps the first 48
+/// Registers the engine's fork handlers, once per process, after handing the program's
+/// `rangealloc_conf` to the engine. glibc keeps the first 48
 /// handlers in static storage, so this does not call `malloc`. Threads that arrive
 /// while another registers go on without waiting: a process cannot `fork` before
 /// `pthread_atfork` returns in the registering thread and still expect the handlers.
 #[cold]
 #[inline(never)]
 fn register_fork_handlers() {
+    // Every thread that comes this way, before it allocates: the program's options
+    // must reach the engine before its first parse, whoever wins the registration.
+    config::give_program_options();
     if ATFORK
         .compare_exchange(
             ATFORK_UNREGISTERED,

@@ -74,23 +74,19 @@ fn exit_key() -> Option<libc::pthread_key_t> {
     EXIT_KEY.get(process_start)
 }
 
-/// Once per process, on the first heap: the exit report and the background purger,
-/// when the options ask for them.
+/// Once per process, on the first heap: the page-size check, the exit report and the
+/// background purger, when the options ask for them.
 fn process_start() {
+    crate::os::check_page_size();
     #[cfg(feature = "secure")]
     super::page::hardening::init();
     let options = crate::options::get();
     if options.stats_at_exit {
-        // SAFETY: registering a plain `extern "C"` function.
-        unsafe { libc::atexit(print_stats_at_exit) };
+        crate::tuning::register_exit_report();
     }
     if options.background_purge {
         crate::purge::start_background_thread();
     }
-}
-
-extern "C" fn print_stats_at_exit() {
-    crate::snapshot::print_to_stderr();
 }
 
 fn adopt_or_create() -> *mut Heap {

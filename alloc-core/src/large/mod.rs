@@ -73,16 +73,16 @@ fn place(len: usize, align: usize, zero: bool, roomy: bool) -> *mut u8 {
     placed.start as *mut u8
 }
 
-/// Objects this big are purged by the thread that frees them, at once,
-/// instead of waiting for the purge delay: jemalloc's `oversize_threshold` (8 MiB) makes
-/// the same trade (a big buffer is rarely reused before it would have been purged, and
-/// keeping it dirty costs the most memory). The `madvise` runs under the region's own
-/// read lock: no process-wide lock, no `mmap_lock` write.
-pub const OVERSIZE_PURGE: usize = 8 << 20;
+/// Objects of `options::oversize_purge()` bytes or more (8 MiB unless changed at run
+/// time, see `options::DEFAULT_OVERSIZE_PURGE`) are purged by the thread that frees them,
+/// at once, instead of waiting for the purge delay. The `madvise` runs under the
+/// region's own read lock: no process-wide lock, no `mmap_lock` write.
+pub use crate::options::DEFAULT_OVERSIZE_PURGE as OVERSIZE_PURGE;
 
 /// Frees a large object.
 pub fn free(p: *mut u8) -> Result<(), RetireError> {
     let guard = guard_len();
+    let oversize = crate::options::oversize_purge();
     TABLE.retire_with(p as usize, |region| {
         let len = region.len();
         if guard != 0 {
@@ -90,7 +90,7 @@ pub fn free(p: *mut u8) -> Result<(), RetireError> {
             // region can be reused.
             let _ = unsafe { os::guard_remove(p as usize + len - guard, guard) };
         }
-        if len >= OVERSIZE_PURGE {
+        if len >= oversize {
             let (_, mode) = crate::purge::settings();
             // SAFETY: the object is being freed by its owner: its content is dead, and
             // nobody can reuse the range before we retire it.

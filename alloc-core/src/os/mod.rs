@@ -140,8 +140,55 @@ pub fn set_errno(value: i32) {
 
 /// Fails the build of a test or the start-up check if the kernel's page size differs.
 pub fn init_check() -> bool {
+    kernel_page_size() == PAGE_SIZE
+}
+
+fn kernel_page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize == PAGE_SIZE }
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+/// Room for the page-size message: its fixed text plus 20 decimal digits.
+const PAGE_SIZE_MESSAGE_LEN: usize = 160;
+
+/// The start-up check: every size class, segment and guard page assumes `PAGE_SIZE`, so
+/// on a kernel with other pages (arm64 or ppc64 with 16 or 64 KiB) the allocator stops
+/// at its first allocation with one clear line instead of corrupting memory later.
+pub fn check_page_size() {
+    let actual = kernel_page_size();
+    if let Some((line, len)) = page_size_message(actual) {
+        write_stderr(&line[..len]);
+        std::process::abort();
+    }
+}
+
+/// The message for an unsupported page size, or `None` when `actual` is supported.
+fn page_size_message(actual: usize) -> Option<([u8; PAGE_SIZE_MESSAGE_LEN], usize)> {
+    if actual == PAGE_SIZE {
+        return None;
+    }
+    let mut line = [0u8; PAGE_SIZE_MESSAGE_LEN];
+    let mut len = 0;
+    let mut digits = [0u8; 20];
+    let mut n = digits.len();
+    let mut v = actual;
+    loop {
+        n -= 1;
+        digits[n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for part in [
+        b"rangealloc: fatal: the kernel's page size is ".as_slice(),
+        &digits[n..],
+        b" bytes; this build supports only 4096-byte pages (Linux x86_64)\n",
+    ] {
+        line[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
+    }
+    Some((line, len))
 }
 
 /// Reserves `len` bytes of address space aligned to `align` (a power of two, at least a
@@ -324,6 +371,26 @@ pub fn write_stderr(bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsupported_page_size_is_named_in_the_message() {
+        assert!(page_size_message(PAGE_SIZE).is_none());
+        for (size, text) in [
+            (16384, "is 16384 bytes"),
+            (65536, "is 65536 bytes"),
+            (0, "is 0 bytes"),
+        ] {
+            let (line, len) = page_size_message(size).expect("rejected");
+            let line = core::str::from_utf8(&line[..len]).unwrap();
+            assert!(
+                line.starts_with("rangealloc: fatal: ") && line.contains(text),
+                "{line}"
+            );
+            assert!(line.ends_with("4096-byte pages (Linux x86_64)\n"), "{line}");
+        }
+        let (_, len) = page_size_message(usize::MAX).expect("rejected");
+        assert!(len < PAGE_SIZE_MESSAGE_LEN);
+    }
 
     #[test]
     fn reserve_is_aligned_usable_and_counted() {

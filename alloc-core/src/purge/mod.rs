@@ -23,11 +23,13 @@ static NEXT_PASS_MS: AtomicU64 = AtomicU64::new(0);
 pub static PURGED_BYTES: Counter = Counter::new();
 pub static PASSES: Counter = Counter::new();
 
+/// The purge delay in force (a run-time setting may have changed it) and the mode.
 pub fn settings() -> (u64, PurgeMode) {
-    let o = options::get();
-    (o.purge_delay_ms, o.purge_mode)
+    (options::purge_delay_ms(), options::get().purge_mode)
 }
 
+/// How often the table-wide pass runs for a delay (`PURGE_NEVER`: about every 146
+/// million years, which the callers' additions to a millisecond clock cannot overflow).
 pub fn interval_ms(delay_ms: u64) -> u64 {
     (delay_ms / INTERVAL_DIVISOR).max(MIN_INTERVAL_MS)
 }
@@ -38,19 +40,15 @@ pub fn record_heap_purge(bytes: usize) {
     }
 }
 
-/// Dirty free space the table may hold before the excess is purged at once, whatever
-/// its age: reuse of dirty space is what makes freeing and reallocating big buffers
-/// cheap, but a burst of frees must not pin unbounded memory for a whole purge delay.
-/// 64 MiB keeps one 64 MiB buffer's worth for reuse (the region workload's biggest).
-pub const DIRTY_CAP: usize = 64 << 20;
-
 /// Runs the table-wide pass if its time has come (one thread wins the slot), or at once
-/// when dirty space exceeds `DIRTY_CAP`.
+/// when dirty space exceeds the dirty budget (`options::dirty_budget`, by default
+/// `options::DEFAULT_DIRTY_BUDGET`).
 pub fn tick(now_ms: u64) {
     let dirty = TABLE.dirty_bytes();
-    if dirty > DIRTY_CAP {
+    let budget = options::dirty_budget();
+    if dirty > budget {
         let (_, mode) = settings();
-        run_pass(0, mode, dirty - DIRTY_CAP);
+        run_pass(0, mode, dirty - budget);
         return;
     }
     let next = NEXT_PASS_MS.load(Ordering::Relaxed);
@@ -62,7 +60,7 @@ pub fn tick(now_ms: u64) {
     if NEXT_PASS_MS
         .compare_exchange(
             next,
-            now_ms + interval_ms(delay),
+            now_ms.saturating_add(interval_ms(delay)),
             Ordering::Relaxed,
             Ordering::Relaxed,
         )
@@ -93,22 +91,38 @@ pub fn purge_all() -> usize {
     }
 }
 
-/// Starts the optional background purger: a thread that runs the table-wide pass every
-/// interval, so idle processes return memory without making allocator calls. Heaps'
-/// own unused units are purged by their owners (no other thread may touch them).
+/// The background purger sleeps at most this long between checks, so a purge delay or
+/// switch changed at run time takes effect within a second.
+const MAX_BACKGROUND_SLEEP_MS: u64 = 1000;
+
+/// Whether a thread has claimed the start of the background purger.
+static BACKGROUND_CLAIMED: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Starts the optional background purger, once per process: a thread that runs the
+/// table-wide pass every interval while `options::background_purge()` holds (it can be
+/// switched off and on at run time; switched off, the thread only sleeps), so idle
+/// processes return memory without making allocator calls. Heaps' own unused units are
+/// purged by their owners (no other thread may touch them).
 pub fn start_background_thread() {
     extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
         loop {
             let (delay, mode) = settings();
-            let interval = interval_ms(delay);
+            let interval = interval_ms(delay).min(MAX_BACKGROUND_SLEEP_MS);
             let pause = libc::timespec {
                 tv_sec: (interval / 1000) as libc::time_t,
                 tv_nsec: ((interval % 1000) * 1_000_000) as libc::c_long,
             };
             // SAFETY: a valid timespec; an early wake-up (signal) only purges sooner.
             unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };
-            run_pass(delay, mode, PASS_BUDGET);
+            if options::background_purge() {
+                run_pass(delay, mode, PASS_BUDGET);
+            }
         }
+    }
+    // Relaxed: the flag only elects the one starter; the thread reads nothing it set.
+    if BACKGROUND_CLAIMED.swap(true, Ordering::Relaxed) {
+        return;
     }
     let mut thread: libc::pthread_t = 0;
     // SAFETY: valid out-pointer, default attributes, a function with the C signature;
