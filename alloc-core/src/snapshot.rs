@@ -8,40 +8,61 @@ use crate::region::TABLE;
 use crate::sync::atomic::Ordering;
 use crate::{meta, purge};
 
+/// Counts of one small size class.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClassStats {
+    /// The class's block size in bytes.
     pub block_size: usize,
+    /// Blocks handed out so far.
     pub allocs: u64,
+    /// Blocks freed so far.
     pub frees: u64,
 }
 
 impl ClassStats {
+    /// Blocks live now (`allocs - frees`).
     pub fn live(&self) -> u64 {
         self.allocs.saturating_sub(self.frees)
     }
 }
 
+/// Region-table lookups by outcome (the kernel's `VMA_LOCK_*` counters' analogue).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LockStats {
+    /// Lookups that read-locked their region without the writer mutex.
     pub success: u64,
+    /// ... that found the region write-locked by an update.
     pub abort: u64,
+    /// ... that found a detached region and retried.
     pub retry: u64,
+    /// ... that found no region covering the address.
     pub miss: u64,
+    /// ... that finished under the writer mutex.
     pub slow: u64,
+    /// Acquisitions of the table's writer mutex.
     pub writer: u64,
 }
 
+/// The region table's contents.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RegionStats {
+    /// Live large objects (one region each).
     pub large: usize,
+    /// Their bytes.
     pub large_bytes: usize,
+    /// Live small-object segments.
     pub segments: usize,
+    /// Free regions.
     pub free: usize,
+    /// Their bytes.
     pub free_bytes: usize,
+    /// Free bytes not purged yet.
     pub dirty_bytes: usize,
+    /// Bytes of freed regions not folded back into the table yet.
     pub retired_bytes: usize,
 }
 
+/// A statistics snapshot (see `snapshot`).
 #[derive(Clone, Debug)]
 pub struct Stats {
     /// Bytes in live blocks (small blocks at their class size, large objects whole).
@@ -57,16 +78,25 @@ pub struct Stats {
     pub retained: usize,
     /// Metadata bytes carved (descriptors, tree nodes, heaps, dependencies' blocks).
     pub metadata: usize,
+    /// The region table's contents.
     pub regions: RegionStats,
+    /// Per small size class counts.
     pub classes: [ClassStats; size_class::CLASSES],
+    /// Memory syscalls issued, by kind.
     pub syscalls: SyscallCounts,
+    /// Region-table lookups by outcome.
     pub lock: LockStats,
+    /// Table-wide purge passes run.
     pub purge_passes: u64,
+    /// Bytes returned to the OS with `madvise` (every purge path).
     pub purged_bytes: u64,
+    /// Thread heaps created.
     pub heaps: usize,
+    /// Heaps of exited threads waiting for adoption.
     pub abandoned_heaps: usize,
 }
 
+/// Takes a snapshot: a walk over the heaps and the region tree.
 pub fn snapshot() -> Stats {
     let mut classes = [ClassStats::default(); size_class::CLASSES];
     for (c, class) in classes.iter_mut().enumerate() {

@@ -64,23 +64,27 @@ pub(crate) fn give_program_options() {
 /// Sets the purge delay in milliseconds (`UINT64_MAX`: never).
 #[no_mangle]
 pub extern "C" fn rangealloc_set_purge_delay_ms(ms: u64) {
+    crate::ensure_initialised();
     tuning::set_purge_delay_ms(ms);
 }
 
 /// Switches the background purger on (non-zero) or off.
 #[no_mangle]
 pub extern "C" fn rangealloc_set_background_purge(on: c_int) {
+    crate::ensure_initialised();
     tuning::set_background_purge(on != 0);
 }
 
 /// Switches the statistics report at exit on (non-zero) or off.
 #[no_mangle]
 pub extern "C" fn rangealloc_set_stats_at_exit(on: c_int) {
+    crate::ensure_initialised();
     tuning::set_stats_at_exit(on != 0);
 }
 
 /// Sets the dirty budget in bytes; free space above it is purged now.
 #[no_mangle]
 pub extern "C" fn rangealloc_set_dirty_budget(bytes: usize) {
+    crate::ensure_initialised();
     tuning::set_dirty_budget(bytes);
 }

@@ -146,8 +146,8 @@ pub struct MallInfo {
 /// the system (small-object pages, dirty free space, retired regions; metadata
 /// excluded), `uordblks` the live small blocks at their class size and `fordblks`
 /// `arena - uordblks`, so `uordblks + hblkhd` is every live byte (`stats.allocated`).
-/// `ordblks` counts free regions, `keepcost` the dirty bytes `malloc_trim` would
-/// release now. No fastbins and no high-water mark: `smblks`, `fsmblks` and `usmblks`
+/// `ordblks` counts free regions, `keepcost` the dirty free bytes `malloc_trim` would
+/// release now (the callers fold freed regions into the table first). No fastbins and no high-water mark: `smblks`, `fsmblks` and `usmblks`
 /// are 0 (glibc's `usmblks` is always 0 too).
 fn mallinfo_from(s: &engine::snapshot::Stats) -> MallInfo2 {
     let large = s.regions.large_bytes;
@@ -167,10 +167,19 @@ fn mallinfo_from(s: &engine::snapshot::Stats) -> MallInfo2 {
     }
 }
 
+/// A snapshot with the retired regions folded into the table first, so that dirty and
+/// purged free space are told apart (a freed region counts as neither until folded).
+/// Also the options' first parse when a program's first call is one of these.
+fn fresh_snapshot() -> engine::snapshot::Stats {
+    crate::ensure_initialised();
+    engine::region::TABLE.collect_retired();
+    engine::snapshot::snapshot()
+}
+
 /// glibc 2.33's `mallinfo2`: see `mallinfo_from` for each field.
 #[no_mangle]
 pub extern "C" fn mallinfo2() -> MallInfo2 {
-    mallinfo_from(&engine::snapshot::snapshot())
+    mallinfo_from(&fresh_snapshot())
 }
 
 /// The old `mallinfo`: `mallinfo2`'s fields, each clamped to `INT_MAX` (glibc truncates
@@ -204,6 +213,7 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
 /// `malloc_stats()`: rangealloc's text report on stderr (glibc prints its own there).
 #[no_mangle]
 pub extern "C" fn malloc_stats() {
+    crate::ensure_initialised();
     engine::snapshot::print_to_stderr();
 }
 
@@ -242,7 +252,7 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) ->
         engine::os::set_errno(libc::EINVAL);
         return -1;
     }
-    let s = engine::snapshot::snapshot();
+    let s = fresh_snapshot();
     let m = mallinfo_from(&s);
     match write_malloc_info(&mut FileWriter(stream), &s, &m) {
         Ok(()) => 0,
@@ -321,6 +331,7 @@ const MMAP_THRESHOLD_MAX: usize = 32 << 20;
 ///   arenas to tune; misuse always aborts), returning 1 as glibc does.
 #[no_mangle]
 pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
+    crate::ensure_initialised();
     match param {
         M_TRIM_THRESHOLD => {
             let bytes = usize::try_from(value).unwrap_or(usize::MAX);

@@ -40,18 +40,26 @@ pub struct OsError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Syscall {
+    /// `mmap` (address-space reservations).
     Mmap = 0,
+    /// `munmap`.
     Munmap,
+    /// `mremap` (moving a big object's pages).
     Mremap,
+    /// `mprotect` (guard pages on kernels without `MADV_GUARD_INSTALL`).
     Mprotect,
+    /// `madvise(MADV_DONTNEED)` purges.
     MadviseDontNeed,
+    /// `madvise(MADV_FREE)` purges.
     MadviseFree,
+    /// `madvise(MADV_GUARD_INSTALL/REMOVE)`.
     MadviseGuard,
 }
 
 const SYSCALL_KINDS: usize = 7;
 
 impl Syscall {
+    /// Every kind, in counter order.
     pub const ALL: [Syscall; SYSCALL_KINDS] = [
         Syscall::Mmap,
         Syscall::Munmap,
@@ -62,6 +70,7 @@ impl Syscall {
         Syscall::MadviseGuard,
     ];
 
+    /// The call as the report prints it.
     pub fn name(self) -> &'static str {
         match self {
             Syscall::Mmap => "mmap",
@@ -75,6 +84,7 @@ impl Syscall {
     }
 
     /// True for the calls that serialise on the process-wide `mmap_lock` (write).
+    /// True for the calls that take the kernel's `mmap_lock` for write.
     pub fn takes_mmap_lock_write(self) -> bool {
         matches!(
             self,
@@ -91,6 +101,7 @@ static COUNTS: [AtomicU64; SYSCALL_KINDS] = [const { AtomicU64::new(0) }; SYSCAL
 pub struct SyscallCounts(pub [u64; SYSCALL_KINDS]);
 
 impl SyscallCounts {
+    /// The count of one kind.
     pub fn get(&self, call: Syscall) -> u64 {
         self.0[call as usize]
     }
