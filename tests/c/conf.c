@@ -52,6 +52,9 @@ static int threads(void) {
 }
 
 int main(int argc, char **argv) {
+    /* A direct malloc call, as every real program has: linked with --as-needed (the
+     * distributions' default), the library stays a dependency because it defines it. */
+    free(malloc(opaque(1)));
     ctl = (mallctl_fn)lookup("mallctl");
     void (*set_purge_delay_ms)(uint64_t) = lookup("rangealloc_set_purge_delay_ms");
     void (*set_background_purge)(int) = lookup("rangealloc_set_background_purge");
