@@ -188,19 +188,19 @@ pub unsafe fn free_sized_as(p: *mut u8, size: usize, align: usize, call: &'stati
     if (p as usize) & (align - 1) != 0 {
         misuse::report(Misuse::Misaligned, call, p);
     }
-    match space::kind_of(p as usize) {
+    let too_large = match space::kind_of(p as usize) {
+        // SAFETY: the slot is a live segment; the header read only needs that.
         SlotKind::Segment => {
-            // SAFETY: the slot is a live segment; the header read only needs that.
-            if size > heap::size_class::MIN_BLOCK && size > unsafe { heap::usable_size(p) } {
-                misuse::report(Misuse::SizeTooLarge, call, p);
-            }
+            size > heap::size_class::MIN_BLOCK && size > unsafe { heap::usable_size(p) }
         }
-        SlotKind::Table if size > os::PAGE_SIZE => match large::usable_size(p) {
-            Some(usable) if size > usable => misuse::report(Misuse::SizeTooLarge, call, p),
-            // A pointer the table does not know is `free_other`'s to report.
-            _ => {}
-        },
-        _ => {}
+        // A pointer the table does not know is `free_as`'s to report.
+        SlotKind::Table if size > os::PAGE_SIZE => {
+            large::usable_size(p).is_some_and(|usable| size > usable)
+        }
+        _ => false,
+    };
+    if too_large {
+        misuse::report(Misuse::SizeTooLarge, call, p);
     }
     // SAFETY: forwarded contract.
     unsafe { free_as(p, call) }

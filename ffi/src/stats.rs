@@ -143,6 +143,9 @@ pub unsafe extern "C" fn rangealloc_stats_json(buf: *mut c_char, size: usize) ->
     total
 }
 
+/// The engine's text or JSON report writer.
+type Printer = fn(&mut dyn FnMut(&[u8]));
+
 pub type WriteCallback = unsafe extern "C" fn(*mut c_void, *const c_char);
 
 /// jemalloc's `malloc_stats_print`: our report, through `write_cb` (NUL-terminated
@@ -161,7 +164,7 @@ pub unsafe extern "C" fn malloc_stats_print(
 ) {
     // SAFETY: caller contract: a C string when not null.
     let json = !opts.is_null() && unsafe { CStr::from_ptr(opts) }.to_bytes().contains(&b'J');
-    let print: fn(&mut dyn FnMut(&[u8])) = if json {
+    let print: Printer = if json {
         engine::snapshot::print_json
     } else {
         engine::snapshot::print
