@@ -111,3 +111,44 @@ fn a_placement_out_of_metadata_changes_nothing() {
         "no placement failed inside its tree inserts"
     );
 }
+
+/// Issue 13 item 4: `grow` into a dirty free neighbour that it only shortens must move
+/// the neighbour's key (`rekey`), which needs tree nodes and can fail. A grow refused
+/// that way must change nothing, `dirty_bytes` included (it used to be lowered before
+/// the `rekey` and never raised again, so the counter drifted and could wrap).
+#[test]
+fn a_grow_out_of_metadata_changes_nothing() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let object = table
+        .allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    let neighbour = table
+        .allocate(8 * PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    assert_eq!(neighbour, object + PAGE_SIZE, "placed side by side");
+    table.retire(neighbour).unwrap();
+    table.collect_retired();
+    assert_eq!(table.dirty_bytes(), 8 * PAGE_SIZE, "a dirty free neighbour");
+    let mut failures = 0;
+    let grown = (0..64).find(|&budget| {
+        let before = snapshot(table);
+        meta_budget::set(budget);
+        let grown = table.grow_in_place(object, 3 * PAGE_SIZE);
+        meta_budget::set(usize::MAX);
+        if !grown {
+            assert_eq!(snapshot(table), before, "budget {budget}: a failed grow");
+            failures += 1;
+        }
+        grown
+    });
+    assert!(grown.is_some(), "enough metadata eventually");
+    assert!(
+        failures >= 1,
+        "the rekey never failed: the test did not run"
+    );
+    assert_eq!(table.object_len(object), Some(3 * PAGE_SIZE));
+    assert_eq!(table.dirty_bytes(), 6 * PAGE_SIZE);
+    check_layout(table);
+}

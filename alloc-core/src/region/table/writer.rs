@@ -389,9 +389,9 @@ impl Writer<'_> {
         }
         self.start_write(r);
         self.start_write(next);
-        if next.is_dirty() {
-            self.table.dirty_bytes.fetch_sub(delta, Ordering::Relaxed);
-        }
+        // Read after the write lock (a purge changes it under its read lock); the
+        // counter moves only once nothing can fail any more.
+        let dirty = next.is_dirty();
         if next.len() == delta {
             self.detach(next);
         } else {
@@ -413,6 +413,9 @@ impl Writer<'_> {
                 next.len.fetch_sub(delta, Ordering::Relaxed);
                 self.state.free.insert(np);
             }
+        }
+        if dirty {
+            self.table.dirty_bytes.fetch_sub(delta, Ordering::Relaxed);
         }
         r.len.store(new_len, Ordering::Relaxed);
         true
