@@ -184,6 +184,16 @@ impl RegionTable {
     #[inline]
     pub fn find_and_read_lock(&self, addr: usize) -> Option<ReadGuard> {
         let _inside = Reentrancy::enter();
+        match self.find_and_read_lock_fast(addr) {
+            Some(read) => Some(read),
+            None => self.find_and_read_lock_slow(addr),
+        }
+    }
+
+    /// The lock-free lookup alone: `None` sends the caller to the slow path (a miss
+    /// included: the lock-free walk may have seen a tree an update was replacing).
+    #[inline]
+    fn find_and_read_lock_fast(&self, addr: usize) -> Option<ReadGuard> {
         for _ in 0..STALE_RETRIES {
             let guard = epoch::pin();
             let Some((start, value)) = self.tree.floor(addr, &guard) else {
@@ -209,7 +219,7 @@ impl RegionTable {
             self.counters.success.inc();
             return Some(ReadGuard { region, start });
         }
-        self.find_and_read_lock_slow(addr)
+        None
     }
 
     #[cold]

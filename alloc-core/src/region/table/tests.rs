@@ -152,3 +152,74 @@ fn a_grow_out_of_metadata_changes_nothing() {
     assert_eq!(table.dirty_bytes(), 6 * PAGE_SIZE);
     check_layout(table);
 }
+
+/// Issue 13 item 8: a descriptor an update creates (the object `carve` cuts, the free
+/// tail it leaves, the tail `shrink` gives back) is write-locked before it enters the
+/// tree, as the kernel write-locks a new VMA before inserting it: until the update's
+/// `end_write_all`, a lock-free reader that finds it must back off to the slow path
+/// (which waits for the writer mutex), never read-lock it half made.
+#[test]
+fn a_new_region_is_write_locked_until_its_update_ends() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    // A first update makes the arena; the rest of the test runs in later ones.
+    let first = table
+        .allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    // The reader runs on another thread, as a real one would, while the writer holds
+    // the update open; it only tries the fast path (the slow one would wait for us).
+    let fast = |addr: usize| {
+        std::thread::scope(|s| {
+            s.spawn(|| table.find_and_read_lock_fast(addr).is_some())
+                .join()
+                .unwrap()
+        })
+    };
+    // Inside the free region (the object and its tail are both new descriptors).
+    let (object, tail) = table.write(|w| {
+        let placed = w
+            .allocate(2 * PAGE_SIZE, 64 * 1024, RegionKind::Large)
+            .unwrap();
+        assert_ne!(
+            placed.start,
+            first + PAGE_SIZE,
+            "placed inside the free region"
+        );
+        let tail = placed.start + placed.len;
+        assert!(
+            !fast(placed.start),
+            "new object read-locked before end_write_all"
+        );
+        assert!(
+            !fast(tail),
+            "new free tail read-locked before end_write_all"
+        );
+        (placed.start, tail)
+    });
+    assert!(fast(object) && fast(tail), "unlocked once the update ended");
+    // At a free region's start (the object takes its key) with a new tail behind it.
+    let head = table.write(|w| {
+        let placed = w.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
+        assert_eq!(
+            placed.start,
+            first + PAGE_SIZE,
+            "placed at the free head's start"
+        );
+        assert!(
+            !fast(placed.start),
+            "object in a replaced key read-locked early"
+        );
+        placed.start
+    });
+    assert!(fast(head));
+    // The tail a shrink gives back.
+    table.write(|w| {
+        assert!(w.shrink(object, PAGE_SIZE));
+        assert!(
+            !fast(object + PAGE_SIZE),
+            "shrink's new tail read-locked early"
+        );
+    });
+    assert!(fast(object + PAGE_SIZE));
+    check_layout(table);
+}

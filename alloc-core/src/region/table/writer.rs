@@ -3,8 +3,8 @@
 //! free index: placement (`allocate`, `allocate_roomy`, `carve`, new arenas), resizing
 //! in place (`grow`, `shrink`), folding freed objects back into free space
 //! (`drain_retired`, `coalesce`, `absorb`) and detaching descriptors. Each change
-//! write-locks the regions it touches (`start_write`); `RegionTable::write` ends the
-//! update with one `end_write_all`. Calls `tree`, `free_index`, `epoch`, `meta`, `os`
+//! write-locks the regions it touches (`start_write`) and creates new ones write-locked
+//! (`new_region`); `RegionTable::write` ends the update with one `end_write_all`. Calls `tree`, `free_index`, `epoch`, `meta`, `os`
 //! and `space`.
 
 use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGED_AT_RETIRE};
@@ -47,6 +47,8 @@ impl Writer<'_> {
             .filter(|r| r.kind() != RegionKind::Free && r.state() == RegionState::Live)
     }
 
+    /// A new descriptor, write-locked by this update (every region the writer creates
+    /// comes from here, so none enters the tree readable before `end_write_all`).
     fn new_region(&self, start: usize, len: usize, kind: RegionKind, zeroed: bool) -> *mut Region {
         #[cfg(test)]
         if crate::region::tree::meta_budget::exhausted() {
@@ -57,8 +59,13 @@ impl Writer<'_> {
             core::mem::align_of::<Region>(),
         ) as *mut Region;
         if !p.is_null() {
-            // SAFETY: fresh metadata memory sized and aligned for a Region.
-            unsafe { p.write(Region::new(start, len, kind, zeroed)) };
+            // SAFETY: fresh metadata memory sized and aligned for a Region; it becomes
+            // reachable only when inserted, so it is write-locked for this update first
+            // (we hold the writer mutex, and `write()` ends the update).
+            unsafe {
+                p.write(Region::new(start, len, kind, zeroed));
+                (*p).lock.stamp_unpublished(&self.table.seq);
+            }
         }
         p
     }
