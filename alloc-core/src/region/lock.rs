@@ -199,6 +199,12 @@ impl RegionLock {
         self.word.store(0, Ordering::Relaxed);
     }
 
+    /// True while a writer is draining this region's readers (tests and assertions: a
+    /// writer blocked on a reader, such as a purge inside `madvise`).
+    pub fn writer_waiting(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & WRITER != 0
+    }
+
     /// Readers currently inside (for tests and assertions).
     pub fn readers(&self) -> usize {
         self.word.load(Ordering::Relaxed) & !WRITER

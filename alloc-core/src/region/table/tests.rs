@@ -223,3 +223,138 @@ fn a_new_region_is_write_locked_until_its_update_ends() {
     assert!(fast(object + PAGE_SIZE));
     check_layout(table);
 }
+
+/// Issue 13 item 7: one free region of 1 GiB, dirty. A purge pass with a budget
+/// must not pick it whole (the budget used to be checked before a region was added),
+/// and every `madvise` covers at most `PURGE_PIECE` bytes, each piece under its own read
+/// lock. Once all is purged, the pieces merge back into one clean region.
+#[test]
+fn a_huge_free_region_is_purged_in_bounded_pieces() {
+    const BUDGET: usize = 256 << 20;
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    // A whole arena's worth, at an arena boundary (regions merge within one arena).
+    let len = ARENA_SIZE;
+    let huge = table
+        .allocate(len, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    table.retire(huge).unwrap();
+    table.collect_retired();
+    assert_eq!(table.dirty_bytes(), len);
+    let first = table.purge(0, PurgeMode::DontNeed, BUDGET);
+    assert!(
+        first > 0 && first <= BUDGET,
+        "one pass with a {BUDGET:#x} budget purged {first:#x}"
+    );
+    assert!(
+        table.purge_calls.get() as usize >= first.div_ceil(PURGE_PIECE),
+        "{} madvise calls for {first:#x} bytes: some exceeded {PURGE_PIECE:#x}",
+        table.purge_calls.get()
+    );
+    check_layout(table);
+    let mut total = first;
+    loop {
+        let bytes = table.purge(0, PurgeMode::DontNeed, usize::MAX);
+        if bytes == 0 {
+            break;
+        }
+        total += bytes;
+    }
+    assert_eq!(total, len);
+    assert!(table.purge_calls.get() as usize >= len.div_ceil(PURGE_PIECE));
+    assert_eq!(table.dirty_bytes(), 0);
+    let mut free = Vec::new();
+    table.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    assert!(
+        free.iter().any(|&(s, l, d)| s == huge && l == len && !d),
+        "the purged pieces merged back: {free:x?}"
+    );
+    check_layout(table);
+}
+
+/// Runs `op` on another thread while a purge of `table` is stopped inside `madvise` on
+/// `purged`, and fails if `op` ever waits for that purge (it write-locks the region: the
+/// lock word shows a writer draining readers) instead of working around it.
+fn without_waiting_for<R: Send>(
+    table: &'static RegionTable,
+    purged: &'static Region,
+    op: impl FnOnce() -> R + Send,
+) -> R {
+    table.pause_in_madvise.arm();
+    std::thread::scope(|s| {
+        let purger = s.spawn(|| table.purge(0, PurgeMode::DontNeed, usize::MAX));
+        table.pause_in_madvise.wait_paused();
+        assert!(purged.lock.readers() > 0, "the purge holds the region");
+        let op = s.spawn(op);
+        let waited = loop {
+            if op.is_finished() {
+                break false;
+            }
+            if purged.lock.writer_waiting() {
+                break true;
+            }
+            std::thread::yield_now();
+        };
+        table.pause_in_madvise.release();
+        let result = op.join().unwrap();
+        assert!(purger.join().unwrap() > 0);
+        assert!(
+            !waited,
+            "a writer waited for a purge's madvise it could avoid"
+        );
+        result
+    })
+}
+
+/// Issue 13 item 7: while a purge holds a free region inside `madvise`, a placement
+/// that other free space can serve goes there at once; it used to pick the region being
+/// purged (`find_any` did not skip `PURGING`) and spin in `start_write`, holding the
+/// writer mutex, for the whole `madvise`.
+#[test]
+fn a_placement_beside_a_purge_does_not_wait_for_it() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let o = table
+        .allocate(8 * PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    table.retire(o).unwrap();
+    table.collect_retired();
+    // Layout: O (free, dirty, the smallest fit), the rest of the arena (free, clean).
+    let purged = table.find_and_read_lock(o).unwrap().region();
+    let placed = without_waiting_for(table, purged, || {
+        table.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+    })
+    .unwrap();
+    assert_ne!(placed.start, o, "placed in the region being purged");
+    check_layout(table);
+}
+
+/// Issue 13 item 7: freeing an object next to a free region a purge holds inside
+/// `madvise` does not wait to merge with it (the purge merges the cleaned region with
+/// its clean neighbours when it is done).
+#[test]
+fn a_free_beside_a_purge_does_not_wait_for_it() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let a = table
+        .allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    let b = table
+        .allocate(8 * PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    table.retire(b).unwrap();
+    table.collect_retired();
+    // Layout: A (live), B (free, dirty), the rest of the arena (free, clean).
+    let purged = table.find_and_read_lock(b).unwrap().region();
+    without_waiting_for(table, purged, || {
+        table
+            .retire_with(a, |r| r.mark_purged(PurgeMode::DontNeed))
+            .unwrap();
+        table.collect_retired();
+    });
+    let mut free = Vec::new();
+    table.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    assert_eq!(free.len(), 1, "all clean, merged: {free:x?}");
+    check_layout(table);
+}

@@ -7,11 +7,12 @@
 //! (`new_region`); `RegionTable::write` ends the update with one `end_write_all`. Calls `tree`, `free_index`, `epoch`, `meta`, `os`
 //! and `space`.
 
-use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGED_AT_RETIRE};
+use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGED_AT_RETIRE, PURGE_PIECE};
 use crate::meta;
 use crate::os;
+use crate::os::{HUGE_PAGE, PAGE_SIZE};
 use crate::region::epoch;
-use crate::region::{Region, RegionKind, RegionState, RETIRED_NEXT};
+use crate::region::{Region, RegionKind, RegionState, PURGING, RETIRED_NEXT};
 use crate::space::{self, SlotKind};
 use crate::sync::atomic::Ordering;
 use core::ptr;
@@ -146,6 +147,13 @@ impl Writer<'_> {
                 || a.end() != b.start()
                 || arena_of(a.start()) != arena_of(b.start())
             {
+                return false;
+            }
+            // A piece a purge has claimed is not merged now, which would wait for its
+            // `madvise`: the purge merges it when done (`coalesce_overlapping`). The
+            // claim is made under the writer mutex, so `PURGING` read here is current
+            // or already over (then the purge's merge follows).
+            if a.dirty_since() == PURGING || b.dirty_since() == PURGING {
                 return false;
             }
             w.start_write(a);
@@ -372,6 +380,55 @@ impl Writer<'_> {
             len,
             zeroed,
         })
+    }
+
+    /// Cuts the free region `r` for a purge so that it is at most `limit` bytes (rounded
+    /// up to a page) and at most `PURGE_PIECE`, ending on a huge-page boundary when it
+    /// can; returns the rest, a new free region just as dirty, or `None` when `r` is
+    /// small enough already. Out of metadata, `r` stays whole (and `None`): purging it
+    /// in one call is slower for a writer that needs it, never wrong.
+    pub(super) fn split_for_purge(
+        &mut self,
+        r: &'static Region,
+        limit: usize,
+    ) -> Option<&'static Region> {
+        let limit = limit
+            .min(PURGE_PIECE)
+            .next_multiple_of(PAGE_SIZE)
+            .max(PAGE_SIZE);
+        let (start, end) = (r.start(), r.end());
+        if end - start <= limit {
+            return None;
+        }
+        let cut = match (start + limit) & !(HUGE_PAGE - 1) {
+            aligned if aligned > start => aligned,
+            _ => start + limit,
+        };
+        // Write-locked before its purge-owned fields are read (see `carve`).
+        self.start_write(r);
+        let rest = self.new_region(cut, end - cut, RegionKind::Free, r.is_zeroed());
+        if rest.is_null() {
+            return None;
+        }
+        // SAFETY: fresh, unpublished; the rest keeps the region's dirty stamp.
+        unsafe {
+            (*rest)
+                .dirty_since
+                .store(r.dirty_since(), Ordering::Relaxed)
+        };
+        if !self.insert(rest) {
+            return None;
+        }
+        let rp = r as *const Region as *mut Region;
+        // SAFETY: writer mutex held; out of the index before its length changes. Both
+        // are attached free regions.
+        unsafe {
+            self.state.free.remove(rp);
+            r.len.store(cut - start, Ordering::Relaxed);
+            self.state.free.insert(rp);
+            self.state.free.insert(rest);
+            Some(&*rest)
+        }
     }
 
     pub(super) fn grow(&mut self, addr: usize, new_len: usize) -> bool {
