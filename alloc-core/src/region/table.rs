@@ -106,6 +106,33 @@ impl Region {
     }
 }
 
+/// The guard page `install_guard` puts after an object: its region's last page.
+pub const GUARD_LEN: usize = os::PAGE_SIZE;
+
+impl Region {
+    /// Lifts the guard page `install_guard` put at the end of this region, if it is
+    /// still there; true when no guard remains. Called by the retire that wins the
+    /// region (under its read lock, before anyone can reuse the range) and, for a retire
+    /// a fork interrupted or whose lift failed, by the writer that folds the region into
+    /// free space.
+    pub(crate) fn lift_guard(&self) -> bool {
+        // Relaxed: the flag was set under a read lock by the thread that owned the live
+        // object; whoever lifts it got the object from that thread (a free is ordered
+        // after the allocation by the program) or drains it after the retire's Release
+        // push (or is a fork child, alone).
+        if !self.guarded.load(Ordering::Relaxed) {
+            return true;
+        }
+        // SAFETY: the region's last page, where `install_guard` put the guard; the
+        // object is dead (retired) and nobody reuses the range before this returns.
+        if unsafe { os::guard_remove(self.end() - GUARD_LEN, GUARD_LEN) }.is_err() {
+            return false;
+        }
+        self.guarded.store(false, Ordering::Relaxed);
+        true
+    }
+}
+
 /// Why a `retire` was refused: each is misuse by the caller of `free`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetireError {
@@ -148,24 +175,28 @@ pub struct RegionTable {
     pub purge_calls: Counter,
     /// Test hook: stops a purge just before one of its `madvise` calls.
     #[cfg(test)]
-    pub(crate) pause_in_madvise: PauseInMadvise,
+    pub(crate) pause_in_madvise: TestPause,
+    /// Test hook: stops a retire between its state change and lifting the guard page.
+    #[cfg(test)]
+    pub(crate) pause_in_retire: TestPause,
 }
 
-/// Test hook of `purge`: once armed, the next purge of this table to reach a `madvise`
-/// stops there (holding its pieces' read locks and claims) until released, so a test
-/// can run a writer beside a purge that is deterministically inside `madvise`.
+/// A test hook: once armed, the next thread to reach it stops there until released, so
+/// a test can act while another thread is deterministically at that point (a purge
+/// holding its pieces' read locks and claims just before `madvise`; a retire between
+/// its compare-and-swap and lifting the guard page).
 #[cfg(test)]
-pub(crate) struct PauseInMadvise(std::sync::atomic::AtomicU8);
+pub(crate) struct TestPause(std::sync::atomic::AtomicU8);
 
 #[cfg(test)]
-impl PauseInMadvise {
+impl TestPause {
     const OFF: u8 = 0;
     const ARMED: u8 = 1;
     const PAUSED: u8 = 2;
     const RELEASED: u8 = 3;
 
     const fn new() -> Self {
-        PauseInMadvise(std::sync::atomic::AtomicU8::new(Self::OFF))
+        TestPause(std::sync::atomic::AtomicU8::new(Self::OFF))
     }
 
     pub(crate) fn arm(&self) {
@@ -183,7 +214,7 @@ impl PauseInMadvise {
         self.0.store(Self::RELEASED, Ordering::SeqCst);
     }
 
-    /// Called by `purge` before each `madvise`.
+    /// Where the hooked thread stops.
     fn pause_here(&self) {
         let armed = self
             .0
@@ -240,7 +271,9 @@ impl RegionTable {
             dirty_bytes: AtomicUsize::new(0),
             purge_calls: Counter::new(),
             #[cfg(test)]
-            pause_in_madvise: PauseInMadvise::new(),
+            pause_in_madvise: TestPause::new(),
+            #[cfg(test)]
+            pause_in_retire: TestPause::new(),
         }
     }
 
@@ -317,8 +350,9 @@ impl RegionTable {
 
     /// `retire`, running `prepare` on the validated, still-live region under its read
     /// lock first: the place for work on the object's pages that must finish before
-    /// anyone can reuse them (lifting a guard page, purging a big object) and that needs
-    /// no process-wide lock. `prepare` may call `Region::mark_purged`.
+    /// anyone can reuse them (purging a big object) and that needs no process-wide lock.
+    /// A guard page from `install_guard` is lifted before `prepare` runs. `prepare` may
+    /// call `Region::mark_purged`.
     pub fn retire_with(
         &self,
         addr: usize,
@@ -352,7 +386,11 @@ impl RegionTable {
             return Err(RetireError::DoubleFree);
         }
         // Only the winning freer prepares; still under our read lock and not yet on the
-        // retired stack, so no writer can reuse the range meanwhile.
+        // retired stack, so no writer can reuse the range meanwhile. A guard not lifted
+        // here (a failed call) is lifted by the writer that drains the region.
+        #[cfg(test)]
+        self.pause_in_retire.pause_here();
+        region.lift_guard();
         prepare(region);
         let node = region as *const Region as *mut Region;
         let mut head = self.retired.load(Ordering::Relaxed);
@@ -371,6 +409,29 @@ impl RegionTable {
         }
         self.live_regions.fetch_sub(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Makes the last page of the live object region starting at `addr` fault on any
+    /// access (secure mode's guard after a large object). The region records it before
+    /// the guard goes in, and its retire lifts it, so the range is never reused with a
+    /// guard inside, even by a fork child that inherits a retire half done.
+    pub fn install_guard(&self, addr: usize) -> Result<(), os::OsError> {
+        let read = self.find_and_read_lock(addr).ok_or(os::OsError {
+            call: os::Syscall::MadviseGuard,
+            errno: libc::EINVAL,
+        })?;
+        let region = read.region();
+        debug_assert!(region.start() == addr && region.kind() != RegionKind::Free);
+        // Relaxed: see `lift_guard`.
+        region.guarded.store(true, Ordering::Relaxed);
+        let page = region.end() - GUARD_LEN;
+        // SAFETY: the last page of a live object of the caller's, which holds no object
+        // bytes (the caller sized the object to leave it out).
+        let installed = unsafe { os::guard_install(page, GUARD_LEN) };
+        if installed.is_err() {
+            region.guarded.store(false, Ordering::Relaxed);
+        }
+        installed
     }
 
     /// The length of the live object region starting at `addr`.

@@ -113,6 +113,14 @@ impl Writer<'_> {
             // SAFETY: retired regions stay attached until this writer frees them.
             let region: &'static Region = unsafe { &*r };
             r = region.link(RETIRED_NEXT).load(Ordering::Relaxed);
+            // A guard page its retire did not lift (a fork child inherited the retire
+            // half done, or the lift failed): lifted now, or, if it still cannot be,
+            // the region stays retired and out of free space for good, rather than be
+            // handed out with a page that faults. Rare, so the syscall under the writer
+            // mutex costs nothing in steady state.
+            if !region.lift_guard() {
+                continue;
+            }
             if region.kind() == RegionKind::Segment {
                 space::set_kind(region.start(), region.len(), SlotKind::Table);
             }
