@@ -5,6 +5,8 @@
 //! - `tree`: the ordered map from start address to region, readable without locks
 //!   (copy-on-write B+tree published by one atomic store, reclaimed by epoch).
 //! - `lock`: the per-region lock word and the table sequence (kernel per-VMA locks).
+//! - `protocol`: the reader's validation and the writer's stamp and detach, shared by the
+//!   table and the loom models (`loom_tests`), which run the same code.
 //! - `table`: `RegionTable`, its writer mutex, the read side (`find_and_read_lock`,
 //!   `retire`) and purge; `table/writer.rs` holds the structural updates (allocate,
 //!   grow, shrink, coalesce).
@@ -16,6 +18,7 @@ pub mod epoch;
 #[cfg(not(loom))]
 mod free_index;
 pub mod lock;
+mod protocol;
 #[cfg(not(loom))]
 pub mod table;
 #[cfg(not(loom))]

@@ -6,7 +6,8 @@
 //!
 //! Read side (free, usable size, purge of one region):
 //! pin; r = tree.floor(addr); try-read r; back off if `lock_seq == table_seq`; re-check
-//! `detached` and the range (the descriptor may have left the tree since we found it);
+//! `detached`, the key and the range (the descriptor may have left the tree or moved
+//! since we found it: `Region::read_lock_validated`, which the loom models run too);
 //! unpin. The read reference alone then keeps `r` attached: detaching needs
 //! `start_write`, which waits readers out. Any failure falls to the slow path, which
 //! repeats the lookup under the writer mutex, where it cannot fail spuriously.
@@ -18,6 +19,7 @@
 use super::epoch;
 use super::free_index::FreeIndex;
 use super::lock::TableSeq;
+use super::protocol::ReadAttempt;
 use super::tree::RangeTree;
 use super::{Region, RegionKind, RegionState, PURGING, RETIRED_NEXT};
 use crate::os::{self, PurgeMode};
@@ -301,19 +303,21 @@ impl RegionTable {
             };
             // SAFETY: values in the tree are descriptors, valid while we are pinned.
             let region: &'static Region = unsafe { &*(value as *const Region) };
-            if !region.lock.try_read_unlocked(&self.seq) {
-                self.counters.abort.inc();
-                break;
-            }
-            if region.is_detached() || !region.contains(addr) || region.start() != start {
-                region.lock.read_unlock();
+            match region.read_lock_validated(start, addr, &self.seq) {
+                ReadAttempt::Locked => {}
+                ReadAttempt::WriteLocked => {
+                    self.counters.abort.inc();
+                    break;
+                }
                 // A detached region, or one an update moved after our tree snapshot.
-                if region.is_detached() || region.start() != start {
+                ReadAttempt::Moved => {
                     self.counters.retry.inc();
                     continue;
                 }
-                self.counters.miss.inc();
-                break;
+                ReadAttempt::Missed => {
+                    self.counters.miss.inc();
+                    break;
+                }
             }
             self.counters.success.inc();
             return Some(ReadGuard { region, start });

@@ -65,7 +65,7 @@ impl Writer<'_> {
             // (we hold the writer mutex, and `write()` ends the update).
             unsafe {
                 p.write(Region::new(start, len, kind, zeroed));
-                (*p).lock.stamp_unpublished(&self.table.seq);
+                (*p).stamp_new(&self.table.seq);
             }
         }
         p
@@ -83,13 +83,14 @@ impl Writer<'_> {
     /// key now holds another descriptor): out of the free index, marked detached, freed
     /// after the grace period.
     fn discard(&mut self, r: &'static Region) {
-        self.start_write(r);
         let p = r as *const Region as *mut Region;
-        // SAFETY: writer mutex held; `r` may be indexed.
-        unsafe { self.state.free.remove(p) };
-        // Release (made visible by `end_write_all`): readers that still find `r` in an
-        // old tree version see it detached once they see the new sequence.
-        r.detached.store(true, Ordering::Release);
+        // SAFETY: writer mutex held, and `write()` ends the update; `r` may be indexed.
+        // Readers that still find `r` in an old tree version see it detached once they
+        // can lock it, after `end_write_all`.
+        unsafe {
+            r.mark_detached(&self.table.seq);
+            self.state.free.remove(p);
+        }
         // SAFETY: unreachable from the tree; readers pinned now may still look at it.
         unsafe { epoch::defer_meta_free(self.guard, p as *mut u8) };
     }
