@@ -70,13 +70,11 @@ fn place(len: usize, align: usize, zero: bool, roomy: bool) -> *mut u8 {
     placed.start as *mut u8
 }
 
-/// Objects of `options::oversize_purge()` bytes or more (8 MiB unless changed at run
-/// time, see `options::DEFAULT_OVERSIZE_PURGE`) are purged by the thread that frees them,
-/// at once, instead of waiting for the purge delay. The `madvise` runs under the
-/// region's own read lock: no process-wide lock, no `mmap_lock` write.
-pub use crate::options::DEFAULT_OVERSIZE_PURGE as OVERSIZE_PURGE;
-
-/// Frees a large object.
+/// Frees a large object. Objects of `options::oversize_purge()` bytes or more (8 MiB
+/// unless changed at run time, see `options::DEFAULT_OVERSIZE_PURGE`) are purged by the
+/// thread that frees them, at once, instead of waiting for the purge delay. The
+/// `madvise` runs under the region's own read lock: no process-wide lock, no
+/// `mmap_lock` write.
 pub fn free(p: *mut u8) -> Result<(), RetireError> {
     let oversize = crate::options::oversize_purge();
     // A guard page (secure mode) is lifted by the retire itself.
