@@ -190,9 +190,13 @@ unsafe fn release_segment(heap: &mut Heap, seg: *mut Segment) {
 }
 
 /// A remote freer won the hand-off of a parked page: give it back to its owner.
+///
+/// # Safety
+/// The caller's `ThreadFree::push` of a block of `page` returned true (it won the
+/// hand-off), and `heap` is the heap of `page`'s segment.
 #[cold]
 #[inline(never)]
-pub fn hand_off_pending(heap: *mut Heap, page: *mut Page) {
+pub unsafe fn hand_off_pending(heap: *mut Heap, page: *mut Page) {
     // SAFETY: heaps are never freed (only abandoned and adopted), and a segment's heap
     // never changes; `page` is `Pending`, so it stays live and only we link it until its
     // owner pops it. `pending` is an atomic, reached without a reference to the heap.
