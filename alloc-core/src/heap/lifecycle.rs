@@ -1,6 +1,7 @@
-//! Heap lifecycle: creating a thread's heap on its first allocation, giving it up at
-//! thread exit (a `pthread` key destructor), adopting abandoned heaps, and resetting
-//! after `fork`. Owns the global heap lists; calls `meta`, `region::epoch` and `thread`.
+//! Heap lifecycle: creating a heap or adopting an abandoned one for a starting thread,
+//! giving a heap up, and the heap lists' part of `fork`. Owns the global heap lists;
+//! calls `meta`, `slow` (trim) and `thread`. The thread and process events that drive it
+//! (first allocation, the exit hook, the fork handlers) are `init`'s.
 //!
 //! A heap is never freed: a dying thread trims it (empty pages and segments go back)
 //! and pushes it on the abandoned stack, and the next new thread adopts it whole. Under
@@ -8,10 +9,9 @@
 //! blocks other threads free into an abandoned heap are collected by its adopter.
 
 use super::{empty_page, slow, Heap, PageQueue, CLASSES};
-use crate::region::epoch;
 use crate::sync::atomic::AtomicPtr;
 use crate::sync::SpinLock;
-use crate::{meta, thread, Reentrancy};
+use crate::{meta, thread};
 use core::ptr;
 
 struct HeapLists {
@@ -31,9 +31,6 @@ static HEAPS: SpinLock<HeapLists> = SpinLock::new(HeapLists {
     abandoned_count: 0,
 });
 
-/// Runs `on_thread_exit` for every thread that had a heap.
-static EXIT_KEY: thread::ExitKey = thread::ExitKey::new(on_thread_exit);
-
 /// Heap counts: created, and currently abandoned (waiting for adoption).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeapCounts {
@@ -49,51 +46,9 @@ pub fn heap_counts() -> HeapCounts {
     }
 }
 
-/// Creates or adopts this thread's heap. Null when out of memory (the caller then
-/// serves the request from metadata memory).
-pub fn init_thread() -> *mut Heap {
-    // pthread_setspecific may call calloc (keys past the first 32): that nested call
-    // must not come back here.
-    let inside = Reentrancy::enter();
-    let key = exit_key();
-    let heap = adopt_or_create();
-    if !heap.is_null() {
-        if let Some(key) = key {
-            // SAFETY: a valid key; the value is only read back by our destructor.
-            unsafe { libc::pthread_setspecific(key, heap as *const libc::c_void) };
-        }
-    }
-    drop(inside);
-    if !heap.is_null() {
-        thread::set(heap as usize);
-    }
-    heap
-}
-
-fn exit_key() -> Option<libc::pthread_key_t> {
-    EXIT_KEY.get(process_start)
-}
-
-/// Once per process, on the first heap: the exit report and the background purger,
-/// when the options ask for them.
-fn process_start() {
-    #[cfg(feature = "secure")]
-    super::page::hardening::init();
-    let options = crate::options::get();
-    if options.stats_at_exit {
-        // SAFETY: registering a plain `extern "C"` function.
-        unsafe { libc::atexit(print_stats_at_exit) };
-    }
-    if options.background_purge {
-        crate::purge::start_background_thread();
-    }
-}
-
-extern "C" fn print_stats_at_exit() {
-    crate::snapshot::print_to_stderr();
-}
-
-fn adopt_or_create() -> *mut Heap {
+/// A heap for a starting thread: an abandoned one if any (adopted whole), else a new
+/// one. Null when out of metadata memory.
+pub fn adopt_or_create() -> *mut Heap {
     {
         let mut lists = HEAPS.lock();
         let heap = lists.abandoned;
@@ -133,7 +88,10 @@ fn adopt_or_create() -> *mut Heap {
 }
 
 /// Gives a heap up: trims it and pushes it for adoption.
-unsafe fn abandon(heap: *mut Heap) {
+///
+/// # Safety
+/// The caller owns `heap` (its thread is exiting) and never uses it again.
+pub unsafe fn abandon(heap: *mut Heap) {
     // SAFETY: the caller owns `heap` (its thread is exiting, or we are a fork child).
     unsafe {
         slow::trim(&mut *heap);
@@ -144,22 +102,9 @@ unsafe fn abandon(heap: *mut Heap) {
     }
 }
 
-/// The `pthread` key destructor: runs once per exiting thread that had a heap.
-unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
-    let heap = value as *mut Heap;
-    thread::set(thread::BUSY);
-    // SAFETY: `value` is the heap `init_thread` stored for this thread.
-    unsafe { abandon(heap) };
-    epoch::release_thread();
-    // Later allocations of this thread (other destructors) go to metadata memory.
-    thread::set(thread::DEAD);
-}
-
 /// In a fork child only the forking thread survives: every other thread's heap is
 /// abandoned so the child can adopt its memory.
 pub fn fork_child() {
-    // SAFETY: called from the engine's fork-child hook, single-threaded.
-    unsafe { EXIT_KEY.after_fork_in_child() };
     let own = thread::get();
     let mut orphans: *mut Heap = ptr::null_mut();
     {

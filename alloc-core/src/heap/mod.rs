@@ -1,6 +1,7 @@
 //! Thread-local heaps: the small-object fast path. A heap owns segments (from the region
 //! table), their pages and a queue of pages per size class; it calls `region` (through
-//! `segment`), `meta` (for the heap structs), `os` and `thread`.
+//! `segment`), `meta` (for the heap structs), `os` and `thread`, and `init` from one
+//! place only: a thread's first allocation starts the thread there (`slow`).
 //!
 //! `alloc_small` pops the current page's free list; `free_small` masks the pointer to its
 //! segment header, validates the block and pushes it on the page's local list when this
@@ -20,7 +21,8 @@ use segment::Segment;
 use size_class::CLASSES;
 
 pub use lifecycle::{
-    for_each_heap, fork_child, fork_prepare, fork_release, heap_counts, HeapCounts,
+    abandon, adopt_or_create, for_each_heap, fork_child, fork_prepare, fork_release, heap_counts,
+    HeapCounts,
 };
 pub use size_class::{class_for, class_of, class_size, SMALL_MAX};
 
