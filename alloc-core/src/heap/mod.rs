@@ -6,13 +6,16 @@
 //! `alloc_small` pops the current page's free list; `free_small` masks the pointer to its
 //! segment header, validates the block and pushes it on the page's local list when this
 //! thread owns the page, or on the page's atomic list otherwise. Neither touches the
-//! region table or takes a lock. Everything else is in `slow.rs` and `lifecycle.rs`.
+//! region table or takes a lock. Everything else is in `slow.rs`, `lifecycle.rs` and `repair.rs`.
 
 mod lifecycle;
 pub mod page;
+mod repair;
 pub mod segment;
 pub mod size_class;
 mod slow;
+#[cfg(test)]
+pub(crate) mod test_hooks;
 
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::thread;
