@@ -160,3 +160,64 @@ fn a_rust_program_forks_while_threads_allocate_and_every_child_finishes() {
         panic!("{failure}");
     }
 }
+
+/// Threads whose heaps the measurement below leaves in the parent.
+const HEAP_THREADS: usize = 16;
+/// Forks measured.
+const MEASURED_FORKS: usize = 50;
+
+/// Measurement, not a check (run with `--ignored --nocapture`): the minor page faults of
+/// a child that calls `_exit` at once, as a child about to `exec` nearly does, while the
+/// parent has `HEAP_THREADS` threads with heaps in several classes. Each write the
+/// child's fork handler makes into a heap or segment of the parent is a copy-on-write
+/// fault; the figure goes to BENCHMARKS.md.
+#[test]
+#[ignore]
+fn measure_fork_child_faults() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(std::sync::Barrier::new(HEAP_THREADS + 1));
+    let threads: Vec<_> = (0..HEAP_THREADS)
+        .map(|t| {
+            let (stop, ready) = (stop.clone(), ready.clone());
+            std::thread::spawn(move || {
+                // Blocks of many classes, half freed locally, so every heap has pages
+                // with both free lists in use.
+                let mut kept: Vec<Vec<u8>> =
+                    (0..4000).map(|i| vec![t as u8; 16 + i % 2000]).collect();
+                for i in (0..kept.len()).step_by(2) {
+                    kept[i] = Vec::new();
+                }
+                ready.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                drop(kept);
+            })
+        })
+        .collect();
+    ready.wait();
+    // SAFETY: getrusage with a valid out-pointer.
+    let faults = || unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage.ru_minflt
+    };
+    let before = faults();
+    for _ in 0..MEASURED_FORKS {
+        // SAFETY: the child only calls _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(matches!(wait_with_deadline(pid), Outcome::Exited(0)));
+    }
+    let per_child = (faults() - before) as f64 / MEASURED_FORKS as f64;
+    println!(
+        "fork child with {HEAP_THREADS} other threads' heaps in the parent: {per_child:.1} minor faults per child ({MEASURED_FORKS} forks)"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+}

@@ -15,7 +15,6 @@
 //! one rebuilds it first (`repair`).
 
 use super::{empty_page, repair, slow, Heap, PageQueue, CLASSES};
-use crate::sync::atomic::AtomicPtr;
 use crate::sync::SpinLock;
 use crate::{meta, thread};
 use core::ptr;
@@ -101,7 +100,7 @@ pub fn adopt_or_create() -> *mut Heap {
                 first: ptr::null_mut(),
                 last: ptr::null_mut(),
             }; CLASSES],
-            pending: AtomicPtr::new(ptr::null_mut()),
+            pending: super::page::PendingPages::new(),
             segments: ptr::null_mut(),
             next_purge_ms: 0,
             all_next: ptr::null_mut(),

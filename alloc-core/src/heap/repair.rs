@@ -22,11 +22,11 @@
 //!   and its units are claimed; units claimed by no live page go back to the segment.
 //! - Blocks: a page's free blocks are the union of its three lists, deduplicated; its
 //!   `used` count is recomputed from them. Remote freers of the child may push onto
-//!   `thread_free` meanwhile: that list is taken with the owner's atomic swap.
+//!   `thread_free` meanwhile: that list is taken atomically (`ThreadFree::take_all`).
 //! - Queues and the pending stack are rebuilt: every live page goes back into its class
 //!   queue (parked-full ones too: the next allocation parks them again).
 
-use super::page::{free_cookie, Block, Page, FULL, NOT_FULL};
+use super::page::{free_cookie, Block, Page, PendingPages};
 use super::segment::{Segment, HEADER_SIZE, SEGMENTS, SEGMENT_DIRTY_BYTES, SMALL_PAGE_BYTES};
 use super::segment::{SEGMENT_SIZE, UNITS, UNIT_SIZE};
 use super::size_class::{class_size, CLASSES, MIN_BLOCK};
@@ -65,8 +65,7 @@ pub unsafe fn rebuild_orphan(heap: *mut Heap) {
 /// Takes the pending stack: its pages are found again through their segments; their
 /// hand-off is over (`drain_pending` does the same).
 unsafe fn end_pending_hand_offs(heap: &mut Heap) {
-    // Acquire pairs with the freers' Release push, as in `drain_pending`.
-    let mut page = heap.pending.swap(ptr::null_mut(), Ordering::Acquire);
+    let mut page = heap.pending.take_all();
     let mut budget = (SEGMENTS.get() as usize + 1) * UNITS;
     while !page.is_null() && budget > 0 {
         budget -= 1;
@@ -76,8 +75,8 @@ unsafe fn end_pending_hand_offs(heap: &mut Heap) {
             if !owns_segment(heap, seg) {
                 return;
             }
-            let next = (*page).pending_next.load(Ordering::Relaxed);
-            (*page).full_state.store(NOT_FULL, Ordering::SeqCst);
+            let next = PendingPages::next(page);
+            (*page).thread_free.end_pending();
             page = next;
         }
     }
@@ -166,9 +165,10 @@ fn is_live_page(seg: &Segment, first: usize, page: &Page) -> bool {
         return false;
     }
     let run = run_bits(first, units);
-    if page.bump < page.start
-        || page.bump > page.end
-        || !(page.bump - page.start).is_multiple_of(size)
+    let bump = page.bump.load(Ordering::Relaxed);
+    if bump < page.start
+        || bump > page.end
+        || !(bump - page.start).is_multiple_of(size)
         || page.capacity() > MAX_BLOCKS
     {
         return false;
@@ -223,13 +223,12 @@ unsafe fn rebuild_page(page: &mut Page) {
     let mut seen = [0u64; BITMAP_WORDS];
     let mut list: *mut Block = ptr::null_mut();
     let mut count = 0usize;
-    // Acquire pairs with the freers' Release push, as in `collect`.
-    let remote = page.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
+    let remote = page.thread_free.take_all();
     for (head, carved_ok) in [(page.free, true), (page.local_free, false), (remote, false)] {
         // SAFETY: every block is validated before its link is read.
         unsafe { take_list(page, head, carved_ok, &mut seen, &mut list, &mut count) };
     }
-    let carved = (page.bump - page.start) / page.block_size as usize;
+    let carved = (page.bump.load(Ordering::Relaxed) - page.start) / page.block_size as usize;
     page.free = list;
     page.local_free = ptr::null_mut();
     page.used = (carved - count) as u32;
@@ -237,11 +236,9 @@ unsafe fn rebuild_page(page: &mut Page) {
     page.prev = ptr::null_mut();
     page.next = ptr::null_mut();
     page.pending_next.store(ptr::null_mut(), Ordering::Relaxed);
-    // Un-park; a page a freer has moved to PENDING stays so (it is, or will be, on our
+    // Un-park; a page a freer has moved to `Pending` stays so (it is, or will be, on our
     // pending stack, which `drain_pending` handles for a queued page).
-    let _ = page
-        .full_state
-        .compare_exchange(FULL, NOT_FULL, Ordering::SeqCst, Ordering::Relaxed);
+    page.thread_free.unpark();
 }
 
 /// Moves the valid prefix of the list at `head` onto `list`: blocks inside the carved
@@ -256,9 +253,10 @@ unsafe fn take_list(
     count: &mut usize,
 ) {
     let size = page.block_size as usize;
+    let carved_bytes = page.bump.load(Ordering::Relaxed) - page.start;
     while !block.is_null() {
         let off = (block as usize).wrapping_sub(page.start);
-        if off >= page.bump - page.start || !off.is_multiple_of(size) {
+        if off >= carved_bytes || !off.is_multiple_of(size) {
             return;
         }
         let index = off / size;
