@@ -4,8 +4,8 @@
 //! Unknown keys and bad values print one warning on stderr and keep the default.
 
 use crate::os::{self, PurgeMode};
+use crate::thread::ProcessOnce;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU8, Ordering};
 
 /// jemalloc's `dirty_decay_ms` defaults to 10 s, mimalloc's purge delay to 10 ms; we
 /// keep free pages one second, which lets a steady workload reuse them without faults
@@ -32,72 +32,56 @@ pub const DEFAULTS: Options = Options {
 };
 
 /// The options, parsed once. Not a `OnceLock`: a fork child whose parent had a thread
-/// inside `OnceLock::set` would wait forever on the lock's `Once`, and this cell can be
-/// repaired instead (`after_fork_in_child`).
+/// inside `OnceLock::set` would wait forever on the lock's `Once`; `ProcessOnce` lets
+/// the child parse again instead.
 static OPTIONS: ParseOnce = ParseOnce::new();
 
-/// The options in force. The first call parses the environment; calls on other threads
-/// while it does see the defaults (parsing is a few microseconds, on the first
-/// allocation of the process).
+/// The options in force. The first call parses the environment (the engine makes that
+/// call in its process set-up, `init`, before any heap or large object exists); a call
+/// on another thread while the parse runs waits for it, so no allocation ever works
+/// with defaults the environment overrides.
 pub fn get() -> Options {
     OPTIONS.get_or_parse(from_env)
 }
 
-/// In a fork child: a parse the parent's vanished thread had begun starts over.
-pub fn after_fork_in_child() {
-    OPTIONS.after_fork_in_child();
-}
-
-/// A value parsed once, without locks: `state` 0 = not parsed, 1 = parsing, 2 = parsed.
+/// A value parsed once, without locks or allocation.
 struct ParseOnce {
-    state: AtomicU8,
+    once: ProcessOnce,
     value: UnsafeCell<Options>,
 }
 
-// SAFETY: `value` is written only by the thread that moved `state` from 0 to 1, before
-// its Release store of 2, and read only after an Acquire load of 2; never written again.
+// SAFETY: `value` is written only by the thread `once.begin()` chose, before its
+// `finish` (Release), and read only after `is_done`/`begin` saw it done (Acquire). A
+// fork child that takes over a parse its parent's thread had begun writes it again
+// while nobody else in the child can read it (they wait in `begin`).
 unsafe impl Sync for ParseOnce {}
 
 impl ParseOnce {
     const fn new() -> Self {
         ParseOnce {
-            state: AtomicU8::new(0),
+            once: ProcessOnce::new(),
             value: UnsafeCell::new(DEFAULTS),
         }
     }
 
     #[inline]
     fn get_or_parse(&self, parse: impl FnOnce() -> Options) -> Options {
-        if self.state.load(Ordering::Acquire) == 2 {
-            // SAFETY: published by the Release store of 2 (see `Sync`).
-            return unsafe { *self.value.get() };
+        if !self.once.is_done() {
+            self.parse_now(parse);
         }
-        self.parse_now(parse)
+        // SAFETY: done, and published by `finish` (see `Sync`).
+        unsafe { *self.value.get() }
     }
 
     #[cold]
-    fn parse_now(&self, parse: impl FnOnce() -> Options) -> Options {
-        match self
-            .state
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire)
-        {
-            Ok(_) => {
-                let parsed = parse();
-                // SAFETY: we moved `state` to 1: nobody else writes or reads `value`.
-                unsafe { *self.value.get() = parsed };
-                self.state.store(2, Ordering::Release);
-                parsed
-            }
-            // SAFETY: as in `get_or_parse`.
-            Err(2) => unsafe { *self.value.get() },
-            Err(_) => DEFAULTS,
+    fn parse_now(&self, parse: impl FnOnce() -> Options) {
+        if self.once.begin() {
+            let parsed = parse();
+            // SAFETY: `begin` chose us: nobody else writes or reads `value` until
+            // `finish`.
+            unsafe { *self.value.get() = parsed };
+            self.once.finish();
         }
-    }
-
-    fn after_fork_in_child(&self) {
-        let _ = self
-            .state
-            .compare_exchange(1, 0, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
@@ -183,7 +167,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_once_and_a_fork_child_restarts_an_interrupted_parse() {
+    fn parses_once() {
         let verbose = Options {
             verbose: true,
             ..DEFAULTS
@@ -191,16 +175,71 @@ mod tests {
         let cell = ParseOnce::new();
         assert_eq!(cell.get_or_parse(|| verbose), verbose);
         assert_eq!(cell.get_or_parse(|| unreachable!("parsed once")), verbose);
-        // A thread of the parent was parsing at fork (state 1) and does not exist in the
-        // child: without the repair every call would see the defaults for good.
-        let interrupted = ParseOnce::new();
-        interrupted.state.store(1, Ordering::Relaxed);
-        assert_eq!(interrupted.get_or_parse(|| verbose), DEFAULTS);
-        interrupted.after_fork_in_child();
-        assert_eq!(interrupted.get_or_parse(|| verbose), verbose);
-        // The repair leaves a finished parse alone.
-        cell.after_fork_in_child();
-        assert_eq!(cell.get_or_parse(|| DEFAULTS), verbose);
+    }
+
+    /// Issue 13, item 10: a thread that asks for the options while another parses them
+    /// must get the parsed values, never the defaults. The first parse is held (the
+    /// hook is the parse function itself) until the second reader has asked; before
+    /// the fix the reader got `DEFAULTS` at once.
+    #[test]
+    fn a_reader_during_the_parse_waits_for_the_parsed_values() {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        use std::sync::Arc;
+        const PARSING: u8 = 1;
+        const RELEASED: u8 = 2;
+        let verbose = Options {
+            verbose: true,
+            ..DEFAULTS
+        };
+        let cell = Arc::new(ParseOnce::new());
+        let step = Arc::new(AtomicU8::new(0));
+        let parser = {
+            let (cell, step) = (cell.clone(), step.clone());
+            std::thread::spawn(move || {
+                cell.get_or_parse(|| {
+                    step.store(PARSING, Ordering::Release);
+                    while step.load(Ordering::Acquire) != RELEASED {
+                        std::thread::yield_now();
+                    }
+                    verbose
+                })
+            })
+        };
+        while step.load(Ordering::Acquire) != PARSING {
+            std::thread::yield_now();
+        }
+        let waits_before = crate::thread::tests::WAITS.load(Ordering::Relaxed);
+        let reader = {
+            let cell = cell.clone();
+            std::thread::spawn(move || cell.get_or_parse(|| unreachable!("parsed once")))
+        };
+        // Release the parse once the reader is waiting for it (or, with a cell that
+        // does not wait, has already returned).
+        while !reader.is_finished()
+            && crate::thread::tests::WAITS.load(Ordering::Relaxed) == waits_before
+        {
+            std::thread::yield_now();
+        }
+        step.store(RELEASED, Ordering::Release);
+        assert_eq!(
+            reader.join().unwrap(),
+            verbose,
+            "the reader saw the defaults"
+        );
+        assert_eq!(parser.join().unwrap(), verbose);
+    }
+
+    /// A fork child whose parent's thread was parsing (and does not exist in the child)
+    /// parses again instead of waiting forever or keeping the defaults.
+    #[test]
+    fn a_parse_cut_off_by_fork_is_redone() {
+        let verbose = Options {
+            verbose: true,
+            ..DEFAULTS
+        };
+        let cell = ParseOnce::new();
+        cell.once.begun_by_another_process();
+        assert_eq!(cell.get_or_parse(|| verbose), verbose);
     }
 
     fn parse_collect(text: &str) -> (Options, usize) {

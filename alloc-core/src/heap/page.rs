@@ -666,6 +666,9 @@ impl Page {
                     Block::store_next(tail, self.free);
                 }
                 self.free = self.local_free;
+                // Both lists now share the local blocks, until the next store.
+                #[cfg(all(test, not(loom)))]
+                super::test_hooks::pause_point();
             }
             self.local_free = ptr::null_mut();
         }

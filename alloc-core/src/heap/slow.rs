@@ -7,7 +7,7 @@ use super::page::{Block, Page, PendingPages};
 const _: () = assert!(core::mem::size_of::<Block>() <= super::size_class::MIN_BLOCK);
 use super::segment::Segment;
 use super::size_class::{class_size, SMALL_PAGE_MAX_BLOCK};
-use super::{empty_page, lifecycle, Heap, PageQueue};
+use super::{empty_page, Heap, PageQueue};
 use crate::sync::atomic::Ordering;
 use crate::{meta, os, purge, thread};
 use core::ptr;
@@ -21,7 +21,7 @@ const LARGE_PAGE_UNITS: usize = 8;
 pub fn alloc_without_heap(slot: usize, class: usize) -> *mut u8 {
     match slot {
         thread::UNINIT => {
-            let heap = lifecycle::init_thread();
+            let heap = crate::init::thread_start();
             if heap.is_null() {
                 return meta::alloc(class_size(class), crate::MALLOC_ALIGN);
             }
