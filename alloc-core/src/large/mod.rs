@@ -47,18 +47,30 @@ pub fn good_size(size: usize, align: usize) -> Option<usize> {
 
 /// Allocates a large object. Null when out of memory.
 pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
+    alloc_placed(size, align, zero, false)
+}
+
+/// Allocates a large object that a `realloc` grows into (from a small block, or from a
+/// large one that could not grow in place): placed where it can keep growing in place
+/// rather than in dirty space without room.
+pub fn alloc_growing(size: usize, align: usize) -> *mut u8 {
+    alloc_placed(size, align, false, true)
+}
+
+fn alloc_placed(size: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
     let guard = guard_len();
     let Some(len) = page_round(size).and_then(|l| l.checked_add(guard)) else {
         crate::misuse::out_of_memory(size, align);
         return ptr::null_mut();
     };
-    let p = place(len, align.max(PAGE_SIZE), zero);
+    let p = place(len, align.max(PAGE_SIZE), zero, growing);
     if p.is_null() {
         crate::misuse::out_of_memory(size, align);
     }
     if guard != 0 && !p.is_null() {
         // SAFETY: the last page of our fresh region holds no object bytes.
         if unsafe { os::guard_install(p as usize + len - guard, guard) }.is_err() {
+            crate::purge::large_removed(len);
             let _ = TABLE.retire(p as usize);
             return ptr::null_mut();
         }
@@ -66,8 +78,8 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     p
 }
 
-fn place(len: usize, align: usize, zero: bool) -> *mut u8 {
-    let Some(placed) = TABLE.allocate_with_room(len, align, RegionKind::Large) else {
+fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
+    let Some(placed) = TABLE.allocate_with_room(len, align, RegionKind::Large, growing) else {
         return ptr::null_mut();
     };
     crate::purge::large_added(len);
@@ -131,7 +143,11 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         GROWN_IN_PLACE.inc();
         return p;
     }
-    move_to(p, old_len, place(new_len, align.max(PAGE_SIZE), false))
+    move_to(
+        p,
+        old_len,
+        place(new_len, align.max(PAGE_SIZE), false, true),
+    )
 }
 
 /// Copies `len` bytes of the large object `p` to `q` (when not null) and frees `p`.

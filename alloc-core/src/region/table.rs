@@ -348,9 +348,17 @@ impl RegionTable {
 
     /// Places a new live region of `len` bytes with free address space after it to grow
     /// into (`writer::growth_room`): in dirty space where some fits, else clean, else a
-    /// new arena; densely (`allocate`) when none has room. Large objects use this.
-    pub fn allocate_with_room(&self, len: usize, align: usize, kind: RegionKind) -> Option<Placed> {
-        let placed = self.write(|w| w.allocate_with_room(len, align, kind))?;
+    /// new arena; densely (`allocate`) when none has room. Large objects use this; a
+    /// `growing` one (a realloc's destination) takes clean space with room before dirty
+    /// space without.
+    pub fn allocate_with_room(
+        &self,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+        growing: bool,
+    ) -> Option<Placed> {
+        let placed = self.write(|w| w.allocate_with_room(len, align, kind, growing))?;
         self.live_regions.fetch_add(1, Ordering::Relaxed);
         Some(placed)
     }

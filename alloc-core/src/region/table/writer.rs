@@ -297,16 +297,21 @@ impl Writer<'_> {
     /// free space right after each live object is the last a later placement uses; a
     /// region right after a live large object keeps that object's room free too. In
     /// order: dirty space with room after it (no faults), dirty space that fits (no new
-    /// RSS), clean space with room, a new arena, then `allocate`.
+    /// RSS; skipped for a `growing` object, which would soon move out of it and copy),
+    /// clean space with room, a new arena, then `allocate`.
     pub(super) fn allocate_with_room(
         &mut self,
         len: usize,
         align: usize,
         kind: RegionKind,
+        growing: bool,
     ) -> Option<Placed> {
         let room = growth_room(len);
         let want = len.saturating_add(room);
         let found = self.find_with_room(len, room, align, true).or_else(|| {
+            if growing {
+                return None;
+            }
             // SAFETY: writer mutex held; indexed regions are attached descriptors.
             unsafe {
                 let (r, _) = self.state.free.find_dirty(len, align)?;
