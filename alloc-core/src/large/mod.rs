@@ -10,7 +10,7 @@
 //! here makes a syscall in steady state.
 
 use crate::os::{self, PAGE_SIZE};
-use crate::region::table::RetireError;
+use crate::region::table::{RetireError, GUARD_LEN};
 use crate::region::{RegionKind, TABLE};
 use crate::stats::Counter;
 use core::ptr;
@@ -31,7 +31,7 @@ fn page_round(size: usize) -> Option<usize> {
 /// overflow faults at once instead of corrupting the neighbour.
 fn guard_len() -> usize {
     if crate::options::get().secure {
-        PAGE_SIZE
+        GUARD_LEN
     } else {
         0
     }
@@ -67,13 +67,10 @@ fn alloc_placed(size: usize, align: usize, zero: bool, growing: bool) -> *mut u8
     if p.is_null() {
         crate::misuse::out_of_memory(size, align);
     }
-    if guard != 0 && !p.is_null() {
-        // SAFETY: the last page of our fresh region holds no object bytes.
-        if unsafe { os::guard_install(p as usize + len - guard, guard) }.is_err() {
-            crate::purge::large_removed(len);
-            let _ = TABLE.retire(p as usize);
-            return ptr::null_mut();
-        }
+    if guard != 0 && !p.is_null() && TABLE.install_guard(p as usize).is_err() {
+        crate::purge::large_removed(len);
+        let _ = TABLE.retire(p as usize);
+        return ptr::null_mut();
     }
     p
 }
@@ -97,15 +94,9 @@ fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
 /// jemalloc's `oversize_threshold`: a program replacing big buffers then faulted every
 /// page of each one in again.)
 pub fn free(p: *mut u8) -> Result<(), RetireError> {
-    let guard = guard_len();
+    // A guard page (secure mode) is lifted by the retire itself.
     TABLE.retire_with(p as usize, |region| {
-        let len = region.len();
-        crate::purge::large_removed(len);
-        if guard != 0 {
-            // SAFETY: the guard page of the live object being freed; lifted before the
-            // region can be reused.
-            let _ = unsafe { os::guard_remove(p as usize + len - guard, guard) };
-        }
+        crate::purge::large_removed(region.len());
     })?;
     crate::purge::tick(os::now_ms());
     Ok(())
