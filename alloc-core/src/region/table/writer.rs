@@ -404,7 +404,11 @@ impl Writer<'_> {
                 Some((prev_start, value)) => {
                     // SAFETY: tree value under the writer mutex.
                     let prev: &Region = unsafe { &*(value as *const Region) };
-                    if prev.kind() == RegionKind::Large && prev.end() == start {
+                    // Only a neighbour in the same arena can grow into this region.
+                    if prev.kind() == RegionKind::Large
+                        && prev.end() == start
+                        && arena_of(prev_start) == arena_of(start)
+                    {
                         prev_start
                             .saturating_add(prev.len())
                             .saturating_add(growth_room(prev.len()))
