@@ -251,8 +251,14 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     if new_size <= old && new_size >= old / 2 && kind != SlotKind::Table {
         return p;
     }
-    // SAFETY: `align` is the block's alignment (caller contract).
-    let q = unsafe { alloc(new_size, align) };
+    // A small block growing past the small limit is likely to keep growing (a `Vec`
+    // doubling): it gets a large object placed with room to do so in place.
+    let q = if new_size > SMALL_MAX && new_size > old && !thread::inside_allocator() {
+        large::alloc_growing(new_size, align)
+    } else {
+        // SAFETY: `align` is the block's alignment (caller contract).
+        unsafe { alloc(new_size, align) }
+    };
     if !q.is_null() {
         // SAFETY: distinct live blocks, each at least min(old, new_size) bytes.
         unsafe {

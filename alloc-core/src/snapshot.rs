@@ -1,12 +1,12 @@
 //! Statistics snapshots and the human-readable report. Owns nothing; reads the counters
-//! of `heap`, `region`, `purge`, `meta` and `os`. Reading costs a walk over the heaps
+//! of `heap`, `large`, `region`, `purge`, `meta` and `os`. Reading costs a walk over the heaps
 //! (one per live thread at most) and the region tree, never a pause of the fast path.
 
 use crate::heap::{self, segment, size_class};
 use crate::os::{self, Syscall, SyscallCounts};
 use crate::region::TABLE;
 use crate::sync::atomic::Ordering;
-use crate::{meta, purge};
+use crate::{large, meta, purge};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClassStats {
@@ -42,6 +42,17 @@ pub struct RegionStats {
     pub retired_bytes: usize,
 }
 
+/// What growing reallocs of large objects did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReallocStats {
+    /// Grew in place (into the free space after the object).
+    pub grown_in_place: u64,
+    /// Moved to a new region, copying the object.
+    pub moved: u64,
+    /// Bytes those moves copied.
+    pub copied_bytes: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Stats {
     /// Bytes in live blocks (small blocks at their class size, large objects whole).
@@ -63,6 +74,9 @@ pub struct Stats {
     pub lock: LockStats,
     pub purge_passes: u64,
     pub purged_bytes: u64,
+    /// Dirty free space the table may keep before the excess is purged at once.
+    pub dirty_budget: usize,
+    pub reallocs: ReallocStats,
     pub heaps: usize,
     pub abandoned_heaps: usize,
 }
@@ -120,6 +134,12 @@ pub fn snapshot() -> Stats {
         },
         purge_passes: purge::PASSES.get(),
         purged_bytes: purge::PURGED_BYTES.get(),
+        dirty_budget: purge::dirty_budget(),
+        reallocs: ReallocStats {
+            grown_in_place: large::GROWN_IN_PLACE.get(),
+            moved: large::MOVED.get(),
+            copied_bytes: large::COPIED_BYTES.get(),
+        },
         heaps: heaps.heaps,
         abandoned_heaps: heaps.abandoned,
     }
@@ -199,11 +219,20 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
     writeln!(w, " (mmap_lock writers {})", s.syscalls.mmap_lock_writers())?;
     writeln!(
         w,
-        "  purge: {} passes, {:.2} MiB; heaps {} ({} abandoned)",
+        "  purge: {} passes, {:.2} MiB (dirty budget {:.2} MiB); heaps {} ({} abandoned)",
         s.purge_passes,
         s.purged_bytes as f64 / MIB,
+        s.dirty_budget as f64 / MIB,
         s.heaps,
         s.abandoned_heaps
+    )?;
+    let g = &s.reallocs;
+    writeln!(
+        w,
+        "  large reallocs: grown in place {}, moved {} ({:.2} MiB copied)",
+        g.grown_in_place,
+        g.moved,
+        g.copied_bytes as f64 / MIB
     )?;
     writeln!(
         w,

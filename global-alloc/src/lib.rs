@@ -53,7 +53,7 @@ pub fn syscall_counts() -> SyscallCounts {
 pub use rangealloc_core as engine;
 
 pub use rangealloc_core::options::Options;
-pub use rangealloc_core::snapshot::{ClassStats, LockStats, RegionStats, Stats};
+pub use rangealloc_core::snapshot::{ClassStats, LockStats, ReallocStats, RegionStats, Stats};
 
 /// A snapshot of the allocator's statistics (allocated, active, resident, mapped,
 /// retained, metadata, regions by kind, per-class counts, syscalls, region-lock
