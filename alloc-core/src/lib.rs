@@ -4,8 +4,9 @@
 //! region table); `large/` serves big objects, one region each; `region/` is the region
 //! table (the user-space VMA tree with lock-free lookups and per-region locks); `purge/`
 //! returns memory; `meta/` holds our own metadata; `os/` is the only code that makes
-//! memory syscalls; `space` maps addresses to their owner. This file is the public
-//! surface (used by `rangealloc` and the C shim) and the re-entrancy guard.
+//! memory syscalls; `space` maps addresses to their owner; `init` is the process and
+//! thread lifecycle (first-use set-up, fork handlers, thread exit). This file is the
+//! public surface (used by `rangealloc` and the C shim).
 
 // Model builds leave out the code that uses most of the descriptor (see below), and the
 // loom-only constructors cannot be `const`, hence not `Default`-able either.
@@ -25,6 +26,8 @@ pub mod heap {
     mod page_loom;
     pub mod size_class;
 }
+#[cfg(not(loom))]
+pub mod init;
 #[cfg(not(loom))]
 pub mod large;
 #[cfg(not(loom))]
@@ -117,6 +120,9 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
         }
         return p;
     }
+    // A large object may be the process's first allocation (the small path gets here
+    // through its first heap instead): the set-up (options, fork handlers) comes first.
+    init::ensure_process();
     if align <= os::PAGE_SIZE {
         if let Some(class) = heap::class_for(size, align) {
             let p = heap::alloc_small(class);
@@ -291,8 +297,14 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     if new_size <= old && new_size >= old / 2 && kind != SlotKind::Table {
         return p;
     }
-    // SAFETY: `align` is the block's alignment (caller contract).
-    let q = unsafe { alloc(new_size, align) };
+    // A small block growing past the small limit is likely to keep growing (a `Vec`
+    // doubling): it gets a large object placed with room to do so in place.
+    let q = if new_size > SMALL_MAX && new_size > old && !thread::inside_allocator() {
+        large::alloc_growing(new_size, align)
+    } else {
+        // SAFETY: `align` is the block's alignment (caller contract).
+        unsafe { alloc(new_size, align) }
+    };
     if !q.is_null() {
         // SAFETY: distinct live blocks, each at least min(old, new_size) bytes.
         unsafe {
@@ -303,51 +315,8 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     q
 }
 
-/// `pthread_atfork` handlers: take every allocator lock before `fork` so the child never
-/// inherits one mid-update, and release them in both processes.
-/// Lock order: heap lists, then the table's writer mutex, then the metadata arena (no
-/// path holds a later one while taking an earlier one).
+/// The fork handlers, which the engine registers with `pthread_atfork` itself on its
+/// first allocation (for every front end). Calling them again around a `fork` (a
+/// program that registered them too) nests harmlessly.
 #[cfg(not(loom))]
-pub fn fork_prepare() {
-    SLOT_BEFORE_FORK.with(|s| s.set(thread::get()));
-    // Anything the locking below allocates goes to the metadata arena.
-    thread::set(thread::BUSY);
-    heap::fork_prepare();
-    region::TABLE.fork_prepare();
-    meta::fork_prepare();
-}
-
-#[cfg(not(loom))]
-pub fn fork_parent() {
-    release_fork_locks();
-}
-
-#[cfg(not(loom))]
-pub fn fork_child() {
-    release_fork_locks();
-    // SAFETY: we are the child's only thread, the locks are released and nothing else
-    // runs yet. The epoch first: the table's repair already pins.
-    unsafe {
-        region::epoch::after_fork_in_child();
-        region::TABLE.after_fork_in_child();
-    }
-    heap::fork_child();
-    options::after_fork_in_child();
-}
-
-/// Releases what `fork_prepare` took (reverse order) and restores the thread slot.
-#[cfg(not(loom))]
-fn release_fork_locks() {
-    // SAFETY: `fork_prepare` ran on this thread (in the child, the only one left).
-    unsafe {
-        meta::fork_release();
-        region::TABLE.fork_release();
-        heap::fork_release();
-    }
-    thread::set(SLOT_BEFORE_FORK.with(|s| s.get()));
-}
-
-#[cfg(not(loom))]
-thread_local! {
-    static SLOT_BEFORE_FORK: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
-}
+pub use init::{fork_child, fork_parent, fork_prepare};

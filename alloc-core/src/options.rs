@@ -1,5 +1,5 @@
-//! Options: read once, without allocating, from the program's own option string
-//! (`RangeAlloc::with_options`, C's `rangealloc_conf`) and then from
+//! Options: read once, without allocating, from the program's own option strings
+//! (C's `rangealloc_conf`, Rust's `RangeAlloc::with_options`) and then from
 //! `RANGEALLOC_OPTIONS=key=value,...`, whose keys override the program's one by one.
 //! Owns the parsed options and the run-time overrides of the few that may change while
 //! the program runs (`live`); calls `os` (for warnings) and `libc::getenv`.
@@ -7,27 +7,19 @@
 //! Unknown keys and bad values print one warning on stderr and keep the default.
 
 use crate::os::{self, PurgeMode};
+use crate::thread::ProcessOnce;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// jemalloc's `dirty_decay_ms` defaults to 10 s, mimalloc's purge delay to 10 ms; we
 /// keep free pages one second, which lets a steady workload reuse them without faults
 /// while idle memory goes back within seconds.
 pub const DEFAULT_PURGE_DELAY_MS: u64 = 1000;
 
-/// Dirty free space the region table may hold before the excess is purged at once,
-/// whatever its age: reuse of dirty space is what makes freeing and reallocating big
-/// buffers cheap, but a burst of frees must not pin unbounded memory for a whole purge
-/// delay. 64 MiB keeps one 64 MiB buffer's worth for reuse (the region workload's
-/// biggest).
+/// The fixed part of the dirty budget (`purge::dirty_budget` adds a quarter of the live
+/// large bytes): one 64 MiB buffer's worth kept for reuse whatever the program's size
+/// (the region workload's biggest).
 pub const DEFAULT_DIRTY_BUDGET: usize = 64 << 20;
-
-/// Freed large objects this big are purged at once by the freeing thread instead of
-/// waiting for the purge delay: jemalloc's `oversize_threshold` (8 MiB) makes the same
-/// trade (a big buffer is rarely reused before it would have been purged, and keeping
-/// it dirty costs the most memory). Changed only at run time (C's `mallopt
-/// (M_MMAP_THRESHOLD)`, glibc's closest knob: its mmapped chunks go back at `free`).
-pub const DEFAULT_OVERSIZE_PURGE: usize = 8 << 20;
 
 /// A purge delay that never comes: free pages stay until an explicit purge or the dirty
 /// budget sends them back (jemalloc's `dirty_decay_ms = -1`).
@@ -48,8 +40,9 @@ pub struct Options {
     pub stats_at_exit: bool,
     /// `verbose`: report allocations that fail for lack of memory.
     pub verbose: bool,
-    /// `dirty_budget_mb` (held in bytes): dirty free space kept before the excess is
-    /// purged at once.
+    /// `dirty_budget_mb` (held in bytes): the fixed part of the dirty budget, free dirty
+    /// space kept (beside a quarter of the live large bytes) before the excess is purged
+    /// at once.
     pub dirty_budget: usize,
 }
 
@@ -65,14 +58,15 @@ pub const DEFAULTS: Options = Options {
 };
 
 /// The options, parsed once. Not a `OnceLock`: a fork child whose parent had a thread
-/// inside `OnceLock::set` would wait forever on the lock's `Once`, and this cell can be
-/// repaired instead (`after_fork_in_child`).
+/// inside `OnceLock::set` would wait forever on the lock's `Once`; `ProcessOnce` lets
+/// the child parse again instead.
 static OPTIONS: ParseOnce = ParseOnce::new();
 
 /// The options as parsed at start (the program's string, then the environment). The
-/// first call parses; calls on other threads while it does see the defaults (parsing is
-/// a few microseconds, on the first allocation of the process). The run-time setters do
-/// not change this value: `current` includes them.
+/// first call parses (the engine makes that call in its process set-up, `init`, before
+/// any heap or large object exists); a call on another thread while the parse runs
+/// waits for it, so no allocation ever works with defaults the environment overrides.
+/// The run-time setters do not change this value: `current` includes them.
 pub fn get() -> Options {
     OPTIONS.get_or_parse(from_env)
 }
@@ -92,7 +86,7 @@ pub fn current() -> Options {
 /// late to count).
 #[inline]
 pub fn parsed() -> bool {
-    OPTIONS.state.load(Ordering::Acquire) == 2
+    OPTIONS.once.is_done()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -134,6 +128,62 @@ fn code_options() -> Option<&'static [u8]> {
     let len = CODE_LEN.load(Ordering::Relaxed);
     // SAFETY: `text` and `len` come from a `&'static [u8]` given to `set_code_options`.
     Some(unsafe { core::slice::from_raw_parts(text, len) })
+}
+
+// ---------------------------------------------------------------------------------------
+// C's `rangealloc_conf` (jemalloc's `malloc_conf`): `const char *rangealloc_conf =
+// "purge_delay_ms=200";` in the program. Looked up here, at the parse, as an undefined
+// weak symbol, so no front end has to hand it over first: a program linked with
+// `-lrangealloc` exports its definition automatically (the library references it);
+// under `LD_PRELOAD` alone the executable must export it (`-rdynamic`), since
+// executables export only the symbols a library they link references. In a Rust
+// program without such a symbol the linker resolves the reference to null.
+// ---------------------------------------------------------------------------------------
+
+// The weak reference, read through the GOT: stable Rust has no weak extern statics. A
+// hidden global so that the declaration below binds in any codegen unit, without being
+// exported from `librangealloc.so`.
+#[cfg(target_arch = "x86_64")]
+core::arch::global_asm!(
+    ".weak rangealloc_conf",
+    ".pushsection .text.rangealloc_conf_slot,\"ax\",@progbits",
+    ".globl rangealloc_conf_slot",
+    ".hidden rangealloc_conf_slot",
+    ".type rangealloc_conf_slot,@function",
+    ".p2align 4",
+    "rangealloc_conf_slot:",
+    "    mov rax, qword ptr [rip + rangealloc_conf@GOTPCREL]",
+    "    ret",
+    ".size rangealloc_conf_slot, . - rangealloc_conf_slot",
+    ".popsection",
+);
+
+#[cfg(target_arch = "x86_64")]
+extern "C" {
+    /// The address of the program's `rangealloc_conf` variable, or null.
+    fn rangealloc_conf_slot() -> *const *const core::ffi::c_char;
+}
+
+/// The program's `rangealloc_conf` string, if it defines one (x86_64 only).
+fn program_conf() -> Option<&'static [u8]> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the function only loads a GOT entry.
+        let slot = unsafe { rangealloc_conf_slot() };
+        if slot.is_null() {
+            return None;
+        }
+        // SAFETY: `slot` is the address of the program's `const char *` variable.
+        let text = unsafe { slot.read() };
+        if text.is_null() {
+            return None;
+        }
+        // SAFETY: a NUL-terminated string that lives as long as the program (a string
+        // literal, by the contract documented in rangealloc.h).
+        Some(unsafe { core::ffi::CStr::from_ptr(text) }.to_bytes())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 // ---------------------------------------------------------------------------------------
@@ -179,7 +229,6 @@ static LIVE_PURGE_DELAY: Live = Live::new();
 static LIVE_BACKGROUND: Live = Live::new();
 static LIVE_STATS_AT_EXIT: Live = Live::new();
 static LIVE_DIRTY_BUDGET: Live = Live::new();
-static LIVE_OVERSIZE_PURGE: Live = Live::new();
 
 /// The purge delay in force (ms; `PURGE_NEVER` for never).
 pub fn purge_delay_ms() -> u64 {
@@ -196,19 +245,9 @@ pub fn stats_at_exit() -> bool {
     LIVE_STATS_AT_EXIT.get(get().stats_at_exit as u64) != 0
 }
 
-/// The dirty budget in force, in bytes.
+/// The fixed part of the dirty budget in force, in bytes.
 pub fn dirty_budget() -> usize {
     LIVE_DIRTY_BUDGET.get(get().dirty_budget as u64) as usize
-}
-
-/// The size from which a freed large object is purged at once, in bytes.
-pub fn oversize_purge() -> usize {
-    LIVE_OVERSIZE_PURGE.get(DEFAULT_OVERSIZE_PURGE as u64) as usize
-}
-
-/// Stores a run-time oversize-purge threshold, in bytes.
-pub fn put_oversize_purge(bytes: usize) {
-    LIVE_OVERSIZE_PURGE.put(bytes as u64);
 }
 
 /// Stores a run-time purge delay (the caller, `tuning`, applies side effects).
@@ -231,72 +270,56 @@ pub fn put_dirty_budget(bytes: usize) {
     LIVE_DIRTY_BUDGET.put(bytes as u64);
 }
 
-/// In a fork child: a parse the parent's vanished thread had begun starts over.
-pub fn after_fork_in_child() {
-    OPTIONS.after_fork_in_child();
-}
-
-/// A value parsed once, without locks: `state` 0 = not parsed, 1 = parsing, 2 = parsed.
+/// A value parsed once, without locks or allocation.
 struct ParseOnce {
-    state: AtomicU8,
+    once: ProcessOnce,
     value: UnsafeCell<Options>,
 }
 
-// SAFETY: `value` is written only by the thread that moved `state` from 0 to 1, before
-// its Release store of 2, and read only after an Acquire load of 2; never written again.
+// SAFETY: `value` is written only by the thread `once.begin()` chose, before its
+// `finish` (Release), and read only after `is_done`/`begin` saw it done (Acquire). A
+// fork child that takes over a parse its parent's thread had begun writes it again
+// while nobody else in the child can read it (they wait in `begin`).
 unsafe impl Sync for ParseOnce {}
 
 impl ParseOnce {
     const fn new() -> Self {
         ParseOnce {
-            state: AtomicU8::new(0),
+            once: ProcessOnce::new(),
             value: UnsafeCell::new(DEFAULTS),
         }
     }
 
     #[inline]
     fn get_or_parse(&self, parse: impl FnOnce() -> Options) -> Options {
-        if self.state.load(Ordering::Acquire) == 2 {
-            // SAFETY: published by the Release store of 2 (see `Sync`).
-            return unsafe { *self.value.get() };
+        if !self.once.is_done() {
+            self.parse_now(parse);
         }
-        self.parse_now(parse)
+        // SAFETY: done, and published by `finish` (see `Sync`).
+        unsafe { *self.value.get() }
     }
 
     #[cold]
-    fn parse_now(&self, parse: impl FnOnce() -> Options) -> Options {
-        match self
-            .state
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire)
-        {
-            Ok(_) => {
-                let parsed = parse();
-                // SAFETY: we moved `state` to 1: nobody else writes or reads `value`.
-                unsafe { *self.value.get() = parsed };
-                self.state.store(2, Ordering::Release);
-                parsed
-            }
-            // SAFETY: as in `get_or_parse`.
-            Err(2) => unsafe { *self.value.get() },
-            Err(_) => DEFAULTS,
+    fn parse_now(&self, parse: impl FnOnce() -> Options) {
+        if self.once.begin() {
+            let parsed = parse();
+            // SAFETY: `begin` chose us: nobody else writes or reads `value` until
+            // `finish`.
+            unsafe { *self.value.get() = parsed };
+            self.once.finish();
         }
-    }
-
-    fn after_fork_in_child(&self) {
-        let _ = self
-            .state
-            .compare_exchange(1, 0, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
-/// The program's option string (if any), then the environment's on top of it.
+/// The program's option strings (C's `rangealloc_conf`, then Rust's `with_options`),
+/// then the environment's on top of them, key by key.
 fn from_env() -> Options {
-    let base = match code_options() {
-        Some(text) => parse_onto(DEFAULTS, text, &mut |msg| {
+    let mut base = DEFAULTS;
+    for text in [program_conf(), code_options()].into_iter().flatten() {
+        base = parse_onto(base, text, &mut |msg| {
             warn(b"in the program's options: ", msg)
-        }),
-        None => DEFAULTS,
-    };
+        });
+    }
     // SAFETY: getenv with a NUL-terminated name; the result is read before any setenv
     // by this thread could change it.
     let value = unsafe { libc::getenv(c"RANGEALLOC_OPTIONS".as_ptr()) };
@@ -392,7 +415,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_once_and_a_fork_child_restarts_an_interrupted_parse() {
+    fn parses_once() {
         let verbose = Options {
             verbose: true,
             ..DEFAULTS
@@ -400,16 +423,71 @@ mod tests {
         let cell = ParseOnce::new();
         assert_eq!(cell.get_or_parse(|| verbose), verbose);
         assert_eq!(cell.get_or_parse(|| unreachable!("parsed once")), verbose);
-        // A thread of the parent was parsing at fork (state 1) and does not exist in the
-        // child: without the repair every call would see the defaults for good.
-        let interrupted = ParseOnce::new();
-        interrupted.state.store(1, Ordering::Relaxed);
-        assert_eq!(interrupted.get_or_parse(|| verbose), DEFAULTS);
-        interrupted.after_fork_in_child();
-        assert_eq!(interrupted.get_or_parse(|| verbose), verbose);
-        // The repair leaves a finished parse alone.
-        cell.after_fork_in_child();
-        assert_eq!(cell.get_or_parse(|| DEFAULTS), verbose);
+    }
+
+    /// Issue 13, item 10: a thread that asks for the options while another parses them
+    /// must get the parsed values, never the defaults. The first parse is held (the
+    /// hook is the parse function itself) until the second reader has asked; before
+    /// the fix the reader got `DEFAULTS` at once.
+    #[test]
+    fn a_reader_during_the_parse_waits_for_the_parsed_values() {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        use std::sync::Arc;
+        const PARSING: u8 = 1;
+        const RELEASED: u8 = 2;
+        let verbose = Options {
+            verbose: true,
+            ..DEFAULTS
+        };
+        let cell = Arc::new(ParseOnce::new());
+        let step = Arc::new(AtomicU8::new(0));
+        let parser = {
+            let (cell, step) = (cell.clone(), step.clone());
+            std::thread::spawn(move || {
+                cell.get_or_parse(|| {
+                    step.store(PARSING, Ordering::Release);
+                    while step.load(Ordering::Acquire) != RELEASED {
+                        std::thread::yield_now();
+                    }
+                    verbose
+                })
+            })
+        };
+        while step.load(Ordering::Acquire) != PARSING {
+            std::thread::yield_now();
+        }
+        let waits_before = crate::thread::tests::WAITS.load(Ordering::Relaxed);
+        let reader = {
+            let cell = cell.clone();
+            std::thread::spawn(move || cell.get_or_parse(|| unreachable!("parsed once")))
+        };
+        // Release the parse once the reader is waiting for it (or, with a cell that
+        // does not wait, has already returned).
+        while !reader.is_finished()
+            && crate::thread::tests::WAITS.load(Ordering::Relaxed) == waits_before
+        {
+            std::thread::yield_now();
+        }
+        step.store(RELEASED, Ordering::Release);
+        assert_eq!(
+            reader.join().unwrap(),
+            verbose,
+            "the reader saw the defaults"
+        );
+        assert_eq!(parser.join().unwrap(), verbose);
+    }
+
+    /// A fork child whose parent's thread was parsing (and does not exist in the child)
+    /// parses again instead of waiting forever or keeping the defaults.
+    #[test]
+    fn a_parse_cut_off_by_fork_is_redone() {
+        let verbose = Options {
+            verbose: true,
+            ..DEFAULTS
+        };
+        let cell = ParseOnce::new();
+        cell.once.begun_by_another_process();
+        assert_eq!(cell.get_or_parse(|| verbose), verbose);
     }
 
     fn parse_collect(text: &str) -> (Options, usize) {

@@ -1,12 +1,12 @@
 //! Statistics snapshots and the human-readable report. Owns nothing; reads the counters
-//! of `heap`, `region`, `purge`, `meta` and `os`. Reading costs a walk over the heaps
+//! of `heap`, `large`, `region`, `purge`, `meta` and `os`. Reading costs a walk over the heaps
 //! (one per live thread at most) and the region tree, never a pause of the fast path.
 
 use crate::heap::{self, segment, size_class};
 use crate::os::{self, Syscall, SyscallCounts};
 use crate::region::TABLE;
 use crate::sync::atomic::Ordering;
-use crate::{meta, purge};
+use crate::{large, meta, purge};
 
 /// Counts of one small size class.
 #[derive(Clone, Copy, Debug, Default)]
@@ -62,6 +62,17 @@ pub struct RegionStats {
     pub retired_bytes: usize,
 }
 
+/// What growing reallocs of large objects did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReallocStats {
+    /// Grew in place (into the free space after the object).
+    pub grown_in_place: u64,
+    /// Moved to a new region, copying the object.
+    pub moved: u64,
+    /// Bytes those moves copied.
+    pub copied_bytes: u64,
+}
+
 /// A statistics snapshot (see `snapshot`).
 #[derive(Clone, Debug)]
 pub struct Stats {
@@ -90,6 +101,10 @@ pub struct Stats {
     pub purge_passes: u64,
     /// Bytes returned to the OS with `madvise` (every purge path).
     pub purged_bytes: u64,
+    /// Dirty free space the table may keep before the excess is purged at once.
+    pub dirty_budget: usize,
+    /// What growing reallocs of large objects did.
+    pub reallocs: ReallocStats,
     /// Thread heaps created.
     pub heaps: usize,
     /// Heaps of exited threads waiting for adoption.
@@ -150,6 +165,12 @@ pub fn snapshot() -> Stats {
         },
         purge_passes: purge::PASSES.get(),
         purged_bytes: purge::PURGED_BYTES.get(),
+        dirty_budget: purge::dirty_budget(),
+        reallocs: ReallocStats {
+            grown_in_place: large::GROWN_IN_PLACE.get(),
+            moved: large::MOVED.get(),
+            copied_bytes: large::COPIED_BYTES.get(),
+        },
         heaps: heaps.heaps,
         abandoned_heaps: heaps.abandoned,
     }
@@ -229,11 +250,20 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
     writeln!(w, " (mmap_lock writers {})", s.syscalls.mmap_lock_writers())?;
     writeln!(
         w,
-        "  purge: {} passes, {:.2} MiB; heaps {} ({} abandoned)",
+        "  purge: {} passes, {:.2} MiB (dirty budget {:.2} MiB); heaps {} ({} abandoned)",
         s.purge_passes,
         s.purged_bytes as f64 / MIB,
+        s.dirty_budget as f64 / MIB,
         s.heaps,
         s.abandoned_heaps
+    )?;
+    let g = &s.reallocs;
+    writeln!(
+        w,
+        "  large reallocs: grown in place {}, moved {} ({:.2} MiB copied)",
+        g.grown_in_place,
+        g.moved,
+        g.copied_bytes as f64 / MIB
     )?;
     writeln!(
         w,
@@ -287,8 +317,14 @@ impl Stats {
         }
         write!(
             w,
-            ",\"purge_passes\":{},\"purged_bytes\":{}",
-            self.purge_passes, self.purged_bytes
+            ",\"purge_passes\":{},\"purged_bytes\":{},\"dirty_budget\":{}",
+            self.purge_passes, self.purged_bytes, self.dirty_budget
+        )?;
+        let re = &self.reallocs;
+        write!(
+            w,
+            ",\"reallocs\":{{\"grown_in_place\":{},\"moved\":{},\"copied_bytes\":{}}}",
+            re.grown_in_place, re.moved, re.copied_bytes
         )?;
         let r = &self.regions;
         write!(

@@ -7,6 +7,9 @@
 //! and a nested `free` of one of its own blocks sees a foreign owner and takes the
 //! atomic (remote) path instead of touching the heap mid-update. One thread-local load
 //! serves both the fast path and the guard.
+//!
+//! It also holds the two once-per-process primitives the engine's set-up needs, both
+//! safe across `fork` (`ExitKey`, `ProcessOnce`); they call only `libc`.
 
 use core::cell::Cell;
 
@@ -124,9 +127,119 @@ impl ExitKey {
     }
 }
 
+/// `ProcessOnce` states besides "running": the pid of the process whose thread runs
+/// the set-up (pids are positive and below 2^22 on Linux, so neither value is a pid).
+const ONCE_NOT_STARTED: u64 = 0;
+const ONCE_DONE: u64 = u64::MAX;
+
+/// Set-up that runs once per process, with two guarantees `std::sync::Once` lacks:
+/// - callers that arrive while another thread runs it wait, and then see everything it
+///   did (the finishing Release store pairs with their Acquire load): nobody goes on
+///   with half-done set-up (options read as defaults, say);
+/// - a `fork` child whose parent had a thread inside it does not wait forever for a
+///   thread it does not have: the running state records the pid of the process it runs
+///   in, and a caller in another process takes the set-up over and runs it again.
+///
+/// It never allocates. The set-up must not call `begin` of the same cell on the same
+/// thread (that thread would wait for itself); the engine's callers run under the
+/// re-entrancy guard, whose nested requests never reach set-up.
+pub struct ProcessOnce {
+    /// `ONCE_NOT_STARTED`, `ONCE_DONE`, or the pid of the process where it runs.
+    state: core::sync::atomic::AtomicU64,
+}
+
+impl Default for ProcessOnce {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessOnce {
+    pub const fn new() -> Self {
+        ProcessOnce {
+            state: core::sync::atomic::AtomicU64::new(ONCE_NOT_STARTED),
+        }
+    }
+
+    /// True once the set-up has finished (in this process or before its `fork`).
+    #[inline(always)]
+    pub fn is_done(&self) -> bool {
+        use core::sync::atomic::Ordering;
+        // Acquire pairs with the Release in `finish`: the set-up's writes are visible.
+        self.state.load(Ordering::Acquire) == ONCE_DONE
+    }
+
+    /// True if the caller must run the set-up now (and then call `finish`); false once
+    /// it is done. Waits while another thread of this process runs it.
+    #[cold]
+    pub fn begin(&self) -> bool {
+        use core::sync::atomic::Ordering;
+        // SAFETY: getpid has no preconditions (and never fails).
+        let me = unsafe { libc::getpid() } as u64;
+        let mut round = 0;
+        loop {
+            // Acquire: as in `is_done`.
+            match self.state.load(Ordering::Acquire) {
+                ONCE_DONE => return false,
+                running if running == me => {
+                    #[cfg(test)]
+                    tests::WAITS.fetch_add(1, Ordering::Relaxed);
+                    crate::sync::backoff(&mut round);
+                }
+                // Not started, or started by a thread of the process we were forked
+                // from, which does not exist here and will never finish it.
+                seen => {
+                    // Acquire: whatever the vanished runner wrote before the fork is
+                    // ours to redo; Relaxed on failure, the loop reloads.
+                    if self
+                        .state
+                        .compare_exchange(seen, me, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// As a fork child finds a set-up its parent's thread had begun.
+    #[cfg(test)]
+    pub(crate) fn begun_by_another_process(&self) {
+        use core::sync::atomic::Ordering;
+        // SAFETY: getpid has no preconditions.
+        let other = unsafe { libc::getpid() } as u64 + 1;
+        self.state.store(other, Ordering::Relaxed);
+    }
+
+    /// Marks the set-up done; only by the caller `begin` answered true.
+    pub fn finish(&self) {
+        use core::sync::atomic::Ordering;
+        // Release publishes the set-up to every Acquire load of `ONCE_DONE`.
+        self.state.store(ONCE_DONE, Ordering::Release);
+    }
+}
+
 #[cfg(test)]
-mod tests {
-    use super::ExitKey;
+pub(crate) mod tests {
+    use super::{ExitKey, ProcessOnce};
+    use std::sync::atomic::AtomicUsize;
+
+    /// Times a `ProcessOnce::begin` caller found the set-up running and waited.
+    pub(crate) static WAITS: AtomicUsize = AtomicUsize::new(0);
+
+    /// A set-up begun by a thread of another process (a fork parent's) is taken over;
+    /// one that finished is not run again.
+    #[test]
+    fn a_set_up_cut_off_by_fork_is_taken_over() {
+        let once = ProcessOnce::new();
+        once.begun_by_another_process();
+        assert!(!once.is_done());
+        assert!(once.begin(), "the vanished runner's set-up is ours to run");
+        once.finish();
+        assert!(once.is_done());
+        assert!(!once.begin());
+    }
     use core::sync::atomic::Ordering;
 
     unsafe extern "C" fn nothing(_: *mut libc::c_void) {}

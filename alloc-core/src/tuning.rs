@@ -1,6 +1,5 @@
 //! Run-time changes of the options that can change safely while the program runs: the
-//! purge delay, the background purger, the report at exit, the dirty budget and the
-//! size from which freed large objects are purged at once (the
+//! purge delay, the background purger, the report at exit and the dirty budget (the
 //! others shape memory already handed out, or the fast path, and stay as parsed).
 //! Owns the one-time registration of the exit report; stores values through `options`
 //! and calls `purge` and `snapshot` to apply them.
@@ -33,16 +32,11 @@ pub fn set_stats_at_exit(on: bool) {
     }
 }
 
-/// Sets the dirty budget in bytes; free space above it is purged now.
+/// Sets the fixed part of the dirty budget in bytes (a quarter of the live large bytes
+/// is added to it); free space above the budget is purged now.
 pub fn set_dirty_budget(bytes: usize) {
     options::put_dirty_budget(bytes);
     purge::tick(os::now_ms());
-}
-
-/// Sets the size from which a freed large object is purged at once by the thread that
-/// frees it (default `options::DEFAULT_OVERSIZE_PURGE`).
-pub fn set_oversize_purge(bytes: usize) {
-    options::put_oversize_purge(bytes);
 }
 
 static EXIT_REPORT_REGISTERED: AtomicBool = AtomicBool::new(false);

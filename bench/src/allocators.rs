@@ -8,32 +8,79 @@
 
 use rangealloc::SyscallCounts;
 
-/// One allocator: the name used in reports and the worker binary that links it.
+/// One allocator: the name used in reports, the worker binary that links it, and the
+/// shared library preloaded into that worker, for allocators with no Rust binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allocator {
     pub name: &'static str,
     pub worker_bin: &'static str,
+    /// Where the library may be installed (first existing path wins). A preloaded
+    /// `malloc` replaces glibc's, so the system worker (`std::alloc::System`) runs it.
+    pub preload: &'static [&'static str],
 }
 
+/// Debian's `libtcmalloc-minimal4` (gperftools' tcmalloc without the profiler), in the
+/// multiarch directories of the two supported targets.
+const TCMALLOC_PATHS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+];
+
 /// Every allocator, in the order runs interleave and reports list them.
-pub const ALL: [Allocator; 4] = [
+pub const ALL: [Allocator; 5] = [
     Allocator {
         name: "rangealloc",
         worker_bin: "bench-worker-rangealloc",
+        preload: &[],
     },
     Allocator {
         name: "jemalloc",
         worker_bin: "bench-worker-jemalloc",
+        preload: &[],
     },
     Allocator {
         name: "mimalloc",
         worker_bin: "bench-worker-mimalloc",
+        preload: &[],
     },
     Allocator {
         name: "system",
         worker_bin: "bench-worker-system",
+        preload: &[],
+    },
+    Allocator {
+        name: "tcmalloc",
+        worker_bin: "bench-worker-system",
+        preload: TCMALLOC_PATHS,
     },
 ];
+
+impl Allocator {
+    /// The library to preload: `Ok(None)` for a linked allocator, an error naming the
+    /// package when a preloaded one is not installed.
+    pub fn preload_path(&self) -> Result<Option<&'static str>, String> {
+        if self.preload.is_empty() {
+            return Ok(None);
+        }
+        self.preload
+            .iter()
+            .copied()
+            .find(|p| std::path::Path::new(p).is_file())
+            .map(Some)
+            .ok_or_else(|| {
+                format!(
+                    "{} is not installed (looked for {}; Debian: apt-get install libtcmalloc-minimal4)",
+                    self.name,
+                    self.preload.join(", ")
+                )
+            })
+    }
+
+    /// Whether this allocator can run here (its library, if any, is installed).
+    pub fn available(&self) -> bool {
+        self.preload_path().is_ok()
+    }
+}
 
 /// The allocator that ratios are taken against: the best-known general-purpose
 /// allocator with a stable Rust binding, and the one rangealloc aims to beat.

@@ -23,6 +23,8 @@ pub struct RunRecord {
     pub syscalls: Option<Vec<(String, u64)>>,
     /// Of those, the calls that take the kernel's `mmap_lock` for write.
     pub mmap_lock_writers: Option<u64>,
+    /// Minor page faults taken during the workload (`getrusage`, all threads).
+    pub minor_faults: Option<u64>,
 }
 
 impl RunRecord {
@@ -39,6 +41,7 @@ impl RunRecord {
             })),
             "syscalls": self.syscalls.as_ref().map(|calls| counts_to_json(calls)),
             "mmap_lock_writers": self.mmap_lock_writers,
+            "minor_faults": self.minor_faults,
         })
     }
 
@@ -61,6 +64,7 @@ impl RunRecord {
             stats,
             syscalls: v.get("syscalls").and_then(counts_from_json),
             mmap_lock_writers: u("mmap_lock_writers"),
+            minor_faults: u("minor_faults"),
         })
     }
 
@@ -107,6 +111,7 @@ mod tests {
             }),
             syscalls: Some(vec![("mmap".into(), 4), ("munmap".into(), 1)]),
             mmap_lock_writers: Some(5),
+            minor_faults: Some(6),
         };
         let line = r.to_json().to_string();
         let back = RunRecord::from_json(&serde_json::from_str(&line).unwrap()).unwrap();
@@ -124,5 +129,6 @@ mod tests {
         assert_eq!(back.stats, None);
         assert_eq!(back.syscalls, None);
         assert_eq!(back.mmap_lock_writers, None);
+        assert_eq!(back.minor_faults, None);
     }
 }

@@ -1,8 +1,8 @@
 //! One workload run in one process: the body of every `bench-worker-*` binary.
 //!
 //! Arguments name the workload and its parameters ([`WorkerArgs`]); the worker runs it
-//! once, measures wall time around the workload only, reads RSS and the allocator's own
-//! counters, and prints one [`RunRecord`] JSON line. Exit status: 0 clean, 1 content
+//! once, measures wall time and minor page faults around the workload only, reads RSS
+//! and the allocator's own counters, and prints one [`RunRecord`] JSON line. Exit status: 0 clean, 1 content
 //! check failed, 2 bad arguments.
 
 use std::process::ExitCode;
@@ -114,9 +114,13 @@ pub fn worker_main(probe: &dyn Probe) -> ExitCode {
 fn run_once(probe: &dyn Probe, args: &WorkerArgs) -> RunRecord {
     let workload = workloads::by_name(&args.workload).expect("validated by parse");
     let before = probe.syscalls();
+    let faults_before = proc_status::minor_faults();
     let start = Instant::now();
     let outcome = (workload.run)(&args.params);
     let wall = start.elapsed();
+    let faults = faults_before
+        .zip(proc_status::minor_faults())
+        .map(|(b, a)| a.saturating_sub(b));
     let calls = before.zip(probe.syscalls()).map(|(b, a)| delta(&b, &a));
     let rss = proc_status::rss();
     RunRecord {
@@ -134,6 +138,7 @@ fn run_once(probe: &dyn Probe, args: &WorkerArgs) -> RunRecord {
                 .collect()
         }),
         mmap_lock_writers: calls.map(|c| c.mmap_lock_writers()),
+        minor_faults: faults,
     }
 }
 

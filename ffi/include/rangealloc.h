@@ -32,10 +32,11 @@
  *   mallinfo()         the same, each field clamped to INT_MAX.
  *   malloc_info(0, f)  XML in glibc's shape (options != 0: -1 with errno EINVAL).
  *   malloc_stats()     rangealloc's text report on stderr.
- *   mallopt(p, v)      M_TRIM_THRESHOLD: the dirty budget (bytes; negative: none);
- *                      M_MMAP_THRESHOLD: freed large objects of at least v bytes are
- *                      purged at once (0..32 MiB, else 0 is returned); every other
- *                      parameter is accepted without effect. Returns 1 on success.
+ *   mallopt(p, v)      M_TRIM_THRESHOLD: the fixed part of the dirty budget (bytes;
+ *                      negative: none; a quarter of the live large bytes is added);
+ *                      M_MMAP_THRESHOLD: accepted without effect (0..32 MiB, else 0
+ *                      is returned); every other parameter is accepted without
+ *                      effect. Returns 1 on success.
  *
  * This header declares what is rangealloc's own: its version, statistics, an explicit
  * purge, the run-time setters and the program's option string. Options are read once,
@@ -128,7 +129,8 @@ void rangealloc_set_purge_delay_ms(uint64_t ms);
 void rangealloc_set_background_purge(int on);
 /* Switches the statistics report on stderr at exit on or off. */
 void rangealloc_set_stats_at_exit(int on);
-/* Dirty free bytes kept for reuse before the excess is purged at once; applied now. */
+/* The fixed part of the dirty budget (a quarter of the live large bytes is added):
+ * dirty free bytes kept for reuse before the excess is purged at once; applied now. */
 void rangealloc_set_dirty_budget(size_t bytes);
 
 /*

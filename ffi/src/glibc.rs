@@ -169,9 +169,7 @@ fn mallinfo_from(s: &engine::snapshot::Stats) -> MallInfo2 {
 
 /// A snapshot with the retired regions folded into the table first, so that dirty and
 /// purged free space are told apart (a freed region counts as neither until folded).
-/// Also the options' first parse when a program's first call is one of these.
 fn fresh_snapshot() -> engine::snapshot::Stats {
-    crate::ensure_initialised();
     engine::region::TABLE.collect_retired();
     engine::snapshot::snapshot()
 }
@@ -213,7 +211,6 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
 /// `malloc_stats()`: rangealloc's text report on stderr (glibc prints its own there).
 #[no_mangle]
 pub extern "C" fn malloc_stats() {
-    crate::ensure_initialised();
     engine::snapshot::print_to_stderr();
 }
 
@@ -319,19 +316,20 @@ const M_ARENA_MAX: c_int = -8;
 const MMAP_THRESHOLD_MAX: usize = 32 << 20;
 
 /// `mallopt(param, value)`, returning 1 on success and 0 on error as glibc:
-/// - `M_TRIM_THRESHOLD`: the dirty budget (free dirty bytes kept before the excess is
-///   purged at once); glibc trims its heap top past this many free bytes. A negative
+/// - `M_TRIM_THRESHOLD`: the fixed part of the dirty budget (free dirty bytes kept,
+///   beside a quarter of the live large bytes, before the excess is purged at once);
+///   glibc trims its heap top past this many free bytes. A negative
 ///   value is a huge one (glibc converts to `unsigned long`): no budget purge.
-/// - `M_MMAP_THRESHOLD`: the size from which a freed large object is purged at once by
-///   the freeing thread (glibc `munmap`s chunks of that size at `free`). 0 to 32 MiB,
-///   else 0 is returned and nothing changes (glibc's bound).
+/// - `M_MMAP_THRESHOLD`: accepted without effect for 0 to 32 MiB, else 0 (glibc's
+///   bound). glibc unmaps chunks of that size at `free`; rangealloc keeps freed large
+///   objects dirty for reuse within the dirty budget instead (issue 14 removed the
+///   purge-at-free threshold this could have set).
 /// - `M_MXFAST`, `M_NLBLKS`, `M_GRAIN`, `M_KEEP`, `M_TOP_PAD`, `M_MMAP_MAX`,
 ///   `M_CHECK_ACTION`, `M_PERTURB`, `M_ARENA_TEST`, `M_ARENA_MAX`, and numbers glibc
 ///   does not know: accepted without effect (no fastbins, top pad, mmapped chunks or
 ///   arenas to tune; misuse always aborts), returning 1 as glibc does.
 #[no_mangle]
 pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
-    crate::ensure_initialised();
     match param {
         M_TRIM_THRESHOLD => {
             let bytes = usize::try_from(value).unwrap_or(usize::MAX);
@@ -339,10 +337,7 @@ pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
             1
         }
         M_MMAP_THRESHOLD => match usize::try_from(value) {
-            Ok(bytes) if bytes <= MMAP_THRESHOLD_MAX => {
-                tuning::set_oversize_purge(bytes);
-                1
-            }
+            Ok(bytes) if bytes <= MMAP_THRESHOLD_MAX => 1,
             _ => 0,
         },
         M_MXFAST | M_NLBLKS | M_GRAIN | M_KEEP | M_TOP_PAD | M_MMAP_MAX | M_CHECK_ACTION

@@ -2,14 +2,13 @@
 //! linking with `-lrangealloc`.
 //!
 //! This crate owns the C ABI and nothing else: argument checking, `errno`, the exact
-//! C/POSIX/glibc semantics of each entry point, and the one-time `pthread_atfork`
-//! registration. It calls only `rangealloc-core`'s public API and `libc`, and it never
+//! C/POSIX/glibc semantics of each entry point. Process set-up (the `pthread_atfork`
+//! handlers included) and thread exit are the engine's, done on its first allocation
+//! for every front end alike. It calls only `rangealloc-core`'s public API and `libc`, and it never
 //! allocates through Rust's global allocator (under `LD_PRELOAD` that would be us).
 //!
 //! `malloc` holds the C malloc family, `cxx` the C++ `operator new`/`delete` family,
-//! `compat` the historical and jemalloc-compatible names, `glibc` glibc's internal
-//! names, introspection and C23's sized frees, `config` the program's options and the
-//! run-time setters, `stats` and `mallctl` the statistics; this file holds what they
+//! `compat` the historical and jemalloc-compatible names; this file holds what they
 //! share. Nothing here may panic: the workspace builds with `panic = "abort"`, and the
 //! code uses no indexing, `unwrap` or unchecked arithmetic on caller-supplied values.
 
@@ -24,7 +23,6 @@ mod malloc;
 mod stats;
 
 use core::ffi::{c_char, c_void};
-use core::sync::atomic::{AtomicU8, Ordering};
 use rangealloc_core as engine;
 
 /// The largest request we accept. Like glibc (which fails anything above
@@ -67,7 +65,6 @@ fn out_of_memory() -> *mut c_void {
 /// `align` must be a power of two.
 #[inline(always)]
 unsafe fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
-    ensure_initialised();
     if !request_fits(size, align) {
         return out_of_memory();
     }
@@ -86,77 +83,6 @@ unsafe fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
     } else {
         p.cast()
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// One-time set-up, done lazily on the first allocation: under LD_PRELOAD the dynamic
-// loader and libc call `malloc` before any constructor of ours could run.
-// ---------------------------------------------------------------------------------------
-
-const ATFORK_UNREGISTERED: u8 = 0;
-const ATFORK_REGISTERING: u8 = 1;
-const ATFORK_REGISTERED: u8 = 2;
-
-/// Whether the engine's fork handlers are registered with `pthread_atfork`.
-static ATFORK: AtomicU8 = AtomicU8::new(ATFORK_UNREGISTERED);
-
-#[inline(always)]
-fn ensure_initialised() {
-    // Relaxed: the flag guards no data; it only avoids a second registration, and
-    // the compare-exchange in the slow path decides who registers.
-    if ATFORK.load(Ordering::Relaxed) != ATFORK_REGISTERED {
-        register_fork_handlers();
-    }
-}
-
-/// Registers the engine's fork handlers, once per process, after handing the program's
-/// `rangealloc_conf` to the engine. glibc keeps the first 48
-/// handlers in static storage, so this does not call `malloc`. Threads that arrive
-/// while another registers go on without waiting: a process cannot `fork` before
-/// `pthread_atfork` returns in the registering thread and still expect the handlers.
-#[cold]
-#[inline(never)]
-fn register_fork_handlers() {
-    // Every thread that comes this way, before it allocates: the program's options
-    // must reach the engine before its first parse, whoever wins the registration.
-    config::give_program_options();
-    if ATFORK
-        .compare_exchange(
-            ATFORK_UNREGISTERED,
-            ATFORK_REGISTERING,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        )
-        .is_err()
-    {
-        return;
-    }
-    // SAFETY: the three handlers are `extern "C"` functions with no arguments, valid
-    // for the life of the process (this library is never unloaded under preload).
-    let rc = unsafe {
-        libc::pthread_atfork(
-            Some(fork_prepare_handler),
-            Some(fork_parent_handler),
-            Some(fork_child_handler),
-        )
-    };
-    if rc != 0 {
-        engine::fatal("pthread_atfork failed: fork() in a threaded program would be unsafe");
-    }
-    // Relaxed: see `ensure_initialised`.
-    ATFORK.store(ATFORK_REGISTERED, Ordering::Relaxed);
-}
-
-extern "C" fn fork_prepare_handler() {
-    engine::fork_prepare();
-}
-
-extern "C" fn fork_parent_handler() {
-    engine::fork_parent();
-}
-
-extern "C" fn fork_child_handler() {
-    engine::fork_child();
 }
 
 /// Frees a block from any of our allocation functions; null is a no-op. `call` names

@@ -196,9 +196,6 @@ unsafe fn control(
     newp: *mut c_void,
     newlen: usize,
 ) -> c_int {
-    // The first call of a program may be this one: the options it reads must include
-    // the program's `rangealloc_conf`.
-    crate::ensure_initialised();
     let (reads, writes) = (!oldp.is_null(), !newp.is_null());
     let size = ctl.value_size();
     if (writes && !ctl.writable()) || (reads && size == 0) {

@@ -114,7 +114,6 @@ pub unsafe extern "C" fn rangealloc_stats_print(stream: *mut libc::FILE) {
 /// Returns every free region's pages to the OS now; returns the bytes purged.
 #[no_mangle]
 pub extern "C" fn rangealloc_purge() -> usize {
-    crate::ensure_initialised();
     engine::region::TABLE.collect_retired();
     engine::purge::purge_all()
 }

@@ -62,7 +62,7 @@ use rangealloc_core as core_api;
 
 pub use rangealloc_core::options::Options;
 pub use rangealloc_core::os::{PurgeMode, Syscall, SyscallCounts};
-pub use rangealloc_core::snapshot::{ClassStats, LockStats, RegionStats, Stats};
+pub use rangealloc_core::snapshot::{ClassStats, LockStats, ReallocStats, RegionStats, Stats};
 
 /// The engine itself, for the project's benchmarks and tools that study its parts (the
 /// region table, size classes, counters). Not a stable API.

@@ -29,9 +29,10 @@ fn churn(stop: Arc<AtomicBool>, seed: usize) -> Vec<Vec<u8>> {
     keep
 }
 
-/// The fork handlers are registered by the C shim; a Rust program registers them itself
-/// (as a Rust runtime embedding us would). Once per process: a second registration
-/// would run `fork_prepare` twice per fork and spin on its own locks.
+/// The engine registers its fork handlers itself on its first allocation (see
+/// `fork_rust.rs`). These tests register them a second time, as Rust programs had to
+/// before the engine did: the handlers must nest (only the outermost pair locks and
+/// releases), or `fork_prepare` would spin on its own locks.
 fn register_fork_handlers() {
     extern "C" fn prepare() {
         engine::fork_prepare()

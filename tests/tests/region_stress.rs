@@ -709,10 +709,10 @@ fn freeing_a_purged_object_racing_a_purge_leaves_free_space_merged() {
     );
 }
 
-/// Two purges at once (the `DIRTY_CAP` pass runs on any thread, beside the timed or the
+/// Two purges at once (the dirty-budget pass runs on any thread, beside the timed or the
 /// background one): the second runs while the first is still inside `madvise` on the
 /// region. Once, each subtracted the length from `dirty_bytes`, which wrapped below
-/// zero (and a wrapped total above `DIRTY_CAP` sends every later `purge::tick` into a
+/// zero (and a wrapped total above the dirty budget sends every later `purge::tick` into a
 /// pass); later the second still repeated the `madvise`. The first purge's pick now
 /// claims the region (each of its pieces), so the second skips it: one `madvise` per piece.
 #[test]

@@ -160,7 +160,7 @@ fn run(secs: u64) {
         .map(|t| {
             let (queues, progress) = (queues.clone(), progress.clone());
             std::thread::spawn(move || {
-                let mut rng = XorShift((0x5eed ^ (t as u64 + 1) * 0x1234_5678_9abc) | 1);
+                let mut rng = XorShift((0x5eed ^ ((t as u64 + 1) * 0x1234_5678_9abc)) | 1);
                 let out = &queues[(t + 1) % THREADS];
                 let inbox = &queues[t];
                 let mut stash = Vec::with_capacity(STASH);
@@ -169,7 +169,7 @@ fn run(secs: u64) {
                     for _ in 0..64 {
                         // Produce for the next thread, or keep it when its queue is full.
                         let block = alloc_block(&mut rng);
-                        if rng.next() % 4 == 0 || !out.push(block) {
+                        if rng.next().is_multiple_of(4) || !out.push(block) {
                             stash.push(block);
                         }
                         // Consume from the previous thread: remote frees.
@@ -185,7 +185,7 @@ fn run(secs: u64) {
                                 check_and_free(block);
                             }
                         }
-                        if rng.next() % 32 == 0 {
+                        if rng.next().is_multiple_of(32) {
                             std::thread::yield_now();
                         }
                         ops += 1;

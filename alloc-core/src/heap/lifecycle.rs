@@ -1,16 +1,22 @@
-//! Heap lifecycle: creating a thread's heap on its first allocation, giving it up at
-//! thread exit (a `pthread` key destructor), adopting abandoned heaps, and resetting
-//! after `fork`. Owns the global heap lists; calls `meta`, `region::epoch` and `thread`.
+//! Heap lifecycle: creating a heap or adopting an abandoned one for a starting thread,
+//! giving a heap up, and the heap lists' part of `fork`. Owns the global heap lists;
+//! calls `meta`, `slow` (trim) and `thread`. The thread and process events that drive it
+//! (first allocation, the exit hook, the fork handlers) are `init`'s.
 //!
 //! A heap is never freed: a dying thread trims it (empty pages and segments go back)
 //! and pushes it on the abandoned stack, and the next new thread adopts it whole. Under
 //! thread churn the number of heaps stays at the peak number of live threads, and
 //! blocks other threads free into an abandoned heap are collected by its adopter.
+//!
+//! In a `fork` child, the heaps of the parent's other threads are orphans: their owners
+//! do not exist here and may have stopped half way through an update. The child only
+//! lists them (an array in metadata memory, no write into any heap: a child about to
+//! `exec` would pay a copy-on-write fault per heap and segment); a thread that adopts
+//! one rebuilds it first (`repair`).
 
-use super::{empty_page, slow, Heap, PageQueue, CLASSES};
-use crate::region::epoch;
+use super::{empty_page, repair, slow, Heap, PageQueue, CLASSES};
 use crate::sync::SpinLock;
-use crate::{meta, thread, Reentrancy};
+use crate::{meta, thread};
 use core::ptr;
 
 struct HeapLists {
@@ -18,6 +24,11 @@ struct HeapLists {
     abandoned: *mut Heap,
     count: usize,
     abandoned_count: usize,
+    /// Heaps orphaned by the last `fork` and not adopted yet: `orphans[..orphan_count]`
+    /// (metadata memory, `orphan_capacity` entries).
+    orphans: *mut *mut Heap,
+    orphan_count: usize,
+    orphan_capacity: usize,
 }
 
 // SAFETY: the heap pointers are only followed under the lock.
@@ -28,12 +39,13 @@ static HEAPS: SpinLock<HeapLists> = SpinLock::new(HeapLists {
     abandoned: ptr::null_mut(),
     count: 0,
     abandoned_count: 0,
+    orphans: ptr::null_mut(),
+    orphan_count: 0,
+    orphan_capacity: 0,
 });
 
-/// Runs `on_thread_exit` for every thread that had a heap.
-static EXIT_KEY: thread::ExitKey = thread::ExitKey::new(on_thread_exit);
-
-/// Heap counts: created, and currently abandoned (waiting for adoption).
+/// Heap counts: created, and currently abandoned (waiting for adoption; in a fork child
+/// this includes the parent's other threads' heaps).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeapCounts {
     pub heaps: usize,
@@ -44,52 +56,14 @@ pub fn heap_counts() -> HeapCounts {
     let lists = HEAPS.lock();
     HeapCounts {
         heaps: lists.count,
-        abandoned: lists.abandoned_count,
+        abandoned: lists.abandoned_count + lists.orphan_count,
     }
 }
 
-/// Creates or adopts this thread's heap. Null when out of memory (the caller then
-/// serves the request from metadata memory).
-pub fn init_thread() -> *mut Heap {
-    // pthread_setspecific may call calloc (keys past the first 32): that nested call
-    // must not come back here.
-    let inside = Reentrancy::enter();
-    let key = exit_key();
-    let heap = adopt_or_create();
-    if !heap.is_null() {
-        if let Some(key) = key {
-            // SAFETY: a valid key; the value is only read back by our destructor.
-            unsafe { libc::pthread_setspecific(key, heap as *const libc::c_void) };
-        }
-    }
-    drop(inside);
-    if !heap.is_null() {
-        thread::set(heap as usize);
-    }
-    heap
-}
-
-fn exit_key() -> Option<libc::pthread_key_t> {
-    EXIT_KEY.get(process_start)
-}
-
-/// Once per process, on the first heap: the page-size check, the exit report and the
-/// background purger, when the options ask for them.
-fn process_start() {
-    crate::os::check_page_size();
-    #[cfg(feature = "secure")]
-    super::page::hardening::init();
-    let options = crate::options::get();
-    if options.stats_at_exit {
-        crate::tuning::register_exit_report();
-    }
-    if options.background_purge {
-        crate::purge::start_background_thread();
-    }
-}
-
-fn adopt_or_create() -> *mut Heap {
-    {
+/// A heap for a starting thread: an abandoned one if any (adopted whole), else an
+/// orphan of a `fork` (rebuilt first), else a new one. Null when out of metadata memory.
+pub fn adopt_or_create() -> *mut Heap {
+    let orphan = {
         let mut lists = HEAPS.lock();
         let heap = lists.abandoned;
         if !heap.is_null() {
@@ -98,6 +72,19 @@ fn adopt_or_create() -> *mut Heap {
             lists.abandoned_count -= 1;
             return heap;
         }
+        if lists.orphan_count > 0 {
+            lists.orphan_count -= 1;
+            // SAFETY: the first `orphan_count` entries of the array are set.
+            unsafe { *lists.orphans.add(lists.orphan_count) }
+        } else {
+            ptr::null_mut()
+        }
+    };
+    if !orphan.is_null() {
+        // SAFETY: taken off the orphan list under the lock, so it is ours alone; its
+        // owner was a thread of the parent process.
+        unsafe { repair::rebuild_orphan(orphan) };
+        return orphan;
     }
     let heap =
         meta::alloc(core::mem::size_of::<Heap>(), core::mem::align_of::<Heap>()) as *mut Heap;
@@ -128,7 +115,10 @@ fn adopt_or_create() -> *mut Heap {
 }
 
 /// Gives a heap up: trims it and pushes it for adoption.
-unsafe fn abandon(heap: *mut Heap) {
+///
+/// # Safety
+/// The caller owns `heap` (its thread is exiting) and never uses it again.
+pub unsafe fn abandon(heap: *mut Heap) {
     // SAFETY: the caller owns `heap` (its thread is exiting, or we are a fork child).
     unsafe {
         slow::trim(&mut *heap);
@@ -139,52 +129,60 @@ unsafe fn abandon(heap: *mut Heap) {
     }
 }
 
-/// The `pthread` key destructor: runs once per exiting thread that had a heap.
-unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
-    let heap = value as *mut Heap;
-    thread::set(thread::BUSY);
-    // SAFETY: `value` is the heap `init_thread` stored for this thread.
-    unsafe { abandon(heap) };
-    epoch::release_thread();
-    // Later allocations of this thread (other destructors) go to metadata memory.
-    thread::set(thread::DEAD);
-}
-
-/// In a fork child only the forking thread survives: every other thread's heap is
-/// abandoned so the child can adopt its memory.
+/// In a fork child only the forking thread survives: every other heap that is not
+/// abandoned is an orphan, listed for adoption and left untouched until then.
 pub fn fork_child() {
-    // SAFETY: called from the engine's fork-child hook, single-threaded.
-    unsafe { EXIT_KEY.after_fork_in_child() };
-    let own = thread::get();
-    let mut orphans: *mut Heap = ptr::null_mut();
-    {
-        let lists = HEAPS.lock();
+    let own = thread::get() as *mut Heap;
+    let mut lists = HEAPS.lock();
+    // The abandoned heaps, sorted, to tell them from orphans in one pass over `all`.
+    let abandoned = meta::alloc(
+        lists.abandoned_count.max(1) * core::mem::size_of::<*mut Heap>(),
+        core::mem::align_of::<*mut Heap>(),
+    ) as *mut *mut Heap;
+    if lists.orphan_capacity < lists.count {
+        if !lists.orphans.is_null() {
+            // SAFETY: the previous array, from `meta::alloc` below.
+            unsafe { meta::free(lists.orphans as *mut u8) };
+        }
+        lists.orphans = meta::alloc(
+            lists.count * core::mem::size_of::<*mut Heap>(),
+            core::mem::align_of::<*mut Heap>(),
+        ) as *mut *mut Heap;
+        lists.orphan_capacity = if lists.orphans.is_null() {
+            0
+        } else {
+            lists.count
+        };
+    }
+    lists.orphan_count = 0;
+    if abandoned.is_null() || lists.orphans.is_null() {
+        // Out of metadata memory: the orphans stay unused in this child (a leak, never
+        // a heap walked half made).
+        if !abandoned.is_null() {
+            // SAFETY: allocated above.
+            unsafe { meta::free(abandoned as *mut u8) };
+        }
+        return;
+    }
+    // SAFETY: heaps in the lists are live forever and only read here; the arrays are
+    // ours and sized for `abandoned_count` and `count` entries.
+    unsafe {
+        let sorted = core::slice::from_raw_parts_mut(abandoned, lists.abandoned_count);
+        let mut heap = lists.abandoned;
+        for entry in sorted.iter_mut() {
+            *entry = heap;
+            heap = (*heap).abandoned_next;
+        }
+        sorted.sort_unstable();
         let mut heap = lists.all;
         while !heap.is_null() {
-            // SAFETY: heaps in the list are live; the other threads are gone.
-            unsafe {
-                let next = (*heap).all_next;
-                let mut abandoned = lists.abandoned;
-                let mut is_abandoned = false;
-                while !abandoned.is_null() {
-                    is_abandoned |= abandoned == heap;
-                    abandoned = (*abandoned).abandoned_next;
-                }
-                if heap as usize != own && !is_abandoned {
-                    (*heap).abandoned_next = orphans;
-                    orphans = heap;
-                }
-                heap = next;
+            if heap != own && sorted.binary_search(&heap).is_err() {
+                *lists.orphans.add(lists.orphan_count) = heap;
+                lists.orphan_count += 1;
             }
+            heap = (*heap).all_next;
         }
-    }
-    while !orphans.is_null() {
-        // SAFETY: as above; each orphan is pushed once.
-        unsafe {
-            let next = (*orphans).abandoned_next;
-            abandon(orphans);
-            orphans = next;
-        }
+        meta::free(abandoned as *mut u8);
     }
 }
 
@@ -211,5 +209,137 @@ pub fn for_each_heap(mut f: impl FnMut(&Heap)) {
             f(&*heap);
             heap = (*heap).all_next;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{alloc_small, class_of, free_small, test_hooks};
+    use super::heap_counts;
+    use crate::thread;
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// A class no other unit test allocates from (208-byte blocks, 19 per extension).
+    const SIZE: usize = 208;
+    /// The owner allocates this many blocks and frees the first `FREED` locally, so its
+    /// page has both a `free` list (the rest of the extension) and a `local_free` list.
+    const ALLOCATED: usize = 12;
+    const FREED: usize = 6;
+    /// Blocks the adopter takes in the class: more than a whole page holds (64 KiB /
+    /// 208 B = 315), so every block of the orphan's page comes round.
+    const ADOPTER_BLOCKS: usize = 700;
+    /// A healthy child finishes in milliseconds; this leaves room for a loaded machine.
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    /// Issue 13, item 5: a thread is stopped half way through `collect` (in the trim of
+    /// its exit: both free lists share its local blocks) while another thread forks.
+    /// The child must not walk that heap at fork, and a child thread that adopts it
+    /// must get a working heap: distinct blocks that keep their contents, no hang.
+    /// Before the fix, the child's `fork_child` trimmed the heap: `collect` ran again on
+    /// the half-merged lists, linked them into a cycle, and the adopter was handed the
+    /// same blocks over and over.
+    #[test]
+    fn a_fork_child_adopts_a_heap_whose_owner_stopped_mid_collect() {
+        let class = class_of(SIZE);
+        let (tx, rx) = mpsc::channel();
+        let owner = std::thread::spawn(move || {
+            let blocks: Vec<usize> = (0..ALLOCATED)
+                .map(|_| alloc_small(class) as usize)
+                .collect();
+            for &b in &blocks[..FREED] {
+                // SAFETY: a live block of ours, freed once.
+                unsafe { free_small(b as *mut u8) }.unwrap();
+            }
+            tx.send(thread::get()).unwrap();
+            // The exit hook abandons the heap; its trim stops in `collect`.
+            test_hooks::arm_this_thread();
+        });
+        let orphan = rx.recv().unwrap();
+        while !test_hooks::PAUSED.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        // SAFETY: the child only allocates through the engine, starts threads (the test
+        // binary's allocator is glibc's, fork-safe) and calls _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = adopt_and_allocate(orphan, class);
+            // SAFETY: ends the child without running the harness.
+            unsafe { libc::_exit(code) };
+        }
+        test_hooks::RELEASE.store(true, Ordering::Release);
+        owner.join().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        let mut status = 0;
+        // SAFETY: polling, then killing and reaping, our own child.
+        unsafe {
+            while libc::waitpid(pid, &mut status, libc::WNOHANG) == 0 {
+                if Instant::now() > deadline {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                    panic!("the child hung adopting the orphaned heap");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert!(
+            libc::WIFEXITED(status),
+            "the child died: status {status:#x}"
+        );
+        match libc::WEXITSTATUS(status) {
+            CHILD_OK => {}
+            CHILD_BAD_BLOCKS => panic!("the adopter of the orphaned heap got bad blocks"),
+            _ => panic!("no child thread adopted the orphaned heap"),
+        }
+    }
+
+    /// The child's exit codes.
+    const CHILD_OK: i32 = 0;
+    const CHILD_BAD_BLOCKS: i32 = 1;
+    const CHILD_NOT_ADOPTED: i32 = 2;
+
+    /// In the child: starts threads (each kept alive, so none gives its heap back) until
+    /// one adopts `orphan`; that one allocates `ADOPTER_BLOCKS` blocks of `class` and
+    /// checks they are distinct and keep what it wrote. Returns the exit code. No panics
+    /// (the child must not unwind into the harness).
+    fn adopt_and_allocate(orphan: usize, class: usize) -> i32 {
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..heap_counts().heaps + 1 {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let first = alloc_small(class) as usize;
+                if thread::get() != orphan {
+                    let _ = tx.send(None);
+                } else {
+                    let mut blocks = vec![first];
+                    blocks.extend((1..ADOPTER_BLOCKS).map(|_| alloc_small(class) as usize));
+                    for (i, &b) in blocks.iter().enumerate() {
+                        // SAFETY: blocks of SIZE bytes just allocated.
+                        unsafe { core::ptr::write_bytes(b as *mut u8, i as u8, SIZE) };
+                    }
+                    let kept = blocks.iter().enumerate().all(|(i, &b)| {
+                        // SAFETY: as above.
+                        unsafe { core::slice::from_raw_parts(b as *const u8, SIZE) }
+                            .iter()
+                            .all(|&x| x == i as u8)
+                    });
+                    blocks.sort_unstable();
+                    blocks.dedup();
+                    let _ = tx.send(Some(kept && blocks.len() == ADOPTER_BLOCKS));
+                }
+                loop {
+                    std::thread::park();
+                }
+            });
+            match rx.recv_timeout(DEADLINE) {
+                Ok(Some(true)) => return CHILD_OK,
+                Ok(Some(false)) => return CHILD_BAD_BLOCKS,
+                Ok(None) => continue,
+                Err(_) => return CHILD_NOT_ADOPTED,
+            }
+        }
+        CHILD_NOT_ADOPTED
     }
 }

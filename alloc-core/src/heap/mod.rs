@@ -1,17 +1,21 @@
 //! Thread-local heaps: the small-object fast path. A heap owns segments (from the region
 //! table), their pages and a queue of pages per size class; it calls `region` (through
-//! `segment`), `meta` (for the heap structs), `os` and `thread`.
+//! `segment`), `meta` (for the heap structs), `os` and `thread`, and `init` from one
+//! place only: a thread's first allocation starts the thread there (`slow`).
 //!
 //! `alloc_small` pops the current page's free list; `free_small` masks the pointer to its
 //! segment header, validates the block and pushes it on the page's local list when this
 //! thread owns the page, or on the page's atomic list otherwise. Neither touches the
-//! region table or takes a lock. Everything else is in `slow.rs` and `lifecycle.rs`.
+//! region table or takes a lock. Everything else is in `slow.rs`, `lifecycle.rs` and `repair.rs`.
 
 mod lifecycle;
 pub mod page;
+mod repair;
 pub mod segment;
 pub mod size_class;
 mod slow;
+#[cfg(test)]
+pub(crate) mod test_hooks;
 
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::thread;
@@ -20,7 +24,8 @@ use segment::Segment;
 use size_class::CLASSES;
 
 pub use lifecycle::{
-    for_each_heap, fork_child, fork_prepare, fork_release, heap_counts, HeapCounts,
+    abandon, adopt_or_create, for_each_heap, fork_child, fork_prepare, fork_release, heap_counts,
+    HeapCounts,
 };
 pub use size_class::{class_for, class_of, class_size, SMALL_MAX};
 

@@ -277,7 +277,10 @@ impl ThreadFree {
             }
             match HandOff::of(word) {
                 HandOff::Pending => return Park::ParkedPending,
-                HandOff::Full => crate::fatal("page parked twice"),
+                // Already parked, yet still queued: only a fork child sees this (its
+                // parent's owner thread was between this CAS and taking the page off
+                // its queue). Parking it again is what that thread was doing.
+                HandOff::Full => return Park::Parked,
                 HandOff::Active => {}
             }
             // Relaxed: the word's modification order is all the handshake needs (a
@@ -663,6 +666,9 @@ impl Page {
                     Block::store_next(tail, self.free);
                 }
                 self.free = self.local_free;
+                // Both lists now share the local blocks, until the next store.
+                #[cfg(all(test, not(loom)))]
+                super::test_hooks::pause_point();
             }
             self.local_free = ptr::null_mut();
         }

@@ -7,7 +7,7 @@ use super::page::{Block, Page, PendingPages};
 const _: () = assert!(core::mem::size_of::<Block>() <= super::size_class::MIN_BLOCK);
 use super::segment::Segment;
 use super::size_class::{class_size, SMALL_PAGE_MAX_BLOCK};
-use super::{empty_page, lifecycle, Heap, PageQueue};
+use super::{empty_page, Heap, PageQueue};
 use crate::sync::atomic::Ordering;
 use crate::{meta, os, purge, thread};
 use core::ptr;
@@ -21,7 +21,7 @@ const LARGE_PAGE_UNITS: usize = 8;
 pub fn alloc_without_heap(slot: usize, class: usize) -> *mut u8 {
     match slot {
         thread::UNINIT => {
-            let heap = lifecycle::init_thread();
+            let heap = crate::init::thread_start();
             if heap.is_null() {
                 return meta::alloc(class_size(class), crate::MALLOC_ALIGN);
             }
@@ -190,9 +190,13 @@ unsafe fn release_segment(heap: &mut Heap, seg: *mut Segment) {
 }
 
 /// A remote freer won the hand-off of a parked page: give it back to its owner.
+///
+/// # Safety
+/// The caller's `ThreadFree::push` of a block of `page` returned true (it won the
+/// hand-off), and `heap` is the heap of `page`'s segment.
 #[cold]
 #[inline(never)]
-pub fn hand_off_pending(heap: *mut Heap, page: *mut Page) {
+pub unsafe fn hand_off_pending(heap: *mut Heap, page: *mut Page) {
     // SAFETY: heaps are never freed (only abandoned and adopted), and a segment's heap
     // never changes; `page` is `Pending`, so it stays live and only we link it until its
     // owner pops it. `pending` is an atomic, reached without a reference to the heap.

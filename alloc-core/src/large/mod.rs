@@ -1,16 +1,26 @@
 //! Large objects: every request above the small limit (or aligned beyond a page) is a
-//! region of its own. Owns no state; calls `region` (placement, retire, in-place growth
-//! and shrink) and `purge`.
+//! region of its own. Owns the realloc counters; calls `region` (placement, retire,
+//! in-place growth and shrink) and `purge` (the live-bytes gauge and the purge clock).
 //!
-//! `realloc` grows in place when the next region is free (a table update under the two
-//! regions' write locks, one bulk unlock); otherwise it moves the object to a roomy
-//! spot, so that the next growth happens in place again. Shrinking gives the tail back
-//! as a free region. No path here makes a syscall in steady state.
+//! The table places every large object with free address space after it (see
+//! `region::table`), so `realloc` grows in place (a table update under the two
+//! regions' write locks, one bulk unlock) through doubling up to 64 MiB; otherwise it
+//! moves the object, and counts the bytes it copied. Shrinking gives the tail back as a
+//! free region. Freed objects stay dirty for reuse within `purge::dirty_budget`. No path
+//! here makes a syscall in steady state.
 
 use crate::os::{self, PAGE_SIZE};
 use crate::region::table::{RetireError, GUARD_LEN};
 use crate::region::{RegionKind, TABLE};
+use crate::stats::Counter;
 use core::ptr;
+
+/// Growing reallocs of large objects that grew in place.
+pub static GROWN_IN_PLACE: Counter = Counter::new();
+/// Reallocs of large objects that moved (and copied).
+pub static MOVED: Counter = Counter::new();
+/// Bytes those moves copied.
+pub static COPIED_BYTES: Counter = Counter::new();
 
 fn page_round(size: usize) -> Option<usize> {
     size.max(1).checked_next_multiple_of(PAGE_SIZE)
@@ -37,31 +47,39 @@ pub fn good_size(size: usize, align: usize) -> Option<usize> {
 
 /// Allocates a large object. Null when out of memory.
 pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
+    alloc_placed(size, align, zero, false)
+}
+
+/// Allocates a large object that a `realloc` grows into (from a small block, or from a
+/// large one that could not grow in place): placed where it can keep growing in place
+/// rather than in dirty space without room.
+pub fn alloc_growing(size: usize, align: usize) -> *mut u8 {
+    alloc_placed(size, align, false, true)
+}
+
+fn alloc_placed(size: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
     let guard = guard_len();
     let Some(len) = page_round(size).and_then(|l| l.checked_add(guard)) else {
         crate::misuse::out_of_memory(size, align);
         return ptr::null_mut();
     };
-    let p = place(len, align.max(PAGE_SIZE), zero, false);
+    let p = place(len, align.max(PAGE_SIZE), zero, growing);
     if p.is_null() {
         crate::misuse::out_of_memory(size, align);
     }
     if guard != 0 && !p.is_null() && TABLE.install_guard(p as usize).is_err() {
+        crate::purge::large_removed(len);
         let _ = TABLE.retire(p as usize);
         return ptr::null_mut();
     }
     p
 }
 
-fn place(len: usize, align: usize, zero: bool, roomy: bool) -> *mut u8 {
-    let placed = if roomy {
-        TABLE.allocate_roomy(len, align, RegionKind::Large)
-    } else {
-        TABLE.allocate(len, align, RegionKind::Large)
-    };
-    let Some(placed) = placed else {
+fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
+    let Some(placed) = TABLE.allocate_with_room(len, align, RegionKind::Large, growing) else {
         return ptr::null_mut();
     };
+    crate::purge::large_added(len);
     if zero && !placed.zeroed {
         // SAFETY: the region is ours and `len` bytes long.
         unsafe { ptr::write_bytes(placed.start as *mut u8, 0, len) };
@@ -70,25 +88,15 @@ fn place(len: usize, align: usize, zero: bool, roomy: bool) -> *mut u8 {
     placed.start as *mut u8
 }
 
-/// Frees a large object. Objects of `options::oversize_purge()` bytes or more (8 MiB
-/// unless changed at run time, see `options::DEFAULT_OVERSIZE_PURGE`) are purged by the
-/// thread that frees them, at once, instead of waiting for the purge delay. The
-/// `madvise` runs under the region's own read lock: no process-wide lock, no
-/// `mmap_lock` write.
+/// Frees a large object. Its pages stay dirty, for the next allocation that fits (a
+/// big buffer freed and allocated again faults nothing); `purge::tick` purges what
+/// exceeds the dirty budget. (Objects of 8 MiB and more used to be purged here at once,
+/// jemalloc's `oversize_threshold`: a program replacing big buffers then faulted every
+/// page of each one in again.)
 pub fn free(p: *mut u8) -> Result<(), RetireError> {
-    let oversize = crate::options::oversize_purge();
     // A guard page (secure mode) is lifted by the retire itself.
     TABLE.retire_with(p as usize, |region| {
-        let len = region.len();
-        if len >= oversize {
-            let (_, mode) = crate::purge::settings();
-            // SAFETY: the object is being freed by its owner: its content is dead, and
-            // nobody can reuse the range before we retire it.
-            if unsafe { os::purge(p as usize, len, mode) }.is_ok() {
-                crate::purge::record_heap_purge(len);
-                region.mark_purged(mode);
-            }
-        }
+        crate::purge::large_removed(region.len());
     })?;
     crate::purge::tick(os::now_ms());
     Ok(())
@@ -112,14 +120,19 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         // Guarded objects always move: moving the guard in place would cost as much.
         return move_to(p, old_len.min(new_size), alloc(new_size, align, false));
     }
-    if new_len == old_len
-        || (new_len < old_len && TABLE.shrink_in_place(addr, new_len))
-        || (new_len > old_len && TABLE.grow_in_place(addr, new_len))
-    {
+    if new_len == old_len {
         return p;
     }
     if new_len < old_len {
-        return p; // the tail could not be split off (out of metadata): keep it all
+        if TABLE.shrink_in_place(addr, new_len) {
+            crate::purge::large_removed(old_len - new_len);
+        }
+        return p; // or the tail could not be split off (out of metadata): keep it all
+    }
+    if TABLE.grow_in_place(addr, new_len) {
+        crate::purge::large_added(new_len - old_len);
+        GROWN_IN_PLACE.inc();
+        return p;
     }
     move_to(
         p,
@@ -131,6 +144,8 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
 /// Copies `len` bytes of the large object `p` to `q` (when not null) and frees `p`.
 fn move_to(p: *mut u8, len: usize, q: *mut u8) -> *mut u8 {
     if !q.is_null() {
+        MOVED.inc();
+        COPIED_BYTES.add(len as u64);
         // SAFETY: both are live, distinct objects of at least `len` usable bytes.
         unsafe { ptr::copy_nonoverlapping(p, q, len) };
         if free(p).is_err() {

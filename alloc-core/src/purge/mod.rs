@@ -1,14 +1,19 @@
-//! Returning memory to the OS: when and how much. Owns the purge clock and purge
-//! counters; calls `region` (free regions, purged under their own read lock) and
-//! `options`. Heaps purge their own unused units from their slow path (`heap::slow`)
-//! and then call `tick`, which runs the table-wide pass at most once per interval:
-//! decay is lazy, driven by allocator calls, never done on every free.
+//! Returning memory to the OS: when and how much. Owns the purge clock, the purge
+//! counters and the gauge of live large bytes that sizes the dirty budget; calls
+//! `region` (free regions, purged under their own read lock) and `options`. Heaps purge
+//! their own unused units from their slow path (`heap::slow`) and then call `tick`,
+//! which runs the table-wide pass at most once per interval: decay is lazy, driven by
+//! allocator calls, never done on every free.
+//!
+//! Reuse before purge: freed space stays dirty (resident, reusable without a fault) up
+//! to a budget that follows the program's live large bytes, and ages out with the purge
+//! delay; only what exceeds the budget is purged at once.
 
 use crate::options;
 use crate::os::PurgeMode;
 use crate::region::TABLE;
 use crate::stats::Counter;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The pass runs at most this often relative to the delay (a quarter of it), so dirty
 /// memory lives at most 1.25 x the delay.
@@ -40,15 +45,65 @@ pub fn record_heap_purge(bytes: usize) {
     }
 }
 
+/// Dirty free space kept for reuse whatever the program's size, by default: one 64 MiB
+/// buffer's worth (the region workload's biggest), the fixed cap this budget replaced.
+/// The option `dirty_budget_mb` and the run-time setters change it
+/// (`options::dirty_budget`).
+pub const DIRTY_FLOOR: usize = options::DEFAULT_DIRTY_BUDGET;
+/// ... plus the live large bytes shifted right by this: a quarter of them. A program
+/// that replaces big buffers (big-buffers: 20 live buffers, one replaced at a time)
+/// finds a dirty region that fits among the last few it freed, while its peak RSS
+/// stays within 1.25x its live bytes plus the floor (jemalloc keeps up to 10 s of
+/// freed pages, tcmalloc keeps them all).
+const DIRTY_LIVE_SHIFT: u32 = 2;
+
+/// Bytes in live large objects (page-rounded regions), kept by `large`. Relaxed: a
+/// gauge that sizes the budget, with no ordering duties. Wraps transiently when a free
+/// is counted before the allocation it races with; read through `live_large_bytes`.
+static LIVE_LARGE: AtomicUsize = AtomicUsize::new(0);
+
+/// Records that live large objects grew by `bytes` (allocation, growth in place).
+#[inline]
+pub fn large_added(bytes: usize) {
+    LIVE_LARGE.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// Records that live large objects shrank by `bytes` (free, shrink in place).
+#[inline]
+pub fn large_removed(bytes: usize) {
+    LIVE_LARGE.fetch_sub(bytes, Ordering::Relaxed);
+}
+
+/// Bytes in live large objects.
+pub fn live_large_bytes() -> usize {
+    let live = LIVE_LARGE.load(Ordering::Relaxed);
+    // A transient wrap (see `LIVE_LARGE`) reads as zero, never as 16 EiB.
+    if live > isize::MAX as usize {
+        0
+    } else {
+        live
+    }
+}
+
+/// The dirty space the table may hold before the excess is purged at once, whatever
+/// its age: reuse of dirty space is what makes freeing and reallocating big buffers
+/// cheap, but a burst of frees must not pin memory out of proportion to the program.
+pub fn dirty_budget() -> usize {
+    options::dirty_budget().saturating_add(live_large_bytes() >> DIRTY_LIVE_SHIFT)
+}
+
 /// Runs the table-wide pass if its time has come (one thread wins the slot), or at once
-/// when dirty space exceeds the dirty budget (`options::dirty_budget`, by default
-/// `options::DEFAULT_DIRTY_BUDGET`).
+/// over the excess when dirty space exceeds `dirty_budget`.
 pub fn tick(now_ms: u64) {
-    let dirty = TABLE.dirty_bytes();
-    let budget = options::dirty_budget();
+    let mut dirty = TABLE.dirty_bytes();
+    let budget = dirty_budget();
     if dirty > budget {
         let (_, mode) = settings();
-        run_pass(0, mode, dirty - budget);
+        // Pass after pass (each bounded to `TABLE.purge`'s batch of regions, so each
+        // holds few read locks), until the excess is gone or nothing more is purgeable.
+        while dirty > budget && run_pass(0, mode, dirty - budget) > 0 {
+            dirty = TABLE.dirty_bytes();
+        }
         return;
     }
     let next = NEXT_PASS_MS.load(Ordering::Relaxed);

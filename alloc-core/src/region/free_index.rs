@@ -120,6 +120,30 @@ impl FreeIndex {
         unsafe { self.find_where(len, align, |r| (*r).dirty_since() != PURGING) }
     }
 
+    /// The first region, in bin order from `min_len`'s bin, for which `place` returns a
+    /// start (the caller's placement rule), with that start.
+    ///
+    /// # Safety
+    /// Writer mutex held.
+    pub unsafe fn find_placed(
+        &self,
+        min_len: usize,
+        mut place: impl FnMut(&Region) -> Option<usize>,
+    ) -> Option<(*mut Region, usize)> {
+        for bin in bin_of(min_len)..BINS {
+            let mut r = self.heads[bin];
+            while !r.is_null() {
+                // SAFETY: indexed regions are live while the writer mutex is held.
+                let region = unsafe { &*r };
+                if let Some(at) = place(region) {
+                    return Some((r, at));
+                }
+                r = region.link(BIN_NEXT).load(Relaxed);
+            }
+        }
+        None
+    }
+
     unsafe fn find_where(
         &self,
         len: usize,

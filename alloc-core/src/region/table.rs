@@ -487,6 +487,23 @@ impl RegionTable {
         Some(placed)
     }
 
+    /// Places a new live region of `len` bytes with free address space after it to grow
+    /// into (`writer::growth_room`): in dirty space where some fits, else clean, else a
+    /// new arena; densely (`allocate`) when none has room. Large objects use this; a
+    /// `growing` one (a realloc's destination) takes clean space with room before dirty
+    /// space without.
+    pub fn allocate_with_room(
+        &self,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+        growing: bool,
+    ) -> Option<Placed> {
+        let placed = self.write(|w| w.allocate_with_room(len, align, kind, growing))?;
+        self.live_regions.fetch_add(1, Ordering::Relaxed);
+        Some(placed)
+    }
+
     /// Grows the live object region at `addr` to `new_len` into a free neighbour.
     /// False when the neighbour is not free or too small (the caller moves instead).
     pub fn grow_in_place(&self, addr: usize, new_len: usize) -> bool {
@@ -513,7 +530,7 @@ impl RegionTable {
     /// space that fits, or the neighbour an object grows into) waits for one piece.
     ///
     /// Picking a region claims it: it is stamped `PURGING` (which reads as clean) and
-    /// leaves `dirty_bytes` at once, so a purge running beside this one (a `DIRTY_CAP`
+    /// leaves `dirty_bytes` at once, so a purge running beside this one (a dirty-budget
     /// pass beside the timed one) skips it instead of repeating the `madvise`. No writer
     /// sees the stamp: everything that acts on a region's dirtiness write-locks it first,
     /// which waits for our read lock. A failed `madvise` puts the dirty stamp back; a fork

@@ -30,7 +30,7 @@ fn cell_to_json(results: &Results, c: &Cell) -> Value {
             "median_ms": s.median_ms, "min_ms": s.min_ms, "max_ms": s.max_ms,
             "ratio_to_baseline": results.ratio(c), "throughput_ops_per_s": s.throughput,
             "peak_rss_mib": s.peak_rss_mib, "final_rss_mib": s.final_rss_mib,
-            "mmap_lock_writers": s.mmap_lock_writers,
+            "mmap_lock_writers": s.mmap_lock_writers, "minor_faults": s.minor_faults,
         })
     });
     json!({

@@ -1,5 +1,6 @@
 //! The BENCHMARKS.md section: command, date, machine, then wide tables (one column per
-//! allocator) of median time with its ratio to the baseline, and of peak RSS.
+//! allocator) of median time with its ratio to the baseline, of peak RSS and of page
+//! faults.
 
 use std::fmt::Write;
 
@@ -77,6 +78,27 @@ pub fn render(results: &Results) -> String {
             cells.join(" | ")
         )
         .unwrap();
+    }
+
+    writeln!(
+        w,
+        "\nMinor page faults during the workload (median of the runs; `getrusage`, all threads).\n"
+    )
+    .unwrap();
+    header(w, &m.allocators, &[]);
+    for (workload, threads) in results.rows() {
+        let cells: Vec<String> = m
+            .allocators
+            .iter()
+            .map(|a| {
+                results
+                    .cell(&workload, threads, a)
+                    .and_then(|c| c.summary())
+                    .and_then(|s| s.minor_faults)
+                    .map_or("-".to_owned(), |n| n.to_string())
+            })
+            .collect();
+        writeln!(w, "| {workload} | {threads} | {} |", cells.join(" | ")).unwrap();
     }
     out
 }

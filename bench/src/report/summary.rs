@@ -20,6 +20,8 @@ pub struct Summary {
     pub final_rss_mib: f64,
     /// The median of the allocator's own mmap_lock-writer syscall counts, if it keeps any.
     pub mmap_lock_writers: Option<u64>,
+    /// The median of the runs' minor page faults, where the worker could count them.
+    pub minor_faults: Option<u64>,
 }
 
 impl Cell {
@@ -43,6 +45,12 @@ impl Cell {
             .filter_map(|r| r.mmap_lock_writers)
             .map(|n| n as f64)
             .collect();
+        let faults: Vec<f64> = self
+            .runs
+            .iter()
+            .filter_map(|r| r.minor_faults)
+            .map(|n| n as f64)
+            .collect();
         Some(Summary {
             median_ms,
             min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
@@ -56,6 +64,7 @@ impl Cell {
                 / KIB_PER_MIB,
             final_rss_mib: median(&finals),
             mmap_lock_writers: (!writers.is_empty()).then(|| median(&writers) as u64),
+            minor_faults: (!faults.is_empty()).then(|| median(&faults) as u64),
         })
     }
 }

@@ -7,7 +7,7 @@ use super::Results;
 use crate::allocators::{BASELINE, UNDER_TEST};
 
 /// Column headers and widths, kept together so they cannot drift apart.
-const COLUMNS: [(&str, usize); 11] = [
+const COLUMNS: [(&str, usize); 12] = [
     ("workload", 14),
     ("thr", 3),
     ("allocator", 10),
@@ -17,6 +17,7 @@ const COLUMNS: [(&str, usize); 11] = [
     ("×jemalloc", 9),
     ("peak MiB", 9),
     ("final MiB", 9),
+    ("faults", 9),
     ("lock-wr own", 11),
     ("lock-wr strace", 14),
 ];
@@ -54,6 +55,7 @@ pub fn render(results: &Results) -> String {
                     .map_or("-".to_owned(), |r| format!("{r:.2}x")),
                 num(s.map(|s| s.peak_rss_mib), 1),
                 num(s.map(|s| s.final_rss_mib), 1),
+                count(s.and_then(|s| s.minor_faults)),
                 count(s.and_then(|s| s.mmap_lock_writers)),
                 count(cell.strace_lock_writers()),
             ];
@@ -84,7 +86,8 @@ pub fn render(results: &Results) -> String {
     }
     writeln!(
         out,
-        "\nlock-wr own: {UNDER_TEST}'s own count of mmap/munmap/mremap/mprotect (calls taking mmap_lock for write)\n\
+        "\nfaults: median minor page faults during the workload (getrusage, all threads)\n\
+         lock-wr own: {UNDER_TEST}'s own count of mmap/munmap/mremap/mprotect (calls taking mmap_lock for write)\n\
          lock-wr strace: the same calls counted by strace -f in the --syscalls pass, for every allocator \
          (includes process start-up and thread stacks)"
     )

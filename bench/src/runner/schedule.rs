@@ -21,6 +21,8 @@ const PROGRESS_TEMPLATE: &str = "{elapsed_precise} [{bar:40}] {pos}/{len} {msg}"
 struct Job {
     cell: Cell,
     worker: PathBuf,
+    /// The library preloaded into the worker (an allocator with no Rust binding).
+    preload: Option<&'static str>,
     args: WorkerArgs,
 }
 
@@ -46,8 +48,13 @@ pub fn run_all(o: &Options, bin_dir: &Path) -> Result<Vec<Cell>, String> {
                     job.cell.allocator,
                     rep + 1
                 ));
-                match workers::run_worker(&job.worker, &job.args, o.timeout) {
-                    Ok(record) => job.cell.runs.push(record),
+                match workers::run_worker(&job.worker, job.preload, &job.args, o.timeout) {
+                    Ok(mut record) => {
+                        // A preloaded allocator runs in another's worker, whose probe
+                        // names that one: the cell knows which allocator really ran.
+                        record.allocator = job.cell.allocator.clone();
+                        job.cell.runs.push(record)
+                    }
                     Err(e) => {
                         bar.println(format!(
                             "FAILED {} / {} thr / {}: {e}",
@@ -72,7 +79,7 @@ pub fn run_all(o: &Options, bin_dir: &Path) -> Result<Vec<Cell>, String> {
                 "{}-{}-{}.txt",
                 job.cell.workload, job.cell.threads, job.cell.allocator
             ));
-            match strace::count(&job.worker, &job.args, &file, o.timeout) {
+            match strace::count(&job.worker, job.preload, &job.args, &file, o.timeout) {
                 Ok(counts) => job.cell.strace = Some(counts),
                 Err(e) => bar.println(format!("strace pass failed for {}: {e}", file.display())),
             }
@@ -115,6 +122,7 @@ fn plan(o: &Options, bin_dir: &Path) -> Result<Vec<Job>, String> {
                 jobs.push(Job {
                     cell,
                     worker: workers::worker_path(bin_dir, &allocator)?,
+                    preload: allocator.preload_path()?,
                     args,
                 });
             }

@@ -26,6 +26,7 @@ pub fn available() -> bool {
 /// count per traced call.
 pub fn count(
     worker: &Path,
+    preload: Option<&str>,
     args: &WorkerArgs,
     summary_file: &Path,
     timeout: Duration,
@@ -35,9 +36,12 @@ pub fn count(
         .args(["-f", "-c", "-e"])
         .arg(format!("trace={}", TRACED.join(",")))
         .arg("-o")
-        .arg(summary_file)
-        .arg(worker)
-        .args(args.to_args());
+        .arg(summary_file);
+    if let Some(lib) = preload {
+        // `-E`: in the traced program's environment only, not in strace's own.
+        command.arg("-E").arg(format!("LD_PRELOAD={lib}"));
+    }
+    command.arg(worker).args(args.to_args());
     workers::run(command, timeout)?;
     let text =
         std::fs::read_to_string(summary_file).map_err(|e| format!("no strace summary: {e}"))?;

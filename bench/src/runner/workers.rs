@@ -110,14 +110,19 @@ pub fn run(mut command: Command, timeout: Duration) -> Result<(ExitStatus, Strin
     }
 }
 
-/// One measured run of one workload in `worker`.
+/// One measured run of one workload in `worker`, with `preload` (a shared library
+/// replacing `malloc`) in its `LD_PRELOAD` when given.
 pub fn run_worker(
     worker: &Path,
+    preload: Option<&str>,
     args: &WorkerArgs,
     timeout: Duration,
 ) -> Result<RunRecord, String> {
     let mut command = Command::new(worker);
     command.args(args.to_args());
+    if let Some(lib) = preload {
+        command.env("LD_PRELOAD", lib);
+    }
     let (status, out) = run(command, timeout)?;
     let line = out
         .lines()

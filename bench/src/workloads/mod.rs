@@ -9,10 +9,12 @@
 
 use std::ops::Add;
 
+pub mod big_buffers;
 pub mod cache_scratch;
 pub mod cache_thrash;
 pub mod glibc_thread;
 pub mod larson;
+pub mod medium;
 pub mod mstress;
 pub mod realloc_growth;
 pub mod region;
@@ -75,7 +77,7 @@ pub struct Workload {
 }
 
 /// Every workload, in report order.
-pub const ALL: [&Workload; 10] = [
+pub const ALL: [&Workload; 12] = [
     &larson::WORKLOAD,
     &xmalloc::WORKLOAD,
     &cache_scratch::WORKLOAD,
@@ -86,6 +88,8 @@ pub const ALL: [&Workload; 10] = [
     &glibc_thread::WORKLOAD,
     &realloc_growth::WORKLOAD,
     &region::WORKLOAD,
+    &medium::WORKLOAD,
+    &big_buffers::WORKLOAD,
 ];
 
 pub fn by_name(name: &str) -> Option<&'static Workload> {

@@ -359,33 +359,32 @@ fn a_free_beside_a_purge_does_not_wait_for_it() {
     check_layout(table);
 }
 
-/// Forks while the test's table, the metadata arena and the epoch are locked as the
-/// engine's fork handlers lock them, runs `child` in the child (with the table
-/// repaired) and returns the child's wait status. `child` returns the exit code; a hang
-/// is ended by an alarm.
+/// Forks while the test's table is locked and the engine's own locks (heap lists, the
+/// global table, the metadata arena) are taken by its fork handlers, runs `child` in the
+/// child (with the table repaired) and returns the child's wait status. The handlers
+/// are called here explicitly: once any test of this process has allocated through the
+/// engine, `pthread_atfork` runs them too, and they nest. `child` returns the exit code;
+/// a hang is ended by an alarm.
 fn fork_with(table: &'static RegionTable, child: impl FnOnce() -> i32) -> i32 {
     const CHILD_SECONDS: u32 = 10;
     table.fork_prepare();
-    crate::meta::fork_prepare();
+    crate::init::fork_prepare();
     // SAFETY: the child runs only the table's code, the metadata arena and `_exit`.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        // SAFETY: in the child, after the prepare calls above; alarm/_exit are
+        crate::init::fork_child();
+        // SAFETY: in the child, after the prepare call above; alarm/_exit are
         // async-signal-safe.
         unsafe {
-            crate::meta::fork_release();
             table.fork_release();
-            crate::region::epoch::after_fork_in_child();
             table.after_fork_in_child();
             libc::alarm(CHILD_SECONDS);
             libc::_exit(child());
         }
     }
-    // SAFETY: after the prepare calls above, in the parent.
-    unsafe {
-        crate::meta::fork_release();
-        table.fork_release();
-    }
+    crate::init::fork_parent();
+    // SAFETY: after the prepare call above, in the parent.
+    unsafe { table.fork_release() };
     assert!(pid > 0, "fork failed");
     let mut status = 0;
     // SAFETY: waits for our own child.

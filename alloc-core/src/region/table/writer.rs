@@ -25,10 +25,33 @@ pub(super) struct Writer<'a> {
     pub(super) guard: &'a Guard,
 }
 
+/// Free address space a large object gets after it, to grow into: doubling from the
+/// small limit up to 64 MiB never moves (issue 14: with the 4x room `allocate_roomy`
+/// gives, a `Vec` doubling from 64 KiB to 16 MiB still moved several times). Address
+/// space is nearly free (47 bits; untouched pages cost no RSS and no page tables);
+/// copies and faults are not.
+pub const GROWTH_TARGET: usize = 64 << 20;
+
+/// Past this much reserved address space (4 TiB, 1/32 of the 47-bit user space) no new
+/// arena is reserved just for growth room: a program with a million live large objects
+/// gets them placed densely instead of running out of address space.
+const ROOMY_RESERVE_LIMIT: usize = 1 << 42;
+
+/// The room kept after an object of `len` bytes: up to `GROWTH_TARGET`, and at least
+/// one doubling for objects beyond it.
+pub fn growth_room(len: usize) -> usize {
+    GROWTH_TARGET.saturating_sub(len).max(len)
+}
+
 /// The arena a range belongs to: regions merge only within one reservation, since a
 /// range spanning two kernel mappings cannot be moved with `mremap`.
 fn arena_of(addr: usize) -> usize {
     addr & !(ARENA_SIZE - 1)
+}
+
+/// The highest `align`ed start of `len` bytes ending at or before `end`.
+fn top_start(end: usize, len: usize, align: usize) -> usize {
+    (end - len) & !(align - 1)
 }
 
 impl Writer<'_> {
@@ -291,6 +314,118 @@ impl Writer<'_> {
             at
         };
         self.carve(free, at, len, kind)
+    }
+
+    /// Placement with growth room (see `RegionTable::allocate_with_room`). Objects go to
+    /// the top of the free region that takes them, below the room they keep, so the
+    /// free space right after each live object is the last a later placement uses; a
+    /// region right after a live large object keeps that object's room free too. In
+    /// order: dirty space with room after it (no faults), dirty space that fits (no new
+    /// RSS; skipped for a `growing` object, which would soon move out of it and copy),
+    /// clean space with room, a new arena, then `allocate`.
+    pub(super) fn allocate_with_room(
+        &mut self,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+        growing: bool,
+    ) -> Option<Placed> {
+        let room = growth_room(len);
+        let want = len.saturating_add(room);
+        let found = self.find_with_room(len, room, align, true).or_else(|| {
+            if growing {
+                return None;
+            }
+            // SAFETY: writer mutex held; indexed regions are attached descriptors.
+            unsafe {
+                let (r, _) = self.state.free.find_dirty(len, align)?;
+                Some((r, top_start((*r).end(), len, align)))
+            }
+        });
+        let found = found
+            .or_else(|| self.find_with_room(len, room, align, false))
+            .or_else(|| {
+                if self.state.reserved >= ROOMY_RESERVE_LIMIT {
+                    return None;
+                }
+                self.add_arena(want, align)?;
+                self.find_with_room(len, room, align, false)
+            });
+        let Some((region, at)) = found else {
+            return self.allocate(len, align, kind);
+        };
+        // SAFETY: indexed regions are attached descriptors.
+        let free: &'static Region = unsafe { &*region };
+        self.carve(free, at, len, kind)
+    }
+
+    /// A free region (dirty ones only if `dirty`) where `len` fits at an `align`ed start
+    /// with `room` free bytes after it, without taking the room of the live large object
+    /// right before the region; and the highest such start.
+    fn find_with_room(
+        &self,
+        len: usize,
+        room: usize,
+        align: usize,
+        dirty: bool,
+    ) -> Option<(*mut Region, usize)> {
+        let place = |r: &Region| -> Option<usize> {
+            // A region a purge has claimed would make this writer wait for its
+            // `madvise` (see `FreeIndex::find`): left to the dense fallback.
+            if (dirty && !r.is_dirty()) || r.dirty_since() == PURGING {
+                return None;
+            }
+            let start = r.start();
+            // The room may run on into a clean free region after a dirty one (dirty and
+            // clean space are kept apart), which `grow` takes as one neighbour at a time.
+            let end = if dirty {
+                match self.table.tree.next_after(start, self.guard) {
+                    Some((next, value)) if next == r.end() => {
+                        // SAFETY: tree value under the writer mutex.
+                        let n: &Region = unsafe { &*(value as *const Region) };
+                        if n.kind() == RegionKind::Free && arena_of(next) == arena_of(start) {
+                            n.end()
+                        } else {
+                            r.end()
+                        }
+                    }
+                    _ => r.end(),
+                }
+            } else {
+                r.end()
+            };
+            // As high as the room allows, and inside the region itself.
+            let below_room = end.checked_sub(len.checked_add(room)?)?;
+            let at = below_room.min(r.end().checked_sub(len)?) & !(align - 1);
+            if at < start {
+                return None;
+            }
+            let floor = match self.table.tree.prev_before(start, self.guard) {
+                Some((prev_start, value)) => {
+                    // SAFETY: tree value under the writer mutex.
+                    let prev: &Region = unsafe { &*(value as *const Region) };
+                    // Only a neighbour in the same arena can grow into this region.
+                    if prev.kind() == RegionKind::Large
+                        && prev.end() == start
+                        && arena_of(prev_start) == arena_of(start)
+                    {
+                        prev_start
+                            .saturating_add(prev.len())
+                            .saturating_add(growth_room(prev.len()))
+                    } else {
+                        start
+                    }
+                }
+                None => start,
+            };
+            (at >= floor).then_some(at)
+        };
+        // SAFETY: writer mutex held; `place` only reads the tree.
+        unsafe {
+            self.state
+                .free
+                .find_placed(if dirty { len } else { len + room }, place)
+        }
     }
 
     /// Reserves a new arena big enough for `len` at `align` and indexes it as free.

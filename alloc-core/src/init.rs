@@ -1,0 +1,217 @@
+//! Process and thread lifecycle, as mimalloc's `init.c` (`mi_process_init`,
+//! `mi_thread_init`, `mi_thread_done`): the engine's once-per-process set-up (the
+//! page-size check, the options parse, the hardening key, the `pthread_atfork`
+//! handlers, the exit report,
+//! the background purger), the fork handlers themselves, and each thread's start (its
+//! heap) and exit (giving the heap up). It owns the process set-up state and the
+//! thread-exit key; it calls `heap` (create, adopt, abandon heaps; their fork hooks),
+//! `region`, `meta`, `options`, `purge`, `snapshot` and `thread`.
+//!
+//! It is entered from two cold paths and nowhere else: a thread's first small
+//! allocation (`heap`'s slow path calls `thread_start`) and the large-object path
+//! (`lib.rs` calls `ensure_process`). Every front end allocates through one of them
+//! first, so the Rust `#[global_allocator]` gets the fork handlers exactly as the C
+//! library does, and the fast paths carry no check.
+//!
+//! Set-up runs once per process under `ProcessOnce`: threads that arrive meanwhile wait
+//! (so none allocates with default options the environment overrides), and a fork
+//! child that inherits a set-up half done by a vanished thread runs it again.
+
+use crate::heap::{self, Heap};
+use crate::region::{self, epoch};
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::thread::{self, ProcessOnce};
+use crate::{meta, options, os, purge, Reentrancy};
+use core::cell::Cell;
+
+/// The process set-up (`process_set_up`).
+static PROCESS: ProcessOnce = ProcessOnce::new();
+
+/// Whether `pthread_atfork` has our handlers: a fork child that takes over a set-up
+/// must not register them a second time.
+static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
+
+/// Runs `on_thread_exit` for every thread that had a heap.
+static EXIT_KEY: thread::ExitKey = thread::ExitKey::new(on_thread_exit);
+
+/// Makes sure the process set-up has run; cheap once it has (one Acquire load).
+#[inline]
+pub fn ensure_process() {
+    if !PROCESS.is_done() {
+        process_set_up();
+    }
+}
+
+/// Once per process, before the first heap or large object: the fork handlers first
+/// (so a `fork` during the rest is already handled), then the options (parsed here, so
+/// that everything after sees them), then what the options ask for.
+#[cold]
+#[inline(never)]
+fn process_set_up() {
+    if !PROCESS.begin() {
+        return;
+    }
+    // Allocations made by what we call (pthread_atfork past glibc's static handlers,
+    // atexit, pthread_create) go to the metadata arena, never back here.
+    let inside = Reentrancy::enter();
+    os::check_page_size();
+    register_fork_handlers();
+    let options = options::get();
+    #[cfg(feature = "secure")]
+    heap::page::hardening::init();
+    if options.stats_at_exit {
+        // The report checks the run-time switch at exit (`tuning`).
+        crate::tuning::register_exit_report();
+    }
+    if options.background_purge {
+        purge::start_background_thread();
+    }
+    drop(inside);
+    PROCESS.finish();
+}
+
+/// Registers `fork_prepare`/`fork_parent`/`fork_child` with `pthread_atfork`. glibc
+/// keeps the first 48 handlers in static storage (past them it calls `malloc`, which
+/// the re-entrancy guard sends to the metadata arena).
+fn register_fork_handlers() {
+    // Relaxed: only the set-up thread reads and writes it (a fork child's takeover
+    // reads its own copy, single-threaded at that point or ordered by `ProcessOnce`).
+    if FORK_HANDLERS.load(Ordering::Relaxed) {
+        return;
+    }
+    extern "C" fn prepare() {
+        fork_prepare();
+    }
+    extern "C" fn parent() {
+        fork_parent();
+    }
+    extern "C" fn child() {
+        fork_child();
+    }
+    // SAFETY: three `extern "C"` functions without arguments, valid for the life of the
+    // process (the engine is never unloaded: a preloaded library stays).
+    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    if rc != 0 {
+        crate::fatal("pthread_atfork failed: fork() in a threaded program would be unsafe");
+    }
+    FORK_HANDLERS.store(true, Ordering::Relaxed);
+}
+
+// ---------------------------------------------------------------------------------------
+// Threads.
+// ---------------------------------------------------------------------------------------
+
+/// A thread's first small allocation: creates or adopts its heap, and arms the exit
+/// hook that gives the heap up. Null when out of memory (the caller then serves the
+/// request from metadata memory).
+#[cold]
+#[inline(never)]
+pub fn thread_start() -> *mut Heap {
+    ensure_process();
+    // pthread_setspecific may call calloc (keys past the first 32), and adopting a heap
+    // may repair it: nested calls must not come back here.
+    let inside = Reentrancy::enter();
+    let key = EXIT_KEY.get(|| {});
+    let heap = heap::adopt_or_create();
+    if !heap.is_null() {
+        if let Some(key) = key {
+            // SAFETY: a valid key; the value is only read back by our destructor.
+            unsafe { libc::pthread_setspecific(key, heap as *const libc::c_void) };
+        }
+    }
+    drop(inside);
+    if !heap.is_null() {
+        thread::set(heap as usize);
+    }
+    heap
+}
+
+/// The `pthread` key destructor: runs once per exiting thread that had a heap.
+unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
+    let heap = value as *mut Heap;
+    thread::set(thread::BUSY);
+    // SAFETY: `value` is the heap `thread_start` stored for this thread, which owns it.
+    unsafe { heap::abandon(heap) };
+    epoch::release_thread();
+    // Later allocations of this thread (other destructors) go to metadata memory.
+    thread::set(thread::DEAD);
+}
+
+// ---------------------------------------------------------------------------------------
+// fork.
+// ---------------------------------------------------------------------------------------
+
+thread_local! {
+    /// The forking thread's slot, restored after the fork in both processes.
+    static SLOT_BEFORE_FORK: Cell<usize> = const { Cell::new(0) };
+    /// `fork_prepare` calls on this thread not yet matched by a release: a program
+    /// that also registers the engine's handlers itself (as Rust programs had to before
+    /// the engine did) nests them, and only the outermost pair locks and releases.
+    static FORK_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// `pthread_atfork` prepare handler: takes every allocator lock before `fork` so the
+/// child never inherits one mid-update. Lock order: heap lists, then the table's writer
+/// mutex, then the metadata arena (no path holds a later one while taking an earlier
+/// one). Owner-only, lock-free state (a heap's queues and pages) may still be mid-update
+/// in another thread: the child leaves such heaps alone until one is adopted, and the
+/// adopter repairs it (`heap::adopt_or_create`).
+pub fn fork_prepare() {
+    let depth = FORK_DEPTH.with(|d| d.replace(d.get() + 1));
+    if depth > 0 {
+        return;
+    }
+    SLOT_BEFORE_FORK.with(|s| s.set(thread::get()));
+    // Anything the locking below allocates goes to the metadata arena.
+    thread::set(thread::BUSY);
+    heap::fork_prepare();
+    region::TABLE.fork_prepare();
+    meta::fork_prepare();
+}
+
+/// `pthread_atfork` parent handler.
+pub fn fork_parent() {
+    if leave_fork() {
+        release_fork_locks();
+    }
+}
+
+/// `pthread_atfork` child handler: the child's only thread releases the locks, then
+/// repairs what the vanished threads left: the epoch and the region table (pins and
+/// region locks they held), the heaps' exit-key creation. Their heaps stay as they are
+/// (no write into them here: a child about to `exec` would pay a copy-on-write fault
+/// per heap) and are repaired by whichever thread adopts them.
+pub fn fork_child() {
+    if !leave_fork() {
+        return;
+    }
+    release_fork_locks();
+    // SAFETY: we are the child's only thread, the locks are released and nothing else
+    // runs yet. The epoch first: the table's repair already pins.
+    unsafe {
+        epoch::after_fork_in_child();
+        region::TABLE.after_fork_in_child();
+        EXIT_KEY.after_fork_in_child();
+    }
+    heap::fork_child();
+}
+
+/// Counts a parent/child handler call off; true for the outermost one.
+fn leave_fork() -> bool {
+    FORK_DEPTH.with(|d| {
+        let depth = d.get().saturating_sub(1);
+        d.set(depth);
+        depth == 0
+    })
+}
+
+/// Releases what `fork_prepare` took (reverse order) and restores the thread slot.
+fn release_fork_locks() {
+    // SAFETY: `fork_prepare` ran on this thread (in the child, the only one left).
+    unsafe {
+        meta::fork_release();
+        region::TABLE.fork_release();
+        heap::fork_release();
+    }
+    thread::set(SLOT_BEFORE_FORK.with(|s| s.get()));
+}
