@@ -13,5 +13,8 @@ cargo test --release --workspace
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --release -p rangealloc-core --lib loom
 
+# The two published crates package and build from their packaged sources (issue 17).
+cargo package -p rangealloc-core -p rangealloc --allow-dirty
+
 # The hardened build (encoded free lists, randomized order, zero-on-free).
 cargo test --release -p rangealloc-tests --features secure --test secure_mode

@@ -1,6 +1,7 @@
 //! Process and thread lifecycle, as mimalloc's `init.c` (`mi_process_init`,
 //! `mi_thread_init`, `mi_thread_done`): the engine's once-per-process set-up (the
-//! options parse, the hardening key, the `pthread_atfork` handlers, the exit report,
+//! page-size check, the options parse, the hardening key, the `pthread_atfork`
+//! handlers, the exit report,
 //! the background purger), the fork handlers themselves, and each thread's start (its
 //! heap) and exit (giving the heap up). It owns the process set-up state and the
 //! thread-exit key; it calls `heap` (create, adopt, abandon heaps; their fork hooks),
@@ -20,7 +21,7 @@ use crate::heap::{self, Heap};
 use crate::region::{self, epoch};
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::thread::{self, ProcessOnce};
-use crate::{meta, options, purge, Reentrancy};
+use crate::{meta, options, os, purge, Reentrancy};
 use core::cell::Cell;
 
 /// The process set-up (`process_set_up`).
@@ -53,13 +54,14 @@ fn process_set_up() {
     // Allocations made by what we call (pthread_atfork past glibc's static handlers,
     // atexit, pthread_create) go to the metadata arena, never back here.
     let inside = Reentrancy::enter();
+    os::check_page_size();
     register_fork_handlers();
     let options = options::get();
     #[cfg(feature = "secure")]
     heap::page::hardening::init();
     if options.stats_at_exit {
-        // SAFETY: registering a plain `extern "C"` function.
-        unsafe { libc::atexit(print_stats_at_exit) };
+        // The report checks the run-time switch at exit (`tuning`).
+        crate::tuning::register_exit_report();
     }
     if options.background_purge {
         purge::start_background_thread();
@@ -93,10 +95,6 @@ fn register_fork_handlers() {
         crate::fatal("pthread_atfork failed: fork() in a threaded program would be unsafe");
     }
     FORK_HANDLERS.store(true, Ordering::Relaxed);
-}
-
-extern "C" fn print_stats_at_exit() {
-    crate::snapshot::print_to_stderr();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ pub mod sync;
 
 pub mod stats;
 pub mod thread;
+#[cfg(not(loom))]
+pub mod tuning;
 
 #[cfg(not(loom))]
 pub(crate) use thread::Reentrancy;
@@ -181,6 +183,50 @@ pub unsafe fn free_as(p: *mut u8, call: &'static str) {
         },
         _ => free_other(p, call),
     }
+}
+
+/// C23's `free_sized` / `free_aligned_sized`: frees `p`, which the caller says was
+/// allocated with `size` bytes (and `align`, a power of two, or 1 when unknown). A size
+/// larger than the block's usable size, or a block not aligned to `align`, cannot
+/// belong to it: misuse, reported before any state changes.
+///
+/// The size saves no lookup here: the block's size class sits in its page header, found
+/// by masking, in the cache line `free` reads anyway. It saves the validation read when
+/// it is at or below the smallest usable size the block's kind can have (a small class's
+/// minimum, a page for a large object).
+///
+/// # Safety
+/// As `free`.
+#[inline]
+#[cfg(not(loom))]
+pub unsafe fn free_sized_as(p: *mut u8, size: usize, align: usize, call: &'static str) {
+    if (p as usize) & (align - 1) != 0 {
+        misuse::report(Misuse::Misaligned, call, p);
+    }
+    let too_large = match space::kind_of(p as usize) {
+        // SAFETY: the slot is a live segment; the header read only needs that.
+        SlotKind::Segment => {
+            size > heap::size_class::MIN_BLOCK && size > unsafe { heap::usable_size(p) }
+        }
+        // A pointer the table does not know is `free_as`'s to report.
+        SlotKind::Table if size > os::PAGE_SIZE => {
+            large::usable_size(p).is_some_and(|usable| size > usable)
+        }
+        _ => false,
+    };
+    if too_large {
+        misuse::report(Misuse::SizeTooLarge, call, p);
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free_as(p, call) }
+}
+
+/// Reports a block freed with an alignment that cannot be its own (C23's
+/// `free_aligned_sized` with an alignment that is no power of two), and aborts.
+#[cold]
+#[cfg(not(loom))]
+pub fn report_misaligned(call: &'static str, p: *const u8) -> ! {
+    misuse::report(Misuse::Misaligned, call, p)
 }
 
 #[cold]

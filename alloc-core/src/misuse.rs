@@ -10,6 +10,11 @@ pub enum Misuse {
     NotAllocated,
     Interior,
     UseAfterFree,
+    /// A sized free (`free_sized`, `sdallocx`...) whose size exceeds the block's usable
+    /// size: the size cannot belong to this block.
+    SizeTooLarge,
+    /// `free_aligned_sized` of a block not aligned as the call says it was allocated.
+    Misaligned,
     /// A free list link points outside its page: something wrote into a freed block.
     #[cfg_attr(not(feature = "secure"), allow(dead_code))]
     CorruptFreeList,
@@ -32,6 +37,8 @@ impl Misuse {
             Misuse::NotAllocated => b"pointer not allocated by rangealloc: ",
             Misuse::Interior => b"pointer into the middle of an allocation: ",
             Misuse::UseAfterFree => b"pointer to an already freed block: ",
+            Misuse::SizeTooLarge => b"size larger than the usable size of the block at ",
+            Misuse::Misaligned => b"block not aligned to the given alignment: ",
             Misuse::CorruptFreeList => b"free list corrupted (write after free?) at block ",
         }
     }

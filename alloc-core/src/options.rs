@@ -1,27 +1,52 @@
-//! Options: read once from `RANGEALLOC_OPTIONS=key=value,...` without allocating.
-//! Owns the parsed options; calls `os` (for warnings) and `libc::getenv`.
+//! Options: read once, without allocating, from the program's own option strings
+//! (C's `rangealloc_conf`, Rust's `RangeAlloc::with_options`) and then from
+//! `RANGEALLOC_OPTIONS=key=value,...`, whose keys override the program's one by one.
+//! Owns the parsed options and the run-time overrides of the few that may change while
+//! the program runs (`live`); calls `os` (for warnings) and `libc::getenv`.
 //!
 //! Unknown keys and bad values print one warning on stderr and keep the default.
 
 use crate::os::{self, PurgeMode};
 use crate::thread::ProcessOnce;
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// jemalloc's `dirty_decay_ms` defaults to 10 s, mimalloc's purge delay to 10 ms; we
 /// keep free pages one second, which lets a steady workload reuse them without faults
 /// while idle memory goes back within seconds.
 pub const DEFAULT_PURGE_DELAY_MS: u64 = 1000;
 
+/// The fixed part of the dirty budget (`purge::dirty_budget` adds a quarter of the live
+/// large bytes): one 64 MiB buffer's worth kept for reuse whatever the program's size
+/// (the region workload's biggest).
+pub const DEFAULT_DIRTY_BUDGET: usize = 64 << 20;
+
+/// A purge delay that never comes: free pages stay until an explicit purge or the dirty
+/// budget sends them back (jemalloc's `dirty_decay_ms = -1`).
+pub const PURGE_NEVER: u64 = u64::MAX;
+
+/// The allocator's options (see the README's table for each key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
+    /// `purge_delay_ms`: how long free pages stay dirty before they are purged.
     pub purge_delay_ms: u64,
+    /// `purge_mode`: `MADV_DONTNEED` or `MADV_FREE`.
     pub purge_mode: PurgeMode,
+    /// `background_purge`: a thread purges even when the program makes no calls.
     pub background_purge: bool,
+    /// `secure`: a guard page after every large object.
     pub secure: bool,
+    /// `stats`: print the statistics report on stderr at exit.
     pub stats_at_exit: bool,
+    /// `verbose`: report allocations that fail for lack of memory.
     pub verbose: bool,
+    /// `dirty_budget_mb` (held in bytes): the fixed part of the dirty budget, free dirty
+    /// space kept (beside a quarter of the live large bytes) before the excess is purged
+    /// at once.
+    pub dirty_budget: usize,
 }
 
+/// The options of a program that sets none.
 pub const DEFAULTS: Options = Options {
     purge_delay_ms: DEFAULT_PURGE_DELAY_MS,
     purge_mode: PurgeMode::DontNeed,
@@ -29,6 +54,7 @@ pub const DEFAULTS: Options = Options {
     secure: false,
     stats_at_exit: false,
     verbose: false,
+    dirty_budget: DEFAULT_DIRTY_BUDGET,
 };
 
 /// The options, parsed once. Not a `OnceLock`: a fork child whose parent had a thread
@@ -36,12 +62,212 @@ pub const DEFAULTS: Options = Options {
 /// the child parse again instead.
 static OPTIONS: ParseOnce = ParseOnce::new();
 
-/// The options in force. The first call parses the environment (the engine makes that
-/// call in its process set-up, `init`, before any heap or large object exists); a call
-/// on another thread while the parse runs waits for it, so no allocation ever works
-/// with defaults the environment overrides.
+/// The options as parsed at start (the program's string, then the environment). The
+/// first call parses (the engine makes that call in its process set-up, `init`, before
+/// any heap or large object exists); a call on another thread while the parse runs
+/// waits for it, so no allocation ever works with defaults the environment overrides.
+/// The run-time setters do not change this value: `current` includes them.
 pub fn get() -> Options {
     OPTIONS.get_or_parse(from_env)
+}
+
+/// The options in force now: `get` with the run-time overrides applied.
+pub fn current() -> Options {
+    Options {
+        purge_delay_ms: purge_delay_ms(),
+        background_purge: background_purge(),
+        stats_at_exit: stats_at_exit(),
+        dirty_budget: dirty_budget(),
+        ..get()
+    }
+}
+
+/// True once the options have been parsed (after which a code option string comes too
+/// late to count).
+#[inline]
+pub fn parsed() -> bool {
+    OPTIONS.once.is_done()
+}
+
+// ---------------------------------------------------------------------------------------
+// The program's own option string: `RangeAlloc::with_options("...")` in Rust, the
+// `rangealloc_conf` symbol in C. Handed over once before the first parse.
+// ---------------------------------------------------------------------------------------
+
+static CODE_TEXT: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+static CODE_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Gives the engine the option string compiled into the program. It is parsed with the
+/// environment at the first parse (the environment's keys win); malformed items warn
+/// once on stderr then, like the environment's. Returns false when the options were
+/// already parsed (the string then has no effect) or another string was given first.
+pub fn set_code_options(text: &'static [u8]) -> bool {
+    if parsed() {
+        return false;
+    }
+    // Relaxed: the length is published by the Release exchange of the pointer below.
+    CODE_LEN.store(text.len(), Ordering::Relaxed);
+    // Release: pairs with the Acquire load in `code_options`, which then sees the length.
+    CODE_TEXT
+        .compare_exchange(
+            core::ptr::null_mut(),
+            text.as_ptr().cast_mut(),
+            Ordering::Release,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+}
+
+/// The program's option string, if one was given.
+fn code_options() -> Option<&'static [u8]> {
+    // Acquire: pairs with the Release in `set_code_options` (the length is visible).
+    let text = CODE_TEXT.load(Ordering::Acquire);
+    if text.is_null() {
+        return None;
+    }
+    let len = CODE_LEN.load(Ordering::Relaxed);
+    // SAFETY: `text` and `len` come from a `&'static [u8]` given to `set_code_options`.
+    Some(unsafe { core::slice::from_raw_parts(text, len) })
+}
+
+// ---------------------------------------------------------------------------------------
+// C's `rangealloc_conf` (jemalloc's `malloc_conf`): `const char *rangealloc_conf =
+// "purge_delay_ms=200";` in the program. Looked up here, at the parse, as an undefined
+// weak symbol, so no front end has to hand it over first: a program linked with
+// `-lrangealloc` exports its definition automatically (the library references it);
+// under `LD_PRELOAD` alone the executable must export it (`-rdynamic`), since
+// executables export only the symbols a library they link references. In a Rust
+// program without such a symbol the linker resolves the reference to null.
+// ---------------------------------------------------------------------------------------
+
+// The weak reference, read through the GOT: stable Rust has no weak extern statics. A
+// hidden global so that the declaration below binds in any codegen unit, without being
+// exported from `librangealloc.so`.
+#[cfg(target_arch = "x86_64")]
+core::arch::global_asm!(
+    ".weak rangealloc_conf",
+    ".pushsection .text.rangealloc_conf_slot,\"ax\",@progbits",
+    ".globl rangealloc_conf_slot",
+    ".hidden rangealloc_conf_slot",
+    ".type rangealloc_conf_slot,@function",
+    ".p2align 4",
+    "rangealloc_conf_slot:",
+    "    mov rax, qword ptr [rip + rangealloc_conf@GOTPCREL]",
+    "    ret",
+    ".size rangealloc_conf_slot, . - rangealloc_conf_slot",
+    ".popsection",
+);
+
+#[cfg(target_arch = "x86_64")]
+extern "C" {
+    /// The address of the program's `rangealloc_conf` variable, or null.
+    fn rangealloc_conf_slot() -> *const *const core::ffi::c_char;
+}
+
+/// The program's `rangealloc_conf` string, if it defines one (x86_64 only).
+fn program_conf() -> Option<&'static [u8]> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the function only loads a GOT entry.
+        let slot = unsafe { rangealloc_conf_slot() };
+        if slot.is_null() {
+            return None;
+        }
+        // SAFETY: `slot` is the address of the program's `const char *` variable.
+        let text = unsafe { slot.read() };
+        if text.is_null() {
+            return None;
+        }
+        // SAFETY: a NUL-terminated string that lives as long as the program (a string
+        // literal, by the contract documented in rangealloc.h).
+        Some(unsafe { core::ffi::CStr::from_ptr(text) }.to_bytes())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+// ---------------------------------------------------------------------------------------
+// Run-time overrides: options that can change safely while the program runs. Each is a
+// value plus a flag saying it was set; until then the parsed option holds. The engine
+// reads them on slow paths only (purge ticks, the background thread, exit).
+// ---------------------------------------------------------------------------------------
+
+/// One run-time override.
+struct Live {
+    set: AtomicBool,
+    value: AtomicU64,
+}
+
+impl Live {
+    const fn new() -> Self {
+        Live {
+            set: AtomicBool::new(false),
+            value: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn get(&self, parsed: u64) -> u64 {
+        // Acquire: pairs with the Release in `put`, so the value read is the one set
+        // (or a later one). No other data hangs off it.
+        if self.set.load(Ordering::Acquire) {
+            self.value.load(Ordering::Relaxed)
+        } else {
+            parsed
+        }
+    }
+
+    fn put(&self, value: u64) {
+        // Relaxed, then Release on the flag: see `get`. Two setters racing leave one of
+        // their values, either of which is a valid setting.
+        self.value.store(value, Ordering::Relaxed);
+        self.set.store(true, Ordering::Release);
+    }
+}
+
+static LIVE_PURGE_DELAY: Live = Live::new();
+static LIVE_BACKGROUND: Live = Live::new();
+static LIVE_STATS_AT_EXIT: Live = Live::new();
+static LIVE_DIRTY_BUDGET: Live = Live::new();
+
+/// The purge delay in force (ms; `PURGE_NEVER` for never).
+pub fn purge_delay_ms() -> u64 {
+    LIVE_PURGE_DELAY.get(get().purge_delay_ms)
+}
+
+/// Whether the background purger should purge now.
+pub fn background_purge() -> bool {
+    LIVE_BACKGROUND.get(get().background_purge as u64) != 0
+}
+
+/// Whether the report is printed at exit.
+pub fn stats_at_exit() -> bool {
+    LIVE_STATS_AT_EXIT.get(get().stats_at_exit as u64) != 0
+}
+
+/// The fixed part of the dirty budget in force, in bytes.
+pub fn dirty_budget() -> usize {
+    LIVE_DIRTY_BUDGET.get(get().dirty_budget as u64) as usize
+}
+
+/// Stores a run-time purge delay (the caller, `tuning`, applies side effects).
+pub fn put_purge_delay_ms(ms: u64) {
+    LIVE_PURGE_DELAY.put(ms);
+}
+
+/// Stores the run-time background-purge switch.
+pub fn put_background_purge(on: bool) {
+    LIVE_BACKGROUND.put(on as u64);
+}
+
+/// Stores the run-time stats-at-exit switch.
+pub fn put_stats_at_exit(on: bool) {
+    LIVE_STATS_AT_EXIT.put(on as u64);
+}
+
+/// Stores a run-time dirty budget, in bytes.
+pub fn put_dirty_budget(bytes: usize) {
+    LIVE_DIRTY_BUDGET.put(bytes as u64);
 }
 
 /// A value parsed once, without locks or allocation.
@@ -85,27 +311,43 @@ impl ParseOnce {
     }
 }
 
+/// The program's option strings (C's `rangealloc_conf`, then Rust's `with_options`),
+/// then the environment's on top of them, key by key.
 fn from_env() -> Options {
+    let mut base = DEFAULTS;
+    for text in [program_conf(), code_options()].into_iter().flatten() {
+        base = parse_onto(base, text, &mut |msg| {
+            warn(b"in the program's options: ", msg)
+        });
+    }
     // SAFETY: getenv with a NUL-terminated name; the result is read before any setenv
     // by this thread could change it.
     let value = unsafe { libc::getenv(c"RANGEALLOC_OPTIONS".as_ptr()) };
     if value.is_null() {
-        return DEFAULTS;
+        return base;
     }
     // SAFETY: getenv returns a NUL-terminated string.
     let bytes = unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes();
-    parse(bytes, &mut |msg: &[&[u8]]| {
-        os::write_stderr(b"rangealloc: warning: ");
-        for part in msg {
-            os::write_stderr(part);
-        }
-        os::write_stderr(b"\n");
-    })
+    parse_onto(base, bytes, &mut |msg| warn(b"", msg))
 }
 
-/// Parses an option string, reporting each problem through `warn`.
+fn warn(source: &[u8], msg: &[&[u8]]) {
+    os::write_stderr(b"rangealloc: warning: ");
+    os::write_stderr(source);
+    for part in msg {
+        os::write_stderr(part);
+    }
+    os::write_stderr(b"\n");
+}
+
+/// Parses an option string over the defaults, reporting each problem through `warn`.
 pub fn parse(text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
-    let mut o = DEFAULTS;
+    parse_onto(DEFAULTS, text, warn)
+}
+
+/// Parses an option string over `base`: each key given replaces `base`'s value.
+pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
+    let mut o = base;
     for item in text.split(|&b| b == b',').filter(|s| !s.is_empty()) {
         let Some(eq) = item.iter().position(|&b| b == b'=') else {
             warn(&[b"option '", item, b"' has no '=value'; ignored"]);
@@ -119,6 +361,10 @@ pub fn parse(text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
             b"secure" => parse_bool(value).map(|v| o.secure = v).is_some(),
             b"stats" => parse_bool(value).map(|v| o.stats_at_exit = v).is_some(),
             b"verbose" => parse_bool(value).map(|v| o.verbose = v).is_some(),
+            b"dirty_budget_mb" => parse_u64(value)
+                .and_then(|mb| usize::try_from(mb).ok()?.checked_mul(MIB))
+                .map(|v| o.dirty_budget = v)
+                .is_some(),
             _ => {
                 warn(&[b"unknown option '", key, b"'; ignored"]);
                 continue;
@@ -136,6 +382,8 @@ pub fn parse(text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
     }
     o
 }
+
+const MIB: usize = 1 << 20;
 
 fn parse_u64(text: &[u8]) -> Option<u64> {
     if text.is_empty() || text.len() > 18 {
@@ -251,10 +499,11 @@ mod tests {
     #[test]
     fn every_option_parses() {
         let (o, w) = parse_collect(
-            "purge_delay_ms=250,purge_mode=free,background_purge=1,secure=on,stats=true,verbose=yes",
+            "purge_delay_ms=250,purge_mode=free,background_purge=1,secure=on,stats=true,verbose=yes,dirty_budget_mb=3",
         );
         assert_eq!(w, 0);
         assert_eq!(o.purge_delay_ms, 250);
+        assert_eq!(o.dirty_budget, 3 << 20);
         assert_eq!(o.purge_mode, PurgeMode::Free);
         assert!(o.background_purge && o.secure && o.stats_at_exit && o.verbose);
     }
@@ -269,6 +518,7 @@ mod tests {
             "nonsense=1",
             "stats=2",
             "purge_delay_ms=99999999999999999999",
+            "dirty_budget_mb=x",
         ] {
             let (o, w) = parse_collect(bad);
             assert_eq!(o, DEFAULTS, "{bad}");
@@ -277,5 +527,25 @@ mod tests {
         let (o, w) = parse_collect(",,stats=1,,bogus,");
         assert!(o.stats_at_exit);
         assert_eq!(w, 1);
+    }
+
+    /// The environment's keys override the program's one by one; the others stay.
+    #[test]
+    fn a_second_string_overrides_key_by_key() {
+        let mut warnings = 0;
+        let code = parse(b"purge_delay_ms=200,stats=1", &mut |_| warnings += 1);
+        let o = parse_onto(code, b"purge_delay_ms=5,verbose=1", &mut |_| warnings += 1);
+        assert_eq!(warnings, 0);
+        assert_eq!(o.purge_delay_ms, 5);
+        assert!(o.stats_at_exit && o.verbose);
+        assert!(!o.secure);
+    }
+
+    #[test]
+    fn a_live_override_wins_over_the_parsed_value_once_set() {
+        let live = Live::new();
+        assert_eq!(live.get(7), 7);
+        live.put(3);
+        assert_eq!(live.get(7), 3);
     }
 }

@@ -8,37 +8,57 @@ use crate::region::TABLE;
 use crate::sync::atomic::Ordering;
 use crate::{large, meta, purge};
 
+/// Counts of one small size class.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClassStats {
+    /// The class's block size in bytes.
     pub block_size: usize,
+    /// Blocks handed out so far.
     pub allocs: u64,
+    /// Blocks freed so far.
     pub frees: u64,
 }
 
 impl ClassStats {
+    /// Blocks live now (`allocs - frees`).
     pub fn live(&self) -> u64 {
         self.allocs.saturating_sub(self.frees)
     }
 }
 
+/// Region-table lookups by outcome (the kernel's `VMA_LOCK_*` counters' analogue).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LockStats {
+    /// Lookups that read-locked their region without the writer mutex.
     pub success: u64,
+    /// ... that found the region write-locked by an update.
     pub abort: u64,
+    /// ... that found a detached region and retried.
     pub retry: u64,
+    /// ... that found no region covering the address.
     pub miss: u64,
+    /// ... that finished under the writer mutex.
     pub slow: u64,
+    /// Acquisitions of the table's writer mutex.
     pub writer: u64,
 }
 
+/// The region table's contents.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RegionStats {
+    /// Live large objects (one region each).
     pub large: usize,
+    /// Their bytes.
     pub large_bytes: usize,
+    /// Live small-object segments.
     pub segments: usize,
+    /// Free regions.
     pub free: usize,
+    /// Their bytes.
     pub free_bytes: usize,
+    /// Free bytes not purged yet.
     pub dirty_bytes: usize,
+    /// Bytes of freed regions not folded back into the table yet.
     pub retired_bytes: usize,
 }
 
@@ -53,6 +73,7 @@ pub struct ReallocStats {
     pub copied_bytes: u64,
 }
 
+/// A statistics snapshot (see `snapshot`).
 #[derive(Clone, Debug)]
 pub struct Stats {
     /// Bytes in live blocks (small blocks at their class size, large objects whole).
@@ -68,19 +89,29 @@ pub struct Stats {
     pub retained: usize,
     /// Metadata bytes carved (descriptors, tree nodes, heaps, dependencies' blocks).
     pub metadata: usize,
+    /// The region table's contents.
     pub regions: RegionStats,
+    /// Per small size class counts.
     pub classes: [ClassStats; size_class::CLASSES],
+    /// Memory syscalls issued, by kind.
     pub syscalls: SyscallCounts,
+    /// Region-table lookups by outcome.
     pub lock: LockStats,
+    /// Table-wide purge passes run.
     pub purge_passes: u64,
+    /// Bytes returned to the OS with `madvise` (every purge path).
     pub purged_bytes: u64,
     /// Dirty free space the table may keep before the excess is purged at once.
     pub dirty_budget: usize,
+    /// What growing reallocs of large objects did.
     pub reallocs: ReallocStats,
+    /// Thread heaps created.
     pub heaps: usize,
+    /// Heaps of exited threads waiting for adoption.
     pub abandoned_heaps: usize,
 }
 
+/// Takes a snapshot: a walk over the heaps and the region tree.
 pub fn snapshot() -> Stats {
     let mut classes = [ClassStats::default(); size_class::CLASSES];
     for (c, class) in classes.iter_mut().enumerate() {
@@ -249,6 +280,94 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
         )?;
     }
     Ok(())
+}
+
+/// Writes the statistics as one JSON object through `out`, in pieces, without
+/// allocating (the C API and `malloc_stats_print` with jemalloc's `J` option).
+pub fn print_json(out: &mut dyn FnMut(&[u8])) {
+    let s = snapshot();
+    let mut w = Sink {
+        buf: [0; 512],
+        len: 0,
+        out,
+    };
+    let _ = s.write_json(&mut w);
+    let len = w.len;
+    (w.out)(&w.buf[..len]);
+}
+
+impl Stats {
+    /// Writes these statistics as one JSON object (no trailing newline). The keys are
+    /// the field names; nested structs are objects, `classes` an array of the classes
+    /// with activity, `syscalls` an object keyed by syscall name. Hand-written, so the
+    /// engine needs no serialisation dependency.
+    pub fn write_json(&self, w: &mut impl core::fmt::Write) -> core::fmt::Result {
+        write!(w, "{{\"version\":\"{}\"", env!("CARGO_PKG_VERSION"))?;
+        for (name, value) in [
+            ("allocated", self.allocated),
+            ("active", self.active),
+            ("resident", self.resident),
+            ("mapped", self.mapped),
+            ("retained", self.retained),
+            ("metadata", self.metadata),
+            ("heaps", self.heaps),
+            ("abandoned_heaps", self.abandoned_heaps),
+        ] {
+            write!(w, ",\"{name}\":{value}")?;
+        }
+        write!(
+            w,
+            ",\"purge_passes\":{},\"purged_bytes\":{},\"dirty_budget\":{}",
+            self.purge_passes, self.purged_bytes, self.dirty_budget
+        )?;
+        let re = &self.reallocs;
+        write!(
+            w,
+            ",\"reallocs\":{{\"grown_in_place\":{},\"moved\":{},\"copied_bytes\":{}}}",
+            re.grown_in_place, re.moved, re.copied_bytes
+        )?;
+        let r = &self.regions;
+        write!(
+            w,
+            ",\"regions\":{{\"large\":{},\"large_bytes\":{},\"segments\":{},\"free\":{},\"free_bytes\":{},\"dirty_bytes\":{},\"retired_bytes\":{}}}",
+            r.large, r.large_bytes, r.segments, r.free, r.free_bytes, r.dirty_bytes, r.retired_bytes
+        )?;
+        let l = &self.lock;
+        write!(
+            w,
+            ",\"lock\":{{\"success\":{},\"abort\":{},\"retry\":{},\"miss\":{},\"slow\":{},\"writer\":{}}}",
+            l.success, l.abort, l.retry, l.miss, l.slow, l.writer
+        )?;
+        write!(w, ",\"syscalls\":{{")?;
+        for (i, call) in Syscall::ALL.into_iter().enumerate() {
+            let comma = if i == 0 { "" } else { "," };
+            write!(w, "{comma}\"{}\":{}", call.name(), self.syscalls.get(call))?;
+        }
+        write!(
+            w,
+            "}},\"mmap_lock_writers\":{},\"classes\":[",
+            self.syscalls.mmap_lock_writers()
+        )?;
+        for (i, c) in self.classes.iter().filter(|c| c.allocs > 0).enumerate() {
+            let comma = if i == 0 { "" } else { "," };
+            write!(
+                w,
+                "{comma}{{\"block_size\":{},\"live\":{},\"allocs\":{},\"frees\":{}}}",
+                c.block_size,
+                c.live(),
+                c.allocs,
+                c.frees
+            )?;
+        }
+        write!(w, "]}}")
+    }
+
+    /// These statistics as a JSON string (see `write_json`).
+    pub fn to_json(&self) -> String {
+        let mut text = String::new();
+        let _ = self.write_json(&mut text);
+        text
+    }
 }
 
 /// Prints the report on stderr (for `stats=1` at exit).

@@ -9,12 +9,41 @@
  * It also answers jemalloc's non-standard API (mallocx, rallocx, xallocx, sallocx,
  * dallocx, sdallocx, nallocx, mallctl, mallctlnametomib, mallctlbymib,
  * malloc_stats_print), declared by <jemalloc/jemalloc.h>, so programs linked with
- * jemalloc run entirely on rangealloc under LD_PRELOAD.
+ * jemalloc run entirely on rangealloc under LD_PRELOAD; glibc's internal names
+ * (__libc_malloc, __libc_calloc, __libc_realloc, __libc_free, __libc_memalign,
+ * __libc_valloc, __libc_pvalloc, __posix_memalign); C23's free_sized(p, size) and
+ * free_aligned_sized(p, align, size), declared by <stdlib.h> from glibc 2.43 (a size
+ * larger than the block's usable size aborts with a one-line report); and glibc's
+ * <malloc.h> introspection, answered from rangealloc's own state:
+ *   malloc_trim(pad)   purges every free region now (as rangealloc_purge); returns 1
+ *                      if memory was released; pad is ignored.
+ *   mallinfo2()        arena    = bytes held for small objects: their pages, dirty
+ *                                 free space and retired regions (metadata excluded)
+ *                      ordblks  = free regions in the region table
+ *                      smblks   = 0 (no fastbins)
+ *                      hblks    = live large objects (glibc: mmapped chunks)
+ *                      hblkhd   = bytes of live large objects
+ *                      usmblks  = 0 (as glibc)
+ *                      fsmblks  = 0 (no fastbins)
+ *                      uordblks = bytes of live small blocks, at their class size
+ *                      fordblks = arena - uordblks
+ *                      keepcost = dirty free bytes malloc_trim would release now
+ *                      so uordblks + hblkhd is every live byte (stats "allocated").
+ *   mallinfo()         the same, each field clamped to INT_MAX.
+ *   malloc_info(0, f)  XML in glibc's shape (options != 0: -1 with errno EINVAL).
+ *   malloc_stats()     rangealloc's text report on stderr.
+ *   mallopt(p, v)      M_TRIM_THRESHOLD: the fixed part of the dirty budget (bytes;
+ *                      negative: none; a quarter of the live large bytes is added);
+ *                      M_MMAP_THRESHOLD: accepted without effect (0..32 MiB, else 0
+ *                      is returned); every other parameter is accepted without
+ *                      effect. Returns 1 on success.
  *
- * This header declares what is rangealloc's own: its version, statistics and an
- * explicit purge. Options are read once from the environment variable
- * RANGEALLOC_OPTIONS=key=value,... (purge_delay_ms, purge_mode=dontneed|free,
- * background_purge, secure, stats, verbose; see the README).
+ * This header declares what is rangealloc's own: its version, statistics, an explicit
+ * purge, the run-time setters and the program's option string. Options are read once,
+ * at the first allocation, from rangealloc_conf (below) and then from the environment
+ * variable RANGEALLOC_OPTIONS=key=value,..., whose keys override rangealloc_conf's one
+ * by one (purge_delay_ms, purge_mode=dontneed|free, background_purge, secure, stats,
+ * verbose, dirty_budget_mb; see the README).
  */
 #ifndef RANGEALLOC_H
 #define RANGEALLOC_H
@@ -77,6 +106,43 @@ void rangealloc_stats_print(FILE *stream);
 /* Returns every free page to the OS now, whatever the purge delay; returns the bytes
  * purged. */
 size_t rangealloc_purge(void);
+
+/*
+ * Writes the statistics as one JSON object into buf, snprintf-style: at most size - 1
+ * bytes and a NUL; returns the length of the whole text (>= size means truncated; call
+ * with NULL, 0 to measure). The keys are those of struct rangealloc_stats' groups:
+ * version, allocated, active, resident, mapped, retained, metadata, heaps,
+ * abandoned_heaps, purge_passes, purged_bytes, regions {...}, lock {...},
+ * syscalls {...}, mmap_lock_writers, classes [{block_size, live, allocs, frees}].
+ * malloc_stats_print with "J" in its options writes the same object.
+ */
+size_t rangealloc_stats_json(char *buf, size_t size);
+
+/*
+ * Run-time settings: the options that can change safely while the program runs.
+ * Each takes effect within a second (the background purger's longest sleep).
+ */
+/* Free pages dirty this long are purged by the next pass; UINT64_MAX: never. */
+void rangealloc_set_purge_delay_ms(uint64_t ms);
+/* Switches the background purger on (non-zero; its thread starts the first time) or
+ * off. */
+void rangealloc_set_background_purge(int on);
+/* Switches the statistics report on stderr at exit on or off. */
+void rangealloc_set_stats_at_exit(int on);
+/* The fixed part of the dirty budget (a quarter of the live large bytes is added):
+ * dirty free bytes kept for reuse before the excess is purged at once; applied now. */
+void rangealloc_set_dirty_budget(size_t bytes);
+
+/*
+ * The program's own options, as jemalloc's malloc_conf: define it with a string
+ * literal, e.g.
+ *     const char *rangealloc_conf = "purge_delay_ms=200,background_purge=1";
+ * It is read before the first allocation is served; RANGEALLOC_OPTIONS overrides it
+ * key by key; a malformed item is reported once on stderr. librangealloc.so looks it
+ * up as a weak symbol: a program linked with -lrangealloc exports it automatically;
+ * under LD_PRELOAD alone, link the program with -rdynamic so that it is exported.
+ */
+extern const char *rangealloc_conf;
 
 #ifdef __cplusplus
 }

@@ -15,7 +15,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod compat;
+mod config;
 mod cxx;
+mod glibc;
 mod mallctl;
 mod malloc;
 mod stats;

@@ -15,6 +15,15 @@
 //! - `arena.<i>.purge` (neither read nor written): purges every free region now, for
 //!   `i` of 0, 1 (`narenas`, jemalloc's older "all arenas") or 4096
 //!   (`MALLCTL_ARENAS_ALL`).
+//! - `arenas.dirty_decay_ms` (`ssize_t`, read/write): the purge delay in force; -1 is
+//!   "never" (free pages go back only on an explicit purge or past the dirty budget).
+//!   Other negative values are `EINVAL`, as in jemalloc.
+//! - `background_thread` (`bool`, read/write): the background purger's switch.
+//! - `opt.dirty_decay_ms` (`ssize_t`), `opt.background_thread`, `opt.stats_print`
+//!   (`bool`), read-only: the options as parsed at start (the program's string, then
+//!   `RANGEALLOC_OPTIONS`), whatever was set since, as jemalloc's `opt.*` are.
+//!
+//! A read and a write in one call return the old value, then set the new one.
 //!
 //! Errors as jemalloc gives them: `ENOENT` for an unknown name, `EPERM` for writing a
 //! read-only name or reading or writing a void one, `EINVAL` for a length that does not
@@ -48,7 +57,19 @@ const EPOCH_MIB: usize = 0;
 const STATS_MIB: usize = 1;
 const ARENAS_MIB: usize = 2;
 const ARENA_MIB: usize = 3;
+const BACKGROUND_MIB: usize = 4;
+const OPT_MIB: usize = 5;
 const MAX_MIB: usize = 3;
+
+/// Second-level components under `arenas`.
+const ARENAS_NARENAS: usize = 0;
+const ARENAS_DIRTY_DECAY: usize = 1;
+
+/// The `opt.*` names, in MIB order.
+const OPT_NAMES: [&str; 3] = ["dirty_decay_ms", "background_thread", "stats_print"];
+const OPT_DIRTY_DECAY: usize = 0;
+const OPT_BACKGROUND: usize = 1;
+const OPT_STATS_PRINT: usize = 2;
 
 /// A name resolved to what it controls.
 #[derive(Clone, Copy)]
@@ -57,6 +78,18 @@ enum Ctl {
     Stat(usize),
     NArenas,
     ArenaPurge,
+    DirtyDecay,
+    BackgroundThread,
+    Opt(usize),
+}
+
+/// jemalloc's `ssize_t` decay time from our delay: `PURGE_NEVER` is -1.
+fn decay_ms(delay: u64) -> isize {
+    if delay == engine::options::PURGE_NEVER {
+        -1
+    } else {
+        isize::try_from(delay).unwrap_or(isize::MAX)
+    }
 }
 
 /// `name` as a MIB, or `None` if it is not in the namespace.
@@ -77,7 +110,21 @@ fn name_to_mib(name: &[u8]) -> Option<([usize; MAX_MIB], usize)> {
         }
         "arenas" => {
             mib[0] = ARENAS_MIB;
-            (parts.next()? == "narenas").then_some(())?;
+            mib[1] = match parts.next()? {
+                "narenas" => ARENAS_NARENAS,
+                "dirty_decay_ms" => ARENAS_DIRTY_DECAY,
+                _ => return None,
+            };
+            2
+        }
+        "background_thread" => {
+            mib[0] = BACKGROUND_MIB;
+            1
+        }
+        "opt" => {
+            mib[0] = OPT_MIB;
+            let opt = parts.next()?;
+            mib[1] = OPT_NAMES.iter().position(|&n| n == opt)?;
             2
         }
         "arena" => {
@@ -95,7 +142,10 @@ fn resolve(mib: &[usize]) -> Option<Ctl> {
     match *mib {
         [EPOCH_MIB] => Some(Ctl::Epoch),
         [STATS_MIB, i] if i < STAT_NAMES.len() => Some(Ctl::Stat(i)),
-        [ARENAS_MIB, 0] => Some(Ctl::NArenas),
+        [ARENAS_MIB, ARENAS_NARENAS] => Some(Ctl::NArenas),
+        [ARENAS_MIB, ARENAS_DIRTY_DECAY] => Some(Ctl::DirtyDecay),
+        [BACKGROUND_MIB] => Some(Ctl::BackgroundThread),
+        [OPT_MIB, i] if i < OPT_NAMES.len() => Some(Ctl::Opt(i)),
         [ARENA_MIB, i, 0] if i <= 1 || i == ARENAS_ALL => Some(Ctl::ArenaPurge),
         _ => None,
     }
@@ -125,7 +175,13 @@ impl Ctl {
             Ctl::Stat(_) => size_of::<usize>(),
             Ctl::NArenas => size_of::<c_uint>(),
             Ctl::ArenaPurge => 0,
+            Ctl::DirtyDecay | Ctl::Opt(OPT_DIRTY_DECAY) => size_of::<isize>(),
+            Ctl::BackgroundThread | Ctl::Opt(_) => size_of::<bool>(),
         }
+    }
+
+    fn writable(self) -> bool {
+        matches!(self, Ctl::Epoch | Ctl::DirtyDecay | Ctl::BackgroundThread)
     }
 }
 
@@ -142,8 +198,7 @@ unsafe fn control(
 ) -> c_int {
     let (reads, writes) = (!oldp.is_null(), !newp.is_null());
     let size = ctl.value_size();
-    let writable = matches!(ctl, Ctl::Epoch);
-    if (writes && !writable) || (reads && size == 0) {
+    if (writes && !ctl.writable()) || (reads && size == 0) {
         return libc::EPERM;
     }
     if writes && newlen != size {
@@ -186,6 +241,49 @@ unsafe fn control(
         Ctl::ArenaPurge => {
             crate::stats::rangealloc_purge();
         }
+        Ctl::DirtyDecay => {
+            // SAFETY: `newp` has `newlen == size` readable bytes (checked above).
+            let new = writes.then(|| unsafe { newp.cast::<isize>().read_unaligned() });
+            if new.is_some_and(|ms| ms < -1) {
+                return libc::EINVAL;
+            }
+            if reads {
+                let old = decay_ms(engine::options::purge_delay_ms());
+                // SAFETY: as above.
+                unsafe { oldp.cast::<isize>().write_unaligned(old) };
+            }
+            if let Some(ms) = new {
+                let delay = u64::try_from(ms).unwrap_or(engine::options::PURGE_NEVER);
+                engine::tuning::set_purge_delay_ms(delay);
+            }
+        }
+        Ctl::BackgroundThread => {
+            // SAFETY: `newp` has one readable byte (checked above); any non-zero byte is
+            // true (read as u8: a C bool holding another value would be UB as `bool`).
+            let new = writes.then(|| unsafe { newp.cast::<u8>().read() } != 0);
+            if reads {
+                let old = engine::options::background_purge();
+                // SAFETY: as above.
+                unsafe { oldp.cast::<bool>().write(old) };
+            }
+            if let Some(on) = new {
+                engine::tuning::set_background_purge(on);
+            }
+        }
+        Ctl::Opt(i) if reads => {
+            let o = engine::options::get();
+            // SAFETY (each write): as above.
+            match i {
+                OPT_DIRTY_DECAY => unsafe {
+                    oldp.cast::<isize>()
+                        .write_unaligned(decay_ms(o.purge_delay_ms))
+                },
+                OPT_BACKGROUND => unsafe { oldp.cast::<bool>().write(o.background_purge) },
+                OPT_STATS_PRINT => unsafe { oldp.cast::<bool>().write(o.stats_at_exit) },
+                _ => {}
+            }
+        }
+        Ctl::Opt(_) => {}
     }
     0
 }

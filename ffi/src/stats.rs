@@ -1,8 +1,9 @@
 //! The C statistics API: `rangealloc_stats_get`, `rangealloc_stats_print`,
-//! `rangealloc_purge`, and jemalloc's `malloc_stats_print` answered with our report.
-//! Thin: it copies the engine's snapshot into a C struct and writes its text report.
+//! `rangealloc_stats_json`, `rangealloc_purge`, and jemalloc's `malloc_stats_print`
+//! answered with our report (text, or JSON with jemalloc's `J` option). Thin: it copies
+//! the engine's snapshot into a C struct and writes its text or JSON report.
 
-use core::ffi::{c_char, c_void};
+use core::ffi::{c_char, c_void, CStr};
 use rangealloc_core as engine;
 use rangealloc_core::os::Syscall;
 
@@ -117,24 +118,61 @@ pub extern "C" fn rangealloc_purge() -> usize {
     engine::purge::purge_all()
 }
 
+/// Writes the statistics as one JSON object (the same keys as the Rust `Stats::to_json`)
+/// into `buf`, `snprintf`-style: at most `size - 1` bytes and a NUL (nothing when `size`
+/// is 0); returns the length of the whole text, so a return `>= size` means truncated.
+///
+/// # Safety
+/// `buf` must be null with `size` 0, or point to `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rangealloc_stats_json(buf: *mut c_char, size: usize) -> usize {
+    let mut total = 0usize;
+    let room = size.saturating_sub(1);
+    engine::snapshot::print_json(&mut |bytes: &[u8]| {
+        let start = total.min(room);
+        let n = bytes.len().min(room - start);
+        // SAFETY: `start + n <= room < size`: inside the caller's buffer.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>().add(start), n) };
+        total += bytes.len();
+    });
+    if size > 0 {
+        // SAFETY: `min(total, room) < size`.
+        unsafe { buf.add(total.min(room)).write(0) };
+    }
+    total
+}
+
+/// The engine's text or JSON report writer.
+type Printer = fn(&mut dyn FnMut(&[u8]));
+
 pub type WriteCallback = unsafe extern "C" fn(*mut c_void, *const c_char);
 
 /// jemalloc's `malloc_stats_print`: our report, through `write_cb` (NUL-terminated
-/// pieces) or to stderr when it is null. `opts` is ignored.
+/// pieces) or to stderr when it is null. With `J` among `opts` (jemalloc's JSON option)
+/// the report is our statistics JSON (`rangealloc_stats_json`'s object); other option
+/// letters select parts of jemalloc's own report and are ignored.
 ///
 /// # Safety
-/// `write_cb`, when given, must accept `cbopaque` and a C string.
+/// `write_cb`, when given, must accept `cbopaque` and a C string; `opts` is null or a C
+/// string.
 #[no_mangle]
 pub unsafe extern "C" fn malloc_stats_print(
     write_cb: Option<WriteCallback>,
     cbopaque: *mut c_void,
-    _opts: *const c_char,
+    opts: *const c_char,
 ) {
+    // SAFETY: caller contract: a C string when not null.
+    let json = !opts.is_null() && unsafe { CStr::from_ptr(opts) }.to_bytes().contains(&b'J');
+    let print: Printer = if json {
+        engine::snapshot::print_json
+    } else {
+        engine::snapshot::print
+    };
     let Some(write) = write_cb else {
-        engine::snapshot::print_to_stderr();
+        print(&mut |bytes: &[u8]| engine::os::write_stderr(bytes));
         return;
     };
-    engine::snapshot::print(&mut |bytes: &[u8]| {
+    print(&mut |bytes: &[u8]| {
         let mut piece = [0u8; 513];
         for chunk in bytes.chunks(piece.len() - 1) {
             piece[..chunk.len()].copy_from_slice(chunk);

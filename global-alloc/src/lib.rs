@@ -1,31 +1,135 @@
-//! `rangealloc` as a Rust global allocator:
+//! rangealloc as the Rust global allocator.
 //!
-//! ```ignore
+//! rangealloc is a general-purpose allocator for multithreaded programs: thread-local
+//! heaps serve small objects without locks, and big objects live in a user-space
+//! region table (a "VMA tree" with per-region locks) that grows them in place and
+//! returns their memory without process-wide locks. It runs on Linux x86_64 with 4 KiB
+//! pages (it checks the page size at start and stops with a message elsewhere).
+//!
+//! # Using it
+//!
+//! Add the crate and declare the allocator once, in the binary:
+//!
+//! ```
 //! #[global_allocator]
 //! static A: rangealloc::RangeAlloc = rangealloc::RangeAlloc;
+//!
+//! fn main() {
+//!     let v: Vec<u64> = (0..1000).collect();
+//!     let s = rangealloc::stats();
+//!     assert!(s.allocated >= v.len() * 8);
+//!     println!("{} bytes allocated", s.allocated);
+//! }
 //! ```
 //!
-//! A thin adapter over `rangealloc-core`: no logic of its own beyond mapping `Layout`s.
+//! # Options
+//!
+//! Options come from the program (`RangeAlloc::with_options`) and from the environment
+//! variable `RANGEALLOC_OPTIONS=key=value,...`, whose keys override the program's one by
+//! one. A malformed item is reported once on stderr at the first allocation and keeps
+//! its default. The keys (the README has the full table): `purge_delay_ms`,
+//! `purge_mode` (`dontneed`/`free`), `background_purge`, `secure`, `stats`, `verbose`,
+//! `dirty_budget_mb`.
+//!
+//! ```
+//! #[global_allocator]
+//! static A: rangealloc::RangeAlloc =
+//!     rangealloc::RangeAlloc::with_options("purge_delay_ms=200,dirty_budget_mb=16");
+//!
+//! fn main() {
+//!     let _warm_up = Box::new(1); // options are read at the first allocation
+//!     if std::env::var_os("RANGEALLOC_OPTIONS").is_none() {
+//!         assert_eq!(rangealloc::options().purge_delay_ms, 200);
+//!     }
+//!     // Four options can change while the program runs:
+//!     rangealloc::set_purge_delay_ms(50);
+//!     rangealloc::set_dirty_budget(8 << 20);
+//!     assert_eq!(rangealloc::options().purge_delay_ms, 50);
+//! }
+//! ```
+//!
+//! # Statistics and purging
+//!
+//! [`stats`] returns a snapshot ([`Stats`], printable as text with [`print_stats`] or as
+//! JSON with [`Stats::to_json`]); [`purge`] returns free memory to the OS now.
+//!
+//! This crate is a thin adapter over the engine, `rangealloc-core`.
+
+#![warn(missing_docs)]
 
 use core::alloc::{GlobalAlloc, Layout};
 use rangealloc_core as core_api;
 
-pub use rangealloc_core::os::{Syscall, SyscallCounts};
+pub use rangealloc_core::options::Options;
+pub use rangealloc_core::os::{PurgeMode, Syscall, SyscallCounts};
+pub use rangealloc_core::snapshot::{ClassStats, LockStats, ReallocStats, RegionStats, Stats};
 
-/// The allocator. Zero-sized; all state lives in the engine.
-pub struct RangeAlloc;
+/// The engine itself, for the project's benchmarks and tools that study its parts (the
+/// region table, size classes, counters). Not a stable API.
+#[doc(hidden)]
+pub use rangealloc_core as engine;
+
+/// The allocator. All state lives in the engine; the value carries only the program's
+/// option string. Use the constant [`RangeAlloc`](constant@RangeAlloc) for the
+/// defaults, or [`RangeAlloc::with_options`].
+pub struct RangeAlloc {
+    options: &'static str,
+}
+
+/// The allocator with default options (`RANGEALLOC_OPTIONS` still applies), so that
+/// `static A: RangeAlloc = RangeAlloc;` reads like a unit struct.
+#[allow(non_upper_case_globals)]
+pub const RangeAlloc: RangeAlloc = RangeAlloc::with_options("");
+
+impl RangeAlloc {
+    /// The allocator with options set by the program, in `RANGEALLOC_OPTIONS`' syntax
+    /// (`"purge_delay_ms=200,background_purge=1"`). They are read at the first
+    /// allocation; `RANGEALLOC_OPTIONS` overrides them key by key; a malformed item is
+    /// reported once on stderr then and keeps its default (as the environment's are).
+    pub const fn with_options(options: &'static str) -> RangeAlloc {
+        RangeAlloc { options }
+    }
+
+    /// The option string this allocator was built with (empty for the defaults).
+    pub const fn option_string(&self) -> &'static str {
+        self.options
+    }
+
+    /// Hands the option string to the engine before its first parse. For the default
+    /// allocator the string is a compile-time empty constant and this folds away.
+    #[inline(always)]
+    fn hand_over_options(&self) {
+        if !self.options.is_empty() && !core_api::options::parsed() {
+            self.give_options();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn give_options(&self) {
+        core_api::options::set_code_options(self.options.as_bytes());
+    }
+}
+
+impl Default for RangeAlloc {
+    fn default() -> Self {
+        RangeAlloc
+    }
+}
 
 // SAFETY: every method forwards to the engine, which returns blocks of at least the
 // requested size and alignment, or null, and accepts back exactly the blocks it returned.
 unsafe impl GlobalAlloc for RangeAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.hand_over_options();
         // SAFETY: Layout guarantees a power-of-two alignment.
         unsafe { core_api::alloc(layout.size(), layout.align()) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.hand_over_options();
         // SAFETY: as in `alloc`.
         unsafe { core_api::alloc_zeroed(layout.size(), layout.align()) }
     }
@@ -43,17 +147,21 @@ unsafe impl GlobalAlloc for RangeAlloc {
     }
 }
 
+/// The usable size of a live block: at least the size it was allocated with, and all of
+/// it may be used (tikv-jemallocator's `usable_size`).
+///
+/// # Safety
+/// `ptr` must be a live block returned by rangealloc (as the global allocator); any
+/// other pointer aborts the process with a message, or worse if the checks cannot see it.
+pub unsafe fn usable_size<T>(ptr: *const T) -> usize {
+    // SAFETY: forwarded contract.
+    unsafe { core_api::usable_size(ptr.cast()) }
+}
+
 /// Syscalls the allocator has issued so far, by kind.
 pub fn syscall_counts() -> SyscallCounts {
     rangealloc_core::os::syscall_counts()
 }
-
-/// The engine itself, for benchmarks and tools that study its parts (the region table,
-/// size classes, counters).
-pub use rangealloc_core as engine;
-
-pub use rangealloc_core::options::Options;
-pub use rangealloc_core::snapshot::{ClassStats, LockStats, ReallocStats, RegionStats, Stats};
 
 /// A snapshot of the allocator's statistics (allocated, active, resident, mapped,
 /// retained, metadata, regions by kind, per-class counts, syscalls, region-lock
@@ -67,14 +175,39 @@ pub fn print_stats() {
     rangealloc_core::snapshot::print_to_stderr()
 }
 
-/// The options in force (parsed once from `RANGEALLOC_OPTIONS`).
+/// The options in force now: those parsed at start (the program's string, then
+/// `RANGEALLOC_OPTIONS`) with the run-time settings applied.
 pub fn options() -> Options {
-    rangealloc_core::options::get()
+    rangealloc_core::options::current()
 }
 
 /// Returns every free region's pages to the OS now, whatever the purge delay; returns
-/// the bytes purged.
+/// the bytes purged. (Empty small pages held by other threads' heaps are returned by
+/// those threads' own allocation slow paths, not by this call.)
 pub fn purge() -> usize {
     rangealloc_core::region::TABLE.collect_retired();
     rangealloc_core::purge::purge_all()
+}
+
+/// Sets the purge delay at run time: free pages dirty for `ms` milliseconds go back at
+/// the next pass; `u64::MAX` means never (only [`purge`] and the dirty budget return
+/// memory). Takes effect within a second.
+pub fn set_purge_delay_ms(ms: u64) {
+    rangealloc_core::tuning::set_purge_delay_ms(ms)
+}
+
+/// Switches the background purger on (its thread starts the first time) or off.
+pub fn set_background_purge(on: bool) {
+    rangealloc_core::tuning::set_background_purge(on)
+}
+
+/// Switches the statistics report on stderr at exit on or off.
+pub fn set_stats_at_exit(on: bool) {
+    rangealloc_core::tuning::set_stats_at_exit(on)
+}
+
+/// Sets the dirty budget: free dirty bytes kept for reuse before the excess is purged
+/// at once, whatever its age. Applied now.
+pub fn set_dirty_budget(bytes: usize) {
+    rangealloc_core::tuning::set_dirty_budget(bytes)
 }

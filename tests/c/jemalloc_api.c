@@ -28,7 +28,12 @@ static void write_cb(void *opaque_arg, const char *msg) {
     written += strlen(msg);
 }
 
-int main(void) {
+static void print_cb(void *opaque_arg, const char *msg) {
+    (void)opaque_arg;
+    fputs(msg, stdout);
+}
+
+int main(int argc, char **argv) {
     void *(*mallocx)(size_t, int) = lookup("mallocx");
     void *(*rallocx)(void *, size_t, int) = lookup("rallocx");
     size_t (*xallocx)(void *, size_t, size_t, int) = lookup("xallocx");
@@ -42,6 +47,13 @@ int main(void) {
         lookup("mallctlbymib");
     void (*stats_print)(void (*)(void *, const char *), void *, const char *) =
         lookup("malloc_stats_print");
+    if (argc > 1 && !strcmp(argv[1], "json")) {
+        /* jemalloc's J option: the report as JSON (only the JSON, on stdout). */
+        void *keep = malloc(opaque(100));
+        stats_print(print_cb, NULL, "J");
+        free(keep);
+        return 0;
+    }
 
     /* mallocx: alignment and zeroing from the flags; the tcache/arena bits ignored. */
     for (int lg = 0; lg <= 21; lg += 3) {

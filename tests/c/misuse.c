@@ -48,6 +48,26 @@ int main(int argc, char **argv) {
         void (*dallocx)(void *, int) = (void (*)(void *, int))dlsym(RTLD_DEFAULT, "dallocx");
         CHECK(dallocx != NULL);
         dallocx(stack_buffer, 0);
+    } else if (!strcmp(c, "free-sized-too-large") || !strcmp(c, "free-sized-too-large-large")) {
+        /* C23 free_sized with a size the block cannot have (beyond its usable size). */
+        void (*free_sized)(void *, size_t) = (void (*)(void *, size_t))dlsym(RTLD_DEFAULT, "free_sized");
+        CHECK(free_sized != NULL);
+        size_t n = strstr(c, "large-large") ? (3 << 20) : 100;
+        void *p = malloc(opaque(n));
+        free_sized(p, malloc_usable_size(p) + 1);
+    } else if (!strcmp(c, "free-aligned-sized-bad-align")) {
+        void (*free_aligned_sized)(void *, size_t, size_t) =
+            (void (*)(void *, size_t, size_t))dlsym(RTLD_DEFAULT, "free_aligned_sized");
+        CHECK(free_aligned_sized != NULL);
+        void *p = aligned_alloc(opaque(64), opaque(64));
+        free_aligned_sized(p, 48, 64);
+    } else if (!strcmp(c, "libc-free-twice")) {
+        void (*libc_free)(void *) = free_function("__libc_free");
+        void *(*libc_malloc)(size_t) = (void *(*)(size_t))dlsym(RTLD_DEFAULT, "__libc_malloc");
+        CHECK(libc_malloc != NULL);
+        void *p = libc_malloc(opaque(100));
+        libc_free(p);
+        libc_free(p);
     } else if (!strcmp(c, "realloc-stack")) {
         void *volatile q = realloc(stack_buffer, opaque(200));
         (void)q;

@@ -115,6 +115,23 @@ fn exported_symbols_are_exactly_the_api() {
         "pvalloc",
         "malloc_usable_size",
         "cfree",
+        // glibc's internal names, C23, glibc's introspection
+        "__libc_malloc",
+        "__libc_calloc",
+        "__libc_realloc",
+        "__libc_free",
+        "__libc_memalign",
+        "__libc_valloc",
+        "__libc_pvalloc",
+        "__posix_memalign",
+        "free_sized",
+        "free_aligned_sized",
+        "malloc_trim",
+        "mallinfo",
+        "mallinfo2",
+        "malloc_info",
+        "malloc_stats",
+        "mallopt",
         // jemalloc
         "mallocx",
         "rallocx",
@@ -132,6 +149,11 @@ fn exported_symbols_are_exactly_the_api() {
         "rangealloc_stats_get",
         "rangealloc_stats_print",
         "rangealloc_purge",
+        "rangealloc_stats_json",
+        "rangealloc_set_purge_delay_ms",
+        "rangealloc_set_background_purge",
+        "rangealloc_set_stats_at_exit",
+        "rangealloc_set_dirty_budget",
         // C++ new
         "_Znwm",
         "_Znam",
@@ -173,56 +195,78 @@ fn header_version_matches_the_crate() {
     );
 }
 
-/// Linked (not preloaded) with the flags from `rangealloc.pc`: the program's `malloc`
-/// is still ours, and the header compiles.
+/// `ffi/install.sh` into a temporary prefix, then a program linked (not preloaded)
+/// with `pkg-config --cflags --libs rangealloc` from that prefix: the program's `malloc`
+/// is still ours, the header compiles, and the program's `rangealloc_conf` (exported
+/// because the library references it) reaches the engine.
 #[test]
-fn linked_through_pkg_config() {
+fn installed_into_a_prefix_and_linked_through_pkg_config() {
+    if !have("pkg-config") {
+        eprintln!("SKIP: pkg-config not installed (apt package pkg-config)");
+        return;
+    }
     let prefix = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pc-prefix-{}", std::process::id()));
-    std::fs::create_dir_all(prefix.join("lib")).expect("mkdir lib");
-    std::fs::create_dir_all(prefix.join("include")).expect("mkdir include");
-    std::fs::copy(so_path(), prefix.join("lib/librangealloc.so")).expect("copy the library");
-    std::fs::copy(
-        workspace().join("ffi/include/rangealloc.h"),
-        prefix.join("include/rangealloc.h"),
-    )
-    .expect("copy the header");
-    let template = std::fs::read_to_string(workspace().join("ffi/rangealloc.pc.in"))
-        .expect("read rangealloc.pc.in");
-    let pc = template
-        .replace("@PREFIX@", prefix.to_str().expect("utf-8 path"))
-        .replace("@VERSION@", env!("CARGO_PKG_VERSION"));
-    std::fs::write(prefix.join("rangealloc.pc"), pc).expect("write rangealloc.pc");
+        .join(format!("install-prefix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&prefix);
+    let mut install = Command::new("sh");
+    install
+        .arg(workspace().join("ffi/install.sh"))
+        .arg("--prefix")
+        .arg(&prefix)
+        .arg("--lib")
+        .arg(so_path());
+    run(install, LIMIT).assert_success("ffi/install.sh");
+    for file in [
+        "lib/librangealloc.so",
+        "include/rangealloc.h",
+        "lib/pkgconfig/rangealloc.pc",
+    ] {
+        assert!(prefix.join(file).is_file(), "{file} not installed");
+    }
+    let pc_path = prefix.join("lib/pkgconfig");
+    let mut c = Command::new("pkg-config");
+    c.args(["--cflags", "--libs", "rangealloc"])
+        .env("PKG_CONFIG_PATH", &pc_path);
+    let out = run(c, LIMIT);
+    out.assert_success("pkg-config");
+    let flags: Vec<String> = out.stdout.split_whitespace().map(str::to_owned).collect();
+    let prefix_text = prefix.to_str().expect("utf-8 path");
+    assert!(
+        flags.contains(&format!("-I{prefix_text}/include"))
+            && flags.contains(&format!("-L{prefix_text}/lib"))
+            && flags.contains(&"-lrangealloc".to_owned()),
+        "{flags:?}"
+    );
+    let mut v = Command::new("pkg-config");
+    v.args(["--modversion", "rangealloc"])
+        .env("PKG_CONFIG_PATH", &pc_path);
+    assert_eq!(run(v, LIMIT).stdout.trim(), env!("CARGO_PKG_VERSION"));
 
-    let flags: Vec<String> = if have("pkg-config") {
-        let mut c = Command::new("pkg-config");
-        c.args(["--cflags", "--libs", "rangealloc"])
-            .env("PKG_CONFIG_PATH", &prefix);
-        let out = run(c, LIMIT);
-        out.assert_success("pkg-config");
-        let mut v = Command::new("pkg-config");
-        v.args(["--modversion", "rangealloc"])
-            .env("PKG_CONFIG_PATH", &prefix);
-        assert_eq!(run(v, LIMIT).stdout.trim(), env!("CARGO_PKG_VERSION"));
-        out.stdout.split_whitespace().map(str::to_owned).collect()
-    } else {
-        eprintln!("note: pkg-config not installed (apt package pkg-config); using the .pc's flags by hand");
-        vec![
-            format!("-I{}", prefix.join("include").display()),
-            format!("-L{}", prefix.join("lib").display()),
-            "-lrangealloc".to_owned(),
-        ]
-    };
+    // Compiled with only the installed flags: no -I of the source tree's header.
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let exe = compile("linked.c", "linked", Lang::C, &flags);
+    let exe = ffi_support::compile_plain("linked.c", "linked", &flags);
     let mut cmd = Command::new(&exe);
     cmd.env("LD_LIBRARY_PATH", prefix.join("lib"))
-        .env_remove("LD_PRELOAD");
+        .env_remove("LD_PRELOAD")
+        .env_remove("RANGEALLOC_OPTIONS");
     let out = run(cmd, LIMIT);
     out.assert_success("linked program");
     assert_lines(
         &out.stdout,
         &[&format!("linked {} ALL OK", env!("CARGO_PKG_VERSION"))],
+    );
+
+    let exe = ffi_support::compile_plain("conf.c", "conf-linked", &flags);
+    let mut cmd = Command::new(&exe);
+    cmd.arg("only-options")
+        .env("LD_LIBRARY_PATH", prefix.join("lib"))
+        .env_remove("LD_PRELOAD")
+        .env_remove("RANGEALLOC_OPTIONS");
+    let out = run(cmd, LIMIT);
+    out.assert_success("conf.c linked");
+    assert_lines(
+        &out.stdout,
+        &["opt.dirty_decay_ms=250 opt.stats_print=1 opt.background_thread=0"],
     );
     let _ = std::fs::remove_dir_all(&prefix);
 }

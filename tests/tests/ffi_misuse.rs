@@ -1,7 +1,8 @@
 //! Misuse through the C ABI (`tests/c/misuse.c`): double frees, frees of stack,
 //! static and interior pointers, `realloc` and `malloc_usable_size` of foreign pointers
 //! abort with SIGABRT and rangealloc's one-line report naming the call and the pointer
-//! (DESIGN.md §5 "Foreign pointers", issue 7).
+//! (DESIGN.md §5 "Foreign pointers", issue 7); C23's sized frees with a size the
+//! block cannot have, and glibc's `__libc_free` (issue 17).
 
 mod ffi_support;
 
@@ -33,6 +34,19 @@ fn misuse_aborts_with_a_report() {
             "dallocx-stack",
             "dallocx(): pointer not allocated by rangealloc: 0x",
         ),
+        (
+            "free-sized-too-large",
+            "free_sized(): size larger than the usable size of the block at 0x",
+        ),
+        (
+            "free-sized-too-large-large",
+            "free_sized(): size larger than the usable size of the block at 0x",
+        ),
+        (
+            "free-aligned-sized-bad-align",
+            "free_aligned_sized(): block not aligned to the given alignment: 0x",
+        ),
+        ("libc-free-twice", "__libc_free(): double free of 0x"),
         (
             "realloc-stack",
             "realloc(): pointer not allocated by rangealloc: 0x",

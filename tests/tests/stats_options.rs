@@ -186,3 +186,36 @@ fn verbose_reports_failed_allocations() {
     let quiet = child("", "oom");
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("out of memory"));
 }
+
+/// `Stats::to_json` is valid JSON carrying the snapshot's values (issue 17).
+#[test]
+fn stats_json_matches_the_snapshot() {
+    let s = rangealloc::stats();
+    let v: serde_json::Value = serde_json::from_str(&s.to_json()).expect("valid JSON");
+    assert_eq!(v["allocated"].as_u64(), Some(s.allocated as u64));
+    assert_eq!(v["mapped"].as_u64(), Some(s.mapped as u64));
+    assert_eq!(v["regions"]["large"].as_u64(), Some(s.regions.large as u64));
+    assert_eq!(v["lock"]["writer"].as_u64(), Some(s.lock.writer));
+    assert_eq!(
+        v["syscalls"]["mmap"].as_u64(),
+        Some(s.syscalls.get(rangealloc::Syscall::Mmap))
+    );
+    let active = s.classes.iter().filter(|c| c.allocs > 0).count();
+    assert_eq!(v["classes"].as_array().map(Vec::len), Some(active));
+}
+
+/// `usable_size` reports at least the requested size, for small and large blocks.
+#[test]
+fn usable_size_of_small_and_large_blocks() {
+    for size in [1usize, 100, 3000, 40_000, 3 << 20] {
+        let v: Vec<u8> = Vec::with_capacity(size);
+        // SAFETY: a live block of the global allocator (rangealloc here).
+        let usable = unsafe { rangealloc::usable_size(v.as_ptr()) };
+        assert!(usable >= size, "{size}: {usable}");
+        assert_eq!(
+            Some(usable),
+            rangealloc::engine::good_size(size, 1),
+            "{size}"
+        );
+    }
+}

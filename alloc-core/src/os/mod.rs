@@ -44,18 +44,26 @@ pub struct OsError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Syscall {
+    /// `mmap` (address-space reservations).
     Mmap = 0,
+    /// `munmap`.
     Munmap,
+    /// `mremap` (moving a big object's pages).
     Mremap,
+    /// `mprotect` (guard pages on kernels without `MADV_GUARD_INSTALL`).
     Mprotect,
+    /// `madvise(MADV_DONTNEED)` purges.
     MadviseDontNeed,
+    /// `madvise(MADV_FREE)` purges.
     MadviseFree,
+    /// `madvise(MADV_GUARD_INSTALL/REMOVE)`.
     MadviseGuard,
 }
 
 const SYSCALL_KINDS: usize = 7;
 
 impl Syscall {
+    /// Every kind, in counter order.
     pub const ALL: [Syscall; SYSCALL_KINDS] = [
         Syscall::Mmap,
         Syscall::Munmap,
@@ -66,6 +74,7 @@ impl Syscall {
         Syscall::MadviseGuard,
     ];
 
+    /// The call as the report prints it.
     pub fn name(self) -> &'static str {
         match self {
             Syscall::Mmap => "mmap",
@@ -79,6 +88,7 @@ impl Syscall {
     }
 
     /// True for the calls that serialise on the process-wide `mmap_lock` (write).
+    /// True for the calls that take the kernel's `mmap_lock` for write.
     pub fn takes_mmap_lock_write(self) -> bool {
         matches!(
             self,
@@ -95,6 +105,7 @@ static COUNTS: [AtomicU64; SYSCALL_KINDS] = [const { AtomicU64::new(0) }; SYSCAL
 pub struct SyscallCounts(pub [u64; SYSCALL_KINDS]);
 
 impl SyscallCounts {
+    /// The count of one kind.
     pub fn get(&self, call: Syscall) -> u64 {
         self.0[call as usize]
     }
@@ -144,8 +155,55 @@ pub fn set_errno(value: i32) {
 
 /// Fails the build of a test or the start-up check if the kernel's page size differs.
 pub fn init_check() -> bool {
+    kernel_page_size() == PAGE_SIZE
+}
+
+fn kernel_page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize == PAGE_SIZE }
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+/// Room for the page-size message: its fixed text plus 20 decimal digits.
+const PAGE_SIZE_MESSAGE_LEN: usize = 160;
+
+/// The start-up check: every size class, segment and guard page assumes `PAGE_SIZE`, so
+/// on a kernel with other pages (arm64 or ppc64 with 16 or 64 KiB) the allocator stops
+/// at its first allocation with one clear line instead of corrupting memory later.
+pub fn check_page_size() {
+    let actual = kernel_page_size();
+    if let Some((line, len)) = page_size_message(actual) {
+        write_stderr(&line[..len]);
+        std::process::abort();
+    }
+}
+
+/// The message for an unsupported page size, or `None` when `actual` is supported.
+fn page_size_message(actual: usize) -> Option<([u8; PAGE_SIZE_MESSAGE_LEN], usize)> {
+    if actual == PAGE_SIZE {
+        return None;
+    }
+    let mut line = [0u8; PAGE_SIZE_MESSAGE_LEN];
+    let mut len = 0;
+    let mut digits = [0u8; 20];
+    let mut n = digits.len();
+    let mut v = actual;
+    loop {
+        n -= 1;
+        digits[n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for part in [
+        b"rangealloc: fatal: the kernel's page size is ".as_slice(),
+        &digits[n..],
+        b" bytes; this build supports only 4096-byte pages (Linux x86_64)\n",
+    ] {
+        line[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
+    }
+    Some((line, len))
 }
 
 /// Reserves `len` bytes of address space aligned to `align` (a power of two, at least a
@@ -328,6 +386,26 @@ pub fn write_stderr(bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsupported_page_size_is_named_in_the_message() {
+        assert!(page_size_message(PAGE_SIZE).is_none());
+        for (size, text) in [
+            (16384, "is 16384 bytes"),
+            (65536, "is 65536 bytes"),
+            (0, "is 0 bytes"),
+        ] {
+            let (line, len) = page_size_message(size).expect("rejected");
+            let line = core::str::from_utf8(&line[..len]).unwrap();
+            assert!(
+                line.starts_with("rangealloc: fatal: ") && line.contains(text),
+                "{line}"
+            );
+            assert!(line.ends_with("4096-byte pages (Linux x86_64)\n"), "{line}");
+        }
+        let (_, len) = page_size_message(usize::MAX).expect("rejected");
+        assert!(len < PAGE_SIZE_MESSAGE_LEN);
+    }
 
     #[test]
     fn reserve_is_aligned_usable_and_counted() {

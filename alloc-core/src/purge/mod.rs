@@ -28,11 +28,13 @@ static NEXT_PASS_MS: AtomicU64 = AtomicU64::new(0);
 pub static PURGED_BYTES: Counter = Counter::new();
 pub static PASSES: Counter = Counter::new();
 
+/// The purge delay in force (a run-time setting may have changed it) and the mode.
 pub fn settings() -> (u64, PurgeMode) {
-    let o = options::get();
-    (o.purge_delay_ms, o.purge_mode)
+    (options::purge_delay_ms(), options::get().purge_mode)
 }
 
+/// How often the table-wide pass runs for a delay (`PURGE_NEVER`: about every 146
+/// million years, which the callers' additions to a millisecond clock cannot overflow).
 pub fn interval_ms(delay_ms: u64) -> u64 {
     (delay_ms / INTERVAL_DIVISOR).max(MIN_INTERVAL_MS)
 }
@@ -43,9 +45,11 @@ pub fn record_heap_purge(bytes: usize) {
     }
 }
 
-/// Dirty free space kept for reuse whatever the program's size: one 64 MiB buffer's
-/// worth (the region workload's biggest), the fixed cap this budget replaced.
-pub const DIRTY_FLOOR: usize = 64 << 20;
+/// Dirty free space kept for reuse whatever the program's size, by default: one 64 MiB
+/// buffer's worth (the region workload's biggest), the fixed cap this budget replaced.
+/// The option `dirty_budget_mb` and the run-time setters change it
+/// (`options::dirty_budget`).
+pub const DIRTY_FLOOR: usize = options::DEFAULT_DIRTY_BUDGET;
 /// ... plus the live large bytes shifted right by this: a quarter of them. A program
 /// that replaces big buffers (big-buffers: 20 live buffers, one replaced at a time)
 /// finds a dirty region that fits among the last few it freed, while its peak RSS
@@ -85,7 +89,7 @@ pub fn live_large_bytes() -> usize {
 /// its age: reuse of dirty space is what makes freeing and reallocating big buffers
 /// cheap, but a burst of frees must not pin memory out of proportion to the program.
 pub fn dirty_budget() -> usize {
-    DIRTY_FLOOR.saturating_add(live_large_bytes() >> DIRTY_LIVE_SHIFT)
+    options::dirty_budget().saturating_add(live_large_bytes() >> DIRTY_LIVE_SHIFT)
 }
 
 /// Runs the table-wide pass if its time has come (one thread wins the slot), or at once
@@ -111,7 +115,7 @@ pub fn tick(now_ms: u64) {
     if NEXT_PASS_MS
         .compare_exchange(
             next,
-            now_ms + interval_ms(delay),
+            now_ms.saturating_add(interval_ms(delay)),
             Ordering::Relaxed,
             Ordering::Relaxed,
         )
@@ -142,22 +146,38 @@ pub fn purge_all() -> usize {
     }
 }
 
-/// Starts the optional background purger: a thread that runs the table-wide pass every
-/// interval, so idle processes return memory without making allocator calls. Heaps'
-/// own unused units are purged by their owners (no other thread may touch them).
+/// The background purger sleeps at most this long between checks, so a purge delay or
+/// switch changed at run time takes effect within a second.
+const MAX_BACKGROUND_SLEEP_MS: u64 = 1000;
+
+/// Whether a thread has claimed the start of the background purger.
+static BACKGROUND_CLAIMED: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Starts the optional background purger, once per process: a thread that runs the
+/// table-wide pass every interval while `options::background_purge()` holds (it can be
+/// switched off and on at run time; switched off, the thread only sleeps), so idle
+/// processes return memory without making allocator calls. Heaps' own unused units are
+/// purged by their owners (no other thread may touch them).
 pub fn start_background_thread() {
     extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
         loop {
             let (delay, mode) = settings();
-            let interval = interval_ms(delay);
+            let interval = interval_ms(delay).min(MAX_BACKGROUND_SLEEP_MS);
             let pause = libc::timespec {
                 tv_sec: (interval / 1000) as libc::time_t,
                 tv_nsec: ((interval % 1000) * 1_000_000) as libc::c_long,
             };
             // SAFETY: a valid timespec; an early wake-up (signal) only purges sooner.
             unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };
-            run_pass(delay, mode, PASS_BUDGET);
+            if options::background_purge() {
+                run_pass(delay, mode, PASS_BUDGET);
+            }
         }
+    }
+    // Relaxed: the flag only elects the one starter; the thread reads nothing it set.
+    if BACKGROUND_CLAIMED.swap(true, Ordering::Relaxed) {
+        return;
     }
     let mut thread: libc::pthread_t = 0;
     // SAFETY: valid out-pointer, default attributes, a function with the C signature;

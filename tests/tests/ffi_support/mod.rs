@@ -86,13 +86,34 @@ pub enum Lang {
 /// library) named `output`, and returns its path. Renamed into place so that test
 /// binaries running at once never see a half-written file.
 pub fn compile(source: &str, output: &str, lang: Lang, extra: &[&str]) -> PathBuf {
+    compile_with(source, output, lang, extra, true)
+}
+
+/// `compile` of a C program without `-I ffi/include`: the header must come from the
+/// flags in `extra` (an installed prefix's `pkg-config --cflags`).
+pub fn compile_plain(source: &str, output: &str, extra: &[&str]) -> PathBuf {
+    compile_with(source, output, Lang::C, extra, false)
+}
+
+fn compile_with(
+    source: &str,
+    output: &str,
+    lang: Lang,
+    extra: &[&str],
+    source_tree_header: bool,
+) -> PathBuf {
     let (compiler, std) = match lang {
         Lang::C => ("cc", "-std=gnu11"),
         Lang::Cxx => ("c++", "-std=gnu++17"),
     };
     let out = build_dir().join(output);
     let tmp = build_dir().join(format!("{output}.{}.tmp", std::process::id()));
-    let include = workspace().join("ffi/include");
+    let include = if source_tree_header {
+        workspace().join("ffi/include")
+    } else {
+        // Any directory without rangealloc.h keeps the argument list uniform.
+        workspace().join("tests/c")
+    };
     let tests_c = workspace().join("tests/c");
     let result = Command::new(compiler)
         .args([

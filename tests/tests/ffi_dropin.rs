@@ -1,0 +1,133 @@
+//! The drop-in surface of issue 17 under `LD_PRELOAD`: glibc's internal names, C23's
+//! sized frees, glibc's introspection and tuning calls, the statistics JSON
+//! (`tests/c/dropin.c`), and the program's own options with the run-time setters
+//! (`tests/c/conf.c`).
+
+mod ffi_support;
+
+use ffi_support::{assert_lines, compile, preloaded, run, Lang};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn glibc_and_c23_surface() {
+    let exe = compile("dropin.c", "dropin", Lang::C, &[]);
+    let mut cmd = preloaded(&exe);
+    cmd.env_remove("RANGEALLOC_OPTIONS");
+    let out = run(cmd, LIMIT);
+    out.assert_success("dropin.c under LD_PRELOAD");
+    assert_lines(
+        &out.stdout,
+        &[
+            "ok resolved",
+            "ok aliases",
+            "ok free_sized",
+            "ok mallinfo2",
+            "ok malloc_trim",
+            "ok mallopt",
+            "ok malloc_info",
+            "ok json",
+            "ALL OK",
+        ],
+    );
+    // malloc_stats() printed our report on stderr.
+    assert!(
+        out.stderr.contains(&format!(
+            "rangealloc {} statistics",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        out.stderr
+    );
+    // The C JSON is valid JSON with the documented keys.
+    let json = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("JSON "))
+        .expect("a JSON line");
+    let v: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    for key in ["allocated", "resident", "mapped", "purged_bytes"] {
+        assert!(v[key].is_u64(), "{key} in {json}");
+    }
+    assert!(v["regions"]["large"].is_u64() && v["lock"]["success"].is_u64());
+    assert!(v["syscalls"]["mmap"].as_u64().unwrap() > 0);
+    let classes = v["classes"].as_array().expect("classes array");
+    assert!(classes
+        .iter()
+        .any(|c| c["block_size"] == 64 && c["allocs"].as_u64() >= Some(1000)));
+}
+
+/// `malloc_stats_print` with jemalloc's `J` option writes the same JSON object.
+#[test]
+fn malloc_stats_print_json_option() {
+    let exe = compile("jemalloc_api.c", "jemalloc_api", Lang::C, &[]);
+    let mut cmd = preloaded(&exe);
+    cmd.arg("json");
+    let out = run(cmd, LIMIT);
+    out.assert_success("jemalloc_api json");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("valid JSON");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["allocated"].as_u64() > Some(0));
+}
+
+/// `rangealloc_conf` under the preload (the program is built with `-rdynamic`), the
+/// environment overriding it key by key, the malformed item reported once, and the
+/// run-time setters through the C API and `mallctl`.
+#[test]
+fn program_options_and_run_time_setters() {
+    let exe = compile("conf.c", "conf", Lang::C, &["-rdynamic"]);
+    let mut cmd = preloaded(&exe);
+    cmd.env_remove("RANGEALLOC_OPTIONS");
+    let out = run(cmd, LIMIT);
+    out.assert_success("conf.c");
+    assert_lines(
+        &out.stdout,
+        &[
+            "opt.dirty_decay_ms=250 opt.stats_print=1 opt.background_thread=0",
+            "ok setters",
+            "ALL OK",
+        ],
+    );
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("rangealloc: warning"))
+        .collect();
+    assert_eq!(
+        warnings,
+        ["rangealloc: warning: in the program's options: unknown option 'bogus'; ignored"],
+        "{}",
+        out.stderr
+    );
+    // stats=1 from rangealloc_conf: the report at exit.
+    assert!(out.stderr.contains("statistics"), "{}", out.stderr);
+
+    // The environment wins key by key; the program's other keys stay.
+    let mut cmd = preloaded(&exe);
+    cmd.arg("quiet-exit")
+        .env("RANGEALLOC_OPTIONS", "purge_delay_ms=40,background_purge=0");
+    let out = run(cmd, LIMIT);
+    out.assert_success("conf.c with RANGEALLOC_OPTIONS");
+    assert_lines(
+        &out.stdout,
+        &[
+            "opt.dirty_decay_ms=40 opt.stats_print=1 opt.background_thread=0",
+            "ALL OK",
+        ],
+    );
+    // rangealloc_set_stats_at_exit(0) silenced the report stats=1 asked for.
+    assert!(!out.stderr.contains("statistics"), "{}", out.stderr);
+
+    // Without -rdynamic the executable does not export rangealloc_conf: defaults.
+    let hidden = compile("conf.c", "conf-hidden", Lang::C, &[]);
+    let mut cmd = preloaded(&hidden);
+    cmd.arg("only-options").env_remove("RANGEALLOC_OPTIONS");
+    let out = run(cmd, LIMIT);
+    out.assert_success("conf.c without -rdynamic");
+    assert_lines(
+        &out.stdout,
+        &["opt.dirty_decay_ms=1000 opt.stats_print=0 opt.background_thread=0"],
+    );
+}
