@@ -10,6 +10,12 @@ static A: RangeAlloc = RangeAlloc;
 const LARGE: usize = 1 << 20;
 const N: usize = 20;
 
+/// Held by the tests that compare process-wide totals before and after their own
+/// allocations: run beside each other, one's frees (10 MiB of large blocks, 3 MB of
+/// small ones) land between another's two snapshots, and `allocated` fell by more than
+/// it had just allocated (seen once in three runs of this binary).
+static TOTALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs this test binary again as a child with `RANGEALLOC_OPTIONS`, executing `mode`.
 fn child(options: &str, mode: &str) -> std::process::Output {
     rangealloc_tests::run_child(mode, Some(options))
@@ -54,6 +60,7 @@ fn child_entry() {
 
 #[test]
 fn large_objects_move_region_counts_and_resident() {
+    let _totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
     let before = rangealloc::stats();
     let blocks: Vec<Vec<u8>> = (0..N).map(|i| vec![i as u8; LARGE]).collect();
     let during = rangealloc::stats();
@@ -76,6 +83,7 @@ fn large_objects_move_region_counts_and_resident() {
 
 #[test]
 fn small_class_counts_track_live_blocks() {
+    let _totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
     let size = 3000; // a class no other test here uses heavily
     let class = rangealloc::engine::heap::class_of(size);
     let before = rangealloc::stats().classes[class];
@@ -95,6 +103,7 @@ fn small_class_counts_track_live_blocks() {
 
 #[test]
 fn lock_counters_count_fast_path_lookups() {
+    let _totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
     let before = rangealloc::stats().lock;
     let v: Vec<Vec<u8>> = (0..50).map(|_| vec![0u8; 200_000]).collect();
     drop(v); // each large free is one find_and_read_lock

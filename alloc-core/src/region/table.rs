@@ -1,8 +1,10 @@
 //! `RegionTable`: the tree of regions, its writer mutex (the `mmap_lock` analogue, taken
 //! only for structural changes) and its sequence counter, with the read side
-//! (`find_and_read_lock`, lock-free, and `retire`), the public updates, the purge and
-//! the diagnostic walks. The updates themselves are in `writer` (`table/writer.rs`).
-//! Calls `tree`, `lock`, `free_index`, `epoch` and `os`.
+//! (`find_and_read_lock`, lock-free, and `retire`), the public updates, the purge (in
+//! bounded pieces), secure mode's guard pages (`install_guard`, lifted by `retire`) and
+//! the diagnostic walks. The updates themselves are in `writer` (`table/writer.rs`);
+//! test hooks in `table/hooks.rs`. Calls `tree`, `lock`, `protocol`, `free_index`,
+//! `epoch` and `os`.
 //!
 //! Read side (free, usable size, purge of one region):
 //! pin; r = tree.floor(addr); try-read r; back off if `lock_seq == table_seq`; re-check
@@ -31,6 +33,11 @@ use core::ptr;
 use writer::Writer;
 
 mod writer;
+
+#[cfg(test)]
+mod hooks;
+#[cfg(test)]
+use hooks::TestPause;
 
 /// Address space is reserved in arenas of this size (or the request rounded up to it):
 /// large enough that steady state never maps again, and free with `MAP_NORESERVE`.
@@ -181,59 +188,6 @@ pub struct RegionTable {
     /// Test hook: stops a retire between its state change and lifting the guard page.
     #[cfg(test)]
     pub(crate) pause_in_retire: TestPause,
-}
-
-/// A test hook: once armed, the next thread to reach it stops there until released, so
-/// a test can act while another thread is deterministically at that point (a purge
-/// holding its pieces' read locks and claims just before `madvise`; a retire between
-/// its compare-and-swap and lifting the guard page).
-#[cfg(test)]
-pub(crate) struct TestPause(std::sync::atomic::AtomicU8);
-
-#[cfg(test)]
-impl TestPause {
-    const OFF: u8 = 0;
-    const ARMED: u8 = 1;
-    const PAUSED: u8 = 2;
-    const RELEASED: u8 = 3;
-
-    const fn new() -> Self {
-        TestPause(std::sync::atomic::AtomicU8::new(Self::OFF))
-    }
-
-    pub(crate) fn arm(&self) {
-        self.0.store(Self::ARMED, Ordering::SeqCst);
-    }
-
-    /// Returns once a purge has stopped at the hook.
-    pub(crate) fn wait_paused(&self) {
-        while self.0.load(Ordering::SeqCst) != Self::PAUSED {
-            std::thread::yield_now();
-        }
-    }
-
-    pub(crate) fn release(&self) {
-        self.0.store(Self::RELEASED, Ordering::SeqCst);
-    }
-
-    /// Where the hooked thread stops.
-    fn pause_here(&self) {
-        let armed = self
-            .0
-            .compare_exchange(
-                Self::ARMED,
-                Self::PAUSED,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            )
-            .is_ok();
-        if armed {
-            while self.0.load(Ordering::SeqCst) != Self::RELEASED {
-                std::thread::yield_now();
-            }
-            self.0.store(Self::OFF, Ordering::SeqCst);
-        }
-    }
 }
 
 /// A live region's description for callers that placed it.
