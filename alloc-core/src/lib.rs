@@ -25,6 +25,8 @@ mod misuse;
 pub mod options;
 pub mod os;
 #[cfg(not(loom))]
+pub mod prof;
+#[cfg(not(loom))]
 pub mod purge;
 pub mod region;
 #[cfg(not(loom))]
@@ -68,6 +70,10 @@ use space::SlotKind;
 #[inline]
 #[cfg(not(loom))]
 pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
+    // The heap profiler's only cost on the fast path while it is off: one byte tested.
+    if prof::sampling() {
+        return prof::alloc_profiled(size, align, false);
+    }
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {
         return heap::alloc_small(heap::class_of(size));
     }
@@ -81,6 +87,9 @@ pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
 #[inline]
 #[cfg(not(loom))]
 pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    if prof::sampling() {
+        return prof::alloc_profiled(size, align, true);
+    }
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {
         let p = heap::alloc_small(heap::class_of(size));
         if !p.is_null() {
@@ -90,6 +99,20 @@ pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
         return p;
     }
     alloc_generic(size, align, true)
+}
+
+/// `alloc` or `alloc_zeroed` without the profiler's hook (the profiler's own path).
+#[cfg(not(loom))]
+pub(crate) fn alloc_unprofiled(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if size <= SMALL_MAX && align <= MALLOC_ALIGN {
+        let p = heap::alloc_small(heap::class_of(size));
+        if zero && !p.is_null() {
+            // SAFETY: a fresh block of at least `size` bytes.
+            unsafe { core::ptr::write_bytes(p, 0, size) };
+        }
+        return p;
+    }
+    alloc_generic(size, align, zero)
 }
 
 #[cold]
@@ -174,6 +197,7 @@ pub unsafe fn free_as(p: *mut u8, call: &'static str) {
 fn free_other(p: *mut u8, call: &'static str) {
     match space::kind_of(p as usize) {
         SlotKind::Table => {
+            prof::forget_if_sampled(p);
             if let Err(e) = large::free(p) {
                 misuse::report(Misuse::from(e), call, p);
             }
@@ -196,7 +220,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
 }
 
 #[cfg(not(loom))]
-unsafe fn checked_usable_size(p: *const u8, call: &str) -> usize {
+pub(crate) unsafe fn checked_usable_size(p: *const u8, call: &str) -> usize {
     match space::kind_of(p as usize) {
         // SAFETY: the slot is a live segment.
         SlotKind::Segment => unsafe {
@@ -225,6 +249,20 @@ unsafe fn checked_usable_size(p: *const u8, call: &str) -> usize {
 /// `p` must be a live, non-null block of this allocator, allocated with `align`.
 #[cfg(not(loom))]
 pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    if prof::watching() {
+        // SAFETY: forwarded contract.
+        return unsafe { prof::realloc_profiled(p, new_size, align) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { realloc_unprofiled(p, new_size, align) }
+}
+
+/// `realloc` without the profiler's hook.
+///
+/// # Safety
+/// As `realloc`.
+#[cfg(not(loom))]
+pub(crate) unsafe fn realloc_unprofiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     // SAFETY: validated by `checked_usable_size`, which aborts on foreign pointers.
     let old = unsafe { checked_usable_size(p, "realloc") };
     let kind = space::kind_of(p as usize);
@@ -236,8 +274,8 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     if new_size <= old && new_size >= old / 2 && kind != SlotKind::Table {
         return p;
     }
-    // SAFETY: `align` is the block's alignment (caller contract).
-    let q = unsafe { alloc(new_size, align) };
+    // Unprofiled: `realloc_profiled` already counted these bytes when it sends us here.
+    let q = alloc_unprofiled(new_size, align, false);
     if !q.is_null() {
         // SAFETY: distinct live blocks, each at least min(old, new_size) bytes.
         unsafe {
@@ -250,13 +288,15 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
 
 /// `pthread_atfork` handlers: take every allocator lock before `fork` so the child never
 /// inherits one mid-update, and release them in both processes.
-/// Lock order: heap lists, then the table's writer mutex, then the metadata arena (no
-/// path holds a later one while taking an earlier one).
+/// Lock order: the profiler's tables, heap lists, then the table's writer mutex, then
+/// the metadata arena (no path holds a later one while taking an earlier one; the
+/// profiler's lock is held only around table updates that take no other lock).
 #[cfg(not(loom))]
 pub fn fork_prepare() {
     SLOT_BEFORE_FORK.with(|s| s.set(thread::get()));
     // Anything the locking below allocates goes to the metadata arena.
     thread::set(thread::BUSY);
+    prof::fork_prepare();
     heap::fork_prepare();
     region::TABLE.fork_prepare();
     meta::fork_prepare();
@@ -288,6 +328,7 @@ fn release_fork_locks() {
         meta::fork_release();
         region::TABLE.fork_release();
         heap::fork_release();
+        prof::fork_release();
     }
     thread::set(SLOT_BEFORE_FORK.with(|s| s.get()));
 }

@@ -20,6 +20,45 @@ pub struct Options {
     pub secure: bool,
     pub stats_at_exit: bool,
     pub verbose: bool,
+    /// Heap profiling (`prof`): sample allocations and record their stacks.
+    pub prof: bool,
+    /// Mean bytes between samples (`prof_sample`).
+    pub prof_sample: u64,
+    /// Where profiles go (`prof_dump=PREFIX`): `PREFIX.<pid>.final.heap` at exit, and
+    /// `PREFIX.<pid>.<seq>.heap` for each dump asked for without a file name.
+    pub prof_dump: Option<DumpPrefix>,
+    /// At exit, print the call stacks still holding the most memory (`prof_leak`).
+    pub prof_leak: bool,
+}
+
+/// The longest `prof_dump` prefix: options are parsed without allocating, so the prefix
+/// is kept inline; 255 bytes hold any realistic directory plus a name.
+pub const DUMP_PREFIX_MAX: usize = 255;
+
+/// A `prof_dump` path prefix, stored inline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DumpPrefix {
+    len: u8,
+    bytes: [u8; DUMP_PREFIX_MAX],
+}
+
+impl DumpPrefix {
+    /// `None` if `text` is empty or longer than `DUMP_PREFIX_MAX`.
+    pub fn new(text: &[u8]) -> Option<Self> {
+        if text.is_empty() || text.len() > DUMP_PREFIX_MAX {
+            return None;
+        }
+        let mut bytes = [0; DUMP_PREFIX_MAX];
+        bytes[..text.len()].copy_from_slice(text);
+        Some(DumpPrefix {
+            len: text.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
 }
 
 pub const DEFAULTS: Options = Options {
@@ -29,6 +68,10 @@ pub const DEFAULTS: Options = Options {
     secure: false,
     stats_at_exit: false,
     verbose: false,
+    prof: false,
+    prof_sample: crate::prof::DEFAULT_SAMPLE_BYTES,
+    prof_dump: None,
+    prof_leak: false,
 };
 
 /// The options, parsed once. Not a `OnceLock`: a fork child whose parent had a thread
@@ -135,6 +178,15 @@ pub fn parse(text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) -> Options {
             b"secure" => parse_bool(value).map(|v| o.secure = v).is_some(),
             b"stats" => parse_bool(value).map(|v| o.stats_at_exit = v).is_some(),
             b"verbose" => parse_bool(value).map(|v| o.verbose = v).is_some(),
+            b"prof" => parse_bool(value).map(|v| o.prof = v).is_some(),
+            b"prof_sample" => parse_u64(value)
+                .filter(|&v| v > 0)
+                .map(|v| o.prof_sample = v)
+                .is_some(),
+            b"prof_dump" => DumpPrefix::new(value)
+                .map(|v| o.prof_dump = Some(v))
+                .is_some(),
+            b"prof_leak" => parse_bool(value).map(|v| o.prof_leak = v).is_some(),
             _ => {
                 warn(&[b"unknown option '", key, b"'; ignored"]);
                 continue;
@@ -218,6 +270,11 @@ mod tests {
         assert_eq!(o.purge_delay_ms, 250);
         assert_eq!(o.purge_mode, PurgeMode::Free);
         assert!(o.background_purge && o.secure && o.stats_at_exit && o.verbose);
+        let (o, w) = parse_collect("prof=1,prof_sample=65536,prof_dump=/tmp/x/heap,prof_leak=1");
+        assert_eq!(w, 0);
+        assert!(o.prof && o.prof_leak);
+        assert_eq!(o.prof_sample, 65536);
+        assert_eq!(o.prof_dump.unwrap().as_bytes(), b"/tmp/x/heap");
     }
 
     #[test]
@@ -230,6 +287,9 @@ mod tests {
             "nonsense=1",
             "stats=2",
             "purge_delay_ms=99999999999999999999",
+            "prof_sample=0",
+            "prof_dump=",
+            "prof=maybe",
         ] {
             let (o, w) = parse_collect(bad);
             assert_eq!(o, DEFAULTS, "{bad}");

@@ -1,0 +1,298 @@
+//! Heap profiling: sampled allocation stacks, written as pprof profiles, and a leak
+//! report at exit. Owns the profiler's on/off state and its hooks into `alloc`, `free`
+//! and `realloc`; calls `large` (sampled objects are served there), `thread` (the
+//! re-entrancy guard), `options`, `os`, and its own parts: `sampler` (the per-thread
+//! byte countdown and sample weights), `stack` (unwinding), `table` (stacks and live
+//! samples), `pprof` (the encoder) and `report` (the leak report).
+//!
+//! Cost model. With profiling off, `alloc` tests one byte (`sampling`), the only
+//! addition to the small fast path; `free` of a small block is untouched, because a
+//! sampled object is never a small block: it is served as a page-aligned large object
+//! (tcmalloc gives sampled objects their own span for the same reason), so only the
+//! already-slow free of a table region asks `table::maybe_sampled`. With profiling on,
+//! every allocation takes `alloc_profiled` (the countdown: a few loads and stores), and
+//! one in `prof_sample` bytes on average also unwinds its stack and records it.
+//!
+//! Hooks, in `lib.rs`: `alloc`/`alloc_zeroed` call `alloc_profiled` while `sampling()`;
+//! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region
+//! calls `forget_if_sampled`; the fork handlers take and release the table lock.
+
+mod pprof;
+mod report;
+mod sampler;
+mod stack;
+mod table;
+
+use crate::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use crate::{large, options, thread, MALLOC_ALIGN};
+use stack::MAX_FRAMES;
+use std::path::Path;
+
+pub use table::Counts;
+
+/// jemalloc's `lg_prof_sample` default (2^19 = 512 KiB): about two samples per MiB
+/// allocated, which keeps the unwinding cost well below the allocation cost itself.
+pub const DEFAULT_SAMPLE_BYTES: u64 = 1 << 19;
+
+const OFF: u8 = 0;
+const ON: u8 = 1;
+/// The options have not been read yet: the first allocation reads them.
+const UNREAD: u8 = 2;
+/// One thread is reading the options; the others allocate unprofiled meanwhile.
+const STARTING: u8 = 3;
+
+/// The profiler's state; anything but `OFF` sends allocations to `alloc_profiled`.
+static STATE: AtomicU8 = AtomicU8::new(UNREAD);
+/// The mean sample distance in bytes (`prof_sample`).
+static MEAN: AtomicU64 = AtomicU64::new(DEFAULT_SAMPLE_BYTES);
+/// Dumps made through `prof.dump` without a path, for unique file names.
+static DUMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// True while allocations must go through `alloc_profiled`: one byte load and a branch.
+#[inline(always)]
+pub fn sampling() -> bool {
+    // Relaxed: a thread that misses a concurrent switch samples one allocation more
+    // or less; no data hangs on this flag (the tables have their own lock).
+    STATE.load(Ordering::Relaxed) != OFF
+}
+
+/// True while `realloc` must go through `realloc_profiled` (sampling, or sampled
+/// objects live that a `realloc` may move).
+#[inline(always)]
+pub fn watching() -> bool {
+    sampling() || table::any_live()
+}
+
+/// Reads the options on the first call; true if sampling is on afterwards.
+#[cold]
+fn start() -> bool {
+    // Relaxed: the options cell has its own Acquire/Release; STATE publishes nothing.
+    if STATE
+        .compare_exchange(UNREAD, STARTING, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        let o = options::get();
+        MEAN.store(o.prof_sample, Ordering::Relaxed);
+        let on = o.prof && table::init();
+        if o.prof && (o.prof_dump.is_some() || o.prof_leak) {
+            // glibc's atexit may `calloc`: that nested allocation sees STARTING and
+            // goes unprofiled.
+            // SAFETY: registering a plain `extern "C"` function.
+            unsafe { libc::atexit(at_exit) };
+        }
+        // Relaxed: as in `sampling`.
+        STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);
+    }
+    STATE.load(Ordering::Relaxed) == ON
+}
+
+/// `alloc` while sampling: counts the bytes and, at a sample point, serves the request
+/// as its own page-aligned region and records its stack.
+#[cold]
+#[inline(never)]
+pub fn alloc_profiled(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if STATE.load(Ordering::Relaxed) != ON && !start() {
+        return crate::alloc_unprofiled(size, align, zero);
+    }
+    if thread::inside_allocator()
+        || sampler::busy()
+        || !sampler::take(size, MEAN.load(Ordering::Relaxed))
+    {
+        return crate::alloc_unprofiled(size, align, zero);
+    }
+    sample(size, align, zero)
+}
+
+/// Serves and records one sampled allocation. Inlined into its two callers so that the
+/// stack walk skips exactly one frame of ours (the caller's): a tail call from further
+/// up only ever removes an allocator frame, never one of the program's.
+#[inline(always)]
+fn sample(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let _busy = sampler::Busy::enter();
+    let mut frames = [0usize; MAX_FRAMES];
+    let depth = {
+        // Whatever the unwinder allocates on a first call goes to the metadata arena.
+        let _inside = thread::Reentrancy::enter();
+        stack::capture(&mut frames, 1)
+    };
+    let p = large::alloc(size, align.max(MALLOC_ALIGN), zero);
+    if !p.is_null() {
+        let (objects, bytes) = sampler::weight(size, MEAN.load(Ordering::Relaxed));
+        // A full table leaves the object an ordinary, unrecorded large object.
+        table::record(p as usize, &frames[..depth], objects, bytes);
+    }
+    p
+}
+
+/// `realloc` while `watching`: a sampled object, or a request that reaches the thread's
+/// sample point, moves (alloc, copy, free); anything else takes the normal path.
+///
+/// # Safety
+/// As `crate::realloc`.
+#[cold]
+#[inline(never)]
+pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    let was_sampled = table::maybe_sampled(p as usize);
+    let take = STATE.load(Ordering::Relaxed) == ON
+        && !thread::inside_allocator()
+        && !sampler::busy()
+        && sampler::take(new_size, MEAN.load(Ordering::Relaxed));
+    if !was_sampled && !take {
+        // SAFETY: forwarded contract.
+        return unsafe { crate::realloc_unprofiled(p, new_size, align) };
+    }
+    // SAFETY: forwarded contract; validates `p` (misuse aborts) before anything moves.
+    let old = unsafe { crate::checked_usable_size(p, "realloc") };
+    let q = if take {
+        sample(new_size, align, false)
+    } else {
+        crate::alloc_unprofiled(new_size, align, false)
+    };
+    if !q.is_null() {
+        // SAFETY: distinct live blocks of at least min(old, new_size) bytes; `free`
+        // forgets `p`'s sample.
+        unsafe {
+            core::ptr::copy_nonoverlapping(p, q, old.min(new_size));
+            crate::free_as(p, "realloc");
+        }
+    }
+    q
+}
+
+/// Called by `free` for a table region before it is released.
+#[inline]
+pub fn forget_if_sampled(p: *mut u8) {
+    if table::maybe_sampled(p as usize) {
+        table::forget(p as usize);
+    }
+}
+
+// ---- control -------------------------------------------------------------------------
+
+/// True if sampling is on (`prof=1`, or turned on with `set_active`).
+pub fn active() -> bool {
+    STATE.load(Ordering::Relaxed) == ON || (STATE.load(Ordering::Relaxed) == UNREAD && start())
+}
+
+/// True once profiling has been on in this process (the tables exist, a dump has
+/// something to say).
+pub fn enabled() -> bool {
+    active() || table::initialised()
+}
+
+/// Turns sampling on or off; returns whether it was on. Turning it on maps the tables
+/// on first use (false and no change if the OS refuses). Live samples stay recorded
+/// while it is off, and their frees are still subtracted.
+pub fn set_active(on: bool) -> bool {
+    let was = active();
+    if on && !table::init() {
+        return was;
+    }
+    // Relaxed: as in `sampling`.
+    STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);
+    was
+}
+
+/// Zeroes the allocation totals (`alloc_objects`, `alloc_space`) of every stack; the
+/// in-use totals follow the live objects and stay.
+pub fn reset() {
+    table::reset();
+}
+
+/// The mean sample distance in bytes.
+pub fn sample_bytes() -> u64 {
+    MEAN.load(Ordering::Relaxed)
+}
+
+/// Samples not recorded because a table was full (their objects are ordinary large
+/// objects, missing from the profile).
+pub fn dropped_samples() -> u64 {
+    table::dropped()
+}
+
+/// The estimated totals of every recorded stack, innermost frame first.
+pub fn stacks() -> Vec<(Vec<usize>, Counts)> {
+    let _busy = sampler::Busy::enter();
+    snapshot()
+        .into_iter()
+        .map(|s| (s.frames[..s.depth].to_vec(), s.counts))
+        .collect()
+}
+
+/// Extra room when copying the stack table, for stacks added between the count and
+/// the copy (a dump copies what fits; later stacks go in the next dump).
+const SNAPSHOT_SLACK: usize = 64;
+
+fn snapshot() -> Vec<table::StackSample> {
+    let mut out = Vec::with_capacity(table::stack_count() + SNAPSHOT_SLACK);
+    table::snapshot(&mut out);
+    out
+}
+
+/// Writes a gzip-compressed pprof profile of the recorded stacks to `path`. Errors are
+/// errno values: `ENOENT` if profiling was never on, else what the write failed with.
+pub fn dump(path: &Path) -> Result<(), i32> {
+    if !table::initialised() {
+        return Err(libc::ENOENT);
+    }
+    let _busy = sampler::Busy::enter();
+    let stacks = snapshot();
+    let header = pprof::Header {
+        period: MEAN.load(Ordering::Relaxed),
+        time_nanos: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64),
+    };
+    let body = pprof::encode(&stacks, &pprof::mappings(), &header);
+    std::fs::write(path, pprof::gzip_stored(&body))
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Dumps to `<prof_dump prefix>.<pid>.<seq>.heap` (jemalloc's naming for `prof.dump`
+/// without a file name); `EINVAL` when no prefix was given.
+pub fn dump_to_prefix() -> Result<(), i32> {
+    let Some(prefix) = options::get().prof_dump else {
+        return Err(libc::EINVAL);
+    };
+    // Relaxed: only uniqueness matters.
+    let seq = DUMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let path = format!(
+        "{}.{}.{seq}.heap",
+        String::from_utf8_lossy(prefix.as_bytes()),
+        std::process::id()
+    );
+    dump(Path::new(&path))
+}
+
+extern "C" fn at_exit() {
+    let _busy = sampler::Busy::enter();
+    let o = options::get();
+    if let Some(prefix) = o.prof_dump {
+        let path = format!(
+            "{}.{}.final.heap",
+            String::from_utf8_lossy(prefix.as_bytes()),
+            std::process::id()
+        );
+        if let Err(errno) = dump(Path::new(&path)) {
+            crate::os::write_stderr(
+                format!("rangealloc: warning: prof_dump to {path} failed (errno {errno})\n")
+                    .as_bytes(),
+            );
+        }
+    }
+    if o.prof_leak {
+        report::print_leaks(&snapshot());
+    }
+}
+
+/// `fork` handlers: see `table::fork_prepare`.
+pub fn fork_prepare() {
+    table::fork_prepare();
+}
+
+/// # Safety
+/// After `fork_prepare` on this thread.
+pub unsafe fn fork_release() {
+    // SAFETY: caller contract.
+    unsafe { table::fork_release() }
+}
