@@ -14,7 +14,8 @@
  * This header declares what is rangealloc's own: its version, statistics and an
  * explicit purge. Options are read once from the environment variable
  * RANGEALLOC_OPTIONS=key=value,... (purge_delay_ms, purge_mode=dontneed|free,
- * background_purge, secure, stats, verbose; see the README).
+ * background_purge, secure, stats, verbose, prof, prof_sample, prof_dump, prof_leak;
+ * see the README).
  */
 #ifndef RANGEALLOC_H
 #define RANGEALLOC_H
@@ -77,6 +78,18 @@ void rangealloc_stats_print(FILE *stream);
 /* Returns every free page to the OS now, whatever the purge delay; returns the bytes
  * purged. */
 size_t rangealloc_purge(void);
+
+/*
+ * Heap profiling (RANGEALLOC_OPTIONS=prof=1, see the README's "Heap profiling").
+ * Writes a gzip-compressed pprof profile of the sampled allocation stacks (sample types
+ * alloc_objects, alloc_space, inuse_objects, inuse_space) to path, or, when path is
+ * NULL, to <prof_dump prefix>.<pid>.<seq>.heap. Read it with
+ * `go tool pprof <program> <file>`. Returns 0, or an errno value: ENOENT if profiling
+ * was never on, EINVAL for an empty path or a NULL one without prof_dump, else the
+ * error of writing the file. jemalloc's mallctl("prof.dump"), "prof.active",
+ * "prof.reset" and "opt.prof" work too.
+ */
+int rangealloc_prof_dump(const char *path);
 
 #ifdef __cplusplus
 }

@@ -17,6 +17,7 @@ mod compat;
 mod cxx;
 mod mallctl;
 mod malloc;
+mod prof;
 mod stats;
 
 use core::ffi::{c_char, c_void};

@@ -15,6 +15,14 @@
 //! - `arena.<i>.purge` (neither read nor written): purges every free region now, for
 //!   `i` of 0, 1 (`narenas`, jemalloc's older "all arenas") or 4096
 //!   (`MALLCTL_ARENAS_ALL`).
+//! - `opt.prof` (`bool`, read-only): whether `prof=1` was given.
+//! - `prof.active` (`bool`, read/write): whether allocations are sampled now.
+//! - `prof.dump` (`const char *`, write-only): writes a heap profile (pprof format) to
+//!   the path; without a value, to `<prof_dump prefix>.<pid>.<seq>.heap`. The error is
+//!   the dump's errno (`ENOENT` when profiling was never on).
+//! - `prof.reset` (`size_t`, write-only, optional): zeroes the stacks' allocation
+//!   totals; a value sets the mean sample distance to 2^value bytes (jemalloc's
+//!   `lg_prof_sample`).
 //!
 //! Errors as jemalloc gives them: `ENOENT` for an unknown name, `EPERM` for writing a
 //! read-only name or reading or writing a void one, `EINVAL` for a length that does not
@@ -48,7 +56,18 @@ const EPOCH_MIB: usize = 0;
 const STATS_MIB: usize = 1;
 const ARENAS_MIB: usize = 2;
 const ARENA_MIB: usize = 3;
+const PROF_MIB: usize = 4;
+const OPT_MIB: usize = 5;
 const MAX_MIB: usize = 3;
+
+/// `prof.*` names, in MIB order.
+const PROF_NAMES: [&str; 3] = ["dump", "active", "reset"];
+const PROF_DUMP: usize = 0;
+const PROF_ACTIVE: usize = 1;
+const PROF_RESET: usize = 2;
+/// The largest `lg_prof_sample` accepted by `prof.reset` (2^40 bytes between samples
+/// means profiling in name only; larger shifts would overflow).
+const LG_SAMPLE_MAX: usize = 40;
 
 /// A name resolved to what it controls.
 #[derive(Clone, Copy)]
@@ -57,6 +76,10 @@ enum Ctl {
     Stat(usize),
     NArenas,
     ArenaPurge,
+    OptProf,
+    ProfDump,
+    ProfActive,
+    ProfReset,
 }
 
 /// `name` as a MIB, or `None` if it is not in the namespace.
@@ -86,6 +109,17 @@ fn name_to_mib(name: &[u8]) -> Option<([usize; MAX_MIB], usize)> {
             (parts.next()? == "purge").then_some(())?;
             3
         }
+        "prof" => {
+            mib[0] = PROF_MIB;
+            let name = parts.next()?;
+            mib[1] = PROF_NAMES.iter().position(|&n| n == name)?;
+            2
+        }
+        "opt" => {
+            mib[0] = OPT_MIB;
+            (parts.next()? == "prof").then_some(())?;
+            2
+        }
         _ => return None,
     };
     parts.next().is_none().then_some((mib, len))
@@ -97,6 +131,10 @@ fn resolve(mib: &[usize]) -> Option<Ctl> {
         [STATS_MIB, i] if i < STAT_NAMES.len() => Some(Ctl::Stat(i)),
         [ARENAS_MIB, 0] => Some(Ctl::NArenas),
         [ARENA_MIB, i, 0] if i <= 1 || i == ARENAS_ALL => Some(Ctl::ArenaPurge),
+        [PROF_MIB, PROF_DUMP] => Some(Ctl::ProfDump),
+        [PROF_MIB, PROF_ACTIVE] => Some(Ctl::ProfActive),
+        [PROF_MIB, PROF_RESET] => Some(Ctl::ProfReset),
+        [OPT_MIB, 0] => Some(Ctl::OptProf),
         _ => None,
     }
 }
@@ -118,13 +156,25 @@ fn take_stats() {
 }
 
 impl Ctl {
-    /// The size of the value read (0 for a name that has none).
+    /// The size of the value read (0 for a name that cannot be read).
     fn value_size(self) -> usize {
         match self {
             Ctl::Epoch => size_of::<u64>(),
             Ctl::Stat(_) => size_of::<usize>(),
             Ctl::NArenas => size_of::<c_uint>(),
-            Ctl::ArenaPurge => 0,
+            Ctl::OptProf | Ctl::ProfActive => size_of::<bool>(),
+            Ctl::ArenaPurge | Ctl::ProfDump | Ctl::ProfReset => 0,
+        }
+    }
+
+    /// The size of the value written, `None` for a read-only name.
+    fn write_size(self) -> Option<usize> {
+        match self {
+            Ctl::Epoch => Some(size_of::<u64>()),
+            Ctl::ProfActive => Some(size_of::<bool>()),
+            Ctl::ProfDump => Some(size_of::<*const c_char>()),
+            Ctl::ProfReset => Some(size_of::<usize>()),
+            Ctl::Stat(_) | Ctl::NArenas | Ctl::ArenaPurge | Ctl::OptProf => None,
         }
     }
 }
@@ -142,11 +192,11 @@ unsafe fn control(
 ) -> c_int {
     let (reads, writes) = (!oldp.is_null(), !newp.is_null());
     let size = ctl.value_size();
-    let writable = matches!(ctl, Ctl::Epoch);
-    if (writes && !writable) || (reads && size == 0) {
+    let write_size = ctl.write_size();
+    if (writes && write_size.is_none()) || (reads && size == 0) {
         return libc::EPERM;
     }
-    if writes && newlen != size {
+    if writes && Some(newlen) != write_size {
         return libc::EINVAL;
     }
     // SAFETY: jemalloc's contract: with `oldp`, `oldlenp` points to its length.
@@ -185,6 +235,51 @@ unsafe fn control(
         }
         Ctl::ArenaPurge => {
             crate::stats::rangealloc_purge();
+        }
+        Ctl::OptProf => {
+            if reads {
+                let on = engine::options::get().prof;
+                // SAFETY: as above.
+                unsafe { oldp.cast::<bool>().write_unaligned(on) };
+            }
+        }
+        Ctl::ProfActive => {
+            // Read before the write: jemalloc returns the old value.
+            let was = engine::prof::active();
+            if writes {
+                // SAFETY: `newp` holds a `bool` (length checked above); any non-zero
+                // byte reads as true, as C's `bool` conversion would.
+                let on = unsafe { newp.cast::<u8>().read() } != 0;
+                engine::prof::set_active(on);
+            }
+            if reads {
+                // SAFETY: as above.
+                unsafe { oldp.cast::<bool>().write_unaligned(was) };
+            }
+        }
+        Ctl::ProfDump => {
+            let result = if writes {
+                // SAFETY: `newp` holds a `const char *` (length checked above).
+                let path = unsafe { newp.cast::<*const c_char>().read_unaligned() };
+                // SAFETY: jemalloc's contract: a NUL-terminated path or null.
+                unsafe { crate::prof::dump_c_path(path) }
+            } else {
+                engine::prof::dump_to_prefix()
+            };
+            if let Err(errno) = result {
+                return errno;
+            }
+        }
+        Ctl::ProfReset => {
+            if writes {
+                // SAFETY: `newp` holds a `size_t` (length checked above).
+                let lg = unsafe { newp.cast::<usize>().read_unaligned() };
+                if lg > LG_SAMPLE_MAX {
+                    return libc::EINVAL;
+                }
+                engine::prof::set_sample_bytes(1 << lg);
+            }
+            engine::prof::reset();
         }
     }
     0

@@ -132,6 +132,7 @@ fn exported_symbols_are_exactly_the_api() {
         "rangealloc_stats_get",
         "rangealloc_stats_print",
         "rangealloc_purge",
+        "rangealloc_prof_dump",
         // C++ new
         "_Znwm",
         "_Znam",

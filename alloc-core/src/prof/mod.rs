@@ -204,6 +204,13 @@ pub fn sample_bytes() -> u64 {
     MEAN.load(Ordering::Relaxed)
 }
 
+/// Sets the mean sample distance (at least one byte). Samples already taken keep the
+/// weights they were recorded with; threads switch at their next sample point.
+pub fn set_sample_bytes(bytes: u64) {
+    // Relaxed: a lone value read on the profiled path; no data hangs on it.
+    MEAN.store(bytes.max(1), Ordering::Relaxed);
+}
+
 /// Samples not recorded because a table was full (their objects are ordinary large
 /// objects, missing from the profile).
 pub fn dropped_samples() -> u64 {

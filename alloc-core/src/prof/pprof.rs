@@ -290,18 +290,20 @@ unsafe extern "C" fn on_object(
             build_id = id;
         }
     }
-    let page = crate::os::PAGE_SIZE;
     for ph in phdrs
         .iter()
         .filter(|ph| ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0)
     {
         let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
-        let end = start + ph.p_memsz as usize;
-        // Page-aligned, as /proc/self/maps shows it (what pprof expects).
+        // The segment's exact bounds and file offset, not the page-rounded ones of
+        // /proc/self/maps: when a text segment's file offset and address differ within
+        // the page (Rust test binaries linked by GNU ld), Debian's `go tool pprof` 1.19
+        // symbolizes page-rounded mappings at wrong addresses (seen: 0xce0 bytes off)
+        // and exact ones right (tests/tests/heap_profile.rs checks it).
         found.push(Mapping {
-            start: start & !(page - 1),
-            limit: end.next_multiple_of(page),
-            file_offset: ph.p_offset as usize & !(page - 1),
+            start,
+            limit: start + ph.p_memsz as usize,
+            file_offset: ph.p_offset as usize,
             path: name.clone(),
             build_id: build_id.clone(),
         });
