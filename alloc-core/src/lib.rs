@@ -71,9 +71,9 @@ use space::SlotKind;
 #[cfg(not(loom))]
 pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
     // The heap profiler's only cost on the fast path while it is off: one byte tested.
-    if prof::sampling() {
+    prof::when_sampling!({
         return prof::alloc_profiled(size, align, false);
-    }
+    });
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {
         return heap::alloc_small(heap::class_of(size));
     }
@@ -87,9 +87,9 @@ pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
 #[inline]
 #[cfg(not(loom))]
 pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
-    if prof::sampling() {
+    prof::when_sampling!({
         return prof::alloc_profiled(size, align, true);
-    }
+    });
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {
         let p = heap::alloc_small(heap::class_of(size));
         if !p.is_null() {
@@ -101,7 +101,9 @@ pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     alloc_generic(size, align, true)
 }
 
-/// `alloc` or `alloc_zeroed` without the profiler's hook (the profiler's own path).
+/// `alloc` or `alloc_zeroed` without the profiler's hook (the profiler's own path,
+/// inlined there so that a profiled allocation costs the countdown and no extra call).
+#[inline(always)]
 #[cfg(not(loom))]
 pub(crate) fn alloc_unprofiled(size: usize, align: usize, zero: bool) -> *mut u8 {
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {

@@ -5,15 +5,15 @@
 //! byte countdown and sample weights), `stack` (unwinding), `table` (stacks and live
 //! samples), `pprof` (the encoder) and `report` (the leak report).
 //!
-//! Cost model. With profiling off, `alloc` tests one byte (`sampling`), the only
-//! addition to the small fast path; `free` of a small block is untouched, because a
+//! Cost model. With profiling off, `alloc` compares one byte with 0 and does not jump
+//! (`when_sampling`), the only addition to the small fast path; `free` of a small block is untouched, because a
 //! sampled object is never a small block: it is served as a page-aligned large object
 //! (tcmalloc gives sampled objects their own span for the same reason), so only the
 //! already-slow free of a table region asks `table::maybe_sampled`. With profiling on,
 //! every allocation takes `alloc_profiled` (the countdown: a few loads and stores), and
 //! one in `prof_sample` bytes on average also unwinds its stack and records it.
 //!
-//! Hooks, in `lib.rs`: `alloc`/`alloc_zeroed` call `alloc_profiled` while `sampling()`;
+//! Hooks, in `lib.rs`: `alloc`/`alloc_zeroed` call `alloc_profiled` while sampling;
 //! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region
 //! calls `forget_if_sampled`; the fork handlers take and release the table lock.
 
@@ -42,11 +42,43 @@ const UNREAD: u8 = 2;
 const STARTING: u8 = 3;
 
 /// The profiler's state; anything but `OFF` sends allocations to `alloc_profiled`.
-static STATE: AtomicU8 = AtomicU8::new(UNREAD);
+pub(crate) static STATE: AtomicU8 = AtomicU8::new(UNREAD);
 /// The mean sample distance in bytes (`prof_sample`).
 static MEAN: AtomicU64 = AtomicU64::new(DEFAULT_SAMPLE_BYTES);
 /// Dumps made through `prof.dump` without a path, for unique file names.
 static DUMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `$on`, which must leave the function (`return ...`), while allocations must go
+/// through `alloc_profiled`. On x86-64 this is two instructions, a compare of the state
+/// byte in memory with 0 and a jump: the compiler turns an atomic load and test into
+/// three (`movzbl`, `test`, `jne`; counted with callgrind, see BENCHMARKS.md), and this
+/// sits on every allocation's fast path. Elsewhere, `sampling()`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! when_sampling {
+    ($on:block) => {
+        // SAFETY: reads the state byte (an aligned byte read is atomic on x86-64, so this
+        // is the Relaxed load of `sampling()`) and jumps; no register or memory besides
+        // the flags is changed.
+        unsafe {
+            core::arch::asm!(
+                "cmp byte ptr [rip + {state}], 0",
+                "jne {on}",
+                state = sym $crate::prof::STATE,
+                on = label $on,
+                options(nostack, readonly),
+            )
+        }
+    };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+macro_rules! when_sampling {
+    ($on:block) => {
+        if $crate::prof::sampling() $on
+    };
+}
+
+pub(crate) use when_sampling;
 
 /// True while allocations must go through `alloc_profiled`: one byte load and a branch.
 #[inline(always)]
@@ -61,6 +93,11 @@ pub fn sampling() -> bool {
 #[inline(always)]
 pub fn watching() -> bool {
     sampling() || table::any_live()
+}
+
+fn mean() -> u64 {
+    // Relaxed: a lone value; no data hangs on it.
+    MEAN.load(Ordering::Relaxed)
 }
 
 /// Reads the options on the first call; true if sampling is on afterwards.
@@ -94,26 +131,37 @@ pub fn alloc_profiled(size: usize, align: usize, zero: bool) -> *mut u8 {
     if STATE.load(Ordering::Relaxed) != ON && !start() {
         return crate::alloc_unprofiled(size, align, zero);
     }
-    if thread::inside_allocator()
-        || sampler::busy()
-        || !sampler::take(size, MEAN.load(Ordering::Relaxed))
-    {
+    // The countdown first: it is the common case. A sample point reached inside the
+    // allocator or the profiler is skipped (those allocations are not the program's).
+    if !sampler::take(size, mean) || thread::inside_allocator() || sampler::busy() {
         return crate::alloc_unprofiled(size, align, zero);
     }
-    sample(size, align, zero)
+    not_a_tail_call(sample(size, align, zero))
 }
 
-/// Serves and records one sampled allocation. Inlined into its two callers so that the
-/// stack walk skips exactly one frame of ours (the caller's): a tail call from further
-/// up only ever removes an allocator frame, never one of the program's.
+/// Frames of ours on the stack when `stack::capture` runs: `sample` and its caller
+/// (`alloc_profiled` or `realloc_profiled`). A tail call from further up only ever
+/// removes an allocator frame (`malloc`'s), never one of the program's.
+const PROFILER_FRAMES: usize = 2;
+
+/// Keeps a call to `sample` from becoming a jump, which would take the caller's frame
+/// off the stack and make `PROFILER_FRAMES` skip one of the program's frames.
 #[inline(always)]
+fn not_a_tail_call(p: *mut u8) -> *mut u8 {
+    core::hint::black_box(p)
+}
+
+/// Serves and records one sampled allocation. Out of line, so that the common path of
+/// `alloc_profiled` carries neither its stack buffer nor the registers it saves.
+#[cold]
+#[inline(never)]
 fn sample(size: usize, align: usize, zero: bool) -> *mut u8 {
     let _busy = sampler::Busy::enter();
     let mut frames = [0usize; MAX_FRAMES];
     let depth = {
         // Whatever the unwinder allocates on a first call goes to the metadata arena.
         let _inside = thread::Reentrancy::enter();
-        stack::capture(&mut frames, 1)
+        stack::capture(&mut frames, PROFILER_FRAMES)
     };
     let p = large::alloc(size, align.max(MALLOC_ALIGN), zero);
     if !p.is_null() {
@@ -134,9 +182,9 @@ fn sample(size: usize, align: usize, zero: bool) -> *mut u8 {
 pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     let was_sampled = table::maybe_sampled(p as usize);
     let take = STATE.load(Ordering::Relaxed) == ON
+        && sampler::take(new_size, mean)
         && !thread::inside_allocator()
-        && !sampler::busy()
-        && sampler::take(new_size, MEAN.load(Ordering::Relaxed));
+        && !sampler::busy();
     if !was_sampled && !take {
         // SAFETY: forwarded contract.
         return unsafe { crate::realloc_unprofiled(p, new_size, align) };
@@ -144,7 +192,7 @@ pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mu
     // SAFETY: forwarded contract; validates `p` (misuse aborts) before anything moves.
     let old = unsafe { crate::checked_usable_size(p, "realloc") };
     let q = if take {
-        sample(new_size, align, false)
+        not_a_tail_call(sample(new_size, align, false))
     } else {
         crate::alloc_unprofiled(new_size, align, false)
     };

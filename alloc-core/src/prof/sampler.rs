@@ -12,9 +12,6 @@
 
 use core::cell::Cell;
 
-/// The countdown of a thread that has not drawn its first sample point yet.
-const UNDRAWN: i64 = i64::MIN;
-
 /// A sample point is never further than this many means away: `-ln(u)` for the
 /// smallest `u` the generator gives (2^-53) is 36.7, so this bound never binds in
 /// practice; it keeps the product in `i64` for any `prof_sample`.
@@ -27,8 +24,9 @@ const SEED_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
 static NEXT_SEED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(SEED_STEP);
 
 thread_local! {
-    /// Bytes left before this thread's next sample point.
-    static BYTES_LEFT: Cell<i64> = const { Cell::new(UNDRAWN) };
+    /// Bytes left before this thread's next sample point; 0 until the first draw, so
+    /// the first allocation takes the cold path, which draws.
+    static BYTES_LEFT: Cell<i64> = const { Cell::new(0) };
     /// xorshift64* state; 0 until seeded.
     static RNG: Cell<u64> = const { Cell::new(0) };
     /// Set while this thread runs profiler code (capturing a stack, dumping): its own
@@ -38,14 +36,32 @@ thread_local! {
 
 /// Counts an allocation of `size` bytes; true if it reaches the thread's sample point
 /// (the next point is then drawn at once, memoryless, as a Poisson process needs).
-#[inline]
-pub fn take(size: usize, mean: u64) -> bool {
-    let left = BYTES_LEFT.with(|c| c.get());
-    let left = if left == UNDRAWN { draw(mean) } else { left };
-    let left = left.saturating_sub(size.min(i64::MAX as usize) as i64);
+/// The common case is a thread-local subtract and compare; `mean` is read only when a
+/// point is drawn.
+#[inline(always)]
+pub fn take(size: usize, mean: impl FnOnce() -> u64) -> bool {
+    // `size` below 2^63: the allocator refuses larger requests before this point, and
+    // the saturating conversion keeps the arithmetic defined regardless.
+    let size = size.min(i64::MAX as usize) as i64;
+    let left = BYTES_LEFT.with(|c| c.get()).wrapping_sub(size);
     if left > 0 {
         BYTES_LEFT.with(|c| c.set(left));
         return false;
+    }
+    reached(left.wrapping_add(size), size, mean())
+}
+
+/// The countdown ran out (or was never drawn: `before` is 0 only then, since a drawn
+/// distance is at least one byte and a positive remainder is always stored).
+#[cold]
+fn reached(before: i64, size: i64, mean: u64) -> bool {
+    if before == 0 && RNG.with(|c| c.get()) == 0 {
+        // The thread's first allocation: draw its first point, then count as usual.
+        let left = draw(mean).saturating_sub(size);
+        if left > 0 {
+            BYTES_LEFT.with(|c| c.set(left));
+            return false;
+        }
     }
     BYTES_LEFT.with(|c| c.set(draw(mean)));
     true
@@ -123,7 +139,7 @@ mod tests {
             let n = 40_000_000 / size;
             let (mut objects, mut bytes) = (0.0, 0.0);
             for _ in 0..n {
-                if take(size, MEAN) {
+                if take(size, || MEAN) {
                     let (o, b) = weight(size, MEAN);
                     objects += o;
                     bytes += b;
