@@ -62,13 +62,56 @@ pub fn prof_site_c(slots: &mut Vec<Vec<u8>>) {
     slots.push(v);
 }
 
+const REALLOC_OBJECTS: usize = 200;
+const REALLOC_FROM: usize = 1000;
+const REALLOC_TO: usize = 50_000;
+
+#[no_mangle]
+#[inline(never)]
+pub fn prof_site_grow(v: &mut Vec<u8>) {
+    v.reserve_exact(REALLOC_TO - v.len());
+    v.push(5);
+}
+
+/// Every allocation sampled (`prof_sample=1`): sampled blocks are reallocated (moved,
+/// content kept) and freed; the profile then counts the growth at its call site and
+/// nothing of it in use.
+fn realloc_child(path: &str) {
+    println!(
+        "SITE prof_site_grow {:#x}",
+        prof_site_grow as *const () as usize
+    );
+    let mut all: Vec<Vec<u8>> = Vec::with_capacity(REALLOC_OBJECTS);
+    for i in 0..REALLOC_OBJECTS {
+        let mut v = Vec::with_capacity(REALLOC_FROM);
+        v.extend((0..REALLOC_FROM).map(|j| (i + j) as u8));
+        all.push(v);
+    }
+    for v in &mut all {
+        prof_site_grow(v);
+    }
+    for (i, v) in all.iter().enumerate() {
+        assert!(v[..REALLOC_FROM]
+            .iter()
+            .enumerate()
+            .all(|(j, &b)| b == (i + j) as u8));
+        assert!(v.capacity() >= REALLOC_TO);
+    }
+    drop(all);
+    rangealloc::profile::dump(path).expect("dump the profile");
+    println!("DUMPED");
+}
+
 #[test]
 fn child_entry() {
     let Ok(mode) = std::env::var("RANGEALLOC_TEST_CHILD") else {
         return; // only meaningful when spawned by the tests below
     };
-    assert_eq!(mode, "sites");
     let path = std::env::var("RANGEALLOC_TEST_PROFILE").expect("profile path");
+    if mode == "realloc" {
+        return realloc_child(&path);
+    }
+    assert_eq!(mode, "sites");
     for (name, f) in SITES.iter().zip([
         prof_site_a as fn(&mut Vec<Vec<u8>>),
         prof_site_b,
@@ -273,35 +316,36 @@ fn decode(gz: &[u8]) -> Profile {
     }
 }
 
-/// Each site's runtime code range, from the addresses the program printed and the
-/// symbol sizes `nm -S` reads from its binary.
-fn site_ranges(stdout: &str, binary: &Path) -> Vec<(u64, u64)> {
+/// The runtime code range of function `site`: its address as the program printed it
+/// ("SITE name 0x..."; libtest may print "test child_entry ... " before it) and its
+/// size as `nm -S` reads it from the binary.
+fn site_range(stdout: &str, binary: &Path, site: &str) -> (u64, u64) {
+    let start = stdout
+        .lines()
+        .find_map(|l| l.split_once(&format!("SITE {site} 0x")))
+        .and_then(|(_, hex)| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("{site}'s address in:\n{stdout}"));
     let nm = Command::new("nm")
         .args(["-S", "--defined-only"])
         .arg(binary)
         .output()
         .expect("run nm (binutils)");
     assert!(nm.status.success());
-    let symbols = String::from_utf8_lossy(&nm.stdout);
+    let size = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .find_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            (parts.len() == 4 && parts[3] == site)
+                .then(|| u64::from_str_radix(parts[1], 16).unwrap())
+        })
+        .unwrap_or_else(|| panic!("{site} in nm's output"));
+    (start, start + size)
+}
+
+fn site_ranges(stdout: &str, binary: &Path) -> Vec<(u64, u64)> {
     SITES
         .iter()
-        .map(|site| {
-            let start = stdout
-                .lines()
-                // libtest may print "test child_entry ... " before the first line.
-                .find_map(|l| l.split_once(&format!("SITE {site} 0x")))
-                .and_then(|(_, hex)| u64::from_str_radix(hex.trim(), 16).ok())
-                .unwrap_or_else(|| panic!("{site}'s address in:\n{stdout}"));
-            let size = symbols
-                .lines()
-                .find_map(|l| {
-                    let parts: Vec<&str> = l.split_whitespace().collect();
-                    (parts.len() == 4 && parts[3] == *site)
-                        .then(|| u64::from_str_radix(parts[1], 16).unwrap())
-                })
-                .unwrap_or_else(|| panic!("{site} in nm's output"));
-            (start, start + size)
-        })
+        .map(|site| site_range(stdout, binary, site))
         .collect()
 }
 
@@ -394,6 +438,22 @@ fn check_with_go_pprof(what: &str, binary: &Path, profile: &Path) {
     }
 }
 
+/// The sum of sample type `ty` over the samples whose stack passes through
+/// `[start, end)`.
+fn site_total(p: &Profile, (start, end): (u64, u64), ty: &str) -> f64 {
+    let index = p.types.iter().position(|t| t == ty).expect(ty);
+    p.samples
+        .iter()
+        .filter(|(ids, _)| {
+            ids.iter().any(|id| {
+                let addr = p.locations[id];
+                start <= addr && addr < end
+            })
+        })
+        .map(|(_, values)| values[index] as f64)
+        .sum()
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("heap-profile-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -408,16 +468,44 @@ fn rust_program_profile_gives_each_site_its_share() {
     let dir = scratch("rust");
     let path = dir.join("sites.heap");
     let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(&exe);
-    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env("RANGEALLOC_TEST_CHILD", "sites")
-        .env("RANGEALLOC_TEST_PROFILE", &path)
-        .env("RANGEALLOC_OPTIONS", OPTIONS);
-    let out = run(cmd, LIMIT);
+    let out = run(child("sites", &path, OPTIONS), LIMIT);
     out.assert_success("the Rust sites program");
     assert!(out.stdout.contains("DUMPED"), "{}", out.stdout);
     check_profile("Rust", &path, &out.stdout, &exe);
     check_with_go_pprof("Rust", &exe, &path);
+}
+
+fn child(mode: &str, profile: &Path, options: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env("RANGEALLOC_TEST_CHILD", mode)
+        .env("RANGEALLOC_TEST_PROFILE", profile)
+        .env("RANGEALLOC_OPTIONS", options);
+    cmd
+}
+
+/// `realloc` of sampled blocks moves them with their content, counts the new size at
+/// the `realloc` call site, and their frees leave nothing of them in use.
+#[test]
+fn reallocated_and_freed_samples_leave_nothing_in_use() {
+    let path = scratch("realloc").join("realloc.heap");
+    let out = run(child("realloc", &path, "prof=1,prof_sample=1"), LIMIT);
+    out.assert_success("the realloc program");
+    assert!(out.stdout.contains("DUMPED"), "{}", out.stdout);
+    let p = decode(&std::fs::read(&path).unwrap());
+    let grow = site_range(
+        &out.stdout,
+        &std::env::current_exe().unwrap(),
+        "prof_site_grow",
+    );
+    let grown = site_total(&p, grow, "alloc_space");
+    let want = (REALLOC_OBJECTS * REALLOC_TO) as f64;
+    assert!(
+        (grown / want - 1.0).abs() < TOLERANCE,
+        "alloc_space at the realloc site: {grown}, expected about {want}"
+    );
+    assert_eq!(site_total(&p, grow, "inuse_space"), 0.0);
+    assert_eq!(site_total(&p, grow, "inuse_objects"), 0.0);
 }
 
 #[test]
