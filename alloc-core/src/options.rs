@@ -31,6 +31,10 @@ pub struct Options {
     pub prof_leak: bool,
 }
 
+/// jemalloc's `lg_prof_sample` default (2^19 = 512 KiB): about two samples per MiB
+/// allocated, which keeps the unwinding cost well below the allocation cost itself.
+pub const DEFAULT_PROF_SAMPLE: u64 = 1 << 19;
+
 /// The longest `prof_dump` prefix: options are parsed without allocating, so the prefix
 /// is kept inline; 255 bytes hold any realistic directory plus a name.
 pub const DUMP_PREFIX_MAX: usize = 255;
@@ -69,7 +73,7 @@ pub const DEFAULTS: Options = Options {
     stats_at_exit: false,
     verbose: false,
     prof: false,
-    prof_sample: crate::prof::DEFAULT_SAMPLE_BYTES,
+    prof_sample: DEFAULT_PROF_SAMPLE,
     prof_dump: None,
     prof_leak: false,
 };

@@ -30,9 +30,6 @@ use std::path::Path;
 
 pub use table::Counts;
 
-/// jemalloc's `lg_prof_sample` default (2^19 = 512 KiB): about two samples per MiB
-/// allocated, which keeps the unwinding cost well below the allocation cost itself.
-pub const DEFAULT_SAMPLE_BYTES: u64 = 1 << 19;
 
 const OFF: u8 = 0;
 const ON: u8 = 1;
@@ -44,7 +41,7 @@ const STARTING: u8 = 3;
 /// The profiler's state; anything but `OFF` sends allocations to `alloc_profiled`.
 pub(crate) static STATE: AtomicU8 = AtomicU8::new(UNREAD);
 /// The mean sample distance in bytes (`prof_sample`).
-static MEAN: AtomicU64 = AtomicU64::new(DEFAULT_SAMPLE_BYTES);
+static MEAN: AtomicU64 = AtomicU64::new(options::DEFAULT_PROF_SAMPLE);
 /// Dumps made through `prof.dump` without a path, for unique file names.
 static DUMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
