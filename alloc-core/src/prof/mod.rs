@@ -30,7 +30,6 @@ use std::path::Path;
 
 pub use table::Counts;
 
-
 const OFF: u8 = 0;
 const ON: u8 = 1;
 /// The options have not been read yet: the first allocation reads them.
@@ -136,8 +135,8 @@ pub fn alloc_profiled(size: usize, align: usize, zero: bool) -> *mut u8 {
     not_a_tail_call(sample(size, align, zero))
 }
 
-/// Frames of ours on the stack when `stack::capture` runs: `sample` and its caller
-/// (`alloc_profiled` or `realloc_profiled`). A tail call from further up only ever
+/// Frames of ours on the stack when `stack::capture` runs: `sample` and `alloc_profiled`,
+/// or `sample_realloc` and `realloc_profiled`. A tail call from further up only ever
 /// removes an allocator frame (`malloc`'s), never one of the program's.
 const PROFILER_FRAMES: usize = 2;
 
@@ -154,12 +153,7 @@ fn not_a_tail_call(p: *mut u8) -> *mut u8 {
 #[inline(never)]
 fn sample(size: usize, align: usize, zero: bool) -> *mut u8 {
     let _busy = sampler::Busy::enter();
-    let mut frames = [0usize; MAX_FRAMES];
-    let depth = {
-        // Whatever the unwinder allocates on a first call goes to the metadata arena.
-        let _inside = thread::Reentrancy::enter();
-        stack::capture(&mut frames, PROFILER_FRAMES)
-    };
+    let (frames, depth) = capture_here();
     let p = large::alloc(size, align.max(MALLOC_ALIGN), zero);
     if !p.is_null() {
         let (objects, bytes) = sampler::weight(size, MEAN.load(Ordering::Relaxed));
@@ -169,39 +163,73 @@ fn sample(size: usize, align: usize, zero: bool) -> *mut u8 {
     p
 }
 
-/// `realloc` while `watching`: a sampled object, or a request that reaches the thread's
-/// sample point, moves (alloc, copy, free); anything else takes the normal path.
+/// `realloc` while `watching`. The bytes of the new size count toward the thread's
+/// sample point, as an allocation's do (jemalloc samples `realloc` the same way). A
+/// sampled block's record is dropped first (the normal path may move it and free the
+/// old region without passing `free`). A request that reaches the sample point is
+/// recorded where it lands: a large block is resized as usual (in place when it can
+/// be) and recorded at its new address; a small one moves into a sampled region.
 ///
 /// # Safety
 /// As `crate::realloc`.
 #[cold]
 #[inline(never)]
 pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
-    let was_sampled = table::maybe_sampled(p as usize);
+    forget_if_sampled(p);
     let take = STATE.load(Ordering::Relaxed) == ON
         && sampler::take(new_size, mean)
         && !thread::inside_allocator()
         && !sampler::busy();
-    if !was_sampled && !take {
+    if !take {
         // SAFETY: forwarded contract.
         return unsafe { crate::realloc_unprofiled(p, new_size, align) };
     }
+    // SAFETY: forwarded contract.
+    not_a_tail_call(unsafe { sample_realloc(p, new_size, align) })
+}
+
+/// The sampled `realloc`: see `realloc_profiled`.
+///
+/// # Safety
+/// As `crate::realloc`.
+#[cold]
+#[inline(never)]
+unsafe fn sample_realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    let _busy = sampler::Busy::enter();
     // SAFETY: forwarded contract; validates `p` (misuse aborts) before anything moves.
     let old = unsafe { crate::checked_usable_size(p, "realloc") };
-    let q = if take {
-        not_a_tail_call(sample(new_size, align, false))
+    let stays_large = crate::space::kind_of(p as usize) == crate::space::SlotKind::Table
+        && (new_size > crate::heap::SMALL_MAX || align > crate::os::PAGE_SIZE);
+    let (frames, depth) = capture_here();
+    let q = if stays_large {
+        // SAFETY: forwarded contract; a large block stays a large block (its own region).
+        unsafe { crate::realloc_unprofiled(p, new_size, align) }
     } else {
-        crate::alloc_unprofiled(new_size, align, false)
+        let q = large::alloc(new_size, align.max(MALLOC_ALIGN), false);
+        if !q.is_null() {
+            // SAFETY: distinct live blocks of at least min(old, new_size) bytes.
+            unsafe {
+                core::ptr::copy_nonoverlapping(p, q, old.min(new_size));
+                crate::free_as(p, "realloc");
+            }
+        }
+        q
     };
     if !q.is_null() {
-        // SAFETY: distinct live blocks of at least min(old, new_size) bytes; `free`
-        // forgets `p`'s sample.
-        unsafe {
-            core::ptr::copy_nonoverlapping(p, q, old.min(new_size));
-            crate::free_as(p, "realloc");
-        }
+        let (objects, bytes) = sampler::weight(new_size, mean());
+        table::record(q as usize, &frames[..depth], objects, bytes);
     }
     q
+}
+
+/// The stack above the profiler's two frames (see `PROFILER_FRAMES`).
+#[inline(always)]
+fn capture_here() -> ([usize; MAX_FRAMES], usize) {
+    let mut frames = [0usize; MAX_FRAMES];
+    // Whatever the unwinder allocates on a first call goes to the metadata arena.
+    let _inside = thread::Reentrancy::enter();
+    let depth = stack::capture(&mut frames, PROFILER_FRAMES);
+    (frames, depth)
 }
 
 /// Called by `free` for a table region before it is released.
