@@ -151,9 +151,10 @@ thread_local! {
 }
 
 /// `pthread_atfork` prepare handler: takes every allocator lock before `fork` so the
-/// child never inherits one mid-update. Lock order: heap lists, then the table's writer
-/// mutex, then the metadata arena (no path holds a later one while taking an earlier
-/// one). Owner-only, lock-free state (a heap's queues and pages) may still be mid-update
+/// child never inherits one mid-update. Lock order: the profiler's tables, heap lists,
+/// then the table's writer mutex, then the metadata arena (no path holds a later one
+/// while taking an earlier one; the profiler's lock is held only around its own table
+/// updates, which take no other lock). Owner-only, lock-free state (a heap's queues and pages) may still be mid-update
 /// in another thread: the child leaves such heaps alone until one is adopted, and the
 /// adopter repairs it (`heap::adopt_or_create`).
 pub fn fork_prepare() {
@@ -164,6 +165,7 @@ pub fn fork_prepare() {
     SLOT_BEFORE_FORK.with(|s| s.set(thread::get()));
     // Anything the locking below allocates goes to the metadata arena.
     thread::set(thread::BUSY);
+    crate::prof::fork_prepare();
     heap::fork_prepare();
     region::TABLE.fork_prepare();
     meta::fork_prepare();
@@ -212,6 +214,7 @@ fn release_fork_locks() {
         meta::fork_release();
         region::TABLE.fork_release();
         heap::fork_release();
+        crate::prof::fork_release();
     }
     thread::set(SLOT_BEFORE_FORK.with(|s| s.get()));
 }

@@ -37,6 +37,8 @@ mod misuse;
 pub mod options;
 pub mod os;
 #[cfg(not(loom))]
+pub mod prof;
+#[cfg(not(loom))]
 pub mod purge;
 pub mod region;
 #[cfg(not(loom))]
@@ -82,6 +84,10 @@ use space::SlotKind;
 #[inline]
 #[cfg(not(loom))]
 pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
+    // The heap profiler's only cost on the fast path while it is off: one byte tested.
+    prof::when_sampling!({
+        return prof::alloc_profiled(size, align, false);
+    });
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {
         return heap::alloc_small(heap::class_of(size));
     }
@@ -95,6 +101,9 @@ pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
 #[inline]
 #[cfg(not(loom))]
 pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    prof::when_sampling!({
+        return prof::alloc_profiled(size, align, true);
+    });
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {
         let p = heap::alloc_small(heap::class_of(size));
         if !p.is_null() {
@@ -104,6 +113,22 @@ pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
         return p;
     }
     alloc_generic(size, align, true)
+}
+
+/// `alloc` or `alloc_zeroed` without the profiler's hook (the profiler's own path,
+/// inlined there so that a profiled allocation costs the countdown and no extra call).
+#[inline(always)]
+#[cfg(not(loom))]
+pub(crate) fn alloc_unprofiled(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if size <= SMALL_MAX && align <= MALLOC_ALIGN {
+        let p = heap::alloc_small(heap::class_of(size));
+        if zero && !p.is_null() {
+            // SAFETY: a fresh block of at least `size` bytes.
+            unsafe { core::ptr::write_bytes(p, 0, size) };
+        }
+        return p;
+    }
+    alloc_generic(size, align, zero)
 }
 
 #[cold]
@@ -235,6 +260,7 @@ pub fn report_misaligned(call: &'static str, p: *const u8) -> ! {
 fn free_other(p: *mut u8, call: &'static str) {
     match space::kind_of(p as usize) {
         SlotKind::Table => {
+            prof::forget_if_sampled(p);
             if let Err(e) = large::free(p) {
                 misuse::report(Misuse::from(e), call, p);
             }
@@ -257,7 +283,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
 }
 
 #[cfg(not(loom))]
-unsafe fn checked_usable_size(p: *const u8, call: &str) -> usize {
+pub(crate) unsafe fn checked_usable_size(p: *const u8, call: &str) -> usize {
     match space::kind_of(p as usize) {
         // SAFETY: the slot is a live segment.
         SlotKind::Segment => unsafe {
@@ -286,6 +312,20 @@ unsafe fn checked_usable_size(p: *const u8, call: &str) -> usize {
 /// `p` must be a live, non-null block of this allocator, allocated with `align`.
 #[cfg(not(loom))]
 pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    if prof::watching() {
+        // SAFETY: forwarded contract.
+        return unsafe { prof::realloc_profiled(p, new_size, align) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { realloc_unprofiled(p, new_size, align) }
+}
+
+/// `realloc` without the profiler's hook.
+///
+/// # Safety
+/// As `realloc`.
+#[cfg(not(loom))]
+pub(crate) unsafe fn realloc_unprofiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     // SAFETY: validated by `checked_usable_size`, which aborts on foreign pointers.
     let old = unsafe { checked_usable_size(p, "realloc") };
     let kind = space::kind_of(p as usize);
@@ -298,12 +338,12 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
         return p;
     }
     // A small block growing past the small limit is likely to keep growing (a `Vec`
-    // doubling): it gets a large object placed with room to do so in place.
+    // doubling): it gets a large object placed with room to do so in place. Both ways are
+    // unprofiled: `realloc_profiled` already counted these bytes when it sends us here.
     let q = if new_size > SMALL_MAX && new_size > old && !thread::inside_allocator() {
         large::alloc_growing(new_size, align)
     } else {
-        // SAFETY: `align` is the block's alignment (caller contract).
-        unsafe { alloc(new_size, align) }
+        alloc_unprofiled(new_size, align, false)
     };
     if !q.is_null() {
         // SAFETY: distinct live blocks, each at least min(old, new_size) bytes.

@@ -44,6 +44,49 @@ pub struct Options {
     /// space kept (beside a quarter of the live large bytes) before the excess is purged
     /// at once.
     pub dirty_budget: usize,
+    /// Heap profiling (`prof`): sample allocations and record their stacks.
+    pub prof: bool,
+    /// Mean bytes between samples (`prof_sample`).
+    pub prof_sample: u64,
+    /// Where profiles go (`prof_dump=PREFIX`): `PREFIX.<pid>.final.heap` at exit, and
+    /// `PREFIX.<pid>.<seq>.heap` for each dump asked for without a file name.
+    pub prof_dump: Option<DumpPrefix>,
+    /// At exit, print the call stacks still holding the most memory (`prof_leak`).
+    pub prof_leak: bool,
+}
+
+/// jemalloc's `lg_prof_sample` default (2^19 = 512 KiB): about two samples per MiB
+/// allocated, which keeps the unwinding cost well below the allocation cost itself.
+pub const DEFAULT_PROF_SAMPLE: u64 = 1 << 19;
+
+/// The longest `prof_dump` prefix: options are parsed without allocating, so the prefix
+/// is kept inline; 255 bytes hold any realistic directory plus a name.
+pub const DUMP_PREFIX_MAX: usize = 255;
+
+/// A `prof_dump` path prefix, stored inline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DumpPrefix {
+    len: u8,
+    bytes: [u8; DUMP_PREFIX_MAX],
+}
+
+impl DumpPrefix {
+    /// `None` if `text` is empty or longer than `DUMP_PREFIX_MAX`.
+    pub fn new(text: &[u8]) -> Option<Self> {
+        if text.is_empty() || text.len() > DUMP_PREFIX_MAX {
+            return None;
+        }
+        let mut bytes = [0; DUMP_PREFIX_MAX];
+        bytes[..text.len()].copy_from_slice(text);
+        Some(DumpPrefix {
+            len: text.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
 }
 
 /// The options of a program that sets none.
@@ -55,6 +98,10 @@ pub const DEFAULTS: Options = Options {
     stats_at_exit: false,
     verbose: false,
     dirty_budget: DEFAULT_DIRTY_BUDGET,
+    prof: false,
+    prof_sample: DEFAULT_PROF_SAMPLE,
+    prof_dump: None,
+    prof_leak: false,
 };
 
 /// The options, parsed once. Not a `OnceLock`: a fork child whose parent had a thread
@@ -365,6 +412,15 @@ pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) ->
                 .and_then(|mb| usize::try_from(mb).ok()?.checked_mul(MIB))
                 .map(|v| o.dirty_budget = v)
                 .is_some(),
+            b"prof" => parse_bool(value).map(|v| o.prof = v).is_some(),
+            b"prof_sample" => parse_u64(value)
+                .filter(|&v| v > 0)
+                .map(|v| o.prof_sample = v)
+                .is_some(),
+            b"prof_dump" => DumpPrefix::new(value)
+                .map(|v| o.prof_dump = Some(v))
+                .is_some(),
+            b"prof_leak" => parse_bool(value).map(|v| o.prof_leak = v).is_some(),
             _ => {
                 warn(&[b"unknown option '", key, b"'; ignored"]);
                 continue;
@@ -506,6 +562,11 @@ mod tests {
         assert_eq!(o.dirty_budget, 3 << 20);
         assert_eq!(o.purge_mode, PurgeMode::Free);
         assert!(o.background_purge && o.secure && o.stats_at_exit && o.verbose);
+        let (o, w) = parse_collect("prof=1,prof_sample=65536,prof_dump=/tmp/x/heap,prof_leak=1");
+        assert_eq!(w, 0);
+        assert!(o.prof && o.prof_leak);
+        assert_eq!(o.prof_sample, 65536);
+        assert_eq!(o.prof_dump.unwrap().as_bytes(), b"/tmp/x/heap");
     }
 
     #[test]
@@ -519,6 +580,9 @@ mod tests {
             "stats=2",
             "purge_delay_ms=99999999999999999999",
             "dirty_budget_mb=x",
+            "prof_sample=0",
+            "prof_dump=",
+            "prof=maybe",
         ] {
             let (o, w) = parse_collect(bad);
             assert_eq!(o, DEFAULTS, "{bad}");

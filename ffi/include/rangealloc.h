@@ -39,11 +39,12 @@
  *                      effect. Returns 1 on success.
  *
  * This header declares what is rangealloc's own: its version, statistics, an explicit
- * purge, the run-time setters and the program's option string. Options are read once,
- * at the first allocation, from rangealloc_conf (below) and then from the environment
- * variable RANGEALLOC_OPTIONS=key=value,..., whose keys override rangealloc_conf's one
- * by one (purge_delay_ms, purge_mode=dontneed|free, background_purge, secure, stats,
- * verbose, dirty_budget_mb; see the README).
+ * purge, the run-time setters, the program's option string and the heap profiler's
+ * dump. Options are read once, at the first allocation, from rangealloc_conf (below)
+ * and then from the environment variable RANGEALLOC_OPTIONS=key=value,..., whose keys
+ * override rangealloc_conf's one by one (purge_delay_ms, purge_mode=dontneed|free,
+ * background_purge, secure, stats, verbose, dirty_budget_mb, prof, prof_sample,
+ * prof_dump, prof_leak; see the README).
  */
 #ifndef RANGEALLOC_H
 #define RANGEALLOC_H
@@ -143,6 +144,18 @@ void rangealloc_set_dirty_budget(size_t bytes);
  * under LD_PRELOAD alone, link the program with -rdynamic so that it is exported.
  */
 extern const char *rangealloc_conf;
+
+/*
+ * Heap profiling (RANGEALLOC_OPTIONS=prof=1, see the README's "Heap profiling").
+ * Writes a gzip-compressed pprof profile of the sampled allocation stacks (sample types
+ * alloc_objects, alloc_space, inuse_objects, inuse_space) to path, or, when path is
+ * NULL, to <prof_dump prefix>.<pid>.<seq>.heap. Read it with
+ * `go tool pprof <program> <file>`. Returns 0, or an errno value: ENOENT if profiling
+ * was never on, EINVAL for an empty path or a NULL one without prof_dump, else the
+ * error of writing the file. jemalloc's mallctl("prof.dump"), "prof.active",
+ * "prof.reset" and "opt.prof" work too.
+ */
+int rangealloc_prof_dump(const char *path);
 
 #ifdef __cplusplus
 }

@@ -20,6 +20,7 @@ mod cxx;
 mod glibc;
 mod mallctl;
 mod malloc;
+mod prof;
 mod stats;
 
 use core::ffi::{c_char, c_void};

@@ -22,6 +22,14 @@
 //! - `opt.dirty_decay_ms` (`ssize_t`), `opt.background_thread`, `opt.stats_print`
 //!   (`bool`), read-only: the options as parsed at start (the program's string, then
 //!   `RANGEALLOC_OPTIONS`), whatever was set since, as jemalloc's `opt.*` are.
+//! - `opt.prof` (`bool`, read-only): whether `prof=1` was given.
+//! - `prof.active` (`bool`, read/write): whether allocations are sampled now.
+//! - `prof.dump` (`const char *`, write-only): writes a heap profile (pprof format) to
+//!   the path; without a value, to `<prof_dump prefix>.<pid>.<seq>.heap`. The error is
+//!   the dump's errno (`ENOENT` when profiling was never on).
+//! - `prof.reset` (`size_t`, write-only, optional): zeroes the stacks' allocation
+//!   totals; a value sets the mean sample distance to 2^value bytes (jemalloc's
+//!   `lg_prof_sample`).
 //!
 //! A read and a write in one call return the old value, then set the new one.
 //!
@@ -59,6 +67,7 @@ const ARENAS_MIB: usize = 2;
 const ARENA_MIB: usize = 3;
 const BACKGROUND_MIB: usize = 4;
 const OPT_MIB: usize = 5;
+const PROF_MIB: usize = 6;
 const MAX_MIB: usize = 3;
 
 /// Second-level components under `arenas`.
@@ -66,10 +75,20 @@ const ARENAS_NARENAS: usize = 0;
 const ARENAS_DIRTY_DECAY: usize = 1;
 
 /// The `opt.*` names, in MIB order.
-const OPT_NAMES: [&str; 3] = ["dirty_decay_ms", "background_thread", "stats_print"];
+const OPT_NAMES: [&str; 4] = ["dirty_decay_ms", "background_thread", "stats_print", "prof"];
 const OPT_DIRTY_DECAY: usize = 0;
 const OPT_BACKGROUND: usize = 1;
 const OPT_STATS_PRINT: usize = 2;
+const OPT_PROF: usize = 3;
+
+/// `prof.*` names, in MIB order.
+const PROF_NAMES: [&str; 3] = ["dump", "active", "reset"];
+const PROF_DUMP: usize = 0;
+const PROF_ACTIVE: usize = 1;
+const PROF_RESET: usize = 2;
+/// The largest `lg_prof_sample` accepted by `prof.reset` (2^40 bytes between samples
+/// means profiling in name only; larger shifts would overflow).
+const LG_SAMPLE_MAX: usize = 40;
 
 /// A name resolved to what it controls.
 #[derive(Clone, Copy)]
@@ -81,6 +100,9 @@ enum Ctl {
     DirtyDecay,
     BackgroundThread,
     Opt(usize),
+    ProfDump,
+    ProfActive,
+    ProfReset,
 }
 
 /// jemalloc's `ssize_t` decay time from our delay: `PURGE_NEVER` is -1.
@@ -133,6 +155,12 @@ fn name_to_mib(name: &[u8]) -> Option<([usize; MAX_MIB], usize)> {
             (parts.next()? == "purge").then_some(())?;
             3
         }
+        "prof" => {
+            mib[0] = PROF_MIB;
+            let name = parts.next()?;
+            mib[1] = PROF_NAMES.iter().position(|&n| n == name)?;
+            2
+        }
         _ => return None,
     };
     parts.next().is_none().then_some((mib, len))
@@ -147,6 +175,9 @@ fn resolve(mib: &[usize]) -> Option<Ctl> {
         [BACKGROUND_MIB] => Some(Ctl::BackgroundThread),
         [OPT_MIB, i] if i < OPT_NAMES.len() => Some(Ctl::Opt(i)),
         [ARENA_MIB, i, 0] if i <= 1 || i == ARENAS_ALL => Some(Ctl::ArenaPurge),
+        [PROF_MIB, PROF_DUMP] => Some(Ctl::ProfDump),
+        [PROF_MIB, PROF_ACTIVE] => Some(Ctl::ProfActive),
+        [PROF_MIB, PROF_RESET] => Some(Ctl::ProfReset),
         _ => None,
     }
 }
@@ -168,20 +199,28 @@ fn take_stats() {
 }
 
 impl Ctl {
-    /// The size of the value read (0 for a name that has none).
+    /// The size of the value read (0 for a name that cannot be read).
     fn value_size(self) -> usize {
         match self {
             Ctl::Epoch => size_of::<u64>(),
             Ctl::Stat(_) => size_of::<usize>(),
             Ctl::NArenas => size_of::<c_uint>(),
-            Ctl::ArenaPurge => 0,
+            Ctl::ArenaPurge | Ctl::ProfDump | Ctl::ProfReset => 0,
             Ctl::DirtyDecay | Ctl::Opt(OPT_DIRTY_DECAY) => size_of::<isize>(),
-            Ctl::BackgroundThread | Ctl::Opt(_) => size_of::<bool>(),
+            Ctl::BackgroundThread | Ctl::Opt(_) | Ctl::ProfActive => size_of::<bool>(),
         }
     }
 
-    fn writable(self) -> bool {
-        matches!(self, Ctl::Epoch | Ctl::DirtyDecay | Ctl::BackgroundThread)
+    /// The size of the value written, `None` for a read-only name.
+    fn write_size(self) -> Option<usize> {
+        match self {
+            Ctl::Epoch => Some(size_of::<u64>()),
+            Ctl::DirtyDecay => Some(size_of::<isize>()),
+            Ctl::BackgroundThread | Ctl::ProfActive => Some(size_of::<bool>()),
+            Ctl::ProfDump => Some(size_of::<*const c_char>()),
+            Ctl::ProfReset => Some(size_of::<usize>()),
+            Ctl::Stat(_) | Ctl::NArenas | Ctl::ArenaPurge | Ctl::Opt(_) => None,
+        }
     }
 }
 
@@ -198,10 +237,11 @@ unsafe fn control(
 ) -> c_int {
     let (reads, writes) = (!oldp.is_null(), !newp.is_null());
     let size = ctl.value_size();
-    if (writes && !ctl.writable()) || (reads && size == 0) {
+    let write_size = ctl.write_size();
+    if (writes && write_size.is_none()) || (reads && size == 0) {
         return libc::EPERM;
     }
-    if writes && newlen != size {
+    if writes && Some(newlen) != write_size {
         return libc::EINVAL;
     }
     // SAFETY: jemalloc's contract: with `oldp`, `oldlenp` points to its length.
@@ -280,10 +320,49 @@ unsafe fn control(
                 },
                 OPT_BACKGROUND => unsafe { oldp.cast::<bool>().write(o.background_purge) },
                 OPT_STATS_PRINT => unsafe { oldp.cast::<bool>().write(o.stats_at_exit) },
+                OPT_PROF => unsafe { oldp.cast::<bool>().write(o.prof) },
                 _ => {}
             }
         }
         Ctl::Opt(_) => {}
+        Ctl::ProfActive => {
+            // Read before the write: jemalloc returns the old value.
+            let was = engine::prof::active();
+            if writes {
+                // SAFETY: `newp` holds a `bool` (length checked above); any non-zero
+                // byte reads as true, as C's `bool` conversion would.
+                let on = unsafe { newp.cast::<u8>().read() } != 0;
+                engine::prof::set_active(on);
+            }
+            if reads {
+                // SAFETY: as above.
+                unsafe { oldp.cast::<bool>().write_unaligned(was) };
+            }
+        }
+        Ctl::ProfDump => {
+            let result = if writes {
+                // SAFETY: `newp` holds a `const char *` (length checked above).
+                let path = unsafe { newp.cast::<*const c_char>().read_unaligned() };
+                // SAFETY: jemalloc's contract: a NUL-terminated path or null.
+                unsafe { crate::prof::dump_c_path(path) }
+            } else {
+                engine::prof::dump_to_prefix()
+            };
+            if let Err(errno) = result {
+                return errno;
+            }
+        }
+        Ctl::ProfReset => {
+            if writes {
+                // SAFETY: `newp` holds a `size_t` (length checked above).
+                let lg = unsafe { newp.cast::<usize>().read_unaligned() };
+                if lg > LG_SAMPLE_MAX {
+                    return libc::EINVAL;
+                }
+                engine::prof::set_sample_bytes(1 << lg);
+            }
+            engine::prof::reset();
+        }
     }
     0
 }

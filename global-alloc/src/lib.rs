@@ -211,3 +211,36 @@ pub fn set_stats_at_exit(on: bool) {
 pub fn set_dirty_budget(bytes: usize) {
     rangealloc_core::tuning::set_dirty_budget(bytes)
 }
+
+/// Heap profiling: sampled allocation stacks as pprof profiles (see the README's
+/// "Heap profiling"). Sampling starts with `RANGEALLOC_OPTIONS=prof=1` or
+/// `set_active(true)`; one allocation per `prof_sample` bytes (512 KiB by default) on
+/// average records its call stack.
+pub mod profile {
+    use std::io;
+    use std::path::Path;
+
+    /// Writes a gzip-compressed pprof profile (`alloc_objects`, `alloc_space`,
+    /// `inuse_objects`, `inuse_space`, with the process's mappings) to `path`, for
+    /// `go tool pprof <binary> <path>`. Fails with `NotFound` if profiling was never on.
+    pub fn dump(path: impl AsRef<Path>) -> io::Result<()> {
+        rangealloc_core::prof::dump(path.as_ref()).map_err(io::Error::from_raw_os_error)
+    }
+
+    /// True while allocations are being sampled.
+    pub fn enabled() -> bool {
+        rangealloc_core::prof::active()
+    }
+
+    /// Starts or stops sampling; returns whether it was on. Samples already taken
+    /// stay, and their frees are still accounted while sampling is off.
+    pub fn set_active(active: bool) -> bool {
+        rangealloc_core::prof::set_active(active)
+    }
+
+    /// Zeroes the allocation totals of every stack (`alloc_*`); the in-use totals
+    /// follow the live objects and stay.
+    pub fn reset() {
+        rangealloc_core::prof::reset()
+    }
+}

@@ -154,6 +154,7 @@ fn exported_symbols_are_exactly_the_api() {
         "rangealloc_set_background_purge",
         "rangealloc_set_stats_at_exit",
         "rangealloc_set_dirty_budget",
+        "rangealloc_prof_dump",
         // C++ new
         "_Znwm",
         "_Znam",

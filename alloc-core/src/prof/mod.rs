@@ -1,0 +1,378 @@
+//! Heap profiling: sampled allocation stacks, written as pprof profiles, and a leak
+//! report at exit. Owns the profiler's on/off state and its hooks into `alloc`, `free`
+//! and `realloc`; calls `large` (sampled objects are served there), `thread` (the
+//! re-entrancy guard), `options`, `os`, and its own parts: `sampler` (the per-thread
+//! byte countdown and sample weights), `stack` (unwinding), `table` (stacks and live
+//! samples), `pprof` (the encoder) and `report` (the leak report).
+//!
+//! Cost model. With profiling off, `alloc` compares one byte with 0 and does not jump
+//! (`when_sampling`), the only addition to the small fast path; `free` of a small block is untouched, because a
+//! sampled object is never a small block: it is served as a page-aligned large object
+//! (tcmalloc gives sampled objects their own span for the same reason), so only the
+//! already-slow free of a table region asks `table::maybe_sampled`. With profiling on,
+//! every allocation takes `alloc_profiled` (the countdown: a few loads and stores), and
+//! one in `prof_sample` bytes on average also unwinds its stack and records it.
+//!
+//! Hooks, in `lib.rs`: `alloc`/`alloc_zeroed` call `alloc_profiled` while sampling;
+//! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region
+//! calls `forget_if_sampled`; the fork handlers take and release the table lock.
+
+mod pprof;
+mod report;
+mod sampler;
+mod stack;
+mod table;
+
+use crate::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use crate::{large, options, thread, MALLOC_ALIGN};
+use stack::MAX_FRAMES;
+use std::path::Path;
+
+pub use table::Counts;
+
+const OFF: u8 = 0;
+const ON: u8 = 1;
+/// The options have not been read yet: the first allocation reads them.
+const UNREAD: u8 = 2;
+/// One thread is reading the options; the others allocate unprofiled meanwhile.
+const STARTING: u8 = 3;
+
+/// The profiler's state; anything but `OFF` sends allocations to `alloc_profiled`.
+pub(crate) static STATE: AtomicU8 = AtomicU8::new(UNREAD);
+/// The mean sample distance in bytes (`prof_sample`).
+static MEAN: AtomicU64 = AtomicU64::new(options::DEFAULT_PROF_SAMPLE);
+/// Dumps made through `prof.dump` without a path, for unique file names.
+static DUMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `$on`, which must leave the function (`return ...`), while allocations must go
+/// through `alloc_profiled`. On x86-64 this is two instructions, a compare of the state
+/// byte in memory with 0 and a jump: the compiler turns an atomic load and test into
+/// three (`movzbl`, `test`, `jne`; counted with callgrind, see BENCHMARKS.md), and this
+/// sits on every allocation's fast path. Elsewhere, `sampling()`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! when_sampling {
+    ($on:block) => {
+        // SAFETY: reads the state byte (an aligned byte read is atomic on x86-64, so this
+        // is the Relaxed load of `sampling()`) and jumps; no register or memory besides
+        // the flags is changed.
+        unsafe {
+            core::arch::asm!(
+                "cmp byte ptr [rip + {state}], 0",
+                "jne {on}",
+                state = sym $crate::prof::STATE,
+                on = label $on,
+                options(nostack, readonly),
+            )
+        }
+    };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+macro_rules! when_sampling {
+    ($on:block) => {
+        if $crate::prof::sampling() $on
+    };
+}
+
+pub(crate) use when_sampling;
+
+/// True while allocations must go through `alloc_profiled`: one byte load and a branch.
+#[inline(always)]
+pub fn sampling() -> bool {
+    // Relaxed: a thread that misses a concurrent switch samples one allocation more
+    // or less; no data hangs on this flag (the tables have their own lock).
+    STATE.load(Ordering::Relaxed) != OFF
+}
+
+/// True while `realloc` must go through `realloc_profiled` (sampling, or sampled
+/// objects live that a `realloc` may move).
+#[inline(always)]
+pub fn watching() -> bool {
+    sampling() || table::any_live()
+}
+
+fn mean() -> u64 {
+    // Relaxed: a lone value; no data hangs on it.
+    MEAN.load(Ordering::Relaxed)
+}
+
+/// Reads the options on the first call; true if sampling is on afterwards.
+#[cold]
+fn start() -> bool {
+    // Relaxed: the options cell has its own Acquire/Release; STATE publishes nothing.
+    if STATE
+        .compare_exchange(UNREAD, STARTING, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        let o = options::get();
+        MEAN.store(o.prof_sample, Ordering::Relaxed);
+        let on = o.prof && table::init();
+        if o.prof && (o.prof_dump.is_some() || o.prof_leak) {
+            // glibc's atexit may `calloc`: that nested allocation sees STARTING and
+            // goes unprofiled.
+            // SAFETY: registering a plain `extern "C"` function.
+            unsafe { libc::atexit(at_exit) };
+        }
+        // Relaxed: as in `sampling`.
+        STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);
+    }
+    STATE.load(Ordering::Relaxed) == ON
+}
+
+/// `alloc` while sampling: counts the bytes and, at a sample point, serves the request
+/// as its own page-aligned region and records its stack.
+#[cold]
+#[inline(never)]
+pub fn alloc_profiled(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if STATE.load(Ordering::Relaxed) != ON && !start() {
+        return crate::alloc_unprofiled(size, align, zero);
+    }
+    // The countdown first: it is the common case. A sample point reached inside the
+    // allocator or the profiler is skipped (those allocations are not the program's).
+    if !sampler::take(size, mean) || thread::inside_allocator() || sampler::busy() {
+        return crate::alloc_unprofiled(size, align, zero);
+    }
+    not_a_tail_call(sample(size, align, zero))
+}
+
+/// Frames of ours on the stack when `stack::capture` runs: `sample` and `alloc_profiled`,
+/// or `sample_realloc` and `realloc_profiled`. A tail call from further up only ever
+/// removes an allocator frame (`malloc`'s), never one of the program's.
+const PROFILER_FRAMES: usize = 2;
+
+/// Keeps a call to `sample` from becoming a jump, which would take the caller's frame
+/// off the stack and make `PROFILER_FRAMES` skip one of the program's frames.
+#[inline(always)]
+fn not_a_tail_call(p: *mut u8) -> *mut u8 {
+    core::hint::black_box(p)
+}
+
+/// Serves and records one sampled allocation. Out of line, so that the common path of
+/// `alloc_profiled` carries neither its stack buffer nor the registers it saves.
+#[cold]
+#[inline(never)]
+fn sample(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let _busy = sampler::Busy::enter();
+    let (frames, depth) = capture_here();
+    let p = large::alloc(size, align.max(MALLOC_ALIGN), zero);
+    if !p.is_null() {
+        let (objects, bytes) = sampler::weight(size, MEAN.load(Ordering::Relaxed));
+        // A full table leaves the object an ordinary, unrecorded large object.
+        table::record(p as usize, &frames[..depth], objects, bytes);
+    }
+    p
+}
+
+/// `realloc` while `watching`. The bytes of the new size count toward the thread's
+/// sample point, as an allocation's do (jemalloc samples `realloc` the same way). A
+/// sampled block's record is dropped first (the normal path may move it and free the
+/// old region without passing `free`). A request that reaches the sample point is
+/// recorded where it lands: a large block is resized as usual (in place when it can
+/// be) and recorded at its new address; a small one moves into a sampled region.
+///
+/// # Safety
+/// As `crate::realloc`.
+#[cold]
+#[inline(never)]
+pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    forget_if_sampled(p);
+    let take = STATE.load(Ordering::Relaxed) == ON
+        && sampler::take(new_size, mean)
+        && !thread::inside_allocator()
+        && !sampler::busy();
+    if !take {
+        // SAFETY: forwarded contract.
+        return unsafe { crate::realloc_unprofiled(p, new_size, align) };
+    }
+    // SAFETY: forwarded contract.
+    not_a_tail_call(unsafe { sample_realloc(p, new_size, align) })
+}
+
+/// The sampled `realloc`: see `realloc_profiled`.
+///
+/// # Safety
+/// As `crate::realloc`.
+#[cold]
+#[inline(never)]
+unsafe fn sample_realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    let _busy = sampler::Busy::enter();
+    // SAFETY: forwarded contract; validates `p` (misuse aborts) before anything moves.
+    let old = unsafe { crate::checked_usable_size(p, "realloc") };
+    let stays_large = crate::space::kind_of(p as usize) == crate::space::SlotKind::Table
+        && (new_size > crate::heap::SMALL_MAX || align > crate::os::PAGE_SIZE);
+    let (frames, depth) = capture_here();
+    let q = if stays_large {
+        // SAFETY: forwarded contract; a large block stays a large block (its own region).
+        unsafe { crate::realloc_unprofiled(p, new_size, align) }
+    } else {
+        let q = large::alloc(new_size, align.max(MALLOC_ALIGN), false);
+        if !q.is_null() {
+            // SAFETY: distinct live blocks of at least min(old, new_size) bytes.
+            unsafe {
+                core::ptr::copy_nonoverlapping(p, q, old.min(new_size));
+                crate::free_as(p, "realloc");
+            }
+        }
+        q
+    };
+    if !q.is_null() {
+        let (objects, bytes) = sampler::weight(new_size, mean());
+        table::record(q as usize, &frames[..depth], objects, bytes);
+    }
+    q
+}
+
+/// The stack above the profiler's two frames (see `PROFILER_FRAMES`).
+#[inline(always)]
+fn capture_here() -> ([usize; MAX_FRAMES], usize) {
+    let mut frames = [0usize; MAX_FRAMES];
+    // Whatever the unwinder allocates on a first call goes to the metadata arena.
+    let _inside = thread::Reentrancy::enter();
+    let depth = stack::capture(&mut frames, PROFILER_FRAMES);
+    (frames, depth)
+}
+
+/// Called by `free` for a table region before it is released.
+#[inline]
+pub fn forget_if_sampled(p: *mut u8) {
+    if table::maybe_sampled(p as usize) {
+        table::forget(p as usize);
+    }
+}
+
+// ---- control -------------------------------------------------------------------------
+
+/// True if sampling is on (`prof=1`, or turned on with `set_active`).
+pub fn active() -> bool {
+    STATE.load(Ordering::Relaxed) == ON || (STATE.load(Ordering::Relaxed) == UNREAD && start())
+}
+
+/// True once profiling has been on in this process (the tables exist, a dump has
+/// something to say).
+pub fn enabled() -> bool {
+    active() || table::initialised()
+}
+
+/// Turns sampling on or off; returns whether it was on. Turning it on maps the tables
+/// on first use (false and no change if the OS refuses). Live samples stay recorded
+/// while it is off, and their frees are still subtracted.
+pub fn set_active(on: bool) -> bool {
+    let was = active();
+    if on && !table::init() {
+        return was;
+    }
+    // Relaxed: as in `sampling`.
+    STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);
+    was
+}
+
+/// Zeroes the allocation totals (`alloc_objects`, `alloc_space`) of every stack; the
+/// in-use totals follow the live objects and stay.
+pub fn reset() {
+    table::reset();
+}
+
+/// The mean sample distance in bytes.
+pub fn sample_bytes() -> u64 {
+    MEAN.load(Ordering::Relaxed)
+}
+
+/// Sets the mean sample distance (at least one byte). Samples already taken keep the
+/// weights they were recorded with; threads switch at their next sample point.
+pub fn set_sample_bytes(bytes: u64) {
+    // Relaxed: a lone value read on the profiled path; no data hangs on it.
+    MEAN.store(bytes.max(1), Ordering::Relaxed);
+}
+
+/// Samples not recorded because a table was full (their objects are ordinary large
+/// objects, missing from the profile).
+pub fn dropped_samples() -> u64 {
+    table::dropped()
+}
+
+/// The estimated totals of every recorded stack, innermost frame first.
+pub fn stacks() -> Vec<(Vec<usize>, Counts)> {
+    let _busy = sampler::Busy::enter();
+    snapshot()
+        .into_iter()
+        .map(|s| (s.frames[..s.depth].to_vec(), s.counts))
+        .collect()
+}
+
+/// Extra room when copying the stack table, for stacks added between the count and
+/// the copy (a dump copies what fits; later stacks go in the next dump).
+const SNAPSHOT_SLACK: usize = 64;
+
+fn snapshot() -> Vec<table::StackSample> {
+    let mut out = Vec::with_capacity(table::stack_count() + SNAPSHOT_SLACK);
+    table::snapshot(&mut out);
+    out
+}
+
+/// Writes a gzip-compressed pprof profile of the recorded stacks to `path`. Errors are
+/// errno values: `ENOENT` if profiling was never on, else what the write failed with.
+pub fn dump(path: &Path) -> Result<(), i32> {
+    if !table::initialised() {
+        return Err(libc::ENOENT);
+    }
+    let _busy = sampler::Busy::enter();
+    let stacks = snapshot();
+    let header = pprof::Header {
+        period: MEAN.load(Ordering::Relaxed),
+        time_nanos: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64),
+    };
+    let body = pprof::encode(&stacks, &pprof::mappings(), &header);
+    std::fs::write(path, pprof::gzip_stored(&body))
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Dumps to `<prof_dump prefix>.<pid>.<seq>.heap` (jemalloc's naming for `prof.dump`
+/// without a file name); `EINVAL` when no prefix was given.
+pub fn dump_to_prefix() -> Result<(), i32> {
+    let Some(prefix) = options::get().prof_dump else {
+        return Err(libc::EINVAL);
+    };
+    // Relaxed: only uniqueness matters.
+    let seq = DUMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let path = format!(
+        "{}.{}.{seq}.heap",
+        String::from_utf8_lossy(prefix.as_bytes()),
+        std::process::id()
+    );
+    dump(Path::new(&path))
+}
+
+extern "C" fn at_exit() {
+    let _busy = sampler::Busy::enter();
+    let o = options::get();
+    if let Some(prefix) = o.prof_dump {
+        let path = format!(
+            "{}.{}.final.heap",
+            String::from_utf8_lossy(prefix.as_bytes()),
+            std::process::id()
+        );
+        if let Err(errno) = dump(Path::new(&path)) {
+            crate::os::write_stderr(
+                format!("rangealloc: warning: prof_dump to {path} failed (errno {errno})\n")
+                    .as_bytes(),
+            );
+        }
+    }
+    if o.prof_leak {
+        report::print_leaks(&snapshot());
+    }
+}
+
+/// `fork` handlers: see `table::fork_prepare`.
+pub fn fork_prepare() {
+    table::fork_prepare();
+}
+
+/// # Safety
+/// After `fork_prepare` on this thread.
+pub unsafe fn fork_release() {
+    // SAFETY: caller contract.
+    unsafe { table::fork_release() }
+}

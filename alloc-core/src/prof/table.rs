@@ -1,0 +1,361 @@
+//! The profiler's tables: one entry per distinct sampled call stack (with its estimated
+//! allocated and in-use objects and bytes) and one per live sampled object (its stack
+//! and weight, so its free can be subtracted). Both are fixed-size, open-addressed and
+//! mapped once from the OS, so recording a sample never allocates. Owns the tables, their
+//! spin lock and the side marks that let `free` skip unsampled objects; calls `os`.
+//!
+//! Sampled objects are their own page-aligned regions (see `prof`), so an address
+//! identifies one object exactly, and the side marks (a counter per hashed page) answer
+//! "may this object be sampled?" with one load.
+
+use super::stack::MAX_FRAMES;
+use crate::os::{self, PAGE_SIZE};
+use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use crate::sync::SpinLock;
+
+/// Distinct stacks kept: 16K. Real services show a few thousand distinct allocation
+/// stacks (jemalloc's profiles of large C++ servers); an entry is ~550 bytes, so the
+/// table reserves 9 MiB of address space, touched only as stacks appear.
+const STACK_CAPACITY: usize = 1 << 14;
+/// Live sampled objects kept: 128K, i.e. 64 GiB of live heap at the default 512 KiB
+/// mean (more at a coarser rate); 40 bytes each, 5 MiB reserved, touched as used.
+const LIVE_CAPACITY: usize = 1 << 17;
+/// Tables are kept below 7/8 full so linear probes stay short.
+const FILL_LIMIT_NUM: usize = 7;
+const FILL_LIMIT_DEN: usize = 8;
+/// Side marks: one counter per hashed page. 4096 counters (16 KiB) keep a false
+/// positive (a wasted locked lookup on free) rare while thousands of samples are live.
+const MARKS: usize = 1 << 12;
+
+/// Estimated totals of one stack.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+pub struct Counts {
+    pub alloc_objects: f64,
+    pub alloc_bytes: f64,
+    pub inuse_objects: f64,
+    pub inuse_bytes: f64,
+}
+
+/// One stack as a dump sees it.
+#[derive(Clone, Copy)]
+pub struct StackSample {
+    pub frames: [usize; MAX_FRAMES],
+    pub depth: usize,
+    pub counts: Counts,
+}
+
+#[derive(Clone, Copy)]
+struct StackEntry {
+    /// 0 = empty slot (a real hash of 0 is stored as 1).
+    hash: u64,
+    sample: StackSample,
+}
+
+#[derive(Clone, Copy)]
+struct LiveEntry {
+    /// 0 = empty slot.
+    addr: usize,
+    stack: u32,
+    objects: f64,
+    bytes: f64,
+}
+
+struct Tables {
+    stacks: *mut StackEntry,
+    stacks_used: usize,
+    live: *mut LiveEntry,
+    live_used: usize,
+    /// Samples not recorded because a table was full.
+    dropped: u64,
+}
+
+// SAFETY: the raw pointers name process-wide mappings that only the lock holder touches.
+unsafe impl Send for Tables {}
+
+static TABLES: SpinLock<Option<Tables>> = SpinLock::new(None);
+
+/// Live sampled objects, read without the lock by `free` to skip the profiler entirely
+/// when none are live.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static MARK: [AtomicU32; MARKS] = [const { AtomicU32::new(0) }; MARKS];
+
+fn mark_of(addr: usize) -> &'static AtomicU32 {
+    // Fibonacci hashing of the page number: sampled objects are page-aligned.
+    let page = (addr / PAGE_SIZE) as u64;
+    &MARK[(page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - MARKS.trailing_zeros())) as usize]
+}
+
+/// True if some sampled object is live.
+#[inline]
+pub fn any_live() -> bool {
+    // Relaxed: a free only ever looks up its own object, whose record was made by the
+    // thread that allocated it and published to the freeing thread with the pointer.
+    LIVE.load(Ordering::Relaxed) != 0
+}
+
+/// True if the object at `addr` may be sampled (no false negatives).
+#[inline]
+pub fn maybe_sampled(addr: usize) -> bool {
+    // Relaxed: as in `any_live`.
+    any_live() && mark_of(addr).load(Ordering::Relaxed) != 0
+}
+
+fn reserve_array<T>(count: usize) -> Option<*mut T> {
+    let len = (count * core::mem::size_of::<T>()).next_multiple_of(PAGE_SIZE);
+    // Fresh anonymous memory is zero: every slot starts empty.
+    os::reserve(len, PAGE_SIZE).ok().map(|a| a as *mut T)
+}
+
+/// Maps the tables if they are not yet; false if the OS refused.
+pub fn init() -> bool {
+    let mut tables = TABLES.lock();
+    if tables.is_some() {
+        return true;
+    }
+    let (Some(stacks), Some(live)) = (
+        reserve_array::<StackEntry>(STACK_CAPACITY),
+        reserve_array::<LiveEntry>(LIVE_CAPACITY),
+    ) else {
+        return false;
+    };
+    *tables = Some(Tables {
+        stacks,
+        stacks_used: 0,
+        live,
+        live_used: 0,
+        dropped: 0,
+    });
+    true
+}
+
+pub fn initialised() -> bool {
+    TABLES.lock().is_some()
+}
+
+fn hash_frames(frames: &[usize]) -> u64 {
+    // FNV-1a over the words, then forced non-zero.
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for &f in frames {
+        h ^= f as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h.max(1)
+}
+
+fn under_fill_limit(used: usize, capacity: usize) -> bool {
+    (used + 1) * FILL_LIMIT_DEN <= capacity * FILL_LIMIT_NUM
+}
+
+/// Records a sampled object at `addr` allocated from `frames`, standing for `objects`
+/// objects and `bytes` bytes. False (and counted as dropped) when a table is full.
+pub fn record(addr: usize, frames: &[usize], objects: f64, bytes: f64) -> bool {
+    let hash = hash_frames(frames);
+    let mut guard = TABLES.lock();
+    let Some(t) = guard.as_mut() else {
+        return false;
+    };
+    if !under_fill_limit(t.live_used, LIVE_CAPACITY) {
+        t.dropped += 1;
+        return false;
+    }
+    // SAFETY: `stacks` has STACK_CAPACITY entries; we hold the lock.
+    let stack = unsafe {
+        let mut i = hash as usize & (STACK_CAPACITY - 1);
+        loop {
+            let e = &mut *t.stacks.add(i);
+            if e.hash == hash
+                && e.sample.depth == frames.len()
+                && e.sample.frames[..frames.len()] == *frames
+            {
+                break i;
+            }
+            if e.hash == 0 {
+                if !under_fill_limit(t.stacks_used, STACK_CAPACITY) {
+                    t.dropped += 1;
+                    return false;
+                }
+                e.hash = hash;
+                e.sample.depth = frames.len();
+                e.sample.frames[..frames.len()].copy_from_slice(frames);
+                t.stacks_used += 1;
+                break i;
+            }
+            i = (i + 1) & (STACK_CAPACITY - 1);
+        }
+    };
+    // SAFETY: as above; `stack` is an occupied slot.
+    unsafe {
+        let c = &mut (*t.stacks.add(stack)).sample.counts;
+        c.alloc_objects += objects;
+        c.alloc_bytes += bytes;
+        c.inuse_objects += objects;
+        c.inuse_bytes += bytes;
+        let mut i = live_home(addr);
+        while (*t.live.add(i)).addr != 0 {
+            i = (i + 1) & (LIVE_CAPACITY - 1);
+        }
+        *t.live.add(i) = LiveEntry {
+            addr,
+            stack: stack as u32,
+            objects,
+            bytes,
+        };
+    }
+    t.live_used += 1;
+    // Relaxed: see `any_live`; the lock orders these among recorders.
+    mark_of(addr).fetch_add(1, Ordering::Relaxed);
+    LIVE.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+fn live_home(addr: usize) -> usize {
+    ((addr / PAGE_SIZE) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize >> 8
+        & (LIVE_CAPACITY - 1)
+}
+
+/// Forgets the sampled object at `addr` (it is being freed), subtracting it from its
+/// stack's in-use totals; false if `addr` was not sampled.
+pub fn forget(addr: usize) -> bool {
+    let mut guard = TABLES.lock();
+    let Some(t) = guard.as_mut() else {
+        return false;
+    };
+    // SAFETY: `live` has LIVE_CAPACITY entries, `stacks` STACK_CAPACITY; we hold the
+    // lock. Deletion shifts later entries of the probe run back (no tombstones).
+    unsafe {
+        let mut i = live_home(addr);
+        loop {
+            let e = *t.live.add(i);
+            if e.addr == 0 {
+                return false;
+            }
+            if e.addr == addr {
+                break;
+            }
+            i = (i + 1) & (LIVE_CAPACITY - 1);
+        }
+        let e = *t.live.add(i);
+        let c = &mut (*t.stacks.add(e.stack as usize)).sample.counts;
+        c.inuse_objects -= e.objects;
+        c.inuse_bytes -= e.bytes;
+        let mut hole = i;
+        let mut j = i;
+        loop {
+            j = (j + 1) & (LIVE_CAPACITY - 1);
+            let next = *t.live.add(j);
+            if next.addr == 0 {
+                break;
+            }
+            let home = live_home(next.addr);
+            // `next` may fill the hole if its home is not cyclically in (hole, j].
+            let home_after_hole = (home.wrapping_sub(hole) & (LIVE_CAPACITY - 1))
+                <= (j.wrapping_sub(hole) & (LIVE_CAPACITY - 1))
+                && home != hole;
+            if !home_after_hole {
+                *t.live.add(hole) = next;
+                hole = j;
+            }
+        }
+        (*t.live.add(hole)).addr = 0;
+    }
+    t.live_used -= 1;
+    // Relaxed: see `any_live`.
+    mark_of(addr).fetch_sub(1, Ordering::Relaxed);
+    LIVE.fetch_sub(1, Ordering::Relaxed);
+    true
+}
+
+/// How many stacks a snapshot would copy now.
+pub fn stack_count() -> usize {
+    TABLES.lock().as_ref().map_or(0, |t| t.stacks_used)
+}
+
+/// Samples dropped because a table was full.
+pub fn dropped() -> u64 {
+    TABLES.lock().as_ref().map_or(0, |t| t.dropped)
+}
+
+/// Copies every stack into `out`, up to its spare capacity (it never grows `out`: the
+/// caller reserves first, so nothing allocates under the lock).
+pub fn snapshot(out: &mut Vec<StackSample>) {
+    let guard = TABLES.lock();
+    let Some(t) = guard.as_ref() else {
+        return;
+    };
+    for i in 0..STACK_CAPACITY {
+        if out.len() == out.capacity() {
+            break;
+        }
+        // SAFETY: in bounds; we hold the lock.
+        let e = unsafe { &*t.stacks.add(i) };
+        if e.hash != 0 {
+            out.push(e.sample);
+        }
+    }
+}
+
+/// Zeroes every stack's allocation totals (in-use totals follow the live objects and
+/// stay).
+pub fn reset() {
+    let mut guard = TABLES.lock();
+    let Some(t) = guard.as_mut() else {
+        return;
+    };
+    for i in 0..STACK_CAPACITY {
+        // SAFETY: in bounds; we hold the lock.
+        let c = unsafe { &mut (*t.stacks.add(i)).sample.counts };
+        c.alloc_objects = 0.0;
+        c.alloc_bytes = 0.0;
+    }
+}
+
+/// `fork` handlers: the child must not inherit the lock mid-update.
+pub fn fork_prepare() {
+    TABLES.raw_lock();
+}
+
+/// # Safety
+/// After `fork_prepare` on this thread.
+pub unsafe fn fork_release() {
+    // SAFETY: caller contract.
+    unsafe { TABLES.raw_unlock() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records and forgets many objects whose probe runs collide and wrap; every
+    /// lookup still finds its object after others were deleted, and the in-use totals
+    /// return to zero. Runs on the process-wide tables, with addresses no allocation
+    /// uses (page-aligned, in the kernel half).
+    #[test]
+    fn live_table_survives_colliding_deletes() {
+        assert!(init());
+        const BASE: usize = 0xffff_8000_0000_0000;
+        let frames = [0x1234usize, 0x5678];
+        let n = 5000;
+        let addr = |i: usize| BASE + i * PAGE_SIZE * LIVE_CAPACITY / 64;
+        for i in 0..n {
+            assert!(record(addr(i), &frames, 1.0, 100.0));
+        }
+        assert!(maybe_sampled(addr(7)));
+        for i in (0..n).step_by(3) {
+            assert!(forget(addr(i)));
+        }
+        for i in (0..n).step_by(3) {
+            assert!(!forget(addr(i)), "{i} forgotten twice");
+        }
+        for i in (0..n).filter(|i| i % 3 != 0) {
+            assert!(forget(addr(i)), "{i} lost");
+        }
+        let mut out = Vec::with_capacity(stack_count());
+        snapshot(&mut out);
+        let mine = out
+            .iter()
+            .find(|s| s.frames[..s.depth] == frames)
+            .expect("the stack is kept");
+        assert_eq!(mine.counts.inuse_objects, 0.0);
+        assert_eq!(mine.counts.alloc_objects, n as f64);
+    }
+}

@@ -1,0 +1,571 @@
+//! The heap profiler end to end: a program with three allocation sites that allocate
+//! 60%, 30% and 10% of the bytes (small, medium and large objects; the 30% site's
+//! objects freed) dumps a profile; this test decompresses it with `gzip`, decodes the
+//! pprof message itself and checks each site's share of `alloc_space` and
+//! `inuse_space` within ±5 points. Once as a Rust program (this binary, with
+//! `#[global_allocator]`, as a child process with `RANGEALLOC_OPTIONS`), once as a C
+//! program built with `-O2 -fomit-frame-pointer` under `LD_PRELOAD` (which also dumps
+//! through `mallctl("prof.dump")`, at exit with `prof_dump`, and prints the leak report).
+//! `go tool pprof -top` must find the three sites by name in both dumps; where `go` is
+//! missing those checks say SKIP on stderr.
+
+mod ffi_support;
+
+use ffi_support::{compile, have, preloaded, run, Lang};
+use rangealloc::RangeAlloc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[global_allocator]
+static A: RangeAlloc = RangeAlloc;
+
+const LIMIT: Duration = Duration::from_secs(180);
+/// A finer rate than the default so that 64 MiB give ~4000 samples: the 60% site's
+/// share then has a standard error under one point, and ±5 points is 6+ errors wide.
+const OPTIONS: &str = "prof=1,prof_sample=16384";
+const TOLERANCE: f64 = 0.05;
+const SITES: [&str; 3] = ["prof_site_a", "prof_site_b", "prof_site_c"];
+/// Expected shares of (alloc_space, inuse_space) per site: B's 30% are freed, so A and C
+/// hold 60/70 and 10/70 of what is live.
+const EXPECTED: [(f64, f64); 3] = [(0.6, 0.6 / 0.7), (0.3, 0.0), (0.1, 0.1 / 0.7)];
+
+// ---- the Rust program (the child) ------------------------------------------------------
+
+const TOTAL: usize = 64 << 20;
+const SIZE_A: usize = 1000;
+const SIZE_B: usize = 3000;
+const SIZE_C: usize = 100 << 10;
+
+#[no_mangle]
+#[inline(never)]
+pub fn prof_site_a(slots: &mut Vec<Vec<u8>>) {
+    let mut v = Vec::with_capacity(SIZE_A);
+    v.push(1u8);
+    slots.push(v);
+}
+
+#[no_mangle]
+#[inline(never)]
+pub fn prof_site_b(slots: &mut Vec<Vec<u8>>) {
+    let mut v = Vec::with_capacity(SIZE_B);
+    v.push(2u8);
+    slots.push(v);
+}
+
+#[no_mangle]
+#[inline(never)]
+pub fn prof_site_c(slots: &mut Vec<Vec<u8>>) {
+    let mut v = Vec::with_capacity(SIZE_C);
+    v.push(3u8);
+    slots.push(v);
+}
+
+const REALLOC_OBJECTS: usize = 200;
+const REALLOC_FROM: usize = 1000;
+const REALLOC_TO: usize = 50_000;
+
+#[no_mangle]
+#[inline(never)]
+pub fn prof_site_grow(v: &mut Vec<u8>) {
+    v.reserve_exact(REALLOC_TO - v.len());
+    v.push(5);
+}
+
+/// Every allocation sampled (`prof_sample=1`): sampled blocks are reallocated (moved,
+/// content kept) and freed; the profile then counts the growth at its call site and
+/// nothing of it in use.
+fn realloc_child(path: &str) {
+    println!(
+        "SITE prof_site_grow {:#x}",
+        prof_site_grow as *const () as usize
+    );
+    let mut all: Vec<Vec<u8>> = Vec::with_capacity(REALLOC_OBJECTS);
+    for i in 0..REALLOC_OBJECTS {
+        let mut v = Vec::with_capacity(REALLOC_FROM);
+        v.extend((0..REALLOC_FROM).map(|j| (i + j) as u8));
+        all.push(v);
+    }
+    for v in &mut all {
+        prof_site_grow(v);
+    }
+    for (i, v) in all.iter().enumerate() {
+        assert!(v[..REALLOC_FROM]
+            .iter()
+            .enumerate()
+            .all(|(j, &b)| b == (i + j) as u8));
+        assert!(v.capacity() >= REALLOC_TO);
+    }
+    drop(all);
+    rangealloc::profile::dump(path).expect("dump the profile");
+    println!("DUMPED");
+}
+
+#[test]
+fn child_entry() {
+    let Ok(mode) = std::env::var("RANGEALLOC_TEST_CHILD") else {
+        return; // only meaningful when spawned by the tests below
+    };
+    let path = std::env::var("RANGEALLOC_TEST_PROFILE").expect("profile path");
+    if mode == "realloc" {
+        return realloc_child(&path);
+    }
+    assert_eq!(mode, "sites");
+    for (name, f) in SITES.iter().zip([
+        prof_site_a as fn(&mut Vec<Vec<u8>>),
+        prof_site_b,
+        prof_site_c,
+    ]) {
+        println!("SITE {name} {:#x}", f as *const () as usize);
+    }
+    assert!(rangealloc::profile::enabled());
+    let (na, nb, nc) = (
+        TOTAL * 6 / 10 / SIZE_A,
+        TOTAL * 3 / 10 / SIZE_B,
+        TOTAL / 10 / SIZE_C,
+    );
+    let (mut a, mut b, mut c) = (
+        Vec::with_capacity(na),
+        Vec::with_capacity(nb),
+        Vec::with_capacity(nc),
+    );
+    while a.len() < na || b.len() < nb || c.len() < nc {
+        for _ in 0..20 {
+            if a.len() < na {
+                prof_site_a(&mut a);
+            }
+        }
+        for _ in 0..3 {
+            if b.len() < nb {
+                prof_site_b(&mut b);
+            }
+        }
+        if c.len() < nc {
+            prof_site_c(&mut c);
+        }
+    }
+    drop(b);
+    rangealloc::profile::dump(&path).expect("dump the profile");
+    // Sampling can be switched off and the dump still works; a missing directory
+    // reports the OS error.
+    assert!(rangealloc::profile::set_active(false));
+    assert!(!rangealloc::profile::enabled());
+    assert!(rangealloc::profile::dump("/nonexistent-dir/x.heap").is_err());
+    println!("DUMPED");
+    std::hint::black_box((a, c));
+}
+
+// ---- reading a profile -----------------------------------------------------------------
+
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+}
+
+fn varint(b: &mut &[u8]) -> u64 {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = b[0];
+        *b = &b[1..];
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return v;
+        }
+    }
+    panic!("varint too long");
+}
+
+/// The fields of one protobuf message, in order.
+fn fields(mut b: &[u8]) -> Vec<(u64, Field<'_>)> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let key = varint(&mut b);
+        let field = match key & 7 {
+            0 => Field::Varint(varint(&mut b)),
+            1 => {
+                let (v, rest) = b.split_at(8);
+                b = rest;
+                Field::Bytes(v)
+            }
+            2 => {
+                let len = varint(&mut b) as usize;
+                let (v, rest) = b.split_at(len);
+                b = rest;
+                Field::Bytes(v)
+            }
+            5 => {
+                let (v, rest) = b.split_at(4);
+                b = rest;
+                Field::Bytes(v)
+            }
+            wire => panic!("wire type {wire}"),
+        };
+        out.push((key >> 3, field));
+    }
+    out
+}
+
+/// A repeated integer field, packed or not.
+fn push_ints(out: &mut Vec<u64>, f: &Field) {
+    match f {
+        Field::Varint(v) => out.push(*v),
+        Field::Bytes(mut b) => {
+            while !b.is_empty() {
+                out.push(varint(&mut b));
+            }
+        }
+    }
+}
+
+struct Profile {
+    types: Vec<String>,
+    /// (location ids, values)
+    samples: Vec<(Vec<u64>, Vec<i64>)>,
+    /// location id -> address
+    locations: HashMap<u64, u64>,
+    /// (start, limit, path, build id)
+    mappings: Vec<(u64, u64, String, String)>,
+}
+
+fn decode(gz: &[u8]) -> Profile {
+    assert_eq!(&gz[..2], &[0x1f, 0x8b], "a gzip stream");
+    let mut gunzip = Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run gzip");
+    {
+        use std::io::Write;
+        gunzip.stdin.take().unwrap().write_all(gz).unwrap();
+    }
+    let out = gunzip.wait_with_output().unwrap();
+    assert!(out.status.success(), "gzip -dc reads the profile");
+    let raw = out.stdout;
+    let mut strings = Vec::new();
+    let mut type_ids = Vec::new();
+    let mut samples = Vec::new();
+    let mut locations = HashMap::new();
+    let mut mapping_ids = Vec::new();
+    for (no, f) in fields(&raw) {
+        match (no, f) {
+            (1, Field::Bytes(m)) => {
+                let vt: HashMap<u64, u64> = fields(m)
+                    .into_iter()
+                    .filter_map(|(n, f)| match f {
+                        Field::Varint(v) => Some((n, v)),
+                        _ => None,
+                    })
+                    .collect();
+                type_ids.push(vt.get(&1).copied().unwrap_or(0));
+            }
+            (2, Field::Bytes(m)) => {
+                let (mut ids, mut values) = (Vec::new(), Vec::new());
+                for (n, f) in fields(m) {
+                    match n {
+                        1 => push_ints(&mut ids, &f),
+                        2 => push_ints(&mut values, &f),
+                        _ => {}
+                    }
+                }
+                samples.push((ids, values.into_iter().map(|v| v as i64).collect()));
+            }
+            (3, Field::Bytes(m)) => {
+                let mut v = [0u64; 7];
+                for (n, f) in fields(m) {
+                    if let (1..=6, Field::Varint(x)) = (n, f) {
+                        v[n as usize] = x;
+                    }
+                }
+                mapping_ids.push(v);
+            }
+            (4, Field::Bytes(m)) => {
+                let (mut id, mut addr) = (0, 0);
+                for (n, f) in fields(m) {
+                    match (n, f) {
+                        (1, Field::Varint(x)) => id = x,
+                        (3, Field::Varint(x)) => addr = x,
+                        _ => {}
+                    }
+                }
+                locations.insert(id, addr);
+            }
+            (6, Field::Bytes(s)) => strings.push(String::from_utf8(s.to_vec()).unwrap()),
+            _ => {}
+        }
+    }
+    Profile {
+        types: type_ids
+            .iter()
+            .map(|&i| strings[i as usize].clone())
+            .collect(),
+        samples,
+        locations,
+        mappings: mapping_ids
+            .iter()
+            .map(|v| {
+                (
+                    v[2],
+                    v[3],
+                    strings[v[5] as usize].clone(),
+                    strings[v[6] as usize].clone(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The runtime code range of function `site`: its address as the program printed it
+/// ("SITE name 0x..."; libtest may print "test child_entry ... " before it) and its
+/// size as `nm -S` reads it from the binary.
+fn site_range(stdout: &str, binary: &Path, site: &str) -> (u64, u64) {
+    let start = stdout
+        .lines()
+        .find_map(|l| l.split_once(&format!("SITE {site} 0x")))
+        .and_then(|(_, hex)| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("{site}'s address in:\n{stdout}"));
+    let nm = Command::new("nm")
+        .args(["-S", "--defined-only"])
+        .arg(binary)
+        .output()
+        .expect("run nm (binutils)");
+    assert!(nm.status.success());
+    let size = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .find_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            (parts.len() == 4 && parts[3] == site)
+                .then(|| u64::from_str_radix(parts[1], 16).unwrap())
+        })
+        .unwrap_or_else(|| panic!("{site} in nm's output"));
+    (start, start + size)
+}
+
+fn site_ranges(stdout: &str, binary: &Path) -> Vec<(u64, u64)> {
+    SITES
+        .iter()
+        .map(|site| site_range(stdout, binary, site))
+        .collect()
+}
+
+/// Each site's share of the sample type `ty`, over all samples; a sample belongs to the
+/// first (innermost) site on its stack.
+fn shares(p: &Profile, sites: &[(u64, u64)], ty: &str) -> Vec<f64> {
+    let index = p.types.iter().position(|t| t == ty).expect(ty);
+    let mut per_site = vec![0.0; sites.len()];
+    let mut total = 0.0;
+    for (ids, values) in &p.samples {
+        let v = values[index] as f64;
+        total += v;
+        let site = ids.iter().find_map(|id| {
+            let addr = p.locations[id];
+            sites.iter().position(|&(s, e)| s <= addr && addr < e)
+        });
+        if let Some(i) = site {
+            per_site[i] += v;
+        }
+    }
+    assert!(total > 0.0, "{ty} has samples");
+    per_site.iter().map(|v| v / total).collect()
+}
+
+fn check_profile(what: &str, path: &Path, stdout: &str, binary: &Path) {
+    let p = decode(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+    assert_eq!(
+        p.types,
+        [
+            "alloc_objects",
+            "alloc_space",
+            "inuse_objects",
+            "inuse_space"
+        ]
+    );
+    // The program's own mapping is there, with its path and a build id, for pprof.
+    let exe = binary.canonicalize().unwrap();
+    assert!(
+        p.mappings
+            .iter()
+            .any(|(_, _, path, id)| Path::new(path) == exe && id.len() >= 16),
+        "{what}: mapping of {} in {:?}",
+        exe.display(),
+        p.mappings
+    );
+    let sites = site_ranges(stdout, binary);
+    let alloc = shares(&p, &sites, "alloc_space");
+    let inuse = shares(&p, &sites, "inuse_space");
+    eprintln!("{what}: alloc_space shares {alloc:.3?}, inuse_space shares {inuse:.3?}");
+    for (i, site) in SITES.iter().enumerate() {
+        let (want_alloc, want_inuse) = EXPECTED[i];
+        assert!(
+            (alloc[i] - want_alloc).abs() <= TOLERANCE,
+            "{what}: {site} has {:.3} of alloc_space, expected {want_alloc:.3}",
+            alloc[i]
+        );
+        assert!(
+            (inuse[i] - want_inuse).abs() <= TOLERANCE,
+            "{what}: {site} has {:.3} of inuse_space, expected {want_inuse:.3}",
+            inuse[i]
+        );
+    }
+}
+
+/// `go tool pprof -top` on the dump lists the three sites by name.
+fn check_with_go_pprof(what: &str, binary: &Path, profile: &Path) {
+    if !have("go") {
+        eprintln!("SKIP {what}: `go` not found, `go tool pprof` not run (install golang-go)");
+        return;
+    }
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", "-sample_index=alloc_space"])
+        .arg(binary)
+        .arg(profile)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("run go tool pprof");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what}: go tool pprof failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for site in SITES {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().last() == Some(site)),
+            "{what}: go tool pprof -top does not list {site}:\n{text}"
+        );
+    }
+}
+
+/// The sum of sample type `ty` over the samples whose stack passes through
+/// `[start, end)`.
+fn site_total(p: &Profile, (start, end): (u64, u64), ty: &str) -> f64 {
+    let index = p.types.iter().position(|t| t == ty).expect(ty);
+    p.samples
+        .iter()
+        .filter(|(ids, _)| {
+            ids.iter().any(|id| {
+                let addr = p.locations[id];
+                start <= addr && addr < end
+            })
+        })
+        .map(|(_, values)| values[index] as f64)
+        .sum()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("heap-profile-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ---- the tests -------------------------------------------------------------------------
+
+#[test]
+fn rust_program_profile_gives_each_site_its_share() {
+    let dir = scratch("rust");
+    let path = dir.join("sites.heap");
+    let exe = std::env::current_exe().unwrap();
+    let out = run(child("sites", &path, OPTIONS), LIMIT);
+    out.assert_success("the Rust sites program");
+    assert!(out.stdout.contains("DUMPED"), "{}", out.stdout);
+    check_profile("Rust", &path, &out.stdout, &exe);
+    check_with_go_pprof("Rust", &exe, &path);
+}
+
+fn child(mode: &str, profile: &Path, options: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env("RANGEALLOC_TEST_CHILD", mode)
+        .env("RANGEALLOC_TEST_PROFILE", profile)
+        .env("RANGEALLOC_OPTIONS", options);
+    cmd
+}
+
+/// `realloc` of sampled blocks moves them with their content, counts the new size at
+/// the `realloc` call site, and their frees leave nothing of them in use.
+#[test]
+fn reallocated_and_freed_samples_leave_nothing_in_use() {
+    let path = scratch("realloc").join("realloc.heap");
+    let out = run(child("realloc", &path, "prof=1,prof_sample=1"), LIMIT);
+    out.assert_success("the realloc program");
+    assert!(out.stdout.contains("DUMPED"), "{}", out.stdout);
+    let p = decode(&std::fs::read(&path).unwrap());
+    let grow = site_range(
+        &out.stdout,
+        &std::env::current_exe().unwrap(),
+        "prof_site_grow",
+    );
+    let grown = site_total(&p, grow, "alloc_space");
+    let want = (REALLOC_OBJECTS * REALLOC_TO) as f64;
+    assert!(
+        (grown / want - 1.0).abs() < TOLERANCE,
+        "alloc_space at the realloc site: {grown}, expected about {want}"
+    );
+    assert_eq!(site_total(&p, grow, "inuse_space"), 0.0);
+    assert_eq!(site_total(&p, grow, "inuse_objects"), 0.0);
+}
+
+#[test]
+fn c_program_without_frame_pointers_profile_gives_each_site_its_share() {
+    let exe = compile(
+        "prof_sites.c",
+        "prof_sites",
+        Lang::C,
+        // -rdynamic exports the sites, so the leak report's dladdr can name them.
+        &["-fomit-frame-pointer", "-rdynamic"],
+    );
+    let dir = scratch("c");
+    let (direct, by_mallctl) = (dir.join("direct.heap"), dir.join("mallctl.heap"));
+    let prefix = dir.join("exit");
+    let mut cmd = preloaded(&exe);
+    cmd.arg(&direct).arg(&by_mallctl).env(
+        "RANGEALLOC_OPTIONS",
+        format!("{OPTIONS},prof_leak=1,prof_dump={}", prefix.display()),
+    );
+    let out = run(cmd, LIMIT);
+    out.assert_success("prof_sites under LD_PRELOAD");
+    assert!(out.stdout.contains("DUMPED"), "{}", out.stdout);
+    check_profile("C (rangealloc_prof_dump)", &direct, &out.stdout, &exe);
+    check_profile("C (mallctl prof.dump)", &by_mallctl, &out.stdout, &exe);
+    // The dump at exit: A and C are still allocated then, as when the others were taken.
+    let final_dump = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".final.heap"))
+        .expect("the prof_dump file written at exit");
+    assert!(final_dump.starts_with(&dir));
+    check_profile("C (at exit)", &final_dump, &out.stdout, &exe);
+    // The leak report: the largest holder first, and its stack names the site.
+    let report = &out.stderr;
+    let first = report.find("leak #1:").expect("a leak report on stderr");
+    let second = report.find("leak #2:").expect("a second leaking stack");
+    assert!(
+        report[first..second].contains("prof_site_a"),
+        "leak #1 is site A:\n{report}"
+    );
+    assert!(
+        report[second..]
+            .lines()
+            .take(8)
+            .any(|l| l.contains("prof_site_c")),
+        "leak #2 is site C:\n{report}"
+    );
+    assert!(!report.contains("prof_site_b"), "B was freed:\n{report}");
+    check_with_go_pprof("C", &exe, &direct);
+}
+
+/// With profiling off (the default), nothing is sampled and a dump says so.
+#[test]
+fn profiling_is_off_by_default() {
+    if std::env::var_os("RANGEALLOC_OPTIONS").is_some() {
+        return; // the environment asked for something else
+    }
+    let v = vec![0u8; 1 << 20];
+    assert!(!rangealloc::profile::enabled());
+    let err = rangealloc::profile::dump(scratch("off").join("x.heap")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    drop(v);
+}
