@@ -17,6 +17,8 @@ mod compat;
 mod cxx;
 mod mallctl;
 mod malloc;
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+mod static_tls;
 mod stats;
 
 use core::ffi::{c_char, c_void};

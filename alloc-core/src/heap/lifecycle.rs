@@ -55,6 +55,8 @@ pub fn init_thread() -> *mut Heap {
     // pthread_setspecific may call calloc (keys past the first 32): that nested call
     // must not come back here.
     let inside = Reentrancy::enter();
+    // Before this thread gets a heap, so before its fast path can succeed.
+    thread::verify_static_tls();
     let key = exit_key();
     let heap = adopt_or_create();
     if !heap.is_null() {
