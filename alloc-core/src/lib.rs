@@ -152,11 +152,37 @@ pub unsafe fn free(p: *mut u8) {
 /// `free` for a caller with another name (`operator delete`, `cfree`, `dallocx`...):
 /// a misuse message names `call`. The name travels only to the cold reporting paths.
 ///
+/// Inlined into every caller, so `free` and each `operator delete` of the C library are
+/// one function with no call before the block is on its free list.
+///
 /// # Safety
 /// As `free`.
-#[inline]
+#[inline(always)]
 #[cfg(not(loom))]
 pub unsafe fn free_as(p: *mut u8, call: &'static str) {
+    if space::kind_of(p as usize) == SlotKind::Segment {
+        // SAFETY: the slot is a live segment.
+        match unsafe { heap::free_small_fast(p) } {
+            heap::FastFree::Done => return,
+            // SAFETY: `free_small_fast` checked that this thread's heap owns the page.
+            heap::FastFree::Retire(heap, page) => {
+                return unsafe { heap::retire_after_free(heap, page) }
+            }
+            heap::FastFree::Slow => {}
+        }
+    }
+    // SAFETY: forwarded contract; the fast path changed nothing.
+    unsafe { free_slow(p, call) }
+}
+
+/// `free_as` in full: remote frees, large and metadata blocks, misuse reports.
+///
+/// # Safety
+/// As `free`.
+#[cold]
+#[inline(never)]
+#[cfg(not(loom))]
+unsafe fn free_slow(p: *mut u8, call: &'static str) {
     match space::kind_of(p as usize) {
         // SAFETY: the slot is a live segment.
         SlotKind::Segment => match unsafe { heap::free_small(p) } {

@@ -25,6 +25,7 @@ pub const UNINIT: usize = 0;
 pub const BUSY: usize = 1;
 /// The thread is exiting and gave its heap up.
 pub const DEAD: usize = 2;
+// 3 is `UNREAD`, never stored in a slot.
 /// Slot values below this are sentinels, not heap pointers.
 pub const SENTINEL_LIMIT: usize = 4096;
 
@@ -46,13 +47,39 @@ pub fn get() -> usize {
             // the thread pointer in every thread of the process (see there).
             return unsafe { static_tls::read(offset) };
         }
+        return static_tls::get_general();
     }
+    #[cfg(not(static_tls))]
     SLOT.with(|s| s.get())
 }
 
 #[inline(always)]
 pub fn set(value: usize) {
     SLOT.with(|s| s.set(value))
+}
+
+/// Not a slot value: what `get_fast` returns when the fast access is unavailable.
+pub const UNREAD: usize = 3;
+
+/// `get` for fast paths that have a slow path of their own: the slot when it can be
+/// read with one load (always in an executable; in the C library once static TLS is
+/// proven), else `UNREAD`, which is below `SENTINEL_LIMIT` and matches no heap, so the
+/// caller falls back to its slow path, which calls `get`. Keeps the general access's
+/// call out of the fast path, which then needs no stack frame.
+#[inline(always)]
+pub fn get_fast() -> usize {
+    #[cfg(static_tls)]
+    {
+        // Relaxed: as in `get`.
+        let offset = TP_OFFSET.load(core::sync::atomic::Ordering::Relaxed);
+        if offset == 0 {
+            return UNREAD;
+        }
+        // SAFETY: as in `get`.
+        unsafe { static_tls::read(offset) }
+    }
+    #[cfg(not(static_tls))]
+    SLOT.with(|s| s.get())
 }
 
 /// `SLOT`'s offset from the thread pointer (`%fs:0`) when the module is proven to sit
@@ -154,6 +181,14 @@ mod static_tls {
     pub fn own_offset() -> isize {
         let slot = SLOT.with(|s| s as *const _ as isize);
         slot.wrapping_sub(thread_pointer())
+    }
+
+    /// The general access (a `__tls_get_addr` call in a shared object), kept out of
+    /// line so that the callers' fast paths need no call and no saved registers.
+    #[cold]
+    #[inline(never)]
+    pub fn get_general() -> usize {
+        SLOT.with(|s| s.get())
     }
 
     /// The slot word at `offset` from the thread pointer.

@@ -23,7 +23,7 @@ mod stats;
 
 use core::ffi::{c_char, c_void};
 use core::sync::atomic::{AtomicU8, Ordering};
-use rangealloc_core as engine;
+use rangealloc_core::{self as engine, MALLOC_ALIGN};
 
 /// The largest request we accept. Like glibc (which fails anything above
 /// `PTRDIFF_MAX`), because pointer differences inside a larger object would overflow,
@@ -65,6 +65,33 @@ fn out_of_memory() -> *mut c_void {
 /// `align` must be a power of two.
 #[inline(always)]
 unsafe fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
+    // The fast path: a small request the thread's heap serves from a current page. It
+    // skips `ensure_initialised`: it succeeds only for a thread that already has a
+    // heap, and every heap is made on a slow path, which runs it first (the first
+    // allocation of the process is such a one). `size <= SMALL_MAX` also covers
+    // `request_fits`, and `class_of(0)` is the smallest class, as `size.max(1)` below.
+    if size <= engine::heap::SMALL_MAX && align <= MALLOC_ALIGN {
+        let p = engine::heap::try_alloc_small(engine::heap::class_of(size));
+        if !p.is_null() {
+            if zeroed {
+                // SAFETY: a fresh block of at least `size` bytes.
+                unsafe { core::ptr::write_bytes(p, 0, size) };
+            }
+            return p.cast();
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { allocate_slow(size, align, zeroed) }
+}
+
+/// Everything `allocate`'s fast path does not serve: first use, large and aligned
+/// requests, refills.
+///
+/// # Safety
+/// As `allocate`.
+#[cold]
+#[inline(never)]
+unsafe fn allocate_slow(size: usize, align: usize, zeroed: bool) -> *mut c_void {
     ensure_initialised();
     if !request_fits(size, align) {
         return out_of_memory();
