@@ -3,8 +3,10 @@
 //!
 //! This crate owns the C ABI and nothing else: argument checking, `errno`, the exact
 //! C/POSIX/glibc semantics of each entry point, and the one-time `pthread_atfork`
-//! registration. It calls only `rangealloc-core`'s public API and `libc`, and it never
-//! allocates through Rust's global allocator (under `LD_PRELOAD` that would be us).
+//! registration. It calls only `rangealloc-core`'s public API, `libc` and the loader's
+//! `dl*` functions; the C code here never allocates through Rust's global allocator,
+//! which for the Rust code linked in (crossbeam-epoch, `std`) is the engine itself
+//! (`RUST_ALLOCATIONS`).
 //!
 //! `malloc` holds the C malloc family, `cxx` the C++ `operator new`/`delete` family,
 //! `compat` the historical and jemalloc-compatible names; this file holds what they
@@ -24,6 +26,16 @@ mod stats;
 use core::ffi::{c_char, c_void};
 use core::sync::atomic::{AtomicU8, Ordering};
 use rangealloc_core::{self as engine, MALLOC_ALIGN};
+
+/// Rust code linked into this library (crossbeam-epoch, `std`) allocates through the
+/// engine directly, never through the `malloc`/`free` symbols. Through the symbols, one
+/// call could bind to our definition (fat LTO resolves a call to `malloc` inside the
+/// library to the function defined here, and may inline it) while its `free` goes
+/// through the GOT to whatever the process's global scope binds: the same function
+/// under `LD_PRELOAD`, but glibc's when the library is `dlopen`ed, which then receives
+/// our block and aborts ("free(): invalid pointer"; `tests/c/dlopen_malloc.c`).
+#[global_allocator]
+static RUST_ALLOCATIONS: rangealloc::RangeAlloc = rangealloc::RangeAlloc;
 
 /// The largest request we accept. Like glibc (which fails anything above
 /// `PTRDIFF_MAX`), because pointer differences inside a larger object would overflow,
