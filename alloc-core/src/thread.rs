@@ -47,7 +47,7 @@ pub fn get() -> usize {
             // the thread pointer in every thread of the process (see there).
             return unsafe { static_tls::read(offset) };
         }
-        return static_tls::get_general();
+        static_tls::get_general()
     }
     #[cfg(not(static_tls))]
     SLOT.with(|s| s.get())

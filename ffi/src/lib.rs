@@ -79,11 +79,13 @@ fn out_of_memory() -> *mut c_void {
 unsafe fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
     // The fast path: a small request the thread's heap serves from a current page. It
     // skips `ensure_initialised`: it succeeds only for a thread that already has a
-    // heap, and every heap is made on a slow path, which runs it first (the first
-    // allocation of the process is such a one). `size <= SMALL_MAX` also covers
-    // `request_fits`, and `class_of(0)` is the smallest class, as `size.max(1)` below.
-    if size <= engine::heap::SMALL_MAX && align <= MALLOC_ALIGN {
-        let p = engine::heap::try_alloc_small(engine::heap::class_of(size));
+    // heap, and every heap is made on a slow path: the first allocation of the process
+    // is one, made through these entry points (the library's own Rust allocations,
+    // `RUST_ALLOCATIONS`, happen only inside engine calls those entry points make), so
+    // the handlers are registered before any fast path can succeed. A small class also means
+    // `request_fits`, and size 0 gets the smallest class, as `size.max(1)` below.
+    if let (Some(class), true) = (engine::heap::small_class_of(size), align <= MALLOC_ALIGN) {
+        let p = engine::heap::try_alloc_small(class);
         if !p.is_null() {
             if zeroed {
                 // SAFETY: a fresh block of at least `size` bytes.

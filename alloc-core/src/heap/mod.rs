@@ -22,7 +22,7 @@ use size_class::CLASSES;
 pub use lifecycle::{
     for_each_heap, fork_child, fork_prepare, fork_release, heap_counts, HeapCounts,
 };
-pub use size_class::{class_for, class_of, class_size, SMALL_MAX};
+pub use size_class::{class_for, class_of, class_size, small_class_of, SMALL_MAX};
 
 /// Per-class queue of pages with (possibly) free blocks; `current[class]` is its head.
 #[derive(Clone, Copy)]
@@ -304,6 +304,24 @@ unsafe fn push_local(heap: *mut Heap, page: *mut Page, block: *mut Block) -> boo
             return (*page).in_full || !alone;
         }
         false
+    }
+}
+
+/// The block size of `p` if it is the start of a live (not free) block, else `None`:
+/// `is_block_start`, `is_free_block` and `usable_size` with one page lookup.
+///
+/// # Safety
+/// `p` lies in a live segment.
+#[inline(always)]
+pub unsafe fn live_block_size(p: *const u8) -> Option<usize> {
+    let addr = p as usize;
+    // SAFETY: caller contract; the block's words are read only once `block_index`
+    // placed it inside the page.
+    unsafe {
+        let page = (*Segment::of(addr)).page_of(addr);
+        (*page).block_index(addr)?;
+        let block = p as *const Block;
+        ((*block).cookie != free_cookie(block)).then_some((*page).block_size as usize)
     }
 }
 
