@@ -168,6 +168,10 @@ pub unsafe fn free_as(p: *mut u8, call: &'static str) {
             heap::FastFree::Retire(heap, page) => {
                 return unsafe { heap::retire_after_free(heap, page) }
             }
+            // SAFETY: a validated live block, unchanged since.
+            heap::FastFree::NotOwned(page, block) => {
+                return unsafe { heap::free_not_owned(page, block) }
+            }
             heap::FastFree::Slow => {}
         }
     }

@@ -205,6 +205,20 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
             return Err(SmallFreeError::DoubleFree);
         }
         (*block).cookie = cookie;
+        free_validated(seg, page, block);
+    }
+    Ok(())
+}
+
+/// The end of a free once the block is validated and carries its free cookie: onto the
+/// local list if this thread owns the page, else onto the page's atomic list.
+///
+/// # Safety
+/// `block` is a live block of `page` in `seg`, its cookie just set by this free.
+#[inline(always)]
+unsafe fn free_validated(seg: *mut Segment, page: *mut Page, block: *mut Block) {
+    // SAFETY: caller contract.
+    unsafe {
         let slot = thread::get();
         if (*seg).heap == slot {
             if push_local(slot as *mut Heap, page, block) {
@@ -218,7 +232,23 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
             }
         }
     }
-    Ok(())
+}
+
+/// `free_validated` out of line, for `free_small_fast`'s `NotOwned` outcome (frees into
+/// another thread's page, or any free while the slot could not be read with one load):
+/// sets the cookie the fast path checked and finishes the free, without validating the
+/// block again.
+///
+/// # Safety
+/// `block` is a live, validated block of `page`; nothing has changed since the check.
+#[cold]
+#[inline(never)]
+pub unsafe fn free_not_owned(page: *mut Page, block: *mut Block) {
+    // SAFETY: caller contract; the segment header sits at the segment base.
+    unsafe {
+        (*block).cookie = free_cookie(block);
+        free_validated(Segment::of(block as usize), page, block);
+    }
 }
 
 /// What `free_small_fast` left to its caller.
@@ -228,9 +258,11 @@ pub enum FastFree {
     /// The block is freed, and its page must be un-parked or retired:
     /// `retire_after_free(heap, page)`.
     Retire(*mut Heap, *mut Page),
+    /// A live block of a page the fast path cannot free into (another thread's, or the
+    /// slot was not read with one load): nothing changed; `free_not_owned(page, block)`.
+    NotOwned(*mut Page, *mut Block),
     /// Nothing was changed: take the full path (`free_small` and its misuse reports),
-    /// because the block is not a live block of a page this thread owns, or the slot
-    /// was not read with the fast access.
+    /// because the pointer is not a live block.
     Slow,
 }
 
@@ -258,7 +290,7 @@ pub unsafe fn free_small_fast(p: *mut u8) -> FastFree {
         }
         let slot = thread::get_fast();
         if (*seg).heap != slot {
-            return FastFree::Slow;
+            return FastFree::NotOwned(page, block);
         }
         (*block).cookie = cookie;
         let heap = slot as *mut Heap;
