@@ -12,10 +12,19 @@
 #![cfg_attr(loom, allow(dead_code, clippy::new_without_default))]
 
 // `--cfg loom` builds only what the loom models need (`sync`, `region::lock` and the
-// `Region` descriptor): everything else holds statics that loom's atomics cannot
+// `Region` descriptor, the heap's `page`): everything else holds statics that loom's atomics cannot
 // initialise, so it is left out of model builds.
 #[cfg(not(loom))]
 pub mod heap;
+/// Model builds keep the heap's page handshake (and the size classes it checks against),
+/// which `heap/page_loom.rs` model-checks.
+#[cfg(loom)]
+pub mod heap {
+    pub mod page;
+    #[cfg(test)]
+    mod page_loom;
+    pub mod size_class;
+}
 #[cfg(not(loom))]
 pub mod large;
 #[cfg(not(loom))]

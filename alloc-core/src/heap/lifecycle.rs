@@ -9,7 +9,6 @@
 
 use super::{empty_page, slow, Heap, PageQueue, CLASSES};
 use crate::region::epoch;
-use crate::sync::atomic::AtomicPtr;
 use crate::sync::SpinLock;
 use crate::{meta, thread, Reentrancy};
 use core::ptr;
@@ -120,7 +119,7 @@ fn adopt_or_create() -> *mut Heap {
                 first: ptr::null_mut(),
                 last: ptr::null_mut(),
             }; CLASSES],
-            pending: AtomicPtr::new(ptr::null_mut()),
+            pending: super::page::PendingPages::new(),
             segments: ptr::null_mut(),
             next_purge_ms: 0,
             all_next: ptr::null_mut(),

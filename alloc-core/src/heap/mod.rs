@@ -15,7 +15,7 @@ mod slow;
 
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::thread;
-use page::{free_cookie, Block, Page};
+use page::{free_cookie, Block, Page, PendingPages};
 use segment::Segment;
 use size_class::CLASSES;
 
@@ -41,7 +41,7 @@ pub struct Heap {
     pub(crate) counts: [ClassCount; CLASSES],
     queues: [PageQueue; CLASSES],
     /// Parked-full pages that received remote frees (pushed by freers, popped whole).
-    pending: crate::sync::atomic::AtomicPtr<Page>,
+    pending: PendingPages,
     /// Segments owned by this heap.
     segments: *mut Segment,
     /// Next time (ms) the slow path checks for pages to purge.
@@ -192,11 +192,13 @@ pub enum SmallFreeError {
 #[inline(always)]
 pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
     let addr = p as usize;
-    // SAFETY: the slot is a live segment, whose header sits at its base.
+    // SAFETY: the slot is a live segment, whose header sits at its base. Until the block
+    // is published, its page is live (the block counts in `used`); what a remote freer
+    // may read of it is said in `page`'s module doc.
     unsafe {
         let seg = Segment::of(addr);
-        let page = (*seg).page_of(addr);
-        if (*page).block_index(addr).is_none() {
+        let page = Segment::page_of(seg, addr);
+        if Page::block_index(page, addr).is_none() {
             return Err(SmallFreeError::NotABlock);
         }
         let block = p as *mut Block;
@@ -227,7 +229,9 @@ unsafe fn free_validated(seg: *mut Segment, page: *mut Page, block: *mut Block) 
         } else {
             zero_on_free(block, page);
             slow::count_remote_free(slot, (*page).class as usize);
-            if (*page).push_remote(block) {
+            // Publish last: after this push the page may be gone, unless we won its
+            // hand-off, which keeps it (`Pending`) until its owner pops it.
+            if (*page).thread_free.push(block) {
                 slow::hand_off_pending((*seg).heap as *mut Heap, page);
             }
         }
@@ -279,8 +283,8 @@ pub unsafe fn free_small_fast(p: *mut u8) -> FastFree {
     // words are read only once `block_index` placed it inside the page.
     unsafe {
         let seg = Segment::of(addr);
-        let page = (*seg).page_of(addr);
-        if (*page).block_index(addr).is_none() {
+        let page = Segment::page_of(seg, addr);
+        if Page::block_index(page, addr).is_none() {
             return FastFree::Slow;
         }
         let block = p as *mut Block;
@@ -350,8 +354,8 @@ pub unsafe fn live_block_size(p: *const u8) -> Option<usize> {
     // SAFETY: caller contract; the block's words are read only once `block_index`
     // placed it inside the page.
     unsafe {
-        let page = (*Segment::of(addr)).page_of(addr);
-        (*page).block_index(addr)?;
+        let page = Segment::page_of(Segment::of(addr), addr);
+        Page::block_index(page, addr)?;
         let block = p as *const Block;
         ((*block).cookie != free_cookie(block)).then_some((*page).block_size as usize)
     }
@@ -363,8 +367,8 @@ pub unsafe fn live_block_size(p: *const u8) -> Option<usize> {
 /// `p` is a live block of a live segment.
 #[inline]
 pub unsafe fn usable_size(p: *const u8) -> usize {
-    // SAFETY: caller contract.
-    unsafe { (*(*Segment::of(p as usize)).page_of(p as usize)).block_size as usize }
+    // SAFETY: caller contract; `block_size` is fixed while the page is live.
+    unsafe { (*Segment::page_of(Segment::of(p as usize), p as usize)).block_size as usize }
 }
 
 /// True if `p` is a live block (not on any free list we can see from the cookie).
@@ -374,11 +378,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
 pub unsafe fn is_block_start(p: *const u8) -> bool {
     let addr = p as usize;
     // SAFETY: caller contract.
-    unsafe {
-        (*(*Segment::of(addr)).page_of(addr))
-            .block_index(addr)
-            .is_some()
-    }
+    unsafe { Page::block_index(Segment::page_of(Segment::of(addr), addr), addr).is_some() }
 }
 
 /// True if the block at `p` carries the free cookie (it is on a free list).

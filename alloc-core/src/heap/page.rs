@@ -6,13 +6,23 @@
 //! - `local_free`: blocks freed by the owner (kept apart so the fast path's list stays
 //!   short-lived and a page that empties is noticed without walking lists);
 //! - `thread_free`: blocks freed by other threads, pushed with one CAS and taken whole
-//!   by the owner with one swap (many producers, one consumer that takes everything:
-//!   no ABA).
+//!   by the owner with one RMW (many producers, one consumer that takes everything:
+//!   no ABA). The same word carries the page's hand-off state (`ThreadFree`).
 //!
 //! Blocks beyond `bump` were never handed out; the owner carves them lazily, a batch at
 //! a time, so a fresh page costs nothing until used.
+//!
+//! **What another thread may touch.** A remote freer reads only fields that never change
+//! while the page is live (`start`, `block_size`, `reciprocal`, `class`), `bump` (an
+//! atomic: the owner advances it while freers validate against it), and the shared words
+//! (`thread_free`, `pending_next`), always through raw pointers or atomics, never through
+//! a `&Page`/`&mut Page` that would alias the owner's. It touches nothing of the page
+//! after its block is published, except when its push won the page's hand-off (state
+//! `Full` -> `Pending`): a `Pending` page is never retired until the owner has taken it
+//! off its pending stack, so the freer may still link it there (DESIGN.md §5, publish
+//! last).
 
-use crate::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use core::ptr;
 
 /// A free block's header. `cookie` marks it free (`FREE_COOKIE ^ address`), which is
@@ -146,11 +156,291 @@ fn batch_order(batch: usize) -> (usize, usize) {
     (offset, stride)
 }
 
-/// `full_state` values: the handshake between an owner that parks a full page off its
-/// queues and remote freers that must bring it back.
-pub const NOT_FULL: u8 = 0;
-pub const FULL: u8 = 1;
-pub const PENDING: u8 = 2;
+/// Where a page stands in the handshake between its owner, who parks a page that has no
+/// free block off its queues, and remote freers, who must bring a parked page back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandOff {
+    /// In the owner's queues (or being emptied): a remote free just pushes its block.
+    Active = 0,
+    /// Parked off the queues: the next remote free must hand the page back.
+    Full = 1,
+    /// A remote freer won the hand-off: the page is on, or about to be pushed onto, the
+    /// owner's pending stack. It stays `Pending` until the owner pops it there, and until
+    /// then the owner neither parks it as `Full` again nor retires it.
+    Pending = 2,
+}
+
+/// The low bits of `ThreadFree`'s word hold the `HandOff` state; blocks are at least
+/// 16-byte aligned (`MIN_BLOCK`), so a block address never uses them.
+const STATE_MASK: usize = 0b11;
+const _: () = assert!(super::size_class::MIN_BLOCK > STATE_MASK);
+
+impl HandOff {
+    #[inline(always)]
+    fn of(word: usize) -> HandOff {
+        match word & STATE_MASK {
+            0 => HandOff::Active,
+            1 => HandOff::Full,
+            _ => HandOff::Pending,
+        }
+    }
+}
+
+/// What `ThreadFree::try_park` decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Park {
+    /// Parked; the next remote free hands the page back.
+    Parked,
+    /// Parked while a hand-off is already under way: the page comes back through the
+    /// pending stack without another remote free.
+    ParkedPending,
+    /// Remote frees arrived: the page has blocks to collect and stays in its queue.
+    HasBlocks,
+}
+
+/// The page's word shared with other threads: the head of the list of blocks they freed,
+/// with the `HandOff` state in its low bits. Keeping both in one word makes "publish the
+/// block" and "decide the hand-off" a single atomic step (mimalloc keeps its delayed-free
+/// flags in its thread-free word for the same reason): a freer that does not win the
+/// hand-off touches nothing after its push, and the owner cannot park the page in the
+/// instant between a push and its check. Every operation is an RMW on this one word, so
+/// its modification order alone orders parks, pushes and collects.
+pub struct ThreadFree(AtomicUsize);
+
+impl ThreadFree {
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        ThreadFree(AtomicUsize::new(HandOff::Active as usize))
+    }
+
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        ThreadFree(AtomicUsize::new(HandOff::Active as usize))
+    }
+
+    /// Remote freer: pushes `block`. Returns true if the page was parked `Full` and this
+    /// caller won its hand-off (it is now `Pending`): the caller must push the page onto
+    /// its owner's pending stack, and may touch the page for that until it has done so.
+    /// Otherwise the caller must not touch the page again: the owner may collect the
+    /// block, empty the page and release its segment at once.
+    ///
+    /// # Safety
+    /// `block` is a block of this page that the caller is freeing.
+    #[inline]
+    pub unsafe fn push(&self, block: *mut Block) -> bool {
+        let mut word = self.0.load(Ordering::Relaxed);
+        loop {
+            let state = word & STATE_MASK;
+            let won = state == HandOff::Full as usize;
+            let new_state = if won {
+                HandOff::Pending as usize
+            } else {
+                state
+            };
+            // SAFETY: the block is ours to link until the push is published.
+            unsafe { Block::store_next(block, (word & !STATE_MASK) as *mut Block) };
+            // Release publishes the block's link and cookie to the owner's Acquire in
+            // `take_all`. Acquire (on success) makes a winner see what the owner did
+            // before it parked, e.g. its last read of `pending_next` in `drain_pending`,
+            // before the winner writes that link again.
+            match self.0.compare_exchange_weak(
+                word,
+                block as usize | new_state,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return won,
+                Err(seen) => word = seen,
+            }
+        }
+    }
+
+    /// Owner: takes every block other threads freed (the state stays).
+    #[inline]
+    pub fn take_all(&self) -> *mut Block {
+        if self.0.load(Ordering::Relaxed) & !STATE_MASK == 0 {
+            return ptr::null_mut();
+        }
+        // Acquire pairs with the freers' Release push: their writes to the blocks (the
+        // links) are visible before we follow them.
+        (self.0.fetch_and(STATE_MASK, Ordering::Acquire) & !STATE_MASK) as *mut Block
+    }
+
+    /// Owner: parks the page if no remote free has arrived. `Pending` pages park too
+    /// (their hand-off is already on its way) without their state changing, so a page is
+    /// never on the pending stack twice.
+    pub fn try_park(&self) -> Park {
+        let mut word = self.0.load(Ordering::Relaxed);
+        loop {
+            if word & !STATE_MASK != 0 {
+                return Park::HasBlocks;
+            }
+            match HandOff::of(word) {
+                HandOff::Pending => return Park::ParkedPending,
+                // Already parked, yet still queued: only a fork child sees this (its
+                // parent's owner thread was between this CAS and taking the page off
+                // its queue). Parking it again is what that thread was doing.
+                HandOff::Full => return Park::Parked,
+                HandOff::Active => {}
+            }
+            // Relaxed: the word's modification order is all the handshake needs (a
+            // freer's push either precedes this CAS, which then fails, or sees `Full`).
+            match self.0.compare_exchange_weak(
+                word,
+                HandOff::Full as usize,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Park::Parked,
+                Err(seen) => word = seen,
+            }
+        }
+    }
+
+    /// Owner: the page is back in its queues (a local free un-parked it). A `Full` page
+    /// becomes `Active`; a `Pending` one stays `Pending` until `end_pending`.
+    pub fn unpark(&self) {
+        let mut word = self.0.load(Ordering::Relaxed);
+        while HandOff::of(word) == HandOff::Full {
+            // Relaxed: as in `try_park`; the list bits are kept as they are.
+            match self.0.compare_exchange_weak(
+                word,
+                (word & !STATE_MASK) | HandOff::Active as usize,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(seen) => word = seen,
+            }
+        }
+    }
+
+    /// Owner: the page was popped off the pending stack (its link already read): back to
+    /// `Active`, so a later park can hand it off again.
+    pub fn end_pending(&self) {
+        // Release: our read of `pending_next` happens before a later winner's Acquire
+        // push (through the parks that must come first), so it cannot see that
+        // winner's new link.
+        let old = self.0.fetch_and(!STATE_MASK, Ordering::Release);
+        debug_assert_eq!(HandOff::of(old), HandOff::Pending);
+    }
+
+    /// The old `park_full`, kept for the must-fail loom model only (issue 13's race 1):
+    /// it stores `Full` whatever the state, so a `Pending` page can be handed off twice.
+    /// Returns true if parked, as `try_park`'s `Parked`.
+    #[cfg(all(loom, test))]
+    pub fn park_as_before(&self) -> bool {
+        // Set `Full` over whatever state (the bug), keeping the list.
+        let mut word = self.0.load(Ordering::Relaxed);
+        while let Err(seen) = self.0.compare_exchange_weak(
+            word,
+            (word & !STATE_MASK) | HandOff::Full as usize,
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        ) {
+            word = seen;
+        }
+        // Blocks arrived: un-park, unless a freer moved it on meanwhile.
+        loop {
+            let word = self.0.load(Ordering::SeqCst);
+            if word & !STATE_MASK == 0 || HandOff::of(word) != HandOff::Full {
+                return true;
+            }
+            let active = word & !STATE_MASK;
+            if self
+                .0
+                .compare_exchange(word, active, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// The current hand-off state. Owner: a `Pending` page must not be retired.
+    #[inline]
+    pub fn state(&self) -> HandOff {
+        // Relaxed: the owner asks before retiring an empty page, and a page is empty only
+        // after the owner's own `take_all` (an RMW) collected every remote block, the
+        // winner's included; coherence then keeps this load from reading a state older
+        // than that push. The pop in `drain_pending` is what synchronises with the
+        // winner.
+        HandOff::of(self.0.load(Ordering::Relaxed))
+    }
+}
+
+impl Default for ThreadFree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A heap's stack of pages handed back by remote freers (many pushers, one owner that
+/// pops everything at once: no ABA). A page is on it at most once: only the freer that
+/// moved it `Full` -> `Pending` pushes it, and it leaves `Pending` only when popped.
+pub struct PendingPages(AtomicPtr<Page>);
+
+impl Default for PendingPages {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PendingPages {
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        PendingPages(AtomicPtr::new(ptr::null_mut()))
+    }
+
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        PendingPages(AtomicPtr::new(ptr::null_mut()))
+    }
+
+    /// Freer: pushes a page whose hand-off it won.
+    ///
+    /// # Safety
+    /// `page` is live and `Pending`, and the caller won its hand-off (`ThreadFree::push`
+    /// returned true): nobody else links it until the owner pops it.
+    pub unsafe fn push(&self, page: *mut Page) {
+        // SAFETY: caller contract: a live page; `pending_next` is an atomic.
+        let link = unsafe { &(*page).pending_next };
+        let mut head = self.0.load(Ordering::Relaxed);
+        loop {
+            link.store(head, Ordering::Relaxed);
+            // Release publishes the link to the owner's Acquire `take_all`.
+            match self
+                .0
+                .compare_exchange_weak(head, page, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(seen) => head = seen,
+            }
+        }
+    }
+
+    /// Owner: true if a page may be waiting (a cheap check before `take_all`).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0.load(Ordering::Relaxed).is_null()
+    }
+
+    /// Owner: takes the whole stack; follow it with `next`.
+    pub fn take_all(&self) -> *mut Page {
+        // Acquire pairs with the pushers' Release: their links are visible.
+        self.0.swap(ptr::null_mut(), Ordering::Acquire)
+    }
+
+    /// The page after `page` on a stack taken with `take_all`. Read it before
+    /// `end_pending`, after which a freer may push (and relink) the page again.
+    ///
+    /// # Safety
+    /// `page` came off a stack taken with `take_all` and is still `Pending`.
+    pub unsafe fn next(page: *mut Page) -> *mut Page {
+        // SAFETY: caller contract; Relaxed: ordered by `take_all`'s Acquire.
+        unsafe { (*page).pending_next.load(Ordering::Relaxed) }
+    }
+}
 
 /// Scale of the reciprocal used to validate block offsets without a division: for
 /// offsets below 2^20 and block sizes up to 2^19, `(off * ceil(2^40 / size)) >> 40`
@@ -172,15 +462,18 @@ pub struct Page {
     /// Units this page spans; 0 when the descriptor is not a live page.
     pub units: u8,
     // --- shared ---
-    pub thread_free: AtomicPtr<Block>,
-    pub full_state: AtomicU8,
-    // --- owner-only, cold ---
+    pub thread_free: ThreadFree,
+    // --- set by `init`, read-only while the page is live (remote freers read them) ---
     pub reciprocal: u64,
     /// First block address and the end of the page's usable bytes.
     pub start: usize,
     pub end: usize,
-    /// First never-carved byte.
-    pub bump: usize,
+    /// First never-carved byte. Only the owner writes it (in `extend`); remote freers
+    /// read it to validate their block, hence an atomic (Relaxed: a freer's block was
+    /// carved before it was handed out, and that hand-over orders the store before the
+    /// freer's load; `bump` only grows while the page is live).
+    pub bump: AtomicUsize,
+    // --- owner-only, cold ---
     /// Class queue links.
     pub next: *mut Page,
     pub prev: *mut Page,
@@ -188,8 +481,10 @@ pub struct Page {
     pub pending_next: AtomicPtr<Page>,
 }
 
-impl Page {
-    pub const fn empty() -> Self {
+/// `Page::empty`'s body, shared by its `const` build and its loom build (loom's atomics
+/// have no `const` constructors).
+macro_rules! empty_page {
+    () => {
         Page {
             free: ptr::null_mut(),
             used: 0,
@@ -198,16 +493,27 @@ impl Page {
             in_full: false,
             class: 0,
             units: 0,
-            thread_free: AtomicPtr::new(ptr::null_mut()),
-            full_state: AtomicU8::new(NOT_FULL),
+            thread_free: ThreadFree::new(),
             reciprocal: 0,
             start: 0,
             end: 0,
-            bump: 0,
+            bump: AtomicUsize::new(0),
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             pending_next: AtomicPtr::new(ptr::null_mut()),
         }
+    };
+}
+
+impl Page {
+    #[cfg(not(loom))]
+    pub const fn empty() -> Self {
+        empty_page!()
+    }
+
+    #[cfg(loom)]
+    pub fn empty() -> Self {
+        empty_page!()
     }
 
     /// Makes this descriptor a fresh page of `class` over `[start, end)`.
@@ -226,20 +532,67 @@ impl Page {
         self.reciprocal = (1u64 << RECIPROCAL_SHIFT).div_ceil(block_size as u64);
         self.start = start;
         self.end = end;
-        self.bump = start;
+        self.bump = AtomicUsize::new(start);
     }
 
     /// The block index of `addr`, if `addr` is the start of a block ever carved here.
+    /// Any thread may ask: it reads only the fields fixed while the page is live and the
+    /// atomic `bump`, through the raw pointer (no reference that would alias the owner's).
+    ///
+    /// # Safety
+    /// `page` is a live page descriptor.
     #[inline(always)]
-    pub fn block_index(&self, addr: usize) -> Option<usize> {
+    pub unsafe fn block_index(page: *const Page, addr: usize) -> Option<usize> {
+        // SAFETY: caller contract; these fields do not change while the page is live.
+        let (start, reciprocal, size, bump) = unsafe {
+            (
+                (*page).start,
+                (*page).reciprocal,
+                (*page).block_size,
+                &(*page).bump,
+            )
+        };
         // Two comparisons against the bounds rather than one of `addr - start` against
-        // `bump - start`: one subtraction and load fewer on every free.
-        if addr >= self.bump || addr < self.start {
+        // `bump - start`: one subtraction fewer on every free. Relaxed: see the field.
+        if addr >= bump.load(Ordering::Relaxed) || addr < start {
             return None;
         }
-        let off = addr - self.start;
-        let index = ((off as u64 * self.reciprocal) >> RECIPROCAL_SHIFT) as usize;
-        (index * self.block_size as usize == off).then_some(index)
+        let off = addr - start;
+        let index = ((off as u64 * reciprocal) >> RECIPROCAL_SHIFT) as usize;
+        (index * size as usize == off).then_some(index)
+    }
+
+    /// Owner: the page has no free block; parks it off its queue (`in_full`) unless a
+    /// remote free arrived. Returns true if parked (the caller takes it off its queue).
+    pub fn park(&mut self) -> bool {
+        match self.thread_free.try_park() {
+            Park::HasBlocks => false,
+            Park::Parked | Park::ParkedPending => {
+                self.in_full = true;
+                true
+            }
+        }
+    }
+
+    /// Owner: a local free landed in a parked page: it goes back in its queue. If a
+    /// freer already won its hand-off it stays `Pending` and still comes through the
+    /// pending stack, where `end_hand_off` finds it un-parked.
+    pub fn unpark(&mut self) {
+        self.thread_free.unpark();
+        self.in_full = false;
+    }
+
+    /// Owner: the page came off the pending stack (its link already read). Returns true
+    /// if it was still parked: the caller puts it back in its queue.
+    pub fn end_hand_off(&mut self) -> bool {
+        self.thread_free.end_pending();
+        core::mem::replace(&mut self.in_full, false)
+    }
+
+    /// Owner: true while a remote freer's hand-off is under way (the page must not be
+    /// retired: the freer may still link it).
+    pub fn is_pending(&self) -> bool {
+        self.thread_free.state() == HandOff::Pending
     }
 
     /// Capacity in blocks.
@@ -250,13 +603,14 @@ impl Page {
     /// Carves the next batch of never-used blocks into `free`. False when none remain.
     pub fn extend(&mut self) -> bool {
         let size = self.block_size as usize;
-        let left = (self.end - self.bump) / size;
+        // Relaxed: only this (owner) thread writes `bump`.
+        let first = self.bump.load(Ordering::Relaxed);
+        let left = (self.end - first) / size;
         if left == 0 {
             return false;
         }
         let batch = left.min((EXTEND_BYTES / size).max(EXTEND_MIN_BLOCKS));
-        let first = self.bump;
-        self.bump += batch * size;
+        self.bump.store(first + batch * size, Ordering::Relaxed);
         // Link the batch; blocks keep cookie 0 (never freed). In order by default (the
         // next allocation is the next address: friendly to caches and prefetchers); with
         // the `secure` feature, in a random stride order so addresses are not predictable.
@@ -282,10 +636,8 @@ impl Page {
     /// Moves `local_free` and `thread_free` into `free`; returns true if `free` is
     /// non-empty afterwards.
     pub fn collect(&mut self) -> bool {
-        if !self.thread_free.load(Ordering::Relaxed).is_null() {
-            // Acquire pairs with the freers' Release push: their last writes to the
-            // blocks (the links) are visible before we follow them.
-            let mut list = self.thread_free.swap(ptr::null_mut(), Ordering::Acquire);
+        let mut list = self.thread_free.take_all();
+        if !list.is_null() {
             let mut count = 0u32;
             while !list.is_null() {
                 // SAFETY: blocks on the list are free blocks of this page.
@@ -320,57 +672,6 @@ impl Page {
         }
         !self.free.is_null()
     }
-
-    /// Pushes a block freed by a thread that does not own the page. Returns true if the
-    /// page was parked full and this caller must hand it to the owner's pending stack.
-    ///
-    /// # Safety
-    /// `block` is a block of this page that the caller is freeing.
-    #[inline]
-    pub unsafe fn push_remote(&self, block: *mut Block) -> bool {
-        let mut head = self.thread_free.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: the block is ours to link until the push is published.
-            unsafe { Block::store_next(block, head) };
-            // SeqCst pairs with the owner's SeqCst store of FULL and load of
-            // `thread_free` in `park_full` (a store-load handshake: either the owner
-            // sees this block, or we see FULL).
-            match self.thread_free.compare_exchange_weak(
-                head,
-                block,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(seen) => head = seen,
-            }
-        }
-        self.full_state.load(Ordering::SeqCst) == FULL
-            && self
-                .full_state
-                .compare_exchange(FULL, PENDING, Ordering::SeqCst, Ordering::Relaxed)
-                .is_ok()
-    }
-
-    /// Owner: parks the page as full. Returns false if a remote free raced in and the
-    /// page stays usable (not parked).
-    pub fn park_full(&mut self) -> bool {
-        self.in_full = true;
-        self.full_state.store(FULL, Ordering::SeqCst);
-        if self.thread_free.load(Ordering::SeqCst).is_null() {
-            return true;
-        }
-        if self
-            .full_state
-            .compare_exchange(FULL, NOT_FULL, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.in_full = false;
-            return false;
-        }
-        // A freer moved it to PENDING and is pushing it to our pending stack.
-        true
-    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -383,21 +684,36 @@ mod tests {
         let start = memory.as_mut_ptr() as usize;
         let mut page = Page::empty();
         page.init(3, 64, 1, start, start + 8192);
+        let p = &page as *const Page;
         assert_eq!(page.capacity(), 128);
-        assert_eq!(page.block_index(start), None, "nothing carved yet");
+        // SAFETY (all `block_index` calls): `p` is a live page descriptor.
+        assert_eq!(
+            unsafe { Page::block_index(p, start) },
+            None,
+            "nothing carved yet"
+        );
         assert!(page.extend());
-        assert_eq!(page.block_index(start + 64 * 5), Some(5));
-        assert_eq!(page.block_index(start + 64 * 5 + 8), None, "interior");
-        assert_eq!(page.block_index(start - 64), None);
+        let p = &page as *const Page;
+        assert_eq!(unsafe { Page::block_index(p, start + 64 * 5) }, Some(5));
+        assert_eq!(
+            unsafe { Page::block_index(p, start + 64 * 5 + 8) },
+            None,
+            "interior"
+        );
+        assert_eq!(unsafe { Page::block_index(p, start - 64) }, None);
         let a = page.free;
         // SAFETY: `a` is a carved block of the page.
         page.free = unsafe { Block::load_next(a) };
         page.used = 1;
         // SAFETY: `a` is a block of the page.
-        assert!(!unsafe { page.push_remote(a) }, "not parked: no hand-off");
+        assert!(
+            !unsafe { page.thread_free.push(a) },
+            "not parked: no hand-off"
+        );
         assert!(page.collect());
         assert_eq!(page.used, 0);
         assert_eq!(page.free, a);
+        assert_eq!(page.thread_free.state(), HandOff::Active);
     }
 
     #[test]
@@ -406,17 +722,67 @@ mod tests {
         let start = memory.as_mut_ptr() as usize;
         let mut page = Page::empty();
         page.init(0, 16, 1, start, start + 512);
-        assert!(page.park_full());
+        assert_eq!(page.thread_free.try_park(), Park::Parked);
         let block = start as *mut Block;
         // SAFETY: both are blocks of the page.
         let (first, second) = unsafe {
             (
-                page.push_remote(block),
-                page.push_remote((start + 16) as *mut Block),
+                page.thread_free.push(block),
+                page.thread_free.push((start + 16) as *mut Block),
             )
         };
         assert!(first, "first remote free of a parked page hands it off");
-        assert_eq!(page.full_state.load(Ordering::Relaxed), PENDING);
+        assert_eq!(page.thread_free.state(), HandOff::Pending);
         assert!(!second, "only once");
+        assert_eq!(page.thread_free.try_park(), Park::HasBlocks);
+        assert!(page.collect(), "both blocks collected");
+        assert_eq!(
+            page.thread_free.state(),
+            HandOff::Pending,
+            "collect keeps the state"
+        );
+    }
+
+    /// Race 1 of issue 13, step by step on one thread: a freer wins the hand-off of a
+    /// parked page but has not pushed it yet; the owner un-parks the page by a local
+    /// free, fills it and parks it again; a second remote free comes. The page must not
+    /// be handed off a second time (it would go on the pending stack twice and form a
+    /// cycle). The old `park_full` stored `FULL` over `PENDING` and failed this.
+    #[test]
+    fn a_pending_page_is_handed_off_once() {
+        let mut memory = vec![0u64; 64];
+        let start = memory.as_mut_ptr() as usize;
+        let mut page = Page::empty();
+        page.init(0, 16, 1, start, start + 512);
+        let (b, c) = (start as *mut Block, (start + 16) as *mut Block);
+        assert_eq!(page.thread_free.try_park(), Park::Parked);
+        // SAFETY: blocks of the page.
+        assert!(unsafe { page.thread_free.push(b) }, "B wins the hand-off");
+        // The owner's local free un-parks it; it collects B's block, fills up again.
+        page.thread_free.unpark();
+        assert!(page.collect());
+        assert_eq!(page.thread_free.try_park(), Park::ParkedPending);
+        // SAFETY: as above.
+        assert!(
+            !unsafe { page.thread_free.push(c) },
+            "C must not hand it off again"
+        );
+        let stack = PendingPages::new();
+        // SAFETY: B won the hand-off of a live page.
+        unsafe { stack.push(&mut page) };
+        let top = stack.take_all();
+        assert_eq!(top, &mut page as *mut Page);
+        // SAFETY: popped off the stack, still pending.
+        assert!(
+            unsafe { PendingPages::next(top) }.is_null(),
+            "on the stack once"
+        );
+        page.thread_free.end_pending();
+        assert_eq!(page.thread_free.state(), HandOff::Active);
+        assert_eq!(
+            page.thread_free.try_park(),
+            Park::HasBlocks,
+            "C's block is there"
+        );
     }
 }

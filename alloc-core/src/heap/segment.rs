@@ -30,7 +30,9 @@ pub const HEADER_SIZE: usize = core::mem::size_of::<Segment>().next_multiple_of(
 
 #[repr(C)]
 pub struct Segment {
-    /// The owning heap (type-erased to keep this layer below `heap`).
+    /// The owning heap (type-erased to keep this layer below `heap`). Set once at
+    /// creation and never changed (heaps are adopted whole, never split), so a remote
+    /// freer may read it while the segment is live.
     pub heap: usize,
     /// For each unit, the index of the unit where its page starts.
     pub unit_page: [u8; UNITS],
@@ -91,14 +93,24 @@ impl Segment {
         (addr & !(SEGMENT_SIZE - 1)) as *mut Segment
     }
 
-    /// The page descriptor serving `addr` (which lies in this segment).
+    /// The page descriptor serving `addr`. Any thread may ask (a remote free does): it
+    /// reads one `unit_page` byte through the raw pointer, and that byte does not change
+    /// while a live page covers the unit; no reference to the header is made, so none
+    /// aliases the owner's.
+    ///
+    /// # Safety
+    /// `seg` is a live segment, `addr` lies in it.
     #[inline(always)]
-    pub fn page_of(&mut self, addr: usize) -> *mut Page {
+    pub unsafe fn page_of(seg: *mut Segment, addr: usize) -> *mut Page {
         let unit = (addr & (SEGMENT_SIZE - 1)) >> UNIT_SHIFT;
-        // SAFETY: `unit` < UNITS by the mask, and `unit_page` entries are unit indices.
+        // SAFETY: caller contract; `unit` < UNITS by the mask, and `unit_page` entries
+        // are unit indices.
         unsafe {
-            let first = *self.unit_page.get_unchecked(unit) as usize;
-            self.pages.get_unchecked_mut(first)
+            let first = ptr::addr_of!((*seg).unit_page)
+                .cast::<u8>()
+                .add(unit)
+                .read() as usize;
+            ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(first)
         }
     }
 

@@ -2,7 +2,7 @@
 //! segments; un-parking and retiring pages on free; the pending hand-off; periodic
 //! purging of unused units. Owner-thread only, except `hand_off_pending`.
 
-use super::page::{Block, Page, NOT_FULL, PENDING};
+use super::page::{Block, Page, PendingPages};
 
 const _: () = assert!(core::mem::size_of::<Block>() <= super::size_class::MIN_BLOCK);
 use super::segment::Segment;
@@ -69,7 +69,7 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
     unsafe {
         let heap = &mut *heap;
         maybe_purge(heap);
-        if !heap.pending.load(Ordering::Relaxed).is_null() {
+        if !heap.pending.is_empty() {
             drain_pending(heap);
         }
         let mut page = heap.queues[class].first;
@@ -79,13 +79,13 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
                 return pop(heap, page);
             }
             let next = (*page).next;
-            queue_remove(heap, page);
-            if !(*page).park_full() {
+            if (*page).park() {
+                queue_remove(heap, page);
+            } else {
                 // A remote free raced in: the page has blocks again.
-                queue_push_front(heap, page);
-                if (*page).collect() {
-                    return pop(heap, page);
-                }
+                (*page).collect();
+                heap.current[class] = page;
+                return pop(heap, page);
             }
             page = next;
         }
@@ -141,15 +141,7 @@ pub unsafe fn free_local_slow(heap: *mut Heap, page: *mut Page) {
     unsafe {
         let heap = &mut *heap;
         if (*page).in_full {
-            // Not parked any more. If a freer already moved it to PENDING it is (or is
-            // about to be) on our pending stack; `drain_pending` then skips it.
-            let _ = (*page).full_state.compare_exchange(
-                super::page::FULL,
-                NOT_FULL,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            );
-            (*page).in_full = false;
+            (*page).unpark();
             queue_push_back(heap, page);
         }
         if (*page).used == 0 {
@@ -169,7 +161,7 @@ unsafe fn retire_if_spare(heap: &mut Heap, page: *mut Page) {
         if queue.first == page && queue.last == page {
             return;
         }
-        if (*page).full_state.load(Ordering::Acquire) == PENDING {
+        if (*page).is_pending() {
             return; // drain_pending retires it once the freer has pushed it
         }
         queue_remove(heap, page);
@@ -197,37 +189,29 @@ unsafe fn release_segment(heap: &mut Heap, seg: *mut Segment) {
     }
 }
 
-/// A remote freer found `page` parked full: hand it to its owner.
+/// A remote freer won the hand-off of a parked page: give it back to its owner.
+///
+/// # Safety
+/// The caller's `ThreadFree::push` of a block of `page` returned true (it won the
+/// hand-off), and `heap` is the heap of `page`'s segment.
 #[cold]
 #[inline(never)]
-pub fn hand_off_pending(heap: *mut Heap, page: *mut Page) {
-    // SAFETY: the segment's heap outlives its pages (heaps are never freed, only
-    // abandoned and adopted); `page` is parked and PENDING, so only we link it.
-    unsafe {
-        let pending = &(*heap).pending;
-        let mut head = pending.load(Ordering::Relaxed);
-        loop {
-            (*page).pending_next.store(head, Ordering::Relaxed);
-            // Release publishes the link to the owner's Acquire swap.
-            match pending.compare_exchange_weak(head, page, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(seen) => head = seen,
-            }
-        }
-    }
+pub unsafe fn hand_off_pending(heap: *mut Heap, page: *mut Page) {
+    // SAFETY: heaps are never freed (only abandoned and adopted), and a segment's heap
+    // never changes; `page` is `Pending`, so it stays live and only we link it until its
+    // owner pops it. `pending` is an atomic, reached without a reference to the heap.
+    unsafe { (*ptr::addr_of!((*heap).pending)).push(page) }
 }
 
 /// Takes back every parked page that remote frees handed to us.
 pub(super) unsafe fn drain_pending(heap: &mut Heap) {
-    let mut page = heap.pending.swap(ptr::null_mut(), Ordering::Acquire);
-    // SAFETY: pages on the stack are ours; each was pushed once (PENDING) and is popped
-    // here once.
+    let mut page = heap.pending.take_all();
+    // SAFETY: pages on the stack are ours; each was pushed once (by the freer that made
+    // it `Pending`) and is popped here once.
     unsafe {
         while !page.is_null() {
-            let next = (*page).pending_next.load(Ordering::Relaxed);
-            (*page).full_state.store(NOT_FULL, Ordering::SeqCst);
-            if (*page).in_full {
-                (*page).in_full = false;
+            let next = PendingPages::next(page);
+            if (*page).end_hand_off() {
                 queue_push_back(heap, page);
             }
             (*page).collect();
@@ -334,7 +318,7 @@ pub(super) unsafe fn trim(heap: &mut Heap) {
             while !page.is_null() {
                 let next = (*page).next;
                 (*page).collect();
-                if (*page).used == 0 && (*page).full_state.load(Ordering::Acquire) != PENDING {
+                if (*page).used == 0 && !(*page).is_pending() {
                     queue_remove(heap, page);
                     let seg = Segment::of(page as usize);
                     (*seg).free_page(page, os::now_ms());

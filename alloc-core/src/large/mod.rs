@@ -8,7 +8,7 @@
 //! as a free region. No path here makes a syscall in steady state.
 
 use crate::os::{self, PAGE_SIZE};
-use crate::region::table::RetireError;
+use crate::region::table::{RetireError, GUARD_LEN};
 use crate::region::{RegionKind, TABLE};
 use core::ptr;
 
@@ -21,7 +21,7 @@ fn page_round(size: usize) -> Option<usize> {
 /// overflow faults at once instead of corrupting the neighbour.
 fn guard_len() -> usize {
     if crate::options::get().secure {
-        PAGE_SIZE
+        GUARD_LEN
     } else {
         0
     }
@@ -46,12 +46,9 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     if p.is_null() {
         crate::misuse::out_of_memory(size, align);
     }
-    if guard != 0 && !p.is_null() {
-        // SAFETY: the last page of our fresh region holds no object bytes.
-        if unsafe { os::guard_install(p as usize + len - guard, guard) }.is_err() {
-            let _ = TABLE.retire(p as usize);
-            return ptr::null_mut();
-        }
+    if guard != 0 && !p.is_null() && TABLE.install_guard(p as usize).is_err() {
+        let _ = TABLE.retire(p as usize);
+        return ptr::null_mut();
     }
     p
 }
@@ -82,14 +79,9 @@ pub const OVERSIZE_PURGE: usize = 8 << 20;
 
 /// Frees a large object.
 pub fn free(p: *mut u8) -> Result<(), RetireError> {
-    let guard = guard_len();
+    // A guard page (secure mode) is lifted by the retire itself.
     TABLE.retire_with(p as usize, |region| {
         let len = region.len();
-        if guard != 0 {
-            // SAFETY: the guard page of the live object being freed; lifted before the
-            // region can be reused.
-            let _ = unsafe { os::guard_remove(p as usize + len - guard, guard) };
-        }
         if len >= OVERSIZE_PURGE {
             let (_, mode) = crate::purge::settings();
             // SAFETY: the object is being freed by its owner: its content is dead, and

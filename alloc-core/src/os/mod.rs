@@ -15,6 +15,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// targets; `init_check` verifies it at start-up.
 pub const PAGE_SIZE: usize = 4096;
 
+/// The transparent huge page size of x86_64 and aarch64 (4 KiB base pages): an
+/// `madvise` that covers part of one splits it.
+pub const HUGE_PAGE: usize = 2 << 20;
+
 /// `madvise` advice values newer than the `libc` crate's constants (Linux 6.13+).
 const MADV_GUARD_INSTALL: libc::c_int = 102;
 const MADV_GUARD_REMOVE: libc::c_int = 103;

@@ -3,7 +3,7 @@
 //! by the holder of the table's writer mutex, so it needs no synchronisation. Calls
 //! nothing.
 
-use super::{Region, RegionKind, BIN_NEXT, BIN_PREV, NO_BIN};
+use super::{Region, RegionKind, BIN_NEXT, BIN_PREV, NO_BIN, PURGING};
 use crate::sync::atomic::Ordering::Relaxed;
 use core::ptr;
 
@@ -84,13 +84,19 @@ impl FreeIndex {
     /// are searched first (best fit by bin, first fit within it), which keeps the big
     /// free regions whole for big objects and growth.
     ///
+    /// Regions a purge has claimed (`PURGING`, inside or about to enter `madvise` under
+    /// their read lock) come last: carving one makes the writer wait for the `madvise`,
+    /// with the writer mutex held. Only when nothing else fits, rather than reserving a
+    /// new arena (the wait is for one bounded piece, `PURGE_PIECE`).
+    ///
     /// # Safety
     /// Writer mutex held.
     pub unsafe fn find(&self, len: usize, align: usize) -> Option<(*mut Region, usize)> {
-        // SAFETY: caller contract.
+        // SAFETY: caller contract; indexed regions are live.
         unsafe {
             self.find_dirty(len, align)
                 .or_else(|| self.find_any(len, align))
+                .or_else(|| self.find_where(len, align, |_| true))
         }
     }
 
@@ -103,13 +109,15 @@ impl FreeIndex {
         unsafe { self.find_where(len, align, |r| (*r).is_dirty()) }
     }
 
-    /// `find` among all regions, in bin order.
+    /// `find` among all regions but those a purge has claimed, in bin order. `PURGING`
+    /// read here is current: the claim is made under the writer mutex (a purge may end
+    /// it meanwhile; the region is then skipped once for nothing).
     ///
     /// # Safety
     /// Writer mutex held.
     pub unsafe fn find_any(&self, len: usize, align: usize) -> Option<(*mut Region, usize)> {
-        // SAFETY: caller contract.
-        unsafe { self.find_where(len, align, |_| true) }
+        // SAFETY: caller contract; indexed regions are live.
+        unsafe { self.find_where(len, align, |r| (*r).dirty_since() != PURGING) }
     }
 
     unsafe fn find_where(

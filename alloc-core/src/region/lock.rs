@@ -172,6 +172,19 @@ impl RegionLock {
         self.word.fetch_and(!WRITER, Ordering::Release);
     }
 
+    /// Write-locks a region that no reader can reach yet (a new descriptor, before it
+    /// enters the tree), as the kernel write-locks a new VMA before inserting it: no
+    /// readers to drain, just the stamp. Until `end_write_all`, a reader that finds the
+    /// region backs off instead of read-locking something the update may still change.
+    ///
+    /// # Safety
+    /// As `start_write`; and the region is not published yet.
+    pub unsafe fn stamp_unpublished(&self, seq: &TableSeq) {
+        // Relaxed: the store that publishes the region (the tree's Release root or node
+        // store) orders the stamp before any reader that can find it.
+        self.lock_seq.store(seq.current(), Ordering::Relaxed);
+    }
+
     /// True if the current update has write-locked this region.
     pub fn is_write_locked(&self, seq: &TableSeq) -> bool {
         self.lock_seq.load(Ordering::Relaxed) == seq.current()
@@ -184,6 +197,12 @@ impl RegionLock {
     /// and this thread holds none.
     pub unsafe fn reset_after_fork(&self) {
         self.word.store(0, Ordering::Relaxed);
+    }
+
+    /// True while a writer is draining this region's readers (tests and assertions: a
+    /// writer blocked on a reader, such as a purge inside `madvise`).
+    pub fn writer_waiting(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & WRITER != 0
     }
 
     /// Readers currently inside (for tests and assertions).

@@ -1,17 +1,21 @@
-//! `loom` models of the region table's read/write protocol (DESIGN.md §2): the real
-//! `RegionLock`, `TableSeq` and `Region` descriptor (built on `crate::sync::atomic`, which
-//! is loom's under `cfg(loom)`), a loom `Mutex` as the writer mutex, and a copy-on-write
-//! "tree" reduced to what the protocol sees of it: immutable versions of the address map
-//! and one root index published with `Release`, read with `Acquire` (as `tree.rs` does).
-//! The reader is a line-for-line mirror of `RegionTable::find_and_read_lock` and its slow
-//! path; the writers mirror `absorb`/`detach`/`grow` in `table.rs`, store for store, with
-//! the same orderings. Each model also counts which paths its executions took and
-//! asserts that every interesting one was reached, so a model cannot pass vacuously; the
-//! `broken_*` models weaken one step of the protocol and must be caught.
+//! `loom` models of the region table's read/write protocol (DESIGN.md §2). They run the
+//! real per-region code: `RegionLock`, `TableSeq`, the `Region` descriptor and the
+//! protocol steps in `protocol.rs` (the reader's `read_lock_validated`, the writer's
+//! `stamp_new` and `mark_detached`), all built on `crate::sync::atomic`, which is loom's
+//! under `cfg(loom)`. What they replace is the table around them: a loom `Mutex` as the
+//! writer mutex, and a copy-on-write "tree" reduced to what the protocol sees of it:
+//! immutable versions of the address map and one root index published with `Release`,
+//! read with `Acquire` (as `tree.rs` does). The lookup loop and slow path follow
+//! `RegionTable::find_and_read_lock` and `find_and_read_lock_slow`; the writers make the
+//! stores of `grow`, `absorb`/`detach` and `shrink` in their order. Each model also counts
+//! which paths its executions took and asserts that every interesting one was reached,
+//! so a model cannot pass vacuously; the `broken_*` models drop one step of the protocol
+//! and must be caught.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p rangealloc-core --release --lib loom`.
 
 use super::lock::TableSeq;
+use super::protocol::ReadAttempt;
 use super::{Region, RegionKind};
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::{Arc, Mutex};
@@ -42,11 +46,11 @@ fn builder() -> loom::model::Builder {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
     Fast,
-    /// Fast path refused (`try_read_unlocked` failed): the region was write-locked.
+    /// Fast path refused (`ReadAttempt::WriteLocked`): the region was write-locked.
     Abort,
-    /// Found a detached descriptor and retried.
+    /// Found a detached or moved descriptor and retried (`ReadAttempt::Moved`).
     Retry,
-    /// Found a descriptor that no longer covers the address.
+    /// Found a descriptor that no longer covers the address (`ReadAttempt::Missed`).
     Stale,
     Slow,
 }
@@ -107,14 +111,11 @@ impl Table {
         })
     }
 
-    /// `tree.floor(addr)`: Acquire on the root pairs with the writer's Release publish.
-    fn floor(&self, addr: usize) -> Option<usize> {
+    /// `tree.floor(addr)`: the key and the region. Acquire on the root pairs with the
+    /// writer's Release publish.
+    fn floor(&self, addr: usize) -> Option<(usize, usize)> {
         let version = &self.versions[self.root.load(Ordering::Acquire)];
-        version
-            .iter()
-            .rev()
-            .find(|&&(key, _)| key <= addr)
-            .map(|&(_, index)| index)
+        version.iter().rev().find(|&&(key, _)| key <= addr).copied()
     }
 
     /// The writer's tree update: publish the next version (one Release store).
@@ -122,45 +123,63 @@ impl Table {
         self.root.store(version, Ordering::Release);
     }
 
-    /// `RegionTable::find_and_read_lock`, with the tree lookup above.
-    fn find_and_read_lock(&self, addr: usize, tally: &Tally) -> Option<usize> {
+    /// `RegionTable::find_and_read_lock`, with the tree lookup above: the region's index
+    /// and the key the lookup carries (`ReadGuard::start`).
+    fn find_and_read_lock(&self, addr: usize, tally: &Tally) -> Option<(usize, usize)> {
+        self.find_and_read_lock_checking(addr, tally, true)
+    }
+
+    /// `find_and_read_lock`; without `key_check`, the validation is handed the
+    /// descriptor's own start as the key (so the key re-check cannot fail), as the
+    /// hand-written mirror these models once used did: the broken variant.
+    fn find_and_read_lock_checking(
+        &self,
+        addr: usize,
+        tally: &Tally,
+        key_check: bool,
+    ) -> Option<(usize, usize)> {
         for _ in 0..STALE_RETRIES {
-            let Some(index) = self.floor(addr) else {
+            let Some((key, index)) = self.floor(addr) else {
                 break;
             };
             let region = &self.regions[index];
-            if !region.lock.try_read_unlocked(&self.seq) {
-                tally.hit(Path::Abort);
-                break;
-            }
-            if region.is_detached() || !region.contains(addr) {
-                region.lock.read_unlock();
-                if region.is_detached() {
+            let checked_key = if key_check { key } else { region.start() };
+            match region.read_lock_validated(checked_key, addr, &self.seq) {
+                ReadAttempt::Locked => {
+                    tally.hit(Path::Fast);
+                    return Some((index, key));
+                }
+                ReadAttempt::WriteLocked => {
+                    tally.hit(Path::Abort);
+                    break;
+                }
+                ReadAttempt::Moved => {
                     tally.hit(Path::Retry);
                     continue;
                 }
-                tally.hit(Path::Stale);
-                break;
+                ReadAttempt::Missed => {
+                    tally.hit(Path::Stale);
+                    break;
+                }
             }
-            tally.hit(Path::Fast);
-            return Some(index);
         }
         self.find_and_read_lock_slow(addr, tally)
     }
 
     /// `RegionTable::find_and_read_lock_slow`: the lookup repeated under the writer mutex,
     /// which is released before the caller works under the read lock.
-    fn find_and_read_lock_slow(&self, addr: usize, tally: &Tally) -> Option<usize> {
+    fn find_and_read_lock_slow(&self, addr: usize, tally: &Tally) -> Option<(usize, usize)> {
         let _writer = self.writer.lock().unwrap();
         tally.hit(Path::Slow);
-        let index = self.floor(addr)?;
+        let (key, index) = self.floor(addr)?;
         let region = &self.regions[index];
         if !region.contains(addr) {
             return None;
         }
+        assert_eq!(region.start(), key, "the tree is current under the mutex");
         // SAFETY: we hold the writer mutex.
         unsafe { region.lock.read_lock_under_writer() };
-        Some(index)
+        Some((index, key))
     }
 
     /// `RegionTable::write`: the update runs under the mutex and ends with one bulk unlock.
@@ -175,6 +194,12 @@ impl Table {
         // SAFETY: called only inside `write`, under the writer mutex.
         unsafe { self.regions[index].lock.start_write(&self.seq) }
     }
+
+    /// `Writer::detach`'s marks (the tree update is the caller's `publish`).
+    fn mark_detached(&self, index: usize) {
+        // SAFETY: called only inside `write`, under the writer mutex.
+        unsafe { self.regions[index].mark_detached(&self.seq) }
+    }
 }
 
 /// A snapshot of a descriptor's range and detached flag, as a reader sees it.
@@ -185,34 +210,48 @@ fn snapshot(r: &Region) -> (usize, usize, bool) {
 // ------------------------------------------------------ a. reader vs single-region writer
 
 /// One region, `[0x1000, 0x4000)`. Two successive updates each move its range the way
-/// `grow` moves a free neighbour's (start and length are two separate stores): first to
+/// `grow` moves a free neighbour's: under `start_write`, the tree is rekeyed (a new
+/// version published) and start and length are two separate stores: first to
 /// `[0x2000, 0x4000)`, then to `[0x3000, 0x4000)`. A reader on 0x3800 (covered by all
-/// three ranges; two such readers run) must, while it holds a validated read lock, see exactly one of the three
-/// whole ranges, the same one until it unlocks. After the writer is done, a fresh lookup
+/// three ranges; two such readers run) must, while it holds a validated read lock, see
+/// exactly one of the three whole ranges, the same one until it unlocks, and the key its
+/// lookup carries must be that range's start. After the writer is done, a fresh lookup
 /// must take the fast path and see the final range.
 const A_RANGES: [(usize, usize); 3] = [(PAGE, 3 * PAGE), (2 * PAGE, 2 * PAGE), (3 * PAGE, PAGE)];
 const A_ADDR: usize = 3 * PAGE + PAGE / 2;
 
 fn single_region_table() -> Arc<Table> {
-    Table::new(vec![A_RANGES[0]], vec![vec![(PAGE, 0)]])
+    Table::new(
+        vec![A_RANGES[0]],
+        A_RANGES
+            .iter()
+            .map(|&(start, _)| vec![(start, 0)])
+            .collect(),
+    )
 }
 
-fn move_range(t: &Table, to: (usize, usize)) {
+/// Moves the region to `A_RANGES[to]`, publishing tree version `to` (its key).
+fn move_range(t: &Table, to: usize) {
     let r = &t.regions[0];
     t.start_write(0);
-    r.start.store(to.0, Ordering::Relaxed);
-    r.len.store(to.1, Ordering::Relaxed);
+    t.publish(to);
+    r.start.store(A_RANGES[to].0, Ordering::Relaxed);
+    r.len.store(A_RANGES[to].1, Ordering::Relaxed);
 }
 
-fn read_single(t: &Table, tally: &Tally) {
-    let index = t
-        .find_and_read_lock(A_ADDR, tally)
+fn read_single(t: &Table, tally: &Tally, key_check: bool) {
+    let (index, key) = t
+        .find_and_read_lock_checking(A_ADDR, tally, key_check)
         .expect("a covered address is found");
     let r = &t.regions[index];
     let seen = snapshot(r);
     assert!(
         A_RANGES.contains(&(seen.0, seen.1)) && !seen.2,
         "torn or detached range under a validated read lock: {seen:x?}"
+    );
+    assert_eq!(
+        key, seen.0,
+        "stale key: the lookup's key is not the region's start"
     );
     thread::yield_now();
     assert_eq!(snapshot(r), seen, "range changed under a read lock");
@@ -228,21 +267,21 @@ fn loom_reader_vs_single_region_writer() {
         let writer = {
             let t = t.clone();
             thread::spawn(move || {
-                t.write(|t| move_range(t, A_RANGES[1]));
-                t.write(|t| move_range(t, A_RANGES[2]));
+                t.write(|t| move_range(t, 1));
+                t.write(|t| move_range(t, 2));
             })
         };
         // Two readers, so the writer's drain sees a count above one and readers overlap.
         let other = {
             let t = t.clone();
-            thread::spawn(move || read_single(&t, &TALLY))
+            thread::spawn(move || read_single(&t, &TALLY, true))
         };
-        read_single(&t, &TALLY);
+        read_single(&t, &TALLY, true);
         writer.join().unwrap();
         other.join().unwrap();
         // Every update has ended: the fast path must succeed and see the last range.
         let fast_before = TALLY.get(Path::Fast);
-        let index = t.find_and_read_lock(A_ADDR, &TALLY).expect("covered");
+        let (index, _) = t.find_and_read_lock(A_ADDR, &TALLY).expect("covered");
         assert_eq!(
             TALLY.get(Path::Fast),
             fast_before + 1,
@@ -254,7 +293,7 @@ fn loom_reader_vs_single_region_writer() {
         assert_eq!(r.lock.readers(), 0);
     });
     TALLY.report("a (reader vs single-region writer)");
-    for path in [Path::Fast, Path::Abort, Path::Slow] {
+    for path in [Path::Fast, Path::Abort, Path::Retry, Path::Slow] {
         assert!(TALLY.get(path) > 0, "model a never took the {path:?} path");
     }
 }
@@ -269,7 +308,7 @@ fn loom_broken_reader_without_lock_seq_check_sees_torn_range() {
         let t = single_region_table();
         let writer = {
             let t = t.clone();
-            thread::spawn(move || t.write(|t| move_range(t, A_RANGES[1])))
+            thread::spawn(move || t.write(|t| move_range(t, 1)))
         };
         let r = &t.regions[0];
         if r.lock.try_read() {
@@ -280,6 +319,26 @@ fn loom_broken_reader_without_lock_seq_check_sees_torn_range() {
             );
             r.lock.read_unlock();
         }
+        writer.join().unwrap();
+    });
+}
+
+/// Model a with the validation handed the descriptor's own start as the key, so the key
+/// re-check cannot fail (the hand-written mirror these models once used lacked it): a
+/// reader that read the tree before a `grow`'s rekey and locks the region after the
+/// update ends holds a region whose range still covers its address, attached, but
+/// carries the old key, and would work on the wrong start. Loom must find it.
+#[test]
+#[should_panic(expected = "stale key")]
+fn loom_broken_reader_without_key_recheck_keeps_a_stale_key() {
+    static TALLY: Tally = Tally::new();
+    builder().check(|| {
+        let t = single_region_table();
+        let writer = {
+            let t = t.clone();
+            thread::spawn(move || t.write(|t| move_range(t, 1)))
+        };
+        read_single(&t, &TALLY, false);
         writer.join().unwrap();
     });
 }
@@ -300,11 +359,11 @@ const IDX_B: usize = 1;
 
 fn merge(t: &Table) {
     t.start_write(IDX_A);
-    let right_len = t.regions[IDX_B].len();
-    // detach(B)
     t.start_write(IDX_B);
+    let right_len = t.regions[IDX_B].len();
+    // detach(B): the tree update, then `discard`'s marks.
     t.publish(1);
-    t.regions[IDX_B].detached.store(true, Ordering::Release);
+    t.mark_detached(IDX_B);
     // back in absorb
     t.regions[IDX_A].len.fetch_add(right_len, Ordering::Relaxed);
 }
@@ -349,13 +408,13 @@ fn loom_reader_vs_multi_region_write_and_bulk_unlock() {
         let reader_b = {
             let t = t.clone();
             thread::spawn(move || {
-                let index = t
+                let (index, _) = t
                     .find_and_read_lock(B_IN_B, &TALLY)
                     .expect("B's address is covered");
                 check_merge_guard(&t, index, B_IN_B);
             })
         };
-        let index = t
+        let (index, _) = t
             .find_and_read_lock(B_IN_A, &TALLY)
             .expect("A's address is covered");
         assert_eq!(index, IDX_A);
@@ -363,7 +422,7 @@ fn loom_reader_vs_multi_region_write_and_bulk_unlock() {
         writer.join().unwrap();
         reader_b.join().unwrap();
         // After the bulk unlock both regions are unlocked, B's address is A's.
-        let index = t
+        let (index, _) = t
             .find_and_read_lock(B_IN_B, &TALLY)
             .expect("covered after merge");
         assert_eq!(index, IDX_A);
@@ -411,7 +470,7 @@ fn detach_then_reuse(w: &Reuse, lock_before_reuse: bool) {
     w.t.write(|t| {
         t.start_write(0);
         t.publish(1);
-        t.regions[0].detached.store(true, Ordering::Release);
+        t.mark_detached(0);
     });
     w.t.write(|t| {
         let d = &t.regions[0];
@@ -431,7 +490,7 @@ fn detach_then_reuse(w: &Reuse, lock_before_reuse: bool) {
 /// The reader side of model c: the lookup, then work under the lock while checking that
 /// D still describes the address it was found for.
 fn reader_on_reused(w: &Reuse, tally: &Tally) {
-    if let Some(index) = w.t.find_and_read_lock(C_ADDR, tally) {
+    if let Some((index, _)) = w.t.find_and_read_lock(C_ADDR, tally) {
         let d = &w.t.regions[index];
         let seen = snapshot(d);
         assert_eq!(
@@ -462,7 +521,7 @@ fn loom_reader_vs_detach_and_reuse() {
         let newcomer = {
             let w = w.clone();
             thread::spawn(move || {
-                if let Some(index) = w.t.find_and_read_lock(C_NEW.0 + PAGE, &TALLY) {
+                if let Some((index, _)) = w.t.find_and_read_lock(C_NEW.0 + PAGE, &TALLY) {
                     let d = &w.t.regions[index];
                     assert!(w.reused.load(Ordering::SeqCst));
                     assert_eq!(snapshot(d), (C_NEW.0, C_NEW.1, false), "half-reused region");
@@ -475,13 +534,15 @@ fn loom_reader_vs_detach_and_reuse() {
         newcomer.join().unwrap();
         // The reused descriptor serves its new range, and nothing covers the old one.
         assert!(w.t.find_and_read_lock(C_ADDR, &TALLY).is_none());
-        let index =
+        let (index, _) =
             w.t.find_and_read_lock(C_NEW.0, &TALLY)
                 .expect("reused range");
         w.t.regions[index].lock.read_unlock();
         assert_eq!(w.t.regions[0].lock.readers(), 0);
     });
     TALLY.report("c (reader vs detach-and-reuse)");
+    // `Stale` is the newcomer's: an old tree version sends it to D still at its old
+    // range (the reader of the old range meets the reuse as `Retry`: the key re-check).
     for path in [
         Path::Fast,
         Path::Abort,
@@ -510,6 +571,106 @@ fn loom_broken_reuse_without_start_write_is_caught() {
             thread::spawn(move || detach_then_reuse(&w, false))
         };
         reader_on_reused(&w, &TALLY);
+        writer.join().unwrap();
+    });
+}
+
+// --------------------------------------------- d. reader vs a region created by an update
+
+/// `shrink`: object O = `[0x1000, 0x4000)` shrinks to `[0x1000, 0x2000)` and gives its tail
+/// back as a new free region T = `[0x2000, 0x4000)`. The writer write-locks O, shortens
+/// it, stamps T (`stamp_new`), publishes the tree with T, and only then sets T's dirty
+/// stamp (the real `shrink` stores `dirty_since` after the insert). Readers on 0x3800
+/// must see O whole (before the update) or T finished, never T before its last store:
+/// a new descriptor is write-locked until `end_write_all`, as the kernel write-locks a
+/// new VMA before it enters the tree (issue 13 item 8).
+const D_OBJECT: (usize, usize) = (PAGE, 3 * PAGE);
+const D_KEPT: usize = PAGE;
+const D_TAIL: (usize, usize) = (2 * PAGE, 2 * PAGE);
+const D_ADDR: usize = 3 * PAGE + PAGE / 2;
+const D_DIRTY: u64 = 7;
+const IDX_O: usize = 0;
+const IDX_T: usize = 1;
+
+fn shrink_table() -> Arc<Table> {
+    Table::new(
+        vec![D_OBJECT, D_TAIL],
+        vec![
+            vec![(D_OBJECT.0, IDX_O)],
+            vec![(D_OBJECT.0, IDX_O), (D_TAIL.0, IDX_T)],
+        ],
+    )
+}
+
+fn shrink(t: &Table, stamp: bool) {
+    t.start_write(IDX_O);
+    t.regions[IDX_O].len.store(D_KEPT, Ordering::Relaxed);
+    if stamp {
+        // SAFETY: under the writer mutex (inside `write`), T not yet published.
+        unsafe { t.regions[IDX_T].stamp_new(&t.seq) };
+    }
+    t.publish(1);
+    t.regions[IDX_T]
+        .dirty_since
+        .store(D_DIRTY, Ordering::Relaxed);
+}
+
+fn read_shrunk(t: &Table, tally: &Tally) {
+    let Some((index, key)) = t.find_and_read_lock(D_ADDR, tally) else {
+        panic!("0x{D_ADDR:x} is always covered");
+    };
+    let r = &t.regions[index];
+    assert_eq!(key, r.start());
+    if index == IDX_O {
+        assert_eq!(r.len(), D_OBJECT.1, "the object shrank under a read lock");
+    } else {
+        assert_eq!(
+            r.dirty_since(),
+            D_DIRTY,
+            "read-locked a new region before its update ended"
+        );
+    }
+    r.lock.read_unlock();
+}
+
+#[test]
+fn loom_reader_vs_new_region() {
+    static TALLY: Tally = Tally::new();
+    builder().check(|| {
+        TALLY.execution();
+        let t = shrink_table();
+        let writer = {
+            let t = t.clone();
+            thread::spawn(move || t.write(|t| shrink(t, true)))
+        };
+        let other = {
+            let t = t.clone();
+            thread::spawn(move || read_shrunk(&t, &TALLY))
+        };
+        read_shrunk(&t, &TALLY);
+        writer.join().unwrap();
+        other.join().unwrap();
+        assert!(t.regions.iter().all(|r| r.lock.readers() == 0));
+    });
+    TALLY.report("d (reader vs a region created by an update)");
+    for path in [Path::Fast, Path::Abort, Path::Stale, Path::Slow] {
+        assert!(TALLY.get(path) > 0, "model d never took the {path:?} path");
+    }
+}
+
+/// Model d without `stamp_new`: the new tail is readable as soon as the tree publishes
+/// it, and a reader locks it before the update's last store to it. Loom must find it.
+#[test]
+#[should_panic(expected = "before its update ended")]
+fn loom_broken_new_region_without_stamp_is_caught() {
+    static TALLY: Tally = Tally::new();
+    builder().check(|| {
+        let t = shrink_table();
+        let writer = {
+            let t = t.clone();
+            thread::spawn(move || t.write(|t| shrink(t, false)))
+        };
+        read_shrunk(&t, &TALLY);
         writer.join().unwrap();
     });
 }

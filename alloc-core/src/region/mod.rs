@@ -5,6 +5,8 @@
 //! - `tree`: the ordered map from start address to region, readable without locks
 //!   (copy-on-write B+tree published by one atomic store, reclaimed by epoch).
 //! - `lock`: the per-region lock word and the table sequence (kernel per-VMA locks).
+//! - `protocol`: the reader's validation and the writer's stamp and detach, shared by the
+//!   table and the loom models (`loom_tests`), which run the same code.
 //! - `table`: `RegionTable`, its writer mutex, the read side (`find_and_read_lock`,
 //!   `retire`) and purge; `table/writer.rs` holds the structural updates (allocate,
 //!   grow, shrink, coalesce).
@@ -16,6 +18,7 @@ pub mod epoch;
 #[cfg(not(loom))]
 mod free_index;
 pub mod lock;
+mod protocol;
 #[cfg(not(loom))]
 pub mod table;
 #[cfg(not(loom))]
@@ -72,6 +75,11 @@ pub struct Region {
     detached: AtomicBool,
     /// True when every page of a free region reads as zero (fresh or DONTNEED-purged).
     zeroed: AtomicBool,
+    /// The region's last page may carry a guard page (`RegionTable::install_guard`) that
+    /// is not lifted yet. Set before the guard goes in and cleared once it is out, so a
+    /// fork child that inherits a retire interrupted in between still lifts it before
+    /// the range is reused (`Writer::drain_retired`).
+    guarded: AtomicBool,
     /// The free-index bin this region sits in, or `NO_BIN`; writer mutex only.
     pub(crate) bin: UnsafeCell<u8>,
     /// Milliseconds stamp of the moment a free region got dirty pages; 0 when clean.
@@ -116,6 +124,7 @@ impl Region {
             detached: AtomicBool::new(false),
             dirty_since: AtomicU64::new(0),
             zeroed: AtomicBool::new(zeroed),
+            guarded: AtomicBool::new(false),
             links: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
             bin: UnsafeCell::new(NO_BIN),
         }

@@ -6,7 +6,8 @@
 //!
 //! Read side (free, usable size, purge of one region):
 //! pin; r = tree.floor(addr); try-read r; back off if `lock_seq == table_seq`; re-check
-//! `detached` and the range (the descriptor may have left the tree since we found it);
+//! `detached`, the key and the range (the descriptor may have left the tree or moved
+//! since we found it: `Region::read_lock_validated`, which the loom models run too);
 //! unpin. The read reference alone then keeps `r` attached: detaching needs
 //! `start_write`, which waits readers out. Any failure falls to the slow path, which
 //! repeats the lookup under the writer mutex, where it cannot fail spuriously.
@@ -18,6 +19,7 @@
 use super::epoch;
 use super::free_index::FreeIndex;
 use super::lock::TableSeq;
+use super::protocol::ReadAttempt;
 use super::tree::RangeTree;
 use super::{Region, RegionKind, RegionState, PURGING, RETIRED_NEXT};
 use crate::os::{self, PurgeMode};
@@ -33,6 +35,15 @@ mod writer;
 /// Address space is reserved in arenas of this size (or the request rounded up to it):
 /// large enough that steady state never maps again, and free with `MAP_NORESERVE`.
 pub const ARENA_SIZE: usize = 1 << 30;
+
+/// The most one purge `madvise` covers. A huge free region is purged in pieces of at
+/// most this much, each its own region under its own read lock and claim, so a writer
+/// that needs one waits for one piece, never for the whole range. Measured here: a
+/// `MADV_DONTNEED` of 16 MiB of resident 4 KiB pages takes 0.9 ms (median 5 ms on the
+/// shared 2-core VM), 64 MiB 2.4 ms (10 ms); a 1 GiB region in one call would hold its
+/// lock for 40-160 ms. A multiple of the 2 MiB huge page, so pieces cut on huge-page
+/// boundaries never split a transparent huge page.
+pub const PURGE_PIECE: usize = 16 << 20;
 
 /// Fast-path attempts before a reader takes the slow path after finding a stale region.
 const STALE_RETRIES: u32 = 2;
@@ -97,6 +108,33 @@ impl Region {
     }
 }
 
+/// The guard page `install_guard` puts after an object: its region's last page.
+pub const GUARD_LEN: usize = os::PAGE_SIZE;
+
+impl Region {
+    /// Lifts the guard page `install_guard` put at the end of this region, if it is
+    /// still there; true when no guard remains. Called by the retire that wins the
+    /// region (under its read lock, before anyone can reuse the range) and, for a retire
+    /// a fork interrupted or whose lift failed, by the writer that folds the region into
+    /// free space.
+    pub(crate) fn lift_guard(&self) -> bool {
+        // Relaxed: the flag was set under a read lock by the thread that owned the live
+        // object; whoever lifts it got the object from that thread (a free is ordered
+        // after the allocation by the program) or drains it after the retire's Release
+        // push (or is a fork child, alone).
+        if !self.guarded.load(Ordering::Relaxed) {
+            return true;
+        }
+        // SAFETY: the region's last page, where `install_guard` put the guard; the
+        // object is dead (retired) and nobody reuses the range before this returns.
+        if unsafe { os::guard_remove(self.end() - GUARD_LEN, GUARD_LEN) }.is_err() {
+            return false;
+        }
+        self.guarded.store(false, Ordering::Relaxed);
+        true
+    }
+}
+
 /// Why a `retire` was refused: each is misuse by the caller of `free`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetireError {
@@ -137,6 +175,65 @@ pub struct RegionTable {
     dirty_bytes: AtomicUsize,
     /// `madvise` calls made by `purge`.
     pub purge_calls: Counter,
+    /// Test hook: stops a purge just before one of its `madvise` calls.
+    #[cfg(test)]
+    pub(crate) pause_in_madvise: TestPause,
+    /// Test hook: stops a retire between its state change and lifting the guard page.
+    #[cfg(test)]
+    pub(crate) pause_in_retire: TestPause,
+}
+
+/// A test hook: once armed, the next thread to reach it stops there until released, so
+/// a test can act while another thread is deterministically at that point (a purge
+/// holding its pieces' read locks and claims just before `madvise`; a retire between
+/// its compare-and-swap and lifting the guard page).
+#[cfg(test)]
+pub(crate) struct TestPause(std::sync::atomic::AtomicU8);
+
+#[cfg(test)]
+impl TestPause {
+    const OFF: u8 = 0;
+    const ARMED: u8 = 1;
+    const PAUSED: u8 = 2;
+    const RELEASED: u8 = 3;
+
+    const fn new() -> Self {
+        TestPause(std::sync::atomic::AtomicU8::new(Self::OFF))
+    }
+
+    pub(crate) fn arm(&self) {
+        self.0.store(Self::ARMED, Ordering::SeqCst);
+    }
+
+    /// Returns once a purge has stopped at the hook.
+    pub(crate) fn wait_paused(&self) {
+        while self.0.load(Ordering::SeqCst) != Self::PAUSED {
+            std::thread::yield_now();
+        }
+    }
+
+    pub(crate) fn release(&self) {
+        self.0.store(Self::RELEASED, Ordering::SeqCst);
+    }
+
+    /// Where the hooked thread stops.
+    fn pause_here(&self) {
+        let armed = self
+            .0
+            .compare_exchange(
+                Self::ARMED,
+                Self::PAUSED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok();
+        if armed {
+            while self.0.load(Ordering::SeqCst) != Self::RELEASED {
+                std::thread::yield_now();
+            }
+            self.0.store(Self::OFF, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A live region's description for callers that placed it.
@@ -175,6 +272,10 @@ impl RegionTable {
             live_regions: AtomicUsize::new(0),
             dirty_bytes: AtomicUsize::new(0),
             purge_calls: Counter::new(),
+            #[cfg(test)]
+            pause_in_madvise: TestPause::new(),
+            #[cfg(test)]
+            pause_in_retire: TestPause::new(),
         }
     }
 
@@ -184,6 +285,16 @@ impl RegionTable {
     #[inline]
     pub fn find_and_read_lock(&self, addr: usize) -> Option<ReadGuard> {
         let _inside = Reentrancy::enter();
+        match self.find_and_read_lock_fast(addr) {
+            Some(read) => Some(read),
+            None => self.find_and_read_lock_slow(addr),
+        }
+    }
+
+    /// The lock-free lookup alone: `None` sends the caller to the slow path (a miss
+    /// included: the lock-free walk may have seen a tree an update was replacing).
+    #[inline]
+    fn find_and_read_lock_fast(&self, addr: usize) -> Option<ReadGuard> {
         for _ in 0..STALE_RETRIES {
             let guard = epoch::pin();
             let Some((start, value)) = self.tree.floor(addr, &guard) else {
@@ -192,24 +303,26 @@ impl RegionTable {
             };
             // SAFETY: values in the tree are descriptors, valid while we are pinned.
             let region: &'static Region = unsafe { &*(value as *const Region) };
-            if !region.lock.try_read_unlocked(&self.seq) {
-                self.counters.abort.inc();
-                break;
-            }
-            if region.is_detached() || !region.contains(addr) || region.start() != start {
-                region.lock.read_unlock();
+            match region.read_lock_validated(start, addr, &self.seq) {
+                ReadAttempt::Locked => {}
+                ReadAttempt::WriteLocked => {
+                    self.counters.abort.inc();
+                    break;
+                }
                 // A detached region, or one an update moved after our tree snapshot.
-                if region.is_detached() || region.start() != start {
+                ReadAttempt::Moved => {
                     self.counters.retry.inc();
                     continue;
                 }
-                self.counters.miss.inc();
-                break;
+                ReadAttempt::Missed => {
+                    self.counters.miss.inc();
+                    break;
+                }
             }
             self.counters.success.inc();
             return Some(ReadGuard { region, start });
         }
-        self.find_and_read_lock_slow(addr)
+        None
     }
 
     #[cold]
@@ -241,8 +354,9 @@ impl RegionTable {
 
     /// `retire`, running `prepare` on the validated, still-live region under its read
     /// lock first: the place for work on the object's pages that must finish before
-    /// anyone can reuse them (lifting a guard page, purging a big object) and that needs
-    /// no process-wide lock. `prepare` may call `Region::mark_purged`.
+    /// anyone can reuse them (purging a big object) and that needs no process-wide lock.
+    /// A guard page from `install_guard` is lifted before `prepare` runs. `prepare` may
+    /// call `Region::mark_purged`.
     pub fn retire_with(
         &self,
         addr: usize,
@@ -276,7 +390,11 @@ impl RegionTable {
             return Err(RetireError::DoubleFree);
         }
         // Only the winning freer prepares; still under our read lock and not yet on the
-        // retired stack, so no writer can reuse the range meanwhile.
+        // retired stack, so no writer can reuse the range meanwhile. A guard not lifted
+        // here (a failed call) is lifted by the writer that drains the region.
+        #[cfg(test)]
+        self.pause_in_retire.pause_here();
+        region.lift_guard();
         prepare(region);
         let node = region as *const Region as *mut Region;
         let mut head = self.retired.load(Ordering::Relaxed);
@@ -295,6 +413,29 @@ impl RegionTable {
         }
         self.live_regions.fetch_sub(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Makes the last page of the live object region starting at `addr` fault on any
+    /// access (secure mode's guard after a large object). The region records it before
+    /// the guard goes in, and its retire lifts it, so the range is never reused with a
+    /// guard inside, even by a fork child that inherits a retire half done.
+    pub fn install_guard(&self, addr: usize) -> Result<(), os::OsError> {
+        let read = self.find_and_read_lock(addr).ok_or(os::OsError {
+            call: os::Syscall::MadviseGuard,
+            errno: libc::EINVAL,
+        })?;
+        let region = read.region();
+        debug_assert!(region.start() == addr && region.kind() != RegionKind::Free);
+        // Relaxed: see `lift_guard`.
+        region.guarded.store(true, Ordering::Relaxed);
+        let page = region.end() - GUARD_LEN;
+        // SAFETY: the last page of a live object of the caller's, which holds no object
+        // bytes (the caller sized the object to leave it out).
+        let installed = unsafe { os::guard_install(page, GUARD_LEN) };
+        if installed.is_err() {
+            region.guarded.store(false, Ordering::Relaxed);
+        }
+        installed
     }
 
     /// The length of the live object region starting at `addr`.
@@ -362,10 +503,14 @@ impl RegionTable {
         self.write(|_| ())
     }
 
-    /// Purges free regions dirty for at least `delay_ms`, at most `budget` bytes and 16
-    /// regions (call again while it returns nonzero to purge them all). The
-    /// writer mutex is held only to pick them; each `madvise` runs under the region's
-    /// read lock alone, so a writer wanting that region waits, and no other does.
+    /// Purges free regions dirty for at least `delay_ms`, at most `budget` bytes (give or
+    /// take a page) in at most 16 `madvise` calls of at most `PURGE_PIECE` bytes each
+    /// (call again while it returns nonzero to purge them all). The writer mutex is held
+    /// only to pick them; a region bigger than what is left of the budget, or than a
+    /// piece, is first cut into pieces, each its own region. Each `madvise` runs under its
+    /// piece's read lock alone: writers place around claimed pieces and do not merge with
+    /// them (`FreeIndex::find`, `coalesce`); one that needs that very piece (the only
+    /// space that fits, or the neighbour an object grows into) waits for one piece.
     ///
     /// Picking a region claims it: it is stamped `PURGING` (which reads as clean) and
     /// leaves `dirty_bytes` at once, so a purge running beside this one (a `DIRTY_CAP`
@@ -380,11 +525,14 @@ impl RegionTable {
         // addresses, not on the descriptors.
         let _inside = Reentrancy::enter();
         let now = os::now_ms();
-        // Each picked region's read reference, with the dirty stamp its claim replaced.
+        // Each picked piece's read reference, with the dirty stamp its claim replaced.
         let mut picked: [Option<(ReadGuard, u64)>; BATCH] = [const { None }; BATCH];
         let mut count = 0;
         self.write(|w| {
-            let mut bytes = 0;
+            // The candidates first: cutting pieces changes the free index, which its
+            // `for_each` visit must not see.
+            let mut candidates: [Option<(&'static Region, u64)>; BATCH] = [None; BATCH];
+            let mut found = 0;
             // SAFETY: we hold the writer mutex for the visit.
             unsafe {
                 w.state.free.for_each(|r| {
@@ -392,35 +540,49 @@ impl RegionTable {
                     // Acquire pairs with the Release of a failed purge's un-claim, so
                     // its `dirty_bytes` add comes before our subtraction.
                     let since = region.dirty_since.load(Ordering::Acquire);
-                    if count < BATCH
-                        && bytes < budget
+                    if found < BATCH
                         && since != 0
                         && since != PURGING
                         && now.saturating_sub(since) >= delay_ms
                     {
-                        region.lock.read_lock_under_writer();
-                        // The claim (see above): under our read lock, as in phase two.
-                        region.dirty_since.store(PURGING, Ordering::Relaxed);
-                        self.dirty_bytes.fetch_sub(region.len(), Ordering::Relaxed);
-                        bytes += region.len();
-                        let read = ReadGuard {
-                            region,
-                            start: region.start(),
-                        };
-                        picked[count] = Some((read, since));
-                        count += 1;
+                        candidates[found] = Some((region, since));
+                        found += 1;
                     }
                 })
             };
+            let mut bytes = 0;
+            for &(region, since) in candidates.iter().flatten() {
+                let mut piece = Some(region);
+                // Checked before each piece, and each piece cut to what is left of it:
+                // a pass overshoots its budget by less than a page.
+                while let Some(region) = piece.filter(|_| count < BATCH && bytes < budget) {
+                    piece = w.split_for_purge(region, budget - bytes);
+                    // SAFETY: we hold the writer mutex.
+                    unsafe { region.lock.read_lock_under_writer() };
+                    // The claim (see above): under our read lock, as in phase two.
+                    region.dirty_since.store(PURGING, Ordering::Relaxed);
+                    self.dirty_bytes.fetch_sub(region.len(), Ordering::Relaxed);
+                    bytes += region.len();
+                    let read = ReadGuard {
+                        region,
+                        start: region.start(),
+                    };
+                    picked[count] = Some((read, since));
+                    count += 1;
+                }
+            }
         });
         let mut purged = 0;
-        // The ranges cleaned, as `(start, end)`; empty where the `madvise` failed.
-        let mut cleaned: [(usize, usize); BATCH] = [(0, 0); BATCH];
-        for (pick, slot) in picked.iter_mut().take(count).zip(cleaned.iter_mut()) {
+        // Every piece's range, to merge back once all are done.
+        let mut ranges: [(usize, usize); BATCH] = [(0, 0); BATCH];
+        for (pick, range) in picked.iter_mut().take(count).zip(ranges.iter_mut()) {
             let Some((read, since)) = pick.take() else {
                 continue;
             };
             let r = read.region();
+            *range = (r.start(), r.end());
+            #[cfg(test)]
+            self.pause_in_madvise.pause_here();
             self.purge_calls.inc();
             // SAFETY: a free region holds no live object, and our read reference keeps
             // any writer from handing it out until the call returns.
@@ -429,7 +591,6 @@ impl RegionTable {
                     .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
                 r.dirty_since.store(0, Ordering::Relaxed);
                 purged += r.len();
-                *slot = (r.start(), r.end());
             } else {
                 // Still dirty: un-claim it (still under our read lock). Bytes first, then
                 // the stamp (Release), so a purge that claims it next subtracts after.
@@ -437,17 +598,18 @@ impl RegionTable {
                 r.dirty_since.store(since, Ordering::Release);
             }
         }
-        if purged > 0 {
-            // Now clean, the space may merge with clean neighbours. Re-merged by address,
-            // not by the descriptors picked: between the phases a writer that waited out
-            // the `madvise` sees a region clean and may rebuild it into descriptors this
+        if count > 0 {
+            // The pieces merge back with each other and with neighbours of their new
+            // dirtiness (writers skipped them while they were claimed). By address, not
+            // by the descriptors picked: between the phases a writer that waited out a
+            // `madvise` sees a region clean and may rebuild it into descriptors this
             // purge never saw, whose neighbours nobody re-examines. `carve` leaves a clean
             // tail beside the clean space that followed the region; `coalesce` of a clean
             // neighbour absorbs the region and stops, short of the clean space beyond it;
-            // `grow` moves its start. Every free region holding cleaned pages overlaps a
-            // cleaned range, so coalescing those restores the invariant, whatever ran.
+            // `grow` moves its start. Every free region holding a piece's pages overlaps
+            // the piece's range, so coalescing those restores the invariant, whatever ran.
             self.write(|w| {
-                for &(start, end) in &cleaned {
+                for &(start, end) in &ranges[..count] {
                     w.coalesce_overlapping(start, end);
                 }
             });

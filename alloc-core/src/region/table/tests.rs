@@ -111,3 +111,324 @@ fn a_placement_out_of_metadata_changes_nothing() {
         "no placement failed inside its tree inserts"
     );
 }
+
+/// Issue 13 item 4: `grow` into a dirty free neighbour that it only shortens must move
+/// the neighbour's key (`rekey`), which needs tree nodes and can fail. A grow refused
+/// that way must change nothing, `dirty_bytes` included (it used to be lowered before
+/// the `rekey` and never raised again, so the counter drifted and could wrap).
+#[test]
+fn a_grow_out_of_metadata_changes_nothing() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let object = table
+        .allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    let neighbour = table
+        .allocate(8 * PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    assert_eq!(neighbour, object + PAGE_SIZE, "placed side by side");
+    table.retire(neighbour).unwrap();
+    table.collect_retired();
+    assert_eq!(table.dirty_bytes(), 8 * PAGE_SIZE, "a dirty free neighbour");
+    let mut failures = 0;
+    let grown = (0..64).find(|&budget| {
+        let before = snapshot(table);
+        meta_budget::set(budget);
+        let grown = table.grow_in_place(object, 3 * PAGE_SIZE);
+        meta_budget::set(usize::MAX);
+        if !grown {
+            assert_eq!(snapshot(table), before, "budget {budget}: a failed grow");
+            failures += 1;
+        }
+        grown
+    });
+    assert!(grown.is_some(), "enough metadata eventually");
+    assert!(
+        failures >= 1,
+        "the rekey never failed: the test did not run"
+    );
+    assert_eq!(table.object_len(object), Some(3 * PAGE_SIZE));
+    assert_eq!(table.dirty_bytes(), 6 * PAGE_SIZE);
+    check_layout(table);
+}
+
+/// Issue 13 item 8: a descriptor an update creates (the object `carve` cuts, the free
+/// tail it leaves, the tail `shrink` gives back) is write-locked before it enters the
+/// tree, as the kernel write-locks a new VMA before inserting it: until the update's
+/// `end_write_all`, a lock-free reader that finds it must back off to the slow path
+/// (which waits for the writer mutex), never read-lock it half made.
+#[test]
+fn a_new_region_is_write_locked_until_its_update_ends() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    // A first update makes the arena; the rest of the test runs in later ones.
+    let first = table
+        .allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    // The reader runs on another thread, as a real one would, while the writer holds
+    // the update open; it only tries the fast path (the slow one would wait for us).
+    let fast = |addr: usize| {
+        std::thread::scope(|s| {
+            s.spawn(|| table.find_and_read_lock_fast(addr).is_some())
+                .join()
+                .unwrap()
+        })
+    };
+    // Inside the free region (the object and its tail are both new descriptors).
+    let (object, tail) = table.write(|w| {
+        let placed = w
+            .allocate(2 * PAGE_SIZE, 64 * 1024, RegionKind::Large)
+            .unwrap();
+        assert_ne!(
+            placed.start,
+            first + PAGE_SIZE,
+            "placed inside the free region"
+        );
+        let tail = placed.start + placed.len;
+        assert!(
+            !fast(placed.start),
+            "new object read-locked before end_write_all"
+        );
+        assert!(
+            !fast(tail),
+            "new free tail read-locked before end_write_all"
+        );
+        (placed.start, tail)
+    });
+    assert!(fast(object) && fast(tail), "unlocked once the update ended");
+    // At a free region's start (the object takes its key) with a new tail behind it.
+    let head = table.write(|w| {
+        let placed = w.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
+        assert_eq!(
+            placed.start,
+            first + PAGE_SIZE,
+            "placed at the free head's start"
+        );
+        assert!(
+            !fast(placed.start),
+            "object in a replaced key read-locked early"
+        );
+        placed.start
+    });
+    assert!(fast(head));
+    // The tail a shrink gives back.
+    table.write(|w| {
+        assert!(w.shrink(object, PAGE_SIZE));
+        assert!(
+            !fast(object + PAGE_SIZE),
+            "shrink's new tail read-locked early"
+        );
+    });
+    assert!(fast(object + PAGE_SIZE));
+    check_layout(table);
+}
+
+/// Issue 13 item 7: one free region of 1 GiB, dirty. A purge pass with a budget
+/// must not pick it whole (the budget used to be checked before a region was added),
+/// and every `madvise` covers at most `PURGE_PIECE` bytes, each piece under its own read
+/// lock. Once all is purged, the pieces merge back into one clean region.
+#[test]
+fn a_huge_free_region_is_purged_in_bounded_pieces() {
+    const BUDGET: usize = 256 << 20;
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    // A whole arena's worth, at an arena boundary (regions merge within one arena).
+    let len = ARENA_SIZE;
+    let huge = table
+        .allocate(len, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    table.retire(huge).unwrap();
+    table.collect_retired();
+    assert_eq!(table.dirty_bytes(), len);
+    let first = table.purge(0, PurgeMode::DontNeed, BUDGET);
+    assert!(
+        first > 0 && first <= BUDGET,
+        "one pass with a {BUDGET:#x} budget purged {first:#x}"
+    );
+    assert!(
+        table.purge_calls.get() as usize >= first.div_ceil(PURGE_PIECE),
+        "{} madvise calls for {first:#x} bytes: some exceeded {PURGE_PIECE:#x}",
+        table.purge_calls.get()
+    );
+    check_layout(table);
+    let mut total = first;
+    loop {
+        let bytes = table.purge(0, PurgeMode::DontNeed, usize::MAX);
+        if bytes == 0 {
+            break;
+        }
+        total += bytes;
+    }
+    assert_eq!(total, len);
+    assert!(table.purge_calls.get() as usize >= len.div_ceil(PURGE_PIECE));
+    assert_eq!(table.dirty_bytes(), 0);
+    let mut free = Vec::new();
+    table.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    assert!(
+        free.iter().any(|&(s, l, d)| s == huge && l == len && !d),
+        "the purged pieces merged back: {free:x?}"
+    );
+    check_layout(table);
+}
+
+/// Runs `op` on another thread while a purge of `table` is stopped inside `madvise` on
+/// `purged`, and fails if `op` ever waits for that purge (it write-locks the region: the
+/// lock word shows a writer draining readers) instead of working around it.
+fn without_waiting_for<R: Send>(
+    table: &'static RegionTable,
+    purged: &'static Region,
+    op: impl FnOnce() -> R + Send,
+) -> R {
+    table.pause_in_madvise.arm();
+    std::thread::scope(|s| {
+        let purger = s.spawn(|| table.purge(0, PurgeMode::DontNeed, usize::MAX));
+        table.pause_in_madvise.wait_paused();
+        assert!(purged.lock.readers() > 0, "the purge holds the region");
+        let op = s.spawn(op);
+        let waited = loop {
+            if op.is_finished() {
+                break false;
+            }
+            if purged.lock.writer_waiting() {
+                break true;
+            }
+            std::thread::yield_now();
+        };
+        table.pause_in_madvise.release();
+        let result = op.join().unwrap();
+        assert!(purger.join().unwrap() > 0);
+        assert!(
+            !waited,
+            "a writer waited for a purge's madvise it could avoid"
+        );
+        result
+    })
+}
+
+/// Issue 13 item 7: while a purge holds a free region inside `madvise`, a placement
+/// that other free space can serve goes there at once; it used to pick the region being
+/// purged (`find_any` did not skip `PURGING`) and spin in `start_write`, holding the
+/// writer mutex, for the whole `madvise`.
+#[test]
+fn a_placement_beside_a_purge_does_not_wait_for_it() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let o = table
+        .allocate(8 * PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    table.retire(o).unwrap();
+    table.collect_retired();
+    // Layout: O (free, dirty, the smallest fit), the rest of the arena (free, clean).
+    let purged = table.find_and_read_lock(o).unwrap().region();
+    let placed = without_waiting_for(table, purged, || {
+        table.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+    })
+    .unwrap();
+    assert_ne!(placed.start, o, "placed in the region being purged");
+    check_layout(table);
+}
+
+/// Issue 13 item 7: freeing an object next to a free region a purge holds inside
+/// `madvise` does not wait to merge with it (the purge merges the cleaned region with
+/// its clean neighbours when it is done).
+#[test]
+fn a_free_beside_a_purge_does_not_wait_for_it() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let a = table
+        .allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    let b = table
+        .allocate(8 * PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    table.retire(b).unwrap();
+    table.collect_retired();
+    // Layout: A (live), B (free, dirty), the rest of the arena (free, clean).
+    let purged = table.find_and_read_lock(b).unwrap().region();
+    without_waiting_for(table, purged, || {
+        table
+            .retire_with(a, |r| r.mark_purged(PurgeMode::DontNeed))
+            .unwrap();
+        table.collect_retired();
+    });
+    let mut free = Vec::new();
+    table.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    assert_eq!(free.len(), 1, "all clean, merged: {free:x?}");
+    check_layout(table);
+}
+
+/// Forks while the test's table, the metadata arena and the epoch are locked as the
+/// engine's fork handlers lock them, runs `child` in the child (with the table
+/// repaired) and returns the child's wait status. `child` returns the exit code; a hang
+/// is ended by an alarm.
+fn fork_with(table: &'static RegionTable, child: impl FnOnce() -> i32) -> i32 {
+    const CHILD_SECONDS: u32 = 10;
+    table.fork_prepare();
+    crate::meta::fork_prepare();
+    // SAFETY: the child runs only the table's code, the metadata arena and `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the child, after the prepare calls above; alarm/_exit are
+        // async-signal-safe.
+        unsafe {
+            crate::meta::fork_release();
+            table.fork_release();
+            crate::region::epoch::after_fork_in_child();
+            table.after_fork_in_child();
+            libc::alarm(CHILD_SECONDS);
+            libc::_exit(child());
+        }
+    }
+    // SAFETY: after the prepare calls above, in the parent.
+    unsafe {
+        crate::meta::fork_release();
+        table.fork_release();
+    }
+    assert!(pid > 0, "fork failed");
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    status
+}
+
+/// Issue 13 item 6: secure mode puts a guard page after a large object, lifted by the
+/// freer after it has won the retire. A fork between the two (retire paused there)
+/// leaves the child a retired region with the guard still installed; the child's repair
+/// folds it into free space, and the next object placed there must not fault on its
+/// last page.
+#[test]
+fn a_retire_interrupted_by_fork_leaves_no_guard_in_the_child() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let len = 4 * PAGE_SIZE;
+    let o = table
+        .allocate(len, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    table.install_guard(o).unwrap();
+    table.pause_in_retire.arm();
+    let freer = std::thread::spawn(move || table.retire(o));
+    table.pause_in_retire.wait_paused();
+    let status = fork_with(table, || {
+        let placed = table.allocate(len, PAGE_SIZE, RegionKind::Large).unwrap();
+        if placed.start != o {
+            return 2;
+        }
+        // SAFETY: a fresh object of ours, `len` bytes long.
+        unsafe { core::ptr::write_bytes(o as *mut u8, 1, len) };
+        0
+    });
+    table.pause_in_retire.release();
+    freer.join().unwrap().unwrap();
+    assert!(
+        libc::WIFEXITED(status),
+        "child killed by signal {} (the guard page was still installed)",
+        libc::WTERMSIG(status)
+    );
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "the child reused another range"
+    );
+}

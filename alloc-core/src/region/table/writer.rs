@@ -3,15 +3,16 @@
 //! free index: placement (`allocate`, `allocate_roomy`, `carve`, new arenas), resizing
 //! in place (`grow`, `shrink`), folding freed objects back into free space
 //! (`drain_retired`, `coalesce`, `absorb`) and detaching descriptors. Each change
-//! write-locks the regions it touches (`start_write`); `RegionTable::write` ends the
-//! update with one `end_write_all`. Calls `tree`, `free_index`, `epoch`, `meta`, `os`
+//! write-locks the regions it touches (`start_write`) and creates new ones write-locked
+//! (`new_region`); `RegionTable::write` ends the update with one `end_write_all`. Calls `tree`, `free_index`, `epoch`, `meta`, `os`
 //! and `space`.
 
-use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGED_AT_RETIRE};
+use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGED_AT_RETIRE, PURGE_PIECE};
 use crate::meta;
 use crate::os;
+use crate::os::{HUGE_PAGE, PAGE_SIZE};
 use crate::region::epoch;
-use crate::region::{Region, RegionKind, RegionState, RETIRED_NEXT};
+use crate::region::{Region, RegionKind, RegionState, PURGING, RETIRED_NEXT};
 use crate::space::{self, SlotKind};
 use crate::sync::atomic::Ordering;
 use core::ptr;
@@ -47,6 +48,8 @@ impl Writer<'_> {
             .filter(|r| r.kind() != RegionKind::Free && r.state() == RegionState::Live)
     }
 
+    /// A new descriptor, write-locked by this update (every region the writer creates
+    /// comes from here, so none enters the tree readable before `end_write_all`).
     fn new_region(&self, start: usize, len: usize, kind: RegionKind, zeroed: bool) -> *mut Region {
         #[cfg(test)]
         if crate::region::tree::meta_budget::exhausted() {
@@ -57,8 +60,13 @@ impl Writer<'_> {
             core::mem::align_of::<Region>(),
         ) as *mut Region;
         if !p.is_null() {
-            // SAFETY: fresh metadata memory sized and aligned for a Region.
-            unsafe { p.write(Region::new(start, len, kind, zeroed)) };
+            // SAFETY: fresh metadata memory sized and aligned for a Region; it becomes
+            // reachable only when inserted, so it is write-locked for this update first
+            // (we hold the writer mutex, and `write()` ends the update).
+            unsafe {
+                p.write(Region::new(start, len, kind, zeroed));
+                (*p).stamp_new(&self.table.seq);
+            }
         }
         p
     }
@@ -75,13 +83,14 @@ impl Writer<'_> {
     /// key now holds another descriptor): out of the free index, marked detached, freed
     /// after the grace period.
     fn discard(&mut self, r: &'static Region) {
-        self.start_write(r);
         let p = r as *const Region as *mut Region;
-        // SAFETY: writer mutex held; `r` may be indexed.
-        unsafe { self.state.free.remove(p) };
-        // Release (made visible by `end_write_all`): readers that still find `r` in an
-        // old tree version see it detached once they see the new sequence.
-        r.detached.store(true, Ordering::Release);
+        // SAFETY: writer mutex held, and `write()` ends the update; `r` may be indexed.
+        // Readers that still find `r` in an old tree version see it detached once they
+        // can lock it, after `end_write_all`.
+        unsafe {
+            r.mark_detached(&self.table.seq);
+            self.state.free.remove(p);
+        }
         // SAFETY: unreachable from the tree; readers pinned now may still look at it.
         unsafe { epoch::defer_meta_free(self.guard, p as *mut u8) };
     }
@@ -105,6 +114,14 @@ impl Writer<'_> {
             // SAFETY: retired regions stay attached until this writer frees them.
             let region: &'static Region = unsafe { &*r };
             r = region.link(RETIRED_NEXT).load(Ordering::Relaxed);
+            // A guard page its retire did not lift (a fork child inherited the retire
+            // half done, or the lift failed): lifted now, or, if it still cannot be,
+            // the region stays retired and out of free space for good, rather than be
+            // handed out with a page that faults. Rare, so the syscall under the writer
+            // mutex costs nothing in steady state.
+            if !region.lift_guard() {
+                continue;
+            }
             if region.kind() == RegionKind::Segment {
                 space::set_kind(region.start(), region.len(), SlotKind::Table);
             }
@@ -139,6 +156,13 @@ impl Writer<'_> {
                 || a.end() != b.start()
                 || arena_of(a.start()) != arena_of(b.start())
             {
+                return false;
+            }
+            // A piece a purge has claimed is not merged now, which would wait for its
+            // `madvise`: the purge merges it when done (`coalesce_overlapping`). The
+            // claim is made under the writer mutex, so `PURGING` read here is current
+            // or already over (then the purge's merge follows).
+            if a.dirty_since() == PURGING || b.dirty_since() == PURGING {
                 return false;
             }
             w.start_write(a);
@@ -367,6 +391,55 @@ impl Writer<'_> {
         })
     }
 
+    /// Cuts the free region `r` for a purge so that it is at most `limit` bytes (rounded
+    /// up to a page) and at most `PURGE_PIECE`, ending on a huge-page boundary when it
+    /// can; returns the rest, a new free region just as dirty, or `None` when `r` is
+    /// small enough already. Out of metadata, `r` stays whole (and `None`): purging it
+    /// in one call is slower for a writer that needs it, never wrong.
+    pub(super) fn split_for_purge(
+        &mut self,
+        r: &'static Region,
+        limit: usize,
+    ) -> Option<&'static Region> {
+        let limit = limit
+            .min(PURGE_PIECE)
+            .next_multiple_of(PAGE_SIZE)
+            .max(PAGE_SIZE);
+        let (start, end) = (r.start(), r.end());
+        if end - start <= limit {
+            return None;
+        }
+        let cut = match (start + limit) & !(HUGE_PAGE - 1) {
+            aligned if aligned > start => aligned,
+            _ => start + limit,
+        };
+        // Write-locked before its purge-owned fields are read (see `carve`).
+        self.start_write(r);
+        let rest = self.new_region(cut, end - cut, RegionKind::Free, r.is_zeroed());
+        if rest.is_null() {
+            return None;
+        }
+        // SAFETY: fresh, unpublished; the rest keeps the region's dirty stamp.
+        unsafe {
+            (*rest)
+                .dirty_since
+                .store(r.dirty_since(), Ordering::Relaxed)
+        };
+        if !self.insert(rest) {
+            return None;
+        }
+        let rp = r as *const Region as *mut Region;
+        // SAFETY: writer mutex held; out of the index before its length changes. Both
+        // are attached free regions.
+        unsafe {
+            self.state.free.remove(rp);
+            r.len.store(cut - start, Ordering::Relaxed);
+            self.state.free.insert(rp);
+            self.state.free.insert(rest);
+            Some(&*rest)
+        }
+    }
+
     pub(super) fn grow(&mut self, addr: usize, new_len: usize) -> bool {
         let Some(r) = self.live_object_at(addr) else {
             return false;
@@ -389,9 +462,9 @@ impl Writer<'_> {
         }
         self.start_write(r);
         self.start_write(next);
-        if next.is_dirty() {
-            self.table.dirty_bytes.fetch_sub(delta, Ordering::Relaxed);
-        }
+        // Read after the write lock (a purge changes it under its read lock); the
+        // counter moves only once nothing can fail any more.
+        let dirty = next.is_dirty();
         if next.len() == delta {
             self.detach(next);
         } else {
@@ -413,6 +486,9 @@ impl Writer<'_> {
                 next.len.fetch_sub(delta, Ordering::Relaxed);
                 self.state.free.insert(np);
             }
+        }
+        if dirty {
+            self.table.dirty_bytes.fetch_sub(delta, Ordering::Relaxed);
         }
         r.len.store(new_len, Ordering::Relaxed);
         true
