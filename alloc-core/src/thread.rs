@@ -143,6 +143,15 @@ pub unsafe fn use_static_tls() {
 #[cold]
 pub fn verify_static_tls() {
     use core::sync::atomic::Ordering;
+    // An engine linked into the main program (a Rust program built in one cargo run
+    // with the C library, which unifies this feature into its build) has its TLS in the
+    // program's own block, static by construction: decided here, on the first heap,
+    // since no constructor of the C library runs there. Relaxed: a hint; the decision
+    // itself is made once in `use_static_tls`.
+    if !TP_OFFSET_DECIDED.load(Ordering::Relaxed) && static_tls::engine_in_main_program() {
+        // SAFETY: the main program's TLS is static (module 1, at a fixed offset).
+        unsafe { use_static_tls() };
+    }
     // Relaxed: see `get`.
     let recorded = TP_OFFSET.load(Ordering::Relaxed);
     if recorded != 0 && static_tls::own_offset() != recorded {
@@ -174,6 +183,35 @@ mod static_tls {
             )
         };
         tp
+    }
+
+    /// True when this code lies in the main program's loaded segments (from the
+    /// auxiliary vector's program headers: no loader call, no lock, no allocation, so
+    /// it is safe on the first allocation of the process).
+    pub fn engine_in_main_program() -> bool {
+        let here = engine_in_main_program as usize;
+        // SAFETY: `getauxval` has no preconditions; the kernel's AT_PHDR/AT_PHNUM
+        // describe the main program's program headers, mapped for the process's life.
+        unsafe {
+            let phdr = libc::getauxval(libc::AT_PHDR) as *const libc::Elf64_Phdr;
+            let count = libc::getauxval(libc::AT_PHNUM) as usize;
+            if phdr.is_null() {
+                return false;
+            }
+            let headers = core::slice::from_raw_parts(phdr, count);
+            // The load bias: where PT_PHDR says the headers are, against where they are.
+            let Some(bias) = headers
+                .iter()
+                .find(|h| h.p_type == libc::PT_PHDR)
+                .map(|h| (phdr as usize).wrapping_sub(h.p_vaddr as usize))
+            else {
+                return false;
+            };
+            headers.iter().any(|h| {
+                let start = bias.wrapping_add(h.p_vaddr as usize);
+                h.p_type == libc::PT_LOAD && here.wrapping_sub(start) < h.p_memsz as usize
+            })
+        }
     }
 
     /// This thread's `SLOT` address minus its thread pointer, through the general
@@ -328,5 +366,46 @@ mod tests {
         // SAFETY: as above.
         unsafe { key.after_fork_in_child() };
         assert_eq!(key.state.load(Ordering::Relaxed), before);
+    }
+}
+
+/// The `%fs`-relative access in a test binary (the engine is in the main program): the
+/// decision is made on a thread's first heap, and every thread then reads its own slot
+/// through the recorded offset. Run with `--features static-tls`.
+#[cfg(all(test, static_tls))]
+mod static_tls_tests {
+    use super::*;
+    use core::sync::atomic::Ordering;
+
+    #[test]
+    fn every_thread_reads_its_own_slot_at_the_recorded_offset() {
+        assert!(static_tls::engine_in_main_program());
+        verify_static_tls();
+        let offset = TP_OFFSET.load(Ordering::Relaxed);
+        assert!(
+            offset < 0,
+            "static TLS lies below the thread pointer: {offset}"
+        );
+        let threads: Vec<_> = (1..=4usize)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    verify_static_tls();
+                    let saved = get();
+                    let value = SENTINEL_LIMIT * (i + 1);
+                    set(value);
+                    let seen = (get(), get_fast(), SLOT.with(|s| s.get()));
+                    set(saved);
+                    seen == (value, value, value)
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap());
+        }
+        assert_eq!(
+            TP_OFFSET.load(Ordering::Relaxed),
+            offset,
+            "no thread disproved it"
+        );
     }
 }
