@@ -189,7 +189,7 @@ mod static_tls {
     /// auxiliary vector's program headers: no loader call, no lock, no allocation, so
     /// it is safe on the first allocation of the process).
     pub fn engine_in_main_program() -> bool {
-        let here = engine_in_main_program as usize;
+        let here = engine_in_main_program as *const () as usize;
         // SAFETY: `getauxval` has no preconditions; the kernel's AT_PHDR/AT_PHNUM
         // describe the main program's program headers, mapped for the process's life.
         unsafe {
