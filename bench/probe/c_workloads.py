@@ -73,8 +73,8 @@ def main():
     ap.add_argument("--lib", action="append", default=[],
                     help="NAME=PATH of another preload library (e.g. an older librangealloc.so)")
     o = ap.parse_args()
-    worker = os.path.join(ROOT, "target/release/bench-worker-system")
-    libs = [("rangealloc", os.path.join(ROOT, "target/release/librangealloc.so"))]
+    worker = os.environ.get("WORKER", os.path.join(ROOT, "target/release/bench-worker-system"))
+    libs = [("rangealloc", os.environ.get("RANGEALLOC_SO", os.path.join(ROOT, "target/release/librangealloc.so")))]
     libs += [tuple(spec.split("=", 1)) for spec in o.lib]
     libs += [("jemalloc", f"{MULTIARCH}/libjemalloc.so.2"),
              ("tcmalloc", f"{MULTIARCH}/libtcmalloc_minimal.so.4"),
