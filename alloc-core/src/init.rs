@@ -111,6 +111,8 @@ pub fn thread_start() -> *mut Heap {
     // pthread_setspecific may call calloc (keys past the first 32), and adopting a heap
     // may repair it: nested calls must not come back here.
     let inside = Reentrancy::enter();
+    // Before this thread gets a heap, so before its fast path can succeed.
+    thread::verify_static_tls();
     let key = EXIT_KEY.get(|| {});
     let heap = heap::adopt_or_create();
     if !heap.is_null() {

@@ -194,11 +194,41 @@ pub unsafe fn free(p: *mut u8) {
 /// `free` for a caller with another name (`operator delete`, `cfree`, `dallocx`...):
 /// a misuse message names `call`. The name travels only to the cold reporting paths.
 ///
+/// Inlined into every caller, so `free` and each `operator delete` of the C library are
+/// one function with no call before the block is on its free list.
+///
 /// # Safety
 /// As `free`.
-#[inline]
+#[inline(always)]
 #[cfg(not(loom))]
 pub unsafe fn free_as(p: *mut u8, call: &'static str) {
+    if space::kind_of(p as usize) == SlotKind::Segment {
+        // SAFETY: the slot is a live segment.
+        match unsafe { heap::free_small_fast(p) } {
+            heap::FastFree::Done => return,
+            // SAFETY: `free_small_fast` checked that this thread's heap owns the page.
+            heap::FastFree::Retire(heap, page) => {
+                return unsafe { heap::retire_after_free(heap, page) }
+            }
+            // SAFETY: a validated live block, unchanged since.
+            heap::FastFree::NotOwned(page, block) => {
+                return unsafe { heap::free_not_owned(page, block) }
+            }
+            heap::FastFree::Slow => {}
+        }
+    }
+    // SAFETY: forwarded contract; the fast path changed nothing.
+    unsafe { free_slow(p, call) }
+}
+
+/// `free_as` in full: remote frees, large and metadata blocks, misuse reports.
+///
+/// # Safety
+/// As `free`.
+#[cold]
+#[inline(never)]
+#[cfg(not(loom))]
+unsafe fn free_slow(p: *mut u8, call: &'static str) {
     match space::kind_of(p as usize) {
         // SAFETY: the slot is a live segment.
         SlotKind::Segment => match unsafe { heap::free_small(p) } {
@@ -326,6 +356,17 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
 /// As `realloc`.
 #[cfg(not(loom))]
 pub(crate) unsafe fn realloc_unprofiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    // The common case first: a live small block whose block still fits the new size
+    // and wastes at most half of it stays put (the rule below), found with one lookup
+    // of the page. Anything else, misuse included, takes the full path.
+    if space::kind_of(p as usize) == SlotKind::Segment {
+        // SAFETY: the slot is a live segment.
+        if let Some(old) = unsafe { heap::live_block_size(p) } {
+            if new_size <= old && new_size >= old / 2 {
+                return p;
+            }
+        }
+    }
     // SAFETY: validated by `checked_usable_size`, which aborts on foreign pointers.
     let old = unsafe { checked_usable_size(p, "realloc") };
     let kind = space::kind_of(p as usize);

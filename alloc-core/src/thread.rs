@@ -8,6 +8,15 @@
 //! atomic (remote) path instead of touching the heap mid-update. One thread-local load
 //! serves both the fast path and the guard.
 //!
+//! How that load is made: in an executable, Rust reaches `SLOT` with one `%fs`-relative
+//! instruction. In a shared object (`librangealloc.so`) Rust uses the general-dynamic TLS
+//! model, a call to `__tls_get_addr` per access, and stable Rust cannot ask for the
+//! initial-exec model. With the `static-tls` feature (enabled by the C library, x86_64
+//! glibc only) the fast path can instead read the slot at a recorded offset from the
+//! thread pointer, once the library has proved it sits in static TLS: see
+//! [`use_static_tls`] for the proof obligations and why the offset holds for every
+//! thread, and [`verify_static_tls`] for the per-thread check.
+//!
 //! It also holds the two once-per-process primitives the engine's set-up needs, both
 //! safe across `fork` (`ExitKey`, `ProcessOnce`); they call only `libc`.
 
@@ -19,6 +28,7 @@ pub const UNINIT: usize = 0;
 pub const BUSY: usize = 1;
 /// The thread is exiting and gave its heap up.
 pub const DEAD: usize = 2;
+// 3 is `UNREAD`, never stored in a slot.
 /// Slot values below this are sentinels, not heap pointers.
 pub const SENTINEL_LIMIT: usize = 4096;
 
@@ -28,12 +38,221 @@ thread_local! {
 
 #[inline(always)]
 pub fn get() -> usize {
+    #[cfg(static_tls)]
+    {
+        // Relaxed: the offset is a fact about the module's TLS layout, fixed before it
+        // is stored and never changed afterwards except to 0; a thread that sees a
+        // stale 0 just takes the general access, which reads the same word.
+        let offset = TP_OFFSET.load(core::sync::atomic::Ordering::Relaxed);
+        if offset != 0 {
+            // SAFETY: a nonzero `TP_OFFSET` was stored by `use_static_tls`, whose caller
+            // proved the module is in static TLS, where `SLOT` lies at this offset from
+            // the thread pointer in every thread of the process (see there).
+            return unsafe { static_tls::read(offset) };
+        }
+        static_tls::get_general()
+    }
+    #[cfg(not(static_tls))]
     SLOT.with(|s| s.get())
 }
 
 #[inline(always)]
 pub fn set(value: usize) {
     SLOT.with(|s| s.set(value))
+}
+
+/// Not a slot value: what `get_fast` returns when the fast access is unavailable.
+pub const UNREAD: usize = 3;
+
+/// `get` for fast paths that have a slow path of their own: the slot when it can be
+/// read with one load (always in an executable; in the C library once static TLS is
+/// proven), else `UNREAD`, which is below `SENTINEL_LIMIT` and matches no heap, so the
+/// caller falls back to its slow path, which calls `get`. Keeps the general access's
+/// call out of the fast path, which then needs no stack frame.
+#[inline(always)]
+pub fn get_fast() -> usize {
+    #[cfg(static_tls)]
+    {
+        // Relaxed: as in `get`.
+        let offset = TP_OFFSET.load(core::sync::atomic::Ordering::Relaxed);
+        if offset == 0 {
+            return UNREAD;
+        }
+        // SAFETY: as in `get`.
+        unsafe { static_tls::read(offset) }
+    }
+    #[cfg(not(static_tls))]
+    SLOT.with(|s| s.get())
+}
+
+/// `SLOT`'s offset from the thread pointer (`%fs:0`) when the module is proven to sit
+/// in static TLS; 0 while unproven or after a thread disproved it (static TLS offsets on
+/// x86_64 are negative, so 0 is never a real one).
+#[cfg(static_tls)]
+static TP_OFFSET: core::sync::atomic::AtomicIsize = core::sync::atomic::AtomicIsize::new(0);
+
+/// Set once `use_static_tls` has run (or a thread disproved the offset): the decision is
+/// made once per process and never revisited.
+#[cfg(static_tls)]
+static TP_OFFSET_DECIDED: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Lets the fast path read `SLOT` with one `%fs`-relative load from now on.
+///
+/// Why one offset serves every thread: glibc gives each module loaded at process start
+/// (preloaded, or a dependency of the program) a fixed place in *static* TLS, decided
+/// once before `main` (`_dl_determine_tlsoffset`) and never changed: every thread's copy
+/// of such a module's TLS block lies at the same offset below its thread pointer (x86_64
+/// TLS variant II), in threads that exist now and in threads created later, which get
+/// their static TLS laid out from the same offsets at creation. So the offset measured
+/// here, on this thread, is the offset of every thread's `SLOT`. Modules loaded later
+/// with `dlopen` get dynamic TLS (a block malloc'ed per thread, at no fixed offset): for
+/// them this must not be called, and `thread_local!`'s general access stays in use.
+///
+/// What the fast path then does per call: one load of the offset, one load at
+/// `%fs:offset`. A thread whose slot is `UNINIT` (fresh thread: static TLS is
+/// initialised from the module's zero image) still reads `UNINIT` there and takes the
+/// slow path, where `verify_static_tls` checks its own offset. `fork` keeps the layout
+/// and the calling thread's thread pointer, so the child needs nothing. A signal
+/// handler runs on the interrupted thread with the same `%fs`, and the read is a single
+/// instruction with no state of its own.
+///
+/// # Safety
+/// The caller must have established that the module containing this engine was loaded
+/// at process start by glibc's dynamic loader (so its TLS is static), on x86_64.
+#[cfg(static_tls)]
+pub unsafe fn use_static_tls() {
+    use core::sync::atomic::Ordering;
+    // Relaxed (both): one-time decision flag; the offset itself is published below and
+    // read with Relaxed loads whose justification is in `get`.
+    if TP_OFFSET_DECIDED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let offset = static_tls::own_offset();
+    // Variant II: static TLS blocks lie below the thread pointer. Anything else means
+    // the caller's premise is wrong; stay on the general path.
+    if offset < 0 {
+        TP_OFFSET.store(offset, Ordering::Relaxed);
+    }
+}
+
+/// The per-thread check, on each thread's first slow path (before it has a heap, so
+/// before its fast path can succeed): this thread's own `SLOT` must lie at the recorded
+/// offset. A mismatch means the static-TLS premise failed; the process then uses the
+/// general access for good. (It is a tripwire, not the proof: a thread whose offset
+/// differed would have read a foreign word before getting here; the proof is
+/// `use_static_tls`'s precondition.)
+#[cfg(static_tls)]
+#[cold]
+pub fn verify_static_tls() {
+    use core::sync::atomic::Ordering;
+    // An engine linked into the main program (a Rust program built in one cargo run
+    // with the C library, which unifies this feature into its build) has its TLS in the
+    // program's own block, static by construction: decided here, on the first heap,
+    // since no constructor of the C library runs there. Relaxed: a hint; the decision
+    // itself is made once in `use_static_tls`.
+    if !TP_OFFSET_DECIDED.load(Ordering::Relaxed) && static_tls::engine_in_main_program() {
+        // SAFETY: the main program's TLS is static (module 1, at a fixed offset).
+        unsafe { use_static_tls() };
+    }
+    // Relaxed: see `get`.
+    let recorded = TP_OFFSET.load(Ordering::Relaxed);
+    if recorded != 0 && static_tls::own_offset() != recorded {
+        TP_OFFSET.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Without the `static-tls` feature there is nothing to verify.
+#[cfg(not(static_tls))]
+#[inline(always)]
+pub fn verify_static_tls() {}
+
+/// The `%fs`-relative access to `SLOT` (x86_64 Linux with glibc).
+#[cfg(static_tls)]
+mod static_tls {
+    use super::SLOT;
+
+    /// The thread pointer: on x86_64 the word at `%fs:0` holds its own address (the
+    /// TCB's self pointer, required by the ELF TLS ABI).
+    #[inline(always)]
+    fn thread_pointer() -> isize {
+        let tp: isize;
+        // SAFETY: reading `%fs:0` is valid in every thread of a glibc process.
+        unsafe {
+            core::arch::asm!(
+                "mov {tp}, qword ptr fs:[0]",
+                tp = out(reg) tp,
+                options(nostack, readonly, preserves_flags, pure)
+            )
+        };
+        tp
+    }
+
+    /// True when this code lies in the main program's loaded segments (from the
+    /// auxiliary vector's program headers: no loader call, no lock, no allocation, so
+    /// it is safe on the first allocation of the process).
+    pub fn engine_in_main_program() -> bool {
+        let here = engine_in_main_program as *const () as usize;
+        // SAFETY: `getauxval` has no preconditions; the kernel's AT_PHDR/AT_PHNUM
+        // describe the main program's program headers, mapped for the process's life.
+        unsafe {
+            let phdr = libc::getauxval(libc::AT_PHDR) as *const libc::Elf64_Phdr;
+            let count = libc::getauxval(libc::AT_PHNUM) as usize;
+            if phdr.is_null() {
+                return false;
+            }
+            let headers = core::slice::from_raw_parts(phdr, count);
+            // The load bias: where PT_PHDR says the headers are, against where they are.
+            let Some(bias) = headers
+                .iter()
+                .find(|h| h.p_type == libc::PT_PHDR)
+                .map(|h| (phdr as usize).wrapping_sub(h.p_vaddr as usize))
+            else {
+                return false;
+            };
+            headers.iter().any(|h| {
+                let start = bias.wrapping_add(h.p_vaddr as usize);
+                h.p_type == libc::PT_LOAD && here.wrapping_sub(start) < h.p_memsz as usize
+            })
+        }
+    }
+
+    /// This thread's `SLOT` address minus its thread pointer, through the general
+    /// (always correct) access.
+    pub fn own_offset() -> isize {
+        let slot = SLOT.with(|s| s as *const _ as isize);
+        slot.wrapping_sub(thread_pointer())
+    }
+
+    /// The general access (a `__tls_get_addr` call in a shared object), kept out of
+    /// line so that the callers' fast paths need no call and no saved registers.
+    #[cold]
+    #[inline(never)]
+    pub fn get_general() -> usize {
+        SLOT.with(|s| s.get())
+    }
+
+    /// The slot word at `offset` from the thread pointer.
+    ///
+    /// # Safety
+    /// `offset` must be `SLOT`'s offset from the thread pointer in the calling thread.
+    #[inline(always)]
+    pub unsafe fn read(offset: isize) -> usize {
+        let value: usize;
+        // SAFETY: caller contract: `%fs:offset` is this thread's `SLOT`, a live,
+        // aligned word for the thread's life. Not `pure`: the slot changes between
+        // calls (`set`), so two reads may not be merged across calls that write it;
+        // `readonly` lets the compiler know no memory is written.
+        unsafe {
+            core::arch::asm!(
+                "mov {value}, qword ptr fs:[{offset}]",
+                offset = in(reg) offset,
+                value = out(reg) value,
+                options(nostack, readonly, preserves_flags)
+            )
+        };
+        value
+    }
 }
 
 /// Marks this thread as inside the allocator until dropped.
@@ -260,5 +479,46 @@ pub(crate) mod tests {
         // SAFETY: as above.
         unsafe { key.after_fork_in_child() };
         assert_eq!(key.state.load(Ordering::Relaxed), before);
+    }
+}
+
+/// The `%fs`-relative access in a test binary (the engine is in the main program): the
+/// decision is made on a thread's first heap, and every thread then reads its own slot
+/// through the recorded offset. Run with `--features static-tls`.
+#[cfg(all(test, static_tls))]
+mod static_tls_tests {
+    use super::*;
+    use core::sync::atomic::Ordering;
+
+    #[test]
+    fn every_thread_reads_its_own_slot_at_the_recorded_offset() {
+        assert!(static_tls::engine_in_main_program());
+        verify_static_tls();
+        let offset = TP_OFFSET.load(Ordering::Relaxed);
+        assert!(
+            offset < 0,
+            "static TLS lies below the thread pointer: {offset}"
+        );
+        let threads: Vec<_> = (1..=4usize)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    verify_static_tls();
+                    let saved = get();
+                    let value = SENTINEL_LIMIT * (i + 1);
+                    set(value);
+                    let seen = (get(), get_fast(), SLOT.with(|s| s.get()));
+                    set(saved);
+                    seen == (value, value, value)
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap());
+        }
+        assert_eq!(
+            TP_OFFSET.load(Ordering::Relaxed),
+            offset,
+            "no thread disproved it"
+        );
     }
 }

@@ -148,8 +148,22 @@ unsafe extern "C" fn new_or_throw(size: usize, align: usize) -> *mut c_void {
     )
 }
 
-/// Defines an exported throwing `operator new` that tail-jumps to `new_or_throw` with
-/// `rsi` = the default alignment (plain forms) or the caller's (aligned forms).
+/// The small-object fast path of the plain throwing `new`: a block, or null when only
+/// the full path (`new_or_throw`) can serve `size`. Never fails otherwise and never
+/// unwinds, so the trampolines may call it before their own frame exists.
+#[cfg(target_arch = "x86_64")]
+extern "C" fn cxx_new_fast(size: usize) -> *mut c_void {
+    match engine::heap::small_class_of(size) {
+        Some(class) => engine::heap::try_alloc_small(class).cast(),
+        None => core::ptr::null_mut(),
+    }
+}
+
+/// Defines an exported throwing `operator new`. The plain forms first call
+/// `cxx_new_fast` (which cannot throw; `size` is saved on the stack across the call,
+/// which also keeps the call 16-byte aligned) and return its block; on a miss they
+/// tail-jump to `new_or_throw` with `rsi` = the default alignment. The aligned forms
+/// tail-jump to `new_or_throw` with the caller's alignment.
 #[cfg(target_arch = "x86_64")]
 macro_rules! throwing_new {
     ($(#[$doc:meta])* $name:ident(size)) => {
@@ -158,8 +172,20 @@ macro_rules! throwing_new {
         #[unsafe(naked)]
         pub unsafe extern "C" fn $name(size: usize) -> *mut c_void {
             core::arch::naked_asm!(
+                ".cfi_startproc",
+                "push rdi",
+                ".cfi_adjust_cfa_offset 8",
+                "call {fast}",
+                "pop rdi",
+                ".cfi_adjust_cfa_offset -8",
+                "test rax, rax",
+                "jz 2f",
+                "ret",
+                "2:",
                 "mov esi, {align}",
                 "jmp {slow}",
+                ".cfi_endproc",
+                fast = sym cxx_new_fast,
                 align = const MALLOC_ALIGN,
                 slow = sym new_or_throw,
             )

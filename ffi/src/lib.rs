@@ -4,8 +4,10 @@
 //! This crate owns the C ABI and nothing else: argument checking, `errno`, the exact
 //! C/POSIX/glibc semantics of each entry point. Process set-up (the `pthread_atfork`
 //! handlers included) and thread exit are the engine's, done on its first allocation
-//! for every front end alike. It calls only `rangealloc-core`'s public API and `libc`, and it never
-//! allocates through Rust's global allocator (under `LD_PRELOAD` that would be us).
+//! for every front end alike. It calls only `rangealloc-core`'s public API, `libc` and
+//! the loader's `dl*` functions; the C code here never allocates through Rust's global
+//! allocator, which for the Rust code linked in (crossbeam-epoch, `std`) is the engine
+//! itself (`RUST_ALLOCATIONS`).
 //!
 //! `malloc` holds the C malloc family, `cxx` the C++ `operator new`/`delete` family,
 //! `compat` the historical and jemalloc-compatible names; this file holds what they
@@ -21,10 +23,22 @@ mod glibc;
 mod mallctl;
 mod malloc;
 mod prof;
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+mod static_tls;
 mod stats;
 
 use core::ffi::{c_char, c_void};
-use rangealloc_core as engine;
+use rangealloc_core::{self as engine, MALLOC_ALIGN};
+
+/// Rust code linked into this library (crossbeam-epoch, `std`) allocates through the
+/// engine directly, never through the `malloc`/`free` symbols. Through the symbols, one
+/// call could bind to our definition (fat LTO resolves a call to `malloc` inside the
+/// library to the function defined here, and may inline it) while its `free` goes
+/// through the GOT to whatever the process's global scope binds: the same function
+/// under `LD_PRELOAD`, but glibc's when the library is `dlopen`ed, which then receives
+/// our block and aborts ("free(): invalid pointer"; `tests/c/dlopen_malloc.c`).
+#[global_allocator]
+static RUST_ALLOCATIONS: rangealloc::RangeAlloc = rangealloc::RangeAlloc;
 
 /// The largest request we accept. Like glibc (which fails anything above
 /// `PTRDIFF_MAX`), because pointer differences inside a larger object would overflow,
@@ -66,6 +80,33 @@ fn out_of_memory() -> *mut c_void {
 /// `align` must be a power of two.
 #[inline(always)]
 unsafe fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
+    // The fast path: a small request the thread's heap serves from a current page. It
+    // succeeds only for a thread that already has a heap, and every heap is made on a
+    // slow path, where the engine's process set-up (fork handlers, options) runs first.
+    // A small class also means `request_fits`, and size 0 gets the smallest class, as
+    // `size.max(1)` below.
+    if let (Some(class), true) = (engine::heap::small_class_of(size), align <= MALLOC_ALIGN) {
+        let p = engine::heap::try_alloc_small(class);
+        if !p.is_null() {
+            if zeroed {
+                // SAFETY: a fresh block of at least `size` bytes.
+                unsafe { core::ptr::write_bytes(p, 0, size) };
+            }
+            return p.cast();
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { allocate_slow(size, align, zeroed) }
+}
+
+/// Everything `allocate`'s fast path does not serve: first use, large and aligned
+/// requests, refills.
+///
+/// # Safety
+/// As `allocate`.
+#[cold]
+#[inline(never)]
+unsafe fn allocate_slow(size: usize, align: usize, zeroed: bool) -> *mut c_void {
     if !request_fits(size, align) {
         return out_of_memory();
     }

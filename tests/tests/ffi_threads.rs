@@ -1,11 +1,13 @@
 //! Threads, fork and the dynamic loader under `LD_PRELOAD`: `tests/c/threads.c` (many
 //! threads, cross-thread frees, thread churn), `fork.c` (fork from several threads
 //! while others allocate; children allocate, free and exit 0), `dlopen_tls.c` (dlopen
-//! and dlclose of a library with TLS from many threads).
+//! and dlclose of a library with TLS from many threads), and `dlopen_malloc.c`
+//! (librangealloc.so `dlopen`ed, not preloaded: dynamic TLS, its own malloc family from
+//! threads started before and after the dlopen).
 
 mod ffi_support;
 
-use ffi_support::{assert_lines, compile, preloaded, run, Lang};
+use ffi_support::{assert_lines, compile, preloaded, run, so_path, Lang};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -47,5 +49,18 @@ fn dlopen_with_tls_from_many_threads() {
     cmd.arg(&lib);
     let out = run(cmd, LIMIT);
     out.assert_success("dlopen_tls under LD_PRELOAD");
+    assert_lines(&out.stdout, &["ALL OK"]);
+}
+
+/// A `dlopen`ed copy sits in dynamic TLS, so it must keep the general thread-local
+/// access (the static-TLS proof fails for it), and Rust code inside it must not hand
+/// its blocks to glibc's `free`.
+#[test]
+fn dlopened_library_serves_many_threads() {
+    let exe = compile("dlopen_malloc.c", "dlopen_malloc", Lang::C, &[]);
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg(so_path());
+    let out = run(cmd, LIMIT);
+    out.assert_success("dlopen_malloc (not preloaded)");
     assert_lines(&out.stdout, &["ALL OK"]);
 }

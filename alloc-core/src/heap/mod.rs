@@ -27,7 +27,7 @@ pub use lifecycle::{
     abandon, adopt_or_create, for_each_heap, fork_child, fork_prepare, fork_release, heap_counts,
     HeapCounts,
 };
-pub use size_class::{class_for, class_of, class_size, SMALL_MAX};
+pub use size_class::{class_for, class_of, class_size, small_class_of, SMALL_MAX};
 
 /// Per-class queue of pages with (possibly) free blocks; `current[class]` is its head.
 #[derive(Clone, Copy)]
@@ -92,8 +92,42 @@ pub fn alloc_small(class: usize) -> *mut u8 {
         return slow::alloc_without_heap(slot, class);
     }
     let heap = slot as *mut Heap;
-    // SAFETY: `slot` is this thread's heap, owned by this thread; the current page is a
-    // live page of the heap or the static empty page (whose `free` is null).
+    // SAFETY: `slot` is this thread's heap, owned by this thread.
+    unsafe {
+        let block = pop_current(heap, class);
+        if block.is_null() {
+            return slow::alloc_slow(heap, class);
+        }
+        block
+    }
+}
+
+/// `alloc_small`'s fast path alone, for a front end with a slow path of its own (the C
+/// library): a block of `class`, or null when the thread has no heap yet (or is inside
+/// the allocator), the class's current page is empty, or the heap profiler is sampling
+/// (its hook sits in `alloc`, which the caller's slow path calls). The caller then calls
+/// `alloc`.
+#[inline(always)]
+pub fn try_alloc_small(class: usize) -> *mut u8 {
+    crate::prof::when_sampling!({
+        return core::ptr::null_mut();
+    });
+    let slot = thread::get_fast();
+    if slot < thread::SENTINEL_LIMIT {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: `slot` is this thread's heap, owned by this thread.
+    unsafe { pop_current(slot as *mut Heap, class) }
+}
+
+/// Pops a block from the current page of `class`, or null when it has none.
+///
+/// # Safety
+/// `heap` is the calling thread's heap.
+#[inline(always)]
+unsafe fn pop_current(heap: *mut Heap, class: usize) -> *mut u8 {
+    // SAFETY: caller contract; the current page is a live page of the heap or the
+    // static empty page (whose `free` is null).
     unsafe {
         // `class_of` never returns CLASSES or more; unchecked indexing keeps the bounds
         // check off the fast path.
@@ -101,7 +135,7 @@ pub fn alloc_small(class: usize) -> *mut u8 {
         let page = *(*heap).current.get_unchecked(class);
         let block = (*page).free;
         if block.is_null() {
-            return slow::alloc_slow(heap, class);
+            return core::ptr::null_mut();
         }
         (*page).free = next_checked(page, block);
         (*page).used += 1;
@@ -183,27 +217,24 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
             return Err(SmallFreeError::DoubleFree);
         }
         (*block).cookie = cookie;
+        free_validated(seg, page, block);
+    }
+    Ok(())
+}
+
+/// The end of a free once the block is validated and carries its free cookie: onto the
+/// local list if this thread owns the page, else onto the page's atomic list.
+///
+/// # Safety
+/// `block` is a live block of `page` in `seg`, its cookie just set by this free.
+#[inline(always)]
+unsafe fn free_validated(seg: *mut Segment, page: *mut Page, block: *mut Block) {
+    // SAFETY: caller contract.
+    unsafe {
         let slot = thread::get();
         if (*seg).heap == slot {
-            // A live page's class is below CLASSES (set by `Page::init`).
-            bump(
-                &(*(slot as *mut Heap))
-                    .counts
-                    .get_unchecked((*page).class as usize)
-                    .frees,
-            );
-            zero_on_free(block, page);
-            Block::store_next(block, (*page).local_free);
-            (*page).local_free = block;
-            (*page).used -= 1;
-            if (*page).used == 0 || (*page).in_full {
-                // An emptied page that is alone in its class queue stays (a class that
-                // oscillates around one page must not give it back each time): decided
-                // here, without the call.
-                let alone = (*page).prev.is_null() && (*page).next.is_null();
-                if (*page).in_full || !alone {
-                    slow::free_local_slow((*seg).heap as *mut Heap, page);
-                }
+            if push_local(slot as *mut Heap, page, block) {
+                slow::free_local_slow(slot as *mut Heap, page);
             }
         } else {
             zero_on_free(block, page);
@@ -215,7 +246,129 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
             }
         }
     }
-    Ok(())
+}
+
+/// `free_validated` out of line, for `free_small_fast`'s `NotOwned` outcome (frees into
+/// another thread's page, or any free while the slot could not be read with one load):
+/// sets the cookie the fast path checked and finishes the free, without validating the
+/// block again.
+///
+/// # Safety
+/// `block` is a live, validated block of `page`; nothing has changed since the check.
+#[cold]
+#[inline(never)]
+pub unsafe fn free_not_owned(page: *mut Page, block: *mut Block) {
+    // SAFETY: caller contract; the segment header sits at the segment base.
+    unsafe {
+        (*block).cookie = free_cookie(block);
+        free_validated(Segment::of(block as usize), page, block);
+    }
+}
+
+/// What `free_small_fast` left to its caller.
+pub enum FastFree {
+    /// The block is on its page's local list.
+    Done,
+    /// The block is freed, and its page must be un-parked or retired:
+    /// `retire_after_free(heap, page)`.
+    Retire(*mut Heap, *mut Page),
+    /// A live block of a page the fast path cannot free into (another thread's, or the
+    /// slot was not read with one load): nothing changed; `free_not_owned(page, block)`.
+    NotOwned(*mut Page, *mut Block),
+    /// Nothing was changed: take the full path (`free_small` and its misuse reports),
+    /// because the pointer is not a live block.
+    Slow,
+}
+
+/// `free_small` for the common case only, changing nothing unless it completes: a live
+/// block of a page owned by the calling thread. Every other outcome is returned to the
+/// caller, which ends in a tail call, so the caller's fast path needs no stack frame.
+///
+/// # Safety
+/// As `free_small`.
+#[inline(always)]
+pub unsafe fn free_small_fast(p: *mut u8) -> FastFree {
+    let addr = p as usize;
+    // SAFETY: the slot is a live segment, whose header sits at its base; the block's
+    // words are read only once `block_index` placed it inside the page.
+    unsafe {
+        let seg = Segment::of(addr);
+        let page = Segment::page_of(seg, addr);
+        if Page::block_index(page, addr).is_none() {
+            return FastFree::Slow;
+        }
+        let block = p as *mut Block;
+        let cookie = free_cookie(block);
+        if (*block).cookie == cookie {
+            return FastFree::Slow;
+        }
+        let slot = thread::get_fast();
+        if (*seg).heap != slot {
+            return FastFree::NotOwned(page, block);
+        }
+        (*block).cookie = cookie;
+        let heap = slot as *mut Heap;
+        if push_local(heap, page, block) {
+            return FastFree::Retire(heap, page);
+        }
+        FastFree::Done
+    }
+}
+
+/// Un-parks or retires `page` after a free emptied it or freed a block of a full page
+/// (what `free_small_fast` returned as `Retire`).
+///
+/// # Safety
+/// `heap` is the calling thread's heap and owns `page`.
+#[inline(always)]
+pub unsafe fn retire_after_free(heap: *mut Heap, page: *mut Page) {
+    // SAFETY: forwarded contract.
+    unsafe { slow::free_local_slow(heap, page) }
+}
+
+/// Pushes `block` (its free cookie already set) on the local list of `page`, owned by
+/// the calling thread's `heap`. True when the page must then go through
+/// `slow::free_local_slow`.
+///
+/// # Safety
+/// `heap` is the calling thread's heap and owns `page`; `block` is a live block of it.
+#[inline(always)]
+unsafe fn push_local(heap: *mut Heap, page: *mut Page, block: *mut Block) -> bool {
+    // SAFETY: caller contract. A live page's class is below CLASSES (set by
+    // `Page::init`).
+    unsafe {
+        bump(&(*heap).counts.get_unchecked((*page).class as usize).frees);
+        zero_on_free(block, page);
+        Block::store_next(block, (*page).local_free);
+        (*page).local_free = block;
+        (*page).used -= 1;
+        if (*page).used == 0 || (*page).in_full {
+            // An emptied page that is alone in its class queue stays (a class that
+            // oscillates around one page must not give it back each time): decided
+            // here, without the call.
+            let alone = (*page).prev.is_null() && (*page).next.is_null();
+            return (*page).in_full || !alone;
+        }
+        false
+    }
+}
+
+/// The block size of `p` if it is the start of a live (not free) block, else `None`:
+/// `is_block_start`, `is_free_block` and `usable_size` with one page lookup.
+///
+/// # Safety
+/// `p` lies in a live segment.
+#[inline(always)]
+pub unsafe fn live_block_size(p: *const u8) -> Option<usize> {
+    let addr = p as usize;
+    // SAFETY: caller contract; the block's words are read only once `block_index`
+    // placed it inside the page.
+    unsafe {
+        let page = Segment::page_of(Segment::of(addr), addr);
+        Page::block_index(page, addr)?;
+        let block = p as *const Block;
+        ((*block).cookie != free_cookie(block)).then_some((*page).block_size as usize)
+    }
 }
 
 /// The usable size of a small block.

@@ -552,11 +552,12 @@ impl Page {
                 &(*page).bump,
             )
         };
-        let off = addr.wrapping_sub(start);
-        // Relaxed: see the field.
-        if off >= bump.load(Ordering::Relaxed) - start {
+        // Two comparisons against the bounds rather than one of `addr - start` against
+        // `bump - start`: one subtraction fewer on every free. Relaxed: see the field.
+        if addr >= bump.load(Ordering::Relaxed) || addr < start {
             return None;
         }
+        let off = addr - start;
         let index = ((off as u64 * reciprocal) >> RECIPROCAL_SHIFT) as usize;
         (index * size as usize == off).then_some(index)
     }

@@ -34,6 +34,17 @@ pub fn class_of(size: usize) -> usize {
     LINEAR_CLASSES + (k - 7) * PER_DOUBLING + ((size - 1 - (1 << k)) >> step_shift)
 }
 
+/// The class serving `size` at 16-byte alignment, or `None` above `SMALL_MAX`: for a
+/// caller whose size is not a constant, the linear range is tested first, so the most
+/// common requests pass one comparison.
+#[inline(always)]
+pub fn small_class_of(size: usize) -> Option<usize> {
+    if size <= LINEAR_MAX {
+        return Some(size.saturating_sub(1) / LINEAR_STEP);
+    }
+    (size <= SMALL_MAX).then(|| class_of(size))
+}
+
 /// The block size of `class`.
 pub const fn class_size(class: usize) -> usize {
     if class < LINEAR_CLASSES {
@@ -78,6 +89,7 @@ mod tests {
                 "size {size} not in smallest class"
             );
             assert_eq!(s % 16, 0, "16-byte alignment for size {size}");
+            assert_eq!(small_class_of(size), Some(c));
             if size > LINEAR_MAX {
                 assert!((s - size) * 8 <= s, "waste above 12.5% for {size}");
             } else {
@@ -98,6 +110,7 @@ mod tests {
             }
         }
         assert_eq!(class_for(SMALL_MAX + 1, 8), None);
+        assert_eq!(small_class_of(SMALL_MAX + 1), None);
         assert_eq!(class_size(class_for(1, 4096).unwrap()), 4096);
     }
 }
