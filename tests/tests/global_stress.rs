@@ -11,6 +11,12 @@ static A: RangeAlloc = RangeAlloc;
 
 use rangealloc_tests::XorShift;
 
+/// The churn test measures process-wide reservations: it runs alone (write), the other
+/// tests of this binary beside each other (read). Large objects are placed with room to
+/// grow, so a stress test running beside the churn test reserves arenas the churn test
+/// would count as its own growth.
+static PROCESS_WIDE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// The stress's size distribution over a deterministic generator (failures replay from
 /// the seed).
 struct Rng(XorShift);
@@ -134,12 +140,14 @@ fn stress(ops: u64, light: bool) {
 
 #[test]
 fn randomized_multithreaded_stress_with_content_checks() {
+    let _shared = PROCESS_WIDE.read().unwrap_or_else(|e| e.into_inner());
     stress(OPS, false);
 }
 
 /// 16 threads x 625,000 small-object operations = 10^7 operations, in CI.
 #[test]
 fn randomized_stress_ten_million_operations() {
+    let _shared = PROCESS_WIDE.read().unwrap_or_else(|e| e.into_inner());
     stress(625_000, true);
 }
 
@@ -148,11 +156,13 @@ fn randomized_stress_ten_million_operations() {
 #[test]
 #[ignore]
 fn randomized_stress_hundred_million_operations() {
+    let _shared = PROCESS_WIDE.read().unwrap_or_else(|e| e.into_inner());
     stress(6_250_000, true);
 }
 
 #[test]
 fn thread_churn_keeps_memory_bounded() {
+    let _alone = PROCESS_WIDE.write().unwrap_or_else(|e| e.into_inner());
     const ROUNDS: usize = 100;
     const PER_ROUND: usize = 100;
     let mut reserved_after_warmup = 0;
