@@ -8,6 +8,10 @@
 //! The models count which paths their executions took and assert that the interesting
 //! ones were reached, so they cannot pass vacuously; `broken_park_hands_a_page_off_twice`
 //! parks the way the old code did (storing `Full` over `Pending`) and must be caught.
+//! `no_touch_after_publish` checks race 2: the owner retires its page (a loom cell
+//! written) as soon as it is empty and not `Pending`, and every touch of the page by a
+//! freer after its push must be ordered before that; its must-fail twin reads the page
+//! after every push, as the old code did, and loom reports the causality violation.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p rangealloc-core --release --lib loom`.
 
@@ -296,4 +300,110 @@ fn loom_page_hand_off() {
 fn loom_broken_park_hands_a_page_off_twice() {
     static TALLY: Tally = Tally::new();
     builder().check(|| run(Parking::Broken, &TALLY));
+}
+
+// ------------------------------------------------- race 2: nothing touched after publish
+
+/// How a freer behaves after its push: the shipped `free_small` (touches the page again
+/// only if it won the hand-off, to link it), or the old code, which read the page's
+/// hand-off state after every push.
+#[derive(Clone, Copy)]
+enum AfterPush {
+    Shipped,
+    TouchAlways,
+}
+
+/// The page's memory as loom sees it: the owner "retires" the page (its descriptor and
+/// segment may go back to the region table) by writing this cell; every later touch of
+/// the page by a freer reads it. Loom reports a read that is not ordered after the write
+/// (or before it) as a causality violation: a touch of a page that may already be gone.
+struct Retirable {
+    shared: Arc<Shared>,
+    retired: loom::cell::UnsafeCell<bool>,
+}
+
+// SAFETY: as `Shared`; the cell is loom's, which checks every access.
+unsafe impl Send for Retirable {}
+// SAFETY: as above.
+unsafe impl Sync for Retirable {}
+
+/// A page of two blocks, both allocated, `Active` (in the owner's queue); one block goes
+/// to a freer, the owner keeps the other. The owner frees its block locally, collects,
+/// and retires the page as `retire_if_spare` would once it is empty and not `Pending`.
+fn run_retire(after_push: AfterPush, tally: &StdCounter) {
+    let memory = Box::new(Memory([0; BLOCK * BLOCKS]));
+    let start = memory.0.as_ptr() as usize;
+    let page = Box::into_raw(Box::new(Page::empty()));
+    // SAFETY: a fresh descriptor over our own memory; no other thread sees it yet.
+    let (a, b) = unsafe {
+        (*page).init(0, BLOCK, 1, start, start + BLOCK * 2);
+        assert!((*page).extend());
+        (pop(page).unwrap(), pop(page).unwrap())
+    };
+    let shared = Arc::new(Retirable {
+        shared: Arc::new(Shared {
+            page,
+            pending: PendingPages::new(),
+            _memory: memory,
+        }),
+        retired: loom::cell::UnsafeCell::new(false),
+    });
+    let freer = {
+        let shared = shared.clone();
+        let b = b as usize;
+        thread::spawn(move || {
+            let page = shared.shared.page;
+            // SAFETY: `b` is a live block of the page, freed once; the page is live
+            // until the push publishes it.
+            unsafe {
+                let won = (*page).thread_free.push(b as *mut Block);
+                if won || matches!(after_push, AfterPush::TouchAlways) {
+                    // The touch after the push: must be ordered before any retire.
+                    shared
+                        .retired
+                        .with(|r| assert!(!*r, "touched a retired page"));
+                    let _ = (*page).thread_free.state();
+                }
+                if won {
+                    shared.shared.pending.push(page);
+                }
+            }
+        })
+    };
+    // The owner: a local free of `a`, then its slow path: drain, collect, retire.
+    // SAFETY: this thread owns the page.
+    unsafe {
+        Block::store_next(a, (*page).local_free);
+        (*page).local_free = a;
+        (*page).used -= 1;
+        // A scheduling point before the slow path, so loom also runs the freer's whole
+        // free before it (loom's reduction did not reach that order by itself: without
+        // it the model ran one execution).
+        loom::thread::yield_now();
+        drain(&shared.shared);
+        (*page).collect();
+        if (*page).used == 0 && !(*page).is_pending() {
+            tally.fetch_add(1, Relaxed);
+            shared.retired.with_mut(|r| *r = true);
+        }
+    }
+    freer.join().unwrap();
+}
+
+/// The shipped freer touches nothing of a page after a losing push, so the owner may
+/// retire the page the moment it has collected the block.
+#[test]
+fn loom_no_touch_after_publish() {
+    static RETIRES: StdCounter = StdCounter::new(0);
+    builder().check(|| run_retire(AfterPush::Shipped, &RETIRES));
+    assert!(RETIRES.load(Relaxed) > 0, "no execution retired the page");
+}
+
+/// The old freer read the page's state after every push (issue 13's race 2): loom finds
+/// that read unordered with the owner's retire.
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_broken_freer_touches_a_page_after_publishing() {
+    static RETIRES: StdCounter = StdCounter::new(0);
+    builder().check(|| run_retire(AfterPush::TouchAlways, &RETIRES));
 }
