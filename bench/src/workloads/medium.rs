@@ -15,9 +15,9 @@
 //! allocations plus `realloc` calls.
 
 use std::alloc::{self, Layout};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 
-use super::{share, Outcome, Params, Scale, Workload};
+use super::{on_ring, share, Outcome, Params, Scale, Workload};
 use crate::dist::log_uniform;
 use crate::rng::{mix, Rng};
 
@@ -140,23 +140,7 @@ impl Object {
 }
 
 fn run(p: &Params) -> Outcome {
-    let (senders, receivers): (Vec<Sender<Object>>, Vec<_>) =
-        (0..p.threads).map(|_| channel()).unzip();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(tid, inbox)| {
-                let next = senders[(tid + 1) % p.threads].clone();
-                s.spawn(move || worker(p, tid, inbox, next))
-            })
-            .collect();
-        drop(senders);
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("medium thread panicked"))
-            .sum()
-    })
+    on_ring(p.threads, |tid, inbox, next| worker(p, tid, inbox, next))
 }
 
 fn worker(p: &Params, tid: usize, inbox: Receiver<Object>, next: Sender<Object>) -> Outcome {

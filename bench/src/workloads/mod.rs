@@ -8,6 +8,7 @@
 //! nonzero count fails the run.
 
 use std::ops::Add;
+use std::sync::mpsc::{channel, Receiver, Sender};
 
 pub mod big_buffers;
 pub mod cache_scratch;
@@ -117,6 +118,34 @@ where
                 })
             })
             .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("workload thread panicked"))
+            .sum()
+    })
+}
+
+/// Runs `body(tid, inbox, next)` on `threads` scoped threads joined in a ring: each
+/// thread's `next` sends to the following thread's `inbox` (the last to the first), for
+/// workloads whose objects are freed by another thread than the one that made them.
+/// Sums their outcomes.
+pub fn on_ring<T, F>(threads: usize, body: F) -> Outcome
+where
+    T: Send,
+    F: Fn(usize, Receiver<T>, Sender<T>) -> Outcome + Sync,
+{
+    let (senders, receivers): (Vec<Sender<T>>, Vec<_>) = (0..threads).map(|_| channel()).unzip();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(tid, inbox)| {
+                let next = senders[(tid + 1) % threads].clone();
+                let body = &body;
+                s.spawn(move || body(tid, inbox, next))
+            })
+            .collect();
+        drop(senders);
         handles
             .into_iter()
             .map(|h| h.join().expect("workload thread panicked"))

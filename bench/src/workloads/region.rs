@@ -11,9 +11,9 @@
 //! Ours: no classic benchmark covers this. `iterations` is the number of grow/shrink
 //! cycles over all threads; `ops` counts `realloc` calls.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 
-use super::{share, Outcome, Params, Scale, Workload};
+use super::{on_ring, share, Outcome, Params, Scale, Workload};
 use crate::block::Block;
 
 /// Where each buffer starts and ends: 64 KiB, past every allocator's small-object
@@ -40,23 +40,7 @@ pub const WORKLOAD: Workload = Workload {
 };
 
 fn run(p: &Params) -> Outcome {
-    let (senders, receivers): (Vec<Sender<Block>>, Vec<_>) =
-        (0..p.threads).map(|_| channel()).unzip();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(tid, inbox)| {
-                let next = senders[(tid + 1) % p.threads].clone();
-                s.spawn(move || worker(p, tid, inbox, next))
-            })
-            .collect();
-        drop(senders);
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("region thread panicked"))
-            .sum()
-    })
+    on_ring(p.threads, |tid, inbox, next| worker(p, tid, inbox, next))
 }
 
 fn worker(p: &Params, tid: usize, inbox: Receiver<Block>, next: Sender<Block>) -> Outcome {

@@ -13,9 +13,9 @@
 //! loops over all threads) instead of rptest's timing harness; blocks are stamped and
 //! checked. `ops` counts allocations.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 
-use super::{share, Outcome, Params, Scale, Workload};
+use super::{on_ring, share, Outcome, Params, Scale, Workload};
 use crate::block::Block;
 use crate::dist::PowerLaw;
 use crate::rng::Rng;
@@ -53,23 +53,8 @@ pub const WORKLOAD: Workload = Workload {
 fn run(p: &Params) -> Outcome {
     let sizes = PowerLaw::new(MIN_SIZE, MAX_SIZE, EXPONENT)
         .table(&mut Rng::for_stream(p.seed, u64::MAX), SIZE_TABLE);
-    let (senders, receivers): (Vec<Sender<Vec<Block>>>, Vec<_>) =
-        (0..p.threads).map(|_| channel()).unzip();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(tid, inbox)| {
-                let next = senders[(tid + 1) % p.threads].clone();
-                let sizes = &sizes;
-                s.spawn(move || worker(p, tid, sizes, inbox, next))
-            })
-            .collect();
-        drop(senders);
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("rptest thread panicked"))
-            .sum()
+    on_ring(p.threads, |tid, inbox, next| {
+        worker(p, tid, &sizes, inbox, next)
     })
 }
 

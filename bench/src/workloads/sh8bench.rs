@@ -13,9 +13,9 @@
 //! fixed batch counts (`iterations` over all threads) instead of a timed run; blocks are
 //! stamped and checked. `ops` counts allocations.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 
-use super::{share, Outcome, Params, Scale, Workload};
+use super::{on_ring, share, Outcome, Params, Scale, Workload};
 use crate::block::Block;
 use crate::rng::Rng;
 
@@ -47,23 +47,7 @@ pub const WORKLOAD: Workload = Workload {
 };
 
 fn run(p: &Params) -> Outcome {
-    let (senders, receivers): (Vec<Sender<Vec<Block>>>, Vec<_>) =
-        (0..p.threads).map(|_| channel()).unzip();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(tid, inbox)| {
-                let next = senders[(tid + 1) % p.threads].clone();
-                s.spawn(move || worker(p, tid, inbox, next))
-            })
-            .collect();
-        drop(senders);
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("sh8bench thread panicked"))
-            .sum()
-    })
+    on_ring(p.threads, |tid, inbox, next| worker(p, tid, inbox, next))
 }
 
 fn worker(
