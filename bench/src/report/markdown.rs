@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use super::summary::Summary;
 use super::Results;
 use crate::allocators::{BASELINE, UNDER_TEST};
 
@@ -57,16 +58,9 @@ pub fn render(results: &Results) -> String {
     writeln!(w, "Peak RSS (MiB, VmHWM); last column: {UNDER_TEST}'s own count of syscalls taking `mmap_lock` for write.\n").unwrap();
     header(w, &m.allocators, &[&format!("{UNDER_TEST} lock writers")]);
     for (workload, threads) in results.rows() {
-        let cells: Vec<String> = m
-            .allocators
-            .iter()
-            .map(|a| {
-                let s = results
-                    .cell(&workload, threads, a)
-                    .and_then(|c| c.summary());
-                s.map_or("-".to_owned(), |s| format!("{:.1}", s.peak_rss_mib))
-            })
-            .collect();
+        let cells = summary_cells(results, &workload, threads, |s| {
+            Some(format!("{:.1}", s.peak_rss_mib))
+        });
         let writers = results
             .cell(&workload, threads, UNDER_TEST)
             .and_then(|c| c.summary())
@@ -87,20 +81,34 @@ pub fn render(results: &Results) -> String {
     .unwrap();
     header(w, &m.allocators, &[]);
     for (workload, threads) in results.rows() {
-        let cells: Vec<String> = m
-            .allocators
-            .iter()
-            .map(|a| {
-                results
-                    .cell(&workload, threads, a)
-                    .and_then(|c| c.summary())
-                    .and_then(|s| s.minor_faults)
-                    .map_or("-".to_owned(), |n| n.to_string())
-            })
-            .collect();
+        let cells = summary_cells(results, &workload, threads, |s| {
+            s.minor_faults.map(|n| n.to_string())
+        });
         writeln!(w, "| {workload} | {threads} | {} |", cells.join(" | ")).unwrap();
     }
     out
+}
+
+/// One cell per allocator of a (workload, threads) row: `show` of the cell's summary, or
+/// "-" where there is none (no run, or the value was not measured).
+fn summary_cells(
+    results: &Results,
+    workload: &str,
+    threads: usize,
+    show: impl Fn(&Summary) -> Option<String>,
+) -> Vec<String> {
+    results
+        .meta
+        .allocators
+        .iter()
+        .map(|a| {
+            results
+                .cell(workload, threads, a)
+                .and_then(|c| c.summary())
+                .and_then(|s| show(&s))
+                .unwrap_or_else(|| "-".to_owned())
+        })
+        .collect()
 }
 
 /// A table header: workload, threads, one column per allocator, then `extra` columns.
