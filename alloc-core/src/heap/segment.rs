@@ -6,7 +6,7 @@
 
 use super::page::Page;
 use crate::os::{self, PurgeMode};
-use crate::region::{RegionKind, TABLE};
+use crate::region::{RegionKind, ARENAS};
 use crate::space::SLOT_SIZE;
 use crate::stats::Counter;
 
@@ -50,7 +50,7 @@ pub struct Segment {
 impl Segment {
     /// Gets a fresh segment from the region table. Null when out of memory.
     pub fn create(heap: usize) -> *mut Segment {
-        let Some(placed) = TABLE.allocate(SEGMENT_SIZE, SEGMENT_SIZE, RegionKind::Segment) else {
+        let Some(placed) = ARENAS.allocate(SEGMENT_SIZE, SEGMENT_SIZE, RegionKind::Segment) else {
             return ptr::null_mut();
         };
         SEGMENTS.inc();
@@ -82,7 +82,7 @@ impl Segment {
         let dirty = unsafe { (*seg).dirty_units.count_ones() } as u64;
         SEGMENT_DIRTY_BYTES.sub(dirty * UNIT_SIZE as u64);
         SEGMENTS.sub(1);
-        if TABLE.retire(seg as usize).is_err() {
+        if ARENAS.retire(seg as usize).is_err() {
             crate::fatal("segment release: the region table does not know the segment");
         }
     }
