@@ -77,20 +77,31 @@ impl Default for Counter {
 /// shared by the whole process.
 pub static REGION_PATH_PROCESS_LOCKS: Counter = Counter::new();
 
+/// The process-wide locks counted in `REGION_PATH_PROCESS_LOCKS` no more, but here:
+/// those taken on the region-table path by what `crossbeam-epoch` allocates and frees
+/// for itself (the node of each sealed bag of deferred functions, one per 64 deferred
+/// batches of a thread) through the allocator's re-entrant path.
+pub static REGION_PATH_DEPENDENCY_LOCKS: Counter = Counter::new();
+
+/// Not on the region path / on it / on it, inside a dependency's call.
+const OFF: u8 = 0;
+const ON: u8 = 1;
+const IN_DEPENDENCY: u8 = 2;
+
 thread_local! {
-    static ON_REGION_PATH: Cell<bool> = const { Cell::new(false) };
+    static ON_REGION_PATH: Cell<u8> = const { Cell::new(OFF) };
 }
 
 /// Marks the current thread as on the region-table path until dropped (nests).
 pub struct OnRegionPath {
-    was: bool,
+    was: u8,
 }
 
 impl OnRegionPath {
     #[inline]
     pub fn enter() -> Self {
         OnRegionPath {
-            was: ON_REGION_PATH.with(|f| f.replace(true)),
+            was: ON_REGION_PATH.with(|f| f.replace(f.get().max(ON))),
         }
     }
 }
@@ -103,10 +114,41 @@ impl Drop for OnRegionPath {
     }
 }
 
+/// Marks a call into a dependency (`crossbeam-epoch`'s pin and defer) until dropped: the
+/// process-wide locks it takes count in `REGION_PATH_DEPENDENCY_LOCKS`.
+pub struct OnDependency {
+    was: u8,
+}
+
+impl OnDependency {
+    #[inline]
+    pub fn enter() -> Self {
+        OnDependency {
+            was: ON_REGION_PATH.with(|f| {
+                let was = f.get();
+                if was == ON {
+                    f.set(IN_DEPENDENCY);
+                }
+                was
+            }),
+        }
+    }
+}
+
+impl Drop for OnDependency {
+    #[inline]
+    fn drop(&mut self) {
+        let was = self.was;
+        ON_REGION_PATH.with(|f| f.set(was));
+    }
+}
+
 /// Counts a process-wide lock if the current thread is on the region-table path.
 #[inline]
 pub fn process_lock_taken() {
-    if ON_REGION_PATH.with(|f| f.get()) {
-        REGION_PATH_PROCESS_LOCKS.inc();
+    match ON_REGION_PATH.with(|f| f.get()) {
+        ON => REGION_PATH_PROCESS_LOCKS.inc(),
+        IN_DEPENDENCY => REGION_PATH_DEPENDENCY_LOCKS.inc(),
+        _ => {}
     }
 }

@@ -129,6 +129,25 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     }
 }
 
+/// Allocates up to `count` blocks of the class serving `size` (at most half a chunk)
+/// under one acquisition of the lock, calling `take` on each: for caches that refill in
+/// batches (`region::blocks`). Returns how many it allocated (fewer when exhausted).
+pub fn alloc_batch(size: usize, count: usize, mut take: impl FnMut(*mut u8)) -> usize {
+    let Some(class) = class_of(size, size.next_power_of_two()) else {
+        return 0;
+    };
+    crate::stats::process_lock_taken();
+    let mut state = META.lock();
+    for done in 0..count {
+        let p = state.alloc_block(class);
+        if p.is_null() {
+            return done;
+        }
+        take(p);
+    }
+    count
+}
+
 /// Like `alloc`, with the memory zeroed.
 pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     let p = alloc(size, align);

@@ -9,13 +9,15 @@
 //! collector is built once under the re-entrancy flag (its allocations go to `meta`),
 //! each thread's `LocalHandle` lives in metadata memory behind a `const` thread-local
 //! without `Drop`, and `release_thread` drops it from our thread-exit hook. A fork
-//! child abandons the collector and starts a new one (`after_fork_in_child`).
+//! child abandons the collector and starts a new one (`after_fork_in_child`). The
+//! blocks the region table frees after a grace period are batched and deferred by
+//! `region::blocks`, per arena.
 
 use crate::meta;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use crossbeam_epoch::{Collector, Guard, LocalHandle};
-use std::cell::{Cell, UnsafeCell};
+use std::cell::Cell;
 
 /// The collector threads register with: built by the first registration, replaced (and
 /// the old one leaked) in a fork child, never freed. Not a `OnceLock`: that cannot be
@@ -25,18 +27,6 @@ static COLLECTOR: AtomicPtr<Collector> = AtomicPtr::new(ptr::null_mut());
 
 thread_local! {
     static HANDLE: Cell<*mut LocalHandle> = const { Cell::new(core::ptr::null_mut()) };
-    /// Blocks this thread unlinked and has not yet handed to the collector.
-    static PENDING: UnsafeCell<Pending> = const {
-        UnsafeCell::new(Pending { len: 0, blocks: [0; BATCH] })
-    };
-}
-
-/// Blocks handed to the collector as one deferred function (see `defer_meta_free`).
-const BATCH: usize = 32;
-
-struct Pending {
-    len: usize,
-    blocks: [usize; BATCH],
 }
 
 fn collector() -> &'static Collector {
@@ -103,10 +93,10 @@ fn build_collector() -> &'static Collector {
 /// garbage awaiting its grace period at the moment of `fork`. The next `pin` registers
 /// with a fresh collector, which knows only the child's threads.
 ///
-/// Blocks this thread had batched but not sealed stay batched and wait for a grace
-/// period of the new collector: no thread can hold them, since no thread of the child
-/// was pinned before it started (checked below). Lists whose grace period passed in
-/// the parent stay on `EXPIRED` for the child's writers to free.
+/// Blocks an arena had batched but not sealed stay batched (`region::blocks`) and wait
+/// for a grace period of the new collector: no thread can hold them, since no thread of
+/// the child was pinned before it started (checked below). Lists whose grace period
+/// passed in the parent stay on their arena's expired stack for the child's writers.
 ///
 /// If this thread is itself pinned (a guard of ours alive across `fork`: `fork` from a
 /// signal handler that interrupted a lookup), readers under that guard would be
@@ -135,6 +125,9 @@ pub unsafe fn after_fork_in_child() {
 pub fn pin() -> Guard {
     let handle = HANDLE.with(|h| h.get());
     let handle = if handle.is_null() { register() } else { handle };
+    // crossbeam's collection runs inside `pin` (every 128th), freeing its own sealed-bag
+    // nodes: its process-wide locks are counted as a dependency's.
+    let _dependency = crate::stats::OnDependency::enter();
     // SAFETY: `handle` was written by `register` on this thread and is dropped only by
     // `release_thread` on this thread, after which the slot is null again.
     unsafe { (*handle).pin() }
@@ -183,132 +176,8 @@ pub fn release_thread() {
         // SAFETY: `handle` is this thread's registration, not pinned now (we are not
         // inside a table operation), and nobody else holds it.
         unsafe {
-            // Blocks a tree user left pending go to the collector before we leave it.
-            seal(&(*handle).pin());
             core::ptr::drop_in_place(handle);
             meta::free(handle as *mut u8);
         }
     }
-}
-
-/// Frees a metadata block once every thread pinned now has unpinned.
-///
-/// Blocks are batched: a table update unlinks several (copied tree nodes, detached
-/// descriptors) and `seal` hands them to the collector as one deferred function, which
-/// frees them under one metadata lock. One function per block made crossbeam's
-/// collection (every 128th pin, at most 512 functions) fall behind a burst of updates:
-/// building a table of 32K regions left 78 MB of metadata waiting for 5 MB live,
-/// scattering the live descriptors over pages readers then missed in the TLB. And since
-/// pinned readers run the collection, fewer functions and lock round trips also keep
-/// garbage work off the lookup path.
-///
-/// # Safety
-/// `p` must be a metadata block that no new reader can reach any more (unlinked).
-pub unsafe fn defer_meta_free(guard: &Guard, p: *mut u8) {
-    let full = PENDING.with(|pending| {
-        // SAFETY: only this thread touches its batch, and not re-entrantly (nothing
-        // below calls back into this module).
-        let pending = unsafe { &mut *pending.get() };
-        pending.blocks[pending.len] = p as usize;
-        pending.len += 1;
-        pending.len == BATCH
-    });
-    if full {
-        seal(guard);
-    }
-}
-
-/// Hands this thread's pending blocks to the collector, to be freed after the grace
-/// period that starts now (later than when they were unlinked: only safer). Table
-/// updates call it at their end, while still pinned.
-pub fn seal(guard: &Guard) {
-    let mut batch = [0usize; BATCH];
-    let len = PENDING.with(|pending| {
-        // SAFETY: as in `defer_meta_free`.
-        let pending = unsafe { &mut *pending.get() };
-        batch[..pending.len].copy_from_slice(&pending.blocks[..pending.len]);
-        core::mem::take(&mut pending.len)
-    });
-    if len == 0 {
-        return;
-    }
-    let words = meta::alloc(
-        (LIST_HEADER + len) * size_of::<usize>(),
-        align_of::<usize>(),
-    ) as *mut usize;
-    if words.is_null() {
-        // Metadata exhausted: one deferred function per block, as crossbeam can store
-        // those inline.
-        for &p in &batch[..len] {
-            // SAFETY: each block was unlinked before `defer_meta_free` took it; the
-            // closure captures one word and runs after the grace period.
-            unsafe { guard.defer_unchecked(move || meta::free(p as *mut u8)) };
-        }
-        return;
-    }
-    // SAFETY: `words` is a fresh block of LIST_HEADER + len words: the link, the count,
-    // then the blocks.
-    unsafe {
-        words.add(1).write(len);
-        core::ptr::copy_nonoverlapping(batch.as_ptr(), words.add(LIST_HEADER), len);
-    }
-    let list = words as usize;
-    // SAFETY: the closure captures one word (inline in crossbeam's bag) and runs after
-    // the grace period, when no reader can hold any block of the list; the list block
-    // itself was never published.
-    unsafe { guard.defer_unchecked(move || expired(list as *mut usize)) };
-}
-
-/// A sealed list: `[link, count, block...]`.
-const LIST_HEADER: usize = 2;
-
-/// Lists whose grace period has passed, waiting for a writer to free them: a lock-free
-/// stack pushed by whichever thread runs crossbeam's collection and emptied whole (swap
-/// with null) by `reclaim`, so it has no ABA hazard.
-static EXPIRED: AtomicPtr<usize> = AtomicPtr::new(core::ptr::null_mut());
-
-/// Runs when a list's grace period has passed: it only pushes the list, lock-free. The
-/// collection runs on any pinned thread, mostly lookup readers; if it freed the blocks
-/// itself, readers would take the metadata lock, and one preempted there (readers are
-/// oversubscribed) stalled every writer that needed metadata.
-fn expired(list: *mut usize) {
-    let mut head = EXPIRED.load(Ordering::Relaxed);
-    loop {
-        // SAFETY: the list's link word is ours: it is off every stack.
-        unsafe { list.write(head as usize) };
-        // Release publishes the link to `reclaim`'s Acquire swap.
-        match EXPIRED.compare_exchange_weak(head, list, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(seen) => head = seen,
-        }
-    }
-}
-
-/// Frees every expired list's blocks, and the lists, under one metadata lock. Table
-/// writers call it after each update, outside the writer mutex.
-pub fn reclaim() {
-    if EXPIRED.load(Ordering::Relaxed).is_null() {
-        return;
-    }
-    // Acquire: see `expired`.
-    let mut list = EXPIRED.swap(core::ptr::null_mut(), Ordering::Acquire);
-    let mut blocks = core::iter::from_fn(|| {
-        // SAFETY: each list on the stack is a sealed list past its grace period: its
-        // blocks and itself are unreachable metadata blocks, and only we took them.
-        let here = unsafe { list.as_mut() }?;
-        let this = here as *mut usize;
-        // SAFETY: as above; `seal` wrote the count and the blocks.
-        let (next, held) = unsafe {
-            let count = *this.add(1);
-            (
-                *this as *mut usize,
-                core::slice::from_raw_parts(this.add(LIST_HEADER), count),
-            )
-        };
-        list = next;
-        Some(held.iter().map(|&b| b as *mut u8).chain([this as *mut u8]))
-    })
-    .flatten();
-    // SAFETY: as above.
-    unsafe { meta::free_all(&mut blocks) };
 }

@@ -14,11 +14,14 @@
 //! - `table`: `RegionTable` (one arena), its writer mutex, the read side (`find_and_read_lock`,
 //!   `retire`) and purge; `table/writer.rs` holds the structural updates (allocate,
 //!   grow, shrink, coalesce).
+//! - `blocks`: one arena's cache of descriptor and node blocks, and their grace periods.
 //! - `free_index`: free regions binned by size, for placement (writer-side only).
 //! - `epoch`: our own crossbeam-epoch collector.
 
 #[cfg(not(loom))]
 pub mod arenas;
+#[cfg(not(loom))]
+mod blocks;
 #[cfg(not(loom))]
 pub mod directory;
 #[cfg(not(loom))]
@@ -114,6 +117,11 @@ pub(crate) const BIN_PREV: usize = 1;
 const _: () = assert!(core::mem::offset_of!(Region, zeroed) < 64);
 #[cfg(not(loom))]
 const _: () = assert!(core::mem::size_of::<Region>() == 64);
+#[cfg(not(loom))]
+const _: () = assert!(
+    core::mem::size_of::<Region>() <= blocks::DESC_BYTES
+        && core::mem::align_of::<Region>() <= blocks::DESC_BYTES
+);
 
 pub(crate) const NO_BIN: u8 = u8::MAX;
 

@@ -485,11 +485,9 @@ impl RegionTable {
         let result = update(&mut writer);
         // SAFETY: we hold the writer mutex; this ends the update.
         unsafe { self.seq.end_write_all() };
+        // The blocks this update unlinked wait in the arena's batch (`blocks`), which
+        // goes to the collector when full; nothing is freed to `meta` here.
         drop(state);
-        // After the mutex: the blocks this update unlinked go to the collector as one
-        // deferred free, and blocks whose grace period has passed go back to metadata.
-        epoch::seal(&guard);
-        epoch::reclaim();
         result
     }
 
@@ -507,13 +505,15 @@ impl RegionTable {
         let Some(new) = directory::register(self) else {
             return 0;
         };
-        match self
+        let id = match self
             .id
             .compare_exchange(0, new, Ordering::Relaxed, Ordering::Relaxed)
         {
             Ok(_) => new,
             Err(existing) => existing,
-        }
+        };
+        self.tree.blocks.set_owner(id);
+        id
     }
 
     /// True once this table has been asked to place anything (it has a directory id).

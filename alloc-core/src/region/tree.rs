@@ -1,14 +1,16 @@
 //! The region table's ordered map: a copy-on-write B+tree from region start address to
-//! an opaque word (the table stores `*const Region`). It owns its nodes and a small
-//! reserve of spare nodes, and calls only `meta` (node memory), `region::epoch` (freeing
-//! replaced nodes after the grace period) and `crossbeam_epoch` (the caller's `Guard`).
+//! an opaque word (the table stores `*const Region`). It owns its nodes, a small
+//! reserve of spare nodes and its arena's block cache (`blocks`: node memory, and the
+//! replaced nodes' grace periods; the table takes its descriptors from it too), and calls
+//! `blocks`, `meta` (freeing everything when dropped) and `crossbeam_epoch` (the
+//! caller's `Guard`).
 //! Readers descend from one `Acquire` load of the root, without locks or shared writes.
 //! Writers, serialised by the table's writer mutex, copy the path they change (splitting,
 //! merging and borrowing on the way up) and publish it with one `Release` store of the
 //! root, so a reader sees an update whole or not at all.
 
 use crate::meta;
-use crate::region::epoch;
+use crate::region::blocks::{self, Blocks};
 use core::cell::UnsafeCell;
 use core::ops::Range;
 use core::ptr;
@@ -20,7 +22,7 @@ use crossbeam_epoch::Guard;
 /// 1k / 10k / 100k random keys): 128 B (fan-out 7) 13 / 23 / 84, 256 B (15) 12 / 23 / 50,
 /// 512 B (31) 23 / 28 / 56. Fan-out 15 keeps the tree shallow (5 levels at 100k) while a
 /// node's keys still fit two cache lines; updates cost about the same (0.5-1.2 us).
-const NODE_BYTES: usize = 256;
+const NODE_BYTES: usize = blocks::NODE_BYTES;
 /// Entries per node: a key word and a slot word each, after the 8-byte header.
 const FANOUT: usize = (NODE_BYTES - 8) / 16;
 /// Every node but the root holds at least this many entries, so `L` levels hold at least
@@ -207,6 +209,8 @@ pub struct RangeTree {
     /// A statistic that readers may see lag the root: Relaxed throughout.
     len: AtomicUsize,
     spares: UnsafeCell<Spares>,
+    /// This tree's arena's blocks (nodes here, descriptors in the table's writer).
+    pub(crate) blocks: Blocks,
 }
 
 // SAFETY: readers touch only `root`, `len` (atomics) and published nodes (immutable but
@@ -231,6 +235,7 @@ impl RangeTree {
                 head: ptr::null_mut(),
                 count: 0,
             }),
+            blocks: Blocks::new(),
         }
     }
 
@@ -465,15 +470,16 @@ impl RangeTree {
                 self.root.store(root, Ordering::Release);
                 for &old in &w.retired[..w.retired_len] {
                     // SAFETY: `old` is unreachable from the new root; readers that still
-                    // hold it are pinned, and it is freed only after they all unpin.
-                    unsafe { epoch::defer_meta_free(guard, old as *mut u8) };
+                    // hold it are pinned, and it is freed only after they all unpin. We
+                    // are the writer (caller contract).
+                    unsafe { self.blocks.retire(guard, old as *mut u8) };
                 }
                 Ok(())
             }
             Err(e) => {
                 for &p in &w.fresh[..w.fresh_len] {
-                    // SAFETY: never published, so no reader can hold it.
-                    unsafe { meta::free(p as *mut u8) };
+                    // SAFETY: never published, so no reader can hold it; the writer.
+                    unsafe { self.blocks.free_unpublished(p as *mut u8) };
                 }
                 Err(e)
             }
@@ -485,7 +491,7 @@ impl RangeTree {
         // SAFETY: only writers get here, and the callers serialise them.
         let spares = unsafe { &mut *self.spares.get() };
         while spares.count < want {
-            let p = alloc_node();
+            let p = self.alloc_node();
             if p.is_null() {
                 return Err(TreeError::OutOfMemory);
             }
@@ -611,7 +617,7 @@ impl Writer<'_> {
         range: Range<usize>,
         height: u32,
     ) -> Result<*mut Node, TreeError> {
-        let mut p = alloc_node();
+        let mut p = self.tree.alloc_node();
         if p.is_null() && self.use_spares {
             // SAFETY: writer mutex held (the caller of `commit`).
             p = unsafe { self.tree.pop_spare() };
@@ -679,12 +685,17 @@ impl Drop for RangeTree {
     }
 }
 
-fn alloc_node() -> *mut Node {
-    #[cfg(test)]
-    if meta_budget::exhausted() {
-        return ptr::null_mut();
+impl RangeTree {
+    /// A block for a new node, from the arena's cache. Writers only.
+    fn alloc_node(&self) -> *mut Node {
+        #[cfg(test)]
+        if meta_budget::exhausted() {
+            return ptr::null_mut();
+        }
+        // SAFETY: only writers allocate nodes, and the callers serialise them. The block
+        // class (256 B, aligned to its size) covers Node's size and alignment.
+        unsafe { self.blocks.alloc(NODE_BYTES) as *mut Node }
     }
-    meta::alloc(NODE_BYTES, core::mem::align_of::<Node>()) as *mut Node
 }
 
 /// Test-only fault injection for the region table's metadata (tree nodes here, region
@@ -716,6 +727,7 @@ pub(crate) mod meta_budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::region::epoch;
     use rand::rngs::SmallRng;
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};

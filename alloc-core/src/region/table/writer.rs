@@ -8,10 +8,10 @@
 //! and `space`.
 
 use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGED_AT_RETIRE, PURGE_PIECE};
-use crate::meta;
 use crate::os;
 use crate::os::{HUGE_PAGE, PAGE_SIZE};
-use crate::region::{directory, epoch};
+use crate::region::blocks::DESC_BYTES;
+use crate::region::directory;
 use crate::region::{Region, RegionKind, RegionState, PURGING, RETIRED_NEXT};
 use crate::space::{self, SlotKind};
 use crate::sync::atomic::Ordering;
@@ -85,10 +85,9 @@ impl Writer<'_> {
         if crate::region::tree::meta_budget::exhausted() {
             return ptr::null_mut();
         }
-        let p = meta::alloc(
-            core::mem::size_of::<Region>(),
-            core::mem::align_of::<Region>(),
-        ) as *mut Region;
+        // SAFETY: we hold the writer mutex. The descriptor class (64 B, aligned to its
+        // size) covers Region's size and alignment (asserted in `region`).
+        let p = unsafe { self.table.tree.blocks.alloc(DESC_BYTES) } as *mut Region;
         if !p.is_null() {
             // SAFETY: fresh metadata memory sized and aligned for a Region; it becomes
             // reachable only when inserted, so it is write-locked for this update first
@@ -121,16 +120,17 @@ impl Writer<'_> {
             r.mark_detached(&self.table.seq);
             self.state.free.remove(p);
         }
-        // SAFETY: unreachable from the tree; readers pinned now may still look at it.
-        unsafe { epoch::defer_meta_free(self.guard, p as *mut u8) };
+        // SAFETY: unreachable from the tree; readers pinned now may still look at it, and
+        // it is freed after they unpin. We hold the writer mutex.
+        unsafe { self.table.tree.blocks.retire(self.guard, p as *mut u8) };
     }
 
     fn insert(&mut self, r: *mut Region) -> bool {
         // SAFETY: writer mutex held; `r` is a fresh descriptor not yet published.
         let inserted = unsafe { self.table.tree.insert((*r).start(), r as usize, self.guard) };
         if inserted.is_err() {
-            // SAFETY: never published, so no reader can hold it.
-            unsafe { meta::free(r as *mut u8) };
+            // SAFETY: never published, so no reader can hold it; writer mutex held.
+            unsafe { self.table.tree.blocks.free_unpublished(r as *mut u8) };
             return false;
         }
         true
@@ -500,8 +500,8 @@ impl Writer<'_> {
         let tail = if at + len < end {
             let t = self.new_region(at + len, end - at - len, RegionKind::Free, zeroed);
             if t.is_null() {
-                // SAFETY: never published.
-                unsafe { meta::free(object as *mut u8) };
+                // SAFETY: never published; writer mutex held.
+                unsafe { self.table.tree.blocks.free_unpublished(object as *mut u8) };
                 return None;
             }
             // SAFETY: fresh, unpublished; the tail carries the free region's purge state.
@@ -513,8 +513,8 @@ impl Writer<'_> {
         // The tail first: until `free` shrinks, readers in its range still find `free`
         // (write-locked, so they wait for this update) or the tail, which is free space.
         if !tail.is_null() && !self.insert(tail) {
-            // SAFETY: never published (`insert` freed the tail).
-            unsafe { meta::free(object as *mut u8) };
+            // SAFETY: never published (`insert` freed the tail); writer mutex held.
+            unsafe { self.table.tree.blocks.free_unpublished(object as *mut u8) };
             return None;
         }
         let fp = free as *const Region as *mut Region;

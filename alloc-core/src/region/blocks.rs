@@ -1,0 +1,284 @@
+//! One arena's metadata blocks: region descriptors and tree nodes, taken from and given
+//! back to a cache of the arena's own, so that steady-state updates never take the
+//! metadata arena's process-wide lock. It owns the cache (writer-only free lists), the
+//! batch of blocks unlinked and waiting for a grace period, and the per-arena stacks of
+//! batches whose grace period has passed; it calls `meta` (only when the cache is empty)
+//! and `crossbeam_epoch` (one deferred function per batch).
+//!
+//! A block's life: taken by a writer (`alloc`), published, unlinked by a later writer of
+//! the same arena (`retire`: into the arena's pending batch), sealed into a list when the
+//! batch is full and handed to the epoch collector, pushed lock-free onto the arena's
+//! `EXPIRED` stack by whichever thread runs the collection once no reader can hold it,
+//! and taken back whole (swap with null: no ABA) by the arena's next writer that finds
+//! its free list empty. Blocks are meta blocks of two power-of-two classes, interchangeable
+//! between arenas; only a cache that runs dry (warm-up, growth) asks `meta`.
+
+use crate::meta;
+use crate::stats::OnDependency;
+use core::cell::UnsafeCell;
+use core::mem::size_of;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use crossbeam_epoch::Guard;
+
+/// Region descriptors: one cache line (see `Region`).
+pub const DESC_BYTES: usize = 64;
+/// Tree nodes (see `tree::NODE_BYTES`); sealed lists use the same class.
+pub const NODE_BYTES: usize = 256;
+const CLASS_BYTES: [usize; 2] = [DESC_BYTES, NODE_BYTES];
+
+/// A sealed list: `[link, count, block...]`, one node-sized block.
+const LIST_HEADER: usize = 2;
+/// Blocks per sealed list: what fits a node-sized list. One deferred function (and one
+/// crossbeam bag slot) per 30 blocks, about ten updates' worth.
+const BATCH: usize = NODE_BYTES / size_of::<usize>() - LIST_HEADER;
+
+/// Blocks a dry cache takes from `meta` at once: one metadata lock per 64 blocks (4 KiB
+/// of descriptors, 16 KiB of nodes), a cushion against the swings in how many blocks
+/// wait for their grace period. Those swings have no bound: a reader preempted while
+/// pinned holds back every arena's garbage until it runs again, so a cache can always
+/// run dry (`tests/tests/process_locks.rs`, 4 threads, 2 cores: 0 to 43 refills of 32
+/// per ~25k updates after warm-up).
+const REFILL: usize = 64;
+
+/// Per directory id, the lists of that arena whose grace period has passed: pushed by
+/// `expired` (any thread), emptied whole by the arena's writer. Id 0 (a tree of no
+/// arena: unit tests) is never used: its lists go straight back to `meta`.
+static EXPIRED: [AtomicPtr<usize>; 256] = [const { AtomicPtr::new(ptr::null_mut()) }; 256];
+
+struct State {
+    /// Free blocks per class, linked through their first word.
+    free: [*mut usize; 2],
+    /// Blocks unlinked by this arena's writers, not yet handed to the collector.
+    pending: [usize; BATCH],
+    pending_len: usize,
+}
+
+/// One arena's block cache. Everything but `owner` belongs to the arena's writer.
+pub struct Blocks {
+    state: UnsafeCell<State>,
+    /// The arena's directory id (0 until it registers): names its `EXPIRED` stack.
+    owner: AtomicU8,
+}
+
+// SAFETY: `state` is touched only by the arena's writer (the `# Safety` contract of
+// every method that does); `owner` is atomic.
+unsafe impl Sync for Blocks {}
+// SAFETY: the blocks are metadata memory, not tied to a thread.
+unsafe impl Send for Blocks {}
+
+impl Default for Blocks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn class_of(size: usize) -> usize {
+    debug_assert!(size <= NODE_BYTES);
+    usize::from(size > DESC_BYTES)
+}
+
+impl Blocks {
+    pub const fn new() -> Self {
+        Blocks {
+            state: UnsafeCell::new(State {
+                free: [ptr::null_mut(); 2],
+                pending: [0; BATCH],
+                pending_len: 0,
+            }),
+            owner: AtomicU8::new(0),
+        }
+    }
+
+    /// Names the arena (directory id) whose `EXPIRED` stack this cache uses.
+    pub fn set_owner(&self, id: u8) {
+        // Relaxed: read by this arena's writers, ordered after by the writer mutex.
+        self.owner.store(id, Ordering::Relaxed);
+    }
+
+    /// A block of at least `size` bytes (at most `NODE_BYTES`), aligned to its class.
+    ///
+    /// # Safety
+    /// Only the arena's writer (its mutex held, or the tree's `&mut`).
+    pub unsafe fn alloc(&self, size: usize) -> *mut u8 {
+        // SAFETY: caller contract: we are the only writer.
+        let state = unsafe { &mut *self.state.get() };
+        alloc_from(state, self.owner.load(Ordering::Relaxed) as usize, size)
+    }
+
+    /// Takes back a block no reader ever saw (an update that failed half way).
+    ///
+    /// # Safety
+    /// As `alloc`; `p` came from `alloc` (or `meta`, of one of the two classes) and was
+    /// never published.
+    pub unsafe fn free_unpublished(&self, p: *mut u8) {
+        // SAFETY: caller contract.
+        unsafe { push_free(&mut *self.state.get(), p) };
+    }
+
+    /// Frees `p` once every reader pinned now has unpinned: batched, then sealed.
+    ///
+    /// # Safety
+    /// As `alloc`; `p` is a block of one of the two classes that no new reader can reach
+    /// (unlinked), and `guard` is pinned on the collector of `region::epoch`.
+    pub unsafe fn retire(&self, guard: &Guard, p: *mut u8) {
+        // SAFETY: caller contract.
+        let state = unsafe { &mut *self.state.get() };
+        state.pending[state.pending_len] = p as usize;
+        state.pending_len += 1;
+        if state.pending_len == BATCH {
+            // SAFETY: caller contract.
+            unsafe { self.seal(state, guard) };
+        }
+    }
+
+    /// Hands the pending batch to the collector as one list (its grace period starts now,
+    /// later than when the blocks were unlinked: only safer).
+    ///
+    /// # Safety
+    /// As `retire`.
+    unsafe fn seal(&self, state: &mut State, guard: &Guard) {
+        let len = core::mem::take(&mut state.pending_len);
+        let owner = self.owner.load(Ordering::Relaxed);
+        let list = alloc_from(state, owner as usize, NODE_BYTES) as *mut usize;
+        // The collector's own allocations (crossbeam's sealed-bag nodes) are its own.
+        let _dependency = OnDependency::enter();
+        if list.is_null() {
+            // Metadata exhausted: one deferred function per block, which crossbeam
+            // stores inline.
+            for &p in &state.pending[..len] {
+                // SAFETY: each block is unreachable for new readers; the closure runs
+                // after the grace period.
+                unsafe { guard.defer_unchecked(move || meta::free(p as *mut u8)) };
+            }
+            return;
+        }
+        // SAFETY: a node-sized block: the link, the count, then `len <= BATCH` blocks.
+        unsafe {
+            list.add(1).write(len);
+            ptr::copy_nonoverlapping(state.pending.as_ptr(), list.add(LIST_HEADER), len);
+        }
+        let list = list as usize;
+        // SAFETY: the closure captures two words (inline in crossbeam's bag) and runs
+        // after the grace period, when no reader can hold any block of the list; the
+        // list block itself was never published.
+        unsafe { guard.defer_unchecked(move || expired(list as *mut usize, owner)) };
+    }
+}
+
+/// A block of the class serving `size` from `state`, the cache of arena `own`: its free
+/// list, else its expired stack, else the other arenas' (blocks are interchangeable, so
+/// the garbage waiting for a grace period is pooled over all arenas and one arena's
+/// burst draws on the others' returns), else `REFILL` blocks from `meta`.
+fn alloc_from(state: &mut State, own: usize, size: usize) -> *mut u8 {
+    let class = class_of(size);
+    if state.free[class].is_null() {
+        take_expired(state, own);
+        for other in (1..EXPIRED.len()).filter(|&id| id != own) {
+            if !state.free[class].is_null() {
+                break;
+            }
+            take_expired(state, other);
+        }
+    }
+    if state.free[class].is_null() {
+        // The cache is dry: warm-up or growth. The metadata lock (counted), once per
+        // `REFILL` blocks.
+        meta::alloc_batch(CLASS_BYTES[class], REFILL, |p| {
+            // SAFETY: a fresh meta block of this class, ours alone.
+            unsafe { push_free(state, p) }
+        });
+    }
+    let p = state.free[class];
+    if p.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: a free block of ours links through its first word.
+    state.free[class] = unsafe { *p } as *mut usize;
+    p as *mut u8
+}
+
+/// Moves every list on arena `owner`'s expired stack into `state`'s free lists. Any
+/// arena's writer may take any stack: it is emptied whole (swap), so no ABA.
+fn take_expired(state: &mut State, owner: usize) {
+    // Relaxed: only a hint to skip the swap; the swap orders what it takes.
+    if owner == 0 || EXPIRED[owner].load(Ordering::Relaxed).is_null() {
+        return;
+    }
+    // Acquire pairs with the Release push in `expired`: the list's words are visible.
+    let mut list = EXPIRED[owner].swap(ptr::null_mut(), Ordering::Acquire);
+    while !list.is_null() {
+        // SAFETY: a sealed list past its grace period, taken by us alone: its blocks and
+        // itself are unreachable metadata blocks of the two classes.
+        unsafe {
+            let next = *list as *mut usize;
+            let count = *list.add(1);
+            for i in 0..count {
+                push_free(state, *list.add(LIST_HEADER + i) as *mut u8);
+            }
+            push_free(state, list as *mut u8);
+            list = next;
+        }
+    }
+}
+
+/// # Safety
+/// `p` is a free meta block of one of the two classes, owned by the caller.
+unsafe fn push_free(state: &mut State, p: *mut u8) {
+    // SAFETY: caller contract: a live meta block (for its class) that nobody else uses.
+    let class = class_of(unsafe { meta::usable_size(p) });
+    let p = p as *mut usize;
+    // SAFETY: as above; the block's first word becomes the link.
+    unsafe { p.write(state.free[class] as usize) };
+    state.free[class] = p;
+}
+
+/// Runs when a list's grace period has passed, on whichever thread runs crossbeam's
+/// collection (mostly lookup readers): only a lock-free push onto the arena's stack, so
+/// no reader takes the metadata lock (one preempted there used to stall every writer
+/// that needed metadata). A list of no arena goes straight back to `meta`.
+fn expired(list: *mut usize, owner: u8) {
+    if owner == 0 {
+        // SAFETY: the list and its blocks are unreachable meta blocks, ours alone.
+        unsafe {
+            let count = *list.add(1);
+            let blocks = (0..count).map(|i| *list.add(LIST_HEADER + i) as *mut u8);
+            meta::free_all(blocks.chain([list as *mut u8]));
+        }
+        return;
+    }
+    let stack = &EXPIRED[owner as usize];
+    let mut head = stack.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: the list's link word is ours: it is off every stack.
+        unsafe { list.write(head as usize) };
+        // Release publishes the link and the list's words to `take_expired`'s swap.
+        match stack.compare_exchange_weak(head, list, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(seen) => head = seen,
+        }
+    }
+}
+
+impl Drop for Blocks {
+    /// Gives the cache back to `meta` (a tree being dropped: no reader remains, so the
+    /// pending blocks may go at once too).
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        for class in 0..2 {
+            let mut p = state.free[class];
+            while !p.is_null() {
+                // SAFETY: free blocks of ours, linked through their first word.
+                unsafe {
+                    let next = *p as *mut usize;
+                    meta::free(p as *mut u8);
+                    p = next;
+                }
+            }
+        }
+        for &p in &state.pending[..state.pending_len] {
+            // SAFETY: `&mut self`: no reader or writer of the tree remains.
+            unsafe { meta::free(p as *mut u8) };
+        }
+    }
+}

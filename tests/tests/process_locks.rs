@@ -1,0 +1,162 @@
+//! Issue 16: growing, shrinking and freeing large objects takes no process-wide lock in
+//! steady state. Several threads, warmed up, then many large allocations, in-place grows
+//! and shrinks, moves and frees (one in four handed to another thread to free): the
+//! count of process-wide locks taken on the region-table path
+//! (`stats::REGION_PATH_PROCESS_LOCKS`: the metadata lock, `mmap_lock` writers) stays
+//! below one per 1,000 updates (it is not zero: see the assertion), and every writer
+//! lock taken is an arena's own.
+
+use rangealloc::engine::region::ARENAS;
+use rangealloc::engine::stats::{REGION_PATH_DEPENDENCY_LOCKS, REGION_PATH_PROCESS_LOCKS};
+use rangealloc::RangeAlloc;
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::{Arc, Barrier, Mutex};
+
+/// No timed purge pass during the test (a pass is not part of the large-object path a
+/// program drives; the dirty budget still applies).
+#[global_allocator]
+static A: RangeAlloc = RangeAlloc::with_options("purge_delay_ms=100000000");
+
+const THREADS: usize = 4;
+const RING: usize = 8;
+const OPS: usize = 3000;
+/// Phases of `OPS` operations per thread; all but the last warm up.
+const PHASES: usize = 4;
+const KIB: usize = 1024;
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 16).unwrap()
+}
+
+/// A deterministic size between 40 KiB and 1 MiB.
+fn size_of(seed: &mut u64) -> usize {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    40 * KIB + (*seed % (984 * KIB as u64)) as usize
+}
+
+/// One thread's share of a phase: a ring of large objects replaced, grown and shrunk
+/// (`realloc`), with every fourth replaced object handed to the next thread to free.
+fn phase(ring: &mut [(usize, usize)], seed: &mut u64, outbox: &Mutex<Vec<(usize, usize)>>) {
+    for op in 0..OPS {
+        let i = op % RING;
+        let (p, size) = ring[i];
+        // SAFETY: every pointer in the ring is live with the recorded size.
+        unsafe {
+            match op % 4 {
+                0 | 2 => {
+                    let new = size_of(seed);
+                    let q = A.realloc(p as *mut u8, layout(size), new);
+                    assert!(!q.is_null());
+                    *q = 1;
+                    ring[i] = (q as usize, new);
+                }
+                1 => {
+                    A.dealloc(p as *mut u8, layout(size));
+                    let new = size_of(seed);
+                    let q = A.alloc(layout(new));
+                    assert!(!q.is_null());
+                    *q = 2;
+                    ring[i] = (q as usize, new);
+                }
+                _ => {
+                    let new = size_of(seed);
+                    let q = A.alloc(layout(new));
+                    assert!(!q.is_null());
+                    outbox.lock().unwrap().push((p, size));
+                    ring[i] = (q as usize, new);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn steady_state_large_path_takes_no_process_wide_lock() {
+    let start = Arc::new(Barrier::new(THREADS + 1));
+    let boxes: Arc<Vec<Mutex<Vec<(usize, usize)>>>> = Arc::new(
+        (0..THREADS)
+            .map(|_| Mutex::new(Vec::with_capacity(4 * OPS)))
+            .collect(),
+    );
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (start, boxes) = (start.clone(), boxes.clone());
+            std::thread::spawn(move || {
+                let mut seed = 0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1);
+                let mut ring: Vec<(usize, usize)> = (0..RING)
+                    .map(|_| {
+                        let size = size_of(&mut seed);
+                        // SAFETY: a valid non-zero layout.
+                        (unsafe { A.alloc(layout(size)) } as usize, size)
+                    })
+                    .collect();
+                let free_inbox = |boxes: &[Mutex<Vec<(usize, usize)>>]| {
+                    let mut inbox = boxes[t].lock().unwrap();
+                    for (p, size) in inbox.drain(..) {
+                        // SAFETY: handed over live by the previous thread, freed once.
+                        unsafe { A.dealloc(p as *mut u8, layout(size)) };
+                    }
+                };
+                // The first phases warm up (arenas, reservations, metadata caches, epoch
+                // registration), the last is measured by the main thread.
+                for _ in 0..PHASES {
+                    start.wait();
+                    phase(&mut ring, &mut seed, &boxes[(t + 1) % THREADS]);
+                    start.wait();
+                    free_inbox(&boxes);
+                    start.wait();
+                }
+                for (p, size) in ring {
+                    // SAFETY: live, freed once.
+                    unsafe { A.dealloc(p as *mut u8, layout(size)) };
+                }
+            })
+        })
+        .collect();
+    // Warm-up phases.
+    for _ in 0..3 * (PHASES - 1) {
+        start.wait();
+    }
+    let locks_before = REGION_PATH_PROCESS_LOCKS.get();
+    let dependency_before = REGION_PATH_DEPENDENCY_LOCKS.get();
+    let (writers_before, _) = ARENAS.lock_counts();
+    for _ in 0..3 {
+        start.wait();
+    }
+    let locks_after = REGION_PATH_PROCESS_LOCKS.get();
+    let dependency = REGION_PATH_DEPENDENCY_LOCKS.get() - dependency_before;
+    let (writers_after, _) = ARENAS.lock_counts();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let writer = writers_after.writer - writers_before.writer;
+    assert!(
+        writer as usize >= THREADS * OPS / 2,
+        "the measured phase ran through the arenas' writers ({writer} acquisitions)"
+    );
+    eprintln!(
+        "measured phase: {writer} arena writer acquisitions, {} process-wide locks of ours, \
+         {dependency} taken by crossbeam-epoch's own allocations",
+        locks_after - locks_before
+    );
+    // Not zero: a metadata cache refill takes the metadata lock once per 64 blocks, and a
+    // cache runs dry when a reader preempted while pinned holds back the grace period of
+    // every arena's garbage (on this 2-core machine shared by four workers and other
+    // builds, that happens). Bounded well below one per 1,000 updates; before the
+    // per-arena caches every update took it several times.
+    let ours = locks_after - locks_before;
+    assert!(
+        ours * 1000 <= writer,
+        "{ours} process-wide locks on the large-object path in steady state \
+         ({writer} arena writer acquisitions)"
+    );
+    // crossbeam-epoch allocates (and later frees) one node per 64 deferred batches of a
+    // thread, through the allocator's re-entrant path and the metadata lock: one batch
+    // per 30 freed blocks, a few blocks per update, so about one lock per 300 updates.
+    assert!(
+        dependency * 100 <= writer,
+        "crossbeam's allocations took {dependency} process-wide locks for {writer} updates"
+    );
+}
