@@ -24,6 +24,9 @@ const OPS: usize = 3000;
 const PHASES: usize = 4;
 const KIB: usize = 1024;
 
+/// Objects (address, size) handed to a thread to free.
+type Inbox = Mutex<Vec<(usize, usize)>>;
+
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 16).unwrap()
 }
@@ -38,7 +41,7 @@ fn size_of(seed: &mut u64) -> usize {
 
 /// One thread's share of a phase: a ring of large objects replaced, grown and shrunk
 /// (`realloc`), with every fourth replaced object handed to the next thread to free.
-fn phase(ring: &mut [(usize, usize)], seed: &mut u64, outbox: &Mutex<Vec<(usize, usize)>>) {
+fn phase(ring: &mut [(usize, usize)], seed: &mut u64, outbox: &Inbox) {
     for op in 0..OPS {
         let i = op % RING;
         let (p, size) = ring[i];
@@ -75,7 +78,7 @@ fn phase(ring: &mut [(usize, usize)], seed: &mut u64, outbox: &Mutex<Vec<(usize,
 #[test]
 fn steady_state_large_path_takes_no_process_wide_lock() {
     let start = Arc::new(Barrier::new(THREADS + 1));
-    let boxes: Arc<Vec<Mutex<Vec<(usize, usize)>>>> = Arc::new(
+    let boxes: Arc<Vec<Inbox>> = Arc::new(
         (0..THREADS)
             .map(|_| Mutex::new(Vec::with_capacity(4 * OPS)))
             .collect(),
@@ -92,7 +95,7 @@ fn steady_state_large_path_takes_no_process_wide_lock() {
                         (unsafe { A.alloc(layout(size)) } as usize, size)
                     })
                     .collect();
-                let free_inbox = |boxes: &[Mutex<Vec<(usize, usize)>>]| {
+                let free_inbox = |boxes: &[Inbox]| {
                     let mut inbox = boxes[t].lock().unwrap();
                     for (p, size) in inbox.drain(..) {
                         // SAFETY: handed over live by the previous thread, freed once.

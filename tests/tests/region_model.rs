@@ -12,17 +12,32 @@
 //! by freeing what it placed; every 250th then purges everything, after which each arena
 //! must be one free region again.
 //!
-//! The table is a private `RegionTable`, and the binary keeps the system allocator.
+//! The tables are a private set of `ARENAS` arenas, and the binary keeps the system
+//! allocator. Each sequence runs on a thread of its own, so consecutive sequences have
+//! different home arenas (tickets are dealt round-robin): the model is the home arena's,
+//! every placement must land there and the directory must name that arena for it, and
+//! resizes, frees and lookups go through the set's address routing. The other arenas
+//! keep one live witness object each, which lookups through the set must still find.
 //! Deterministic: a failure replays from `SEED`.
 
 use rangealloc_core::os::{PurgeMode, PAGE_SIZE};
 use rangealloc_core::region::table::{RetireError, ARENA_SIZE};
-use rangealloc_core::region::{RegionKind, RegionState, RegionTable};
+use rangealloc_core::region::{Arenas, RegionKind, RegionState, RegionTable};
 use rangealloc_tests::tiling::{check_dirty_accounting, check_tiling, regions, Region};
 use rangealloc_tests::XorShift as Rng;
 use std::collections::BTreeMap;
 
-static TABLE: RegionTable = RegionTable::new();
+/// Arenas in the set: sequences rotate over them.
+const ARENAS: usize = 3;
+static SET: Arenas = Arenas::new(ARENAS);
+
+/// The running sequence's arena: the thread's home.
+fn table() -> &'static RegionTable {
+    SET.table(SET.home())
+}
+
+/// The witness object each arena keeps across sequences, by arena index.
+const WITNESS_LEN: usize = 3 * PAGE_SIZE;
 
 const SEED: u64 = 0x7265_6769_6f6e_6d64;
 const SEQUENCES: usize = 3000;
@@ -86,11 +101,16 @@ fn region_at(all: &[Region], end: usize) -> Option<Region> {
 fn allocate(model: &mut Model, rng: &mut Rng) {
     let (len, align) = (pages(rng), align(rng));
     let placed = if rng.below(4) == 0 {
-        TABLE.allocate_roomy(len, align, RegionKind::Large)
+        table().allocate_roomy(len, align, RegionKind::Large)
     } else {
-        TABLE.allocate(len, align, RegionKind::Large)
+        table().allocate(len, align, RegionKind::Large)
     }
     .expect("address space");
+    assert!(
+        Arenas::table_of(placed.start).is_some_and(|t| std::ptr::eq(t, table())),
+        "the directory names the arena that placed {:#x}",
+        placed.start
+    );
     assert_eq!(placed.len, len);
     assert_eq!(
         placed.start % align,
@@ -114,10 +134,10 @@ fn grow(model: &mut Model, rng: &mut Rng) {
     let delta = (1 + rng.below(16)) * PAGE_SIZE;
     // With no free pending, the layout before the update is the one it works on.
     let predicted = model.retired.is_empty().then(|| {
-        region_at(&regions(&TABLE), start + len)
+        region_at(&regions(table()), start + len)
             .is_some_and(|(_, l, k, _)| k == RegionKind::Free && l >= delta)
     });
-    let grown = TABLE.grow_in_place(start, len + delta);
+    let grown = SET.grow_in_place(start, len + delta);
     model.retired.clear();
     if let Some(predicted) = predicted {
         assert_eq!(grown, predicted, "grow {start:#x}+{len:#x} by {delta:#x}");
@@ -136,7 +156,7 @@ fn shrink(model: &mut Model, rng: &mut Rng) {
         return;
     }
     let new_len = (1 + rng.below(len / PAGE_SIZE - 1)) * PAGE_SIZE;
-    assert!(TABLE.shrink_in_place(start, new_len));
+    assert!(SET.shrink_in_place(start, new_len));
     model.retired.clear();
     model.live.insert(start, new_len);
 }
@@ -147,11 +167,11 @@ fn retire(model: &mut Model, rng: &mut Rng) {
     };
     if len > PAGE_SIZE && rng.below(4) == 0 {
         let interior = start + (1 + rng.below(len / PAGE_SIZE - 1)) * PAGE_SIZE;
-        assert_eq!(TABLE.retire(interior), Err(RetireError::Interior));
+        assert_eq!(SET.retire(interior), Err(RetireError::Interior));
     }
-    assert_eq!(TABLE.retire(start), Ok(()));
+    assert_eq!(SET.retire(start), Ok(()));
     if rng.below(4) == 0 {
-        assert_eq!(TABLE.retire(start), Err(RetireError::DoubleFree));
+        assert_eq!(SET.retire(start), Err(RetireError::DoubleFree));
     }
     model.live.remove(&start);
     model.retired.insert(start, len);
@@ -163,15 +183,15 @@ fn purge(model: &mut Model, rng: &mut Rng) {
     } else {
         PurgeMode::Free
     };
-    TABLE.purge(0, mode, (1 + rng.below(64)) * PAGE_SIZE);
+    table().purge(0, mode, (1 + rng.below(64)) * PAGE_SIZE);
     model.retired.clear();
 }
 
 /// The walk shows exactly the model's objects; lookups agree with both.
 fn check(model: &Model, rng: &mut Rng) {
-    let all = regions(&TABLE);
-    check_tiling(&TABLE, &all);
-    check_dirty_accounting(&TABLE);
+    let all = regions(table());
+    check_tiling(table(), &all);
+    check_dirty_accounting(table());
     let mut live = BTreeMap::new();
     let mut retired = BTreeMap::new();
     for &(s, l, k, st) in &all {
@@ -181,17 +201,20 @@ fn check(model: &Model, rng: &mut Rng) {
             (_, RegionState::Retired) => assert!(retired.insert(s, l).is_none()),
         }
     }
+    // The home arena's witness is live too, outside the model.
+    let witness = witnesses()[SET.home()];
+    assert_eq!(live.remove(&witness), Some(WITNESS_LEN), "the witness");
     assert_eq!(live, model.live, "live objects");
     // A free the model still holds may already be folded in (an update ran since).
     assert!(
         retired.iter().all(|(s, l)| model.retired.get(s) == Some(l)),
         "a retired region the model does not know"
     );
-    assert_eq!(TABLE.live_regions(), model.live.len());
+    assert_eq!(table().live_regions(), model.live.len() + 1);
 
     if let Some((start, len)) = model.pick_live(rng) {
         let addr = start + rng.below(len);
-        let guard = TABLE.find_and_read_lock(addr).expect("a live object");
+        let guard = SET.find_and_read_lock(addr).expect("a live object");
         let r = guard.region();
         assert_eq!((guard.start(), r.start(), r.len()), (start, start, len));
         assert_eq!(
@@ -199,34 +222,68 @@ fn check(model: &Model, rng: &mut Rng) {
             (RegionKind::Large, RegionState::Live)
         );
         drop(guard);
-        assert_eq!(TABLE.object_len(start), Some(len));
+        assert_eq!(SET.object_len(start), Some(len));
         if len > PAGE_SIZE {
-            assert_eq!(TABLE.object_len(start + PAGE_SIZE), None);
+            assert_eq!(SET.object_len(start + PAGE_SIZE), None);
         }
     }
     let free: Vec<&Region> = all.iter().filter(|r| r.2 == RegionKind::Free).collect();
     if !free.is_empty() {
         let &&(s, l, _, _) = &free[rng.below(free.len())];
         let addr = s + rng.below(l);
-        let guard = TABLE
+        let guard = SET
             .find_and_read_lock(addr)
             .expect("free space is a region");
         assert_eq!(guard.region().kind(), RegionKind::Free);
         assert!(guard.region().contains(addr));
         drop(guard);
-        assert_eq!(TABLE.retire(addr), Err(RetireError::NotAllocated));
-        assert_eq!(TABLE.object_len(s), None);
+        assert_eq!(SET.retire(addr), Err(RetireError::NotAllocated));
+        assert_eq!(SET.object_len(s), None);
     }
-    assert!(TABLE.find_and_read_lock(PAGE_SIZE).is_none());
+    assert!(SET.find_and_read_lock(PAGE_SIZE).is_none());
+    // Every arena's witness, found through the directory in its own arena.
+    for (i, &w) in witnesses().iter().enumerate() {
+        let t = Arenas::table_of(w + PAGE_SIZE).expect("the directory knows the witness");
+        assert!(std::ptr::eq(t, SET.table(i)), "witness of arena {i}");
+        assert_eq!(SET.object_len(w), Some(WITNESS_LEN));
+    }
+}
+
+/// Places one witness object in each arena (from threads whose home it is), once.
+fn witnesses() -> &'static [usize; ARENAS] {
+    static WITNESSES: std::sync::OnceLock<[usize; ARENAS]> = std::sync::OnceLock::new();
+    WITNESSES.get_or_init(|| {
+        let mut placed = [0; ARENAS];
+        let mut missing = ARENAS;
+        while missing > 0 {
+            let (home, start) = std::thread::spawn(|| {
+                let home = SET.home();
+                let p = SET
+                    .table(home)
+                    .allocate(WITNESS_LEN, PAGE_SIZE, RegionKind::Large);
+                (home, p.expect("address space").start)
+            })
+            .join()
+            .unwrap();
+            if placed[home] == 0 {
+                placed[home] = start;
+                missing -= 1;
+            } else {
+                assert_eq!(SET.retire(start), Ok(()));
+                SET.table(home).collect_retired();
+            }
+        }
+        placed
+    })
 }
 
 /// Frees everything the model holds and folds it into free space.
 fn release_all(model: &mut Model) {
     for &start in model.live.keys() {
-        assert_eq!(TABLE.retire(start), Ok(()));
+        assert_eq!(SET.retire(start), Ok(()));
     }
     model.live.clear();
-    TABLE.collect_retired();
+    table().collect_retired();
     model.retired.clear();
 }
 
@@ -235,7 +292,31 @@ fn region_table_matches_its_model() {
     let mut rng = Rng(SEED);
     let mut steps = 0;
     let mut most_regions = 0;
+    witnesses();
+    let mut homes = [0usize; ARENAS];
     for seq in 0..SEQUENCES {
+        // A thread per sequence: a new ticket, the next home arena.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    homes[SET.home()] += 1;
+                    sequence(seq, &mut rng, &mut steps, &mut most_regions)
+                })
+                .join()
+                .unwrap()
+        });
+    }
+    assert!(
+        homes.iter().all(|&n| n >= SEQUENCES / ARENAS / 2),
+        "homes {homes:?}"
+    );
+    assert!(steps > SEQUENCES * SHORT_OPS);
+    eprintln!("{steps} steps, up to {most_regions} regions, sequences per arena {homes:?}");
+}
+
+fn sequence(seq: usize, rng: &mut Rng, steps: &mut usize, most_regions: &mut usize) {
+    let rng = &mut *rng;
+    {
         let mut model = Model::default();
         let ops = if seq % LONG_EVERY == LONG_EVERY - 1 {
             LONG_OPS
@@ -244,36 +325,39 @@ fn region_table_matches_its_model() {
         };
         for _ in 0..ops {
             match rng.below(16) {
-                0..=4 => allocate(&mut model, &mut rng),
-                5..=6 => grow(&mut model, &mut rng),
-                7..=8 => shrink(&mut model, &mut rng),
-                9..=12 => retire(&mut model, &mut rng),
+                0..=4 => allocate(&mut model, rng),
+                5..=6 => grow(&mut model, rng),
+                7..=8 => shrink(&mut model, rng),
+                9..=12 => retire(&mut model, rng),
                 13 => {
-                    TABLE.collect_retired();
+                    table().collect_retired();
                     model.retired.clear();
                 }
-                _ => purge(&mut model, &mut rng),
+                _ => purge(&mut model, rng),
             }
-            check(&model, &mut rng);
-            steps += 1;
-            most_regions = most_regions.max(regions(&TABLE).len());
+            check(&model, rng);
+            *steps += 1;
+            *most_regions = (*most_regions).max(regions(table()).len());
         }
         release_all(&mut model);
-        check(&model, &mut rng);
-        assert!(regions(&TABLE).iter().all(|r| r.2 == RegionKind::Free));
+        check(&model, rng);
+        let witness = witnesses()[SET.home()];
+        assert!(regions(table())
+            .iter()
+            .all(|r| r.2 == RegionKind::Free || r.0 == witness));
         if seq % FULL_PURGE_EVERY == FULL_PURGE_EVERY - 1 {
             // One call purges a batch of regions: repeat until nothing is left.
-            while TABLE.purge(0, PurgeMode::DontNeed, usize::MAX) > 0 {}
-            let all = regions(&TABLE);
-            check_tiling(&TABLE, &all);
-            assert_eq!(TABLE.dirty_bytes(), 0);
-            assert_eq!(
-                all.len(),
-                TABLE.space().reserved / ARENA_SIZE,
-                "empty clean arenas are one free region each: {all:x?}"
+            while table().purge(0, PurgeMode::DontNeed, usize::MAX) > 0 {}
+            let all = regions(table());
+            check_tiling(table(), &all);
+            assert_eq!(table().dirty_bytes(), 0);
+            // Each reservation is one free region again, but the one holding the
+            // witness, whose free space it may split in two.
+            let free = all.iter().filter(|r| r.2 == RegionKind::Free).count();
+            assert!(
+                free <= table().space().reserved / ARENA_SIZE + 1,
+                "empty clean arenas are one free region each, but for the witness: {all:x?}"
             );
         }
     }
-    assert!(steps > SEQUENCES * SHORT_OPS);
-    eprintln!("{steps} steps, up to {most_regions} regions");
 }
