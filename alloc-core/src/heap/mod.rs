@@ -208,7 +208,7 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
     unsafe {
         let seg = Segment::of(addr);
         let page = Segment::page_of(seg, addr);
-        if Page::block_index(page, addr).is_none() {
+        if !Page::is_block_start(page, addr) {
             return Err(SmallFreeError::NotABlock);
         }
         let block = p as *mut Block;
@@ -290,11 +290,11 @@ pub enum FastFree {
 pub unsafe fn free_small_fast(p: *mut u8) -> FastFree {
     let addr = p as usize;
     // SAFETY: the slot is a live segment, whose header sits at its base; the block's
-    // words are read only once `block_index` placed it inside the page.
+    // words are read only once `is_block_start` placed it inside the page.
     unsafe {
         let seg = Segment::of(addr);
         let page = Segment::page_of(seg, addr);
-        if Page::block_index(page, addr).is_none() {
+        if !Page::is_block_start(page, addr) {
             return FastFree::Slow;
         }
         let block = p as *mut Block;
@@ -361,11 +361,13 @@ unsafe fn push_local(heap: *mut Heap, page: *mut Page, block: *mut Block) -> boo
 #[inline(always)]
 pub unsafe fn live_block_size(p: *const u8) -> Option<usize> {
     let addr = p as usize;
-    // SAFETY: caller contract; the block's words are read only once `block_index`
+    // SAFETY: caller contract; the block's words are read only once `is_block_start`
     // placed it inside the page.
     unsafe {
         let page = Segment::page_of(Segment::of(addr), addr);
-        Page::block_index(page, addr)?;
+        if !Page::is_block_start(page, addr) {
+            return None;
+        }
         let block = p as *const Block;
         ((*block).cookie != free_cookie(block)).then_some((*page).block_size as usize)
     }
@@ -388,7 +390,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
 pub unsafe fn is_block_start(p: *const u8) -> bool {
     let addr = p as usize;
     // SAFETY: caller contract.
-    unsafe { Page::block_index(Segment::page_of(Segment::of(addr), addr), addr).is_some() }
+    unsafe { Page::is_block_start(Segment::page_of(Segment::of(addr), addr), addr) }
 }
 
 /// True if the block at `p` carries the free cookie (it is on a free list).
