@@ -48,6 +48,20 @@ pub fn kind_of(addr: usize) -> SlotKind {
     }
 }
 
+/// The base of the small-object segment in the slot that `addr`'s low 47 bits select,
+/// if that slot holds one: `free`'s fast path, one byte read and no range compare. An
+/// address at or above 2^47 (a foreign pointer whose low bits alias a segment's slot)
+/// also gets that segment, so the caller must place `addr` inside one of the
+/// segment's pages before following it, which such an address always fails (its offset
+/// from the page start is at least 2^47 minus a slot); `kind_of` then reports it as foreign.
+#[inline(always)]
+pub fn segment_slot(addr: usize) -> Option<usize> {
+    let index = (addr >> SLOT_SHIFT) & (SLOTS - 1);
+    // Acquire: as in `kind_of`.
+    (SLOT_KIND[index].load(Ordering::Acquire) == SlotKind::Segment as u8)
+        .then_some(index << SLOT_SHIFT)
+}
+
 /// Marks every slot overlapping `[addr, addr + len)` as `kind`.
 pub fn set_kind(addr: usize, len: usize, kind: SlotKind) {
     let first = addr >> SLOT_SHIFT;

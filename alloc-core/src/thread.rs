@@ -85,6 +85,26 @@ pub fn get_fast() -> usize {
     SLOT.with(|s| s.get())
 }
 
+/// `get_fast` for a caller that only compares the slot with a heap address (`free`
+/// asking whether it owns a block's page): the slot when it can be read with one load,
+/// else a word that is never a heap's address, so the compare fails and the caller
+/// takes its slow path. Without a proven offset it reads `%fs:0`, the thread pointer
+/// (the TCB's self pointer, always readable): glibc's thread control block, never a
+/// heap, which lives in our metadata arena. One branch fewer than `get_fast`.
+#[inline(always)]
+pub fn get_for_owner_check() -> usize {
+    #[cfg(static_tls)]
+    {
+        // Relaxed: as in `get`; 0 reads the thread pointer, see above.
+        let offset = TP_OFFSET.load(core::sync::atomic::Ordering::Relaxed);
+        // SAFETY: a nonzero offset as in `get`; offset 0 is the TCB's self pointer,
+        // which the TLS ABI requires at `%fs:0` in every thread.
+        unsafe { static_tls::read(offset) }
+    }
+    #[cfg(not(static_tls))]
+    SLOT.with(|s| s.get())
+}
+
 /// `SLOT`'s offset from the thread pointer (`%fs:0`) when the module is proven to sit
 /// in static TLS; 0 while unproven or after a thread disproved it (static TLS offsets on
 /// x86_64 are negative, so 0 is never a real one).

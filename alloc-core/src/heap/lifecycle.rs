@@ -95,7 +95,7 @@ pub fn adopt_or_create() -> *mut Heap {
     unsafe {
         heap.write(Heap {
             current: [empty_page(); CLASSES],
-            counts: core::array::from_fn(|_| Default::default()),
+            counts: super::ClassCounts::new(),
             queues: [PageQueue {
                 first: ptr::null_mut(),
                 last: ptr::null_mut(),

@@ -43,7 +43,7 @@ pub struct Heap {
     /// Blocks this heap's thread allocated and freed, per class. Only the owner writes
     /// (a load and a store, no RMW); `stats` sums them over all heaps, and frees made by
     /// a thread count in that thread's heap, so the sums give the live blocks.
-    pub(crate) counts: [ClassCount; CLASSES],
+    pub(crate) counts: ClassCounts,
     queues: [PageQueue; CLASSES],
     /// Parked-full pages that received remote frees (pushed by freers, popped whole).
     pending: PendingPages,
@@ -56,10 +56,21 @@ pub struct Heap {
     abandoned_next: *mut Heap,
 }
 
-#[derive(Default)]
-pub(crate) struct ClassCount {
-    pub allocs: AtomicU64,
-    pub frees: AtomicU64,
+/// Two arrays rather than an array of pairs: a counter is then the class times eight
+/// from its array's start, which an x86-64 address computes for free (a scaled index),
+/// where a 16-byte pair needs a shift first, on every allocation and every free.
+pub(crate) struct ClassCounts {
+    pub allocs: [AtomicU64; CLASSES],
+    pub frees: [AtomicU64; CLASSES],
+}
+
+impl ClassCounts {
+    pub(crate) fn new() -> Self {
+        ClassCounts {
+            allocs: core::array::from_fn(|_| AtomicU64::new(0)),
+            frees: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 /// Frees made by threads without a heap (nested, exiting), per class.
@@ -140,7 +151,7 @@ unsafe fn pop_current(heap: *mut Heap, class: usize) -> *mut u8 {
         (*page).free = next_checked(page, block);
         (*page).used += 1;
         (*block).cookie = 0;
-        bump(&(*heap).counts.get_unchecked(class).allocs);
+        bump((*heap).counts.allocs.get_unchecked(class));
         block as *mut u8
     }
 }
@@ -285,14 +296,16 @@ pub enum FastFree {
 /// caller, which ends in a tail call, so the caller's fast path needs no stack frame.
 ///
 /// # Safety
-/// As `free_small`.
+/// `seg` is the base of a live segment, as `space::segment_slot(p)` gives it: `p` lies
+/// in it, or is an address above the user space that aliases its slot.
 #[inline(always)]
-pub unsafe fn free_small_fast(p: *mut u8) -> FastFree {
+pub unsafe fn free_small_fast(seg: usize, p: *mut u8) -> FastFree {
     let addr = p as usize;
-    // SAFETY: the slot is a live segment, whose header sits at its base; the block's
-    // words are read only once `is_block_start` placed it inside the page.
+    // SAFETY: `seg` is a live segment, whose header sits at its base; the block's words
+    // are read only once `is_block_start` placed it inside a page (an aliasing address
+    // never is).
     unsafe {
-        let seg = Segment::of(addr);
+        let seg = seg as *mut Segment;
         let page = Segment::page_of(seg, addr);
         if !Page::is_block_start(page, addr) {
             return FastFree::Slow;
@@ -302,7 +315,7 @@ pub unsafe fn free_small_fast(p: *mut u8) -> FastFree {
         if (*block).cookie == cookie {
             return FastFree::Slow;
         }
-        let slot = thread::get_fast();
+        let slot = thread::get_for_owner_check();
         if (*seg).heap != slot {
             return FastFree::NotOwned(page, block);
         }
@@ -337,7 +350,7 @@ unsafe fn push_local(heap: *mut Heap, page: *mut Page, block: *mut Block) -> boo
     // SAFETY: caller contract. A live page's class is below CLASSES (set by
     // `Page::init`).
     unsafe {
-        bump(&(*heap).counts.get_unchecked((*page).class as usize).frees);
+        bump((*heap).counts.frees.get_unchecked((*page).class as usize));
         zero_on_free(block, page);
         Block::store_next(block, (*page).local_free);
         (*page).local_free = block;
