@@ -153,10 +153,7 @@ unsafe extern "C" fn new_or_throw(size: usize, align: usize) -> *mut c_void {
 /// unwinds, so the trampolines may call it before their own frame exists.
 #[cfg(target_arch = "x86_64")]
 extern "C" fn cxx_new_fast(size: usize) -> *mut c_void {
-    match engine::heap::small_class_of(size) {
-        Some(class) => engine::heap::try_alloc_small(class).cast(),
-        None => core::ptr::null_mut(),
-    }
+    engine::heap::try_alloc_size(size).cast()
 }
 
 /// Defines an exported throwing `operator new`. The plain forms first call

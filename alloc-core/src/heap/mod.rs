@@ -36,10 +36,52 @@ struct PageQueue {
     last: *mut Page,
 }
 
+/// The page each class allocates from (`current[class]`): the queue head, or the static
+/// empty page (whose free list is always null) so the fast path needs no null check.
+/// Stored behind one extra entry that is always the empty page: entry `class + 1`
+/// serves `class`, so a request of `size <= LINEAR_MAX` bytes finds its page at entry
+/// `ceil(size / LINEAR_STEP)`, the class of the linear range plus one, with no
+/// subtraction and no test for size 0 (which meets the empty page and takes the slow
+/// path). This is mimalloc's `pages_free_direct` for the sizes our classes index
+/// linearly.
+struct CurrentPages {
+    entries: [*mut Page; CLASSES + 1],
+}
+
+impl CurrentPages {
+    fn new() -> Self {
+        CurrentPages {
+            entries: [empty_page(); CLASSES + 1],
+        }
+    }
+
+    /// The page of entry `entry` (`class + 1`, or `size_class::linear_entry(size)`).
+    ///
+    /// # Safety
+    /// `entry <= CLASSES`.
+    #[inline(always)]
+    unsafe fn entry(&self, entry: usize) -> *mut Page {
+        debug_assert!(entry <= CLASSES);
+        // SAFETY: caller contract.
+        unsafe { *self.entries.get_unchecked(entry) }
+    }
+}
+
+impl core::ops::Index<usize> for CurrentPages {
+    type Output = *mut Page;
+    fn index(&self, class: usize) -> &*mut Page {
+        &self.entries[class + 1]
+    }
+}
+
+impl core::ops::IndexMut<usize> for CurrentPages {
+    fn index_mut(&mut self, class: usize) -> &mut *mut Page {
+        &mut self.entries[class + 1]
+    }
+}
+
 pub struct Heap {
-    /// The page each class allocates from: the queue head, or the static empty page
-    /// (whose free list is always null) so the fast path needs no null check.
-    current: [*mut Page; CLASSES],
+    current: CurrentPages,
     /// Blocks this heap's thread allocated and freed, per class. Only the owner writes
     /// (a load and a store, no RMW); `stats` sums them over all heaps, and frees made by
     /// a thread count in that thread's heap, so the sums give the live blocks.
@@ -103,9 +145,10 @@ pub fn alloc_small(class: usize) -> *mut u8 {
         return slow::alloc_without_heap(slot, class);
     }
     let heap = slot as *mut Heap;
-    // SAFETY: `slot` is this thread's heap, owned by this thread.
+    // SAFETY: `slot` is this thread's heap, owned by this thread; `class_of` never
+    // returns CLASSES or more.
     unsafe {
-        let block = pop_current(heap, class);
+        let block = pop_entry(heap, class + 1);
         if block.is_null() {
             return slow::alloc_slow(heap, class);
         }
@@ -114,12 +157,23 @@ pub fn alloc_small(class: usize) -> *mut u8 {
 }
 
 /// `alloc_small`'s fast path alone, for a front end with a slow path of its own (the C
-/// library): a block of `class`, or null when the thread has no heap yet (or is inside
-/// the allocator), the class's current page is empty, or the heap profiler is sampling
-/// (its hook sits in `alloc`, which the caller's slow path calls). The caller then calls
+/// library): a block for a request of `size` bytes at 16-byte alignment, or null when
+/// `size` is 0 or above `SMALL_MAX`, the thread has no heap yet (or is inside the
+/// allocator), the class's current page is empty, or the heap profiler is sampling (its
+/// hook sits in `alloc`, which the caller's slow path calls). The caller then calls
 /// `alloc`.
 #[inline(always)]
-pub fn try_alloc_small(class: usize) -> *mut u8 {
+pub fn try_alloc_size(size: usize) -> *mut u8 {
+    let entry = if size <= size_class::LINEAR_MAX {
+        size_class::linear_entry(size)
+    } else if size <= SMALL_MAX {
+        // Not rare, but already a dozen instructions of class arithmetic: the jump to
+        // the shared code goes here rather than on the linear sizes' path.
+        core::hint::cold_path();
+        class_of(size) + 1
+    } else {
+        return core::ptr::null_mut();
+    };
     crate::prof::when_sampling!({
         return core::ptr::null_mut();
     });
@@ -127,23 +181,23 @@ pub fn try_alloc_small(class: usize) -> *mut u8 {
     if slot < thread::SENTINEL_LIMIT {
         return core::ptr::null_mut();
     }
-    // SAFETY: `slot` is this thread's heap, owned by this thread.
-    unsafe { pop_current(slot as *mut Heap, class) }
+    // SAFETY: `slot` is this thread's heap, owned by this thread; `entry <= CLASSES`.
+    unsafe { pop_entry(slot as *mut Heap, entry) }
 }
 
-/// Pops a block from the current page of `class`, or null when it has none.
+/// Pops a block from the page at `entry` of the heap's current pages (`class + 1`), or
+/// null when it has none.
 ///
 /// # Safety
-/// `heap` is the calling thread's heap.
+/// `heap` is the calling thread's heap; `entry <= CLASSES`.
 #[inline(always)]
-unsafe fn pop_current(heap: *mut Heap, class: usize) -> *mut u8 {
-    // SAFETY: caller contract; the current page is a live page of the heap or the
-    // static empty page (whose `free` is null).
+unsafe fn pop_entry(heap: *mut Heap, entry: usize) -> *mut u8 {
+    // SAFETY: caller contract; the page is a live page of the heap or the static empty
+    // page (whose `free` is null), which entry 0 always is, so a block implies
+    // `entry >= 1` and its class `entry - 1` (unchecked indexing keeps the bounds check
+    // off the fast path; the `- 1` folds into the counter's address).
     unsafe {
-        // `class_of` never returns CLASSES or more; unchecked indexing keeps the bounds
-        // check off the fast path.
-        debug_assert!(class < CLASSES);
-        let page = *(*heap).current.get_unchecked(class);
+        let page = (*heap).current.entry(entry);
         let block = (*page).free;
         if block.is_null() {
             return core::ptr::null_mut();
@@ -151,7 +205,7 @@ unsafe fn pop_current(heap: *mut Heap, class: usize) -> *mut u8 {
         (*page).free = next_checked(page, block);
         (*page).used += 1;
         (*block).cookie = 0;
-        bump((*heap).counts.allocs.get_unchecked(class));
+        bump((*heap).counts.allocs.get_unchecked(entry - 1));
         block as *mut u8
     }
 }
@@ -355,14 +409,14 @@ unsafe fn push_local(heap: *mut Heap, page: *mut Page, block: *mut Block) -> boo
         Block::store_next(block, (*page).local_free);
         (*page).local_free = block;
         (*page).used -= 1;
-        if (*page).used == 0 || (*page).in_full {
+        if (*page).used == 0 {
             // An emptied page that is alone in its class queue stays (a class that
             // oscillates around one page must not give it back each time): decided
-            // here, without the call.
-            let alone = (*page).prev.is_null() && (*page).next.is_null();
-            return (*page).in_full || !alone;
+            // here, without the call. The links are tested together: one branch.
+            let linked = (*page).prev as usize | (*page).next as usize;
+            return linked != 0 || (*page).in_full;
         }
-        false
+        (*page).in_full
     }
 }
 

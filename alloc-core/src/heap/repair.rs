@@ -172,7 +172,8 @@ fn is_live_page(seg: &Segment, first: usize, page: &Page) -> bool {
     {
         return false;
     }
-    seg.free_units & run == 0 && (first..first + units).all(|u| seg.unit_page[u] as usize == first)
+    seg.free_units & run == 0
+        && (first..first + units).all(|u| seg.unit_page[u] == Segment::page_offset(first))
 }
 
 unsafe fn rebuild_segment(heap: &mut Heap, seg: &mut Segment) {
