@@ -57,9 +57,30 @@ pub fn kind_of(addr: usize) -> SlotKind {
 #[inline(always)]
 pub fn segment_slot(addr: usize) -> Option<usize> {
     let index = (addr >> SLOT_SHIFT) & (SLOTS - 1);
-    // Acquire: as in `kind_of`.
-    (SLOT_KIND[index].load(Ordering::Acquire) == SlotKind::Segment as u8)
-        .then_some(index << SLOT_SHIFT)
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads the byte `SLOT_KIND[index]` (`index < SLOTS` by the mask) as the
+    // compare's memory operand, which is an atomic byte load on x86-64, and jumps. Not
+    // `readonly`: the block stands for a compiler barrier, so no later load (of the
+    // segment header) is moved above it, which with x86-64's ordered loads makes it the
+    // Acquire load of `kind_of`. (The compiler never folds an atomic load into a
+    // compare itself; this one is on every `free`.)
+    unsafe {
+        core::arch::asm!(
+            "cmp byte ptr [{kinds} + {index}], {segment}",
+            "jne {other}",
+            kinds = in(reg) SLOT_KIND.as_ptr(),
+            index = in(reg) index,
+            segment = const SlotKind::Segment as u8,
+            other = label { return None; },
+            options(nostack),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    if SLOT_KIND[index].load(Ordering::Acquire) != SlotKind::Segment as u8 {
+        // Acquire: as in `kind_of`.
+        return None;
+    }
+    Some(index << SLOT_SHIFT)
 }
 
 /// Marks every slot overlapping `[addr, addr + len)` as `kind`.
