@@ -49,7 +49,7 @@ struct CurrentPages {
 }
 
 impl CurrentPages {
-    fn new() -> Self {
+    const fn new() -> Self {
         CurrentPages {
             entries: [empty_page(); CLASSES + 1],
         }
@@ -107,10 +107,10 @@ pub(crate) struct ClassCounts {
 }
 
 impl ClassCounts {
-    pub(crate) fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         ClassCounts {
-            allocs: core::array::from_fn(|_| AtomicU64::new(0)),
-            frees: core::array::from_fn(|_| AtomicU64::new(0)),
+            allocs: [const { AtomicU64::new(0) }; CLASSES],
+            frees: [const { AtomicU64::new(0) }; CLASSES],
         }
     }
 }
@@ -133,20 +133,56 @@ struct EmptyPage(Page);
 unsafe impl Sync for EmptyPage {}
 static EMPTY_PAGE: EmptyPage = EmptyPage(Page::empty());
 
-fn empty_page() -> *mut Page {
-    &EMPTY_PAGE.0 as *const Page as *mut Page
+const fn empty_page() -> *mut Page {
+    (&raw const EMPTY_PAGE.0).cast_mut()
 }
+
+/// The heap a thread's fast word (`thread::get_fast`) names while the thread has none
+/// of its own (before its first allocation, inside the allocator, after its exit):
+/// every class's page is the empty page, so a fast path pops nothing and takes its slow
+/// path, with no test of the slot first. Never written: a pop from the empty page fails
+/// before anything is counted, and no segment names it as its owner.
+pub(crate) struct NoHeap(pub(crate) Heap);
+// SAFETY: never written (see above); its atomics are never touched.
+unsafe impl Sync for NoHeap {}
+pub(crate) static NO_HEAP: NoHeap = NoHeap(Heap {
+    current: CurrentPages::new(),
+    counts: ClassCounts::new(),
+    queues: [PageQueue {
+        first: core::ptr::null_mut(),
+        last: core::ptr::null_mut(),
+    }; CLASSES],
+    pending: PendingPages::new(),
+    segments: core::ptr::null_mut(),
+    next_purge_ms: 0,
+    all_next: core::ptr::null_mut(),
+    abandoned_next: core::ptr::null_mut(),
+});
 
 /// Allocates a small block of `class`. Null only when out of memory.
 #[inline(always)]
 pub fn alloc_small(class: usize) -> *mut u8 {
+    // SAFETY: the fast word is this thread's heap or `NO_HEAP`, whose pages are all
+    // empty; `class_of` never returns CLASSES or more.
+    let block = unsafe { pop_entry(thread::get_fast() as *mut Heap, class + 1) };
+    if block.is_null() {
+        return alloc_small_miss(class);
+    }
+    block
+}
+
+/// `alloc_small` when the fast word gave no block: the thread has no heap (`slot` is a
+/// sentinel), the fast word could not be read with one load (a `dlopen`ed C library:
+/// the heap's current page is tried first), or the current page is empty.
+#[cold]
+#[inline(never)]
+fn alloc_small_miss(class: usize) -> *mut u8 {
     let slot = thread::get();
     if slot < thread::SENTINEL_LIMIT {
         return slow::alloc_without_heap(slot, class);
     }
     let heap = slot as *mut Heap;
-    // SAFETY: `slot` is this thread's heap, owned by this thread; `class_of` never
-    // returns CLASSES or more.
+    // SAFETY: `slot` is this thread's heap, owned by this thread.
     unsafe {
         let block = pop_entry(heap, class + 1);
         if block.is_null() {
@@ -177,19 +213,16 @@ pub fn try_alloc_size(size: usize) -> *mut u8 {
     crate::prof::when_sampling!({
         return core::ptr::null_mut();
     });
-    let slot = thread::get_fast();
-    if slot < thread::SENTINEL_LIMIT {
-        return core::ptr::null_mut();
-    }
-    // SAFETY: `slot` is this thread's heap, owned by this thread; `entry <= CLASSES`.
-    unsafe { pop_entry(slot as *mut Heap, entry) }
+    // SAFETY: the fast word is this thread's heap or `NO_HEAP`, whose pages are all
+    // empty; `entry <= CLASSES`.
+    unsafe { pop_entry(thread::get_fast() as *mut Heap, entry) }
 }
 
 /// Pops a block from the page at `entry` of the heap's current pages (`class + 1`), or
 /// null when it has none.
 ///
 /// # Safety
-/// `heap` is the calling thread's heap; `entry <= CLASSES`.
+/// `heap` is the calling thread's heap or `NO_HEAP`; `entry <= CLASSES`.
 #[inline(always)]
 unsafe fn pop_entry(heap: *mut Heap, entry: usize) -> *mut u8 {
     // SAFETY: caller contract; the page is a live page of the heap or the static empty
