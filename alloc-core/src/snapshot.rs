@@ -156,9 +156,10 @@ pub fn snapshot() -> Stats {
         class.frees = heap::ORPHAN_FREES[c].load(Ordering::Relaxed);
     }
     heap::for_each_heap(|h| {
-        for (class, count) in classes.iter_mut().zip(h.counts.iter()) {
-            class.allocs += count.allocs.load(Ordering::Relaxed);
-            class.frees += count.frees.load(Ordering::Relaxed);
+        let counts = h.counts.allocs.iter().zip(h.counts.frees.iter());
+        for (class, (allocs, frees)) in classes.iter_mut().zip(counts) {
+            class.allocs += allocs.load(Ordering::Relaxed);
+            class.frees += frees.load(Ordering::Relaxed);
         }
     });
     let small_live: usize = classes

@@ -83,6 +83,41 @@ pub fn kind_of(addr: usize) -> SlotKind {
     }
 }
 
+/// The base of the small-object segment in the slot that `addr`'s low 47 bits select,
+/// if that slot holds one: `free`'s fast path, one byte read and no range compare. An
+/// address at or above 2^47 (a foreign pointer whose low bits alias a segment's slot)
+/// also gets that segment, so the caller must place `addr` inside one of the
+/// segment's pages before following it, which such an address always fails (its offset
+/// from the page start is at least 2^47 minus a slot); `kind_of` then reports it as foreign.
+#[inline(always)]
+pub fn segment_slot(addr: usize) -> Option<usize> {
+    let index = (addr >> SLOT_SHIFT) & (SLOTS - 1);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads the byte `SLOT_KIND[index]` (`index < SLOTS` by the mask) as the
+    // compare's memory operand, which is an atomic byte load on x86-64, and jumps. Not
+    // `readonly`: the block stands for a compiler barrier, so no later load (of the
+    // segment header) is moved above it, which with x86-64's ordered loads makes it the
+    // Acquire load of `kind_of`. (The compiler never folds an atomic load into a
+    // compare itself; this one is on every `free`.)
+    unsafe {
+        core::arch::asm!(
+            "cmp byte ptr [{kinds} + {index}], {segment}",
+            "jne {other}",
+            kinds = in(reg) SLOT_KIND.as_ptr(),
+            index = in(reg) index,
+            segment = const SlotKind::Segment as u8,
+            other = label { return None; },
+            options(nostack),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    if SLOT_KIND[index].load(Ordering::Acquire) != SlotKind::Segment as u8 {
+        // Acquire: as in `kind_of`.
+        return None;
+    }
+    Some(index << SLOT_SHIFT)
+}
+
 /// Marks every slot overlapping `[addr, addr + len)` as `kind`.
 pub fn set_kind(addr: usize, len: usize, kind: SlotKind) {
     let first = addr >> SLOT_SHIFT;
