@@ -177,7 +177,10 @@ fn cross_arena_churn_keeps_contents_and_tiling() {
                             assert!(!q.is_null());
                             // SAFETY: the first min(len, new_len) bytes carry over.
                             let s = unsafe { std::slice::from_raw_parts(q, len.min(new_len)) };
-                            assert!(s.iter().step_by(4096).all(|&b| b == tag), "realloc lost content");
+                            assert!(
+                                s.iter().step_by(4096).all(|&b| b == tag),
+                                "realloc lost content"
+                            );
                             // SAFETY: the new object has `new_len` bytes.
                             unsafe { std::ptr::write_bytes(q, tag, new_len) };
                             live[k] = (q as usize, new_len, tag);
@@ -193,7 +196,9 @@ fn cross_arena_churn_keeps_contents_and_tiling() {
                                 let s = unsafe { std::slice::from_raw_parts(p as *const u8, len) };
                                 assert!(s.iter().step_by(4096).all(|&b| b == tag), "content lost");
                                 // SAFETY: as above.
-                                unsafe { dealloc(p as *mut u8, Layout::from_size_align(len, 8).unwrap()) };
+                                unsafe {
+                                    dealloc(p as *mut u8, Layout::from_size_align(len, 8).unwrap())
+                                };
                             }
                         }
                         _ => {}
