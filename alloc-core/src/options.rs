@@ -57,7 +57,7 @@ pub struct Options {
     /// At exit, print the call stacks still holding the most memory (`prof_leak`).
     pub prof_leak: bool,
     /// `narenas`: region-table arenas large objects and segments are placed in (1 to
-    /// `region::arenas::MAX_ARENAS`); 0, the default, means four per CPU.
+    /// `region::arenas::MAX_ARENAS`); 0, the default, means four per online CPU.
     pub narenas: usize,
 }
 

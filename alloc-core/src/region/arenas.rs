@@ -10,7 +10,13 @@
 //!   arena that has space the same way (try-lock, no reservation), so a thread whose
 //!   arena is busy or full uses space another arena has before it waits; only then does
 //!   it wait for its home arena's mutex, which may reserve. A home arena without any
-//!   reservation yet reserves at its first placement.
+//!   reservation yet reserves at its first placement. When the home arena can neither
+//!   place nor reserve (the mmap failed, or it has no directory id), every other arena
+//!   with space is tried again, waiting for its mutex and without reserving, before the
+//!   placement is out of memory.
+//! - The count of arenas (`narenas`, else `ARENAS_PER_CPU` per online CPU) is decided
+//!   once per set, by its first placement; the process's arenas register under fixed
+//!   directory ids (`Arenas::process`).
 //! - Everything on an existing region (free, usable size, grow, shrink, guard) goes to
 //!   the arena whose reservation holds the address (`directory::table_of`: two loads, no
 //!   lock). An in-place grow or shrink takes that arena's writer mutex only; a free is a
