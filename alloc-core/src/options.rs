@@ -57,7 +57,7 @@ pub struct Options {
     /// At exit, print the call stacks still holding the most memory (`prof_leak`).
     pub prof_leak: bool,
     /// `narenas`: region-table arenas large objects and segments are placed in (1 to
-    /// `region::arenas::MAX_ARENAS`); 0, the default, means four per CPU.
+    /// `region::arenas::MAX_ARENAS`); 0, the default, means four per online CPU.
     pub narenas: usize,
 }
 
@@ -429,7 +429,8 @@ pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) ->
                 .is_some(),
             b"prof_leak" => parse_bool(value).map(|v| o.prof_leak = v).is_some(),
             b"narenas" => parse_u64(value)
-                .filter(|&v| (1..=MAX_ARENAS as u64).contains(&v))
+                // 0: the default (four per CPU), as the README's options table says.
+                .filter(|&v| v <= MAX_ARENAS as u64)
                 .map(|v| o.narenas = v as usize)
                 .is_some(),
             _ => {
@@ -581,6 +582,10 @@ mod tests {
         let (o, w) = parse_collect("narenas=3");
         assert_eq!(w, 0);
         assert_eq!(o.narenas, 3);
+        // 0 is the default (four per CPU), as README's options table says.
+        let (o, w) = parse_collect("narenas=3,narenas=0");
+        assert_eq!(w, 0);
+        assert_eq!(o.narenas, DEFAULTS.narenas);
     }
 
     #[test]
@@ -597,7 +602,6 @@ mod tests {
             "prof_sample=0",
             "prof_dump=",
             "prof=maybe",
-            "narenas=0",
             "narenas=65",
         ] {
             let (o, w) = parse_collect(bad);

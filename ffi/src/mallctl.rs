@@ -11,10 +11,12 @@
 //! - `stats.allocated`, `stats.active`, `stats.resident`, `stats.mapped`,
 //!   `stats.retained`, `stats.metadata` (`size_t`, read-only): the snapshot taken at the
 //!   last `epoch` write (the first read takes one if none was).
-//! - `arenas.narenas` (`unsigned`, read-only): 1; rangealloc has no arenas to choose.
+//! - `arenas.narenas` (`unsigned`, read-only): the number of region arenas placements
+//!   use (`narenas` option, else four per CPU).
 //! - `arena.<i>.purge` (neither read nor written): purges every free region now, for
-//!   `i` of 0, 1 (`narenas`, jemalloc's older "all arenas") or 4096
-//!   (`MALLCTL_ARENAS_ALL`).
+//!   every `i` below `narenas`, `narenas` itself (jemalloc's "all arenas") or 4096
+//!   (`MALLCTL_ARENAS_ALL`); one arena's purge purges them all (a superset of what
+//!   jemalloc does, and what `MEMORY PURGE` wants).
 //! - `arenas.dirty_decay_ms` (`ssize_t`, read/write): the purge delay in force; -1 is
 //!   "never" (free pages go back only on an explicit purge or past the dirty budget).
 //!   Other negative values are `EINVAL`, as in jemalloc.
@@ -174,7 +176,9 @@ fn resolve(mib: &[usize]) -> Option<Ctl> {
         [ARENAS_MIB, ARENAS_DIRTY_DECAY] => Some(Ctl::DirtyDecay),
         [BACKGROUND_MIB] => Some(Ctl::BackgroundThread),
         [OPT_MIB, i] if i < OPT_NAMES.len() => Some(Ctl::Opt(i)),
-        [ARENA_MIB, i, 0] if i <= 1 || i == ARENAS_ALL => Some(Ctl::ArenaPurge),
+        [ARENA_MIB, i, 0] if i <= engine::region::ARENAS.count() || i == ARENAS_ALL => {
+            Some(Ctl::ArenaPurge)
+        }
         [PROF_MIB, PROF_DUMP] => Some(Ctl::ProfDump),
         [PROF_MIB, PROF_ACTIVE] => Some(Ctl::ProfActive),
         [PROF_MIB, PROF_RESET] => Some(Ctl::ProfReset),
@@ -274,8 +278,9 @@ unsafe fn control(
         }
         Ctl::NArenas => {
             if reads {
+                let n = engine::region::ARENAS.count() as c_uint;
                 // SAFETY: as above.
-                unsafe { oldp.cast::<c_uint>().write_unaligned(1) };
+                unsafe { oldp.cast::<c_uint>().write_unaligned(n) };
             }
         }
         Ctl::ArenaPurge => {

@@ -380,19 +380,15 @@ pub fn now_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
-/// The CPUs this process may run on (its affinity mask; at least 1). Read with
-/// `sched_getaffinity` into a mask on the stack: no allocation, no file read.
+/// The CPUs online (at least 1): `sysconf(_SC_NPROCESSORS_ONLN)`, a property of the
+/// machine, the same whichever thread asks. Not `sched_getaffinity(0)`, which is the
+/// *calling thread's* mask: a program whose first allocating thread is pinned to one
+/// CPU would size the whole process for one CPU. A process confined to fewer CPUs gets
+/// more arenas than it needs, which costs nothing until a thread places in one.
 pub fn cpu_count() -> usize {
-    // SAFETY: an all-zero `cpu_set_t` is a valid (empty) mask.
-    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
-    // SAFETY: pid 0 is this thread; `set` is a valid out-pointer of the size given.
-    let got =
-        unsafe { libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if got != 0 {
-        return 1;
-    }
-    // SAFETY: `set` was filled in by the kernel.
-    (unsafe { libc::CPU_COUNT(&set) } as usize).max(1)
+    // SAFETY: sysconf has no memory arguments; glibc reads /sys (or /proc) without malloc.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
 }
 
 /// A precise monotonic clock in nanoseconds (vDSO, no syscall; about 20 ns here). Read

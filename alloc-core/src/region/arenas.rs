@@ -10,7 +10,13 @@
 //!   arena that has space the same way (try-lock, no reservation), so a thread whose
 //!   arena is busy or full uses space another arena has before it waits; only then does
 //!   it wait for its home arena's mutex, which may reserve. A home arena without any
-//!   reservation yet reserves at its first placement.
+//!   reservation yet reserves at its first placement. When the home arena can neither
+//!   place nor reserve (the mmap failed, or it has no directory id), every other arena
+//!   with space is tried again, waiting for its mutex and without reserving, before the
+//!   placement is out of memory.
+//! - The count of arenas (`narenas`, else `ARENAS_PER_CPU` per online CPU) is decided
+//!   once per set, by its first placement; the process's arenas register under fixed
+//!   directory ids (`Arenas::process`).
 //! - Everything on an existing region (free, usable size, grow, shrink, guard) goes to
 //!   the arena whose reservation holds the address (`directory::table_of`: two loads, no
 //!   lock). An in-place grow or shrink takes that arena's writer mutex only; a free is a
@@ -45,10 +51,12 @@ pub struct Arenas {
     count: AtomicUsize,
     /// Placements that went to an arena other than the thread's home.
     pub fallbacks: Counter,
+    /// The purge pass counter: each pass starts one arena in use further.
+    purge_start: AtomicUsize,
 }
 
-/// The process's arenas.
-pub static ARENAS: Arenas = Arenas::new(0);
+/// The process's arenas (fixed directory ids: `Arenas::process`).
+pub static ARENAS: Arenas = Arenas::process();
 
 thread_local! {
     /// This thread's ticket: the home arena is `ticket % count`. `u32::MAX` until dealt.
@@ -100,13 +108,28 @@ impl Arenas {
                 count
             }),
             fallbacks: Counter::new(),
+            purge_start: AtomicUsize::new(0),
         }
+    }
+
+    /// The process's set: arena `i` registers under the directory id `i + 1`, kept for
+    /// it, so other tables (tests', benchmarks', `engine` users') cannot spend the ids
+    /// the process's arenas need. Only `ARENAS` may be built so (ids are unique).
+    const fn process() -> Self {
+        let mut set = Self::new(0);
+        let mut i = 0;
+        while i < MAX_ARENAS {
+            set.tables[i].fixed_id = (i + 1) as u8;
+            i += 1;
+        }
+        set
     }
 
     /// The number of arenas placements use.
     #[inline]
     pub fn count(&self) -> usize {
-        // Relaxed: the value is decided once, and two racing deciders store the same.
+        // Relaxed: the value is decided once (`decide_count`'s compare-exchange) and
+        // publishes nothing else.
         match self.count.load(Ordering::Relaxed) {
             0 => self.decide_count(),
             n => n,
@@ -121,8 +144,16 @@ impl Arenas {
             n => n,
         }
         .clamp(1, MAX_ARENAS);
-        self.count.store(n, Ordering::Relaxed);
-        n
+        // Once for the set: the first decider's count stands, so no placement ever used
+        // a count that a racing decider then changed (arenas beyond the final count would
+        // keep space nothing places in again). Relaxed: as in `count`.
+        match self
+            .count
+            .compare_exchange(0, n, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => n,
+            Err(decided) => decided,
+        }
     }
 
     /// Arena `i` (any of the `MAX_ARENAS`, in use or not).
@@ -166,8 +197,12 @@ impl Arenas {
         if !own.has_space() {
             // A home arena's first placement reserves at once: were it to use the space
             // of the arenas already in use, every thread would share the first arena's
-            // mutex until that arena filled up.
-            return own.place(how, len, align, kind, false, true);
+            // mutex until that arena filled up. If it cannot reserve (or get a
+            // directory id), the other arenas' space must do.
+            return match own.place(how, len, align, kind, false, true) {
+                Some(placed) => Some(placed),
+                None => self.place_elsewhere_waiting(home, count, how, len, align, kind),
+            };
         }
         if let Some(placed) = own.place(how, len, align, kind, true, false) {
             return Some(placed);
@@ -182,7 +217,39 @@ impl Arenas {
                 return Some(placed);
             }
         }
-        own.place(how, len, align, kind, false, true)
+        match own.place(how, len, align, kind, false, true) {
+            Some(placed) => Some(placed),
+            None => self.place_elsewhere_waiting(home, count, how, len, align, kind),
+        }
+    }
+
+    /// The last resort of `place`, when the home arena could neither place nor reserve
+    /// (the mmap failed: an address-space or commit limit, `vm.max_map_count`; or it has
+    /// no directory id): every other arena with space, in order, waiting for its mutex
+    /// (the try-lock pass skipped the busy ones) and without reserving (the home arena
+    /// just failed to). Only then is the placement out of memory.
+    #[cold]
+    #[inline(never)]
+    fn place_elsewhere_waiting(
+        &'static self,
+        home: usize,
+        count: usize,
+        how: Placement,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+    ) -> Option<Placed> {
+        for step in 1..count {
+            let other = &self.tables[(home + step) % count];
+            if !other.has_space() {
+                continue;
+            }
+            if let Some(placed) = other.place(how, len, align, kind, false, false) {
+                self.fallbacks.inc();
+                return Some(placed);
+            }
+        }
+        None
     }
 
     /// `RegionTable::allocate` in this set (dense placement).
@@ -282,18 +349,28 @@ impl Arenas {
     /// budget is spent; returns the bytes purged. Zero only when no arena purged any.
     pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
         let _path = OnRegionPath::enter();
-        static START: AtomicUsize = AtomicUsize::new(0);
+        // The rotation is over the arenas in use (not over the `MAX_ARENAS` slots, where
+        // every start past the last arena in use would wrap to arena 0 first).
+        let mut used = [0u8; MAX_ARENAS];
+        let mut n = 0;
+        for (i, t) in self.tables.iter().enumerate() {
+            if t.in_use() {
+                used[n] = i as u8;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return 0;
+        }
         // Relaxed: only rotates the starting arena.
-        let start = START.fetch_add(1, Ordering::Relaxed);
+        let start = self.purge_start.fetch_add(1, Ordering::Relaxed) % n;
         let mut purged = 0;
-        for step in 0..MAX_ARENAS {
+        for step in 0..n {
             if purged >= budget {
                 break;
             }
-            let t = &self.tables[(start + step) % MAX_ARENAS];
-            if t.in_use() {
-                purged += t.purge(delay_ms, mode, budget - purged);
-            }
+            let t = &self.tables[used[(start + step) % n] as usize];
+            purged += t.purge(delay_ms, mode, budget - purged);
         }
         purged
     }
@@ -425,19 +502,26 @@ mod tests {
     #[test]
     fn threads_place_in_their_home_arena_and_resize_there_alone() {
         static SET: Arenas = Arenas::new(4);
-        let homes: Vec<(usize, usize)> = (0..4)
-            .map(|_| {
-                std::thread::spawn(|| {
-                    let home = SET.home();
+        // Tickets come from a counter every set and thread shares (other tests draw
+        // from it too), so consecutive threads need not get consecutive homes: spawn
+        // threads until each of the four arenas was some thread's home, and place only
+        // from the first thread of each home.
+        let mut homes: Vec<(usize, usize)> = Vec::new();
+        while homes.len() < 4 {
+            let taken: Vec<usize> = homes.iter().map(|h| h.0).collect();
+            let placed = std::thread::spawn(move || {
+                let home = SET.home();
+                (!taken.contains(&home)).then(|| {
                     let p = SET
                         .allocate_with_room(LEN, PAGE_SIZE, RegionKind::Large, false)
                         .expect("placed");
                     (home, p.start)
                 })
-                .join()
-                .unwrap()
             })
-            .collect();
+            .join()
+            .unwrap();
+            homes.extend(placed);
+        }
         let mut seen: Vec<usize> = homes.iter().map(|h| h.0).collect();
         seen.sort_unstable();
         seen.dedup();
@@ -459,6 +543,74 @@ mod tests {
         }
         SET.collect_retired();
         assert_eq!(SET.live_regions(), 0);
+    }
+
+    /// Threads racing the first placement in one table register it in the directory
+    /// once: every id the directory gives out points at a distinct table (before, each
+    /// racer drew an id, the compare-exchange kept one, and the others were lost).
+    #[test]
+    fn racing_first_placements_register_a_table_once() {
+        const TABLES: usize = 24;
+        const RACERS: usize = 4;
+        for _ in 0..TABLES {
+            let t: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+            let go = std::sync::Arc::new(std::sync::Barrier::new(RACERS));
+            let racers: Vec<_> = (0..RACERS)
+                .map(|_| {
+                    let go = go.clone();
+                    std::thread::spawn(move || {
+                        go.wait();
+                        // May not reserve: registers without mapping anything.
+                        let _ = t.place(
+                            Placement::Dense,
+                            PAGE_SIZE,
+                            PAGE_SIZE,
+                            RegionKind::Large,
+                            true,
+                            false,
+                        );
+                    })
+                })
+                .collect();
+            for r in racers {
+                r.join().unwrap();
+            }
+            assert!(t.in_use());
+            assert_eq!(
+                directory::ids_of(t),
+                1,
+                "directory ids pointing at one table"
+            );
+        }
+    }
+
+    /// The process's arenas register under their fixed ids, whatever other tables
+    /// registered first.
+    #[test]
+    fn process_arenas_have_fixed_ids() {
+        let other: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+        let _ = other.place(
+            Placement::Dense,
+            PAGE_SIZE,
+            PAGE_SIZE,
+            RegionKind::Large,
+            true,
+            false,
+        );
+        for i in [MAX_ARENAS - 1, MAX_ARENAS - 2] {
+            let t = ARENAS.table(i);
+            let _ = t.place(
+                Placement::Dense,
+                PAGE_SIZE,
+                PAGE_SIZE,
+                RegionKind::Large,
+                true,
+                false,
+            );
+            assert_eq!(directory::ids_of(t), 1);
+            assert_eq!(directory::id_of(t), Some(i + 1));
+        }
+        assert!(directory::id_of(other).unwrap() > MAX_ARENAS);
     }
 
     /// A placement whose home arena's writer mutex is held goes to another arena in
@@ -497,5 +649,45 @@ mod tests {
         assert_eq!(index_of(&SET, t), other);
         assert_eq!(SET.fallbacks.get(), fallbacks + 1);
         assert_eq!(SET.lock_counts().1[home].waits, waits_before);
+    }
+
+    /// Review: the purge's rotation is over `MAX_ARENAS` slots, not over the arenas in
+    /// use, so with two arenas in use every start from 2 to 63 wraps to arena 0 first: a
+    /// pass whose budget arena 0 can spend spares arena 1 in 62 passes of 64.
+    #[test]
+    fn purge_passes_take_turns_over_the_arenas_in_use() {
+        static SET: Arenas = Arenas::new(2);
+        const MIB: usize = 1 << 20;
+        for i in 0..2 {
+            let t = SET.table(i);
+            // Arena 0 has four times the expired dirty space of arena 1.
+            let objects: Vec<usize> = (0..if i == 0 { 16 } else { 4 })
+                .map(|_| {
+                    t.allocate(16 * MIB, PAGE_SIZE, RegionKind::Large)
+                        .unwrap()
+                        .start
+                })
+                .collect();
+            for o in objects {
+                SET.retire(o).unwrap();
+            }
+        }
+        SET.collect_retired();
+        let before = [SET.table(0).dirty_bytes(), SET.table(1).dirty_bytes()];
+        assert!(before.iter().all(|&d| d >= 64 * MIB), "{before:?}");
+        // Past the one start (1) that visits arena 1 first (the counter is shared by
+        // every set; a budget of 0 purges nothing).
+        SET.purge(0, PurgeMode::DontNeed, 0);
+        SET.purge(0, PurgeMode::DontNeed, 0);
+        for _ in 0..8 {
+            SET.purge(0, PurgeMode::DontNeed, 16 * MIB);
+        }
+        let purged: Vec<usize> = (0..2)
+            .map(|i| before[i] - SET.table(i).dirty_bytes())
+            .collect();
+        assert!(
+            purged.iter().all(|&p| p >= 16 * MIB),
+            "eight passes of 16 MiB over two arenas with 256 and 64 MiB expired dirty: purged {purged:?}"
+        );
     }
 }

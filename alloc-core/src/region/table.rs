@@ -171,8 +171,12 @@ struct WriterState {
 unsafe impl Send for WriterState {}
 
 pub struct RegionTable {
-    /// This table's id in `region::directory` (0 until its first placement registers it).
+    /// This table's id in `region::directory` (0 until its first placement registers it,
+    /// once, under the writer mutex).
     id: AtomicU8,
+    /// The id this table registers under, fixed when the table was built (the process's
+    /// arenas: `Arenas::process`), or 0 to draw one from the directory.
+    pub(super) fixed_id: u8,
     /// Set once the table has reserved address space (`Writer::add_arena`).
     reserved_any: AtomicBool,
     tree: RangeTree,
@@ -230,6 +234,7 @@ impl RegionTable {
     pub const fn new() -> Self {
         RegionTable {
             id: AtomicU8::new(0),
+            fixed_id: 0,
             reserved_any: AtomicBool::new(false),
             tree: RangeTree::new(),
             seq: TableSeq::new(),
@@ -493,27 +498,50 @@ impl RegionTable {
 
     /// This table's directory id, registering it first if it has none (the first
     /// placement does: only a registered table may reserve address space, since every
-    /// reservation is recorded in the directory under the table's id).
+    /// reservation is recorded in the directory under the table's id). 0 when the
+    /// directory has no id left.
+    #[inline]
     fn directory_id(&'static self) -> u8 {
-        // Relaxed: the id is published by the directory's own Release/Acquire pair, and
-        // a table registered twice by racing first placements only wastes an id (the
-        // compare-exchange keeps one; reservations use whichever is stored).
+        // Acquire pairs with the Release in `register_once`: whoever sees the id also
+        // sees the directory entry published under it, before it writes the id into the
+        // slot map for a reservation (a reader of that slot then finds the table).
+        match self.id.load(Ordering::Acquire) {
+            0 => self.register_once(),
+            id => id,
+        }
+    }
+
+    /// Registers this table in the directory exactly once: under the writer mutex, so
+    /// first placements racing in one table spend one id, not one each (the directory
+    /// has 255), and no registration is half done across `fork` (`fork_prepare` holds
+    /// every arena's mutex). A failure leaves the id 0, to be tried again.
+    #[cold]
+    #[inline(never)]
+    fn register_once(&'static self) -> u8 {
+        let _inside = Reentrancy::enter();
+        // The mutex itself, not `lock_writer`: a registration is not an update, and the
+        // writer counters count updates (region_stress checks them exactly).
+        let _state = self.writer.lock();
+        // Relaxed: under the mutex, the one that registered stored it under the mutex.
         let id = self.id.load(Ordering::Relaxed);
         if id != 0 {
             return id;
         }
-        let Some(new) = directory::register(self) else {
-            return 0;
+        let new = match self.fixed_id {
+            0 => directory::register(self).unwrap_or(0),
+            fixed => {
+                directory::register_fixed(self, fixed);
+                fixed
+            }
         };
-        let id = match self
-            .id
-            .compare_exchange(0, new, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => new,
-            Err(existing) => existing,
-        };
-        self.tree.blocks.set_owner(id);
-        id
+        if new != 0 {
+            // Before the id is published: this arena's writers (ordered after by the
+            // mutex) free tree blocks onto the owner's `EXPIRED` stack.
+            self.tree.blocks.set_owner(new);
+        }
+        // Release pairs with the Acquire in `directory_id`.
+        self.id.store(new, Ordering::Release);
+        new
     }
 
     /// True once this table has been asked to place anything (it has a directory id).
