@@ -341,13 +341,38 @@ pub(crate) unsafe fn checked_usable_size(p: *const u8, call: &str) -> usize {
 /// # Safety
 /// `p` must be a live, non-null block of this allocator, allocated with `align`.
 #[cfg(not(loom))]
+#[inline]
 pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     if prof::watching() {
         // SAFETY: forwarded contract.
         return unsafe { prof::realloc_profiled(p, new_size, align) };
     }
     // SAFETY: forwarded contract.
+    if unsafe { stays_in_place(p, new_size) } {
+        return p;
+    }
+    // SAFETY: forwarded contract.
     unsafe { realloc_unprofiled(p, new_size, align) }
+}
+
+/// True when `p` is a live small block whose block still fits `new_size` and wastes at
+/// most half of it (the rule of `realloc_unprofiled`): the common in-place case, found
+/// with one lookup of the page and no call. False for anything else, misuse included,
+/// which the full path reports.
+///
+/// # Safety
+/// As `realloc`.
+#[inline(always)]
+#[cfg(not(loom))]
+unsafe fn stays_in_place(p: *mut u8, new_size: usize) -> bool {
+    let Some(seg) = space::segment_slot(p as usize) else {
+        return false;
+    };
+    // SAFETY: `seg` is the live segment `segment_slot` found for `p`.
+    match unsafe { heap::live_block_size(seg, p) } {
+        Some(old) => new_size <= old && new_size >= old / 2,
+        None => false,
+    }
 }
 
 /// `realloc` without the profiler's hook.
@@ -356,16 +381,10 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
 /// As `realloc`.
 #[cfg(not(loom))]
 pub(crate) unsafe fn realloc_unprofiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
-    // The common case first: a live small block whose block still fits the new size
-    // and wastes at most half of it stays put (the rule below), found with one lookup
-    // of the page. Anything else, misuse included, takes the full path.
-    if space::kind_of(p as usize) == SlotKind::Segment {
-        // SAFETY: the slot is a live segment.
-        if let Some(old) = unsafe { heap::live_block_size(p) } {
-            if new_size <= old && new_size >= old / 2 {
-                return p;
-            }
-        }
+    // The common case first (`realloc` tested it already; the profiler's path has not).
+    // SAFETY: forwarded contract.
+    if unsafe { stays_in_place(p, new_size) } {
+        return p;
     }
     // SAFETY: validated by `checked_usable_size`, which aborts on foreign pointers.
     let old = unsafe { checked_usable_size(p, "realloc") };

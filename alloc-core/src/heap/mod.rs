@@ -457,14 +457,14 @@ unsafe fn push_local(heap: *mut Heap, page: *mut Page, block: *mut Block) -> boo
 /// `is_block_start`, `is_free_block` and `usable_size` with one page lookup.
 ///
 /// # Safety
-/// `p` lies in a live segment.
+/// As `free_small_fast`: `seg` is the live segment `space::segment_slot(p)` gave.
 #[inline(always)]
-pub unsafe fn live_block_size(p: *const u8) -> Option<usize> {
+pub unsafe fn live_block_size(seg: usize, p: *const u8) -> Option<usize> {
     let addr = p as usize;
     // SAFETY: caller contract; the block's words are read only once `is_block_start`
-    // placed it inside the page.
+    // placed it inside the page (an aliasing address never is).
     unsafe {
-        let page = Segment::page_of(Segment::of(addr), addr);
+        let page = Segment::page_of(seg as *mut Segment, addr);
         if !Page::is_block_start(page, addr) {
             return None;
         }

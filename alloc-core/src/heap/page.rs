@@ -460,7 +460,8 @@ const fn divisor_magic(size: usize) -> u64 {
 
 /// The largest offset (exclusive) for which `divisor_magic`'s test is exact.
 const MAGIC_OFFSET_LIMIT: usize = 1 << 32;
-const _: () = assert!(super::segment::SEGMENT_SIZE <= MAGIC_OFFSET_LIMIT);
+// A segment is one `space` slot (`segment::SEGMENT_SIZE`; `space` is in model builds too).
+const _: () = assert!(crate::space::SLOT_SIZE <= MAGIC_OFFSET_LIMIT);
 
 /// 128 bytes (two cache lines, a power of two so indexing is a shift): the hot owner
 /// fields share the first line with the shared `thread_free` word.
