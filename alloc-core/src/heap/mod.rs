@@ -17,7 +17,9 @@ mod slow;
 #[cfg(test)]
 pub(crate) mod test_hooks;
 
+use crate::large::cache::RegionCache;
 use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::SpinLock;
 use crate::thread;
 use page::{free_cookie, Block, Page, PendingPages};
 use segment::Segment;
@@ -54,6 +56,11 @@ pub struct Heap {
     /// Links in the global list of heaps and in the abandoned stack.
     all_next: *mut Heap,
     abandoned_next: *mut Heap,
+    /// The thread's cache of freed medium regions: `large::cache` owns its logic; it
+    /// lives here so it is found from the thread's slot with the heap, goes with the
+    /// heap on exit (emptied first) and can be reached from the heap list (`purge`,
+    /// `fork`). Its own lock, a leaf, because other threads may empty it.
+    pub(crate) region_cache: SpinLock<RegionCache>,
 }
 
 #[derive(Default)]
