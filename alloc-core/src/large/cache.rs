@@ -52,7 +52,7 @@ const SLOTS: usize = 4;
 /// Bytes of regions one thread's cache holds at most (object lengths, which count
 /// virtual bytes: what is resident is what the program touched). Four of the largest
 /// class; chosen with the `medium` workload (BENCHMARKS.md, "Medium sizes").
-const MAX_BYTES: usize = 8 * MEDIUM_MAX;
+pub const MAX_BYTES: usize = 8 * MEDIUM_MAX;
 /// An allocation takes a region of its own class or of up to this many classes above
 /// (at most 50% more virtual length: four steps of an eighth): the sizes a program
 /// frees rarely match the next request's class exactly (the `medium` workload's
@@ -254,11 +254,17 @@ impl Default for RegionCache {
     }
 }
 
-/// The calling thread's cache, if it has a heap (a thread without one, nested inside
-/// the allocator or exiting, uses the table directly).
+/// The calling thread's cache, if it has a heap (a thread nested inside the allocator
+/// or past its exit hook uses the table directly). A thread's first call here starts
+/// it (its heap, and the exit hook that empties the cache), as a first small
+/// allocation does: a thread may allocate and free only medium objects. Never called
+/// under a region lock (starting a thread may allocate).
 #[inline]
 fn own_cache() -> Option<&'static SpinLock<RegionCache>> {
-    let slot = thread::get();
+    let mut slot = thread::get();
+    if slot == thread::UNINIT {
+        slot = crate::init::thread_start() as usize;
+    }
     if slot < thread::SENTINEL_LIMIT {
         return None;
     }
@@ -285,11 +291,20 @@ pub fn take(len: usize) -> Option<(usize, usize)> {
     Some((TABLE.take_cached(region), len))
 }
 
-/// Whether a validated live object region of `len` bytes goes to the calling thread's
-/// cache when freed (asked by `retire_or_cache` before it changes the state).
+/// Whether the calling thread can cache freed regions: asked before a free looks its
+/// region up (`own_cache` may start the thread, which must not happen under the
+/// region's read lock).
+#[inline]
+pub fn available() -> bool {
+    own_cache().is_some()
+}
+
+/// Whether a validated live object region of `len` bytes goes to the cache of a
+/// thread for which `available` held (asked by `retire_or_cache` under the region's
+/// read lock, before it changes the state).
 #[inline]
 pub fn wants(len: usize) -> bool {
-    bin_of(len - guard_len()).is_some() && own_cache().is_some()
+    bin_of(len - guard_len()).is_some()
 }
 
 /// Keeps a region `wants` accepted in the calling thread's cache.

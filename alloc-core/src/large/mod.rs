@@ -120,9 +120,10 @@ fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
 pub fn free(p: *mut u8) -> Result<(), RetireError> {
     // A guard page (secure mode) is lifted by the retire itself; a cached region keeps
     // its guard.
+    let cache = cache::available();
     let freed = TABLE.retire_or_cache(
         p as usize,
-        |region| cache::wants(region.len()),
+        |region| cache && cache::wants(region.len()),
         |region| crate::purge::large_removed(region.len()),
     )?;
     match freed {
