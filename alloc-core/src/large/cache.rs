@@ -66,9 +66,8 @@ const EVICT_MAX: usize = BINS * SLOTS + 1;
 pub static HITS: Counter = Counter::new();
 pub static MISSES: Counter = Counter::new();
 /// Regions a cache let go of (full bin, over budget, garbage collection, flush).
+/// (The bytes cached now are counted by the table walk: `SpaceStats::cached`.)
 pub static EVICTED: Counter = Counter::new();
-/// Bytes held by all caches now.
-pub static CACHED_BYTES: Counter = Counter::new();
 
 /// The medium class length serving an object of `len` bytes (a page multiple), or
 /// `len` itself outside the medium range.
@@ -123,7 +122,8 @@ pub struct RegionCache {
     next_gc_ms: u64,
 }
 
-/// Regions let go of under the lock, retired once it is released.
+/// Regions let go of under the lock, retired once it is released. Big (every slot of
+/// every bin): built only off the common path.
 struct Evicted {
     regions: [Option<CachedRegion>; EVICT_MAX],
     count: usize,
@@ -143,14 +143,15 @@ impl Evicted {
     }
 
     /// Retires them (after the cache lock is released: the lock is a leaf).
-    fn retire(self) {
-        let mut bytes = 0;
-        for region in self.regions.into_iter().take(self.count).flatten() {
-            bytes += region.len();
+    fn retire(&mut self) {
+        for region in self.regions[..self.count]
+            .iter_mut()
+            .filter_map(Option::take)
+        {
             TABLE.retire_cached(region);
         }
         EVICTED.add(self.count as u64);
-        CACHED_BYTES.sub(bytes as u64);
+        self.count = 0;
     }
 }
 
@@ -203,6 +204,21 @@ impl RegionCache {
         out.push(region);
     }
 
+    /// Whether `bin` takes a region of `len` bytes without letting go of another.
+    #[inline]
+    fn fits(&self, bin: usize, len: usize) -> bool {
+        (self.bins[bin].count as usize) < SLOTS && self.bytes + len <= MAX_BYTES
+    }
+
+    /// Keeps `region` in `bin`, which `fits` it.
+    #[inline]
+    fn push_fitting(&mut self, bin: usize, region: CachedRegion) {
+        self.bytes += region.len();
+        let b = &mut self.bins[bin];
+        b.slots[b.count as usize] = Some(region);
+        b.count += 1;
+    }
+
     /// Keeps `region` in `bin`, letting go of older regions to stay within the bounds.
     /// Returns it when even an empty cache could not hold it.
     fn push(&mut self, bin: usize, region: CachedRegion, out: &mut Evicted) {
@@ -223,10 +239,7 @@ impl RegionCache {
             }
             self.evict_oldest(victim - 1, out);
         }
-        let b = &mut self.bins[bin];
-        b.slots[b.count as usize] = Some(region);
-        b.count += 1;
-        self.bytes += len;
+        self.push_fitting(bin, region);
     }
 
     /// Lets go of what each bin did not need since the last collection.
@@ -286,7 +299,6 @@ pub fn take(len: usize) -> Option<(usize, usize)> {
     };
     HITS.inc();
     let len = region.len();
-    CACHED_BYTES.sub(len as u64);
     crate::purge::large_added(len);
     Some((TABLE.take_cached(region), len))
 }
@@ -308,17 +320,32 @@ pub fn wants(len: usize) -> bool {
 }
 
 /// Keeps a region `wants` accepted in the calling thread's cache.
+#[inline]
 pub fn put(region: CachedRegion) {
     let len = region.len();
     crate::purge::large_removed(len);
-    CACHED_BYTES.add(len as u64);
     let (Some(bin), Some(cache)) = (bin_of(len - guard_len()), own_cache()) else {
         // `wants` said yes on this thread a moment ago, and neither answer can change.
         TABLE.retire_cached(region);
-        CACHED_BYTES.sub(len as u64);
         return;
     };
     let now = os::now_ms();
+    let region = {
+        let mut c = cache.lock();
+        if now < c.next_gc_ms && c.fits(bin, len) {
+            c.push_fitting(bin, region);
+            return;
+        }
+        region
+    };
+    put_slow(cache, bin, region, now);
+}
+
+/// `put` when older regions must go first (a full bin, the byte bound) or a garbage
+/// collection is due.
+#[cold]
+#[inline(never)]
+fn put_slow(cache: &SpinLock<RegionCache>, bin: usize, region: CachedRegion, now: u64) {
     let mut out = Evicted::new();
     {
         let mut c = cache.lock();
