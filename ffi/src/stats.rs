@@ -115,7 +115,7 @@ pub unsafe extern "C" fn rangealloc_stats_print(stream: *mut libc::FILE) {
 #[no_mangle]
 pub extern "C" fn rangealloc_purge() -> usize {
     engine::large::cache::flush_all();
-    engine::region::TABLE.collect_retired();
+    engine::region::ARENAS.collect_retired();
     engine::purge::purge_all()
 }
 

@@ -189,7 +189,7 @@ pub fn options() -> Options {
 /// allocation slow paths, not by this call.)
 pub fn purge() -> usize {
     rangealloc_core::large::cache::flush_all();
-    rangealloc_core::region::TABLE.collect_retired();
+    rangealloc_core::region::ARENAS.collect_retired();
     rangealloc_core::purge::purge_all()
 }
 

@@ -7,7 +7,7 @@
 //! are not shared with concurrently running tests.
 
 use rangealloc::engine::large::cache::{MAX_BYTES, MEDIUM_MAX};
-use rangealloc::engine::region::{RegionState, TABLE};
+use rangealloc::engine::region::{RegionState, ARENAS};
 use rangealloc::RangeAlloc;
 use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::sync::mpsc::channel;
@@ -32,7 +32,7 @@ fn writer_acquisitions() -> u64 {
 
 fn cached_regions() -> (usize, usize) {
     let (mut count, mut bytes) = (0, 0);
-    TABLE.for_each_region(|_, len, _, state| {
+    ARENAS.for_each_region(|_, len, _, state| {
         if state == RegionState::Cached {
             count += 1;
             bytes += len;

@@ -23,7 +23,7 @@
 use super::guard_len;
 use crate::heap::{self, Heap};
 use crate::os::{self, PAGE_SIZE};
-use crate::region::{CachedRegion, TABLE};
+use crate::region::CachedRegion;
 use crate::stats::Counter;
 use crate::sync::SpinLock;
 use crate::thread;
@@ -148,7 +148,7 @@ impl Evicted {
             .iter_mut()
             .filter_map(Option::take)
         {
-            TABLE.retire_cached(region);
+            region.retire();
         }
         EVICTED.add(self.count as u64);
         self.count = 0;
@@ -156,13 +156,15 @@ impl Evicted {
 }
 
 impl RegionCache {
-    pub fn new() -> Self {
+    pub const fn new() -> Self {
         RegionCache {
-            bins: core::array::from_fn(|_| Bin {
-                slots: [const { None }; SLOTS],
-                count: 0,
-                low_water: 0,
-            }),
+            bins: [const {
+                Bin {
+                    slots: [const { None }; SLOTS],
+                    count: 0,
+                    low_water: 0,
+                }
+            }; BINS],
             bytes: 0,
             next_gc_ms: 0,
         }
@@ -300,7 +302,7 @@ pub fn take(len: usize) -> Option<(usize, usize)> {
     HITS.inc();
     let len = region.len();
     crate::purge::large_added(len);
-    Some((TABLE.take_cached(region), len))
+    Some((region.take(), len))
 }
 
 /// Whether the calling thread can cache freed regions: asked before a free looks its
@@ -326,7 +328,7 @@ pub fn put(region: CachedRegion) {
     crate::purge::large_removed(len);
     let (Some(bin), Some(cache)) = (bin_of(len - guard_len()), own_cache()) else {
         // `wants` said yes on this thread a moment ago, and neither answer can change.
-        TABLE.retire_cached(region);
+        region.retire();
         return;
     };
     let now = os::now_ms();
