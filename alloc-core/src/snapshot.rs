@@ -95,6 +95,20 @@ pub struct RegionStats {
     pub dirty_bytes: usize,
     /// Bytes of freed regions not folded back into the table yet.
     pub retired_bytes: usize,
+    /// Bytes of freed medium objects held in threads' region caches (not counted in
+    /// `large_bytes`).
+    pub cached_bytes: usize,
+}
+
+/// What the threads' caches of freed medium objects did (`large::cache`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MediumCacheStats {
+    /// Medium allocations served from the thread's cache (no tree update).
+    pub hits: u64,
+    /// Medium allocations that found their class empty and placed a new region.
+    pub misses: u64,
+    /// Regions the caches let go of (bounds, garbage collection, thread exit, purge).
+    pub evicted: u64,
 }
 
 /// What growing reallocs of large objects did.
@@ -142,6 +156,8 @@ pub struct Stats {
     pub dirty_budget: usize,
     /// What growing reallocs of large objects did.
     pub reallocs: ReallocStats,
+    /// What the caches of freed medium objects did.
+    pub medium_cache: MediumCacheStats,
     /// Thread heaps created.
     pub heaps: usize,
     /// Heaps of exited threads waiting for adoption.
@@ -171,7 +187,8 @@ pub fn snapshot() -> Stats {
     let small_pages = segment::SMALL_PAGE_BYTES.get() as usize;
     let segment_dirty = segment::SEGMENT_DIRTY_BYTES.get() as usize;
     let active = small_pages + space.large_bytes;
-    let resident = active + segment_dirty + space.dirty + space.retired + meta.carved;
+    let resident =
+        active + segment_dirty + space.dirty + space.retired + space.cached + meta.carved;
     let mapped = space.reserved + meta.reserved;
     let (counters, each) = ARENAS.lock_counts();
     let heaps = heap::heap_counts();
@@ -190,6 +207,7 @@ pub fn snapshot() -> Stats {
             free_bytes: space.free,
             dirty_bytes: space.dirty,
             retired_bytes: space.retired,
+            cached_bytes: space.cached,
         },
         classes,
         syscalls: os::syscall_counts(),
@@ -215,6 +233,11 @@ pub fn snapshot() -> Stats {
             grown_in_place: large::GROWN_IN_PLACE.get(),
             moved: large::MOVED.get(),
             copied_bytes: large::COPIED_BYTES.get(),
+        },
+        medium_cache: MediumCacheStats {
+            hits: large::cache::HITS.get(),
+            misses: large::cache::MISSES.get(),
+            evicted: large::cache::EVICTED.get(),
         },
         heaps: heaps.heaps,
         abandoned_heaps: heaps.abandoned,
@@ -273,14 +296,15 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
     let r = &s.regions;
     writeln!(
         w,
-        "  regions    large {} ({:.2} MiB), segments {}, free {} ({:.2} MiB, {:.2} MiB dirty), retired {:.2} MiB",
+        "  regions    large {} ({:.2} MiB), segments {}, free {} ({:.2} MiB, {:.2} MiB dirty), retired {:.2} MiB, cached {:.2} MiB",
         r.large,
         r.large_bytes as f64 / MIB,
         r.segments,
         r.free,
         r.free_bytes as f64 / MIB,
         r.dirty_bytes as f64 / MIB,
-        r.retired_bytes as f64 / MIB
+        r.retired_bytes as f64 / MIB,
+        r.cached_bytes as f64 / MIB
     )?;
     let l = &s.lock;
     writeln!(
@@ -332,6 +356,12 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
         g.grown_in_place,
         g.moved,
         g.copied_bytes as f64 / MIB
+    )?;
+    let m = &s.medium_cache;
+    writeln!(
+        w,
+        "  medium cache: hits {}, misses {}, evicted {}",
+        m.hits, m.misses, m.evicted
     )?;
     writeln!(
         w,
@@ -397,8 +427,14 @@ impl Stats {
         let r = &self.regions;
         write!(
             w,
-            ",\"regions\":{{\"large\":{},\"large_bytes\":{},\"segments\":{},\"free\":{},\"free_bytes\":{},\"dirty_bytes\":{},\"retired_bytes\":{}}}",
-            r.large, r.large_bytes, r.segments, r.free, r.free_bytes, r.dirty_bytes, r.retired_bytes
+            ",\"regions\":{{\"large\":{},\"large_bytes\":{},\"segments\":{},\"free\":{},\"free_bytes\":{},\"dirty_bytes\":{},\"retired_bytes\":{},\"cached_bytes\":{}}}",
+            r.large, r.large_bytes, r.segments, r.free, r.free_bytes, r.dirty_bytes, r.retired_bytes, r.cached_bytes
+        )?;
+        let m = &self.medium_cache;
+        write!(
+            w,
+            ",\"medium_cache\":{{\"hits\":{},\"misses\":{},\"evicted\":{}}}",
+            m.hits, m.misses, m.evicted
         )?;
         let l = &self.lock;
         write!(

@@ -95,6 +95,17 @@ impl<T> SpinLock<T> {
         core::mem::forget(self.lock());
     }
 
+    /// The value, for the holder of a `raw_lock`.
+    ///
+    /// # Safety
+    /// The caller took the lock with `raw_lock` and has not released it, and makes no
+    /// other reference to the value meanwhile.
+    #[allow(clippy::mut_from_ref)] // the lock, held by the caller, makes it exclusive
+    pub unsafe fn held(&self) -> &mut T {
+        // SAFETY: caller contract.
+        unsafe { &mut *self.value.get() }
+    }
+
     /// # Safety
     /// The caller took the lock with `raw_lock` (or is the only thread left after fork).
     pub unsafe fn raw_unlock(&self) {

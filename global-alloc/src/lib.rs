@@ -62,7 +62,9 @@ use rangealloc_core as core_api;
 
 pub use rangealloc_core::options::Options;
 pub use rangealloc_core::os::{PurgeMode, Syscall, SyscallCounts};
-pub use rangealloc_core::snapshot::{ClassStats, LockStats, ReallocStats, RegionStats, Stats};
+pub use rangealloc_core::snapshot::{
+    ClassStats, LockStats, MediumCacheStats, ReallocStats, RegionStats, Stats,
+};
 
 /// The engine itself, for the project's benchmarks and tools that study its parts (the
 /// region table, size classes, counters). Not a stable API.
@@ -182,9 +184,11 @@ pub fn options() -> Options {
 }
 
 /// Returns every free region's pages to the OS now, whatever the purge delay; returns
-/// the bytes purged. (Empty small pages held by other threads' heaps are returned by
-/// those threads' own allocation slow paths, not by this call.)
+/// the bytes purged. Every thread's cache of freed medium objects is emptied first.
+/// (Empty small pages held by other threads' heaps are returned by those threads' own
+/// allocation slow paths, not by this call.)
 pub fn purge() -> usize {
+    rangealloc_core::large::cache::flush_all();
     rangealloc_core::region::ARENAS.collect_retired();
     rangealloc_core::purge::purge_all()
 }

@@ -42,6 +42,23 @@ fn child_entry() {
                     .unwrap();
                 engine::free(p as *mut u8);
             }
+            "double-free-medium-cached-by-another-thread" => {
+                // The other thread's free keeps the region in that thread's cache
+                // (the thread stays alive, so it is still cached at the second free).
+                let p = engine::alloc(100 << 10, 8) as usize;
+                println!("PTR {p:#x}");
+                let (freed, wait) = std::sync::mpsc::channel();
+                let (_hold, stay) = std::sync::mpsc::channel::<()>();
+                std::thread::spawn(move || {
+                    // A small allocation first gives the thread its heap (and cache).
+                    engine::free(engine::alloc(16, 8));
+                    engine::free(p as *mut u8);
+                    freed.send(()).unwrap();
+                    let _ = stay.recv();
+                });
+                wait.recv().unwrap();
+                engine::free(p as *mut u8);
+            }
             "interior-small" => {
                 let p = engine::alloc(64, 8).add(16);
                 println!("PTR {:#x}", p as usize);
@@ -83,6 +100,12 @@ fn child_entry() {
                 println!("PTR {:#x}", p as usize);
                 engine::free(p);
                 engine::realloc(p, 2 << 20, 8);
+            }
+            "usable-size-freed-medium" => {
+                let p = engine::alloc(100 << 10, 8);
+                println!("PTR {:#x}", p as usize);
+                engine::free(p);
+                engine::usable_size(p);
             }
             "usable-size-freed-small" => {
                 let p = engine::alloc(100, 8);
@@ -129,6 +152,11 @@ fn double_frees_abort_naming_the_pointer() {
     expect_abort("double-free-small", "free", "double free");
     expect_abort("double-free-large", "free", "double free");
     expect_abort("double-free-cross-thread", "free", "double free");
+    expect_abort(
+        "double-free-medium-cached-by-another-thread",
+        "free",
+        "double free",
+    );
 }
 
 #[test]
@@ -149,6 +177,11 @@ fn foreign_pointers_abort() {
 #[test]
 fn use_of_freed_blocks_is_reported() {
     expect_abort("realloc-freed-large", "realloc", "not allocated");
+    expect_abort(
+        "usable-size-freed-medium",
+        "malloc_usable_size",
+        "not allocated",
+    );
     expect_abort(
         "usable-size-freed-small",
         "malloc_usable_size",

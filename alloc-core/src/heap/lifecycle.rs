@@ -15,6 +15,7 @@
 //! one rebuilds it first (`repair`).
 
 use super::{repair, slow, Heap, PageQueue, CLASSES};
+use crate::large::cache::{self, RegionCache};
 use crate::sync::SpinLock;
 use crate::{meta, thread};
 use core::ptr;
@@ -105,6 +106,7 @@ pub fn adopt_or_create() -> *mut Heap {
             next_purge_ms: 0,
             all_next: ptr::null_mut(),
             abandoned_next: ptr::null_mut(),
+            region_cache: SpinLock::new(RegionCache::new()),
         });
         let mut lists = HEAPS.lock();
         (*heap).all_next = lists.all;
@@ -121,6 +123,7 @@ pub fn adopt_or_create() -> *mut Heap {
 pub unsafe fn abandon(heap: *mut Heap) {
     // SAFETY: the caller owns `heap` (its thread is exiting, or we are a fork child).
     unsafe {
+        cache::flush(&(*heap).region_cache);
         slow::trim(&mut *heap);
         let mut lists = HEAPS.lock();
         (*heap).abandoned_next = lists.abandoned;
@@ -186,16 +189,33 @@ pub fn fork_child() {
     }
 }
 
-/// Locks the heap lists across `fork`.
+/// Locks the heap lists across `fork`, then every heap's region cache (a leaf lock,
+/// never held while another is taken), so the child inherits each cache whole.
 pub fn fork_prepare() {
-    HEAPS.raw_lock();
+    let lists = HEAPS.lock();
+    let mut heap = lists.all;
+    while !heap.is_null() {
+        // SAFETY: heaps in the list are live forever.
+        unsafe {
+            (*heap).region_cache.raw_lock();
+            heap = (*heap).all_next;
+        }
+    }
+    core::mem::forget(lists);
 }
 
 /// # Safety
 /// After `fork_prepare` on this thread.
 pub unsafe fn fork_release() {
-    // SAFETY: caller contract.
-    unsafe { HEAPS.raw_unlock() };
+    // SAFETY: caller contract: we hold the heap lists' lock and every cache's lock.
+    unsafe {
+        let mut heap = HEAPS.held().all;
+        while !heap.is_null() {
+            (*heap).region_cache.raw_unlock();
+            heap = (*heap).all_next;
+        }
+        HEAPS.raw_unlock();
+    }
 }
 
 /// Visits every heap ever created (heaps are never freed, so this is safe while their

@@ -17,7 +17,9 @@ mod slow;
 #[cfg(test)]
 pub(crate) mod test_hooks;
 
+use crate::large::cache::RegionCache;
 use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::SpinLock;
 use crate::thread;
 use page::{free_cookie, Block, Page, PendingPages};
 use segment::Segment;
@@ -96,6 +98,11 @@ pub struct Heap {
     /// Links in the global list of heaps and in the abandoned stack.
     all_next: *mut Heap,
     abandoned_next: *mut Heap,
+    /// The thread's cache of freed medium regions: `large::cache` owns its logic; it
+    /// lives here so it is found from the thread's slot with the heap, goes with the
+    /// heap on exit (emptied first) and can be reached from the heap list (`purge`,
+    /// `fork`). Its own lock, a leaf, because other threads may empty it.
+    pub(crate) region_cache: SpinLock<RegionCache>,
 }
 
 /// Two arrays rather than an array of pairs: a counter is then the class times eight
@@ -157,6 +164,7 @@ pub(crate) static NO_HEAP: NoHeap = NoHeap(Heap {
     next_purge_ms: 0,
     all_next: core::ptr::null_mut(),
     abandoned_next: core::ptr::null_mut(),
+    region_cache: SpinLock::new(RegionCache::new()),
 });
 
 /// Allocates a small block of `class`. Null only when out of memory.

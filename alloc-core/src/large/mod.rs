@@ -1,6 +1,12 @@
 //! Large objects: every request above the small limit (or aligned beyond a page) is a
-//! region of its own. Owns the realloc counters; calls `region` (placement, retire,
-//! in-place growth and shrink) and `purge` (the live-bytes gauge and the purge clock).
+//! region of its own. Owns the realloc counters and the medium size classes; calls
+//! `region` (placement, retire, in-place growth and shrink), `purge` (the live-bytes
+//! gauge and the purge clock) and `cache`.
+//!
+//! Medium objects (up to `cache::MEDIUM_MAX`, 1 MiB) are rounded up to a medium class
+//! (eight per doubling) and, when freed, stay in their freer's region cache (`cache`),
+//! from which the next allocation of the class on that thread takes them back without a
+//! tree update or the writer mutex.
 //!
 //! The table places every large object with free address space after it (see
 //! `region::table`), so `realloc` grows in place (a table update under the two
@@ -9,9 +15,11 @@
 //! free region. Freed objects stay dirty for reuse within `purge::dirty_budget`. No path
 //! here makes a syscall in steady state.
 
+pub mod cache;
+
 use crate::os::{self, PAGE_SIZE};
 use crate::region::table::{RetireError, GUARD_LEN};
-use crate::region::{RegionKind, ARENAS};
+use crate::region::{Freed, RegionKind, ARENAS};
 use crate::stats::Counter;
 use core::ptr;
 
@@ -22,14 +30,19 @@ pub static MOVED: Counter = Counter::new();
 /// Bytes those moves copied.
 pub static COPIED_BYTES: Counter = Counter::new();
 
+/// The length of the region that serves an object of `size` bytes: a page multiple,
+/// and for a medium object its medium class, so a freed one fits every later request
+/// of its class.
 fn page_round(size: usize) -> Option<usize> {
-    size.max(1).checked_next_multiple_of(PAGE_SIZE)
+    size.max(1)
+        .checked_next_multiple_of(PAGE_SIZE)
+        .map(cache::class_len)
 }
 
 /// With `secure=1`, every large object is followed by one guard page (installed with
 /// `MADV_GUARD_INSTALL`, no `mmap_lock` write; `mprotect` on older kernels), so a linear
 /// overflow faults at once instead of corrupting the neighbour.
-fn guard_len() -> usize {
+pub(crate) fn guard_len() -> usize {
     if crate::options::get().secure {
         GUARD_LEN
     } else {
@@ -63,6 +76,17 @@ fn alloc_placed(size: usize, align: usize, zero: bool, growing: bool) -> *mut u8
         crate::misuse::out_of_memory(size, align);
         return ptr::null_mut();
     };
+    if align <= PAGE_SIZE {
+        if let Some((start, got)) = cache::take(len) {
+            if zero {
+                // SAFETY: the region is ours again and `got - guard` bytes are the
+                // object's (its usable size); a cached region holds its last owner's
+                // bytes.
+                unsafe { ptr::write_bytes(start as *mut u8, 0, got - guard) };
+            }
+            return start as *mut u8;
+        }
+    }
     let p = place(len, align.max(PAGE_SIZE), zero, growing);
     if p.is_null() {
         crate::misuse::out_of_memory(size, align);
@@ -94,11 +118,18 @@ fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
 /// jemalloc's `oversize_threshold`: a program replacing big buffers then faulted every
 /// page of each one in again.)
 pub fn free(p: *mut u8) -> Result<(), RetireError> {
-    // A guard page (secure mode) is lifted by the retire itself.
-    ARENAS.retire_with(p as usize, |region| {
-        crate::purge::large_removed(region.len());
-    })?;
-    crate::purge::tick(os::now_ms());
+    // A guard page (secure mode) is lifted by the retire itself; a cached region keeps
+    // its guard.
+    let cache = cache::available();
+    let freed = ARENAS.retire_or_cache(
+        p as usize,
+        |region| cache && cache::wants(region.len()),
+        |region| crate::purge::large_removed(region.len()),
+    )?;
+    match freed {
+        Freed::Cached(region) => cache::put(region),
+        Freed::Retired => crate::purge::tick(os::now_ms()),
+    }
     Ok(())
 }
 
@@ -124,6 +155,11 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         return p;
     }
     if new_len < old_len {
+        if old_len <= cache::MEDIUM_MAX && new_len >= old_len / 2 {
+            // A medium object keeps its class length (it stays cacheable), as a small
+            // block stays put, while it wastes at most half: no table update.
+            return p;
+        }
         if ARENAS.shrink_in_place(addr, new_len) {
             crate::purge::large_removed(old_len - new_len);
         }

@@ -26,7 +26,7 @@
 //!   its own mutex: a statistic summed over arenas is not one atomic snapshot.
 
 use super::directory;
-use super::table::{LockCounters, Placed, Placement, ReadGuard, RetireError, SpaceStats};
+use super::table::{Freed, LockCounters, Placed, Placement, ReadGuard, RetireError, SpaceStats};
 use super::{Region, RegionKind, RegionState, RegionTable};
 use crate::os::{self, PurgeMode};
 use crate::stats::{Counter, OnRegionPath};
@@ -306,6 +306,19 @@ impl Arenas {
             .retire_with(addr, prepare)
     }
 
+    /// `RegionTable::retire_or_cache` in the arena holding `addr`.
+    pub fn retire_or_cache(
+        &self,
+        addr: usize,
+        keep: impl FnOnce(&Region) -> bool,
+        prepare: impl FnOnce(&Region),
+    ) -> Result<Freed, RetireError> {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr)
+            .ok_or(RetireError::NotAllocated)?
+            .retire_or_cache(addr, keep, prepare)
+    }
+
     /// `RegionTable::install_guard` in the arena holding `addr`.
     pub fn install_guard(&self, addr: usize) -> Result<(), os::OsError> {
         match Self::table_of(addr) {
@@ -394,6 +407,7 @@ impl Arenas {
             sum.free += s.free;
             sum.dirty += s.dirty;
             sum.retired += s.retired;
+            sum.cached += s.cached;
             sum.free_regions += s.free_regions;
             sum.large_regions += s.large_regions;
             sum.large_bytes += s.large_bytes;

@@ -45,7 +45,7 @@ use lock::RegionLock;
 #[cfg(not(loom))]
 pub use arenas::{Arenas, ARENAS};
 #[cfg(not(loom))]
-pub use table::{LockCounters, Placement, ReadGuard, RegionTable};
+pub use table::{CachedRegion, Freed, LockCounters, Placement, ReadGuard, RegionTable};
 
 /// What a region holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,11 +62,16 @@ pub enum RegionKind {
 /// A region's lifecycle as seen by `free`: `Live` until freed, then `Retired` until the
 /// next writer folds it back into free space. The `Live -> Retired` compare-and-swap is
 /// what makes a double free of a large object detectable, exactly, without a lock.
+/// A freed medium object may instead go `Live -> Cached` (the same compare-and-swap):
+/// it stays in the tree, unchanged, in its freer's region cache (`large::cache`), until
+/// an allocation takes it back (`Cached -> Live`) or the cache lets it go
+/// (`Cached -> Retired`). Writers leave `Cached` regions alone, as they leave live ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum RegionState {
     Live = 0,
     Retired = 1,
+    Cached = 2,
 }
 
 /// A region descriptor. Lives in metadata memory; freed one grace period after it is
@@ -189,10 +194,10 @@ impl Region {
 
     #[inline]
     pub fn state(&self) -> RegionState {
-        if self.state.load(Ordering::Acquire) == RegionState::Retired as u8 {
-            RegionState::Retired
-        } else {
-            RegionState::Live
+        match self.state.load(Ordering::Acquire) {
+            1 => RegionState::Retired,
+            2 => RegionState::Cached,
+            _ => RegionState::Live,
         }
     }
 

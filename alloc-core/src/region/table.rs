@@ -110,6 +110,46 @@ impl Drop for ReadGuard {
     }
 }
 
+/// A region in the `Cached` state, owned by whoever holds this handle (a region cache):
+/// only `take` or `retire` end it, so exactly one of them runs. It knows its arena.
+pub struct CachedRegion {
+    region: &'static Region,
+    table: &'static RegionTable,
+}
+
+impl CachedRegion {
+    /// Hands the region back to its new owner as a live object (`Cached -> Live`);
+    /// returns its start.
+    pub fn take(self) -> usize {
+        self.table.take_cached(self.region)
+    }
+
+    /// Lets the region go (`Cached -> Retired`): its guard page, if any, is lifted and
+    /// its arena's next writer folds it into free space, as any retired object.
+    pub fn retire(self) {
+        self.table.retire_cached(self.region)
+    }
+
+    /// The region's start. Relaxed loads: a cached region is never changed.
+    pub fn start(&self) -> usize {
+        self.region.start()
+    }
+
+    /// The region's length (the object's, with its guard page if any).
+    #[allow(clippy::len_without_is_empty)] // a region is never empty
+    pub fn len(&self) -> usize {
+        self.region.len()
+    }
+}
+
+/// What `retire_or_cache` did with the object.
+pub enum Freed {
+    /// Retired: the next writer folds it into free space.
+    Retired,
+    /// Cached: the caller keeps it.
+    Cached(CachedRegion),
+}
+
 /// `dirty_since` of a live region whose pages its freer purged before retiring it.
 const PURGED_AT_RETIRE: u64 = u64::MAX;
 
@@ -345,6 +385,36 @@ impl RegionTable {
         addr: usize,
         prepare: impl FnOnce(&Region),
     ) -> Result<(), RetireError> {
+        self.free_object(addr, |_| false, prepare).map(|_| ())
+    }
+
+    /// Frees the object region starting at `addr` as `retire_with` does, unless `keep`
+    /// (asked once the region is validated as a live object) wants it cached: then the
+    /// region goes `Live -> Cached` by the same compare-and-swap, so a second free is
+    /// still caught exactly, and stays in the tree, unchanged, for the caller's cache.
+    /// Neither way takes the writer mutex (unless the lock-free lookup fails).
+    pub fn retire_or_cache(
+        &'static self,
+        addr: usize,
+        keep: impl FnOnce(&Region) -> bool,
+        prepare: impl FnOnce(&Region),
+    ) -> Result<Freed, RetireError> {
+        Ok(match self.free_object(addr, keep, prepare)? {
+            Some(region) => Freed::Cached(CachedRegion {
+                region,
+                table: self,
+            }),
+            None => Freed::Retired,
+        })
+    }
+
+    /// `retire_or_cache`'s work: the region when it was cached, `None` when retired.
+    fn free_object(
+        &self,
+        addr: usize,
+        keep: impl FnOnce(&Region) -> bool,
+        prepare: impl FnOnce(&Region),
+    ) -> Result<Option<&'static Region>, RetireError> {
         let read = self
             .find_and_read_lock(addr)
             .ok_or(RetireError::NotAllocated)?;
@@ -358,19 +428,32 @@ impl RegionTable {
         if region.state() != RegionState::Live {
             return Err(RetireError::DoubleFree);
         }
+        let cached = keep(region);
+        let next = if cached {
+            RegionState::Cached
+        } else {
+            RegionState::Retired
+        };
         // AcqRel: exactly one freer wins; the winner's accesses to the object happen
-        // before the writer that later reads the state (Acquire in `state()`).
+        // before the writer (or the cache's next taker) that later reads the state
+        // (Acquire in `state()`).
         if region
             .state
             .compare_exchange(
                 RegionState::Live as u8,
-                RegionState::Retired as u8,
+                next as u8,
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             )
             .is_err()
         {
             return Err(RetireError::DoubleFree);
+        }
+        if cached {
+            // A cached region stays attached: writers only change free regions, regions
+            // they drain from the retired stack and live objects their owner resizes
+            // (`Writer::live_object_at`), so the descriptor outlives our read lock.
+            return Ok(Some(region));
         }
         // Only the winning freer prepares; still under our read lock and not yet on the
         // retired stack, so no writer can reuse the range meanwhile. A guard not lifted
@@ -379,6 +462,33 @@ impl RegionTable {
         self.pause_in_retire.pause_here();
         region.lift_guard();
         prepare(region);
+        self.push_retired(region);
+        Ok(None)
+    }
+
+    /// `CachedRegion::take`.
+    fn take_cached(&self, region: &'static Region) -> usize {
+        // Release: the owner's later free (Acquire CAS) sees the object live. Nobody else
+        // changes a cached region's state: a stray free of it fails (`DoubleFree`).
+        region
+            .state
+            .store(RegionState::Live as u8, Ordering::Release);
+        region.start()
+    }
+
+    /// `CachedRegion::retire`.
+    fn retire_cached(&self, region: &'static Region) {
+        // Release: publishes the cache's accesses to the writer that drains the region;
+        // the handle proves the state is `Cached` and ours.
+        region
+            .state
+            .store(RegionState::Retired as u8, Ordering::Release);
+        region.lift_guard();
+        self.push_retired(region);
+    }
+
+    /// Pushes a region that just became `Retired` on the retired stack.
+    fn push_retired(&self, region: &'static Region) {
         let node = region as *const Region as *mut Region;
         let mut head = self.retired.load(Ordering::Relaxed);
         loop {
@@ -395,7 +505,6 @@ impl RegionTable {
             }
         }
         self.live_regions.fetch_sub(1, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Makes the last page of the live object region starting at `addr` fault on any
@@ -790,6 +899,7 @@ impl RegionTable {
                     }
                 }
                 (_, RegionState::Retired) => stats.retired += r.len(),
+                (_, RegionState::Cached) => stats.cached += r.len(),
                 (RegionKind::Large, _) => {
                     stats.large_regions += 1;
                     stats.large_bytes += r.len();
@@ -879,6 +989,8 @@ pub struct SpaceStats {
     pub free: usize,
     pub dirty: usize,
     pub retired: usize,
+    /// Bytes of regions held in threads' caches of freed medium objects.
+    pub cached: usize,
     pub free_regions: usize,
     pub large_regions: usize,
     pub large_bytes: usize,

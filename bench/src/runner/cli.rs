@@ -16,7 +16,8 @@ tcmalloc (preloaded into the system worker, when libtcmalloc-minimal4 is install
 interleaved, and writes a table (stdout), results.json and SVG charts.
 
 options:
-  --quick              small inputs, 3 repetitions, threads 2,8 (default; < 3 min on 2 cores)
+  --quick              small inputs, 3 repetitions, threads 2,8 (and medium at 16)
+                       (default; < 3 min on 2 cores)
   --full               larger inputs, 7 repetitions, threads 1,2,4,8
   --threads LIST       thread counts, e.g. 1,2,4,8
   --filter LIST        only workloads whose name contains one of these (comma-separated)
@@ -85,6 +86,9 @@ pub enum Command {
 pub struct Options {
     pub mode: Mode,
     pub threads: Vec<usize>,
+    /// `threads` are the mode's defaults (no `--threads`): quick mode then adds each
+    /// workload's `quick_extra_threads`.
+    pub default_threads: bool,
     pub workloads: Vec<&'static str>,
     pub allocators: Vec<&'static str>,
     pub reps: usize,
@@ -94,6 +98,35 @@ pub struct Options {
     pub markdown: bool,
     pub timeout: Duration,
     pub build: bool,
+}
+
+impl Options {
+    /// The thread counts `w` runs at: `threads`, plus the workload's own extra counts
+    /// in quick mode when `--threads` was not given.
+    pub fn thread_counts(&self, w: &workloads::Workload) -> Vec<usize> {
+        let mut counts = self.threads.clone();
+        if self.mode == Mode::Quick && self.default_threads {
+            counts.extend(
+                w.quick_extra_threads
+                    .iter()
+                    .filter(|t| !self.threads.contains(t)),
+            );
+        }
+        counts
+    }
+
+    /// Every thread count some selected workload runs at, ascending.
+    pub fn all_thread_counts(&self) -> Vec<usize> {
+        let mut all: Vec<usize> = self
+            .workloads
+            .iter()
+            .filter_map(|name| workloads::by_name(name))
+            .flat_map(|w| self.thread_counts(w))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
 }
 
 pub fn parse(args: &[String]) -> Result<Command, String> {
@@ -119,6 +152,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut o = Options {
         mode: Mode::Quick,
         threads: vec![],
+        default_threads: true,
         workloads: vec![],
         allocators: vec![],
         reps: 0,
@@ -158,6 +192,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         Mode::Full => (FULL_REPS, FULL_THREADS.to_vec()),
     };
     o.reps = reps.unwrap_or(default_reps).max(1);
+    o.default_threads = threads.is_none();
     o.threads = threads.unwrap_or(default_threads);
     if o.threads.is_empty() || o.threads.contains(&0) {
         return Err("--threads needs positive counts".into());
@@ -253,6 +288,22 @@ mod tests {
         assert_eq!(o.workloads.len(), workloads::ALL.len());
         let available = allocators::ALL.iter().filter(|a| a.available()).count();
         assert_eq!(o.allocators.len(), available);
+    }
+
+    #[test]
+    fn quick_runs_medium_at_16_threads_too_unless_threads_are_given() {
+        let medium = workloads::by_name("medium").unwrap();
+        let larson = workloads::by_name("larson").unwrap();
+        let o = run(&[]);
+        assert_eq!(o.thread_counts(medium), vec![2, 8, 16]);
+        assert_eq!(o.thread_counts(larson), vec![2, 8]);
+        assert_eq!(o.all_thread_counts(), vec![2, 8, 16]);
+        let o = run(&["--threads", "2"]);
+        assert_eq!(o.thread_counts(medium), vec![2]);
+        let o = run(&["--full"]);
+        assert_eq!(o.thread_counts(medium), FULL_THREADS.to_vec());
+        let o = run(&["--filter", "larson"]);
+        assert_eq!(o.all_thread_counts(), vec![2, 8]);
     }
 
     #[test]

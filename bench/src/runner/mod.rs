@@ -74,7 +74,7 @@ fn run(o: &Options, args: &[String]) -> Result<bool, String> {
         mode: o.mode.name().to_owned(),
         reps: o.reps,
         seed: o.seed,
-        threads: o.threads.clone(),
+        threads: o.all_thread_counts(),
         allocators: o.allocators.iter().map(|s| s.to_string()).collect(),
         workloads: o.workloads.iter().map(|s| s.to_string()).collect(),
     };

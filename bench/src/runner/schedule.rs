@@ -99,7 +99,7 @@ fn plan(o: &Options, bin_dir: &Path) -> Result<Vec<Job>, String> {
             Mode::Quick => w.quick,
             Mode::Full => w.full,
         };
-        for &threads in &o.threads {
+        for threads in o.thread_counts(w) {
             for &a in &o.allocators {
                 let allocator = allocators::by_name(a).expect("validated by cli");
                 let args = WorkerArgs {

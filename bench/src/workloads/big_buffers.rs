@@ -46,6 +46,7 @@ pub const WORKLOAD: Workload = Workload {
         repeat: 1,
     },
     run,
+    quick_extra_threads: &[],
 };
 
 struct Buffer {

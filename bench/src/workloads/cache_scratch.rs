@@ -28,6 +28,7 @@ pub const WORKLOAD: Workload = Workload {
         repeat: 120_000,
     },
     run,
+    quick_extra_threads: &[],
 };
 
 /// Tag space of the objects the main thread allocates.

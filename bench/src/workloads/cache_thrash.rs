@@ -29,6 +29,7 @@ pub const WORKLOAD: Workload = Workload {
         repeat: 120_000,
     },
     run,
+    quick_extra_threads: &[],
 };
 
 fn run(p: &Params) -> Outcome {

@@ -53,6 +53,9 @@ pub const WORKLOAD: Workload = Workload {
         repeat: 1,
     },
     run,
+    // Issue 16 asks for medium at 16 threads too: the oversubscribed case where
+    // the old tree update per allocation serialised every thread on one lock.
+    quick_extra_threads: &[16],
 };
 
 /// An object with stamped first and last lines.

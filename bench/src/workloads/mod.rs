@@ -75,6 +75,9 @@ pub struct Workload {
     pub quick: Scale,
     pub full: Scale,
     pub run: fn(&Params) -> Outcome,
+    /// Thread counts `--quick` runs for this workload besides its default ones (not
+    /// when `--threads` is given).
+    pub quick_extra_threads: &'static [usize],
 }
 
 /// Every workload, in report order.

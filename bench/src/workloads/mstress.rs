@@ -55,6 +55,7 @@ pub const WORKLOAD: Workload = Workload {
         repeat: 1,
     },
     run,
+    quick_extra_threads: &[],
 };
 
 fn run(p: &Params) -> Outcome {

@@ -45,6 +45,7 @@ pub const WORKLOAD: Workload = Workload {
         repeat: 1,
     },
     run,
+    quick_extra_threads: &[],
 };
 
 fn run(p: &Params) -> Outcome {

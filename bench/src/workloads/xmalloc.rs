@@ -39,6 +39,7 @@ pub const WORKLOAD: Workload = Workload {
         repeat: 1,
     },
     run,
+    quick_extra_threads: &[],
 };
 
 type Batch = Vec<Block>;

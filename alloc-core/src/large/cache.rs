@@ -1,0 +1,405 @@
+//! The per-thread cache of freed medium regions (jemalloc's tcache for large sizes):
+//! objects above the small limit and up to `MEDIUM_MAX` are regions of their own, but a
+//! freed one stays in the tree, `Cached` (`region::RegionState`), in a bin of its
+//! freeing thread's cache, and the next allocation of its size class on that thread takes
+//! it back. The common medium alloc/free pair then makes one lock-free lookup (the free's
+//! validation) and no tree update, no writer mutex and no page fault. Owns the medium
+//! size classes, the cache (its storage is a field of each `Heap`, so it lives and dies
+//! with the heap and is reachable from the heap list) and its counters; calls `region`
+//! (the state changes), `purge` (the live-bytes gauge, the purge interval), `options`,
+//! `os` (the clock) and `thread`/`heap` (to find the calling thread's cache).
+//!
+//! Bounds: `SLOTS` regions per bin and `MAX_BYTES` per thread; a region that does not
+//! fit pushes out the oldest ones. A garbage collection (at most once per purge
+//! interval, from a free) lets go of what a bin did not need during the last interval
+//! (its low-water mark), so a thread that stops using a size gives its regions back to
+//! the table, where the purge decays them as any freed space. A thread's cache is
+//! emptied when it exits (`heap::abandon`), by `flush_all` (the public `purge`), and a
+//! `fork` takes every cache lock first, so a child inherits whole caches.
+//!
+//! The cache lock is a leaf: nothing else is locked or called while it is held; regions
+//! let go are retired after it is released.
+
+use super::guard_len;
+use crate::heap::{self, Heap};
+use crate::os::{self, PAGE_SIZE};
+use crate::region::CachedRegion;
+use crate::stats::Counter;
+use crate::sync::SpinLock;
+use crate::thread;
+
+/// The largest object served from the cache, as DESIGN.md §4's "medium sizes (up to
+/// about 1 MiB)". Above it objects are rare enough, and big enough, that a tree update
+/// per allocation is noise, and caching them per thread would pin too much memory.
+pub const MEDIUM_MAX: usize = 1 << 20;
+/// Medium size classes per doubling: eight, as the small classes, so a rounded-up
+/// medium object wastes at most 12.5% of its (virtual) length; its untouched pages cost
+/// nothing.
+const PER_DOUBLING: usize = 8;
+/// log2 of the small limit, where the medium classes start.
+const FIRST_SHIFT: u32 = heap::SMALL_MAX.trailing_zeros();
+const LAST_SHIFT: u32 = MEDIUM_MAX.trailing_zeros();
+/// Medium classes: 40, from 36 KiB to 1 MiB in steps of an eighth of a power of two,
+/// every one a page multiple.
+pub const BINS: usize = (LAST_SHIFT - FIRST_SHIFT) as usize * PER_DOUBLING;
+const _: () = assert!(heap::SMALL_MAX.is_power_of_two());
+const _: () = assert!((heap::SMALL_MAX >> 3).is_multiple_of(PAGE_SIZE));
+/// Regions kept per class. The `medium` workload (32 live objects per thread over 40
+/// classes, a quarter freed by another thread) rarely has more than two of a class free
+/// at once; four absorbs its bursts. A bin is a stack: the most recently freed region
+/// (the one most likely still in cache and TLB) is reused first.
+const SLOTS: usize = 4;
+/// Bytes of regions one thread's cache holds at most (object lengths, which count
+/// virtual bytes: what is resident is what the program touched). Four of the largest
+/// class; chosen with the `medium` workload (BENCHMARKS.md, "Medium sizes").
+pub const MAX_BYTES: usize = 8 * MEDIUM_MAX;
+/// An allocation takes a region of its own class or of up to this many classes above
+/// (at most 50% more virtual length: four steps of an eighth): the sizes a program
+/// frees rarely match the next request's class exactly (the `medium` workload's
+/// log-uniform sizes hit their own class in under half the allocations with the
+/// same cache), and the extra pages cost nothing unless the program touches them.
+const FIT_CLASSES: usize = 4;
+/// Regions one call may let go of: every slot of every bin, plus one.
+const EVICT_MAX: usize = BINS * SLOTS + 1;
+
+/// Allocations served from a cache, and medium allocations that found their bin empty.
+pub static HITS: Counter = Counter::new();
+pub static MISSES: Counter = Counter::new();
+/// Regions a cache let go of (full bin, over budget, garbage collection, flush).
+/// (The bytes cached now are counted by the table walk: `SpaceStats::cached`.)
+pub static EVICTED: Counter = Counter::new();
+
+/// The medium class length serving an object of `len` bytes (a page multiple), or
+/// `len` itself outside the medium range.
+#[inline]
+pub fn class_len(len: usize) -> usize {
+    match bin_of_at_least(len) {
+        Some(bin) => bin_len(bin),
+        None => len,
+    }
+}
+
+/// The bin of the smallest class of at least `len` bytes, if `len` is medium.
+#[inline]
+fn bin_of_at_least(len: usize) -> Option<usize> {
+    if len <= heap::SMALL_MAX || len > MEDIUM_MAX {
+        return None;
+    }
+    let k = usize::BITS - 1 - (len - 1).leading_zeros(); // 2^k < len <= 2^(k+1)
+    let step_shift = k - 3;
+    Some((k - FIRST_SHIFT) as usize * PER_DOUBLING + ((len - 1 - (1 << k)) >> step_shift))
+}
+
+/// The bin holding objects of exactly `len` bytes (a class length), if any.
+#[inline]
+fn bin_of(len: usize) -> Option<usize> {
+    bin_of_at_least(len).filter(|&bin| bin_len(bin) == len)
+}
+
+/// The object length of medium class `bin`.
+#[inline]
+const fn bin_len(bin: usize) -> usize {
+    let k = FIRST_SHIFT as usize + bin / PER_DOUBLING;
+    let j = bin % PER_DOUBLING;
+    (1 << k) + (j + 1) * (1 << (k - 3))
+}
+
+/// One class's cached regions: `slots[..count]`, oldest first.
+struct Bin {
+    slots: [Option<CachedRegion>; SLOTS],
+    count: u8,
+    /// The fewest regions the bin held since the last garbage collection: that many
+    /// were not needed during the interval.
+    low_water: u8,
+}
+
+/// A thread's cache (a field of its heap; see the module doc).
+pub struct RegionCache {
+    bins: [Bin; BINS],
+    /// Region bytes held (guard pages included).
+    bytes: usize,
+    /// When the next garbage collection is due (ms); 0 before the first free.
+    next_gc_ms: u64,
+}
+
+/// Regions let go of under the lock, retired once it is released. Big (every slot of
+/// every bin): built only off the common path.
+struct Evicted {
+    regions: [Option<CachedRegion>; EVICT_MAX],
+    count: usize,
+}
+
+impl Evicted {
+    fn new() -> Self {
+        Evicted {
+            regions: [const { None }; EVICT_MAX],
+            count: 0,
+        }
+    }
+
+    fn push(&mut self, region: CachedRegion) {
+        self.regions[self.count] = Some(region);
+        self.count += 1;
+    }
+
+    /// Retires them (after the cache lock is released: the lock is a leaf).
+    fn retire(&mut self) {
+        for region in self.regions[..self.count]
+            .iter_mut()
+            .filter_map(Option::take)
+        {
+            region.retire();
+        }
+        EVICTED.add(self.count as u64);
+        self.count = 0;
+    }
+}
+
+impl RegionCache {
+    pub const fn new() -> Self {
+        RegionCache {
+            bins: [const {
+                Bin {
+                    slots: [const { None }; SLOTS],
+                    count: 0,
+                    low_water: 0,
+                }
+            }; BINS],
+            bytes: 0,
+            next_gc_ms: 0,
+        }
+    }
+
+    /// The most recently cached region of class `bin` or of one of the `FIT_CLASSES`
+    /// classes above it, the closest first.
+    fn pop_fit(&mut self, bin: usize) -> Option<CachedRegion> {
+        let last = (bin + FIT_CLASSES).min(BINS - 1);
+        let fit = (bin..=last).find(|&b| self.bins[b].count > 0)?;
+        self.pop(fit)
+    }
+
+    fn pop(&mut self, bin: usize) -> Option<CachedRegion> {
+        let b = &mut self.bins[bin];
+        if b.count == 0 {
+            return None;
+        }
+        b.count -= 1;
+        b.low_water = b.low_water.min(b.count);
+        let region = b.slots[b.count as usize].take()?;
+        self.bytes -= region.len();
+        Some(region)
+    }
+
+    /// Lets go of bin `bin`'s oldest region.
+    fn evict_oldest(&mut self, bin: usize, out: &mut Evicted) {
+        let b = &mut self.bins[bin];
+        if b.count == 0 {
+            return;
+        }
+        let Some(region) = b.slots[0].take() else {
+            return;
+        };
+        b.slots[..b.count as usize].rotate_left(1);
+        b.count -= 1;
+        b.low_water = b.low_water.min(b.count);
+        self.bytes -= region.len();
+        out.push(region);
+    }
+
+    /// Whether `bin` takes a region of `len` bytes without letting go of another.
+    #[inline]
+    fn fits(&self, bin: usize, len: usize) -> bool {
+        (self.bins[bin].count as usize) < SLOTS && self.bytes + len <= MAX_BYTES
+    }
+
+    /// Keeps `region` in `bin`, which `fits` it.
+    #[inline]
+    fn push_fitting(&mut self, bin: usize, region: CachedRegion) {
+        self.bytes += region.len();
+        let b = &mut self.bins[bin];
+        b.slots[b.count as usize] = Some(region);
+        b.count += 1;
+    }
+
+    /// Keeps `region` in `bin`, letting go of older regions to stay within the bounds.
+    /// Returns it when even an empty cache could not hold it.
+    fn push(&mut self, bin: usize, region: CachedRegion, out: &mut Evicted) {
+        let len = region.len();
+        if len > MAX_BYTES {
+            out.push(region);
+            return;
+        }
+        if self.bins[bin].count as usize == SLOTS {
+            self.evict_oldest(bin, out);
+        }
+        // Over budget: the oldest regions of the biggest classes go first.
+        let mut victim = BINS;
+        while self.bytes + len > MAX_BYTES && victim > 0 {
+            if self.bins[victim - 1].count == 0 {
+                victim -= 1;
+                continue;
+            }
+            self.evict_oldest(victim - 1, out);
+        }
+        self.push_fitting(bin, region);
+    }
+
+    /// Lets go of what each bin did not need since the last collection.
+    fn collect(&mut self, out: &mut Evicted) {
+        for bin in 0..BINS {
+            for _ in 0..self.bins[bin].low_water {
+                self.evict_oldest(bin, out);
+            }
+            self.bins[bin].low_water = self.bins[bin].count;
+        }
+    }
+
+    fn drain(&mut self, out: &mut Evicted) {
+        for bin in 0..BINS {
+            while self.bins[bin].count > 0 {
+                self.evict_oldest(bin, out);
+            }
+        }
+    }
+}
+
+impl Default for RegionCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The calling thread's cache, if it has a heap (a thread nested inside the allocator
+/// or past its exit hook uses the table directly). A thread's first call here starts
+/// it (its heap, and the exit hook that empties the cache), as a first small
+/// allocation does: a thread may allocate and free only medium objects. Never called
+/// under a region lock (starting a thread may allocate).
+#[inline]
+fn own_cache() -> Option<&'static SpinLock<RegionCache>> {
+    let mut slot = thread::get();
+    if slot == thread::UNINIT {
+        slot = crate::init::thread_start() as usize;
+    }
+    if slot < thread::SENTINEL_LIMIT {
+        return None;
+    }
+    // SAFETY: a slot at or above the limit is this thread's heap, which lives forever.
+    Some(unsafe { &(*(slot as *mut Heap)).region_cache })
+}
+
+/// A cached region for an object of `len` bytes (a class length, guard page included),
+/// taken back as a live object: its start and length (at least `len`), or `None` (the
+/// caller places a new region).
+#[inline]
+pub fn take(len: usize) -> Option<(usize, usize)> {
+    let bin = bin_of(len - guard_len())?;
+    let cache = own_cache()?;
+    let region = cache.lock().pop_fit(bin);
+    let Some(region) = region else {
+        MISSES.inc();
+        return None;
+    };
+    HITS.inc();
+    let len = region.len();
+    crate::purge::large_added(len);
+    Some((region.take(), len))
+}
+
+/// Whether the calling thread can cache freed regions: asked before a free looks its
+/// region up (`own_cache` may start the thread, which must not happen under the
+/// region's read lock).
+#[inline]
+pub fn available() -> bool {
+    own_cache().is_some()
+}
+
+/// Whether a validated live object region of `len` bytes goes to the cache of a
+/// thread for which `available` held (asked by `retire_or_cache` under the region's
+/// read lock, before it changes the state).
+#[inline]
+pub fn wants(len: usize) -> bool {
+    bin_of(len - guard_len()).is_some()
+}
+
+/// Keeps a region `wants` accepted in the calling thread's cache.
+#[inline]
+pub fn put(region: CachedRegion) {
+    let len = region.len();
+    crate::purge::large_removed(len);
+    let (Some(bin), Some(cache)) = (bin_of(len - guard_len()), own_cache()) else {
+        // `wants` said yes on this thread a moment ago, and neither answer can change.
+        region.retire();
+        return;
+    };
+    let now = os::now_ms();
+    let region = {
+        let mut c = cache.lock();
+        if now < c.next_gc_ms && c.fits(bin, len) {
+            c.push_fitting(bin, region);
+            return;
+        }
+        region
+    };
+    put_slow(cache, bin, region, now);
+}
+
+/// `put` when older regions must go first (a full bin, the byte bound) or a garbage
+/// collection is due.
+#[cold]
+#[inline(never)]
+fn put_slow(cache: &SpinLock<RegionCache>, bin: usize, region: CachedRegion, now: u64) {
+    let mut out = Evicted::new();
+    {
+        let mut c = cache.lock();
+        c.push(bin, region, &mut out);
+        if now >= c.next_gc_ms {
+            let interval = crate::purge::interval_ms(crate::options::purge_delay_ms());
+            if c.next_gc_ms != 0 {
+                c.collect(&mut out);
+            }
+            c.next_gc_ms = now.saturating_add(interval);
+        }
+    }
+    out.retire();
+}
+
+/// Empties `cache` (a thread's exit, a purge).
+pub fn flush(cache: &SpinLock<RegionCache>) {
+    let mut out = Evicted::new();
+    cache.lock().drain(&mut out);
+    out.retire();
+}
+
+/// Empties every thread's cache (the public `purge`; an idle thread's cache is emptied
+/// too, under its lock).
+pub fn flush_all() {
+    heap::for_each_heap(|h| flush(&h.region_cache));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_are_page_multiples_with_bounded_waste() {
+        assert_eq!(BINS, 40);
+        assert_eq!(bin_len(0), 36 << 10);
+        assert_eq!(bin_len(BINS - 1), MEDIUM_MAX);
+        for bin in 0..BINS {
+            assert!(bin_len(bin).is_multiple_of(PAGE_SIZE));
+            assert_eq!(bin_of(bin_len(bin)), Some(bin));
+            assert_eq!(bin_of(bin_len(bin) - PAGE_SIZE), None);
+        }
+        for len in (heap::SMALL_MAX + PAGE_SIZE..=MEDIUM_MAX).step_by(PAGE_SIZE) {
+            let class = class_len(len);
+            assert!(
+                class >= len && (class - len) * 8 <= class,
+                "len {len} class {class}"
+            );
+            assert!(bin_of(class).is_some());
+        }
+        assert_eq!(class_len(MEDIUM_MAX + PAGE_SIZE), MEDIUM_MAX + PAGE_SIZE);
+        assert_eq!(class_len(heap::SMALL_MAX), heap::SMALL_MAX);
+        assert_eq!(bin_of(MEDIUM_MAX + PAGE_SIZE), None);
+    }
+}
