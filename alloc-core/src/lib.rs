@@ -40,6 +40,8 @@ pub mod os;
 pub mod prof;
 #[cfg(not(loom))]
 pub mod purge;
+#[cfg(not(loom))]
+pub mod reclaim;
 pub mod region;
 #[cfg(not(loom))]
 pub mod snapshot;

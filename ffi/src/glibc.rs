@@ -200,7 +200,8 @@ pub extern "C" fn mallinfo() -> MallInfo {
     }
 }
 
-/// `malloc_trim(pad)`: returns every free region's pages to the OS now (as
+/// `malloc_trim(pad)`: returns every free region and every heap's free pages, idle
+/// threads' included, to the OS now (as
 /// `rangealloc_purge`); 1 if any memory was released, else 0. `pad` (how much of the
 /// heap top glibc keeps) has no meaning here and is ignored.
 #[no_mangle]

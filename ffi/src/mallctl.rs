@@ -12,7 +12,8 @@
 //!   `stats.retained`, `stats.metadata` (`size_t`, read-only): the snapshot taken at the
 //!   last `epoch` write (the first read takes one if none was).
 //! - `arenas.narenas` (`unsigned`, read-only): 1; rangealloc has no arenas to choose.
-//! - `arena.<i>.purge` (neither read nor written): purges every free region now, for
+//! - `arena.<i>.purge` (neither read nor written): purges every free region and every
+//!   heap's free pages now (`rangealloc_purge`), for
 //!   `i` of 0, 1 (`narenas`, jemalloc's older "all arenas") or 4096
 //!   (`MALLCTL_ARENAS_ALL`).
 //! - `arenas.dirty_decay_ms` (`ssize_t`, read/write): the purge delay in force; -1 is

@@ -102,6 +102,7 @@ pub fn adopt_or_create() -> *mut Heap {
             }; CLASSES],
             pending: super::page::PendingPages::new(),
             segments: ptr::null_mut(),
+            segments_lock: super::reclaim::SegmentsLock::new(),
             next_purge_ms: 0,
             all_next: ptr::null_mut(),
             abandoned_next: ptr::null_mut(),
@@ -186,8 +187,9 @@ pub fn fork_child() {
     }
 }
 
-/// Locks the heap lists across `fork`.
+/// Locks out foreign purge passes, then the heap lists, across `fork`.
 pub fn fork_prepare() {
+    super::reclaim::fork_prepare();
     HEAPS.raw_lock();
 }
 
@@ -195,7 +197,26 @@ pub fn fork_prepare() {
 /// After `fork_prepare` on this thread.
 pub unsafe fn fork_release() {
     // SAFETY: caller contract.
-    unsafe { HEAPS.raw_unlock() };
+    unsafe {
+        HEAPS.raw_unlock();
+        super::reclaim::fork_release();
+    }
+}
+
+/// The most recently created heap; follow the list with `next_heap`. The list only
+/// grows at its head and heaps are never freed, so a walk needs the lock only here.
+pub(super) fn first_heap() -> *mut Heap {
+    HEAPS.lock().all
+}
+
+/// The heap created before `heap`, or null.
+///
+/// # Safety
+/// `heap` came from `first_heap` or `next_heap`.
+pub(super) unsafe fn next_heap(heap: *mut Heap) -> *mut Heap {
+    // SAFETY: caller contract; `all_next` is written before the heap is published
+    // under the lists' lock (whose Acquire in `first_heap` orders it) and never again.
+    unsafe { ptr::addr_of!((*heap).all_next).read() }
 }
 
 /// Visits every heap ever created (heaps are never freed, so this is safe while their
