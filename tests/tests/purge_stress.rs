@@ -89,7 +89,10 @@ fn owners_keep_their_blocks_while_another_thread_purges() {
                 let pass = heap_reclaim::purge_all_heaps(0, mode);
                 purged.fetch_add(pass.purged, Ordering::Relaxed);
                 busy.fetch_add(pass.busy, Ordering::Relaxed);
-                if passes.fetch_add(1, Ordering::Relaxed) % WHOLE_PURGE_EVERY == 0 {
+                if passes
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(WHOLE_PURGE_EVERY)
+                {
                     rangealloc::purge();
                 }
             }
