@@ -52,6 +52,7 @@ const PURGER: u8 = 2;
 pub struct SegmentsLock(AtomicU8);
 
 impl SegmentsLock {
+    /// An unlocked lock (a new heap's).
     pub const fn new() -> Self {
         SegmentsLock(AtomicU8::new(UNLOCKED))
     }
@@ -134,8 +135,9 @@ pub(super) unsafe fn fork_release() {
 pub struct ForeignPass {
     /// Bytes of free units returned with `madvise`.
     pub purged: usize,
-    /// Heaps visited, and those skipped because their owner held the segments lock.
+    /// Heaps visited.
     pub heaps: usize,
+    /// Heaps skipped because their owner held the segments lock.
     pub busy: usize,
 }
 
