@@ -342,6 +342,8 @@ pub(super) unsafe fn trim(heap: &mut Heap) {
             }
         }
         heap.segments_lock.lock_owner();
+        #[cfg(all(test, not(loom)))]
+        super::test_hooks::pause_point_at(super::test_hooks::Site::TrimLocked);
         let mut seg = heap.segments;
         while !seg.is_null() {
             let next = (*seg).next;
