@@ -14,6 +14,7 @@ pub mod page;
 pub mod reclaim;
 mod repair;
 pub mod segment;
+pub mod segments_lock;
 pub mod size_class;
 mod slow;
 #[cfg(test)]

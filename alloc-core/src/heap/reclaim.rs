@@ -36,83 +36,11 @@
 //! and then to the segment, at the owner's next slow path or exit.
 
 use super::segment::Segment;
+pub use super::segments_lock::SegmentsLock;
 use super::Heap;
 use crate::os::PurgeMode;
-use crate::sync::atomic::{AtomicU8, Ordering};
-use crate::sync::{backoff, SpinLock};
+use crate::sync::SpinLock;
 use core::ptr;
-
-const UNLOCKED: u8 = 0;
-/// Held by the heap's owner (or, after `fork`, its adopter).
-const OWNER: u8 = 1;
-/// Held by a foreign purger.
-const PURGER: u8 = 2;
-
-/// The lock over a heap's segment list and its segments' unit bookkeeping.
-pub struct SegmentsLock(AtomicU8);
-
-impl SegmentsLock {
-    /// An unlocked lock (a new heap's).
-    pub const fn new() -> Self {
-        SegmentsLock(AtomicU8::new(UNLOCKED))
-    }
-
-    /// Owner: takes the lock, waiting while a purger holds it (a purger holds it for at
-    /// most one pass over this heap's segments: a few `madvise` calls).
-    #[inline]
-    pub fn lock_owner(&self) {
-        let mut round = 0;
-        // Acquire on success pairs with the Release of the previous `unlock`.
-        while self
-            .0
-            .compare_exchange_weak(UNLOCKED, OWNER, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            backoff(&mut round);
-        }
-    }
-
-    /// Adopter of a fork orphan: takes the lock, or inherits it from the vanished owner
-    /// that held it at `fork` (no other thread takes an orphan's lock as `OWNER`).
-    pub fn lock_owner_inheriting(&self) {
-        let mut round = 0;
-        loop {
-            // Acquire as in `lock_owner`; an inherited lock was taken by the parent's
-            // thread, whose writes are in the child's memory as it left them.
-            match self.0.compare_exchange_weak(
-                UNLOCKED,
-                OWNER,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) | Err(OWNER) => return,
-                Err(_) => backoff(&mut round),
-            }
-        }
-    }
-
-    /// Purger: takes the lock if nobody holds it.
-    pub fn try_lock_purger(&self) -> bool {
-        // Acquire on success pairs with the owner's Release in `unlock`: the segment
-        // list and unit bits it left are visible.
-        self.0
-            .compare_exchange(UNLOCKED, PURGER, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    /// Releases the lock (owner or purger).
-    #[inline]
-    pub fn unlock(&self) {
-        // Release publishes the section's writes to the next holder's Acquire.
-        self.0.store(UNLOCKED, Ordering::Release);
-    }
-}
-
-impl Default for SegmentsLock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// Held by a foreign pass for its whole walk, and by `fork_prepare` (first of the heap
 /// locks), so that no purger holds a heap's segments lock when the process forks.
