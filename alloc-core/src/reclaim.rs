@@ -9,7 +9,7 @@
 //! back lands in the heaps or the table before they are purged.
 
 use crate::os::PurgeMode;
-use crate::{heap, options, purge, region::TABLE};
+use crate::{heap, options, purge, region::ARENAS};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Gives back what per-thread caches hold (none exists yet: the hook for one).
@@ -22,7 +22,7 @@ pub fn purge_now() -> usize {
     flush_caches();
     let (_, mode) = purge::settings();
     let heaps = heap::reclaim::purge_all_heaps(0, mode).purged;
-    TABLE.collect_retired();
+    ARENAS.collect_retired();
     heaps + purge::purge_all()
 }
 
