@@ -11,6 +11,9 @@
 //! and skips the heap when it is held. The fast paths (`alloc_small`, `free_small`)
 //! never touch these fields and never take the lock: they cost nothing more.
 //!
+//! A purger holds a heap's lock for one segment at a time (at most 4 MiB of `madvise`),
+//! so an owner waits for at most that.
+//!
 //! Invariants:
 //! 1. Lock held ⇒ nobody else reads or writes the fields above (owner and purger alike
 //!    access them only while holding it; the Acquire of a lock pairs with the Release of
@@ -82,12 +85,20 @@ pub fn purge_all_heaps(delay_ms: u64, mode: PurgeMode) -> ForeignPass {
         // SAFETY: heaps are never freed; the lock word is an atomic, reached without a
         // reference to the heap (its owner may hold `&mut Heap`).
         let lock = unsafe { &*ptr::addr_of!((*heap).segments_lock) };
-        if lock.try_lock_purger() {
+        // One segment per lock section, so an owner that needs the lock waits for at
+        // most one segment's `madvise` (at most 4 MiB), not for the whole heap's.
+        loop {
+            if !lock.try_lock_purger() {
+                pass.busy += 1;
+                break;
+            }
             // SAFETY: we hold the heap's segments lock (invariant 1).
-            pass.purged += unsafe { purge_segments(heap, now, delay_ms, mode) };
+            let purged = unsafe { purge_one_segment(heap, now, delay_ms, mode) };
             lock.unlock();
-        } else {
-            pass.busy += 1;
+            match purged {
+                Some(bytes) => pass.purged += bytes,
+                None => break,
+            }
         }
         // SAFETY: `all_next` is written once, before the heap is published in the list.
         heap = unsafe { super::lifecycle::next_heap(heap) };
@@ -96,8 +107,33 @@ pub fn purge_all_heaps(delay_ms: u64, mode: PurgeMode) -> ForeignPass {
     pass
 }
 
+/// Purges the first segment of `heap` whose free units have been dirty for `delay_ms`:
+/// the bytes purged, or `None` when no segment has any.
+///
+/// # Safety
+/// The caller holds `heap`'s segments lock.
+unsafe fn purge_one_segment(
+    heap: *mut Heap,
+    now_ms: u64,
+    delay_ms: u64,
+    mode: PurgeMode,
+) -> Option<usize> {
+    // SAFETY: caller contract, as in `purge_segments`.
+    unsafe {
+        let mut seg = ptr::addr_of!((*heap).segments).read();
+        while !seg.is_null() {
+            if Segment::purgeable(seg, now_ms, delay_ms) {
+                return Some(Segment::purge(seg, now_ms, delay_ms, mode));
+            }
+            seg = ptr::addr_of!((*seg).next).read();
+        }
+    }
+    None
+}
+
 /// Purges the dirty free units of every segment of `heap`; bytes purged. Used by the
-/// owner's periodic purge and by foreign passes.
+/// owner's periodic purge (the owner holds its own lock as long as it likes: purgers
+/// only try it).
 ///
 /// # Safety
 /// The caller holds `heap`'s segments lock.

@@ -195,6 +195,22 @@ impl Segment {
         self.pages[first] = Page::empty();
     }
 
+    /// True if the segment has free units dirty for at least `delay_ms` (what `purge`
+    /// would return).
+    ///
+    /// # Safety
+    /// As `purge`.
+    pub unsafe fn purgeable(seg: *mut Segment, now_ms: u64, delay_ms: u64) -> bool {
+        // SAFETY: caller contract.
+        let (dirty_units, dirty_since) = unsafe {
+            (
+                ptr::addr_of!((*seg).dirty_units).read(),
+                ptr::addr_of!((*seg).dirty_since).read(),
+            )
+        };
+        dirty_units != 0 && now_ms.saturating_sub(dirty_since) >= delay_ms
+    }
+
     /// Purges dirty free units if they have been dirty for `delay_ms`. Returns bytes.
     /// Works through the raw pointer (reading and writing only the unit bitmaps), so a
     /// foreign purger makes no reference that would alias the owner's pages.
@@ -202,16 +218,12 @@ impl Segment {
     /// # Safety
     /// `seg` is live and the caller holds its heap's segments lock (`heap::reclaim`).
     pub unsafe fn purge(seg: *mut Segment, now_ms: u64, delay_ms: u64, mode: PurgeMode) -> usize {
-        // SAFETY: caller contract: the unit fields are ours while the lock is held.
-        let (dirty_units, dirty_since) = unsafe {
-            (
-                ptr::addr_of!((*seg).dirty_units).read(),
-                ptr::addr_of!((*seg).dirty_since).read(),
-            )
-        };
-        if dirty_units == 0 || now_ms.saturating_sub(dirty_since) < delay_ms {
+        // SAFETY: caller contract.
+        if !unsafe { Segment::purgeable(seg, now_ms, delay_ms) } {
             return 0;
         }
+        // SAFETY: caller contract: the unit fields are ours while the lock is held.
+        let dirty_units = unsafe { ptr::addr_of!((*seg).dirty_units).read() };
         let base = seg as usize;
         let mut purged = 0;
         let mut unit = 0;
