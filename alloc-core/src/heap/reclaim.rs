@@ -86,15 +86,23 @@ pub fn purge_all_heaps(delay_ms: u64, mode: PurgeMode) -> ForeignPass {
         // reference to the heap (its owner may hold `&mut Heap`).
         let lock = unsafe { &*ptr::addr_of!((*heap).segments_lock) };
         // One segment per lock section, so an owner that needs the lock waits for at
-        // most one segment's `madvise` (at most 4 MiB), not for the whole heap's.
-        loop {
+        // most one segment's `madvise` (at most 4 MiB), not for the whole heap's. At most
+        // as many sections as the heap had segments at the first: an owner that keeps
+        // dirtying units cannot hold the pass on its heap (the rest waits for the next).
+        let mut sections = 0;
+        let mut limit = 1;
+        while sections < limit {
             if !lock.try_lock_purger() {
                 pass.busy += 1;
                 break;
             }
             // SAFETY: we hold the heap's segments lock (invariant 1).
-            let purged = unsafe { purge_one_segment(heap, now, delay_ms, mode) };
+            let (purged, segments) = unsafe { purge_one_segment(heap, now, delay_ms, mode) };
             lock.unlock();
+            if sections == 0 {
+                limit = segments;
+            }
+            sections += 1;
             match purged {
                 Some(bytes) => pass.purged += bytes,
                 None => break,
@@ -108,7 +116,7 @@ pub fn purge_all_heaps(delay_ms: u64, mode: PurgeMode) -> ForeignPass {
 }
 
 /// Purges the first segment of `heap` whose free units have been dirty for `delay_ms`:
-/// the bytes purged, or `None` when no segment has any.
+/// the bytes purged (`None` when no segment has any), and the heap's segment count.
 ///
 /// # Safety
 /// The caller holds `heap`'s segments lock.
@@ -117,18 +125,21 @@ unsafe fn purge_one_segment(
     now_ms: u64,
     delay_ms: u64,
     mode: PurgeMode,
-) -> Option<usize> {
+) -> (Option<usize>, usize) {
+    let mut purged = None;
+    let mut segments = 0;
     // SAFETY: caller contract, as in `purge_segments`.
     unsafe {
         let mut seg = ptr::addr_of!((*heap).segments).read();
         while !seg.is_null() {
-            if Segment::purgeable(seg, now_ms, delay_ms) {
-                return Some(Segment::purge(seg, now_ms, delay_ms, mode));
+            segments += 1;
+            if purged.is_none() && Segment::purgeable(seg, now_ms, delay_ms) {
+                purged = Some(Segment::purge(seg, now_ms, delay_ms, mode));
             }
             seg = ptr::addr_of!((*seg).next).read();
         }
     }
-    None
+    (purged, segments)
 }
 
 /// Purges the dirty free units of every segment of `heap`; bytes purged. Used by the
