@@ -5,7 +5,7 @@
 //! the background purger), the fork handlers themselves, and each thread's start (its
 //! heap) and exit (giving the heap up). It owns the process set-up state and the
 //! thread-exit key; it calls `heap` (create, adopt, abandon heaps; their fork hooks),
-//! `region`, `meta`, `options`, `purge`, `snapshot` and `thread`.
+//! `region`, `meta`, `options`, `reclaim`, `snapshot` and `thread`.
 //!
 //! It is entered from two cold paths and nowhere else: a thread's first small
 //! allocation (`heap`'s slow path calls `thread_start`) and the large-object path
@@ -21,7 +21,7 @@ use crate::heap::{self, Heap};
 use crate::region::{self, epoch};
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::thread::{self, ProcessOnce};
-use crate::{meta, options, os, purge, Reentrancy};
+use crate::{meta, options, os, Reentrancy};
 use core::cell::Cell;
 
 /// The process set-up (`process_set_up`).
@@ -64,7 +64,7 @@ fn process_set_up() {
         crate::tuning::register_exit_report();
     }
     if options.background_purge {
-        purge::start_background_thread();
+        crate::reclaim::start_background_thread();
     }
     drop(inside);
     PROCESS.finish();

@@ -18,12 +18,16 @@
 #[cfg(not(loom))]
 pub mod heap;
 /// Model builds keep the heap's page handshake (and the size classes it checks against),
-/// which `heap/page_loom.rs` model-checks.
+/// which `heap/page_loom.rs` model-checks, and the segments lock
+/// (`heap/segments_lock_loom.rs`).
 #[cfg(loom)]
 pub mod heap {
     pub mod page;
     #[cfg(test)]
     mod page_loom;
+    pub mod segments_lock;
+    #[cfg(test)]
+    mod segments_lock_loom;
     pub mod size_class;
 }
 #[cfg(not(loom))]
@@ -40,6 +44,8 @@ pub mod os;
 pub mod prof;
 #[cfg(not(loom))]
 pub mod purge;
+#[cfg(not(loom))]
+pub mod reclaim;
 pub mod region;
 #[cfg(not(loom))]
 pub mod snapshot;

@@ -90,6 +90,7 @@ impl DumpPrefix {
         })
     }
 
+    /// The prefix's bytes, as given in the option (no terminating NUL).
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }

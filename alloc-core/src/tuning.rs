@@ -20,7 +20,7 @@ pub fn set_purge_delay_ms(ms: u64) {
 pub fn set_background_purge(on: bool) {
     options::put_background_purge(on);
     if on {
-        purge::start_background_thread();
+        crate::reclaim::start_background_thread();
     }
 }
 

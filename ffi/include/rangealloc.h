@@ -12,10 +12,12 @@
  * jemalloc run entirely on rangealloc under LD_PRELOAD; glibc's internal names
  * (__libc_malloc, __libc_calloc, __libc_realloc, __libc_free, __libc_memalign,
  * __libc_valloc, __libc_pvalloc, __posix_memalign); C23's free_sized(p, size) and
- * free_aligned_sized(p, align, size), declared by <stdlib.h> from glibc 2.43 (a size
- * larger than the block's usable size aborts with a one-line report); and glibc's
+ * free_aligned_sized(p, align, size), declared by <stdlib.h> from glibc 2.43 and by
+ * this header (below) for older C libraries (a size larger than the block's usable
+ * size aborts with a one-line report); and glibc's
  * <malloc.h> introspection, answered from rangealloc's own state:
- *   malloc_trim(pad)   purges every free region now (as rangealloc_purge); returns 1
+ *   malloc_trim(pad)   purges every free region and the free pages of every thread's
+ *                      heap, idle threads' included (as rangealloc_purge); returns 1
  *                      if memory was released; pad is ignored.
  *   mallinfo2()        arena    = bytes held for small objects: their pages, dirty
  *                                 free space and retired regions (metadata excluded)
@@ -104,8 +106,11 @@ int rangealloc_stats_get(struct rangealloc_stats *out, size_t size);
  * stderr when stream is NULL. */
 void rangealloc_stats_print(FILE *stream);
 
-/* Returns every free page to the OS now, whatever the purge delay; returns the bytes
- * purged. */
+/* Returns every free page to the OS now, whatever the purge delay: free regions and
+ * the free pages of every thread's heap, including threads that are blocked or idle
+ * (not the one empty page each size class keeps per heap, nor blocks other threads
+ * freed into a page, which return at its owner's next allocation or exit). Returns
+ * the bytes purged. */
 size_t rangealloc_purge(void);
 
 /*
@@ -156,6 +161,25 @@ extern const char *rangealloc_conf;
  * "prof.reset" and "opt.prof" work too.
  */
 int rangealloc_prof_dump(const char *path);
+
+/*
+ * C23's sized frees, for programs built against a C library that does not declare
+ * them (glibc before 2.43). free_sized(p, size): size is the size p was allocated
+ * with; free_aligned_sized(p, alignment, size): p came from aligned_alloc(alignment,
+ * size). NULL is ignored. A size larger than the block's usable size, or a block not
+ * aligned to alignment, aborts with one line naming the call and the pointer. The
+ * declarations match glibc 2.43's in <stdlib.h> (including its C++ exception
+ * specification, __THROW), so both headers can be included in either order.
+ */
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#define RANGEALLOC_NOTHROW noexcept(true)
+#elif defined(__cplusplus)
+#define RANGEALLOC_NOTHROW throw()
+#else
+#define RANGEALLOC_NOTHROW
+#endif
+void free_sized(void *ptr, size_t size) RANGEALLOC_NOTHROW;
+void free_aligned_sized(void *ptr, size_t alignment, size_t size) RANGEALLOC_NOTHROW;
 
 #ifdef __cplusplus
 }

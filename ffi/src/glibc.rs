@@ -200,7 +200,8 @@ pub extern "C" fn mallinfo() -> MallInfo {
     }
 }
 
-/// `malloc_trim(pad)`: returns every free region's pages to the OS now (as
+/// `malloc_trim(pad)`: returns every free region and every heap's free pages, idle
+/// threads' included, to the OS now (as
 /// `rangealloc_purge`); 1 if any memory was released, else 0. `pad` (how much of the
 /// heap top glibc keeps) has no meaning here and is ignored.
 #[no_mangle]
@@ -231,7 +232,13 @@ impl core::fmt::Write for FileWriter {
 
 /// `malloc_info(options, stream)`: an XML report in glibc's shape (one `<heap nr="0">`,
 /// glibc's element names). `options` must be 0, else `EINVAL` and -1, as glibc. Values:
-/// `<sizes>` is empty (we keep no per-bin free-chunk lists); "fast" totals are 0;
+/// `<sizes>` has one `<size from= to= total= count=/>` per small size class with live
+/// blocks, in increasing order: `from`/`to` are the request sizes the class serves (one
+/// past the previous class's block size, up to its own), `count` its live blocks and
+/// `total` their bytes at the class size. glibc lists its bins' *free* chunks there;
+/// rangealloc keeps no per-class count of free blocks, so the element gives the size
+/// distribution of the live small blocks instead (large objects are the `mmap` total).
+/// "fast" totals are 0;
 /// "rest" is the free regions (count) and `mallinfo2`'s `fordblks` (size); "mmap" is
 /// the large objects; `system current` and `max` are the bytes held from the system
 /// (`arena + hblkhd`; no high-water mark is kept, so `max` repeats `current`);
@@ -280,6 +287,19 @@ fn write_malloc_info(
     writeln!(w, "<malloc version=\"1\">")?;
     writeln!(w, "<heap nr=\"0\">")?;
     writeln!(w, "<sizes>")?;
+    let mut from = 1;
+    for class in &s.classes {
+        let count = class.live();
+        if count > 0 {
+            writeln!(
+                w,
+                "<size from=\"{from}\" to=\"{}\" total=\"{}\" count=\"{count}\"/>",
+                class.block_size,
+                count * class.block_size as u64
+            )?;
+        }
+        from = class.block_size + 1;
+    }
     writeln!(w, "</sizes>")?;
     totals(w)?;
     system_lines(w)?;

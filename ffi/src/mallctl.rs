@@ -13,10 +13,11 @@
 //!   last `epoch` write (the first read takes one if none was).
 //! - `arenas.narenas` (`unsigned`, read-only): the number of region arenas placements
 //!   use (`narenas` option, else four per CPU).
-//! - `arena.<i>.purge` (neither read nor written): purges every free region now, for
-//!   every `i` below `narenas`, `narenas` itself (jemalloc's "all arenas") or 4096
-//!   (`MALLCTL_ARENAS_ALL`); one arena's purge purges them all (a superset of what
-//!   jemalloc does, and what `MEMORY PURGE` wants).
+//! - `arena.<i>.purge` (neither read nor written): purges every free region and every
+//!   heap's free pages now (`rangealloc_purge`), for every `i` below `narenas`,
+//!   `narenas` itself (jemalloc's "all arenas") or 4096 (`MALLCTL_ARENAS_ALL`); one
+//!   arena's purge purges them all (a superset of what jemalloc does, and what
+//!   `MEMORY PURGE` wants).
 //! - `arenas.dirty_decay_ms` (`ssize_t`, read/write): the purge delay in force; -1 is
 //!   "never" (free pages go back only on an explicit purge or past the dirty budget).
 //!   Other negative values are `EINVAL`, as in jemalloc.

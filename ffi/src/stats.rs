@@ -111,12 +111,11 @@ pub unsafe extern "C" fn rangealloc_stats_print(stream: *mut libc::FILE) {
     });
 }
 
-/// Returns every free region's pages to the OS now; returns the bytes purged.
+/// Returns free memory to the OS now: every free region and the free pages of every
+/// thread's heap, idle threads' included (`reclaim::purge_now`); returns the bytes purged.
 #[no_mangle]
 pub extern "C" fn rangealloc_purge() -> usize {
-    engine::large::cache::flush_all();
-    engine::region::ARENAS.collect_retired();
-    engine::purge::purge_all()
+    engine::reclaim::purge_now()
 }
 
 /// Writes the statistics as one JSON object (the same keys as the Rust `Stats::to_json`)

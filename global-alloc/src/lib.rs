@@ -183,14 +183,14 @@ pub fn options() -> Options {
     rangealloc_core::options::current()
 }
 
-/// Returns every free region's pages to the OS now, whatever the purge delay; returns
-/// the bytes purged. Every thread's cache of freed medium objects is emptied first.
-/// (Empty small pages held by other threads' heaps are returned by those threads' own
-/// allocation slow paths, not by this call.)
+/// Returns free memory to the OS now, whatever the purge delay: every thread's cache of
+/// freed medium objects, every free region, and
+/// the free pages of every thread's heap, including threads that are blocked or idle
+/// (not the one empty page each size class keeps per heap, nor blocks other threads
+/// freed into a page, which go back at its owner's next allocation or exit). Returns
+/// the bytes purged.
 pub fn purge() -> usize {
-    rangealloc_core::large::cache::flush_all();
-    rangealloc_core::region::ARENAS.collect_retired();
-    rangealloc_core::purge::purge_all()
+    rangealloc_core::reclaim::purge_now()
 }
 
 /// Sets the purge delay at run time: free pages dirty for `ms` milliseconds go back at

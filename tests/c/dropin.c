@@ -171,13 +171,50 @@ static void trim_and_mallopt(void) {
     OK("mallopt");
 }
 
+/* Blocks of 200 bytes live while malloc_info runs: class 193..208. */
+#define SIZES_LIVE 100
+#define SIZES_REQUEST 200
+#define SIZES_FROM 193
+#define SIZES_TO 208
+
+/* Checks the <sizes> element: one <size from= to= total= count=/> per class with live
+ * blocks, classes increasing and disjoint, total = count * to, and the 200-byte class
+ * holding at least the SIZES_LIVE blocks this test keeps. */
+static void check_sizes(const char *text) {
+    const char *open = strstr(text, "<sizes>\n");
+    const char *close = strstr(text, "</sizes>\n");
+    CHECK(open && close && open < close);
+    const char *line = open + strlen("<sizes>\n");
+    size_t prev_to = 0, lines = 0;
+    int seen = 0;
+    while (line < close) {
+        size_t from, to, total, count;
+        int used = 0;
+        CHECK(sscanf(line, "<size from=\"%zu\" to=\"%zu\" total=\"%zu\" count=\"%zu\"/>\n%n",
+                     &from, &to, &total, &count, &used) == 4 && used > 0);
+        CHECK(from > prev_to && from <= to && count > 0 && total == count * to);
+        if (from == SIZES_FROM && to == SIZES_TO) {
+            CHECK(count >= SIZES_LIVE);
+            seen = 1;
+        }
+        prev_to = to;
+        line += used;
+        lines++;
+    }
+    CHECK(line == close && seen && lines >= 2);
+}
+
 static void xml_and_json(void) {
     char *text = NULL;
     size_t len = 0;
+    void *live[SIZES_LIVE];
+    for (int i = 0; i < SIZES_LIVE; i++) CHECK((live[i] = malloc(opaque(SIZES_REQUEST))));
     FILE *mem = open_memstream(&text, &len);
     CHECK(malloc_info(0, mem) == 0);
     fclose(mem);
+    for (int i = 0; i < SIZES_LIVE; i++) free(live[i]);
     CHECK(strncmp(text, "<malloc version=\"1\">\n<heap nr=\"0\">\n<sizes>\n", 43) == 0);
+    check_sizes(text);
     CHECK(strstr(text, "<total type=\"mmap\" count=\"") != NULL);
     CHECK(strstr(text, "<system type=\"current\" size=\"") != NULL);
     CHECK(strstr(text, "<aspace type=\"total\" size=\"") != NULL);

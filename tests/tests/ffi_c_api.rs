@@ -186,6 +186,40 @@ fn exported_symbols_are_exactly_the_api() {
     assert_eq!(exported, expected);
 }
 
+/// `rangealloc.h` declares C23's `free_sized` and `free_aligned_sized` (issue 17): a
+/// program including it compiles without warnings as C and as C++, alone (as on glibc
+/// before 2.43, this machine's) and after glibc 2.43's own declarations of the two
+/// (which a C++ declaration with another exception specification would contradict),
+/// links against `librangealloc.so` (this glibc has no `free_sized`) and runs.
+#[test]
+fn the_header_declares_the_sized_frees() {
+    let lib = so_path();
+    let dir = lib
+        .parent()
+        .expect("the library's directory")
+        .to_str()
+        .expect("utf-8");
+    let (search, rpath) = (format!("-L{dir}"), format!("-Wl,-rpath,{dir}"));
+    for name in ["c", "cxx"] {
+        for (define, variant) in [
+            (None, "alone"),
+            (Some("-DWITH_GLIBC_243_DECLS"), "glibc243"),
+        ] {
+            let mut flags = vec!["-Werror", &search, &rpath, "-lrangealloc"];
+            flags.extend(define);
+            let exe = compile(
+                "sized_free_header.c",
+                &format!("sized_free_header-{name}-{variant}"),
+                if name == "c" { Lang::C } else { Lang::Cxx },
+                &flags,
+            );
+            let out = run(Command::new(&exe), LIMIT);
+            out.assert_success(&format!("sized_free_header.c as {name}, {variant}"));
+            assert_lines(&out.stdout, &["ok sized frees"]);
+        }
+    }
+}
+
 #[test]
 fn header_version_matches_the_crate() {
     let header =

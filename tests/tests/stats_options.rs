@@ -48,7 +48,7 @@ fn child_entry() {
             let s = rangealloc::stats();
             println!(
                 "BACKGROUND started={} passes={} dirty={}",
-                rangealloc::engine::purge::BACKGROUND_STARTED
+                rangealloc::engine::reclaim::BACKGROUND_STARTED
                     .load(std::sync::atomic::Ordering::Relaxed),
                 s.purge_passes,
                 s.regions.dirty_bytes

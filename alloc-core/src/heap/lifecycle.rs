@@ -103,6 +103,7 @@ pub fn adopt_or_create() -> *mut Heap {
             }; CLASSES],
             pending: super::page::PendingPages::new(),
             segments: ptr::null_mut(),
+            segments_lock: super::reclaim::SegmentsLock::new(),
             next_purge_ms: 0,
             all_next: ptr::null_mut(),
             abandoned_next: ptr::null_mut(),
@@ -189,9 +190,11 @@ pub fn fork_child() {
     }
 }
 
-/// Locks the heap lists across `fork`, then every heap's region cache (a leaf lock,
-/// never held while another is taken), so the child inherits each cache whole.
+/// Locks out foreign purge passes, then the heap lists, then every heap's region cache
+/// (a leaf lock, never held while another is taken), across `fork`, so the child
+/// inherits each cache whole.
 pub fn fork_prepare() {
+    super::reclaim::fork_prepare();
     let lists = HEAPS.lock();
     let mut heap = lists.all;
     while !heap.is_null() {
@@ -207,7 +210,8 @@ pub fn fork_prepare() {
 /// # Safety
 /// After `fork_prepare` on this thread.
 pub unsafe fn fork_release() {
-    // SAFETY: caller contract: we hold the heap lists' lock and every cache's lock.
+    // SAFETY: caller contract: we hold the pass lock, the heap lists' lock and every
+    // cache's lock.
     unsafe {
         let mut heap = HEAPS.held().all;
         while !heap.is_null() {
@@ -215,7 +219,24 @@ pub unsafe fn fork_release() {
             heap = (*heap).all_next;
         }
         HEAPS.raw_unlock();
+        super::reclaim::fork_release();
     }
+}
+
+/// The most recently created heap; follow the list with `next_heap`. The list only
+/// grows at its head and heaps are never freed, so a walk needs the lock only here.
+pub(super) fn first_heap() -> *mut Heap {
+    HEAPS.lock().all
+}
+
+/// The heap created before `heap`, or null.
+///
+/// # Safety
+/// `heap` came from `first_heap` or `next_heap`.
+pub(super) unsafe fn next_heap(heap: *mut Heap) -> *mut Heap {
+    // SAFETY: caller contract; `all_next` is written before the heap is published
+    // under the lists' lock (whose Acquire in `first_heap` orders it) and never again.
+    unsafe { ptr::addr_of!((*heap).all_next).read() }
 }
 
 /// Visits every heap ever created (heaps are never freed, so this is safe while their
@@ -315,10 +336,105 @@ mod tests {
         }
     }
 
+    /// A class only `an_owner_holding_its_segments_lock_at_fork...` allocates from.
+    const LOCKED_SIZE: usize = 240;
+
+    /// The segments lock across `fork` (`heap::reclaim`, invariant 5): a thread is
+    /// stopped in its exit trim while it holds its heap's segments lock, and another
+    /// thread forks. In the child, a purge pass must skip that orphan (not wait for a
+    /// lock nobody will release), and the thread that adopts it must inherit the lock,
+    /// repair the heap and allocate. With an adopter that waited for the lock as an
+    /// owner does (`lock_owner`), the child hung.
+    #[test]
+    fn an_owner_holding_its_segments_lock_at_fork_leaves_an_adoptable_heap() {
+        let class = class_of(LOCKED_SIZE);
+        let site = test_hooks::Site::TrimLocked as usize;
+        let (tx, rx) = mpsc::channel();
+        let owner = std::thread::spawn(move || {
+            let blocks: Vec<usize> = (0..ALLOCATED)
+                .map(|_| alloc_small(class) as usize)
+                .collect();
+            for &b in &blocks {
+                // SAFETY: a live block of ours, freed once.
+                unsafe { free_small(b as *mut u8) }.unwrap();
+            }
+            tx.send(thread::get()).unwrap();
+            // The exit hook abandons the heap; its trim stops holding the lock.
+            test_hooks::arm_this_thread_at(test_hooks::Site::TrimLocked);
+        });
+        let orphan = rx.recv().unwrap();
+        while !test_hooks::PAUSED_AT[site].load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        // SAFETY: the child only allocates through the engine, purges, starts threads
+        // and calls _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = purge_adopt_and_purge(orphan, class);
+            // SAFETY: ends the child without running the harness.
+            unsafe { libc::_exit(code) };
+        }
+        test_hooks::RELEASE_AT[site].store(true, Ordering::Release);
+        owner.join().unwrap();
+        match wait_for_child(pid) {
+            CHILD_OK => {}
+            CHILD_BAD_BLOCKS => panic!("the adopter of the orphaned heap got bad blocks"),
+            CHILD_LOCK_HELD => panic!("the adopted heap's segments lock stayed held"),
+            _ => panic!("no child thread adopted the orphaned heap"),
+        }
+    }
+
+    /// In the child: a purge pass (skips the orphan), adoption (`adopt_and_allocate`),
+    /// then a second pass; the orphan's lock must be free at the end.
+    fn purge_adopt_and_purge(orphan: usize, class: usize) -> i32 {
+        let mode = crate::os::PurgeMode::DontNeed;
+        let first = super::super::reclaim::purge_all_heaps(0, mode);
+        if first.busy == 0 {
+            return CHILD_LOCK_HELD + 1; // the orphan was not seen locked: test broken
+        }
+        let code = adopt_and_allocate(orphan, class);
+        if code != CHILD_OK {
+            return code;
+        }
+        super::super::reclaim::purge_all_heaps(0, mode);
+        let heap = orphan as *mut super::Heap;
+        // SAFETY: heaps live forever; the lock word is an atomic.
+        let lock = unsafe { &*core::ptr::addr_of!((*heap).segments_lock) };
+        if !lock.try_lock_purger() {
+            return CHILD_LOCK_HELD;
+        }
+        lock.unlock();
+        CHILD_OK
+    }
+
+    /// Waits for the child with `DEADLINE` (killing it past that); its exit code.
+    fn wait_for_child(pid: libc::pid_t) -> i32 {
+        let deadline = Instant::now() + DEADLINE;
+        let mut status = 0;
+        // SAFETY: polling, then killing and reaping, our own child.
+        unsafe {
+            while libc::waitpid(pid, &mut status, libc::WNOHANG) == 0 {
+                if Instant::now() > deadline {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                    panic!("the child hung adopting the orphaned heap");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert!(
+            libc::WIFEXITED(status),
+            "the child died: status {status:#x}"
+        );
+        libc::WEXITSTATUS(status)
+    }
+
     /// The child's exit codes.
     const CHILD_OK: i32 = 0;
     const CHILD_BAD_BLOCKS: i32 = 1;
     const CHILD_NOT_ADOPTED: i32 = 2;
+    const CHILD_LOCK_HELD: i32 = 3;
 
     /// In the child: starts threads (each kept alive, so none gives its heap back) until
     /// one adopts `orphan`; that one allocates `ADOPTER_BLOCKS` blocks of `class` and

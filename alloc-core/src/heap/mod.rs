@@ -6,12 +6,15 @@
 //! `alloc_small` pops the current page's free list; `free_small` masks the pointer to its
 //! segment header, validates the block and pushes it on the page's local list when this
 //! thread owns the page, or on the page's atomic list otherwise. Neither touches the
-//! region table or takes a lock. Everything else is in `slow.rs`, `lifecycle.rs` and `repair.rs`.
+//! region table or takes a lock. Everything else is in `slow.rs`, `lifecycle.rs` and `repair.rs`;
+//! `reclaim.rs` lets any thread purge the free units of every heap (idle ones included).
 
 mod lifecycle;
 pub mod page;
+pub mod reclaim;
 mod repair;
 pub mod segment;
+pub mod segments_lock;
 pub mod size_class;
 mod slow;
 #[cfg(test)]
@@ -91,8 +94,12 @@ pub struct Heap {
     queues: [PageQueue; CLASSES],
     /// Parked-full pages that received remote frees (pushed by freers, popped whole).
     pending: PendingPages,
-    /// Segments owned by this heap.
+    /// Segments owned by this heap (the list changes only under `segments_lock`).
     segments: *mut Segment,
+    /// Guards `segments` and the segments' unit bookkeeping: taken by the owner on the
+    /// slow paths that change them and by foreign purgers (`reclaim`); never on a fast
+    /// path.
+    segments_lock: reclaim::SegmentsLock,
     /// Next time (ms) the slow path checks for pages to purge.
     next_purge_ms: u64,
     /// Links in the global list of heaps and in the abandoned stack.
@@ -161,6 +168,7 @@ pub(crate) static NO_HEAP: NoHeap = NoHeap(Heap {
     }; CLASSES],
     pending: PendingPages::new(),
     segments: core::ptr::null_mut(),
+    segments_lock: reclaim::SegmentsLock::new(),
     next_purge_ms: 0,
     all_next: core::ptr::null_mut(),
     abandoned_next: core::ptr::null_mut(),

@@ -23,6 +23,8 @@
 //! - Blocks: a page's free blocks are the union of its three lists, deduplicated; its
 //!   `used` count is recomputed from them. Remote freers of the child may push onto
 //!   `thread_free` meanwhile: that list is taken atomically (`ThreadFree::take_all`).
+//! - The segments lock (`reclaim`) is inherited if the owner held it at `fork`, and
+//!   held while the segments are rebuilt.
 //! - Queues and the pending stack are rebuilt: every live page goes back into its class
 //!   queue (parked-full ones too: the next allocation parks them again).
 
@@ -57,7 +59,12 @@ pub unsafe fn rebuild_orphan(heap: *mut Heap) {
     // SAFETY: as above.
     unsafe {
         end_pending_hand_offs(heap);
+        // The segments lock may still be held by the vanished owner (it forked while
+        // that thread was in a slow path): inherited, not waited for. A purger of this
+        // child skips the heap until the rebuilt segments are published by the unlock.
+        heap.segments_lock.lock_owner_inheriting();
         rebuild_segments(heap);
+        heap.segments_lock.unlock();
         slow::trim(heap);
     }
 }

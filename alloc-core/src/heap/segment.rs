@@ -2,7 +2,9 @@
 //! into 64 KiB units that pages occupy. The segment header (this struct) sits at the
 //! segment base, so `free(p)` finds the page of any small block by masking `p`: no
 //! table lookup, no lock. Owns the header and its unit bitmaps; calls `region` (to get
-//! and give back the segment) and `os` (to purge unused units).
+//! and give back the segment) and `os` (to purge unused units). The bitmaps and links
+//! are guarded by the owning heap's segments lock (`heap::reclaim`), so another thread
+//! may purge the free units of an idle heap.
 
 use super::page::Page;
 use crate::os::{self, PurgeMode};
@@ -43,7 +45,9 @@ pub struct Segment {
     /// from the segment base (`page_offset` of the unit where the page starts), so that
     /// `free` finds the descriptor with one load and one add.
     pub unit_page: [u16; UNITS],
-    /// Units not in any page (bit per unit). Owner only.
+    /// Units not in any page (bit per unit). This, `dirty_units`, `dirty_since` and the
+    /// links change only under the owning heap's segments lock (`heap::reclaim`), which
+    /// a foreign purger takes too.
     pub free_units: u64,
     /// Free units that hold dirty pages not yet purged, and since when (ms).
     pub dirty_units: u64,
@@ -191,34 +195,59 @@ impl Segment {
         self.pages[first] = Page::empty();
     }
 
+    /// True if the segment has free units dirty for at least `delay_ms` (what `purge`
+    /// would return).
+    ///
+    /// # Safety
+    /// As `purge`.
+    pub unsafe fn purgeable(seg: *mut Segment, now_ms: u64, delay_ms: u64) -> bool {
+        // SAFETY: caller contract.
+        let (dirty_units, dirty_since) = unsafe {
+            (
+                ptr::addr_of!((*seg).dirty_units).read(),
+                ptr::addr_of!((*seg).dirty_since).read(),
+            )
+        };
+        dirty_units != 0 && now_ms.saturating_sub(dirty_since) >= delay_ms
+    }
+
     /// Purges dirty free units if they have been dirty for `delay_ms`. Returns bytes.
-    pub fn purge(&mut self, now_ms: u64, delay_ms: u64, mode: PurgeMode) -> usize {
-        if self.dirty_units == 0 || now_ms.saturating_sub(self.dirty_since) < delay_ms {
+    /// Works through the raw pointer (reading and writing only the unit bitmaps), so a
+    /// foreign purger makes no reference that would alias the owner's pages.
+    ///
+    /// # Safety
+    /// `seg` is live and the caller holds its heap's segments lock (`heap::reclaim`).
+    pub unsafe fn purge(seg: *mut Segment, now_ms: u64, delay_ms: u64, mode: PurgeMode) -> usize {
+        // SAFETY: caller contract.
+        if !unsafe { Segment::purgeable(seg, now_ms, delay_ms) } {
             return 0;
         }
-        let base = self as *mut Segment as usize;
+        // SAFETY: caller contract: the unit fields are ours while the lock is held.
+        let dirty_units = unsafe { ptr::addr_of!((*seg).dirty_units).read() };
+        let base = seg as usize;
         let mut purged = 0;
         let mut unit = 0;
         while unit < UNITS {
-            if self.dirty_units & (1 << unit) == 0 {
+            if dirty_units & (1 << unit) == 0 {
                 unit += 1;
                 continue;
             }
             let first = unit;
-            while unit < UNITS && self.dirty_units & (1 << unit) != 0 {
+            while unit < UNITS && dirty_units & (1 << unit) != 0 {
                 unit += 1;
             }
             // Unit 0 keeps its header.
             let lo = base + first * UNIT_SIZE + if first == 0 { HEADER_SIZE } else { 0 };
             let hi = base + unit * UNIT_SIZE;
-            // SAFETY: free units hold no live block, and this heap owns the segment, so
-            // nobody can place an object there during the call.
+            // SAFETY: free units hold no live block, and nobody can claim them while we
+            // hold the segments lock (`heap::reclaim`, invariant 2).
             if unsafe { os::purge(lo, hi - lo, mode) }.is_ok() {
                 purged += hi - lo;
             }
         }
-        SEGMENT_DIRTY_BYTES.sub(self.dirty_units.count_ones() as u64 * UNIT_SIZE as u64);
-        self.dirty_units = 0;
+        SEGMENT_DIRTY_BYTES.sub(dirty_units.count_ones() as u64 * UNIT_SIZE as u64);
+        // SAFETY: as above.
+        unsafe { ptr::addr_of_mut!((*seg).dirty_units).write(0) };
         purged
     }
 }

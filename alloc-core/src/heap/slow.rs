@@ -1,6 +1,8 @@
 //! The heap's slow paths: refilling a class from its page queue, fresh pages and
 //! segments; un-parking and retiring pages on free; the pending hand-off; periodic
-//! purging of unused units. Owner-thread only, except `hand_off_pending`.
+//! purging of unused units. Owner-thread only, except `hand_off_pending`. Changes to
+//! the segment list and the segments' unit bits are made under the heap's segments
+//! lock (`reclaim`), which foreign purgers take too.
 
 use super::page::{Block, Page, PendingPages};
 
@@ -100,6 +102,9 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
     }
 }
 
+/// A page for `class` in one of the heap's segments, or in a new one. The unit claims
+/// and the segment list change under the segments lock (`reclaim`); a new segment is
+/// made outside it (nobody else can reach it before it is linked).
 unsafe fn fresh_page(heap: &mut Heap, class: usize) -> *mut Page {
     let size = class_size(class);
     let units = if size <= SMALL_PAGE_MAX_BLOCK {
@@ -107,26 +112,33 @@ unsafe fn fresh_page(heap: &mut Heap, class: usize) -> *mut Page {
     } else {
         LARGE_PAGE_UNITS
     };
-    // SAFETY: the heap's segment list holds live segments it owns.
+    // SAFETY: the heap's segment list holds live segments it owns, and we hold the
+    // segments lock while we claim units or link a segment.
     unsafe {
+        heap.segments_lock.lock_owner();
         let mut seg = heap.segments;
         while !seg.is_null() {
             let page = (*seg).alloc_page(class, size, units);
             if !page.is_null() {
+                heap.segments_lock.unlock();
                 return page;
             }
             seg = (*seg).next;
         }
+        heap.segments_lock.unlock();
         let seg = Segment::create(heap as *mut Heap as usize);
         if seg.is_null() {
             return ptr::null_mut();
         }
+        heap.segments_lock.lock_owner();
         (*seg).next = heap.segments;
         if !heap.segments.is_null() {
             (*heap.segments).prev = seg;
         }
         heap.segments = seg;
-        (*seg).alloc_page(class, size, units)
+        let page = (*seg).alloc_page(class, size, units);
+        heap.segments_lock.unlock();
+        page
     }
 }
 
@@ -166,15 +178,21 @@ unsafe fn retire_if_spare(heap: &mut Heap, page: *mut Page) {
         }
         queue_remove(heap, page);
         let seg = Segment::of(page as usize);
+        heap.segments_lock.lock_owner();
         (*seg).free_page(page, os::now_ms());
         if (*seg).is_empty() && !((*seg).next.is_null() && (*seg).prev.is_null()) {
             release_segment(heap, seg);
         }
+        heap.segments_lock.unlock();
     }
 }
 
+/// Unlinks an empty segment and gives it back to the region table.
+///
+/// # Safety
+/// `seg` is an empty segment of this heap, whose segments lock the caller holds.
 unsafe fn release_segment(heap: &mut Heap, seg: *mut Segment) {
-    // SAFETY: `seg` is an empty segment of this heap.
+    // SAFETY: caller contract.
     unsafe {
         let (prev, next) = ((*seg).prev, (*seg).next);
         if prev.is_null() {
@@ -231,15 +249,10 @@ unsafe fn maybe_purge(heap: &mut Heap) {
     }
     let (delay, mode) = purge::settings();
     heap.next_purge_ms = now + purge::interval_ms(delay);
-    let mut seg = heap.segments;
-    let mut bytes = 0;
-    // SAFETY: the heap's live segments.
-    unsafe {
-        while !seg.is_null() {
-            bytes += (*seg).purge(now, delay, mode);
-            seg = (*seg).next;
-        }
-    }
+    heap.segments_lock.lock_owner();
+    // SAFETY: we hold the heap's segments lock.
+    let bytes = unsafe { super::reclaim::purge_segments(heap, now, delay, mode) };
+    heap.segments_lock.unlock();
     purge::record_heap_purge(bytes);
     purge::tick(now);
 }
@@ -321,11 +334,16 @@ pub(super) unsafe fn trim(heap: &mut Heap) {
                 if (*page).used == 0 && !(*page).is_pending() {
                     queue_remove(heap, page);
                     let seg = Segment::of(page as usize);
+                    heap.segments_lock.lock_owner();
                     (*seg).free_page(page, os::now_ms());
+                    heap.segments_lock.unlock();
                 }
                 page = next;
             }
         }
+        heap.segments_lock.lock_owner();
+        #[cfg(all(test, not(loom)))]
+        super::test_hooks::pause_point_at(super::test_hooks::Site::TrimLocked);
         let mut seg = heap.segments;
         while !seg.is_null() {
             let next = (*seg).next;
@@ -334,5 +352,6 @@ pub(super) unsafe fn trim(heap: &mut Heap) {
             }
             seg = next;
         }
+        heap.segments_lock.unlock();
     }
 }

@@ -3,7 +3,8 @@
 //! `region` (free regions, purged under their own read lock) and `options`. Heaps purge
 //! their own unused units from their slow path (`heap::slow`) and then call `tick`,
 //! which runs the table-wide pass at most once per interval: decay is lazy, driven by
-//! allocator calls, never done on every free.
+//! allocator calls, never done on every free. Explicit purges and the background
+//! purger (`reclaim`) also run the heaps' purge from other threads.
 //!
 //! Reuse before purge: freed space stays dirty (resident, reusable without a fault) up
 //! to a budget that follows the program's live large bytes, and ages out with the purge
@@ -22,7 +23,7 @@ const INTERVAL_DIVISOR: u64 = 4;
 /// every slow path.
 const MIN_INTERVAL_MS: u64 = 10;
 /// Bytes one pass may purge: bounds the time a pass spends in `madvise`.
-const PASS_BUDGET: usize = 256 << 20;
+pub const PASS_BUDGET: usize = 256 << 20;
 
 static NEXT_PASS_MS: AtomicU64 = AtomicU64::new(0);
 pub static PURGED_BYTES: Counter = Counter::new();
@@ -133,7 +134,8 @@ pub fn run_pass(delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
     bytes
 }
 
-/// Purges every free region now, whatever its age (tests, `rangealloc_purge`).
+/// Purges every free region now, whatever its age (`reclaim::purge_now` adds the heaps'
+/// free units).
 pub fn purge_all() -> usize {
     let (_, mode) = settings();
     let mut total = 0;
@@ -145,52 +147,3 @@ pub fn purge_all() -> usize {
         }
     }
 }
-
-/// The background purger sleeps at most this long between checks, so a purge delay or
-/// switch changed at run time takes effect within a second.
-const MAX_BACKGROUND_SLEEP_MS: u64 = 1000;
-
-/// Whether a thread has claimed the start of the background purger.
-static BACKGROUND_CLAIMED: core::sync::atomic::AtomicBool =
-    core::sync::atomic::AtomicBool::new(false);
-
-/// Starts the optional background purger, once per process: a thread that runs the
-/// table-wide pass every interval while `options::background_purge()` holds (it can be
-/// switched off and on at run time; switched off, the thread only sleeps), so idle
-/// processes return memory without making allocator calls. Heaps' own unused units are
-/// purged by their owners (no other thread may touch them).
-pub fn start_background_thread() {
-    extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
-        loop {
-            let (delay, mode) = settings();
-            let interval = interval_ms(delay).min(MAX_BACKGROUND_SLEEP_MS);
-            let pause = libc::timespec {
-                tv_sec: (interval / 1000) as libc::time_t,
-                tv_nsec: ((interval % 1000) * 1_000_000) as libc::c_long,
-            };
-            // SAFETY: a valid timespec; an early wake-up (signal) only purges sooner.
-            unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };
-            if options::background_purge() {
-                run_pass(delay, mode, PASS_BUDGET);
-            }
-        }
-    }
-    // Relaxed: the flag only elects the one starter; the thread reads nothing it set.
-    if BACKGROUND_CLAIMED.swap(true, Ordering::Relaxed) {
-        return;
-    }
-    let mut thread: libc::pthread_t = 0;
-    // SAFETY: valid out-pointer, default attributes, a function with the C signature;
-    // the thread runs for the life of the process.
-    let started =
-        unsafe { libc::pthread_create(&mut thread, core::ptr::null(), run, core::ptr::null_mut()) };
-    if started == 0 {
-        BACKGROUND_STARTED.store(true, Ordering::Relaxed);
-        // SAFETY: `thread` was just created and is not joined by anyone.
-        unsafe { libc::pthread_detach(thread) };
-    }
-}
-
-/// True once the background purger runs (reported by stats and tests).
-pub static BACKGROUND_STARTED: core::sync::atomic::AtomicBool =
-    core::sync::atomic::AtomicBool::new(false);
