@@ -1,12 +1,17 @@
 //! Thread-local heaps: the small-object fast path. A heap owns segments (from the region
 //! table), their pages and a queue of pages per size class; it calls `region` (through
-//! `segment`), `meta` (for the heap structs), `os` and `thread`, and `init` from one
-//! place only: a thread's first allocation starts the thread there (`slow`).
+//! `segment`), `meta` (for the heap structs), `os`, `thread`, `prof` (at refills, from
+//! `slow`) and `init` from one place only: a thread's first allocation starts the thread
+//! there (`slow`).
 //!
 //! `alloc_small` pops the current page's free list; `free_small` masks the pointer to its
 //! segment header, validates the block and pushes it on the page's local list when this
 //! thread owns the page, or on the page's atomic list otherwise. Neither touches the
 //! region table or takes a lock. Everything else is in `slow.rs`, `lifecycle.rs` and `repair.rs`.
+//!
+//! The heap profiler (`prof`) adds nothing to the fast path: the slow path charges each
+//! refilled list to the thread's sample countdown at once and cuts the list before a
+//! sample point, so the sampled allocation reaches the slow path (`slow::alloc_slow`).
 
 mod lifecycle;
 pub mod page;
@@ -104,14 +109,11 @@ pub fn alloc_small(class: usize) -> *mut u8 {
 
 /// `alloc_small`'s fast path alone, for a front end with a slow path of its own (the C
 /// library): a block of `class`, or null when the thread has no heap yet (or is inside
-/// the allocator), the class's current page is empty, or the heap profiler is sampling
-/// (its hook sits in `alloc`, which the caller's slow path calls). The caller then calls
-/// `alloc`.
+/// the allocator) or the class's current page is empty (the heap profiler's sample
+/// points end a page's list early, so they reach the slow path too). The caller then
+/// calls `alloc`.
 #[inline(always)]
 pub fn try_alloc_small(class: usize) -> *mut u8 {
-    crate::prof::when_sampling!({
-        return core::ptr::null_mut();
-    });
     let slot = thread::get_fast();
     if slot < thread::SENTINEL_LIMIT {
         return core::ptr::null_mut();
