@@ -3,7 +3,8 @@
 //! and `realloc`; calls `large` (sampled objects are served there), `thread` (the
 //! re-entrancy guard), `options`, `os`, and its own parts: `sampler` (the per-thread
 //! byte countdown and sample weights), `stack` (unwinding), `table` (stacks and live
-//! samples), `pprof` (the encoder) and `report` (the leak report).
+//! samples), `pprof` (the encoder), `gzip` (its compression) and `report` (the leak
+//! report).
 //!
 //! Cost model. The fast paths carry nothing of the profiler, on or off: small blocks
 //! are counted toward the thread's sample point a whole refilled list at a time, in the
@@ -21,6 +22,7 @@
 //! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region calls
 //! `forget_if_sampled`; the fork handlers take and release the table lock.
 
+mod gzip;
 mod pprof;
 mod report;
 mod sampler;
@@ -291,7 +293,7 @@ pub fn set_sample_bytes(bytes: u64) {
 }
 
 /// Samples not recorded because a table was full (their objects are ordinary large
-/// objects, missing from the profile).
+/// objects, missing from the profile; see `table` for what a full table does).
 pub fn dropped_samples() -> u64 {
     table::dropped()
 }
@@ -328,10 +330,10 @@ pub fn dump(path: &Path) -> Result<(), i32> {
         time_nanos: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64),
+        dropped: table::dropped(),
     };
     let body = pprof::encode(&stacks, &pprof::mappings(), &header);
-    std::fs::write(path, pprof::gzip_stored(&body))
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    std::fs::write(path, gzip::gzip(&body)).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Dumps to `<prof_dump prefix>.<pid>.<seq>.heap` (jemalloc's naming for `prof.dump`
