@@ -21,6 +21,9 @@ pub const DEFAULT_PURGE_DELAY_MS: u64 = 1000;
 /// (the region workload's biggest).
 pub const DEFAULT_DIRTY_BUDGET: usize = 64 << 20;
 
+/// The largest `narenas` (see `region::arenas::MAX_ARENAS`, which is this, for why).
+pub const MAX_ARENAS: usize = 64;
+
 /// A purge delay that never comes: free pages stay until an explicit purge or the dirty
 /// budget sends them back (jemalloc's `dirty_decay_ms = -1`).
 pub const PURGE_NEVER: u64 = u64::MAX;
@@ -53,6 +56,9 @@ pub struct Options {
     pub prof_dump: Option<DumpPrefix>,
     /// At exit, print the call stacks still holding the most memory (`prof_leak`).
     pub prof_leak: bool,
+    /// `narenas`: region-table arenas large objects and segments are placed in (1 to
+    /// `region::arenas::MAX_ARENAS`); 0, the default, means four per CPU.
+    pub narenas: usize,
 }
 
 /// jemalloc's `lg_prof_sample` default (2^19 = 512 KiB): about two samples per MiB
@@ -102,6 +108,7 @@ pub const DEFAULTS: Options = Options {
     prof_sample: DEFAULT_PROF_SAMPLE,
     prof_dump: None,
     prof_leak: false,
+    narenas: 0,
 };
 
 /// The options, parsed once. Not a `OnceLock`: a fork child whose parent had a thread
@@ -421,6 +428,10 @@ pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) ->
                 .map(|v| o.prof_dump = Some(v))
                 .is_some(),
             b"prof_leak" => parse_bool(value).map(|v| o.prof_leak = v).is_some(),
+            b"narenas" => parse_u64(value)
+                .filter(|&v| (1..=MAX_ARENAS as u64).contains(&v))
+                .map(|v| o.narenas = v as usize)
+                .is_some(),
             _ => {
                 warn(&[b"unknown option '", key, b"'; ignored"]);
                 continue;
@@ -567,6 +578,9 @@ mod tests {
         assert!(o.prof && o.prof_leak);
         assert_eq!(o.prof_sample, 65536);
         assert_eq!(o.prof_dump.unwrap().as_bytes(), b"/tmp/x/heap");
+        let (o, w) = parse_collect("narenas=3");
+        assert_eq!(w, 0);
+        assert_eq!(o.narenas, 3);
     }
 
     #[test]
@@ -583,6 +597,8 @@ mod tests {
             "prof_sample=0",
             "prof_dump=",
             "prof=maybe",
+            "narenas=0",
+            "narenas=65",
         ] {
             let (o, w) = parse_collect(bad);
             assert_eq!(o, DEFAULTS, "{bad}");

@@ -5,7 +5,7 @@
 //! counters and dirty space are not shared with concurrently running tests.
 
 use rangealloc::engine::purge;
-use rangealloc::engine::region::TABLE;
+use rangealloc::engine::region::ARENAS;
 use rangealloc::{RangeAlloc, Syscall};
 use std::alloc::{alloc, dealloc, realloc, Layout};
 
@@ -153,7 +153,7 @@ fn burst_bounded() {
         dealloc(p, layout(LEN));
     }
     let budget = purge::dirty_budget();
-    let dirty = TABLE.dirty_bytes();
+    let dirty = ARENAS.dirty_bytes();
     assert!(
         dirty <= budget + LEN,
         "dirty {} MiB over the budget {} MiB",

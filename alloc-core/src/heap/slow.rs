@@ -39,7 +39,7 @@ pub fn alloc_without_heap(slot: usize, class: usize) -> *mut u8 {
 pub fn count_remote_free(slot: usize, class: usize) {
     if slot >= thread::SENTINEL_LIMIT {
         // SAFETY: `slot` is this thread's heap; only this thread writes its counts.
-        unsafe { super::bump(&(*(slot as *mut Heap)).counts[class].frees) };
+        unsafe { super::bump(&(*(slot as *mut Heap)).counts.frees[class]) };
     } else {
         super::ORPHAN_FREES[class].fetch_add(1, Ordering::Relaxed);
     }
@@ -53,7 +53,7 @@ unsafe fn pop(heap: &Heap, page: *mut Page) -> *mut u8 {
         (*page).free = super::next_checked(page, block);
         (*page).used += 1;
         (*block).cookie = 0;
-        super::bump(&heap.counts[(*page).class as usize].allocs);
+        super::bump(&heap.counts.allocs[(*page).class as usize]);
         block as *mut u8
     }
 }
@@ -127,7 +127,7 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
 unsafe fn charge_refill(page: *mut Page) -> bool {
     // SAFETY: caller contract.
     unsafe {
-        let blocks = (*page).carved() - (*page).used as usize;
+        let blocks = (*page).carved_blocks() - (*page).used as usize;
         let before = crate::prof::charge_blocks(blocks, (*page).block_size as usize);
         if before == blocks {
             return false;

@@ -11,7 +11,7 @@ use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGED_AT_RETIRE, PURG
 use crate::meta;
 use crate::os;
 use crate::os::{HUGE_PAGE, PAGE_SIZE};
-use crate::region::epoch;
+use crate::region::{directory, epoch};
 use crate::region::{Region, RegionKind, RegionState, PURGING, RETIRED_NEXT};
 use crate::space::{self, SlotKind};
 use crate::sync::atomic::Ordering;
@@ -23,6 +23,12 @@ pub(super) struct Writer<'a> {
     pub(super) table: &'a RegionTable,
     pub(super) state: &'a mut WriterState,
     pub(super) guard: &'a Guard,
+    /// Whether this update may reserve new address space (`add_arena`). The arena set
+    /// first tries placements without, in every arena, before one reserves.
+    pub(super) may_reserve: bool,
+    /// Set when `add_arena` was refused for `may_reserve`: the placement then gives up
+    /// (`None`) rather than settle for what it would not have taken with a reservation.
+    pub(super) refused_reserve: bool,
 }
 
 /// Free address space a large object gets after it, to grow into: doubling from the
@@ -32,8 +38,9 @@ pub(super) struct Writer<'a> {
 /// copies and faults are not.
 pub const GROWTH_TARGET: usize = 64 << 20;
 
-/// Past this much reserved address space (4 TiB, 1/32 of the 47-bit user space) no new
-/// arena is reserved just for growth room: a program with a million live large objects
+/// Past this much reserved address space (4 TiB, 1/32 of the 47-bit user space, counted
+/// over every arena: `directory::reserved_total`) no new reservation is made just for
+/// growth room: a program with a million live large objects
 /// gets them placed densely instead of running out of address space.
 const ROOMY_RESERVE_LIMIT: usize = 1 << 42;
 
@@ -345,13 +352,18 @@ impl Writer<'_> {
         let found = found
             .or_else(|| self.find_with_room(len, room, align, false))
             .or_else(|| {
-                if self.state.reserved >= ROOMY_RESERVE_LIMIT {
+                if directory::reserved_total() >= ROOMY_RESERVE_LIMIT {
                     return None;
                 }
                 self.add_arena(want, align)?;
                 self.find_with_room(len, room, align, false)
             });
         let Some((region, at)) = found else {
+            if self.refused_reserve {
+                // Growth room needs a reservation this update may not make: the caller
+                // looks elsewhere, then comes back allowed to reserve.
+                return None;
+            }
             return self.allocate(len, align, kind);
         };
         // SAFETY: indexed regions are attached descriptors.
@@ -428,8 +440,20 @@ impl Writer<'_> {
         }
     }
 
-    /// Reserves a new arena big enough for `len` at `align` and indexes it as free.
+    /// Reserves new address space big enough for `len` at `align` and indexes it as
+    /// free. The reservation is recorded in the directory under this table's id before
+    /// any of it can be handed out, and stays this table's for good.
     fn add_arena(&mut self, len: usize, align: usize) -> Option<()> {
+        if !self.may_reserve {
+            self.refused_reserve = true;
+            return None;
+        }
+        // Relaxed: set by this table's first placement, on this path or one ordered
+        // before it by the writer mutex.
+        let id = self.table.id.load(Ordering::Relaxed);
+        if id == 0 {
+            return None;
+        }
         let size = len
             .checked_add(align)?
             .checked_next_multiple_of(ARENA_SIZE)?;
@@ -440,8 +464,13 @@ impl Writer<'_> {
             let _ = unsafe { os::release(base, size) };
             return None;
         }
+        // Before anything in it is handed out (the carve that follows, under this same
+        // mutex): every address a caller can hold finds this table (see `directory`).
+        space::set_arena(base, size, id);
         space::set_kind(base, size, SlotKind::Table);
         self.state.reserved += size;
+        directory::add_reserved(size);
+        self.table.reserved_any.store(true, Ordering::Relaxed);
         // SAFETY: writer mutex held; fresh attached free region.
         unsafe { self.state.free.insert(r) };
         Some(())
