@@ -90,14 +90,12 @@ use space::SlotKind;
 #[inline]
 #[cfg(not(loom))]
 pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
-    // The heap profiler's only cost on the fast path while it is off: one byte tested.
-    prof::when_sampling!({
-        return prof::alloc_profiled(size, align, false);
-    });
+    // The heap profiler costs nothing here: small blocks are counted at refills in the
+    // heap's slow path, large objects in `alloc_generic`.
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {
         return heap::alloc_small(heap::class_of(size));
     }
-    alloc_generic(size, align, false)
+    alloc_generic(size, align, false, true)
 }
 
 /// Like `alloc`, zero-filled.
@@ -107,9 +105,6 @@ pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
 #[inline]
 #[cfg(not(loom))]
 pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
-    prof::when_sampling!({
-        return prof::alloc_profiled(size, align, true);
-    });
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {
         let p = heap::alloc_small(heap::class_of(size));
         if !p.is_null() {
@@ -118,14 +113,23 @@ pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
         }
         return p;
     }
-    alloc_generic(size, align, true)
+    alloc_generic(size, align, true, true)
 }
 
-/// `alloc` or `alloc_zeroed` without the profiler's hook (the profiler's own path,
-/// inlined there so that a profiled allocation costs the countdown and no extra call).
+/// True if `alloc(size, align)` is served from the heap's pages (small blocks, or medium
+/// sizes with a large alignment), whose blocks the heap profiler counts at refills; the
+/// rest are large objects, counted one by one.
+#[cfg(not(loom))]
+pub(crate) fn served_by_pages(size: usize, align: usize) -> bool {
+    (size <= SMALL_MAX && align <= MALLOC_ALIGN)
+        || (align <= os::PAGE_SIZE && heap::class_for(size, align).is_some())
+}
+
+/// `alloc` for `realloc`, whose large results the profiler counts in `realloc_profiled`
+/// (small ones are counted at refills, as every small block is).
 #[inline(always)]
 #[cfg(not(loom))]
-pub(crate) fn alloc_unprofiled(size: usize, align: usize, zero: bool) -> *mut u8 {
+fn alloc_in_realloc(size: usize, align: usize, zero: bool) -> *mut u8 {
     if size <= SMALL_MAX && align <= MALLOC_ALIGN {
         let p = heap::alloc_small(heap::class_of(size));
         if zero && !p.is_null() {
@@ -134,13 +138,16 @@ pub(crate) fn alloc_unprofiled(size: usize, align: usize, zero: bool) -> *mut u8
         }
         return p;
     }
-    alloc_generic(size, align, zero)
+    alloc_generic(size, align, zero, false)
 }
 
+/// Everything `alloc` does not do inline: nested requests, medium sizes with large
+/// alignments and large objects, which count toward the heap profiler's sample point
+/// here when `profiled` (one by one; small blocks are counted at refills).
 #[cold]
 #[inline(never)]
 #[cfg(not(loom))]
-fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
+fn alloc_generic(size: usize, align: usize, zero: bool, profiled: bool) -> *mut u8 {
     if thread::inside_allocator() {
         // Nested inside the allocator (a dependency, or a diagnostic callback, asking
         // for a big block): never back into the table, whose mutex we may hold.
@@ -163,6 +170,10 @@ fn alloc_generic(size: usize, align: usize, zero: bool) -> *mut u8 {
             }
             return p;
         }
+    }
+    if profiled && prof::sampling() {
+        // Not a tail call: `prof` skips this frame by count.
+        return core::hint::black_box(prof::alloc_large(size, align, zero));
     }
     large::alloc(size, align, zero)
 }
@@ -404,12 +415,13 @@ pub(crate) unsafe fn realloc_unprofiled(p: *mut u8, new_size: usize, align: usiz
         return p;
     }
     // A small block growing past the small limit is likely to keep growing (a `Vec`
-    // doubling): it gets a large object placed with room to do so in place. Both ways are
-    // unprofiled: `realloc_profiled` already counted these bytes when it sends us here.
+    // doubling): it gets a large object placed with room to do so in place. Neither way
+    // counts a large result toward the profiler's sample point: `realloc_profiled` did
+    // when it sends us here (a small result is counted at its page's refill).
     let q = if new_size > SMALL_MAX && new_size > old && !thread::inside_allocator() {
         large::alloc_growing(new_size, align)
     } else {
-        alloc_unprofiled(new_size, align, false)
+        alloc_in_realloc(new_size, align, false)
     };
     if !q.is_null() {
         // SAFETY: distinct live blocks, each at least min(old, new_size) bytes.

@@ -1,5 +1,5 @@
 //! Statistics snapshots and the human-readable report. Owns nothing; reads the counters
-//! of `heap`, `large`, `region`, `purge`, `meta` and `os`. Reading costs a walk over the heaps
+//! of `heap`, `large`, `region`, `purge`, `meta`, `prof` and `os`. Reading costs a walk over the heaps
 //! (one per live thread at most) and the region tree, never a pause of the fast path.
 
 use crate::heap::{self, segment, size_class};
@@ -162,6 +162,8 @@ pub struct Stats {
     pub heaps: usize,
     /// Heaps of exited threads waiting for adoption.
     pub abandoned_heaps: usize,
+    /// Heap-profiler samples not recorded because its tables were full (`prof`).
+    pub prof_dropped_samples: u64,
 }
 
 /// Takes a snapshot: a walk over the heaps and the region tree.
@@ -241,6 +243,7 @@ pub fn snapshot() -> Stats {
         },
         heaps: heaps.heaps,
         abandoned_heaps: heaps.abandoned,
+        prof_dropped_samples: crate::prof::dropped_samples(),
     }
 }
 
@@ -363,6 +366,13 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
         "  medium cache: hits {}, misses {}, evicted {}",
         m.hits, m.misses, m.evicted
     )?;
+    if s.prof_dropped_samples > 0 {
+        writeln!(
+            w,
+            "  heap profiler: {} samples dropped (tables full)",
+            s.prof_dropped_samples
+        )?;
+    }
     writeln!(
         w,
         "  size classes with activity (block size: live / allocs / frees):"
@@ -418,6 +428,7 @@ impl Stats {
             ",\"purge_passes\":{},\"purged_bytes\":{},\"dirty_budget\":{}",
             self.purge_passes, self.purged_bytes, self.dirty_budget
         )?;
+        write!(w, ",\"prof_dropped_samples\":{}", self.prof_dropped_samples)?;
         let re = &self.reallocs;
         write!(
             w,

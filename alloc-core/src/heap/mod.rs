@@ -1,13 +1,18 @@
 //! Thread-local heaps: the small-object fast path. A heap owns segments (from the region
 //! table), their pages and a queue of pages per size class; it calls `region` (through
-//! `segment`), `meta` (for the heap structs), `os` and `thread`, and `init` from one
-//! place only: a thread's first allocation starts the thread there (`slow`).
+//! `segment`), `meta` (for the heap structs), `os`, `thread`, `prof` (at refills, from
+//! `slow`) and `init` from one place only: a thread's first allocation starts the thread
+//! there (`slow`).
 //!
 //! `alloc_small` pops the current page's free list; `free_small` masks the pointer to its
 //! segment header, validates the block and pushes it on the page's local list when this
 //! thread owns the page, or on the page's atomic list otherwise. Neither touches the
 //! region table or takes a lock. Everything else is in `slow.rs`, `lifecycle.rs` and `repair.rs`;
 //! `reclaim.rs` lets any thread purge the free units of every heap (idle ones included).
+//!
+//! The heap profiler (`prof`) adds nothing to the fast path: the slow path charges each
+//! refilled list to the thread's sample countdown at once and cuts the list before a
+//! sample point, so the sampled allocation reaches the slow path (`slow::alloc_slow`).
 
 mod lifecycle;
 pub mod page;
@@ -211,8 +216,8 @@ fn alloc_small_miss(class: usize) -> *mut u8 {
 /// `alloc_small`'s fast path alone, for a front end with a slow path of its own (the C
 /// library): a block for a request of `size` bytes at 16-byte alignment, or null when
 /// `size` is 0 or above `SMALL_MAX`, the thread has no heap yet (or is inside the
-/// allocator), the class's current page is empty, or the heap profiler is sampling (its
-/// hook sits in `alloc`, which the caller's slow path calls). The caller then calls
+/// allocator) or the class's current page is empty (the heap profiler's sample points
+/// end a page's list early, so they reach the slow path too). The caller then calls
 /// `alloc`.
 #[inline(always)]
 pub fn try_alloc_size(size: usize) -> *mut u8 {
@@ -226,9 +231,6 @@ pub fn try_alloc_size(size: usize) -> *mut u8 {
     } else {
         return core::ptr::null_mut();
     };
-    crate::prof::when_sampling!({
-        return core::ptr::null_mut();
-    });
     // SAFETY: the fast word is this thread's heap or `NO_HEAP`, whose pages are all
     // empty; `entry <= CLASSES`.
     unsafe { pop_entry(thread::get_fast() as *mut Heap, entry) }

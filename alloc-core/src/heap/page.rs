@@ -474,6 +474,9 @@ pub struct Page {
     pub local_free: *mut Block,
     /// Owner-side: the page is parked off its queue because it had no free block.
     pub in_full: bool,
+    /// Owner-side: the heap profiler cut this page's list at a sample point (`cut`):
+    /// the allocation that finds `free` empty is the one to sample.
+    pub sample_next: bool,
     pub class: u8,
     /// Units this page spans; 0 when the descriptor is not a live page.
     pub units: u8,
@@ -510,6 +513,7 @@ macro_rules! empty_page {
             block_size: 0,
             local_free: ptr::null_mut(),
             in_full: false,
+            sample_next: false,
             class: 0,
             units: 0,
             thread_free: ThreadFree::new(),
@@ -610,6 +614,37 @@ impl Page {
     /// Capacity in blocks.
     pub fn capacity(&self) -> usize {
         (self.end - self.start) / self.block_size as usize
+    }
+
+    /// Blocks carved so far (handed out, free, or on a list).
+    pub fn carved_blocks(&self) -> usize {
+        // Relaxed: only this (owner) thread writes `carved`.
+        self.carved.load(Ordering::Relaxed) / self.block_size as usize
+    }
+
+    /// Owner, for the heap profiler: keeps the first `keep` blocks of `free` (fewer than
+    /// it holds) and moves the rest to `local_free`, which must be empty (as `collect`
+    /// leaves it), then sets `sample_next`. The fast path pops the kept blocks; the
+    /// allocation after them finds `free` empty and reaches the slow path, which samples
+    /// it and `collect`s the rest back. Walks `keep` links: the profiler cuts once per
+    /// sample point, never on the fast path.
+    pub fn cut(&mut self, keep: usize) {
+        debug_assert!(self.local_free.is_null() && !self.free.is_null());
+        if keep == 0 {
+            self.local_free = self.free;
+            self.free = ptr::null_mut();
+        } else {
+            let mut tail = self.free;
+            // SAFETY: `free` holds more than `keep` free blocks of this page.
+            unsafe {
+                for _ in 1..keep {
+                    tail = Block::load_next(tail);
+                }
+                self.local_free = Block::load_next(tail);
+                Block::store_next(tail, ptr::null_mut());
+            }
+        }
+        self.sample_next = true;
     }
 
     /// Carves the next batch of never-used blocks into `free`. False when none remain.

@@ -238,6 +238,8 @@ unsafe fn rebuild_page(page: &mut Page) {
     let carved = page.carved.load(Ordering::Relaxed) / page.block_size as usize;
     page.free = list;
     page.local_free = ptr::null_mut();
+    // A heap profiler's cut is undone with the lists it split (the adopter counts anew).
+    page.sample_next = false;
     page.used = (carved - count) as u32;
     page.in_full = false;
     page.prev = ptr::null_mut();

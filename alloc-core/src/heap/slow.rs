@@ -70,35 +70,107 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
     // SAFETY: caller contract: we own the heap and its pages.
     unsafe {
         let heap = &mut *heap;
+        let current = heap.current[class];
+        if (*current).sample_next {
+            // First, before anything else moves: the page choice is the same as without
+            // the profiler's cut. Not a tail call: `prof` skips this frame by count.
+            return core::hint::black_box(sample_point(heap, current));
+        }
         maybe_purge(heap);
         if !heap.pending.is_empty() {
             drain_pending(heap);
         }
-        let mut page = heap.queues[class].first;
-        while !page.is_null() {
-            if (*page).collect() || (*page).extend() {
-                heap.current[class] = page;
-                return pop(heap, page);
+        let page = 'found: {
+            let mut page = heap.queues[class].first;
+            while !page.is_null() {
+                if (*page).collect() || (*page).extend() {
+                    break 'found page;
+                }
+                let next = (*page).next;
+                if (*page).park() {
+                    queue_remove(heap, page);
+                } else {
+                    // A remote free raced in: the page has blocks again.
+                    (*page).collect();
+                    break 'found page;
+                }
+                page = next;
             }
-            let next = (*page).next;
-            if (*page).park() {
-                queue_remove(heap, page);
-            } else {
-                // A remote free raced in: the page has blocks again.
-                (*page).collect();
-                heap.current[class] = page;
-                return pop(heap, page);
+            let page = fresh_page(heap, class);
+            if page.is_null() {
+                crate::misuse::out_of_memory(class_size(class), crate::MALLOC_ALIGN);
+                return ptr::null_mut();
             }
-            page = next;
+            queue_push_front(heap, page);
+            (*page).extend();
+            page
+        };
+        heap.current[class] = page;
+        if crate::prof::sampling() && charge_refill(page) {
+            // As above: not a tail call.
+            return core::hint::black_box(sample_point(heap, page));
         }
-        let page = fresh_page(heap, class);
-        if page.is_null() {
-            crate::misuse::out_of_memory(class_size(class), crate::MALLOC_ALIGN);
-            return ptr::null_mut();
-        }
-        queue_push_front(heap, page);
-        (*page).extend();
         pop(heap, page)
+    }
+}
+
+/// The heap profiler's share of a refill, while it samples: the blocks the fast path is
+/// about to pop from `page` (all of `free`, which holds every free block of the page
+/// after `collect` or `extend`) count toward the thread's sample point at once, instead
+/// of one allocation at a time. If the point falls among them, the list is cut before
+/// the block it falls in (`Page::cut`), so the allocation that would take that block
+/// comes back here (`sample_point`). True if that is the allocation being served now.
+///
+/// # Safety
+/// `page` is the current page of this thread's heap, its free list non-empty and its
+/// `local_free` empty.
+#[cold]
+#[inline(never)]
+unsafe fn charge_refill(page: *mut Page) -> bool {
+    // SAFETY: caller contract.
+    unsafe {
+        let blocks = (*page).carved_blocks() - (*page).used as usize;
+        let before = crate::prof::charge_blocks(blocks, (*page).block_size as usize);
+        if before == blocks {
+            return false;
+        }
+        (*page).cut(before);
+        before == 0
+    }
+}
+
+/// The allocation at a sample point of `page` (its `free` list is empty, the blocks
+/// after the cut wait on `local_free`): the profiler serves it as a sampled object.
+/// Then the page's blocks, which the fast path has not yet been charged for, are charged
+/// as a new refill. If the profiler declines (it is off by now, the thread is inside the
+/// profiler, or out of memory), the allocation takes the page's next block as usual.
+///
+/// # Safety
+/// `page` is the current page of this thread's heap and has `sample_next` set.
+#[cold]
+#[inline(never)]
+unsafe fn sample_point(heap: &mut Heap, page: *mut Page) -> *mut u8 {
+    // SAFETY: caller contract.
+    unsafe {
+        (*page).sample_next = false;
+        // Never false: the blocks after the cut are at least the one the point fell in.
+        (*page).collect();
+        let sampled = crate::prof::sample_block((*page).block_size as usize);
+        let block = if sampled.is_null() {
+            pop(heap, page)
+        } else {
+            ptr::null_mut()
+        };
+        if !(*page).free.is_null() && crate::prof::sampling() {
+            // A point on the first block again (a tiny `prof_sample`) leaves `free` empty
+            // and `sample_next` set: the next allocation comes back here.
+            charge_refill(page);
+        }
+        if sampled.is_null() {
+            block
+        } else {
+            sampled
+        }
     }
 }
 
@@ -330,6 +402,9 @@ pub(super) unsafe fn trim(heap: &mut Heap) {
             let mut page = heap.queues[class].first;
             while !page.is_null() {
                 let next = (*page).next;
+                // A profiler cut's blocks come back to `free`; the next owner samples by
+                // its own count.
+                (*page).sample_next = false;
                 (*page).collect();
                 if (*page).used == 0 && !(*page).is_pending() {
                     queue_remove(heap, page);

@@ -3,20 +3,26 @@
 //! and `realloc`; calls `large` (sampled objects are served there), `thread` (the
 //! re-entrancy guard), `options`, `os`, and its own parts: `sampler` (the per-thread
 //! byte countdown and sample weights), `stack` (unwinding), `table` (stacks and live
-//! samples), `pprof` (the encoder) and `report` (the leak report).
+//! samples), `pprof` (the encoder), `gzip` (its compression) and `report` (the leak
+//! report).
 //!
-//! Cost model. With profiling off, `alloc` compares one byte with 0 and does not jump
-//! (`when_sampling`), the only addition to the small fast path; `free` of a small block is untouched, because a
-//! sampled object is never a small block: it is served as a page-aligned large object
-//! (tcmalloc gives sampled objects their own span for the same reason), so only the
-//! already-slow free of a table region asks `table::maybe_sampled`. With profiling on,
-//! every allocation takes `alloc_profiled` (the countdown: a few loads and stores), and
-//! one in `prof_sample` bytes on average also unwinds its stack and records it.
+//! Cost model. The fast paths carry nothing of the profiler, on or off: small blocks
+//! are counted toward the thread's sample point a whole refilled list at a time, in the
+//! heap's slow path (`charge_blocks`), which cuts the list before a sample point so that
+//! the sampled allocation reaches the slow path too (`sample_block`); large objects,
+//! already on a slow path, are counted one by one (`alloc_large`). With profiling off a
+//! refill tests one byte. `free` of a small block is untouched, because a sampled object
+//! is never a small block: it is served as a page-aligned large object (tcmalloc gives
+//! sampled objects their own span for the same reason), so only the already-slow free of
+//! a table region asks `table::maybe_sampled`. One allocation in `prof_sample` bytes on
+//! average unwinds its stack and records it.
 //!
-//! Hooks, in `lib.rs`: `alloc`/`alloc_zeroed` call `alloc_profiled` while sampling;
-//! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region
-//! calls `forget_if_sampled`; the fork handlers take and release the table lock.
+//! Hooks: the heap's `alloc_slow` calls `charge_blocks` and `sample_block` while
+//! `sampling()`; `alloc_generic` (`lib.rs`) calls `alloc_large` while `sampling()`;
+//! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region calls
+//! `forget_if_sampled`; the fork handlers take and release the table lock.
 
+mod gzip;
 mod pprof;
 mod report;
 mod sampler;
@@ -37,46 +43,15 @@ const UNREAD: u8 = 2;
 /// One thread is reading the options; the others allocate unprofiled meanwhile.
 const STARTING: u8 = 3;
 
-/// The profiler's state; anything but `OFF` sends allocations to `alloc_profiled`.
+/// The profiler's state; anything but `OFF` makes the slow paths count allocations.
 pub(crate) static STATE: AtomicU8 = AtomicU8::new(UNREAD);
 /// The mean sample distance in bytes (`prof_sample`).
 static MEAN: AtomicU64 = AtomicU64::new(options::DEFAULT_PROF_SAMPLE);
 /// Dumps made through `prof.dump` without a path, for unique file names.
 static DUMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Runs `$on`, which must leave the function (`return ...`), while allocations must go
-/// through `alloc_profiled`. On x86-64 this is two instructions, a compare of the state
-/// byte in memory with 0 and a jump: the compiler turns an atomic load and test into
-/// three (`movzbl`, `test`, `jne`; counted with callgrind, see BENCHMARKS.md), and this
-/// sits on every allocation's fast path. Elsewhere, `sampling()`.
-#[cfg(target_arch = "x86_64")]
-macro_rules! when_sampling {
-    ($on:block) => {
-        // SAFETY: reads the state byte (an aligned byte read is atomic on x86-64, so this
-        // is the Relaxed load of `sampling()`) and jumps; no register or memory besides
-        // the flags is changed.
-        unsafe {
-            core::arch::asm!(
-                "cmp byte ptr [rip + {state}], 0",
-                "jne {on}",
-                state = sym $crate::prof::STATE,
-                on = label $on,
-                options(nostack, readonly),
-            )
-        }
-    };
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-macro_rules! when_sampling {
-    ($on:block) => {
-        if $crate::prof::sampling() $on
-    };
-}
-
-pub(crate) use when_sampling;
-
-/// True while allocations must go through `alloc_profiled`: one byte load and a branch.
+/// True while allocations count toward sample points (or the options are still unread):
+/// one byte load and a branch, on slow paths only.
 #[inline(always)]
 pub fn sampling() -> bool {
     // Relaxed: a thread that misses a concurrent switch samples one allocation more
@@ -119,41 +94,83 @@ fn start() -> bool {
     STATE.load(Ordering::Relaxed) == ON
 }
 
-/// `alloc` while sampling: counts the bytes and, at a sample point, serves the request
-/// as its own page-aligned region and records its stack.
-#[cold]
-#[inline(never)]
-pub fn alloc_profiled(size: usize, align: usize, zero: bool) -> *mut u8 {
-    if STATE.load(Ordering::Relaxed) != ON && !start() {
-        return crate::alloc_unprofiled(size, align, zero);
-    }
-    // The countdown first: it is the common case. A sample point reached inside the
-    // allocator or the profiler is skipped (those allocations are not the program's).
-    if !sampler::take(size, mean) || thread::inside_allocator() || sampler::busy() {
-        return crate::alloc_unprofiled(size, align, zero);
-    }
-    not_a_tail_call(sample(size, align, zero))
+/// True if sampling is on, reading the options first if nobody has yet.
+#[inline]
+fn on() -> bool {
+    // Relaxed: as in `sampling`.
+    STATE.load(Ordering::Relaxed) == ON || start()
 }
 
-/// Frames of ours on the stack when `stack::capture` runs: `sample` and `alloc_profiled`,
-/// or `sample_realloc` and `realloc_profiled`. A tail call from further up only ever
-/// removes an allocator frame (`malloc`'s), never one of the program's.
-const PROFILER_FRAMES: usize = 2;
+/// The heap's refill: `blocks` blocks of `block_size` bytes are about to be handed out by
+/// the fast path, in list order. Counts them toward the thread's sample point at once
+/// and returns how many come before the block the point falls in (`blocks` if none
+/// does); the next point is then drawn at once. The caller cuts its list there, so the
+/// allocation that takes the next block reaches `sample_block` instead.
+///
+/// Unbiased as the per-allocation count is: the thread's blocks form the same stream of
+/// bytes, counted in batches, and the allocation sampled is the one whose block holds
+/// the point. A block counted but never handed out (its page retired or adopted with
+/// the list) only removes bytes from the stream, whatever the points do, so the
+/// remaining ones are still sampled at the rate `1 / prof_sample`.
+#[cold]
+#[inline(never)]
+pub fn charge_blocks(blocks: usize, block_size: usize) -> usize {
+    if !on() {
+        return blocks;
+    }
+    sampler::charge(blocks, block_size, mean)
+}
+
+/// Frames of ours above `sample` when it samples a small block: `sample_block`, the
+/// heap's `sample_point` and its `alloc_slow` (each called, never jumped to: they keep
+/// their callers' frames). A tail call further up only ever removes an allocator frame
+/// (`malloc`'s), never one of the program's.
+const SMALL_CALLERS: usize = 3;
+
+/// The allocation at a sample point of a small block of `block_size` bytes: served as
+/// its own page-aligned region, recorded with its stack and the weight of a block of
+/// that size (the profile counts block sizes, as jemalloc's counts usable sizes). Null
+/// if the profiler declines (off by now, the thread is inside the profiler, or no
+/// memory): the caller then serves it from its page.
+#[cold]
+#[inline(never)]
+pub fn sample_block(block_size: usize) -> *mut u8 {
+    if STATE.load(Ordering::Relaxed) != ON || thread::inside_allocator() || sampler::busy() {
+        return core::ptr::null_mut();
+    }
+    not_a_tail_call(sample(block_size, MALLOC_ALIGN, false, SMALL_CALLERS))
+}
+
+/// Frames of ours above `sample` when it samples a large object: `alloc_large` and the
+/// engine's `alloc_generic`.
+const LARGE_CALLERS: usize = 2;
+
+/// A large object while sampling: counts its bytes (one by one: large objects have no
+/// refills) and, at a sample point, records its stack.
+#[cold]
+#[inline(never)]
+pub fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if !on() || !sampler::take(size, mean) || thread::inside_allocator() || sampler::busy() {
+        return large::alloc(size, align, zero);
+    }
+    not_a_tail_call(sample(size, align, zero, LARGE_CALLERS))
+}
 
 /// Keeps a call to `sample` from becoming a jump, which would take the caller's frame
-/// off the stack and make `PROFILER_FRAMES` skip one of the program's frames.
+/// off the stack and make the frame counts skip one of the program's frames.
 #[inline(always)]
 fn not_a_tail_call(p: *mut u8) -> *mut u8 {
     core::hint::black_box(p)
 }
 
-/// Serves and records one sampled allocation. Out of line, so that the common path of
-/// `alloc_profiled` carries neither its stack buffer nor the registers it saves.
+/// Serves and records one sampled allocation; `callers` frames above this one are the
+/// allocator's. Out of line, so that its callers' common paths carry neither its stack
+/// buffer nor the registers it saves.
 #[cold]
 #[inline(never)]
-fn sample(size: usize, align: usize, zero: bool) -> *mut u8 {
+fn sample(size: usize, align: usize, zero: bool, callers: usize) -> *mut u8 {
     let _busy = sampler::Busy::enter();
-    let (frames, depth) = capture_here();
+    let (frames, depth) = capture_here(callers + 1);
     let p = large::alloc(size, align.max(MALLOC_ALIGN), zero);
     if !p.is_null() {
         let (objects, bytes) = sampler::weight(size, MEAN.load(Ordering::Relaxed));
@@ -163,12 +180,12 @@ fn sample(size: usize, align: usize, zero: bool) -> *mut u8 {
     p
 }
 
-/// `realloc` while `watching`. The bytes of the new size count toward the thread's
-/// sample point, as an allocation's do (jemalloc samples `realloc` the same way). A
-/// sampled block's record is dropped first (the normal path may move it and free the
-/// old region without passing `free`). A request that reaches the sample point is
-/// recorded where it lands: a large block is resized as usual (in place when it can
-/// be) and recorded at its new address; a small one moves into a sampled region.
+/// `realloc` while `watching`. A sampled block's record is dropped first (the normal
+/// path may move it and free the old region without passing `free`). A large result's
+/// bytes count toward the thread's sample point, as a large allocation's do (the whole
+/// new size: jemalloc samples `realloc` the same way), and one that reaches the point is
+/// recorded where it lands (resized in place when it can be). A small result is counted
+/// at its page's refill, as every small block is.
 ///
 /// # Safety
 /// As `crate::realloc`.
@@ -176,7 +193,8 @@ fn sample(size: usize, align: usize, zero: bool) -> *mut u8 {
 #[inline(never)]
 pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     forget_if_sampled(p);
-    let take = STATE.load(Ordering::Relaxed) == ON
+    let take = !crate::served_by_pages(new_size, align)
+        && STATE.load(Ordering::Relaxed) == ON
         && sampler::take(new_size, mean)
         && !thread::inside_allocator()
         && !sampler::busy();
@@ -188,6 +206,9 @@ pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mu
     not_a_tail_call(unsafe { sample_realloc(p, new_size, align) })
 }
 
+/// Frames of ours above `sample_realloc`: `realloc_profiled`.
+const REALLOC_CALLERS: usize = 1;
+
 /// The sampled `realloc`: see `realloc_profiled`.
 ///
 /// # Safety
@@ -196,39 +217,26 @@ pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mu
 #[inline(never)]
 unsafe fn sample_realloc(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     let _busy = sampler::Busy::enter();
-    // SAFETY: forwarded contract; validates `p` (misuse aborts) before anything moves.
-    let old = unsafe { crate::checked_usable_size(p, "realloc") };
-    let stays_large = crate::space::kind_of(p as usize) == crate::space::SlotKind::Table
-        && (new_size > crate::heap::SMALL_MAX || align > crate::os::PAGE_SIZE);
-    let (frames, depth) = capture_here();
-    let q = if stays_large {
-        // SAFETY: forwarded contract; a large block stays a large block (its own region).
-        unsafe { crate::realloc_unprofiled(p, new_size, align) }
-    } else {
-        let q = large::alloc(new_size, align.max(MALLOC_ALIGN), false);
-        if !q.is_null() {
-            // SAFETY: distinct live blocks of at least min(old, new_size) bytes.
-            unsafe {
-                core::ptr::copy_nonoverlapping(p, q, old.min(new_size));
-                crate::free_as(p, "realloc");
-            }
-        }
-        q
-    };
-    if !q.is_null() {
+    let (frames, depth) = capture_here(REALLOC_CALLERS + 1);
+    // SAFETY: forwarded contract. The result is a large object (the size is not served
+    // from pages), resized in place when `p` is one that can grow.
+    let q = unsafe { crate::realloc_unprofiled(p, new_size, align) };
+    // Only a table region is recorded: `free` looks a record up for those alone, so a
+    // record of anything else could never be forgotten.
+    if !q.is_null() && crate::space::kind_of(q as usize) == crate::space::SlotKind::Table {
         let (objects, bytes) = sampler::weight(new_size, mean());
         table::record(q as usize, &frames[..depth], objects, bytes);
     }
     q
 }
 
-/// The stack above the profiler's two frames (see `PROFILER_FRAMES`).
+/// The stack above this many frames of ours, innermost first.
 #[inline(always)]
-fn capture_here() -> ([usize; MAX_FRAMES], usize) {
+fn capture_here(ours: usize) -> ([usize; MAX_FRAMES], usize) {
     let mut frames = [0usize; MAX_FRAMES];
     // Whatever the unwinder allocates on a first call goes to the metadata arena.
     let _inside = thread::Reentrancy::enter();
-    let depth = stack::capture(&mut frames, PROFILER_FRAMES);
+    let depth = stack::capture(&mut frames, ours);
     (frames, depth)
 }
 
@@ -285,7 +293,7 @@ pub fn set_sample_bytes(bytes: u64) {
 }
 
 /// Samples not recorded because a table was full (their objects are ordinary large
-/// objects, missing from the profile).
+/// objects, missing from the profile; see `table` for what a full table does).
 pub fn dropped_samples() -> u64 {
     table::dropped()
 }
@@ -322,10 +330,10 @@ pub fn dump(path: &Path) -> Result<(), i32> {
         time_nanos: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64),
+        dropped: table::dropped(),
     };
     let body = pprof::encode(&stacks, &pprof::mappings(), &header);
-    std::fs::write(path, pprof::gzip_stored(&body))
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    std::fs::write(path, gzip::gzip(&body)).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Dumps to `<prof_dump prefix>.<pid>.<seq>.heap` (jemalloc's naming for `prof.dump`

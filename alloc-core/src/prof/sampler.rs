@@ -3,12 +3,9 @@
 //! a Poisson process over the thread's allocated bytes (jemalloc's and tcmalloc's
 //! scheme). Owns the thread-local countdown and random state; calls nothing.
 //!
-//! Why per allocation and not per page refill: a byte sampler must see every byte, and
-//! the small fast path recycles blocks through the page's local free list without
-//! passing a refill, so a refill-only check would need the free list cut at the sample
-//! point (touching the heap's lists, which other work changes). Instead the whole
-//! profiled path is out of line and reached only while profiling is active: with it off
-//! the fast path pays one flag test, with it on each allocation pays the countdown here.
+//! Small blocks are counted a refilled list at a time (`charge`), large objects one by
+//! one (`take`): both advance the same countdown, so the thread's blocks and objects
+//! form one stream of bytes with sample points at rate `1 / prof_sample`.
 
 use core::cell::Cell;
 
@@ -49,6 +46,32 @@ pub fn take(size: usize, mean: impl FnOnce() -> u64) -> bool {
         return false;
     }
     reached(left.wrapping_add(size), size, mean())
+}
+
+/// Counts a list of `blocks` blocks of `block_size` bytes, to be handed out in order.
+/// Returns how many whole blocks come before the sample point, or `blocks` when the
+/// point lies beyond the list. When it falls in the list, the next point is drawn at
+/// once and counted from there; the blocks after the one it fell in are not counted
+/// (the caller counts them again as a new list).
+pub fn charge(blocks: usize, block_size: usize, mean: impl FnOnce() -> u64) -> usize {
+    let size = block_size.clamp(1, i64::MAX as usize) as i64;
+    let mut left = BYTES_LEFT.with(|c| c.get());
+    let mean = mean();
+    if left == 0 && RNG.with(|c| c.get()) == 0 {
+        // The thread's first count: draw its first point.
+        left = draw(mean);
+    }
+    // Saturating: a list longer than any countdown is simply "past the point".
+    let total = (blocks as i64).saturating_mul(size);
+    if total < left {
+        BYTES_LEFT.with(|c| c.set(left - total));
+        return blocks;
+    }
+    // The point lies in block `ceil(left / size)` (counting from 1); `left` is at least
+    // one byte, so that block exists and at most `blocks - 1` come before it.
+    let before = ((left - 1) / size) as usize;
+    BYTES_LEFT.with(|c| c.set(draw(mean)));
+    before
 }
 
 /// The countdown ran out (or was never drawn: `before` is 0 only then, since a drawn
@@ -151,6 +174,43 @@ mod tests {
                 "size {size}: {bytes} vs {truth}"
             );
             assert!((objects / n as f64 - 1.0).abs() < 0.05, "size {size}");
+        }
+    }
+
+    /// Lists counted at refills, cut at each point as the heap does (the sampled
+    /// allocation takes no block; the rest of the list is counted again), give weights
+    /// whose sum estimates the bytes handed out, for blocks far below, near and above the
+    /// mean and lists of 1 to 256 blocks.
+    #[test]
+    fn refill_counts_estimate_the_totals() {
+        const MEAN: u64 = 4096;
+        for (size, list) in [(16usize, 256usize), (1024, 4), (4096, 16), (32768, 1)] {
+            let n = 40_000_000 / size;
+            let (mut allocs, mut objects, mut bytes) = (0usize, 0.0, 0.0);
+            let mut on_list = 0;
+            while allocs < n {
+                if on_list == 0 {
+                    on_list = list;
+                }
+                let before = charge(on_list, size, || MEAN);
+                if before == on_list {
+                    allocs += on_list;
+                    on_list = 0;
+                } else {
+                    // `before` popped, then one sampled allocation.
+                    allocs += before + 1;
+                    on_list -= before;
+                    let (o, b) = weight(size, MEAN);
+                    objects += o;
+                    bytes += b;
+                }
+            }
+            let truth = (allocs * size) as f64;
+            assert!(
+                (bytes / truth - 1.0).abs() < 0.05,
+                "size {size}: {bytes} vs {truth}"
+            );
+            assert!((objects / allocs as f64 - 1.0).abs() < 0.05, "size {size}");
         }
     }
 

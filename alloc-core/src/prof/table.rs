@@ -10,7 +10,7 @@
 
 use super::stack::MAX_FRAMES;
 use crate::os::{self, PAGE_SIZE};
-use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::SpinLock;
 
 /// Distinct stacks kept: 16K. Real services show a few thousand distinct allocation
@@ -62,11 +62,13 @@ struct LiveEntry {
 
 struct Tables {
     stacks: *mut StackEntry,
+    /// Slots in `stacks` and `live` (powers of two): `STACK_CAPACITY` and
+    /// `LIVE_CAPACITY`, or tiny ones in tests of what happens when they fill up.
+    stack_capacity: usize,
     stacks_used: usize,
     live: *mut LiveEntry,
+    live_capacity: usize,
     live_used: usize,
-    /// Samples not recorded because a table was full.
-    dropped: u64,
 }
 
 // SAFETY: the raw pointers name process-wide mappings that only the lock holder touches.
@@ -77,6 +79,9 @@ static TABLES: SpinLock<Option<Tables>> = SpinLock::new(None);
 /// Live sampled objects, read without the lock by `free` to skip the profiler entirely
 /// when none are live.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Samples not recorded because a table was full, read without the lock by the
+/// statistics.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 static MARK: [AtomicU32; MARKS] = [const { AtomicU32::new(0) }; MARKS];
 
 fn mark_of(addr: usize) -> &'static AtomicU32 {
@@ -106,26 +111,28 @@ fn reserve_array<T>(count: usize) -> Option<*mut T> {
     os::reserve(len, PAGE_SIZE).ok().map(|a| a as *mut T)
 }
 
+impl Tables {
+    /// Maps empty tables of the given sizes (powers of two); `None` if the OS refused.
+    fn map(stack_capacity: usize, live_capacity: usize) -> Option<Tables> {
+        debug_assert!(stack_capacity.is_power_of_two() && live_capacity.is_power_of_two());
+        Some(Tables {
+            stacks: reserve_array::<StackEntry>(stack_capacity)?,
+            stack_capacity,
+            stacks_used: 0,
+            live: reserve_array::<LiveEntry>(live_capacity)?,
+            live_capacity,
+            live_used: 0,
+        })
+    }
+}
+
 /// Maps the tables if they are not yet; false if the OS refused.
 pub fn init() -> bool {
     let mut tables = TABLES.lock();
-    if tables.is_some() {
-        return true;
+    if tables.is_none() {
+        *tables = Tables::map(STACK_CAPACITY, LIVE_CAPACITY);
     }
-    let (Some(stacks), Some(live)) = (
-        reserve_array::<StackEntry>(STACK_CAPACITY),
-        reserve_array::<LiveEntry>(LIVE_CAPACITY),
-    ) else {
-        return false;
-    };
-    *tables = Some(Tables {
-        stacks,
-        stacks_used: 0,
-        live,
-        live_used: 0,
-        dropped: 0,
-    });
-    true
+    tables.is_some()
 }
 
 pub fn initialised() -> bool {
@@ -146,6 +153,133 @@ fn under_fill_limit(used: usize, capacity: usize) -> bool {
     (used + 1) * FILL_LIMIT_DEN <= capacity * FILL_LIMIT_NUM
 }
 
+/// What happens when a table is full: the sample is dropped whole. Its object stays an
+/// ordinary large object, absent from both tables, so its `free` finds no record and
+/// changes nothing (no phantom in-use entry, nothing subtracted that was never added);
+/// the drop is counted (`dropped`: the statistics, the leak report and a comment in
+/// every dump say how many). The live table makes room again as sampled objects are
+/// freed; the stack table keeps every stack it has (their totals are the profile), so
+/// once it is full only samples from stacks already in it are recorded.
+impl Tables {
+    /// See `record`; false when a table is full.
+    fn insert(
+        &mut self,
+        addr: usize,
+        hash: u64,
+        frames: &[usize],
+        objects: f64,
+        bytes: f64,
+    ) -> bool {
+        if !under_fill_limit(self.live_used, self.live_capacity) {
+            return false;
+        }
+        let stack_mask = self.stack_capacity - 1;
+        // SAFETY: `stacks` has `stack_capacity` entries; the caller holds the lock.
+        let stack = unsafe {
+            let mut i = hash as usize & stack_mask;
+            loop {
+                let e = &mut *self.stacks.add(i);
+                if e.hash == hash
+                    && e.sample.depth == frames.len()
+                    && e.sample.frames[..frames.len()] == *frames
+                {
+                    break i;
+                }
+                if e.hash == 0 {
+                    if !under_fill_limit(self.stacks_used, self.stack_capacity) {
+                        return false;
+                    }
+                    e.hash = hash;
+                    e.sample.depth = frames.len();
+                    e.sample.frames[..frames.len()].copy_from_slice(frames);
+                    self.stacks_used += 1;
+                    break i;
+                }
+                i = (i + 1) & stack_mask;
+            }
+        };
+        let live_mask = self.live_capacity - 1;
+        // SAFETY: as above; `stack` is an occupied slot, `live` has `live_capacity`
+        // entries and a free one (below the fill limit).
+        unsafe {
+            let c = &mut (*self.stacks.add(stack)).sample.counts;
+            c.alloc_objects += objects;
+            c.alloc_bytes += bytes;
+            c.inuse_objects += objects;
+            c.inuse_bytes += bytes;
+            let mut i = live_home(addr, live_mask);
+            while (*self.live.add(i)).addr != 0 {
+                i = (i + 1) & live_mask;
+            }
+            *self.live.add(i) = LiveEntry {
+                addr,
+                stack: stack as u32,
+                objects,
+                bytes,
+            };
+        }
+        self.live_used += 1;
+        true
+    }
+
+    /// See `forget`.
+    fn remove(&mut self, addr: usize) -> bool {
+        let mask = self.live_capacity - 1;
+        // SAFETY: `live` has `live_capacity` entries, `stacks` `stack_capacity`; the
+        // caller holds the lock. Deletion shifts later entries of the probe run back (no
+        // tombstones). The live table is never full (fill limit), so a probe ends.
+        unsafe {
+            let mut i = live_home(addr, mask);
+            loop {
+                let e = *self.live.add(i);
+                if e.addr == 0 {
+                    return false;
+                }
+                if e.addr == addr {
+                    break;
+                }
+                i = (i + 1) & mask;
+            }
+            let e = *self.live.add(i);
+            let c = &mut (*self.stacks.add(e.stack as usize)).sample.counts;
+            c.inuse_objects -= e.objects;
+            c.inuse_bytes -= e.bytes;
+            let mut hole = i;
+            let mut j = i;
+            loop {
+                j = (j + 1) & mask;
+                let next = *self.live.add(j);
+                if next.addr == 0 {
+                    break;
+                }
+                let home = live_home(next.addr, mask);
+                // `next` may fill the hole if its home is not cyclically in (hole, j].
+                let home_after_hole = (home.wrapping_sub(hole) & mask)
+                    <= (j.wrapping_sub(hole) & mask)
+                    && home != hole;
+                if !home_after_hole {
+                    *self.live.add(hole) = next;
+                    hole = j;
+                }
+            }
+            (*self.live.add(hole)).addr = 0;
+        }
+        self.live_used -= 1;
+        true
+    }
+
+    /// The occupied stack slots.
+    fn stacks(&self) -> impl Iterator<Item = *mut StackSample> + '_ {
+        (0..self.stack_capacity)
+            // SAFETY: in bounds of the mapping.
+            .map(|i| unsafe { self.stacks.add(i) })
+            // SAFETY: the caller holds the lock, so no slot changes meanwhile.
+            .filter(|&e| unsafe { (*e).hash } != 0)
+            // SAFETY: as above; a field of a live slot.
+            .map(|e| unsafe { core::ptr::addr_of_mut!((*e).sample) })
+    }
+}
+
 /// Records a sampled object at `addr` allocated from `frames`, standing for `objects`
 /// objects and `bytes` bytes. False (and counted as dropped) when a table is full.
 pub fn record(addr: usize, frames: &[usize], objects: f64, bytes: f64) -> bool {
@@ -154,111 +288,31 @@ pub fn record(addr: usize, frames: &[usize], objects: f64, bytes: f64) -> bool {
     let Some(t) = guard.as_mut() else {
         return false;
     };
-    if !under_fill_limit(t.live_used, LIVE_CAPACITY) {
-        t.dropped += 1;
+    if !t.insert(addr, hash, frames, objects, bytes) {
+        // Relaxed: a lone counter; the lock orders it among recorders.
+        DROPPED.fetch_add(1, Ordering::Relaxed);
         return false;
     }
-    // SAFETY: `stacks` has STACK_CAPACITY entries; we hold the lock.
-    let stack = unsafe {
-        let mut i = hash as usize & (STACK_CAPACITY - 1);
-        loop {
-            let e = &mut *t.stacks.add(i);
-            if e.hash == hash
-                && e.sample.depth == frames.len()
-                && e.sample.frames[..frames.len()] == *frames
-            {
-                break i;
-            }
-            if e.hash == 0 {
-                if !under_fill_limit(t.stacks_used, STACK_CAPACITY) {
-                    t.dropped += 1;
-                    return false;
-                }
-                e.hash = hash;
-                e.sample.depth = frames.len();
-                e.sample.frames[..frames.len()].copy_from_slice(frames);
-                t.stacks_used += 1;
-                break i;
-            }
-            i = (i + 1) & (STACK_CAPACITY - 1);
-        }
-    };
-    // SAFETY: as above; `stack` is an occupied slot.
-    unsafe {
-        let c = &mut (*t.stacks.add(stack)).sample.counts;
-        c.alloc_objects += objects;
-        c.alloc_bytes += bytes;
-        c.inuse_objects += objects;
-        c.inuse_bytes += bytes;
-        let mut i = live_home(addr);
-        while (*t.live.add(i)).addr != 0 {
-            i = (i + 1) & (LIVE_CAPACITY - 1);
-        }
-        *t.live.add(i) = LiveEntry {
-            addr,
-            stack: stack as u32,
-            objects,
-            bytes,
-        };
-    }
-    t.live_used += 1;
     // Relaxed: see `any_live`; the lock orders these among recorders.
     mark_of(addr).fetch_add(1, Ordering::Relaxed);
     LIVE.fetch_add(1, Ordering::Relaxed);
     true
 }
 
-fn live_home(addr: usize) -> usize {
-    ((addr / PAGE_SIZE) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize >> 8
-        & (LIVE_CAPACITY - 1)
+fn live_home(addr: usize, mask: usize) -> usize {
+    ((addr / PAGE_SIZE) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize >> 8 & mask
 }
 
 /// Forgets the sampled object at `addr` (it is being freed), subtracting it from its
-/// stack's in-use totals; false if `addr` was not sampled.
+/// stack's in-use totals; false if `addr` was not recorded.
 pub fn forget(addr: usize) -> bool {
     let mut guard = TABLES.lock();
     let Some(t) = guard.as_mut() else {
         return false;
     };
-    // SAFETY: `live` has LIVE_CAPACITY entries, `stacks` STACK_CAPACITY; we hold the
-    // lock. Deletion shifts later entries of the probe run back (no tombstones).
-    unsafe {
-        let mut i = live_home(addr);
-        loop {
-            let e = *t.live.add(i);
-            if e.addr == 0 {
-                return false;
-            }
-            if e.addr == addr {
-                break;
-            }
-            i = (i + 1) & (LIVE_CAPACITY - 1);
-        }
-        let e = *t.live.add(i);
-        let c = &mut (*t.stacks.add(e.stack as usize)).sample.counts;
-        c.inuse_objects -= e.objects;
-        c.inuse_bytes -= e.bytes;
-        let mut hole = i;
-        let mut j = i;
-        loop {
-            j = (j + 1) & (LIVE_CAPACITY - 1);
-            let next = *t.live.add(j);
-            if next.addr == 0 {
-                break;
-            }
-            let home = live_home(next.addr);
-            // `next` may fill the hole if its home is not cyclically in (hole, j].
-            let home_after_hole = (home.wrapping_sub(hole) & (LIVE_CAPACITY - 1))
-                <= (j.wrapping_sub(hole) & (LIVE_CAPACITY - 1))
-                && home != hole;
-            if !home_after_hole {
-                *t.live.add(hole) = next;
-                hole = j;
-            }
-        }
-        (*t.live.add(hole)).addr = 0;
+    if !t.remove(addr) {
+        return false;
     }
-    t.live_used -= 1;
     // Relaxed: see `any_live`.
     mark_of(addr).fetch_sub(1, Ordering::Relaxed);
     LIVE.fetch_sub(1, Ordering::Relaxed);
@@ -270,9 +324,10 @@ pub fn stack_count() -> usize {
     TABLES.lock().as_ref().map_or(0, |t| t.stacks_used)
 }
 
-/// Samples dropped because a table was full.
+/// Samples dropped because a table was full, since the process started.
 pub fn dropped() -> u64 {
-    TABLES.lock().as_ref().map_or(0, |t| t.dropped)
+    // Relaxed: a lone counter.
+    DROPPED.load(Ordering::Relaxed)
 }
 
 /// Copies every stack into `out`, up to its spare capacity (it never grows `out`: the
@@ -282,16 +337,9 @@ pub fn snapshot(out: &mut Vec<StackSample>) {
     let Some(t) = guard.as_ref() else {
         return;
     };
-    for i in 0..STACK_CAPACITY {
-        if out.len() == out.capacity() {
-            break;
-        }
-        // SAFETY: in bounds; we hold the lock.
-        let e = unsafe { &*t.stacks.add(i) };
-        if e.hash != 0 {
-            out.push(e.sample);
-        }
-    }
+    let room = out.capacity() - out.len();
+    // SAFETY: occupied slots, read under the lock.
+    out.extend(t.stacks().take(room).map(|s| unsafe { *s }));
 }
 
 /// Zeroes every stack's allocation totals (in-use totals follow the live objects and
@@ -301,11 +349,12 @@ pub fn reset() {
     let Some(t) = guard.as_mut() else {
         return;
     };
-    for i in 0..STACK_CAPACITY {
-        // SAFETY: in bounds; we hold the lock.
-        let c = unsafe { &mut (*t.stacks.add(i)).sample.counts };
-        c.alloc_objects = 0.0;
-        c.alloc_bytes = 0.0;
+    for s in t.stacks() {
+        // SAFETY: an occupied slot; we hold the lock.
+        unsafe {
+            (*s).counts.alloc_objects = 0.0;
+            (*s).counts.alloc_bytes = 0.0;
+        }
     }
 }
 
@@ -357,5 +406,61 @@ mod tests {
             .expect("the stack is kept");
         assert_eq!(mine.counts.inuse_objects, 0.0);
         assert_eq!(mine.counts.alloc_objects, n as f64);
+    }
+
+    /// Full tables, at a test size (8 live slots: 7 usable under the fill limit; 4 stack
+    /// slots: 3 usable): the samples beyond are refused, their frees find nothing, every
+    /// recorded free is found, in-use totals return to exactly zero, and freed slots are
+    /// used again. Once the stack table is full, known stacks still record.
+    #[test]
+    fn full_tables_drop_samples_without_phantoms() {
+        let mut t = Tables::map(4, 8).expect("map test tables");
+        const BASE: usize = 0xffff_9000_0000_0000;
+        let addr = |i: usize| BASE + i * PAGE_SIZE;
+        let frames = [0xabcusize, 0xdef];
+        let hash = hash_frames(&frames);
+        let recorded: Vec<bool> = (0..10)
+            .map(|i| t.insert(addr(i), hash, &frames, 1.0, 64.0))
+            .collect();
+        assert_eq!(recorded.iter().filter(|&&r| r).count(), 7, "{recorded:?}");
+        assert!(recorded[..7].iter().all(|&r| r), "the first ones fit");
+        let totals = |t: &Tables| -> Vec<Counts> {
+            // SAFETY: occupied slots of a table only this test uses.
+            t.stacks().map(|s| unsafe { (*s).counts }).collect()
+        };
+        let c = totals(&t)[0];
+        assert_eq!(
+            (c.alloc_objects, c.inuse_objects, c.inuse_bytes),
+            (7.0, 7.0, 448.0)
+        );
+        // Every free: the dropped ones find nothing, the recorded ones are found once.
+        for (i, &was) in recorded.iter().enumerate() {
+            assert_eq!(t.remove(addr(i)), was, "free of object {i}");
+            assert!(!t.remove(addr(i)), "object {i} forgotten twice");
+        }
+        let c = totals(&t)[0];
+        assert_eq!(
+            (c.inuse_objects, c.inuse_bytes),
+            (0.0, 0.0),
+            "no phantom in use"
+        );
+        assert_eq!(t.live_used, 0);
+        // Room again after the frees.
+        assert!(t.insert(addr(20), hash, &frames, 1.0, 64.0));
+        // The stack table: two more stacks fit (three in all), the fourth is refused,
+        // and a known stack still records.
+        let other = |k: usize| [0x1000 + k, 0x2000];
+        assert!(t.insert(addr(21), hash_frames(&other(1)), &other(1), 1.0, 8.0));
+        assert!(t.insert(addr(22), hash_frames(&other(2)), &other(2), 1.0, 8.0));
+        assert!(!t.insert(addr(23), hash_frames(&other(3)), &other(3), 1.0, 8.0));
+        assert!(!t.remove(addr(23)));
+        assert!(t.insert(addr(24), hash, &frames, 1.0, 64.0));
+        assert_eq!(t.stacks().count(), 3);
+        for i in [20, 21, 22, 24] {
+            assert!(t.remove(addr(i)));
+        }
+        assert!(totals(&t)
+            .iter()
+            .all(|c| c.inuse_objects == 0.0 && c.inuse_bytes == 0.0));
     }
 }
