@@ -65,7 +65,11 @@ unsafe fn bad_pages(p: *const u8, len: usize, tag: u64) -> usize {
 }
 
 fn run(mode: &str) {
-    let out = rangealloc_tests::run_child(mode, Some(NO_TIMED_PURGE));
+    run_with(mode, NO_TIMED_PURGE);
+}
+
+fn run_with(mode: &str, options: &str) {
+    let out = rangealloc_tests::run_child(mode, Some(options));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains(&format!("PASSED {mode}")),
@@ -85,6 +89,8 @@ fn child_entry() {
         "budget" => burst_bounded(),
         "doubling" => doubling_in_place(),
         "content" => content_across_moves(),
+        "thp" => huge_pages_once(true),
+        "nothp" => huge_pages_once(false),
         _ => panic!("unknown mode {mode}"),
     }
     println!("PASSED {mode}");
@@ -282,4 +288,133 @@ fn content_across_moves() {
     );
     assert!(after.moved > before.moved, "no move");
     assert!(after.copied_bytes - before.copied_bytes >= 64 * MIB as u64);
+}
+
+fn huge_page_marks() -> u64 {
+    rangealloc::syscall_counts().get(Syscall::MadviseHugePage)
+}
+
+/// The `VmFlags` of the kernel mapping holding `addr`, from `/proc/self/smaps`.
+fn vm_flags(addr: usize) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = (lo..hi).contains(&addr);
+                continue;
+            }
+        }
+        if inside {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.to_string();
+            }
+        }
+    }
+    panic!("no mapping holds {addr:#x}");
+}
+
+/// Huge pages (`thp=auto`, the kernel in `madvise` or `always` mode): large objects of
+/// 2 MiB and more start on 2 MiB boundaries in reservations of their own, marked
+/// `MADV_HUGEPAGE` (when the kernel wants the advice) once per reservation and never
+/// in steady state, while small objects and large objects below 2 MiB stay out of
+/// them. With `thp=never`, no mark and no huge space at all.
+#[test]
+fn huge_pages_are_marked_once_per_reservation_and_big_regions_aligned() {
+    run_with("thp", "thp=auto");
+    run_with("nothp", "thp=never");
+}
+
+fn huge_pages_once(auto: bool) {
+    use rangealloc::engine::options::{thp, Thp};
+    use rangealloc::engine::region::Space;
+    let mode = thp();
+    let on = auto && mode != Thp::Off;
+    if auto && mode == Thp::Off {
+        let kernel = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+        assert!(
+            kernel.map_or(true, |k| k.contains("[never]")),
+            "thp=auto is off, yet the kernel allows huge pages"
+        );
+        println!("the kernel's THP mode is never: only the no-change half runs");
+    }
+    // SAFETY: pointers are used within their lengths and freed once.
+    unsafe {
+        let small = alloc(layout(100));
+        let medium = alloc(layout(40 * 1024));
+        let sizes = [2 * MIB, 2 * MIB + PAGE, 3 * MIB + 5, 17 * MIB, 64 * MIB + 1];
+        let big: Vec<*mut u8> = sizes.iter().map(|&n| alloc(layout(n))).collect();
+        for p in [small, medium] {
+            assert_eq!(TABLE.space_of(p as usize), Space::Base);
+            assert!(
+                !vm_flags(p as usize).contains(" hg"),
+                "small object in THP space"
+            );
+        }
+        for (&p, &n) in big.iter().zip(&sizes) {
+            fill(p, n, 1);
+            let space = TABLE.space_of(p as usize);
+            if on {
+                assert_eq!(p as usize % (2 * MIB), 0, "{n}-byte object at {p:?}");
+                assert_eq!(space, Space::Huge, "{n}-byte object");
+                if mode == Thp::Advise {
+                    assert!(vm_flags(p as usize).contains(" hg"), "{n}: not advised");
+                }
+            } else {
+                assert_eq!(space, Space::Base, "{n}-byte object");
+            }
+        }
+        let marks = huge_page_marks();
+        assert_eq!(marks > 0, on && mode == Thp::Advise, "marks: {marks}");
+        // Steady state: allocation, growth in place, moves and frees of big objects
+        // mark nothing more. The first round may reserve (and mark) what it needs;
+        // the same round again, with everything freed in between, marks nothing.
+        let warm = churn_big_objects(on);
+        assert!(warm - marks <= 2, "{} marks for one round", warm - marks);
+        churn_big_objects(on);
+        assert_eq!(huge_page_marks(), warm, "MADV_HUGEPAGE in steady state");
+        for (p, n) in big.into_iter().zip(sizes) {
+            dealloc(p, layout(n));
+        }
+        dealloc(medium, layout(40 * 1024));
+        dealloc(small, layout(100));
+    }
+}
+
+/// 2000 steps over at most 8 live objects of 2-32 MiB: allocate, realloc (in place or
+/// moving) or free; all freed at the end. Returns the huge-page marks so far.
+fn churn_big_objects(on: bool) -> u64 {
+    let mut rng = rangealloc_tests::XorShift(0x7a9);
+    let mut live: Vec<(*mut u8, usize)> = Vec::new();
+    // SAFETY: pointers are used within their lengths and freed once.
+    unsafe {
+        for _ in 0..2000 {
+            let n = (2 + rng.below(30)) * MIB + rng.below(MIB);
+            if live.len() < 8 {
+                let p = alloc(layout(n));
+                p.write(1);
+                live.push((p, n));
+            } else {
+                let i = rng.below(live.len());
+                let (p, len) = live[i];
+                if rng.below(2) == 0 {
+                    let q = realloc(p, layout(len), n);
+                    assert_eq!(q.read(), 1);
+                    if on {
+                        assert_eq!(q as usize % (2 * MIB), 0, "realloc to {n}");
+                    }
+                    live[i] = (q, n);
+                } else {
+                    dealloc(p, layout(len));
+                    live.swap_remove(i);
+                }
+            }
+        }
+        for (p, len) in live {
+            dealloc(p, layout(len));
+        }
+    }
+    huge_page_marks()
 }

@@ -23,7 +23,7 @@ use super::free_index::FreeIndex;
 use super::lock::TableSeq;
 use super::protocol::ReadAttempt;
 use super::tree::RangeTree;
-use super::{Region, RegionKind, RegionState, PURGING, RETIRED_NEXT};
+use super::{Region, RegionKind, RegionState, Space, PURGING, RETIRED_NEXT};
 use crate::os::{self, PurgeMode};
 use crate::stats::Counter;
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
@@ -427,7 +427,7 @@ impl RegionTable {
     /// Places a new live region of `len` bytes (page multiple) aligned to `align`.
     pub fn allocate(&self, len: usize, align: usize, kind: RegionKind) -> Option<Placed> {
         debug_assert!(kind != RegionKind::Free);
-        let placed = self.write(|w| w.allocate(len, align, kind))?;
+        let placed = self.write(|w| w.allocate(len, align, kind, Space::Base))?;
         self.live_regions.fetch_add(1, Ordering::Relaxed);
         Some(placed)
     }
@@ -445,15 +445,17 @@ impl RegionTable {
     /// into (`writer::growth_room`): in dirty space where some fits, else clean, else a
     /// new arena; densely (`allocate`) when none has room. Large objects use this; a
     /// `growing` one (a realloc's destination) takes clean space with room before dirty
-    /// space without.
+    /// space without. Only reservations of `space` are used; in `Space::Huge` the region
+    /// starts on a 2 MiB boundary.
     pub fn allocate_with_room(
         &self,
         len: usize,
         align: usize,
         kind: RegionKind,
         growing: bool,
+        space: Space,
     ) -> Option<Placed> {
-        let placed = self.write(|w| w.allocate_with_room(len, align, kind, growing))?;
+        let placed = self.write(|w| w.allocate_with_room(len, align, kind, growing, space))?;
         self.live_regions.fetch_add(1, Ordering::Relaxed);
         Some(placed)
     }
@@ -632,6 +634,12 @@ impl RegionTable {
             }
         });
         stats
+    }
+
+    /// The space of the reservation holding `addr` (tests and diagnostics).
+    pub fn space_of(&self, addr: usize) -> Space {
+        let _inside = Reentrancy::enter();
+        self.writer.lock().free.space_of(addr)
     }
 
     /// Visits every region in address order (tests and diagnostics).

@@ -178,7 +178,7 @@ fn a_new_region_is_write_locked_until_its_update_ends() {
     // Inside the free region (the object and its tail are both new descriptors).
     let (object, tail) = table.write(|w| {
         let placed = w
-            .allocate(2 * PAGE_SIZE, 64 * 1024, RegionKind::Large)
+            .allocate(2 * PAGE_SIZE, 64 * 1024, RegionKind::Large, Space::Base)
             .unwrap();
         assert_ne!(
             placed.start,
@@ -199,7 +199,9 @@ fn a_new_region_is_write_locked_until_its_update_ends() {
     assert!(fast(object) && fast(tail), "unlocked once the update ended");
     // At a free region's start (the object takes its key) with a new tail behind it.
     let head = table.write(|w| {
-        let placed = w.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large).unwrap();
+        let placed = w
+            .allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large, Space::Base)
+            .unwrap();
         assert_eq!(
             placed.start,
             first + PAGE_SIZE,

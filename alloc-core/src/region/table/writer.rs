@@ -4,15 +4,17 @@
 //! in place (`grow`, `shrink`), folding freed objects back into free space
 //! (`drain_retired`, `coalesce`, `absorb`) and detaching descriptors. Each change
 //! write-locks the regions it touches (`start_write`) and creates new ones write-locked
-//! (`new_region`); `RegionTable::write` ends the update with one `end_write_all`. Calls `tree`, `free_index`, `epoch`, `meta`, `os`
-//! and `space`.
+//! (`new_region`); `RegionTable::write` ends the update with one `end_write_all`.
+//! Placement draws from one `Space` (huge-page reservations or the base ones). Calls
+//! `tree`, `free_index`, `epoch`, `meta`, `os`, `options` (the huge-page mode) and
+//! `space`.
 
 use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGED_AT_RETIRE, PURGE_PIECE};
 use crate::meta;
 use crate::os;
 use crate::os::{HUGE_PAGE, PAGE_SIZE};
 use crate::region::epoch;
-use crate::region::{Region, RegionKind, RegionState, PURGING, RETIRED_NEXT};
+use crate::region::{Region, RegionKind, RegionState, Space, PURGING, RETIRED_NEXT};
 use crate::space::{self, SlotKind};
 use crate::sync::atomic::Ordering;
 use core::ptr;
@@ -264,15 +266,16 @@ impl Writer<'_> {
         len: usize,
         align: usize,
         kind: RegionKind,
+        space: Space,
     ) -> Option<Placed> {
         // SAFETY: writer mutex held.
-        let found = unsafe { self.state.free.find(len, align) };
+        let found = unsafe { self.state.free.find(space, len, align) };
         let (free, at) = match found {
             Some(hit) => hit,
             None => {
-                self.add_arena(len, align)?;
+                self.add_arena(len, align, space)?;
                 // SAFETY: as above.
-                unsafe { self.state.free.find(len, align)? }
+                unsafe { self.state.free.find(space, len, align)? }
             }
         };
         // SAFETY: indexed regions are attached descriptors.
@@ -295,13 +298,19 @@ impl Writer<'_> {
         let free = &self.state.free;
         // SAFETY: writer mutex held.
         let found = unsafe {
-            free.find_dirty(want, align)
+            free.find_dirty(Space::Base, want, align)
                 .map(|hit| (hit, true))
-                .or_else(|| free.find_dirty(len, align).map(|hit| (hit, false)))
-                .or_else(|| free.find_any(want, align).map(|hit| (hit, true)))
+                .or_else(|| {
+                    free.find_dirty(Space::Base, len, align)
+                        .map(|hit| (hit, false))
+                })
+                .or_else(|| {
+                    free.find_any(Space::Base, want, align)
+                        .map(|hit| (hit, true))
+                })
         };
         let Some(((region, at), roomy)) = found else {
-            return self.allocate(len, align, kind);
+            return self.allocate(len, align, kind, Space::Base);
         };
         // SAFETY: indexed regions are attached descriptors.
         let free: &'static Region = unsafe { &*region };
@@ -322,37 +331,45 @@ impl Writer<'_> {
     /// region right after a live large object keeps that object's room free too. In
     /// order: dirty space with room after it (no faults), dirty space that fits (no new
     /// RSS; skipped for a `growing` object, which would soon move out of it and copy),
-    /// clean space with room, a new arena, then `allocate`.
+    /// clean space with room, a new arena, then `allocate`. All within `space`, where
+    /// `Space::Huge` places on huge-page boundaries.
     pub(super) fn allocate_with_room(
         &mut self,
         len: usize,
         align: usize,
         kind: RegionKind,
         growing: bool,
+        space: Space,
     ) -> Option<Placed> {
+        let align = match space {
+            Space::Huge => align.max(HUGE_PAGE),
+            Space::Base => align,
+        };
         let room = growth_room(len);
         let want = len.saturating_add(room);
-        let found = self.find_with_room(len, room, align, true).or_else(|| {
-            if growing {
-                return None;
-            }
-            // SAFETY: writer mutex held; indexed regions are attached descriptors.
-            unsafe {
-                let (r, _) = self.state.free.find_dirty(len, align)?;
-                Some((r, top_start((*r).end(), len, align)))
-            }
-        });
+        let found = self
+            .find_with_room(space, len, room, align, true)
+            .or_else(|| {
+                if growing {
+                    return None;
+                }
+                // SAFETY: writer mutex held; indexed regions are attached descriptors.
+                unsafe {
+                    let (r, _) = self.state.free.find_dirty(space, len, align)?;
+                    Some((r, top_start((*r).end(), len, align)))
+                }
+            });
         let found = found
-            .or_else(|| self.find_with_room(len, room, align, false))
+            .or_else(|| self.find_with_room(space, len, room, align, false))
             .or_else(|| {
                 if self.state.reserved >= ROOMY_RESERVE_LIMIT {
                     return None;
                 }
-                self.add_arena(want, align)?;
-                self.find_with_room(len, room, align, false)
+                self.add_arena(want, align, space)?;
+                self.find_with_room(space, len, room, align, false)
             });
         let Some((region, at)) = found else {
-            return self.allocate(len, align, kind);
+            return self.allocate(len, align, kind, space);
         };
         // SAFETY: indexed regions are attached descriptors.
         let free: &'static Region = unsafe { &*region };
@@ -364,6 +381,7 @@ impl Writer<'_> {
     /// right before the region; and the highest such start.
     fn find_with_room(
         &self,
+        space: Space,
         len: usize,
         room: usize,
         align: usize,
@@ -424,12 +442,15 @@ impl Writer<'_> {
         unsafe {
             self.state
                 .free
-                .find_placed(if dirty { len } else { len + room }, place)
+                .find_placed(space, if dirty { len } else { len + room }, place)
         }
     }
 
-    /// Reserves a new arena big enough for `len` at `align` and indexes it as free.
-    fn add_arena(&mut self, len: usize, align: usize) -> Option<()> {
+    /// Reserves a new arena big enough for `len` at `align` for `space` and indexes it
+    /// as free. A huge-space arena is marked for transparent huge pages here, once for
+    /// its lifetime, when the kernel's mode wants the advice (`options::thp`); the mark
+    /// failing (a kernel without THP) leaves ordinary pages, which is no error.
+    fn add_arena(&mut self, len: usize, align: usize, space: Space) -> Option<()> {
         let size = len
             .checked_add(align)?
             .checked_next_multiple_of(ARENA_SIZE)?;
@@ -440,6 +461,10 @@ impl Writer<'_> {
             let _ = unsafe { os::release(base, size) };
             return None;
         }
+        if space == Space::Huge && crate::options::thp() == crate::options::Thp::Advise {
+            let _ = os::advise_huge_pages(base, size);
+        }
+        self.state.free.set_space(base, size, space);
         space::set_kind(base, size, SlotKind::Table);
         self.state.reserved += size;
         // SAFETY: writer mutex held; fresh attached free region.
