@@ -90,6 +90,8 @@ fn child_entry() {
         "doubling" => doubling_in_place(),
         "content" => content_across_moves(),
         "thp" => huge_pages_once(true),
+        "remap" => remap_leaves_clean_space(),
+        "room-bound" => room_reserves_bounded(),
         "nothp" => huge_pages_once(false),
         _ => panic!("unknown mode {mode}"),
     }
@@ -243,13 +245,15 @@ fn content_across_moves() {
         for i in 0..len {
             p.add(i).write(i as u8);
         }
-        // Small to large, then in place, then past the 64 MiB room (moves), shrinks
-        // (in place), and back to small.
+        // Small to large, then in place, then past the 64 MiB room (a copy: below
+        // `REMAP_MIN`), in place again, past that room (an `mremap`), shrinks (in
+        // place), and back to small.
         let sizes = [
             256 * 1024,
-            4 * MIB,
-            64 * MIB,
-            200 * MIB,
+            MIB,
+            70 * MIB,
+            100 * MIB,
+            250 * MIB,
             3 * MIB,
             512 * 1024,
             2000,
@@ -286,8 +290,106 @@ fn content_across_moves() {
         after.grown_in_place > before.grown_in_place,
         "no growth in place"
     );
-    assert!(after.moved > before.moved, "no move");
-    assert!(after.copied_bytes - before.copied_bytes >= 64 * MIB as u64);
+    assert_eq!(after.moved - before.moved, 1, "copies");
+    assert_eq!(after.copied_bytes - before.copied_bytes, MIB as u64);
+    assert_eq!(after.remapped - before.remapped, 1, "mremap moves");
+    assert_eq!(
+        after.remapped_bytes - before.remapped_bytes,
+        100 * MIB as u64
+    );
+}
+
+/// A big object that cannot grow in place moves its pages with `mremap`: its content
+/// arrives without a copy (almost no page faults), and the range it left is clean free
+/// space (not dirty, not counted in the dirty bytes, reading zero, no longer sharing
+/// pages with the object). Repeated moves do not pile up kernel mappings. Both with
+/// huge pages on and off.
+#[test]
+fn a_remapped_object_leaves_clean_free_space() {
+    run_with("remap", "thp=never");
+    run_with("remap", "thp=auto");
+}
+
+/// Lines of `/proc/self/maps`: the process's kernel mappings (VMAs).
+fn mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+fn remap_leaves_clean_space() {
+    const LEN: usize = 8 * MIB;
+    const GROWN: usize = 100 * MIB;
+    const TAG: u64 = 0xfade;
+    let free_at = |addr: usize| {
+        let mut found = None;
+        TABLE.for_each_free_region(|start, len, dirty| {
+            if (start..start + len).contains(&addr) {
+                found = Some(dirty);
+            }
+        });
+        found
+    };
+    // SAFETY: pointers are used within their lengths and freed once; the old range is
+    // read only while it is free space of our own reservation (mapped, reads zero).
+    unsafe {
+        let p = alloc(layout(LEN));
+        fill(p, LEN, TAG);
+        TABLE.collect_retired();
+        let (before, dirty0, faults0) = (
+            rangealloc::stats().reallocs,
+            TABLE.dirty_bytes(),
+            minor_faults(),
+        );
+        let q = realloc(p, layout(LEN), GROWN);
+        assert!(!q.is_null() && q != p, "no move");
+        assert_eq!(bad_pages(q, LEN, TAG), 0, "content lost in the move");
+        let faults = minor_faults() - faults0;
+        assert!(
+            faults < (LEN / PAGE / 16) as u64,
+            "{faults} faults: pages copied?"
+        );
+        let after = rangealloc::stats().reallocs;
+        assert_eq!(after.remapped - before.remapped, 1);
+        assert_eq!(after.remapped_bytes - before.remapped_bytes, LEN as u64);
+        assert_eq!(after.moved, before.moved, "copied");
+        assert_eq!(
+            free_at(p as usize),
+            Some(false),
+            "old range not clean free space"
+        );
+        assert!(
+            TABLE.dirty_bytes() < dirty0 + LEN,
+            "old range counted dirty"
+        );
+        q.write(0xab);
+        let old = |off: usize| core::ptr::read_volatile(p.add(off));
+        assert!(
+            (0..LEN).step_by(PAGE).all(|off| old(off) == 0),
+            "old range not empty"
+        );
+        // Moves that repeat reuse the same space: once the first moves have split the
+        // reservation's mapping where they land, more moves split nothing new. (Far
+        // past any free space after the object, so that every round moves.)
+        dealloc(q, layout(GROWN));
+        const FAR: usize = 600 * MIB;
+        let churn = |rounds: usize| {
+            for i in 0..rounds {
+                let p = alloc(layout(LEN));
+                p.write(i as u8);
+                let q = realloc(p, layout(LEN), FAR);
+                assert_eq!(q.read(), i as u8);
+                dealloc(q, layout(FAR));
+            }
+        };
+        churn(200);
+        let maps0 = mappings();
+        churn(800);
+        let grown = mappings().saturating_sub(maps0);
+        assert!(grown <= 2, "800 more moves added {grown} mappings");
+        assert!(rangealloc::stats().reallocs.remapped - after.remapped >= 900);
+    }
 }
 
 fn huge_page_marks() -> u64 {
@@ -417,4 +519,42 @@ fn churn_big_objects(on: bool) -> u64 {
         }
     }
     huge_page_marks()
+}
+
+/// Growth room does not reserve address space without bound: 3000 live objects of
+/// 256 KiB (each would keep 64 MiB of room after it, 190 GiB in all) leave the
+/// reservations within 16 GiB plus an arena or two (the bound: 16 GiB or 8x the bytes
+/// in use), and every object still works.
+#[test]
+fn growth_room_reserves_bounded_address_space() {
+    run("room-bound");
+}
+
+fn room_reserves_bounded() {
+    const OBJECTS: usize = 3000;
+    const LEN: usize = 256 * 1024;
+    const BOUND: usize = 16 << 30;
+    const ARENA: usize = 1 << 30;
+    // SAFETY: pointers are used within their lengths and freed once.
+    unsafe {
+        let objs: Vec<*mut u8> = (0..OBJECTS)
+            .map(|i| {
+                let p = alloc(layout(LEN));
+                assert!(!p.is_null());
+                p.write(i as u8);
+                p
+            })
+            .collect();
+        let reserved = TABLE.space().reserved;
+        assert!(
+            reserved <= BOUND + 2 * ARENA,
+            "{} GiB reserved for {} MiB of objects",
+            reserved >> 30,
+            (OBJECTS * LEN) >> 20
+        );
+        for (i, &p) in objs.iter().enumerate() {
+            assert_eq!(p.read(), i as u8);
+            dealloc(p, layout(LEN));
+        }
+    }
 }

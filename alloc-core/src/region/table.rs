@@ -466,6 +466,25 @@ impl RegionTable {
         self.write(|w| w.grow(addr, new_len))
     }
 
+    /// Moves the live large object at `addr` to a new region of `new_len` bytes (more
+    /// than its length) in `space`, moving its pages with one `mremap` (see
+    /// `Writer::relocate`). `Some((placed, true))`: moved, the old range is free space.
+    /// `Some((placed, false))`: `mremap` failed, the new region is live and the caller
+    /// copies and frees the old one. `None`: no room for the new region.
+    pub fn relocate(
+        &self,
+        addr: usize,
+        new_len: usize,
+        align: usize,
+        space: Space,
+    ) -> Option<(Placed, bool)> {
+        let (placed, moved) = self.write(|w| w.relocate(addr, new_len, align, space))?;
+        if !moved {
+            self.live_regions.fetch_add(1, Ordering::Relaxed);
+        }
+        Some((placed, moved))
+    }
+
     /// Shrinks the live object region at `addr` to `new_len`, giving the tail back.
     pub fn shrink_in_place(&self, addr: usize, new_len: usize) -> bool {
         self.write(|w| w.shrink(addr, new_len))

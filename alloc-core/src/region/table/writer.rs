@@ -34,10 +34,18 @@ pub(super) struct Writer<'a> {
 /// copies and faults are not.
 pub const GROWTH_TARGET: usize = 64 << 20;
 
-/// Past this much reserved address space (4 TiB, 1/32 of the 47-bit user space) no new
-/// arena is reserved just for growth room: a program with a million live large objects
-/// gets them placed densely instead of running out of address space.
-const ROOMY_RESERVE_LIMIT: usize = 1 << 42;
+/// Growth room may reserve new address space while all reservations stay within this
+/// much, whatever the program holds: room for 128 objects growing to 64 MiB (each
+/// keeps 64 MiB after it), more than the region and realloc-growth workloads use, and
+/// 1/8192 of the 47-bit user space. Untouched reserved space costs no RSS and no page
+/// tables, but it counts against `RLIMIT_AS` and `vm.max_map_count` (one mapping per
+/// reservation), and unbounded, a program that keeps moving big objects reserved a new
+/// arena per move (1.6 TiB after 800 moves of a 600 MiB object, before this bound).
+const ROOM_RESERVE_FLOOR: usize = 16 << 30;
+/// ... or within this many times the bytes in use (reserved minus free), for programs
+/// big enough that the floor would leave their large objects without room: 8x keeps
+/// every live object's room (up to one doubling or 64 MiB) with space to spare.
+const ROOM_RESERVE_FACTOR: usize = 8;
 
 /// The room kept after an object of `len` bytes: up to `GROWTH_TARGET`, and at least
 /// one doubling for objects beyond it.
@@ -362,7 +370,7 @@ impl Writer<'_> {
         let found = found
             .or_else(|| self.find_with_room(space, len, room, align, false))
             .or_else(|| {
-                if self.state.reserved >= ROOMY_RESERVE_LIMIT {
+                if !self.may_reserve_for_room(want) {
                     return None;
                 }
                 self.add_arena(want, align, space)?;
@@ -374,6 +382,16 @@ impl Writer<'_> {
         // SAFETY: indexed regions are attached descriptors.
         let free: &'static Region = unsafe { &*region };
         self.carve(free, at, len, kind)
+    }
+
+    /// Whether a new reservation of about `want` bytes may be made for growth room
+    /// (see `ROOM_RESERVE_FLOOR`, `ROOM_RESERVE_FACTOR`); when not, the object is placed
+    /// densely in the space there is.
+    fn may_reserve_for_room(&self, want: usize) -> bool {
+        let reserved = self.state.reserved;
+        let in_use = reserved.saturating_sub(self.state.free.bytes);
+        let limit = ROOM_RESERVE_FLOOR.max(in_use.saturating_mul(ROOM_RESERVE_FACTOR));
+        reserved.saturating_add(want.next_multiple_of(ARENA_SIZE)) <= limit
     }
 
     /// A free region (dirty ones only if `dirty`) where `len` fits at an `align`ed start
@@ -652,6 +670,43 @@ impl Writer<'_> {
         }
         r.len.store(new_len, Ordering::Relaxed);
         true
+    }
+
+    /// Moves the live object at `addr` into a new region of `new_len` bytes placed as
+    /// `allocate_with_room` places a growing one, moving its pages with `mremap` instead
+    /// of copying them, in this one update: the source, the destination's free region
+    /// and the neighbours they merge with are write-locked (`start_write`) and unlocked
+    /// together by `end_write_all`, so no reader sees the object in two places and no
+    /// purge advises either range meanwhile (`carve` waits a purge's read lock out).
+    /// The source range is left mapped and empty (`MREMAP_DONTUNMAP`): it becomes
+    /// clean free space reading as zero, counted in no dirty bytes. When `mremap` fails,
+    /// the destination is still returned, unmoved (`false`), for the caller to copy into
+    /// and free the source; `None` when no destination could be placed.
+    pub(super) fn relocate(
+        &mut self,
+        addr: usize,
+        new_len: usize,
+        align: usize,
+        space: Space,
+    ) -> Option<(Placed, bool)> {
+        let r = self.live_object_at(addr)?;
+        let old_len = r.len();
+        debug_assert!(old_len < new_len && r.kind() == RegionKind::Large);
+        let placed = self.allocate_with_room(new_len, align, RegionKind::Large, true, space)?;
+        self.start_write(r);
+        // SAFETY: both ranges are in our reservations; the destination is a region this
+        // update just carved out of free space, the source a live object whose owner is
+        // inside `realloc` (it needs only the content, which moves with the pages), and
+        // both are write-locked until the update ends.
+        if unsafe { os::move_pages(addr, placed.start, old_len) }.is_err() {
+            return Some((placed, false));
+        }
+        // The source is now empty: clean, zero, free.
+        r.kind.store(RegionKind::Free as u8, Ordering::Relaxed);
+        r.zeroed.store(true, Ordering::Relaxed);
+        r.dirty_since.store(0, Ordering::Relaxed);
+        self.coalesce(r);
+        Some((placed, true))
     }
 
     pub(super) fn shrink(&mut self, addr: usize, new_len: usize) -> bool {
