@@ -183,7 +183,7 @@ impl FreeIndex {
         mut place: impl FnMut(&Region) -> Option<usize>,
     ) -> Option<(*mut Region, usize)> {
         let heads = &self.heads[space as usize * BINS..][..BINS];
-        for &head in &heads[bin_of(min_len)..] {
+        for &head in heads.iter().skip(bin_of(min_len)) {
             let mut r = head;
             while !r.is_null() {
                 // SAFETY: indexed regions are live while the writer mutex is held.
@@ -205,7 +205,7 @@ impl FreeIndex {
         accept: impl Fn(*mut Region) -> bool,
     ) -> Option<(*mut Region, usize)> {
         let heads = &self.heads[space as usize * BINS..][..BINS];
-        for &head in &heads[bin_of(len)..] {
+        for &head in heads.iter().skip(bin_of(len)) {
             let mut r = head;
             while !r.is_null() {
                 // SAFETY: indexed regions are live while the writer mutex is held.

@@ -102,19 +102,6 @@ impl Drop for ReadGuard {
     }
 }
 
-/// `dirty_since` of a live region whose pages its freer purged before retiring it.
-const PURGED_AT_RETIRE: u64 = u64::MAX;
-
-impl Region {
-    /// Records, from a `retire_with` hook, that the object's pages were purged with
-    /// `mode`, so the free space it becomes is clean (and zero after DONTNEED).
-    pub fn mark_purged(&self, mode: PurgeMode) {
-        self.zeroed
-            .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
-        self.dirty_since.store(PURGED_AT_RETIRE, Ordering::Relaxed);
-    }
-}
-
 /// The guard page `install_guard` puts after an object: its region's last page.
 pub const GUARD_LEN: usize = os::PAGE_SIZE;
 
@@ -309,8 +296,7 @@ impl RegionTable {
     /// `retire`, running `prepare` on the validated, still-live region under its read
     /// lock first: the place for work on the object's pages that must finish before
     /// anyone can reuse them (purging a big object) and that needs no process-wide lock.
-    /// A guard page from `install_guard` is lifted before `prepare` runs. `prepare` may
-    /// call `Region::mark_purged`.
+    /// A guard page from `install_guard` is lifted before `prepare` runs.
     pub fn retire_with(
         &self,
         addr: usize,

@@ -9,7 +9,7 @@
 //! `tree`, `free_index`, `epoch`, `meta`, `os`, `options` (the huge-page mode) and
 //! `space`.
 
-use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGED_AT_RETIRE, PURGE_PIECE};
+use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGE_PIECE};
 use crate::meta;
 use crate::os;
 use crate::os::{HUGE_PAGE, PAGE_SIZE};
@@ -163,15 +163,11 @@ impl Writer<'_> {
             region
                 .state
                 .store(RegionState::Live as u8, Ordering::Relaxed);
-            if region.dirty_since() == PURGED_AT_RETIRE {
-                region.dirty_since.store(0, Ordering::Relaxed);
-            } else {
-                region.zeroed.store(false, Ordering::Relaxed);
-                region.dirty_since.store(now, Ordering::Relaxed);
-                self.table
-                    .dirty_bytes
-                    .fetch_add(region.len(), Ordering::Relaxed);
-            }
+            region.zeroed.store(false, Ordering::Relaxed);
+            region.dirty_since.store(now, Ordering::Relaxed);
+            self.table
+                .dirty_bytes
+                .fetch_add(region.len(), Ordering::Relaxed);
             self.coalesce(region);
         }
     }
@@ -458,9 +454,11 @@ impl Writer<'_> {
         };
         // SAFETY: writer mutex held; `place` only reads the tree.
         unsafe {
-            self.state
-                .free
-                .find_placed(space, if dirty { len } else { len + room }, place)
+            self.state.free.find_placed(
+                space,
+                if dirty { len } else { len.saturating_add(room) },
+                place,
+            )
         }
     }
 
