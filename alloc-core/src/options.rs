@@ -127,7 +127,10 @@ pub const DEFAULTS: Options = Options {
     prof_sample: DEFAULT_PROF_SAMPLE,
     prof_dump: None,
     prof_leak: false,
-    thp: ThpOption::Auto,
+    // Measured on the 2-core VM (BENCHMARKS.md, "Big objects: huge pages"): huge pages cut
+    // big-buffers' faults 40x but cost 2-4x its time (clearing fresh 2 MiB pages was 91%
+    // of the profile) and raised peak RSS; no workload got faster.
+    thp: ThpOption::Never,
 };
 
 /// The options, parsed once. Not a `OnceLock`: a fork child whose parent had a thread
@@ -631,16 +634,16 @@ mod tests {
         assert_eq!(o.prof_sample, 65536);
         assert_eq!(o.prof_dump.unwrap().as_bytes(), b"/tmp/x/heap");
         assert_eq!(
-            parse_collect("thp=never"),
+            parse_collect("thp=auto"),
             (
                 Options {
-                    thp: ThpOption::Never,
+                    thp: ThpOption::Auto,
                     ..DEFAULTS
                 },
                 0
             )
         );
-        assert_eq!(parse_collect("thp=auto"), (DEFAULTS, 0));
+        assert_eq!(parse_collect("thp=never"), (DEFAULTS, 0));
     }
 
     #[test]
