@@ -169,7 +169,7 @@ pub fn fork_prepare() {
     thread::set(thread::BUSY);
     crate::prof::fork_prepare();
     heap::fork_prepare();
-    region::TABLE.fork_prepare();
+    region::ARENAS.fork_prepare();
     meta::fork_prepare();
 }
 
@@ -194,7 +194,7 @@ pub fn fork_child() {
     // runs yet. The epoch first: the table's repair already pins.
     unsafe {
         epoch::after_fork_in_child();
-        region::TABLE.after_fork_in_child();
+        region::ARENAS.after_fork_in_child();
         EXIT_KEY.after_fork_in_child();
     }
     heap::fork_child();
@@ -214,7 +214,7 @@ fn release_fork_locks() {
     // SAFETY: `fork_prepare` ran on this thread (in the child, the only one left).
     unsafe {
         meta::fork_release();
-        region::TABLE.fork_release();
+        region::ARENAS.fork_release();
         heap::fork_release();
         crate::prof::fork_release();
     }

@@ -202,9 +202,9 @@ pub unsafe fn free(p: *mut u8) {
 #[inline(always)]
 #[cfg(not(loom))]
 pub unsafe fn free_as(p: *mut u8, call: &'static str) {
-    if space::kind_of(p as usize) == SlotKind::Segment {
-        // SAFETY: the slot is a live segment.
-        match unsafe { heap::free_small_fast(p) } {
+    if let Some(seg) = space::segment_slot(p as usize) {
+        // SAFETY: `seg` is the live segment `segment_slot` found for `p`.
+        match unsafe { heap::free_small_fast(seg, p) } {
             heap::FastFree::Done => return,
             // SAFETY: `free_small_fast` checked that this thread's heap owns the page.
             heap::FastFree::Retire(heap, page) => {

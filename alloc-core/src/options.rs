@@ -21,6 +21,9 @@ pub const DEFAULT_PURGE_DELAY_MS: u64 = 1000;
 /// (the region workload's biggest).
 pub const DEFAULT_DIRTY_BUDGET: usize = 64 << 20;
 
+/// The largest `narenas` (see `region::arenas::MAX_ARENAS`, which is this, for why).
+pub const MAX_ARENAS: usize = 64;
+
 /// A purge delay that never comes: free pages stay until an explicit purge or the dirty
 /// budget sends them back (jemalloc's `dirty_decay_ms = -1`).
 pub const PURGE_NEVER: u64 = u64::MAX;
@@ -55,6 +58,9 @@ pub struct Options {
     pub prof_leak: bool,
     /// `thp`: transparent huge pages for big large objects (`thp()` is what applies).
     pub thp: ThpOption,
+    /// `narenas`: region-table arenas large objects and segments are placed in (1 to
+    /// `region::arenas::MAX_ARENAS`); 0, the default, means four per CPU.
+    pub narenas: usize,
 }
 
 /// The `thp` option.
@@ -131,6 +137,7 @@ pub const DEFAULTS: Options = Options {
     // big-buffers' faults 40x but cost 2-4x its time (clearing fresh 2 MiB pages was 91%
     // of the profile) and raised peak RSS; no workload got faster.
     thp: ThpOption::Never,
+    narenas: 0,
 };
 
 /// The options, parsed once. Not a `OnceLock`: a fork child whose parent had a thread
@@ -479,6 +486,10 @@ pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) ->
                 .is_some(),
             b"prof_leak" => parse_bool(value).map(|v| o.prof_leak = v).is_some(),
             b"thp" => parse_thp(value).map(|v| o.thp = v).is_some(),
+            b"narenas" => parse_u64(value)
+                .filter(|&v| (1..=MAX_ARENAS as u64).contains(&v))
+                .map(|v| o.narenas = v as usize)
+                .is_some(),
             _ => {
                 warn(&[b"unknown option '", key, b"'; ignored"]);
                 continue;
@@ -644,6 +655,9 @@ mod tests {
             )
         );
         assert_eq!(parse_collect("thp=never"), (DEFAULTS, 0));
+        let (o, w) = parse_collect("narenas=3");
+        assert_eq!(w, 0);
+        assert_eq!(o.narenas, 3);
     }
 
     #[test]
@@ -661,6 +675,8 @@ mod tests {
             "prof_dump=",
             "prof=maybe",
             "thp=always",
+            "narenas=0",
+            "narenas=65",
         ] {
             let (o, w) = parse_collect(bad);
             assert_eq!(o, DEFAULTS, "{bad}");

@@ -4,7 +4,8 @@
 
 use crate::heap::{self, segment, size_class};
 use crate::os::{self, Syscall, SyscallCounts};
-use crate::region::TABLE;
+use crate::region::arenas::{ArenaContention, MAX_ARENAS};
+use crate::region::ARENAS;
 use crate::sync::atomic::Ordering;
 use crate::{large, meta, purge};
 
@@ -39,8 +40,42 @@ pub struct LockStats {
     pub miss: u64,
     /// ... that finished under the writer mutex.
     pub slow: u64,
-    /// Acquisitions of the table's writer mutex.
+    /// Acquisitions of the arenas' writer mutexes (all arenas).
     pub writer: u64,
+    /// ... that found the mutex held and waited.
+    pub waits: u64,
+    /// Nanoseconds those waited.
+    pub wait_ns: u64,
+}
+
+/// The region-table arenas: how many, and each one's writer contention.
+#[derive(Clone, Copy, Debug)]
+pub struct ArenaStats {
+    /// Arenas placements use (`narenas`).
+    pub count: usize,
+    /// Placements that went to an arena other than the thread's home (its own was busy
+    /// or full).
+    pub fallbacks: u64,
+    /// Per arena (index order; arenas never used read zero), writer acquisitions, waits
+    /// and nanoseconds waited.
+    pub each: [ArenaContention; MAX_ARENAS],
+}
+
+impl Default for ArenaStats {
+    fn default() -> Self {
+        ArenaStats {
+            count: 0,
+            fallbacks: 0,
+            each: [ArenaContention::default(); MAX_ARENAS],
+        }
+    }
+}
+
+impl ArenaStats {
+    /// The arenas with any writer activity, with their index.
+    pub fn active(&self) -> impl Iterator<Item = (usize, &ArenaContention)> {
+        self.each.iter().enumerate().filter(|(_, c)| c.writer > 0)
+    }
 }
 
 /// The region table's contents.
@@ -99,8 +134,10 @@ pub struct Stats {
     pub classes: [ClassStats; size_class::CLASSES],
     /// Memory syscalls issued, by kind.
     pub syscalls: SyscallCounts,
-    /// Region-table lookups by outcome.
+    /// Region-table lookups by outcome, and writer contention over all arenas.
     pub lock: LockStats,
+    /// The arenas and their writer contention.
+    pub arenas: ArenaStats,
     /// Table-wide purge passes run.
     pub purge_passes: u64,
     /// Bytes returned to the OS with `madvise` (every purge path).
@@ -123,23 +160,24 @@ pub fn snapshot() -> Stats {
         class.frees = heap::ORPHAN_FREES[c].load(Ordering::Relaxed);
     }
     heap::for_each_heap(|h| {
-        for (class, count) in classes.iter_mut().zip(h.counts.iter()) {
-            class.allocs += count.allocs.load(Ordering::Relaxed);
-            class.frees += count.frees.load(Ordering::Relaxed);
+        let counts = h.counts.allocs.iter().zip(h.counts.frees.iter());
+        for (class, (allocs, frees)) in classes.iter_mut().zip(counts) {
+            class.allocs += allocs.load(Ordering::Relaxed);
+            class.frees += frees.load(Ordering::Relaxed);
         }
     });
     let small_live: usize = classes
         .iter()
         .map(|c| c.live() as usize * c.block_size)
         .sum();
-    let space = TABLE.space();
+    let space = ARENAS.space();
     let meta = meta::stats();
     let small_pages = segment::SMALL_PAGE_BYTES.get() as usize;
     let segment_dirty = segment::SEGMENT_DIRTY_BYTES.get() as usize;
     let active = small_pages + space.large_bytes;
     let resident = active + segment_dirty + space.dirty + space.retired + meta.carved;
     let mapped = space.reserved + meta.reserved;
-    let counters = &TABLE.counters;
+    let (counters, each) = ARENAS.lock_counts();
     let heaps = heap::heap_counts();
     Stats {
         allocated: small_live + space.large_bytes,
@@ -160,12 +198,19 @@ pub fn snapshot() -> Stats {
         classes,
         syscalls: os::syscall_counts(),
         lock: LockStats {
-            success: counters.success.get(),
-            abort: counters.abort.get(),
-            retry: counters.retry.get(),
-            miss: counters.miss.get(),
-            slow: counters.slow.get(),
-            writer: counters.writer.get(),
+            success: counters.success,
+            abort: counters.abort,
+            retry: counters.retry,
+            miss: counters.miss,
+            slow: counters.slow,
+            writer: counters.writer,
+            waits: counters.waits,
+            wait_ns: counters.wait_ns,
+        },
+        arenas: ArenaStats {
+            count: ARENAS.count(),
+            fallbacks: ARENAS.fallbacks.get(),
+            each,
         },
         purge_passes: purge::PASSES.get(),
         purged_bytes: purge::PURGED_BYTES.get(),
@@ -246,9 +291,32 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
     let l = &s.lock;
     writeln!(
         w,
-        "  region lock: fast-path success {} abort {} retry {} miss {} slow {}; writer mutex {}",
-        l.success, l.abort, l.retry, l.miss, l.slow, l.writer
+        "  region lock: fast-path success {} abort {} retry {} miss {} slow {}; writer mutex {} (waited {}, {:.3} ms)",
+        l.success,
+        l.abort,
+        l.retry,
+        l.miss,
+        l.slow,
+        l.writer,
+        l.waits,
+        l.wait_ns as f64 / 1e6
     )?;
+    let a = &s.arenas;
+    write!(
+        w,
+        "  arenas: {} (placements in another arena {}); writer acquisitions/waits/ms by arena:",
+        a.count, a.fallbacks
+    )?;
+    for (i, c) in a.active() {
+        write!(
+            w,
+            " {i}:{}/{}/{:.3}",
+            c.writer,
+            c.waits,
+            c.wait_ns as f64 / 1e6
+        )?;
+    }
+    writeln!(w)?;
     write!(w, "  syscalls:")?;
     for call in Syscall::ALL {
         write!(w, " {} {}", call.name(), s.syscalls.get(call))?;
@@ -345,9 +413,24 @@ impl Stats {
         let l = &self.lock;
         write!(
             w,
-            ",\"lock\":{{\"success\":{},\"abort\":{},\"retry\":{},\"miss\":{},\"slow\":{},\"writer\":{}}}",
-            l.success, l.abort, l.retry, l.miss, l.slow, l.writer
+            ",\"lock\":{{\"success\":{},\"abort\":{},\"retry\":{},\"miss\":{},\"slow\":{},\"writer\":{},\"waits\":{},\"wait_ns\":{}}}",
+            l.success, l.abort, l.retry, l.miss, l.slow, l.writer, l.waits, l.wait_ns
         )?;
+        let a = &self.arenas;
+        write!(
+            w,
+            ",\"arenas\":{{\"count\":{},\"fallbacks\":{},\"each\":[",
+            a.count, a.fallbacks
+        )?;
+        for (n, (i, c)) in a.active().enumerate() {
+            let comma = if n == 0 { "" } else { "," };
+            write!(
+                w,
+                "{comma}{{\"arena\":{i},\"writer\":{},\"waits\":{},\"wait_ns\":{}}}",
+                c.writer, c.waits, c.wait_ns
+            )?;
+        }
+        write!(w, "]}}")?;
         write!(w, ",\"syscalls\":{{")?;
         for (i, call) in Syscall::ALL.into_iter().enumerate() {
             let comma = if i == 0 { "" } else { "," };

@@ -4,7 +4,13 @@
 //! `free(p)` reads one byte here before it follows any pointer: a small-object segment
 //! (its header sits at the slot base), a slot whose objects the region table knows, our
 //! metadata arena, or memory that is not ours at all (a foreign pointer, reported and
-//! never followed). The map covers the 47-bit user address space, which is where the
+//! never followed). Beside the kind, a second byte per slot names the arena (the
+//! `RegionTable`, through `region::directory`) whose reservation holds the slot: written
+//! once when the reservation is made, before the slot's kind says `Table`, and never
+//! changed while the reservation exists (reservations are never given back). A parallel
+//! array rather than bits of the kind byte: the kind byte changes (`Table` <->
+//! `Segment`) while the arena never does, and the small-object free path, which reads
+//! only the kind, keeps its one compare with no mask. The map covers the 47-bit user address space, which is where the
 //! kernel places mappings that were not asked for above it; 32 MiB of zero-initialised
 //! static memory of which only the pages that describe our arenas are ever touched.
 
@@ -31,6 +37,35 @@ pub enum SlotKind {
 
 static SLOT_KIND: [AtomicU8; SLOTS] = [const { AtomicU8::new(0) }; SLOTS];
 
+/// Per slot, the directory id of the arena whose reservation holds it (0: none). Another
+/// 32 MiB of zero-initialised static memory, touched only where arenas lie.
+static SLOT_ARENA: [AtomicU8; SLOTS] = [const { AtomicU8::new(0) }; SLOTS];
+
+/// The directory id of the arena whose reservation holds `addr`, 0 when none does.
+#[inline]
+pub fn arena_id_of(addr: usize) -> u8 {
+    let index = addr >> SLOT_SHIFT;
+    if index >= SLOTS {
+        return 0;
+    }
+    // Acquire pairs with the Release in `set_arena`. A caller that holds an address of
+    // an object got it from the allocation that placed it, which happens after the
+    // arena's reservation was recorded, so it never reads a stale 0 for its own object;
+    // Acquire covers the callers that probe addresses they did not get from us.
+    SLOT_ARENA[index].load(Ordering::Acquire)
+}
+
+/// Records that the reservation `[addr, addr + len)` belongs to the arena `id`. Called
+/// once per reservation, before any of its slots is marked `Table`.
+pub fn set_arena(addr: usize, len: usize, id: u8) {
+    let first = addr >> SLOT_SHIFT;
+    let last = (addr + len - 1) >> SLOT_SHIFT;
+    assert!(last < SLOTS, "address above the 47-bit user space");
+    for slot in &SLOT_ARENA[first..=last] {
+        slot.store(id, Ordering::Release);
+    }
+}
+
 /// The kind of the slot holding `addr`.
 #[inline(always)]
 pub fn kind_of(addr: usize) -> SlotKind {
@@ -46,6 +81,41 @@ pub fn kind_of(addr: usize) -> SlotKind {
         3 => SlotKind::Meta,
         _ => SlotKind::Foreign,
     }
+}
+
+/// The base of the small-object segment in the slot that `addr`'s low 47 bits select,
+/// if that slot holds one: `free`'s fast path, one byte read and no range compare. An
+/// address at or above 2^47 (a foreign pointer whose low bits alias a segment's slot)
+/// also gets that segment, so the caller must place `addr` inside one of the
+/// segment's pages before following it, which such an address always fails (its offset
+/// from the page start is at least 2^47 minus a slot); `kind_of` then reports it as foreign.
+#[inline(always)]
+pub fn segment_slot(addr: usize) -> Option<usize> {
+    let index = (addr >> SLOT_SHIFT) & (SLOTS - 1);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads the byte `SLOT_KIND[index]` (`index < SLOTS` by the mask) as the
+    // compare's memory operand, which is an atomic byte load on x86-64, and jumps. Not
+    // `readonly`: the block stands for a compiler barrier, so no later load (of the
+    // segment header) is moved above it, which with x86-64's ordered loads makes it the
+    // Acquire load of `kind_of`. (The compiler never folds an atomic load into a
+    // compare itself; this one is on every `free`.)
+    unsafe {
+        core::arch::asm!(
+            "cmp byte ptr [{kinds} + {index}], {segment}",
+            "jne {other}",
+            kinds = in(reg) SLOT_KIND.as_ptr(),
+            index = in(reg) index,
+            segment = const SlotKind::Segment as u8,
+            other = label { return None; },
+            options(nostack),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    if SLOT_KIND[index].load(Ordering::Acquire) != SlotKind::Segment as u8 {
+        // Acquire: as in `kind_of`.
+        return None;
+    }
+    Some(index << SLOT_SHIFT)
 }
 
 /// Marks every slot overlapping `[addr, addr + len)` as `kind`.

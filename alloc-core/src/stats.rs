@@ -1,5 +1,6 @@
-//! Statistics: sharded event counters cheap to bump from many threads, merged on read.
-//! Owns nothing but counters; calls nothing.
+//! Statistics: sharded event counters cheap to bump from many threads, merged on read,
+//! and the count of process-wide locks taken on the region-table path. Owns nothing but
+//! counters (and the per-thread "on the region path" flag); calls nothing.
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -65,5 +66,47 @@ impl Counter {
 impl Default for Counter {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Process-wide locks taken by a thread while it is on the region-table path (placing,
+/// freeing, growing, shrinking or purging large objects and segments through
+/// `region::ARENAS`): acquisitions of the metadata arena's lock and system calls that
+/// take the kernel's `mmap_lock` for write (reservations). The design promises none in
+/// steady state: each arena has its own writer lock, and nothing else on that path is
+/// shared by the whole process.
+pub static REGION_PATH_PROCESS_LOCKS: Counter = Counter::new();
+
+thread_local! {
+    static ON_REGION_PATH: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as on the region-table path until dropped (nests).
+pub struct OnRegionPath {
+    was: bool,
+}
+
+impl OnRegionPath {
+    #[inline]
+    pub fn enter() -> Self {
+        OnRegionPath {
+            was: ON_REGION_PATH.with(|f| f.replace(true)),
+        }
+    }
+}
+
+impl Drop for OnRegionPath {
+    #[inline]
+    fn drop(&mut self) {
+        let was = self.was;
+        ON_REGION_PATH.with(|f| f.set(was));
+    }
+}
+
+/// Counts a process-wide lock if the current thread is on the region-table path.
+#[inline]
+pub fn process_lock_taken() {
+    if ON_REGION_PATH.with(|f| f.get()) {
+        REGION_PATH_PROCESS_LOCKS.inc();
     }
 }

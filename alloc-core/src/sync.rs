@@ -76,6 +76,19 @@ impl<T> SpinLock<T> {
         SpinGuard { lock: self }
     }
 
+    /// Takes the lock if it is free now; never waits.
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        // Acquire on success pairs with the Release in `SpinGuard::drop`. The plain load
+        // first keeps a busy lock's cache line shared (no write on a failed attempt).
+        if self.locked.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| SpinGuard { lock: self })
+    }
+
     /// Takes the lock without a guard (for `fork` handlers, which lock in one call and
     /// unlock in another).
     pub fn raw_lock(&self) {

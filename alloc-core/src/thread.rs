@@ -1,18 +1,22 @@
-//! The calling thread's allocator slot: one `const` thread-local word holding this
-//! thread's heap, or a sentinel. It owns that word and calls nothing.
+//! The calling thread's allocator slot: a `const` thread-local word holding this
+//! thread's heap, or a sentinel, and beside it the fast word the fast paths read: the
+//! heap, or `heap::NO_HEAP` (a heap with no block in any class; its address is this
+//! module's only reference outside itself) while the slot holds a sentinel. It owns
+//! those words and calls nothing.
 //!
 //! The sentinels double as the re-entrancy guard of DESIGN.md §5: while a thread runs
-//! allocator code that may allocate through a dependency, its slot reads `BUSY`, so a
-//! nested `alloc` fails the fast path's single check and goes to the metadata arena,
-//! and a nested `free` of one of its own blocks sees a foreign owner and takes the
-//! atomic (remote) path instead of touching the heap mid-update. One thread-local load
-//! serves both the fast path and the guard.
+//! allocator code that may allocate through a dependency, its slot reads `BUSY` and its
+//! fast word `NO_HEAP`, so a nested `alloc` finds no block on the fast path and, on the
+//! slow path, goes to the metadata arena; a nested `free` of one of its own blocks sees
+//! a foreign owner and takes the atomic (remote) path instead of touching the heap
+//! mid-update. One thread-local load serves both the fast path and the guard, with no
+//! test of the value before it is followed.
 //!
-//! How that load is made: in an executable, Rust reaches `SLOT` with one `%fs`-relative
+//! How that load is made: in an executable, Rust reaches `WORDS` with one `%fs`-relative
 //! instruction. In a shared object (`librangealloc.so`) Rust uses the general-dynamic TLS
 //! model, a call to `__tls_get_addr` per access, and stable Rust cannot ask for the
 //! initial-exec model. With the `static-tls` feature (enabled by the C library, x86_64
-//! glibc only) the fast path can instead read the slot at a recorded offset from the
+//! glibc only) the fast path can instead read its word at a recorded offset from the
 //! thread pointer, once the library has proved it sits in static TLS: see
 //! [`use_static_tls`] for the proof obligations and why the offset holds for every
 //! thread, and [`verify_static_tls`] for the per-thread check.
@@ -32,9 +36,37 @@ pub const DEAD: usize = 2;
 /// Slot values below this are sentinels, not heap pointers.
 pub const SENTINEL_LIMIT: usize = 4096;
 
-thread_local! {
-    static SLOT: Cell<usize> = const { Cell::new(UNINIT) };
+/// A thread's two words, in one thread-local so that one offset reaches both.
+#[repr(C)]
+struct Words {
+    /// What the fast paths read: this thread's heap, or `heap::NO_HEAP` (a heap whose
+    /// every class has only the empty page) while `slot` holds a sentinel, so a fast
+    /// path needs no sentinel test: it finds no block and takes its slow path, which
+    /// reads `slot`. Written only by `set` and `Reentrancy`, with `slot`.
+    fast: Cell<*const u8>,
+    /// This thread's heap, or a sentinel.
+    slot: Cell<usize>,
 }
+
+/// `fast` while the thread has no heap of its own.
+#[cfg(not(loom))]
+const NO_HEAP: *const u8 = (&raw const crate::heap::NO_HEAP.0).cast();
+/// Model builds have no heap; nothing reads `fast` there.
+#[cfg(loom)]
+const NO_HEAP: *const u8 = core::ptr::null();
+
+thread_local! {
+    static WORDS: Words = const {
+        Words {
+            fast: Cell::new(NO_HEAP),
+            slot: Cell::new(UNINIT),
+        }
+    };
+}
+
+/// The byte offset of `slot` from the start of `Words` (where `TP_OFFSET` points).
+#[cfg(static_tls)]
+const SLOT_DISPLACEMENT: isize = core::mem::offset_of!(Words, slot) as isize;
 
 #[inline(always)]
 pub fn get() -> usize {
@@ -46,46 +78,74 @@ pub fn get() -> usize {
         let offset = TP_OFFSET.load(core::sync::atomic::Ordering::Relaxed);
         if offset != 0 {
             // SAFETY: a nonzero `TP_OFFSET` was stored by `use_static_tls`, whose caller
-            // proved the module is in static TLS, where `SLOT` lies at this offset from
+            // proved the module is in static TLS, where `WORDS` lies at this offset from
             // the thread pointer in every thread of the process (see there).
-            return unsafe { static_tls::read(offset) };
+            return unsafe { static_tls::read(offset + SLOT_DISPLACEMENT) };
         }
         static_tls::get_general()
     }
     #[cfg(not(static_tls))]
-    SLOT.with(|s| s.get())
+    WORDS.with(|w| w.slot.get())
 }
 
+/// Sets the slot (a heap or a sentinel), and the fast word with it.
 #[inline(always)]
 pub fn set(value: usize) {
-    SLOT.with(|s| s.set(value))
+    WORDS.with(|w| {
+        w.slot.set(value);
+        w.fast.set(if value >= SENTINEL_LIMIT {
+            value as *const u8
+        } else {
+            NO_HEAP
+        });
+    })
 }
 
-/// Not a slot value: what `get_fast` returns when the fast access is unavailable.
-pub const UNREAD: usize = 3;
-
-/// `get` for fast paths that have a slow path of their own: the slot when it can be
-/// read with one load (always in an executable; in the C library once static TLS is
-/// proven), else `UNREAD`, which is below `SENTINEL_LIMIT` and matches no heap, so the
-/// caller falls back to its slow path, which calls `get`. Keeps the general access's
+/// For fast paths that have a slow path of their own: this thread's heap when the
+/// thread has one and its words can be read with one load (always in an executable;
+/// in the C library once static TLS is proven), else `heap::NO_HEAP`, where every
+/// class is empty, so the caller misses and its slow path calls `get`. Never a
+/// sentinel: the caller tests nothing before following it. Keeps the general access's
 /// call out of the fast path, which then needs no stack frame.
 #[inline(always)]
-pub fn get_fast() -> usize {
+pub fn get_fast() -> *const u8 {
     #[cfg(static_tls)]
     {
         // Relaxed: as in `get`.
         let offset = TP_OFFSET.load(core::sync::atomic::Ordering::Relaxed);
         if offset == 0 {
-            return UNREAD;
+            return NO_HEAP;
         }
-        // SAFETY: as in `get`.
+        // SAFETY: as in `get`; the fast word is the first of `WORDS`.
+        unsafe { static_tls::read(offset) as *const u8 }
+    }
+    #[cfg(not(static_tls))]
+    WORDS.with(|w| w.fast.get())
+}
+
+/// `get_fast` for a caller that only compares the result with a heap address (`free`
+/// asking whether it owns a block's page): the fast word when it can be read with one
+/// load, else a word that is never a heap's address, so the compare fails and the
+/// caller takes its slow path. Without a proven offset it reads `%fs:0`, the thread
+/// pointer (the TCB's self pointer, always readable): glibc's thread control block,
+/// never a heap, which lives in our metadata arena. One branch fewer than `get_fast`.
+#[inline(always)]
+pub fn get_for_owner_check() -> usize {
+    #[cfg(static_tls)]
+    {
+        // Relaxed: as in `get`; 0 reads the thread pointer, see above.
+        let offset = TP_OFFSET.load(core::sync::atomic::Ordering::Relaxed);
+        // SAFETY: a nonzero offset as in `get`; offset 0 is the TCB's self pointer,
+        // which the TLS ABI requires at `%fs:0` in every thread.
         unsafe { static_tls::read(offset) }
     }
     #[cfg(not(static_tls))]
-    SLOT.with(|s| s.get())
+    {
+        WORDS.with(|w| w.fast.get()) as usize
+    }
 }
 
-/// `SLOT`'s offset from the thread pointer (`%fs:0`) when the module is proven to sit
+/// `WORDS`'s offset from the thread pointer (`%fs:0`) when the module is proven to sit
 /// in static TLS; 0 while unproven or after a thread disproved it (static TLS offsets on
 /// x86_64 are negative, so 0 is never a real one).
 #[cfg(static_tls)]
@@ -97,7 +157,7 @@ static TP_OFFSET: core::sync::atomic::AtomicIsize = core::sync::atomic::AtomicIs
 static TP_OFFSET_DECIDED: core::sync::atomic::AtomicBool =
     core::sync::atomic::AtomicBool::new(false);
 
-/// Lets the fast path read `SLOT` with one `%fs`-relative load from now on.
+/// Lets the fast path read `WORDS` with one `%fs`-relative load from now on.
 ///
 /// Why one offset serves every thread: glibc gives each module loaded at process start
 /// (preloaded, or a dependency of the program) a fixed place in *static* TLS, decided
@@ -105,7 +165,7 @@ static TP_OFFSET_DECIDED: core::sync::atomic::AtomicBool =
 /// of such a module's TLS block lies at the same offset below its thread pointer (x86_64
 /// TLS variant II), in threads that exist now and in threads created later, which get
 /// their static TLS laid out from the same offsets at creation. So the offset measured
-/// here, on this thread, is the offset of every thread's `SLOT`. Modules loaded later
+/// here, on this thread, is the offset of every thread's `WORDS`. Modules loaded later
 /// with `dlopen` get dynamic TLS (a block malloc'ed per thread, at no fixed offset): for
 /// them this must not be called, and `thread_local!`'s general access stays in use.
 ///
@@ -137,7 +197,7 @@ pub unsafe fn use_static_tls() {
 }
 
 /// The per-thread check, on each thread's first slow path (before it has a heap, so
-/// before its fast path can succeed): this thread's own `SLOT` must lie at the recorded
+/// before its fast path can succeed): this thread's own `WORDS` must lie at the recorded
 /// offset. A mismatch means the static-TLS premise failed; the process then uses the
 /// general access for good. (It is a tripwire, not the proof: a thread whose offset
 /// differed would have read a foreign word before getting here; the proof is
@@ -167,10 +227,10 @@ pub fn verify_static_tls() {
 #[inline(always)]
 pub fn verify_static_tls() {}
 
-/// The `%fs`-relative access to `SLOT` (x86_64 Linux with glibc).
+/// The `%fs`-relative access to `WORDS` (x86_64 Linux with glibc).
 #[cfg(static_tls)]
 mod static_tls {
-    use super::SLOT;
+    use super::WORDS;
 
     /// The thread pointer: on x86_64 the word at `%fs:0` holds its own address (the
     /// TCB's self pointer, required by the ELF TLS ABI).
@@ -217,11 +277,11 @@ mod static_tls {
         }
     }
 
-    /// This thread's `SLOT` address minus its thread pointer, through the general
+    /// This thread's `WORDS` address minus its thread pointer, through the general
     /// (always correct) access.
     pub fn own_offset() -> isize {
-        let slot = SLOT.with(|s| s as *const _ as isize);
-        slot.wrapping_sub(thread_pointer())
+        let words = WORDS.with(|w| w as *const _ as isize);
+        words.wrapping_sub(thread_pointer())
     }
 
     /// The general access (a `__tls_get_addr` call in a shared object), kept out of
@@ -229,18 +289,19 @@ mod static_tls {
     #[cold]
     #[inline(never)]
     pub fn get_general() -> usize {
-        SLOT.with(|s| s.get())
+        WORDS.with(|w| w.slot.get())
     }
 
-    /// The slot word at `offset` from the thread pointer.
+    /// The word at `offset` from the thread pointer.
     ///
     /// # Safety
-    /// `offset` must be `SLOT`'s offset from the thread pointer in the calling thread.
+    /// `offset` must be the offset from the thread pointer of one of the calling
+    /// thread's `WORDS` (or 0: the TCB's self pointer).
     #[inline(always)]
     pub unsafe fn read(offset: isize) -> usize {
         let value: usize;
-        // SAFETY: caller contract: `%fs:offset` is this thread's `SLOT`, a live,
-        // aligned word for the thread's life. Not `pure`: the slot changes between
+        // SAFETY: caller contract: `%fs:offset` is one of this thread's `WORDS`, a
+        // live, aligned word for the thread's life. Not `pure`: the words change between
         // calls (`set`), so two reads may not be merged across calls that write it;
         // `readonly` lets the compiler know no memory is written.
         unsafe {
@@ -263,17 +324,18 @@ pub struct Reentrancy {
 impl Reentrancy {
     #[inline]
     pub fn enter() -> Self {
-        Reentrancy {
-            saved: SLOT.with(|s| s.replace(BUSY)),
-        }
+        let saved = WORDS.with(|w| {
+            w.fast.set(NO_HEAP);
+            w.slot.replace(BUSY)
+        });
+        Reentrancy { saved }
     }
 }
 
 impl Drop for Reentrancy {
     #[inline]
     fn drop(&mut self) {
-        let saved = self.saved;
-        SLOT.with(|s| s.set(saved));
+        set(self.saved);
     }
 }
 
@@ -506,7 +568,7 @@ mod static_tls_tests {
                     let saved = get();
                     let value = SENTINEL_LIMIT * (i + 1);
                     set(value);
-                    let seen = (get(), get_fast(), SLOT.with(|s| s.get()));
+                    let seen = (get(), get_fast() as usize, WORDS.with(|w| w.slot.get()));
                     set(saved);
                     seen == (value, value, value)
                 })

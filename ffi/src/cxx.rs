@@ -148,21 +148,21 @@ unsafe extern "C" fn new_or_throw(size: usize, align: usize) -> *mut c_void {
     )
 }
 
-/// The small-object fast path of the plain throwing `new`: a block, or null when only
-/// the full path (`new_or_throw`) can serve `size`. Never fails otherwise and never
-/// unwinds, so the trampolines may call it before their own frame exists.
+/// The first attempt of the plain throwing `new`: `malloc`'s code in full (the small
+/// fast path, else a tail call to the engine's slow path), so a hit costs what
+/// `malloc`'s does and the slow path needs no second entry. Null only when out of
+/// memory, when `new_or_throw` takes over (another attempt, then the new-handler
+/// loop). Never unwinds, so the trampolines may call it before their own frame exists.
 #[cfg(target_arch = "x86_64")]
 extern "C" fn cxx_new_fast(size: usize) -> *mut c_void {
-    match engine::heap::small_class_of(size) {
-        Some(class) => engine::heap::try_alloc_small(class).cast(),
-        None => core::ptr::null_mut(),
-    }
+    // SAFETY: MALLOC_ALIGN is a power of two.
+    unsafe { allocate(size, MALLOC_ALIGN, false) }
 }
 
 /// Defines an exported throwing `operator new`. The plain forms first call
 /// `cxx_new_fast` (which cannot throw; `size` is saved on the stack across the call,
-/// which also keeps the call 16-byte aligned) and return its block; on a miss they
-/// tail-jump to `new_or_throw` with `rsi` = the default alignment. The aligned forms
+/// which also keeps the call 16-byte aligned) and return its block; when it is out of
+/// memory they tail-jump to `new_or_throw` with `rsi` = the default alignment. The aligned forms
 /// tail-jump to `new_or_throw` with the caller's alignment.
 #[cfg(target_arch = "x86_64")]
 macro_rules! throwing_new {

@@ -170,7 +170,7 @@ fn mallinfo_from(s: &engine::snapshot::Stats) -> MallInfo2 {
 /// A snapshot with the retired regions folded into the table first, so that dirty and
 /// purged free space are told apart (a freed region counts as neither until folded).
 fn fresh_snapshot() -> engine::snapshot::Stats {
-    engine::region::TABLE.collect_retired();
+    engine::region::ARENAS.collect_retired();
     engine::snapshot::snapshot()
 }
 

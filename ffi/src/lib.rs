@@ -83,10 +83,10 @@ unsafe fn allocate(size: usize, align: usize, zeroed: bool) -> *mut c_void {
     // The fast path: a small request the thread's heap serves from a current page. It
     // succeeds only for a thread that already has a heap, and every heap is made on a
     // slow path, where the engine's process set-up (fork handlers, options) runs first.
-    // A small class also means `request_fits`, and size 0 gets the smallest class, as
-    // `size.max(1)` below.
-    if let (Some(class), true) = (engine::heap::small_class_of(size), align <= MALLOC_ALIGN) {
-        let p = engine::heap::try_alloc_small(class);
+    // A block from it also means `request_fits`; size 0 always goes to the slow path,
+    // which asks for 1 byte.
+    if align <= MALLOC_ALIGN {
+        let p = engine::heap::try_alloc_size(size);
         if !p.is_null() {
             if zeroed {
                 // SAFETY: a fresh block of at least `size` bytes.

@@ -126,7 +126,7 @@ pub unsafe extern "C" fn rangealloc_stats_print(stream: *mut libc::FILE) {
 /// Returns every free region's pages to the OS now; returns the bytes purged.
 #[no_mangle]
 pub extern "C" fn rangealloc_purge() -> usize {
-    engine::region::TABLE.collect_retired();
+    engine::region::ARENAS.collect_retired();
     engine::purge::purge_all()
 }
 

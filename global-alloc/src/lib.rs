@@ -185,7 +185,7 @@ pub fn options() -> Options {
 /// the bytes purged. (Empty small pages held by other threads' heaps are returned by
 /// those threads' own allocation slow paths, not by this call.)
 pub fn purge() -> usize {
-    rangealloc_core::region::TABLE.collect_retired();
+    rangealloc_core::region::ARENAS.collect_retired();
     rangealloc_core::purge::purge_all()
 }
 

@@ -68,6 +68,14 @@ int main(int argc, char **argv) {
         void *p = libc_malloc(opaque(100));
         libc_free(p);
         libc_free(p);
+    } else if (!strcmp(c, "free-alias-high") || !strcmp(c, "free-alias-kernel")) {
+        /* A pointer above the user address space whose low 47 bits are a live block's:
+         * the fast path finds the block's segment from those bits alone, so this must
+         * still be told apart from the block (and never followed). Bit 47 alone makes
+         * a non-canonical address, the upper half a canonical kernel one. */
+        uintptr_t high = !strcmp(c, "free-alias-high") ? (uintptr_t)1 << 47 : ~(((uintptr_t)1 << 47) - 1);
+        char *p = malloc(opaque(64));
+        free((void *)((uintptr_t)p | high));
     } else if (!strcmp(c, "realloc-stack")) {
         void *volatile q = realloc(stack_buffer, opaque(200));
         (void)q;

@@ -5,7 +5,7 @@
 //! counters and dirty space are not shared with concurrently running tests.
 
 use rangealloc::engine::purge;
-use rangealloc::engine::region::TABLE;
+use rangealloc::engine::region::ARENAS;
 use rangealloc::{RangeAlloc, Syscall};
 use std::alloc::{alloc, dealloc, realloc, Layout};
 
@@ -161,7 +161,7 @@ fn burst_bounded() {
         dealloc(p, layout(LEN));
     }
     let budget = purge::dirty_budget();
-    let dirty = TABLE.dirty_bytes();
+    let dirty = ARENAS.dirty_bytes();
     assert!(
         dirty <= budget + LEN,
         "dirty {} MiB over the budget {} MiB",
@@ -324,7 +324,7 @@ fn remap_leaves_clean_space() {
     const TAG: u64 = 0xfade;
     let free_at = |addr: usize| {
         let mut found = None;
-        TABLE.for_each_free_region(|start, len, dirty| {
+        ARENAS.for_each_free_region(|start, len, dirty| {
             if (start..start + len).contains(&addr) {
                 found = Some(dirty);
             }
@@ -336,10 +336,10 @@ fn remap_leaves_clean_space() {
     unsafe {
         let p = alloc(layout(LEN));
         fill(p, LEN, TAG);
-        TABLE.collect_retired();
+        ARENAS.collect_retired();
         let (before, dirty0, faults0) = (
             rangealloc::stats().reallocs,
-            TABLE.dirty_bytes(),
+            ARENAS.dirty_bytes(),
             minor_faults(),
         );
         let q = realloc(p, layout(LEN), GROWN);
@@ -360,7 +360,7 @@ fn remap_leaves_clean_space() {
             "old range not clean free space"
         );
         assert!(
-            TABLE.dirty_bytes() < dirty0 + LEN,
+            ARENAS.dirty_bytes() < dirty0 + LEN,
             "old range counted dirty"
         );
         q.write(0xab);
@@ -449,7 +449,7 @@ fn huge_pages_once(auto: bool) {
         let sizes = [2 * MIB, 2 * MIB + PAGE, 3 * MIB + 5, 17 * MIB, 64 * MIB + 1];
         let big: Vec<*mut u8> = sizes.iter().map(|&n| alloc(layout(n))).collect();
         for p in [small, medium] {
-            assert_eq!(TABLE.space_of(p as usize), Space::Base);
+            assert_eq!(ARENAS.space_of(p as usize), Space::Base);
             assert!(
                 !vm_flags(p as usize).contains(" hg"),
                 "small object in THP space"
@@ -457,7 +457,7 @@ fn huge_pages_once(auto: bool) {
         }
         for (&p, &n) in big.iter().zip(&sizes) {
             fill(p, n, 1);
-            let space = TABLE.space_of(p as usize);
+            let space = ARENAS.space_of(p as usize);
             if on {
                 assert_eq!(p as usize % (2 * MIB), 0, "{n}-byte object at {p:?}");
                 assert_eq!(space, Space::Huge, "{n}-byte object");
@@ -545,7 +545,7 @@ fn room_reserves_bounded() {
                 p
             })
             .collect();
-        let reserved = TABLE.space().reserved;
+        let reserved = ARENAS.space().reserved;
         assert!(
             reserved <= BOUND + 2 * ARENA,
             "{} GiB reserved for {} MiB of objects",

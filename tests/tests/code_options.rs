@@ -48,7 +48,7 @@ fn child_entry() {
             let v = vec![1u8; 4 << 20];
             drop(v);
             // A freed region counts as dirty once folded back into the table.
-            rangealloc::engine::region::TABLE.collect_retired();
+            rangealloc::engine::region::ARENAS.collect_retired();
             let kept = rangealloc::stats().regions.dirty_bytes;
             rangealloc::set_dirty_budget(1 << 20);
             let after = rangealloc::stats().regions.dirty_bytes;

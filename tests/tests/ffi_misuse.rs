@@ -25,6 +25,14 @@ fn misuse_aborts_with_a_report() {
         ),
         ("free-interior", "free(): "),
         (
+            "free-alias-high",
+            "free(): pointer not allocated by rangealloc: 0x",
+        ),
+        (
+            "free-alias-kernel",
+            "free(): pointer not allocated by rangealloc: 0x",
+        ),
+        (
             "free-interior-large",
             "free(): pointer into the middle of an allocation: 0x",
         ),

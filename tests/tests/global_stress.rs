@@ -182,7 +182,7 @@ fn thread_churn_keeps_memory_bounded() {
         let survivors: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         drop(survivors);
         if round == 10 {
-            reserved_after_warmup = engine::region::TABLE.space().reserved;
+            reserved_after_warmup = engine::region::ARENAS.space().reserved;
         }
     }
     let counts = engine::heap::heap_counts();
@@ -191,7 +191,7 @@ fn thread_churn_keeps_memory_bounded() {
         counts.heaps <= PER_ROUND + 16,
         "heaps grew with churn: {counts:?}"
     );
-    let reserved = engine::region::TABLE.space().reserved;
+    let reserved = engine::region::ARENAS.space().reserved;
     assert!(
         reserved <= reserved_after_warmup.max(1 << 30),
         "address space grew under churn: {reserved} > {reserved_after_warmup}"

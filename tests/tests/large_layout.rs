@@ -2,7 +2,7 @@
 //! shrinks and frees produced them; the region table tiles its arenas exactly.
 
 use rangealloc::engine;
-use rangealloc::engine::region::{RegionKind, RegionState, TABLE};
+use rangealloc::engine::region::{RegionKind, RegionState, ARENAS};
 use rangealloc::RangeAlloc;
 
 #[global_allocator]
@@ -10,7 +10,9 @@ static A: RangeAlloc = RangeAlloc;
 
 fn check_tiling() {
     let mut regions = Vec::new();
-    TABLE.for_each_region(|start, len, kind, state| regions.push((start, len, kind, state)));
+    // Arena by arena: sorted, the regions of all arenas must still not overlap.
+    ARENAS.for_each_region(|start, len, kind, state| regions.push((start, len, kind, state)));
+    regions.sort_unstable_by_key(|r| r.0);
     for w in regions.windows(2) {
         let (a, b) = (w[0], w[1]);
         assert!(a.0 + a.1 <= b.0, "regions overlap: {a:x?} and {b:x?}");
@@ -21,7 +23,8 @@ fn check_tiling() {
     // Adjacent free regions of one arena stay apart only when one is dirty and the other
     // clean (dirty and clean space are kept apart on purpose).
     let mut free = Vec::new();
-    TABLE.for_each_free_region(|start, len, dirty| free.push((start, len, dirty)));
+    ARENAS.for_each_free_region(|start, len, dirty| free.push((start, len, dirty)));
+    free.sort_unstable_by_key(|r| r.0);
     for w in free.windows(2) {
         let (a, b) = (w[0], w[1]);
         if a.0 >> 30 == b.0 >> 30 && a.0 + a.1 == b.0 {

@@ -14,7 +14,7 @@
 //! `exec` would pay a copy-on-write fault per heap and segment); a thread that adopts
 //! one rebuilds it first (`repair`).
 
-use super::{empty_page, repair, slow, Heap, PageQueue, CLASSES};
+use super::{repair, slow, Heap, PageQueue, CLASSES};
 use crate::sync::SpinLock;
 use crate::{meta, thread};
 use core::ptr;
@@ -94,8 +94,8 @@ pub fn adopt_or_create() -> *mut Heap {
     // SAFETY: fresh metadata memory sized and aligned for a Heap.
     unsafe {
         heap.write(Heap {
-            current: [empty_page(); CLASSES],
-            counts: core::array::from_fn(|_| Default::default()),
+            current: super::CurrentPages::new(),
+            counts: super::ClassCounts::new(),
             queues: [PageQueue {
                 first: ptr::null_mut(),
                 last: ptr::null_mut(),

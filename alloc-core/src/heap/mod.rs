@@ -36,14 +36,56 @@ struct PageQueue {
     last: *mut Page,
 }
 
+/// The page each class allocates from (`current[class]`): the queue head, or the static
+/// empty page (whose free list is always null) so the fast path needs no null check.
+/// Stored behind one extra entry that is always the empty page: entry `class + 1`
+/// serves `class`, so a request of `size <= LINEAR_MAX` bytes finds its page at entry
+/// `ceil(size / LINEAR_STEP)`, the class of the linear range plus one, with no
+/// subtraction and no test for size 0 (which meets the empty page and takes the slow
+/// path). This is mimalloc's `pages_free_direct` for the sizes our classes index
+/// linearly.
+struct CurrentPages {
+    entries: [*mut Page; CLASSES + 1],
+}
+
+impl CurrentPages {
+    const fn new() -> Self {
+        CurrentPages {
+            entries: [empty_page(); CLASSES + 1],
+        }
+    }
+
+    /// The page of entry `entry` (`class + 1`, or `size_class::linear_entry(size)`).
+    ///
+    /// # Safety
+    /// `entry <= CLASSES`.
+    #[inline(always)]
+    unsafe fn entry(&self, entry: usize) -> *mut Page {
+        debug_assert!(entry <= CLASSES);
+        // SAFETY: caller contract.
+        unsafe { *self.entries.get_unchecked(entry) }
+    }
+}
+
+impl core::ops::Index<usize> for CurrentPages {
+    type Output = *mut Page;
+    fn index(&self, class: usize) -> &*mut Page {
+        &self.entries[class + 1]
+    }
+}
+
+impl core::ops::IndexMut<usize> for CurrentPages {
+    fn index_mut(&mut self, class: usize) -> &mut *mut Page {
+        &mut self.entries[class + 1]
+    }
+}
+
 pub struct Heap {
-    /// The page each class allocates from: the queue head, or the static empty page
-    /// (whose free list is always null) so the fast path needs no null check.
-    current: [*mut Page; CLASSES],
+    current: CurrentPages,
     /// Blocks this heap's thread allocated and freed, per class. Only the owner writes
     /// (a load and a store, no RMW); `stats` sums them over all heaps, and frees made by
     /// a thread count in that thread's heap, so the sums give the live blocks.
-    pub(crate) counts: [ClassCount; CLASSES],
+    pub(crate) counts: ClassCounts,
     queues: [PageQueue; CLASSES],
     /// Parked-full pages that received remote frees (pushed by freers, popped whole).
     pending: PendingPages,
@@ -56,10 +98,21 @@ pub struct Heap {
     abandoned_next: *mut Heap,
 }
 
-#[derive(Default)]
-pub(crate) struct ClassCount {
-    pub allocs: AtomicU64,
-    pub frees: AtomicU64,
+/// Two arrays rather than an array of pairs: a counter is then the class times eight
+/// from its array's start, which an x86-64 address computes for free (a scaled index),
+/// where a 16-byte pair needs a shift first, on every allocation and every free.
+pub(crate) struct ClassCounts {
+    pub allocs: [AtomicU64; CLASSES],
+    pub frees: [AtomicU64; CLASSES],
+}
+
+impl ClassCounts {
+    pub(crate) const fn new() -> Self {
+        ClassCounts {
+            allocs: [const { AtomicU64::new(0) }; CLASSES],
+            frees: [const { AtomicU64::new(0) }; CLASSES],
+        }
+    }
 }
 
 /// Frees made by threads without a heap (nested, exiting), per class.
@@ -80,13 +133,50 @@ struct EmptyPage(Page);
 unsafe impl Sync for EmptyPage {}
 static EMPTY_PAGE: EmptyPage = EmptyPage(Page::empty());
 
-fn empty_page() -> *mut Page {
-    &EMPTY_PAGE.0 as *const Page as *mut Page
+const fn empty_page() -> *mut Page {
+    (&raw const EMPTY_PAGE.0).cast_mut()
 }
+
+/// The heap a thread's fast word (`thread::get_fast`) names while the thread has none
+/// of its own (before its first allocation, inside the allocator, after its exit):
+/// every class's page is the empty page, so a fast path pops nothing and takes its slow
+/// path, with no test of the slot first. Never written: a pop from the empty page fails
+/// before anything is counted, and no segment names it as its owner.
+pub(crate) struct NoHeap(pub(crate) Heap);
+// SAFETY: never written (see above); its atomics are never touched.
+unsafe impl Sync for NoHeap {}
+pub(crate) static NO_HEAP: NoHeap = NoHeap(Heap {
+    current: CurrentPages::new(),
+    counts: ClassCounts::new(),
+    queues: [PageQueue {
+        first: core::ptr::null_mut(),
+        last: core::ptr::null_mut(),
+    }; CLASSES],
+    pending: PendingPages::new(),
+    segments: core::ptr::null_mut(),
+    next_purge_ms: 0,
+    all_next: core::ptr::null_mut(),
+    abandoned_next: core::ptr::null_mut(),
+});
 
 /// Allocates a small block of `class`. Null only when out of memory.
 #[inline(always)]
 pub fn alloc_small(class: usize) -> *mut u8 {
+    // SAFETY: the fast word is this thread's heap or `NO_HEAP`, whose pages are all
+    // empty; `class_of` never returns CLASSES or more.
+    let block = unsafe { pop_entry(thread::get_fast() as *mut Heap, class + 1) };
+    if block.is_null() {
+        return alloc_small_miss(class);
+    }
+    block
+}
+
+/// `alloc_small` when the fast word gave no block: the thread has no heap (`slot` is a
+/// sentinel), the fast word could not be read with one load (a `dlopen`ed C library:
+/// the heap's current page is tried first), or the current page is empty.
+#[cold]
+#[inline(never)]
+fn alloc_small_miss(class: usize) -> *mut u8 {
     let slot = thread::get();
     if slot < thread::SENTINEL_LIMIT {
         return slow::alloc_without_heap(slot, class);
@@ -94,7 +184,7 @@ pub fn alloc_small(class: usize) -> *mut u8 {
     let heap = slot as *mut Heap;
     // SAFETY: `slot` is this thread's heap, owned by this thread.
     unsafe {
-        let block = pop_current(heap, class);
+        let block = pop_entry(heap, class + 1);
         if block.is_null() {
             return slow::alloc_slow(heap, class);
         }
@@ -103,36 +193,44 @@ pub fn alloc_small(class: usize) -> *mut u8 {
 }
 
 /// `alloc_small`'s fast path alone, for a front end with a slow path of its own (the C
-/// library): a block of `class`, or null when the thread has no heap yet (or is inside
-/// the allocator), the class's current page is empty, or the heap profiler is sampling
-/// (its hook sits in `alloc`, which the caller's slow path calls). The caller then calls
+/// library): a block for a request of `size` bytes at 16-byte alignment, or null when
+/// `size` is 0 or above `SMALL_MAX`, the thread has no heap yet (or is inside the
+/// allocator), the class's current page is empty, or the heap profiler is sampling (its
+/// hook sits in `alloc`, which the caller's slow path calls). The caller then calls
 /// `alloc`.
 #[inline(always)]
-pub fn try_alloc_small(class: usize) -> *mut u8 {
+pub fn try_alloc_size(size: usize) -> *mut u8 {
+    let entry = if size <= size_class::LINEAR_MAX {
+        size_class::linear_entry(size)
+    } else if size <= SMALL_MAX {
+        // Not rare, but already a dozen instructions of class arithmetic: the jump to
+        // the shared code goes here rather than on the linear sizes' path.
+        core::hint::cold_path();
+        class_of(size) + 1
+    } else {
+        return core::ptr::null_mut();
+    };
     crate::prof::when_sampling!({
         return core::ptr::null_mut();
     });
-    let slot = thread::get_fast();
-    if slot < thread::SENTINEL_LIMIT {
-        return core::ptr::null_mut();
-    }
-    // SAFETY: `slot` is this thread's heap, owned by this thread.
-    unsafe { pop_current(slot as *mut Heap, class) }
+    // SAFETY: the fast word is this thread's heap or `NO_HEAP`, whose pages are all
+    // empty; `entry <= CLASSES`.
+    unsafe { pop_entry(thread::get_fast() as *mut Heap, entry) }
 }
 
-/// Pops a block from the current page of `class`, or null when it has none.
+/// Pops a block from the page at `entry` of the heap's current pages (`class + 1`), or
+/// null when it has none.
 ///
 /// # Safety
-/// `heap` is the calling thread's heap.
+/// `heap` is the calling thread's heap or `NO_HEAP`; `entry <= CLASSES`.
 #[inline(always)]
-unsafe fn pop_current(heap: *mut Heap, class: usize) -> *mut u8 {
-    // SAFETY: caller contract; the current page is a live page of the heap or the
-    // static empty page (whose `free` is null).
+unsafe fn pop_entry(heap: *mut Heap, entry: usize) -> *mut u8 {
+    // SAFETY: caller contract; the page is a live page of the heap or the static empty
+    // page (whose `free` is null), which entry 0 always is, so a block implies
+    // `entry >= 1` and its class `entry - 1` (unchecked indexing keeps the bounds check
+    // off the fast path; the `- 1` folds into the counter's address).
     unsafe {
-        // `class_of` never returns CLASSES or more; unchecked indexing keeps the bounds
-        // check off the fast path.
-        debug_assert!(class < CLASSES);
-        let page = *(*heap).current.get_unchecked(class);
+        let page = (*heap).current.entry(entry);
         let block = (*page).free;
         if block.is_null() {
             return core::ptr::null_mut();
@@ -140,7 +238,7 @@ unsafe fn pop_current(heap: *mut Heap, class: usize) -> *mut u8 {
         (*page).free = next_checked(page, block);
         (*page).used += 1;
         (*block).cookie = 0;
-        bump(&(*heap).counts.get_unchecked(class).allocs);
+        bump((*heap).counts.allocs.get_unchecked(entry - 1));
         block as *mut u8
     }
 }
@@ -208,7 +306,7 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
     unsafe {
         let seg = Segment::of(addr);
         let page = Segment::page_of(seg, addr);
-        if Page::block_index(page, addr).is_none() {
+        if !Page::is_block_start(page, addr) {
             return Err(SmallFreeError::NotABlock);
         }
         let block = p as *mut Block;
@@ -285,16 +383,18 @@ pub enum FastFree {
 /// caller, which ends in a tail call, so the caller's fast path needs no stack frame.
 ///
 /// # Safety
-/// As `free_small`.
+/// `seg` is the base of a live segment, as `space::segment_slot(p)` gives it: `p` lies
+/// in it, or is an address above the user space that aliases its slot.
 #[inline(always)]
-pub unsafe fn free_small_fast(p: *mut u8) -> FastFree {
+pub unsafe fn free_small_fast(seg: usize, p: *mut u8) -> FastFree {
     let addr = p as usize;
-    // SAFETY: the slot is a live segment, whose header sits at its base; the block's
-    // words are read only once `block_index` placed it inside the page.
+    // SAFETY: `seg` is a live segment, whose header sits at its base; the block's words
+    // are read only once `is_block_start` placed it inside a page (an aliasing address
+    // never is).
     unsafe {
-        let seg = Segment::of(addr);
+        let seg = seg as *mut Segment;
         let page = Segment::page_of(seg, addr);
-        if Page::block_index(page, addr).is_none() {
+        if !Page::is_block_start(page, addr) {
             return FastFree::Slow;
         }
         let block = p as *mut Block;
@@ -302,7 +402,7 @@ pub unsafe fn free_small_fast(p: *mut u8) -> FastFree {
         if (*block).cookie == cookie {
             return FastFree::Slow;
         }
-        let slot = thread::get_fast();
+        let slot = thread::get_for_owner_check();
         if (*seg).heap != slot {
             return FastFree::NotOwned(page, block);
         }
@@ -337,19 +437,19 @@ unsafe fn push_local(heap: *mut Heap, page: *mut Page, block: *mut Block) -> boo
     // SAFETY: caller contract. A live page's class is below CLASSES (set by
     // `Page::init`).
     unsafe {
-        bump(&(*heap).counts.get_unchecked((*page).class as usize).frees);
+        bump((*heap).counts.frees.get_unchecked((*page).class as usize));
         zero_on_free(block, page);
         Block::store_next(block, (*page).local_free);
         (*page).local_free = block;
         (*page).used -= 1;
-        if (*page).used == 0 || (*page).in_full {
+        if (*page).used == 0 {
             // An emptied page that is alone in its class queue stays (a class that
             // oscillates around one page must not give it back each time): decided
-            // here, without the call.
-            let alone = (*page).prev.is_null() && (*page).next.is_null();
-            return (*page).in_full || !alone;
+            // here, without the call. The links are tested together: one branch.
+            let linked = (*page).prev as usize | (*page).next as usize;
+            return linked != 0 || (*page).in_full;
         }
-        false
+        (*page).in_full
     }
 }
 
@@ -361,11 +461,13 @@ unsafe fn push_local(heap: *mut Heap, page: *mut Page, block: *mut Block) -> boo
 #[inline(always)]
 pub unsafe fn live_block_size(p: *const u8) -> Option<usize> {
     let addr = p as usize;
-    // SAFETY: caller contract; the block's words are read only once `block_index`
+    // SAFETY: caller contract; the block's words are read only once `is_block_start`
     // placed it inside the page.
     unsafe {
         let page = Segment::page_of(Segment::of(addr), addr);
-        Page::block_index(page, addr)?;
+        if !Page::is_block_start(page, addr) {
+            return None;
+        }
         let block = p as *const Block;
         ((*block).cookie != free_cookie(block)).then_some((*page).block_size as usize)
     }
@@ -388,7 +490,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
 pub unsafe fn is_block_start(p: *const u8) -> bool {
     let addr = p as usize;
     // SAFETY: caller contract.
-    unsafe { Page::block_index(Segment::page_of(Segment::of(addr), addr), addr).is_some() }
+    unsafe { Page::is_block_start(Segment::page_of(Segment::of(addr), addr), addr) }
 }
 
 /// True if the block at `p` carries the free cookie (it is on a free list).

@@ -9,11 +9,11 @@
 //!   by the owner with one RMW (many producers, one consumer that takes everything:
 //!   no ABA). The same word carries the page's hand-off state (`ThreadFree`).
 //!
-//! Blocks beyond `bump` were never handed out; the owner carves them lazily, a batch at
+//! Blocks beyond `carved` were never handed out; the owner carves them lazily, a batch at
 //! a time, so a fresh page costs nothing until used.
 //!
 //! **What another thread may touch.** A remote freer reads only fields that never change
-//! while the page is live (`start`, `block_size`, `reciprocal`, `class`), `bump` (an
+//! while the page is live (`start`, `block_size`, `divisor_magic`, `class`), `carved` (an
 //! atomic: the owner advances it while freers validate against it), and the shared words
 //! (`thread_free`, `pending_next`), always through raw pointers or atomics, never through
 //! a `&Page`/`&mut Page` that would alias the owner's. It touches nothing of the page
@@ -25,21 +25,27 @@
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use core::ptr;
 
-/// A free block's header. `cookie` marks it free (`FREE_COOKIE ^ address`), which is
-/// how a second `free` of the same block is recognised; allocation clears it.
+/// A free block's header. `cookie` marks it free (`free_cookie(address)`), which is how
+/// a second `free` of the same block is recognised; allocation clears it.
 #[repr(C)]
 pub struct Block {
     pub next: *mut Block,
     pub cookie: usize,
 }
 
-/// An arbitrary odd constant; a freed block carries it xor its own address, so user data
-/// matching it by chance is as likely as guessing a 64-bit value.
-const FREE_COOKIE: usize = 0x9e37_79b9_7f4a_7c15;
+/// An arbitrary odd constant below 2^31 (the 32-bit fractional part of the golden
+/// ratio, as hashes use it), so that `free_cookie` is one `lea` with a displacement.
+const FREE_COOKIE: usize = 0x61c8_8647;
 
+/// The mark of a free block at `block`: eight times its address plus `FREE_COOKIE`. It
+/// is different for every block, never 0 (odd), and for every address above 2^44 (all
+/// of ours: the kernel places our mappings near the top of the 47-bit user space) it is
+/// above 2^47, so never a user pointer either; user data matching it by chance is as
+/// likely as guessing a 64-bit value. One instruction (`lea`), where a 64-bit constant
+/// xor the address took two, on every `free`.
 #[inline(always)]
 pub fn free_cookie(block: *const Block) -> usize {
-    FREE_COOKIE ^ block as usize
+    (block as usize).wrapping_mul(8).wrapping_add(FREE_COOKIE)
 }
 
 /// With the `secure` feature, free-list links are stored xor a per-process random key
@@ -442,10 +448,19 @@ impl PendingPages {
     }
 }
 
-/// Scale of the reciprocal used to validate block offsets without a division: for
-/// offsets below 2^20 and block sizes up to 2^19, `(off * ceil(2^40 / size)) >> 40`
-/// is exactly `off / size`.
-const RECIPROCAL_SHIFT: u32 = 40;
+/// The multiplier that tests an offset for being a multiple of `block_size` without a
+/// division (Lemire, Kaser and Kurz, "Faster remainder by direct computation", 2019):
+/// with `magic = ceil(2^64 / size)`, an offset `off < 2^32` is a multiple of `size`
+/// exactly when `off * magic` (wrapping, 64 bits) is below `magic`. Page offsets are
+/// below the 4 MiB segment and block sizes far below 2^32, so one multiply and one
+/// compare replace the multiply, shift, multiply and compare of a reciprocal division.
+const fn divisor_magic(size: usize) -> u64 {
+    u64::MAX / size as u64 + 1
+}
+
+/// The largest offset (exclusive) for which `divisor_magic`'s test is exact.
+const MAGIC_OFFSET_LIMIT: usize = 1 << 32;
+const _: () = assert!(super::segment::SEGMENT_SIZE <= MAGIC_OFFSET_LIMIT);
 
 /// 128 bytes (two cache lines, a power of two so indexing is a shift): the hot owner
 /// fields share the first line with the shared `thread_free` word.
@@ -464,15 +479,18 @@ pub struct Page {
     // --- shared ---
     pub thread_free: ThreadFree,
     // --- set by `init`, read-only while the page is live (remote freers read them) ---
-    pub reciprocal: u64,
+    /// `divisor_magic(block_size)`.
+    pub divisor_magic: u64,
     /// First block address and the end of the page's usable bytes.
     pub start: usize,
     pub end: usize,
-    /// First never-carved byte. Only the owner writes it (in `extend`); remote freers
-    /// read it to validate their block, hence an atomic (Relaxed: a freer's block was
-    /// carved before it was handed out, and that hand-over orders the store before the
-    /// freer's load; `bump` only grows while the page is live).
-    pub bump: AtomicUsize,
+    /// Bytes carved so far from `start` (the first never-carved byte is `start +
+    /// carved`): an offset, so that one compare of a block's offset checks both ends.
+    /// Only the owner writes it (in `extend`); remote freers read it to validate their
+    /// block, hence an atomic (Relaxed: a freer's block was carved before it was handed
+    /// out, and that hand-over orders the store before the freer's load; `carved` only
+    /// grows while the page is live).
+    pub carved: AtomicUsize,
     // --- owner-only, cold ---
     /// Class queue links.
     pub next: *mut Page,
@@ -494,10 +512,10 @@ macro_rules! empty_page {
             class: 0,
             units: 0,
             thread_free: ThreadFree::new(),
-            reciprocal: 0,
+            divisor_magic: 0,
             start: 0,
             end: 0,
-            bump: AtomicUsize::new(0),
+            carved: AtomicUsize::new(0),
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             pending_next: AtomicPtr::new(ptr::null_mut()),
@@ -529,37 +547,30 @@ impl Page {
         self.class = class as u8;
         self.units = units as u8;
         self.block_size = block_size as u32;
-        self.reciprocal = (1u64 << RECIPROCAL_SHIFT).div_ceil(block_size as u64);
+        self.divisor_magic = divisor_magic(block_size);
         self.start = start;
         self.end = end;
-        self.bump = AtomicUsize::new(start);
     }
 
-    /// The block index of `addr`, if `addr` is the start of a block ever carved here.
-    /// Any thread may ask: it reads only the fields fixed while the page is live and the
-    /// atomic `bump`, through the raw pointer (no reference that would alias the owner's).
+    /// True if `addr` is the start of a block ever carved here. Any thread may ask: it
+    /// reads only the fields fixed while the page is live and the atomic `carved`,
+    /// through the raw pointer (no reference that would alias the owner's).
     ///
     /// # Safety
     /// `page` is a live page descriptor.
     #[inline(always)]
-    pub unsafe fn block_index(page: *const Page, addr: usize) -> Option<usize> {
+    pub unsafe fn is_block_start(page: *const Page, addr: usize) -> bool {
         // SAFETY: caller contract; these fields do not change while the page is live.
-        let (start, reciprocal, size, bump) = unsafe {
-            (
-                (*page).start,
-                (*page).reciprocal,
-                (*page).block_size,
-                &(*page).bump,
-            )
-        };
-        // Two comparisons against the bounds rather than one of `addr - start` against
-        // `bump - start`: one subtraction fewer on every free. Relaxed: see the field.
-        if addr >= bump.load(Ordering::Relaxed) || addr < start {
-            return None;
+        let (start, magic, carved) =
+            unsafe { ((*page).start, (*page).divisor_magic, &(*page).carved) };
+        // An address below `start` wraps to an offset far above `carved`: one compare
+        // checks both ends. Relaxed: see the field.
+        let off = addr.wrapping_sub(start);
+        if off >= carved.load(Ordering::Relaxed) {
+            return false;
         }
-        let off = addr - start;
-        let index = ((off as u64 * reciprocal) >> RECIPROCAL_SHIFT) as usize;
-        (index * size as usize == off).then_some(index)
+        // `off < carved <= MAGIC_OFFSET_LIMIT`: the magic test is exact.
+        (off as u64).wrapping_mul(magic) < magic
     }
 
     /// Owner: the page has no free block; parks it off its queue (`in_full`) unless a
@@ -603,14 +614,15 @@ impl Page {
     /// Carves the next batch of never-used blocks into `free`. False when none remain.
     pub fn extend(&mut self) -> bool {
         let size = self.block_size as usize;
-        // Relaxed: only this (owner) thread writes `bump`.
-        let first = self.bump.load(Ordering::Relaxed);
+        // Relaxed: only this (owner) thread writes `carved`.
+        let carved = self.carved.load(Ordering::Relaxed);
+        let first = self.start + carved;
         let left = (self.end - first) / size;
         if left == 0 {
             return false;
         }
         let batch = left.min((EXTEND_BYTES / size).max(EXTEND_MIN_BLOCKS));
-        self.bump.store(first + batch * size, Ordering::Relaxed);
+        self.carved.store(carved + batch * size, Ordering::Relaxed);
         // Link the batch; blocks keep cookie 0 (never freed). In order by default (the
         // next allocation is the next address: friendly to caches and prefetchers); with
         // the `secure` feature, in a random stride order so addresses are not predictable.
@@ -689,21 +701,23 @@ mod tests {
         page.init(3, 64, 1, start, start + 8192);
         let p = &page as *const Page;
         assert_eq!(page.capacity(), 128);
-        // SAFETY (all `block_index` calls): `p` is a live page descriptor.
-        assert_eq!(
-            unsafe { Page::block_index(p, start) },
-            None,
+        // SAFETY (all `is_block_start` calls): `p` is a live page descriptor.
+        assert!(
+            !unsafe { Page::is_block_start(p, start) },
             "nothing carved yet"
         );
         assert!(page.extend());
         let p = &page as *const Page;
-        assert_eq!(unsafe { Page::block_index(p, start + 64 * 5) }, Some(5));
-        assert_eq!(
-            unsafe { Page::block_index(p, start + 64 * 5 + 8) },
-            None,
+        assert!(unsafe { Page::is_block_start(p, start + 64 * 5) });
+        assert!(
+            !unsafe { Page::is_block_start(p, start + 64 * 5 + 8) },
             "interior"
         );
-        assert_eq!(unsafe { Page::block_index(p, start - 64) }, None);
+        assert!(!unsafe { Page::is_block_start(p, start - 64) });
+        assert!(
+            !unsafe { Page::is_block_start(p, start + 64 * 64) },
+            "beyond the carved batch"
+        );
         let a = page.free;
         // SAFETY: `a` is a carved block of the page.
         page.free = unsafe { Block::load_next(a) };
@@ -717,6 +731,27 @@ mod tests {
         assert_eq!(page.used, 0);
         assert_eq!(page.free, a);
         assert_eq!(page.thread_free.state(), HandOff::Active);
+    }
+
+    /// The multiply-and-compare test agrees with `%` for every class, at every offset
+    /// of the first and the last 64 KiB of a segment (the proof covers all offsets below
+    /// 2^32; these are where a wrong magic would show first and last).
+    #[test]
+    fn divisor_magic_is_exact_for_every_class() {
+        use super::super::segment::SEGMENT_SIZE;
+        use super::super::size_class::{class_size, CLASSES};
+        const EDGE: usize = 64 * 1024;
+        for class in 0..CLASSES {
+            let size = class_size(class);
+            let magic = divisor_magic(size);
+            for off in (0..EDGE).chain(SEGMENT_SIZE - EDGE..SEGMENT_SIZE) {
+                assert_eq!(
+                    (off as u64).wrapping_mul(magic) < magic,
+                    off % size == 0,
+                    "size {size} offset {off}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -130,7 +130,7 @@ fn run_bits(first: usize, units: usize) -> u64 {
 }
 
 /// True if `page` (the descriptor at unit `first`) is exactly what `alloc_page` writes
-/// for a live page there, with its units claimed and `bump` inside the page.
+/// for a live page there, with its units claimed and `carved` inside the page.
 fn is_live_page(seg: &Segment, first: usize, page: &Page) -> bool {
     let units = page.units as usize;
     if units == 0
@@ -158,22 +158,22 @@ fn is_live_page(seg: &Segment, first: usize, page: &Page) -> bool {
         span_end - (span_end - start) % size,
     );
     if page.block_size != made.block_size
-        || page.reciprocal != made.reciprocal
+        || page.divisor_magic != made.divisor_magic
         || page.start != made.start
         || page.end != made.end
     {
         return false;
     }
     let run = run_bits(first, units);
-    let bump = page.bump.load(Ordering::Relaxed);
-    if bump < page.start
-        || bump > page.end
-        || !(bump - page.start).is_multiple_of(size)
+    let carved = page.carved.load(Ordering::Relaxed);
+    if carved > page.end - page.start
+        || !carved.is_multiple_of(size)
         || page.capacity() > MAX_BLOCKS
     {
         return false;
     }
-    seg.free_units & run == 0 && (first..first + units).all(|u| seg.unit_page[u] as usize == first)
+    seg.free_units & run == 0
+        && (first..first + units).all(|u| seg.unit_page[u] == Segment::page_offset(first))
 }
 
 unsafe fn rebuild_segment(heap: &mut Heap, seg: &mut Segment) {
@@ -228,7 +228,7 @@ unsafe fn rebuild_page(page: &mut Page) {
         // SAFETY: every block is validated before its link is read.
         unsafe { take_list(page, head, carved_ok, &mut seen, &mut list, &mut count) };
     }
-    let carved = (page.bump.load(Ordering::Relaxed) - page.start) / page.block_size as usize;
+    let carved = page.carved.load(Ordering::Relaxed) / page.block_size as usize;
     page.free = list;
     page.local_free = ptr::null_mut();
     page.used = (carved - count) as u32;
@@ -253,7 +253,7 @@ unsafe fn take_list(
     count: &mut usize,
 ) {
     let size = page.block_size as usize;
-    let carved_bytes = page.bump.load(Ordering::Relaxed) - page.start;
+    let carved_bytes = page.carved.load(Ordering::Relaxed);
     while !block.is_null() {
         let off = (block as usize).wrapping_sub(page.start);
         if off >= carved_bytes || !off.is_multiple_of(size) {

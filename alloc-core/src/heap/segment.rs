@@ -6,7 +6,7 @@
 
 use super::page::Page;
 use crate::os::{self, PurgeMode};
-use crate::region::{RegionKind, TABLE};
+use crate::region::{RegionKind, ARENAS};
 use crate::space::SLOT_SIZE;
 use crate::stats::Counter;
 
@@ -23,6 +23,11 @@ pub const UNIT_SIZE: usize = 1 << UNIT_SHIFT;
 pub const UNITS: usize = SEGMENT_SIZE / UNIT_SIZE;
 const ALL_UNITS: u64 = u64::MAX;
 const _: () = assert!(UNITS == 64);
+// Every descriptor offset fits `unit_page`'s entries.
+const _: () = assert!(
+    core::mem::offset_of!(Segment, pages) + UNITS * core::mem::size_of::<Page>()
+        <= u16::MAX as usize
+);
 
 /// Bytes reserved for the header at the start of unit 0 (page-aligned, so blocks of
 /// page-aligned classes stay aligned).
@@ -34,8 +39,10 @@ pub struct Segment {
     /// creation and never changed (heaps are adopted whole, never split), so a remote
     /// freer may read it while the segment is live.
     pub heap: usize,
-    /// For each unit, the index of the unit where its page starts.
-    pub unit_page: [u8; UNITS],
+    /// For each unit, where the descriptor of the page covering it lies: its byte offset
+    /// from the segment base (`page_offset` of the unit where the page starts), so that
+    /// `free` finds the descriptor with one load and one add.
+    pub unit_page: [u16; UNITS],
     /// Units not in any page (bit per unit). Owner only.
     pub free_units: u64,
     /// Free units that hold dirty pages not yet purged, and since when (ms).
@@ -50,7 +57,7 @@ pub struct Segment {
 impl Segment {
     /// Gets a fresh segment from the region table. Null when out of memory.
     pub fn create(heap: usize) -> *mut Segment {
-        let Some(placed) = TABLE.allocate(SEGMENT_SIZE, SEGMENT_SIZE, RegionKind::Segment) else {
+        let Some(placed) = ARENAS.allocate(SEGMENT_SIZE, SEGMENT_SIZE, RegionKind::Segment) else {
             return ptr::null_mut();
         };
         SEGMENTS.inc();
@@ -59,7 +66,7 @@ impl Segment {
         // written in place: `Segment` is too big for the stack of a small thread.
         unsafe {
             ptr::addr_of_mut!((*seg).heap).write(heap);
-            ptr::addr_of_mut!((*seg).unit_page).write([0; UNITS]);
+            ptr::addr_of_mut!((*seg).unit_page).write([Segment::page_offset(0); UNITS]);
             ptr::addr_of_mut!((*seg).free_units).write(ALL_UNITS);
             ptr::addr_of_mut!((*seg).dirty_units).write(0);
             ptr::addr_of_mut!((*seg).dirty_since).write(0);
@@ -82,9 +89,14 @@ impl Segment {
         let dirty = unsafe { (*seg).dirty_units.count_ones() } as u64;
         SEGMENT_DIRTY_BYTES.sub(dirty * UNIT_SIZE as u64);
         SEGMENTS.sub(1);
-        if TABLE.retire(seg as usize).is_err() {
+        if ARENAS.retire(seg as usize).is_err() {
             crate::fatal("segment release: the region table does not know the segment");
         }
+    }
+
+    /// The byte offset from the segment base of `pages[first]`, as `unit_page` holds it.
+    pub const fn page_offset(first: usize) -> u16 {
+        (core::mem::offset_of!(Segment, pages) + first * core::mem::size_of::<Page>()) as u16
     }
 
     /// The segment holding `addr`.
@@ -94,9 +106,9 @@ impl Segment {
     }
 
     /// The page descriptor serving `addr`. Any thread may ask (a remote free does): it
-    /// reads one `unit_page` byte through the raw pointer, and that byte does not change
-    /// while a live page covers the unit; no reference to the header is made, so none
-    /// aliases the owner's.
+    /// reads one `unit_page` entry through the raw pointer, and that entry does not
+    /// change while a live page covers the unit; no reference to the header is made, so
+    /// none aliases the owner's.
     ///
     /// # Safety
     /// `seg` is a live segment, `addr` lies in it.
@@ -104,13 +116,13 @@ impl Segment {
     pub unsafe fn page_of(seg: *mut Segment, addr: usize) -> *mut Page {
         let unit = (addr & (SEGMENT_SIZE - 1)) >> UNIT_SHIFT;
         // SAFETY: caller contract; `unit` < UNITS by the mask, and `unit_page` entries
-        // are unit indices.
+        // are `page_offset`s, offsets of descriptors inside the header.
         unsafe {
-            let first = ptr::addr_of!((*seg).unit_page)
-                .cast::<u8>()
+            let offset = ptr::addr_of!((*seg).unit_page)
+                .cast::<u16>()
                 .add(unit)
                 .read() as usize;
-            ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(first)
+            seg.cast::<u8>().add(offset).cast::<Page>()
         }
     }
 
@@ -142,7 +154,7 @@ impl Segment {
         self.free_units &= !(run << first);
         self.dirty_units &= !(run << first);
         for u in first..first + units {
-            self.unit_page[u] = first as u8;
+            self.unit_page[u] = Segment::page_offset(first);
         }
         let base = self as *mut Segment as usize;
         let start = base + first * UNIT_SIZE + if first == 0 { HEADER_SIZE } else { 0 };

@@ -14,8 +14,9 @@ pub const MIN_BLOCK: usize = 16;
 pub const SMALL_PAGE_MAX_BLOCK: usize = 4096;
 
 const LINEAR_CLASSES: usize = 8;
-const LINEAR_STEP: usize = 16;
-const LINEAR_MAX: usize = LINEAR_CLASSES * LINEAR_STEP;
+pub const LINEAR_STEP: usize = 16;
+/// Sizes up to here have classes `ceil(size / LINEAR_STEP) - 1`.
+pub const LINEAR_MAX: usize = LINEAR_CLASSES * LINEAR_STEP;
 const PER_DOUBLING: usize = 8;
 /// Doublings from 128 B to 32 KiB.
 const DOUBLINGS: usize = 8;
@@ -43,6 +44,15 @@ pub fn small_class_of(size: usize) -> Option<usize> {
         return Some(size.saturating_sub(1) / LINEAR_STEP);
     }
     (size <= SMALL_MAX).then(|| class_of(size))
+}
+
+/// `class_of(size) + 1` for `1 <= size <= LINEAR_MAX`, and 0 for size 0: the index of
+/// `size`'s page among the heap's current pages, which keep an always-empty entry
+/// first (see `heap::CurrentPages`).
+#[inline(always)]
+pub fn linear_entry(size: usize) -> usize {
+    debug_assert!(size <= LINEAR_MAX);
+    size.div_ceil(LINEAR_STEP)
 }
 
 /// The block size of `class`.
@@ -90,6 +100,9 @@ mod tests {
             );
             assert_eq!(s % 16, 0, "16-byte alignment for size {size}");
             assert_eq!(small_class_of(size), Some(c));
+            if (1..=LINEAR_MAX).contains(&size) {
+                assert_eq!(linear_entry(size), c + 1, "direct entry of size {size}");
+            }
             if size > LINEAR_MAX {
                 assert!((s - size) * 8 <= s, "waste above 12.5% for {size}");
             } else {
@@ -111,6 +124,7 @@ mod tests {
         }
         assert_eq!(class_for(SMALL_MAX + 1, 8), None);
         assert_eq!(small_class_of(SMALL_MAX + 1), None);
+        assert_eq!(linear_entry(0), 0, "size 0 meets the always-empty entry");
         assert_eq!(class_size(class_for(1, 4096).unwrap()), 4096);
     }
 }

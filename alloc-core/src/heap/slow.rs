@@ -39,7 +39,7 @@ pub fn alloc_without_heap(slot: usize, class: usize) -> *mut u8 {
 pub fn count_remote_free(slot: usize, class: usize) {
     if slot >= thread::SENTINEL_LIMIT {
         // SAFETY: `slot` is this thread's heap; only this thread writes its counts.
-        unsafe { super::bump(&(*(slot as *mut Heap)).counts[class].frees) };
+        unsafe { super::bump(&(*(slot as *mut Heap)).counts.frees[class]) };
     } else {
         super::ORPHAN_FREES[class].fetch_add(1, Ordering::Relaxed);
     }
@@ -53,7 +53,7 @@ unsafe fn pop(heap: &Heap, page: *mut Page) -> *mut u8 {
         (*page).free = super::next_checked(page, block);
         (*page).used += 1;
         (*block).cookie = 0;
-        super::bump(&heap.counts[(*page).class as usize].allocs);
+        super::bump(&heap.counts.allocs[(*page).class as usize]);
         block as *mut u8
     }
 }

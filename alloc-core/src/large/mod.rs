@@ -15,7 +15,7 @@
 use crate::options::{self, Thp};
 use crate::os::{self, HUGE_PAGE, PAGE_SIZE};
 use crate::region::table::{RetireError, GUARD_LEN};
-use crate::region::{RegionKind, Space, TABLE};
+use crate::region::{RegionKind, Space, ARENAS};
 use crate::stats::Counter;
 use core::ptr;
 
@@ -104,9 +104,9 @@ fn alloc_placed(size: usize, align: usize, zero: bool, growing: bool) -> *mut u8
     if p.is_null() {
         crate::misuse::out_of_memory(size, align);
     }
-    if guard != 0 && !p.is_null() && TABLE.install_guard(p as usize).is_err() {
+    if guard != 0 && !p.is_null() && ARENAS.install_guard(p as usize).is_err() {
         crate::purge::large_removed(len);
-        let _ = TABLE.retire(p as usize);
+        let _ = ARENAS.retire(p as usize);
         return ptr::null_mut();
     }
     p
@@ -114,7 +114,7 @@ fn alloc_placed(size: usize, align: usize, zero: bool, growing: bool) -> *mut u8
 
 fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
     let space = space_for(len);
-    let Some(placed) = TABLE.allocate_with_room(len, align, RegionKind::Large, growing, space)
+    let Some(placed) = ARENAS.allocate_with_room(len, align, RegionKind::Large, growing, space)
     else {
         return ptr::null_mut();
     };
@@ -134,7 +134,7 @@ fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
 /// page of each one in again.)
 pub fn free(p: *mut u8) -> Result<(), RetireError> {
     // A guard page (secure mode) is lifted by the retire itself.
-    TABLE.retire_with(p as usize, |region| {
+    ARENAS.retire_with(p as usize, |region| {
         crate::purge::large_removed(region.len());
     })?;
     crate::purge::tick(os::now_ms());
@@ -143,7 +143,7 @@ pub fn free(p: *mut u8) -> Result<(), RetireError> {
 
 /// The usable size of a live large object, or `None` if `p` is not one.
 pub fn usable_size(p: *const u8) -> Option<usize> {
-    TABLE.object_len(p as usize).map(|len| len - guard_len())
+    ARENAS.object_len(p as usize).map(|len| len - guard_len())
 }
 
 /// Resizes a live large object of `old_len` bytes to `new_size` bytes (still large).
@@ -163,12 +163,12 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         return p;
     }
     if new_len < old_len {
-        if TABLE.shrink_in_place(addr, new_len) {
+        if ARENAS.shrink_in_place(addr, new_len) {
             crate::purge::large_removed(old_len - new_len);
         }
         return p; // or the tail could not be split off (out of metadata): keep it all
     }
-    if TABLE.grow_in_place(addr, new_len) {
+    if ARENAS.grow_in_place(addr, new_len) {
         crate::purge::large_added(new_len - old_len);
         GROWN_IN_PLACE.inc();
         return p;
@@ -191,7 +191,7 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
 #[cold]
 #[inline(never)]
 fn remap(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> *mut u8 {
-    let Some((placed, moved)) = TABLE.relocate(p as usize, new_len, align, space_for(new_len))
+    let Some((placed, moved)) = ARENAS.relocate(p as usize, new_len, align, space_for(new_len))
     else {
         return ptr::null_mut();
     };

@@ -116,6 +116,7 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     if align > CHUNK_SIZE {
         return ptr::null_mut();
     }
+    crate::stats::process_lock_taken();
     let mut state = META.lock();
     match class_of(size, align) {
         Some(class) => state.alloc_block(class),
@@ -143,6 +144,7 @@ pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 /// # Safety
 /// `p` must come from `alloc`/`alloc_zeroed` and not have been freed since.
 pub unsafe fn free(p: *mut u8) {
+    crate::stats::process_lock_taken();
     // SAFETY: caller contract.
     unsafe { META.lock().free(p) };
 }
@@ -152,6 +154,7 @@ pub unsafe fn free(p: *mut u8) {
 /// # Safety
 /// As `free`, for every block.
 pub unsafe fn free_all(blocks: impl Iterator<Item = *mut u8>) {
+    crate::stats::process_lock_taken();
     let mut state = META.lock();
     for p in blocks {
         // SAFETY: caller contract.

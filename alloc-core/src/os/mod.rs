@@ -134,6 +134,10 @@ pub fn syscall_counts() -> SyscallCounts {
 
 fn count(call: Syscall) {
     COUNTS[call as usize].fetch_add(1, Ordering::Relaxed);
+    if call.takes_mmap_lock_write() {
+        // The kernel's `mmap_lock` is the process-wide lock of the address space.
+        crate::stats::process_lock_taken();
+    }
 }
 
 /// Restores `errno` when dropped, so internal syscalls never leak an errno to C callers.
@@ -441,6 +445,34 @@ pub fn now_ms() -> u64 {
     // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC_COARSE always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// The CPUs this process may run on (its affinity mask; at least 1). Read with
+/// `sched_getaffinity` into a mask on the stack: no allocation, no file read.
+pub fn cpu_count() -> usize {
+    // SAFETY: an all-zero `cpu_set_t` is a valid (empty) mask.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; `set` is a valid out-pointer of the size given.
+    let got =
+        unsafe { libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if got != 0 {
+        return 1;
+    }
+    // SAFETY: `set` was filled in by the kernel.
+    (unsafe { libc::CPU_COUNT(&set) } as usize).max(1)
+}
+
+/// A precise monotonic clock in nanoseconds (vDSO, no syscall; about 20 ns here). Read
+/// only where the caller is about to wait anyway (a contended writer lock), so its cost
+/// hides in the wait, and it needs no TSC calibration to report nanoseconds.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Writes a message to stderr without allocating (used before aborting).

@@ -11,7 +11,7 @@
 
 use crate::options;
 use crate::os::PurgeMode;
-use crate::region::TABLE;
+use crate::region::ARENAS;
 use crate::stats::Counter;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -95,14 +95,14 @@ pub fn dirty_budget() -> usize {
 /// Runs the table-wide pass if its time has come (one thread wins the slot), or at once
 /// over the excess when dirty space exceeds `dirty_budget`.
 pub fn tick(now_ms: u64) {
-    let mut dirty = TABLE.dirty_bytes();
+    let mut dirty = ARENAS.dirty_bytes();
     let budget = dirty_budget();
     if dirty > budget {
         let (_, mode) = settings();
-        // Pass after pass (each bounded to `TABLE.purge`'s batch of regions, so each
+        // Pass after pass (each bounded to `ARENAS.purge`'s batch of regions, so each
         // holds few read locks), until the excess is gone or nothing more is purgeable.
         while dirty > budget && run_pass(0, mode, dirty - budget) > 0 {
-            dirty = TABLE.dirty_bytes();
+            dirty = ARENAS.dirty_bytes();
         }
         return;
     }
@@ -128,7 +128,7 @@ pub fn tick(now_ms: u64) {
 /// Purges free regions dirty for at least `delay_ms`; returns bytes purged.
 pub fn run_pass(delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
     PASSES.inc();
-    let bytes = TABLE.purge(delay_ms, mode, budget);
+    let bytes = ARENAS.purge(delay_ms, mode, budget);
     PURGED_BYTES.add(bytes as u64);
     bytes
 }

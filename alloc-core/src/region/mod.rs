@@ -7,12 +7,20 @@
 //! - `lock`: the per-region lock word and the table sequence (kernel per-VMA locks).
 //! - `protocol`: the reader's validation and the writer's stamp and detach, shared by the
 //!   table and the loom models (`loom_tests`), which run the same code.
-//! - `table`: `RegionTable`, its writer mutex, the read side (`find_and_read_lock`,
+//! - `arenas`: the arena set (`ARENAS`): several `RegionTable`s side by side, the
+//!   thread's home arena, placement across arenas and the process-wide walks.
+//! - `directory`: address -> arena, lock-free (the per-slot arena byte in `space` and
+//!   the registry of tables).
+//! - `table`: `RegionTable` (one arena), its writer mutex, the read side (`find_and_read_lock`,
 //!   `retire`) and purge; `table/writer.rs` holds the structural updates (allocate,
 //!   grow, shrink, coalesce).
 //! - `free_index`: free regions binned by size, for placement (writer-side only).
 //! - `epoch`: our own crossbeam-epoch collector.
 
+#[cfg(not(loom))]
+pub mod arenas;
+#[cfg(not(loom))]
+pub mod directory;
 #[cfg(not(loom))]
 pub mod epoch;
 #[cfg(not(loom))]
@@ -32,7 +40,9 @@ use core::cell::UnsafeCell;
 use lock::RegionLock;
 
 #[cfg(not(loom))]
-pub use table::{LockCounters, ReadGuard, RegionTable, TABLE};
+pub use arenas::{Arenas, ARENAS};
+#[cfg(not(loom))]
+pub use table::{LockCounters, Placement, ReadGuard, RegionTable};
 
 /// What a region holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! `RegionTable`: the tree of regions, its writer mutex (the `mmap_lock` analogue, taken
+//! `RegionTable`: one arena (its own "mm"): the tree of regions, its writer mutex (the `mmap_lock` analogue, taken
 //! only for structural changes) and its sequence counter, with the read side
 //! (`find_and_read_lock`, lock-free, and `retire`), the public updates, the purge (in
 //! bounded pieces), secure mode's guard pages (`install_guard`, lifted by `retire`) and
@@ -14,10 +14,15 @@
 //! `start_write`, which waits readers out. Any failure falls to the slow path, which
 //! repeats the lookup under the writer mutex, where it cannot fail spuriously.
 //!
-//! Write side: every update runs in `write()`: writer mutex, epoch pin, the update
-//! (a `Writer` method, `start_write` on each region it changes), one `end_write_all`,
-//! unlock.
+//! Write side: every update runs in `write()` (or `try_write()`, which gives up at once
+//! if another writer holds the mutex): writer mutex, epoch pin, the update (a `Writer`
+//! method, `start_write` on each region it changes), one `end_write_all`, unlock. The
+//! mutex, the sequence, the retired stack, the free index and the reservations are this
+//! table's alone: the process runs several tables side by side (`region::arenas`), each
+//! registered in `region::directory` at its first placement so that an address finds
+//! its table without a lock.
 
+use super::directory;
 use super::epoch;
 use super::free_index::FreeIndex;
 use super::lock::TableSeq;
@@ -26,8 +31,8 @@ use super::tree::RangeTree;
 use super::{Region, RegionKind, RegionState, Space, PURGING, RETIRED_NEXT};
 use crate::os::{self, PurgeMode};
 use crate::stats::Counter;
-use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use crate::sync::SpinLock;
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{SpinGuard, SpinLock};
 use crate::Reentrancy;
 use core::ptr;
 use writer::Writer;
@@ -55,9 +60,6 @@ pub const PURGE_PIECE: usize = 16 << 20;
 /// Fast-path attempts before a reader takes the slow path after finding a stale region.
 const STALE_RETRIES: u32 = 2;
 
-/// The process's region table.
-pub static TABLE: RegionTable = RegionTable::new();
-
 /// Counters of the read-side protocol, as the kernel's `VMA_LOCK_*` events.
 pub struct LockCounters {
     /// Lookups that got a validated read lock without the writer mutex.
@@ -72,6 +74,12 @@ pub struct LockCounters {
     pub slow: Counter,
     /// Writer-mutex acquisitions (structural updates and slow lookups).
     pub writer: Counter,
+    /// Acquisitions that found the mutex held and waited for it (a `try_write` that
+    /// gives up instead is not one).
+    pub waits: Counter,
+    /// Nanoseconds those acquisitions waited (`os::now_ns` around the wait, read only
+    /// when the lock was found held).
+    pub wait_ns: Counter,
 }
 
 /// What a reader holds: a validated read reference on one region.
@@ -150,6 +158,10 @@ struct WriterState {
 unsafe impl Send for WriterState {}
 
 pub struct RegionTable {
+    /// This table's id in `region::directory` (0 until its first placement registers it).
+    id: AtomicU8,
+    /// Set once the table has reserved address space (`Writer::add_arena`).
+    reserved_any: AtomicBool,
     tree: RangeTree,
     seq: TableSeq,
     /// The writer mutex. A spin-then-yield lock rather than `parking_lot::Mutex`: a
@@ -177,6 +189,15 @@ pub struct RegionTable {
     pub(crate) pause_in_retire: TestPause,
 }
 
+/// The placement policies (see `RegionTable::allocate`, `allocate_roomy`,
+/// `allocate_with_room`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Dense,
+    Roomy,
+    WithRoom { growing: bool, space: Space },
+}
+
 /// A live region's description for callers that placed it.
 #[derive(Clone, Copy, Debug)]
 pub struct Placed {
@@ -195,6 +216,8 @@ impl Default for RegionTable {
 impl RegionTable {
     pub const fn new() -> Self {
         RegionTable {
+            id: AtomicU8::new(0),
+            reserved_any: AtomicBool::new(false),
             tree: RangeTree::new(),
             seq: TableSeq::new(),
             writer: SpinLock::new(WriterState {
@@ -209,6 +232,8 @@ impl RegionTable {
                 miss: Counter::new(),
                 slow: Counter::new(),
                 writer: Counter::new(),
+                waits: Counter::new(),
+                wait_ns: Counter::new(),
             },
             live_regions: AtomicUsize::new(0),
             dirty_bytes: AtomicUsize::new(0),
@@ -270,8 +295,7 @@ impl RegionTable {
     #[inline(never)]
     fn find_and_read_lock_slow(&self, addr: usize) -> Option<ReadGuard> {
         let _inside = Reentrancy::enter();
-        let _writer = self.writer.lock();
-        self.counters.writer.inc();
+        let _writer = self.lock_writer();
         self.counters.slow.inc();
         let guard = epoch::pin();
         let (start, value) = self.tree.floor(addr, &guard)?;
@@ -388,15 +412,60 @@ impl RegionTable {
 
     // ----------------------------------------------------------------- write side
 
+    /// Takes the writer mutex, counting the acquisition and, when it was held, the wait
+    /// and its length.
+    fn lock_writer(&self) -> SpinGuard<'_, WriterState> {
+        self.counters.writer.inc();
+        if let Some(state) = self.writer.try_lock() {
+            return state;
+        }
+        self.lock_writer_contended()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_writer_contended(&self) -> SpinGuard<'_, WriterState> {
+        let since = os::now_ns();
+        let state = self.writer.lock();
+        self.counters.waits.inc();
+        self.counters
+            .wait_ns
+            .add(os::now_ns().saturating_sub(since));
+        state
+    }
+
     fn write<R>(&self, update: impl FnOnce(&mut Writer<'_>) -> R) -> R {
         let _inside = Reentrancy::enter();
-        let mut state = self.writer.lock();
+        let state = self.lock_writer();
+        self.write_locked(state, true, update)
+    }
+
+    /// `write`, unless another writer holds the mutex now (then `None` at once, nothing
+    /// counted but nothing waited either); `may_reserve` false forbids new reservations.
+    fn try_write<R>(
+        &self,
+        may_reserve: bool,
+        update: impl FnOnce(&mut Writer<'_>) -> R,
+    ) -> Option<R> {
+        let _inside = Reentrancy::enter();
+        let state = self.writer.try_lock()?;
         self.counters.writer.inc();
+        Some(self.write_locked(state, may_reserve, update))
+    }
+
+    fn write_locked<R>(
+        &self,
+        mut state: SpinGuard<'_, WriterState>,
+        may_reserve: bool,
+        update: impl FnOnce(&mut Writer<'_>) -> R,
+    ) -> R {
         let guard = epoch::pin();
         let mut writer = Writer {
             table: self,
             state: &mut state,
             guard: &guard,
+            may_reserve,
+            refused_reserve: false,
         };
         writer.drain_retired();
         let result = update(&mut writer);
@@ -410,21 +479,90 @@ impl RegionTable {
         result
     }
 
-    /// Places a new live region of `len` bytes (page multiple) aligned to `align`.
-    pub fn allocate(&self, len: usize, align: usize, kind: RegionKind) -> Option<Placed> {
+    /// This table's directory id, registering it first if it has none (the first
+    /// placement does: only a registered table may reserve address space, since every
+    /// reservation is recorded in the directory under the table's id).
+    fn directory_id(&'static self) -> u8 {
+        // Relaxed: the id is published by the directory's own Release/Acquire pair, and
+        // a table registered twice by racing first placements only wastes an id (the
+        // compare-exchange keeps one; reservations use whichever is stored).
+        let id = self.id.load(Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+        let Some(new) = directory::register(self) else {
+            return 0;
+        };
+        match self
+            .id
+            .compare_exchange(0, new, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => new,
+            Err(existing) => existing,
+        }
+    }
+
+    /// True once this table has been asked to place anything (it has a directory id).
+    pub fn in_use(&self) -> bool {
+        self.id.load(Ordering::Relaxed) != 0
+    }
+
+    /// True once this table has address space of its own to place in.
+    pub fn has_space(&self) -> bool {
+        // Relaxed: a hint for where to try first; placement itself runs under the mutex.
+        self.reserved_any.load(Ordering::Relaxed)
+    }
+
+    /// Places a new live region by `how`. `try_only`: give up at once (`None`) if
+    /// another writer holds this table's mutex; `may_reserve` false: never reserve new
+    /// address space (`None` where a reservation would be needed). `region::arenas`
+    /// tries its tables this way before it waits, or reserves, in the thread's own.
+    pub fn place(
+        &'static self,
+        how: Placement,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+        try_only: bool,
+        may_reserve: bool,
+    ) -> Option<Placed> {
         debug_assert!(kind != RegionKind::Free);
-        let placed = self.write(|w| w.allocate(len, align, kind, Space::Base))?;
+        if self.directory_id() == 0 {
+            return None;
+        }
+        let update = |w: &mut Writer<'_>| match how {
+            Placement::Dense => w.allocate(len, align, kind, Space::Base),
+            Placement::Roomy => w.allocate_roomy(len, align, kind),
+            Placement::WithRoom { growing, space } => {
+                w.allocate_with_room(len, align, kind, growing, space)
+            }
+        };
+        let placed = if try_only {
+            self.try_write(may_reserve, update)?
+        } else {
+            let _inside = Reentrancy::enter();
+            let state = self.lock_writer();
+            self.write_locked(state, may_reserve, update)
+        }?;
         self.live_regions.fetch_add(1, Ordering::Relaxed);
         Some(placed)
+    }
+
+    /// Places a new live region of `len` bytes (page multiple) aligned to `align`.
+    pub fn allocate(&'static self, len: usize, align: usize, kind: RegionKind) -> Option<Placed> {
+        self.place(Placement::Dense, len, align, kind, false, true)
     }
 
     /// Places a new live region where at least three times its length is free around
     /// it, in the middle of that space, so it can later grow in place. Used when an object
     /// moves because it grew: it is likely to grow again. Falls back to `allocate`.
-    pub fn allocate_roomy(&self, len: usize, align: usize, kind: RegionKind) -> Option<Placed> {
-        let placed = self.write(|w| w.allocate_roomy(len, align, kind))?;
-        self.live_regions.fetch_add(1, Ordering::Relaxed);
-        Some(placed)
+    pub fn allocate_roomy(
+        &'static self,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+    ) -> Option<Placed> {
+        self.place(Placement::Roomy, len, align, kind, false, true)
     }
 
     /// Places a new live region of `len` bytes with free address space after it to grow
@@ -434,16 +572,21 @@ impl RegionTable {
     /// space without. Only reservations of `space` are used; in `Space::Huge` the region
     /// starts on a 2 MiB boundary.
     pub fn allocate_with_room(
-        &self,
+        &'static self,
         len: usize,
         align: usize,
         kind: RegionKind,
         growing: bool,
         space: Space,
     ) -> Option<Placed> {
-        let placed = self.write(|w| w.allocate_with_room(len, align, kind, growing, space))?;
-        self.live_regions.fetch_add(1, Ordering::Relaxed);
-        Some(placed)
+        self.place(
+            Placement::WithRoom { growing, space },
+            len,
+            align,
+            kind,
+            false,
+            true,
+        )
     }
 
     /// Grows the live object region at `addr` to `new_len` into a free neighbour.

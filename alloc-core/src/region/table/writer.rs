@@ -13,7 +13,7 @@ use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGE_PIECE};
 use crate::meta;
 use crate::os;
 use crate::os::{HUGE_PAGE, PAGE_SIZE};
-use crate::region::epoch;
+use crate::region::{directory, epoch};
 use crate::region::{Region, RegionKind, RegionState, Space, PURGING, RETIRED_NEXT};
 use crate::space::{self, SlotKind};
 use crate::sync::atomic::Ordering;
@@ -25,6 +25,12 @@ pub(super) struct Writer<'a> {
     pub(super) table: &'a RegionTable,
     pub(super) state: &'a mut WriterState,
     pub(super) guard: &'a Guard,
+    /// Whether this update may reserve new address space (`add_arena`). The arena set
+    /// first tries placements without, in every arena, before one reserves.
+    pub(super) may_reserve: bool,
+    /// Set when `add_arena` was refused for `may_reserve`: the placement then gives up
+    /// (`None`) rather than settle for what it would not have taken with a reservation.
+    pub(super) refused_reserve: bool,
 }
 
 /// Free address space a large object gets after it, to grow into: doubling from the
@@ -373,6 +379,11 @@ impl Writer<'_> {
                 self.find_with_room(space, len, room, align, false)
             });
         let Some((region, at)) = found else {
+            if self.refused_reserve {
+                // Growth room needs a reservation this update may not make: the caller
+                // looks elsewhere, then comes back allowed to reserve.
+                return None;
+            }
             return self.allocate(len, align, kind, space);
         };
         // SAFETY: indexed regions are attached descriptors.
@@ -383,11 +394,12 @@ impl Writer<'_> {
     /// Whether a new reservation of about `want` bytes may be made for growth room
     /// (see `ROOM_RESERVE_FLOOR`, `ROOM_RESERVE_FACTOR`); when not, the object is placed
     /// densely in the space there is.
+    /// All arenas' reservations count (`directory::reserved_total`), against this
+    /// arena's bytes in use: a bound that can only err on the tight side.
     fn may_reserve_for_room(&self, want: usize) -> bool {
-        let reserved = self.state.reserved;
-        let in_use = reserved.saturating_sub(self.state.free.bytes);
+        let in_use = self.state.reserved.saturating_sub(self.state.free.bytes);
         let limit = ROOM_RESERVE_FLOOR.max(in_use.saturating_mul(ROOM_RESERVE_FACTOR));
-        reserved.saturating_add(want.next_multiple_of(ARENA_SIZE)) <= limit
+        directory::reserved_total().saturating_add(want.next_multiple_of(ARENA_SIZE)) <= limit
     }
 
     /// A free region (dirty ones only if `dirty`) where `len` fits at an `align`ed start
@@ -462,11 +474,23 @@ impl Writer<'_> {
         }
     }
 
-    /// Reserves a new arena big enough for `len` at `align` for `space` and indexes it
-    /// as free. A huge-space arena is marked for transparent huge pages here, once for
-    /// its lifetime, when the kernel's mode wants the advice (`options::thp`); the mark
+    /// Reserves new address space big enough for `len` at `align` for `space` and
+    /// indexes it as free. The reservation is recorded in the directory under this
+    /// table's id before any of it can be handed out, and stays this table's for good.
+    /// A huge-space reservation is marked for transparent huge pages here, once for its
+    /// lifetime, when the kernel's mode wants the advice (`options::thp`); the mark
     /// failing (a kernel without THP) leaves ordinary pages, which is no error.
     fn add_arena(&mut self, len: usize, align: usize, space: Space) -> Option<()> {
+        if !self.may_reserve {
+            self.refused_reserve = true;
+            return None;
+        }
+        // Relaxed: set by this table's first placement, on this path or one ordered
+        // before it by the writer mutex.
+        let id = self.table.id.load(Ordering::Relaxed);
+        if id == 0 {
+            return None;
+        }
         let size = len
             .checked_add(align)?
             .checked_next_multiple_of(ARENA_SIZE)?;
@@ -481,8 +505,13 @@ impl Writer<'_> {
             let _ = os::advise_huge_pages(base, size);
         }
         self.state.free.set_space(base, size, space);
+        // Before anything in it is handed out (the carve that follows, under this same
+        // mutex): every address a caller can hold finds this table (see `directory`).
+        space::set_arena(base, size, id);
         space::set_kind(base, size, SlotKind::Table);
         self.state.reserved += size;
+        directory::add_reserved(size);
+        self.table.reserved_any.store(true, Ordering::Relaxed);
         // SAFETY: writer mutex held; fresh attached free region.
         unsafe { self.state.free.insert(r) };
         Some(())

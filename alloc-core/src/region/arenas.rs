@@ -1,0 +1,521 @@
+//! The arena set: several independent `RegionTable`s ("arenas", each its own "mm": tree,
+//! writer mutex, sequence, retired stack, free index and reservations), a thread's home
+//! arena, placement across them, and every process-wide walk (purge, statistics, fork).
+//! It owns `ARENAS` and the threads' arena tickets; it calls `table`, `directory` and
+//! `options`.
+//!
+//! - Placement: a thread places in its home arena (`home`: tickets dealt round-robin at a
+//!   thread's first placement, so `n` threads spread over `min(n, count)` arenas). First
+//!   with `try_write` and without reserving address space; then, in order, every other
+//!   arena that has space the same way (try-lock, no reservation), so a thread whose
+//!   arena is busy or full uses space another arena has before it waits; only then does
+//!   it wait for its home arena's mutex, which may reserve. A home arena without any
+//!   reservation yet reserves at its first placement.
+//! - Everything on an existing region (free, usable size, grow, shrink, guard) goes to
+//!   the arena whose reservation holds the address (`directory::table_of`: two loads, no
+//!   lock). An in-place grow or shrink takes that arena's writer mutex only; a free is a
+//!   lock-free retire onto that arena's retired stack, folded by that arena's next writer
+//!   (or by `collect_retired`, or the next purge).
+//! - Walks (purge, statistics, regions, fork) visit the arenas one at a time, each under
+//!   its own mutex: a statistic summed over arenas is not one atomic snapshot.
+
+use super::directory;
+use super::table::{LockCounters, Placed, Placement, ReadGuard, RetireError, SpaceStats};
+use super::{Region, RegionKind, RegionState, RegionTable, Space};
+use crate::os::{self, PurgeMode};
+use crate::stats::{Counter, OnRegionPath};
+use core::cell::Cell;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// The most arenas a set holds (the `narenas` option's upper bound). Each unused arena
+/// costs only its zeroed static descriptor; 64 covers jemalloc's default of four per CPU
+/// up to 16 CPUs, beyond which four threads per arena still rarely meet in one (its
+/// mutex is held for a few hundred nanoseconds per update).
+pub const MAX_ARENAS: usize = crate::options::MAX_ARENAS;
+
+/// Arenas per CPU by default, as jemalloc's `narenas` (4 x CPUs): threads outnumber CPUs
+/// in the programs that contend, and an arena costs nothing until a thread uses it.
+pub const ARENAS_PER_CPU: usize = 4;
+
+/// A set of arenas. The process has one (`ARENAS`); tests build their own.
+pub struct Arenas {
+    tables: [RegionTable; MAX_ARENAS],
+    /// Arenas in use for placement (1..=MAX_ARENAS), or 0 until the first placement
+    /// decides it (`narenas`, else `ARENAS_PER_CPU` per CPU).
+    count: AtomicUsize,
+    /// Placements that went to an arena other than the thread's home.
+    pub fallbacks: Counter,
+}
+
+/// The process's arenas.
+pub static ARENAS: Arenas = Arenas::new(0);
+
+thread_local! {
+    /// This thread's ticket: the home arena is `ticket % count`. `u32::MAX` until dealt.
+    static TICKET: Cell<u32> = const { Cell::new(u32::MAX) };
+}
+
+/// The next ticket to deal.
+static NEXT_TICKET: AtomicUsize = AtomicUsize::new(0);
+
+#[inline]
+fn ticket() -> usize {
+    TICKET.with(|t| {
+        let v = t.get();
+        if v != u32::MAX {
+            return v as usize;
+        }
+        // Relaxed: only spreads threads; no data is published through it.
+        let v = (NEXT_TICKET.fetch_add(1, Ordering::Relaxed) % u32::MAX as usize) as u32;
+        t.set(v);
+        v as usize
+    })
+}
+
+/// Contention counters of one arena.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArenaContention {
+    /// Writer-mutex acquisitions.
+    pub writer: u64,
+    /// Acquisitions that found the mutex held and waited.
+    pub waits: u64,
+    /// Nanoseconds they waited.
+    pub wait_ns: u64,
+}
+
+impl Default for Arenas {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl Arenas {
+    /// A set of `count` arenas (0: decided at the first placement from the options).
+    pub const fn new(count: usize) -> Self {
+        Arenas {
+            tables: [const { RegionTable::new() }; MAX_ARENAS],
+            count: AtomicUsize::new(if count > MAX_ARENAS {
+                MAX_ARENAS
+            } else {
+                count
+            }),
+            fallbacks: Counter::new(),
+        }
+    }
+
+    /// The number of arenas placements use.
+    #[inline]
+    pub fn count(&self) -> usize {
+        // Relaxed: the value is decided once, and two racing deciders store the same.
+        match self.count.load(Ordering::Relaxed) {
+            0 => self.decide_count(),
+            n => n,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn decide_count(&self) -> usize {
+        let n = match crate::options::get().narenas {
+            0 => os::cpu_count().saturating_mul(ARENAS_PER_CPU),
+            n => n,
+        }
+        .clamp(1, MAX_ARENAS);
+        self.count.store(n, Ordering::Relaxed);
+        n
+    }
+
+    /// Arena `i` (any of the `MAX_ARENAS`, in use or not).
+    pub fn table(&self, i: usize) -> &RegionTable {
+        &self.tables[i]
+    }
+
+    /// The index of the calling thread's home arena.
+    #[inline]
+    pub fn home(&self) -> usize {
+        ticket() % self.count()
+    }
+
+    /// The arena whose reservation holds `addr` (any table registered in the directory,
+    /// this set's or not).
+    #[inline]
+    pub fn table_of(addr: usize) -> Option<&'static RegionTable> {
+        directory::table_of(addr)
+    }
+
+    /// The arenas that have placed something, in index order (the fixed order of every
+    /// walk).
+    fn in_use(&self) -> impl Iterator<Item = &RegionTable> {
+        self.tables.iter().filter(|t| t.in_use())
+    }
+
+    // ------------------------------------------------------------------ placement
+
+    /// Places a new live region (see the module doc for the order arenas are tried in).
+    pub fn place(
+        &'static self,
+        how: Placement,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+    ) -> Option<Placed> {
+        let _path = OnRegionPath::enter();
+        let count = self.count();
+        let home = self.home();
+        let own = &self.tables[home];
+        if !own.has_space() {
+            // A home arena's first placement reserves at once: were it to use the space
+            // of the arenas already in use, every thread would share the first arena's
+            // mutex until that arena filled up.
+            return own.place(how, len, align, kind, false, true);
+        }
+        if let Some(placed) = own.place(how, len, align, kind, true, false) {
+            return Some(placed);
+        }
+        for step in 1..count {
+            let other = &self.tables[(home + step) % count];
+            if !other.has_space() {
+                continue;
+            }
+            if let Some(placed) = other.place(how, len, align, kind, true, false) {
+                self.fallbacks.inc();
+                return Some(placed);
+            }
+        }
+        own.place(how, len, align, kind, false, true)
+    }
+
+    /// `RegionTable::allocate` in this set (dense placement).
+    pub fn allocate(&'static self, len: usize, align: usize, kind: RegionKind) -> Option<Placed> {
+        self.place(Placement::Dense, len, align, kind)
+    }
+
+    /// `RegionTable::allocate_roomy` in this set.
+    pub fn allocate_roomy(
+        &'static self,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+    ) -> Option<Placed> {
+        self.place(Placement::Roomy, len, align, kind)
+    }
+
+    /// `RegionTable::allocate_with_room` in this set.
+    pub fn allocate_with_room(
+        &'static self,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+        growing: bool,
+        space: Space,
+    ) -> Option<Placed> {
+        self.place(Placement::WithRoom { growing, space }, len, align, kind)
+    }
+
+    // ------------------------------------------------- operations on one region
+
+    /// `RegionTable::find_and_read_lock` in the arena holding `addr`.
+    #[inline]
+    pub fn find_and_read_lock(&self, addr: usize) -> Option<ReadGuard> {
+        Self::table_of(addr)?.find_and_read_lock(addr)
+    }
+
+    /// `RegionTable::retire` in the arena holding `addr`.
+    pub fn retire(&self, addr: usize) -> Result<(), RetireError> {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr)
+            .ok_or(RetireError::NotAllocated)?
+            .retire(addr)
+    }
+
+    /// `RegionTable::retire_with` in the arena holding `addr`.
+    pub fn retire_with(
+        &self,
+        addr: usize,
+        prepare: impl FnOnce(&Region),
+    ) -> Result<(), RetireError> {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr)
+            .ok_or(RetireError::NotAllocated)?
+            .retire_with(addr, prepare)
+    }
+
+    /// `RegionTable::install_guard` in the arena holding `addr`.
+    pub fn install_guard(&self, addr: usize) -> Result<(), os::OsError> {
+        match Self::table_of(addr) {
+            Some(t) => t.install_guard(addr),
+            None => Err(os::OsError {
+                call: os::Syscall::MadviseGuard,
+                errno: libc::EINVAL,
+            }),
+        }
+    }
+
+    /// `RegionTable::object_len` in the arena holding `addr`.
+    pub fn object_len(&self, addr: usize) -> Option<usize> {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr)?.object_len(addr)
+    }
+
+    /// `RegionTable::grow_in_place`: takes the writer mutex of `addr`'s arena only.
+    pub fn grow_in_place(&self, addr: usize, new_len: usize) -> bool {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr).is_some_and(|t| t.grow_in_place(addr, new_len))
+    }
+
+    /// The space of the reservation holding `addr` (`Space::Base` when no arena holds
+    /// it; tests and diagnostics).
+    pub fn space_of(&self, addr: usize) -> Space {
+        Self::table_of(addr).map_or(Space::Base, |t| t.space_of(addr))
+    }
+
+    /// `RegionTable::relocate` in the arena holding `addr` (the object moves within its
+    /// arena's reservations: its writer mutex only).
+    pub fn relocate(
+        &self,
+        addr: usize,
+        new_len: usize,
+        align: usize,
+        space: Space,
+    ) -> Option<(Placed, bool)> {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr)?.relocate(addr, new_len, align, space)
+    }
+
+    /// `RegionTable::shrink_in_place`: takes the writer mutex of `addr`'s arena only.
+    pub fn shrink_in_place(&self, addr: usize, new_len: usize) -> bool {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr).is_some_and(|t| t.shrink_in_place(addr, new_len))
+    }
+
+    // ------------------------------------------------------------ process-wide
+
+    /// Folds every arena's retired regions into free space now.
+    pub fn collect_retired(&self) {
+        for t in self.in_use() {
+            t.collect_retired();
+        }
+    }
+
+    /// `RegionTable::purge` over the arenas in use, starting one further each pass (so
+    /// a pass whose budget runs out does not always spare the same arenas), until the
+    /// budget is spent; returns the bytes purged. Zero only when no arena purged any.
+    pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
+        let _path = OnRegionPath::enter();
+        static START: AtomicUsize = AtomicUsize::new(0);
+        // Relaxed: only rotates the starting arena.
+        let start = START.fetch_add(1, Ordering::Relaxed);
+        let mut purged = 0;
+        for step in 0..MAX_ARENAS {
+            if purged >= budget {
+                break;
+            }
+            let t = &self.tables[(start + step) % MAX_ARENAS];
+            if t.in_use() {
+                purged += t.purge(delay_ms, mode, budget - purged);
+            }
+        }
+        purged
+    }
+
+    /// Dirty free bytes over all arenas.
+    pub fn dirty_bytes(&self) -> usize {
+        self.in_use().map(|t| t.dirty_bytes()).sum()
+    }
+
+    /// Live object regions over all arenas.
+    pub fn live_regions(&self) -> usize {
+        self.in_use().map(|t| t.live_regions()).sum()
+    }
+
+    /// `RegionTable::space` summed over the arenas.
+    pub fn space(&self) -> SpaceStats {
+        let mut sum = SpaceStats::default();
+        for t in self.in_use() {
+            let s = t.space();
+            sum.reserved += s.reserved;
+            sum.free += s.free;
+            sum.dirty += s.dirty;
+            sum.retired += s.retired;
+            sum.free_regions += s.free_regions;
+            sum.large_regions += s.large_regions;
+            sum.large_bytes += s.large_bytes;
+            sum.segment_regions += s.segment_regions;
+            sum.segment_bytes += s.segment_bytes;
+        }
+        sum
+    }
+
+    /// The read-side counters summed over the arenas, with each arena's contention.
+    pub fn lock_counts(&self) -> (LockTotals, [ArenaContention; MAX_ARENAS]) {
+        let mut totals = LockTotals::default();
+        let mut each = [ArenaContention::default(); MAX_ARENAS];
+        for (t, e) in self.tables.iter().zip(each.iter_mut()) {
+            let c: &LockCounters = &t.counters;
+            totals.success += c.success.get();
+            totals.abort += c.abort.get();
+            totals.retry += c.retry.get();
+            totals.miss += c.miss.get();
+            totals.slow += c.slow.get();
+            *e = ArenaContention {
+                writer: c.writer.get(),
+                waits: c.waits.get(),
+                wait_ns: c.wait_ns.get(),
+            };
+            totals.writer += e.writer;
+            totals.waits += e.waits;
+            totals.wait_ns += e.wait_ns;
+        }
+        (totals, each)
+    }
+
+    /// Visits every region of every arena: arena by arena, in address order within one
+    /// (tests and diagnostics; sort for a global address order).
+    pub fn for_each_region(&self, mut f: impl FnMut(usize, usize, RegionKind, RegionState)) {
+        for t in self.in_use() {
+            t.for_each_region(&mut f);
+        }
+    }
+
+    /// Visits every free region of every arena with its dirtiness (as `for_each_region`).
+    pub fn for_each_free_region(&self, mut f: impl FnMut(usize, usize, bool)) {
+        for t in self.in_use() {
+            t.for_each_free_region(&mut f);
+        }
+    }
+
+    /// Locks every arena across `fork`, in index order (the one order every multi-arena
+    /// lock follows; no path holds two arena mutexes otherwise).
+    pub fn fork_prepare(&self) {
+        for t in &self.tables {
+            t.fork_prepare();
+        }
+    }
+
+    /// # Safety
+    /// Only after `fork_prepare`, in the parent or the child.
+    pub unsafe fn fork_release(&self) {
+        for t in self.tables.iter().rev() {
+            // SAFETY: caller contract: `fork_prepare` locked every arena on this thread.
+            unsafe { t.fork_release() };
+        }
+    }
+
+    /// `RegionTable::after_fork_in_child` for every arena in use.
+    ///
+    /// # Safety
+    /// As `RegionTable::after_fork_in_child`.
+    pub unsafe fn after_fork_in_child(&self) {
+        for t in self.in_use() {
+            // SAFETY: caller contract.
+            unsafe { t.after_fork_in_child() };
+        }
+    }
+}
+
+/// The read-side counters and writer contention summed over a set's arenas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockTotals {
+    pub success: u64,
+    pub abort: u64,
+    pub retry: u64,
+    pub miss: u64,
+    pub slow: u64,
+    pub writer: u64,
+    pub waits: u64,
+    pub wait_ns: u64,
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::os::PAGE_SIZE;
+
+    const LEN: usize = 16 * PAGE_SIZE;
+
+    fn index_of(set: &Arenas, table: &RegionTable) -> usize {
+        (0..MAX_ARENAS)
+            .find(|&i| core::ptr::eq(set.table(i), table))
+            .expect("a table of this set")
+    }
+
+    /// Threads spread over the arenas by ticket; each places in its home arena, the
+    /// directory finds that arena from the address, and growing, shrinking and freeing
+    /// there takes no other arena's writer mutex.
+    #[test]
+    fn threads_place_in_their_home_arena_and_resize_there_alone() {
+        static SET: Arenas = Arenas::new(4);
+        let homes: Vec<(usize, usize)> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let home = SET.home();
+                    let p = SET
+                        .allocate_with_room(LEN, PAGE_SIZE, RegionKind::Large, false)
+                        .expect("placed");
+                    (home, p.start)
+                })
+                .join()
+                .unwrap()
+            })
+            .collect();
+        let mut seen: Vec<usize> = homes.iter().map(|h| h.0).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 4, "four threads, four home arenas: {homes:?}");
+        for &(home, start) in &homes {
+            let table = Arenas::table_of(start).expect("the directory knows the object");
+            assert_eq!(index_of(&SET, table), home, "object {start:#x}");
+            let before = SET.lock_counts().1;
+            assert!(SET.grow_in_place(start, 2 * LEN));
+            assert!(SET.shrink_in_place(start, LEN));
+            assert_eq!(SET.object_len(start), Some(LEN));
+            SET.retire(start).expect("live");
+            assert_eq!(SET.retire(start), Err(RetireError::DoubleFree));
+            let after = SET.lock_counts().1;
+            for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
+                let expected = if i == home { 2 } else { 0 };
+                assert_eq!(a.writer - b.writer, expected, "arena {i}, home {home}");
+            }
+        }
+        SET.collect_retired();
+        assert_eq!(SET.live_regions(), 0);
+    }
+
+    /// A placement whose home arena's writer mutex is held goes to another arena in
+    /// use, without waiting for it.
+    #[test]
+    fn a_busy_home_arena_sends_placement_elsewhere_without_waiting() {
+        static SET: Arenas = Arenas::new(2);
+        let home = SET.home();
+        let other = (home + 1) % 2;
+        SET.allocate(LEN, PAGE_SIZE, RegionKind::Large)
+            .expect("placed at home");
+        // Both arenas in use: a thread whose home is the other one places there.
+        let mut placed_there = None;
+        while placed_there.is_none() {
+            placed_there = std::thread::spawn(move || {
+                (SET.home() == other)
+                    .then(|| SET.allocate(LEN, PAGE_SIZE, RegionKind::Large))
+                    .flatten()
+            })
+            .join()
+            .unwrap();
+        }
+        let there = Arenas::table_of(placed_there.unwrap().start).expect("known");
+        assert_eq!(index_of(&SET, there), other);
+        assert!(SET.table(other).in_use());
+        let fallbacks = SET.fallbacks.get();
+        let waits_before = SET.lock_counts().1[home].waits;
+        // Hold the home arena's mutex as a writer in another thread would.
+        SET.table(home).fork_prepare();
+        let p = SET
+            .allocate(LEN, PAGE_SIZE, RegionKind::Large)
+            .expect("placed in the other arena");
+        // SAFETY: locked just above on this thread.
+        unsafe { SET.table(home).fork_release() };
+        let t = Arenas::table_of(p.start).expect("known");
+        assert_eq!(index_of(&SET, t), other);
+        assert_eq!(SET.fallbacks.get(), fallbacks + 1);
+        assert_eq!(SET.lock_counts().1[home].waits, waits_before);
+    }
+}
