@@ -450,7 +450,7 @@ mod tests {
                 std::thread::spawn(|| {
                     let home = SET.home();
                     let p = SET
-                        .allocate_with_room(LEN, PAGE_SIZE, RegionKind::Large, false)
+                        .allocate_with_room(LEN, PAGE_SIZE, RegionKind::Large, false, Space::Base)
                         .expect("placed");
                     (home, p.start)
                 })
