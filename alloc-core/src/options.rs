@@ -9,7 +9,7 @@
 use crate::os::{self, PurgeMode};
 use crate::thread::ProcessOnce;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// jemalloc's `dirty_decay_ms` defaults to 10 s, mimalloc's purge delay to 10 ms; we
 /// keep free pages one second, which lets a steady workload reuse them without faults
@@ -56,9 +56,34 @@ pub struct Options {
     pub prof_dump: Option<DumpPrefix>,
     /// At exit, print the call stacks still holding the most memory (`prof_leak`).
     pub prof_leak: bool,
+    /// `thp`: transparent huge pages for big large objects (`thp()` is what applies).
+    pub thp: ThpOption,
     /// `narenas`: region-table arenas large objects and segments are placed in (1 to
     /// `region::arenas::MAX_ARENAS`); 0, the default, means four per online CPU.
     pub narenas: usize,
+}
+
+/// The `thp` option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThpOption {
+    /// Large objects of `HUGE_OBJECT_MIN` and more go to reservations of their own,
+    /// on 2 MiB boundaries, marked `MADV_HUGEPAGE` once when the kernel's mode is
+    /// `madvise` (with `always` they get huge pages unasked; with `never`, nothing
+    /// changes).
+    Auto,
+    /// One space for everything, no huge-page advice, no 2 MiB placement.
+    Never,
+}
+
+/// What the `thp` option and the kernel's mode make of huge pages (`thp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Thp {
+    /// Off (the option or the kernel says never).
+    Off,
+    /// Huge space, marked `MADV_HUGEPAGE` at reservation (kernel mode `madvise`).
+    Advise,
+    /// Huge space, unmarked: the kernel gives huge pages to every mapping (`always`).
+    Unasked,
 }
 
 /// jemalloc's `lg_prof_sample` default (2^19 = 512 KiB): about two samples per MiB
@@ -109,6 +134,10 @@ pub const DEFAULTS: Options = Options {
     prof_sample: DEFAULT_PROF_SAMPLE,
     prof_dump: None,
     prof_leak: false,
+    // Measured on the 2-core VM (BENCHMARKS.md, "Big objects: huge pages"): huge pages cut
+    // big-buffers' faults 40x but cost 2-4x its time (clearing fresh 2 MiB pages was 91%
+    // of the profile) and raised peak RSS; no workload got faster.
+    thp: ThpOption::Never,
     narenas: 0,
 };
 
@@ -135,6 +164,34 @@ pub fn current() -> Options {
         dirty_budget: dirty_budget(),
         ..get()
     }
+}
+
+/// `Thp` not resolved yet (the other values are `Thp as u8`).
+const THP_UNKNOWN: u8 = u8::MAX;
+static THP: AtomicU8 = AtomicU8::new(THP_UNKNOWN);
+
+/// Huge pages as the `thp` option and the kernel's mode (read once) make them.
+#[inline]
+pub fn thp() -> Thp {
+    // Relaxed: a cache of a value every thread computes the same way.
+    match THP.load(Ordering::Relaxed) {
+        0 => Thp::Off,
+        1 => Thp::Advise,
+        2 => Thp::Unasked,
+        _ => resolve_thp(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn resolve_thp() -> Thp {
+    let thp = match (get().thp, os::kernel_thp()) {
+        (ThpOption::Never, _) | (_, os::KernelThp::Never) => Thp::Off,
+        (ThpOption::Auto, os::KernelThp::Madvise) => Thp::Advise,
+        (ThpOption::Auto, os::KernelThp::Always) => Thp::Unasked,
+    };
+    THP.store(thp as u8, Ordering::Relaxed);
+    thp
 }
 
 /// True once the options have been parsed (after which a code option string comes too
@@ -429,6 +486,7 @@ pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) ->
                 .map(|v| o.prof_dump = Some(v))
                 .is_some(),
             b"prof_leak" => parse_bool(value).map(|v| o.prof_leak = v).is_some(),
+            b"thp" => parse_thp(value).map(|v| o.thp = v).is_some(),
             b"narenas" => parse_u64(value)
                 // 0: the default (four per CPU), as the README's options table says.
                 .filter(|&v| v <= MAX_ARENAS as u64)
@@ -467,6 +525,14 @@ fn parse_mode(text: &[u8]) -> Option<PurgeMode> {
     match text {
         b"dontneed" => Some(PurgeMode::DontNeed),
         b"free" => Some(PurgeMode::Free),
+        _ => None,
+    }
+}
+
+fn parse_thp(text: &[u8]) -> Option<ThpOption> {
+    match text {
+        b"auto" => Some(ThpOption::Auto),
+        b"never" => Some(ThpOption::Never),
         _ => None,
     }
 }
@@ -580,6 +646,17 @@ mod tests {
         assert!(o.prof && o.prof_leak);
         assert_eq!(o.prof_sample, 65536);
         assert_eq!(o.prof_dump.unwrap().as_bytes(), b"/tmp/x/heap");
+        assert_eq!(
+            parse_collect("thp=auto"),
+            (
+                Options {
+                    thp: ThpOption::Auto,
+                    ..DEFAULTS
+                },
+                0
+            )
+        );
+        assert_eq!(parse_collect("thp=never"), (DEFAULTS, 0));
         let (o, w) = parse_collect("narenas=3");
         assert_eq!(w, 0);
         assert_eq!(o.narenas, 3);
@@ -603,6 +680,7 @@ mod tests {
             "prof_sample=0",
             "prof_dump=",
             "prof=maybe",
+            "thp=always",
             "narenas=65",
         ] {
             let (o, w) = parse_collect(bad);

@@ -120,6 +120,10 @@ pub struct ReallocStats {
     pub moved: u64,
     /// Bytes those moves copied.
     pub copied_bytes: u64,
+    /// Moved to a new region by moving the pages (`mremap`), copying nothing.
+    pub remapped: u64,
+    /// Bytes those moves carried.
+    pub remapped_bytes: u64,
 }
 
 /// A statistics snapshot (see `snapshot`).
@@ -235,6 +239,8 @@ pub fn snapshot() -> Stats {
             grown_in_place: large::GROWN_IN_PLACE.get(),
             moved: large::MOVED.get(),
             copied_bytes: large::COPIED_BYTES.get(),
+            remapped: large::REMAPPED.get(),
+            remapped_bytes: large::REMAPPED_BYTES.get(),
         },
         medium_cache: MediumCacheStats {
             hits: large::cache::HITS.get(),
@@ -355,10 +361,13 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
     let g = &s.reallocs;
     writeln!(
         w,
-        "  large reallocs: grown in place {}, moved {} ({:.2} MiB copied)",
+        "  large reallocs: grown in place {}, moved {} ({:.2} MiB copied), remapped {} \
+         ({:.2} MiB moved by mremap)",
         g.grown_in_place,
         g.moved,
-        g.copied_bytes as f64 / MIB
+        g.copied_bytes as f64 / MIB,
+        g.remapped,
+        g.remapped_bytes as f64 / MIB
     )?;
     let m = &s.medium_cache;
     writeln!(
@@ -432,8 +441,9 @@ impl Stats {
         let re = &self.reallocs;
         write!(
             w,
-            ",\"reallocs\":{{\"grown_in_place\":{},\"moved\":{},\"copied_bytes\":{}}}",
-            re.grown_in_place, re.moved, re.copied_bytes
+            ",\"reallocs\":{{\"grown_in_place\":{},\"moved\":{},\"copied_bytes\":{},\
+             \"remapped\":{},\"remapped_bytes\":{}}}",
+            re.grown_in_place, re.moved, re.copied_bytes, re.remapped, re.remapped_bytes
         )?;
         let r = &self.regions;
         write!(

@@ -93,6 +93,13 @@ struct rangealloc_stats {
     uint64_t syscalls_madvise_dontneed, syscalls_madvise_free, syscalls_madvise_guard;
     uint64_t purge_passes;
     uint64_t purged_bytes;
+    /* Added after 0.1.0's first layout (a shorter struct still gets its prefix): */
+    uint64_t syscalls_madvise_hugepage; /* MADV_HUGEPAGE marks: one per huge-page reservation */
+    uint64_t reallocs_grown_in_place;   /* growing reallocs of large objects done in place */
+    uint64_t reallocs_moved;            /* ... that moved by copying */
+    uint64_t reallocs_copied_bytes;     /* bytes those copies copied */
+    uint64_t reallocs_remapped;         /* ... that moved their pages with mremap */
+    uint64_t reallocs_remapped_bytes;   /* bytes those moves carried */
 };
 
 /*

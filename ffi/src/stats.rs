@@ -38,6 +38,12 @@ pub struct RangeallocStats {
     pub syscalls_madvise_guard: u64,
     pub purge_passes: u64,
     pub purged_bytes: u64,
+    pub syscalls_madvise_hugepage: u64,
+    pub reallocs_grown_in_place: u64,
+    pub reallocs_moved: u64,
+    pub reallocs_copied_bytes: u64,
+    pub reallocs_remapped: u64,
+    pub reallocs_remapped_bytes: u64,
 }
 
 /// Fills `out` with a snapshot. `size` is `sizeof(struct rangealloc_stats)` as the
@@ -82,6 +88,12 @@ pub unsafe extern "C" fn rangealloc_stats_get(out: *mut RangeallocStats, size: u
         syscalls_madvise_guard: c.get(Syscall::MadviseGuard),
         purge_passes: s.purge_passes,
         purged_bytes: s.purged_bytes,
+        syscalls_madvise_hugepage: c.get(Syscall::MadviseHugePage),
+        reallocs_grown_in_place: s.reallocs.grown_in_place,
+        reallocs_moved: s.reallocs.moved,
+        reallocs_copied_bytes: s.reallocs.copied_bytes,
+        reallocs_remapped: s.reallocs.remapped,
+        reallocs_remapped_bytes: s.reallocs.remapped_bytes,
     };
     let n = size.min(core::mem::size_of::<RangeallocStats>());
     // SAFETY: `out` has `size` writable bytes (caller contract); we copy at most that.

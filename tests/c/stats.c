@@ -38,6 +38,22 @@ int main(void) {
     if (after.syscalls_madvise_dontneed <= during.syscalls_madvise_dontneed) { printf("FAIL no madvise\n"); return 1; }
     printf("ok purged\n");
 
+    /* The realloc counters: a large block doubled in place, then grown far past the
+     * free space after it, which moves it (by mremap at this size). */
+    char *g = malloc(4 << 20);
+    g[0] = 42;
+    get(&before, sizeof before);
+    g = realloc(g, 8 << 20);
+    g = realloc(g, 80 << 20);
+    get(&after, sizeof after);
+    if (g[0] != 42) { printf("FAIL realloc content\n"); return 1; }
+    free(g);
+    if (after.reallocs_grown_in_place != before.reallocs_grown_in_place + 1) { printf("FAIL grown in place\n"); return 1; }
+    if (after.reallocs_moved + after.reallocs_remapped != before.reallocs_moved + before.reallocs_remapped + 1) { printf("FAIL moves\n"); return 1; }
+    if (after.reallocs_remapped_bytes - before.reallocs_remapped_bytes + after.reallocs_copied_bytes - before.reallocs_copied_bytes != 8 << 20) { printf("FAIL moved bytes\n"); return 1; }
+    if (after.syscalls_madvise_hugepage > after.syscalls_mmap) { printf("FAIL hugepage marks\n"); return 1; }
+    printf("ok reallocs\n");
+
     /* A short struct (an older header) gets only its prefix. */
     size_t small[2] = {0, 0xdeadbeef};
     get((struct rangealloc_stats *)small, sizeof(size_t));

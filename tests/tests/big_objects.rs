@@ -65,7 +65,11 @@ unsafe fn bad_pages(p: *const u8, len: usize, tag: u64) -> usize {
 }
 
 fn run(mode: &str) {
-    let out = rangealloc_tests::run_child(mode, Some(NO_TIMED_PURGE));
+    run_with(mode, NO_TIMED_PURGE);
+}
+
+fn run_with(mode: &str, options: &str) {
+    let out = rangealloc_tests::run_child(mode, Some(options));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains(&format!("PASSED {mode}")),
@@ -85,6 +89,10 @@ fn child_entry() {
         "budget" => burst_bounded(),
         "doubling" => doubling_in_place(),
         "content" => content_across_moves(),
+        "thp" => huge_pages_once(true),
+        "remap" => remap_leaves_clean_space(),
+        "room-bound" => room_reserves_bounded(),
+        "nothp" => huge_pages_once(false),
         _ => panic!("unknown mode {mode}"),
     }
     println!("PASSED {mode}");
@@ -237,13 +245,15 @@ fn content_across_moves() {
         for i in 0..len {
             p.add(i).write(i as u8);
         }
-        // Small to large, then in place, then past the 64 MiB room (moves), shrinks
-        // (in place), and back to small.
+        // Small to large, then in place, then past the 64 MiB room (a copy: below
+        // `REMAP_MIN`), in place again, past that room (an `mremap`), shrinks (in
+        // place), and back to small.
         let sizes = [
             256 * 1024,
-            4 * MIB,
-            64 * MIB,
-            200 * MIB,
+            MIB,
+            70 * MIB,
+            100 * MIB,
+            250 * MIB,
             3 * MIB,
             512 * 1024,
             2000,
@@ -280,6 +290,271 @@ fn content_across_moves() {
         after.grown_in_place > before.grown_in_place,
         "no growth in place"
     );
-    assert!(after.moved > before.moved, "no move");
-    assert!(after.copied_bytes - before.copied_bytes >= 64 * MIB as u64);
+    assert_eq!(after.moved - before.moved, 1, "copies");
+    assert_eq!(after.copied_bytes - before.copied_bytes, MIB as u64);
+    assert_eq!(after.remapped - before.remapped, 1, "mremap moves");
+    assert_eq!(
+        after.remapped_bytes - before.remapped_bytes,
+        100 * MIB as u64
+    );
+}
+
+/// A big object that cannot grow in place moves its pages with `mremap`: its content
+/// arrives without a copy (almost no page faults), and the range it left is clean free
+/// space (not dirty, not counted in the dirty bytes, reading zero, no longer sharing
+/// pages with the object). Repeated moves do not pile up kernel mappings. Both with
+/// huge pages on and off.
+#[test]
+fn a_remapped_object_leaves_clean_free_space() {
+    run_with("remap", "thp=never");
+    run_with("remap", "thp=auto");
+}
+
+/// Lines of `/proc/self/maps`: the process's kernel mappings (VMAs).
+fn mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+fn remap_leaves_clean_space() {
+    const LEN: usize = 8 * MIB;
+    const GROWN: usize = 100 * MIB;
+    const TAG: u64 = 0xfade;
+    let free_at = |addr: usize| {
+        let mut found = None;
+        ARENAS.for_each_free_region(|start, len, dirty| {
+            if (start..start + len).contains(&addr) {
+                found = Some(dirty);
+            }
+        });
+        found
+    };
+    // SAFETY: pointers are used within their lengths and freed once; the old range is
+    // read only while it is free space of our own reservation (mapped, reads zero).
+    unsafe {
+        let p = alloc(layout(LEN));
+        fill(p, LEN, TAG);
+        ARENAS.collect_retired();
+        let (before, dirty0, faults0) = (
+            rangealloc::stats().reallocs,
+            ARENAS.dirty_bytes(),
+            minor_faults(),
+        );
+        let q = realloc(p, layout(LEN), GROWN);
+        assert!(!q.is_null() && q != p, "no move");
+        assert_eq!(bad_pages(q, LEN, TAG), 0, "content lost in the move");
+        let faults = minor_faults() - faults0;
+        assert!(
+            faults < (LEN / PAGE / 16) as u64,
+            "{faults} faults: pages copied?"
+        );
+        let after = rangealloc::stats().reallocs;
+        assert_eq!(after.remapped - before.remapped, 1);
+        assert_eq!(after.remapped_bytes - before.remapped_bytes, LEN as u64);
+        assert_eq!(after.moved, before.moved, "copied");
+        assert_eq!(
+            free_at(p as usize),
+            Some(false),
+            "old range not clean free space"
+        );
+        assert!(
+            ARENAS.dirty_bytes() < dirty0 + LEN,
+            "old range counted dirty"
+        );
+        q.write(0xab);
+        let old = |off: usize| core::ptr::read_volatile(p.add(off));
+        assert!(
+            (0..LEN).step_by(PAGE).all(|off| old(off) == 0),
+            "old range not empty"
+        );
+        // Moves that repeat reuse the same space: once the first moves have split the
+        // reservation's mapping where they land, more moves split nothing new. (Far
+        // past any free space after the object, so that every round moves.)
+        dealloc(q, layout(GROWN));
+        const FAR: usize = 600 * MIB;
+        let churn = |rounds: usize| {
+            for i in 0..rounds {
+                let p = alloc(layout(LEN));
+                p.write(i as u8);
+                let q = realloc(p, layout(LEN), FAR);
+                assert_eq!(q.read(), i as u8);
+                dealloc(q, layout(FAR));
+            }
+        };
+        churn(200);
+        let maps0 = mappings();
+        churn(800);
+        let grown = mappings().saturating_sub(maps0);
+        assert!(grown <= 2, "800 more moves added {grown} mappings");
+        assert!(rangealloc::stats().reallocs.remapped - after.remapped >= 900);
+    }
+}
+
+fn huge_page_marks() -> u64 {
+    rangealloc::syscall_counts().get(Syscall::MadviseHugePage)
+}
+
+/// The `VmFlags` of the kernel mapping holding `addr`, from `/proc/self/smaps`.
+fn vm_flags(addr: usize) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = (lo..hi).contains(&addr);
+                continue;
+            }
+        }
+        if inside {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.to_string();
+            }
+        }
+    }
+    panic!("no mapping holds {addr:#x}");
+}
+
+/// Huge pages (`thp=auto`, the kernel in `madvise` or `always` mode): large objects of
+/// 2 MiB and more start on 2 MiB boundaries in reservations of their own, marked
+/// `MADV_HUGEPAGE` (when the kernel wants the advice) once per reservation and never
+/// in steady state, while small objects and large objects below 2 MiB stay out of
+/// them. With `thp=never`, no mark and no huge space at all.
+#[test]
+fn huge_pages_are_marked_once_per_reservation_and_big_regions_aligned() {
+    run_with("thp", "thp=auto");
+    run_with("nothp", "thp=never");
+}
+
+fn huge_pages_once(auto: bool) {
+    use rangealloc::engine::options::{thp, Thp};
+    use rangealloc::engine::region::Space;
+    let mode = thp();
+    let on = auto && mode != Thp::Off;
+    if auto && mode == Thp::Off {
+        let kernel = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+        assert!(
+            kernel.map_or(true, |k| k.contains("[never]")),
+            "thp=auto is off, yet the kernel allows huge pages"
+        );
+        println!("the kernel's THP mode is never: only the no-change half runs");
+    }
+    // SAFETY: pointers are used within their lengths and freed once.
+    unsafe {
+        let small = alloc(layout(100));
+        let medium = alloc(layout(40 * 1024));
+        let sizes = [2 * MIB, 2 * MIB + PAGE, 3 * MIB + 5, 17 * MIB, 64 * MIB + 1];
+        let big: Vec<*mut u8> = sizes.iter().map(|&n| alloc(layout(n))).collect();
+        for p in [small, medium] {
+            assert_eq!(ARENAS.space_of(p as usize), Space::Base);
+            assert!(
+                !vm_flags(p as usize).contains(" hg"),
+                "small object in THP space"
+            );
+        }
+        for (&p, &n) in big.iter().zip(&sizes) {
+            fill(p, n, 1);
+            let space = ARENAS.space_of(p as usize);
+            if on {
+                assert_eq!(p as usize % (2 * MIB), 0, "{n}-byte object at {p:?}");
+                assert_eq!(space, Space::Huge, "{n}-byte object");
+                if mode == Thp::Advise {
+                    assert!(vm_flags(p as usize).contains(" hg"), "{n}: not advised");
+                }
+            } else {
+                assert_eq!(space, Space::Base, "{n}-byte object");
+            }
+        }
+        let marks = huge_page_marks();
+        assert_eq!(marks > 0, on && mode == Thp::Advise, "marks: {marks}");
+        // Steady state: allocation, growth in place, moves and frees of big objects
+        // mark nothing more. The first round may reserve (and mark) what it needs;
+        // the same round again, with everything freed in between, marks nothing.
+        let warm = churn_big_objects(on);
+        assert!(warm - marks <= 2, "{} marks for one round", warm - marks);
+        churn_big_objects(on);
+        assert_eq!(huge_page_marks(), warm, "MADV_HUGEPAGE in steady state");
+        for (p, n) in big.into_iter().zip(sizes) {
+            dealloc(p, layout(n));
+        }
+        dealloc(medium, layout(40 * 1024));
+        dealloc(small, layout(100));
+    }
+}
+
+/// 2000 steps over at most 8 live objects of 2-32 MiB: allocate, realloc (in place or
+/// moving) or free; all freed at the end. Returns the huge-page marks so far.
+fn churn_big_objects(on: bool) -> u64 {
+    let mut rng = rangealloc_tests::XorShift(0x7a9);
+    let mut live: Vec<(*mut u8, usize)> = Vec::new();
+    // SAFETY: pointers are used within their lengths and freed once.
+    unsafe {
+        for _ in 0..2000 {
+            let n = (2 + rng.below(30)) * MIB + rng.below(MIB);
+            if live.len() < 8 {
+                let p = alloc(layout(n));
+                p.write(1);
+                live.push((p, n));
+            } else {
+                let i = rng.below(live.len());
+                let (p, len) = live[i];
+                if rng.below(2) == 0 {
+                    let q = realloc(p, layout(len), n);
+                    assert_eq!(q.read(), 1);
+                    if on {
+                        assert_eq!(q as usize % (2 * MIB), 0, "realloc to {n}");
+                    }
+                    live[i] = (q, n);
+                } else {
+                    dealloc(p, layout(len));
+                    live.swap_remove(i);
+                }
+            }
+        }
+        for (p, len) in live {
+            dealloc(p, layout(len));
+        }
+    }
+    huge_page_marks()
+}
+
+/// Growth room does not reserve address space without bound: 3000 live objects of
+/// 256 KiB (each would keep 64 MiB of room after it, 190 GiB in all) leave the
+/// reservations within 16 GiB plus an arena or two (the bound: 16 GiB or 8x the bytes
+/// in use), and every object still works.
+#[test]
+fn growth_room_reserves_bounded_address_space() {
+    run("room-bound");
+}
+
+fn room_reserves_bounded() {
+    const OBJECTS: usize = 3000;
+    const LEN: usize = 256 * 1024;
+    const BOUND: usize = 16 << 30;
+    const ARENA: usize = 1 << 30;
+    // SAFETY: pointers are used within their lengths and freed once.
+    unsafe {
+        let objs: Vec<*mut u8> = (0..OBJECTS)
+            .map(|i| {
+                let p = alloc(layout(LEN));
+                assert!(!p.is_null());
+                p.write(i as u8);
+                p
+            })
+            .collect();
+        let reserved = ARENAS.space().reserved;
+        assert!(
+            reserved <= BOUND + 2 * ARENA,
+            "{} GiB reserved for {} MiB of objects",
+            reserved >> 30,
+            (OBJECTS * LEN) >> 20
+        );
+        for (i, &p) in objs.iter().enumerate() {
+            assert_eq!(p.read(), i as u8);
+            dealloc(p, layout(LEN));
+        }
+    }
 }

@@ -32,7 +32,33 @@ const THREAD_EVERY: usize = 3;
 /// under the writer mutex, the lock a child must never inherit held.
 const LARGE: usize = 256 << 10;
 
-/// Small and large blocks allocated, checked and freed, with a bounded live set.
+/// A big object grown far past the free space after it: it moves by `mremap`
+/// (`large::REMAP_MIN`), a table update that also calls into the kernel. True when its
+/// first and last bytes came through.
+fn remap_move(tag: u8) -> bool {
+    const FROM: usize = 4 << 20;
+    const TO: usize = 80 << 20;
+    let layout = std::alloc::Layout::from_size_align(FROM, 8).unwrap();
+    // SAFETY: used within its lengths, freed once with its last layout.
+    unsafe {
+        let p = std::alloc::alloc(layout);
+        if p.is_null() {
+            return false;
+        }
+        p.write(tag);
+        p.add(FROM - 1).write(tag);
+        let q = std::alloc::realloc(p, layout, TO);
+        if q.is_null() {
+            return false;
+        }
+        let ok = q.read() == tag && q.add(FROM - 1).read() == tag;
+        std::alloc::dealloc(q, std::alloc::Layout::from_size_align(TO, 8).unwrap());
+        ok
+    }
+}
+
+/// Small and large blocks allocated, checked and freed, with a bounded live set, and
+/// now and then a big object moved by `mremap`.
 fn churn(stop: Arc<AtomicBool>, seed: usize) {
     let mut live: Vec<Vec<u8>> = Vec::with_capacity(64);
     let mut i = seed.wrapping_mul(0x9e37_79b9) | 1;
@@ -45,6 +71,12 @@ fn churn(stop: Arc<AtomicBool>, seed: usize) {
         } else {
             (i >> 33) % 2048 + 1
         };
+        if (i >> 56) == 0 {
+            assert!(
+                remap_move((i >> 40) as u8),
+                "a moved object lost its content"
+            );
+        }
         let v = vec![(i >> 40) as u8; size];
         let slot = (i >> 24) % 64;
         if live.len() < 64 {
@@ -71,6 +103,7 @@ fn child_work(start_thread: bool) -> bool {
     }
     drop(small);
     drop(large);
+    ok &= remap_move(0x5a);
     if start_thread {
         let t = std::thread::spawn(|| {
             let small: Vec<Box<[u8; 48]>> = (0..1000).map(|_| Box::new([7u8; 48])).collect();
@@ -159,6 +192,10 @@ fn a_rust_program_forks_while_threads_allocate_and_every_child_finishes() {
     if let Some(failure) = failure {
         panic!("{failure}");
     }
+    assert!(
+        rangealloc::stats().reallocs.remapped > 0,
+        "the workers moved no object with mremap"
+    );
 }
 
 /// Threads whose heaps the measurement below leaves in the parent.

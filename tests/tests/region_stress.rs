@@ -18,7 +18,7 @@
 
 use rangealloc_core::os::{PurgeMode, PAGE_SIZE};
 use rangealloc_core::region::table::{RetireError, ARENA_SIZE, PURGE_PIECE};
-use rangealloc_core::region::{RegionKind, RegionState, RegionTable};
+use rangealloc_core::region::{RegionKind, RegionState, RegionTable, Space};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -684,11 +684,12 @@ fn a_carve_racing_a_purge_leaves_free_space_merged() {
     );
 }
 
-/// The same window, seen by a writer that merges: an object freed already purged
-/// (`mark_purged`, as `large::free` does for big objects) is clean, so once
-/// `start_write` has waited out the purge of its dirty right neighbour, `coalesce`
-/// absorbs that neighbour, detaching it; the purge's second update then skips it, and
-/// the merged region stays apart from the clean space beyond.
+/// The same window, seen by a writer that merges: an object whose pages `relocate`
+/// moved away with `mremap` leaves clean free space, beside its dirty right neighbour
+/// that a purge holds in `madvise`; `coalesce` does not merge with the claimed piece,
+/// and the purge's second update merges the cleaned piece with it and with the clean
+/// space beyond. (Until the dirty budget, `large::free` purged big objects before
+/// retiring them, `mark_purged`, which made the same clean free space.)
 #[test]
 fn freeing_a_purged_object_racing_a_purge_leaves_free_space_merged() {
     static T: RegionTable = RegionTable::new();
@@ -698,9 +699,10 @@ fn freeing_a_purged_object_racing_a_purge_leaves_free_space_merged() {
     assert_eq!(b, a.start + a.len);
     // Layout: A (live), B (free, dirty), the rest of the arena (free, clean).
     let purger = purge_in_madvise(&T, &[b]);
-    T.retire_with(a.start, |r| r.mark_purged(PurgeMode::DontNeed))
+    let (_, moved) = T
+        .relocate(a.start, 2 * PAGE_SIZE, PAGE_SIZE, Space::Base)
         .unwrap();
-    T.collect_retired();
+    assert!(moved, "mremap failed");
     assert_eq!(purger.join().unwrap(), BIG);
     assert_eq!(
         unmerged_free_neighbours(&T),

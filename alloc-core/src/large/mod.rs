@@ -11,24 +11,61 @@
 //! The table places every large object with free address space after it (see
 //! `region::table`), so `realloc` grows in place (a table update under the two
 //! regions' write locks, one bulk unlock) through doubling up to 64 MiB; otherwise it
-//! moves the object, and counts the bytes it copied. Shrinking gives the tail back as a
+//! moves the object: objects of `REMAP_MIN` and more move their pages with `mremap`
+//! (`RegionTable::relocate`), smaller ones are copied; both are counted. Shrinking gives the tail back as a
 //! free region. Freed objects stay dirty for reuse within `purge::dirty_budget`. No path
-//! here makes a syscall in steady state.
+//! here makes a syscall in steady state. Objects of 2 MiB and more go to huge-page space
+//! (`HUGE_OBJECT_MIN`, `options::thp`); the others, like small-object segments, to the
+//! base space.
 
 pub mod cache;
 
-use crate::os::{self, PAGE_SIZE};
+use crate::options::{self, Thp};
+use crate::os::{self, HUGE_PAGE, PAGE_SIZE};
 use crate::region::table::{RetireError, GUARD_LEN};
-use crate::region::{Freed, RegionKind, ARENAS};
+use crate::region::{Freed, RegionKind, Space, ARENAS};
 use crate::stats::Counter;
 use core::ptr;
 
 /// Growing reallocs of large objects that grew in place.
 pub static GROWN_IN_PLACE: Counter = Counter::new();
-/// Reallocs of large objects that moved (and copied).
+/// Reallocs of large objects that moved by copying.
 pub static MOVED: Counter = Counter::new();
 /// Bytes those moves copied.
 pub static COPIED_BYTES: Counter = Counter::new();
+/// Reallocs of large objects that moved their pages with `mremap` (no copy).
+pub static REMAPPED: Counter = Counter::new();
+/// Bytes those moves carried.
+pub static REMAPPED_BYTES: Counter = Counter::new();
+
+/// Objects of at least this many bytes that cannot grow in place move their pages with
+/// `mremap` rather than being copied. Measured on the 2-core VM (`BENCHMARKS.md`, "Big
+/// objects: mremap moves"): from 256 KiB up, one `mremap` costs 7-45 us where the copy
+/// (reading the source, faulting the destination) costs 0.1-340 ms. The bound is higher
+/// than that break-even for two reasons: each move leaves the kernel mapping split at
+/// the destination's ends (the moved pages keep their own VMA), so the number of VMAs
+/// it can create is bounded by reserved space / this size; and with huge pages on, an
+/// object this big lives in huge-page space on both sides of the move, where `mremap`
+/// moves whole 2 MiB page-table entries and the moved VMA keeps `MADV_HUGEPAGE`.
+pub const REMAP_MIN: usize = HUGE_OBJECT_MIN;
+
+/// Objects of at least this many bytes go to huge-page space (`Space::Huge`) when
+/// `options::thp` is on: one huge page. A smaller object there would sit alone in a
+/// 2 MiB frame (its growth room keeps the rest of the frame free) and the kernel would
+/// fault the whole frame in at its first touch, or khugepaged collapse it later: RSS
+/// up to 50x for a 40 KiB object. At 2 MiB and more the waste is the last frame's
+/// unused part, under 2 MiB per object.
+pub const HUGE_OBJECT_MIN: usize = HUGE_PAGE;
+
+/// The space an object of `len` bytes is placed in.
+#[inline]
+fn space_for(len: usize) -> Space {
+    if len >= HUGE_OBJECT_MIN && options::thp() != Thp::Off {
+        Space::Huge
+    } else {
+        Space::Base
+    }
+}
 
 /// The length of the region that serves an object of `size` bytes: a page multiple,
 /// and for a medium object its medium class, so a freed one fits every later request
@@ -100,7 +137,9 @@ fn alloc_placed(size: usize, align: usize, zero: bool, growing: bool) -> *mut u8
 }
 
 fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
-    let Some(placed) = ARENAS.allocate_with_room(len, align, RegionKind::Large, growing) else {
+    let space = space_for(len);
+    let Some(placed) = ARENAS.allocate_with_room(len, align, RegionKind::Large, growing, space)
+    else {
         return ptr::null_mut();
     };
     crate::purge::large_added(len);
@@ -170,11 +209,38 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         GROWN_IN_PLACE.inc();
         return p;
     }
+    if old_len >= REMAP_MIN && space_for(old_len) == space_for(new_len) {
+        return remap(p, old_len, new_len, align.max(PAGE_SIZE));
+    }
     move_to(
         p,
         old_len,
         place(new_len, align.max(PAGE_SIZE), false, true),
     )
+}
+
+/// Moves a big object that cannot grow in place by moving its pages (`mremap`, one
+/// `mmap_lock` writer, nothing copied or faulted); copies when the call fails. Both
+/// sides are in the same space: a VMA moved from base into huge-page space would carry
+/// the base space's flags with it, and the reverse would give huge pages to small
+/// objects later placed where it landed.
+#[cold]
+#[inline(never)]
+fn remap(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> *mut u8 {
+    let Some((placed, moved)) = ARENAS.relocate(p as usize, new_len, align, space_for(new_len))
+    else {
+        return ptr::null_mut();
+    };
+    let q = placed.start as *mut u8;
+    if moved {
+        REMAPPED.inc();
+        REMAPPED_BYTES.add(old_len as u64);
+        crate::purge::large_added(new_len - old_len);
+        crate::purge::tick(os::now_ms());
+        return q;
+    }
+    crate::purge::large_added(new_len);
+    move_to(p, old_len, q)
 }
 
 /// Copies `len` bytes of the large object `p` to `q` (when not null) and frees `p`.

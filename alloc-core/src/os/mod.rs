@@ -58,9 +58,11 @@ pub enum Syscall {
     MadviseFree,
     /// `madvise(MADV_GUARD_INSTALL/REMOVE)`.
     MadviseGuard,
+    /// `madvise(MADV_HUGEPAGE)`: once per large-object reservation, never per object.
+    MadviseHugePage,
 }
 
-const SYSCALL_KINDS: usize = 7;
+const SYSCALL_KINDS: usize = 8;
 
 impl Syscall {
     /// Every kind, in counter order.
@@ -72,6 +74,7 @@ impl Syscall {
         Syscall::MadviseDontNeed,
         Syscall::MadviseFree,
         Syscall::MadviseGuard,
+        Syscall::MadviseHugePage,
     ];
 
     /// The call as the report prints it.
@@ -84,15 +87,20 @@ impl Syscall {
             Syscall::MadviseDontNeed => "madvise(DONTNEED)",
             Syscall::MadviseFree => "madvise(FREE)",
             Syscall::MadviseGuard => "madvise(GUARD)",
+            Syscall::MadviseHugePage => "madvise(HUGEPAGE)",
         }
     }
 
-    /// True for the calls that serialise on the process-wide `mmap_lock` (write).
-    /// True for the calls that take the kernel's `mmap_lock` for write.
+    /// True for the calls that take the kernel's `mmap_lock` for write (`MADV_HUGEPAGE`
+    /// changes VMA flags, so it does).
     pub fn takes_mmap_lock_write(self) -> bool {
         matches!(
             self,
-            Syscall::Mmap | Syscall::Munmap | Syscall::Mremap | Syscall::Mprotect
+            Syscall::Mmap
+                | Syscall::Munmap
+                | Syscall::Mremap
+                | Syscall::Mprotect
+                | Syscall::MadviseHugePage
         )
     }
 }
@@ -304,6 +312,65 @@ fn madvise(call: Syscall, addr: usize, len: usize, advice: libc::c_int) -> Resul
     Ok(())
 }
 
+/// Asks the kernel to back a reservation with transparent huge pages where whole
+/// aligned 2 MiB frames of it are touched (`MADV_HUGEPAGE`). It changes the VMA's flags
+/// and takes `mmap_lock` for write: called once per reservation, never per object.
+pub fn advise_huge_pages(addr: usize, len: usize) -> Result<(), OsError> {
+    let _errno = ErrnoGuard::save();
+    madvise(Syscall::MadviseHugePage, addr, len, libc::MADV_HUGEPAGE)
+}
+
+/// The kernel's transparent huge page mode
+/// (`/sys/kernel/mm/transparent_hugepage/enabled`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelThp {
+    /// `[always]`: every anonymous mapping may get huge pages, advised or not.
+    Always,
+    /// `[madvise]`: only ranges advised with `MADV_HUGEPAGE` get them.
+    Madvise,
+    /// `[never]`, or no THP support (the file is missing or unreadable).
+    Never,
+}
+
+/// Where the kernel says its THP mode.
+const THP_ENABLED_PATH: &core::ffi::CStr = c"/sys/kernel/mm/transparent_hugepage/enabled";
+
+/// Room for that file's one line (`always [madvise] never\n` is 23 bytes).
+const THP_ENABLED_MAX: usize = 64;
+
+/// Reads the kernel's THP mode, without allocating (options are parsed before any heap
+/// exists). Any failure reads as `Never`: then nothing changes.
+pub fn kernel_thp() -> KernelThp {
+    let _errno = ErrnoGuard::save();
+    let mut buf = [0u8; THP_ENABLED_MAX];
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(THP_ENABLED_PATH.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return KernelThp::Never;
+    }
+    // SAFETY: `buf` is a valid buffer of the length passed.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    if n <= 0 {
+        return KernelThp::Never;
+    }
+    parse_thp_mode(&buf[..n as usize])
+}
+
+/// The bracketed word of the THP `enabled` file.
+fn parse_thp_mode(text: &[u8]) -> KernelThp {
+    let Some(open) = text.iter().position(|&b| b == b'[') else {
+        return KernelThp::Never;
+    };
+    let rest = &text[open + 1..];
+    match rest.iter().position(|&b| b == b']').map(|end| &rest[..end]) {
+        Some(b"always") => KernelThp::Always,
+        Some(b"madvise") => KernelThp::Madvise,
+        _ => KernelThp::Never,
+    }
+}
+
 /// Makes a range fault on any access. Prefers `MADV_GUARD_INSTALL` (no VMA split, no
 /// `mmap_lock` write); falls back to `mprotect(PROT_NONE)` on older kernels.
 ///
@@ -454,6 +521,26 @@ mod tests {
         let after = syscall_counts();
         assert!(after.get(Syscall::Mmap) > before.get(Syscall::Mmap));
         assert!(after.get(Syscall::MadviseDontNeed) > before.get(Syscall::MadviseDontNeed));
+    }
+
+    #[test]
+    fn the_kernel_thp_mode_is_the_bracketed_word() {
+        assert_eq!(
+            parse_thp_mode(b"always [madvise] never\n"),
+            KernelThp::Madvise
+        );
+        assert_eq!(
+            parse_thp_mode(b"[always] madvise never\n"),
+            KernelThp::Always
+        );
+        assert_eq!(
+            parse_thp_mode(b"always madvise [never]\n"),
+            KernelThp::Never
+        );
+        assert_eq!(parse_thp_mode(b""), KernelThp::Never);
+        assert_eq!(parse_thp_mode(b"[madvise"), KernelThp::Never);
+        // Whatever this kernel says, reading it works and allocates nothing.
+        let _ = kernel_thp();
     }
 
     #[test]

@@ -27,7 +27,7 @@
 
 use super::directory;
 use super::table::{Freed, LockCounters, Placed, Placement, ReadGuard, RetireError, SpaceStats};
-use super::{Region, RegionKind, RegionState, RegionTable};
+use super::{Region, RegionKind, RegionState, RegionTable, Space};
 use crate::os::{self, PurgeMode};
 use crate::stats::{Counter, OnRegionPath};
 use core::cell::Cell;
@@ -274,8 +274,9 @@ impl Arenas {
         align: usize,
         kind: RegionKind,
         growing: bool,
+        space: Space,
     ) -> Option<Placed> {
-        self.place(Placement::WithRoom { growing }, len, align, kind)
+        self.place(Placement::WithRoom { growing, space }, len, align, kind)
     }
 
     // ------------------------------------------------- operations on one region
@@ -340,6 +341,25 @@ impl Arenas {
     pub fn grow_in_place(&self, addr: usize, new_len: usize) -> bool {
         let _path = OnRegionPath::enter();
         Self::table_of(addr).is_some_and(|t| t.grow_in_place(addr, new_len))
+    }
+
+    /// The space of the reservation holding `addr` (`Space::Base` when no arena holds
+    /// it; tests and diagnostics).
+    pub fn space_of(&self, addr: usize) -> Space {
+        Self::table_of(addr).map_or(Space::Base, |t| t.space_of(addr))
+    }
+
+    /// `RegionTable::relocate` in the arena holding `addr` (the object moves within its
+    /// arena's reservations: its writer mutex only).
+    pub fn relocate(
+        &self,
+        addr: usize,
+        new_len: usize,
+        align: usize,
+        space: Space,
+    ) -> Option<(Placed, bool)> {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr)?.relocate(addr, new_len, align, space)
     }
 
     /// `RegionTable::shrink_in_place`: takes the writer mutex of `addr`'s arena only.
@@ -527,7 +547,7 @@ mod tests {
                 let home = SET.home();
                 (!taken.contains(&home)).then(|| {
                     let p = SET
-                        .allocate_with_room(LEN, PAGE_SIZE, RegionKind::Large, false)
+                        .allocate_with_room(LEN, PAGE_SIZE, RegionKind::Large, false, Space::Base)
                         .expect("placed");
                     (home, p.start)
                 })

@@ -1,16 +1,27 @@
-//! The free index: free regions binned by size (power-of-two bins of their length), for
-//! placement. It owns the bin heads and the free regions' intrusive links (`Region::link`), and is touched only
-//! by the holder of the table's writer mutex, so it needs no synchronisation. Calls
-//! nothing.
+//! The free index: free regions binned by space (which reservations they lie in,
+//! `Space`) and size (power-of-two bins of their length), for placement. It owns the
+//! bin heads, the free regions' intrusive links (`Region::link`) and the record of
+//! which reservations are huge-page space, and is touched only by the holder of the
+//! table's writer mutex, so it needs no synchronisation. Calls nothing.
 
-use super::{Region, RegionKind, BIN_NEXT, BIN_PREV, NO_BIN, PURGING};
+use super::table::ARENA_SIZE;
+use super::{Region, RegionKind, Space, BIN_NEXT, BIN_PREV, NO_BIN, PURGING};
 use crate::sync::atomic::Ordering::Relaxed;
 use core::ptr;
 
 const BINS: usize = usize::BITS as usize;
+const SPACES: usize = 2;
+
+/// One bit per `ARENA_SIZE` unit of the 47-bit user address space (where the kernel
+/// places our reservations): set for huge-page space. 16 KiB.
+const UNIT_SHIFT: u32 = ARENA_SIZE.trailing_zeros();
+const UNIT_WORDS: usize = (1 << (47 - UNIT_SHIFT)) / u64::BITS as usize;
 
 pub(crate) struct FreeIndex {
-    heads: [*mut Region; BINS],
+    /// `BINS` heads per space, `Space::Base`'s first.
+    heads: [*mut Region; BINS * SPACES],
+    /// Which reservation units are `Space::Huge`.
+    huge_units: [u64; UNIT_WORDS],
     /// Bytes in all indexed free regions.
     pub bytes: usize,
     pub count: usize,
@@ -23,9 +34,34 @@ fn bin_of(len: usize) -> usize {
 impl FreeIndex {
     pub const fn new() -> Self {
         FreeIndex {
-            heads: [ptr::null_mut(); BINS],
+            heads: [ptr::null_mut(); BINS * SPACES],
+            huge_units: [0; UNIT_WORDS],
             bytes: 0,
             count: 0,
+        }
+    }
+
+    /// Records `[base, base + len)`, a new reservation (`ARENA_SIZE`-aligned, a multiple
+    /// of it), as belonging to `space`, before any of it is indexed.
+    pub fn set_space(&mut self, base: usize, len: usize, space: Space) {
+        for unit in (base >> UNIT_SHIFT)..((base + len) >> UNIT_SHIFT) {
+            let (word, bit) = (unit / u64::BITS as usize, unit % u64::BITS as usize);
+            if let Some(w) = self.huge_units.get_mut(word) {
+                match space {
+                    Space::Huge => *w |= 1 << bit,
+                    Space::Base => *w &= !(1 << bit),
+                }
+            }
+        }
+    }
+
+    /// The space of the reservation holding `addr`.
+    pub fn space_of(&self, addr: usize) -> Space {
+        let unit = addr >> UNIT_SHIFT;
+        let word = self.huge_units.get(unit / u64::BITS as usize).copied();
+        match word {
+            Some(w) if w & (1 << (unit % u64::BITS as usize)) != 0 => Space::Huge,
+            _ => Space::Base,
         }
     }
 
@@ -36,7 +72,7 @@ impl FreeIndex {
         unsafe {
             debug_assert_eq!((*r).kind(), RegionKind::Free);
             debug_assert_eq!(*(*r).bin.get(), NO_BIN);
-            let bin = bin_of((*r).len());
+            let bin = bin_of((*r).len()) + self.space_of((*r).start()) as usize * BINS;
             let head = self.heads[bin];
             (*r).link(BIN_PREV).store(ptr::null_mut(), Relaxed);
             (*r).link(BIN_NEXT).store(head, Relaxed);
@@ -91,12 +127,17 @@ impl FreeIndex {
     ///
     /// # Safety
     /// Writer mutex held.
-    pub unsafe fn find(&self, len: usize, align: usize) -> Option<(*mut Region, usize)> {
+    pub unsafe fn find(
+        &self,
+        space: Space,
+        len: usize,
+        align: usize,
+    ) -> Option<(*mut Region, usize)> {
         // SAFETY: caller contract; indexed regions are live.
         unsafe {
-            self.find_dirty(len, align)
-                .or_else(|| self.find_any(len, align))
-                .or_else(|| self.find_where(len, align, |_| true))
+            self.find_dirty(space, len, align)
+                .or_else(|| self.find_any(space, len, align))
+                .or_else(|| self.find_where(space, len, align, |_| true))
         }
     }
 
@@ -104,9 +145,14 @@ impl FreeIndex {
     ///
     /// # Safety
     /// Writer mutex held.
-    pub unsafe fn find_dirty(&self, len: usize, align: usize) -> Option<(*mut Region, usize)> {
+    pub unsafe fn find_dirty(
+        &self,
+        space: Space,
+        len: usize,
+        align: usize,
+    ) -> Option<(*mut Region, usize)> {
         // SAFETY: caller contract; indexed regions are live.
-        unsafe { self.find_where(len, align, |r| (*r).is_dirty()) }
+        unsafe { self.find_where(space, len, align, |r| (*r).is_dirty()) }
     }
 
     /// `find` among all regions but those a purge has claimed, in bin order. `PURGING`
@@ -115,9 +161,14 @@ impl FreeIndex {
     ///
     /// # Safety
     /// Writer mutex held.
-    pub unsafe fn find_any(&self, len: usize, align: usize) -> Option<(*mut Region, usize)> {
+    pub unsafe fn find_any(
+        &self,
+        space: Space,
+        len: usize,
+        align: usize,
+    ) -> Option<(*mut Region, usize)> {
         // SAFETY: caller contract; indexed regions are live.
-        unsafe { self.find_where(len, align, |r| (*r).dirty_since() != PURGING) }
+        unsafe { self.find_where(space, len, align, |r| (*r).dirty_since() != PURGING) }
     }
 
     /// The first region, in bin order from `min_len`'s bin, for which `place` returns a
@@ -127,11 +178,13 @@ impl FreeIndex {
     /// Writer mutex held.
     pub unsafe fn find_placed(
         &self,
+        space: Space,
         min_len: usize,
         mut place: impl FnMut(&Region) -> Option<usize>,
     ) -> Option<(*mut Region, usize)> {
-        for bin in bin_of(min_len)..BINS {
-            let mut r = self.heads[bin];
+        let heads = &self.heads[space as usize * BINS..][..BINS];
+        for &head in heads.iter().skip(bin_of(min_len)) {
+            let mut r = head;
             while !r.is_null() {
                 // SAFETY: indexed regions are live while the writer mutex is held.
                 let region = unsafe { &*r };
@@ -146,12 +199,14 @@ impl FreeIndex {
 
     unsafe fn find_where(
         &self,
+        space: Space,
         len: usize,
         align: usize,
         accept: impl Fn(*mut Region) -> bool,
     ) -> Option<(*mut Region, usize)> {
-        for bin in bin_of(len)..BINS {
-            let mut r = self.heads[bin];
+        let heads = &self.heads[space as usize * BINS..][..BINS];
+        for &head in heads.iter().skip(bin_of(len)) {
+            let mut r = head;
             while !r.is_null() {
                 // SAFETY: indexed regions are live while the writer mutex is held.
                 let (start, end) = unsafe { ((*r).start(), (*r).end()) };

@@ -59,6 +59,19 @@ pub enum RegionKind {
     Segment = 2,
 }
 
+/// Which reservations a placement draws from. Each reservation belongs to one space,
+/// and a region never leaves its reservation, so growth and merges stay in one space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Space {
+    /// Small-object segments and large objects below the huge-page threshold.
+    Base = 0,
+    /// Big large objects, each on a 2 MiB boundary, in reservations marked for
+    /// transparent huge pages once, when reserved (`options::thp`): a small object here
+    /// would sit alone in a 2 MiB frame and fault it all in.
+    Huge = 1,
+}
+
 /// A region's lifecycle as seen by `free`: `Live` until freed, then `Retired` until the
 /// next writer folds it back into free space. The `Live -> Retired` compare-and-swap is
 /// what makes a double free of a large object detectable, exactly, without a lock.

@@ -28,7 +28,7 @@ use super::free_index::FreeIndex;
 use super::lock::TableSeq;
 use super::protocol::ReadAttempt;
 use super::tree::RangeTree;
-use super::{Region, RegionKind, RegionState, PURGING, RETIRED_NEXT};
+use super::{Region, RegionKind, RegionState, Space, PURGING, RETIRED_NEXT};
 use crate::os::{self, PurgeMode};
 use crate::stats::Counter;
 use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
@@ -150,19 +150,6 @@ pub enum Freed {
     Cached(CachedRegion),
 }
 
-/// `dirty_since` of a live region whose pages its freer purged before retiring it.
-const PURGED_AT_RETIRE: u64 = u64::MAX;
-
-impl Region {
-    /// Records, from a `retire_with` hook, that the object's pages were purged with
-    /// `mode`, so the free space it becomes is clean (and zero after DONTNEED).
-    pub fn mark_purged(&self, mode: PurgeMode) {
-        self.zeroed
-            .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
-        self.dirty_since.store(PURGED_AT_RETIRE, Ordering::Relaxed);
-    }
-}
-
 /// The guard page `install_guard` puts after an object: its region's last page.
 pub const GUARD_LEN: usize = os::PAGE_SIZE;
 
@@ -252,7 +239,7 @@ pub struct RegionTable {
 pub enum Placement {
     Dense,
     Roomy,
-    WithRoom { growing: bool },
+    WithRoom { growing: bool, space: Space },
 }
 
 /// A live region's description for callers that placed it.
@@ -378,8 +365,7 @@ impl RegionTable {
     /// `retire`, running `prepare` on the validated, still-live region under its read
     /// lock first: the place for work on the object's pages that must finish before
     /// anyone can reuse them (purging a big object) and that needs no process-wide lock.
-    /// A guard page from `install_guard` is lifted before `prepare` runs. `prepare` may
-    /// call `Region::mark_purged`.
+    /// A guard page from `install_guard` is lifted before `prepare` runs.
     pub fn retire_with(
         &self,
         addr: usize,
@@ -682,9 +668,11 @@ impl RegionTable {
             return None;
         }
         let update = |w: &mut Writer<'_>| match how {
-            Placement::Dense => w.allocate(len, align, kind),
+            Placement::Dense => w.allocate(len, align, kind, Space::Base),
             Placement::Roomy => w.allocate_roomy(len, align, kind),
-            Placement::WithRoom { growing } => w.allocate_with_room(len, align, kind, growing),
+            Placement::WithRoom { growing, space } => {
+                w.allocate_with_room(len, align, kind, growing, space)
+            }
         };
         let placed = if try_only {
             self.try_write(may_reserve, update)?
@@ -718,16 +706,18 @@ impl RegionTable {
     /// into (`writer::growth_room`): in dirty space where some fits, else clean, else a
     /// new arena; densely (`allocate`) when none has room. Large objects use this; a
     /// `growing` one (a realloc's destination) takes clean space with room before dirty
-    /// space without.
+    /// space without. Only reservations of `space` are used; in `Space::Huge` the region
+    /// starts on a 2 MiB boundary.
     pub fn allocate_with_room(
         &'static self,
         len: usize,
         align: usize,
         kind: RegionKind,
         growing: bool,
+        space: Space,
     ) -> Option<Placed> {
         self.place(
-            Placement::WithRoom { growing },
+            Placement::WithRoom { growing, space },
             len,
             align,
             kind,
@@ -740,6 +730,25 @@ impl RegionTable {
     /// False when the neighbour is not free or too small (the caller moves instead).
     pub fn grow_in_place(&self, addr: usize, new_len: usize) -> bool {
         self.write(|w| w.grow(addr, new_len))
+    }
+
+    /// Moves the live large object at `addr` to a new region of `new_len` bytes (more
+    /// than its length) in `space`, moving its pages with one `mremap` (see
+    /// `Writer::relocate`). `Some((placed, true))`: moved, the old range is free space.
+    /// `Some((placed, false))`: `mremap` failed, the new region is live and the caller
+    /// copies and frees the old one. `None`: no room for the new region.
+    pub fn relocate(
+        &self,
+        addr: usize,
+        new_len: usize,
+        align: usize,
+        space: Space,
+    ) -> Option<(Placed, bool)> {
+        let (placed, moved) = self.write(|w| w.relocate(addr, new_len, align, space))?;
+        if !moved {
+            self.live_regions.fetch_add(1, Ordering::Relaxed);
+        }
+        Some((placed, moved))
     }
 
     /// Shrinks the live object region at `addr` to `new_len`, giving the tail back.
@@ -911,6 +920,12 @@ impl RegionTable {
             }
         });
         stats
+    }
+
+    /// The space of the reservation holding `addr` (tests and diagnostics).
+    pub fn space_of(&self, addr: usize) -> Space {
+        let _inside = Reentrancy::enter();
+        self.writer.lock().free.space_of(addr)
     }
 
     /// Visits every region in address order (tests and diagnostics).

@@ -4,15 +4,17 @@
 //! in place (`grow`, `shrink`), folding freed objects back into free space
 //! (`drain_retired`, `coalesce`, `absorb`) and detaching descriptors. Each change
 //! write-locks the regions it touches (`start_write`) and creates new ones write-locked
-//! (`new_region`); `RegionTable::write` ends the update with one `end_write_all`. Calls `tree`, `free_index`, `epoch`, `meta`, `os`
-//! and `space`.
+//! (`new_region`); `RegionTable::write` ends the update with one `end_write_all`.
+//! Placement draws from one `Space` (huge-page reservations or the base ones). Calls
+//! `tree`, `free_index`, `epoch`, `meta`, `os`, `options` (the huge-page mode) and
+//! `space`.
 
-use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGED_AT_RETIRE, PURGE_PIECE};
+use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGE_PIECE};
 use crate::os;
 use crate::os::{HUGE_PAGE, PAGE_SIZE};
 use crate::region::blocks::DESC_BYTES;
 use crate::region::directory;
-use crate::region::{Region, RegionKind, RegionState, PURGING, RETIRED_NEXT};
+use crate::region::{Region, RegionKind, RegionState, Space, PURGING, RETIRED_NEXT};
 use crate::space::{self, SlotKind};
 use crate::sync::atomic::Ordering;
 use core::ptr;
@@ -38,11 +40,18 @@ pub(super) struct Writer<'a> {
 /// copies and faults are not.
 pub const GROWTH_TARGET: usize = 64 << 20;
 
-/// Past this much reserved address space (4 TiB, 1/32 of the 47-bit user space, counted
-/// over every arena: `directory::reserved_total`) no new reservation is made just for
-/// growth room: a program with a million live large objects
-/// gets them placed densely instead of running out of address space.
-const ROOMY_RESERVE_LIMIT: usize = 1 << 42;
+/// Growth room may reserve new address space while all reservations stay within this
+/// much, whatever the program holds: room for 128 objects growing to 64 MiB (each
+/// keeps 64 MiB after it), more than the region and realloc-growth workloads use, and
+/// 1/8192 of the 47-bit user space. Untouched reserved space costs no RSS and no page
+/// tables, but it counts against `RLIMIT_AS` and `vm.max_map_count` (one mapping per
+/// reservation), and unbounded, a program that keeps moving big objects reserved a new
+/// arena per move (1.6 TiB after 800 moves of a 600 MiB object, before this bound).
+const ROOM_RESERVE_FLOOR: usize = 16 << 30;
+/// ... or within this many times the bytes in use (reserved minus free), for programs
+/// big enough that the floor would leave their large objects without room: 8x keeps
+/// every live object's room (up to one doubling or 64 MiB) with space to spare.
+const ROOM_RESERVE_FACTOR: usize = 8;
 
 /// The room kept after an object of `len` bytes: up to `GROWTH_TARGET`, and at least
 /// one doubling for objects beyond it.
@@ -160,15 +169,11 @@ impl Writer<'_> {
             region
                 .state
                 .store(RegionState::Live as u8, Ordering::Relaxed);
-            if region.dirty_since() == PURGED_AT_RETIRE {
-                region.dirty_since.store(0, Ordering::Relaxed);
-            } else {
-                region.zeroed.store(false, Ordering::Relaxed);
-                region.dirty_since.store(now, Ordering::Relaxed);
-                self.table
-                    .dirty_bytes
-                    .fetch_add(region.len(), Ordering::Relaxed);
-            }
+            region.zeroed.store(false, Ordering::Relaxed);
+            region.dirty_since.store(now, Ordering::Relaxed);
+            self.table
+                .dirty_bytes
+                .fetch_add(region.len(), Ordering::Relaxed);
             self.coalesce(region);
         }
     }
@@ -271,15 +276,16 @@ impl Writer<'_> {
         len: usize,
         align: usize,
         kind: RegionKind,
+        space: Space,
     ) -> Option<Placed> {
         // SAFETY: writer mutex held.
-        let found = unsafe { self.state.free.find(len, align) };
+        let found = unsafe { self.state.free.find(space, len, align) };
         let (free, at) = match found {
             Some(hit) => hit,
             None => {
-                self.add_arena(len, align)?;
+                self.add_arena(len, align, space)?;
                 // SAFETY: as above.
-                unsafe { self.state.free.find(len, align)? }
+                unsafe { self.state.free.find(space, len, align)? }
             }
         };
         // SAFETY: indexed regions are attached descriptors.
@@ -302,13 +308,19 @@ impl Writer<'_> {
         let free = &self.state.free;
         // SAFETY: writer mutex held.
         let found = unsafe {
-            free.find_dirty(want, align)
+            free.find_dirty(Space::Base, want, align)
                 .map(|hit| (hit, true))
-                .or_else(|| free.find_dirty(len, align).map(|hit| (hit, false)))
-                .or_else(|| free.find_any(want, align).map(|hit| (hit, true)))
+                .or_else(|| {
+                    free.find_dirty(Space::Base, len, align)
+                        .map(|hit| (hit, false))
+                })
+                .or_else(|| {
+                    free.find_any(Space::Base, want, align)
+                        .map(|hit| (hit, true))
+                })
         };
         let Some(((region, at), roomy)) = found else {
-            return self.allocate(len, align, kind);
+            return self.allocate(len, align, kind, Space::Base);
         };
         // SAFETY: indexed regions are attached descriptors.
         let free: &'static Region = unsafe { &*region };
@@ -329,34 +341,42 @@ impl Writer<'_> {
     /// region right after a live large object keeps that object's room free too. In
     /// order: dirty space with room after it (no faults), dirty space that fits (no new
     /// RSS; skipped for a `growing` object, which would soon move out of it and copy),
-    /// clean space with room, a new arena, then `allocate`.
+    /// clean space with room, a new arena, then `allocate`. All within `space`, where
+    /// `Space::Huge` places on huge-page boundaries.
     pub(super) fn allocate_with_room(
         &mut self,
         len: usize,
         align: usize,
         kind: RegionKind,
         growing: bool,
+        space: Space,
     ) -> Option<Placed> {
+        let align = match space {
+            Space::Huge => align.max(HUGE_PAGE),
+            Space::Base => align,
+        };
         let room = growth_room(len);
         let want = len.saturating_add(room);
-        let found = self.find_with_room(len, room, align, true).or_else(|| {
-            if growing {
-                return None;
-            }
-            // SAFETY: writer mutex held; indexed regions are attached descriptors.
-            unsafe {
-                let (r, _) = self.state.free.find_dirty(len, align)?;
-                Some((r, top_start((*r).end(), len, align)))
-            }
-        });
-        let found = found
-            .or_else(|| self.find_with_room(len, room, align, false))
+        let found = self
+            .find_with_room(space, len, room, align, true)
             .or_else(|| {
-                if directory::reserved_total() >= ROOMY_RESERVE_LIMIT {
+                if growing {
                     return None;
                 }
-                self.add_arena(want, align)?;
-                self.find_with_room(len, room, align, false)
+                // SAFETY: writer mutex held; indexed regions are attached descriptors.
+                unsafe {
+                    let (r, _) = self.state.free.find_dirty(space, len, align)?;
+                    Some((r, top_start((*r).end(), len, align)))
+                }
+            });
+        let found = found
+            .or_else(|| self.find_with_room(space, len, room, align, false))
+            .or_else(|| {
+                if !self.may_reserve_for_room(want) {
+                    return None;
+                }
+                self.add_arena(want, align, space)?;
+                self.find_with_room(space, len, room, align, false)
             });
         let Some((region, at)) = found else {
             if self.refused_reserve {
@@ -364,11 +384,22 @@ impl Writer<'_> {
                 // looks elsewhere, then comes back allowed to reserve.
                 return None;
             }
-            return self.allocate(len, align, kind);
+            return self.allocate(len, align, kind, space);
         };
         // SAFETY: indexed regions are attached descriptors.
         let free: &'static Region = unsafe { &*region };
         self.carve(free, at, len, kind)
+    }
+
+    /// Whether a new reservation of about `want` bytes may be made for growth room
+    /// (see `ROOM_RESERVE_FLOOR`, `ROOM_RESERVE_FACTOR`); when not, the object is placed
+    /// densely in the space there is.
+    /// All arenas' reservations count (`directory::reserved_total`), against this
+    /// arena's bytes in use: a bound that can only err on the tight side.
+    fn may_reserve_for_room(&self, want: usize) -> bool {
+        let in_use = self.state.reserved.saturating_sub(self.state.free.bytes);
+        let limit = ROOM_RESERVE_FLOOR.max(in_use.saturating_mul(ROOM_RESERVE_FACTOR));
+        directory::reserved_total().saturating_add(want.next_multiple_of(ARENA_SIZE)) <= limit
     }
 
     /// A free region (dirty ones only if `dirty`) where `len` fits at an `align`ed start
@@ -376,6 +407,7 @@ impl Writer<'_> {
     /// right before the region; and the highest such start.
     fn find_with_room(
         &self,
+        space: Space,
         len: usize,
         room: usize,
         align: usize,
@@ -434,16 +466,21 @@ impl Writer<'_> {
         };
         // SAFETY: writer mutex held; `place` only reads the tree.
         unsafe {
-            self.state
-                .free
-                .find_placed(if dirty { len } else { len + room }, place)
+            self.state.free.find_placed(
+                space,
+                if dirty { len } else { len.saturating_add(room) },
+                place,
+            )
         }
     }
 
-    /// Reserves new address space big enough for `len` at `align` and indexes it as
-    /// free. The reservation is recorded in the directory under this table's id before
-    /// any of it can be handed out, and stays this table's for good.
-    fn add_arena(&mut self, len: usize, align: usize) -> Option<()> {
+    /// Reserves new address space big enough for `len` at `align` for `space` and
+    /// indexes it as free. The reservation is recorded in the directory under this
+    /// table's id before any of it can be handed out, and stays this table's for good.
+    /// A huge-space reservation is marked for transparent huge pages here, once for its
+    /// lifetime, when the kernel's mode wants the advice (`options::thp`); the mark
+    /// failing (a kernel without THP) leaves ordinary pages, which is no error.
+    fn add_arena(&mut self, len: usize, align: usize, space: Space) -> Option<()> {
         if !self.may_reserve {
             self.refused_reserve = true;
             return None;
@@ -464,6 +501,10 @@ impl Writer<'_> {
             let _ = unsafe { os::release(base, size) };
             return None;
         }
+        if space == Space::Huge && crate::options::thp() == crate::options::Thp::Advise {
+            let _ = os::advise_huge_pages(base, size);
+        }
+        self.state.free.set_space(base, size, space);
         // Before anything in it is handed out (the carve that follows, under this same
         // mutex): every address a caller can hold finds this table (see `directory`).
         space::set_arena(base, size, id);
@@ -656,6 +697,43 @@ impl Writer<'_> {
         }
         r.len.store(new_len, Ordering::Relaxed);
         true
+    }
+
+    /// Moves the live object at `addr` into a new region of `new_len` bytes placed as
+    /// `allocate_with_room` places a growing one, moving its pages with `mremap` instead
+    /// of copying them, in this one update: the source, the destination's free region
+    /// and the neighbours they merge with are write-locked (`start_write`) and unlocked
+    /// together by `end_write_all`, so no reader sees the object in two places and no
+    /// purge advises either range meanwhile (`carve` waits a purge's read lock out).
+    /// The source range is left mapped and empty (`MREMAP_DONTUNMAP`): it becomes
+    /// clean free space reading as zero, counted in no dirty bytes. When `mremap` fails,
+    /// the destination is still returned, unmoved (`false`), for the caller to copy into
+    /// and free the source; `None` when no destination could be placed.
+    pub(super) fn relocate(
+        &mut self,
+        addr: usize,
+        new_len: usize,
+        align: usize,
+        space: Space,
+    ) -> Option<(Placed, bool)> {
+        let r = self.live_object_at(addr)?;
+        let old_len = r.len();
+        debug_assert!(old_len < new_len && r.kind() == RegionKind::Large);
+        let placed = self.allocate_with_room(new_len, align, RegionKind::Large, true, space)?;
+        self.start_write(r);
+        // SAFETY: both ranges are in our reservations; the destination is a region this
+        // update just carved out of free space, the source a live object whose owner is
+        // inside `realloc` (it needs only the content, which moves with the pages), and
+        // both are write-locked until the update ends.
+        if unsafe { os::move_pages(addr, placed.start, old_len) }.is_err() {
+            return Some((placed, false));
+        }
+        // The source is now empty: clean, zero, free.
+        r.kind.store(RegionKind::Free as u8, Ordering::Relaxed);
+        r.zeroed.store(true, Ordering::Relaxed);
+        r.dirty_since.store(0, Ordering::Relaxed);
+        self.coalesce(r);
+        Some((placed, true))
     }
 
     pub(super) fn shrink(&mut self, addr: usize, new_len: usize) -> bool {
