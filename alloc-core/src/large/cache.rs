@@ -53,12 +53,13 @@ const SLOTS: usize = 4;
 /// virtual bytes: what is resident is what the program touched). Four of the largest
 /// class; chosen with the `medium` workload (BENCHMARKS.md, "Medium sizes").
 pub const MAX_BYTES: usize = 8 * MEDIUM_MAX;
-/// An allocation takes a region of its own class or of up to this many classes above
-/// (at most 50% more virtual length: four steps of an eighth): the sizes a program
-/// frees rarely match the next request's class exactly (the `medium` workload's
-/// log-uniform sizes hit their own class in under half the allocations with the
-/// same cache), and the extra pages cost nothing unless the program touches them.
-const FIT_CLASSES: usize = 4;
+/// An allocation takes a region of its own class only (0 classes above). Taking one of
+/// up to four classes above (measured: the `medium` workload's log-uniform sizes hit
+/// their own class in under half the allocations) broke jemalloc's contract that
+/// `nallocx(n)` is exactly the usable size `mallocx(n)` gives (`tests/c/jemalloc_api.c`
+/// failed), and `malloc_usable_size` would vary for one request size. A larger fit
+/// needs the object's usable length kept apart from its region's.
+const FIT_CLASSES: usize = 0;
 /// Regions one call may let go of: every slot of every bin, plus one.
 const EVICT_MAX: usize = BINS * SLOTS + 1;
 
