@@ -207,15 +207,8 @@ impl Arenas {
         if let Some(placed) = own.place(how, len, align, kind, true, false) {
             return Some(placed);
         }
-        for step in 1..count {
-            let other = &self.tables[(home + step) % count];
-            if !other.has_space() {
-                continue;
-            }
-            if let Some(placed) = other.place(how, len, align, kind, true, false) {
-                self.fallbacks.inc();
-                return Some(placed);
-            }
+        if let Some(placed) = self.place_in_others(home, count, how, len, align, kind, true) {
+            return Some(placed);
         }
         match own.place(how, len, align, kind, false, true) {
             Some(placed) => Some(placed),
@@ -239,12 +232,29 @@ impl Arenas {
         align: usize,
         kind: RegionKind,
     ) -> Option<Placed> {
+        self.place_in_others(home, count, how, len, align, kind, false)
+    }
+
+    /// Places in the first arena other than `home` (in order from `home + 1`) that has
+    /// space, without reserving: with try-lock (`try_lock`: busy ones skipped) or waiting
+    /// for each mutex. A placement made there counts as a fallback.
+    #[allow(clippy::too_many_arguments)]
+    fn place_in_others(
+        &'static self,
+        home: usize,
+        count: usize,
+        how: Placement,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+        try_lock: bool,
+    ) -> Option<Placed> {
         for step in 1..count {
             let other = &self.tables[(home + step) % count];
             if !other.has_space() {
                 continue;
             }
-            if let Some(placed) = other.place(how, len, align, kind, false, false) {
+            if let Some(placed) = other.place(how, len, align, kind, try_lock, false) {
                 self.fallbacks.inc();
                 return Some(placed);
             }
