@@ -19,7 +19,8 @@ use core::ptr;
 /// chunk table of any meta pointer.
 const ARENA_SIZE: usize = 1 << 30;
 const CHUNK_SHIFT: u32 = 16;
-const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
+/// The unit of `alloc_carved`.
+pub const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
 const CHUNKS_PER_ARENA: usize = ARENA_SIZE / CHUNK_SIZE;
 /// The chunk table (one u32 per chunk) fills exactly chunk 0.
 const _: () = assert!(CHUNKS_PER_ARENA * 4 == CHUNK_SIZE);
@@ -129,23 +130,26 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     }
 }
 
-/// Allocates up to `count` blocks of the class serving `size` (at most half a chunk)
-/// under one acquisition of the lock, calling `take` on each: for caches that refill in
-/// batches (`region::blocks`). Returns how many it allocated (fewer when exhausted).
-pub fn alloc_batch(size: usize, count: usize, mut take: impl FnMut(*mut u8)) -> usize {
+/// `chunks` whole chunks carved into the block class serving `size` (at most half a
+/// chunk), handed out at once and counted in use: the caller cuts its blocks from them
+/// without the lock (a bump pointer of its own), and each block is a meta block of that
+/// class for `usable_size` and `free`. For caches that own a growing pool
+/// (`region::blocks`). Null when the address space is exhausted.
+pub fn alloc_carved(size: usize, chunks: usize) -> *mut u8 {
     let Some(class) = class_of(size, size.next_power_of_two()) else {
-        return 0;
+        return ptr::null_mut();
     };
     crate::stats::process_lock_taken();
     let mut state = META.lock();
-    for done in 0..count {
-        let p = state.alloc_block(class);
-        if p.is_null() {
-            return done;
-        }
-        take(p);
+    let span = state.alloc_span(chunks);
+    if span.is_null() {
+        return span;
     }
-    count
+    for chunk in (span as usize..span as usize + chunks * CHUNK_SIZE).step_by(CHUNK_SIZE) {
+        // SAFETY: the chunk is ours; its table word is in its arena's chunk 0.
+        unsafe { *chunk_word(chunk) = class as u32 + 1 };
+    }
+    span
 }
 
 /// Like `alloc`, with the memory zeroed.

@@ -11,7 +11,8 @@
 //! `EXPIRED` stack by whichever thread runs the collection once no reader can hold it,
 //! and taken back whole (swap with null: no ABA) by the arena's next writer that finds
 //! its free list empty. Blocks are meta blocks of two power-of-two classes, interchangeable
-//! between arenas; only a cache that runs dry (warm-up, growth) asks `meta`.
+//! between arenas; a cache that runs dry (warm-up, growth) cuts fresh ones from a span of
+//! whole chunks it took from `meta`, and asks `meta` again only when the span is used up.
 
 use crate::meta;
 use crate::stats::OnDependency;
@@ -33,22 +34,36 @@ const LIST_HEADER: usize = 2;
 /// crossbeam bag slot) per 30 blocks, about ten updates' worth.
 const BATCH: usize = NODE_BYTES / size_of::<usize>() - LIST_HEADER;
 
-/// Blocks a dry cache takes from `meta` at once: one metadata lock per 64 blocks (4 KiB
-/// of descriptors, 16 KiB of nodes), a cushion against the swings in how many blocks
-/// wait for their grace period. Those swings have no bound: a reader preempted while
-/// pinned holds back every arena's garbage until it runs again, so a cache can always
-/// run dry (`tests/tests/process_locks.rs`, 4 threads, 2 cores: 0 to 43 refills of 32
-/// per ~25k updates after warm-up).
-const REFILL: usize = 64;
+/// A dry cache's pool grows by whole chunks of `meta`, carved by the arena's own bump
+/// pointer: one metadata lock per span, and a span twice the last (from `FIRST_SPAN`
+/// chunks up to `MAX_SPAN`), so an arena takes the lock a handful of times in its life
+/// and none once its pool covers its peak. The peak has no fixed bound: a reader
+/// preempted while pinned holds back every arena's garbage until it runs again
+/// (`tests/tests/process_locks.rs`, 4 threads, 2 cores: up to ~2.8k blocks held back in
+/// ~25k updates after warm-up), so the first span is already large: a span costs
+/// address space only, and its pages fault in as the bump pointer reaches them.
+const FIRST_SPAN: usize = 16;
+const MAX_SPAN: usize = 64;
 
 /// Per directory id, the lists of that arena whose grace period has passed: pushed by
 /// `expired` (any thread), emptied whole by the arena's writer. Id 0 (a tree of no
 /// arena: unit tests) is never used: its lists go straight back to `meta`.
 static EXPIRED: [AtomicPtr<usize>; 256] = [const { AtomicPtr::new(ptr::null_mut()) }; 256];
 
+/// The not-yet-carved rest of a class's last span: `[next, end)`.
+#[derive(Clone, Copy)]
+struct Carve {
+    next: usize,
+    end: usize,
+    /// Chunks the next span takes.
+    span: usize,
+}
+
 struct State {
     /// Free blocks per class, linked through their first word.
     free: [*mut usize; 2],
+    /// Per class, the bump range blocks are cut from when the lists run dry.
+    carve: [Carve; 2],
     /// Blocks unlinked by this arena's writers, not yet handed to the collector.
     pending: [usize; BATCH],
     pending_len: usize,
@@ -83,6 +98,11 @@ impl Blocks {
         Blocks {
             state: UnsafeCell::new(State {
                 free: [ptr::null_mut(); 2],
+                carve: [Carve {
+                    next: 0,
+                    end: 0,
+                    span: FIRST_SPAN,
+                }; 2],
                 pending: [0; BATCH],
                 pending_len: 0,
             }),
@@ -169,7 +189,7 @@ impl Blocks {
 /// A block of the class serving `size` from `state`, the cache of arena `own`: its free
 /// list, else its expired stack, else the other arenas' (blocks are interchangeable, so
 /// the garbage waiting for a grace period is pooled over all arenas and one arena's
-/// burst draws on the others' returns), else `REFILL` blocks from `meta`.
+/// burst draws on the others' returns), else a block cut from the arena's span (`carve`).
 fn alloc_from(state: &mut State, own: usize, size: usize) -> *mut u8 {
     let class = class_of(size);
     if state.free[class].is_null() {
@@ -182,12 +202,8 @@ fn alloc_from(state: &mut State, own: usize, size: usize) -> *mut u8 {
         }
     }
     if state.free[class].is_null() {
-        // The cache is dry: warm-up or growth. The metadata lock (counted), once per
-        // `REFILL` blocks.
-        meta::alloc_batch(CLASS_BYTES[class], REFILL, |p| {
-            // SAFETY: a fresh meta block of this class, ours alone.
-            unsafe { push_free(state, p) }
-        });
+        // The cache is dry: warm-up or growth. Cut a block from the class's span.
+        return carve(&mut state.carve[class], class);
     }
     let p = state.free[class];
     if p.is_null() {
@@ -195,6 +211,24 @@ fn alloc_from(state: &mut State, own: usize, size: usize) -> *mut u8 {
     }
     // SAFETY: a free block of ours links through its first word.
     state.free[class] = unsafe { *p } as *mut usize;
+    p as *mut u8
+}
+
+/// A fresh block of `class` from `carve`, which takes a new span from `meta` (the
+/// metadata lock, counted) when it is used up. Null when metadata is exhausted.
+fn carve(carve: &mut Carve, class: usize) -> *mut u8 {
+    let size = CLASS_BYTES[class];
+    if carve.next == carve.end {
+        let span = meta::alloc_carved(size, carve.span);
+        if span.is_null() {
+            return span;
+        }
+        carve.next = span as usize;
+        carve.end = span as usize + carve.span * meta::CHUNK_SIZE;
+        carve.span = (carve.span * 2).min(MAX_SPAN);
+    }
+    let p = carve.next;
+    carve.next += size;
     p as *mut u8
 }
 
@@ -279,6 +313,12 @@ impl Drop for Blocks {
         for &p in &state.pending[..state.pending_len] {
             // SAFETY: `&mut self`: no reader or writer of the tree remains.
             unsafe { meta::free(p as *mut u8) };
+        }
+        for (class, carve) in state.carve.iter().enumerate() {
+            for p in (carve.next..carve.end).step_by(CLASS_BYTES[class]) {
+                // SAFETY: never-used blocks of a span carved for this class.
+                unsafe { meta::free(p as *mut u8) };
+            }
         }
     }
 }
