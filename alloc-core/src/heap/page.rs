@@ -796,6 +796,8 @@ mod tests {
         let start = memory.as_mut_ptr() as usize;
         let mut page = Page::empty();
         page.init(0, 16, 1, start, start + 512);
+        // The two blocks freed below were handed out (a collect subtracts them).
+        page.used = 2;
         assert_eq!(page.thread_free.try_park(), Park::Parked);
         let block = start as *mut Block;
         // SAFETY: both are blocks of the page.
@@ -828,6 +830,8 @@ mod tests {
         let start = memory.as_mut_ptr() as usize;
         let mut page = Page::empty();
         page.init(0, 16, 1, start, start + 512);
+        // B's and C's blocks were handed out (a collect subtracts them).
+        page.used = 2;
         let (b, c) = (start as *mut Block, (start + 16) as *mut Block);
         assert_eq!(page.thread_free.try_park(), Park::Parked);
         // SAFETY: blocks of the page.
