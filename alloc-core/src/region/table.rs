@@ -12,7 +12,12 @@
 //! since we found it: `Region::read_lock_validated`, which the loom models run too);
 //! unpin. The read reference alone then keeps `r` attached: detaching needs
 //! `start_write`, which waits readers out. Any failure falls to the slow path, which
-//! repeats the lookup under the writer mutex, where it cannot fail spuriously.
+//! repeats the lookup under the writer mutex, where it cannot fail spuriously. A free
+//! holds its reference only to validate and claim the object (`Live -> Retired`, and
+//! the work its caller does on the dead object's pages), and gives it up *before* it
+//! pushes the region on the retired stack (`protocol::Region::unlock_and_push_retired`),
+//! so the writer that drains the region never waits for a freer preempted after its
+//! push. Writers count the waits they do have (`LockCounters::reader_waits`).
 //!
 //! Write side: every update runs in `write()` (or `try_write()`, which gives up at once
 //! if another writer holds the mutex): writer mutex, epoch pin, the update (a `Writer`
@@ -26,15 +31,14 @@ use super::directory;
 use super::epoch;
 use super::free_index::FreeIndex;
 use super::lock::TableSeq;
-use super::protocol::ReadAttempt;
+use super::protocol::{ReadAttempt, RetiredStack};
 use super::tree::RangeTree;
-use super::{Region, RegionKind, RegionState, Space, PURGING, RETIRED_NEXT};
+use super::{Region, RegionKind, RegionState, Space, PURGING};
 use crate::os::{self, PurgeMode};
 use crate::stats::Counter;
-use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use crate::sync::{SpinGuard, SpinLock};
 use crate::Reentrancy;
-use core::ptr;
 use writer::Writer;
 
 mod writer;
@@ -80,6 +84,10 @@ pub struct LockCounters {
     /// Nanoseconds those acquisitions waited (`os::now_ns` around the wait, read only
     /// when the lock was found held).
     pub wait_ns: Counter,
+    /// Write-locks (`start_write`) that found readers inside a region and waited for
+    /// them to leave: the one place a writer waits for readers, and where a reader
+    /// preempted while holding its reference would stall the update.
+    pub reader_waits: Counter,
 }
 
 /// What a reader holds: a validated read reference on one region.
@@ -101,6 +109,18 @@ impl ReadGuard {
     #[inline]
     pub fn start(&self) -> usize {
         self.start
+    }
+}
+
+impl ReadGuard {
+    /// Ends a retire won under this reference (`Region::claim_live`): gives the
+    /// reference up, then pushes the region on `stack` (in that order: see `protocol`).
+    fn unlock_and_retire(self, stack: &RetiredStack) {
+        let region = self.region;
+        core::mem::forget(self);
+        // SAFETY: this guard was a validated read reference, given up here (not
+        // dropped), and the caller won `claim_live(Retired)` under it.
+        unsafe { region.unlock_and_push_retired(stack) };
     }
 }
 
@@ -215,9 +235,8 @@ pub struct RegionTable {
     /// and parking allocates. Sections under it make no syscall but the rare arena
     /// reservation, so spinning is short.
     writer: SpinLock<WriterState>,
-    /// Retired regions waiting to become free space: a lock-free stack pushed by `free`
-    /// and emptied whole (swap with null) by writers, so it has no ABA hazard.
-    retired: AtomicPtr<Region>,
+    /// Retired regions waiting to become free space (see `RetiredStack`).
+    retired: RetiredStack,
     pub counters: LockCounters,
     live_regions: AtomicUsize,
     /// Bytes in dirty free regions (written under the writer mutex, or by a purge that
@@ -269,7 +288,7 @@ impl RegionTable {
                 free: FreeIndex::new(),
                 reserved: 0,
             }),
-            retired: AtomicPtr::new(ptr::null_mut()),
+            retired: RetiredStack::new(),
             counters: LockCounters {
                 success: Counter::new(),
                 abort: Counter::new(),
@@ -279,6 +298,7 @@ impl RegionTable {
                 writer: Counter::new(),
                 waits: Counter::new(),
                 wait_ns: Counter::new(),
+                reader_waits: Counter::new(),
             },
             live_regions: AtomicUsize::new(0),
             dirty_bytes: AtomicUsize::new(0),
@@ -420,19 +440,7 @@ impl RegionTable {
         } else {
             RegionState::Retired
         };
-        // AcqRel: exactly one freer wins; the winner's accesses to the object happen
-        // before the writer (or the cache's next taker) that later reads the state
-        // (Acquire in `state()`).
-        if region
-            .state
-            .compare_exchange(
-                RegionState::Live as u8,
-                next as u8,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_err()
-        {
+        if !region.claim_live(next) {
             return Err(RetireError::DoubleFree);
         }
         if cached {
@@ -448,7 +456,8 @@ impl RegionTable {
         self.pause_in_retire.pause_here();
         region.lift_guard();
         prepare(region);
-        self.push_retired(region);
+        read.unlock_and_retire(&self.retired);
+        self.live_regions.fetch_sub(1, Ordering::Relaxed);
         Ok(None)
     }
 
@@ -470,26 +479,7 @@ impl RegionTable {
             .state
             .store(RegionState::Retired as u8, Ordering::Release);
         region.lift_guard();
-        self.push_retired(region);
-    }
-
-    /// Pushes a region that just became `Retired` on the retired stack.
-    fn push_retired(&self, region: &'static Region) {
-        let node = region as *const Region as *mut Region;
-        let mut head = self.retired.load(Ordering::Relaxed);
-        loop {
-            region.link(RETIRED_NEXT).store(head, Ordering::Relaxed);
-            // Release publishes the link (and the retirement) to the writer's Acquire swap.
-            match self.retired.compare_exchange_weak(
-                head,
-                node,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(seen) => head = seen,
-            }
-        }
+        self.retired.push(region);
         self.live_regions.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -967,15 +957,13 @@ impl RegionTable {
     /// Only in a fork child, after `fork_release`, before anything else uses the table.
     pub unsafe fn after_fork_in_child(&self) {
         let now = os::now_ms().max(1);
-        self.retired.store(ptr::null_mut(), Ordering::Relaxed);
+        // SAFETY: caller contract: the only thread.
+        unsafe { self.retired.clear_after_fork() };
         self.for_each_region_ref(|r| {
             // SAFETY: caller contract: the only thread, holding no reference.
             unsafe { r.lock.reset_after_fork() };
             if r.kind() != RegionKind::Free && r.state() == RegionState::Retired {
-                let node = r as *const Region as *mut Region;
-                r.link(RETIRED_NEXT)
-                    .store(self.retired.load(Ordering::Relaxed), Ordering::Relaxed);
-                self.retired.store(node, Ordering::Relaxed);
+                self.retired.push(r);
             }
             if r.kind() == RegionKind::Free && r.dirty_since() == PURGING {
                 r.dirty_since.store(now, Ordering::Relaxed);

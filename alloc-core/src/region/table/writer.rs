@@ -73,7 +73,9 @@ fn top_start(end: usize, len: usize, align: usize) -> usize {
 impl Writer<'_> {
     fn start_write(&self, r: &Region) {
         // SAFETY: we hold the writer mutex and `write()` ends the update.
-        unsafe { r.lock.start_write(&self.table.seq) }
+        if unsafe { r.lock.start_write_waited(&self.table.seq) } {
+            self.table.counters.reader_waits.inc();
+        }
     }
 
     fn region_at(&self, key: usize) -> Option<&'static Region> {
@@ -122,6 +124,8 @@ impl Writer<'_> {
     /// after the grace period.
     fn discard(&mut self, r: &'static Region) {
         let p = r as *const Region as *mut Region;
+        // Write-locked here, counted, so that `mark_detached` finds it locked already.
+        self.start_write(r);
         // SAFETY: writer mutex held, and `write()` ends the update; `r` may be indexed.
         // Readers that still find `r` in an old tree version see it detached once they
         // can lock it, after `end_write_all`.
@@ -146,8 +150,7 @@ impl Writer<'_> {
     }
 
     pub(super) fn drain_retired(&mut self) {
-        // Acquire pairs with the Release pushes in `retire`.
-        let mut r = self.table.retired.swap(ptr::null_mut(), Ordering::Acquire);
+        let mut r = self.table.retired.take_all();
         let now = os::now_ms().max(1);
         while !r.is_null() {
             // SAFETY: retired regions stay attached until this writer frees them.
