@@ -32,13 +32,14 @@ use super::epoch;
 use super::free_index::FreeIndex;
 use super::lock::TableSeq;
 use super::protocol::{ReadAttempt, RetiredStack};
-use super::tree::RangeTree;
+use super::tree::RegionTree;
 use super::{Region, RegionKind, RegionState, Space, PURGING};
 use crate::os::{self, PurgeMode};
 use crate::stats::Counter;
 use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use crate::sync::{SpinGuard, SpinLock};
 use crate::Reentrancy;
+use core::ptr::NonNull;
 use writer::Writer;
 
 mod writer;
@@ -90,16 +91,31 @@ pub struct LockCounters {
     pub reader_waits: Counter,
 }
 
-/// What a reader holds: a validated read reference on one region.
+/// What a reader holds: a validated read reference on one region. The reference, not
+/// an epoch guard, keeps the descriptor alive (attached: detaching it needs
+/// `start_write`, which waits for the reference to go), so the region is lent for as
+/// long as the guard is borrowed.
 pub struct ReadGuard {
-    region: &'static Region,
+    region: NonNull<Region>,
     /// The region's start, as the tree gave it (validated equal to the descriptor's).
     start: usize,
 }
 
 impl ReadGuard {
-    pub fn region(&self) -> &'static Region {
-        self.region
+    /// Wraps a read reference the caller holds on `region` (validated, or taken under
+    /// the writer mutex), found under tree key `start`.
+    fn new(region: &Region, start: usize) -> Self {
+        ReadGuard {
+            region: NonNull::from(region),
+            start,
+        }
+    }
+
+    #[inline]
+    pub fn region(&self) -> &Region {
+        // SAFETY: our read reference keeps the region attached, and an attached
+        // descriptor is never freed.
+        unsafe { self.region.as_ref() }
     }
 
     /// The region's start address. Equal to `region().start()`, but taken from the tree
@@ -119,46 +135,54 @@ impl ReadGuard {
         let region = self.region;
         core::mem::forget(self);
         // SAFETY: this guard was a validated read reference, given up here (not
-        // dropped), and the caller won `claim_live(Retired)` under it.
-        unsafe { region.unlock_and_push_retired(stack) };
+        // dropped), and the caller won `claim_live(Retired)` under it; the descriptor is
+        // still attached (see `unlock_and_push_retired`).
+        unsafe { region.as_ref().unlock_and_push_retired(stack) };
     }
 }
 
 impl Drop for ReadGuard {
     fn drop(&mut self) {
-        self.region.lock.read_unlock();
+        self.region().lock.read_unlock();
     }
 }
 
 /// A region in the `Cached` state, owned by whoever holds this handle (a region cache):
 /// only `take` or `retire` end it, so exactly one of them runs. It knows its arena.
 pub struct CachedRegion {
-    region: &'static Region,
+    region: NonNull<Region>,
+    /// Arenas are never freed (statics, or leaked by the arena set).
     table: &'static RegionTable,
 }
 
 impl CachedRegion {
+    fn region(&self) -> &Region {
+        // SAFETY: a cached region stays attached (writers leave `Cached` regions alone)
+        // until `take` or `retire`, which consume this handle.
+        unsafe { self.region.as_ref() }
+    }
+
     /// Hands the region back to its new owner as a live object (`Cached -> Live`);
     /// returns its start.
     pub fn take(self) -> usize {
-        self.table.take_cached(self.region)
+        self.table.take_cached(self.region())
     }
 
     /// Lets the region go (`Cached -> Retired`): its guard page, if any, is lifted and
     /// its arena's next writer folds it into free space, as any retired object.
     pub fn retire(self) {
-        self.table.retire_cached(self.region)
+        self.table.retire_cached(self.region())
     }
 
     /// The region's start. Relaxed loads: a cached region is never changed.
     pub fn start(&self) -> usize {
-        self.region.start()
+        self.region().start()
     }
 
     /// The region's length (the object's, with its guard page if any).
     #[allow(clippy::len_without_is_empty)] // a region is never empty
     pub fn len(&self) -> usize {
-        self.region.len()
+        self.region().len()
     }
 }
 
@@ -226,7 +250,7 @@ pub struct RegionTable {
     pub(super) fixed_id: u8,
     /// Set once the table has reserved address space (`Writer::add_arena`).
     reserved_any: AtomicBool,
-    tree: RangeTree,
+    tree: RegionTree,
     seq: TableSeq,
     /// The writer mutex. A spin-then-yield lock rather than `parking_lot::Mutex`: a
     /// parking lock's `fork` handling is unsafe (a child whose parent had threads parked
@@ -282,7 +306,7 @@ impl RegionTable {
             id: AtomicU8::new(0),
             fixed_id: 0,
             reserved_any: AtomicBool::new(false),
-            tree: RangeTree::new(),
+            tree: RegionTree::new(),
             seq: TableSeq::new(),
             writer: SpinLock::new(WriterState {
                 free: FreeIndex::new(),
@@ -328,12 +352,10 @@ impl RegionTable {
     fn find_and_read_lock_fast(&self, addr: usize) -> Option<ReadGuard> {
         for _ in 0..STALE_RETRIES {
             let guard = epoch::pin();
-            let Some((start, value)) = self.tree.floor(addr, &guard) else {
+            let Some((start, region)) = self.tree.floor(addr, &guard) else {
                 self.counters.miss.inc();
                 break;
             };
-            // SAFETY: values in the tree are descriptors, valid while we are pinned.
-            let region: &'static Region = unsafe { &*(value as *const Region) };
             match region.read_lock_validated(start, addr, &self.seq) {
                 ReadAttempt::Locked => {}
                 ReadAttempt::WriteLocked => {
@@ -351,7 +373,7 @@ impl RegionTable {
                 }
             }
             self.counters.success.inc();
-            return Some(ReadGuard { region, start });
+            return Some(ReadGuard::new(region, start));
         }
         None
     }
@@ -363,16 +385,15 @@ impl RegionTable {
         let _writer = self.lock_writer();
         self.counters.slow.inc();
         let guard = epoch::pin();
-        let (start, value) = self.tree.floor(addr, &guard)?;
-        // SAFETY: as in the fast path; under the writer mutex it is also attached.
-        let region: &'static Region = unsafe { &*(value as *const Region) };
+        // Under the writer mutex the region found is attached.
+        let (start, region) = self.tree.floor(addr, &guard)?;
         if !region.contains(addr) {
             return None;
         }
         debug_assert_eq!(region.start(), start, "the tree is current under the mutex");
         // SAFETY: we hold the writer mutex.
         unsafe { region.lock.read_lock_under_writer() };
-        Some(ReadGuard { region, start })
+        Some(ReadGuard::new(region, start))
     }
 
     /// Frees the object region starting at `addr`: marks it retired (exactly once, which
@@ -420,7 +441,7 @@ impl RegionTable {
         addr: usize,
         keep: impl FnOnce(&Region) -> bool,
         prepare: impl FnOnce(&Region),
-    ) -> Result<Option<&'static Region>, RetireError> {
+    ) -> Result<Option<NonNull<Region>>, RetireError> {
         let read = self
             .find_and_read_lock(addr)
             .ok_or(RetireError::NotAllocated)?;
@@ -447,7 +468,7 @@ impl RegionTable {
             // A cached region stays attached: writers only change free regions, regions
             // they drain from the retired stack and live objects their owner resizes
             // (`Writer::live_object_at`), so the descriptor outlives our read lock.
-            return Ok(Some(region));
+            return Ok(Some(NonNull::from(region)));
         }
         // Only the winning freer prepares; still under our read lock and not yet on the
         // retired stack, so no writer can reuse the range meanwhile. A guard not lifted
@@ -462,7 +483,7 @@ impl RegionTable {
     }
 
     /// `CachedRegion::take`.
-    fn take_cached(&self, region: &'static Region) -> usize {
+    fn take_cached(&self, region: &Region) -> usize {
         // Release: the owner's later free (Acquire CAS) sees the object live. Nobody else
         // changes a cached region's state: a stray free of it fails (`DoubleFree`).
         region
@@ -472,7 +493,7 @@ impl RegionTable {
     }
 
     /// `CachedRegion::retire`.
-    fn retire_cached(&self, region: &'static Region) {
+    fn retire_cached(&self, region: &Region) {
         // Release: publishes the cache's accesses to the writer that drains the region;
         // the handle proves the state is `Cached` and ours.
         region
@@ -622,7 +643,7 @@ impl RegionTable {
         if new != 0 {
             // Before the id is published: this arena's writers (ordered after by the
             // mutex) free tree blocks onto the owner's `EXPIRED` stack.
-            self.tree.blocks.set_owner(new);
+            self.tree.blocks().set_owner(new);
         }
         // Release pairs with the Acquire in `directory_id`.
         self.id.store(new, Ordering::Release);
@@ -779,12 +800,12 @@ impl RegionTable {
         self.write(|w| {
             // The candidates first: cutting pieces changes the free index, which its
             // `for_each` visit must not see.
-            let mut candidates: [Option<(&'static Region, u64)>; BATCH] = [None; BATCH];
+            let mut candidates: [Option<(&Region, u64)>; BATCH] = [None; BATCH];
             let mut found = 0;
             // SAFETY: we hold the writer mutex for the visit.
             unsafe {
                 w.state.free.for_each(|r| {
-                    let region: &'static Region = &*r;
+                    let region: &Region = &*r;
                     // Acquire pairs with the Release of a failed purge's un-claim, so
                     // its `dirty_bytes` add comes before our subtraction.
                     let since = region.dirty_since.load(Ordering::Acquire);
@@ -811,10 +832,7 @@ impl RegionTable {
                     region.dirty_since.store(PURGING, Ordering::Relaxed);
                     self.dirty_bytes.fetch_sub(region.len(), Ordering::Relaxed);
                     bytes += region.len();
-                    let read = ReadGuard {
-                        region,
-                        start: region.start(),
-                    };
+                    let read = ReadGuard::new(region, region.start());
                     picked[count] = Some((read, since));
                     count += 1;
                 }
@@ -887,10 +905,8 @@ impl RegionTable {
             free: state.free.bytes,
             ..SpaceStats::default()
         };
-        self.tree.for_each(&guard, |_, value| {
-            // SAFETY: tree values are descriptors, valid while pinned.
-            let r = unsafe { &*(value as *const Region) };
-            match (r.kind(), r.state()) {
+        self.tree
+            .for_each(&guard, |_, r| match (r.kind(), r.state()) {
                 (RegionKind::Free, _) => {
                     stats.free_regions += 1;
                     if r.is_dirty() {
@@ -907,8 +923,7 @@ impl RegionTable {
                     stats.segment_regions += 1;
                     stats.segment_bytes += r.len();
                 }
-            }
-        });
+            });
         stats
     }
 
@@ -940,10 +955,7 @@ impl RegionTable {
         let _inside = Reentrancy::enter();
         let _writer = self.writer.lock();
         let guard = epoch::pin();
-        self.tree.for_each(&guard, |_, value| {
-            // SAFETY: tree values are descriptors, valid while pinned.
-            f(unsafe { &*(value as *const Region) })
-        });
+        self.tree.for_each(&guard, |_, r| f(r));
     }
 
     /// Repairs the table in a fork child: read references held by threads that do not
