@@ -580,9 +580,9 @@ fn purge_in_madvise(t: &'static RegionTable, starts: &[usize]) -> std::thread::J
     purger
 }
 
-/// A purge changes `dirty_since`, `zeroed` and the table's `dirty_bytes` under the
+/// A purge changes `dirtiness`, `zeroed` and the table's `dirty_bytes` under the
 /// region's *read* lock, after its `madvise`. A writer that reads those fields before it
-/// write-locks the region (`carve` reads `dirty_since` and `zeroed` before `start_write`;
+/// write-locks the region (`carve` reads `dirtiness` and `zeroed` before `start_write`;
 /// `absorb` reads the right neighbour's before `detach` locks it) acts on stale values
 /// once `start_write` has waited the purge out: here `carve` subtracts the carved length
 /// from `dirty_bytes` a second time (the purge already subtracted the whole region), so
@@ -751,7 +751,7 @@ fn resident_pages(start: usize, len: usize) -> usize {
 }
 
 /// A fork while a purge is inside `madvise`: the purge had claimed its regions (stamped
-/// `PURGING`, out of `dirty_bytes`), and the child's copy of it never finishes. The child
+/// `Dirtiness::Purging`, out of `dirty_bytes`), and the child's copy of it never finishes. The child
 /// must see those regions dirty again and purge them itself; once, it kept them labelled
 /// clean with their pages resident, and `dirty_bytes` short of them, for good. (Found by
 /// review; made deterministic by waiting until the purge holds every region's read lock.)

@@ -16,7 +16,7 @@
 
 use super::lock::TableSeq;
 use super::protocol::ReadAttempt;
-use super::{Region, RegionKind};
+use super::{Dirtiness, Region, RegionKind};
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
@@ -580,7 +580,7 @@ fn loom_broken_reuse_without_start_write_is_caught() {
 /// `shrink`: object O = `[0x1000, 0x4000)` shrinks to `[0x1000, 0x2000)` and gives its tail
 /// back as a new free region T = `[0x2000, 0x4000)`. The writer write-locks O, shortens
 /// it, stamps T (`stamp_new`), publishes the tree with T, and only then sets T's dirty
-/// stamp (the real `shrink` stores `dirty_since` after the insert). Readers on 0x3800
+/// stamp (the real `shrink` stores `dirtiness` after the insert). Readers on 0x3800
 /// must see O whole (before the update) or T finished, never T before its last store:
 /// a new descriptor is write-locked until `end_write_all`, as the kernel write-locks a
 /// new VMA before it enters the tree (issue 13 item 8).
@@ -611,8 +611,8 @@ fn shrink(t: &Table, stamp: bool) {
     }
     t.publish(1);
     t.regions[IDX_T]
-        .dirty_since
-        .store(D_DIRTY, Ordering::Relaxed);
+        .dirtiness
+        .store(Dirtiness::Since(D_DIRTY), Ordering::Relaxed);
 }
 
 fn read_shrunk(t: &Table, tally: &Tally) {
@@ -625,8 +625,8 @@ fn read_shrunk(t: &Table, tally: &Tally) {
         assert_eq!(r.len(), D_OBJECT.1, "the object shrank under a read lock");
     } else {
         assert_eq!(
-            r.dirty_since(),
-            D_DIRTY,
+            r.dirtiness(),
+            Dirtiness::Since(D_DIRTY),
             "read-locked a new region before its update ended"
         );
     }
