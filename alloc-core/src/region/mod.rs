@@ -22,7 +22,7 @@
 pub mod arenas;
 #[cfg(not(loom))]
 mod blocks;
-#[cfg(not(loom))]
+#[cfg(any(not(loom), test))]
 pub mod directory;
 #[cfg(not(loom))]
 pub mod epoch;
