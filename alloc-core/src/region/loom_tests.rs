@@ -802,12 +802,13 @@ impl Drop for Held {
 
 /// The reader: looks `first` up, then `second`, both through the directory, each checked
 /// under its validated read lock across a yield (so the other arena's writer runs
-/// meanwhile) and released before the next lookup. Not nested: a reader that holds a
-/// read lock in one arena while its lookup in the other falls to the slow path (that
-/// arena's writer mutex) closes a cycle with a second reader taking them in the other
-/// order and the two writers draining them; loom found that deadlock in a first version
-/// of this model. The table keeps DESIGN.md's rule (no writer mutex while holding a read
-/// lock) across arenas: nothing ships that holds two read locks. `wrong_seq`: arena 2's
+/// meanwhile) and released before the next lookup. Not nested, as the table is used: a
+/// reader that held a read lock in one arena while its lookup in the other fell to the
+/// slow path (that arena's writer mutex) would break DESIGN.md's rule (no writer mutex
+/// while holding a read lock) across arenas, and with a second reader taking them in the
+/// other order would close a cycle with the two writers draining them. (A first, nested
+/// version of this model exceeded loom's branch limit; nothing shipped holds two read
+/// locks.) `wrong_seq`: arena 2's
 /// regions are validated against arena 1's sequence (the broken variant: one sequence
 /// taken for another arena's).
 fn e_read_both(first: usize, second: usize, tallies: [&Tally; 2], wrong_seq: bool) {
