@@ -16,7 +16,7 @@ pub fn regions(table: &RegionTable) -> Vec<Region> {
     all
 }
 
-/// Free regions' dirtiness (`dirty_since != 0`), by start address.
+/// Free regions' dirtiness (`Region::is_dirty`), by start address.
 pub fn free_dirtiness(table: &RegionTable) -> HashMap<usize, bool> {
     let mut dirty = HashMap::new();
     table.for_each_free_region(|s, _, d| {

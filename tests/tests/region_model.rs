@@ -12,6 +12,11 @@
 //! by freeing what it placed; every 250th then purges everything, after which each arena
 //! must be one free region again.
 //!
+//! Every object carries contents of its own (its range, in its first and last words),
+//! checked after every step and before its free, so a placement, grow, shrink or purge
+//! that touched a live object's pages is caught. One free in four is made by another
+//! thread (a home arena other than the placer's).
+//!
 //! The tables are a private set of `ARENAS` arenas, and the binary keeps the system
 //! allocator. Each sequence runs on a thread of its own, so consecutive sequences have
 //! different home arenas (tickets are dealt round-robin): the model is the home arena's,
@@ -98,6 +103,34 @@ fn region_at(all: &[Region], end: usize) -> Option<Region> {
     all.binary_search_by_key(&end, |r| r.0).ok().map(|i| all[i])
 }
 
+/// Writes an object's contents as this test checks them: `[start, len]` in its first
+/// words and `start ^ len` in its last.
+fn stamp(start: usize, len: usize) {
+    // SAFETY: a live object of the model's, at least a page long and mapped read/write,
+    // which only this sequence's thread writes.
+    unsafe {
+        (start as *mut [usize; 2]).write([start, len]);
+        ((start + len - 8) as *mut usize).write(start ^ len);
+    }
+}
+
+/// Checks the contents `stamp` wrote (a grow keeps the head and the old last word, a
+/// shrink the head: the caller re-stamps after each).
+fn check_stamp(start: usize, len: usize) {
+    // SAFETY: as in `stamp`.
+    let (head, tail) = unsafe {
+        (
+            (start as *const [usize; 2]).read(),
+            ((start + len - 8) as *const usize).read(),
+        )
+    };
+    assert_eq!(
+        (head, tail),
+        ([start, len], start ^ len),
+        "object {start:#x}+{len:#x}'s contents"
+    );
+}
+
 fn allocate(model: &mut Model, rng: &mut Rng) {
     let (len, align) = (pages(rng), align(rng));
     let placed = if rng.below(4) == 0 {
@@ -125,6 +158,7 @@ fn allocate(model: &mut Model, rng: &mut Rng) {
         placed.start
     );
     model.live.insert(placed.start, len);
+    stamp(placed.start, len);
 }
 
 fn grow(model: &mut Model, rng: &mut Rng) {
@@ -144,7 +178,9 @@ fn grow(model: &mut Model, rng: &mut Rng) {
     }
     if grown {
         assert!(!model.overlaps(start + len, delta), "grew over an object");
+        check_stamp(start, len);
         model.live.insert(start, len + delta);
+        stamp(start, len + delta);
     }
 }
 
@@ -159,6 +195,7 @@ fn shrink(model: &mut Model, rng: &mut Rng) {
     assert!(SET.shrink_in_place(start, new_len));
     model.retired.clear();
     model.live.insert(start, new_len);
+    stamp(start, new_len);
 }
 
 fn retire(model: &mut Model, rng: &mut Rng) {
@@ -169,7 +206,15 @@ fn retire(model: &mut Model, rng: &mut Rng) {
         let interior = start + (1 + rng.below(len / PAGE_SIZE - 1)) * PAGE_SIZE;
         assert_eq!(SET.retire(interior), Err(RetireError::Interior));
     }
-    assert_eq!(SET.retire(start), Ok(()));
+    check_stamp(start, len);
+    // One free in four comes from another thread, whose home is another arena (a new
+    // thread takes the next ticket): the set routes it by address all the same.
+    let freed = if rng.below(4) == 0 {
+        std::thread::scope(|s| s.spawn(|| SET.retire(start)).join().unwrap())
+    } else {
+        SET.retire(start)
+    };
+    assert_eq!(freed, Ok(()));
     if rng.below(4) == 0 {
         assert_eq!(SET.retire(start), Err(RetireError::DoubleFree));
     }
@@ -207,6 +252,9 @@ fn check(model: &Model, rng: &mut Rng) {
     let witness = witnesses()[SET.home()];
     assert_eq!(live.remove(&witness), Some(WITNESS_LEN), "the witness");
     assert_eq!(live, model.live, "live objects");
+    for (&start, &len) in &model.live {
+        check_stamp(start, len);
+    }
     // A free the model still holds may already be folded in (an update ran since).
     assert!(
         retired.iter().all(|(s, l)| model.retired.get(s) == Some(l)),

@@ -18,7 +18,7 @@
 
 use rangealloc_core::os::{PurgeMode, PAGE_SIZE};
 use rangealloc_core::region::table::{RetireError, ARENA_SIZE, PURGE_PIECE};
-use rangealloc_core::region::{epoch, Region, RegionKind, RegionState, RegionTable, Space};
+use rangealloc_core::region::{epoch, Arenas, Region, RegionKind, RegionState, RegionTable, Space};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -302,6 +302,35 @@ impl Drop for Finished {
     }
 }
 
+/// Lets the threads run for `RUN_FOR`, stops them and waits for all `threads` to finish,
+/// failing the test as a deadlock after `DEADLINE`. Returns when the run began.
+fn run_and_watch(stop: &AtomicBool, finished: &AtomicUsize, threads: usize) -> Instant {
+    let began = Instant::now();
+    std::thread::sleep(RUN_FOR);
+    stop.store(true, Ordering::Relaxed);
+    while finished.load(Ordering::Acquire) < threads {
+        assert!(
+            began.elapsed() < DEADLINE,
+            "deadlock: {} of {threads} threads still running after {DEADLINE:?}",
+            threads - finished.load(Ordering::Acquire)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    began
+}
+
+/// After everything was freed and purged: the walk `all` holds only free regions, one
+/// per reservation (arena-sized run).
+fn check_merged_back(all: &[rangealloc_tests::tiling::Region]) {
+    assert!(all.iter().all(|r| r.2 == RegionKind::Free));
+    for w in all.windows(2) {
+        assert!(
+            w[0].0 + w[0].1 < w[1].0 || w[0].0 / ARENA_SIZE != w[1].0 / ARENA_SIZE,
+            "an arena did not merge back into one free region"
+        );
+    }
+}
+
 #[test]
 fn region_table_stress() {
     let layout = Arc::new(build_layout());
@@ -345,17 +374,7 @@ fn region_table_stress() {
         })));
     }
 
-    let began = Instant::now();
-    std::thread::sleep(RUN_FOR);
-    stop.store(true, Ordering::Relaxed);
-    while finished.load(Ordering::Acquire) < threads {
-        assert!(
-            began.elapsed() < DEADLINE,
-            "deadlock: {} of {threads} threads still running after {DEADLINE:?}",
-            threads - finished.load(Ordering::Acquire)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let began = run_and_watch(&stop, &finished, threads);
     for h in handles {
         h.join().unwrap();
     }
@@ -441,17 +460,11 @@ fn region_table_stress() {
     }
     let all = regions(&TABLE);
     check_tiling(&TABLE, &all);
-    assert!(all.iter().all(|r| r.2 == RegionKind::Free));
     assert!(
         free_dirtiness(&TABLE).values().all(|&d| !d),
         "dirty space left after purging"
     );
-    for w in all.windows(2) {
-        assert!(
-            w[0].0 + w[0].1 < w[1].0 || w[0].0 / ARENA_SIZE != w[1].0 / ARENA_SIZE,
-            "an arena did not merge back into one free region"
-        );
-    }
+    check_merged_back(&all);
     assert_eq!(TABLE.live_regions(), 0);
     check_dirty_accounting(&TABLE);
 }
@@ -585,9 +598,9 @@ fn purge_in_madvise(t: &'static RegionTable, starts: &[usize]) -> std::thread::J
     purger
 }
 
-/// A purge changes `dirty_since`, `zeroed` and the table's `dirty_bytes` under the
+/// A purge changes `dirtiness`, `zeroed` and the table's `dirty_bytes` under the
 /// region's *read* lock, after its `madvise`. A writer that reads those fields before it
-/// write-locks the region (`carve` reads `dirty_since` and `zeroed` before `start_write`;
+/// write-locks the region (`carve` reads `dirtiness` and `zeroed` before `start_write`;
 /// `absorb` reads the right neighbour's before `detach` locks it) acts on stale values
 /// once `start_write` has waited the purge out: here `carve` subtracts the carved length
 /// from `dirty_bytes` a second time (the purge already subtracted the whole region), so
@@ -756,7 +769,7 @@ fn resident_pages(start: usize, len: usize) -> usize {
 }
 
 /// A fork while a purge is inside `madvise`: the purge had claimed its regions (stamped
-/// `PURGING`, out of `dirty_bytes`), and the child's copy of it never finishes. The child
+/// `Dirtiness::Purging`, out of `dirty_bytes`), and the child's copy of it never finishes. The child
 /// must see those regions dirty again and purge them itself; once, it kept them labelled
 /// clean with their pages resident, and `dirty_bytes` short of them, for good. (Found by
 /// review; made deterministic by waiting until the purge holds every region's read lock.)
@@ -824,5 +837,348 @@ fn fork_during_a_purge_leaves_the_childs_claimed_regions_dirty() {
         0 => {}
         20 => panic!("child: dirty_bytes disagrees with the dirty labels after fork"),
         n => panic!("child: {n} free region(s) labelled clean but resident"),
+    }
+}
+
+// ------------------------------------------------------------------ across arenas
+
+/// Arenas of `region_arenas_stress`'s set: its threads are dealt home arenas round-robin.
+const SET_ARENAS: usize = 3;
+/// Churners of the set: more than its arenas, so homes repeat and arenas are shared, and
+/// at least one churner per arena.
+const SET_CHURNERS: usize = 4;
+const SET_READERS: usize = 4;
+/// Stable objects per arena, each followed by a churned gap.
+const SET_STABLE: usize = 16;
+/// Objects a churner hands to the exchange, for another churner to free, at most.
+const EXCHANGE_MAX: usize = 64;
+static SET: Arenas = Arenas::new(SET_ARENAS);
+
+/// The words an object of the set test carries at its start and in its last word: its
+/// start, its length, and the thread that placed it.
+fn stamp(start: usize, len: usize, owner: usize) {
+    // SAFETY: `[start, start + len)` is a live object of ours, at least a page long and
+    // mapped read/write, that only its holder writes.
+    unsafe {
+        (start as *mut [usize; 3]).write_volatile([start, len, MAGIC ^ owner]);
+        ((start + len - 8) as *mut usize).write_volatile(start ^ len);
+    }
+}
+
+/// Checks an object's stamp: the head words are `[start, len, MAGIC ^ owner]` as placed
+/// (or as last resized, for the head), and the last word holds `start ^ len`.
+fn check_stamp(start: usize, len: usize, owner: usize) {
+    // SAFETY: as in `stamp`: a live object the caller holds (or a stable one under a read
+    // lock).
+    let (head, tail) = unsafe {
+        (
+            (start as *const [usize; 3]).read_volatile(),
+            ((start + len - 8) as *const usize).read_volatile(),
+        )
+    };
+    assert_eq!(
+        head,
+        [start, len, MAGIC ^ owner],
+        "object {start:#x}'s head"
+    );
+    assert_eq!(tail, start ^ len, "object {start:#x}'s last word");
+}
+
+/// The set test's lookup: through the directory (the set routes by address), checked
+/// under the read lock, and the arena the directory names must be the one whose walk
+/// holds the region (checked at the end) and must not change.
+fn set_lookup<R>(addr: usize, check: impl FnOnce(Option<(usize, usize, RegionKind)>) -> R) -> R {
+    let arena = Arenas::table_of(addr).map(|t| t as *const RegionTable);
+    let guard = SET.find_and_read_lock(addr);
+    let seen = guard.as_ref().map(|g| {
+        let r = g.region();
+        assert!(
+            !r.is_detached(),
+            "a validated read lock on a detached region"
+        );
+        assert!(r.contains(addr), "region misses {addr:#x}");
+        (r.start(), r.len(), r.kind())
+    });
+    let result = check(seen);
+    if let (Some(g), Some((start, len, kind))) = (&guard, seen) {
+        let r = g.region();
+        assert_eq!(
+            (r.start(), r.len(), r.kind(), r.is_detached()),
+            (start, len, kind, false),
+            "region changed under a read lock"
+        );
+    }
+    drop(guard);
+    assert_eq!(
+        Arenas::table_of(addr).map(|t| t as *const RegionTable),
+        arena,
+        "an address changed arena"
+    );
+    result
+}
+
+/// Per arena: stable objects with free gaps between them, placed in that arena itself.
+fn set_layout() -> Vec<(usize, usize)> {
+    let mut stable = Vec::new();
+    for i in 0..SET_ARENAS {
+        let t = SET.table(i);
+        let mut gaps = Vec::new();
+        for _ in 0..SET_STABLE {
+            let s = t
+                .allocate(STABLE_PAGES * PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+                .expect("address space");
+            stamp(s.start, s.len, usize::MAX);
+            stable.push((s.start, s.len));
+            gaps.push(t.allocate(GAP_PAGES * PAGE_SIZE, PAGE_SIZE, RegionKind::Large));
+        }
+        for g in gaps {
+            t.retire(g.expect("address space").start).unwrap();
+        }
+        t.collect_retired();
+    }
+    stable.sort_unstable();
+    stable
+}
+
+/// A churner of the set: places in its home arena (or, when that one is busy, another:
+/// the set's fallback), grows, shrinks, frees its own objects, and frees objects other
+/// churners placed (in their home arenas) through the exchange, checking each object's
+/// contents at every step. Returns the objects it keeps, its home and the arenas its
+/// placements landed in (a bit per arena).
+fn set_churner(
+    me: usize,
+    seed: u64,
+    stop: &AtomicBool,
+    exchange: &std::sync::Mutex<Vec<(usize, usize, usize)>>,
+) -> (Vec<(usize, usize)>, usize, u32, u64) {
+    let mut rng = Rng(seed);
+    let mut own: Vec<(usize, usize)> = Vec::new();
+    let mut landed = 0u32;
+    let mut foreign_frees = 0;
+    let home = SET.home();
+    let arena_index = |addr: usize| {
+        let t = Arenas::table_of(addr).expect("a placed object has an arena");
+        (0..SET_ARENAS)
+            .find(|&i| std::ptr::eq(SET.table(i), t))
+            .expect("the set's own arena")
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let op = rng.below(12);
+        if own.is_empty() || (op < 3 && own.len() < CHURN_OBJECTS) {
+            let len = (1 + rng.below(CHURN_MAX_PAGES)) * PAGE_SIZE;
+            let placed = if op == 0 {
+                SET.allocate_roomy(len, PAGE_SIZE, RegionKind::Large)
+            } else {
+                SET.allocate(len, PAGE_SIZE, RegionKind::Large)
+            }
+            .expect("address space");
+            assert_eq!(placed.len, len);
+            landed |= 1 << arena_index(placed.start);
+            stamp(placed.start, len, me);
+            own.push((placed.start, len));
+            continue;
+        }
+        let i = rng.below(own.len());
+        let (start, len) = own[i];
+        check_stamp(start, len, me);
+        match op {
+            3 | 4 => {
+                let new_len = len + (1 + rng.below(CHURN_MAX_PAGES)) * PAGE_SIZE;
+                if SET.grow_in_place(start, new_len) {
+                    // The grown object keeps its contents; its new last word is stamped.
+                    check_stamp(start, len, me);
+                    own[i].1 = new_len;
+                    stamp(start, new_len, me);
+                }
+            }
+            5 if len > PAGE_SIZE => {
+                let new_len = (1 + rng.below(len / PAGE_SIZE - 1)) * PAGE_SIZE;
+                assert!(SET.shrink_in_place(start, new_len), "shrink refused");
+                own[i].1 = new_len;
+                stamp(start, new_len, me);
+            }
+            6 => {
+                // To the exchange: another churner (whose home is another arena, most
+                // likely) frees it.
+                let mut x = exchange.lock().unwrap();
+                if x.len() < EXCHANGE_MAX {
+                    x.push((start, len, me));
+                    own.swap_remove(i);
+                }
+                continue;
+            }
+            7 => {
+                let theirs = {
+                    let mut x = exchange.lock().unwrap();
+                    let n = x.len();
+                    (n > 0).then(|| x.swap_remove(rng.below(n)))
+                };
+                if let Some((s, l, owner)) = theirs {
+                    check_stamp(s, l, owner);
+                    // (No second free to check here: another writer of the arena may
+                    // already have folded the range into free space, or reused it.)
+                    assert_eq!(SET.retire(s), Ok(()), "a handed-over object's free");
+                    foreign_frees += 1;
+                }
+                continue;
+            }
+            _ => {
+                own.swap_remove(i);
+                assert_eq!(SET.retire(start), Ok(()));
+                continue;
+            }
+        }
+        let (start, len) = own[i];
+        set_lookup(start + rng.below(len), |seen| {
+            assert_eq!(
+                seen.map(|(s, l, _)| (s, l)),
+                Some((start, len)),
+                "own object's range"
+            );
+        });
+        if rng.below(64) == 0 {
+            SET.collect_retired();
+        }
+    }
+    for &(start, len) in &own {
+        check_stamp(start, len, me);
+    }
+    (own, home, landed, foreign_frees)
+}
+
+/// A reader of the set: stable objects of every arena (exact range and contents), and
+/// random addresses anywhere in the arenas' spans (structure only).
+fn set_reader(stable: &[(usize, usize)], seed: u64, stop: &AtomicBool) -> u64 {
+    let mut rng = Rng(seed);
+    let mut done = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let (s, l) = stable[rng.below(stable.len())];
+        if rng.below(4) != 0 {
+            set_lookup(s + rng.below(l), |seen| {
+                assert_eq!(seen, Some((s, l, RegionKind::Large)), "a stable object");
+                check_stamp(s, l, usize::MAX);
+            });
+        } else {
+            // Somewhere in the gap after a stable object (churned space of its arena).
+            let addr = s + l + rng.below(GAP_PAGES * PAGE_SIZE);
+            set_lookup(addr, |seen| {
+                let (start, len, _) = seen.expect("an arena's span is always covered");
+                let i = stable.partition_point(|&(t, u)| t + u <= start);
+                if let Some(&(t, u)) = stable.get(i).filter(|&&(t, _)| t < start + len) {
+                    assert_eq!((t, u), (start, len), "a region overlaps a stable object");
+                }
+            });
+        }
+        done += 1;
+    }
+    done
+}
+
+/// `region_table_stress` across the arenas of a set: churners with different home
+/// arenas place, grow, shrink and free objects, some of them placed by others (frees
+/// from other threads, into other arenas); readers look up addresses in every arena
+/// through the directory; a purger purges the whole set. Every object's contents are
+/// checked at each step, and at the end every arena's regions tile its reservations,
+/// the live set is exactly the expected one (each object in the arena the directory
+/// names), the dirty accounting holds per arena, and everything freed and purged merges
+/// back into whole free arenas.
+#[test]
+fn region_arenas_stress() {
+    let stable = Arc::new(set_layout());
+    let stop = Arc::new(AtomicBool::new(false));
+    let exchange = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let mut churners = Vec::new();
+    let mut readers = Vec::new();
+    for t in 0..SET_CHURNERS {
+        let (stop, exchange, done) = (stop.clone(), exchange.clone(), Finished(finished.clone()));
+        churners.push(std::thread::spawn(move || {
+            let _done = done;
+            set_churner(t, 0x243f_6a88_85a3_08d3 ^ (t as u64 + 1), &stop, &exchange)
+        }));
+    }
+    for t in 0..SET_READERS {
+        let (stable, stop, done) = (stable.clone(), stop.clone(), Finished(finished.clone()));
+        readers.push(std::thread::spawn(move || {
+            let _done = done;
+            set_reader(&stable, 0x1319_8a2e_0370_7344 ^ (t as u64 + 1), &stop)
+        }));
+    }
+    let purger = {
+        let (stop, done) = (stop.clone(), Finished(finished.clone()));
+        std::thread::spawn(move || {
+            let _done = done;
+            while !stop.load(Ordering::Relaxed) {
+                SET.purge(0, PurgeMode::DontNeed, 1 << 20);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    run_and_watch(&stop, &finished, SET_CHURNERS + SET_READERS + 1);
+    purger.join().unwrap();
+    let reads: u64 = readers.into_iter().map(|h| h.join().unwrap()).sum();
+    let mut expected = (*stable).clone();
+    let (mut homes, mut landed, mut foreign) = (0u32, 0u32, 0);
+    for h in churners {
+        let (own, home, arenas, frees) = h.join().unwrap();
+        expected.extend(own);
+        homes |= 1 << home;
+        landed |= arenas;
+        foreign += frees;
+    }
+    // Objects still in the exchange are live too.
+    expected.extend(exchange.lock().unwrap().iter().map(|&(s, l, _)| (s, l)));
+    expected.sort_unstable();
+    eprintln!(
+        "region_arenas_stress: {reads} reader lookups, {foreign} frees of other threads' \
+         objects, homes {homes:#b}, placements landed in {landed:#b}"
+    );
+    assert_eq!(
+        homes.count_ones() as usize,
+        SET_ARENAS,
+        "churners' homes cover the set"
+    );
+    assert!(foreign > 0, "no object was freed by another thread");
+
+    // Per arena: the walk tiles its reservations and holds exactly the objects the
+    // directory routes to it.
+    SET.collect_retired();
+    let mut live = Vec::new();
+    for i in 0..SET_ARENAS {
+        let t = SET.table(i);
+        let all = regions(t);
+        check_tiling(t, &all);
+        check_dirty_accounting(t);
+        for r in all.iter().filter(|r| r.2 != RegionKind::Free) {
+            assert_eq!(r.3, RegionState::Live, "retired region left after collect");
+            assert!(
+                std::ptr::eq(Arenas::table_of(r.0).unwrap(), t),
+                "the directory names another arena for {:#x}",
+                r.0
+            );
+            live.push((r.0, r.1));
+        }
+    }
+    live.sort_unstable();
+    assert_eq!(live, expected, "lost or duplicated object regions");
+    assert_eq!(SET.live_regions(), expected.len());
+    for &(s, l) in &expected {
+        assert_eq!(SET.object_len(s), Some(l));
+    }
+
+    // Free everything (from this thread: a free from another thread than the placer's),
+    // purge everything, and every arena must be whole free reservations again.
+    for &(s, _) in &expected {
+        SET.retire(s).unwrap();
+    }
+    SET.collect_retired();
+    while SET.purge(0, PurgeMode::DontNeed, usize::MAX) > 0 {}
+    for i in 0..SET_ARENAS {
+        let t = SET.table(i);
+        let all = regions(t);
+        check_tiling(t, &all);
+        check_dirty_accounting(t);
+        check_merged_back(&all);
+        assert_eq!(t.live_regions(), 0);
     }
 }

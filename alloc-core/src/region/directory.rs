@@ -8,7 +8,14 @@
 //! found, and never change (a reservation is never given back, an id never reused), so
 //! an address's arena cannot change under a reader: what a reader finds is the table
 //! whose tree holds every region of that reservation, for the life of the process.
+//!
+//! Model builds (`cfg(loom)`) compile this file unchanged over the loom models' arena
+//! (`loom_tests::Table`, which runs the table's per-region protocol), so the two-arena
+//! model finds its arenas through this code and `space`'s arena byte.
 
+#[cfg(loom)]
+use super::loom_tests::Table as RegionTable;
+#[cfg(not(loom))]
 use super::RegionTable;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
@@ -19,9 +26,10 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 const MAX_TABLES: usize = u8::MAX as usize;
 
 /// Ids kept for the process's arenas (`ARENAS` arena `i` is id `i + 1`).
-pub(super) const FIXED_IDS: usize = super::arenas::MAX_ARENAS;
+pub(super) const FIXED_IDS: usize = crate::options::MAX_ARENAS;
 const _: () = assert!(FIXED_IDS < MAX_TABLES, "ids left for other tables");
 /// Every fixed id has a metadata pool (`region::blocks`).
+#[cfg(not(loom))]
 const _: () = assert!(FIXED_IDS <= crate::meta::POOL_OWNERS);
 
 static TABLES: [AtomicPtr<RegionTable>; MAX_TABLES] =

@@ -5,7 +5,7 @@
 //! table's writer mutex, so it needs no synchronisation. Calls nothing.
 
 use super::table::ARENA_SIZE;
-use super::{Region, RegionKind, Space, BIN_NEXT, BIN_PREV, NO_BIN, PURGING};
+use super::{Region, RegionKind, Space, BIN_NEXT, BIN_PREV, NO_BIN};
 use crate::sync::atomic::Ordering::Relaxed;
 use core::ptr;
 
@@ -120,7 +120,7 @@ impl FreeIndex {
     /// are searched first (best fit by bin, first fit within it), which keeps the big
     /// free regions whole for big objects and growth.
     ///
-    /// Regions a purge has claimed (`PURGING`, inside or about to enter `madvise` under
+    /// Regions a purge has claimed (`Dirtiness::Purging`, inside or about to enter `madvise` under
     /// their read lock) come last: carving one makes the writer wait for the `madvise`,
     /// with the writer mutex held. Only when nothing else fits, rather than reserving a
     /// new arena (the wait is for one bounded piece, `PURGE_PIECE`).
@@ -155,7 +155,7 @@ impl FreeIndex {
         unsafe { self.find_where(space, len, align, |r| (*r).is_dirty()) }
     }
 
-    /// `find` among all regions but those a purge has claimed, in bin order. `PURGING`
+    /// `find` among all regions but those a purge has claimed, in bin order. `Purging`
     /// read here is current: the claim is made under the writer mutex (a purge may end
     /// it meanwhile; the region is then skipped once for nothing).
     ///
@@ -168,7 +168,7 @@ impl FreeIndex {
         align: usize,
     ) -> Option<(*mut Region, usize)> {
         // SAFETY: caller contract; indexed regions are live.
-        unsafe { self.find_where(space, len, align, |r| (*r).dirty_since() != PURGING) }
+        unsafe { self.find_where(space, len, align, |r| !(*r).is_purging()) }
     }
 
     /// The first region, in bin order from `min_len`'s bin, for which `place` returns a

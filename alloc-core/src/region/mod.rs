@@ -22,7 +22,7 @@
 pub mod arenas;
 #[cfg(not(loom))]
 mod blocks;
-#[cfg(not(loom))]
+#[cfg(any(not(loom), test))]
 pub mod directory;
 #[cfg(not(loom))]
 pub mod epoch;
@@ -115,8 +115,8 @@ pub struct Region {
     guarded: AtomicBool,
     /// The free-index bin this region sits in, or `NO_BIN`; writer mutex only.
     pub(crate) bin: UnsafeCell<u8>,
-    /// Milliseconds stamp of the moment a free region got dirty pages; 0 when clean.
-    dirty_since: AtomicU64,
+    /// A free region's dirtiness (`Dirtiness`, encoded by `DirtyWord` alone).
+    pub(crate) dirtiness: DirtyWord,
     /// Two list links, shared by the two lists a region can be on, which never overlap:
     /// an object region (retired, waiting for the writer) may be on the table's retired
     /// stack (`RETIRED_NEXT`: lock-free push, pop-all under the mutex); a free region may
@@ -160,7 +160,7 @@ impl Region {
             kind: AtomicU8::new(kind as u8),
             state: AtomicU8::new(RegionState::Live as u8),
             detached: AtomicBool::new(false),
-            dirty_since: AtomicU64::new(0),
+            dirtiness: DirtyWord::new(Dirtiness::Clean),
             zeroed: AtomicBool::new(zeroed),
             guarded: AtomicBool::new(false),
             links: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
@@ -225,20 +225,153 @@ impl Region {
         self.zeroed.load(Ordering::Relaxed)
     }
 
-    pub fn dirty_since(&self) -> u64 {
-        self.dirty_since.load(Ordering::Relaxed)
+    /// The region's dirtiness. Relaxed, like the fields above: a free region's is
+    /// changed only by the writer (mutex) or by a purge under the region's read lock, and
+    /// readers of it hold one of the two or write-lock the region first.
+    #[inline]
+    pub fn dirtiness(&self) -> Dirtiness {
+        self.dirtiness.load(Ordering::Relaxed)
     }
 
     /// Whether a free region holds dirty pages: stamped, and not claimed by a purge
-    /// that is advising them now (`PURGING`: already out of `dirty_bytes`).
+    /// that is advising them now (`Purging`: already out of `dirty_bytes`).
     pub fn is_dirty(&self) -> bool {
-        let since = self.dirty_since();
-        since != 0 && since != PURGING
+        self.dirtiness().is_dirty()
+    }
+
+    /// Whether a purge has claimed this free region and is advising it now.
+    pub fn is_purging(&self) -> bool {
+        self.dirtiness() == Dirtiness::Purging
     }
 }
 
-/// `dirty_since` of a free region a purge has picked and is advising under its read
-/// lock. Writers never see it (they write-lock the region first, which waits for the
-/// purge); placement, statistics and other purges treat it as clean; a fork child, whose
-/// copy of the purge never finishes, turns it back into a dirty stamp.
-pub(crate) const PURGING: u64 = u64::MAX - 1;
+/// What a free region's pages hold, as far as purging is concerned. Object regions
+/// keep `Clean`: only free space is stamped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dirtiness {
+    /// No page written since the range was fresh or last purged.
+    Clean,
+    /// Dirty pages since this `os::now_ms` stamp (the oldest, after a merge). Build it
+    /// with `Dirtiness::since`, which keeps the stamp in range.
+    Since(u64),
+    /// A purge picked the region and is advising it now, under its read lock. Writers
+    /// never see it (they write-lock the region first, which waits for the purge);
+    /// placement, statistics and other purges treat it as clean (its bytes already left
+    /// `dirty_bytes`); a fork child, whose copy of the purge never finishes, turns it
+    /// back into a stamp (`RegionTable::after_fork_in_child`).
+    Purging,
+}
+
+impl Dirtiness {
+    /// Dirty since `now_ms`.
+    #[inline]
+    pub fn since(now_ms: u64) -> Self {
+        Dirtiness::Since(now_ms.clamp(DirtyWord::OLDEST_STAMP, DirtyWord::NEWEST_STAMP))
+    }
+
+    /// A merged region's dirtiness: the older stamp, dirty if either side is. A claimed
+    /// side (only a fork child's stale claim can reach a merge) counts as clean, as it
+    /// does everywhere outside its purge.
+    pub fn merge(self, other: Self) -> Self {
+        match (self, other) {
+            (Dirtiness::Since(a), Dirtiness::Since(b)) => Dirtiness::Since(a.min(b)),
+            (Dirtiness::Since(t), _) | (_, Dirtiness::Since(t)) => Dirtiness::Since(t),
+            (Dirtiness::Purging, _) | (_, Dirtiness::Purging) => Dirtiness::Purging,
+            (Dirtiness::Clean, Dirtiness::Clean) => Dirtiness::Clean,
+        }
+    }
+
+    /// Holds dirty pages counted in `dirty_bytes` (a claimed region's left it).
+    #[inline]
+    pub fn is_dirty(self) -> bool {
+        matches!(self, Dirtiness::Since(_))
+    }
+
+    /// Dirty for at least `delay_ms` at `now_ms`: what a timed purge picks.
+    pub fn dirty_for(self, now_ms: u64, delay_ms: u64) -> bool {
+        matches!(self, Dirtiness::Since(t) if now_ms.saturating_sub(t) >= delay_ms)
+    }
+}
+
+/// `Dirtiness` in one atomic word, the only place that knows its encoding: 0 is
+/// `Clean`, `u64::MAX` is `Purging`, anything between a `Since` stamp (milliseconds
+/// since boot fit many times over).
+pub(crate) struct DirtyWord(AtomicU64);
+
+impl DirtyWord {
+    const CLEAN: u64 = 0;
+    const PURGING: u64 = u64::MAX;
+    const OLDEST_STAMP: u64 = Self::CLEAN + 1;
+    const NEWEST_STAMP: u64 = Self::PURGING - 1;
+
+    fn new(d: Dirtiness) -> Self {
+        DirtyWord(AtomicU64::new(Self::encode(d)))
+    }
+
+    #[inline]
+    fn encode(d: Dirtiness) -> u64 {
+        match d {
+            Dirtiness::Clean => Self::CLEAN,
+            Dirtiness::Purging => Self::PURGING,
+            Dirtiness::Since(t) => t.clamp(Self::OLDEST_STAMP, Self::NEWEST_STAMP),
+        }
+    }
+
+    #[inline]
+    fn decode(word: u64) -> Dirtiness {
+        match word {
+            Self::CLEAN => Dirtiness::Clean,
+            Self::PURGING => Dirtiness::Purging,
+            t => Dirtiness::Since(t),
+        }
+    }
+
+    /// Callers say why their ordering suffices: Relaxed everywhere but a failed
+    /// purge's un-claim (Release) and the next purge's pick (Acquire).
+    #[inline]
+    pub(crate) fn load(&self, order: Ordering) -> Dirtiness {
+        Self::decode(self.0.load(order))
+    }
+
+    #[inline]
+    pub(crate) fn store(&self, d: Dirtiness, order: Ordering) {
+        self.0.store(Self::encode(d), order)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{Dirtiness, DirtyWord};
+
+    #[test]
+    fn dirtiness_round_trips_through_its_word() {
+        for d in [
+            Dirtiness::Clean,
+            Dirtiness::Purging,
+            Dirtiness::Since(1),
+            Dirtiness::Since(123_456),
+            Dirtiness::Since(u64::MAX - 1),
+        ] {
+            assert_eq!(DirtyWord::decode(DirtyWord::encode(d)), d);
+        }
+        // A stamp can never read as another state.
+        assert_eq!(Dirtiness::since(0), Dirtiness::Since(1));
+        assert_eq!(Dirtiness::since(u64::MAX), Dirtiness::Since(u64::MAX - 1));
+        assert_eq!(
+            DirtyWord::decode(DirtyWord::encode(Dirtiness::Since(0))),
+            Dirtiness::Since(1)
+        );
+    }
+
+    #[test]
+    fn dirtiness_merges_to_the_older_stamp() {
+        use Dirtiness::*;
+        assert_eq!(Clean.merge(Clean), Clean);
+        assert_eq!(Clean.merge(Since(5)), Since(5));
+        assert_eq!(Since(5).merge(Clean), Since(5));
+        assert_eq!(Since(9).merge(Since(5)), Since(5));
+        assert_eq!(Purging.merge(Since(5)), Since(5));
+        assert!(Since(5).dirty_for(15, 10) && !Since(6).dirty_for(15, 10));
+        assert!(!Clean.dirty_for(u64::MAX, 0) && !Purging.dirty_for(u64::MAX, 0));
+    }
+}

@@ -33,7 +33,7 @@ use super::free_index::FreeIndex;
 use super::lock::TableSeq;
 use super::protocol::{ReadAttempt, RetiredStack};
 use super::tree::RegionTree;
-use super::{Region, RegionKind, RegionState, Space, PURGING};
+use super::{Dirtiness, Region, RegionKind, RegionState, Space};
 use crate::os::{self, PurgeMode};
 use crate::stats::Counter;
 use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -781,7 +781,7 @@ impl RegionTable {
     /// them (`FreeIndex::find`, `coalesce`); one that needs that very piece (the only
     /// space that fits, or the neighbour an object grows into) waits for one piece.
     ///
-    /// Picking a region claims it: it is stamped `PURGING` (which reads as clean) and
+    /// Picking a region claims it: it is stamped `Purging` (which reads as clean) and
     /// leaves `dirty_bytes` at once, so a purge running beside this one (a dirty-budget
     /// pass beside the timed one) skips it instead of repeating the `madvise`. No writer
     /// sees the stamp: everything that acts on a region's dirtiness write-locks it first,
@@ -795,12 +795,12 @@ impl RegionTable {
         let _inside = Reentrancy::enter();
         let now = os::now_ms();
         // Each picked piece's read reference, with the dirty stamp its claim replaced.
-        let mut picked: [Option<(ReadGuard, u64)>; BATCH] = [const { None }; BATCH];
+        let mut picked: [Option<(ReadGuard, Dirtiness)>; BATCH] = [const { None }; BATCH];
         let mut count = 0;
         self.write(|w| {
             // The candidates first: cutting pieces changes the free index, which its
             // `for_each` visit must not see.
-            let mut candidates: [Option<(&Region, u64)>; BATCH] = [None; BATCH];
+            let mut candidates: [Option<(&Region, Dirtiness)>; BATCH] = [None; BATCH];
             let mut found = 0;
             // SAFETY: we hold the writer mutex for the visit.
             unsafe {
@@ -808,12 +808,8 @@ impl RegionTable {
                     let region: &Region = &*r;
                     // Acquire pairs with the Release of a failed purge's un-claim, so
                     // its `dirty_bytes` add comes before our subtraction.
-                    let since = region.dirty_since.load(Ordering::Acquire);
-                    if found < BATCH
-                        && since != 0
-                        && since != PURGING
-                        && now.saturating_sub(since) >= delay_ms
-                    {
+                    let since = region.dirtiness.load(Ordering::Acquire);
+                    if found < BATCH && since.dirty_for(now, delay_ms) {
                         candidates[found] = Some((region, since));
                         found += 1;
                     }
@@ -829,7 +825,9 @@ impl RegionTable {
                     // SAFETY: we hold the writer mutex.
                     unsafe { region.lock.read_lock_under_writer() };
                     // The claim (see above): under our read lock, as in phase two.
-                    region.dirty_since.store(PURGING, Ordering::Relaxed);
+                    region
+                        .dirtiness
+                        .store(Dirtiness::Purging, Ordering::Relaxed);
                     self.dirty_bytes.fetch_sub(region.len(), Ordering::Relaxed);
                     bytes += region.len();
                     let read = ReadGuard::new(region, region.start());
@@ -855,13 +853,13 @@ impl RegionTable {
             if unsafe { os::purge(r.start(), r.len(), mode) }.is_ok() {
                 r.zeroed
                     .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
-                r.dirty_since.store(0, Ordering::Relaxed);
+                r.dirtiness.store(Dirtiness::Clean, Ordering::Relaxed);
                 purged += r.len();
             } else {
                 // Still dirty: un-claim it (still under our read lock). Bytes first, then
                 // the stamp (Release), so a purge that claims it next subtracts after.
                 self.dirty_bytes.fetch_add(r.len(), Ordering::Relaxed);
-                r.dirty_since.store(since, Ordering::Release);
+                r.dirtiness.store(since, Ordering::Release);
             }
         }
         if count > 0 {
@@ -961,14 +959,14 @@ impl RegionTable {
     /// Repairs the table in a fork child: read references held by threads that do not
     /// exist in the child would block every later writer of their regions forever, a
     /// retire interrupted between its state change and its push would be lost, and a
-    /// region a purge had claimed would stay `PURGING` (clean to everyone, yet never
+    /// region a purge had claimed would stay `Purging` (clean to everyone, yet never
     /// advised in the child). Resets every lock word, rebuilds the retired stack from the
     /// regions' states, and makes claimed regions dirty again.
     ///
     /// # Safety
     /// Only in a fork child, after `fork_release`, before anything else uses the table.
     pub unsafe fn after_fork_in_child(&self) {
-        let now = os::now_ms().max(1);
+        let now = Dirtiness::since(os::now_ms());
         // SAFETY: caller contract: the only thread.
         unsafe { self.retired.clear_after_fork() };
         self.for_each_region_ref(|r| {
@@ -977,8 +975,8 @@ impl RegionTable {
             if r.kind() != RegionKind::Free && r.state() == RegionState::Retired {
                 self.retired.push(r);
             }
-            if r.kind() == RegionKind::Free && r.dirty_since() == PURGING {
-                r.dirty_since.store(now, Ordering::Relaxed);
+            if r.kind() == RegionKind::Free && r.is_purging() {
+                r.dirtiness.store(now, Ordering::Relaxed);
                 self.dirty_bytes.fetch_add(r.len(), Ordering::Relaxed);
             }
         });

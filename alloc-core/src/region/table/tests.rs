@@ -317,7 +317,7 @@ fn without_waiting_for<R: Send>(
 
 /// Issue 13 item 7: while a purge holds a free region inside `madvise`, a placement
 /// that other free space can serve goes there at once; it used to pick the region being
-/// purged (`find_any` did not skip `PURGING`) and spin in `start_write`, holding the
+/// purged (`find_any` did not skip `Dirtiness::Purging`) and spin in `start_write`, holding the
 /// writer mutex, for the whole `madvise`.
 #[test]
 fn a_placement_beside_a_purge_does_not_wait_for_it() {

@@ -14,7 +14,7 @@ use crate::os;
 use crate::os::{HUGE_PAGE, PAGE_SIZE};
 use crate::region::blocks::DESC_BYTES;
 use crate::region::directory;
-use crate::region::{Region, RegionKind, RegionState, Space, PURGING, RETIRED_NEXT};
+use crate::region::{Dirtiness, Region, RegionKind, RegionState, Space, RETIRED_NEXT};
 use crate::space::{self, SlotKind};
 use crate::sync::atomic::Ordering;
 use core::ptr;
@@ -161,7 +161,7 @@ impl<'a> Writer<'a> {
 
     pub(super) fn drain_retired(&mut self) {
         let mut r = self.table.retired.take_all();
-        let now = os::now_ms().max(1);
+        let now = Dirtiness::since(os::now_ms());
         while !r.is_null() {
             // SAFETY: retired regions stay attached until this writer frees them.
             let region = unsafe { self.held(r) };
@@ -183,7 +183,7 @@ impl<'a> Writer<'a> {
                 .state
                 .store(RegionState::Live as u8, Ordering::Relaxed);
             region.zeroed.store(false, Ordering::Relaxed);
-            region.dirty_since.store(now, Ordering::Relaxed);
+            region.dirtiness.store(now, Ordering::Relaxed);
             self.table
                 .dirty_bytes
                 .fetch_add(region.len(), Ordering::Relaxed);
@@ -208,9 +208,9 @@ impl<'a> Writer<'a> {
             }
             // A piece a purge has claimed is not merged now, which would wait for its
             // `madvise`: the purge merges it when done (`coalesce_overlapping`). The
-            // claim is made under the writer mutex, so `PURGING` read here is current
+            // claim is made under the writer mutex, so `Purging` read here is current
             // or already over (then the purge's merge follows).
-            if a.dirty_since() == PURGING || b.dirty_since() == PURGING {
+            if a.is_purging() || b.is_purging() {
                 return false;
             }
             w.start_write(a);
@@ -268,14 +268,11 @@ impl<'a> Writer<'a> {
         unsafe { self.state.free.remove(p) };
         let right_len = right.len();
         let zeroed = left.is_zeroed() && right.is_zeroed();
-        let dirty = match (left.dirty_since(), right.dirty_since()) {
-            (0, d) | (d, 0) => d,
-            (a, b) => a.min(b),
-        };
+        let dirty = left.dirtiness().merge(right.dirtiness());
         self.detach(right);
         left.len.fetch_add(right_len, Ordering::Relaxed);
         left.zeroed.store(zeroed, Ordering::Relaxed);
-        left.dirty_since.store(dirty, Ordering::Relaxed);
+        left.dirtiness.store(dirty, Ordering::Relaxed);
     }
 
     pub(super) fn allocate(
@@ -423,7 +420,7 @@ impl<'a> Writer<'a> {
         let place = |r: &Region| -> Option<usize> {
             // A region a purge has claimed would make this writer wait for its
             // `madvise` (see `FreeIndex::find`): left to the dense fallback.
-            if (dirty && !r.is_dirty()) || r.dirty_since() == PURGING {
+            if (dirty && !r.is_dirty()) || r.is_purging() {
                 return None;
             }
             let start = r.start();
@@ -531,12 +528,12 @@ impl<'a> Writer<'a> {
         len: usize,
         kind: RegionKind,
     ) -> Option<Placed> {
-        // Write-lock first: a purge may be changing `zeroed`/`dirty_since` under its read
+        // Write-lock first: a purge may be changing `zeroed`/`dirtiness` under its read
         // lock, and `start_write` waits it out.
         self.start_write(free);
         let (start, end) = (free.start(), free.end());
         let zeroed = free.is_zeroed();
-        let dirty = free.dirty_since();
+        let dirty = free.dirtiness();
         let object = self.new_region(at, len, kind, zeroed);
         if object.is_null() {
             return None;
@@ -549,7 +546,7 @@ impl<'a> Writer<'a> {
                 return None;
             }
             // SAFETY: fresh, unpublished; the tail carries the free region's purge state.
-            unsafe { (*t).dirty_since.store(dirty, Ordering::Relaxed) };
+            unsafe { (*t).dirtiness.store(dirty, Ordering::Relaxed) };
             t
         } else {
             ptr::null_mut()
@@ -589,7 +586,7 @@ impl<'a> Writer<'a> {
         if kind == RegionKind::Segment {
             space::set_kind(at, len, SlotKind::Segment);
         }
-        if dirty != 0 {
+        if dirty.is_dirty() {
             self.table.dirty_bytes.fetch_sub(len, Ordering::Relaxed);
         }
         Some(Placed {
@@ -624,11 +621,7 @@ impl<'a> Writer<'a> {
             return None;
         }
         // SAFETY: fresh, unpublished; the rest keeps the region's dirty stamp.
-        unsafe {
-            (*rest)
-                .dirty_since
-                .store(r.dirty_since(), Ordering::Relaxed)
-        };
+        unsafe { (*rest).dirtiness.store(r.dirtiness(), Ordering::Relaxed) };
         if !self.insert(rest) {
             return None;
         }
@@ -728,7 +721,7 @@ impl<'a> Writer<'a> {
         // The source is now empty: clean, zero, free.
         r.kind.store(RegionKind::Free as u8, Ordering::Relaxed);
         r.zeroed.store(true, Ordering::Relaxed);
-        r.dirty_since.store(0, Ordering::Relaxed);
+        r.dirtiness.store(Dirtiness::Clean, Ordering::Relaxed);
         self.coalesce(r);
         Some((placed, true))
     }
@@ -753,8 +746,8 @@ impl<'a> Writer<'a> {
         }
         // SAFETY: just inserted, attached.
         let tail = unsafe { &*tail };
-        tail.dirty_since
-            .store(os::now_ms().max(1), Ordering::Relaxed);
+        tail.dirtiness
+            .store(Dirtiness::since(os::now_ms()), Ordering::Relaxed);
         self.table
             .dirty_bytes
             .fetch_add(tail.len(), Ordering::Relaxed);
