@@ -81,6 +81,7 @@ fn child_entry() {
         "bound" => bounded(),
         "zeroed" => zeroed(),
         "grown" => grown_not_cached(),
+        "fork" => fork_mid_operation(),
         _ => panic!("unknown mode {mode}"),
     }
     println!("PASSED {mode}");
@@ -328,4 +329,63 @@ fn grown_not_cached() {
             "a directly allocated region was not cached"
         );
     }
+}
+
+/// A `fork` that lands while another thread is between a cache operation's steps (a
+/// region already `Cached` but not yet in a bin, or taken from a bin but not yet live)
+/// leaves the child no region that is `Cached` outside every cache: after `purge`
+/// empties the child's caches, none is left.
+///
+/// Ignored until the free's window is closed: at fb5dfd0 98 of 200 children kept one;
+/// taking a region back is now done under the cache lock (36 of 200 left), but a free
+/// still makes its region `Cached` (under the region's read lock) before it takes the
+/// cache lock, and a fork between the two leaves the region in no bin. Closing it needs
+/// the region recorded in its heap before the state change and a repair in the fork
+/// child (`init::fork_child`).
+#[test]
+#[ignore = "the free's window between Live -> Cached and the cache lock is still open"]
+fn a_fork_child_keeps_no_region_cached_outside_a_cache() {
+    run("fork");
+}
+
+fn fork_mid_operation() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const FORKS: usize = 200;
+    const LEN: usize = 100 * KIB;
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: freed once with its layout.
+                unsafe { dealloc(touched(LEN), layout(LEN)) };
+            }
+        })
+    };
+    let mut leaked = 0;
+    for _ in 0..FORKS {
+        // SAFETY: the child only purges, walks the table and calls _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            rangealloc::purge();
+            let ok = cached_regions().0 == 0;
+            // SAFETY: _exit skips destructors and atexit handlers: fine in a test child.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "child died: {status}");
+        if libc::WEXITSTATUS(status) != 0 {
+            leaked += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    assert_eq!(
+        leaked, 0,
+        "{leaked} of {FORKS} fork children kept a cached region outside every cache"
+    );
 }

@@ -353,15 +353,21 @@ fn own_cache() -> Option<&'static SpinLock<RegionCache>> {
 pub fn take(len: usize) -> Option<(usize, usize)> {
     let bin = bin_of(len - guard_len())?;
     let cache = own_cache()?;
-    let region = cache.lock().pop_fit(bin);
-    let Some(region) = region else {
-        MISSES.inc();
-        return None;
+    let (start, len) = {
+        let mut c = cache.lock();
+        let Some(region) = c.pop_fit(bin) else {
+            drop(c);
+            MISSES.inc();
+            return None;
+        };
+        let len = region.len();
+        // Live under the lock (one store, no call out): a `fork` waits for the lock, so
+        // a child never inherits a region popped from its bin and still `Cached`.
+        (region.take(), len)
     };
     HITS.inc();
-    let len = region.len();
     crate::purge::large_added(len);
-    Some((region.take(), len))
+    Some((start, len))
 }
 
 /// Whether the calling thread can cache freed regions: asked before a free looks its
