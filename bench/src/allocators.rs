@@ -100,6 +100,31 @@ pub struct AllocStats {
     pub resident: u64,
 }
 
+/// Lock contention an allocator counts about itself (rangealloc's region-table
+/// arenas, issue 16): cumulative since start; a worker reports the difference over the
+/// workload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Contention {
+    /// Acquisitions of the arenas' writer mutexes.
+    pub writer: u64,
+    /// ... that found the mutex held and waited.
+    pub waits: u64,
+    /// Process-wide locks taken on the large-object (region-table) path: the metadata
+    /// lock and `mmap_lock`-writer syscalls (`REGION_PATH_PROCESS_LOCKS`).
+    pub process_locks: u64,
+}
+
+impl Contention {
+    /// The counts between two snapshots.
+    pub fn since(&self, before: &Contention) -> Contention {
+        Contention {
+            writer: self.writer.saturating_sub(before.writer),
+            waits: self.waits.saturating_sub(before.waits),
+            process_locks: self.process_locks.saturating_sub(before.process_locks),
+        }
+    }
+}
+
 /// What a worker can ask of the allocator it links.
 pub trait Probe: Sync {
     fn name(&self) -> &'static str;
@@ -107,6 +132,10 @@ pub trait Probe: Sync {
     fn stats(&self) -> Option<AllocStats>;
     /// The allocator's own count of the syscalls it issued, if it keeps one.
     fn syscalls(&self) -> Option<SyscallCounts>;
+    /// The allocator's own lock-contention counters, if it keeps them.
+    fn contention(&self) -> Option<Contention> {
+        None
+    }
 }
 
 /// rangealloc: statistics from its snapshot, syscall counters from its OS layer.
@@ -129,6 +158,17 @@ impl Probe for Rangealloc {
 
     fn syscalls(&self) -> Option<SyscallCounts> {
         Some(rangealloc::syscall_counts())
+    }
+
+    fn contention(&self) -> Option<Contention> {
+        use rangealloc::engine::{region::ARENAS, stats::REGION_PATH_PROCESS_LOCKS};
+        // Counter sums, not the full snapshot `stats()` takes (no heap or tree walk).
+        let (totals, _) = ARENAS.lock_counts();
+        Some(Contention {
+            writer: totals.writer,
+            waits: totals.waits,
+            process_locks: REGION_PATH_PROCESS_LOCKS.get(),
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::allocators::AllocStats;
+use crate::allocators::{AllocStats, Contention};
 
 /// What one run of one workload in one process measured.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -25,6 +25,8 @@ pub struct RunRecord {
     pub mmap_lock_writers: Option<u64>,
     /// Minor page faults taken during the workload (`getrusage`, all threads).
     pub minor_faults: Option<u64>,
+    /// The allocator's own lock contention during the workload, where it counts it.
+    pub contention: Option<Contention>,
 }
 
 impl RunRecord {
@@ -42,6 +44,9 @@ impl RunRecord {
             "syscalls": self.syscalls.as_ref().map(|calls| counts_to_json(calls)),
             "mmap_lock_writers": self.mmap_lock_writers,
             "minor_faults": self.minor_faults,
+            "contention": self.contention.map(|c| json!({
+                "writer": c.writer, "waits": c.waits, "process_locks": c.process_locks,
+            })),
         })
     }
 
@@ -65,6 +70,13 @@ impl RunRecord {
             syscalls: v.get("syscalls").and_then(counts_from_json),
             mmap_lock_writers: u("mmap_lock_writers"),
             minor_faults: u("minor_faults"),
+            contention: v.get("contention").filter(|c| !c.is_null()).and_then(|c| {
+                Some(Contention {
+                    writer: c.get("writer")?.as_u64()?,
+                    waits: c.get("waits")?.as_u64()?,
+                    process_locks: c.get("process_locks")?.as_u64()?,
+                })
+            }),
         })
     }
 
@@ -112,6 +124,11 @@ mod tests {
             syscalls: Some(vec![("mmap".into(), 4), ("munmap".into(), 1)]),
             mmap_lock_writers: Some(5),
             minor_faults: Some(6),
+            contention: Some(Contention {
+                writer: 7,
+                waits: 8,
+                process_locks: 9,
+            }),
         };
         let line = r.to_json().to_string();
         let back = RunRecord::from_json(&serde_json::from_str(&line).unwrap()).unwrap();
@@ -130,5 +147,6 @@ mod tests {
         assert_eq!(back.syscalls, None);
         assert_eq!(back.mmap_lock_writers, None);
         assert_eq!(back.minor_faults, None);
+        assert_eq!(back.contention, None);
     }
 }

@@ -114,6 +114,7 @@ pub fn worker_main(probe: &dyn Probe) -> ExitCode {
 fn run_once(probe: &dyn Probe, args: &WorkerArgs) -> RunRecord {
     let workload = workloads::by_name(&args.workload).expect("validated by parse");
     let before = probe.syscalls();
+    let contention_before = probe.contention();
     let faults_before = proc_status::minor_faults();
     let start = Instant::now();
     let outcome = (workload.run)(&args.params);
@@ -122,6 +123,9 @@ fn run_once(probe: &dyn Probe, args: &WorkerArgs) -> RunRecord {
         .zip(proc_status::minor_faults())
         .map(|(b, a)| a.saturating_sub(b));
     let calls = before.zip(probe.syscalls()).map(|(b, a)| delta(&b, &a));
+    let contention = contention_before
+        .zip(probe.contention())
+        .map(|(b, a)| a.since(&b));
     let rss = proc_status::rss();
     RunRecord {
         allocator: probe.name().to_owned(),
@@ -139,6 +143,7 @@ fn run_once(probe: &dyn Probe, args: &WorkerArgs) -> RunRecord {
         }),
         mmap_lock_writers: calls.map(|c| c.mmap_lock_writers()),
         minor_faults: faults,
+        contention,
     }
 }
 

@@ -9,6 +9,13 @@
 //! (the state changes), `purge` (the live-bytes gauge, the purge interval), `options`,
 //! `os` (the clock) and `thread`/`heap` (to find the calling thread's cache).
 //!
+//! A bin keeps regions only for a class in demand (`Bin::limit`): one its thread has
+//! allocated and found empty, or, for a free of another thread's object, one some
+//! thread has (`DEMANDED`). A class reached only by `realloc` growth in place is not
+//! cached: nobody would take such regions back, and sitting between dirty free ranges
+//! they leave those no room to grow into, so growing buffers would be placed in fresh
+//! pages (`realloc-growth` faulted 5x and peaked at 4x the RSS; BENCHMARKS.md).
+//!
 //! Bounds: `SLOTS` regions per bin and `MAX_BYTES` per thread; a region that does not
 //! fit pushes out the oldest ones. A garbage collection (at most once per purge
 //! interval, from a free) lets go of what a bin did not need during the last interval
@@ -27,6 +34,7 @@ use crate::region::CachedRegion;
 use crate::stats::Counter;
 use crate::sync::SpinLock;
 use crate::thread;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The largest object served from the cache, as DESIGN.md §4's "medium sizes (up to
 /// about 1 MiB)". Above it objects are rare enough, and big enough, that a tree update
@@ -70,6 +78,29 @@ pub static MISSES: Counter = Counter::new();
 /// (The bytes cached now are counted by the table walk: `SpaceStats::cached`.)
 pub static EVICTED: Counter = Counter::new();
 
+/// Medium classes some thread has allocated from its cache and found empty, one bit per
+/// bin. A class no thread allocates directly (one that buffers reach only by growing
+/// with `realloc`, as in the `realloc-growth` workload) stays clear, and its freed
+/// regions go back to the table (`Bin::limit`).
+static DEMANDED: AtomicU64 = AtomicU64::new(0);
+const _: () = assert!(BINS <= u64::BITS as usize);
+
+/// Records that a thread allocates class `bin` directly.
+#[inline]
+fn demand(bin: usize) {
+    // Relaxed: a hint for other threads' caches, publishing no data; the load first
+    // keeps the cache line shared once the bit is set.
+    if !demanded(bin) {
+        DEMANDED.fetch_or(1 << bin, Ordering::Relaxed);
+    }
+}
+
+#[inline]
+fn demanded(bin: usize) -> bool {
+    // Relaxed: see `demand`.
+    DEMANDED.load(Ordering::Relaxed) & (1 << bin) != 0
+}
+
 /// The medium class length serving an object of `len` bytes (a page multiple), or
 /// `len` itself outside the medium range.
 #[inline]
@@ -109,6 +140,13 @@ const fn bin_len(bin: usize) -> usize {
 struct Bin {
     slots: [Option<CachedRegion>; SLOTS],
     count: u8,
+    /// Regions the bin may hold: `SLOTS` once an allocation found the bin empty,
+    /// lowered by what a garbage collection found unneeded. A
+    /// class the thread never allocates directly (a buffer that reaches it only by
+    /// growing in place with `realloc`) keeps 0 and caches nothing: its freed regions
+    /// go back to the table as dirty free space, where the next growing buffer is
+    /// placed and grows without faults.
+    limit: u8,
     /// The fewest regions the bin held since the last garbage collection: that many
     /// were not needed during the interval.
     low_water: u8,
@@ -163,6 +201,7 @@ impl RegionCache {
                 Bin {
                     slots: [const { None }; SLOTS],
                     count: 0,
+                    limit: 0,
                     low_water: 0,
                 }
             }; BINS],
@@ -172,10 +211,14 @@ impl RegionCache {
     }
 
     /// The most recently cached region of class `bin` or of one of the `FIT_CLASSES`
-    /// classes above it, the closest first.
+    /// classes above it, the closest first; none found, `bin` may hold one more.
     fn pop_fit(&mut self, bin: usize) -> Option<CachedRegion> {
         let last = (bin + FIT_CLASSES).min(BINS - 1);
-        let fit = (bin..=last).find(|&b| self.bins[b].count > 0)?;
+        let Some(fit) = (bin..=last).find(|&b| self.bins[b].count > 0) else {
+            self.bins[bin].limit = SLOTS as u8;
+            demand(bin);
+            return None;
+        };
         self.pop(fit)
     }
 
@@ -207,10 +250,22 @@ impl RegionCache {
         out.push(region);
     }
 
+    /// Whether `bin` keeps regions at all: its thread allocated the class since the
+    /// last garbage collection, or (for frees of objects another thread allocated)
+    /// some thread does (`DEMANDED`).
+    #[inline]
+    fn admits(&mut self, bin: usize) -> bool {
+        let b = &mut self.bins[bin];
+        if b.limit == 0 && demanded(bin) {
+            b.limit = SLOTS as u8;
+        }
+        b.limit > 0
+    }
+
     /// Whether `bin` takes a region of `len` bytes without letting go of another.
     #[inline]
     fn fits(&self, bin: usize, len: usize) -> bool {
-        (self.bins[bin].count as usize) < SLOTS && self.bytes + len <= MAX_BYTES
+        self.bins[bin].count < self.bins[bin].limit && self.bytes + len <= MAX_BYTES
     }
 
     /// Keeps `region` in `bin`, which `fits` it.
@@ -226,11 +281,11 @@ impl RegionCache {
     /// Returns it when even an empty cache could not hold it.
     fn push(&mut self, bin: usize, region: CachedRegion, out: &mut Evicted) {
         let len = region.len();
-        if len > MAX_BYTES {
+        if len > MAX_BYTES || self.bins[bin].limit == 0 {
             out.push(region);
             return;
         }
-        if self.bins[bin].count as usize == SLOTS {
+        if self.bins[bin].count >= self.bins[bin].limit {
             self.evict_oldest(bin, out);
         }
         // Over budget: the oldest regions of the biggest classes go first.
@@ -248,10 +303,13 @@ impl RegionCache {
     /// Lets go of what each bin did not need since the last collection.
     fn collect(&mut self, out: &mut Evicted) {
         for bin in 0..BINS {
-            for _ in 0..self.bins[bin].low_water {
+            let unneeded = self.bins[bin].low_water;
+            for _ in 0..unneeded {
                 self.evict_oldest(bin, out);
             }
-            self.bins[bin].low_water = self.bins[bin].count;
+            let b = &mut self.bins[bin];
+            b.limit = b.limit.saturating_sub(unneeded);
+            b.low_water = b.count;
         }
     }
 
@@ -295,15 +353,21 @@ fn own_cache() -> Option<&'static SpinLock<RegionCache>> {
 pub fn take(len: usize) -> Option<(usize, usize)> {
     let bin = bin_of(len - guard_len())?;
     let cache = own_cache()?;
-    let region = cache.lock().pop_fit(bin);
-    let Some(region) = region else {
-        MISSES.inc();
-        return None;
+    let (start, len) = {
+        let mut c = cache.lock();
+        let Some(region) = c.pop_fit(bin) else {
+            drop(c);
+            MISSES.inc();
+            return None;
+        };
+        let len = region.len();
+        // Live under the lock (one store, no call out): a `fork` waits for the lock, so
+        // a child never inherits a region popped from its bin and still `Cached`.
+        (region.take(), len)
     };
     HITS.inc();
-    let len = region.len();
     crate::purge::large_added(len);
-    Some((region.take(), len))
+    Some((start, len))
 }
 
 /// Whether the calling thread can cache freed regions: asked before a free looks its
@@ -322,26 +386,33 @@ pub fn wants(len: usize) -> bool {
     bin_of(len - guard_len()).is_some()
 }
 
-/// Keeps a region `wants` accepted in the calling thread's cache.
+/// Keeps a region `wants` accepted in the calling thread's cache, or retires it when
+/// its class has no use for it (`Bin::limit` 0); true when it was retired.
 #[inline]
-pub fn put(region: CachedRegion) {
+pub fn put(region: CachedRegion) -> bool {
     let len = region.len();
     crate::purge::large_removed(len);
     let (Some(bin), Some(cache)) = (bin_of(len - guard_len()), own_cache()) else {
         // `wants` said yes on this thread a moment ago, and neither answer can change.
         region.retire();
-        return;
+        return true;
     };
     let now = os::now_ms();
     let region = {
         let mut c = cache.lock();
+        if !c.admits(bin) {
+            drop(c);
+            region.retire();
+            return true;
+        }
         if now < c.next_gc_ms && c.fits(bin, len) {
             c.push_fitting(bin, region);
-            return;
+            return false;
         }
         region
     };
     put_slow(cache, bin, region, now);
+    false
 }
 
 /// `put` when older regions must go first (a full bin, the byte bound) or a garbage

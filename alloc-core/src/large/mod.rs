@@ -165,9 +165,12 @@ pub fn free(p: *mut u8) -> Result<(), RetireError> {
         |region| cache && cache::wants(region.len()),
         |region| crate::purge::large_removed(region.len()),
     )?;
-    match freed {
+    let retired = match freed {
         Freed::Cached(region) => cache::put(region),
-        Freed::Retired => crate::purge::tick(os::now_ms()),
+        Freed::Retired => true,
+    };
+    if retired {
+        crate::purge::tick(os::now_ms());
     }
     Ok(())
 }

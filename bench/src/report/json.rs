@@ -31,6 +31,9 @@ fn cell_to_json(results: &Results, c: &Cell) -> Value {
             "ratio_to_baseline": results.ratio(c), "throughput_ops_per_s": s.throughput,
             "peak_rss_mib": s.peak_rss_mib, "final_rss_mib": s.final_rss_mib,
             "mmap_lock_writers": s.mmap_lock_writers, "minor_faults": s.minor_faults,
+            "arena_writer_locks": s.contention.map(|c| c.writer),
+            "arena_writer_waits": s.contention.map(|c| c.waits),
+            "process_locks": s.contention.map(|c| c.process_locks),
         })
     });
     json!({

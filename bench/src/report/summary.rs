@@ -4,7 +4,7 @@
 use super::{Cell, Results, KIB_PER_MIB};
 use rangealloc::Syscall;
 
-use crate::allocators::BASELINE;
+use crate::allocators::{Contention, BASELINE};
 
 /// A cell's runs reduced to the numbers the reports show.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,6 +22,8 @@ pub struct Summary {
     pub mmap_lock_writers: Option<u64>,
     /// The median of the runs' minor page faults, where the worker could count them.
     pub minor_faults: Option<u64>,
+    /// The allocator's own lock contention, each count the median of the runs.
+    pub contention: Option<Contention>,
 }
 
 impl Cell {
@@ -51,6 +53,10 @@ impl Cell {
             .filter_map(|r| r.minor_faults)
             .map(|n| n as f64)
             .collect();
+        let contended: Vec<Contention> = self.runs.iter().filter_map(|r| r.contention).collect();
+        let median_of = |f: fn(&Contention) -> u64| {
+            median(&contended.iter().map(|c| f(c) as f64).collect::<Vec<_>>()) as u64
+        };
         Some(Summary {
             median_ms,
             min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
@@ -65,6 +71,11 @@ impl Cell {
             final_rss_mib: median(&finals),
             mmap_lock_writers: (!writers.is_empty()).then(|| median(&writers) as u64),
             minor_faults: (!faults.is_empty()).then(|| median(&faults) as u64),
+            contention: (!contended.is_empty()).then(|| Contention {
+                writer: median_of(|c| c.writer),
+                waits: median_of(|c| c.waits),
+                process_locks: median_of(|c| c.process_locks),
+            }),
         })
     }
 }

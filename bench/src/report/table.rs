@@ -7,7 +7,7 @@ use super::Results;
 use crate::allocators::{BASELINE, UNDER_TEST};
 
 /// Column headers and widths, kept together so they cannot drift apart.
-const COLUMNS: [(&str, usize); 12] = [
+const COLUMNS: [(&str, usize); 15] = [
     ("workload", 14),
     ("thr", 3),
     ("allocator", 10),
@@ -20,6 +20,9 @@ const COLUMNS: [(&str, usize); 12] = [
     ("faults", 9),
     ("lock-wr own", 11),
     ("lock-wr strace", 14),
+    ("arena-wr", 8),
+    ("wr-waits", 8),
+    ("proc-lk", 7),
 ];
 
 pub fn render(results: &Results) -> String {
@@ -58,6 +61,9 @@ pub fn render(results: &Results) -> String {
                 count(s.and_then(|s| s.minor_faults)),
                 count(s.and_then(|s| s.mmap_lock_writers)),
                 count(cell.strace_lock_writers()),
+                count(s.and_then(|s| s.contention).map(|c| c.writer)),
+                count(s.and_then(|s| s.contention).map(|c| c.waits)),
+                count(s.and_then(|s| s.contention).map(|c| c.process_locks)),
             ];
             let status = match cell.failures.len() {
                 0 => "ok".to_owned(),
@@ -89,7 +95,9 @@ pub fn render(results: &Results) -> String {
         "\nfaults: median minor page faults during the workload (getrusage, all threads)\n\
          lock-wr own: {UNDER_TEST}'s own count of mmap/munmap/mremap/mprotect (calls taking mmap_lock for write)\n\
          lock-wr strace: the same calls counted by strace -f in the --syscalls pass, for every allocator \
-         (includes process start-up and thread stacks)"
+         (includes process start-up and thread stacks)\n\
+         arena-wr, wr-waits: {UNDER_TEST}'s region-table writer-mutex acquisitions, and those that waited\n\
+         proc-lk: {UNDER_TEST}'s process-wide locks on the large-object path (metadata lock, mmap_lock writers)"
     )
     .unwrap();
     out
