@@ -22,6 +22,8 @@
 //! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region calls
 //! `forget_if_sampled`; the fork handlers take and release the table lock.
 
+// The cached walk reads x86-64 rules; other targets use libgcc's walk alone.
+#[cfg(target_arch = "x86_64")]
 mod cfi;
 mod gzip;
 mod pprof;
