@@ -21,6 +21,11 @@
 //! guard, so whatever it allocates on a first call neither samples nor recurses. The
 //! cache takes no lock (a seqlock per slot whose writers never wait), so a `fork` in the
 //! middle of a write leaves at worst one slot unusable in the child.
+//!
+//! Known limit: cached rules are never dropped, so after a `dlclose`, code loaded later
+//! at a cached call-site address would be walked with the old code's rule (the checks
+//! above keep the walk moving up the stack, but may not keep it inside it). libunwind
+//! flushes its cache when `dl_iterate_phdr`'s `dlpi_subs` changes; not done here yet.
 
 use core::ffi::{c_int, c_void};
 
