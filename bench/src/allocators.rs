@@ -230,7 +230,22 @@ impl Probe for System {
     }
 }
 
-/// Looks an allocator up by name.
+/// rangealloc's worker run with `RANGEALLOC_OPTIONS` set to the runner's
+/// `--rangealloc-options` (for example `prof=1`), in the same rounds as plain rangealloc
+/// (which then runs with the variable empty), so the two compare like for like.
+pub const WITH_OPTIONS: Allocator = Allocator {
+    name: "ra+options",
+    worker_bin: "bench-worker-rangealloc",
+    preload: &[],
+};
+
+/// The environment variable rangealloc reads its options from.
+pub const OPTIONS_VAR: &str = "RANGEALLOC_OPTIONS";
+
+/// Looks an allocator up by name (`WITH_OPTIONS` included).
 pub fn by_name(name: &str) -> Option<Allocator> {
-    ALL.iter().copied().find(|a| a.name == name)
+    ALL.iter()
+        .copied()
+        .chain([WITH_OPTIONS])
+        .find(|a| a.name == name)
 }

@@ -2,7 +2,7 @@
 //! report at exit. Owns the profiler's on/off state and its hooks into `alloc`, `free`
 //! and `realloc`; calls `large` (sampled objects are served there), `thread` (the
 //! re-entrancy guard), `options`, `os`, and its own parts: `sampler` (the per-thread
-//! byte countdown and sample weights), `stack` (unwinding), `table` (stacks and live
+//! byte countdown and sample weights), `stack` (unwinding, with `cfi`'s call-frame rules), `table` (stacks and live
 //! samples), `pprof` (the encoder), `gzip` (its compression) and `report` (the leak
 //! report).
 //!
@@ -22,6 +22,9 @@
 //! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region calls
 //! `forget_if_sampled`; the fork handlers take and release the table lock.
 
+// The cached walk reads x86-64 rules; other targets use libgcc's walk alone.
+#[cfg(target_arch = "x86_64")]
+mod cfi;
 mod gzip;
 mod pprof;
 mod report;

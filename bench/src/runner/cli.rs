@@ -30,6 +30,10 @@ options:
   --markdown           also print the BENCHMARKS.md section
   --timeout SECS       kill a worker run after this long (default 300)
   --no-build           do not run `cargo build` for the workers first
+  --rangealloc-options OPTS
+                       also run rangealloc with RANGEALLOC_OPTIONS=OPTS (reported as
+                       ra+options) in the same rounds as plain rangealloc, which then
+                       runs with the variable empty; e.g. prof=1
 
 subcommands:
   markdown [--in FILE] print the BENCHMARKS.md section from a saved results.json
@@ -98,6 +102,8 @@ pub struct Options {
     pub markdown: bool,
     pub timeout: Duration,
     pub build: bool,
+    /// `--rangealloc-options`: run rangealloc a second time with these options.
+    pub rangealloc_options: Option<String>,
 }
 
 impl Options {
@@ -162,6 +168,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         markdown: false,
         timeout: DEFAULT_TIMEOUT,
         build: true,
+        rangealloc_options: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -184,6 +191,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--syscalls" => o.syscalls = true,
             "--markdown" => o.markdown = true,
             "--no-build" => o.build = false,
+            "--rangealloc-options" => o.rangealloc_options = Some(value()?),
             _ => return Err(format!("unknown argument {flag}\n\n{USAGE}")),
         }
     }
@@ -199,6 +207,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     }
     o.workloads = select_workloads(filter.as_deref())?;
     o.allocators = select_allocators(alloc_list.as_deref())?;
+    if o.rangealloc_options.is_some() {
+        add_options_variant(&mut o.allocators);
+    }
     Ok(Command::Run(o))
 }
 
@@ -241,7 +252,9 @@ fn select_allocators(list: Option<&str>) -> Result<Vec<&'static str>, String> {
     let mut chosen = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         chosen.push(
-            allocators::by_name(name)
+            allocators::ALL
+                .iter()
+                .find(|a| a.name == name)
                 .ok_or_else(|| format!("unknown allocator {name}"))?
                 .name,
         );
@@ -256,6 +269,18 @@ fn select_allocators(list: Option<&str>) -> Result<Vec<&'static str>, String> {
         .map(|a| a.name)
         .filter(|n| chosen.contains(n))
         .collect())
+}
+
+/// Puts plain rangealloc and its `--rangealloc-options` variant side by side in the list.
+fn add_options_variant(list: &mut Vec<&'static str>) {
+    if !list.contains(&allocators::UNDER_TEST) {
+        list.insert(0, allocators::UNDER_TEST);
+    }
+    let at = list
+        .iter()
+        .position(|&a| a == allocators::UNDER_TEST)
+        .unwrap_or(0);
+    list.insert(at + 1, allocators::WITH_OPTIONS.name);
 }
 
 fn number(s: &str) -> Result<u64, String> {
@@ -324,12 +349,24 @@ mod tests {
     }
 
     #[test]
+    fn options_variant_runs_beside_plain_rangealloc() {
+        let o = run(&["--allocators", "jemalloc", "--rangealloc-options", "prof=1"]);
+        assert_eq!(o.allocators, vec!["rangealloc", "ra+options", "jemalloc"]);
+        assert_eq!(o.rangealloc_options.as_deref(), Some("prof=1"));
+        let o = run(&["--rangealloc-options", "prof=1,prof_sample=4096"]);
+        assert_eq!(o.allocators[..2], ["rangealloc", "ra+options"]);
+        assert_eq!(run(&[]).rangealloc_options, None);
+    }
+
+    #[test]
     fn rejects_bad_input() {
         let parse_str = |a: &[&str]| parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert!(parse_str(&["--filter", "nothing-matches"]).is_err());
         assert!(parse_str(&["--threads", "0"]).is_err());
         assert!(parse_str(&["--bogus"]).is_err());
         assert!(parse_str(&["--allocators", "ptmalloc3"]).is_err());
+        assert!(parse_str(&["--allocators", "ra+options"]).is_err());
+        assert!(parse_str(&["--rangealloc-options"]).is_err());
     }
 
     #[test]

@@ -23,6 +23,8 @@ struct Job {
     worker: PathBuf,
     /// The library preloaded into the worker (an allocator with no Rust binding).
     preload: Option<&'static str>,
+    /// rangealloc's options for this worker (`--rangealloc-options`), if any.
+    options: Option<String>,
     args: WorkerArgs,
 }
 
@@ -48,7 +50,13 @@ pub fn run_all(o: &Options, bin_dir: &Path) -> Result<Vec<Cell>, String> {
                     job.cell.allocator,
                     rep + 1
                 ));
-                match workers::run_worker(&job.worker, job.preload, &job.args, o.timeout) {
+                match workers::run_worker(
+                    &job.worker,
+                    job.preload,
+                    job.options.as_deref(),
+                    &job.args,
+                    o.timeout,
+                ) {
                     Ok(mut record) => {
                         // A preloaded allocator runs in another's worker, whose probe
                         // names that one: the cell knows which allocator really ran.
@@ -79,7 +87,14 @@ pub fn run_all(o: &Options, bin_dir: &Path) -> Result<Vec<Cell>, String> {
                 "{}-{}-{}.txt",
                 job.cell.workload, job.cell.threads, job.cell.allocator
             ));
-            match strace::count(&job.worker, job.preload, &job.args, &file, o.timeout) {
+            match strace::count(
+                &job.worker,
+                job.preload,
+                job.options.as_deref(),
+                &job.args,
+                &file,
+                o.timeout,
+            ) {
                 Ok(counts) => job.cell.strace = Some(counts),
                 Err(e) => bar.println(format!("strace pass failed for {}: {e}", file.display())),
             }
@@ -88,6 +103,20 @@ pub fn run_all(o: &Options, bin_dir: &Path) -> Result<Vec<Cell>, String> {
     }
     bar.finish_and_clear();
     Ok(jobs.into_iter().map(|j| j.cell).collect())
+}
+
+/// `RANGEALLOC_OPTIONS` for allocator `name`'s worker: with `--rangealloc-options`, the
+/// options for the variant and none (an empty string) for plain rangealloc; otherwise
+/// the runner's environment decides.
+fn engine_options(o: &Options, name: &str) -> Option<String> {
+    let given = o.rangealloc_options.as_ref()?;
+    if name == allocators::WITH_OPTIONS.name {
+        Some(given.clone())
+    } else if name == allocators::UNDER_TEST {
+        Some(String::new())
+    } else {
+        None
+    }
 }
 
 /// Jobs in report order, grouped by (workload, threads) with one job per allocator.
@@ -123,6 +152,7 @@ fn plan(o: &Options, bin_dir: &Path) -> Result<Vec<Job>, String> {
                     cell,
                     worker: workers::worker_path(bin_dir, &allocator)?,
                     preload: allocator.preload_path()?,
+                    options: engine_options(o, a),
                     args,
                 });
             }

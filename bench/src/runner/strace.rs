@@ -27,6 +27,7 @@ pub fn available() -> bool {
 pub fn count(
     worker: &Path,
     preload: Option<&str>,
+    options: Option<&str>,
     args: &WorkerArgs,
     summary_file: &Path,
     timeout: Duration,
@@ -40,6 +41,11 @@ pub fn count(
     if let Some(lib) = preload {
         // `-E`: in the traced program's environment only, not in strace's own.
         command.arg("-E").arg(format!("LD_PRELOAD={lib}"));
+    }
+    if let Some(options) = options {
+        command
+            .arg("-E")
+            .arg(format!("{}={options}", crate::allocators::OPTIONS_VAR));
     }
     command.arg(worker).args(args.to_args());
     workers::run(command, timeout)?;

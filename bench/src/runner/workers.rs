@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::allocators::Allocator;
+use crate::allocators::{self, Allocator};
 use crate::record::RunRecord;
 use crate::worker::{WorkerArgs, EXIT_CORRUPT};
 
@@ -111,10 +111,12 @@ pub fn run(mut command: Command, timeout: Duration) -> Result<(ExitStatus, Strin
 }
 
 /// One measured run of one workload in `worker`, with `preload` (a shared library
-/// replacing `malloc`) in its `LD_PRELOAD` when given.
+/// replacing `malloc`) in its `LD_PRELOAD` and `options` in its `RANGEALLOC_OPTIONS`
+/// when given (else the runner's environment is left as it is).
 pub fn run_worker(
     worker: &Path,
     preload: Option<&str>,
+    options: Option<&str>,
     args: &WorkerArgs,
     timeout: Duration,
 ) -> Result<RunRecord, String> {
@@ -122,6 +124,9 @@ pub fn run_worker(
     command.args(args.to_args());
     if let Some(lib) = preload {
         command.env("LD_PRELOAD", lib);
+    }
+    if let Some(options) = options {
+        command.env(allocators::OPTIONS_VAR, options);
     }
     let (status, out) = run(command, timeout)?;
     let line = out
