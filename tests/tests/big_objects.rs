@@ -86,6 +86,8 @@ fn child_entry() {
     };
     match mode.as_str() {
         "reuse" => freed_buffer_reused(),
+        "reuse-bigger" => bigger_buffer_reuses_hole(),
+        "regrow" => regrow_after_shrink(),
         "budget" => burst_bounded(),
         "doubling" => doubling_in_place(),
         "content" => content_across_moves(),
@@ -126,6 +128,86 @@ fn freed_buffer_reused() {
         );
         assert_eq!(bad_pages(q, LEN, 2), 0);
         dealloc(q, layout(LEN));
+    }
+}
+
+/// A freed 8 MiB buffer's dirty pages serve the next, bigger, buffer: it starts in the
+/// dirty hole and runs on into the clean room after it, so writing it faults only what
+/// the hole lacks. The hole used to be skipped for clean space (every page faulted):
+/// big-buffers replaces buffers of random sizes, and most were bigger than every hole.
+#[test]
+fn a_bigger_buffer_reuses_a_freed_dirty_hole() {
+    run("reuse-bigger");
+}
+
+fn bigger_buffer_reuses_hole() {
+    const HOLE: usize = 8 * MIB;
+    const LEN: usize = 12 * MIB;
+    // SAFETY: every pointer is used within its allocation and freed once.
+    unsafe {
+        let p = alloc(layout(HOLE));
+        fill(p, HOLE, 1);
+        let calls = madvise_calls();
+        dealloc(p, layout(HOLE));
+        let q = alloc(layout(LEN));
+        assert_eq!(madvise_calls(), calls, "the freed buffer was purged");
+        assert_eq!(q, p, "the dirty hole was not reused");
+        let faults = minor_faults();
+        fill(q, LEN, 2);
+        let taken = minor_faults() - faults;
+        // The 4 MiB the hole lacks (1,024 pages), and some slack for the test itself.
+        assert!(
+            taken < ((LEN - HOLE + MIB) / PAGE) as u64,
+            "{taken} faults writing a 12 MiB buffer over an 8 MiB dirty hole"
+        );
+        assert_eq!(bad_pages(q, LEN, 2), 0);
+        dealloc(q, layout(LEN));
+    }
+}
+
+/// The region workload's cycle: a buffer doubled to 64 MiB and shrunk back in place
+/// stays alive (handed to another thread) while the next buffer doubles up. The next
+/// one grows over the first one's dirty tail instead of faulting fresh pages: the tail
+/// lacks the 64 KiB the shrunk buffer keeps, so it had no full growth room, and every
+/// new buffer went to clean space.
+#[test]
+fn a_growing_buffer_reuses_the_tail_a_shrink_left() {
+    run("regrow");
+}
+
+fn regrow_after_shrink() {
+    const START: usize = 64 * 1024;
+    const TOP: usize = 32 * MIB;
+    // SAFETY: every pointer is used within its allocation and freed once.
+    unsafe {
+        let grow = |mut p: *mut u8, top: usize, tag: u64| {
+            let mut len = START;
+            while len < top {
+                p = realloc(p, layout(len), 2 * len);
+                assert!(!p.is_null());
+                len *= 2;
+                fill(p, len, tag);
+            }
+            p
+        };
+        let first = grow(alloc(layout(START)), 64 * MIB, 1);
+        let mut len = 64 * MIB;
+        let mut first = first;
+        while len > START {
+            first = realloc(first, layout(len), len / 2);
+            len /= 2;
+        }
+        let faults = minor_faults();
+        let second = grow(alloc(layout(START)), TOP, 2);
+        let taken = minor_faults() - faults;
+        assert!(
+            taken < (TOP / PAGE / 16) as u64,
+            "{taken} faults doubling a buffer to 32 MiB over a 64 MiB dirty tail"
+        );
+        assert_eq!(bad_pages(second, TOP, 2), 0);
+        assert_eq!(bad_pages(first, START, 1), 0);
+        dealloc(second, layout(TOP));
+        dealloc(first, layout(START));
     }
 }
 
