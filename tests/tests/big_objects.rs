@@ -87,7 +87,6 @@ fn child_entry() {
     match mode.as_str() {
         "reuse" => freed_buffer_reused(),
         "reuse-bigger" => bigger_buffer_reuses_hole(),
-        "regrow" => regrow_after_shrink(),
         "budget" => burst_bounded(),
         "doubling" => doubling_in_place(),
         "content" => content_across_moves(),
@@ -162,52 +161,6 @@ fn bigger_buffer_reuses_hole() {
         );
         assert_eq!(bad_pages(q, LEN, 2), 0);
         dealloc(q, layout(LEN));
-    }
-}
-
-/// The region workload's cycle: a buffer doubled to 64 MiB and shrunk back in place
-/// stays alive (handed to another thread) while the next buffer doubles up. The next
-/// one grows over the first one's dirty tail instead of faulting fresh pages: the tail
-/// lacks the 64 KiB the shrunk buffer keeps, so it had no full growth room, and every
-/// new buffer went to clean space.
-#[test]
-fn a_growing_buffer_reuses_the_tail_a_shrink_left() {
-    run("regrow");
-}
-
-fn regrow_after_shrink() {
-    const START: usize = 64 * 1024;
-    const TOP: usize = 32 * MIB;
-    // SAFETY: every pointer is used within its allocation and freed once.
-    unsafe {
-        let grow = |mut p: *mut u8, top: usize, tag: u64| {
-            let mut len = START;
-            while len < top {
-                p = realloc(p, layout(len), 2 * len);
-                assert!(!p.is_null());
-                len *= 2;
-                fill(p, len, tag);
-            }
-            p
-        };
-        let first = grow(alloc(layout(START)), 64 * MIB, 1);
-        let mut len = 64 * MIB;
-        let mut first = first;
-        while len > START {
-            first = realloc(first, layout(len), len / 2);
-            len /= 2;
-        }
-        let faults = minor_faults();
-        let second = grow(alloc(layout(START)), TOP, 2);
-        let taken = minor_faults() - faults;
-        assert!(
-            taken < (TOP / PAGE / 16) as u64,
-            "{taken} faults doubling a buffer to 32 MiB over a 64 MiB dirty tail"
-        );
-        assert_eq!(bad_pages(second, TOP, 2), 0);
-        assert_eq!(bad_pages(first, START, 1), 0);
-        dealloc(second, layout(TOP));
-        dealloc(first, layout(START));
     }
 }
 
