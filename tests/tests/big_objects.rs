@@ -86,6 +86,7 @@ fn child_entry() {
     };
     match mode.as_str() {
         "reuse" => freed_buffer_reused(),
+        "reuse-bigger" => bigger_buffer_reuses_hole(),
         "budget" => burst_bounded(),
         "doubling" => doubling_in_place(),
         "content" => content_across_moves(),
@@ -123,6 +124,40 @@ fn freed_buffer_reused() {
         assert!(
             taken < (LEN / PAGE / 16) as u64,
             "{taken} faults writing a reused 16 MiB buffer"
+        );
+        assert_eq!(bad_pages(q, LEN, 2), 0);
+        dealloc(q, layout(LEN));
+    }
+}
+
+/// A freed 8 MiB buffer's dirty pages serve the next, bigger, buffer: it starts in the
+/// dirty hole and runs on into the clean room after it, so writing it faults only what
+/// the hole lacks. The hole used to be skipped for clean space (every page faulted):
+/// big-buffers replaces buffers of random sizes, and most were bigger than every hole.
+#[test]
+fn a_bigger_buffer_reuses_a_freed_dirty_hole() {
+    run("reuse-bigger");
+}
+
+fn bigger_buffer_reuses_hole() {
+    const HOLE: usize = 8 * MIB;
+    const LEN: usize = 12 * MIB;
+    // SAFETY: every pointer is used within its allocation and freed once.
+    unsafe {
+        let p = alloc(layout(HOLE));
+        fill(p, HOLE, 1);
+        let calls = madvise_calls();
+        dealloc(p, layout(HOLE));
+        let q = alloc(layout(LEN));
+        assert_eq!(madvise_calls(), calls, "the freed buffer was purged");
+        assert_eq!(q, p, "the dirty hole was not reused");
+        let faults = minor_faults();
+        fill(q, LEN, 2);
+        let taken = minor_faults() - faults;
+        // The 4 MiB the hole lacks (1,024 pages), and some slack for the test itself.
+        assert!(
+            taken < ((LEN - HOLE + MIB) / PAGE) as u64,
+            "{taken} faults writing a 12 MiB buffer over an 8 MiB dirty hole"
         );
         assert_eq!(bad_pages(q, LEN, 2), 0);
         dealloc(q, layout(LEN));

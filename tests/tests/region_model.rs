@@ -167,9 +167,20 @@ fn grow(model: &mut Model, rng: &mut Rng) {
     };
     let delta = (1 + rng.below(16)) * PAGE_SIZE;
     // With no free pending, the layout before the update is the one it works on.
+    // One free neighbour, or two (dirty space, then clean) when the first is too short;
+    // both in the object's arena.
     let predicted = model.retired.is_empty().then(|| {
-        region_at(&regions(table()), start + len)
-            .is_some_and(|(_, l, k, _)| k == RegionKind::Free && l >= delta)
+        let all = regions(table());
+        let free_at = |at: usize| {
+            region_at(&all, at)
+                .filter(|r| r.2 == RegionKind::Free && at / ARENA_SIZE == start / ARENA_SIZE)
+                .map(|r| r.1)
+        };
+        match free_at(start + len) {
+            Some(l) if l >= delta => true,
+            Some(l) => free_at(start + len + l).is_some_and(|l2| l + l2 >= delta),
+            None => false,
+        }
     });
     let grown = SET.grow_in_place(start, len + delta);
     model.retired.clear();

@@ -112,30 +112,37 @@ fn a_placement_out_of_metadata_changes_nothing() {
     );
 }
 
-/// Issue 13 item 4: `grow` into a dirty free neighbour that it only shortens must move
-/// the neighbour's key (`rekey`), which needs tree nodes and can fail. A grow refused
-/// that way must change nothing, `dirty_bytes` included (it used to be lowered before
-/// the `rekey` and never raised again, so the counter drifted and could wrap).
-#[test]
-fn a_grow_out_of_metadata_changes_nothing() {
+/// A table holding a one-page object with, right after it, a dirty free neighbour of
+/// `pages` pages (a freed object) and clean free space after that.
+fn object_with_dirty_neighbour(pages: usize) -> (&'static RegionTable, usize) {
     let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
     let object = table
         .allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
         .unwrap()
         .start;
     let neighbour = table
-        .allocate(8 * PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .allocate(pages * PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
         .unwrap()
         .start;
     assert_eq!(neighbour, object + PAGE_SIZE, "placed side by side");
     table.retire(neighbour).unwrap();
     table.collect_retired();
-    assert_eq!(table.dirty_bytes(), 8 * PAGE_SIZE, "a dirty free neighbour");
+    assert_eq!(
+        table.dirty_bytes(),
+        pages * PAGE_SIZE,
+        "a dirty free neighbour"
+    );
+    (table, object)
+}
+
+/// Grows `object` to `new_len` with ever more metadata until it succeeds, checking that
+/// each refused grow changed nothing; returns how many were refused.
+fn grow_until_enough_metadata(table: &RegionTable, object: usize, new_len: usize) -> usize {
     let mut failures = 0;
     let grown = (0..64).find(|&budget| {
         let before = snapshot(table);
         meta_budget::set(budget);
-        let grown = table.grow_in_place(object, 3 * PAGE_SIZE);
+        let grown = table.grow_in_place(object, new_len);
         meta_budget::set(usize::MAX);
         if !grown {
             assert_eq!(snapshot(table), before, "budget {budget}: a failed grow");
@@ -144,12 +151,46 @@ fn a_grow_out_of_metadata_changes_nothing() {
         grown
     });
     assert!(grown.is_some(), "enough metadata eventually");
+    failures
+}
+
+/// Issue 13 item 4: `grow` into a dirty free neighbour that it only shortens must move
+/// the neighbour's key (`rekey`), which needs tree nodes and can fail. A grow refused
+/// that way must change nothing, `dirty_bytes` included (it used to be lowered before
+/// the `rekey` and never raised again, so the counter drifted and could wrap).
+#[test]
+fn a_grow_out_of_metadata_changes_nothing() {
+    let (table, object) = object_with_dirty_neighbour(8);
+    let failures = grow_until_enough_metadata(table, object, 3 * PAGE_SIZE);
     assert!(
         failures >= 1,
         "the rekey never failed: the test did not run"
     );
     assert_eq!(table.object_len(object), Some(3 * PAGE_SIZE));
     assert_eq!(table.dirty_bytes(), 6 * PAGE_SIZE);
+    check_layout(table);
+}
+
+/// Issue 14: room that runs from a dirty free neighbour on into the clean one after it
+/// (dirty and clean space are never merged) is two free regions; a grow that needs
+/// more than the dirty one used to be refused, and the object moved. It takes both now,
+/// and out of metadata for the second one's `rekey` it changes nothing.
+#[test]
+fn a_grow_takes_a_dirty_neighbour_and_the_clean_space_after_it() {
+    let (table, object) = object_with_dirty_neighbour(2);
+    let (_, free, _, _) = snapshot(table);
+    let clean = free
+        .iter()
+        .find(|f| f.0 == object + 3 * PAGE_SIZE && !f.2)
+        .expect("clean free space after the dirty neighbour")
+        .1;
+    let failures = grow_until_enough_metadata(table, object, 6 * PAGE_SIZE);
+    assert!(failures >= 1, "the rekey never failed");
+    assert_eq!(table.object_len(object), Some(6 * PAGE_SIZE));
+    assert_eq!(table.dirty_bytes(), 0, "the dirty neighbour is all taken");
+    check_layout(table);
+    // Exactly the rest of the clean region: the next grow detaches it too.
+    assert!(table.grow_in_place(object, 3 * PAGE_SIZE + clean));
     check_layout(table);
 }
 
