@@ -18,10 +18,12 @@
 #[cfg(not(loom))]
 pub mod heap;
 /// Model builds keep the heap's page handshake (and the size classes it checks against),
-/// which `heap/page_loom.rs` model-checks, and the segments lock
-/// (`heap/segments_lock_loom.rs`).
+/// which `heap/page_loom.rs` and `heap/drain_loom.rs` model-check, and the segments
+/// lock (`heap/segments_lock_loom.rs`).
 #[cfg(loom)]
 pub mod heap {
+    #[cfg(test)]
+    mod drain_loom;
     pub mod page;
     #[cfg(test)]
     mod page_loom;

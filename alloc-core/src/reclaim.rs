@@ -26,7 +26,7 @@ fn flush_caches() {
 pub fn purge_now() -> usize {
     flush_caches();
     let (_, mode) = purge::settings();
-    let heaps = heap::reclaim::purge_all_heaps(0, mode).purged;
+    let heaps = heap::reclaim::purge_every_heap(0, mode).purged;
     ARENAS.collect_retired();
     heaps + purge::purge_all()
 }
