@@ -121,9 +121,10 @@ fn child_entry() {
 fn a_fork_child_gets_its_background_purger_back() {
     let out = rangealloc_tests::run_child("fork", Some(OPTIONS));
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // The harness prints the child's line after the test's name.
     let line = stdout
         .lines()
-        .find(|l| l.starts_with("FORK "))
+        .find_map(|l| l.find("FORK ").map(|at| &l[at..]))
         .unwrap_or_else(|| panic!("no report from the child: {stdout}"));
     assert_eq!(
         line,
