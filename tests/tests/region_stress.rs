@@ -18,7 +18,7 @@
 
 use rangealloc_core::os::{PurgeMode, PAGE_SIZE};
 use rangealloc_core::region::table::{RetireError, ARENA_SIZE, PURGE_PIECE};
-use rangealloc_core::region::{RegionKind, RegionState, RegionTable, Space};
+use rangealloc_core::region::{epoch, Region, RegionKind, RegionState, RegionTable, Space};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -569,14 +569,19 @@ fn fill_rest_of_arena(t: &'static RegionTable, from: usize) {
 /// a loaded machine the purge may instead finish before this thread looks; the race is
 /// then not exercised, but every caller's end state must hold all the same.
 fn purge_in_madvise(t: &'static RegionTable, starts: &[usize]) -> std::thread::JoinHandle<usize> {
-    let regions: Vec<_> = starts
+    // Pinned while we look at the descriptors: the purge may finish and merge them away
+    // meanwhile, and a descriptor that left the tree is freed only after a grace period.
+    let pinned = epoch::pin();
+    let regions: Vec<*const Region> = starts
         .iter()
-        .map(|&s| t.find_and_read_lock(s).unwrap().region())
+        .map(|&s| t.find_and_read_lock(s).unwrap().region() as *const Region)
         .collect();
     let purger = std::thread::spawn(move || t.purge(0, PurgeMode::DontNeed, usize::MAX));
-    while regions.iter().any(|r| r.lock.readers() == 0) && !purger.is_finished() {
+    // SAFETY: each was attached when found, and `pinned` keeps it from being freed.
+    while regions.iter().any(|&r| unsafe { &*r }.lock.readers() == 0) && !purger.is_finished() {
         std::hint::spin_loop();
     }
+    drop(pinned);
     purger
 }
 

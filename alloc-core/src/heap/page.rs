@@ -944,7 +944,7 @@ mod tests {
         let start = memory.as_mut_ptr() as usize;
         let mut page = Page::empty();
         page.init(0, 16, 1, start, start + 512);
-        // The two blocks freed below were handed out (`collect` subtracts them).
+        // The two blocks freed below were handed out (a collect subtracts them).
         page.used = 2;
         assert_eq!(page.thread_free.try_park(), Park::Parked);
         let block = start as *mut Block;
@@ -978,9 +978,9 @@ mod tests {
         let start = memory.as_mut_ptr() as usize;
         let mut page = Page::empty();
         page.init(0, 16, 1, start, start + 512);
-        let (b, c) = (start as *mut Block, (start + 16) as *mut Block);
-        // B and C were handed out (`collect` subtracts them).
+        // B's and C's blocks were handed out (a collect subtracts them).
         page.used = 2;
+        let (b, c) = (start as *mut Block, (start + 16) as *mut Block);
         assert_eq!(page.thread_free.try_park(), Park::Parked);
         // SAFETY: blocks of the page.
         assert!(unsafe { page.thread_free.push(b) }, "B wins the hand-off");

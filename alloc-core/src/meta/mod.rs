@@ -14,6 +14,7 @@ use crate::os;
 use crate::space::{self, SlotKind};
 use crate::sync::SpinLock;
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Meta arenas are reserved this large and aligned, so `p & !(ARENA_SIZE - 1)` finds the
 /// chunk table of any meta pointer.
@@ -91,10 +92,13 @@ pub fn stats() -> MetaStats {
     } else {
         (state.arena_count - 1) * ARENA_SIZE + (state.bump - state.arenas[state.arena_count - 1])
     };
+    // Relaxed: statistics.
+    let pools = POOLS.load(Ordering::Relaxed);
+    let pool_carved = POOL_CARVED.load(Ordering::Relaxed);
     MetaStats {
-        in_use: state.bytes_in_use,
-        carved,
-        reserved: state.arena_count * ARENA_SIZE,
+        in_use: state.bytes_in_use + pool_carved,
+        carved: carved + pool_carved,
+        reserved: (state.arena_count + usize::from(pools != 0 && pools != usize::MAX)) * ARENA_SIZE,
     }
 }
 
@@ -150,6 +154,101 @@ pub fn alloc_carved(size: usize, chunks: usize) -> *mut u8 {
         unsafe { *chunk_word(chunk) = class as u32 + 1 };
     }
     span
+}
+
+/// Owner pools: one meta arena of its own (reserved at the first `pool` call), cut into
+/// `POOL_OWNERS` equal pools, one per owner id `1..=POOL_OWNERS` (the process's region
+/// arenas' fixed directory ids). An owner cuts blocks from its pool with a bump pointer
+/// of its own, under its own lock, so a cache that grows in steady state takes no
+/// process-wide lock (`region::blocks`). The arena's chunk table takes the first chunk of
+/// owner 1's pool.
+pub const POOL_OWNERS: usize = 64;
+/// 16 MiB of address space per owner; pages fault in only as the owner's bump pointer
+/// reaches them. Sized by `tests/tests/process_locks.rs`: 4 MiB per owner ran dry
+/// there (an arena's blocks wait for their grace period in crossbeam's per-thread bags,
+/// up to 63 deferred lists of 30 blocks per thread, besides its live tree).
+pub const POOL_BYTES: usize = ARENA_SIZE / POOL_OWNERS;
+/// A pool is split into this many parts, one per block class its owner uses.
+pub const POOL_PARTS: usize = 2;
+const POOL_PART_BYTES: usize = POOL_BYTES / POOL_PARTS;
+
+/// The pools' arena: 0 until the first `pool` call reserves it, `usize::MAX` if that
+/// reservation failed (owners then fall back to `alloc_carved`).
+static POOLS: AtomicUsize = AtomicUsize::new(0);
+/// Bytes owners have cut from their pools (`note_pool_carved`), for `stats`.
+static POOL_CARVED: AtomicUsize = AtomicUsize::new(0);
+
+/// Part `part` (< `POOL_PARTS`) of owner `owner`'s pool, as `[start, end)`, with every
+/// chunk of it carved into the block class serving `size` (at most half a chunk): each
+/// block cut from it is a meta block of that class for `usable_size`. None for an owner
+/// above `POOL_OWNERS`, or when the pools could not be reserved.
+///
+/// Each (owner, part) must be asked for at most once in the process, by its owner: an
+/// owner is a `'static` table whose directory id is never reused. Its blocks may reach
+/// `free` (blocks travel between arenas' caches, and a unit test's tree gives back what
+/// it holds): they then join the ordinary free lists.
+pub fn pool(owner: u8, part: usize, size: usize) -> Option<(usize, usize)> {
+    debug_assert!(part < POOL_PARTS);
+    let index = (owner as usize)
+        .checked_sub(1)
+        .filter(|&i| i < POOL_OWNERS)?;
+    let class = class_of(size, size.next_power_of_two())?;
+    let base = pools_base()?;
+    let start = base + index * POOL_BYTES + part * POOL_PART_BYTES;
+    let end = start + POOL_PART_BYTES;
+    // Chunk 0 is the arena's table.
+    let start = start.max(base + CHUNK_SIZE);
+    for chunk in (start..end).step_by(CHUNK_SIZE) {
+        // SAFETY: the chunk lies in the pools' arena, whose chunk 0 is its table; its
+        // word is written only here, once, by the part's only owner (contract), before
+        // any block of it is handed out. Other words of the table are other owners'.
+        unsafe { *chunk_word(chunk) = class as u32 + 1 };
+    }
+    Some((start, end))
+}
+
+/// Counts `bytes` cut from a pool (for `stats`: carved and in use).
+pub fn note_pool_carved(bytes: usize) {
+    // Relaxed: a statistic.
+    POOL_CARVED.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// True if `p` lies in an owner's pool.
+pub fn in_pool(p: *const u8) -> bool {
+    // Acquire: as in `pools_base`.
+    let base = POOLS.load(Ordering::Acquire);
+    base != 0 && base != usize::MAX && (p as usize).wrapping_sub(base) < ARENA_SIZE
+}
+
+fn pools_base() -> Option<usize> {
+    // Acquire pairs with the Release store below: the arena's kind bytes are set.
+    match POOLS.load(Ordering::Acquire) {
+        0 => reserve_pools(),
+        usize::MAX => None,
+        base => Some(base),
+    }
+}
+
+/// Reserves the pools' arena, once in the process, under the metadata lock (counted: the
+/// first dry cache of the first arena, during warm-up).
+#[cold]
+fn reserve_pools() -> Option<usize> {
+    crate::stats::process_lock_taken();
+    let _state = META.lock();
+    // Relaxed: the lock orders this against the only store, made under it.
+    let base = match POOLS.load(Ordering::Relaxed) {
+        0 => match os::reserve(ARENA_SIZE, ARENA_SIZE) {
+            Ok(base) => {
+                space::set_kind(base, ARENA_SIZE, SlotKind::Meta);
+                base
+            }
+            Err(_) => usize::MAX,
+        },
+        seen => seen,
+    };
+    // Release: an owner that sees the base sees the kind bytes set above.
+    POOLS.store(base, Ordering::Release);
+    (base != usize::MAX).then_some(base)
 }
 
 /// Like `alloc`, with the memory zeroed.
@@ -236,7 +335,14 @@ impl MetaState {
             self.free_spans = span;
         } else {
             let class = word as usize - 1;
-            self.bytes_in_use -= 1 << (class as u32 + MIN_CLASS_SHIFT);
+            let size = 1 << (class as u32 + MIN_CLASS_SHIFT);
+            if in_pool(p) {
+                // A pool block (counted by `note_pool_carved`) becomes an ordinary free
+                // block of ours. Relaxed: a statistic.
+                POOL_CARVED.fetch_sub(size, Ordering::Relaxed);
+            } else {
+                self.bytes_in_use -= size;
+            }
             let block = p as *mut FreeBlock;
             // SAFETY: the block is ours again and at least 16 bytes long.
             unsafe {
@@ -390,6 +496,41 @@ mod tests {
             rest as usize,
             big as usize + 3 * CHUNK_SIZE,
             "the split tail"
+        );
+    }
+
+    #[test]
+    fn pool_parts_are_disjoint_classed_and_freeable() {
+        // Owner 64: the last process arena's id; the unit tests never place in the
+        // process's arenas beyond the first few.
+        let (d0, d1) = pool(64, 0, 64).expect("pools reserved");
+        let (n0, n1) = pool(64, 1, 256).expect("pools reserved");
+        assert_eq!(d1 - d0, POOL_PART_BYTES);
+        assert!(d1 <= n0 && n1 - n0 == POOL_PART_BYTES, "parts disjoint");
+        assert_eq!(pool(65, 0, 64), None, "ids of other tables have no pool");
+        assert_eq!(d0 % CHUNK_SIZE, 0);
+        assert!(in_pool(d0 as *const u8) && in_pool((n1 - 1) as *const u8));
+        assert!(!in_pool(ptr::null()));
+        // SAFETY: blocks cut from the parts, as `region::blocks` cuts them.
+        unsafe {
+            assert_eq!(usable_size(d0 as *const u8), 64);
+            assert_eq!(usable_size((d1 - 64) as *const u8), 64);
+            assert_eq!(usable_size(n0 as *const u8), 256);
+        }
+        assert!(
+            stats().reserved >= ARENA_SIZE,
+            "the pools' arena is counted"
+        );
+        // A pool block given to `meta` is counted out of the pools, not out of the
+        // arenas' bytes in use (a fresh state has none: subtracting would overflow).
+        note_pool_carved(256);
+        let mut state = fresh();
+        // SAFETY: a block cut (and counted) from the node part, given to this state.
+        unsafe { state.free(n0 as *mut u8) };
+        assert_eq!(state.bytes_in_use, 0);
+        assert_eq!(
+            state.alloc_block(class_of(256, 256).unwrap()),
+            n0 as *mut u8
         );
     }
 

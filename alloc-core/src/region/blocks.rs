@@ -27,6 +27,8 @@ pub const DESC_BYTES: usize = 64;
 /// Tree nodes (see `tree::NODE_BYTES`); sealed lists use the same class.
 pub const NODE_BYTES: usize = 256;
 const CLASS_BYTES: [usize; 2] = [DESC_BYTES, NODE_BYTES];
+/// One pool part per class (`meta::pool`).
+const _: () = assert!(CLASS_BYTES.len() == meta::POOL_PARTS);
 
 /// A sealed list: `[link, count, block...]`, one node-sized block.
 const LIST_HEADER: usize = 2;
@@ -34,14 +36,17 @@ const LIST_HEADER: usize = 2;
 /// crossbeam bag slot) per 30 blocks, about ten updates' worth.
 const BATCH: usize = NODE_BYTES / size_of::<usize>() - LIST_HEADER;
 
-/// A dry cache's pool grows by whole chunks of `meta`, carved by the arena's own bump
-/// pointer: one metadata lock per span, and a span twice the last (from `FIRST_SPAN`
-/// chunks up to `MAX_SPAN`), so an arena takes the lock a handful of times in its life
-/// and none once its pool covers its peak. The peak has no fixed bound: a reader
-/// preempted while pinned holds back every arena's garbage until it runs again
-/// (`tests/tests/process_locks.rs`, 4 threads, 2 cores: up to ~2.8k blocks held back in
-/// ~25k updates after warm-up), so the first span is already large: a span costs
-/// address space only, and its pages fault in as the bump pointer reaches them.
+/// A dry cache cuts fresh blocks with a bump pointer of its own (under the arena's writer
+/// mutex), first from its arena's pool in `meta` (`meta::pool`: 2 MiB of address space
+/// per class, reserved for the directory id, so the arena's first blocks and its growth
+/// take no process-wide lock), then, if the pool is used up, from spans of whole meta
+/// chunks (`meta::alloc_carved`: the metadata lock, counted, once per span; a span twice
+/// the last, from `FIRST_SPAN` chunks up to `MAX_SPAN`). The pool covers any peak seen:
+/// the peak has no fixed bound, since a reader preempted while pinned holds back every
+/// arena's garbage until it runs again (`tests/tests/process_locks.rs`, 4 threads,
+/// 2 cores: a 4 MiB pool, 8k nodes, ran dry), against 32k nodes and 128k descriptors in
+/// a pool. Tables other than the process's arenas have no pool. A pool costs address space only: its pages fault
+/// in as the bump pointer reaches them.
 const FIRST_SPAN: usize = 16;
 const MAX_SPAN: usize = 64;
 
@@ -50,11 +55,13 @@ const MAX_SPAN: usize = 64;
 /// arena: unit tests) is never used: its lists go straight back to `meta`.
 static EXPIRED: [AtomicPtr<usize>; 256] = [const { AtomicPtr::new(ptr::null_mut()) }; 256];
 
-/// The not-yet-carved rest of a class's last span: `[next, end)`.
+/// The not-yet-carved rest of a class's pool part or last span: `[next, end)`.
 #[derive(Clone, Copy)]
 struct Carve {
     next: usize,
     end: usize,
+    /// Whether the class's pool part was taken (it is asked for once).
+    pooled: bool,
     /// Chunks the next span takes.
     span: usize,
 }
@@ -101,6 +108,7 @@ impl Blocks {
                 carve: [Carve {
                     next: 0,
                     end: 0,
+                    pooled: false,
                     span: FIRST_SPAN,
                 }; 2],
                 pending: [0; BATCH],
@@ -203,7 +211,7 @@ fn alloc_from(state: &mut State, own: usize, size: usize) -> *mut u8 {
     }
     if state.free[class].is_null() {
         // The cache is dry: warm-up or growth. Cut a block from the class's span.
-        return carve(&mut state.carve[class], class);
+        return carve(&mut state.carve[class], own, class);
     }
     let p = state.free[class];
     if p.is_null() {
@@ -214,21 +222,41 @@ fn alloc_from(state: &mut State, own: usize, size: usize) -> *mut u8 {
     p as *mut u8
 }
 
-/// A fresh block of `class` from `carve`, which takes a new span from `meta` (the
-/// metadata lock, counted) when it is used up. Null when metadata is exhausted.
-fn carve(carve: &mut Carve, class: usize) -> *mut u8 {
+/// A fresh block of `class` from `carve`, which takes arena `own`'s pool part for the
+/// class when it first runs dry (no lock), then a new span from `meta` (the metadata
+/// lock, counted) each time it is used up. Null when metadata is exhausted.
+fn carve(carve: &mut Carve, own: usize, class: usize) -> *mut u8 {
     let size = CLASS_BYTES[class];
     if carve.next == carve.end {
-        let span = meta::alloc_carved(size, carve.span);
-        if span.is_null() {
-            return span;
-        }
-        carve.next = span as usize;
-        carve.end = span as usize + carve.span * meta::CHUNK_SIZE;
-        carve.span = (carve.span * 2).min(MAX_SPAN);
+        let pool = match carve.pooled || own == 0 {
+            true => None,
+            false => {
+                carve.pooled = true;
+                // Part `class` of the pool of directory id `own`, asked for once: this
+                // arena's writer is the id's only user (ids are never reused).
+                meta::pool(own as u8, class, size)
+            }
+        };
+        let (start, end) = match pool {
+            Some(range) => range,
+            None => {
+                let span = meta::alloc_carved(size, carve.span);
+                if span.is_null() {
+                    return span;
+                }
+                let bytes = carve.span * meta::CHUNK_SIZE;
+                carve.span = (carve.span * 2).min(MAX_SPAN);
+                (span as usize, span as usize + bytes)
+            }
+        };
+        carve.next = start;
+        carve.end = end;
     }
     let p = carve.next;
     carve.next += size;
+    if meta::in_pool(p as *const u8) {
+        meta::note_pool_carved(size);
+    }
     p as *mut u8
 }
 
@@ -314,7 +342,12 @@ impl Drop for Blocks {
             // SAFETY: `&mut self`: no reader or writer of the tree remains.
             unsafe { meta::free(p as *mut u8) };
         }
+        // The uncut rest of a pool part stays the id's (a tree with a pool has an id and
+        // is `'static`: never dropped); only a span's rest is given back.
         for (class, carve) in state.carve.iter().enumerate() {
+            if meta::in_pool(carve.next as *const u8) {
+                continue;
+            }
             for p in (carve.next..carve.end).step_by(CLASS_BYTES[class]) {
                 // SAFETY: never-used blocks of a span carved for this class.
                 unsafe { meta::free(p as *mut u8) };

@@ -21,6 +21,8 @@ const MAX_TABLES: usize = u8::MAX as usize;
 /// Ids kept for the process's arenas (`ARENAS` arena `i` is id `i + 1`).
 pub(super) const FIXED_IDS: usize = super::arenas::MAX_ARENAS;
 const _: () = assert!(FIXED_IDS < MAX_TABLES, "ids left for other tables");
+/// Every fixed id has a metadata pool (`region::blocks`).
+const _: () = assert!(FIXED_IDS <= crate::meta::POOL_OWNERS);
 
 static TABLES: [AtomicPtr<RegionTable>; MAX_TABLES] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_TABLES];

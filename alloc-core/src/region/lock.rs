@@ -155,13 +155,24 @@ impl RegionLock {
     /// # Safety
     /// The caller holds the table's writer mutex and will call `end_write_all`.
     pub unsafe fn start_write(&self, seq: &TableSeq) {
+        // SAFETY: caller contract.
+        unsafe { self.start_write_waited(seq) };
+    }
+
+    /// `start_write`, telling whether it found readers inside and had to wait for them
+    /// (the table counts those waits: `LockCounters::reader_waits`).
+    ///
+    /// # Safety
+    /// As `start_write`.
+    pub unsafe fn start_write_waited(&self, seq: &TableSeq) -> bool {
         let stamp = seq.current();
         if self.lock_seq.load(Ordering::Relaxed) == stamp {
-            return; // already write-locked by this update
+            return false; // already write-locked by this update
         }
         // Acquire pairs with readers' Release in `read_unlock`: once the count reads zero
         // their accesses are complete.
         let mut word = self.word.fetch_or(WRITER, Ordering::Acquire);
+        let waited = word & !WRITER != 0;
         let mut round = 0;
         while word & !WRITER != 0 {
             backoff(&mut round);
@@ -170,6 +181,7 @@ impl RegionLock {
         self.lock_seq.store(stamp, Ordering::Relaxed);
         // Release orders the stamp before any reader's Acquire in `try_read`.
         self.word.fetch_and(!WRITER, Ordering::Release);
+        waited
     }
 
     /// Write-locks a region that no reader can reach yet (a new descriptor, before it

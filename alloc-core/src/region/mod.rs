@@ -36,6 +36,8 @@ pub mod table;
 pub mod tree;
 
 #[cfg(all(test, loom))]
+mod loom_retire;
+#[cfg(all(test, loom))]
 mod loom_tests;
 
 use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};

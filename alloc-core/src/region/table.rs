@@ -12,7 +12,12 @@
 //! since we found it: `Region::read_lock_validated`, which the loom models run too);
 //! unpin. The read reference alone then keeps `r` attached: detaching needs
 //! `start_write`, which waits readers out. Any failure falls to the slow path, which
-//! repeats the lookup under the writer mutex, where it cannot fail spuriously.
+//! repeats the lookup under the writer mutex, where it cannot fail spuriously. A free
+//! holds its reference only to validate and claim the object (`Live -> Retired`, and
+//! the work its caller does on the dead object's pages), and gives it up *before* it
+//! pushes the region on the retired stack (`protocol::Region::unlock_and_push_retired`),
+//! so the writer that drains the region never waits for a freer preempted after its
+//! push. Writers count the waits they do have (`LockCounters::reader_waits`).
 //!
 //! Write side: every update runs in `write()` (or `try_write()`, which gives up at once
 //! if another writer holds the mutex): writer mutex, epoch pin, the update (a `Writer`
@@ -26,15 +31,15 @@ use super::directory;
 use super::epoch;
 use super::free_index::FreeIndex;
 use super::lock::TableSeq;
-use super::protocol::ReadAttempt;
-use super::tree::RangeTree;
-use super::{Region, RegionKind, RegionState, Space, PURGING, RETIRED_NEXT};
+use super::protocol::{ReadAttempt, RetiredStack};
+use super::tree::RegionTree;
+use super::{Region, RegionKind, RegionState, Space, PURGING};
 use crate::os::{self, PurgeMode};
 use crate::stats::Counter;
-use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use crate::sync::{SpinGuard, SpinLock};
 use crate::Reentrancy;
-use core::ptr;
+use core::ptr::NonNull;
 use writer::Writer;
 
 mod writer;
@@ -80,18 +85,37 @@ pub struct LockCounters {
     /// Nanoseconds those acquisitions waited (`os::now_ns` around the wait, read only
     /// when the lock was found held).
     pub wait_ns: Counter,
+    /// Write-locks (`start_write`) that found readers inside a region and waited for
+    /// them to leave: the one place a writer waits for readers, and where a reader
+    /// preempted while holding its reference would stall the update.
+    pub reader_waits: Counter,
 }
 
-/// What a reader holds: a validated read reference on one region.
+/// What a reader holds: a validated read reference on one region. The reference, not
+/// an epoch guard, keeps the descriptor alive (attached: detaching it needs
+/// `start_write`, which waits for the reference to go), so the region is lent for as
+/// long as the guard is borrowed.
 pub struct ReadGuard {
-    region: &'static Region,
+    region: NonNull<Region>,
     /// The region's start, as the tree gave it (validated equal to the descriptor's).
     start: usize,
 }
 
 impl ReadGuard {
-    pub fn region(&self) -> &'static Region {
-        self.region
+    /// Wraps a read reference the caller holds on `region` (validated, or taken under
+    /// the writer mutex), found under tree key `start`.
+    fn new(region: &Region, start: usize) -> Self {
+        ReadGuard {
+            region: NonNull::from(region),
+            start,
+        }
+    }
+
+    #[inline]
+    pub fn region(&self) -> &Region {
+        // SAFETY: our read reference keeps the region attached, and an attached
+        // descriptor is never freed.
+        unsafe { self.region.as_ref() }
     }
 
     /// The region's start address. Equal to `region().start()`, but taken from the tree
@@ -104,41 +128,61 @@ impl ReadGuard {
     }
 }
 
+impl ReadGuard {
+    /// Ends a retire won under this reference (`Region::claim_live`): gives the
+    /// reference up, then pushes the region on `stack` (in that order: see `protocol`).
+    fn unlock_and_retire(self, stack: &RetiredStack) {
+        let region = self.region;
+        core::mem::forget(self);
+        // SAFETY: this guard was a validated read reference, given up here (not
+        // dropped), and the caller won `claim_live(Retired)` under it; the descriptor is
+        // still attached (see `unlock_and_push_retired`).
+        unsafe { region.as_ref().unlock_and_push_retired(stack) };
+    }
+}
+
 impl Drop for ReadGuard {
     fn drop(&mut self) {
-        self.region.lock.read_unlock();
+        self.region().lock.read_unlock();
     }
 }
 
 /// A region in the `Cached` state, owned by whoever holds this handle (a region cache):
 /// only `take` or `retire` end it, so exactly one of them runs. It knows its arena.
 pub struct CachedRegion {
-    region: &'static Region,
+    region: NonNull<Region>,
+    /// Arenas are never freed (statics, or leaked by the arena set).
     table: &'static RegionTable,
 }
 
 impl CachedRegion {
+    fn region(&self) -> &Region {
+        // SAFETY: a cached region stays attached (writers leave `Cached` regions alone)
+        // until `take` or `retire`, which consume this handle.
+        unsafe { self.region.as_ref() }
+    }
+
     /// Hands the region back to its new owner as a live object (`Cached -> Live`);
     /// returns its start.
     pub fn take(self) -> usize {
-        self.table.take_cached(self.region)
+        self.table.take_cached(self.region())
     }
 
     /// Lets the region go (`Cached -> Retired`): its guard page, if any, is lifted and
     /// its arena's next writer folds it into free space, as any retired object.
     pub fn retire(self) {
-        self.table.retire_cached(self.region)
+        self.table.retire_cached(self.region())
     }
 
     /// The region's start. Relaxed loads: a cached region is never changed.
     pub fn start(&self) -> usize {
-        self.region.start()
+        self.region().start()
     }
 
     /// The region's length (the object's, with its guard page if any).
     #[allow(clippy::len_without_is_empty)] // a region is never empty
     pub fn len(&self) -> usize {
-        self.region.len()
+        self.region().len()
     }
 }
 
@@ -206,7 +250,7 @@ pub struct RegionTable {
     pub(super) fixed_id: u8,
     /// Set once the table has reserved address space (`Writer::add_arena`).
     reserved_any: AtomicBool,
-    tree: RangeTree,
+    tree: RegionTree,
     seq: TableSeq,
     /// The writer mutex. A spin-then-yield lock rather than `parking_lot::Mutex`: a
     /// parking lock's `fork` handling is unsafe (a child whose parent had threads parked
@@ -215,9 +259,8 @@ pub struct RegionTable {
     /// and parking allocates. Sections under it make no syscall but the rare arena
     /// reservation, so spinning is short.
     writer: SpinLock<WriterState>,
-    /// Retired regions waiting to become free space: a lock-free stack pushed by `free`
-    /// and emptied whole (swap with null) by writers, so it has no ABA hazard.
-    retired: AtomicPtr<Region>,
+    /// Retired regions waiting to become free space (see `RetiredStack`).
+    retired: RetiredStack,
     pub counters: LockCounters,
     live_regions: AtomicUsize,
     /// Bytes in dirty free regions (written under the writer mutex, or by a purge that
@@ -263,13 +306,13 @@ impl RegionTable {
             id: AtomicU8::new(0),
             fixed_id: 0,
             reserved_any: AtomicBool::new(false),
-            tree: RangeTree::new(),
+            tree: RegionTree::new(),
             seq: TableSeq::new(),
             writer: SpinLock::new(WriterState {
                 free: FreeIndex::new(),
                 reserved: 0,
             }),
-            retired: AtomicPtr::new(ptr::null_mut()),
+            retired: RetiredStack::new(),
             counters: LockCounters {
                 success: Counter::new(),
                 abort: Counter::new(),
@@ -279,6 +322,7 @@ impl RegionTable {
                 writer: Counter::new(),
                 waits: Counter::new(),
                 wait_ns: Counter::new(),
+                reader_waits: Counter::new(),
             },
             live_regions: AtomicUsize::new(0),
             dirty_bytes: AtomicUsize::new(0),
@@ -308,12 +352,10 @@ impl RegionTable {
     fn find_and_read_lock_fast(&self, addr: usize) -> Option<ReadGuard> {
         for _ in 0..STALE_RETRIES {
             let guard = epoch::pin();
-            let Some((start, value)) = self.tree.floor(addr, &guard) else {
+            let Some((start, region)) = self.tree.floor(addr, &guard) else {
                 self.counters.miss.inc();
                 break;
             };
-            // SAFETY: values in the tree are descriptors, valid while we are pinned.
-            let region: &'static Region = unsafe { &*(value as *const Region) };
             match region.read_lock_validated(start, addr, &self.seq) {
                 ReadAttempt::Locked => {}
                 ReadAttempt::WriteLocked => {
@@ -331,7 +373,7 @@ impl RegionTable {
                 }
             }
             self.counters.success.inc();
-            return Some(ReadGuard { region, start });
+            return Some(ReadGuard::new(region, start));
         }
         None
     }
@@ -343,16 +385,15 @@ impl RegionTable {
         let _writer = self.lock_writer();
         self.counters.slow.inc();
         let guard = epoch::pin();
-        let (start, value) = self.tree.floor(addr, &guard)?;
-        // SAFETY: as in the fast path; under the writer mutex it is also attached.
-        let region: &'static Region = unsafe { &*(value as *const Region) };
+        // Under the writer mutex the region found is attached.
+        let (start, region) = self.tree.floor(addr, &guard)?;
         if !region.contains(addr) {
             return None;
         }
         debug_assert_eq!(region.start(), start, "the tree is current under the mutex");
         // SAFETY: we hold the writer mutex.
         unsafe { region.lock.read_lock_under_writer() };
-        Some(ReadGuard { region, start })
+        Some(ReadGuard::new(region, start))
     }
 
     /// Frees the object region starting at `addr`: marks it retired (exactly once, which
@@ -400,7 +441,7 @@ impl RegionTable {
         addr: usize,
         keep: impl FnOnce(&Region) -> bool,
         prepare: impl FnOnce(&Region),
-    ) -> Result<Option<&'static Region>, RetireError> {
+    ) -> Result<Option<NonNull<Region>>, RetireError> {
         let read = self
             .find_and_read_lock(addr)
             .ok_or(RetireError::NotAllocated)?;
@@ -420,26 +461,14 @@ impl RegionTable {
         } else {
             RegionState::Retired
         };
-        // AcqRel: exactly one freer wins; the winner's accesses to the object happen
-        // before the writer (or the cache's next taker) that later reads the state
-        // (Acquire in `state()`).
-        if region
-            .state
-            .compare_exchange(
-                RegionState::Live as u8,
-                next as u8,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_err()
-        {
+        if !region.claim_live(next) {
             return Err(RetireError::DoubleFree);
         }
         if cached {
             // A cached region stays attached: writers only change free regions, regions
             // they drain from the retired stack and live objects their owner resizes
             // (`Writer::live_object_at`), so the descriptor outlives our read lock.
-            return Ok(Some(region));
+            return Ok(Some(NonNull::from(region)));
         }
         // Only the winning freer prepares; still under our read lock and not yet on the
         // retired stack, so no writer can reuse the range meanwhile. A guard not lifted
@@ -448,12 +477,13 @@ impl RegionTable {
         self.pause_in_retire.pause_here();
         region.lift_guard();
         prepare(region);
-        self.push_retired(region);
+        read.unlock_and_retire(&self.retired);
+        self.live_regions.fetch_sub(1, Ordering::Relaxed);
         Ok(None)
     }
 
     /// `CachedRegion::take`.
-    fn take_cached(&self, region: &'static Region) -> usize {
+    fn take_cached(&self, region: &Region) -> usize {
         // Release: the owner's later free (Acquire CAS) sees the object live. Nobody else
         // changes a cached region's state: a stray free of it fails (`DoubleFree`).
         region
@@ -463,33 +493,14 @@ impl RegionTable {
     }
 
     /// `CachedRegion::retire`.
-    fn retire_cached(&self, region: &'static Region) {
+    fn retire_cached(&self, region: &Region) {
         // Release: publishes the cache's accesses to the writer that drains the region;
         // the handle proves the state is `Cached` and ours.
         region
             .state
             .store(RegionState::Retired as u8, Ordering::Release);
         region.lift_guard();
-        self.push_retired(region);
-    }
-
-    /// Pushes a region that just became `Retired` on the retired stack.
-    fn push_retired(&self, region: &'static Region) {
-        let node = region as *const Region as *mut Region;
-        let mut head = self.retired.load(Ordering::Relaxed);
-        loop {
-            region.link(RETIRED_NEXT).store(head, Ordering::Relaxed);
-            // Release publishes the link (and the retirement) to the writer's Acquire swap.
-            match self.retired.compare_exchange_weak(
-                head,
-                node,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(seen) => head = seen,
-            }
-        }
+        self.retired.push(region);
         self.live_regions.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -632,7 +643,7 @@ impl RegionTable {
         if new != 0 {
             // Before the id is published: this arena's writers (ordered after by the
             // mutex) free tree blocks onto the owner's `EXPIRED` stack.
-            self.tree.blocks.set_owner(new);
+            self.tree.blocks().set_owner(new);
         }
         // Release pairs with the Acquire in `directory_id`.
         self.id.store(new, Ordering::Release);
@@ -789,12 +800,12 @@ impl RegionTable {
         self.write(|w| {
             // The candidates first: cutting pieces changes the free index, which its
             // `for_each` visit must not see.
-            let mut candidates: [Option<(&'static Region, u64)>; BATCH] = [None; BATCH];
+            let mut candidates: [Option<(&Region, u64)>; BATCH] = [None; BATCH];
             let mut found = 0;
             // SAFETY: we hold the writer mutex for the visit.
             unsafe {
                 w.state.free.for_each(|r| {
-                    let region: &'static Region = &*r;
+                    let region: &Region = &*r;
                     // Acquire pairs with the Release of a failed purge's un-claim, so
                     // its `dirty_bytes` add comes before our subtraction.
                     let since = region.dirty_since.load(Ordering::Acquire);
@@ -821,10 +832,7 @@ impl RegionTable {
                     region.dirty_since.store(PURGING, Ordering::Relaxed);
                     self.dirty_bytes.fetch_sub(region.len(), Ordering::Relaxed);
                     bytes += region.len();
-                    let read = ReadGuard {
-                        region,
-                        start: region.start(),
-                    };
+                    let read = ReadGuard::new(region, region.start());
                     picked[count] = Some((read, since));
                     count += 1;
                 }
@@ -897,10 +905,8 @@ impl RegionTable {
             free: state.free.bytes,
             ..SpaceStats::default()
         };
-        self.tree.for_each(&guard, |_, value| {
-            // SAFETY: tree values are descriptors, valid while pinned.
-            let r = unsafe { &*(value as *const Region) };
-            match (r.kind(), r.state()) {
+        self.tree
+            .for_each(&guard, |_, r| match (r.kind(), r.state()) {
                 (RegionKind::Free, _) => {
                     stats.free_regions += 1;
                     if r.is_dirty() {
@@ -917,8 +923,7 @@ impl RegionTable {
                     stats.segment_regions += 1;
                     stats.segment_bytes += r.len();
                 }
-            }
-        });
+            });
         stats
     }
 
@@ -950,10 +955,7 @@ impl RegionTable {
         let _inside = Reentrancy::enter();
         let _writer = self.writer.lock();
         let guard = epoch::pin();
-        self.tree.for_each(&guard, |_, value| {
-            // SAFETY: tree values are descriptors, valid while pinned.
-            f(unsafe { &*(value as *const Region) })
-        });
+        self.tree.for_each(&guard, |_, r| f(r));
     }
 
     /// Repairs the table in a fork child: read references held by threads that do not
@@ -967,15 +969,13 @@ impl RegionTable {
     /// Only in a fork child, after `fork_release`, before anything else uses the table.
     pub unsafe fn after_fork_in_child(&self) {
         let now = os::now_ms().max(1);
-        self.retired.store(ptr::null_mut(), Ordering::Relaxed);
+        // SAFETY: caller contract: the only thread.
+        unsafe { self.retired.clear_after_fork() };
         self.for_each_region_ref(|r| {
             // SAFETY: caller contract: the only thread, holding no reference.
             unsafe { r.lock.reset_after_fork() };
             if r.kind() != RegionKind::Free && r.state() == RegionState::Retired {
-                let node = r as *const Region as *mut Region;
-                r.link(RETIRED_NEXT)
-                    .store(self.retired.load(Ordering::Relaxed), Ordering::Relaxed);
-                self.retired.store(node, Ordering::Relaxed);
+                self.retired.push(r);
             }
             if r.kind() == RegionKind::Free && r.dirty_since() == PURGING {
                 r.dirty_since.store(now, Ordering::Relaxed);

@@ -4,6 +4,8 @@
 //! replaced nodes' grace periods; the table takes its descriptors from it too), and calls
 //! `blocks`, `meta` (freeing everything when dropped) and `crossbeam_epoch` (the
 //! caller's `Guard`).
+//! `RegionTree` is the typed face the table uses: its values are region descriptors,
+//! handed out as references tied to the lifetime of the caller's epoch guard.
 //! Readers descend from one `Acquire` load of the root, without locks or shared writes.
 //! Writers, serialised by the table's writer mutex, copy the path they change (splitting,
 //! merging and borrowing on the way up) and publish it with one `Release` store of the
@@ -11,6 +13,7 @@
 
 use crate::meta;
 use crate::region::blocks::{self, Blocks};
+use crate::region::Region;
 use core::cell::UnsafeCell;
 use core::ops::Range;
 use core::ptr;
@@ -695,6 +698,113 @@ impl RangeTree {
         // SAFETY: only writers allocate nodes, and the callers serialise them. The block
         // class (256 B, aligned to its size) covers Node's size and alignment.
         unsafe { self.blocks.alloc(NODE_BYTES) as *mut Node }
+    }
+}
+
+/// A `RangeTree` whose values are region descriptors, seen as references that live as
+/// long as the epoch guard of the lookup that found them, as crossbeam's
+/// `Shared<'g, T>` does: a descriptor leaves the tree before its grace period starts
+/// (`Blocks::retire`), so none can be freed while a guard that could have read it is
+/// alive. Unlike `Shared`, the reference is safe to use: every word in this tree was put
+/// there by `insert` or `replace`, whose contract is exactly that. The one place the
+/// tree's words become `Region`s.
+pub struct RegionTree(RangeTree);
+
+impl Default for RegionTree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RegionTree {
+    pub const fn new() -> Self {
+        RegionTree(RangeTree::new())
+    }
+
+    /// The arena's block cache (descriptors and nodes).
+    #[inline]
+    pub(crate) fn blocks(&self) -> &Blocks {
+        &self.0.blocks
+    }
+
+    #[inline(always)]
+    fn typed((key, word): (usize, usize), _guard: &Guard) -> (usize, &Region) {
+        // SAFETY: `word` is a descriptor stored by `insert` or `replace`, freed no sooner
+        // than a grace period after it left the tree; `_guard` pins the caller for as
+        // long as the reference lives.
+        (key, unsafe { &*(word as *const Region) })
+    }
+
+    /// The region with the greatest start <= `addr` (the one that may contain it).
+    #[inline]
+    pub fn floor<'g>(&self, addr: usize, guard: &'g Guard) -> Option<(usize, &'g Region)> {
+        self.0.floor(addr, guard).map(|e| Self::typed(e, guard))
+    }
+
+    /// The region with the smallest start > `addr`.
+    pub fn next_after<'g>(&self, addr: usize, guard: &'g Guard) -> Option<(usize, &'g Region)> {
+        self.0
+            .next_after(addr, guard)
+            .map(|e| Self::typed(e, guard))
+    }
+
+    /// The region with the greatest start < `addr`.
+    pub fn prev_before<'g>(&self, addr: usize, guard: &'g Guard) -> Option<(usize, &'g Region)> {
+        self.0
+            .prev_before(addr, guard)
+            .map(|e| Self::typed(e, guard))
+    }
+
+    /// The region starting exactly at `start`.
+    pub fn get<'g>(&self, start: usize, guard: &'g Guard) -> Option<&'g Region> {
+        self.floor(start, guard)
+            .filter(|e| e.0 == start)
+            .map(|e| e.1)
+    }
+
+    /// Visits every region in address order, all from one snapshot.
+    pub fn for_each<'g>(&self, guard: &'g Guard, mut f: impl FnMut(usize, &'g Region)) {
+        self.0.for_each(guard, |key, word| {
+            let (key, region) = Self::typed((key, word), guard);
+            f(key, region)
+        })
+    }
+
+    /// Inserts `region` under its start. On error the tree is unchanged.
+    ///
+    /// # Safety
+    /// As `RangeTree::insert`; and `region` is a descriptor that stays valid until a
+    /// grace period after it leaves the tree (unlinked, then `Blocks::retire`).
+    pub unsafe fn insert(&self, region: *mut Region, guard: &Guard) -> Result<(), TreeError> {
+        // SAFETY: caller contract.
+        unsafe { self.0.insert((*region).start(), region as usize, guard) }
+    }
+
+    /// Removes the entry at `start`; false if there is none.
+    ///
+    /// # Safety
+    /// As `RangeTree::remove`.
+    pub unsafe fn remove(&self, start: usize, guard: &Guard) -> bool {
+        // SAFETY: caller contract.
+        unsafe { self.0.remove(start, guard) }.is_some()
+    }
+
+    /// Makes `region` the value at `start` in place; false if `start` is not a key.
+    ///
+    /// # Safety
+    /// As `insert`.
+    pub unsafe fn replace(&self, start: usize, region: *mut Region, guard: &Guard) -> bool {
+        // SAFETY: caller contract.
+        unsafe { self.0.replace(start, region as usize, guard) }.is_some()
+    }
+
+    /// Moves the entry at `old` to `new` (see `RangeTree::rekey`).
+    ///
+    /// # Safety
+    /// As `RangeTree::rekey`.
+    pub unsafe fn rekey(&self, old: usize, new: usize, guard: &Guard) -> Result<(), TreeError> {
+        // SAFETY: caller contract.
+        unsafe { self.0.rekey(old, new, guard) }
     }
 }
 

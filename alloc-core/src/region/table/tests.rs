@@ -279,9 +279,16 @@ fn a_huge_free_region_is_purged_in_bounded_pieces() {
 /// lock word shows a writer draining readers) instead of working around it.
 fn without_waiting_for<R: Send>(
     table: &'static RegionTable,
-    purged: &'static Region,
+    purged: usize,
     op: impl FnOnce() -> R + Send,
 ) -> R {
+    // Pinned while we look at the descriptor (a purge that finishes may merge it away,
+    // and a descriptor that left the tree is freed only after a grace period).
+    let pinned = epoch::pin();
+    let purged = table
+        .tree
+        .get(purged, &pinned)
+        .expect("the region to purge");
     table.pause_in_madvise.arm();
     std::thread::scope(|s| {
         let purger = s.spawn(|| table.purge(0, PurgeMode::DontNeed, usize::MAX));
@@ -322,8 +329,7 @@ fn a_placement_beside_a_purge_does_not_wait_for_it() {
     table.retire(o).unwrap();
     table.collect_retired();
     // Layout: O (free, dirty, the smallest fit), the rest of the arena (free, clean).
-    let purged = table.find_and_read_lock(o).unwrap().region();
-    let placed = without_waiting_for(table, purged, || {
+    let placed = without_waiting_for(table, o, || {
         table.allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
     })
     .unwrap();
@@ -348,8 +354,7 @@ fn a_free_beside_a_purge_does_not_wait_for_it() {
     table.retire(b).unwrap();
     table.collect_retired();
     // Layout: A (live), B (free, dirty), the rest of the arena (free, clean).
-    let purged = table.find_and_read_lock(b).unwrap().region();
-    without_waiting_for(table, purged, || {
+    without_waiting_for(table, b, || {
         table.retire(a).unwrap();
         table.collect_retired();
     });

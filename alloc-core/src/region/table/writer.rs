@@ -70,19 +70,31 @@ fn top_start(end: usize, len: usize, align: usize) -> usize {
     (end - len) & !(align - 1)
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
     fn start_write(&self, r: &Region) {
         // SAFETY: we hold the writer mutex and `write()` ends the update.
-        unsafe { r.lock.start_write(&self.table.seq) }
+        if unsafe { r.lock.start_write_waited(&self.table.seq) } {
+            self.table.counters.reader_waits.inc();
+        }
     }
 
-    fn region_at(&self, key: usize) -> Option<&'static Region> {
-        let value = self.table.tree.get(key, self.guard)?;
-        // SAFETY: tree values are descriptors; under the writer mutex, attached.
-        Some(unsafe { &*(value as *const Region) })
+    /// The region starting at `key` (under the writer mutex, attached).
+    fn region_at(&self, key: usize) -> Option<&'a Region> {
+        self.table.tree.get(key, self.guard)
     }
 
-    fn live_object_at(&self, addr: usize) -> Option<&'static Region> {
+    /// A region the free index or the retired stack holds, seen for this update.
+    ///
+    /// # Safety
+    /// `p` is an indexed free region or one drained from the retired stack: attached
+    /// (or, drained, freed only by this writer after it detaches it), and this update
+    /// is pinned for `'a`.
+    unsafe fn held(&self, p: *const Region) -> &'a Region {
+        // SAFETY: caller contract.
+        unsafe { &*p }
+    }
+
+    fn live_object_at(&self, addr: usize) -> Option<&'a Region> {
         self.region_at(addr)
             .filter(|r| r.kind() != RegionKind::Free && r.state() == RegionState::Live)
     }
@@ -96,7 +108,7 @@ impl Writer<'_> {
         }
         // SAFETY: we hold the writer mutex. The descriptor class (64 B, aligned to its
         // size) covers Region's size and alignment (asserted in `region`).
-        let p = unsafe { self.table.tree.blocks.alloc(DESC_BYTES) } as *mut Region;
+        let p = unsafe { self.table.tree.blocks().alloc(DESC_BYTES) } as *mut Region;
         if !p.is_null() {
             // SAFETY: fresh metadata memory sized and aligned for a Region; it becomes
             // reachable only when inserted, so it is write-locked for this update first
@@ -110,7 +122,7 @@ impl Writer<'_> {
     }
 
     /// Takes `r` out of the tree and frees its descriptor after the grace period.
-    fn detach(&mut self, r: &'static Region) {
+    fn detach(&mut self, r: &'a Region) {
         self.start_write(r);
         // SAFETY: writer mutex held; removal never fails (the tree keeps spare nodes).
         unsafe { self.table.tree.remove(r.start(), self.guard) };
@@ -120,8 +132,10 @@ impl Writer<'_> {
     /// Retires the descriptor of `r`, which the tree no longer reaches (removed, or its
     /// key now holds another descriptor): out of the free index, marked detached, freed
     /// after the grace period.
-    fn discard(&mut self, r: &'static Region) {
+    fn discard(&mut self, r: &'a Region) {
         let p = r as *const Region as *mut Region;
+        // Write-locked here, counted, so that `mark_detached` finds it locked already.
+        self.start_write(r);
         // SAFETY: writer mutex held, and `write()` ends the update; `r` may be indexed.
         // Readers that still find `r` in an old tree version see it detached once they
         // can lock it, after `end_write_all`.
@@ -131,27 +145,26 @@ impl Writer<'_> {
         }
         // SAFETY: unreachable from the tree; readers pinned now may still look at it, and
         // it is freed after they unpin. We hold the writer mutex.
-        unsafe { self.table.tree.blocks.retire(self.guard, p as *mut u8) };
+        unsafe { self.table.tree.blocks().retire(self.guard, p as *mut u8) };
     }
 
     fn insert(&mut self, r: *mut Region) -> bool {
         // SAFETY: writer mutex held; `r` is a fresh descriptor not yet published.
-        let inserted = unsafe { self.table.tree.insert((*r).start(), r as usize, self.guard) };
+        let inserted = unsafe { self.table.tree.insert(r, self.guard) };
         if inserted.is_err() {
             // SAFETY: never published, so no reader can hold it; writer mutex held.
-            unsafe { self.table.tree.blocks.free_unpublished(r as *mut u8) };
+            unsafe { self.table.tree.blocks().free_unpublished(r as *mut u8) };
             return false;
         }
         true
     }
 
     pub(super) fn drain_retired(&mut self) {
-        // Acquire pairs with the Release pushes in `retire`.
-        let mut r = self.table.retired.swap(ptr::null_mut(), Ordering::Acquire);
+        let mut r = self.table.retired.take_all();
         let now = os::now_ms().max(1);
         while !r.is_null() {
             // SAFETY: retired regions stay attached until this writer frees them.
-            let region: &'static Region = unsafe { &*r };
+            let region = unsafe { self.held(r) };
             r = region.link(RETIRED_NEXT).load(Ordering::Relaxed);
             // A guard page its retire did not lift (a fork child inherited the retire
             // half done, or the lift failed): lifted now, or, if it still cannot be,
@@ -182,10 +195,10 @@ impl Writer<'_> {
     /// as it is, and indexes it. Dirty and clean space stay apart (as jemalloc keeps its
     /// dirty and retained extents apart): a merged region could only be called all
     /// dirty, which would send placement into clean pages and purges over clean ones.
-    fn coalesce(&mut self, mut r: &'static Region) -> &'static Region {
+    fn coalesce(&mut self, mut r: &'a Region) -> &'a Region {
         // Dirtiness is read only after both regions are write-locked (a purge changes it
         // under a read lock); `kind` and the range change only under the writer mutex.
-        let mergeable = |w: &mut Self, a: &'static Region, b: &'static Region| {
+        let mergeable = |w: &mut Self, a: &Region, b: &Region| {
             if a.kind() != RegionKind::Free
                 || b.kind() != RegionKind::Free
                 || a.end() != b.start()
@@ -204,17 +217,13 @@ impl Writer<'_> {
             w.start_write(b);
             a.is_dirty() == b.is_dirty()
         };
-        if let Some((_, value)) = self.table.tree.prev_before(r.start(), self.guard) {
-            // SAFETY: tree value under the writer mutex.
-            let prev: &'static Region = unsafe { &*(value as *const Region) };
+        if let Some((_, prev)) = self.table.tree.prev_before(r.start(), self.guard) {
             if mergeable(self, prev, r) {
                 self.absorb(prev, r);
                 r = prev;
             }
         }
-        if let Some((_, value)) = self.table.tree.next_after(r.start(), self.guard) {
-            // SAFETY: as above.
-            let next: &'static Region = unsafe { &*(value as *const Region) };
+        if let Some((_, next)) = self.table.tree.next_after(r.start(), self.guard) {
             if mergeable(self, r, next) {
                 self.absorb(r, next);
             }
@@ -236,9 +245,7 @@ impl Writer<'_> {
             return;
         }
         let mut next = self.table.tree.floor(start, self.guard);
-        while let Some((_, value)) = next {
-            // SAFETY: tree value under the writer mutex.
-            let mut r: &'static Region = unsafe { &*(value as *const Region) };
+        while let Some((_, mut r)) = next {
             if r.start() >= end {
                 break;
             }
@@ -252,7 +259,7 @@ impl Writer<'_> {
     }
 
     /// `left` (free) takes over its adjacent free neighbour `right`.
-    fn absorb(&mut self, left: &'static Region, right: &'static Region) {
+    fn absorb(&mut self, left: &'a Region, right: &'a Region) {
         // Both locked before their purge-owned fields are read (see `carve`).
         self.start_write(left);
         self.start_write(right);
@@ -289,7 +296,7 @@ impl Writer<'_> {
             }
         };
         // SAFETY: indexed regions are attached descriptors.
-        let free: &'static Region = unsafe { &*free };
+        let free = unsafe { self.held(free) };
         self.carve(free, at, len, kind)
     }
 
@@ -323,7 +330,7 @@ impl Writer<'_> {
             return self.allocate(len, align, kind, Space::Base);
         };
         // SAFETY: indexed regions are attached descriptors.
-        let free: &'static Region = unsafe { &*region };
+        let free = unsafe { self.held(region) };
         let at = if roomy {
             // `find` guaranteed an aligned start with `want` bytes after it, so rounding
             // the middle down can only fall back to that aligned start.
@@ -387,7 +394,7 @@ impl Writer<'_> {
             return self.allocate(len, align, kind, space);
         };
         // SAFETY: indexed regions are attached descriptors.
-        let free: &'static Region = unsafe { &*region };
+        let free = unsafe { self.held(region) };
         self.carve(free, at, len, kind)
     }
 
@@ -424,9 +431,7 @@ impl Writer<'_> {
             // clean space are kept apart), which `grow` takes as one neighbour at a time.
             let end = if dirty {
                 match self.table.tree.next_after(start, self.guard) {
-                    Some((next, value)) if next == r.end() => {
-                        // SAFETY: tree value under the writer mutex.
-                        let n: &Region = unsafe { &*(value as *const Region) };
+                    Some((next, n)) if next == r.end() => {
                         if n.kind() == RegionKind::Free && arena_of(next) == arena_of(start) {
                             n.end()
                         } else {
@@ -445,9 +450,7 @@ impl Writer<'_> {
                 return None;
             }
             let floor = match self.table.tree.prev_before(start, self.guard) {
-                Some((prev_start, value)) => {
-                    // SAFETY: tree value under the writer mutex.
-                    let prev: &Region = unsafe { &*(value as *const Region) };
+                Some((prev_start, prev)) => {
                     // Only a neighbour in the same arena can grow into this region.
                     if prev.kind() == RegionKind::Large
                         && prev.end() == start
@@ -523,7 +526,7 @@ impl Writer<'_> {
     /// what was published, so the table is as it was when this returns `None`.
     fn carve(
         &mut self,
-        free: &'static Region,
+        free: &'a Region,
         at: usize,
         len: usize,
         kind: RegionKind,
@@ -542,7 +545,7 @@ impl Writer<'_> {
             let t = self.new_region(at + len, end - at - len, RegionKind::Free, zeroed);
             if t.is_null() {
                 // SAFETY: never published; writer mutex held.
-                unsafe { self.table.tree.blocks.free_unpublished(object as *mut u8) };
+                unsafe { self.table.tree.blocks().free_unpublished(object as *mut u8) };
                 return None;
             }
             // SAFETY: fresh, unpublished; the tail carries the free region's purge state.
@@ -555,14 +558,14 @@ impl Writer<'_> {
         // (write-locked, so they wait for this update) or the tail, which is free space.
         if !tail.is_null() && !self.insert(tail) {
             // SAFETY: never published (`insert` freed the tail); writer mutex held.
-            unsafe { self.table.tree.blocks.free_unpublished(object as *mut u8) };
+            unsafe { self.table.tree.blocks().free_unpublished(object as *mut u8) };
             return None;
         }
         let fp = free as *const Region as *mut Region;
         if at == start {
             // The object takes the free region's key in place: no allocation, no failure.
             // SAFETY: writer mutex held, `start` is in the tree.
-            unsafe { self.table.tree.replace(start, object as usize, self.guard) };
+            unsafe { self.table.tree.replace(start, object, self.guard) };
             self.discard(free);
         } else if self.insert(object) {
             // SAFETY: writer mutex held; out of the index before its length changes,
@@ -601,11 +604,7 @@ impl Writer<'_> {
     /// can; returns the rest, a new free region just as dirty, or `None` when `r` is
     /// small enough already. Out of metadata, `r` stays whole (and `None`): purging it
     /// in one call is slower for a writer that needs it, never wrong.
-    pub(super) fn split_for_purge(
-        &mut self,
-        r: &'static Region,
-        limit: usize,
-    ) -> Option<&'static Region> {
+    pub(super) fn split_for_purge(&mut self, r: &'a Region, limit: usize) -> Option<&'a Region> {
         let limit = limit
             .min(PURGE_PIECE)
             .next_multiple_of(PAGE_SIZE)
@@ -653,11 +652,9 @@ impl Writer<'_> {
             Some(0) | None => return true,
             Some(d) => d,
         };
-        let Some((_, value)) = self.table.tree.next_after(addr, self.guard) else {
+        let Some((_, next)) = self.table.tree.next_after(addr, self.guard) else {
             return false;
         };
-        // SAFETY: tree value under the writer mutex.
-        let next: &'static Region = unsafe { &*(value as *const Region) };
         if next.kind() != RegionKind::Free
             || next.start() != r.end()
             || next.len() < delta
