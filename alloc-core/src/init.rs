@@ -182,7 +182,8 @@ pub fn fork_parent() {
 
 /// `pthread_atfork` child handler: the child's only thread releases the locks, then
 /// repairs what the vanished threads left: the epoch and the region table (pins and
-/// region locks they held), the heaps' exit-key creation. Their heaps stay as they are
+/// region locks they held), the heaps' exit-key creation, the background purger (started
+/// again at the child's first purge tick). Their heaps stay as they are
 /// (no write into them here: a child about to `exec` would pay a copy-on-write fault
 /// per heap) and are repaired by whichever thread adopts them.
 pub fn fork_child() {
@@ -198,6 +199,7 @@ pub fn fork_child() {
         EXIT_KEY.after_fork_in_child();
     }
     heap::fork_child();
+    crate::reclaim::after_fork_in_child();
 }
 
 /// Counts a parent/child handler call off; true for the outermost one.

@@ -11,17 +11,28 @@
 // Model builds leave out the code that uses most of the descriptor (see below), and the
 // loom-only constructors cannot be `const`, hence not `Default`-able either.
 #![cfg_attr(loom, allow(dead_code, clippy::new_without_default))]
+// Every public item of the front door is documented (the internals are `doc(hidden)`).
+#![warn(missing_docs)]
 
+// The engine's internals are `#[doc(hidden)]`: public because the front ends (`rangealloc`,
+// the C library), the benchmarks and the tests reach into them, not the crate's front door,
+// which is this file's functions and the `options`, `stats`, `snapshot`, `tuning`,
+// `reclaim`, `prof` and `os` (errors, syscall counts) modules.
+//
 // `--cfg loom` builds only what the loom models need (`sync`, `region::lock` and the
 // `Region` descriptor, the heap's `page`): everything else holds statics that loom's atomics cannot
 // initialise, so it is left out of model builds.
 #[cfg(not(loom))]
+#[doc(hidden)]
 pub mod heap;
 /// Model builds keep the heap's page handshake (and the size classes it checks against),
-/// which `heap/page_loom.rs` model-checks, and the segments lock
-/// (`heap/segments_lock_loom.rs`).
+/// which `heap/page_loom.rs` and `heap/drain_loom.rs` model-check, and the segments
+/// lock (`heap/segments_lock_loom.rs`).
 #[cfg(loom)]
+#[doc(hidden)]
 pub mod heap {
+    #[cfg(test)]
+    mod drain_loom;
     pub mod page;
     #[cfg(test)]
     mod page_loom;
@@ -31,10 +42,13 @@ pub mod heap {
     pub mod size_class;
 }
 #[cfg(not(loom))]
+#[doc(hidden)]
 pub mod init;
 #[cfg(not(loom))]
+#[doc(hidden)]
 pub mod large;
 #[cfg(not(loom))]
+#[doc(hidden)]
 pub mod meta;
 #[cfg(not(loom))]
 mod misuse;
@@ -43,16 +57,21 @@ pub mod os;
 #[cfg(not(loom))]
 pub mod prof;
 #[cfg(not(loom))]
+#[doc(hidden)]
 pub mod purge;
 #[cfg(not(loom))]
 pub mod reclaim;
+#[doc(hidden)]
 pub mod region;
 #[cfg(not(loom))]
 pub mod snapshot;
+#[doc(hidden)]
 pub mod space;
+#[doc(hidden)]
 pub mod sync;
 
 pub mod stats;
+#[doc(hidden)]
 pub mod thread;
 #[cfg(not(loom))]
 pub mod tuning;

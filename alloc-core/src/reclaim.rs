@@ -26,7 +26,7 @@ fn flush_caches() {
 pub fn purge_now() -> usize {
     flush_caches();
     let (_, mode) = purge::settings();
-    let heaps = heap::reclaim::purge_all_heaps(0, mode).purged;
+    let heaps = heap::reclaim::purge_every_heap(0, mode).purged;
     ARENAS.collect_retired();
     heaps + purge::purge_all()
 }
@@ -46,6 +46,43 @@ static BACKGROUND_CLAIMED: AtomicBool = AtomicBool::new(false);
 
 /// True once the background purger runs (reported by stats and tests).
 pub static BACKGROUND_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Set in a fork child whose parent ran the background purger: the thread did not
+/// survive the fork, and the child's next purge tick starts it again
+/// (`restart_after_fork`). Not at the fork itself: a child that only `exec`s should not
+/// pay for a thread.
+static RESTART_IN_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// The `fork` child handler's part (single-threaded, the fork locks released): the
+/// parent's background purger is gone; arms its lazy restart.
+pub fn after_fork_in_child() {
+    // Relaxed: the child's only thread reads and writes these until it starts another.
+    if BACKGROUND_STARTED.load(Ordering::Relaxed) {
+        BACKGROUND_STARTED.store(false, Ordering::Relaxed);
+        BACKGROUND_CLAIMED.store(false, Ordering::Relaxed);
+        RESTART_IN_CHILD.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Called by each purge tick (`purge::tick`, at most once per interval and per large
+/// free): in a fork child whose parent ran the background purger, starts it again if
+/// the option still asks for it. One Relaxed load otherwise.
+#[inline]
+pub fn restart_after_fork() {
+    // Relaxed: the flag only elects the one restarter; `start_background_thread` elects
+    // again with its own flag.
+    if RESTART_IN_CHILD.load(Ordering::Relaxed) && RESTART_IN_CHILD.swap(false, Ordering::Relaxed) {
+        restart_cold();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn restart_cold() {
+    if options::background_purge() {
+        start_background_thread();
+    }
+}
 
 /// Starts the optional background purger, once per process: a thread that runs a pass
 /// every interval while `options::background_purge()` holds (it can be switched off and

@@ -36,10 +36,12 @@ fn shard() -> usize {
 }
 
 impl Counter {
+    /// A counter at zero.
     pub const fn new() -> Self {
         Counter([const { Padded(AtomicU64::new(0)) }; SHARDS])
     }
 
+    /// Adds `n` (to this thread's shard).
     #[inline]
     pub fn add(&self, n: u64) {
         self.0[shard()].0.fetch_add(n, Ordering::Relaxed);
@@ -51,11 +53,13 @@ impl Counter {
         self.add(n.wrapping_neg());
     }
 
+    /// Adds one.
     #[inline]
     pub fn inc(&self) {
         self.add(1);
     }
 
+    /// The sum of the shards: exact once the updates it should see are done.
     pub fn get(&self) -> u64 {
         self.0
             .iter()
@@ -98,6 +102,7 @@ pub struct OnRegionPath {
 }
 
 impl OnRegionPath {
+    /// Marks the thread until the guard is dropped.
     #[inline]
     pub fn enter() -> Self {
         OnRegionPath {
@@ -121,6 +126,7 @@ pub struct OnDependency {
 }
 
 impl OnDependency {
+    /// Marks the thread until the guard is dropped.
     #[inline]
     pub fn enter() -> Self {
         OnDependency {

@@ -1,8 +1,10 @@
 /* Issue 17, "memory comes back from every thread", from C: a thread allocates 200 MiB
  * of small blocks (16 B to 2 KiB), frees them in a shuffled order and blocks on a
  * condition variable; the main thread calls malloc_trim(0), which must return 1 and
- * bring RSS down by at least 180 MiB from its peak. With the argument "measure" it only
- * prints the figures (for other allocators, BENCHMARKS.md). */
+ * bring RSS down by at least 180 MiB from its peak. With the argument "remote" the main
+ * thread frees the idle thread's blocks instead (remote frees: the pages wait on the
+ * idle thread's pending stack). With "measure" it only prints the figures (for other
+ * allocators, BENCHMARKS.md). */
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
@@ -51,12 +53,28 @@ static void set_stage(int s) {
     pthread_mutex_unlock(&lock);
 }
 
+static int remote;
+static void **blocks;
+static long n;
+
+/* Frees every block in a shuffled order, then the pointer array. */
+static void free_all(void) {
+    for (long i = n - 1; i > 0; i--) {
+        long j = below(i + 1);
+        void *t = blocks[i];
+        blocks[i] = blocks[j];
+        blocks[j] = t;
+    }
+    for (long i = 0; i < n; i++) free(blocks[i]);
+    free(blocks);
+}
+
 static void *worker(void *arg) {
     (void)arg;
     /* The pointer array is one large block, freed before the thread goes idle. */
-    void **blocks = malloc(sizeof(void *) * MAX_BLOCKS);
+    blocks = malloc(sizeof(void *) * MAX_BLOCKS);
     CHECK(blocks);
-    long total = 0, n = 0;
+    long total = 0;
     while (total < ALLOCATED) {
         size_t size = MIN_SIZE + below(MAX_SIZE - MIN_SIZE + 1);
         blocks[n] = malloc(size);
@@ -66,34 +84,37 @@ static void *worker(void *arg) {
         n++;
     }
     set_stage(1);
-    wait_for(2);
-    for (long i = n - 1; i > 0; i--) {
-        long j = below(i + 1);
-        void *t = blocks[i];
-        blocks[i] = blocks[j];
-        blocks[j] = t;
+    if (!remote) {
+        wait_for(2);
+        free_all();
+        set_stage(3);
     }
-    for (long i = 0; i < n; i++) free(blocks[i]);
-    free(blocks);
-    set_stage(3);
     wait_for(4);
     return NULL;
 }
 
 int main(int argc, char **argv) {
-    int measure = argc > 1 && strcmp(argv[1], "measure") == 0;
+    int measure = 0;
+    for (int i = 1; i < argc; i++) {
+        measure |= strcmp(argv[i], "measure") == 0;
+        remote |= strcmp(argv[i], "remote") == 0;
+    }
     pthread_t t;
     CHECK(pthread_create(&t, NULL, worker, NULL) == 0);
     wait_for(1);
     long peak = rss_bytes();
-    set_stage(2);
-    wait_for(3);
+    if (remote) {
+        free_all();
+    } else {
+        set_stage(2);
+        wait_for(3);
+    }
     long freed = rss_bytes();
     int trimmed = malloc_trim(0);
     long after = rss_bytes();
-    printf("idle thread: peak %ld KiB, after its frees %ld KiB, after malloc_trim(0) %ld KiB "
-           "(returned %d)\n",
-           peak / 1024, freed / 1024, after / 1024, trimmed);
+    printf("idle thread (%s frees): peak %ld KiB, after the frees %ld KiB, after "
+           "malloc_trim(0) %ld KiB (returned %d)\n",
+           remote ? "remote" : "its own", peak / 1024, freed / 1024, after / 1024, trimmed);
     set_stage(4);
     CHECK(pthread_join(t, NULL) == 0);
     if (!measure) {

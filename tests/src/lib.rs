@@ -34,3 +34,53 @@ impl XorShift {
         (self.next() % n as u64) as usize
     }
 }
+
+/// Resident bytes of this process (`/proc/self/statm`).
+pub fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("statm's resident field");
+    pages * 4096
+}
+
+/// Seconds a stress test runs: `RANGEALLOC_STRESS_SECS`, else `default`.
+pub fn stress_secs(default: u64) -> u64 {
+    std::env::var("RANGEALLOC_STRESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Stamped blocks for stress tests: every word of a block holds a value made of the
+/// block's address and the word's index, so a block zeroed (a purge of memory in use),
+/// written by someone else or handed out twice is caught.
+pub mod stamped {
+    fn stamp(p: usize, i: usize) -> usize {
+        (p ^ 0x5bd1_e995_u64 as usize).wrapping_add(i.wrapping_mul(0x9e37_79b9))
+    }
+
+    /// Stamps the `size` bytes (a multiple of 8) of the live block at `p`.
+    pub fn fill(p: usize, size: usize) {
+        for i in 0..size / 8 {
+            // SAFETY: the caller's contract: `size` bytes of a live block, 8-aligned.
+            unsafe { (p as *mut usize).add(i).write(stamp(p, i)) };
+        }
+    }
+
+    /// Panics unless the block at `p` still holds its stamps; `what` says who may have
+    /// broken it.
+    pub fn check(p: usize, size: usize, what: &str) {
+        for i in 0..size / 8 {
+            // SAFETY: as in `fill`.
+            let word = unsafe { (p as *const usize).add(i).read() };
+            assert_eq!(
+                word,
+                stamp(p, i),
+                "block {p:#x} ({size} B) lost word {i} while {what}"
+            );
+        }
+    }
+}

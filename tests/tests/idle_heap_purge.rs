@@ -3,7 +3,7 @@
 //! that memory. Alone in its own binary (one test), so no other test moves the RSS.
 
 use rangealloc::RangeAlloc;
-use rangealloc_tests::XorShift;
+use rangealloc_tests::{rss_bytes, XorShift};
 use std::sync::mpsc;
 
 #[global_allocator]
@@ -19,16 +19,6 @@ const MIN_SIZE: usize = 16;
 const MAX_SIZE: usize = 2048;
 /// Fixed, so a failure replays.
 const SEED: u64 = 0x2545_f491_4f6c_dd1d;
-
-fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("statm's resident field");
-    pages * 4096
-}
 
 /// The worker frees in a shuffled order: the last empty page of each class then sits
 /// anywhere in the heap, and each one keeps its segment (and the segment's freed,

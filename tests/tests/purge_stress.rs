@@ -7,6 +7,7 @@
 
 use rangealloc::engine::heap::reclaim as heap_reclaim;
 use rangealloc::RangeAlloc;
+use rangealloc_tests::stamped::{check, fill};
 use rangealloc_tests::XorShift;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,37 +30,8 @@ const PAUSE: Duration = Duration::from_millis(2);
 /// The purger calls the public `purge()` (table and heaps) once per this many passes.
 const WHOLE_PURGE_EVERY: usize = 16;
 
-fn secs() -> u64 {
-    std::env::var("RANGEALLOC_STRESS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SECS)
-}
-
-/// The stamp of word `i` of the block at `p`: its address and index, so a block zeroed
-/// or written by someone else (or handed out twice) is caught.
-fn stamp(p: usize, i: usize) -> usize {
-    (p ^ 0x5bd1_e995_u64 as usize).wrapping_add(i.wrapping_mul(0x9e37_79b9))
-}
-
-fn fill(p: usize, size: usize) {
-    for i in 0..size / 8 {
-        // SAFETY: `size` bytes of a live block of ours, 8-aligned.
-        unsafe { (p as *mut usize).add(i).write(stamp(p, i)) };
-    }
-}
-
-fn check(p: usize, size: usize) {
-    for i in 0..size / 8 {
-        // SAFETY: as in `fill`.
-        let word = unsafe { (p as *const usize).add(i).read() };
-        assert_eq!(
-            word,
-            stamp(p, i),
-            "block {p:#x} ({size} B) lost word {i} while other threads purged"
-        );
-    }
-}
+/// What may have broken a block, for `check`.
+const WHAT: &str = "other threads purged";
 
 /// A run that has not finished this long after its deadline is stuck (a purger walking
 /// a segment list an owner was changing loops forever): the watchdog fails it.
@@ -67,7 +39,8 @@ const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn owners_keep_their_blocks_while_another_thread_purges() {
-    let deadline = Instant::now() + Duration::from_secs(secs());
+    let deadline =
+        Instant::now() + Duration::from_secs(rangealloc_tests::stress_secs(DEFAULT_SECS));
     static FINISHED: AtomicBool = AtomicBool::new(false);
     std::thread::spawn(move || {
         std::thread::sleep(deadline - Instant::now() + STALL_LIMIT);
@@ -120,13 +93,13 @@ fn owners_keep_their_blocks_while_another_thread_purges() {
                         }
                         let keep = rng.below(16);
                         for (p, size) in blocks.drain(keep..) {
-                            check(p, size);
+                            check(p, size, WHAT);
                             let layout = std::alloc::Layout::from_size_align(size, 8).unwrap();
                             // SAFETY: allocated above with this layout, freed once.
                             unsafe { std::alloc::dealloc(p as *mut u8, layout) };
                         }
                         for &(p, size) in &blocks {
-                            check(p, size);
+                            check(p, size, WHAT);
                         }
                         bursts += 1;
                         if bursts % PAUSE_EVERY == 0 {
@@ -134,7 +107,7 @@ fn owners_keep_their_blocks_while_another_thread_purges() {
                         }
                     }
                     for (p, size) in blocks {
-                        check(p, size);
+                        check(p, size, WHAT);
                         let layout = std::alloc::Layout::from_size_align(size, 8).unwrap();
                         // SAFETY: as above.
                         unsafe { std::alloc::dealloc(p as *mut u8, layout) };

@@ -8,7 +8,8 @@
 //! segment header, validates the block and pushes it on the page's local list when this
 //! thread owns the page, or on the page's atomic list otherwise. Neither touches the
 //! region table or takes a lock. Everything else is in `slow.rs`, `lifecycle.rs` and `repair.rs`;
-//! `reclaim.rs` lets any thread purge the free units of every heap (idle ones included).
+//! `reclaim.rs` lets any thread purge the free units of every heap (idle ones included)
+//! and retire the pages that only other threads freed into.
 //!
 //! The heap profiler (`prof`) adds nothing to the fast path: the slow path charges each
 //! refilled list to the thread's sample countdown at once and cuts the list before a

@@ -21,6 +21,14 @@
 //! `Full` -> `Pending`): a `Pending` page is never retired until the owner has taken it
 //! off its pending stack, so the freer may still link it there (DESIGN.md §5, publish
 //! last).
+//!
+//! **Foreign drain.** A page that only other threads freed into stays parked on its
+//! heap's pending stack until the owner's next slow path, which never comes for a
+//! blocked thread. A foreign purger (`heap::reclaim`) may pop the stack and retire such a
+//! page (`Page::drain_foreign`): the page is parked (`Pending`, not `PendingQueued`: the
+//! owner finished with it before its Release park) and its remote list holds every
+//! block it carved, so no thread holds a block of it and the owner cannot reach it.
+//! Anything short of that is given back untouched. `heap/drain_loom.rs` checks it.
 
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use core::ptr;
@@ -171,9 +179,15 @@ pub enum HandOff {
     /// Parked off the queues: the next remote free must hand the page back.
     Full = 1,
     /// A remote freer won the hand-off: the page is on, or about to be pushed onto, the
-    /// owner's pending stack. It stays `Pending` until the owner pops it there, and until
-    /// then the owner neither parks it as `Full` again nor retires it.
+    /// owner's pending stack. It stays `Pending` (or `PendingQueued`) until the owner pops
+    /// it there, and until then the owner neither parks it as `Full` again nor retires
+    /// it. The page is still parked: the owner has not touched it since it parked it, so a
+    /// foreign drainer that holds it off the stack may take its remote blocks
+    /// (`take_parked`).
     Pending = 2,
+    /// As `Pending`, but the owner has taken the page back into its queues (a local free
+    /// un-parked it): the owner uses its lists again, and no foreign drainer may.
+    PendingQueued = 3,
 }
 
 /// The low bits of `ThreadFree`'s word hold the `HandOff` state; blocks are at least
@@ -187,8 +201,15 @@ impl HandOff {
         match word & STATE_MASK {
             0 => HandOff::Active,
             1 => HandOff::Full,
-            _ => HandOff::Pending,
+            2 => HandOff::Pending,
+            _ => HandOff::PendingQueued,
         }
+    }
+
+    /// True for both states of a hand-off under way.
+    #[inline(always)]
+    pub fn is_pending(self) -> bool {
+        matches!(self, HandOff::Pending | HandOff::PendingQueued)
     }
 }
 
@@ -272,47 +293,118 @@ impl ThreadFree {
         (self.0.fetch_and(STATE_MASK, Ordering::Acquire) & !STATE_MASK) as *mut Block
     }
 
-    /// Owner: parks the page if no remote free has arrived. `Pending` pages park too
-    /// (their hand-off is already on its way) without their state changing, so a page is
-    /// never on the pending stack twice.
+    /// Owner: parks the page if no remote free has arrived. A page whose hand-off is
+    /// already under way (`PendingQueued`) parks too, back to `Pending`, so a page is
+    /// never on the pending stack twice. The owner must be done with the page when it
+    /// calls this (off its queue, `in_full` set): once parked, a foreign drainer may
+    /// take the page over (`take_parked`).
     pub fn try_park(&self) -> Park {
         let mut word = self.0.load(Ordering::Relaxed);
         loop {
             if word & !STATE_MASK != 0 {
                 return Park::HasBlocks;
             }
-            match HandOff::of(word) {
-                HandOff::Pending => return Park::ParkedPending,
-                // Already parked, yet still queued: only a fork child sees this (its
+            let (parked, outcome) = match HandOff::of(word) {
+                // Parked already, yet still queued: only a fork child sees these (its
                 // parent's owner thread was between this CAS and taking the page off
                 // its queue). Parking it again is what that thread was doing.
+                HandOff::Pending => return Park::ParkedPending,
                 HandOff::Full => return Park::Parked,
-                HandOff::Active => {}
-            }
-            // Relaxed: the word's modification order is all the handshake needs (a
-            // freer's push either precedes this CAS, which then fails, or sees `Full`).
+                HandOff::Active => (HandOff::Full, Park::Parked),
+                HandOff::PendingQueued => (HandOff::Pending, Park::ParkedPending),
+            };
+            // The word's modification order alone orders the handshake (a freer's push
+            // either precedes this CAS, which then fails, or sees `Full`). Release
+            // publishes the owner's last writes to the page (its lists, `in_full`, the
+            // queue links) to a foreign drainer: its Acquire in `take_parked` reads this
+            // store or a later RMW of the word (a release sequence), so a drainer that
+            // retires the page writes the descriptor after them.
             match self.0.compare_exchange_weak(
                 word,
-                HandOff::Full as usize,
-                Ordering::Relaxed,
+                parked as usize,
+                Ordering::Release,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Park::Parked,
+                Ok(_) => return outcome,
                 Err(seen) => word = seen,
             }
         }
     }
 
     /// Owner: the page is back in its queues (a local free un-parked it). A `Full` page
-    /// becomes `Active`; a `Pending` one stays `Pending` until `end_pending`.
+    /// becomes `Active`; a `Pending` one becomes `PendingQueued` (its hand-off stays
+    /// under way until `end_pending`), so foreign drainers leave its lists alone.
     pub fn unpark(&self) {
         let mut word = self.0.load(Ordering::Relaxed);
-        while HandOff::of(word) == HandOff::Full {
-            // Relaxed: as in `try_park`; the list bits are kept as they are.
+        loop {
+            let queued = match HandOff::of(word) {
+                HandOff::Full => HandOff::Active,
+                HandOff::Pending => HandOff::PendingQueued,
+                HandOff::Active | HandOff::PendingQueued => return,
+            };
+            // Relaxed: as in `try_park`'s handshake; the list bits are kept as they are.
+            // A drainer that took the list before this CAS found the block this owner
+            // just freed missing from it (it is on `local_free`), so it gives the list
+            // back and touches nothing else of the page; one after it sees
+            // `PendingQueued` and takes nothing.
             match self.0.compare_exchange_weak(
                 word,
-                (word & !STATE_MASK) | HandOff::Active as usize,
+                (word & !STATE_MASK) | queued as usize,
                 Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(seen) => word = seen,
+            }
+        }
+    }
+
+    /// Foreign drainer: takes every block other threads freed into a page that is parked
+    /// with a hand-off under way (`Pending`); null when the page is not in that state or
+    /// has no such block. The state stays `Pending`. The blocks must go back
+    /// (`give_back`) unless they are every block the page ever carved.
+    ///
+    /// # Safety
+    /// The caller took the page off its heap's pending stack (`PendingPages::take_all`)
+    /// and has not pushed it back: the owner cannot pop it, so it cannot end the hand-off
+    /// or take the blocks itself while the page stays parked.
+    pub unsafe fn take_parked(&self) -> *mut Block {
+        let mut word = self.0.load(Ordering::Relaxed);
+        loop {
+            if HandOff::of(word) != HandOff::Pending || word & !STATE_MASK == 0 {
+                return ptr::null_mut();
+            }
+            // Acquire pairs with the freers' Release pushes (their links are visible)
+            // and with the owner's Release park (see `try_park`).
+            match self.0.compare_exchange_weak(
+                word,
+                HandOff::Pending as usize,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return (word & !STATE_MASK) as *mut Block,
+                Err(seen) => word = seen,
+            }
+        }
+    }
+
+    /// Foreign drainer: puts back the list `head`..`tail` taken with `take_parked`, in
+    /// front of whatever other threads freed since, keeping the state (the owner may
+    /// have un-parked the page meanwhile).
+    ///
+    /// # Safety
+    /// `head`..`tail` is a list `take_parked` returned, walked to its last block.
+    pub unsafe fn give_back(&self, head: *mut Block, tail: *mut Block) {
+        let mut word = self.0.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: caller contract: the blocks are ours until the CAS publishes them.
+            unsafe { Block::store_next(tail, (word & !STATE_MASK) as *mut Block) };
+            // Release publishes the tail's link (and orders our reads of the blocks)
+            // before the owner's Acquire `take_all`.
+            match self.0.compare_exchange_weak(
+                word,
+                head as usize | (word & STATE_MASK),
+                Ordering::Release,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return,
@@ -328,7 +420,7 @@ impl ThreadFree {
         // push (through the parks that must come first), so it cannot see that
         // winner's new link.
         let old = self.0.fetch_and(!STATE_MASK, Ordering::Release);
-        debug_assert_eq!(HandOff::of(old), HandOff::Pending);
+        debug_assert!(HandOff::of(old).is_pending());
     }
 
     /// The old `park_full`, kept for the must-fail loom model only (issue 13's race 1):
@@ -381,9 +473,11 @@ impl Default for ThreadFree {
     }
 }
 
-/// A heap's stack of pages handed back by remote freers (many pushers, one owner that
-/// pops everything at once: no ABA). A page is on it at most once: only the freer that
-/// moved it `Full` -> `Pending` pushes it, and it leaves `Pending` only when popped.
+/// A heap's stack of pages handed back by remote freers (many pushers; poppers that
+/// take everything at once: no ABA). A page is on it at most once: only the freer that
+/// moved it `Full` -> `Pending` pushes it, and it leaves `Pending` only when its owner
+/// pops it. A foreign drainer (`heap::reclaim`) may pop the whole stack too; it then
+/// holds each page as the winning freer did, and pushes back the ones it does not retire.
 pub struct PendingPages(AtomicPtr<Page>);
 
 impl Default for PendingPages {
@@ -403,11 +497,12 @@ impl PendingPages {
         PendingPages(AtomicPtr::new(ptr::null_mut()))
     }
 
-    /// Freer: pushes a page whose hand-off it won.
+    /// Freer: pushes a page whose hand-off it won (or a foreign drainer: a page it popped).
     ///
     /// # Safety
     /// `page` is live and `Pending`, and the caller won its hand-off (`ThreadFree::push`
-    /// returned true): nobody else links it until the owner pops it.
+    /// returned true) or popped it off this stack: nobody else links it until the owner
+    /// pops it.
     pub unsafe fn push(&self, page: *mut Page) {
         // SAFETY: caller contract: a live page; `pending_next` is an atomic.
         let link = unsafe { &(*page).pending_next };
@@ -578,15 +673,19 @@ impl Page {
         (off as u64).wrapping_mul(magic) < magic
     }
 
-    /// Owner: the page has no free block; parks it off its queue (`in_full`) unless a
-    /// remote free arrived. Returns true if parked (the caller takes it off its queue).
+    /// Owner: the page has no free block and the caller has taken it off its queue;
+    /// parks it (`in_full`) unless a remote free arrived. Returns true if parked: the
+    /// owner touches the page no more (a foreign drainer may retire it, see
+    /// `drain_foreign`); false if it has blocks again (the caller queues it again).
     pub fn park(&mut self) -> bool {
+        // Before the parking CAS, whose Release publishes it.
+        self.in_full = true;
         match self.thread_free.try_park() {
-            Park::HasBlocks => false,
-            Park::Parked | Park::ParkedPending => {
-                self.in_full = true;
-                true
+            Park::HasBlocks => {
+                self.in_full = false;
+                false
             }
+            Park::Parked | Park::ParkedPending => true,
         }
     }
 
@@ -606,9 +705,58 @@ impl Page {
     }
 
     /// Owner: true while a remote freer's hand-off is under way (the page must not be
-    /// retired: the freer may still link it).
+    /// retired: the freer, or a foreign drainer, may still link it).
     pub fn is_pending(&self) -> bool {
-        self.thread_free.state() == HandOff::Pending
+        self.thread_free.state().is_pending()
+    }
+
+    /// Foreign drainer: for a page taken off its heap's pending stack, true if the page
+    /// is parked and every block it ever carved is on its remote list: then nobody holds
+    /// a block of it and its owner will not touch it again (a local free needs a live
+    /// block; the owner reaches a parked page only through the pending stack, which the
+    /// caller holds it off), so the caller retires it under the heap's segments lock
+    /// instead of pushing it back, and the blocks are dropped with it. Otherwise the
+    /// blocks are given back as they were and the caller pushes the page back onto the
+    /// stack. Walks the remote list once (at most the page's carved blocks, 4096 for the
+    /// smallest class, unless the program freed a block twice at once).
+    ///
+    /// # Safety
+    /// `page` is live and was popped off its heap's pending stack by the caller, who
+    /// has not pushed it back.
+    pub unsafe fn drain_foreign(page: *mut Page) -> bool {
+        // SAFETY: caller contract. The shared word is an atomic, reached without a
+        // reference to the descriptor (its owner may hold one); `block_size` and
+        // `carved` (an atomic) are fixed while the page is parked.
+        unsafe {
+            let remote = &*ptr::addr_of!((*page).thread_free);
+            let head = remote.take_parked();
+            if head.is_null() {
+                return false;
+            }
+            let size = ptr::addr_of!((*page).block_size).read() as usize;
+            // Relaxed: a parked page was carved to its end before it parked, and the
+            // Acquire of `take_parked` orders that.
+            let carved = (*ptr::addr_of!((*page).carved)).load(Ordering::Relaxed) / size;
+            // The whole list, as the owner's `collect` would walk it: its tail is needed
+            // to give it back.
+            let mut tail = head;
+            let mut count = 1;
+            loop {
+                let next = Block::load_next(tail);
+                if next.is_null() {
+                    break;
+                }
+                tail = next;
+                count += 1;
+            }
+            // More blocks than were carved is a corrupted list (two frees of one block
+            // that raced each other's check): left to the owner, as any other.
+            if count == carved {
+                return true;
+            }
+            remote.give_back(head, tail);
+            false
+        }
     }
 
     /// Capacity in blocks.

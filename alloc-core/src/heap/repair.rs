@@ -245,8 +245,9 @@ unsafe fn rebuild_page(page: &mut Page) {
     page.prev = ptr::null_mut();
     page.next = ptr::null_mut();
     page.pending_next.store(ptr::null_mut(), Ordering::Relaxed);
-    // Un-park; a page a freer has moved to `Pending` stays so (it is, or will be, on our
-    // pending stack, which `drain_pending` handles for a queued page).
+    // Un-park; a page a freer has moved to `Pending` stays pending, as `PendingQueued`
+    // (it is, or will be, on our pending stack, which `drain_pending` handles for a
+    // queued page; a foreign drainer leaves a queued page alone).
     page.thread_free.unpark();
 }
 

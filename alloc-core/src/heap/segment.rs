@@ -171,28 +171,35 @@ impl Segment {
     }
 
     /// Returns the units of an empty page to the segment; they are dirty until purged.
+    /// Works through the raw pointer, as `purge` does, so a foreign purger retiring a
+    /// page (`heap::reclaim`) makes no reference that would alias the owner's pages.
     ///
     /// # Safety
-    /// `page` is an empty live page descriptor of this segment.
-    pub unsafe fn free_page(&mut self, page: *mut Page, now_ms: u64) {
-        // SAFETY: `page` is one of this segment's descriptors.
-        let (first, units) = unsafe {
-            let index = page.offset_from(self.pages.as_ptr()) as usize;
-            (index, (*page).units as usize)
-        };
-        let run = if units == 64 {
-            ALL_UNITS
-        } else {
-            (1u64 << units) - 1
-        };
-        self.free_units |= run << first;
-        SMALL_PAGE_BYTES.sub((units * UNIT_SIZE) as u64);
-        SEGMENT_DIRTY_BYTES.add((units * UNIT_SIZE) as u64);
-        if self.dirty_units == 0 {
-            self.dirty_since = now_ms;
+    /// `seg` is live and the caller holds its heap's segments lock; `page` is an empty
+    /// live page descriptor of `seg` that nobody else touches.
+    pub unsafe fn free_page(seg: *mut Segment, page: *mut Page, now_ms: u64) {
+        // SAFETY: caller contract: `page` is one of this segment's descriptors, and the
+        // unit fields are ours while the lock is held.
+        unsafe {
+            let pages = ptr::addr_of_mut!((*seg).pages) as *mut Page;
+            let first = page.offset_from(pages) as usize;
+            let units = (*page).units as usize;
+            let run = if units == 64 {
+                ALL_UNITS
+            } else {
+                (1u64 << units) - 1
+            };
+            let free_units = ptr::addr_of_mut!((*seg).free_units);
+            let dirty_units = ptr::addr_of_mut!((*seg).dirty_units);
+            free_units.write(free_units.read() | run << first);
+            SMALL_PAGE_BYTES.sub((units * UNIT_SIZE) as u64);
+            SEGMENT_DIRTY_BYTES.add((units * UNIT_SIZE) as u64);
+            if dirty_units.read() == 0 {
+                ptr::addr_of_mut!((*seg).dirty_since).write(now_ms);
+            }
+            dirty_units.write(dirty_units.read() | run << first);
+            pages.add(first).write(Page::empty());
         }
-        self.dirty_units |= run << first;
-        self.pages[first] = Page::empty();
     }
 
     /// True if the segment has free units dirty for at least `delay_ms` (what `purge`

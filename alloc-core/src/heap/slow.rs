@@ -87,10 +87,13 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
                     break 'found page;
                 }
                 let next = (*page).next;
-                if (*page).park() {
-                    queue_remove(heap, page);
-                } else {
-                    // A remote free raced in: the page has blocks again.
+                // Off the queue before it parks: once parked, the page is no longer
+                // ours to touch (a foreign drainer may retire it, `reclaim`).
+                queue_remove(heap, page);
+                if !(*page).park() {
+                    // A remote free raced in: the page has blocks again. It was the
+                    // queue's head (the pages before it parked), and is again.
+                    queue_push_front(heap, page);
                     (*page).collect();
                     break 'found page;
                 }
@@ -251,7 +254,7 @@ unsafe fn retire_if_spare(heap: &mut Heap, page: *mut Page) {
         queue_remove(heap, page);
         let seg = Segment::of(page as usize);
         heap.segments_lock.lock_owner();
-        (*seg).free_page(page, os::now_ms());
+        Segment::free_page(seg, page, os::now_ms());
         if (*seg).is_empty() && !((*seg).next.is_null() && (*seg).prev.is_null()) {
             release_segment(heap, seg);
         }
@@ -410,7 +413,7 @@ pub(super) unsafe fn trim(heap: &mut Heap) {
                     queue_remove(heap, page);
                     let seg = Segment::of(page as usize);
                     heap.segments_lock.lock_owner();
-                    (*seg).free_page(page, os::now_ms());
+                    Segment::free_page(seg, page, os::now_ms());
                     heap.segments_lock.unlock();
                 }
                 page = next;

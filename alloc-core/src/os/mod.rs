@@ -35,7 +35,9 @@ pub enum PurgeMode {
 /// A failed system call, with the errno it reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OsError {
+    /// The call that failed.
     pub call: Syscall,
+    /// Its `errno`.
     pub errno: i32,
 }
 
@@ -128,6 +130,7 @@ impl SyscallCounts {
     }
 }
 
+/// The memory syscalls made so far, per call.
 pub fn syscall_counts() -> SyscallCounts {
     SyscallCounts(core::array::from_fn(|i| COUNTS[i].load(Ordering::Relaxed)))
 }
@@ -155,11 +158,13 @@ impl Drop for ErrnoGuard {
     }
 }
 
+/// The calling thread's `errno`.
 pub fn errno() -> i32 {
     // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life.
     unsafe { *libc::__errno_location() }
 }
 
+/// Sets the calling thread's `errno` (the C ABI reports errors through it).
 pub fn set_errno(value: i32) {
     // SAFETY: as in `errno`.
     unsafe { *libc::__errno_location() = value }

@@ -30,9 +30,13 @@ const MARKS: usize = 1 << 12;
 /// Estimated totals of one stack.
 #[derive(Clone, Copy, Default, Debug, PartialEq)]
 pub struct Counts {
+    /// Objects allocated at the stack since the last reset (estimated from the samples).
     pub alloc_objects: f64,
+    /// Their bytes.
     pub alloc_bytes: f64,
+    /// Objects from the stack still live.
     pub inuse_objects: f64,
+    /// Their bytes.
     pub inuse_bytes: f64,
 }
 

@@ -96,6 +96,10 @@ pub fn dirty_budget() -> usize {
 /// Runs the table-wide pass if its time has come (one thread wins the slot), or at once
 /// over the excess when dirty space exceeds `dirty_budget`.
 pub fn tick(now_ms: u64) {
+    // The one call upward from here: the first tick of a fork child restarts the
+    // parent's background purger (`reclaim` owns it), lazily, on a path every front end
+    // reaches.
+    crate::reclaim::restart_after_fork();
     let mut dirty = ARENAS.dirty_bytes();
     let budget = dirty_budget();
     if dirty > budget {
