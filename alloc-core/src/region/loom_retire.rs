@@ -125,7 +125,7 @@ impl Arena {
             r.lock.read_unlock();
         } else {
             // SAFETY: we hold a validated read reference and won the claim.
-            unsafe { r.unlock_and_push_retired(&self.retired) };
+            unsafe { r.unlock_and_push_retired(&self.retired, || {}) };
         }
         Free::Retired
     }
