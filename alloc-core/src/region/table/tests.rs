@@ -449,7 +449,7 @@ fn a_retire_interrupted_by_fork_leaves_no_guard_in_the_child() {
 /// `Retired`, unlocked and on no list. Readers may lock it (and see it retired), a second
 /// free is refused, and writers must leave it alone: the drain of another retire does
 /// not wait for it or fold it, a neighbour cannot grow into it, freed neighbours do not
-/// merge with it, and no placement lands in it. Once the push happens, the next writer
+/// merge with it, and no placement lands in it. Its guard page is already lifted. Once the push happens, the next writer
 /// folds it into free space with its neighbours.
 #[test]
 fn a_retire_between_unlock_and_push_is_left_alone() {
@@ -463,6 +463,7 @@ fn a_retire_between_unlock_and_push_is_left_alone() {
     };
     let (p, a, n) = (place(), place(), place());
     assert_eq!((a, n), (p + len, p + 2 * len), "three adjacent objects");
+    table.install_guard(a).unwrap();
     table.pause_after_unlock.arm();
     let freer = std::thread::spawn(move || table.retire(a));
     table.pause_after_unlock.wait_paused();
@@ -474,7 +475,13 @@ fn a_retire_between_unlock_and_push_is_left_alone() {
             1,
             "the freer holds no reference"
         );
+        assert!(
+            !read.region().guarded.load(Ordering::Relaxed),
+            "the guard is lifted before the unlock"
+        );
     }
+    // SAFETY: A's last page, no longer a guard (lifted by the retire): must not fault.
+    unsafe { core::ptr::write_volatile((a + len - GUARD_LEN) as *mut u8, 1) };
     assert_eq!(table.retire(a), Err(RetireError::DoubleFree));
     assert_eq!(table.object_len(a), None);
     assert!(
