@@ -449,8 +449,9 @@ fn a_retire_interrupted_by_fork_leaves_no_guard_in_the_child() {
 /// `Retired`, unlocked and on no list. Readers may lock it (and see it retired), a second
 /// free is refused, and writers must leave it alone: the drain of another retire does
 /// not wait for it or fold it, a neighbour cannot grow into it, freed neighbours do not
-/// merge with it, and no placement lands in it. Its guard page is already lifted. Once the push happens, the next writer
-/// folds it into free space with its neighbours.
+/// merge with it, a purge does not advise it, and no placement lands in it. Its guard
+/// page is already lifted. Once the push happens, the next writer folds it into free
+/// space with its neighbours.
 #[test]
 fn a_retire_between_unlock_and_push_is_left_alone() {
     let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
@@ -464,6 +465,8 @@ fn a_retire_between_unlock_and_push_is_left_alone() {
     let (p, a, n) = (place(), place(), place());
     assert_eq!((a, n), (p + len, p + 2 * len), "three adjacent objects");
     table.install_guard(a).unwrap();
+    // SAFETY: A's first page, ours: a purge that advised A would zero it.
+    unsafe { core::ptr::write_volatile(a as *mut u8, 0xab) };
     table.pause_after_unlock.arm();
     let freer = std::thread::spawn(move || table.retire(a));
     table.pause_after_unlock.wait_paused();
@@ -501,6 +504,10 @@ fn a_retire_between_unlock_and_push_is_left_alone() {
         Some((a, len, RegionKind::Large, RegionState::Retired)),
         "{regions:x?}"
     );
+    // A purge of everything dirty now (P and N): A is not free space, not advised.
+    assert!(table.purge(0, PurgeMode::DontNeed, usize::MAX) >= 2 * len);
+    // SAFETY: as above: A's pages are still mapped, whatever happened to them.
+    assert_eq!(unsafe { core::ptr::read_volatile(a as *const u8) }, 0xab);
     let others: Vec<usize> = (0..8).map(|_| place()).collect();
     assert!(
         others.iter().all(|&o| o + len <= a || o >= a + len),
