@@ -15,6 +15,13 @@
 //!   object. (Here the drain may wait, for the loser's brief reference: a reader the
 //!   program should not have had.)
 //!
+//! - The object's pages as a loom cell: the freer writes them in its `prepare` (under
+//!   its read reference) and again after its unlock, before its push (the window where
+//!   the region is still the freer's alone), and the writer that drains the region
+//!   writes them as the next owner. Loom checks every such pair is ordered (the push's
+//!   Release, the drain's Acquire swap). The broken variant touches the pages after its
+//!   push, and loom must report the race.
+//!
 //! Each model counts which paths its executions took and asserts every interesting one
 //! was reached, so it cannot pass vacuously.
 //!
@@ -24,6 +31,7 @@ use super::lock::TableSeq;
 use super::protocol::{ReadAttempt, RetiredStack};
 use super::{Region, RegionKind, RegionState, RETIRED_NEXT};
 use crate::sync::atomic::Ordering;
+use loom::cell::UnsafeCell;
 use loom::sync::{Arc, Mutex};
 use loom::thread;
 use std::sync::atomic::AtomicUsize as StdCounter;
@@ -39,6 +47,14 @@ struct Arena {
     seq: TableSeq,
     retired: RetiredStack,
     writer: Mutex<()>,
+    /// The object's pages (what `prepare` purges and the next owner reuses).
+    pages: UnsafeCell<u64>,
+}
+
+/// Writes the object's pages (loom checks the write against every other access).
+fn touch(pages: &UnsafeCell<u64>, value: u64) {
+    // SAFETY: loom's cell; whether the accesses are ordered is what the model checks.
+    pages.with_mut(|p| unsafe { *p = value });
 }
 
 /// How a free ended.
@@ -91,6 +107,7 @@ impl Arena {
             seq: TableSeq::new(),
             retired: RetiredStack::new(),
             writer: Mutex::new(()),
+            pages: UnsafeCell::new(0),
         })
     }
 
@@ -125,7 +142,7 @@ impl Arena {
             r.lock.read_unlock();
         } else {
             // SAFETY: we hold a validated read reference and won the claim.
-            unsafe { r.unlock_and_push_retired(&self.retired) };
+            unsafe { r.unlock_and_push_retired(&self.retired, || {}) };
         }
         Free::Retired
     }
@@ -243,4 +260,80 @@ fn loom_double_free_beside_the_drain_is_caught_exactly_once() {
             ("a free sent to the slow path by the drain", &TALLY.slow),
         ],
     );
+}
+
+/// One freer retires the object, touching its pages in `prepare` and between its
+/// unlock and its push (or, `broken`, after its push), while this thread drains once
+/// and, if it took the region, reuses the pages.
+fn pages_vs_drain(tally: &'static Tally, broken: bool) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(PREEMPTION_BOUND);
+    }
+    builder.check(move || {
+        let arena = Arena::new();
+        let freer = {
+            let arena = arena.clone();
+            thread::spawn(move || {
+                let r = &arena.region;
+                if r.read_lock_validated(PAGE, PAGE, &arena.seq) != ReadAttempt::Locked {
+                    // The drain cannot have the region write-locked before the push.
+                    panic!("the freer's lookup failed");
+                }
+                assert!(r.claim_live(RegionState::Retired));
+                touch(&arena.pages, 1); // prepare, under the read reference
+                                        // SAFETY: we hold a validated read reference and won the claim.
+                unsafe {
+                    r.unlock_and_push_retired(&arena.retired, || {
+                        if !broken {
+                            touch(&arena.pages, 2);
+                        }
+                    })
+                };
+                if broken {
+                    touch(&arena.pages, 2);
+                }
+            })
+        };
+        {
+            let _writer = arena.writer.lock().unwrap();
+            let p = arena.retired.take_all();
+            if p.is_null() {
+                hit(&tally.empty);
+            } else {
+                // SAFETY: a pushed region is our arena's, alive for the whole model.
+                let r = unsafe { &*p };
+                // SAFETY: we hold the writer mutex and end the update below.
+                unsafe { r.lock.start_write(&arena.seq) };
+                r.kind.store(RegionKind::Free as u8, Ordering::Relaxed);
+                r.state.store(RegionState::Live as u8, Ordering::Relaxed);
+                touch(&arena.pages, 3); // the next owner
+                hit(&tally.drained);
+            }
+            // SAFETY: we hold the writer mutex; this ends the update.
+            unsafe { arena.seq.end_write_all() };
+        }
+        freer.join().unwrap();
+    });
+}
+
+#[test]
+fn loom_retire_hands_the_pages_over_with_the_push() {
+    static TALLY: Tally = Tally::new();
+    pages_vs_drain(&TALLY, false);
+    report(
+        "pages vs drain",
+        &TALLY,
+        &[
+            ("a drain that reused the pages", &TALLY.drained),
+            ("a drain before the push", &TALLY.empty),
+        ],
+    );
+}
+
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_broken_retire_touching_pages_after_its_push_races_the_drain() {
+    static TALLY: Tally = Tally::new();
+    pages_vs_drain(&TALLY, true);
 }

@@ -117,12 +117,20 @@ impl Region {
     /// `stack` for the next writer to fold into free space. In this order (see the
     /// module doc): the writer that drains the region finds no reader inside.
     ///
+    /// `between` runs after the unlock and before the push: a test hook (the table's
+    /// unit tests stop a retire there; elsewhere it is empty).
+    ///
     /// # Safety
     /// The caller holds a validated read reference on `self`, which this consumes, and
     /// won `claim_live(RegionState::Retired)` under it.
     #[inline]
-    pub(crate) unsafe fn unlock_and_push_retired(&self, stack: &RetiredStack) {
+    pub(crate) unsafe fn unlock_and_push_retired(
+        &self,
+        stack: &RetiredStack,
+        between: impl FnOnce(),
+    ) {
         self.lock.read_unlock();
+        between();
         // Still ours after the unlock: `Retired` and not on the stack, no writer changes
         // it or frees its descriptor (detaching it needs a drain first).
         stack.push(self);

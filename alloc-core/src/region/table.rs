@@ -131,13 +131,13 @@ impl ReadGuard {
 impl ReadGuard {
     /// Ends a retire won under this reference (`Region::claim_live`): gives the
     /// reference up, then pushes the region on `stack` (in that order: see `protocol`).
-    fn unlock_and_retire(self, stack: &RetiredStack) {
+    fn unlock_and_retire(self, stack: &RetiredStack, between: impl FnOnce()) {
         let region = self.region;
         core::mem::forget(self);
         // SAFETY: this guard was a validated read reference, given up here (not
         // dropped), and the caller won `claim_live(Retired)` under it; the descriptor is
         // still attached (see `unlock_and_push_retired`).
-        unsafe { region.as_ref().unlock_and_push_retired(stack) };
+        unsafe { region.as_ref().unlock_and_push_retired(stack, between) };
     }
 }
 
@@ -274,6 +274,10 @@ pub struct RegionTable {
     /// Test hook: stops a retire between its state change and lifting the guard page.
     #[cfg(test)]
     pub(crate) pause_in_retire: TestPause,
+    /// Test hook: stops a retire after it gave up its read reference, before it pushes
+    /// the region on the retired stack.
+    #[cfg(test)]
+    pub(crate) pause_after_unlock: TestPause,
 }
 
 /// The placement policies (see `RegionTable::allocate`, `allocate_roomy`,
@@ -331,6 +335,8 @@ impl RegionTable {
             pause_in_madvise: TestPause::new(),
             #[cfg(test)]
             pause_in_retire: TestPause::new(),
+            #[cfg(test)]
+            pause_after_unlock: TestPause::new(),
         }
     }
 
@@ -477,7 +483,10 @@ impl RegionTable {
         self.pause_in_retire.pause_here();
         region.lift_guard();
         prepare(region);
-        read.unlock_and_retire(&self.retired);
+        read.unlock_and_retire(&self.retired, || {
+            #[cfg(test)]
+            self.pause_after_unlock.pause_here();
+        });
         self.live_regions.fetch_sub(1, Ordering::Relaxed);
         Ok(None)
     }

@@ -484,3 +484,126 @@ fn a_retire_interrupted_by_fork_leaves_no_guard_in_the_child() {
         "the child reused another range"
     );
 }
+
+/// Review of the retire order (a free gives up its read reference before it pushes the
+/// region on the retired stack): with a retire stopped in that window, the region is
+/// `Retired`, unlocked and on no list. Readers may lock it (and see it retired), a second
+/// free is refused, and writers must leave it alone: the drain of another retire does
+/// not wait for it or fold it, a neighbour cannot grow into it, freed neighbours do not
+/// merge with it, a purge does not advise it, and no placement lands in it. Its guard
+/// page is already lifted. Once the push happens, the next writer folds it into free
+/// space with its neighbours.
+#[test]
+fn a_retire_between_unlock_and_push_is_left_alone() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let len = 4 * PAGE_SIZE;
+    let place = || {
+        table
+            .allocate(len, PAGE_SIZE, RegionKind::Large)
+            .unwrap()
+            .start
+    };
+    let (p, a, n) = (place(), place(), place());
+    assert_eq!((a, n), (p + len, p + 2 * len), "three adjacent objects");
+    table.install_guard(a).unwrap();
+    // SAFETY: A's first page, ours: a purge that advised A would zero it.
+    unsafe { core::ptr::write_volatile(a as *mut u8, 0xab) };
+    table.pause_after_unlock.arm();
+    let freer = std::thread::spawn(move || table.retire(a));
+    table.pause_after_unlock.wait_paused();
+    {
+        let read = table.find_and_read_lock(a).expect("still in the tree");
+        assert_eq!(read.region().state(), RegionState::Retired);
+        assert_eq!(
+            read.region().lock.readers(),
+            1,
+            "the freer holds no reference"
+        );
+        assert!(
+            !read.region().guarded.load(Ordering::Relaxed),
+            "the guard is lifted before the unlock"
+        );
+    }
+    // SAFETY: A's last page, no longer a guard (lifted by the retire): must not fault.
+    unsafe { core::ptr::write_volatile((a + len - GUARD_LEN) as *mut u8, 1) };
+    assert_eq!(table.retire(a), Err(RetireError::DoubleFree));
+    assert_eq!(table.object_len(a), None);
+    assert!(
+        !table.grow_in_place(p, 2 * len),
+        "grew into a retired object"
+    );
+    // The neighbours go: their drain (on this thread: it would hang if it waited for
+    // the paused freer) must leave A retired, between two free regions.
+    table.retire(p).unwrap();
+    table.retire(n).unwrap();
+    table.collect_retired();
+    let mut regions = Vec::new();
+    table.for_each_region(|s, l, k, st| regions.push((s, l, k, st)));
+    let at_a = regions.iter().find(|r| r.0 == a).copied();
+    assert_eq!(
+        at_a,
+        Some((a, len, RegionKind::Large, RegionState::Retired)),
+        "{regions:x?}"
+    );
+    // A purge of everything dirty now (P and N): A is not free space, not advised.
+    assert!(table.purge(0, PurgeMode::DontNeed, usize::MAX) >= 2 * len);
+    // SAFETY: as above: A's pages are still mapped, whatever happened to them.
+    assert_eq!(unsafe { core::ptr::read_volatile(a as *const u8) }, 0xab);
+    let others: Vec<usize> = (0..8).map(|_| place()).collect();
+    assert!(
+        others.iter().all(|&o| o + len <= a || o >= a + len),
+        "placed inside a retired object: {others:x?} vs {a:#x}"
+    );
+    for o in others {
+        table.retire(o).unwrap();
+    }
+    table.pause_after_unlock.release();
+    freer.join().unwrap().unwrap();
+    table.collect_retired();
+    let mut free = Vec::new();
+    table.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    assert!(
+        free.iter().any(|f| f.0 <= p && f.0 + f.1 >= n + len),
+        "P, A and N did not merge: {free:x?}"
+    );
+    assert_eq!(table.live_regions(), 0);
+    check_layout(table);
+}
+
+/// A fork while a retire is stopped after its unlock and before its push: the child
+/// never sees the push, so its repair must find the region by its state and fold it,
+/// and the range must be placeable again in the child.
+#[test]
+fn a_fork_between_a_retires_unlock_and_push_loses_no_region() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let len = 4 * PAGE_SIZE;
+    let o = table
+        .allocate(len, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    table.pause_after_unlock.arm();
+    let freer = std::thread::spawn(move || table.retire(o));
+    table.pause_after_unlock.wait_paused();
+    let status = fork_with(table, || {
+        table.collect_retired();
+        let mut state = None;
+        table.for_each_region(|s, _, k, st| {
+            if s == o {
+                state = Some((k, st));
+            }
+        });
+        if state != Some((RegionKind::Free, RegionState::Live)) {
+            return 2;
+        }
+        match table.allocate(len, PAGE_SIZE, RegionKind::Large) {
+            Some(placed) if placed.start == o => 0,
+            _ => 3,
+        }
+    });
+    table.pause_after_unlock.release();
+    freer.join().unwrap().unwrap();
+    assert!(libc::WIFEXITED(status), "child killed: {status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), 0, "the child lost the region");
+    table.collect_retired();
+    check_layout(table);
+}
