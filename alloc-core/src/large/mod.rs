@@ -162,7 +162,10 @@ pub fn free(p: *mut u8) -> Result<(), RetireError> {
     let cache = cache::available();
     let freed = ARENAS.retire_or_cache(
         p as usize,
-        |region| cache && cache::wants(region.len()),
+        // Not a region shrunk in place: its freed tail follows it, and retiring it lets
+        // the two merge back (a big buffer shrunk to a medium size and freed would
+        // otherwise keep its old range split, and the next big buffer faults fresh pages).
+        |region| cache && !region.was_shrunk() && cache::wants(region.len()),
         |region| crate::purge::large_removed(region.len()),
     )?;
     let retired = match freed {

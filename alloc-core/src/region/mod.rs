@@ -113,6 +113,10 @@ pub struct Region {
     /// fork child that inherits a retire interrupted in between still lifts it before
     /// the range is reused (`Writer::drain_retired`).
     guarded: AtomicBool,
+    /// The object was shrunk in place (`Writer::shrink`) at least once: its freed tail
+    /// lies after it, so freeing it should let the two merge again rather than keep it
+    /// in a thread's region cache (`large::free`).
+    shrunk: AtomicBool,
     /// The free-index bin this region sits in, or `NO_BIN`; writer mutex only.
     pub(crate) bin: UnsafeCell<u8>,
     /// A free region's dirtiness (`Dirtiness`, encoded by `DirtyWord` alone).
@@ -163,6 +167,7 @@ impl Region {
             dirtiness: DirtyWord::new(Dirtiness::Clean),
             zeroed: AtomicBool::new(zeroed),
             guarded: AtomicBool::new(false),
+            shrunk: AtomicBool::new(false),
             links: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
             bin: UnsafeCell::new(NO_BIN),
         }
@@ -225,6 +230,18 @@ impl Region {
         self.zeroed.load(Ordering::Relaxed)
     }
 
+    /// True once the object was shrunk in place. Relaxed: set by the writer that shrank
+    /// it, on behalf of the object's owner, whose later free is ordered after the
+    /// `realloc` that shrank it (same thread, or a hand-off that synchronises).
+    pub fn was_shrunk(&self) -> bool {
+        self.shrunk.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_shrunk(&self) {
+        // Relaxed: see `was_shrunk`.
+        self.shrunk.store(true, Ordering::Relaxed);
+    }
+
     /// The region's dirtiness. Relaxed, like the fields above: a free region's is
     /// changed only by the writer (mutex) or by a purge under the region's read lock, and
     /// readers of it hold one of the two or write-lock the region first.
@@ -276,8 +293,8 @@ impl Dirtiness {
         match (self, other) {
             (Dirtiness::Since(a), Dirtiness::Since(b)) => Dirtiness::Since(a.min(b)),
             (Dirtiness::Since(t), _) | (_, Dirtiness::Since(t)) => Dirtiness::Since(t),
-            (Dirtiness::Purging, _) | (_, Dirtiness::Purging) => Dirtiness::Purging,
-            (Dirtiness::Clean, Dirtiness::Clean) => Dirtiness::Clean,
+            // Neither side dirty: a claim without its purge (see above) is no claim.
+            _ => Dirtiness::Clean,
         }
     }
 
@@ -371,6 +388,10 @@ mod tests {
         assert_eq!(Since(5).merge(Clean), Since(5));
         assert_eq!(Since(9).merge(Since(5)), Since(5));
         assert_eq!(Purging.merge(Since(5)), Since(5));
+        // A stale claim counts as clean, as the doc says (it used to stay claimed, and a
+        // claimed region is never purged again).
+        assert_eq!(Purging.merge(Clean), Clean);
+        assert_eq!(Clean.merge(Purging), Clean);
         assert!(Since(5).dirty_for(15, 10) && !Since(6).dirty_for(15, 10));
         assert!(!Clean.dirty_for(u64::MAX, 0) && !Purging.dirty_for(u64::MAX, 0));
     }

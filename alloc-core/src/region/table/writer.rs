@@ -858,6 +858,7 @@ impl<'a> Writer<'a> {
             r.len.store(old_len, Ordering::Relaxed);
             return false;
         }
+        r.mark_shrunk();
         // SAFETY: just inserted, attached.
         let tail = unsafe { &*tail };
         tail.dirtiness
