@@ -717,3 +717,35 @@ fn profiling_is_off_by_default() {
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     drop(v);
 }
+
+/// The stack walk's cached call-frame rules do not outlive the code they describe: a
+/// library whose call to malloc has a frame-pointer rule is closed, and another one
+/// loaded at the same address calls malloc from the same address with `rbp` holding a
+/// value 256 MiB above the stack (`prof_dlclose_lib.S`). With the first library's rule
+/// kept, the sampled walk read there and the program died of SIGSEGV.
+#[test]
+fn a_rule_cached_before_a_dlclose_is_not_used_for_code_loaded_after_it() {
+    let libs: Vec<PathBuf> = [1, 2]
+        .iter()
+        .map(|v| {
+            compile(
+                "prof_dlclose_lib.S",
+                &format!("libprof_dlclose_{v}.so"),
+                Lang::C,
+                &["-shared", "-fPIC", &format!("-DVARIANT={v}")],
+            )
+        })
+        .collect();
+    let exe = compile("prof_dlclose.c", "prof_dlclose", Lang::C, &["-ldl"]);
+    for _ in 0..3 {
+        let mut cmd = preloaded(&exe);
+        cmd.args(&libs)
+            .env("RANGEALLOC_OPTIONS", "prof=1,prof_sample=1");
+        let out = run(cmd, LIMIT);
+        out.assert_success("prof_dlclose under LD_PRELOAD");
+        if out.stdout.contains("SAME ADDRESS") {
+            return;
+        }
+    }
+    eprintln!("SKIP: the second library never reused the first one's address");
+}
