@@ -749,3 +749,18 @@ fn a_rule_cached_before_a_dlclose_is_not_used_for_code_loaded_after_it() {
     }
     eprintln!("SKIP: the second library never reused the first one's address");
 }
+
+/// libgcc (GCC 12) mallocs while it holds its FDE lookup's mutex: on the first lookup
+/// after `__register_frame_info` (JITs, static binaries), to sort the new object's
+/// FDEs. A sampled walk of that malloc must not call libgcc's lookup again: the thread
+/// deadlocked on itself (the run limit kills it), with the cached walk and with
+/// `_Unwind_Backtrace` before it.
+#[test]
+fn a_malloc_made_inside_libgccs_fde_lookup_does_not_deadlock() {
+    let exe = compile("prof_register_frame.c", "prof_register_frame", Lang::C, &[]);
+    let mut cmd = preloaded(&exe);
+    cmd.env("RANGEALLOC_OPTIONS", "prof=1,prof_sample=1");
+    let out = run(cmd, Duration::from_secs(60));
+    out.assert_success("prof_register_frame under LD_PRELOAD");
+    assert!(out.stdout.contains("frames "), "{}", out.stdout);
+}
