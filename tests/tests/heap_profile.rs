@@ -767,3 +767,27 @@ fn a_malloc_made_inside_libgccs_fde_lookup_does_not_deadlock() {
     out.assert_success("prof_register_frame under LD_PRELOAD");
     assert!(out.stdout.contains("frames "), "{}", out.stdout);
 }
+
+/// Sampled walks from a malloc in a signal handler on an alternate stack, in threads
+/// with 16 KiB stacks, in code without frame pointers (`prof_signals.c`): the walk
+/// hands signal frames to libgcc and never reads outside the stacks.
+#[test]
+fn sampled_mallocs_in_signal_handlers_on_alternate_stacks() {
+    let exe = compile(
+        "prof_signals.c",
+        "prof_signals",
+        Lang::C,
+        &["-fomit-frame-pointer"],
+    );
+    let mut cmd = preloaded(&exe);
+    cmd.env("RANGEALLOC_OPTIONS", "prof=1,prof_sample=1");
+    let out = run(cmd, LIMIT);
+    out.assert_success("prof_signals under LD_PRELOAD");
+    let handled: u64 = out
+        .stdout
+        .trim()
+        .strip_prefix("ok ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(handled > 0, "no handler ran");
+}
