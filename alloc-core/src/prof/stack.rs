@@ -22,10 +22,12 @@
 //! cache takes no lock (a seqlock per slot whose writers never wait), so a `fork` in the
 //! middle of a write leaves at worst one slot unusable in the child.
 //!
-//! Known limit: cached rules are never dropped, so after a `dlclose`, code loaded later
-//! at a cached call-site address would be walked with the old code's rule (the checks
-//! above keep the walk moving up the stack, but may not keep it inside it). libunwind
-//! flushes its cache when `dl_iterate_phdr`'s `dlpi_subs` changes; not done here yet.
+//! Unloaded code: a cached rule is keyed by its address and by how many objects the
+//! process had unloaded (`dl_iterate_phdr`'s `dlpi_subs`, read once per walk, as
+//! libunwind does), so after a `dlclose`, code loaded later at a cached address is
+//! walked with its own rule, not the old code's (which read far outside the stack:
+//! `heap_profile`'s dlclose test). Code a JIT frees and reuses under
+//! `__register_frame` entries is not covered: `dlpi_subs` does not see it.
 
 use core::ffi::{c_int, c_void};
 
@@ -45,10 +47,13 @@ pub const MAX_FRAMES: usize = 64;
 pub fn capture(frames: &mut [usize; MAX_FRAMES], skip: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        let regs = Regs::here();
-        // `regs` describe this frame, which stays alive while `walk` runs.
-        if let Some(depth) = walk(regs, frames, skip + 1) {
-            return depth;
+        // Read before `regs`: every frame the walk visits was entered before this.
+        if let Some(unloads) = unloads() {
+            let regs = Regs::here();
+            // `regs` describe this frame, which stays alive while `walk` runs.
+            if let Some(depth) = walk(regs, unloads, frames, skip + 1) {
+                return depth;
+            }
         }
     }
     // Not a tail call: libgcc's walk starts in this frame, skipped by count.
@@ -99,10 +104,37 @@ impl Regs {
 #[cfg(target_arch = "x86_64")]
 const MAX_FRAME_BYTES: usize = 1 << 30;
 
-/// Walks up from `regs` (a live frame of the calling thread); `None` if some frame needs
-/// libgcc.
+/// How many shared objects the process has unloaded so far (`dlpi_subs`), or `None` if
+/// the C library does not say. While it is unchanged, the code at an address that was
+/// loaded when a rule was cached is still the code the rule describes.
 #[cfg(target_arch = "x86_64")]
-fn walk(mut regs: Regs, frames: &mut [usize; MAX_FRAMES], mut skip: usize) -> Option<usize> {
+fn unloads() -> Option<u64> {
+    extern "C" fn first(info: *mut libc::dl_phdr_info, size: usize, out: *mut c_void) -> c_int {
+        // `dlpi_subs` is there when the struct the library passes is long enough.
+        if size >= core::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8 {
+            // SAFETY: `info` is valid for `size` bytes during the callback, and `out` is
+            // the `Option<u64>` that `unloads` passed and owns.
+            unsafe { *(out as *mut Option<u64>) = Some((*info).dlpi_subs) };
+        }
+        1 // the count is the same for every object: stop after the first
+    }
+    let mut subs: Option<u64> = None;
+    // SAFETY: the callback matches dl_iterate_phdr's signature and `subs` outlives the
+    // call. It takes the loader's (recursive) write lock, as libgcc's FDE lookup does
+    // on glibc before 2.35, under the same busy flag and re-entrancy guard.
+    unsafe { libc::dl_iterate_phdr(Some(first), &mut subs as *mut Option<u64> as *mut c_void) };
+    subs
+}
+
+/// Walks up from `regs` (a live frame of the calling thread) with the rules cached for
+/// `unloads` (see `unloads`); `None` if some frame needs libgcc.
+#[cfg(target_arch = "x86_64")]
+fn walk(
+    mut regs: Regs,
+    unloads: u64,
+    frames: &mut [usize; MAX_FRAMES],
+    mut skip: usize,
+) -> Option<usize> {
     let mut depth = 0;
     // The first frame's rule is the row at its exact address; a caller's is the row of
     // its call instruction, one byte before the return address (libgcc's lookup).
@@ -120,7 +152,7 @@ fn walk(mut regs: Regs, frames: &mut [usize; MAX_FRAMES], mut skip: usize) -> Op
                 break;
             }
         }
-        let (cfa_from_bp, cfa_off, ra_off, bp_off) = match rule(at) {
+        let (cfa_from_bp, cfa_off, ra_off, bp_off) = match rule(at, unloads) {
             Rule::Step {
                 cfa_from_bp,
                 cfa_off,
@@ -163,19 +195,21 @@ unsafe fn read_stack(cfa: usize, off: isize) -> usize {
     unsafe { core::ptr::read_volatile(cfa.wrapping_add_signed(off) as *const usize) }
 }
 
-/// Slots in the rule cache: 4096, 96 KiB of zeroed static memory, touched only while
+/// Slots in the rule cache: 4096, 128 KiB of zeroed static memory, touched only while
 /// profiling. A program's distinct allocating call sites number in the hundreds to a
 /// few thousand (the stack table keeps 16K whole stacks); a slot lost to a collision
 /// costs one libgcc FDE lookup when its address comes again.
 #[cfg(target_arch = "x86_64")]
 const CACHE_SLOTS: usize = 1 << 12;
 
-/// One cached rule. `seq` is odd while a writer fills the slot; readers that see it
-/// odd, or changed across their read, treat the slot as a miss.
+/// One cached rule: the rule at code address `at` while `unloads` objects had been
+/// unloaded. `seq` is odd while a writer fills the slot; readers that see it odd, or
+/// changed across their read, treat the slot as a miss.
 #[cfg(target_arch = "x86_64")]
 struct Slot {
     seq: AtomicU64,
     at: AtomicU64,
+    unloads: AtomicU64,
     rule: AtomicU64,
 }
 
@@ -184,6 +218,7 @@ static CACHE: [Slot; CACHE_SLOTS] = [const {
     Slot {
         seq: AtomicU64::new(0),
         at: AtomicU64::new(0),
+        unloads: AtomicU64::new(0),
         rule: AtomicU64::new(0),
     }
 }; CACHE_SLOTS];
@@ -195,9 +230,10 @@ fn slot_of(at: usize) -> &'static Slot {
     &CACHE[h as usize]
 }
 
-/// The rule at `at`, from the cache or worked out (and cached).
+/// The rule at `at`, from the cache or worked out (and cached); `unloads` as read at
+/// the start of the walk.
 #[cfg(target_arch = "x86_64")]
-fn rule(at: usize) -> Rule {
+fn rule(at: usize, unloads: u64) -> Rule {
     let slot = slot_of(at);
     // Acquire: pairs with the writer's Release store of the even `seq`, so the `at` and
     // `rule` read after it are at least that write's.
@@ -205,11 +241,12 @@ fn rule(at: usize) -> Rule {
     if seq & 1 == 0 && seq != 0 {
         // Relaxed: ordered by the fences around them (seqlock reader).
         let key = slot.at.load(Ordering::Relaxed);
+        let key_unloads = slot.unloads.load(Ordering::Relaxed);
         let packed = slot.rule.load(Ordering::Relaxed);
         // Acquire fence: the loads above happen before the re-check of `seq`, so an
         // unchanged `seq` means no writer overlapped them.
         fence(Ordering::Acquire);
-        if slot.seq.load(Ordering::Relaxed) == seq && key == at as u64 {
+        if slot.seq.load(Ordering::Relaxed) == seq && key == at as u64 && key_unloads == unloads {
             return unpack(packed);
         }
     }
@@ -226,6 +263,7 @@ fn rule(at: usize) -> Rule {
         fence(Ordering::Release);
         // Relaxed: published by the Release store of `seq` below.
         slot.at.store(at as u64, Ordering::Relaxed);
+        slot.unloads.store(unloads, Ordering::Relaxed);
         slot.rule.store(pack(found), Ordering::Relaxed);
         // Release: makes the stores above visible to a reader that sees this `seq`.
         slot.seq.store(seq + 2, Ordering::Release);
@@ -404,8 +442,9 @@ mod tests {
     /// `capture` without the fallback: panics where the cached walk would hand over.
     #[inline(never)]
     fn cached_only(frames: &mut [usize; MAX_FRAMES], skip: usize) -> usize {
+        let unloads = unloads().expect("dlpi_subs");
         let regs = Regs::here();
-        let depth = walk(regs, frames, skip + 1).expect("the walk handed over to libgcc");
+        let depth = walk(regs, unloads, frames, skip + 1).expect("the walk handed over to libgcc");
         core::hint::black_box(depth)
     }
 
