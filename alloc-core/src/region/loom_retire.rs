@@ -59,7 +59,7 @@ fn touch(pages: &UnsafeCell<u64>, value: u64) {
 
 /// How a free ended.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Free {
+enum FreeEnd {
     /// Won the claim and retired the object.
     Retired,
     /// Found it already retired (`RetireError::DoubleFree`).
@@ -115,7 +115,7 @@ impl Arena {
     /// region is always at its key here) or, when the region is write-locked, the slow
     /// path under the writer mutex; then the checks and the claim under the read lock,
     /// and the retire's end, shipped (`unlock_and_push_retired`) or `broken`.
-    fn free(&self, tally: &Tally, broken: bool) -> Free {
+    fn free(&self, tally: &Tally, broken: bool) -> FreeEnd {
         let r = &self.region;
         match r.read_lock_validated(PAGE, PAGE, &self.seq) {
             ReadAttempt::Locked => {}
@@ -129,12 +129,12 @@ impl Arena {
         }
         if r.kind() == RegionKind::Free {
             r.lock.read_unlock();
-            return Free::NotAllocated;
+            return FreeEnd::NotAllocated;
         }
         if !r.claim_live(RegionState::Retired) {
             assert_eq!(r.state(), RegionState::Retired, "lost to a non-retire");
             r.lock.read_unlock();
-            return Free::DoubleFree;
+            return FreeEnd::DoubleFree;
         }
         if broken {
             // The table's old order: push first, give the reference up after.
@@ -144,7 +144,7 @@ impl Arena {
             // SAFETY: we hold a validated read reference and won the claim.
             unsafe { r.unlock_and_push_retired(&self.retired, || {}) };
         }
-        Free::Retired
+        FreeEnd::Retired
     }
 
     /// `Writer::drain_retired` once, under the writer mutex, ended by `end_write_all`:
@@ -197,14 +197,14 @@ fn frees_vs_drain(tally: &'static Tally, freers: usize, broken: bool) {
             })
             .collect();
         arena.drain(tally, freers.len() == 1);
-        let ends: Vec<Free> = freers.into_iter().map(|f| f.join().unwrap()).collect();
-        let winners = ends.iter().filter(|&&e| e == Free::Retired).count();
+        let ends: Vec<FreeEnd> = freers.into_iter().map(|f| f.join().unwrap()).collect();
+        let winners = ends.iter().filter(|&&e| e == FreeEnd::Retired).count();
         assert_eq!(winners, 1, "exactly one free wins: {ends:?}");
         for end in ends {
             match end {
-                Free::DoubleFree => hit(&tally.double_free),
-                Free::NotAllocated => hit(&tally.not_allocated),
-                Free::Retired => {}
+                FreeEnd::DoubleFree => hit(&tally.double_free),
+                FreeEnd::NotAllocated => hit(&tally.not_allocated),
+                FreeEnd::Retired => {}
             }
         }
     });
