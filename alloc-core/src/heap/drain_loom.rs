@@ -16,7 +16,8 @@
 //! Scenarios: the freer frees every block while the owner parks the page (`Idle`: the
 //! drainer or the owner's next slow path retires it, exactly once); or the owner keeps
 //! one block and frees it locally meanwhile (`LocalFree`: the drainer must give
-//! everything back). The must-fail twins park before unlinking (the order `alloc_slow`
+//! everything back), then also takes every free block back and parks the page again
+//! (`Repark`: `PendingQueued` -> `Pending` while the drainer may hold the page). The must-fail twins park before unlinking (the order `alloc_slow`
 //! had before the drain) and drain without counting the blocks; loom catches both.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p rangealloc-core --release --lib loom`.
@@ -130,6 +131,11 @@ enum Scenario {
     Idle,
     /// The owner keeps its last block and frees it locally after parking.
     LocalFree,
+    /// As `LocalFree`, then the owner's next slow path takes the page's free blocks back
+    /// (`collect`, every one allocated) and parks it again (`PendingQueued` ->
+    /// `Pending` if a hand-off is under way) while the drainer may still hold it; at the
+    /// end it frees what it holds. The drainer must never retire it.
+    Repark,
 }
 
 /// How the owner parks, and how the drainer decides.
@@ -207,10 +213,28 @@ unsafe fn owner_drain(shared: &Shared) -> bool {
     retired
 }
 
+/// The owner's local free of `block`: `push_local`, then `free_local_slow`'s un-park.
+///
+/// # Safety
+/// The caller is the page's owner and holds `block`, a block of it.
+unsafe fn local_free(shared: &Shared, block: *mut Block) {
+    let page = shared.page;
+    shared.touch();
+    // SAFETY: caller contract.
+    unsafe {
+        Block::store_next(block, (*page).local_free);
+        (*page).local_free = block;
+        (*page).used -= 1;
+        if (*page).in_full {
+            (*page).unpark();
+        }
+    }
+}
+
 fn run(scenario: Scenario, variant: Variant, tally: &'static Tally) {
     let blocks = match scenario {
         Scenario::Idle => 2,
-        Scenario::LocalFree => 3,
+        Scenario::LocalFree | Scenario::Repark => 3,
     };
     let (shared, held) = fresh(blocks);
     let page = shared.page;
@@ -234,6 +258,7 @@ fn run(scenario: Scenario, variant: Variant, tally: &'static Tally) {
         thread::spawn(move || drain_foreign(&shared, variant))
     };
     let mut owner_retired = false;
+    let mut mine: Vec<*mut Block> = Vec::new();
     // SAFETY: this thread is the page's owner.
     unsafe {
         // `alloc_slow` found the page without a free block: unlink, then park.
@@ -266,11 +291,31 @@ fn run(scenario: Scenario, variant: Variant, tally: &'static Tally) {
             // Its next slow path.
             owner_retired |= owner_drain(&shared);
         }
+        if scenario == Scenario::Repark {
+            local_free(&shared, held[2]);
+            // `alloc_slow` on the page: collect, allocate every free block, then (no
+            // free block left) off the queue and park again.
+            shared.touch();
+            (*page).collect();
+            while !(*page).free.is_null() {
+                let block = (*page).free;
+                (*page).free = Block::load_next(block);
+                (*page).used += 1;
+                mine.push(block);
+            }
+            shared.touch(); // queue_remove
+            if !(*page).park() {
+                shared.touch(); // queue_push_front
+            }
+        }
     }
     freer.join().unwrap();
     let drainer_retired = drainer.join().unwrap();
     // SAFETY: every other thread is joined; the owner's next slow path.
     unsafe {
+        for block in mine {
+            local_free(&shared, block);
+        }
         if !drainer_retired && !owner_retired {
             owner_retired |= owner_drain(&shared);
             if !owner_retired && !shared.is_retired() {
@@ -289,7 +334,7 @@ fn run(scenario: Scenario, variant: Variant, tally: &'static Tally) {
         drainer_retired || owner_retired,
         "every block is free, yet nobody retired the page"
     );
-    if scenario == Scenario::LocalFree {
+    if scenario != Scenario::Idle {
         assert!(
             !drainer_retired,
             "the drainer retired a page its owner held"
@@ -316,6 +361,16 @@ fn loom_foreign_drain_retires_only_what_nobody_holds() {
     );
 }
 
+/// The owner takes a page back (a local free), empties its lists and parks it again
+/// while the drainer may hold it off the stack: no retire by the drainer, one by the
+/// owner once it frees what it holds.
+#[test]
+fn loom_foreign_drain_leaves_a_page_its_owner_reparks() {
+    static REPARK: Tally = Tally::new();
+    builder().check(|| run(Scenario::Repark, Variant::Shipped, &REPARK));
+    assert!(REPARK.owner_retired.load(Relaxed) > 0);
+}
+
 #[test]
 fn loom_foreign_drain_gives_back_a_page_its_owner_frees_into() {
     static LOCAL: Tally = Tally::new();
@@ -338,4 +393,14 @@ fn loom_broken_park_before_unlink_is_caught() {
 fn loom_broken_drain_without_count_is_caught() {
     static T: Tally = Tally::new();
     builder().check(|| run(Scenario::LocalFree, Variant::DrainWithoutCount, &T));
+}
+
+/// The re-park scenario's must-fail twin: a drainer that does not count retires the page
+/// while its owner holds the blocks it took back (loom's first failing execution is one
+/// where the owner's later touch is ordered after the retire: the model's own check).
+#[test]
+#[should_panic(expected = "the owner touched a retired page")]
+fn loom_broken_drain_without_count_is_caught_on_a_repark() {
+    static T: Tally = Tally::new();
+    builder().check(|| run(Scenario::Repark, Variant::DrainWithoutCount, &T));
 }

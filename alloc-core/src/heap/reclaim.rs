@@ -33,7 +33,9 @@
 //!    owner may hold its lock (another thread of the parent in its slow path): its heap
 //!    is an orphan in the child, the lock word says `OWNER`, and the adopter inherits it
 //!    (`lock_owner_inheriting`) before it repairs the heap. A child purger sees `OWNER`
-//!    and skips the orphan, whose fields may be half written.
+//!    and skips the orphan, whose fields may be half written. Its pending stack, an
+//!    atomic, is popped before the lock is tried (and pushed back when it is held): the
+//!    adopter's rebuild keeps the popped pages' links (`repair::rebuild_page`).
 //! 6. Foreign drain: a page on the pending stack that is still parked (`Pending`) and
 //!    whose remote list holds every block it carved belongs to nobody: the owner parked
 //!    it (off its queues, Release) and reaches it again only by popping the stack or by

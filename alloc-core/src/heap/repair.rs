@@ -244,7 +244,10 @@ unsafe fn rebuild_page(page: &mut Page) {
     page.in_full = false;
     page.prev = ptr::null_mut();
     page.next = ptr::null_mut();
-    page.pending_next.store(ptr::null_mut(), Ordering::Relaxed);
+    // `pending_next` stays: a foreign purger of this child may hold the page, popped off
+    // our pending stack before we adopted the heap, and follows that link to push the
+    // rest of its list back (`reclaim::drain_remote_emptied`). A page on no stack never
+    // has its link read.
     // Un-park; a page a freer has moved to `Pending` stays pending, as `PendingQueued`
     // (it is, or will be, on our pending stack, which `drain_pending` handles for a
     // queued page; a foreign drainer leaves a queued page alone).
@@ -287,5 +290,100 @@ unsafe fn take_list(
             *count += 1;
             block = next;
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::super::page::PendingPages;
+    use super::super::segment::UNIT_SIZE;
+    use super::super::{alloc_small, class_of, class_size, free_small, reclaim, slow, Heap};
+    use crate::thread;
+    use std::sync::mpsc;
+
+    /// A class no other unit test allocates from.
+    const SIZE: usize = 2560;
+    /// Pages the owner fills (and parks) before it idles.
+    const PAGES: usize = 3;
+
+    /// A fork child's adopter rebuilds an orphan while a foreign purger of the child holds
+    /// part of its pending stack (`reclaim::drain_remote_emptied` pops the whole stack,
+    /// whatever the orphan's lock says, then takes the lock page by page). The rebuild
+    /// must leave the held pages' stack links alone: the purger follows them to push
+    /// every page back. Pages it can no longer reach stay `PendingQueued` for good: their
+    /// owner never retires them, and once parked again no remote free hands them back.
+    ///
+    /// The interleaving is made by hand on this thread: pop the stack as the purger does
+    /// before its first lock section, then `rebuild_orphan` as the adopter does (the
+    /// owner thread idles on a channel, as a vanished owner would), then follow the links.
+    #[test]
+    fn a_rebuild_keeps_the_links_of_pages_a_foreign_purger_holds() {
+        let class = class_of(SIZE);
+        let per_page = UNIT_SIZE / class_size(class);
+        let (to_main, from_owner) = mpsc::channel();
+        let (to_owner, from_main) = mpsc::channel::<()>();
+        let owner = std::thread::spawn(move || {
+            // Fills `PAGES` pages; the allocation after each parks the full one.
+            let blocks: Vec<usize> = (0..PAGES * per_page + 1)
+                .map(|_| alloc_small(class) as usize)
+                .collect();
+            to_main
+                .send((thread::get() as *mut Heap as usize, blocks))
+                .unwrap();
+            // Idle, as a thread of the parent that did not survive the fork.
+            let _ = from_main.recv();
+        });
+        let (heap, blocks) = from_owner.recv().unwrap();
+        let heap = heap as *mut Heap;
+        // No foreign pass of another test may pop the stack meanwhile.
+        reclaim::fork_prepare();
+        // SAFETY: the owner idles; this thread plays the remote freer, the purger and
+        // the adopter in turn, on the owner's live pages.
+        let (reachable, still_pending) = unsafe {
+            for page in 0..PAGES {
+                // The first remote free of a parked page hands it back to the stack.
+                free_small(blocks[page * per_page] as *mut u8).unwrap();
+            }
+            // The purger pops the stack (before its first lock section)...
+            let held = (*heap).pending.take_all();
+            let mut on_stack = 0;
+            let mut page = held;
+            while !page.is_null() {
+                on_stack += 1;
+                page = PendingPages::next(page);
+            }
+            assert_eq!(on_stack, PAGES, "every parked page was handed back");
+            let mut pages = Vec::new();
+            let mut page = held;
+            while !page.is_null() {
+                pages.push(page);
+                page = PendingPages::next(page);
+            }
+            // ...the adopter rebuilds the orphan...
+            super::rebuild_orphan(heap);
+            // ...and the purger goes on down its list, pushing back what it keeps.
+            let mut reachable = 0;
+            let mut page = held;
+            while !page.is_null() {
+                reachable += 1;
+                let next = PendingPages::next(page);
+                (*heap).pending.push(page);
+                page = next;
+            }
+            // The adopter's next slow path ends every hand-off it finds.
+            slow::drain_pending(&mut *heap);
+            let still_pending = pages.iter().filter(|&&p| (*p).is_pending()).count();
+            (reachable, still_pending)
+        };
+        // SAFETY: taken above on this thread.
+        unsafe { reclaim::fork_release() };
+        drop(to_owner);
+        owner.join().unwrap();
+        assert_eq!(
+            (reachable, still_pending),
+            (PAGES, 0),
+            "the purger reached {reachable} of {PAGES} pages after the rebuild; \
+             {still_pending} stay pending for good"
+        );
     }
 }
