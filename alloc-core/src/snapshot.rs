@@ -46,6 +46,14 @@ pub struct LockStats {
     pub waits: u64,
     /// Nanoseconds those waited.
     pub wait_ns: u64,
+    /// Write-locks that found readers inside their region and waited for them.
+    pub reader_waits: u64,
+    /// Process-wide locks (the metadata lock, `mmap_lock` writers) taken on the
+    /// region-table path, ours (`stats::REGION_PATH_PROCESS_LOCKS`; none in steady state
+    /// but `mremap` moves of big objects, by design).
+    pub process_locks: u64,
+    /// ... taken there by crossbeam-epoch's own allocations (`REGION_PATH_DEPENDENCY_LOCKS`).
+    pub dependency_locks: u64,
 }
 
 /// The region-table arenas: how many, and each one's writer contention.
@@ -226,6 +234,9 @@ pub fn snapshot() -> Stats {
             writer: counters.writer,
             waits: counters.waits,
             wait_ns: counters.wait_ns,
+            reader_waits: counters.reader_waits,
+            process_locks: crate::stats::REGION_PATH_PROCESS_LOCKS.get(),
+            dependency_locks: crate::stats::REGION_PATH_DEPENDENCY_LOCKS.get(),
         },
         arenas: ArenaStats {
             count: ARENAS.count(),
@@ -327,6 +338,11 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
         l.writer,
         l.waits,
         l.wait_ns as f64 / 1e6
+    )?;
+    writeln!(
+        w,
+        "  region path: writer waits for readers {}; process-wide locks {} (dependencies' {})",
+        l.reader_waits, l.process_locks, l.dependency_locks
     )?;
     let a = &s.arenas;
     write!(
@@ -460,8 +476,13 @@ impl Stats {
         let l = &self.lock;
         write!(
             w,
-            ",\"lock\":{{\"success\":{},\"abort\":{},\"retry\":{},\"miss\":{},\"slow\":{},\"writer\":{},\"waits\":{},\"wait_ns\":{}}}",
+            ",\"lock\":{{\"success\":{},\"abort\":{},\"retry\":{},\"miss\":{},\"slow\":{},\"writer\":{},\"waits\":{},\"wait_ns\":{},",
             l.success, l.abort, l.retry, l.miss, l.slow, l.writer, l.waits, l.wait_ns
+        )?;
+        write!(
+            w,
+            "\"reader_waits\":{},\"process_locks\":{},\"dependency_locks\":{}}}",
+            l.reader_waits, l.process_locks, l.dependency_locks
         )?;
         let a = &self.arenas;
         write!(

@@ -154,6 +154,7 @@ fn stats_at_exit_prints_the_report() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("rangealloc 0.1.0 statistics"), "{stderr}");
     assert!(stderr.contains("region lock: fast-path success"));
+    assert!(stderr.contains("region path: writer waits for readers"));
     assert!(stderr.contains("syscalls: mmap"));
 }
 
@@ -205,6 +206,19 @@ fn stats_json_matches_the_snapshot() {
     assert_eq!(v["mapped"].as_u64(), Some(s.mapped as u64));
     assert_eq!(v["regions"]["large"].as_u64(), Some(s.regions.large as u64));
     assert_eq!(v["lock"]["writer"].as_u64(), Some(s.lock.writer));
+    // Issue 16's contention counters.
+    assert_eq!(
+        v["lock"]["reader_waits"].as_u64(),
+        Some(s.lock.reader_waits)
+    );
+    assert_eq!(
+        v["lock"]["process_locks"].as_u64(),
+        Some(s.lock.process_locks)
+    );
+    assert_eq!(
+        v["lock"]["dependency_locks"].as_u64(),
+        Some(s.lock.dependency_locks)
+    );
     assert_eq!(
         v["syscalls"]["mmap"].as_u64(),
         Some(s.syscalls.get(rangealloc::Syscall::Mmap))

@@ -458,6 +458,7 @@ impl Arenas {
             totals.retry += c.retry.get();
             totals.miss += c.miss.get();
             totals.slow += c.slow.get();
+            totals.reader_waits += c.reader_waits.get();
             *e = ArenaContention {
                 writer: c.writer.get(),
                 waits: c.waits.get(),
@@ -525,6 +526,7 @@ pub struct LockTotals {
     pub writer: u64,
     pub waits: u64,
     pub wait_ns: u64,
+    pub reader_waits: u64,
 }
 
 #[cfg(all(test, not(loom)))]
