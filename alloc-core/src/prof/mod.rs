@@ -85,6 +85,11 @@ fn start() -> bool {
         let o = options::get();
         MEAN.store(o.prof_sample, Ordering::Relaxed);
         let on = o.prof && table::init();
+        #[cfg(target_arch = "x86_64")]
+        if on {
+            // `dlsym` may allocate: that nested allocation sees STARTING, as below.
+            cfi::init();
+        }
         if o.prof && (o.prof_dump.is_some() || o.prof_leak) {
             // glibc's atexit may `calloc`: that nested allocation sees STARTING and
             // goes unprofiled.
