@@ -87,9 +87,10 @@ static LIBGCC_START: AtomicUsize = AtomicUsize::new(0);
 static LIBGCC_END: AtomicUsize = AtomicUsize::new(0);
 
 /// Resolves `_dl_find_object` (glibc 2.35+) and libgcc's mapping, once, when profiling
-/// starts: called outside every allocator lock, and `dlsym` may allocate, which the
-/// caller's re-entrancy guard covers. Without `_dl_find_object` (older glibc, other C
-/// libraries), every lookup goes to libgcc, as before.
+/// starts (`prof::start`, never from a walk): `dlsym` may allocate, and that nested
+/// allocation sees the profiler STARTING and goes unprofiled, as `start`'s `atexit`
+/// does. Without `_dl_find_object` (older glibc, other C libraries), every lookup goes
+/// to libgcc, as before. Idempotent (the unit tests call it).
 pub fn init() {
     if DL_FIND_OBJECT.load(Ordering::Acquire) != 0 {
         return;
