@@ -87,9 +87,8 @@ static LIBGCC_START: AtomicUsize = AtomicUsize::new(0);
 static LIBGCC_END: AtomicUsize = AtomicUsize::new(0);
 
 /// Resolves `_dl_find_object` (glibc 2.35+) and libgcc's mapping, once, when profiling
-/// starts (`prof::start`, never from a walk): `dlsym` may allocate, and that nested
-/// allocation sees the profiler STARTING and goes unprofiled, as `start`'s `atexit`
-/// does. Without `_dl_find_object` (older glibc, other C libraries), every lookup goes
+/// starts (`prof::start`, never from a walk): `dlsym` may allocate, and the caller's
+/// re-entrancy guard sends that to the metadata arena. Without `_dl_find_object` (older glibc, other C libraries), every lookup goes
 /// to libgcc, as before. Idempotent (the unit tests call it).
 pub fn init() {
     if DL_FIND_OBJECT.load(Ordering::Acquire) != 0 {

@@ -87,7 +87,9 @@ fn start() -> bool {
         let on = o.prof && table::init();
         #[cfg(target_arch = "x86_64")]
         if on {
-            // `dlsym` may allocate: that nested allocation sees STARTING, as below.
+            // `dlsym` may allocate; this may run in the middle of a heap refill
+            // (`charge_blocks`), so that goes to the metadata arena, as in `capture_here`.
+            let _inside = thread::Reentrancy::enter();
             cfi::init();
         }
         if o.prof && (o.prof_dump.is_some() || o.prof_leak) {
