@@ -754,11 +754,10 @@ fn a_rule_cached_before_a_dlclose_is_not_used_for_code_loaded_after_it() {
 /// after `__register_frame_info` (JITs, static binaries), to sort the new object's
 /// FDEs. A sampled walk of that malloc must not call libgcc's lookup again: the thread
 /// deadlocked on itself (the run limit kills it), with the cached walk and with
-/// `_Unwind_Backtrace` before it. Ignored until fixed (the fix: find FDEs without
-/// libgcc, through `_dl_find_object`'s `dlfo_eh_frame` table, and stop the walk at a
-/// frame inside libgcc; see /work/notes/review-prof.md): it hangs for the run limit.
+/// `_Unwind_Backtrace` before it. The walk now finds FDEs in loaded objects without
+/// libgcc (`_dl_find_object` and the object's `.eh_frame_hdr` table) and ends at a
+/// frame inside libgcc (`prof/cfi.rs`); without that, this hangs for the run limit.
 #[test]
-#[ignore = "deadlocks: libgcc's object mutex is taken again by the sampled walk"]
 fn a_malloc_made_inside_libgccs_fde_lookup_does_not_deadlock() {
     let exe = compile("prof_register_frame.c", "prof_register_frame", Lang::C, &[]);
     let mut cmd = preloaded(&exe);

@@ -1,7 +1,10 @@
-//! The x86-64 call-frame rules of one code address, read from its `.eh_frame` entry (the
-//! FDE that libgcc's `_Unwind_Find_FDE` finds, and its CIE): where the caller's stack
-//! pointer (the CFA), return address and frame pointer are. Owns the DWARF call-frame
-//! instruction interpreter (the subset compilers emit for x86-64); calls nothing. The
+//! The x86-64 call-frame rules of one code address, read from its `.eh_frame` entry (its
+//! FDE and CIE): where the caller's stack pointer (the CFA), return address and frame
+//! pointer are. Owns the FDE lookup in loaded objects (glibc's `_dl_find_object`, then
+//! the object's `.eh_frame_hdr` search table: no lock, no allocation) and the DWARF
+//! call-frame instruction interpreter (the subset compilers emit for x86-64); calls
+//! glibc, and libgcc's `_Unwind_Find_FDE` only for code outside every loaded object
+//! (frames a JIT registered) or without `_dl_find_object` (glibc before 2.35). The
 //! walker in `stack` caches one `Rule` per return address, so this runs once per
 //! address, not once per sample.
 //!
@@ -12,7 +15,9 @@
 //! registers saved in other registers, unknown opcodes, malformed entries) is
 //! `Rule::Unsupported`, and the walk of that stack is left to libgcc whole.
 
-use core::ffi::c_void;
+use core::ffi::{c_int, c_void};
+
+use crate::sync::atomic::{AtomicUsize, Ordering};
 
 /// DWARF register numbers of x86-64 (System V psABI, figure 3.36).
 const REG_RBP: u64 = 6;
@@ -57,10 +62,131 @@ extern "C" {
     fn _Unwind_Find_FDE(pc: *mut c_void, bases: *mut DwarfEhBases) -> *const u8;
 }
 
+/// `struct dl_find_object` of glibc 2.35+'s `<dlfcn.h>` (x86-64 layout).
+#[repr(C)]
+struct DlFindObject {
+    flags: u64,
+    map_start: *mut c_void,
+    map_end: *mut c_void,
+    link_map: *mut c_void,
+    /// The object's `PT_GNU_EH_FRAME` segment (its `.eh_frame_hdr`), or null.
+    eh_frame: *mut c_void,
+    reserved: [u64; 7],
+}
+
+/// `_dl_find_object`'s type: 0 and `*result` filled if `address` lies in a loaded
+/// object. glibc's implementation takes no lock and does not allocate.
+type DlFindObjectFn =
+    unsafe extern "C" fn(address: *mut c_void, result: *mut DlFindObject) -> c_int;
+
+/// `_dl_find_object`, resolved by `init` (0: not there, or `init` has not run).
+static DL_FIND_OBJECT: AtomicUsize = AtomicUsize::new(0);
+/// The mapping of the object holding libgcc's `_Unwind_Find_FDE` (`[start, end)`; empty
+/// if unknown). Set before `DL_FIND_OBJECT`, published by its Release store.
+static LIBGCC_START: AtomicUsize = AtomicUsize::new(0);
+static LIBGCC_END: AtomicUsize = AtomicUsize::new(0);
+
+/// Resolves `_dl_find_object` (glibc 2.35+) and libgcc's mapping, once, when profiling
+/// starts (`prof::start`, never from a walk): `dlsym` may allocate, and the caller's
+/// re-entrancy guard sends that to the metadata arena. Without `_dl_find_object` (older glibc, other C libraries), every lookup goes
+/// to libgcc, as before. Idempotent (the unit tests call it).
+pub fn init() {
+    if DL_FIND_OBJECT.load(Ordering::Acquire) != 0 {
+        return;
+    }
+    // SAFETY: a NUL-terminated name looked up in the global scope.
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) };
+    if sym.is_null() {
+        return;
+    }
+    // SAFETY: glibc exports `_dl_find_object` with exactly this signature.
+    let find: DlFindObjectFn = unsafe { core::mem::transmute::<*mut c_void, DlFindObjectFn>(sym) };
+    let mut libgcc = empty_dlfo();
+    let mut ours = empty_dlfo();
+    // SAFETY: both calls read the addresses as numbers and fill structs we own.
+    let (found_libgcc, found_ours) = unsafe {
+        (
+            find(_Unwind_Find_FDE as *mut c_void, &mut libgcc),
+            find(init as *mut c_void, &mut ours),
+        )
+    };
+    // The walk ends at libgcc's frames only if libgcc is an object of its own
+    // (libgcc_s.so); linked into our own object, its range would cover ours too.
+    if found_libgcc == 0 && !(found_ours == 0 && ours.map_start == libgcc.map_start) {
+        // Relaxed: published by the Release store below.
+        LIBGCC_START.store(libgcc.map_start as usize, Ordering::Relaxed);
+        LIBGCC_END.store(libgcc.map_end as usize, Ordering::Relaxed);
+    }
+    // Release: pairs with `rule_at`'s Acquire load, which then sees libgcc's range.
+    DL_FIND_OBJECT.store(sym as usize, Ordering::Release);
+}
+
+fn empty_dlfo() -> DlFindObject {
+    DlFindObject {
+        flags: 0,
+        map_start: core::ptr::null_mut(),
+        map_end: core::ptr::null_mut(),
+        link_map: core::ptr::null_mut(),
+        eh_frame: core::ptr::null_mut(),
+        reserved: [0; 7],
+    }
+}
+
 /// The rule at code address `at`: the address of the call instruction for a return
 /// address (`ra - 1`, as libgcc looks it up), or the exact address for the frame a walk
 /// starts in.
+///
+/// Code in a loaded object has its FDE found here, through `_dl_find_object` and the
+/// object's `.eh_frame_hdr` search table, which neither lock nor allocate. Only code
+/// outside every object (frames a JIT registered) and objects whose table is not in
+/// the usual encodings are looked up by libgcc's `_Unwind_Find_FDE`. A frame inside
+/// libgcc itself is the end of the walk: libgcc mallocs while holding its FDE mutex
+/// (sorting newly registered frames), and a sampled walk of that malloc must not call
+/// into libgcc, nor hand the walk to it, again (`heap_profile`'s register_frame test).
 pub fn rule_at(at: usize) -> Rule {
+    rule_in_object(at).unwrap_or_else(|| rule_by_libgcc(at))
+}
+
+/// The rule at `at` found without libgcc (see `rule_at`); `None`: ask libgcc.
+fn rule_in_object(at: usize) -> Option<Rule> {
+    // Acquire: pairs with `init`'s Release store, so libgcc's range is set.
+    let find = DL_FIND_OBJECT.load(Ordering::Acquire);
+    if find != 0 {
+        // Relaxed: published by the Acquire load above.
+        let (start, end) = (
+            LIBGCC_START.load(Ordering::Relaxed),
+            LIBGCC_END.load(Ordering::Relaxed),
+        );
+        if start <= at && at < end {
+            return Some(Rule::End);
+        }
+        // SAFETY: `init` stored `_dl_find_object`'s address, of this type.
+        let find = unsafe { core::mem::transmute::<usize, DlFindObjectFn>(find) };
+        let mut o = empty_dlfo();
+        // SAFETY: reads `at` as a number and fills `o`, which we own.
+        if unsafe { find(at as *mut c_void, &mut o) } == 0 {
+            if o.eh_frame.is_null() {
+                return Some(Rule::End); // an object without unwind tables, as libgcc says
+            }
+            // SAFETY: glibc gives the object's mapped `PT_GNU_EH_FRAME` segment; the
+            // object stays loaded while its code is on the stack being walked.
+            match unsafe { fde_from_hdr(o.eh_frame as *const u8, at) } {
+                Some(None) => return Some(Rule::End),
+                // SAFETY: `fde` is an FDE of the object's `.eh_frame`, named by its table.
+                Some(Some((fde, func))) => {
+                    return Some(
+                        unsafe { rule_from_fde(fde, func, at) }.unwrap_or(Rule::Unsupported),
+                    )
+                }
+                None => {} // an unusual table: libgcc's
+            }
+        }
+    }
+    None
+}
+
+/// The rule at `at` from libgcc's `_Unwind_Find_FDE`.
+fn rule_by_libgcc(at: usize) -> Rule {
     let mut bases = DwarfEhBases {
         tbase: core::ptr::null_mut(),
         dbase: core::ptr::null_mut(),
@@ -75,6 +201,53 @@ pub fn rule_at(at: usize) -> Rule {
     // as libgcc returns it; every read below stays inside the lengths its header and
     // its CIE's header declare.
     unsafe { rule_from_fde(fde, bases.func as usize, at) }.unwrap_or(Rule::Unsupported)
+}
+
+/// `.eh_frame_hdr` encodings this reads (what GNU ld, gold, lld and mold write):
+/// `eh_frame_ptr` pc-relative sdata4, `fde_count` udata4, the table datarel sdata4.
+const HDR_PTR_ENC: u8 = 0x1b;
+const HDR_COUNT_ENC: u8 = 0x03;
+const HDR_TABLE_ENC: u8 = 0x3b;
+
+/// Binary-searches the `.eh_frame_hdr` at `hdr` for the last FDE starting at or before
+/// `at`: `Some(Some((fde, function start)))`, `Some(None)` if none does, `None` if the
+/// header is not version 1 in the usual encodings. The FDE's range is checked by
+/// `rule_from_fde`.
+///
+/// # Safety
+/// `hdr` is a loaded object's mapped `.eh_frame_hdr`.
+unsafe fn fde_from_hdr(hdr: *const u8, at: usize) -> Option<Option<(*const u8, usize)>> {
+    // SAFETY: the header's first 12 bytes (version, three encodings, eh_frame_ptr,
+    // fde_count) are present when its encodings are these; each table entry is two
+    // 4-byte words within the `fde_count` the linker wrote.
+    unsafe {
+        let head = core::slice::from_raw_parts(hdr, 4);
+        if head != [1, HDR_PTR_ENC, HDR_COUNT_ENC, HDR_TABLE_ENC] {
+            return None;
+        }
+        let count = hdr.add(8).cast::<u32>().read_unaligned() as usize;
+        let table = hdr.add(12).cast::<[i32; 2]>();
+        let entry = |i: usize| table.add(i).read_unaligned();
+        let base = hdr as usize;
+        // The first entry whose start is after `at`; the one before it is the candidate.
+        let (mut lo, mut hi) = (0, count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if base.wrapping_add_signed(entry(mid)[0] as isize) <= at {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo == 0 {
+            return Some(None);
+        }
+        let [loc, fde] = entry(lo - 1);
+        Some(Some((
+            base.wrapping_add_signed(fde as isize) as *const u8,
+            base.wrapping_add_signed(loc as isize),
+        )))
+    }
 }
 
 /// Reads the FDE at `fde` (of a function starting at `func`) and its CIE, and runs their
@@ -111,6 +284,7 @@ pub unsafe fn rule_from_fde(fde: *const u8, func: usize, at: usize) -> Option<Ru
         return None;
     }
     let mut fde_encoding = DW_EH_PE_ABSPTR;
+    let mut signal = false;
     let has_aug_data = aug.first() == Some(&b'z');
     if has_aug_data {
         let len = c.uleb()? as usize;
@@ -125,7 +299,9 @@ pub unsafe fn rule_from_fde(fde: *const u8, func: usize, at: usize) -> Option<Ru
                     let enc = a.u8()?;
                     a.skip_encoded(enc)?;
                 }
-                b'S' => return None, // a signal frame: libgcc knows its rules
+                // A signal frame: libgcc knows its rules (but an address past its range
+                // is in no frame, which the FDE's range says first).
+                b'S' => signal = true,
                 // Known to libgcc on other targets, or new: the length covers them.
                 _ => break,
             }
@@ -135,10 +311,17 @@ pub unsafe fn rule_from_fde(fde: *const u8, func: usize, at: usize) -> Option<Ru
         return None;
     }
 
-    // The FDE: its address range (we have `func` from libgcc), its augmentation data,
-    // then its instructions.
+    // The FDE: its address range (we have its start, `func`, from the lookup), its
+    // augmentation data, then its instructions. An address past the range lies in no
+    // function's entry (a gap, a PLT), where libgcc's lookup would find none either.
     f.skip_encoded(fde_encoding)?;
-    f.skip_encoded(fde_encoding & 0x0f)?;
+    let range = f.unsigned(fde_encoding & 0x0f)?;
+    if at < func || (at - func) as u64 >= range {
+        return Some(Rule::End);
+    }
+    if signal {
+        return None;
+    }
     if has_aug_data {
         let len = f.uleb()? as usize;
         f.skip(len)?;
@@ -531,6 +714,21 @@ impl Reader {
         Some(unsafe { core::slice::from_raw_parts(start, n) })
     }
 
+    /// An unsigned value in format `fmt` (the low four bits of a `DW_EH_PE_*`
+    /// encoding), as an FDE's address range is written.
+    fn unsigned(&mut self, fmt: u8) -> Option<u64> {
+        match fmt {
+            0x00 | 0x04 | 0x0c => {
+                let lo = u64::from(self.u32()?);
+                Some(lo | u64::from(self.u32()?) << 32)
+            }
+            0x02 | 0x0a => self.u16().map(u64::from),
+            0x03 | 0x0b => self.u32().map(u64::from),
+            0x01 => self.uleb(),
+            _ => None,
+        }
+    }
+
     /// Skips a value in pointer encoding `enc` (`DW_EH_PE_*`: its low four bits give the
     /// format, the high ones only how the value is applied).
     fn skip_encoded(&mut self, enc: u8) -> Option<()> {
@@ -672,5 +870,35 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(rule_at(8), Rule::End);
+    }
+
+    /// The lookup through `_dl_find_object` and `.eh_frame_hdr` gives libgcc's rule at
+    /// every address sampled across this test program's code and the C library's
+    /// (function starts, bodies, epilogues, gaps between functions), and ends the walk
+    /// inside libgcc.
+    #[test]
+    fn object_lookup_matches_libgccs() {
+        init();
+        assert_ne!(
+            DL_FIND_OBJECT.load(Ordering::Acquire),
+            0,
+            "glibc 2.35+ expected"
+        );
+        let here = object_lookup_matches_libgccs as *const () as usize;
+        let libc_code = libc::qsort as *const () as usize;
+        let mut compared = 0;
+        for centre in [here, libc_code] {
+            // 7: odd, so the addresses fall at every offset within instructions.
+            for at in (centre.saturating_sub(1 << 20)..centre + (1 << 20)).step_by(7) {
+                let Some(mine) = rule_in_object(at) else {
+                    continue;
+                };
+                assert_eq!(mine, rule_by_libgcc(at), "at {at:#x}");
+                compared += 1;
+            }
+        }
+        assert!(compared > 100_000, "{compared}");
+        let libgcc = _Unwind_Find_FDE as *const () as usize;
+        assert_eq!(rule_in_object(libgcc + 1), Some(Rule::End));
     }
 }

@@ -85,6 +85,13 @@ fn start() -> bool {
         let o = options::get();
         MEAN.store(o.prof_sample, Ordering::Relaxed);
         let on = o.prof && table::init();
+        #[cfg(target_arch = "x86_64")]
+        if on {
+            // `dlsym` may allocate; this may run in the middle of a heap refill
+            // (`charge_blocks`), so that goes to the metadata arena, as in `capture_here`.
+            let _inside = thread::Reentrancy::enter();
+            cfi::init();
+        }
         if o.prof && (o.prof_dump.is_some() || o.prof_leak) {
             // glibc's atexit may `calloc`: that nested allocation sees STARTING and
             // goes unprofiled.

@@ -2,7 +2,7 @@
 //! built with `-fomit-frame-pointer` (Debian's C programs) because it reads the
 //! `.eh_frame` CFI that x86-64 compilers emit by default. Owns the walk, a process-wide
 //! cache of call-frame rules keyed by code address, and the fallback to libgcc's
-//! `_Unwind_Backtrace`; calls `cfi` (rules from libgcc's FDE lookup) and libgcc.
+//! `_Unwind_Backtrace`; calls `cfi` (rules from the unwind tables) and libgcc.
 //!
 //! Cost. libgcc's walk costs about 1.4k-3k instructions per frame (the FDE lookup,
 //! interpreting the CIE and FDE programs, updating a context of every register), about
@@ -15,9 +15,11 @@
 //! Safety of the walk: it reads only the slots the unwind tables name in the frames of
 //! the calling thread's stack (as libgcc does), and gives up where a step would not
 //! move up the stack. Nothing here allocates or locks on a cached frame; a missed
-//! frame calls libgcc's `_Unwind_Find_FDE` (glibc's lock-free `_dl_find_object` on
-//! glibc 2.35+, else `dl_iterate_phdr` under the loader lock, as `_Unwind_Backtrace`
-//! does on every frame), under the profiler's busy flag and the allocator's re-entrancy
+//! frame in a loaded object is looked up by `cfi` through glibc's lock-free
+//! `_dl_find_object` (2.35+), and the walk ends at a frame inside libgcc, so a malloc
+//! libgcc makes while holding its FDE mutex is never walked back into libgcc. Only
+//! code outside every object (JIT frames) or an older glibc calls libgcc's
+//! `_Unwind_Find_FDE`, under the profiler's busy flag and the allocator's re-entrancy
 //! guard, so whatever it allocates on a first call neither samples nor recurses. The
 //! cache takes no lock (a seqlock per slot whose writers never wait), so a `fork` in the
 //! middle of a write leaves at worst one slot unusable in the child.
@@ -455,6 +457,8 @@ mod tests {
     /// address into this test, from its two call sites.)
     #[test]
     fn cached_walk_matches_libgcc() {
+        // Rules found through `_dl_find_object`, as a profiling process finds them.
+        cfi::init();
         let this = cached_walk_matches_libgcc as *const () as usize;
         for levels in [0, 5, 70] {
             for _ in 0..3 {
