@@ -30,6 +30,17 @@ fn writer_acquisitions() -> u64 {
     rangealloc::stats().lock.writer
 }
 
+/// How many regions of exactly `len` bytes sit in a cache.
+fn cached_of(len: usize) -> usize {
+    let mut n = 0;
+    ARENAS.for_each_region(|_, l, _, state| {
+        if state == RegionState::Cached && l == len {
+            n += 1;
+        }
+    });
+    n
+}
+
 fn cached_regions() -> (usize, usize) {
     let (mut count, mut bytes) = (0, 0);
     ARENAS.for_each_region(|_, len, _, state| {
@@ -298,15 +309,6 @@ fn regions_reached_only_by_realloc_growth_are_not_cached() {
 fn grown_not_cached() {
     const START: usize = 64 * KIB;
     const END: usize = 512 * KIB;
-    let cached_of = |len: usize| {
-        let mut n = 0;
-        ARENAS.for_each_region(|_, l, _, state| {
-            if state == RegionState::Cached && l == len {
-                n += 1;
-            }
-        });
-        n
-    };
     // SAFETY: each block is used within its current size and freed once with it.
     unsafe {
         for _ in 0..4 {
@@ -345,15 +347,6 @@ fn regions_shrunk_in_place_are_not_cached() {
 fn shrunk_not_cached() {
     const BIG: usize = 4 * MEDIUM_MAX;
     const STUB: usize = MEDIUM_MAX / 4;
-    let cached_of = |len: usize| {
-        let mut n = 0;
-        ARENAS.for_each_region(|_, l, _, state| {
-            if state == RegionState::Cached && l == len {
-                n += 1;
-            }
-        });
-        n
-    };
     // SAFETY: each block is used within its current size and freed once with it.
     unsafe {
         // The class is in demand (allocated directly, freed, taken back).
