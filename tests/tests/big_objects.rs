@@ -94,6 +94,7 @@ fn child_entry() {
         "remap" => remap_leaves_clean_space(),
         "room-bound" => room_reserves_bounded(),
         "nothp" => huge_pages_once(false),
+        "thp-home" => huge_space_at_home(),
         _ => panic!("unknown mode {mode}"),
     }
     println!("PASSED {mode}");
@@ -462,6 +463,76 @@ fn vm_flags(addr: usize) -> String {
 fn huge_pages_are_marked_once_per_reservation_and_big_regions_aligned() {
     run_with("thp", "thp=auto");
     run_with("nothp", "thp=never");
+}
+
+/// With huge pages on, a thread's first big object reserves huge-page space in the
+/// thread's own arena, even when that arena already has base space (small and medium
+/// objects): it used to go to another arena's huge space (a fallback placement), so
+/// the threads of big-buffers freed into each other's holes while placing in clean
+/// space of their own. And a big object there is a whole number of huge pages long, so
+/// the hole it leaves fits any object of its length or less on a frame boundary.
+#[test]
+fn a_threads_first_big_object_goes_to_its_own_arenas_huge_space() {
+    run_with("thp-home", "thp=auto");
+}
+
+fn huge_space_at_home() {
+    use rangealloc::engine::options::{thp, Thp};
+    use rangealloc::engine::region::Space;
+    if thp() == Thp::Off {
+        println!("huge pages are off (kernel mode never): nothing to check");
+        return;
+    }
+    let big = 4 * MIB + 5;
+    // SAFETY: pointers are used within their lengths and freed once.
+    unsafe {
+        let first = alloc(layout(big));
+        assert_eq!(ARENAS.space_of(first as usize), Space::Huge);
+        let len = rangealloc::usable_size(first);
+        assert_eq!(len, 6 * MIB, "a {big}-byte object in huge-page space");
+        let main_home = ARENAS.home();
+        let first_addr = first as usize;
+        std::thread::spawn(move || {
+            assert_ne!(
+                ARENAS.home(),
+                main_home,
+                "the new thread shares main's arena"
+            );
+            // Base space in this thread's arena first: a small and a medium object.
+            let small = alloc(layout(100));
+            let medium = alloc(layout(64 * 1024));
+            let before = ARENAS.fallbacks.get();
+            eprintln!(
+                "DBG home {} main {} fb {} small {:p} medium {:p}",
+                ARENAS.home(),
+                main_home,
+                before,
+                small,
+                medium
+            );
+            let p = alloc(layout(big));
+            assert_eq!(ARENAS.space_of(p as usize), Space::Huge);
+            assert_eq!(
+                ARENAS.fallbacks.get(),
+                before,
+                "the big object went to another arena's huge space"
+            );
+            assert!(
+                (p as usize).abs_diff(first_addr) >= 1 << 30,
+                "the big object went to main's reservation"
+            );
+            // The hole a freed object leaves takes an object of its length back.
+            dealloc(p, layout(big));
+            let q = alloc(layout(6 * MIB));
+            assert_eq!(q, p, "the freed 6 MiB hole was not reused");
+            dealloc(q, layout(6 * MIB));
+            dealloc(medium, layout(64 * 1024));
+            dealloc(small, layout(100));
+        })
+        .join()
+        .unwrap();
+        dealloc(first, layout(big));
+    }
 }
 
 fn huge_pages_once(auto: bool) {

@@ -68,12 +68,22 @@ fn space_for(len: usize) -> Space {
 }
 
 /// The length of the region that serves an object of `size` bytes: a page multiple,
-/// and for a medium object its medium class, so a freed one fits every later request
-/// of its class.
+/// for a medium object its medium class, so a freed one fits every later request of
+/// its class, and in huge-page space a multiple of the huge page. There the kernel
+/// faults the object's last frame in whole at its first touch anyway, so the rounding
+/// costs no RSS; it keeps every free range in that space whole frames on frame
+/// boundaries, so a freed object's hole fits any later object of its length or less
+/// (with page-multiple lengths, placement on frame boundaries left the frame tails
+/// of holes unusable: big-buffers purged 200 MiB a run and faulted it back in).
 fn page_round(size: usize) -> Option<usize> {
-    size.max(1)
+    let len = size
+        .max(1)
         .checked_next_multiple_of(PAGE_SIZE)
-        .map(cache::class_len)
+        .map(cache::class_len)?;
+    match space_for(len) {
+        Space::Huge => len.checked_next_multiple_of(HUGE_PAGE),
+        Space::Base => Some(len),
+    }
 }
 
 /// With `secure=1`, every large object is followed by one guard page (installed with

@@ -194,11 +194,14 @@ impl Arenas {
         let count = self.count();
         let home = self.home();
         let own = &self.tables[home];
-        if !own.has_space() {
-            // A home arena's first placement reserves at once: were it to use the space
-            // of the arenas already in use, every thread would share the first arena's
-            // mutex until that arena filled up. If it cannot reserve (or get a
-            // directory id), the other arenas' space must do.
+        let space = how.space();
+        if !own.has_space(space) {
+            // A home arena's first placement in a space reserves at once: were it to use
+            // the space of the arenas already in use, every thread would share the first
+            // arena's mutex until that arena filled up, and (huge-page space) its objects
+            // would be freed into another arena's holes while its next ones went to its
+            // own clean space. If it cannot reserve (or get a directory id), the other
+            // arenas' space must do.
             return match own.place(how, len, align, kind, false, true) {
                 Some(placed) => Some(placed),
                 None => self.place_elsewhere_waiting(home, count, how, len, align, kind),
@@ -251,7 +254,7 @@ impl Arenas {
     ) -> Option<Placed> {
         for step in 1..count {
             let other = &self.tables[(home + step) % count];
-            if !other.has_space() {
+            if !other.has_space(how.space()) {
                 continue;
             }
             if let Some(placed) = other.place(how, len, align, kind, try_lock, false) {

@@ -248,8 +248,9 @@ pub struct RegionTable {
     /// The id this table registers under, fixed when the table was built (the process's
     /// arenas: `Arenas::process`), or 0 to draw one from the directory.
     pub(super) fixed_id: u8,
-    /// Set once the table has reserved address space (`Writer::add_arena`).
-    reserved_any: AtomicBool,
+    /// Per `Space` (indexed by its value): set once the table has reserved address
+    /// space of that space (`Writer::add_arena`).
+    reserved_any: [AtomicBool; 2],
     tree: RegionTree,
     seq: TableSeq,
     /// The writer mutex. A spin-then-yield lock rather than `parking_lot::Mutex`: a
@@ -289,6 +290,16 @@ pub enum Placement {
     WithRoom { growing: bool, space: Space },
 }
 
+impl Placement {
+    /// The space this placement draws from.
+    pub fn space(self) -> Space {
+        match self {
+            Placement::Dense | Placement::Roomy => Space::Base,
+            Placement::WithRoom { space, .. } => space,
+        }
+    }
+}
+
 /// A live region's description for callers that placed it.
 #[derive(Clone, Copy, Debug)]
 pub struct Placed {
@@ -309,7 +320,7 @@ impl RegionTable {
         RegionTable {
             id: AtomicU8::new(0),
             fixed_id: 0,
-            reserved_any: AtomicBool::new(false),
+            reserved_any: [AtomicBool::new(false), AtomicBool::new(false)],
             tree: RegionTree::new(),
             seq: TableSeq::new(),
             writer: SpinLock::new(WriterState {
@@ -664,10 +675,10 @@ impl RegionTable {
         self.id.load(Ordering::Relaxed) != 0
     }
 
-    /// True once this table has address space of its own to place in.
-    pub fn has_space(&self) -> bool {
+    /// True once this table has address space of its own in `space` to place in.
+    pub fn has_space(&self, space: Space) -> bool {
         // Relaxed: a hint for where to try first; placement itself runs under the mutex.
-        self.reserved_any.load(Ordering::Relaxed)
+        self.reserved_any[space as usize].load(Ordering::Relaxed)
     }
 
     /// Places a new live region by `how`. `try_only`: give up at once (`None`) if

@@ -580,7 +580,7 @@ impl<'a> Writer<'a> {
         space::set_kind(base, size, SlotKind::Table);
         self.state.reserved += size;
         directory::add_reserved(size);
-        self.table.reserved_any.store(true, Ordering::Relaxed);
+        self.table.reserved_any[space as usize].store(true, Ordering::Relaxed);
         // SAFETY: writer mutex held; fresh attached free region.
         unsafe { self.state.free.insert(r) };
         Some(())
