@@ -455,9 +455,9 @@ fn vm_flags(addr: usize) -> String {
 }
 
 /// Huge pages (`thp=auto`, the kernel in `madvise` or `always` mode): large objects of
-/// 2 MiB and more start on 2 MiB boundaries in reservations of their own, marked
+/// 4 MiB and more start on 2 MiB boundaries in reservations of their own, marked
 /// `MADV_HUGEPAGE` (when the kernel wants the advice) once per reservation and never
-/// in steady state, while small objects and large objects below 2 MiB stay out of
+/// in steady state, while small objects and large objects below 4 MiB stay out of
 /// them. With `thp=never`, no mark and no huge space at all.
 #[test]
 fn huge_pages_are_marked_once_per_reservation_and_big_regions_aligned() {
@@ -552,7 +552,7 @@ fn huge_pages_once(auto: bool) {
     unsafe {
         let small = alloc(layout(100));
         let medium = alloc(layout(40 * 1024));
-        let sizes = [2 * MIB, 2 * MIB + PAGE, 3 * MIB + 5, 17 * MIB, 64 * MIB + 1];
+        let sizes = [4 * MIB, 4 * MIB + PAGE, 5 * MIB + 5, 17 * MIB, 64 * MIB + 1];
         let big: Vec<*mut u8> = sizes.iter().map(|&n| alloc(layout(n))).collect();
         for p in [small, medium] {
             assert_eq!(ARENAS.space_of(p as usize), Space::Base);
@@ -591,7 +591,7 @@ fn huge_pages_once(auto: bool) {
     }
 }
 
-/// 2000 steps over at most 8 live objects of 2-32 MiB: allocate, realloc (in place or
+/// 2000 steps over at most 8 live objects of 4-32 MiB: allocate, realloc (in place or
 /// moving) or free; all freed at the end. Returns the huge-page marks so far.
 fn churn_big_objects(on: bool) -> u64 {
     let mut rng = rangealloc_tests::XorShift(0x7a9);
@@ -599,7 +599,7 @@ fn churn_big_objects(on: bool) -> u64 {
     // SAFETY: pointers are used within their lengths and freed once.
     unsafe {
         for _ in 0..2000 {
-            let n = (2 + rng.below(30)) * MIB + rng.below(MIB);
+            let n = (4 + rng.below(28)) * MIB + rng.below(MIB);
             if live.len() < 8 {
                 let p = alloc(layout(n));
                 p.write(1);

@@ -14,15 +14,15 @@
 //! moves the object: objects of `REMAP_MIN` and more move their pages with `mremap`
 //! (`RegionTable::relocate`), smaller ones are copied; both are counted. Shrinking gives the tail back as a
 //! free region. Freed objects stay dirty for reuse within `purge::dirty_budget`. No path
-//! here makes a syscall in steady state. Objects of 2 MiB and more go to huge-page space
-//! (`HUGE_OBJECT_MIN`, `options::thp`); the others, like small-object segments, to the
-//! base space.
+//! here makes a syscall in steady state. Objects of 4 MiB and more go to huge-page space
+//! (`HUGE_OBJECT_MIN`, `options::thp`), where their length is a whole number of huge
+//! pages; the others, like small-object segments, to the base space.
 
 pub mod cache;
 
 use crate::options::{self, Thp};
 use crate::os::{self, HUGE_PAGE, PAGE_SIZE};
-use crate::region::table::{RetireError, GUARD_LEN};
+use crate::region::table::{Placed, RetireError, GUARD_LEN};
 use crate::region::{Freed, RegionKind, Space, ARENAS};
 use crate::stats::Counter;
 use core::ptr;
@@ -44,18 +44,21 @@ pub static REMAPPED_BYTES: Counter = Counter::new();
 /// (reading the source, faulting the destination) costs 0.1-340 ms. The bound is higher
 /// than that break-even for two reasons: each move leaves the kernel mapping split at
 /// the destination's ends (the moved pages keep their own VMA), so the number of VMAs
-/// it can create is bounded by reserved space / this size; and with huge pages on, an
-/// object this big lives in huge-page space on both sides of the move, where `mremap`
-/// moves whole 2 MiB page-table entries and the moved VMA keeps `MADV_HUGEPAGE`.
-pub const REMAP_MIN: usize = HUGE_OBJECT_MIN;
+/// it can create is bounded by reserved space / this size; and an object this big moves
+/// whole 2 MiB page-table entries where it lives in huge-page space (from
+/// `HUGE_OBJECT_MIN`, on both sides of the move, so the moved VMA keeps `MADV_HUGEPAGE`).
+pub const REMAP_MIN: usize = HUGE_PAGE;
 
 /// Objects of at least this many bytes go to huge-page space (`Space::Huge`) when
-/// `options::thp` is on: one huge page. A smaller object there would sit alone in a
+/// `options::thp` is on: two huge pages. A small object there would sit alone in a
 /// 2 MiB frame (its growth room keeps the rest of the frame free) and the kernel would
 /// fault the whole frame in at its first touch, or khugepaged collapse it later: RSS
-/// up to 50x for a 40 KiB object. At 2 MiB and more the waste is the last frame's
-/// unused part, under 2 MiB per object.
-pub const HUGE_OBJECT_MIN: usize = HUGE_PAGE;
+/// up to 50x for a 40 KiB object. From here the waste, the last frame's unused part,
+/// is under half the object (a quarter on average over uniform sizes). At one huge page
+/// (2 MiB, the bound until session 7) the medium workload's biggest objects and their
+/// 1.5x reallocs landed there: peak RSS +14% to +28% at 2/8/16 threads, no time or
+/// faults saved (BENCHMARKS.md, "THP by default").
+pub const HUGE_OBJECT_MIN: usize = 2 * HUGE_PAGE;
 
 /// The space an object of `len` bytes is placed in.
 #[inline]
@@ -148,8 +151,10 @@ fn alloc_placed(size: usize, align: usize, zero: bool, growing: bool) -> *mut u8
 
 fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
     let space = space_for(len);
-    let Some(placed) = ARENAS.allocate_with_room(len, align, RegionKind::Large, growing, space)
-    else {
+    let placed = ARENAS
+        .allocate_with_room(len, align, RegionKind::Large, growing, space)
+        .or_else(|| base_instead(space, len, align, growing));
+    let Some(placed) = placed else {
         return ptr::null_mut();
     };
     crate::purge::large_added(len);
@@ -159,6 +164,20 @@ fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
     }
     crate::purge::tick(os::now_ms());
     placed.start as *mut u8
+}
+
+/// A big object's placement in base space when huge-page space has none for it: no
+/// huge-page reservation could be made (an address-space limit, `RLIMIT_AS`, that base
+/// reservations already fill), while freed base space would take the object. Its length
+/// stays the huge-page multiple `page_round` gave it, so `good_size` still tells the
+/// truth. Huge pages are an optimisation, never a reason to fail.
+#[cold]
+#[inline(never)]
+fn base_instead(space: Space, len: usize, align: usize, growing: bool) -> Option<Placed> {
+    if space != Space::Huge {
+        return None;
+    }
+    ARENAS.allocate_with_room(len, align, RegionKind::Large, growing, Space::Base)
 }
 
 /// Frees a large object. Its pages stay dirty, for the next allocation that fits (a
@@ -225,7 +244,9 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         GROWN_IN_PLACE.inc();
         return p;
     }
-    if old_len >= REMAP_MIN && space_for(old_len) == space_for(new_len) {
+    // The object's own space, not `space_for(old_len)`: it may sit in base space
+    // (`base_instead`). Looked up only here, past the failed growth.
+    if old_len >= REMAP_MIN && ARENAS.space_of(addr) == space_for(new_len) {
         return remap(p, old_len, new_len, align.max(PAGE_SIZE));
     }
     move_to(
@@ -245,7 +266,8 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
 fn remap(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> *mut u8 {
     let Some((placed, moved)) = ARENAS.relocate(p as usize, new_len, align, space_for(new_len))
     else {
-        return ptr::null_mut();
+        // No room in that space (see `base_instead`): a copying move may still find some.
+        return move_to(p, old_len, place(new_len, align, false, true));
     };
     let q = placed.start as *mut u8;
     if moved {
