@@ -767,6 +767,36 @@ fn a_malloc_made_inside_libgccs_fde_lookup_does_not_deadlock() {
     assert!(out.stdout.contains("frames "), "{}", out.stdout);
 }
 
+/// The profiler starts at the process's first allocation, which may be one glibc makes
+/// inside `atexit` while holding its exit-handler lock (`prof_atexit.c`: the 33rd
+/// handler). Its exit dump and leak report must still run, without the profiler calling
+/// `atexit` there: that waited on glibc's lock forever (seen: killed at the run limit).
+#[test]
+fn profiling_that_starts_inside_atexit_does_not_deadlock() {
+    let exe = compile("prof_atexit.c", "prof_atexit", Lang::C, &[]);
+    let dir = scratch("atexit");
+    let prefix = dir.join("exit");
+    let mut cmd = preloaded(&exe);
+    cmd.env(
+        "RANGEALLOC_OPTIONS",
+        format!(
+            "prof=1,prof_sample=1,prof_leak=1,prof_dump={}",
+            prefix.display()
+        ),
+    );
+    let out = run(cmd, Duration::from_secs(60));
+    out.assert_success("prof_atexit under LD_PRELOAD");
+    assert!(out.stdout.contains("ok 1"), "{}", out.stdout);
+    let final_dump = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".final.heap"))
+        .expect("the prof_dump file written at exit");
+    let profile = decode(&std::fs::read(final_dump).unwrap());
+    assert!(!profile.samples.is_empty(), "an empty exit dump");
+    assert!(out.stderr.contains("leak #1:"), "{}", out.stderr);
+}
+
 /// Sampled walks from a malloc in a signal handler on an alternate stack, in threads
 /// with 16 KiB stacks, in code without frame pointers (`prof_signals.c`): the walk
 /// hands signal frames to libgcc and never reads outside the stacks.
