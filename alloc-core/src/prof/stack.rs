@@ -14,7 +14,11 @@
 //!
 //! Safety of the walk: it reads only the slots the unwind tables name in the frames of
 //! the calling thread's stack (as libgcc does), and gives up where a step would not
-//! move up the stack. Nothing here allocates or locks on a cached frame; a missed
+//! move up the stack or would leave it: every read lies between the frame's `sp` and
+//! the end of the stack it runs on (the thread's, from `pthread_getattr_np` once per
+//! thread, or the alternate signal stack), so wrong rules or a corrupt `rbp` end the
+//! walk rather than read another mapping (libgcc has no such bound). A stack neither
+//! of those (a coroutine's) goes to libgcc. Nothing here allocates or locks on a cached frame; a missed
 //! frame in a loaded object is looked up by `cfi` through glibc's lock-free
 //! `_dl_find_object` (2.35+), and the walk ends at a frame inside libgcc, so a malloc
 //! libgcc makes while holding its FDE mutex is never walked back into libgcc. Only
@@ -31,6 +35,8 @@
 //! `heap_profile`'s dlclose test). Code a JIT frees and reuses under
 //! `__register_frame` entries is not covered: `dlpi_subs` does not see it.
 
+#[cfg(target_arch = "x86_64")]
+use core::cell::Cell;
 use core::ffi::{c_int, c_void};
 
 #[cfg(target_arch = "x86_64")]
@@ -52,9 +58,12 @@ pub fn capture(frames: &mut [usize; MAX_FRAMES], skip: usize) -> usize {
         // Read before `regs`: every frame the walk visits was entered before this.
         if let Some(unloads) = unloads() {
             let regs = Regs::here();
-            // `regs` describe this frame, which stays alive while `walk` runs.
-            if let Some(depth) = walk(regs, unloads, frames, skip + 1) {
-                return depth;
+            // `regs` describe this frame, which stays alive while `walk` runs, on the
+            // stack that ends at `top`.
+            if let Some(top) = stack_top(regs.sp) {
+                if let Some(depth) = walk(regs, unloads, top, frames, skip + 1) {
+                    return depth;
+                }
             }
         }
     }
@@ -128,12 +137,77 @@ fn unloads() -> Option<u64> {
     subs
 }
 
-/// Walks up from `regs` (a live frame of the calling thread) with the rules cached for
-/// `unloads` (see `unloads`); `None` if some frame needs libgcc.
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// This thread's stack, `[low, high)`, from `pthread_getattr_np` at its first
+    /// sample; `(0, 0)` until then (and if the C library cannot say). `const`, no Drop:
+    /// nothing registered with the C library (see DESIGN's hazards).
+    static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// The end (one past the highest byte) of the stack that `sp` lies on: the thread's
+/// own stack, or the alternate signal stack a handler runs on. `None` for a stack this
+/// cannot bound (a coroutine's or fiber's, made by the program): that walk goes to
+/// libgcc, as before the bound existed.
+///
+/// The thread's range is read once per thread, on its first sample, from
+/// `pthread_getattr_np`. That call allocates (for the main thread it reads
+/// `/proc/self/maps` through stdio; for others it may `malloc` a CPU set), so it runs
+/// only here, under `capture`'s callers' busy flag and re-entrancy guard, whose nested
+/// allocations go to the metadata arena and are never sampled. `sigaltstack` is a
+/// syscall, asked only when `sp` is outside the thread's stack.
+#[cfg(target_arch = "x86_64")]
+fn stack_top(sp: usize) -> Option<usize> {
+    let (mut low, mut high) = STACK.with(|s| s.get());
+    if high == 0 {
+        (low, high) = thread_stack().unwrap_or((0, 0));
+        STACK.with(|s| s.set((low, high)));
+    }
+    if low <= sp && sp < high {
+        return Some(high);
+    }
+    // SAFETY: `stack_t` is plain data; all zeroes is a valid value to be overwritten.
+    let mut alt: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: a null new stack only reads the current one into `alt`, which we own.
+    if unsafe { libc::sigaltstack(core::ptr::null(), &mut alt) } == 0
+        && alt.ss_flags & libc::SS_ONSTACK != 0
+    {
+        let (low, high) = (alt.ss_sp as usize, alt.ss_sp as usize + alt.ss_size);
+        if low <= sp && sp < high {
+            return Some(high);
+        }
+    }
+    None
+}
+
+/// The calling thread's stack `[low, high)` as glibc reports it.
+#[cfg(target_arch = "x86_64")]
+fn thread_stack() -> Option<(usize, usize)> {
+    // SAFETY: `pthread_attr_t` is plain data that `pthread_getattr_np` initialises.
+    let mut attr: libc::pthread_attr_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `attr` is ours; on success it is initialised and destroyed below.
+    if unsafe { libc::pthread_getattr_np(libc::pthread_self(), &mut attr) } != 0 {
+        return None;
+    }
+    let (mut addr, mut size) = (core::ptr::null_mut(), 0usize);
+    // SAFETY: `attr` was initialised above; the out-pointers are ours.
+    let ok = unsafe { libc::pthread_attr_getstack(&attr, &mut addr, &mut size) } == 0;
+    // SAFETY: initialised above and not used after.
+    unsafe { libc::pthread_attr_destroy(&mut attr) };
+    let low = addr as usize;
+    (ok && size > 0).then(|| (low, low + size))
+}
+
+/// Walks up from `regs` (a live frame of the calling thread, on a stack that ends at
+/// `top`) with the rules cached for `unloads` (see `unloads`); `None` if some frame
+/// needs libgcc. Every word it reads lies between the frame's `sp` and `top`: a frame
+/// whose rules point elsewhere (wrong CFI in hand-written or JIT code, a corrupt `rbp`)
+/// ends the walk there instead of reading another mapping, or none.
 #[cfg(target_arch = "x86_64")]
 fn walk(
     mut regs: Regs,
     unloads: u64,
+    top: usize,
     frames: &mut [usize; MAX_FRAMES],
     mut skip: usize,
 ) -> Option<usize> {
@@ -166,17 +240,19 @@ fn walk(
         };
         let base = if cfa_from_bp { regs.bp } else { regs.sp };
         let cfa = base.wrapping_add_signed(cfa_off as isize);
-        // The caller's frame lies above this one; anything else is not a stack we read.
-        if cfa <= regs.sp || cfa - regs.sp > MAX_FRAME_BYTES || cfa % 8 != 0 {
+        // The caller's frame lies above this one, on this stack; anything else is not
+        // a stack we read.
+        if cfa <= regs.sp || cfa > top || cfa - regs.sp > MAX_FRAME_BYTES || cfa % 8 != 0 {
             break;
         }
-        // SAFETY: the unwind tables of the code at `at` say this frame saved its return
-        // address (and maybe `rbp`) at these offsets from the CFA, inside the live frames
-        // of this thread's stack above `capture`'s, which outlives the walk.
-        let ra = unsafe { read_stack(cfa, ra_off.into()) };
+        let Some(ra) = read_stack(cfa, ra_off.into(), regs.sp, top) else {
+            break;
+        };
         let bp = match bp_off {
-            // SAFETY: as above.
-            Some(off) => unsafe { read_stack(cfa, off.into()) },
+            Some(off) => match read_stack(cfa, off.into(), regs.sp, top) {
+                Some(bp) => bp,
+                None => break,
+            },
             None => regs.bp,
         };
         regs = Regs {
@@ -189,12 +265,18 @@ fn walk(
     Some(depth)
 }
 
-/// # Safety
-/// `cfa + off` is a readable, aligned word of the thread's stack.
+/// The word at `cfa + off` if it lies in `[sp, top)`, the stack from the current frame
+/// up (`None` otherwise), and is aligned.
 #[cfg(target_arch = "x86_64")]
-unsafe fn read_stack(cfa: usize, off: isize) -> usize {
-    // SAFETY: caller contract. Volatile: the compiler knows nothing of these frames.
-    unsafe { core::ptr::read_volatile(cfa.wrapping_add_signed(off) as *const usize) }
+fn read_stack(cfa: usize, off: isize, sp: usize, top: usize) -> Option<usize> {
+    let at = cfa.checked_add_signed(off)?;
+    if at < sp || at > top.checked_sub(8)? || at % 8 != 0 {
+        return None;
+    }
+    // SAFETY: `[sp, top)` is the live part of the stack the walk runs on (`stack_top`),
+    // from the frame being walked to the stack's end, which outlives the walk; `at` is
+    // an aligned word inside it. Volatile: the compiler knows nothing of these frames.
+    Some(unsafe { core::ptr::read_volatile(at as *const usize) })
 }
 
 /// Slots in the rule cache: 4096, 128 KiB of zeroed static memory, touched only while
@@ -446,7 +528,9 @@ mod tests {
     fn cached_only(frames: &mut [usize; MAX_FRAMES], skip: usize) -> usize {
         let unloads = unloads().expect("dlpi_subs");
         let regs = Regs::here();
-        let depth = walk(regs, unloads, frames, skip + 1).expect("the walk handed over to libgcc");
+        let top = stack_top(regs.sp).expect("the thread's stack");
+        let depth =
+            walk(regs, unloads, top, frames, skip + 1).expect("the walk handed over to libgcc");
         core::hint::black_box(depth)
     }
 
@@ -476,6 +560,113 @@ mod tests {
                 }
             }
         }
+    }
+
+    // A function with ordinary frame-pointer CFI (after its `mov rbp, rsp`: CFA = rbp +
+    // 16, return address at CFA - 8, caller's rbp at CFA - 16). It never runs: the test
+    // walks from its body with an `rbp` that points off the stack, as a corrupt frame
+    // or code with wrong CFI would leave it.
+    core::arch::global_asm!(
+        ".pushsection .text.rangealloc_test_bad_frame, \"ax\", @progbits",
+        ".globl rangealloc_test_bad_frame",
+        ".hidden rangealloc_test_bad_frame",
+        ".type rangealloc_test_bad_frame, @function",
+        "rangealloc_test_bad_frame:",
+        ".cfi_startproc",
+        "push rbp",
+        ".cfi_def_cfa_offset 16",
+        ".cfi_offset rbp, -16",
+        "mov rbp, rsp",
+        ".cfi_def_cfa_register rbp",
+        ".globl rangealloc_test_bad_frame_body",
+        ".hidden rangealloc_test_bad_frame_body",
+        "rangealloc_test_bad_frame_body:",
+        "nop",
+        "pop rbp",
+        ".cfi_def_cfa rsp, 8",
+        "ret",
+        ".cfi_endproc",
+        ".size rangealloc_test_bad_frame, . - rangealloc_test_bad_frame",
+        ".popsection",
+    );
+    extern "C" {
+        fn rangealloc_test_bad_frame_body();
+    }
+
+    /// The return address the fake frame above the stack holds.
+    const FAKE_RA: usize = 0x0dea_d000;
+    /// The test thread's stack: room for the walk and libtest-free Rust frames.
+    const OWN_STACK: usize = 256 << 10;
+
+    /// Runs on a thread whose stack is the lower part of one mapping and whose upper
+    /// part (`arg`) holds a fake frame, readable, right above the stack's end: walks
+    /// from the bad frame with `rbp` pointing at it; returns the depth and the frames.
+    extern "C" fn walk_bad_frame(arg: *mut c_void) -> *mut c_void {
+        let fake = arg as *mut usize;
+        // SAFETY: the test mapped two words' worth (a page) at `fake` for this thread.
+        unsafe {
+            fake.write(0); // the "caller's rbp"
+            fake.add(1).write(FAKE_RA);
+        }
+        let here = Regs::here();
+        let regs = Regs {
+            pc: rangealloc_test_bad_frame_body as *const () as usize,
+            sp: here.sp,
+            bp: fake as usize,
+        };
+        let mut frames = [0; MAX_FRAMES];
+        let depth = stack_top(here.sp).map_or(usize::MAX, |top| {
+            walk(regs, unloads().unwrap(), top, &mut frames, 0).unwrap_or(usize::MAX - 1)
+        });
+        let out = Box::new((depth, frames));
+        Box::into_raw(out) as *mut c_void
+    }
+
+    /// A frame whose rules lead off the thread's stack (here, into readable memory right
+    /// above it) ends the walk: the word there is never read as a return address.
+    /// Without the bound the walk returned two frames, the second `FAKE_RA`.
+    #[test]
+    fn a_frame_pointing_off_the_stack_ends_the_walk() {
+        cfi::init();
+        let page = 4096;
+        // SAFETY: a fresh private mapping: the thread's stack, then one page above it.
+        let map = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                OWN_STACK + page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        // SAFETY: plain pthread calls on attributes and a thread we own; the stack lies
+        // in the mapping, which outlives the thread (joined before the unmap).
+        let (depth, frames) = unsafe {
+            let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+            assert_eq!(libc::pthread_attr_init(&mut attr), 0);
+            assert_eq!(libc::pthread_attr_setstack(&mut attr, map, OWN_STACK), 0);
+            let mut thread: libc::pthread_t = 0;
+            let fake = (map as *mut u8).add(OWN_STACK) as *mut c_void;
+            assert_eq!(
+                libc::pthread_create(&mut thread, &attr, walk_bad_frame, fake),
+                0
+            );
+            let mut out = core::ptr::null_mut();
+            assert_eq!(libc::pthread_join(thread, &mut out), 0);
+            libc::pthread_attr_destroy(&mut attr);
+            libc::munmap(map, OWN_STACK + page);
+            *Box::from_raw(out as *mut (usize, [usize; MAX_FRAMES]))
+        };
+        assert_ne!(depth, usize::MAX, "the thread's stack was not found");
+        assert_ne!(depth, usize::MAX - 1, "the walk handed over to libgcc");
+        assert!(
+            !frames[..depth].contains(&FAKE_RA),
+            "read off the stack: {:x?}",
+            &frames[..depth]
+        );
+        assert_eq!(depth, 1, "{:x?}", &frames[..depth]);
     }
 
     /// Rules survive the cache's packing.
