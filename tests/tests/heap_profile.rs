@@ -759,9 +759,23 @@ fn a_rule_cached_before_a_dlclose_is_not_used_for_code_loaded_after_it() {
 /// frame inside libgcc (`prof/cfi.rs`); without that, this hangs for the run limit.
 #[test]
 fn a_malloc_made_inside_libgccs_fde_lookup_does_not_deadlock() {
+    register_frame_program("prof=1,prof_sample=1");
+}
+
+/// The same where glibc has no `_dl_find_object` (before 2.35) or in a static program,
+/// forced here by `prof_unwind_phdr`: objects are found through `dl_iterate_phdr`, and
+/// libgcc's mapping is not known (as in a static program, where libgcc is part of it),
+/// so only the end of the walk at `_Unwind_Find_FDE`'s own frame keeps the walk out of
+/// libgcc. Before, such a process looked every FDE up through libgcc and hung here.
+#[test]
+fn without_dl_find_object_a_malloc_inside_libgccs_fde_lookup_does_not_deadlock() {
+    register_frame_program("prof=1,prof_sample=1,prof_unwind_phdr=1");
+}
+
+fn register_frame_program(options: &str) {
     let exe = compile("prof_register_frame.c", "prof_register_frame", Lang::C, &[]);
     let mut cmd = preloaded(&exe);
-    cmd.env("RANGEALLOC_OPTIONS", "prof=1,prof_sample=1");
+    cmd.env("RANGEALLOC_OPTIONS", options);
     let out = run(cmd, Duration::from_secs(60));
     out.assert_success("prof_register_frame under LD_PRELOAD");
     assert!(out.stdout.contains("frames "), "{}", out.stdout);

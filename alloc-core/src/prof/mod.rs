@@ -90,7 +90,7 @@ fn start() -> bool {
             // `dlsym` may allocate; this may run in the middle of a heap refill
             // (`charge_blocks`), so that goes to the metadata arena, as in `capture_here`.
             let _inside = thread::Reentrancy::enter();
-            cfi::init();
+            cfi::init(o.prof_unwind_phdr);
         }
         // Relaxed: as in `sampling`.
         STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);

@@ -18,11 +18,13 @@
 //! the end of the stack it runs on (the thread's, from `pthread_getattr_np` once per
 //! thread, or the alternate signal stack), so wrong rules or a corrupt `rbp` end the
 //! walk rather than read another mapping (libgcc has no such bound). A stack neither
-//! of those (a coroutine's) goes to libgcc. Nothing here allocates or locks on a cached frame; a missed
-//! frame in a loaded object is looked up by `cfi` through glibc's lock-free
-//! `_dl_find_object` (2.35+), and the walk ends at a frame inside libgcc, so a malloc
-//! libgcc makes while holding its FDE mutex is never walked back into libgcc. Only
-//! code outside every object (JIT frames) or an older glibc calls libgcc's
+//! of those (a coroutine's) goes to libgcc.
+//!
+//! Nothing here allocates or locks on a cached frame; a missed frame in a loaded
+//! object is looked up by `cfi` without libgcc (glibc's lock-free `_dl_find_object` on
+//! 2.35+, else `dl_iterate_phdr`), and the walk ends at a frame inside libgcc or in
+//! `_Unwind_Find_FDE`, so a malloc libgcc makes while holding its FDE mutex is never
+//! walked back into libgcc. Only code outside every object (JIT frames) calls libgcc's
 //! `_Unwind_Find_FDE`, under the profiler's busy flag and the allocator's re-entrancy
 //! guard, so whatever it allocates on a first call neither samples nor recurses. The
 //! cache takes no lock (a seqlock per slot whose writers never wait), so a `fork` in the
@@ -32,8 +34,11 @@
 //! process had unloaded (`dl_iterate_phdr`'s `dlpi_subs`, read once per walk, as
 //! libunwind does), so after a `dlclose`, code loaded later at a cached address is
 //! walked with its own rule, not the old code's (which read far outside the stack:
-//! `heap_profile`'s dlclose test). Code a JIT frees and reuses under
-//! `__register_frame` entries is not covered: `dlpi_subs` does not see it.
+//! `heap_profile`'s dlclose test). Code in no loaded object (a JIT's, described by
+//! `__register_frame` entries) is never cached, since a JIT may free it and put other
+//! code there without any count changing: each walk asks libgcc for its rule again
+//! (`code_in_no_object_is_looked_up_on_every_walk`), which costs a lookup under
+//! libgcc's mutex per such frame per sample, in JIT programs only.
 
 #[cfg(target_arch = "x86_64")]
 use core::cell::Cell;
@@ -334,11 +339,13 @@ fn rule(at: usize, unloads: u64) -> Rule {
             return unpack(packed);
         }
     }
-    let found = cfi::rule_at(at);
+    let (found, lasting) = cfi::rule_at(at);
     // A writer claims the slot by making `seq` odd; if another writer has it, this rule
     // simply goes uncached. Relaxed CAS: the Release fence after it orders the claim
-    // before the data stores, for readers that see those stores.
-    if seq & 1 == 0
+    // before the data stores, for readers that see those stores. Code in no loaded
+    // object (a JIT's) is never cached: its memory may hold other code by the next walk.
+    if lasting
+        && seq & 1 == 0
         && slot
             .seq
             .compare_exchange(seq, seq + 1, Ordering::Relaxed, Ordering::Relaxed)
@@ -542,7 +549,7 @@ mod tests {
     #[test]
     fn cached_walk_matches_libgcc() {
         // Rules found through `_dl_find_object`, as a profiling process finds them.
-        cfi::init();
+        cfi::init(false);
         let this = cached_walk_matches_libgcc as *const () as usize;
         for levels in [0, 5, 70] {
             for _ in 0..3 {
@@ -627,7 +634,7 @@ mod tests {
     /// Without the bound the walk returned two frames, the second `FAKE_RA`.
     #[test]
     fn a_frame_pointing_off_the_stack_ends_the_walk() {
-        cfi::init();
+        cfi::init(false);
         let page = 4096;
         // SAFETY: a fresh private mapping: the thread's stack, then one page above it.
         let map = unsafe {
@@ -667,6 +674,76 @@ mod tests {
             &frames[..depth]
         );
         assert_eq!(depth, 1, "{:x?}", &frames[..depth]);
+    }
+
+    extern "C" {
+        fn __register_frame(begin: *const u8);
+        fn __deregister_frame(begin: *const u8);
+    }
+
+    /// A `.eh_frame` section with one CIE (`cfi`'s tests', with absolute 8-byte FDE
+    /// addresses) and one FDE covering `[code, code + 0x100)` whose rule is CFA = rsp +
+    /// `cfa_off`, return address at CFA - 8; then the terminator.
+    fn jit_eh_frame(code: usize, cfa_off: u8) -> Vec<u8> {
+        let cie_body = cfi::tests::cie_body(0x00);
+        let mut s = Vec::new();
+        s.extend_from_slice(&(cie_body.len() as u32).to_le_bytes());
+        s.extend_from_slice(&cie_body);
+        let fde_at = s.len();
+        let mut fde = Vec::new();
+        fde.extend_from_slice(&((fde_at + 4) as u32).to_le_bytes()); // back to the CIE
+        fde.extend_from_slice(&(code as u64).to_le_bytes());
+        fde.extend_from_slice(&0x100u64.to_le_bytes());
+        fde.push(0); // no augmentation data
+        fde.extend_from_slice(&[0x0e, cfa_off]); // def_cfa_offset
+        s.extend_from_slice(&(fde.len() as u32).to_le_bytes());
+        s.extend_from_slice(&fde);
+        s.extend_from_slice(&0u32.to_le_bytes());
+        s
+    }
+
+    /// A JIT that frees code it registered and puts other code at the same address
+    /// (`__deregister_frame`, then `__register_frame` of new tables): the walk follows
+    /// the new code's rule. No loaded object holds the code and nothing is unloaded, so
+    /// the cache's key (address, `dlpi_subs`) cannot tell; such code is not cached.
+    /// Before, the second lookup gave the first code's rule from the cache.
+    #[test]
+    fn code_in_no_object_is_looked_up_on_every_walk() {
+        cfi::init(false);
+        // SAFETY: a fresh anonymous mapping, never executed: only its address is used.
+        let code = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(code, libc::MAP_FAILED);
+        let at = code as usize + 0x10;
+        let unloads = unloads().unwrap();
+        for cfa_off in [16u8, 48, 16] {
+            let tables = jit_eh_frame(code as usize, cfa_off);
+            // SAFETY: a well-formed, terminated `.eh_frame` that outlives its
+            // registration (deregistered below, before it is dropped).
+            unsafe { __register_frame(tables.as_ptr()) };
+            let got = rule(at, unloads);
+            // SAFETY: registered above.
+            unsafe { __deregister_frame(tables.as_ptr()) };
+            assert_eq!(
+                got,
+                Rule::Step {
+                    cfa_from_bp: false,
+                    cfa_off: cfa_off.into(),
+                    ra_off: -8,
+                    bp_off: None,
+                }
+            );
+        }
+        // SAFETY: mapped above, unused since.
+        unsafe { libc::munmap(code, 4096) };
     }
 
     /// Rules survive the cache's packing.
