@@ -168,7 +168,8 @@ fn stack_top(sp: usize) -> Option<usize> {
         (low, high) = thread_stack().unwrap_or((0, 0));
         STACK.with(|s| s.set((low, high)));
     }
-    if low <= sp && sp < high {
+    // At least a word between `sp` and the end: `walk` relies on it.
+    if low <= sp && sp <= high.saturating_sub(8) {
         return Some(high);
     }
     // SAFETY: `stack_t` is plain data; all zeroes is a valid value to be overwritten.
@@ -178,7 +179,7 @@ fn stack_top(sp: usize) -> Option<usize> {
         && alt.ss_flags & libc::SS_ONSTACK != 0
     {
         let (low, high) = (alt.ss_sp as usize, alt.ss_sp as usize + alt.ss_size);
-        if low <= sp && sp < high {
+        if low <= sp && sp <= high.saturating_sub(8) {
             return Some(high);
         }
     }
@@ -245,9 +246,14 @@ fn walk(
         };
         let base = if cfa_from_bp { regs.bp } else { regs.sp };
         let cfa = base.wrapping_add_signed(cfa_off as isize);
-        // The caller's frame lies above this one, on this stack; anything else is not
-        // a stack we read.
-        if cfa <= regs.sp || cfa > top || cfa - regs.sp > MAX_FRAME_BYTES || cfa % 8 != 0 {
+        // The caller's frame lies above this one, on this stack, at most a frame's
+        // length away; anything else is not a stack we read. `step - 1` wraps for a
+        // CFA at or below `sp`, so one compare tests both ends.
+        // `regs.sp <= top - 8` holds for the first frame (`stack_top`) and then for
+        // every CFA this lets through, so `room` does not wrap.
+        let step = cfa.wrapping_sub(regs.sp);
+        let room = (top - 8 - regs.sp).min(MAX_FRAME_BYTES);
+        if (step.wrapping_sub(1) >= room) | !cfa.is_multiple_of(8) {
             break;
         }
         let Some(ra) = read_stack(cfa, ra_off.into(), regs.sp, top) else {
@@ -271,11 +277,14 @@ fn walk(
 }
 
 /// The word at `cfa + off` if it lies in `[sp, top)`, the stack from the current frame
-/// up (`None` otherwise), and is aligned.
+/// up (`None` otherwise), and is aligned. `sp <= top - 8` (see `walk`).
 #[cfg(target_arch = "x86_64")]
+#[inline(always)]
 fn read_stack(cfa: usize, off: isize, sp: usize, top: usize) -> Option<usize> {
-    let at = cfa.checked_add_signed(off)?;
-    if at < sp || at > top.checked_sub(8)? || at % 8 != 0 {
+    let at = cfa.wrapping_add_signed(off);
+    // `at - sp` wraps for an `at` below `sp`, so one compare tests both ends; one
+    // branch for both tests (this runs twice per frame of every sample).
+    if (at.wrapping_sub(sp) > top - 8 - sp) | !at.is_multiple_of(8) {
         return None;
     }
     // SAFETY: `[sp, top)` is the live part of the stack the walk runs on (`stack_top`),
