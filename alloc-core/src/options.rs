@@ -56,6 +56,10 @@ pub struct Options {
     pub prof_dump: Option<DumpPrefix>,
     /// At exit, print the call stacks still holding the most memory (`prof_leak`).
     pub prof_leak: bool,
+    /// `prof_unwind_phdr`: the stack walk finds unwind tables through `dl_iterate_phdr`
+    /// only, as it must where glibc has no `_dl_find_object` (before 2.35, static
+    /// programs); a switch to test that path on a newer glibc.
+    pub prof_unwind_phdr: bool,
     /// `thp`: transparent huge pages for big large objects (`thp()` is what applies).
     pub thp: ThpOption,
     /// `narenas`: region-table arenas large objects and segments are placed in (1 to
@@ -134,6 +138,7 @@ pub const DEFAULTS: Options = Options {
     prof_sample: DEFAULT_PROF_SAMPLE,
     prof_dump: None,
     prof_leak: false,
+    prof_unwind_phdr: false,
     // Measured on the 2-core VM (BENCHMARKS.md, "THP by default"): on a quiet machine huge
     // pages make big-buffers 3x faster (0.14-0.27x jemalloc against 0.46-0.59x, with
     // mimalloc, which advises huge pages too, at 0.14-0.19x) and leave the other
@@ -488,6 +493,7 @@ pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) ->
                 .map(|v| o.prof_dump = Some(v))
                 .is_some(),
             b"prof_leak" => parse_bool(value).map(|v| o.prof_leak = v).is_some(),
+            b"prof_unwind_phdr" => parse_bool(value).map(|v| o.prof_unwind_phdr = v).is_some(),
             b"thp" => parse_thp(value).map(|v| o.thp = v).is_some(),
             b"narenas" => parse_u64(value)
                 // 0: the default (four per CPU), as the README's options table says.

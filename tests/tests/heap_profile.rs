@@ -759,12 +759,56 @@ fn a_rule_cached_before_a_dlclose_is_not_used_for_code_loaded_after_it() {
 /// frame inside libgcc (`prof/cfi.rs`); without that, this hangs for the run limit.
 #[test]
 fn a_malloc_made_inside_libgccs_fde_lookup_does_not_deadlock() {
+    register_frame_program("prof=1,prof_sample=1");
+}
+
+/// The same where glibc has no `_dl_find_object` (before 2.35) or in a static program,
+/// forced here by `prof_unwind_phdr`: objects are found through `dl_iterate_phdr`, and
+/// libgcc's mapping is not known (as in a static program, where libgcc is part of it),
+/// so only the end of the walk at `_Unwind_Find_FDE`'s own frame keeps the walk out of
+/// libgcc. Before, such a process looked every FDE up through libgcc and hung here.
+#[test]
+fn without_dl_find_object_a_malloc_inside_libgccs_fde_lookup_does_not_deadlock() {
+    register_frame_program("prof=1,prof_sample=1,prof_unwind_phdr=1");
+}
+
+fn register_frame_program(options: &str) {
     let exe = compile("prof_register_frame.c", "prof_register_frame", Lang::C, &[]);
     let mut cmd = preloaded(&exe);
-    cmd.env("RANGEALLOC_OPTIONS", "prof=1,prof_sample=1");
+    cmd.env("RANGEALLOC_OPTIONS", options);
     let out = run(cmd, Duration::from_secs(60));
     out.assert_success("prof_register_frame under LD_PRELOAD");
     assert!(out.stdout.contains("frames "), "{}", out.stdout);
+}
+
+/// The profiler starts at the process's first allocation, which may be one glibc makes
+/// inside `atexit` while holding its exit-handler lock (`prof_atexit.c`: the 33rd
+/// handler). Its exit dump and leak report must still run, without the profiler calling
+/// `atexit` there: that waited on glibc's lock forever (seen: killed at the run limit).
+#[test]
+fn profiling_that_starts_inside_atexit_does_not_deadlock() {
+    let exe = compile("prof_atexit.c", "prof_atexit", Lang::C, &[]);
+    let dir = scratch("atexit");
+    let prefix = dir.join("exit");
+    let mut cmd = preloaded(&exe);
+    cmd.env(
+        "RANGEALLOC_OPTIONS",
+        format!(
+            "prof=1,prof_sample=1,prof_leak=1,prof_dump={}",
+            prefix.display()
+        ),
+    );
+    let out = run(cmd, Duration::from_secs(60));
+    out.assert_success("prof_atexit under LD_PRELOAD");
+    assert!(out.stdout.contains("ok 1"), "{}", out.stdout);
+    let final_dump = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".final.heap"))
+        .expect("the prof_dump file written at exit");
+    let profile = decode(&std::fs::read(final_dump).unwrap());
+    assert!(!profile.samples.is_empty(), "an empty exit dump");
+    assert!(out.stderr.contains("leak #1:"), "{}", out.stderr);
 }
 
 /// Sampled walks from a malloc in a signal handler on an alternate stack, in threads

@@ -1,10 +1,12 @@
 //! The x86-64 call-frame rules of one code address, read from its `.eh_frame` entry (its
 //! FDE and CIE): where the caller's stack pointer (the CFA), return address and frame
 //! pointer are. Owns the FDE lookup in loaded objects (glibc's `_dl_find_object`, then
-//! the object's `.eh_frame_hdr` search table: no lock, no allocation) and the DWARF
-//! call-frame instruction interpreter (the subset compilers emit for x86-64); calls
-//! glibc, and libgcc's `_Unwind_Find_FDE` only for code outside every loaded object
-//! (frames a JIT registered) or without `_dl_find_object` (glibc before 2.35). The
+//! the object's `.eh_frame_hdr` search table: no lock, no allocation; without
+//! `_dl_find_object`, as before glibc 2.35 or in a static program, `dl_iterate_phdr`
+//! finds the object) and the DWARF call-frame instruction interpreter (the subset
+//! compilers emit for x86-64); calls glibc, and libgcc's `_Unwind_Find_FDE` only for
+//! code outside every loaded object (frames a JIT registered) or in an object whose
+//! search table is missing or in unusual encodings. The
 //! walker in `stack` caches one `Rule` per return address, so this runs once per
 //! address, not once per sample.
 //!
@@ -17,7 +19,7 @@
 
 use core::ffi::{c_int, c_void};
 
-use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// DWARF register numbers of x86-64 (System V psABI, figure 3.36).
 const REG_RBP: u64 = 6;
@@ -79,46 +81,152 @@ struct DlFindObject {
 type DlFindObjectFn =
     unsafe extern "C" fn(address: *mut c_void, result: *mut DlFindObject) -> c_int;
 
-/// `_dl_find_object`, resolved by `init` (0: not there, or `init` has not run).
+/// `_dl_find_object`, resolved by `init` (0: not there, not wanted, or `init` has not
+/// run: objects are then found through `dl_iterate_phdr`).
 static DL_FIND_OBJECT: AtomicUsize = AtomicUsize::new(0);
 /// The mapping of the object holding libgcc's `_Unwind_Find_FDE` (`[start, end)`; empty
-/// if unknown). Set before `DL_FIND_OBJECT`, published by its Release store.
+/// if unknown or if libgcc is part of our own object). Set before `READY`, published by
+/// its Release store.
 static LIBGCC_START: AtomicUsize = AtomicUsize::new(0);
 static LIBGCC_END: AtomicUsize = AtomicUsize::new(0);
+/// The code of `_Unwind_Find_FDE` itself (`[start, end)`, from its FDE), wherever it
+/// lies: the one frame that ends the walk in a static program, where libgcc is part of
+/// the program and has no mapping of its own. Published as `LIBGCC_*`.
+static FIND_FDE_START: AtomicUsize = AtomicUsize::new(0);
+static FIND_FDE_END: AtomicUsize = AtomicUsize::new(0);
+/// Set once `init` has stored the values above.
+static READY: AtomicBool = AtomicBool::new(false);
 
-/// Resolves `_dl_find_object` (glibc 2.35+) and libgcc's mapping, once, when profiling
-/// starts (`prof::start`, never from a walk): `dlsym` may allocate, and the caller's
-/// re-entrancy guard sends that to the metadata arena. Without `_dl_find_object` (older glibc, other C libraries), every lookup goes
-/// to libgcc, as before. Idempotent (the unit tests call it).
-pub fn init() {
-    if DL_FIND_OBJECT.load(Ordering::Acquire) != 0 {
+/// Resolves `_dl_find_object` (glibc 2.35+, unless `phdr_only`) and libgcc's code, once,
+/// when profiling starts (`prof::start`, never from a walk): `dlsym` and the first
+/// `dl_iterate_phdr` may allocate, and the caller's re-entrancy guard sends that to the
+/// metadata arena. Idempotent (the unit tests call it).
+///
+/// Without `_dl_find_object` (glibc before 2.35, static programs, other C libraries, or
+/// `phdr_only`: the `prof_unwind_phdr` option), objects are found through
+/// `dl_iterate_phdr`, which takes the loader's recursive lock and does not allocate;
+/// libgcc's `_Unwind_Find_FDE` is still never called for code in a loaded object. With
+/// `phdr_only` libgcc's mapping is not recorded either, as in a static program, so the
+/// walk ends at `_Unwind_Find_FDE`'s own frame only (what keeps a static program from
+/// deadlocking; `heap_profile` runs the register_frame test so).
+pub fn init(phdr_only: bool) {
+    if READY.load(Ordering::Acquire) {
         return;
     }
-    // SAFETY: a NUL-terminated name looked up in the global scope.
-    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) };
-    if sym.is_null() {
-        return;
+    let sym = if phdr_only {
+        core::ptr::null_mut()
+    } else {
+        // SAFETY: a NUL-terminated name looked up in the global scope.
+        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) }
+    };
+    let find = sym as usize;
+    let find_fde = _Unwind_Find_FDE as *const () as usize;
+    if let Some(libgcc) = object_of(find_fde, find) {
+        // The walk ends at libgcc's frames only if libgcc is an object of its own
+        // (libgcc_s.so); linked into our own object, its range would cover ours too.
+        let ours = object_of(init as *const () as usize, find);
+        if !phdr_only && ours.is_none_or(|o| o.start != libgcc.start) {
+            // Relaxed: published by the Release store of `READY`.
+            LIBGCC_START.store(libgcc.start, Ordering::Relaxed);
+            LIBGCC_END.store(libgcc.end, Ordering::Relaxed);
+        }
+        if !libgcc.eh_frame_hdr.is_null() {
+            // SAFETY: the object's mapped `.eh_frame_hdr`, and an FDE its table names.
+            let span = unsafe {
+                fde_from_hdr(libgcc.eh_frame_hdr, find_fde)
+                    .flatten()
+                    .and_then(|(fde, func)| Some((func, func + fde_len(fde)?)))
+            };
+            if let Some((start, end)) =
+                span.filter(|&(start, end)| start <= find_fde && find_fde < end)
+            {
+                // Relaxed: as above.
+                FIND_FDE_START.store(start, Ordering::Relaxed);
+                FIND_FDE_END.store(end, Ordering::Relaxed);
+            }
+        }
     }
-    // SAFETY: glibc exports `_dl_find_object` with exactly this signature.
-    let find: DlFindObjectFn = unsafe { core::mem::transmute::<*mut c_void, DlFindObjectFn>(sym) };
-    let mut libgcc = empty_dlfo();
-    let mut ours = empty_dlfo();
-    // SAFETY: both calls read the addresses as numbers and fill structs we own.
-    let (found_libgcc, found_ours) = unsafe {
-        (
-            find(_Unwind_Find_FDE as *mut c_void, &mut libgcc),
-            find(init as *mut c_void, &mut ours),
+    // Relaxed: published by the Release store of `READY`.
+    DL_FIND_OBJECT.store(find, Ordering::Relaxed);
+    // Release: pairs with `rule_at`'s Acquire load, which then sees the values above.
+    READY.store(true, Ordering::Release);
+}
+
+/// A loaded object: its mapping and its `.eh_frame_hdr` (null if it has none).
+#[derive(Clone, Copy)]
+struct Object {
+    start: usize,
+    end: usize,
+    eh_frame_hdr: *const u8,
+}
+
+/// The loaded object holding `at`, found with `_dl_find_object` (`find`, its address)
+/// or, if `find` is 0, with `dl_iterate_phdr`. Neither allocates or takes a lock that
+/// libgcc's FDE lookup holds.
+fn object_of(at: usize, find: usize) -> Option<Object> {
+    if find != 0 {
+        // SAFETY: `find` is `_dl_find_object`'s address (`init`), of this type.
+        let find = unsafe { core::mem::transmute::<usize, DlFindObjectFn>(find) };
+        let mut o = empty_dlfo();
+        // SAFETY: reads `at` as a number and fills `o`, which we own.
+        return (unsafe { find(at as *mut c_void, &mut o) } == 0).then_some(Object {
+            start: o.map_start as usize,
+            end: o.map_end as usize,
+            eh_frame_hdr: o.eh_frame as *const u8,
+        });
+    }
+    let mut search = PhdrSearch { at, found: None };
+    // SAFETY: the callback matches `dl_iterate_phdr`'s signature and `search` outlives
+    // the call.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(phdr_search),
+            &mut search as *mut PhdrSearch as *mut c_void,
         )
     };
-    // The walk ends at libgcc's frames only if libgcc is an object of its own
-    // (libgcc_s.so); linked into our own object, its range would cover ours too.
-    if found_libgcc == 0 && !(found_ours == 0 && ours.map_start == libgcc.map_start) {
-        // Relaxed: published by the Release store below.
-        LIBGCC_START.store(libgcc.map_start as usize, Ordering::Relaxed);
-        LIBGCC_END.store(libgcc.map_end as usize, Ordering::Relaxed);
+    search.found
+}
+
+struct PhdrSearch {
+    at: usize,
+    found: Option<Object>,
+}
+
+/// `dl_iterate_phdr` callback: stops at the object one of whose loaded segments holds
+/// `at`, and records its extent and its `PT_GNU_EH_FRAME` segment.
+extern "C" fn phdr_search(info: *mut libc::dl_phdr_info, _size: usize, out: *mut c_void) -> c_int {
+    // SAFETY: `info` is valid during the callback; `out` is the `PhdrSearch` that
+    // `object_of` passed and owns.
+    let (info, search) = unsafe { (&*info, &mut *(out as *mut PhdrSearch)) };
+    if info.dlpi_phdr.is_null() {
+        return 0;
     }
-    // Release: pairs with `rule_at`'s Acquire load, which then sees libgcc's range.
-    DL_FIND_OBJECT.store(sym as usize, Ordering::Release);
+    // SAFETY: the loader's program headers of this object, `dlpi_phnum` of them.
+    let headers = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum.into()) };
+    let base = info.dlpi_addr as usize;
+    let (mut hit, mut start, mut end, mut hdr) = (false, usize::MAX, 0, 0);
+    for h in headers {
+        let from = base.wrapping_add(h.p_vaddr as usize);
+        match h.p_type {
+            libc::PT_LOAD => {
+                let to = from.wrapping_add(h.p_memsz as usize);
+                hit |= from <= search.at && search.at < to;
+                start = start.min(from);
+                end = end.max(to);
+            }
+            libc::PT_GNU_EH_FRAME => hdr = from,
+            _ => {}
+        }
+    }
+    if !hit {
+        return 0;
+    }
+    search.found = Some(Object {
+        start,
+        end,
+        eh_frame_hdr: hdr as *const u8,
+    });
+    1
 }
 
 fn empty_dlfo() -> DlFindObject {
@@ -132,57 +240,74 @@ fn empty_dlfo() -> DlFindObject {
     }
 }
 
-/// The rule at code address `at`: the address of the call instruction for a return
-/// address (`ra - 1`, as libgcc looks it up), or the exact address for the frame a walk
-/// starts in.
+/// The rule at code address `at` (the address of the call instruction for a return
+/// address, `ra - 1`, as libgcc looks it up, or the exact address for the frame a walk
+/// starts in), and whether it may be cached: true for code in a loaded object (which
+/// stays what it is until a `dlclose`, which the cache's key sees), false for code in
+/// no object (a JIT's, which it may free and reuse for other code without any count
+/// changing: its frames are looked up again on every walk).
 ///
-/// Code in a loaded object has its FDE found here, through `_dl_find_object` and the
-/// object's `.eh_frame_hdr` search table, which neither lock nor allocate. Only code
-/// outside every object (frames a JIT registered) and objects whose table is not in
-/// the usual encodings are looked up by libgcc's `_Unwind_Find_FDE`. A frame inside
-/// libgcc itself is the end of the walk: libgcc mallocs while holding its FDE mutex
-/// (sorting newly registered frames), and a sampled walk of that malloc must not call
-/// into libgcc, nor hand the walk to it, again (`heap_profile`'s register_frame test).
-pub fn rule_at(at: usize) -> Rule {
-    rule_in_object(at).unwrap_or_else(|| rule_by_libgcc(at))
+/// Code in a loaded object has its FDE found here, through `_dl_find_object` or
+/// `dl_iterate_phdr` and the object's `.eh_frame_hdr` search table, without libgcc.
+/// Only code outside every object (frames a JIT registered) and objects whose table is
+/// not in the usual encodings are looked up by libgcc's `_Unwind_Find_FDE`. A frame
+/// inside libgcc itself, or in `_Unwind_Find_FDE`, is the end of the walk: libgcc
+/// mallocs while holding its FDE mutex (sorting newly registered frames), and a sampled
+/// walk of that malloc must not call into libgcc, nor hand the walk to it, again
+/// (`heap_profile`'s register_frame tests).
+pub fn rule_at(at: usize) -> (Rule, bool) {
+    match lookup(at) {
+        Lookup::Found(rule) => (rule, true),
+        Lookup::UnusualTable => (rule_by_libgcc(at), true),
+        Lookup::NoObject => (rule_by_libgcc(at), false),
+    }
 }
 
-/// The rule at `at` found without libgcc (see `rule_at`); `None`: ask libgcc.
-fn rule_in_object(at: usize) -> Option<Rule> {
-    // Acquire: pairs with `init`'s Release store, so libgcc's range is set.
-    let find = DL_FIND_OBJECT.load(Ordering::Acquire);
-    if find != 0 {
-        // Relaxed: published by the Acquire load above.
-        let (start, end) = (
-            LIBGCC_START.load(Ordering::Relaxed),
-            LIBGCC_END.load(Ordering::Relaxed),
-        );
-        if start <= at && at < end {
-            return Some(Rule::End);
-        }
-        // SAFETY: `init` stored `_dl_find_object`'s address, of this type.
-        let find = unsafe { core::mem::transmute::<usize, DlFindObjectFn>(find) };
-        let mut o = empty_dlfo();
-        // SAFETY: reads `at` as a number and fills `o`, which we own.
-        if unsafe { find(at as *mut c_void, &mut o) } == 0 {
-            if o.eh_frame.is_null() {
-                return Some(Rule::End); // an object without unwind tables, as libgcc says
-            }
-            // SAFETY: glibc gives the object's mapped `PT_GNU_EH_FRAME` segment; the
-            // object stays loaded while its code is on the stack being walked.
-            match unsafe { fde_from_hdr(o.eh_frame as *const u8, at) } {
-                Some(None) => return Some(Rule::End),
-                // SAFETY: `fde` is an FDE of the object's `.eh_frame`, named by its table.
-                Some(Some((fde, func))) => {
-                    return Some(
-                        unsafe { rule_from_fde(fde, func, at) }.unwrap_or(Rule::Unsupported),
-                    )
-                }
-                None => {} // an unusual table: libgcc's
-            }
+/// What the lookup without libgcc found.
+#[derive(Debug, PartialEq)]
+enum Lookup {
+    Found(Rule),
+    /// In an object whose `.eh_frame_hdr` is missing its table or unusual: libgcc's.
+    UnusualTable,
+    /// In no loaded object: libgcc's (registered frames).
+    NoObject,
+}
+
+fn lookup(at: usize) -> Lookup {
+    // Acquire: pairs with `init`'s Release store, so the values it set are visible.
+    // Before `init` (unit tests) objects are found through `dl_iterate_phdr`.
+    let ready = READY.load(Ordering::Acquire);
+    // Relaxed: published by the Acquire load above (zero before `init`).
+    let find = DL_FIND_OBJECT.load(Ordering::Relaxed);
+    if ready {
+        let in_range = |start: &AtomicUsize, end: &AtomicUsize| {
+            start.load(Ordering::Relaxed) <= at && at < end.load(Ordering::Relaxed)
+        };
+        if in_range(&LIBGCC_START, &LIBGCC_END) || in_range(&FIND_FDE_START, &FIND_FDE_END) {
+            return Lookup::Found(Rule::End);
         }
     }
-    None
+    lookup_in(at, find)
+}
+
+/// `lookup` through `find` (see `object_of`), without the libgcc checks.
+fn lookup_in(at: usize, find: usize) -> Lookup {
+    let Some(o) = object_of(at, find) else {
+        return Lookup::NoObject;
+    };
+    if o.eh_frame_hdr.is_null() {
+        return Lookup::Found(Rule::End); // an object without unwind tables, as libgcc says
+    }
+    // SAFETY: the loader gives the object's mapped `PT_GNU_EH_FRAME` segment; the
+    // object stays loaded while its code is on the stack being walked.
+    match unsafe { fde_from_hdr(o.eh_frame_hdr, at) } {
+        Some(None) => Lookup::Found(Rule::End),
+        // SAFETY: `fde` is an FDE of the object's `.eh_frame`, named by its table.
+        Some(Some((fde, func))) => {
+            Lookup::Found(unsafe { rule_from_fde(fde, func, at) }.unwrap_or(Rule::Unsupported))
+        }
+        None => Lookup::UnusualTable,
+    }
 }
 
 /// The rule at `at` from libgcc's `_Unwind_Find_FDE`.
@@ -250,13 +375,26 @@ unsafe fn fde_from_hdr(hdr: *const u8, at: usize) -> Option<Option<(*const u8, u
     }
 }
 
-/// Reads the FDE at `fde` (of a function starting at `func`) and its CIE, and runs their
-/// call-frame instructions up to `at`; `None` where they say something unsupported.
+/// What an FDE's CIE says that the FDE and the interpreter need.
+struct Cie {
+    code_align: u64,
+    data_align: i64,
+    /// How the FDE's address and range are written.
+    fde_encoding: u8,
+    /// A signal frame ('S').
+    signal: bool,
+    /// The FDE carries augmentation data ('z').
+    has_aug_data: bool,
+    /// The CIE's initial instructions.
+    program: Reader,
+}
+
+/// The FDE at `fde` after its CIE pointer (at its address field), and its CIE; `None`
+/// where they say something unsupported.
 ///
 /// # Safety
-/// `fde` points at a well-formed `.eh_frame` FDE header whose declared length, and its
-/// CIE's, lie in readable memory.
-pub unsafe fn rule_from_fde(fde: *const u8, func: usize, at: usize) -> Option<Rule> {
+/// As `rule_from_fde`.
+unsafe fn read_fde(fde: *const u8) -> Option<(Reader, Cie)> {
     // SAFETY (of every `Reader::new`): the caller vouches for the header's 4 bytes; the
     // readers then stay inside the length the header declares.
     let mut f = unsafe { Reader::entry(fde)? };
@@ -310,6 +448,45 @@ pub unsafe fn rule_from_fde(fde: *const u8, func: usize, at: usize) -> Option<Ru
     } else if !aug.is_empty() {
         return None;
     }
+    let cie = Cie {
+        code_align,
+        data_align,
+        fde_encoding,
+        signal,
+        has_aug_data,
+        program: c,
+    };
+    Some((f, cie))
+}
+
+/// The length of the code the FDE at `fde` covers (its address range).
+///
+/// # Safety
+/// As `rule_from_fde`.
+unsafe fn fde_len(fde: *const u8) -> Option<usize> {
+    // SAFETY: forwarded contract.
+    let (mut f, cie) = unsafe { read_fde(fde)? };
+    f.skip_encoded(cie.fde_encoding)?;
+    usize::try_from(f.unsigned(cie.fde_encoding & 0x0f)?).ok()
+}
+
+/// Reads the FDE at `fde` (of a function starting at `func`) and its CIE, and runs their
+/// call-frame instructions up to `at`; `None` where they say something unsupported.
+///
+/// # Safety
+/// `fde` points at a well-formed `.eh_frame` FDE header whose declared length, and its
+/// CIE's, lie in readable memory.
+pub unsafe fn rule_from_fde(fde: *const u8, func: usize, at: usize) -> Option<Rule> {
+    // SAFETY: forwarded contract.
+    let (mut f, cie) = unsafe { read_fde(fde)? };
+    let Cie {
+        code_align,
+        data_align,
+        fde_encoding,
+        signal,
+        has_aug_data,
+        program: mut c,
+    } = cie;
 
     // The FDE: its address range (we have its start, `func`, from the lookup), its
     // augmentation data, then its instructions. An address past the range lies in no
@@ -750,30 +927,44 @@ impl Reader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A CIE as GCC and LLVM emit it for x86-64 ("zR", code align 1, data align -8,
-    /// return address column 16, pc-relative sdata4 pointers, CFA = rsp + 8, return
-    /// address at CFA - 8), followed by an FDE with `body` as its instructions. Returns
-    /// the bytes and the FDE's offset in them.
-    fn section(fde_aug_len: u8, body: &[u8]) -> (Vec<u8>, usize) {
-        let cie_body: &[u8] = &[
-            0, 0, 0, 0, // CIE id
+    /// return address column 16, FDE addresses in `fde_encoding`, CFA = rsp + 8, return
+    /// address at CFA - 8): its body, after the length word. Also `stack`'s tests'.
+    pub(in crate::prof) fn cie_body(fde_encoding: u8) -> Vec<u8> {
+        vec![
+            0,
+            0,
+            0,
+            0, // CIE id
             1, // version
-            b'z', b'R', 0,    // augmentation
+            b'z',
+            b'R',
+            0,    // augmentation
             1,    // code alignment
             0x78, // data alignment -8
             16,   // return address column
             1,    // augmentation length
-            0x1b, // FDE encoding: pcrel | sdata4
-            0x0c, 7, 8, // def_cfa rsp+8
-            0x90, 1, // offset r16 at cfa-8
-            0, 0, // padding
-        ];
+            fde_encoding,
+            0x0c,
+            7,
+            8, // def_cfa rsp+8
+            0x90,
+            1, // offset r16 at cfa-8
+            0,
+            0, // padding
+        ]
+    }
+
+    /// `cie_body`'s CIE with pc-relative sdata4 pointers, followed by an FDE with `body`
+    /// as its instructions. Returns the bytes and the FDE's offset in them.
+    fn section(fde_aug_len: u8, body: &[u8]) -> (Vec<u8>, usize) {
+        let cie_body = cie_body(0x1b);
         let mut s = Vec::new();
         s.extend_from_slice(&(cie_body.len() as u32).to_le_bytes());
-        s.extend_from_slice(cie_body);
+        s.extend_from_slice(&cie_body);
         let fde_at = s.len();
         let mut fde_body = Vec::new();
         fde_body.extend_from_slice(&((fde_at + 4) as u32).to_le_bytes()); // back to the CIE
@@ -866,39 +1057,49 @@ mod tests {
     fn reads_the_real_tables() {
         let here = reads_the_real_tables as *const () as usize;
         match rule_at(here + 1) {
-            Rule::Step { ra_off, .. } => assert_eq!(ra_off, -8),
+            (Rule::Step { ra_off, .. }, true) => assert_eq!(ra_off, -8),
             other => panic!("{other:?}"),
         }
-        assert_eq!(rule_at(8), Rule::End);
+        assert_eq!(rule_at(8).0, Rule::End);
     }
 
-    /// The lookup through `_dl_find_object` and `.eh_frame_hdr` gives libgcc's rule at
-    /// every address sampled across this test program's code and the C library's
-    /// (function starts, bodies, epilogues, gaps between functions), and ends the walk
-    /// inside libgcc.
+    /// The lookup without libgcc, through `_dl_find_object` and through `dl_iterate_phdr`
+    /// (the path of glibc before 2.35 and static programs), then `.eh_frame_hdr`, gives
+    /// libgcc's rule at every address sampled across this test program's code and the C
+    /// library's (function starts, bodies, epilogues, gaps between functions), and ends
+    /// the walk inside libgcc and inside `_Unwind_Find_FDE`.
     #[test]
     fn object_lookup_matches_libgccs() {
-        init();
-        assert_ne!(
-            DL_FIND_OBJECT.load(Ordering::Acquire),
-            0,
-            "glibc 2.35+ expected"
-        );
+        init(false);
+        let dl_find_object = DL_FIND_OBJECT.load(Ordering::Acquire);
+        assert_ne!(dl_find_object, 0, "glibc 2.35+ expected");
         let here = object_lookup_matches_libgccs as *const () as usize;
         let libc_code = libc::qsort as *const () as usize;
-        let mut compared = 0;
-        for centre in [here, libc_code] {
-            // 7: odd, so the addresses fall at every offset within instructions.
-            for at in (centre.saturating_sub(1 << 20)..centre + (1 << 20)).step_by(7) {
-                let Some(mine) = rule_in_object(at) else {
-                    continue;
-                };
-                assert_eq!(mine, rule_by_libgcc(at), "at {at:#x}");
-                compared += 1;
+        for find in [dl_find_object, 0] {
+            let mut compared = 0;
+            for centre in [here, libc_code] {
+                // 7: odd, so the addresses fall at every offset within instructions;
+                // 11 for the slower `dl_iterate_phdr` search.
+                let step = if find == 0 { 11 } else { 7 };
+                for at in (centre.saturating_sub(1 << 20)..centre + (1 << 20)).step_by(step) {
+                    let Lookup::Found(mine) = lookup_in(at, find) else {
+                        continue;
+                    };
+                    assert_eq!(mine, rule_by_libgcc(at), "at {at:#x} (find {find:#x})");
+                    compared += 1;
+                }
             }
+            assert!(compared > 50_000, "{compared}");
         }
-        assert!(compared > 100_000, "{compared}");
         let libgcc = _Unwind_Find_FDE as *const () as usize;
-        assert_eq!(rule_in_object(libgcc + 1), Some(Rule::End));
+        assert_eq!(lookup(libgcc + 1), Lookup::Found(Rule::End));
+        let (start, end) = (
+            FIND_FDE_START.load(Ordering::Relaxed),
+            FIND_FDE_END.load(Ordering::Relaxed),
+        );
+        assert!(start <= libgcc && libgcc < end, "{start:#x}..{end:#x}");
+        // Code in no object: libgcc's, not to be cached.
+        assert_eq!(rule_at(8), (Rule::End, false));
+        assert_eq!(lookup_in(8, 0), Lookup::NoObject);
     }
 }

@@ -90,13 +90,7 @@ fn start() -> bool {
             // `dlsym` may allocate; this may run in the middle of a heap refill
             // (`charge_blocks`), so that goes to the metadata arena, as in `capture_here`.
             let _inside = thread::Reentrancy::enter();
-            cfi::init();
-        }
-        if o.prof && (o.prof_dump.is_some() || o.prof_leak) {
-            // glibc's atexit may `calloc`: that nested allocation sees STARTING and
-            // goes unprofiled.
-            // SAFETY: registering a plain `extern "C"` function.
-            unsafe { libc::atexit(at_exit) };
+            cfi::init(o.prof_unwind_phdr);
         }
         // Relaxed: as in `sampling`.
         STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);
@@ -362,9 +356,30 @@ pub fn dump_to_prefix() -> Result<(), i32> {
     dump(Path::new(&path))
 }
 
+/// The exit dump and leak report (`prof_dump`, `prof_leak`), run by the loader's
+/// `_dl_fini` at `exit` (after the program's `atexit` handlers and C++ static
+/// destructors), or when a `dlopen`ed copy is unloaded. Not registered with `atexit`
+/// from `start`: `start` runs at the process's first allocation, which may be the one
+/// glibc makes inside `atexit` while holding its (non-recursive) exit-handler lock, and
+/// registering there waited on that lock forever (`heap_profile`'s atexit test).
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".fini_array"]
+static AT_EXIT: extern "C" fn() = at_exit;
+
+/// See `AT_EXIT`. Not under the re-entrancy guard, by design: it runs from `exit`, with
+/// no allocator frame below it on the stack (no allocator path calls `exit`), so its
+/// allocations are the program's own and may use the heap and the table like any
+/// other (the dump allocates megabytes, which the metadata arena is not for). The busy
+/// flag keeps them from being sampled into the profile being written.
 extern "C" fn at_exit() {
-    let _busy = sampler::Busy::enter();
     let o = options::get();
+    // As `start` registered it before: only for `prof=1` with a dump or a report asked
+    // for, and only once profiling has made its tables.
+    if !o.prof || (o.prof_dump.is_none() && !o.prof_leak) || !table::initialised() {
+        return;
+    }
+    let _busy = sampler::Busy::enter();
     if let Some(prefix) = o.prof_dump {
         let path = format!(
             "{}.{}.final.heap",

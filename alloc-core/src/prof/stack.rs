@@ -14,11 +14,17 @@
 //!
 //! Safety of the walk: it reads only the slots the unwind tables name in the frames of
 //! the calling thread's stack (as libgcc does), and gives up where a step would not
-//! move up the stack. Nothing here allocates or locks on a cached frame; a missed
-//! frame in a loaded object is looked up by `cfi` through glibc's lock-free
-//! `_dl_find_object` (2.35+), and the walk ends at a frame inside libgcc, so a malloc
-//! libgcc makes while holding its FDE mutex is never walked back into libgcc. Only
-//! code outside every object (JIT frames) or an older glibc calls libgcc's
+//! move up the stack or would leave it: every read lies between the frame's `sp` and
+//! the end of the stack it runs on (the thread's, from `pthread_getattr_np` once per
+//! thread, or the alternate signal stack), so wrong rules or a corrupt `rbp` end the
+//! walk rather than read another mapping (libgcc has no such bound). A stack neither
+//! of those (a coroutine's) goes to libgcc.
+//!
+//! Nothing here allocates or locks on a cached frame; a missed frame in a loaded
+//! object is looked up by `cfi` without libgcc (glibc's lock-free `_dl_find_object` on
+//! 2.35+, else `dl_iterate_phdr`), and the walk ends at a frame inside libgcc or in
+//! `_Unwind_Find_FDE`, so a malloc libgcc makes while holding its FDE mutex is never
+//! walked back into libgcc. Only code outside every object (JIT frames) calls libgcc's
 //! `_Unwind_Find_FDE`, under the profiler's busy flag and the allocator's re-entrancy
 //! guard, so whatever it allocates on a first call neither samples nor recurses. The
 //! cache takes no lock (a seqlock per slot whose writers never wait), so a `fork` in the
@@ -28,9 +34,14 @@
 //! process had unloaded (`dl_iterate_phdr`'s `dlpi_subs`, read once per walk, as
 //! libunwind does), so after a `dlclose`, code loaded later at a cached address is
 //! walked with its own rule, not the old code's (which read far outside the stack:
-//! `heap_profile`'s dlclose test). Code a JIT frees and reuses under
-//! `__register_frame` entries is not covered: `dlpi_subs` does not see it.
+//! `heap_profile`'s dlclose test). Code in no loaded object (a JIT's, described by
+//! `__register_frame` entries) is never cached, since a JIT may free it and put other
+//! code there without any count changing: each walk asks libgcc for its rule again
+//! (`code_in_no_object_is_looked_up_on_every_walk`), which costs a lookup under
+//! libgcc's mutex per such frame per sample, in JIT programs only.
 
+#[cfg(target_arch = "x86_64")]
+use core::cell::Cell;
 use core::ffi::{c_int, c_void};
 
 #[cfg(target_arch = "x86_64")]
@@ -52,9 +63,12 @@ pub fn capture(frames: &mut [usize; MAX_FRAMES], skip: usize) -> usize {
         // Read before `regs`: every frame the walk visits was entered before this.
         if let Some(unloads) = unloads() {
             let regs = Regs::here();
-            // `regs` describe this frame, which stays alive while `walk` runs.
-            if let Some(depth) = walk(regs, unloads, frames, skip + 1) {
-                return depth;
+            // `regs` describe this frame, which stays alive while `walk` runs, on the
+            // stack that ends at `top`.
+            if let Some(top) = stack_top(regs.sp) {
+                if let Some(depth) = walk(regs, unloads, top, frames, skip + 1) {
+                    return depth;
+                }
             }
         }
     }
@@ -128,12 +142,78 @@ fn unloads() -> Option<u64> {
     subs
 }
 
-/// Walks up from `regs` (a live frame of the calling thread) with the rules cached for
-/// `unloads` (see `unloads`); `None` if some frame needs libgcc.
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// This thread's stack, `[low, high)`, from `pthread_getattr_np` at its first
+    /// sample; `(0, 0)` until then (and if the C library cannot say). `const`, no Drop:
+    /// nothing registered with the C library (see DESIGN's hazards).
+    static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// The end (one past the highest byte) of the stack that `sp` lies on: the thread's
+/// own stack, or the alternate signal stack a handler runs on. `None` for a stack this
+/// cannot bound (a coroutine's or fiber's, made by the program): that walk goes to
+/// libgcc, as before the bound existed.
+///
+/// The thread's range is read once per thread, on its first sample, from
+/// `pthread_getattr_np`. That call allocates (for the main thread it reads
+/// `/proc/self/maps` through stdio; for others it may `malloc` a CPU set), so it runs
+/// only here, under `capture`'s callers' busy flag and re-entrancy guard, whose nested
+/// allocations go to the metadata arena and are never sampled. `sigaltstack` is a
+/// syscall, asked only when `sp` is outside the thread's stack.
+#[cfg(target_arch = "x86_64")]
+fn stack_top(sp: usize) -> Option<usize> {
+    let (mut low, mut high) = STACK.with(|s| s.get());
+    if high == 0 {
+        (low, high) = thread_stack().unwrap_or((0, 0));
+        STACK.with(|s| s.set((low, high)));
+    }
+    // At least a word between `sp` and the end: `walk` relies on it.
+    if low <= sp && sp <= high.saturating_sub(8) {
+        return Some(high);
+    }
+    // SAFETY: `stack_t` is plain data; all zeroes is a valid value to be overwritten.
+    let mut alt: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: a null new stack only reads the current one into `alt`, which we own.
+    if unsafe { libc::sigaltstack(core::ptr::null(), &mut alt) } == 0
+        && alt.ss_flags & libc::SS_ONSTACK != 0
+    {
+        let (low, high) = (alt.ss_sp as usize, alt.ss_sp as usize + alt.ss_size);
+        if low <= sp && sp <= high.saturating_sub(8) {
+            return Some(high);
+        }
+    }
+    None
+}
+
+/// The calling thread's stack `[low, high)` as glibc reports it.
+#[cfg(target_arch = "x86_64")]
+fn thread_stack() -> Option<(usize, usize)> {
+    // SAFETY: `pthread_attr_t` is plain data that `pthread_getattr_np` initialises.
+    let mut attr: libc::pthread_attr_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `attr` is ours; on success it is initialised and destroyed below.
+    if unsafe { libc::pthread_getattr_np(libc::pthread_self(), &mut attr) } != 0 {
+        return None;
+    }
+    let (mut addr, mut size) = (core::ptr::null_mut(), 0usize);
+    // SAFETY: `attr` was initialised above; the out-pointers are ours.
+    let ok = unsafe { libc::pthread_attr_getstack(&attr, &mut addr, &mut size) } == 0;
+    // SAFETY: initialised above and not used after.
+    unsafe { libc::pthread_attr_destroy(&mut attr) };
+    let low = addr as usize;
+    (ok && size > 0).then(|| (low, low + size))
+}
+
+/// Walks up from `regs` (a live frame of the calling thread, on a stack that ends at
+/// `top`) with the rules cached for `unloads` (see `unloads`); `None` if some frame
+/// needs libgcc. Every word it reads lies between the frame's `sp` and `top`: a frame
+/// whose rules point elsewhere (wrong CFI in hand-written or JIT code, a corrupt `rbp`)
+/// ends the walk there instead of reading another mapping, or none.
 #[cfg(target_arch = "x86_64")]
 fn walk(
     mut regs: Regs,
     unloads: u64,
+    top: usize,
     frames: &mut [usize; MAX_FRAMES],
     mut skip: usize,
 ) -> Option<usize> {
@@ -166,17 +246,24 @@ fn walk(
         };
         let base = if cfa_from_bp { regs.bp } else { regs.sp };
         let cfa = base.wrapping_add_signed(cfa_off as isize);
-        // The caller's frame lies above this one; anything else is not a stack we read.
-        if cfa <= regs.sp || cfa - regs.sp > MAX_FRAME_BYTES || cfa % 8 != 0 {
+        // The caller's frame lies above this one, on this stack, at most a frame's
+        // length away; anything else is not a stack we read. `step - 1` wraps for a
+        // CFA at or below `sp`, so one compare tests both ends.
+        // `regs.sp <= top - 8` holds for the first frame (`stack_top`) and then for
+        // every CFA this lets through, so `room` does not wrap.
+        let step = cfa.wrapping_sub(regs.sp);
+        let room = (top - 8 - regs.sp).min(MAX_FRAME_BYTES);
+        if (step.wrapping_sub(1) >= room) | !cfa.is_multiple_of(8) {
             break;
         }
-        // SAFETY: the unwind tables of the code at `at` say this frame saved its return
-        // address (and maybe `rbp`) at these offsets from the CFA, inside the live frames
-        // of this thread's stack above `capture`'s, which outlives the walk.
-        let ra = unsafe { read_stack(cfa, ra_off.into()) };
+        let Some(ra) = read_stack(cfa, ra_off.into(), regs.sp, top) else {
+            break;
+        };
         let bp = match bp_off {
-            // SAFETY: as above.
-            Some(off) => unsafe { read_stack(cfa, off.into()) },
+            Some(off) => match read_stack(cfa, off.into(), regs.sp, top) {
+                Some(bp) => bp,
+                None => break,
+            },
             None => regs.bp,
         };
         regs = Regs {
@@ -189,12 +276,21 @@ fn walk(
     Some(depth)
 }
 
-/// # Safety
-/// `cfa + off` is a readable, aligned word of the thread's stack.
+/// The word at `cfa + off` if it lies in `[sp, top)`, the stack from the current frame
+/// up (`None` otherwise), and is aligned. `sp <= top - 8` (see `walk`).
 #[cfg(target_arch = "x86_64")]
-unsafe fn read_stack(cfa: usize, off: isize) -> usize {
-    // SAFETY: caller contract. Volatile: the compiler knows nothing of these frames.
-    unsafe { core::ptr::read_volatile(cfa.wrapping_add_signed(off) as *const usize) }
+#[inline(always)]
+fn read_stack(cfa: usize, off: isize, sp: usize, top: usize) -> Option<usize> {
+    let at = cfa.wrapping_add_signed(off);
+    // `at - sp` wraps for an `at` below `sp`, so one compare tests both ends; one
+    // branch for both tests (this runs twice per frame of every sample).
+    if (at.wrapping_sub(sp) > top - 8 - sp) | !at.is_multiple_of(8) {
+        return None;
+    }
+    // SAFETY: `[sp, top)` is the live part of the stack the walk runs on (`stack_top`),
+    // from the frame being walked to the stack's end, which outlives the walk; `at` is
+    // an aligned word inside it. Volatile: the compiler knows nothing of these frames.
+    Some(unsafe { core::ptr::read_volatile(at as *const usize) })
 }
 
 /// Slots in the rule cache: 4096, 128 KiB of zeroed static memory, touched only while
@@ -252,11 +348,13 @@ fn rule(at: usize, unloads: u64) -> Rule {
             return unpack(packed);
         }
     }
-    let found = cfi::rule_at(at);
+    let (found, lasting) = cfi::rule_at(at);
     // A writer claims the slot by making `seq` odd; if another writer has it, this rule
     // simply goes uncached. Relaxed CAS: the Release fence after it orders the claim
-    // before the data stores, for readers that see those stores.
-    if seq & 1 == 0
+    // before the data stores, for readers that see those stores. Code in no loaded
+    // object (a JIT's) is never cached: its memory may hold other code by the next walk.
+    if lasting
+        && seq & 1 == 0
         && slot
             .seq
             .compare_exchange(seq, seq + 1, Ordering::Relaxed, Ordering::Relaxed)
@@ -446,7 +544,9 @@ mod tests {
     fn cached_only(frames: &mut [usize; MAX_FRAMES], skip: usize) -> usize {
         let unloads = unloads().expect("dlpi_subs");
         let regs = Regs::here();
-        let depth = walk(regs, unloads, frames, skip + 1).expect("the walk handed over to libgcc");
+        let top = stack_top(regs.sp).expect("the thread's stack");
+        let depth =
+            walk(regs, unloads, top, frames, skip + 1).expect("the walk handed over to libgcc");
         core::hint::black_box(depth)
     }
 
@@ -458,7 +558,7 @@ mod tests {
     #[test]
     fn cached_walk_matches_libgcc() {
         // Rules found through `_dl_find_object`, as a profiling process finds them.
-        cfi::init();
+        cfi::init(false);
         let this = cached_walk_matches_libgcc as *const () as usize;
         for levels in [0, 5, 70] {
             for _ in 0..3 {
@@ -476,6 +576,183 @@ mod tests {
                 }
             }
         }
+    }
+
+    // A function with ordinary frame-pointer CFI (after its `mov rbp, rsp`: CFA = rbp +
+    // 16, return address at CFA - 8, caller's rbp at CFA - 16). It never runs: the test
+    // walks from its body with an `rbp` that points off the stack, as a corrupt frame
+    // or code with wrong CFI would leave it.
+    core::arch::global_asm!(
+        ".pushsection .text.rangealloc_test_bad_frame, \"ax\", @progbits",
+        ".globl rangealloc_test_bad_frame",
+        ".hidden rangealloc_test_bad_frame",
+        ".type rangealloc_test_bad_frame, @function",
+        "rangealloc_test_bad_frame:",
+        ".cfi_startproc",
+        "push rbp",
+        ".cfi_def_cfa_offset 16",
+        ".cfi_offset rbp, -16",
+        "mov rbp, rsp",
+        ".cfi_def_cfa_register rbp",
+        ".globl rangealloc_test_bad_frame_body",
+        ".hidden rangealloc_test_bad_frame_body",
+        "rangealloc_test_bad_frame_body:",
+        "nop",
+        "pop rbp",
+        ".cfi_def_cfa rsp, 8",
+        "ret",
+        ".cfi_endproc",
+        ".size rangealloc_test_bad_frame, . - rangealloc_test_bad_frame",
+        ".popsection",
+    );
+    extern "C" {
+        fn rangealloc_test_bad_frame_body();
+    }
+
+    /// The return address the fake frame above the stack holds.
+    const FAKE_RA: usize = 0x0dea_d000;
+    /// The test thread's stack: room for the walk and libtest-free Rust frames.
+    const OWN_STACK: usize = 256 << 10;
+
+    /// Runs on a thread whose stack is the lower part of one mapping and whose upper
+    /// part (`arg`) holds a fake frame, readable, right above the stack's end: walks
+    /// from the bad frame with `rbp` pointing at it; returns the depth and the frames.
+    extern "C" fn walk_bad_frame(arg: *mut c_void) -> *mut c_void {
+        let fake = arg as *mut usize;
+        // SAFETY: the test mapped two words' worth (a page) at `fake` for this thread.
+        unsafe {
+            fake.write(0); // the "caller's rbp"
+            fake.add(1).write(FAKE_RA);
+        }
+        let here = Regs::here();
+        let regs = Regs {
+            pc: rangealloc_test_bad_frame_body as *const () as usize,
+            sp: here.sp,
+            bp: fake as usize,
+        };
+        let mut frames = [0; MAX_FRAMES];
+        let depth = stack_top(here.sp).map_or(usize::MAX, |top| {
+            walk(regs, unloads().unwrap(), top, &mut frames, 0).unwrap_or(usize::MAX - 1)
+        });
+        let out = Box::new((depth, frames));
+        Box::into_raw(out) as *mut c_void
+    }
+
+    /// A frame whose rules lead off the thread's stack (here, into readable memory right
+    /// above it) ends the walk: the word there is never read as a return address.
+    /// Without the bound the walk returned two frames, the second `FAKE_RA`.
+    #[test]
+    fn a_frame_pointing_off_the_stack_ends_the_walk() {
+        cfi::init(false);
+        let page = 4096;
+        // SAFETY: a fresh private mapping: the thread's stack, then one page above it.
+        let map = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                OWN_STACK + page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        // SAFETY: plain pthread calls on attributes and a thread we own; the stack lies
+        // in the mapping, which outlives the thread (joined before the unmap).
+        let (depth, frames) = unsafe {
+            let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+            assert_eq!(libc::pthread_attr_init(&mut attr), 0);
+            assert_eq!(libc::pthread_attr_setstack(&mut attr, map, OWN_STACK), 0);
+            let mut thread: libc::pthread_t = 0;
+            let fake = (map as *mut u8).add(OWN_STACK) as *mut c_void;
+            assert_eq!(
+                libc::pthread_create(&mut thread, &attr, walk_bad_frame, fake),
+                0
+            );
+            let mut out = core::ptr::null_mut();
+            assert_eq!(libc::pthread_join(thread, &mut out), 0);
+            libc::pthread_attr_destroy(&mut attr);
+            libc::munmap(map, OWN_STACK + page);
+            *Box::from_raw(out as *mut (usize, [usize; MAX_FRAMES]))
+        };
+        assert_ne!(depth, usize::MAX, "the thread's stack was not found");
+        assert_ne!(depth, usize::MAX - 1, "the walk handed over to libgcc");
+        assert!(
+            !frames[..depth].contains(&FAKE_RA),
+            "read off the stack: {:x?}",
+            &frames[..depth]
+        );
+        assert_eq!(depth, 1, "{:x?}", &frames[..depth]);
+    }
+
+    extern "C" {
+        fn __register_frame(begin: *const u8);
+        fn __deregister_frame(begin: *const u8);
+    }
+
+    /// A `.eh_frame` section with one CIE (`cfi`'s tests', with absolute 8-byte FDE
+    /// addresses) and one FDE covering `[code, code + 0x100)` whose rule is CFA = rsp +
+    /// `cfa_off`, return address at CFA - 8; then the terminator.
+    fn jit_eh_frame(code: usize, cfa_off: u8) -> Vec<u8> {
+        let cie_body = cfi::tests::cie_body(0x00);
+        let mut s = Vec::new();
+        s.extend_from_slice(&(cie_body.len() as u32).to_le_bytes());
+        s.extend_from_slice(&cie_body);
+        let fde_at = s.len();
+        let mut fde = Vec::new();
+        fde.extend_from_slice(&((fde_at + 4) as u32).to_le_bytes()); // back to the CIE
+        fde.extend_from_slice(&(code as u64).to_le_bytes());
+        fde.extend_from_slice(&0x100u64.to_le_bytes());
+        fde.push(0); // no augmentation data
+        fde.extend_from_slice(&[0x0e, cfa_off]); // def_cfa_offset
+        s.extend_from_slice(&(fde.len() as u32).to_le_bytes());
+        s.extend_from_slice(&fde);
+        s.extend_from_slice(&0u32.to_le_bytes());
+        s
+    }
+
+    /// A JIT that frees code it registered and puts other code at the same address
+    /// (`__deregister_frame`, then `__register_frame` of new tables): the walk follows
+    /// the new code's rule. No loaded object holds the code and nothing is unloaded, so
+    /// the cache's key (address, `dlpi_subs`) cannot tell; such code is not cached.
+    /// Before, the second lookup gave the first code's rule from the cache.
+    #[test]
+    fn code_in_no_object_is_looked_up_on_every_walk() {
+        cfi::init(false);
+        // SAFETY: a fresh anonymous mapping, never executed: only its address is used.
+        let code = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(code, libc::MAP_FAILED);
+        let at = code as usize + 0x10;
+        let unloads = unloads().unwrap();
+        for cfa_off in [16u8, 48, 16] {
+            let tables = jit_eh_frame(code as usize, cfa_off);
+            // SAFETY: a well-formed, terminated `.eh_frame` that outlives its
+            // registration (deregistered below, before it is dropped).
+            unsafe { __register_frame(tables.as_ptr()) };
+            let got = rule(at, unloads);
+            // SAFETY: registered above.
+            unsafe { __deregister_frame(tables.as_ptr()) };
+            assert_eq!(
+                got,
+                Rule::Step {
+                    cfa_from_bp: false,
+                    cfa_off: cfa_off.into(),
+                    ra_off: -8,
+                    bp_off: None,
+                }
+            );
+        }
+        // SAFETY: mapped above, unused since.
+        unsafe { libc::munmap(code, 4096) };
     }
 
     /// Rules survive the cache's packing.
