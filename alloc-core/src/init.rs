@@ -182,7 +182,8 @@ pub fn fork_parent() {
 
 /// `pthread_atfork` child handler: the child's only thread releases the locks, then
 /// repairs what the vanished threads left: the epoch and the region table (pins and
-/// region locks they held), the heaps' exit-key creation, the background purger (started
+/// region locks they held), regions they held outside their region caches, the heaps'
+/// exit-key creation, the background purger (started
 /// again at the child's first purge tick). Their heaps stay as they are
 /// (no write into them here: a child about to `exec` would pay a copy-on-write fault
 /// per heap) and are repaired by whichever thread adopts them.
@@ -190,13 +191,17 @@ pub fn fork_child() {
     if !leave_fork() {
         return;
     }
+    // SAFETY: `fork_prepare` ran on this thread and its locks are still held.
+    let in_caches = unsafe { heap::cached_while_forking() };
     release_fork_locks();
     // SAFETY: we are the child's only thread, the locks are released and nothing else
-    // runs yet. The epoch first: the table's repair already pins.
+    // runs yet. The epoch first: the table's repair already pins. The caches' repair
+    // after the table's, which counts the `Cached` regions.
     unsafe {
         epoch::after_fork_in_child();
-        region::ARENAS.after_fork_in_child();
+        let in_table = region::ARENAS.after_fork_in_child();
         EXIT_KEY.after_fork_in_child();
+        crate::large::cache::after_fork_in_child(in_table, in_caches);
     }
     heap::fork_child();
     crate::reclaim::after_fork_in_child();

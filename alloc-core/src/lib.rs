@@ -20,7 +20,7 @@
 // `reclaim`, `prof` and `os` (errors, syscall counts) modules.
 //
 // `--cfg loom` builds only what the loom models need (`sync`, `region::lock` and the
-// `Region` descriptor, the heap's `page`): everything else holds statics that loom's atomics cannot
+// `Region` descriptor, the heap's `page`, `meta`'s block stacks): everything else holds statics that loom's atomics cannot
 // initialise, so it is left out of model builds.
 #[cfg(not(loom))]
 #[doc(hidden)]
@@ -50,6 +50,15 @@ pub mod large;
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod meta;
+/// Model builds keep the metadata arena's lock-free block stacks, which
+/// `meta/stack_loom.rs` model-checks.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod meta {
+    pub mod stack;
+    #[cfg(test)]
+    mod stack_loom;
+}
 #[cfg(not(loom))]
 mod misuse;
 pub mod options;

@@ -223,6 +223,24 @@ pub unsafe fn fork_release() {
     }
 }
 
+/// The regions held in every heap's region cache, counted in a fork child before
+/// `fork_release` (each cache whole, no write into any heap).
+///
+/// # Safety
+/// After `fork_prepare` on this thread, before `fork_release`.
+pub unsafe fn cached_while_forking() -> usize {
+    let mut count = 0;
+    // SAFETY: caller contract: we hold the heap lists' lock and every cache's lock.
+    unsafe {
+        let mut heap = HEAPS.held().all;
+        while !heap.is_null() {
+            count += cache::held_regions(&(*heap).region_cache);
+            heap = (*heap).all_next;
+        }
+    }
+    count
+}
+
 /// The most recently created heap; follow the list with `next_heap`. The list only
 /// grows at its head and heaps are never freed, so a walk needs the lock only here.
 pub(super) fn first_heap() -> *mut Heap {

@@ -35,8 +35,8 @@ use segment::Segment;
 use size_class::CLASSES;
 
 pub use lifecycle::{
-    abandon, adopt_or_create, for_each_heap, fork_child, fork_prepare, fork_release, heap_counts,
-    HeapCounts,
+    abandon, adopt_or_create, cached_while_forking, for_each_heap, fork_child, fork_prepare,
+    fork_release, heap_counts, HeapCounts,
 };
 pub use size_class::{class_for, class_of, class_size, small_class_of, SMALL_MAX};
 

@@ -22,7 +22,9 @@
 //! (its low-water mark), so a thread that stops using a size gives its regions back to
 //! the table, where the purge decays them as any freed space. A thread's cache is
 //! emptied when it exits (`heap::abandon`), by `flush_all` (the public `purge`), and a
-//! `fork` takes every cache lock first, so a child inherits whole caches.
+//! `fork` takes every cache lock first, so a child inherits whole caches; a region a
+//! vanished thread held outside its cache is retired in the child
+//! (`after_fork_in_child`).
 //!
 //! The cache lock is a leaf: nothing else is locked or called while it is held; regions
 //! let go are retired after it is released.
@@ -313,6 +315,13 @@ impl RegionCache {
         }
     }
 
+    /// Every region the bins hold.
+    fn regions(&self) -> impl Iterator<Item = &CachedRegion> {
+        self.bins
+            .iter()
+            .flat_map(|b| b.slots[..b.count as usize].iter().flatten())
+    }
+
     fn drain(&mut self, out: &mut Evicted) {
         for bin in 0..BINS {
             while self.bins[bin].count > 0 {
@@ -446,6 +455,76 @@ pub fn flush(cache: &SpinLock<RegionCache>) {
 /// too, under its lock).
 pub fn flush_all() {
     heap::for_each_heap(|h| flush(&h.region_cache));
+}
+
+/// The regions `cache` holds, read by the fork child's only thread while the fork still
+/// holds every cache's lock (`heap::cached_while_forking`).
+///
+/// # Safety
+/// The caller holds `cache`'s lock by `raw_lock`.
+pub unsafe fn held_regions(cache: &SpinLock<RegionCache>) -> usize {
+    // SAFETY: caller contract.
+    unsafe { cache.held() }.regions().count()
+}
+
+/// Repairs the caches in a fork child. A `fork` waits for every cache's lock, but a
+/// region is `Cached` outside them at two moments: a free makes it `Cached` (under the
+/// region's read lock, which must not wait for a cache lock: `fork` holds the caches'
+/// locks while it waits for the arenas' writers, and a writer may wait for that read
+/// lock) before `put` takes the lock, and regions a cache lets go are retired after the
+/// lock is released (the lock is a leaf). A thread that vanished at such a moment left a
+/// region nobody in the child will ever take or retire. So, when the table holds more
+/// `Cached` regions (`in_table`, counted by the table's own repair walk) than the
+/// caches (`in_caches`, counted before the fork's locks were released), every `Cached`
+/// region no cache holds is retired. Nothing is written into a heap unless a region
+/// leaked (a child about to `exec` pays no copy-on-write fault for it); the parent's
+/// free path pays nothing. (The vanished thread's live-bytes gauge update may be lost
+/// with it: the gauge only steers the dirty budget.)
+///
+/// Returns how many regions it retired.
+///
+/// # Safety
+/// In a fork child's only thread, after the table's repair
+/// (`RegionTable::after_fork_in_child`), before the child makes any other thread.
+#[cold]
+pub unsafe fn after_fork_in_child(in_table: usize, in_caches: usize) -> usize {
+    if in_table == in_caches {
+        return 0;
+    }
+    // Each cache's lock is free in the child; taking it is the one write per heap, paid
+    // only here. Two passes: count, then copy the starts into metadata memory.
+    let mut capacity = 0;
+    heap::for_each_heap(|h| capacity += h.region_cache.lock().regions().count());
+    let held = match capacity {
+        0 => core::ptr::NonNull::<usize>::dangling().as_ptr(),
+        _ => crate::meta::alloc(capacity * size_of::<usize>(), align_of::<usize>()) as *mut usize,
+    };
+    if held.is_null() {
+        // Out of metadata memory: the strays stay (a leak, never a double retire).
+        return 0;
+    }
+    let mut count = 0;
+    heap::for_each_heap(|h| {
+        for region in h.region_cache.lock().regions().take(capacity - count) {
+            // SAFETY: below the `capacity` words allocated above.
+            unsafe { held.add(count).write(region.start()) };
+            count += 1;
+        }
+    });
+    // SAFETY: `count` words written above (none, over a dangling aligned pointer, when
+    // `capacity` is 0).
+    let starts = unsafe { core::slice::from_raw_parts_mut(held, count) };
+    starts.sort_unstable();
+    // SAFETY: caller contract; `starts` holds every region the child's caches hold.
+    let retired = unsafe {
+        crate::region::ARENAS.retire_cached_outside(&|start| starts.binary_search(&start).is_ok())
+    };
+    if capacity > 0 {
+        // SAFETY: allocated above, freed once.
+        unsafe { crate::meta::free(held as *mut u8) };
+    }
+    EVICTED.add(retired as u64);
+    retired
 }
 
 #[cfg(test)]

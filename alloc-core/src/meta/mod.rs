@@ -6,15 +6,30 @@
 //!
 //! Layout: 1 GiB reservations, cut into 64 KiB chunks. Chunk 0 holds a table with one
 //! word per chunk: the power-of-two block class the chunk was carved into, or the length
-//! of a multi-chunk span. Freed blocks go to per-class free lists. One spin lock guards
-//! it all; every section is a few list operations (no syscall except when a new arena is
-//! reserved, a once-per-GiB event).
+//! of a multi-chunk span. Freed blocks go to per-class lock-free stacks (`stack`): a
+//! block allocated on one thread and freed on another (crossbeam-epoch's sealed-bag
+//! nodes: one per 64 deferred functions of a thread, freed by whichever thread collects
+//! them) comes and goes without any lock. One spin lock guards the rest: carving a chunk
+//! for an empty stack, spans, and reserving arenas; every section is a few list
+//! operations (no syscall except when a new arena is reserved, a once-per-GiB event).
+//!
+//! Why stacks and not a deferral of our own: the lock was taken by dependency
+//! allocations on the region-table path (77-89 per 12.1k updates in
+//! `tests/tests/process_locks.rs`), and crossbeam allocates those nodes itself; keeping
+//! its deferrals from allocating would mean replacing its collector. A per-thread cache
+//! in front of the lock only lowers the count, since the nodes are allocated on one
+//! thread and freed on another. Shared lock-free stacks serve that traffic with no lock
+//! at all once they hold the process's peak of blocks in flight, for every user of
+//! `meta`, and keep the memory type-stable, which is what makes their ABA tag enough.
+
+pub mod stack;
 
 use crate::os;
 use crate::space::{self, SlotKind};
 use crate::sync::SpinLock;
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
+use stack::FreeStack;
 
 /// Meta arenas are reserved this large and aligned, so `p & !(ARENA_SIZE - 1)` finds the
 /// chunk table of any meta pointer.
@@ -37,10 +52,6 @@ const CLASSES: usize = (MAX_CLASS_SHIFT - MIN_CLASS_SHIFT + 1) as usize;
 /// SPAN_FLAG | n = first chunk of an n-chunk span.
 const SPAN_FLAG: u32 = 1 << 31;
 
-struct FreeBlock {
-    next: *mut FreeBlock,
-}
-
 struct FreeSpan {
     next: *mut FreeSpan,
     chunks: usize,
@@ -52,9 +63,9 @@ struct MetaState {
     /// Next never-used chunk of the newest arena, and its end.
     bump: usize,
     bump_end: usize,
-    free: [*mut FreeBlock; CLASSES],
     free_spans: *mut FreeSpan,
-    bytes_in_use: usize,
+    /// Bytes of spans handed out (class blocks are counted in `Meta::block_bytes`).
+    span_bytes: usize,
 }
 
 // SAFETY: the raw pointers are only followed under the META lock.
@@ -66,13 +77,31 @@ impl MetaState {
         arena_count: 0,
         bump: 0,
         bump_end: 0,
-        free: [ptr::null_mut(); CLASSES],
         free_spans: ptr::null_mut(),
-        bytes_in_use: 0,
+        span_bytes: 0,
     };
 }
 
-static META: SpinLock<MetaState> = SpinLock::new(MetaState::EMPTY);
+/// The metadata arena: the locked state and the lock-free block stacks beside it.
+struct Meta {
+    state: SpinLock<MetaState>,
+    free: [FreeStack; CLASSES],
+    /// Bytes of class blocks handed out and not yet freed, pool blocks aside
+    /// (`POOL_CARVED`).
+    block_bytes: AtomicUsize,
+}
+
+impl Meta {
+    const fn new() -> Self {
+        Meta {
+            state: SpinLock::new(MetaState::EMPTY),
+            free: [const { FreeStack::new() }; CLASSES],
+            block_bytes: AtomicUsize::new(0),
+        }
+    }
+}
+
+static META: Meta = Meta::new();
 
 /// Metadata statistics.
 #[derive(Clone, Copy, Debug, Default)]
@@ -86,7 +115,7 @@ pub struct MetaStats {
 }
 
 pub fn stats() -> MetaStats {
-    let state = META.lock();
+    let state = META.state.lock();
     let carved = if state.arena_count == 0 {
         0
     } else {
@@ -95,8 +124,10 @@ pub fn stats() -> MetaStats {
     // Relaxed: statistics.
     let pools = POOLS.load(Ordering::Relaxed);
     let pool_carved = POOL_CARVED.load(Ordering::Relaxed);
+    // Relaxed: a statistic.
+    let blocks = META.block_bytes.load(Ordering::Relaxed);
     MetaStats {
-        in_use: state.bytes_in_use + pool_carved,
+        in_use: state.span_bytes + blocks + pool_carved,
         carved: carved + pool_carved,
         reserved: (state.arena_count + usize::from(pools != 0 && pools != usize::MAX)) * ARENA_SIZE,
     }
@@ -121,15 +152,14 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     if align > CHUNK_SIZE {
         return ptr::null_mut();
     }
-    crate::stats::process_lock_taken();
-    let mut state = META.lock();
     match class_of(size, align) {
-        Some(class) => state.alloc_block(class),
+        Some(class) => META.alloc_block(class),
         None => {
             let Some(bytes) = size.checked_add(CHUNK_SIZE - 1) else {
                 return ptr::null_mut();
             };
-            state.alloc_span(bytes >> CHUNK_SHIFT)
+            crate::stats::process_lock_taken();
+            META.state.lock().alloc_span(bytes >> CHUNK_SHIFT)
         }
     }
 }
@@ -144,11 +174,16 @@ pub fn alloc_carved(size: usize, chunks: usize) -> *mut u8 {
         return ptr::null_mut();
     };
     crate::stats::process_lock_taken();
-    let mut state = META.lock();
+    let mut state = META.state.lock();
     let span = state.alloc_span(chunks);
     if span.is_null() {
         return span;
     }
+    // Its blocks are class blocks: counted as such, as they come back one by one.
+    state.span_bytes -= chunks * CHUNK_SIZE;
+    // Relaxed: a statistic.
+    META.block_bytes
+        .fetch_add(chunks * CHUNK_SIZE, Ordering::Relaxed);
     for chunk in (span as usize..span as usize + chunks * CHUNK_SIZE).step_by(CHUNK_SIZE) {
         // SAFETY: the chunk is ours; its table word is in its arena's chunk 0.
         unsafe { *chunk_word(chunk) = class as u32 + 1 };
@@ -234,15 +269,15 @@ fn pools_base() -> Option<usize> {
 #[cold]
 fn reserve_pools() -> Option<usize> {
     crate::stats::process_lock_taken();
-    let _state = META.lock();
+    let _state = META.state.lock();
     // Relaxed: the lock orders this against the only store, made under it.
     let base = match POOLS.load(Ordering::Relaxed) {
         0 => match os::reserve(ARENA_SIZE, ARENA_SIZE) {
-            Ok(base) => {
+            Ok(base) if stack::fits(base + ARENA_SIZE - CHUNK_SIZE) => {
                 space::set_kind(base, ARENA_SIZE, SlotKind::Meta);
                 base
             }
-            Err(_) => usize::MAX,
+            _ => usize::MAX,
         },
         seen => seen,
     };
@@ -266,21 +301,18 @@ pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 /// # Safety
 /// `p` must come from `alloc`/`alloc_zeroed` and not have been freed since.
 pub unsafe fn free(p: *mut u8) {
-    crate::stats::process_lock_taken();
     // SAFETY: caller contract.
-    unsafe { META.lock().free(p) };
+    unsafe { META.free(p) };
 }
 
-/// Returns several blocks under one acquisition of the lock.
+/// Returns several blocks.
 ///
 /// # Safety
 /// As `free`, for every block.
 pub unsafe fn free_all(blocks: impl Iterator<Item = *mut u8>) {
-    crate::stats::process_lock_taken();
-    let mut state = META.lock();
     for p in blocks {
         // SAFETY: caller contract.
-        unsafe { state.free(p) };
+        unsafe { META.free(p) };
     }
 }
 
@@ -304,89 +336,114 @@ pub fn contains(p: *const u8) -> bool {
 }
 
 /// Lock the arena across `fork` so the child never inherits a half-done update.
+/// (The block stacks need no lock: every change is one CAS, so the child inherits each
+/// whole; a block a vanished thread was pushing or had just popped stays that thread's.)
 pub fn fork_prepare() {
-    META.raw_lock();
+    META.state.raw_lock();
 }
 
 /// # Safety
 /// Only after `fork_prepare` on this thread.
 pub unsafe fn fork_release() {
     // SAFETY: caller contract.
-    unsafe { META.raw_unlock() };
+    unsafe { META.state.raw_unlock() };
 }
 
-impl MetaState {
+impl Meta {
     /// # Safety
     /// `p` must be a live block of this arena.
-    unsafe fn free(&mut self, p: *mut u8) {
+    unsafe fn free(&self, p: *mut u8) {
         // SAFETY: `p` lies in a meta arena (caller contract), whose chunk 0 is the table.
         let word = unsafe { *chunk_word(p as usize) };
         if word & SPAN_FLAG != 0 {
-            let chunks = (word & !SPAN_FLAG) as usize;
-            self.bytes_in_use -= chunks * CHUNK_SIZE;
-            let span = p as *mut FreeSpan;
-            // SAFETY: the span is ours again and at least one chunk long.
-            unsafe {
-                span.write(FreeSpan {
-                    next: self.free_spans,
-                    chunks,
-                })
-            };
-            self.free_spans = span;
+            crate::stats::process_lock_taken();
+            // SAFETY: caller contract.
+            unsafe { self.state.lock().free_span(p, (word & !SPAN_FLAG) as usize) };
+            return;
+        }
+        let class = word as usize - 1;
+        let size = 1 << (class as u32 + MIN_CLASS_SHIFT);
+        // Relaxed: statistics. A pool block (counted by `note_pool_carved`) becomes an
+        // ordinary free block of ours, counted back to the pools when it is taken again.
+        if in_pool(p) {
+            POOL_CARVED.fetch_sub(size, Ordering::Relaxed);
         } else {
-            let class = word as usize - 1;
-            let size = 1 << (class as u32 + MIN_CLASS_SHIFT);
-            if in_pool(p) {
-                // A pool block (counted by `note_pool_carved`) becomes an ordinary free
-                // block of ours. Relaxed: a statistic.
-                POOL_CARVED.fetch_sub(size, Ordering::Relaxed);
-            } else {
-                self.bytes_in_use -= size;
+            self.block_bytes.fetch_sub(size, Ordering::Relaxed);
+        }
+        // SAFETY: the block is ours again; every meta arena is checked to `fit` a stack.
+        unsafe { self.free[class].push(p) };
+    }
+
+    #[inline]
+    fn alloc_block(&self, class: usize) -> *mut u8 {
+        let mut block = self.free[class].pop();
+        if block.is_null() {
+            block = self.refill(class);
+            if block.is_null() {
+                return block;
             }
-            let block = p as *mut FreeBlock;
-            // SAFETY: the block is ours again and at least 16 bytes long.
-            unsafe {
-                block.write(FreeBlock {
-                    next: self.free[class],
-                })
-            };
-            self.free[class] = block;
         }
+        let size = 1 << (class as u32 + MIN_CLASS_SHIFT);
+        // Relaxed: statistics (see `free`).
+        if in_pool(block) {
+            POOL_CARVED.fetch_add(size, Ordering::Relaxed);
+        } else {
+            self.block_bytes.fetch_add(size, Ordering::Relaxed);
+        }
+        block
     }
 
-    fn alloc_block(&mut self, class: usize) -> *mut u8 {
-        if self.free[class].is_null() && !self.carve_chunk(class) {
-            return ptr::null_mut();
+    /// An empty stack: under the lock, a block another thread pushed meanwhile, or a
+    /// fresh chunk carved into the class, all of whose blocks but the one returned go
+    /// onto the stack as one chain. So the lock is taken once per chunk's worth of
+    /// blocks the process holds at its peak, and never while the stack has any.
+    #[cold]
+    #[inline(never)]
+    fn refill(&self, class: usize) -> *mut u8 {
+        crate::stats::process_lock_taken();
+        let mut state = self.state.lock();
+        let block = self.free[class].pop();
+        if !block.is_null() {
+            return block;
         }
-        let block = self.free[class];
-        // SAFETY: list blocks are free meta blocks whose first word is the link.
-        self.free[class] = unsafe { (*block).next };
-        self.bytes_in_use += 1 << (class as u32 + MIN_CLASS_SHIFT);
-        block as *mut u8
-    }
-
-    fn carve_chunk(&mut self, class: usize) -> bool {
-        let chunk = self.alloc_span(1);
+        let chunk = state.alloc_span(1);
         if chunk.is_null() {
-            return false;
+            return chunk;
         }
-        // `alloc_span` counted the chunk as in use; its blocks are counted one by one.
-        self.bytes_in_use -= CHUNK_SIZE;
+        // `alloc_span` counted the chunk as a span; its blocks are counted one by one.
+        state.span_bytes -= CHUNK_SIZE;
+        drop(state);
         let chunk = chunk as usize;
         // SAFETY: the chunk is ours and its table word is in the arena's chunk 0.
         unsafe { *chunk_word(chunk) = class as u32 + 1 };
         let size = 1usize << (class as u32 + MIN_CLASS_SHIFT);
-        for block in (chunk..chunk + CHUNK_SIZE).step_by(size).rev() {
-            let block = block as *mut FreeBlock;
-            // SAFETY: each block lies inside the fresh chunk.
-            unsafe {
-                block.write(FreeBlock {
-                    next: self.free[class],
-                })
-            };
-            self.free[class] = block;
+        let (first, last) = (chunk + size, chunk + CHUNK_SIZE - size);
+        if first <= last {
+            for block in (first..last).step_by(size) {
+                // SAFETY: blocks of the fresh chunk, ours until pushed.
+                unsafe { FreeStack::set_link(block as *mut u8, (block + size) as *mut u8) };
+            }
+            // SAFETY: as above; the chain runs from `first` to `last`.
+            unsafe { self.free[class].push_chain(first as *mut u8, last as *mut u8) };
         }
-        true
+        chunk as *mut u8
+    }
+}
+
+impl MetaState {
+    /// # Safety
+    /// `p` must be the start of a live span of `chunks` chunks of this arena.
+    unsafe fn free_span(&mut self, p: *mut u8, chunks: usize) {
+        self.span_bytes -= chunks * CHUNK_SIZE;
+        let span = p as *mut FreeSpan;
+        // SAFETY: the span is ours again and at least one chunk long.
+        unsafe {
+            span.write(FreeSpan {
+                next: self.free_spans,
+                chunks,
+            })
+        };
+        self.free_spans = span;
     }
 
     fn alloc_span(&mut self, chunks: usize) -> *mut u8 {
@@ -425,7 +482,7 @@ impl MetaState {
     fn mark_span(&mut self, span: usize, chunks: usize) -> *mut u8 {
         // SAFETY: the span is ours; its first chunk's table word is in chunk 0.
         unsafe { *chunk_word(span) = SPAN_FLAG | chunks as u32 };
-        self.bytes_in_use += chunks * CHUNK_SIZE;
+        self.span_bytes += chunks * CHUNK_SIZE;
         span as *mut u8
     }
 
@@ -436,6 +493,11 @@ impl MetaState {
         let Ok(base) = os::reserve(ARENA_SIZE, ARENA_SIZE) else {
             return false;
         };
+        if !stack::fits(base + ARENA_SIZE - CHUNK_SIZE) {
+            // Beyond what a block stack's head word can name (never, without an address
+            // hint): given up as if the reservation had failed.
+            return false;
+        }
         space::set_kind(base, ARENA_SIZE, SlotKind::Meta);
         self.arenas[self.arena_count] = base;
         self.arena_count += 1;
@@ -456,23 +518,78 @@ mod tests {
 
     #[test]
     fn class_blocks_are_aligned_and_reused_lifo() {
-        let mut state = fresh();
+        let meta = Meta::new();
         let class = class_of(24, 8).unwrap();
-        let a = state.alloc_block(class);
-        let b = state.alloc_block(class);
+        let a = meta.alloc_block(class);
+        let b = meta.alloc_block(class);
         assert!(!a.is_null() && !b.is_null() && a != b);
         assert!(contains(a));
         assert_eq!(a as usize % 32, 0);
-        assert_eq!(state.bytes_in_use, 64);
-        // SAFETY: `a` is a live block of this state's arena.
+        assert_eq!(meta.block_bytes.load(Ordering::Relaxed), 64);
+        // SAFETY: `a` is a live block of this arena.
         unsafe {
             assert_eq!(usable_size(a), 32);
-            (a as *mut FreeBlock).write(FreeBlock {
-                next: state.free[class],
-            });
+            meta.free(a);
         }
-        state.free[class] = a as *mut FreeBlock;
-        assert_eq!(state.alloc_block(class), a, "LIFO reuse of the freed block");
+        assert_eq!(meta.block_bytes.load(Ordering::Relaxed), 32);
+        assert_eq!(meta.alloc_block(class), a, "LIFO reuse of the freed block");
+    }
+
+    #[test]
+    fn a_refill_takes_the_lock_once_per_chunk() {
+        let meta = Meta::new();
+        let class = class_of(4096, 16).unwrap();
+        let per_chunk = CHUNK_SIZE / 4096;
+        let blocks: Vec<*mut u8> = (0..per_chunk).map(|_| meta.alloc_block(class)).collect();
+        let chunk = blocks[0] as usize;
+        assert_eq!(chunk % CHUNK_SIZE, 0);
+        // One chunk's blocks in address order, the rest served from the stack.
+        let expected: Vec<*mut u8> = (0..per_chunk)
+            .map(|i| (chunk + i * 4096) as *mut u8)
+            .collect();
+        assert_eq!(blocks, expected);
+        assert!(meta.free[class].pop().is_null(), "the chunk is used up");
+        // SAFETY: live blocks of this arena, freed once.
+        unsafe { blocks.iter().for_each(|&p| meta.free(p)) };
+        assert_eq!(meta.block_bytes.load(Ordering::Relaxed), 0);
+        let again: Vec<*mut u8> = (0..per_chunk).map(|_| meta.alloc_block(class)).collect();
+        assert!(
+            again.iter().all(|p| blocks.contains(p)),
+            "no new chunk carved"
+        );
+        assert_eq!(meta.state.lock().span_bytes, 0);
+    }
+
+    #[test]
+    fn blocks_freed_on_other_threads_are_reused_without_the_lock() {
+        let meta: &'static Meta = Box::leak(Box::new(Meta::new()));
+        let class = class_of(2048, 16).unwrap();
+        // Warm: one chunk's worth in flight at most.
+        let warm: Vec<usize> = (0..CHUNK_SIZE / 2048)
+            .map(|_| meta.alloc_block(class) as usize)
+            .collect();
+        // SAFETY: live blocks, freed once.
+        unsafe { warm.iter().for_each(|&p| meta.free(p as *mut u8)) };
+        let carved = meta.state.lock().bump;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<usize>(8);
+        let freer = std::thread::spawn(move || {
+            for p in rx {
+                // SAFETY: handed over live by the allocating thread, freed once.
+                unsafe { meta.free(p as *mut u8) };
+            }
+        });
+        for _ in 0..10_000 {
+            let p = meta.alloc_block(class);
+            assert!(!p.is_null());
+            tx.send(p as usize).unwrap();
+        }
+        drop(tx);
+        freer.join().unwrap();
+        assert_eq!(
+            meta.state.lock().bump,
+            carved,
+            "no chunk carved after warm-up"
+        );
     }
 
     #[test]
@@ -522,16 +639,15 @@ mod tests {
             "the pools' arena is counted"
         );
         // A pool block given to `meta` is counted out of the pools, not out of the
-        // arenas' bytes in use (a fresh state has none: subtracting would overflow).
+        // arena's block bytes (a fresh arena has none: subtracting would wrap), and back
+        // into the pools when it is taken again.
         note_pool_carved(256);
-        let mut state = fresh();
-        // SAFETY: a block cut (and counted) from the node part, given to this state.
-        unsafe { state.free(n0 as *mut u8) };
-        assert_eq!(state.bytes_in_use, 0);
-        assert_eq!(
-            state.alloc_block(class_of(256, 256).unwrap()),
-            n0 as *mut u8
-        );
+        let meta = Meta::new();
+        // SAFETY: a block cut (and counted) from the node part, given to this arena.
+        unsafe { meta.free(n0 as *mut u8) };
+        assert_eq!(meta.block_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(meta.alloc_block(class_of(256, 256).unwrap()), n0 as *mut u8);
+        assert_eq!(meta.block_bytes.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -506,15 +506,27 @@ impl Arenas {
         }
     }
 
-    /// `RegionTable::after_fork_in_child` for every arena in use.
+    /// `RegionTable::after_fork_in_child` for every arena in use: the `Cached` regions
+    /// of all.
     ///
     /// # Safety
     /// As `RegionTable::after_fork_in_child`.
-    pub unsafe fn after_fork_in_child(&self) {
-        for t in self.in_use() {
+    pub unsafe fn after_fork_in_child(&self) -> usize {
+        self.in_use()
             // SAFETY: caller contract.
-            unsafe { t.after_fork_in_child() };
-        }
+            .map(|t| unsafe { t.after_fork_in_child() })
+            .sum()
+    }
+
+    /// `RegionTable::retire_cached_outside` for every arena in use.
+    ///
+    /// # Safety
+    /// As `RegionTable::retire_cached_outside`.
+    pub unsafe fn retire_cached_outside(&self, held: &dyn Fn(usize) -> bool) -> usize {
+        self.in_use()
+            // SAFETY: caller contract.
+            .map(|t| unsafe { t.retire_cached_outside(held) })
+            .sum()
     }
 }
 

@@ -981,12 +981,14 @@ impl RegionTable {
     /// retire interrupted between its state change and its push would be lost, and a
     /// region a purge had claimed would stay `Purging` (clean to everyone, yet never
     /// advised in the child). Resets every lock word, rebuilds the retired stack from the
-    /// regions' states, and makes claimed regions dirty again.
+    /// regions' states, and makes claimed regions dirty again. Returns how many regions
+    /// are `Cached`, for the caches' own repair (`large::cache::after_fork_in_child`).
     ///
     /// # Safety
     /// Only in a fork child, after `fork_release`, before anything else uses the table.
-    pub unsafe fn after_fork_in_child(&self) {
+    pub unsafe fn after_fork_in_child(&self) -> usize {
         let now = Dirtiness::since(os::now_ms());
+        let mut cached = 0;
         // SAFETY: caller contract: the only thread.
         unsafe { self.retired.clear_after_fork() };
         self.for_each_region_ref(|r| {
@@ -995,11 +997,36 @@ impl RegionTable {
             if r.kind() != RegionKind::Free && r.state() == RegionState::Retired {
                 self.retired.push(r);
             }
+            if r.kind() != RegionKind::Free && r.state() == RegionState::Cached {
+                cached += 1;
+            }
             if r.kind() == RegionKind::Free && r.is_purging() {
                 r.dirtiness.store(now, Ordering::Relaxed);
                 self.dirty_bytes.fetch_add(r.len(), Ordering::Relaxed);
             }
         });
+        cached
+    }
+
+    /// Retires, in a fork child, every `Cached` region whose start `held` denies: one a
+    /// vanished thread held outside every cache (between a free's `Live -> Cached` and
+    /// its cache's lock, or let go by a cache and not yet retired), whose handle nobody
+    /// in the child has. Returns how many it retired.
+    ///
+    /// # Safety
+    /// Only in a fork child, after `after_fork_in_child`, and `held` must accept every
+    /// region a cache of the child holds.
+    pub unsafe fn retire_cached_outside(&self, held: &dyn Fn(usize) -> bool) -> usize {
+        let mut retired = 0;
+        self.for_each_region_ref(|r| {
+            if r.kind() != RegionKind::Free && r.state() == RegionState::Cached && !held(r.start())
+            {
+                // Caller contract: no handle of it is left in the child.
+                self.retire_cached(r);
+                retired += 1;
+            }
+        });
+        retired
     }
 
     /// Locks the table across `fork` (the child must not inherit a half-done update).
