@@ -1,25 +1,91 @@
-//! The free index: free regions binned by space (which reservations they lie in,
-//! `Space`) and size (power-of-two bins of their length), for placement. It owns the
-//! bin heads, the free regions' intrusive links (`Region::link`) and the record of
-//! which reservations are huge-page space, and is touched only by the holder of the
-//! table's writer mutex, so it needs no synchronisation. Calls nothing.
+//! The free index: free regions on intrusive lists, one list per space (which
+//! reservations they lie in, `Space`), dirtiness class (`Class`) and size bin, for
+//! placement and for the purge's pick. It owns the list heads, the free regions' links
+//! (`Region::link`, `Region::bin`) and the record of which reservations are huge-page
+//! space, and is touched only by the holder of the table's writer mutex, so it needs no
+//! synchronisation. Calls nothing.
+//!
+//! **Dirty and clean apart.** Placement prefers dirty space and a purge looks only for
+//! dirty space; with one list per bin both walked every clean region of the bins they
+//! searched. Each bin therefore has a dirty list and a clean list (as jemalloc keeps
+//! its dirty and retained extents in separate heaps).
+//!
+//! **Filing is a hint that may only err one way.** A region is filed by the dirtiness it
+//! reads when inserted, and dirtiness changes in two ways:
+//! - by the writer, under the mutex, only while the region is out of the index (a new
+//!   region before its insert; a drained, merged or moved one before `coalesce` files
+//!   it), so that filing is current;
+//! - by a purge, outside the mutex, under the region's read lock: the claim
+//!   (`Since -> Purging`, made under the mutex) changes no class, since `Purging` files
+//!   as dirty; its end (`Purging -> Clean` once advised, `Purging -> Since` when the
+//!   advice failed or in a fork child) is the one change the index does not see.
+//!
+//! Hence (i) every region that reads `Since` is on a dirty list, so the dirty search
+//! and the purge's visit miss none; (ii) a clean list holds only regions that read
+//! `Clean`, which only the writer can change; (iii) a dirty list may also hold regions
+//! that read `Clean`, a finished purge's pieces (at most one pass's batch per purge in
+//! flight), until that purge's merge refiles them (`coalesce_overlapping`) or a search
+//! finds one first and moves it (`refile`). Every search still re-reads the
+//! `DirtyWord` of each region it would take, as it did with one list: a stale entry
+//! costs one probe, never a placement the policy would not have made.
 
 use super::table::ARENA_SIZE;
-use super::{Region, RegionKind, Space, BIN_NEXT, BIN_PREV, NO_BIN};
+use super::{Dirtiness, Region, RegionKind, Space, BIN_NEXT, BIN_PREV, NO_BIN};
 use crate::sync::atomic::Ordering::Relaxed;
 use core::ptr;
 
-const BINS: usize = usize::BITS as usize;
+/// Size bins: one per power of two of a region's length.
+const SIZE_BINS: usize = usize::BITS as usize;
 const SPACES: usize = 2;
+const CLASSES: usize = 2;
+const LISTS: usize = SIZE_BINS * CLASSES * SPACES;
 
 /// One bit per `ARENA_SIZE` unit of the 47-bit user address space (where the kernel
 /// places our reservations): set for huge-page space. 16 KiB.
 const UNIT_SHIFT: u32 = ARENA_SIZE.trailing_zeros();
 const UNIT_WORDS: usize = (1 << (47 - UNIT_SHIFT)) / u64::BITS as usize;
 
+/// Which of a bin's two lists a free region is filed on (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// `Since` or `Purging` when filed; may read `Clean` since (a finished purge).
+    Dirty = 0,
+    /// `Clean` when filed, and still.
+    Clean = 1,
+}
+
+impl Class {
+    fn of(d: Dirtiness) -> Class {
+        match d {
+            // A claimed region files as dirty: its purge may fail and make it `Since`
+            // again outside the mutex, and rule (i) of the module doc must still hold.
+            Dirtiness::Since(_) | Dirtiness::Purging => Class::Dirty,
+            Dirtiness::Clean => Class::Clean,
+        }
+    }
+}
+
+/// Which lists a search walks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lists {
+    /// Dirty lists only: for searches that take only dirty regions.
+    Dirty,
+    /// Both, the dirty list of each bin before its clean one.
+    All,
+}
+
+impl Lists {
+    fn classes(self) -> &'static [Class] {
+        match self {
+            Lists::Dirty => &[Class::Dirty],
+            Lists::All => &[Class::Dirty, Class::Clean],
+        }
+    }
+}
+
 pub(crate) struct FreeIndex {
-    /// `BINS` heads per space, `Space::Base`'s first.
-    heads: [*mut Region; BINS * SPACES],
+    /// The list heads, by `list_of`.
+    heads: [*mut Region; LISTS],
     /// Which reservation units are `Space::Huge`.
     huge_units: [u64; UNIT_WORDS],
     /// Bytes in all indexed free regions.
@@ -28,13 +94,24 @@ pub(crate) struct FreeIndex {
 }
 
 fn bin_of(len: usize) -> usize {
-    (usize::BITS - 1 - len.leading_zeros()) as usize
+    (usize::BITS - 1 - len.max(1).leading_zeros()) as usize
+}
+
+fn list_of(space: Space, class: Class, bin: usize) -> usize {
+    (space as usize * CLASSES + class as usize) * SIZE_BINS + bin
+}
+
+fn class_of_list(list: usize) -> Class {
+    match (list / SIZE_BINS) % CLASSES {
+        0 => Class::Dirty,
+        _ => Class::Clean,
+    }
 }
 
 impl FreeIndex {
     pub const fn new() -> Self {
         FreeIndex {
-            heads: [ptr::null_mut(); BINS * SPACES],
+            heads: [ptr::null_mut(); LISTS],
             huge_units: [0; UNIT_WORDS],
             bytes: 0,
             count: 0,
@@ -65,24 +142,21 @@ impl FreeIndex {
         }
     }
 
+    /// Files `r` by its space, its length and the dirtiness it reads now (Relaxed: under
+    /// the mutex, only a purge's end can change it meanwhile, and either reading files
+    /// it correctly, see the module doc).
+    ///
     /// # Safety
     /// Writer mutex held; `r` is a live, attached free region not in the index.
     pub unsafe fn insert(&mut self, r: *mut Region) {
+        // SAFETY: caller contract.
+        let region = unsafe { &*r };
+        debug_assert_eq!(region.kind(), RegionKind::Free);
+        let class = Class::of(region.dirtiness());
+        let list = list_of(self.space_of(region.start()), class, bin_of(region.len()));
         // SAFETY: caller contract: exclusive access to the links of indexed regions.
-        unsafe {
-            debug_assert_eq!((*r).kind(), RegionKind::Free);
-            debug_assert_eq!(*(*r).bin.get(), NO_BIN);
-            let bin = bin_of((*r).len()) + self.space_of((*r).start()) as usize * BINS;
-            let head = self.heads[bin];
-            (*r).link(BIN_PREV).store(ptr::null_mut(), Relaxed);
-            (*r).link(BIN_NEXT).store(head, Relaxed);
-            if !head.is_null() {
-                (*head).link(BIN_PREV).store(r, Relaxed);
-            }
-            self.heads[bin] = r;
-            *(*r).bin.get() = bin as u8;
-            self.bytes += (*r).len();
-        }
+        unsafe { self.push(r, list) };
+        self.bytes += region.len();
         self.count += 1;
     }
 
@@ -91,16 +165,48 @@ impl FreeIndex {
     /// # Safety
     /// Writer mutex held; `r` is a live region descriptor.
     pub unsafe fn remove(&mut self, r: *mut Region) {
-        // SAFETY: caller contract, as in `insert`.
+        // SAFETY: caller contract: `bin` and the links are the writer's.
+        if unsafe { self.unlink(r) } {
+            // SAFETY: as above; the length has not changed since `insert`.
+            self.bytes -= unsafe { (*r).len() };
+            self.count -= 1;
+        }
+    }
+
+    /// Puts `r` (not on any list) at the head of `list`.
+    ///
+    /// # Safety
+    /// Writer mutex held; `r` is a live region descriptor on no list.
+    unsafe fn push(&mut self, r: *mut Region, list: usize) {
+        // SAFETY: caller contract.
         unsafe {
-            let bin = *(*r).bin.get();
-            if bin == NO_BIN {
-                return;
+            debug_assert_eq!(*(*r).bin.get(), NO_BIN);
+            let head = self.heads[list];
+            (*r).link(BIN_PREV).store(ptr::null_mut(), Relaxed);
+            (*r).link(BIN_NEXT).store(head, Relaxed);
+            if !head.is_null() {
+                (*head).link(BIN_PREV).store(r, Relaxed);
+            }
+            self.heads[list] = r;
+            *(*r).bin.get() = list as u16;
+        }
+    }
+
+    /// Takes `r` off its list; false if it was on none.
+    ///
+    /// # Safety
+    /// Writer mutex held; `r` is a live region descriptor.
+    unsafe fn unlink(&mut self, r: *mut Region) -> bool {
+        // SAFETY: caller contract.
+        unsafe {
+            let list = *(*r).bin.get();
+            if list == NO_BIN {
+                return false;
             }
             let prev = (*r).link(BIN_PREV).load(Relaxed);
             let next = (*r).link(BIN_NEXT).load(Relaxed);
             if prev.is_null() {
-                self.heads[bin as usize] = next;
+                self.heads[list as usize] = next;
             } else {
                 (*prev).link(BIN_NEXT).store(next, Relaxed);
             }
@@ -108,9 +214,24 @@ impl FreeIndex {
                 (*next).link(BIN_PREV).store(prev, Relaxed);
             }
             *(*r).bin.get() = NO_BIN;
-            self.bytes -= (*r).len();
         }
-        self.count -= 1;
+        true
+    }
+
+    /// Moves `r`, found on a dirty list reading `Clean`, to its clean list. Sound under
+    /// the mutex: only the writer turns a `Clean` region into anything else (a purge
+    /// claims only `Since` ones), so the reading stays true until we change it.
+    ///
+    /// # Safety
+    /// Writer mutex held; `r` is indexed.
+    unsafe fn refile(&mut self, r: *mut Region) {
+        // SAFETY: caller contract.
+        unsafe {
+            let list = *(*r).bin.get() as usize;
+            debug_assert_eq!((*r).dirtiness(), Dirtiness::Clean);
+            self.unlink(r);
+            self.push(r, list + (Class::Clean as usize - Class::Dirty as usize) * SIZE_BINS);
+        }
     }
 
     /// A free region that can hold `len` bytes at an `align`-aligned start, and that
@@ -128,7 +249,7 @@ impl FreeIndex {
     /// # Safety
     /// Writer mutex held.
     pub unsafe fn find(
-        &self,
+        &mut self,
         space: Space,
         len: usize,
         align: usize,
@@ -137,22 +258,24 @@ impl FreeIndex {
         unsafe {
             self.find_dirty(space, len, align)
                 .or_else(|| self.find_any(space, len, align))
-                .or_else(|| self.find_where(space, len, align, |_| true))
+                .or_else(|| self.find_where(space, len, align, Lists::All, |_| true))
         }
     }
 
-    /// `find` among dirty regions only.
+    /// `find` among dirty regions only: the dirty lists, each region's `Since` re-read
+    /// (exact under the mutex: only the writer and a purge's claim, which needs the
+    /// mutex, end a `Since`).
     ///
     /// # Safety
     /// Writer mutex held.
     pub unsafe fn find_dirty(
-        &self,
+        &mut self,
         space: Space,
         len: usize,
         align: usize,
     ) -> Option<(*mut Region, usize)> {
         // SAFETY: caller contract; indexed regions are live.
-        unsafe { self.find_where(space, len, align, |r| (*r).is_dirty()) }
+        unsafe { self.find_where(space, len, align, Lists::Dirty, |r| (*r).is_dirty()) }
     }
 
     /// `find` among all regions but those a purge has claimed, in bin order. `Purging`
@@ -162,17 +285,18 @@ impl FreeIndex {
     /// # Safety
     /// Writer mutex held.
     pub unsafe fn find_any(
-        &self,
+        &mut self,
         space: Space,
         len: usize,
         align: usize,
     ) -> Option<(*mut Region, usize)> {
         // SAFETY: caller contract; indexed regions are live.
-        unsafe { self.find_where(space, len, align, |r| !(*r).is_purging()) }
+        unsafe { self.find_where(space, len, align, Lists::All, |r| !(*r).is_purging()) }
     }
 
-    /// The first region, in bin order from `min_len`'s bin, for which `place` returns a
-    /// start (the caller's placement rule), with that start.
+    /// The first region on `lists`, in bin order from `min_len`'s bin, for which
+    /// `place` returns a start (the caller's placement rule, which re-reads what it
+    /// needs of the region's dirtiness), with that start.
     ///
     /// # Safety
     /// Writer mutex held.
@@ -180,53 +304,71 @@ impl FreeIndex {
         &self,
         space: Space,
         min_len: usize,
+        lists: Lists,
         mut place: impl FnMut(&Region) -> Option<usize>,
     ) -> Option<(*mut Region, usize)> {
-        let heads = &self.heads[space as usize * BINS..][..BINS];
-        for &head in heads.iter().skip(bin_of(min_len)) {
-            let mut r = head;
-            while !r.is_null() {
-                // SAFETY: indexed regions are live while the writer mutex is held.
-                let region = unsafe { &*r };
-                if let Some(at) = place(region) {
-                    return Some((r, at));
+        for bin in bin_of(min_len)..SIZE_BINS {
+            for &class in lists.classes() {
+                let mut r = self.heads[list_of(space, class, bin)];
+                while !r.is_null() {
+                    // SAFETY: indexed regions are live while the writer mutex is held.
+                    let region = unsafe { &*r };
+                    if let Some(at) = place(region) {
+                        return Some((r, at));
+                    }
+                    r = region.link(BIN_NEXT).load(Relaxed);
                 }
-                r = region.link(BIN_NEXT).load(Relaxed);
             }
         }
         None
     }
 
+    /// The first region on `lists`, in bin order from `len`'s bin, where `len` fits at
+    /// an `align`ed start and that `accept` takes. A region on a dirty list that reads
+    /// `Clean` is refiled on the way (see the module doc).
     unsafe fn find_where(
-        &self,
+        &mut self,
         space: Space,
         len: usize,
         align: usize,
+        lists: Lists,
         accept: impl Fn(*mut Region) -> bool,
     ) -> Option<(*mut Region, usize)> {
-        let heads = &self.heads[space as usize * BINS..][..BINS];
-        for &head in heads.iter().skip(bin_of(len)) {
-            let mut r = head;
-            while !r.is_null() {
-                // SAFETY: indexed regions are live while the writer mutex is held.
-                let (start, end) = unsafe { ((*r).start(), (*r).end()) };
-                let at = (start + align - 1) & !(align - 1);
-                if at >= start && at.checked_add(len).is_some_and(|e| e <= end) && accept(r) {
-                    return Some((r, at));
+        for bin in bin_of(len)..SIZE_BINS {
+            for &class in lists.classes() {
+                let mut r = self.heads[list_of(space, class, bin)];
+                while !r.is_null() {
+                    // SAFETY: indexed regions are live while the writer mutex is held.
+                    let region = unsafe { &*r };
+                    let next = region.link(BIN_NEXT).load(Relaxed);
+                    let (start, end) = (region.start(), region.end());
+                    let at = (start + align - 1) & !(align - 1);
+                    if at >= start && at.checked_add(len).is_some_and(|e| e <= end) && accept(r)
+                    {
+                        return Some((r, at));
+                    }
+                    if class == Class::Dirty && region.dirtiness() == Dirtiness::Clean {
+                        // SAFETY: writer mutex held; `r` is indexed. `next` stays valid:
+                        // only `r` moves.
+                        unsafe { self.refile(r) };
+                    }
+                    r = next;
                 }
-                // SAFETY: as above.
-                r = unsafe { (*r).link(BIN_NEXT).load(Relaxed) };
             }
         }
         None
     }
 
-    /// Visits every indexed region (for the purge pass).
+    /// Visits every indexed region that may be dirty (the dirty lists: every region
+    /// that reads `Since` is on one), for the purge pass.
     ///
     /// # Safety
     /// Writer mutex held for the whole visit; `f` must not change the index.
-    pub unsafe fn for_each(&self, mut f: impl FnMut(*mut Region)) {
-        for &head in &self.heads {
+    pub unsafe fn for_each_dirty(&self, mut f: impl FnMut(*mut Region)) {
+        for (list, &head) in self.heads.iter().enumerate() {
+            if class_of_list(list) != Class::Dirty {
+                continue;
+            }
             let mut r = head;
             while !r.is_null() {
                 f(r);

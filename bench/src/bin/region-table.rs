@@ -31,7 +31,8 @@
 //! when both writers kept at least `AT_PACE` of it.
 //!
 //! `cargo run --release -p rangealloc-bench --bin region-table [seconds-per-run
-//! [writer-updates-per-s [objects [header|page|sweep|all]]]]`
+//! [writer-updates-per-s [objects [header|page|sweep|all|writer [steps]]]]]`
+//! (`writer`: the writer's steps alone, for callgrind; see `writer_alone`)
 
 use rangealloc::engine::os::PAGE_SIZE;
 use rangealloc::engine::region::{directory, RegionKind, RegionTable};
@@ -163,7 +164,9 @@ enum Change {
 }
 
 /// One writer step on the table: allocate (plain or roomy), grow, shrink or free one of
-/// the writer's own objects.
+/// the writer's own objects. Never inlined, so that callgrind can count its
+/// instructions alone (`--toggle-collect=*churn_step*`, see `writer_alone`).
+#[inline(never)]
 fn churn_step(rng: &mut Rng, own: &mut Vec<(usize, usize)>) -> Change {
     let op = rng.below(8);
     if own.is_empty() || (op < 3 && own.len() < CHURN_OBJECTS) {
@@ -386,6 +389,30 @@ fn writer(variant: Variant, maps: &Maps, rate: u64, stop: &AtomicBool) -> u64 {
     }
     TABLE.collect_retired();
     updates
+}
+
+/// The `writer` part: `steps` writer steps on this thread, no readers and no pacing, for
+/// counting the instructions of an update independently of the machine's load:
+/// `valgrind --tool=callgrind --toggle-collect='*churn_step*' region-table 0 0 16384
+/// writer 20000` counts the steps alone (callgrind's total over `steps`). Prints the
+/// free space's shape before and after (the free regions a placement may scan).
+fn writer_alone(steps: u64) {
+    let shape = |when: &str| {
+        let s = TABLE.space();
+        println!(
+            "{when}: {} free regions, {} KiB free, {} KiB of it dirty",
+            s.free_regions,
+            s.free >> 10,
+            s.dirty >> 10
+        );
+    };
+    shape("before");
+    let mut rng = Rng(0xc2b2_ae3d_27d4_eb4f);
+    let mut own = Vec::new();
+    for _ in 0..steps {
+        churn_step(&mut rng, &mut own);
+    }
+    shape(&format!("after {steps} writer steps"));
 }
 
 /// Sets the calling thread's nice value to `WRITER_NICE`; false if not permitted.
@@ -627,7 +654,12 @@ fn main() {
         Some("header") => (vec![Work::Header], false),
         Some("page") => (vec![Work::Page], false),
         Some("sweep") => (vec![], true),
-        Some(other) => panic!("part: header, page, sweep or all, not {other:?}"),
+        Some("writer") => {
+            let steps = args.next().map_or(20_000, |s| s.parse().expect("writer steps"));
+            writer_alone(steps);
+            return;
+        }
+        Some(other) => panic!("part: header, page, sweep, all or writer, not {other:?}"),
     };
     for work in works {
         if let Some((ratio, starved)) = report(work, rate, &objects, &maps, window) {
