@@ -31,7 +31,7 @@
 //! when both writers kept at least `AT_PACE` of it.
 //!
 //! `cargo run --release -p rangealloc-bench --bin region-table [seconds-per-run
-//! [writer-updates-per-s [objects [header|page|sweep|all|writer [steps]]]]]`
+//! [writer-updates-per-s [objects [header|page|sweep|all|writer [steps [purged]]]]]]`
 //! (`writer`: the writer's steps alone, for callgrind; see `writer_alone`)
 
 use rangealloc::engine::os::PAGE_SIZE;
@@ -394,9 +394,15 @@ fn writer(variant: Variant, maps: &Maps, rate: u64, stop: &AtomicBool) -> u64 {
 /// The `writer` part: `steps` writer steps on this thread, no readers and no pacing, for
 /// counting the instructions of an update independently of the machine's load:
 /// `valgrind --tool=callgrind --toggle-collect='*churn_step*' region-table 0 0 16384
-/// writer 20000` counts the steps alone (callgrind's total over `steps`). Prints the
-/// free space's shape before and after (the free regions a placement may scan).
-fn writer_alone(steps: u64) {
+/// writer 20000` counts the steps alone (callgrind's total over `steps`). With
+/// `purged`, every free region is purged first, so the readers' gaps are clean and the
+/// writer's placements look for dirty space among them (the layout after a purge pass).
+/// Prints the free space's shape before and after (the free regions a placement may
+/// scan).
+fn writer_alone(steps: u64, purged: bool) {
+    if purged {
+        while TABLE.purge(0, rangealloc::PurgeMode::DontNeed, usize::MAX) > 0 {}
+    }
     let shape = |when: &str| {
         let s = TABLE.space();
         println!(
@@ -655,8 +661,15 @@ fn main() {
         Some("page") => (vec![Work::Page], false),
         Some("sweep") => (vec![], true),
         Some("writer") => {
-            let steps = args.next().map_or(20_000, |s| s.parse().expect("writer steps"));
-            writer_alone(steps);
+            let steps = args
+                .next()
+                .map_or(20_000, |s| s.parse().expect("writer steps"));
+            let purged = match args.next().as_deref() {
+                None => false,
+                Some("purged") => true,
+                Some(other) => panic!("writer steps [purged], not {other:?}"),
+            };
+            writer_alone(steps, purged);
             return;
         }
         Some(other) => panic!("part: header, page, sweep, all or writer, not {other:?}"),
