@@ -39,8 +39,9 @@ use core::ptr;
 /// in a bin above a request's own bin is longer than the request, so a search takes the
 /// first (aligned, acceptable) region there; with one bin per power of two a request in
 /// the upper half of its bin walked every shorter region of that bin first (the
-/// region-table bench's roomy placements of 36-48 KiB walked all 16 Ki of its 32 KiB
-/// gaps: 1.3k regions per update on average, 80% of its instructions).
+/// region-table bench's roomy 48 KiB placements walked all 16 Ki of its 32 KiB gaps:
+/// about 80% of the writer's instructions, callgrind; 12.7k instructions per update
+/// before, 2.4k after, BENCHMARKS.md "freeidx").
 const SUB_BITS: u32 = 2;
 /// Size bins in all: lengths below `1 << SUB_BITS` have a bin each, then
 /// `1 << SUB_BITS` per power of two up to `usize::MAX` (252), rounded up to whole
