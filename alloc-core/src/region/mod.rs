@@ -117,8 +117,10 @@ pub struct Region {
     /// lies after it, so freeing it should let the two merge again rather than keep it
     /// in a thread's region cache (`large::free`).
     shrunk: AtomicBool,
-    /// The free-index bin this region sits in, or `NO_BIN`; writer mutex only.
-    pub(crate) bin: UnsafeCell<u8>,
+    /// The free-index list this region sits on, or `NO_BIN`; writer mutex only. Two
+    /// bytes: the lists are per space, dirtiness class and size bin (`free_index`),
+    /// and the second byte was padding before `dirtiness`.
+    pub(crate) bin: UnsafeCell<u16>,
     /// A free region's dirtiness (`Dirtiness`, encoded by `DirtyWord` alone).
     pub(crate) dirtiness: DirtyWord,
     /// Two list links, shared by the two lists a region can be on, which never overlap:
@@ -147,7 +149,7 @@ const _: () = assert!(
         && core::mem::align_of::<Region>() <= blocks::DESC_BYTES
 );
 
-pub(crate) const NO_BIN: u8 = u8::MAX;
+pub(crate) const NO_BIN: u16 = u16::MAX;
 
 // SAFETY: all shared mutable state is atomic, except `bin_links`/`bin`, which only the
 // holder of the table's writer mutex touches.

@@ -824,7 +824,7 @@ impl RegionTable {
             let mut found = 0;
             // SAFETY: we hold the writer mutex for the visit.
             unsafe {
-                w.state.free.for_each(|r| {
+                w.state.free.for_each_dirty(|r| {
                     let region: &Region = &*r;
                     // Acquire pairs with the Release of a failed purge's un-claim, so
                     // its `dirty_bytes` add comes before our subtraction.

@@ -31,7 +31,8 @@
 //! when both writers kept at least `AT_PACE` of it.
 //!
 //! `cargo run --release -p rangealloc-bench --bin region-table [seconds-per-run
-//! [writer-updates-per-s [objects [header|page|sweep|all]]]]`
+//! [writer-updates-per-s [objects [header|page|sweep|all|writer [steps [purged]]]]]]`
+//! (`writer`: the writer's steps alone, for callgrind; see `writer_alone`)
 
 use rangealloc::engine::os::PAGE_SIZE;
 use rangealloc::engine::region::{directory, RegionKind, RegionTable};
@@ -74,7 +75,8 @@ const WRITER_NAP: Duration = Duration::from_micros(200);
 /// `CAP_SYS_NICE`: root here and in CI; without it the run says so). -10 weighs 9548
 /// against a reader's 1024 in the kernel's fair scheduler: at 16 readers the writer may
 /// take up to 37% of the CPUs, several times what 10k updates/s need (a table update is
-/// about 12k instructions, callgrind), so it keeps its rate on a loaded machine too; a
+/// about 2.4k instructions, 12.7k before the free index's finer bins: callgrind, the
+/// `writer` part), so it keeps its rate on a loaded machine too; a
 /// writer ahead of its rate naps and leaves the CPU to the readers.
 const WRITER_NICE: i32 = -10;
 /// A writer that completed at least this share of its target rate kept pace.
@@ -163,7 +165,9 @@ enum Change {
 }
 
 /// One writer step on the table: allocate (plain or roomy), grow, shrink or free one of
-/// the writer's own objects.
+/// the writer's own objects. Never inlined, so that callgrind can count its
+/// instructions alone (`--toggle-collect=*churn_step*`, see `writer_alone`).
+#[inline(never)]
 fn churn_step(rng: &mut Rng, own: &mut Vec<(usize, usize)>) -> Change {
     let op = rng.below(8);
     if own.is_empty() || (op < 3 && own.len() < CHURN_OBJECTS) {
@@ -386,6 +390,36 @@ fn writer(variant: Variant, maps: &Maps, rate: u64, stop: &AtomicBool) -> u64 {
     }
     TABLE.collect_retired();
     updates
+}
+
+/// The `writer` part: `steps` writer steps on this thread, no readers and no pacing, for
+/// counting the instructions of an update independently of the machine's load:
+/// `valgrind --tool=callgrind --toggle-collect='*churn_step*' region-table 0 0 16384
+/// writer 20000` counts the steps alone (callgrind's total over `steps`). With
+/// `purged`, every free region is purged first, so the readers' gaps are clean and the
+/// writer's placements look for dirty space among them (the layout after a purge pass).
+/// Prints the free space's shape before and after (the free regions a placement may
+/// scan).
+fn writer_alone(steps: u64, purged: bool) {
+    if purged {
+        while TABLE.purge(0, rangealloc::PurgeMode::DontNeed, usize::MAX) > 0 {}
+    }
+    let shape = |when: &str| {
+        let s = TABLE.space();
+        println!(
+            "{when}: {} free regions, {} KiB free, {} KiB of it dirty",
+            s.free_regions,
+            s.free >> 10,
+            s.dirty >> 10
+        );
+    };
+    shape("before");
+    let mut rng = Rng(0xc2b2_ae3d_27d4_eb4f);
+    let mut own = Vec::new();
+    for _ in 0..steps {
+        churn_step(&mut rng, &mut own);
+    }
+    shape(&format!("after {steps} writer steps"));
 }
 
 /// Sets the calling thread's nice value to `WRITER_NICE`; false if not permitted.
@@ -627,7 +661,19 @@ fn main() {
         Some("header") => (vec![Work::Header], false),
         Some("page") => (vec![Work::Page], false),
         Some("sweep") => (vec![], true),
-        Some(other) => panic!("part: header, page, sweep or all, not {other:?}"),
+        Some("writer") => {
+            let steps = args
+                .next()
+                .map_or(20_000, |s| s.parse().expect("writer steps"));
+            let purged = match args.next().as_deref() {
+                None => false,
+                Some("purged") => true,
+                Some(other) => panic!("writer steps [purged], not {other:?}"),
+            };
+            writer_alone(steps, purged);
+            return;
+        }
+        Some(other) => panic!("part: header, page, sweep, all or writer, not {other:?}"),
     };
     for work in works {
         if let Some((ratio, starved)) = report(work, rate, &objects, &maps, window) {

@@ -14,6 +14,7 @@ use crate::os;
 use crate::os::{HUGE_PAGE, PAGE_SIZE};
 use crate::region::blocks::DESC_BYTES;
 use crate::region::directory;
+use crate::region::free_index::Lists;
 use crate::region::{Dirtiness, Region, RegionKind, RegionState, Space, RETIRED_NEXT};
 use crate::space::{self, SlotKind};
 use crate::sync::atomic::Ordering;
@@ -318,7 +319,7 @@ impl<'a> Writer<'a> {
     ) -> Option<Placed> {
         const ROOM_FACTOR: usize = 4;
         let want = len.saturating_mul(ROOM_FACTOR);
-        let free = &self.state.free;
+        let free = &mut self.state.free;
         // SAFETY: writer mutex held.
         let found = unsafe {
             free.find_dirty(Space::Base, want, align)
@@ -447,7 +448,11 @@ impl<'a> Writer<'a> {
         };
         // Dirty regions of about half the object and more (smaller ones save few faults).
         // SAFETY: writer mutex held; `place` only reads the tree.
-        unsafe { self.state.free.find_placed(space, (len / 2).max(1), place) }
+        unsafe {
+            self.state
+                .free
+                .find_placed(space, (len / 2).max(1), Lists::Dirty, place)
+        }
     }
 
     /// Lengthens the free region `r` by the first `by` bytes of the clean free region
@@ -538,6 +543,7 @@ impl<'a> Writer<'a> {
             self.state.free.find_placed(
                 space,
                 if dirty { len } else { len.saturating_add(room) },
+                if dirty { Lists::Dirty } else { Lists::All },
                 place,
             )
         }
