@@ -88,6 +88,7 @@ fn child_entry() {
         "reuse" => freed_buffer_reused(),
         "reuse-bigger" => bigger_buffer_reuses_hole(),
         "budget" => burst_bounded(),
+        "budget-last" => last_frees_bounded(),
         "doubling" => doubling_in_place(),
         "content" => content_across_moves(),
         "thp" => huge_pages_once(true),
@@ -207,6 +208,45 @@ fn burst_bounded() {
     assert!(
         rss <= base_rss + (budget + 2 * LEN) / 1024,
         "RSS {} MiB after the burst, from {} MiB, budget {} MiB",
+        rss / 1024,
+        base_rss / 1024,
+        budget / MIB
+    );
+}
+
+/// The last frees of a program (or of a phase) count against the dirty budget at once:
+/// with no allocation after the burst, RSS still falls to the budget. Their regions used
+/// to wait on the retired stack, outside the dirty count, for a writer that never came,
+/// so every budget check saw no excess and memory stayed at its peak until a timed
+/// purge pass (big-buffers' final RSS was its peak).
+#[test]
+fn the_last_frees_of_a_burst_are_purged_down_to_the_budget() {
+    run("budget-last");
+}
+
+fn last_frees_bounded() {
+    const LEN: usize = 4 * MIB;
+    const COUNT: usize = 64;
+    let base_rss = rss_kib();
+    // SAFETY: each block is written within its length and freed once.
+    unsafe {
+        let blocks: Vec<*mut u8> = (0..COUNT)
+            .map(|i| {
+                let p = alloc(layout(LEN));
+                fill(p, LEN, i as u64);
+                p
+            })
+            .collect();
+        assert!(rss_kib() >= base_rss + COUNT * LEN / 1024 * 9 / 10);
+        for p in &blocks {
+            dealloc(*p, layout(LEN));
+        }
+    }
+    let budget = purge::dirty_budget();
+    let rss = rss_kib();
+    assert!(
+        rss <= base_rss + (budget + 2 * LEN) / 1024,
+        "RSS {} MiB after the last frees, from {} MiB, budget {} MiB",
         rss / 1024,
         base_rss / 1024,
         budget / MIB

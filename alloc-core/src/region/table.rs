@@ -266,6 +266,14 @@ pub struct RegionTable {
     /// Bytes in dirty free regions (written under the writer mutex, or by a purge that
     /// holds the region's read lock; Relaxed: a statistic that drives purging).
     dirty_bytes: AtomicUsize,
+    /// Bytes in regions on the retired stack: freed, dirty, not yet folded into free
+    /// space by a writer. Counted with `dirty_bytes` by the dirty budget
+    /// (`freed_bytes`), so a burst of frees that no allocation follows (a program's or a
+    /// phase's last frees) is purged down to the budget at once rather than held at its
+    /// peak until a timed pass. Added by the freer before its push, subtracted by the
+    /// writer that pops the region (the push/pop pair orders the two, so it never
+    /// wraps); Relaxed: a statistic that drives purging.
+    retired_bytes: AtomicUsize,
     /// `madvise` calls made by `purge`.
     pub purge_calls: Counter,
     /// Test hook: stops a purge just before one of its `madvise` calls.
@@ -330,6 +338,7 @@ impl RegionTable {
             },
             live_regions: AtomicUsize::new(0),
             dirty_bytes: AtomicUsize::new(0),
+            retired_bytes: AtomicUsize::new(0),
             purge_calls: Counter::new(),
             #[cfg(test)]
             pause_in_madvise: TestPause::new(),
@@ -483,6 +492,10 @@ impl RegionTable {
         self.pause_in_retire.pause_here();
         region.lift_guard();
         prepare(region);
+        // Before the push: the writer that pops it subtracts (under our read lock, the
+        // length is the one it will see).
+        self.retired_bytes
+            .fetch_add(region.len(), Ordering::Relaxed);
         read.unlock_and_retire(&self.retired, || {
             #[cfg(test)]
             self.pause_after_unlock.pause_here();
@@ -509,6 +522,9 @@ impl RegionTable {
             .state
             .store(RegionState::Retired as u8, Ordering::Release);
         region.lift_guard();
+        // Before the push, as in `free_object`.
+        self.retired_bytes
+            .fetch_add(region.len(), Ordering::Relaxed);
         self.retired.push(region);
         self.live_regions.fetch_sub(1, Ordering::Relaxed);
     }
@@ -897,6 +913,14 @@ impl RegionTable {
         self.dirty_bytes.load(Ordering::Relaxed)
     }
 
+    /// Bytes freed and not purged: dirty free space plus regions still on the retired
+    /// stack (what the dirty budget bounds).
+    pub fn freed_bytes(&self) -> usize {
+        self.dirty_bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(self.retired_bytes.load(Ordering::Relaxed))
+    }
+
     /// Live object regions (large objects and segments), not counting retired ones.
     pub fn live_regions(&self) -> usize {
         self.live_regions.load(Ordering::Relaxed)
@@ -978,10 +1002,12 @@ impl RegionTable {
         let now = Dirtiness::since(os::now_ms());
         // SAFETY: caller contract: the only thread.
         unsafe { self.retired.clear_after_fork() };
+        self.retired_bytes.store(0, Ordering::Relaxed);
         self.for_each_region_ref(|r| {
             // SAFETY: caller contract: the only thread, holding no reference.
             unsafe { r.lock.reset_after_fork() };
             if r.kind() != RegionKind::Free && r.state() == RegionState::Retired {
+                self.retired_bytes.fetch_add(r.len(), Ordering::Relaxed);
                 self.retired.push(r);
             }
             if r.kind() == RegionKind::Free && r.is_purging() {
