@@ -266,13 +266,13 @@ pub struct RegionTable {
     /// Bytes in dirty free regions (written under the writer mutex, or by a purge that
     /// holds the region's read lock; Relaxed: a statistic that drives purging).
     dirty_bytes: AtomicUsize,
-    /// Bytes in regions on the retired stack: freed, dirty, not yet folded into free
-    /// space by a writer. Counted with `dirty_bytes` by the dirty budget
-    /// (`freed_bytes`), so a burst of frees that no allocation follows (a program's or a
-    /// phase's last frees) is purged down to the budget at once rather than held at its
-    /// peak until a timed pass. Added by the freer before its push, subtracted by the
-    /// writer that pops the region (the push/pop pair orders the two, so it never
-    /// wraps); Relaxed: a statistic that drives purging.
+    /// Bytes in big regions (`counted_retired`) on the retired stack: freed, dirty, not
+    /// yet folded into free space by a writer. Counted with `dirty_bytes` by the dirty
+    /// budget (`freed_bytes`), so a burst of frees that no allocation follows (a
+    /// program's or a phase's last frees) is purged down to the budget at once rather
+    /// than held at its peak until a timed pass. Added by the freer before its push,
+    /// subtracted by the writer that pops the region (the push/pop pair orders the two,
+    /// so it never wraps); Relaxed: a statistic that drives purging.
     retired_bytes: AtomicUsize,
     /// `madvise` calls made by `purge`.
     pub purge_calls: Counter,
@@ -286,6 +286,30 @@ pub struct RegionTable {
     /// the region on the retired stack.
     #[cfg(test)]
     pub(crate) pause_after_unlock: TestPause,
+}
+
+/// Retired regions of at least this many bytes count against the dirty budget before a
+/// writer drains them (`retired_bytes`); smaller ones only once drained. Big buffers
+/// are the ones whose last frees pinned memory at its peak (big-buffers: 5-12 MiB).
+/// Counting every retired region raised realloc-growth's faults at 8 threads by a
+/// fifth (20.8-23.9k -> 25.6-26.8k, 24,000 buffers): its frees of 64-512 KiB buffers,
+/// drained and reused by the next allocation, pushed the count over the budget's floor,
+/// near which its dirty space sits, and each excess purge faulted back in. One huge
+/// page: where objects are "big" elsewhere (`writer::DIRTY_START_MIN`,
+/// `large::HUGE_OBJECT_MIN`).
+pub const RETIRED_COUNT_MIN: usize = os::HUGE_PAGE;
+
+/// The bytes a retired region adds to `retired_bytes`: a big large object's length.
+/// (A heap segment released when empty is no program's free, and its reuse is the
+/// heap's business.)
+#[inline]
+pub(super) fn counted_retired(region: &Region) -> usize {
+    let len = region.len();
+    if len >= RETIRED_COUNT_MIN && region.kind() == RegionKind::Large {
+        len
+    } else {
+        0
+    }
 }
 
 /// The placement policies (see `RegionTable::allocate`, `allocate_roomy`,
@@ -495,7 +519,7 @@ impl RegionTable {
         // Before the push: the writer that pops it subtracts (under our read lock, the
         // length is the one it will see).
         self.retired_bytes
-            .fetch_add(region.len(), Ordering::Relaxed);
+            .fetch_add(counted_retired(region), Ordering::Relaxed);
         read.unlock_and_retire(&self.retired, || {
             #[cfg(test)]
             self.pause_after_unlock.pause_here();
@@ -524,7 +548,7 @@ impl RegionTable {
         region.lift_guard();
         // Before the push, as in `free_object`.
         self.retired_bytes
-            .fetch_add(region.len(), Ordering::Relaxed);
+            .fetch_add(counted_retired(region), Ordering::Relaxed);
         self.retired.push(region);
         self.live_regions.fetch_sub(1, Ordering::Relaxed);
     }
@@ -913,8 +937,8 @@ impl RegionTable {
         self.dirty_bytes.load(Ordering::Relaxed)
     }
 
-    /// Bytes freed and not purged: dirty free space plus regions still on the retired
-    /// stack (what the dirty budget bounds).
+    /// Bytes freed and not purged: dirty free space plus big regions still on the
+    /// retired stack (what the dirty budget bounds).
     pub fn freed_bytes(&self) -> usize {
         self.dirty_bytes
             .load(Ordering::Relaxed)
@@ -1007,7 +1031,8 @@ impl RegionTable {
             // SAFETY: caller contract: the only thread, holding no reference.
             unsafe { r.lock.reset_after_fork() };
             if r.kind() != RegionKind::Free && r.state() == RegionState::Retired {
-                self.retired_bytes.fetch_add(r.len(), Ordering::Relaxed);
+                self.retired_bytes
+                    .fetch_add(counted_retired(r), Ordering::Relaxed);
                 self.retired.push(r);
             }
             if r.kind() == RegionKind::Free && r.is_purging() {

@@ -178,7 +178,7 @@ impl<'a> Writer<'a> {
             // Off the stack now, whether it becomes free space below or stays retired.
             self.table
                 .retired_bytes
-                .fetch_sub(region.len(), Ordering::Relaxed);
+                .fetch_sub(super::counted_retired(region), Ordering::Relaxed);
             // A guard page its retire did not lift (a fork child inherited the retire
             // half done, or the lift failed): lifted now, or, if it still cannot be,
             // the region stays retired and out of free space for good, rather than be
