@@ -288,14 +288,15 @@ pub struct RegionTable {
     pub(crate) pause_after_unlock: TestPause,
 }
 
-/// Retired regions of at least this many bytes count against the dirty budget before a
-/// writer drains them (`retired_bytes`); smaller ones only once drained. Big buffers
-/// are the ones whose last frees pinned memory at its peak (big-buffers: 5-12 MiB).
-/// Counting every retired region raised realloc-growth's faults at 8 threads by a
-/// fifth (20.8-23.9k -> 25.6-26.8k, 24,000 buffers): its frees of 64-512 KiB buffers,
-/// drained and reused by the next allocation, pushed the count over the budget's floor,
-/// near which its dirty space sits, and each excess purge faulted back in. One huge
-/// page: where objects are "big" elsewhere (`writer::DIRTY_START_MIN`,
+/// Retired large objects of at least this many bytes count against the dirty budget
+/// before a writer drains them (`retired_bytes`); other retired regions only once
+/// drained. Big buffers are the ones whose last frees pinned memory at its peak
+/// (big-buffers: 5-12 MiB). Counting every retired region raised realloc-growth's
+/// `madvise` calls at 8 threads (24,000 buffers) from a median of 35 to about 300:
+/// heap segments released as its threads ended pushed the count over the budget's
+/// floor, near which its dirty space sits, and each excess purge took space the other
+/// threads were reusing; with this bound and segments left out, 0-19. One huge page:
+/// where objects are "big" elsewhere (`writer::DIRTY_START_MIN`,
 /// `large::HUGE_OBJECT_MIN`).
 pub const RETIRED_COUNT_MIN: usize = os::HUGE_PAGE;
 
