@@ -100,14 +100,16 @@ pub fn tick(now_ms: u64) {
     // parent's background purger (`reclaim` owns it), lazily, on a path every front end
     // reaches.
     crate::reclaim::restart_after_fork();
-    let mut dirty = ARENAS.dirty_bytes();
+    // Retired regions count as dirty at once: they are, and the pass that purges the
+    // excess folds them into free space first (every update drains its arena's stack).
+    let mut dirty = ARENAS.freed_bytes();
     let budget = dirty_budget();
     if dirty > budget {
         let (_, mode) = settings();
         // Pass after pass (each bounded to `ARENAS.purge`'s batch of regions, so each
         // holds few read locks), until the excess is gone or nothing more is purgeable.
         while dirty > budget && run_pass(0, mode, dirty - budget) > 0 {
-            dirty = ARENAS.dirty_bytes();
+            dirty = ARENAS.freed_bytes();
         }
         return;
     }

@@ -426,6 +426,11 @@ impl Arenas {
         self.in_use().map(|t| t.dirty_bytes()).sum()
     }
 
+    /// `RegionTable::freed_bytes` over all arenas: what the dirty budget bounds.
+    pub fn freed_bytes(&self) -> usize {
+        self.in_use().map(|t| t.freed_bytes()).sum()
+    }
+
     /// Live object regions over all arenas.
     pub fn live_regions(&self) -> usize {
         self.in_use().map(|t| t.live_regions()).sum()

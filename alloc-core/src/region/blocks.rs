@@ -55,6 +55,12 @@ const MAX_SPAN: usize = 64;
 /// arena: unit tests) is never used: its lists go straight back to `meta`.
 static EXPIRED: [AtomicPtr<usize>; 256] = [const { AtomicPtr::new(ptr::null_mut()) }; 256];
 
+/// The highest directory id any cache was named for (`set_owner`): only stacks up to it
+/// can hold lists, so a dry cache looks at those alone. Scanning all 256 cost a writer
+/// ~3,100 instructions per dry refill, about a fifth of a large object's alloc + three
+/// in-place grows + free (callgrind, BENCHMARKS.md "regrow").
+static HIGHEST_OWNER: AtomicU8 = AtomicU8::new(0);
+
 /// The not-yet-carved rest of a class's pool part or last span: `[next, end)`.
 #[derive(Clone, Copy)]
 struct Carve {
@@ -122,6 +128,9 @@ impl Blocks {
     pub fn set_owner(&self, id: u8) {
         // Relaxed: read by this arena's writers, ordered after by the writer mutex.
         self.owner.store(id, Ordering::Relaxed);
+        // Relaxed: a bound for a hint (`alloc_from` skips stacks above it); a stack of
+        // an id not yet seen here is empty, or is taken by its own writer.
+        HIGHEST_OWNER.fetch_max(id, Ordering::Relaxed);
     }
 
     /// A block of at least `size` bytes (at most `NODE_BYTES`), aligned to its class.
@@ -202,7 +211,9 @@ fn alloc_from(state: &mut State, own: usize, size: usize) -> *mut u8 {
     let class = class_of(size);
     if state.free[class].is_null() {
         take_expired(state, own);
-        for other in (1..EXPIRED.len()).filter(|&id| id != own) {
+        // Relaxed: see `HIGHEST_OWNER`.
+        let highest = HIGHEST_OWNER.load(Ordering::Relaxed) as usize;
+        for other in (1..=highest).filter(|&id| id != own) {
             if !state.free[class].is_null() {
                 break;
             }

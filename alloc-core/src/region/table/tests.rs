@@ -607,3 +607,26 @@ fn a_fork_between_a_retires_unlock_and_push_loses_no_region() {
     table.collect_retired();
     check_layout(table);
 }
+
+/// A big retired region counts as freed (`freed_bytes`, what the dirty budget bounds)
+/// from its free on, before any writer folds it into free space, and exactly once
+/// after; a small one counts once drained.
+#[test]
+fn a_big_retired_region_counts_as_freed_before_it_is_drained() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let big = table
+        .allocate(RETIRED_COUNT_MIN, PAGE_SIZE, RegionKind::Large)
+        .unwrap();
+    let small = table
+        .allocate(2 * PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+        .unwrap();
+    assert_eq!(table.freed_bytes(), table.dirty_bytes());
+    let before = table.freed_bytes();
+    table.retire(big.start).unwrap();
+    table.retire(small.start).unwrap();
+    assert_eq!(table.freed_bytes(), before + big.len, "not counted at free");
+    table.collect_retired();
+    assert_eq!(table.freed_bytes(), before + big.len + small.len);
+    assert_eq!(table.freed_bytes(), table.dirty_bytes());
+    check_layout(table);
+}

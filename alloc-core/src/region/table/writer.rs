@@ -176,6 +176,10 @@ impl<'a> Writer<'a> {
             // SAFETY: retired regions stay attached until this writer frees them.
             let region = unsafe { self.held(r) };
             r = region.link(RETIRED_NEXT).load(Ordering::Relaxed);
+            // Off the stack now, whether it becomes free space below or stays retired.
+            self.table
+                .retired_bytes
+                .fetch_sub(super::counted_retired(region), Ordering::Relaxed);
             // A guard page its retire did not lift (a fork child inherited the retire
             // half done, or the lift failed): lifted now, or, if it still cannot be,
             // the region stays retired and out of free space for good, rather than be
