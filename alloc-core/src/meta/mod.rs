@@ -9,11 +9,11 @@
 //! of a multi-chunk span; chunk 0's own word holds the arena's number, by which the
 //! stacks name its blocks (`stack::name_arena`). Freed blocks go to per-class lock-free
 //! stacks (`stack`): a block allocated on one thread and freed on another
-//! (crossbeam-epoch's sealed-bag
-//! nodes: one per 64 deferred functions of a thread, freed by whichever thread collects
-//! them) comes and goes without any lock. One spin lock guards the rest: carving a chunk
-//! for an empty stack, spans, and reserving arenas; every section is a few list
-//! operations (no syscall except when a new arena is reserved, a once-per-GiB event).
+//! (crossbeam-epoch's sealed-bag nodes: one per 64 deferred functions of a thread, freed
+//! by whichever thread collects them) comes and goes without any lock. One spin lock
+//! guards the rest: carving a chunk for an empty stack, spans, and reserving arenas;
+//! every section is a few list operations (no syscall except when a new arena is
+//! reserved, a once-per-GiB event).
 //!
 //! Why stacks and not a deferral of our own: the lock was taken by dependency
 //! allocations on the region-table path (77-89 per 12.1k updates in
