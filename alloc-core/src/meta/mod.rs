@@ -6,12 +6,14 @@
 //!
 //! Layout: 1 GiB reservations, cut into 64 KiB chunks. Chunk 0 holds a table with one
 //! word per chunk: the power-of-two block class the chunk was carved into, or the length
-//! of a multi-chunk span. Freed blocks go to per-class lock-free stacks (`stack`): a
-//! block allocated on one thread and freed on another (crossbeam-epoch's sealed-bag
-//! nodes: one per 64 deferred functions of a thread, freed by whichever thread collects
-//! them) comes and goes without any lock. One spin lock guards the rest: carving a chunk
-//! for an empty stack, spans, and reserving arenas; every section is a few list
-//! operations (no syscall except when a new arena is reserved, a once-per-GiB event).
+//! of a multi-chunk span; chunk 0's own word holds the arena's number, by which the
+//! stacks name its blocks (`stack::name_arena`). Freed blocks go to per-class lock-free
+//! stacks (`stack`): a block allocated on one thread and freed on another
+//! (crossbeam-epoch's sealed-bag nodes: one per 64 deferred functions of a thread, freed
+//! by whichever thread collects them) comes and goes without any lock. One spin lock
+//! guards the rest: carving a chunk for an empty stack, spans, and reserving arenas;
+//! every section is a few list operations (no syscall except when a new arena is
+//! reserved, a once-per-GiB event).
 //!
 //! Why stacks and not a deferral of our own: the lock was taken by dependency
 //! allocations on the region-table path (77-89 per 12.1k updates in
@@ -33,7 +35,7 @@ use stack::FreeStack;
 
 /// Meta arenas are reserved this large and aligned, so `p & !(ARENA_SIZE - 1)` finds the
 /// chunk table of any meta pointer.
-const ARENA_SIZE: usize = 1 << 30;
+const ARENA_SIZE: usize = 1 << stack::ARENA_SHIFT;
 const CHUNK_SHIFT: u32 = 16;
 /// The unit of `alloc_carved`.
 pub const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
@@ -273,7 +275,8 @@ fn reserve_pools() -> Option<usize> {
     // Relaxed: the lock orders this against the only store, made under it.
     let base = match POOLS.load(Ordering::Relaxed) {
         0 => match os::reserve(ARENA_SIZE, ARENA_SIZE) {
-            Ok(base) if stack::fits(base + ARENA_SIZE - CHUNK_SIZE) => {
+            // SAFETY: a fresh arena of ours, named before any block of it exists.
+            Ok(base) if unsafe { stack::name_arena(base) } => {
                 space::set_kind(base, ARENA_SIZE, SlotKind::Meta);
                 base
             }
@@ -493,9 +496,10 @@ impl MetaState {
         let Ok(base) = os::reserve(ARENA_SIZE, ARENA_SIZE) else {
             return false;
         };
-        if !stack::fits(base + ARENA_SIZE - CHUNK_SIZE) {
-            // Beyond what a block stack's head word can name (never, without an address
-            // hint): given up as if the reservation had failed.
+        // SAFETY: a fresh arena of ours, named before any block of it exists.
+        if !unsafe { stack::name_arena(base) } {
+            // More arenas than a block stack's head word can name (never: a process
+            // reserves at most 17): given up as if the reservation had failed.
             return false;
         }
         space::set_kind(base, ARENA_SIZE, SlotKind::Meta);

@@ -1,6 +1,8 @@
 //! `loom` model of `meta`'s lock-free block stacks (`stack.rs`): the shipped
 //! `TaggedStack` code over a few model blocks, whose first word is the link as in
-//! metadata memory. Each block carries an ownership flag outside the model (set when a
+//! metadata memory. The model's blocks lie in no metadata arena, so the stack names them
+//! by address (`AddressNames`) where `meta`'s name them by arena number and offset
+//! (`ArenaNames`, plain arithmetic outside the protocol). Each block carries an ownership flag outside the model (set when a
 //! pop hands the block out, cleared before a push gives it back): a block handed out
 //! while it is still owned, or one lost or left on the stack twice at the end, fails the
 //! execution.
@@ -11,13 +13,13 @@
 //! - `Refill`: one thread pops twice; the other pushes a chain of two fresh blocks, as
 //!   `Meta::refill` does after carving a chunk, and pops one.
 //!
-//! The must-fail twin runs `Aba` over a stack whose tag never changes (`TaggedStack<0>`):
+//! The must-fail twin runs `Aba` over a stack whose tag never changes (`TaggedStack<_, false>`):
 //! loom finds the execution where the first thread's CAS succeeds on a stale link and a
 //! block is handed out twice.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p rangealloc-core --release --lib loom`.
 
-use super::stack::{TaggedStack, TAG_UNIT};
+use super::stack::{AddressNames, TaggedStack};
 use crate::sync::atomic::AtomicUsize;
 use loom::sync::Arc;
 use loom::thread;
@@ -48,17 +50,17 @@ struct Block {
     owned: AtomicBool,
 }
 
-struct Shared<const TAG: usize> {
-    stack: TaggedStack<TAG>,
+struct Shared<const TAGGED: bool> {
+    stack: TaggedStack<AddressNames, TAGGED>,
     blocks: Box<[Block]>,
 }
 
 // SAFETY: the blocks are reached through the stack's atomics and the flags.
-unsafe impl<const TAG: usize> Send for Shared<TAG> {}
+unsafe impl<const TAGGED: bool> Send for Shared<TAGGED> {}
 // SAFETY: as above.
-unsafe impl<const TAG: usize> Sync for Shared<TAG> {}
+unsafe impl<const TAGGED: bool> Sync for Shared<TAGGED> {}
 
-impl<const TAG: usize> Shared<TAG> {
+impl<const TAGGED: bool> Shared<TAGGED> {
     fn new() -> Arc<Self> {
         let blocks: Box<[Block]> = (0..BLOCKS)
             .map(|_| Block {
@@ -131,9 +133,9 @@ enum Scenario {
     Refill,
 }
 
-fn run<const TAG: usize>(scenario: Scenario) {
+fn run<const TAGGED: bool>(scenario: Scenario) {
     builder().check(move || {
-        let shared = Shared::<TAG>::new();
+        let shared = Shared::<TAGGED>::new();
         let other = {
             let shared = Arc::clone(&shared);
             thread::spawn(move || match scenario {
@@ -152,7 +154,7 @@ fn run<const TAG: usize>(scenario: Scenario) {
                     }
                     // SAFETY: fresh model blocks of ours, chained `d -> e`.
                     unsafe {
-                        TaggedStack::<TAG>::set_link(d, e);
+                        TaggedStack::<AddressNames, TAGGED>::set_link(d, e);
                         shared.stack.push_chain(d, e);
                     }
                     shared.take().into_iter().collect()
@@ -175,12 +177,12 @@ fn run<const TAG: usize>(scenario: Scenario) {
 
 #[test]
 fn loom_meta_stack_aba() {
-    run::<TAG_UNIT>(Scenario::Aba);
+    run::<true>(Scenario::Aba);
 }
 
 #[test]
 fn loom_meta_stack_refill() {
-    run::<TAG_UNIT>(Scenario::Refill);
+    run::<true>(Scenario::Refill);
 }
 
 /// Without the tag, the pop that read `A -> B` succeeds after the other thread popped
@@ -188,5 +190,5 @@ fn loom_meta_stack_refill() {
 #[test]
 #[should_panic(expected = "handed out twice")]
 fn loom_meta_stack_aba_without_tag_fails() {
-    run::<0>(Scenario::Aba);
+    run::<false>(Scenario::Aba);
 }
