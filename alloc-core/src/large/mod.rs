@@ -12,11 +12,13 @@
 //! `region::table`), so `realloc` grows in place (a table update under the two
 //! regions' write locks, one bulk unlock) through doubling up to 64 MiB; otherwise it
 //! moves the object: objects of `REMAP_MIN` and more move their pages with `mremap`
-//! (`RegionTable::relocate`), smaller ones are copied; both are counted. Shrinking gives the tail back as a
-//! free region. Freed objects stay dirty for reuse within `purge::dirty_budget`. No path
-//! here makes a syscall in steady state. Objects of 2 MiB and more go to huge-page space
-//! (`HUGE_OBJECT_MIN`, `options::thp`); the others, like small-object segments, to the
-//! base space.
+//! (`RegionTable::relocate`), and so do those of `MEDIUM_REMAP_MIN` and more within a
+//! process-wide budget of moves; smaller ones are copied; both are counted. Shrinking
+//! gives the tail back as a free region. Freed objects stay dirty for reuse within
+//! `purge::dirty_budget`. No path here makes a syscall in steady state but a move's
+//! `mremap` (one `mmap_lock` writer instead of a copy's faults). Objects of 2 MiB and
+//! more go to huge-page space (`HUGE_OBJECT_MIN`, `options::thp`); the others, like
+//! small-object segments, to the base space.
 
 pub mod cache;
 
@@ -26,6 +28,7 @@ use crate::region::table::{RetireError, GUARD_LEN};
 use crate::region::{Freed, RegionKind, Space, ARENAS};
 use crate::stats::Counter;
 use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Growing reallocs of large objects that grew in place.
 pub static GROWN_IN_PLACE: Counter = Counter::new();
@@ -48,6 +51,43 @@ pub static REMAPPED_BYTES: Counter = Counter::new();
 /// object this big lives in huge-page space on both sides of the move, where `mremap`
 /// moves whole 2 MiB page-table entries and the moved VMA keeps `MADV_HUGEPAGE`.
 pub const REMAP_MIN: usize = HUGE_OBJECT_MIN;
+
+/// Medium and mid-size objects of at least this many bytes (below `REMAP_MIN`) move
+/// with `mremap` too, while `MEDIUM_REMAP_BUDGET` lasts. A copy reads every source
+/// page (an untouched one faults in the zero page) and faults every destination page,
+/// where a program that wrote a header and a trailer touched two: the `medium` workload
+/// (issue 16) spent most of its faults there. Measured (BENCHMARKS.md, "medium7"),
+/// against copying every move below 2 MiB, at 2 / 16 threads: 64 KiB cut the faults
+/// from 36k / 80k to 7.5k / 10.6k, 256 KiB only to 11k / 17k (it still copied 9-19
+/// MiB). Below 64 KiB a copy is at most 16 pages, about one `mremap`'s cost.
+pub const MEDIUM_REMAP_MIN: usize = 64 << 10;
+
+/// The most moves of objects below `REMAP_MIN` that may use `mremap` in a process; the
+/// later ones copy. Each such move leaves the kernel mapping split at the destination's
+/// ends (the moved pages keep their source's page offset and never merge back), and
+/// nothing bounds their count by size as `REMAP_MIN` does for big objects: measured,
+/// 8,859 medium moves left 15.6k mappings. 8,192 moves make at most 16k mappings, a
+/// quarter of the default `vm.max_map_count` (65,530), past which every `mmap` of the
+/// process (thread stacks, our reservations) would fail.
+const MEDIUM_REMAP_BUDGET: u64 = 8192;
+
+/// Moves charged to `MEDIUM_REMAP_BUDGET` so far.
+static MEDIUM_REMAPS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a large object of `old_len` bytes that cannot grow in place moves its pages
+/// with `mremap` (else it is copied); a medium-sized one takes one of the budget's moves.
+fn may_remap(old_len: usize) -> bool {
+    if old_len >= REMAP_MIN {
+        return true;
+    }
+    if old_len < MEDIUM_REMAP_MIN {
+        return false;
+    }
+    // Relaxed: a count that bounds the mappings made, publishing nothing; the load
+    // first keeps the line shared once the budget is spent.
+    MEDIUM_REMAPS.load(Ordering::Relaxed) < MEDIUM_REMAP_BUDGET
+        && MEDIUM_REMAPS.fetch_add(1, Ordering::Relaxed) < MEDIUM_REMAP_BUDGET
+}
 
 /// Objects of at least this many bytes go to huge-page space (`Space::Huge`) when
 /// `options::thp` is on: one huge page. A smaller object there would sit alone in a
@@ -215,7 +255,7 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         GROWN_IN_PLACE.inc();
         return p;
     }
-    if old_len >= REMAP_MIN && space_for(old_len) == space_for(new_len) {
+    if space_for(old_len) == space_for(new_len) && may_remap(old_len) {
         return remap(p, old_len, new_len, align.max(PAGE_SIZE));
     }
     move_to(
