@@ -391,6 +391,16 @@ impl Arenas {
     /// a pass whose budget runs out does not always spare the same arenas), until the
     /// budget is spent; returns the bytes purged. Zero only when no arena purged any.
     pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
+        self.purge_with(delay_ms, mode, budget, false)
+    }
+
+    /// `purge`, skipping the arenas whose writer mutex is held now
+    /// (`RegionTable::try_purge`): for passes run on an allocator call's way.
+    pub fn try_purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
+        self.purge_with(delay_ms, mode, budget, true)
+    }
+
+    fn purge_with(&self, delay_ms: u64, mode: PurgeMode, budget: usize, try_only: bool) -> usize {
         let _path = OnRegionPath::enter();
         // The rotation is over the arenas in use (not over the `MAX_ARENAS` slots, where
         // every start past the last arena in use would wrap to arena 0 first).
@@ -413,7 +423,11 @@ impl Arenas {
                 break;
             }
             let t = &self.tables[used[(start + step) % n] as usize];
-            purged += t.purge(delay_ms, mode, budget - purged);
+            purged += if try_only {
+                t.try_purge(delay_ms, mode, budget - purged)
+            } else {
+                t.purge(delay_ms, mode, budget - purged)
+            };
         }
         purged
     }
