@@ -250,10 +250,14 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         }
         return p; // or the tail could not be split off (out of metadata): keep it all
     }
-    if ARENAS.grow_in_place(addr, new_len) {
-        crate::purge::large_added(new_len - old_len);
-        GROWN_IN_PLACE.inc();
-        return p;
+    match try_grow_in_place(addr, new_len) {
+        Some(true) => {
+            crate::purge::large_added(new_len - old_len);
+            GROWN_IN_PLACE.inc();
+            return p;
+        }
+        Some(false) => {}
+        None => return move_elsewhere(p, old_len, new_len, align.max(PAGE_SIZE)),
     }
     if space_for(old_len) == space_for(new_len) && may_remap(old_len) {
         return remap(p, old_len, new_len, align.max(PAGE_SIZE));
@@ -263,6 +267,54 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         old_len,
         place(new_len, align.max(PAGE_SIZE), false, true),
     )
+}
+
+/// Spins before a busy arena counts as busy: a writer running on another core ends
+/// its update within them (`sync::SPINS_BEFORE_YIELD`, as the spin lock's waiters).
+const GROW_SPINS: u32 = crate::sync::SPINS_BEFORE_YIELD;
+
+/// Grows the object at `addr` in place: `Some(grown)`, or `None` when its arena's
+/// writer mutex stayed held through `GROW_SPINS` spins. On a machine with more threads
+/// than cores that holder is usually preempted, and a waiter waits out its scheduler
+/// slice: in the `medium` workload at 16 threads on 2 cores, 34 of 42 writer waits were
+/// these grows (placements already try other arenas first).
+fn try_grow_in_place(addr: usize, new_len: usize) -> Option<bool> {
+    for _ in 0..GROW_SPINS {
+        if let Some(grown) = ARENAS.try_grow_in_place(addr, new_len) {
+            return Some(grown);
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
+
+/// Moves the object `p` whose arena is busy through whichever arena is free (`place`
+/// tries them with try-lock), carrying its pages with `mremap` without any arena's
+/// writer mutex when it may (`may_remap`), else copying. The source is ours (its owner
+/// is inside `realloc`) and the destination is a live region nobody else knows yet, so
+/// no reader can meet either while the pages move; the emptied source is then freed as
+/// any object.
+#[cold]
+#[inline(never)]
+fn move_elsewhere(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> *mut u8 {
+    let q = place(new_len, align, false, true);
+    if q.is_null() {
+        return q;
+    }
+    // SAFETY: both ranges are ours (see above), `old_len` bytes long at least, and
+    // distinct live regions; the source's content is not needed after the move.
+    if space_for(old_len) == space_for(new_len)
+        && may_remap(old_len)
+        && unsafe { os::move_pages(p as usize, q as usize, old_len) }.is_ok()
+    {
+        REMAPPED.inc();
+        REMAPPED_BYTES.add(old_len as u64);
+        if free(p).is_err() {
+            crate::fatal("realloc: a live large object vanished from the region table");
+        }
+        return q;
+    }
+    move_to(p, old_len, q)
 }
 
 /// Moves a big object that cannot grow in place by moving its pages (`mremap`, one
@@ -301,4 +353,70 @@ fn move_to(p: *mut u8, len: usize, q: *mut u8) -> *mut u8 {
         }
     }
     q
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Issue 16: a `realloc` that would grow an object in place while another thread
+    /// holds the object's arena's writer mutex does not wait for it: it moves the object
+    /// through another arena (its pages by `mremap`). The holder lets go as soon as the
+    /// grower counts a blocking acquisition (`lock_writer` counts before it waits), so
+    /// a grower that waits is seen, not hung.
+    #[test]
+    fn a_grow_whose_arena_is_busy_moves_instead_of_waiting() {
+        const LEN: usize = 256 << 10;
+        // Another thread's home arena gets address space of its own to place in.
+        std::thread::spawn(|| {
+            let q = alloc(LEN, PAGE_SIZE, false);
+            assert!(!q.is_null());
+            free(q).unwrap();
+        })
+        .join()
+        .unwrap();
+        let p = alloc(LEN, PAGE_SIZE, false);
+        assert!(!p.is_null());
+        // SAFETY: `p` is a live object of `LEN` bytes.
+        unsafe {
+            p.write(7);
+            p.add(LEN - 1).write(9);
+        }
+        let table = ARENAS.table_of_addr(p as usize);
+        let (writers, waits) = (table.counters.writer.get(), table.counters.waits.get());
+        let done = AtomicBool::new(false);
+        let held = AtomicBool::new(false);
+        let (before, moved) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _busy = table.hold_writer();
+                held.store(true, Ordering::SeqCst);
+                while !done.load(Ordering::SeqCst) && table.counters.writer.get() == writers {
+                    std::hint::spin_loop();
+                }
+            });
+            while !held.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            let before = REMAPPED.get();
+            // SAFETY: live, `LEN` bytes, page-aligned.
+            let q = unsafe { realloc(p, LEN, 4 * LEN, PAGE_SIZE) };
+            done.store(true, Ordering::SeqCst);
+            (before, q)
+        });
+        assert_eq!(table.counters.waits.get(), waits, "the grow waited");
+        assert_eq!(
+            table.counters.writer.get(),
+            writers,
+            "a blocking acquisition"
+        );
+        assert!(!moved.is_null() && moved != p, "not moved");
+        assert_eq!(REMAPPED.get() - before, 1, "not moved by mremap");
+        // SAFETY: `moved` is live with `4 * LEN` bytes.
+        unsafe {
+            assert_eq!(moved.read(), 7);
+            assert_eq!(moved.add(LEN - 1).read(), 9);
+        }
+        free(moved).unwrap();
+    }
 }

@@ -353,6 +353,19 @@ impl Arenas {
         Self::table_of(addr).is_some_and(|t| t.grow_in_place(addr, new_len))
     }
 
+    /// The arena holding `addr` (tests).
+    #[cfg(test)]
+    pub(crate) fn table_of_addr(&self, addr: usize) -> &'static RegionTable {
+        Self::table_of(addr).expect("an arena holds the address")
+    }
+
+    /// `RegionTable::try_grow_in_place`: `None` when `addr`'s arena's writer mutex is
+    /// held now (or no arena holds `addr`).
+    pub fn try_grow_in_place(&self, addr: usize, new_len: usize) -> Option<bool> {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr)?.try_grow_in_place(addr, new_len)
+    }
+
     /// The space of the reservation holding `addr` (`Space::Base` when no arena holds
     /// it; tests and diagnostics).
     pub fn space_of(&self, addr: usize) -> Space {

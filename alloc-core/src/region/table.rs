@@ -752,6 +752,19 @@ impl RegionTable {
         self.write(|w| w.grow(addr, new_len))
     }
 
+    /// Holds the writer mutex until the guard drops, as an update would (tests: an
+    /// arena kept busy).
+    #[cfg(test)]
+    pub(crate) fn hold_writer(&self) -> impl Drop + '_ {
+        self.writer.lock()
+    }
+
+    /// `grow_in_place`, unless another writer holds the mutex now: then `None` at once,
+    /// nothing waited (the caller can move the object through another arena instead).
+    pub fn try_grow_in_place(&self, addr: usize, new_len: usize) -> Option<bool> {
+        self.try_write(true, |w| w.grow(addr, new_len))
+    }
+
     /// Moves the live large object at `addr` to a new region of `new_len` bytes (more
     /// than its length) in `space`, moving its pages with one `mremap` (see
     /// `Writer::relocate`). `Some((placed, true))`: moved, the old range is free space.
