@@ -301,12 +301,15 @@ fn move_elsewhere(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> *
     if q.is_null() {
         return q;
     }
-    // SAFETY: both ranges are ours (see above), `old_len` bytes long at least, and
-    // distinct live regions; the source's content is not needed after the move.
-    if space_for(old_len) == space_for(new_len)
-        && may_remap(old_len)
-        && unsafe { os::move_pages(p as usize, q as usize, old_len) }.is_ok()
-    {
+    // The `mremap` counts as a process-wide lock on the region-table path, as the one
+    // `RegionTable::relocate` makes under the arena's mutex.
+    let remapped = space_for(old_len) == space_for(new_len) && may_remap(old_len) && {
+        let _path = crate::stats::OnRegionPath::enter();
+        // SAFETY: both ranges are ours (see above), `old_len` bytes long at least, and
+        // distinct live regions; the source's content is not needed after the move.
+        unsafe { os::move_pages(p as usize, q as usize, old_len) }.is_ok()
+    };
+    if remapped {
         REMAPPED.inc();
         REMAPPED_BYTES.add(old_len as u64);
         if free(p).is_err() {
