@@ -13,7 +13,7 @@ use core::cell::UnsafeCell;
 
 /// Spins this many times before yielding the CPU: a short section on another core ends
 /// within that, while on an oversubscribed machine yielding lets the holder run.
-const SPINS_BEFORE_YIELD: u32 = 64;
+pub const SPINS_BEFORE_YIELD: u32 = 64;
 
 pub fn backoff(round: &mut u32) {
     if *round < SPINS_BEFORE_YIELD {

@@ -93,6 +93,7 @@ fn child_entry() {
         "content" => content_across_moves(),
         "thp" => huge_pages_once(true),
         "remap" => remap_leaves_clean_space(),
+        "remap-medium" => medium_move_remaps(),
         "room-bound" => room_reserves_bounded(),
         "nothp" => huge_pages_once(false),
         "thp-home" => huge_space_at_home(),
@@ -316,12 +317,11 @@ fn content_across_moves() {
         for i in 0..len {
             p.add(i).write(i as u8);
         }
-        // Small to large, then in place, then past the 64 MiB room (a copy: below
-        // `REMAP_MIN`), in place again, past that room (an `mremap`), shrinks (in
+        // Small to large, then past the 64 MiB room (a copy: below
+        // `MEDIUM_REMAP_MIN`), in place, past that room (an `mremap`), shrinks (in
         // place), and back to small.
         let sizes = [
-            256 * 1024,
-            MIB,
+            48 * 1024,
             70 * MIB,
             100 * MIB,
             250 * MIB,
@@ -362,7 +362,7 @@ fn content_across_moves() {
         "no growth in place"
     );
     assert_eq!(after.moved - before.moved, 1, "copies");
-    assert_eq!(after.copied_bytes - before.copied_bytes, MIB as u64);
+    assert_eq!(after.copied_bytes - before.copied_bytes, 48 * 1024);
     assert_eq!(after.remapped - before.remapped, 1, "mremap moves");
     assert_eq!(
         after.remapped_bytes - before.remapped_bytes,
@@ -460,6 +460,48 @@ fn remap_leaves_clean_space() {
         let grown = mappings().saturating_sub(maps0);
         assert!(grown <= 2, "800 more moves added {grown} mappings");
         assert!(rangealloc::stats().reallocs.remapped - after.remapped >= 900);
+    }
+}
+
+/// A medium-sized object that cannot grow in place moves its pages with `mremap` too
+/// (`large::MEDIUM_REMAP_MIN`, issue 16): a program that wrote its first and last page
+/// and grows it past its room pays no copy, so neither the destination's pages nor the
+/// source's untouched ones fault. (Huge pages off: a 70 MiB object would otherwise go
+/// to huge-page space, which a base-space object never moves into.)
+#[test]
+fn a_medium_object_that_must_move_moves_its_pages() {
+    run_with("remap-medium", "thp=never,purge_delay_ms=600000");
+}
+
+fn medium_move_remaps() {
+    const LEN: usize = 512 * 1024;
+    // Past the object's growth room (64 MiB minus its length): a move.
+    const GROWN: usize = 70 * MIB;
+    const TAG: u64 = 0x3ed1;
+    // SAFETY: pointers are used within their lengths and freed once.
+    unsafe {
+        let p = alloc(layout(LEN));
+        fill(p, PAGE, TAG);
+        fill(p.add(LEN - PAGE), PAGE, !TAG);
+        let (before, faults0) = (rangealloc::stats().reallocs, minor_faults());
+        let q = realloc(p, layout(LEN), GROWN);
+        assert!(!q.is_null() && q != p, "no move");
+        let faults = minor_faults() - faults0;
+        assert_eq!(bad_pages(q, PAGE, TAG), 0, "first page lost in the move");
+        assert_eq!(
+            bad_pages(q.add(LEN - PAGE), PAGE, !TAG),
+            0,
+            "last page lost"
+        );
+        let after = rangealloc::stats().reallocs;
+        assert_eq!(after.moved - before.moved, 0, "copied");
+        assert_eq!(after.remapped - before.remapped, 1, "mremap moves");
+        assert_eq!(after.remapped_bytes - before.remapped_bytes, LEN as u64);
+        assert!(
+            faults < (LEN / PAGE / 8) as u64,
+            "{faults} faults: pages copied?"
+        );
+        dealloc(q, layout(GROWN));
     }
 }
 

@@ -12,11 +12,14 @@
 //! `region::table`), so `realloc` grows in place (a table update under the two
 //! regions' write locks, one bulk unlock) through doubling up to 64 MiB; otherwise it
 //! moves the object: objects of `REMAP_MIN` and more move their pages with `mremap`
-//! (`RegionTable::relocate`), smaller ones are copied; both are counted. Shrinking gives the tail back as a
-//! free region. Freed objects stay dirty for reuse within `purge::dirty_budget`. No path
-//! here makes a syscall in steady state. Objects of 4 MiB and more go to huge-page space
-//! (`HUGE_OBJECT_MIN`, `options::thp`), where their length is a whole number of huge
-//! pages; the others, like small-object segments, to the base space.
+//! (`RegionTable::relocate`), and so do those of `MEDIUM_REMAP_MIN` and more within a
+//! process-wide budget of moves; smaller ones are copied; both are counted. Shrinking
+//! gives the tail back as a free region. Freed objects stay dirty for reuse within
+//! `purge::dirty_budget`. No path here makes a syscall in steady state but a move's
+//! `mremap` (one `mmap_lock` writer instead of a copy's faults). Objects of 4 MiB and
+//! more go to huge-page space (`HUGE_OBJECT_MIN`, `options::thp`), where their length is
+//! a whole number of huge pages; the others, like small-object segments, to the base
+//! space.
 
 pub mod cache;
 
@@ -26,6 +29,7 @@ use crate::region::table::{Placed, RetireError, GUARD_LEN};
 use crate::region::{Freed, RegionKind, Space, ARENAS};
 use crate::stats::Counter;
 use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Growing reallocs of large objects that grew in place.
 pub static GROWN_IN_PLACE: Counter = Counter::new();
@@ -48,6 +52,43 @@ pub static REMAPPED_BYTES: Counter = Counter::new();
 /// whole 2 MiB page-table entries where it lives in huge-page space (from
 /// `HUGE_OBJECT_MIN`, on both sides of the move, so the moved VMA keeps `MADV_HUGEPAGE`).
 pub const REMAP_MIN: usize = HUGE_PAGE;
+
+/// Medium and mid-size objects of at least this many bytes (below `REMAP_MIN`) move
+/// with `mremap` too, while `MEDIUM_REMAP_BUDGET` lasts. A copy reads every source
+/// page (an untouched one faults in the zero page) and faults every destination page,
+/// where a program that wrote a header and a trailer touched two: the `medium` workload
+/// (issue 16) spent most of its faults there. Measured (BENCHMARKS.md, "medium7"),
+/// against copying every move below 2 MiB, at 2 / 16 threads: 64 KiB cut the faults
+/// from 36k / 80k to 7.5k / 10.6k, 256 KiB only to 11k / 17k (it still copied 9-19
+/// MiB). Below 64 KiB a copy is at most 16 pages, about one `mremap`'s cost.
+pub const MEDIUM_REMAP_MIN: usize = 64 << 10;
+
+/// The most moves of objects below `REMAP_MIN` that may use `mremap` in a process; the
+/// later ones copy. Each such move leaves the kernel mapping split at the destination's
+/// ends (the moved pages keep their source's page offset and never merge back), and
+/// nothing bounds their count by size as `REMAP_MIN` does for big objects: measured,
+/// 8,859 medium moves left 15.6k mappings. 8,192 moves make at most 16k mappings, a
+/// quarter of the default `vm.max_map_count` (65,530), past which every `mmap` of the
+/// process (thread stacks, our reservations) would fail.
+const MEDIUM_REMAP_BUDGET: u64 = 8192;
+
+/// Moves charged to `MEDIUM_REMAP_BUDGET` so far.
+static MEDIUM_REMAPS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a large object of `old_len` bytes that cannot grow in place moves its pages
+/// with `mremap` (else it is copied); a medium-sized one takes one of the budget's moves.
+fn may_remap(old_len: usize) -> bool {
+    if old_len >= REMAP_MIN {
+        return true;
+    }
+    if old_len < MEDIUM_REMAP_MIN {
+        return false;
+    }
+    // Relaxed: a count that bounds the mappings made, publishing nothing; the load
+    // first keeps the line shared once the budget is spent.
+    MEDIUM_REMAPS.load(Ordering::Relaxed) < MEDIUM_REMAP_BUDGET
+        && MEDIUM_REMAPS.fetch_add(1, Ordering::Relaxed) < MEDIUM_REMAP_BUDGET
+}
 
 /// Objects of at least this many bytes go to huge-page space (`Space::Huge`) when
 /// `options::thp` is on: two huge pages. A small object there would sit alone in a
@@ -239,14 +280,21 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         }
         return p; // or the tail could not be split off (out of metadata): keep it all
     }
-    if ARENAS.grow_in_place(addr, new_len) {
-        crate::purge::large_added(new_len - old_len);
-        GROWN_IN_PLACE.inc();
-        return p;
+    match try_grow_in_place(addr, new_len) {
+        Some(true) => {
+            crate::purge::large_added(new_len - old_len);
+            GROWN_IN_PLACE.inc();
+            return p;
+        }
+        Some(false) => {}
+        None => return move_elsewhere(p, old_len, new_len, align.max(PAGE_SIZE)),
     }
     // The object's own space, not `space_for(old_len)`: it may sit in base space
     // (`base_instead`). Looked up only here, past the failed growth.
-    if old_len >= REMAP_MIN && ARENAS.space_of(addr) == space_for(new_len) {
+    if old_len >= MEDIUM_REMAP_MIN
+        && ARENAS.space_of(addr) == space_for(new_len)
+        && may_remap(old_len)
+    {
         return remap(p, old_len, new_len, align.max(PAGE_SIZE));
     }
     move_to(
@@ -254,6 +302,61 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         old_len,
         place(new_len, align.max(PAGE_SIZE), false, true),
     )
+}
+
+/// Spins before a busy arena counts as busy: a writer running on another core ends
+/// its update within them (`sync::SPINS_BEFORE_YIELD`, as the spin lock's waiters).
+const GROW_SPINS: u32 = crate::sync::SPINS_BEFORE_YIELD;
+
+/// Grows the object at `addr` in place: `Some(grown)`, or `None` when its arena's
+/// writer mutex stayed held through `GROW_SPINS` spins. On a machine with more threads
+/// than cores that holder is usually preempted, and a waiter waits out its scheduler
+/// slice: in the `medium` workload at 16 threads on 2 cores, 34 of 42 writer waits were
+/// these grows (placements already try other arenas first).
+fn try_grow_in_place(addr: usize, new_len: usize) -> Option<bool> {
+    for _ in 0..GROW_SPINS {
+        if let Some(grown) = ARENAS.try_grow_in_place(addr, new_len) {
+            return Some(grown);
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
+
+/// Moves the object `p` whose arena is busy through whichever arena is free (`place`
+/// tries them with try-lock), carrying its pages with `mremap` without any arena's
+/// writer mutex when it may (`may_remap`), else copying. The source is ours (its owner
+/// is inside `realloc`) and the destination is a live region nobody else knows yet, so
+/// no reader can meet either while the pages move; the emptied source is then freed as
+/// any object.
+#[cold]
+#[inline(never)]
+fn move_elsewhere(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> *mut u8 {
+    let q = place(new_len, align, false, true);
+    if q.is_null() {
+        return q;
+    }
+    // The `mremap` counts as a process-wide lock on the region-table path, as the one
+    // `RegionTable::relocate` makes under the arena's mutex.
+    // Both objects' own spaces (either may sit in base space, `base_instead`).
+    let remapped = old_len >= MEDIUM_REMAP_MIN
+        && ARENAS.space_of(p as usize) == ARENAS.space_of(q as usize)
+        && may_remap(old_len)
+        && {
+            let _path = crate::stats::OnRegionPath::enter();
+            // SAFETY: both ranges are ours (see above), `old_len` bytes long at least, and
+            // distinct live regions; the source's content is not needed after the move.
+            unsafe { os::move_pages(p as usize, q as usize, old_len) }.is_ok()
+        };
+    if remapped {
+        REMAPPED.inc();
+        REMAPPED_BYTES.add(old_len as u64);
+        if free(p).is_err() {
+            crate::fatal("realloc: a live large object vanished from the region table");
+        }
+        return q;
+    }
+    move_to(p, old_len, q)
 }
 
 /// Moves a big object that cannot grow in place by moving its pages (`mremap`, one
@@ -293,4 +396,70 @@ fn move_to(p: *mut u8, len: usize, q: *mut u8) -> *mut u8 {
         }
     }
     q
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Issue 16: a `realloc` that would grow an object in place while another thread
+    /// holds the object's arena's writer mutex does not wait for it: it moves the object
+    /// through another arena (its pages by `mremap`). The holder lets go as soon as the
+    /// grower counts a blocking acquisition (`lock_writer` counts before it waits), so
+    /// a grower that waits is seen, not hung.
+    #[test]
+    fn a_grow_whose_arena_is_busy_moves_instead_of_waiting() {
+        const LEN: usize = 256 << 10;
+        // Another thread's home arena gets address space of its own to place in.
+        std::thread::spawn(|| {
+            let q = alloc(LEN, PAGE_SIZE, false);
+            assert!(!q.is_null());
+            free(q).unwrap();
+        })
+        .join()
+        .unwrap();
+        let p = alloc(LEN, PAGE_SIZE, false);
+        assert!(!p.is_null());
+        // SAFETY: `p` is a live object of `LEN` bytes.
+        unsafe {
+            p.write(7);
+            p.add(LEN - 1).write(9);
+        }
+        let table = ARENAS.table_of_addr(p as usize);
+        let (writers, waits) = (table.counters.writer.get(), table.counters.waits.get());
+        let done = AtomicBool::new(false);
+        let held = AtomicBool::new(false);
+        let (before, moved) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _busy = table.hold_writer();
+                held.store(true, Ordering::SeqCst);
+                while !done.load(Ordering::SeqCst) && table.counters.writer.get() == writers {
+                    std::hint::spin_loop();
+                }
+            });
+            while !held.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            let before = REMAPPED.get();
+            // SAFETY: live, `LEN` bytes, page-aligned.
+            let q = unsafe { realloc(p, LEN, 4 * LEN, PAGE_SIZE) };
+            done.store(true, Ordering::SeqCst);
+            (before, q)
+        });
+        assert_eq!(table.counters.waits.get(), waits, "the grow waited");
+        assert_eq!(
+            table.counters.writer.get(),
+            writers,
+            "a blocking acquisition"
+        );
+        assert!(!moved.is_null() && moved != p, "not moved");
+        assert_eq!(REMAPPED.get() - before, 1, "not moved by mremap");
+        // SAFETY: `moved` is live with `4 * LEN` bytes.
+        unsafe {
+            assert_eq!(moved.read(), 7);
+            assert_eq!(moved.add(LEN - 1).read(), 9);
+        }
+        free(moved).unwrap();
+    }
 }

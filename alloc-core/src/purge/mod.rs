@@ -108,7 +108,7 @@ pub fn tick(now_ms: u64) {
         let (_, mode) = settings();
         // Pass after pass (each bounded to `ARENAS.purge`'s batch of regions, so each
         // holds few read locks), until the excess is gone or nothing more is purgeable.
-        while dirty > budget && run_pass(0, mode, dirty - budget) > 0 {
+        while dirty > budget && try_pass(0, mode, dirty - budget) > 0 {
             dirty = ARENAS.freed_bytes();
         }
         return;
@@ -128,8 +128,17 @@ pub fn tick(now_ms: u64) {
         )
         .is_ok()
     {
-        run_pass(delay, mode, PASS_BUDGET);
+        try_pass(delay, mode, PASS_BUDGET);
     }
+}
+
+/// `run_pass` over the arenas whose writer mutex is free now (`Arenas::try_purge`): the
+/// passes `tick` runs on an allocator call's way skip busy arenas rather than wait.
+fn try_pass(delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
+    PASSES.inc();
+    let bytes = ARENAS.try_purge(delay_ms, mode, budget);
+    PURGED_BYTES.add(bytes as u64);
+    bytes
 }
 
 /// Purges free regions dirty for at least `delay_ms`; returns bytes purged.

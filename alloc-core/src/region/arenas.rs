@@ -356,6 +356,19 @@ impl Arenas {
         Self::table_of(addr).is_some_and(|t| t.grow_in_place(addr, new_len))
     }
 
+    /// The arena holding `addr` (tests).
+    #[cfg(test)]
+    pub(crate) fn table_of_addr(&self, addr: usize) -> &'static RegionTable {
+        Self::table_of(addr).expect("an arena holds the address")
+    }
+
+    /// `RegionTable::try_grow_in_place`: `None` when `addr`'s arena's writer mutex is
+    /// held now (or no arena holds `addr`).
+    pub fn try_grow_in_place(&self, addr: usize, new_len: usize) -> Option<bool> {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr)?.try_grow_in_place(addr, new_len)
+    }
+
     /// The space of the reservation holding `addr` (`Space::Base` when no arena holds
     /// it; tests and diagnostics).
     pub fn space_of(&self, addr: usize) -> Space {
@@ -394,6 +407,16 @@ impl Arenas {
     /// a pass whose budget runs out does not always spare the same arenas), until the
     /// budget is spent; returns the bytes purged. Zero only when no arena purged any.
     pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
+        self.purge_with(delay_ms, mode, budget, false)
+    }
+
+    /// `purge`, skipping the arenas whose writer mutex is held now
+    /// (`RegionTable::try_purge`): for passes run on an allocator call's way.
+    pub fn try_purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
+        self.purge_with(delay_ms, mode, budget, true)
+    }
+
+    fn purge_with(&self, delay_ms: u64, mode: PurgeMode, budget: usize, try_only: bool) -> usize {
         let _path = OnRegionPath::enter();
         // The rotation is over the arenas in use (not over the `MAX_ARENAS` slots, where
         // every start past the last arena in use would wrap to arena 0 first).
@@ -416,7 +439,11 @@ impl Arenas {
                 break;
             }
             let t = &self.tables[used[(start + step) % n] as usize];
-            purged += t.purge(delay_ms, mode, budget - purged);
+            purged += if try_only {
+                t.try_purge(delay_ms, mode, budget - purged)
+            } else {
+                t.purge(delay_ms, mode, budget - purged)
+            };
         }
         purged
     }

@@ -804,6 +804,19 @@ impl RegionTable {
         self.write(|w| w.grow(addr, new_len))
     }
 
+    /// Holds the writer mutex until the guard drops, as an update would (tests: an
+    /// arena kept busy).
+    #[cfg(test)]
+    pub(crate) fn hold_writer(&self) -> impl Drop + '_ {
+        self.writer.lock()
+    }
+
+    /// `grow_in_place`, unless another writer holds the mutex now: then `None` at once,
+    /// nothing waited (the caller can move the object through another arena instead).
+    pub fn try_grow_in_place(&self, addr: usize, new_len: usize) -> Option<bool> {
+        self.try_write(true, |w| w.grow(addr, new_len))
+    }
+
     /// Moves the live large object at `addr` to a new region of `new_len` bytes (more
     /// than its length) in `space`, moving its pages with one `mremap` (see
     /// `Writer::relocate`). `Some((placed, true))`: moved, the old range is free space.
@@ -849,6 +862,19 @@ impl RegionTable {
     /// which waits for our read lock. A failed `madvise` puts the dirty stamp back; a fork
     /// child, whose copy of this purge never ends, does too (`after_fork_in_child`).
     pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
+        self.purge_with(delay_ms, mode, budget, false)
+    }
+
+    /// `purge`, unless another writer holds the mutex now: then 0 at once, nothing
+    /// purged and nothing waited. For the passes an allocator call runs on its way
+    /// (`purge::tick`): a purge can be put off, but a thread waiting for a preempted
+    /// writer on a busy machine waits a scheduler slice (issue 16: most of the `medium`
+    /// workload's writer waits at 16 threads were such passes).
+    pub fn try_purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
+        self.purge_with(delay_ms, mode, budget, true)
+    }
+
+    fn purge_with(&self, delay_ms: u64, mode: PurgeMode, budget: usize, try_only: bool) -> usize {
         const BATCH: usize = 16;
         // No pin across the phases: the read references keep the picked regions attached
         // through `madvise` (detaching needs `start_write`), and phase two works on
@@ -858,7 +884,7 @@ impl RegionTable {
         // Each picked piece's read reference, with the dirty stamp its claim replaced.
         let mut picked: [Option<(ReadGuard, Dirtiness)>; BATCH] = [const { None }; BATCH];
         let mut count = 0;
-        self.write(|w| {
+        let pick = |w: &mut Writer<'_>| {
             // The candidates first: cutting pieces changes the free index, which its
             // `for_each` visit must not see.
             let mut candidates: [Option<(&Region, Dirtiness)>; BATCH] = [None; BATCH];
@@ -896,7 +922,15 @@ impl RegionTable {
                     count += 1;
                 }
             }
-        });
+        };
+        if try_only {
+            // The pass never reserves: `may_reserve` does not matter.
+            if self.try_write(false, pick).is_none() {
+                return 0;
+            }
+        } else {
+            self.write(pick);
+        }
         let mut purged = 0;
         // Every piece's range, to merge back once all are done.
         let mut ranges: [(usize, usize); BATCH] = [(0, 0); BATCH];

@@ -630,3 +630,34 @@ fn a_big_retired_region_counts_as_freed_before_it_is_drained() {
     assert_eq!(table.freed_bytes(), table.dirty_bytes());
     check_layout(table);
 }
+
+/// Issue 16: the purge an allocator call runs on its way (`try_purge`) skips an arena
+/// whose writer mutex is held, purging nothing and waiting for nothing (a waiter on a
+/// busy machine waits out the holder's scheduler slice); once the mutex is free it
+/// purges as `purge` does.
+#[test]
+fn try_purge_skips_a_table_whose_writer_is_busy() {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let len = 1 << 20;
+    let start = table
+        .allocate(len, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    table.retire(start).unwrap();
+    table.collect_retired();
+    assert_eq!(table.dirty_bytes(), len);
+    let (writers, waits) = (table.counters.writer.get(), table.counters.waits.get());
+    {
+        let _held = table.writer.lock();
+        assert_eq!(table.try_purge(0, PurgeMode::DontNeed, usize::MAX), 0);
+    }
+    assert_eq!(
+        table.counters.writer.get(),
+        writers,
+        "an acquisition counted"
+    );
+    assert_eq!(table.counters.waits.get(), waits);
+    assert_eq!(table.dirty_bytes(), len);
+    assert_eq!(table.try_purge(0, PurgeMode::DontNeed, usize::MAX), len);
+    assert_eq!(table.dirty_bytes(), 0);
+}
