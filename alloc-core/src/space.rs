@@ -37,6 +37,12 @@ pub enum SlotKind {
 
 static SLOT_KIND: [AtomicU8; SLOTS] = [const { AtomicU8::new(0) }; SLOTS];
 
+/// Set in a `Table` slot's kind byte when its reservation is huge-page space
+/// (`region::Space::Huge`): which space an object lives in, read without the arena's
+/// writer mutex (`set_table`, `is_huge`). Never set with any other kind, so the
+/// segment test of `segment_slot`, a compare of the whole byte, is unaffected.
+const HUGE_BIT: u8 = 0x80;
+
 /// Per slot, the directory id of the arena whose reservation holds it (0: none). Another
 /// 32 MiB of zero-initialised static memory, touched only where arenas lie.
 static SLOT_ARENA: [AtomicU8; SLOTS] = [const { AtomicU8::new(0) }; SLOTS];
@@ -75,7 +81,7 @@ pub fn kind_of(addr: usize) -> SlotKind {
     }
     // Acquire pairs with the Release in `set_kind`: whoever sees `Segment` also sees the
     // segment header written before the slot was published.
-    match SLOT_KIND[index].load(Ordering::Acquire) {
+    match SLOT_KIND[index].load(Ordering::Acquire) & !HUGE_BIT {
         1 => SlotKind::Segment,
         2 => SlotKind::Table,
         3 => SlotKind::Meta,
@@ -118,6 +124,28 @@ pub fn segment_slot(addr: usize) -> Option<usize> {
     Some(index << SLOT_SHIFT)
 }
 
+/// Marks every slot overlapping `[addr, addr + len)` as `Table`, in huge-page space if
+/// `huge`. Stored before any object of the reservation is handed out (under its arena's
+/// writer mutex), so whoever holds an object sees its space.
+pub fn set_table(addr: usize, len: usize, huge: bool) {
+    let byte = SlotKind::Table as u8 | if huge { HUGE_BIT } else { 0 };
+    let first = addr >> SLOT_SHIFT;
+    let last = (addr + len - 1) >> SLOT_SHIFT;
+    assert!(last < SLOTS, "address above the 47-bit user space");
+    for slot in &SLOT_KIND[first..=last] {
+        // Release: as in `set_kind`.
+        slot.store(byte, Ordering::Release);
+    }
+}
+
+/// True if `addr` lies in a reservation of huge-page space (`set_table`): no lock.
+pub fn is_huge(addr: usize) -> bool {
+    let index = addr >> SLOT_SHIFT;
+    // Acquire pairs with `set_table`'s Release (a caller that holds an object in the
+    // reservation is ordered after it anyway).
+    index < SLOTS && SLOT_KIND[index].load(Ordering::Acquire) & HUGE_BIT != 0
+}
+
 /// Marks every slot overlapping `[addr, addr + len)` as `kind`.
 pub fn set_kind(addr: usize, len: usize, kind: SlotKind) {
     let first = addr >> SLOT_SHIFT;
@@ -137,6 +165,30 @@ mod tests {
         assert_eq!(kind_of(0), SlotKind::Foreign);
         assert_eq!(kind_of(usize::MAX), SlotKind::Foreign);
         assert_eq!(kind_of(1 << 47), SlotKind::Foreign);
+    }
+
+    /// A huge-page table slot is still a `Table` to `kind_of`, never a segment to the
+    /// free fast path, and tells its space without a lock; a base one and a slot made a
+    /// segment and given back are base space.
+    #[test]
+    fn a_huge_table_slot_is_a_table_in_huge_space() {
+        let base = 0x7000_0000_0000 - 16 * SLOT_SIZE;
+        set_table(base, 2 * SLOT_SIZE, true);
+        set_table(base + 2 * SLOT_SIZE, SLOT_SIZE, false);
+        assert_eq!(kind_of(base + SLOT_SIZE), SlotKind::Table);
+        assert!(is_huge(base) && is_huge(base + 2 * SLOT_SIZE - 1));
+        assert_eq!(segment_slot(base), None);
+        assert!(!is_huge(base + 2 * SLOT_SIZE));
+        assert_eq!(kind_of(base + 2 * SLOT_SIZE), SlotKind::Table);
+        set_kind(base + 2 * SLOT_SIZE, SLOT_SIZE, SlotKind::Segment);
+        assert_eq!(
+            segment_slot(base + 2 * SLOT_SIZE),
+            Some(base + 2 * SLOT_SIZE)
+        );
+        assert!(!is_huge(base + 2 * SLOT_SIZE));
+        assert!(!is_huge(usize::MAX) && !is_huge(0));
+        set_kind(base, 3 * SLOT_SIZE, SlotKind::Foreign);
+        assert!(!is_huge(base));
     }
 
     #[test]

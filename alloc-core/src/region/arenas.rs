@@ -370,9 +370,14 @@ impl Arenas {
     }
 
     /// The space of the reservation holding `addr` (`Space::Base` when no arena holds
-    /// it; tests and diagnostics).
+    /// it): one byte of the slot map, no lock, so `large`'s move paths may ask while the
+    /// arena's writer is busy.
     pub fn space_of(&self, addr: usize) -> Space {
-        Self::table_of(addr).map_or(Space::Base, |t| t.space_of(addr))
+        if crate::space::is_huge(addr) {
+            Space::Huge
+        } else {
+            Space::Base
+        }
     }
 
     /// `RegionTable::relocate` in the arena holding `addr` (the object moves within its

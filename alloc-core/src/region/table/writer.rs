@@ -189,7 +189,8 @@ impl<'a> Writer<'a> {
                 continue;
             }
             if region.kind() == RegionKind::Segment {
-                space::set_kind(region.start(), region.len(), SlotKind::Table);
+                // Segments live in base space only.
+                space::set_table(region.start(), region.len(), false);
             }
             self.start_write(region);
             region.kind.store(RegionKind::Free as u8, Ordering::Relaxed);
@@ -587,7 +588,7 @@ impl<'a> Writer<'a> {
         // Before anything in it is handed out (the carve that follows, under this same
         // mutex): every address a caller can hold finds this table (see `directory`).
         space::set_arena(base, size, id);
-        space::set_kind(base, size, SlotKind::Table);
+        space::set_table(base, size, space == Space::Huge);
         self.state.reserved += size;
         directory::add_reserved(size);
         self.table.reserved_any[space as usize].store(true, Ordering::Relaxed);
