@@ -128,14 +128,11 @@ pub fn segment_slot(addr: usize) -> Option<usize> {
 /// `huge`. Stored before any object of the reservation is handed out (under its arena's
 /// writer mutex), so whoever holds an object sees its space.
 pub fn set_table(addr: usize, len: usize, huge: bool) {
-    let byte = SlotKind::Table as u8 | if huge { HUGE_BIT } else { 0 };
-    let first = addr >> SLOT_SHIFT;
-    let last = (addr + len - 1) >> SLOT_SHIFT;
-    assert!(last < SLOTS, "address above the 47-bit user space");
-    for slot in &SLOT_KIND[first..=last] {
-        // Release: as in `set_kind`.
-        slot.store(byte, Ordering::Release);
-    }
+    store_kind(
+        addr,
+        len,
+        SlotKind::Table as u8 | if huge { HUGE_BIT } else { 0 },
+    );
 }
 
 /// True if `addr` lies in a reservation of huge-page space (`set_table`): no lock.
@@ -148,11 +145,17 @@ pub fn is_huge(addr: usize) -> bool {
 
 /// Marks every slot overlapping `[addr, addr + len)` as `kind`.
 pub fn set_kind(addr: usize, len: usize, kind: SlotKind) {
+    store_kind(addr, len, kind as u8);
+}
+
+/// Stores the kind byte `byte` in every slot overlapping `[addr, addr + len)`.
+fn store_kind(addr: usize, len: usize, byte: u8) {
     let first = addr >> SLOT_SHIFT;
     let last = (addr + len - 1) >> SLOT_SHIFT;
     assert!(last < SLOTS, "address above the 47-bit user space");
     for slot in &SLOT_KIND[first..=last] {
-        slot.store(kind as u8, Ordering::Release);
+        // Release pairs with `kind_of`'s and `is_huge`'s Acquire.
+        slot.store(byte, Ordering::Release);
     }
 }
 
