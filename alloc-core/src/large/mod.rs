@@ -75,14 +75,16 @@ const MEDIUM_REMAP_BUDGET: u64 = 8192;
 /// Moves charged to `MEDIUM_REMAP_BUDGET` so far.
 static MEDIUM_REMAPS: AtomicU64 = AtomicU64::new(0);
 
-/// Whether a large object of `old_len` bytes that cannot grow in place moves its pages
-/// with `mremap` (else it is copied); a medium-sized one takes one of the budget's moves.
-fn may_remap(old_len: usize) -> bool {
+/// Whether the large object at `addr`, `old_len` bytes, that cannot grow in place moves
+/// its pages with `mremap` into space `to` (else it is copied); a medium-sized one takes
+/// one of the budget's moves. Only within one space (see `remap`), and the object's own
+/// space is asked, not `space_for(old_len)`: it may sit in base space (`base_instead`).
+fn may_remap(addr: usize, old_len: usize, to: Space) -> bool {
+    if old_len < MEDIUM_REMAP_MIN || ARENAS.space_of(addr) != to {
+        return false;
+    }
     if old_len >= REMAP_MIN {
         return true;
-    }
-    if old_len < MEDIUM_REMAP_MIN {
-        return false;
     }
     // Relaxed: a count that bounds the mappings made, publishing nothing; the load
     // first keeps the line shared once the budget is spent.
@@ -289,12 +291,7 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         Some(false) => {}
         None => return move_elsewhere(p, old_len, new_len, align.max(PAGE_SIZE)),
     }
-    // The object's own space, not `space_for(old_len)`: it may sit in base space
-    // (`base_instead`). Looked up only here, past the failed growth.
-    if old_len >= MEDIUM_REMAP_MIN
-        && ARENAS.space_of(addr) == space_for(new_len)
-        && may_remap(old_len)
-    {
+    if may_remap(addr, old_len, space_for(new_len)) {
         return remap(p, old_len, new_len, align.max(PAGE_SIZE));
     }
     move_to(
@@ -338,16 +335,12 @@ fn move_elsewhere(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> *
     }
     // The `mremap` counts as a process-wide lock on the region-table path, as the one
     // `RegionTable::relocate` makes under the arena's mutex.
-    // Both objects' own spaces (either may sit in base space, `base_instead`).
-    let remapped = old_len >= MEDIUM_REMAP_MIN
-        && ARENAS.space_of(p as usize) == ARENAS.space_of(q as usize)
-        && may_remap(old_len)
-        && {
-            let _path = crate::stats::OnRegionPath::enter();
-            // SAFETY: both ranges are ours (see above), `old_len` bytes long at least, and
-            // distinct live regions; the source's content is not needed after the move.
-            unsafe { os::move_pages(p as usize, q as usize, old_len) }.is_ok()
-        };
+    let remapped = may_remap(p as usize, old_len, ARENAS.space_of(q as usize)) && {
+        let _path = crate::stats::OnRegionPath::enter();
+        // SAFETY: both ranges are ours (see above), `old_len` bytes long at least, and
+        // distinct live regions; the source's content is not needed after the move.
+        unsafe { os::move_pages(p as usize, q as usize, old_len) }.is_ok()
+    };
     if remapped {
         REMAPPED.inc();
         REMAPPED_BYTES.add(old_len as u64);
