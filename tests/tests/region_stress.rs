@@ -431,8 +431,10 @@ fn region_table_stress() {
         abort + miss <= slow && slow <= abort + miss + retry,
         "slow path accounting"
     );
+    // A purge's second update is no acquisition when the mutex was busy and it left
+    // its ranges to the next writer (`merges_deferred`).
     assert_eq!(
-        writer,
+        writer + TABLE.merges_deferred.get(),
         WRITES.load(Ordering::Relaxed) + slow,
         "writer mutex accounting"
     );

@@ -16,12 +16,16 @@
 //!   grow, shrink, coalesce).
 //! - `blocks`: one arena's cache of descriptor and node blocks, and their grace periods.
 //! - `free_index`: free regions binned by size, for placement (writer-side only).
+//! - `deferred`: ranges a purge cleaned but could not merge back (its arena's writer
+//!   was busy), left lock-free for that arena's next writer to fold.
 //! - `epoch`: our own crossbeam-epoch collector.
 
 #[cfg(not(loom))]
 pub mod arenas;
 #[cfg(not(loom))]
 mod blocks;
+#[cfg(any(not(loom), test))]
+mod deferred;
 #[cfg(any(not(loom), test))]
 pub mod directory;
 #[cfg(not(loom))]

@@ -637,14 +637,8 @@ fn a_big_retired_region_counts_as_freed_before_it_is_drained() {
 /// purges as `purge` does.
 #[test]
 fn try_purge_skips_a_table_whose_writer_is_busy() {
-    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
     let len = 1 << 20;
-    let start = table
-        .allocate(len, PAGE_SIZE, RegionKind::Large)
-        .unwrap()
-        .start;
-    table.retire(start).unwrap();
-    table.collect_retired();
+    let (table, _) = dirty_region_in_new_table(len);
     assert_eq!(table.dirty_bytes(), len);
     let (writers, waits) = (table.counters.writer.get(), table.counters.waits.get());
     {
@@ -660,4 +654,99 @@ fn try_purge_skips_a_table_whose_writer_is_busy() {
     assert_eq!(table.dirty_bytes(), len);
     assert_eq!(table.try_purge(0, PurgeMode::DontNeed, usize::MAX), len);
     assert_eq!(table.dirty_bytes(), 0);
+}
+
+/// A new table whose first `len` bytes are a dirty free region (placed, retired and
+/// folded), followed by the clean rest of the arena; returns the region's start.
+fn dirty_region_in_new_table(len: usize) -> (&'static RegionTable, usize) {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let start = table
+        .allocate(len, PAGE_SIZE, RegionKind::Large)
+        .unwrap()
+        .start;
+    table.retire(start).unwrap();
+    table.collect_retired();
+    (table, start)
+}
+
+/// A free region purged in pieces merges back whole, with the clean space after it:
+/// the first piece's coalesce took its neighbour piece and stopped (one step a side),
+/// so the clean rest of the arena stayed a region of its own beside the purged space.
+#[test]
+fn a_region_purged_in_pieces_merges_with_the_clean_space_after_it() {
+    let len = 2 * PURGE_PIECE;
+    let (table, start) = dirty_region_in_new_table(len);
+    // Layout: [start, start + len) free and dirty, the rest of the arena free and clean.
+    assert_eq!(table.purge(0, PurgeMode::DontNeed, usize::MAX), len);
+    let mut free = Vec::new();
+    table.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    let arena_end = start - start % ARENA_SIZE + ARENA_SIZE;
+    assert_eq!(free, [(start, arena_end - start, false)], "{free:x?}");
+    check_layout(table);
+}
+
+/// Issue 16: a purge whose second update (merging the cleaned pieces back) finds the
+/// writer mutex held does not wait for it: it leaves the range to the table's next
+/// writer, which folds it before its own update. The holder lets go as soon as the
+/// purge counts a blocking acquisition (`lock_writer` counts before it waits), so a
+/// purge that waits is seen, not hung.
+#[test]
+fn a_purge_whose_merge_back_finds_the_writer_busy_leaves_it_to_the_next_writer() {
+    // Bigger than a piece: purged in pieces, which must merge back with each other and
+    // with the clean rest of the arena.
+    let len = 2 * PURGE_PIECE;
+    let (table, start) = dirty_region_in_new_table(len);
+    assert_eq!(table.dirty_bytes(), len);
+    let waits = table.counters.waits.get();
+    table.pause_in_madvise.arm();
+    let (purged, blocked) = std::thread::scope(|s| {
+        let purger = s.spawn(|| table.purge(0, PurgeMode::DontNeed, usize::MAX));
+        table.pause_in_madvise.wait_paused();
+        // The pick's acquisition is counted; the merge-back's would be the next.
+        let writers = table.counters.writer.get();
+        let held = table.writer.lock();
+        table.pause_in_madvise.release();
+        let blocked = loop {
+            if purger.is_finished() {
+                break false;
+            }
+            if table.counters.writer.get() != writers {
+                break true;
+            }
+            std::thread::yield_now();
+        };
+        let deferred = table.deferred_folds();
+        drop(held);
+        (purger.join().unwrap(), blocked.then_some(deferred))
+    });
+    assert_eq!(purged, len);
+    assert_eq!(blocked, None, "the merge-back took the mutex, blocking");
+    assert_eq!(table.counters.waits.get(), waits, "the merge-back waited");
+    assert_eq!(table.deferred_folds(), 1, "the pieces went as one range");
+    assert_eq!(table.merges_deferred.get(), 1);
+    // Unmerged until a writer comes (read from the tree, not by a walk, which folds).
+    let pieces = {
+        let guard = epoch::pin();
+        let mut n = 0;
+        table.tree.for_each(&guard, |_, r| {
+            n += usize::from(r.kind() == RegionKind::Free && r.start() < start + len);
+        });
+        n
+    };
+    assert!(
+        pieces > 1,
+        "{pieces} free regions where the purge cut pieces"
+    );
+    // The next writer folds it: one clean free region from `start` to the arena's end.
+    table.collect_retired();
+    assert_eq!(table.deferred_folds(), 0);
+    let mut free = Vec::new();
+    table.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    assert_eq!(free.len(), 1, "{free:x?}");
+    assert_eq!((free[0].0, free[0].2), (start, false), "{free:x?}");
+    assert_eq!(
+        free[0].0 + free[0].1,
+        start - start % ARENA_SIZE + ARENA_SIZE
+    );
+    check_layout(table);
 }

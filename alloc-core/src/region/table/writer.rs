@@ -232,16 +232,22 @@ impl<'a> Writer<'a> {
             w.start_write(b);
             a.is_dirty() == b.is_dirty()
         };
-        if let Some((_, prev)) = self.table.tree.prev_before(r.start(), self.guard) {
-            if mergeable(self, prev, r) {
-                self.absorb(prev, r);
-                r = prev;
+        // Loops, not one step a side: between a purge's phases its pieces (adjacent,
+        // equally clean once done) stay apart, so the first piece's merge-back finds its
+        // neighbour piece and, beyond it, the clean space that follows. One step took the
+        // piece and stopped short of that space, which stayed a region of its own.
+        while let Some((_, prev)) = self.table.tree.prev_before(r.start(), self.guard) {
+            if !mergeable(self, prev, r) {
+                break;
             }
+            self.absorb(prev, r);
+            r = prev;
         }
-        if let Some((_, next)) = self.table.tree.next_after(r.start(), self.guard) {
-            if mergeable(self, r, next) {
-                self.absorb(r, next);
+        while let Some((_, next)) = self.table.tree.next_after(r.start(), self.guard) {
+            if !mergeable(self, r, next) {
+                break;
             }
+            self.absorb(r, next);
         }
         let p = r as *const Region as *mut Region;
         // SAFETY: writer mutex held; remove first since its length may have changed.
@@ -250,6 +256,15 @@ impl<'a> Writer<'a> {
             self.state.free.insert(p);
         }
         r
+    }
+
+    /// Folds the ranges purges left to this table's next writer (`RegionTable::merge_back`,
+    /// `region::deferred`): each is coalesced as the purge would have.
+    pub(super) fn fold_deferred(&mut self) {
+        let table = self.table;
+        table
+            .deferred
+            .take_each(|start, end| self.coalesce_overlapping(start, end));
     }
 
     /// Coalesces every free region overlapping `[start, end)` (nothing if it is empty).
