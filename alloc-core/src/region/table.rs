@@ -748,9 +748,36 @@ impl RegionTable {
         try_only: bool,
         may_reserve: bool,
     ) -> Option<Placed> {
+        self.place_with(how, len, align, kind, try_only, may_reserve)
+            .flatten()
+    }
+
+    /// `place` with try-lock, telling a busy mutex (`None`: nothing tried) from a
+    /// placement that failed (`Some(None)`: no room, or no reservation could be made).
+    pub fn try_place(
+        &'static self,
+        how: Placement,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+        may_reserve: bool,
+    ) -> Option<Option<Placed>> {
+        self.place_with(how, len, align, kind, true, may_reserve)
+    }
+
+    /// `place`'s work: `None` only when `try_only` found the mutex held.
+    fn place_with(
+        &'static self,
+        how: Placement,
+        len: usize,
+        align: usize,
+        kind: RegionKind,
+        try_only: bool,
+        may_reserve: bool,
+    ) -> Option<Option<Placed>> {
         debug_assert!(kind != RegionKind::Free);
         if self.directory_id() == 0 {
-            return None;
+            return Some(None);
         }
         let update = |w: &mut Writer<'_>| match how {
             Placement::Dense => w.allocate(len, align, kind, Space::Base),
@@ -765,8 +792,10 @@ impl RegionTable {
             let _inside = Reentrancy::enter();
             let state = self.lock_writer();
             self.write_locked(state, may_reserve, update)
-        }?;
-        self.live_regions.fetch_add(1, Ordering::Relaxed);
+        };
+        if placed.is_some() {
+            self.live_regions.fetch_add(1, Ordering::Relaxed);
+        }
         Some(placed)
     }
 
