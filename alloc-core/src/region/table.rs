@@ -20,7 +20,8 @@
 //! push. Writers count the waits they do have (`LockCounters::reader_waits`).
 //!
 //! Write side: every update runs in `write()` (or `try_write()`, which gives up at once
-//! if another writer holds the mutex): writer mutex, epoch pin, the update (a `Writer`
+//! if another writer holds the mutex): writer mutex, epoch pin, the retired stack
+//! drained and the ranges purges left (`region::deferred`) folded, the update (a `Writer`
 //! method, `start_write` on each region it changes), one `end_write_all`, unlock. The
 //! mutex, the sequence, the retired stack, the free index and the reservations are this
 //! table's alone: the process runs several tables side by side (`region::arenas`), each
@@ -891,7 +892,8 @@ impl RegionTable {
     /// Purges free regions dirty for at least `delay_ms`, at most `budget` bytes (give or
     /// take a page) in at most 16 `madvise` calls of at most `PURGE_PIECE` bytes each
     /// (call again while it returns nonzero to purge them all). The writer mutex is held
-    /// only to pick them; a region bigger than what is left of the budget, or than a
+    /// only to pick them and to merge them back after, if it is free then (`merge_back`);
+    /// a region bigger than what is left of the budget, or than a
     /// piece, is first cut into pieces, each its own region. Each `madvise` runs under its
     /// piece's read lock alone: writers place around claimed pieces and do not merge with
     /// them (`FreeIndex::find`, `coalesce`); one that needs that very piece (the only
