@@ -202,23 +202,38 @@ mod tests {
     }
 }
 
-/// Loom model: two purges push while a writer takes; every range is folded exactly once
-/// and none is left behind once `pending` reads zero after the pushers end.
+/// Loom models: two purges push while a writer takes; every range is folded exactly once
+/// and none is left behind once the pushers end. The must-fail twin pushes with a load
+/// and a plain store instead of the compare-exchange, and the model catches the range
+/// one pusher overwrote.
 #[cfg(all(test, loom))]
 mod deferred_loom {
     use super::*;
     use loom::sync::Arc;
 
-    #[test]
-    fn deferred_loom_no_range_lost_or_folded_twice() {
-        loom::model(|| {
+    /// `push` as it must not be: the slot is checked empty, then written.
+    fn racy_push(d: &DeferredFolds, start: usize, end: usize) -> bool {
+        let word = pack(start, end).unwrap();
+        d.pending.fetch_add(1, Ordering::Relaxed);
+        for slot in &d.slots {
+            if slot.load(Ordering::Relaxed) == 0 {
+                slot.store(word, Ordering::Release);
+                return true;
+            }
+        }
+        d.pending.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    fn two_pushers_and_a_writer(push: fn(&DeferredFolds, usize, usize) -> bool) {
+        loom::model(move || {
             let d = Arc::new(DeferredFolds::new());
             let pushers: Vec<_> = (1..=2usize)
                 .map(|i| {
                     let d = d.clone();
                     loom::thread::spawn(move || {
                         let start = i << 20;
-                        assert!(d.push(start, start + (1 << PAGE_SHIFT)));
+                        assert!(push(&d, start, start + (1 << PAGE_SHIFT)));
                     })
                 })
                 .collect();
@@ -231,8 +246,23 @@ mod deferred_loom {
             assert!(d.any() || folded.len() == 2, "a range hidden from writers");
             d.take_each(|s, _| folded.push(s));
             folded.sort();
-            assert_eq!(folded, vec![1 << 20, 2 << 20]);
+            assert_eq!(
+                folded,
+                vec![1 << 20, 2 << 20],
+                "a range lost or folded twice"
+            );
             assert!(!d.any());
         });
+    }
+
+    #[test]
+    fn deferred_loom_no_range_lost_or_folded_twice() {
+        two_pushers_and_a_writer(|d, s, e| d.push(s, e));
+    }
+
+    #[test]
+    #[should_panic(expected = "a range lost or folded twice")]
+    fn deferred_loom_broken_push_without_compare_exchange_loses_a_range() {
+        two_pushers_and_a_writer(racy_push);
     }
 }
