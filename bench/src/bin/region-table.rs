@@ -31,8 +31,10 @@
 //! when both writers kept at least `AT_PACE` of it.
 //!
 //! `cargo run --release -p rangealloc-bench --bin region-table [seconds-per-run
-//! [writer-updates-per-s [objects [header|page|sweep|all|writer [steps [purged]]]]]]`
-//! (`writer`: the writer's steps alone, for callgrind; see `writer_alone`)
+//! [writer-updates-per-s [objects [header|page|sweep|all|writer [steps [purged]]|reader
+//! [lookups [rounds]]]]]]`
+//! (`writer`: the writer's steps alone, for callgrind; see `writer_alone`; `reader`: one
+//! thread's lookups in each variant alone, for callgrind; see `readers_alone`)
 
 use rangealloc::engine::os::PAGE_SIZE;
 use rangealloc::engine::region::{directory, RegionKind, RegionTable};
@@ -255,15 +257,20 @@ fn table_reader(objects: &[(usize, usize)], work: Work, seed: u64, stop: &Atomic
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         let (start, len) = objects[rng.below(objects.len())];
-        let addr = start + rng.below(len);
-        let table = directory::table_of(addr).expect("the table's own arena");
-        let guard = table.find_and_read_lock(addr).expect("a live object");
-        let r = guard.region();
-        black_box(work.on(guard.start()) + r.len());
-        drop(guard);
+        black_box(table_lookup(start + rng.below(len), work));
         n += 1;
     }
     n
+}
+
+/// One table reader's lookup: the arena by address, the lock-free lookup and read lock,
+/// the work, the unlock. Never inlined, so that callgrind can count it alone
+/// (`--toggle-collect=*table_lookup*`, see `readers_alone`).
+#[inline(never)]
+fn table_lookup(addr: usize, work: Work) -> usize {
+    let table = directory::table_of(addr).expect("the table's own arena");
+    let guard = table.find_and_read_lock(addr).expect("a live object");
+    work.on(guard.start()) + guard.region().len()
 }
 
 /// The baseline's map: live objects by start, behind one global lock.
@@ -338,15 +345,61 @@ fn map_reader(
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         let (start, len) = objects[rng.below(objects.len())];
-        let addr = start + rng.below(len);
-        let live = maps.read(lock);
-        let (&s, &(l, _)) = live.range(..=addr).next_back().expect("a live object");
-        assert!(addr < s + l);
-        black_box(work.on(s) + l);
-        drop(live);
+        black_box(map_lookup(maps, lock, start + rng.below(len), work));
         n += 1;
     }
     n
+}
+
+/// One baseline reader's lookup: the global read lock, the map search, the work, the
+/// unlock. Never inlined, as `table_lookup` (`--toggle-collect=*map_lookup*`).
+#[inline(never)]
+fn map_lookup(maps: &Maps, lock: Baseline, addr: usize, work: Work) -> usize {
+    let live = maps.read(lock);
+    let (&s, &(l, _)) = live.range(..=addr).next_back().expect("a live object");
+    assert!(addr < s + l);
+    work.on(s) + l
+}
+
+/// The `reader` part: `lookups` header-word lookups on this thread in the table, then as
+/// many in the fair lock's map, same addresses, no writer: for counting a lookup's
+/// instructions and cache misses independently of the machine's load:
+/// `valgrind --tool=callgrind --cache-sim=yes --LL=2097152,16,64 region-table 0 0 16384
+/// reader 200000 1`, then `callgrind_annotate --inclusive=yes` and divide the inclusive
+/// counts of `table_lookup` and `map_lookup` by `lookups` times `rounds`. Outside
+/// valgrind it prints each variant's wall time per lookup (the median of `rounds`
+/// interleaved rounds): one thread, so no contention, only each read path's own cost.
+fn readers_alone(objects: &Objects, maps: &Maps, lookups: u64, rounds: usize) {
+    let pass = |f: &dyn Fn(usize) -> usize| {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut sum = 0usize;
+        let began = Instant::now();
+        for _ in 0..lookups {
+            let (start, len) = objects[rng.below(objects.len())];
+            sum = sum.wrapping_add(f(start + rng.below(len)));
+        }
+        (sum, began.elapsed().as_nanos() as f64 / lookups as f64)
+    };
+    let table = || pass(&|a| table_lookup(a, Work::Header));
+    let fair = || pass(&|a| map_lookup(maps, Baseline::Fair, a, Work::Header));
+    // Rounds interleave the variants; the median round of each is printed.
+    let (mut t_ns, mut f_ns) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let ((t_sum, t), (f_sum, f)) = (table(), fair());
+        assert_eq!(t_sum, f_sum, "both variants found the same objects");
+        t_ns.push(t);
+        f_ns.push(f);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{lookups} lookups per variant and round, one thread, no writer, median of \
+         {rounds} interleaved rounds: table {:.1} ns, fair lock {:.1} ns per lookup",
+        median(&mut t_ns),
+        median(&mut f_ns)
+    );
 }
 
 /// The writer: `churn_step` at `rate` updates per second (`0`: flat out); in the
@@ -673,7 +726,15 @@ fn main() {
             writer_alone(steps, purged);
             return;
         }
-        Some(other) => panic!("part: header, page, sweep, all or writer, not {other:?}"),
+        Some("reader") => {
+            let lookups = args
+                .next()
+                .map_or(200_000, |s| s.parse().expect("lookups"));
+            let rounds = args.next().map_or(5, |s| s.parse().expect("rounds"));
+            readers_alone(&objects, &maps, lookups, rounds);
+            return;
+        }
+        Some(other) => panic!("part: header, page, sweep, all, writer or reader, not {other:?}"),
     };
     for work in works {
         if let Some((ratio, starved)) = report(work, rate, &objects, &maps, window) {
