@@ -32,9 +32,11 @@
 //!
 //! `cargo run --release -p rangealloc-bench --bin region-table [seconds-per-run
 //! [writer-updates-per-s [objects [header|page|sweep|all|writer [steps [purged]]|reader
-//! [lookups [rounds]]]]]]`
+//! [lookups [rounds]]|cell table|fair|std [readers]|frees [count]]]]]`
 //! (`writer`: the writer's steps alone, for callgrind; see `writer_alone`; `reader`: one
-//! thread's lookups in each variant alone, for callgrind; see `readers_alone`)
+//! thread's lookups in each variant alone, for callgrind; see `readers_alone`; `cell`: one
+//! run of one variant with the writer, header word, for callgrind or a quick look;
+//! `frees`: lookups beside another thread's frees, see `frees_beside_lookups`)
 
 use rangealloc::engine::os::PAGE_SIZE;
 use rangealloc::engine::region::{directory, RegionKind, RegionTable};
@@ -402,6 +404,70 @@ fn readers_alone(objects: &Objects, maps: &Maps, lookups: u64, rounds: usize) {
     );
 }
 
+/// The `frees` part: one thread looks up the readers' objects (header word, as the
+/// readers do) while another frees `frees` one-page objects of the same table, then again
+/// while that thread only asks each object's length (`object_len`: the same lookup and
+/// read lock, nothing freed). A free writes the table's retired-stack head and live
+/// count, a length query neither, so the difference between the two lookup rates is what
+/// frees cost lookups through shared cache lines. No writer runs: the freed objects stay
+/// on the retired stack until the end. Run it under `chrt -f` so both threads have a CPU.
+fn frees_beside_lookups(objects: &Objects, frees: usize) {
+    let pass = |free: bool| {
+        let own: Vec<usize> = (0..frees)
+            .map(|_| {
+                TABLE
+                    .allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+                    .expect("address space")
+                    .start
+            })
+            .collect();
+        let done = AtomicBool::new(false);
+        let (lookups, elapsed) = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+                let (mut n, began) = (0u64, Instant::now());
+                while !done.load(Ordering::Relaxed) {
+                    let (start, len) = objects[rng.below(objects.len())];
+                    black_box(table_lookup(start + rng.below(len), Work::Header));
+                    n += 1;
+                }
+                (n, began.elapsed())
+            });
+            for &o in &own {
+                if free {
+                    TABLE.retire(o).expect("our own object");
+                } else {
+                    black_box(TABLE.object_len(o).expect("our own object"));
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            reader.join().unwrap()
+        });
+        if !free {
+            for o in own {
+                TABLE.retire(o).expect("our own object");
+            }
+        }
+        TABLE.collect_retired();
+        elapsed.as_nanos() as f64 / lookups as f64
+    };
+    let (mut with_frees, mut with_queries) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        with_frees.push(pass(true));
+        with_queries.push(pass(false));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "lookups beside {frees} frees: {:.1} ns each; beside as many length queries: {:.1} ns \
+         (medians of 5 interleaved rounds)",
+        median(&mut with_frees),
+        median(&mut with_queries)
+    );
+}
+
 /// The writer: `churn_step` at `rate` updates per second (`0`: flat out); in the
 /// baseline each step runs inside the global write lock and is mirrored into the map.
 fn writer(variant: Variant, maps: &Maps, rate: u64, stop: &AtomicBool) -> u64 {
@@ -546,6 +612,7 @@ fn report(
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut target = None;
+    let mut rounds = Vec::new();
     for readers in READER_COUNTS {
         let fair = Variant::GlobalLock(Baseline::Fair);
         let std = Variant::GlobalLock(Baseline::Std);
@@ -564,6 +631,9 @@ fn report(
             for (runs, &(variant, writer)) in runs.iter_mut().zip(&configs) {
                 runs.push(run(variant, work, readers, writer, objects, maps, window));
             }
+        }
+        if readers == TARGET_READERS {
+            rounds.push((readers, round_cells(&runs)));
         }
         let mut medians = runs.into_iter().map(median);
         let mut next = || medians.next().expect("one median per configuration");
@@ -610,7 +680,38 @@ fn report(
             target = Some((ratio(&fair), starved(&fair)));
         }
     }
+    // Every round of the target row, not only the medians: a median of 3 on this shared
+    // VM can be any one of them, and a low ratio reads differently when the table's
+    // readers were slow than when the fair lock's were fast.
+    for (readers, cells) in rounds {
+        println!(
+            "\nRounds at {readers} readers (table / fair lock Mops/s with the writer, and \
+                  their writers' kupdates/s): {cells}"
+        );
+    }
     target
+}
+
+/// One line of the target row's rounds: "round: table / fair (writers), ..." from the
+/// runs of the table and the fair lock with the writer (configurations 0 and 2).
+fn round_cells(runs: &[Vec<Run>]) -> String {
+    runs[0]
+        .iter()
+        .zip(&runs[2])
+        .enumerate()
+        .map(|(i, (t, f))| {
+            format!(
+                "{}: {:.2} / {:.2} = {:.2}x ({:.1} / {:.1})",
+                i + 1,
+                t.lookups_per_s / 1e6,
+                f.lookups_per_s / 1e6,
+                t.lookups_per_s / f.lookups_per_s,
+                t.updates_per_s / 1e3,
+                f.updates_per_s / 1e3
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Writer rates of the sweep (updates/s; 0 = flat out), at `TARGET_READERS` readers.
@@ -726,10 +827,42 @@ fn main() {
             writer_alone(steps, purged);
             return;
         }
-        Some("reader") => {
-            let lookups = args
+        Some("cell") => {
+            let variant = match args.next().as_deref() {
+                Some("table") => Variant::Table,
+                Some("fair") => Variant::GlobalLock(Baseline::Fair),
+                Some("std") => Variant::GlobalLock(Baseline::Std),
+                other => panic!("cell table|fair|std readers, not {other:?}"),
+            };
+            let readers = args
                 .next()
-                .map_or(200_000, |s| s.parse().expect("lookups"));
+                .map_or(TARGET_READERS, |s| s.parse().expect("readers"));
+            let r = run(
+                variant,
+                Work::Header,
+                readers,
+                Some(rate),
+                &objects,
+                &maps,
+                window,
+            );
+            let [success, abort, retry, miss, slow, reader_waits, mutex_waits] = r.counters;
+            println!(
+                "{readers} readers, header word, one run: {:.2} Mops/s, writer {:.1} kupdates/s; \
+                 table counters: success {success} abort {abort} retry {retry} miss {miss} \
+                 slow {slow}, writer waits {reader_waits} / {mutex_waits}",
+                r.lookups_per_s / 1e6,
+                r.updates_per_s / 1e3
+            );
+            return;
+        }
+        Some("frees") => {
+            let frees = args.next().map_or(100_000, |s| s.parse().expect("frees"));
+            frees_beside_lookups(&objects, frees);
+            return;
+        }
+        Some("reader") => {
+            let lookups = args.next().map_or(200_000, |s| s.parse().expect("lookups"));
             let rounds = args.next().map_or(5, |s| s.parse().expect("rounds"));
             readers_alone(&objects, &maps, lookups, rounds);
             return;
