@@ -23,7 +23,11 @@ use crate::sync::backoff;
 
 const WRITER: usize = 1 << (usize::BITS - 1);
 
-/// The table-wide sequence counter. Only the holder of the writer mutex moves it.
+/// The table-wide sequence counter. Only the holder of the writer mutex moves it. Every
+/// lookup reads it, so it has its cache lines to itself (aligned and sized to 128
+/// bytes, as `tree::OwnLines` and for the same reason): no free or writer store to a
+/// neighbouring word makes readers miss on it.
+#[repr(align(128))]
 pub struct TableSeq(AtomicU64);
 
 impl TableSeq {

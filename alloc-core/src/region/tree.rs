@@ -40,6 +40,34 @@ const MAX_LEVELS: usize = 16;
 /// Key of unused slots, so `rank` can scan all `FANOUT` keys without a length test.
 const PAD: usize = usize::MAX;
 
+/// A word every lookup reads and only an update writes (a tree's root, a table's
+/// sequence), kept apart from the words that frees and writers store to often: the
+/// table's retired stack, its live and dirty counts, this tree's length and block cache.
+/// Packed with those, every large free on one core made the next lookup on the other
+/// miss on its very first load (the root) and again on the sequence: in a release
+/// build the table's root, sequence, retired-stack head, live-region count and
+/// dirty/retired byte counts all sat in one 64-byte line. 128 bytes, not 64: x86's
+/// spatial prefetcher fetches lines in aligned pairs, so a neighbour in the pair
+/// interferes too (crossbeam_utils' `CachePadded` pads to 128 on x86_64 for the same
+/// reason).
+#[repr(align(128))]
+pub(crate) struct OwnLines<T>(pub(crate) T);
+
+impl<T> core::ops::Deref for OwnLines<T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> core::ops::DerefMut for OwnLines<T> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum TreeError {
     /// `meta` had no memory for a node; the tree is unchanged.
@@ -207,8 +235,9 @@ struct Spares {
 /// period, which a guard of another collector would not hold back.
 pub struct RangeTree {
     /// Release-stored by writers after the new nodes are written; Acquire-loaded by
-    /// readers, so everything reachable from the root they see is initialised.
-    root: AtomicPtr<Node>,
+    /// readers, so everything reachable from the root they see is initialised. On lines
+    /// of its own (`OwnLines`): every lookup reads it.
+    root: OwnLines<AtomicPtr<Node>>,
     /// A statistic that readers may see lag the root: Relaxed throughout.
     len: AtomicUsize,
     spares: UnsafeCell<Spares>,
@@ -232,7 +261,7 @@ impl Default for RangeTree {
 impl RangeTree {
     pub const fn new() -> Self {
         RangeTree {
-            root: AtomicPtr::new(ptr::null_mut()),
+            root: OwnLines(AtomicPtr::new(ptr::null_mut())),
             len: AtomicUsize::new(0),
             spares: UnsafeCell::new(Spares {
                 head: ptr::null_mut(),
@@ -725,6 +754,15 @@ impl RegionTree {
     #[inline]
     pub(crate) fn blocks(&self) -> &Blocks {
         &self.0.blocks
+    }
+
+    /// Where the root word and the length word live (layout tests).
+    #[cfg(test)]
+    pub(crate) fn word_addresses(&self) -> (usize, usize) {
+        (
+            &*self.0.root as *const AtomicPtr<Node> as usize,
+            &self.0.len as *const AtomicUsize as usize,
+        )
     }
 
     #[inline(always)]

@@ -31,8 +31,12 @@
 //! when both writers kept at least `AT_PACE` of it.
 //!
 //! `cargo run --release -p rangealloc-bench --bin region-table [seconds-per-run
-//! [writer-updates-per-s [objects [header|page|sweep|all|writer [steps [purged]]]]]]`
-//! (`writer`: the writer's steps alone, for callgrind; see `writer_alone`)
+//! [writer-updates-per-s [objects [header|page|sweep|all|writer [steps [purged]]|reader
+//! [lookups [rounds]]|cell table|fair|std [readers]|frees [count]]]]]`
+//! (`writer`: the writer's steps alone, for callgrind; see `writer_alone`; `reader`: one
+//! thread's lookups in each variant alone, for callgrind; see `readers_alone`; `cell`: one
+//! run of one variant with the writer, header word, for callgrind or a quick look;
+//! `frees`: lookups beside another thread's frees, see `frees_beside_lookups`)
 
 use rangealloc::engine::os::PAGE_SIZE;
 use rangealloc::engine::region::{directory, RegionKind, RegionTable};
@@ -57,7 +61,7 @@ const CHURN_OBJECTS: usize = 512;
 const CHURN_MAX_PAGES: usize = 3;
 /// Default measuring window per run: 6 configurations (table and two baselines, with and
 /// without the writer) x `REPEATS` rounds x 5 reader counts x 2 workloads = 180 runs,
-/// plus 45 for the writer-rate sweep, of 0.5 s: about two minutes in all.
+/// plus 45 for the writer-rate sweep and `WARM_UP_RUNS`, of 0.5 s: about two minutes in all.
 const DEFAULT_WINDOW: Duration = Duration::from_millis(500);
 /// Rounds per cell; the table reports the median (single runs on this shared 2-core VM
 /// varied by 2x between identical configurations).
@@ -255,15 +259,20 @@ fn table_reader(objects: &[(usize, usize)], work: Work, seed: u64, stop: &Atomic
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         let (start, len) = objects[rng.below(objects.len())];
-        let addr = start + rng.below(len);
-        let table = directory::table_of(addr).expect("the table's own arena");
-        let guard = table.find_and_read_lock(addr).expect("a live object");
-        let r = guard.region();
-        black_box(work.on(guard.start()) + r.len());
-        drop(guard);
+        black_box(table_lookup(start + rng.below(len), work));
         n += 1;
     }
     n
+}
+
+/// One table reader's lookup: the arena by address, the lock-free lookup and read lock,
+/// the work, the unlock. Never inlined, so that callgrind can count it alone
+/// (`--toggle-collect=*table_lookup*`, see `readers_alone`).
+#[inline(never)]
+fn table_lookup(addr: usize, work: Work) -> usize {
+    let table = directory::table_of(addr).expect("the table's own arena");
+    let guard = table.find_and_read_lock(addr).expect("a live object");
+    work.on(guard.start()) + guard.region().len()
 }
 
 /// The baseline's map: live objects by start, behind one global lock.
@@ -338,15 +347,125 @@ fn map_reader(
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         let (start, len) = objects[rng.below(objects.len())];
-        let addr = start + rng.below(len);
-        let live = maps.read(lock);
-        let (&s, &(l, _)) = live.range(..=addr).next_back().expect("a live object");
-        assert!(addr < s + l);
-        black_box(work.on(s) + l);
-        drop(live);
+        black_box(map_lookup(maps, lock, start + rng.below(len), work));
         n += 1;
     }
     n
+}
+
+/// One baseline reader's lookup: the global read lock, the map search, the work, the
+/// unlock. Never inlined, as `table_lookup` (`--toggle-collect=*map_lookup*`).
+#[inline(never)]
+fn map_lookup(maps: &Maps, lock: Baseline, addr: usize, work: Work) -> usize {
+    let live = maps.read(lock);
+    let (&s, &(l, _)) = live.range(..=addr).next_back().expect("a live object");
+    assert!(addr < s + l);
+    work.on(s) + l
+}
+
+/// The `reader` part: `lookups` header-word lookups on this thread in the table, then as
+/// many in the fair lock's map, same addresses, no writer: for counting a lookup's
+/// instructions and cache misses independently of the machine's load:
+/// `valgrind --tool=callgrind --cache-sim=yes --LL=2097152,16,64 region-table 0 0 16384
+/// reader 200000 1`, then `callgrind_annotate --inclusive=yes` and divide the inclusive
+/// counts of `table_lookup` and `map_lookup` by `lookups` times `rounds`. Outside
+/// valgrind it prints each variant's wall time per lookup (the median of `rounds`
+/// interleaved rounds): one thread, so no contention, only each read path's own cost.
+fn readers_alone(objects: &Objects, maps: &Maps, lookups: u64, rounds: usize) {
+    let pass = |f: &dyn Fn(usize) -> usize| {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut sum = 0usize;
+        let began = Instant::now();
+        for _ in 0..lookups {
+            let (start, len) = objects[rng.below(objects.len())];
+            sum = sum.wrapping_add(f(start + rng.below(len)));
+        }
+        (sum, began.elapsed().as_nanos() as f64 / lookups as f64)
+    };
+    let table = || pass(&|a| table_lookup(a, Work::Header));
+    let fair = || pass(&|a| map_lookup(maps, Baseline::Fair, a, Work::Header));
+    // Rounds interleave the variants; the median round of each is printed.
+    let (mut t_ns, mut f_ns) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let ((t_sum, t), (f_sum, f)) = (table(), fair());
+        assert_eq!(t_sum, f_sum, "both variants found the same objects");
+        t_ns.push(t);
+        f_ns.push(f);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{lookups} lookups per variant and round, one thread, no writer, median of \
+         {rounds} interleaved rounds: table {:.1} ns, fair lock {:.1} ns per lookup",
+        median(&mut t_ns),
+        median(&mut f_ns)
+    );
+}
+
+/// The `frees` part: one thread looks up the readers' objects (header word, as the
+/// readers do) while another frees `frees` one-page objects of the same table, then again
+/// while that thread only asks each object's length (`object_len`: the same lookup and
+/// read lock, nothing freed). A free writes the table's retired-stack head and live
+/// count, a length query neither, so the difference between the two lookup rates is what
+/// frees cost lookups through shared cache lines. No writer runs: the freed objects stay
+/// on the retired stack until the end. Run it under `chrt -f` so both threads have a CPU.
+fn frees_beside_lookups(objects: &Objects, frees: usize) {
+    let pass = |free: bool| {
+        let own: Vec<usize> = (0..frees)
+            .map(|_| {
+                TABLE
+                    .allocate(PAGE_SIZE, PAGE_SIZE, RegionKind::Large)
+                    .expect("address space")
+                    .start
+            })
+            .collect();
+        let done = AtomicBool::new(false);
+        let (lookups, elapsed) = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+                let (mut n, began) = (0u64, Instant::now());
+                while !done.load(Ordering::Relaxed) {
+                    let (start, len) = objects[rng.below(objects.len())];
+                    black_box(table_lookup(start + rng.below(len), Work::Header));
+                    n += 1;
+                }
+                (n, began.elapsed())
+            });
+            for &o in &own {
+                if free {
+                    TABLE.retire(o).expect("our own object");
+                } else {
+                    black_box(TABLE.object_len(o).expect("our own object"));
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            reader.join().unwrap()
+        });
+        if !free {
+            for o in own {
+                TABLE.retire(o).expect("our own object");
+            }
+        }
+        TABLE.collect_retired();
+        elapsed.as_nanos() as f64 / lookups as f64
+    };
+    let (mut with_frees, mut with_queries) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        with_frees.push(pass(true));
+        with_queries.push(pass(false));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "lookups beside {frees} frees: {:.1} ns each; beside as many length queries: {:.1} ns \
+         (medians of 5 interleaved rounds)",
+        median(&mut with_frees),
+        median(&mut with_queries)
+    );
 }
 
 /// The writer: `churn_step` at `rate` updates per second (`0`: flat out); in the
@@ -493,6 +612,7 @@ fn report(
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut target = None;
+    let mut rounds = Vec::new();
     for readers in READER_COUNTS {
         let fair = Variant::GlobalLock(Baseline::Fair);
         let std = Variant::GlobalLock(Baseline::Std);
@@ -511,6 +631,9 @@ fn report(
             for (runs, &(variant, writer)) in runs.iter_mut().zip(&configs) {
                 runs.push(run(variant, work, readers, writer, objects, maps, window));
             }
+        }
+        if readers == TARGET_READERS {
+            rounds.push((readers, round_cells(&runs)));
         }
         let mut medians = runs.into_iter().map(median);
         let mut next = || medians.next().expect("one median per configuration");
@@ -557,7 +680,63 @@ fn report(
             target = Some((ratio(&fair), starved(&fair)));
         }
     }
+    // Every round of the target row, not only the medians: a median of 3 on this shared
+    // VM can be any one of them, and a low ratio reads differently when the table's
+    // readers were slow than when the fair lock's were fast.
+    for (readers, cells) in rounds {
+        println!(
+            "\nRounds at {readers} readers (table / fair lock Mops/s with the writer, and \
+                  their writers' kupdates/s): {cells}"
+        );
+    }
     target
+}
+
+/// One line of the target row's rounds: "round: table / fair (writers), ..." from the
+/// runs of the table and the fair lock with the writer (configurations 0 and 2).
+fn round_cells(runs: &[Vec<Run>]) -> String {
+    runs[0]
+        .iter()
+        .zip(&runs[2])
+        .enumerate()
+        .map(|(i, (t, f))| {
+            format!(
+                "{}: {:.2} / {:.2} = {:.2}x ({:.1} / {:.1})",
+                i + 1,
+                t.lookups_per_s / 1e6,
+                f.lookups_per_s / 1e6,
+                t.lookups_per_s / f.lookups_per_s,
+                t.updates_per_s / 1e3,
+                f.updates_per_s / 1e3
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Unmeasured runs before the first measured one, with the writer and the most readers:
+/// the table's block cache starts empty after `setup`, and while it warms the writer
+/// cuts fresh (cold) blocks. Counted with a probe on the cache's dry path: in one
+/// process, three 0.5 s windows cut 2,119 / 1,499 / 0 fresh blocks at 1 reader and
+/// 8,286 / 5,717 / 0 at 16 (preempted readers hold more garbage back, so more blocks
+/// circulate). Without this, the first configuration measured (the table with its
+/// writer, 1 reader, first round) paid the warm-up alone. Both variants' writers use
+/// the same table, so warming it serves both.
+const WARM_UP_RUNS: usize = 3;
+
+fn warm_up(rate: u64, objects: &Objects, maps: &Arc<Maps>, window: Duration) {
+    let readers = READER_COUNTS[READER_COUNTS.len() - 1];
+    for _ in 0..WARM_UP_RUNS {
+        run(
+            Variant::Table,
+            Work::Header,
+            readers,
+            Some(rate),
+            objects,
+            maps,
+            window,
+        );
+    }
 }
 
 /// Writer rates of the sweep (updates/s; 0 = flat out), at `TARGET_READERS` readers.
@@ -673,8 +852,51 @@ fn main() {
             writer_alone(steps, purged);
             return;
         }
-        Some(other) => panic!("part: header, page, sweep, all or writer, not {other:?}"),
+        Some("cell") => {
+            let variant = match args.next().as_deref() {
+                Some("table") => Variant::Table,
+                Some("fair") => Variant::GlobalLock(Baseline::Fair),
+                Some("std") => Variant::GlobalLock(Baseline::Std),
+                other => panic!("cell table|fair|std readers, not {other:?}"),
+            };
+            let readers = args
+                .next()
+                .map_or(TARGET_READERS, |s| s.parse().expect("readers"));
+            let r = run(
+                variant,
+                Work::Header,
+                readers,
+                Some(rate),
+                &objects,
+                &maps,
+                window,
+            );
+            let [success, abort, retry, miss, slow, reader_waits, mutex_waits] = r.counters;
+            println!(
+                "{readers} readers, header word, one run: {:.2} Mops/s, writer {:.1} kupdates/s; \
+                 table counters: success {success} abort {abort} retry {retry} miss {miss} \
+                 slow {slow}, writer waits {reader_waits} / {mutex_waits}",
+                r.lookups_per_s / 1e6,
+                r.updates_per_s / 1e3
+            );
+            return;
+        }
+        Some("frees") => {
+            let frees = args.next().map_or(100_000, |s| s.parse().expect("frees"));
+            frees_beside_lookups(&objects, frees);
+            return;
+        }
+        Some("reader") => {
+            let lookups = args.next().map_or(200_000, |s| s.parse().expect("lookups"));
+            let rounds = args.next().map_or(5, |s| s.parse().expect("rounds"));
+            readers_alone(&objects, &maps, lookups, rounds);
+            return;
+        }
+        Some(other) => {
+            panic!("part: header, page, sweep, all, writer, reader, cell or frees, not {other:?}")
+        }
     };
+    warm_up(rate, &objects, &maps, window);
     for work in works {
         if let Some((ratio, starved)) = report(work, rate, &objects, &maps, window) {
             println!(

@@ -749,4 +749,37 @@ fn a_purge_whose_merge_back_finds_the_writer_busy_leaves_it_to_the_next_writer()
         start - start % ARENA_SIZE + ARENA_SIZE
     );
     check_layout(table);
+/// The two words every lookup reads, the tree's root and the table's sequence, share no
+/// 128-byte block (an aligned pair of cache lines, what x86's spatial prefetcher moves
+/// together) with anything that frees or writers store to: the retired stack's head, the
+/// live, dirty and retired counts, the tree's length, the writer mutex and its state.
+/// Before they had their own lines, the release layout put the root, the sequence, the
+/// retired-stack head and the three counts in one 64-byte line (and this test's build
+/// put the sequence beside the writer mutex), so every large free on one core made the
+/// next lookup on another miss twice.
+#[test]
+fn the_words_every_lookup_reads_have_their_lines_to_themselves() {
+    fn blocks<T>(item: &T) -> core::ops::RangeInclusive<usize> {
+        let start = item as *const T as usize;
+        start / 128..=(start + size_of::<T>() - 1) / 128
+    }
+    let table = RegionTable::new();
+    let (root, len) = table.tree.word_addresses();
+    let read = [root / 128, blocks(&table.seq).start().to_owned()];
+    let written = [
+        len / 128..=len / 128,
+        blocks(&table.retired),
+        blocks(&table.live_regions),
+        blocks(&table.dirty_bytes),
+        blocks(&table.retired_bytes),
+        blocks(&table.writer),
+    ];
+    for r in read {
+        for w in &written {
+            assert!(
+                !w.contains(&r),
+                "a read word in block {r}, written ones in {w:?}"
+            );
+        }
+    }
 }
