@@ -349,7 +349,9 @@ impl Default for RegionTable {
 }
 
 impl RegionTable {
-    pub const fn new() -> Self {
+    // Not indented under the macro, so that merges of new fields stay line-for-line.
+    crate::sync::const_fn_unless_loom! {
+    pub fn new() -> Self {
         RegionTable {
             id: AtomicU8::new(0),
             fixed_id: 0,
@@ -383,6 +385,7 @@ impl RegionTable {
             #[cfg(test)]
             pause_after_unlock: TestPause::new(),
         }
+    }
     }
 
     // ------------------------------------------------------------------ read side
