@@ -22,7 +22,7 @@ use super::{Region, RegionKind, RegionTable};
 use crate::os::{self, PAGE_SIZE};
 use loom::thread;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 
 /// Preemptions per execution, as `loom_tests`' models: every interleaving with up to three
 /// forced context switches (each race here needs at most two: a reader preempted between
@@ -60,6 +60,17 @@ thread_local! {
     /// unlocked (0: none). Per OS thread, which is one test's loom threads: the tests
     /// run side by side in one process.
     static SKIP_WRITE_LOCK_AT: Cell<usize> = const { Cell::new(0) };
+    /// The other twin's: the tree publishes its root with a Relaxed store.
+    static RELAXED_ROOT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `RangeTree::commit`'s test hook: the ordering of the root's publication (Relaxed in
+/// the broken twin).
+pub(crate) fn root_store_order() -> Ordering {
+    match RELAXED_ROOT.with(|r| r.get()) {
+        true => Ordering::Relaxed,
+        false => Ordering::Release,
+    }
 }
 
 /// `Writer::start_write`'s test hook: true when the broken twin wants `r` left unlocked.
@@ -251,6 +262,8 @@ enum Broken {
     /// Arena 2's writer leaves X, the object it turns into free space and merges T
     /// into, unlocked.
     FoldObject,
+    /// The trees publish their new roots without Release.
+    RelaxedRoot,
 }
 
 /// One execution of model e.
@@ -261,8 +274,10 @@ fn e_model(ids: (u8, u8), broken: Broken, paths: &'static Paths) {
         Broken::None => 0,
         Broken::GrowNeighbour => one.probes[0].before.0,
         Broken::FoldObject => two.object,
+        Broken::RelaxedRoot => 0,
     };
     SKIP_WRITE_LOCK_AT.with(|a| a.set(skip));
+    RELAXED_ROOT.with(|r| r.set(broken == Broken::RelaxedRoot));
     let start = [Paths::counts(one.table), Paths::counts(two.table)];
     let (t1, o, t2) = (one.table, one.object, two.table);
     let grow = spawn(move || assert!(t1.grow_in_place(o, 2 * PAGE_SIZE)));
@@ -285,6 +300,7 @@ fn e_model(ids: (u8, u8), broken: Broken, paths: &'static Paths) {
         }
     }
     SKIP_WRITE_LOCK_AT.with(|a| a.set(0));
+    RELAXED_ROOT.with(|r| r.set(false));
     release(one.table);
     release(two.table);
 }
@@ -341,6 +357,21 @@ fn loom_table_broken_fold_without_the_objects_write_lock_is_caught() {
     static PATHS: Paths = Paths::new();
     builder().check(|| {
         spawn(|| e_model((5, 6), Broken::FoldObject, &PATHS))
+            .join()
+            .unwrap()
+    });
+}
+
+/// Model e with both trees publishing their new roots with a Relaxed store: a reader
+/// that loads a new root may follow it into nodes whose creation it is not ordered
+/// after. Loom's causality check must report it (the node slots are loom atomics, whose
+/// creation counts as a write).
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn loom_table_broken_tree_publishing_its_root_without_release_is_caught() {
+    static PATHS: Paths = Paths::new();
+    builder().check(|| {
+        spawn(|| e_model((7, 8), Broken::RelaxedRoot, &PATHS))
             .join()
             .unwrap()
     });

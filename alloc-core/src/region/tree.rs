@@ -474,7 +474,12 @@ impl RangeTree {
         match w.rebuild(path, &mut entries) {
             Ok(root) => {
                 // Release: see `root`.
-                self.root.store(root, Ordering::Release);
+                #[cfg(not(all(test, loom)))]
+                let order = Ordering::Release;
+                // The broken twin of the two-arena loom model weakens it.
+                #[cfg(all(test, loom))]
+                let order = crate::region::loom_table::root_store_order();
+                self.root.store(root, order);
                 for &old in &w.retired[..w.retired_len] {
                     // SAFETY: `old` is unreachable from the new root; readers that still
                     // hold it are pinned, and it is freed only after they all unpin. We
