@@ -19,9 +19,9 @@
 // which is this file's functions and the `options`, `stats`, `snapshot`, `tuning`,
 // `reclaim`, `prof` and `os` (errors, syscall counts) modules.
 //
-// `--cfg loom` builds only what the loom models need (`sync`, `region::lock` and the
-// `Region` descriptor, the heap's `page`, `meta`'s block stacks): everything else holds statics that loom's atomics cannot
-// initialise, so it is left out of model builds.
+// `--cfg loom` builds only what the loom models need (`sync`, the region table without
+// the process's arena set, the heap's `page`, `meta`'s block stacks): everything else
+// holds statics that loom's atomics cannot initialise, so it is left out of model builds.
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod heap;
@@ -51,13 +51,16 @@ pub mod large;
 #[doc(hidden)]
 pub mod meta;
 /// Model builds keep the metadata arena's lock-free block stacks, which
-/// `meta/stack_loom.rs` model-checks.
+/// `meta/stack_loom.rs` model-checks, and serve the region table's metadata from a
+/// stand-in on the system allocator (`meta/model.rs`).
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod meta {
+    mod model;
     pub mod stack;
     #[cfg(test)]
     mod stack_loom;
+    pub use model::*;
 }
 #[cfg(not(loom))]
 mod misuse;
@@ -85,7 +88,6 @@ pub mod thread;
 #[cfg(not(loom))]
 pub mod tuning;
 
-#[cfg(not(loom))]
 pub(crate) use thread::Reentrancy;
 
 /// The alignment C's `malloc` guarantees on x86_64 (`alignof(max_align_t)`).

@@ -11,6 +11,22 @@ pub use loom::sync::atomic;
 use atomic::{AtomicBool, Ordering};
 use core::cell::UnsafeCell;
 
+/// Declares a `const fn` that model builds (`cfg(loom)`, whose atomics have no `const`
+/// constructors) get as a plain `fn`: one body for both, so a constructor of a static
+/// (`RegionTable::new`) and the one the loom models call cannot drift apart.
+macro_rules! const_fn_unless_loom {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident() -> $ret:ty $body:block) => {
+        #[cfg(not(loom))]
+        $(#[$attr])*
+        $vis const fn $name() -> $ret $body
+
+        #[cfg(loom)]
+        $(#[$attr])*
+        $vis fn $name() -> $ret $body
+    };
+}
+pub(crate) use const_fn_unless_loom;
+
 /// Spins this many times before yielding the CPU: a short section on another core ends
 /// within that, while on an oversubscribed machine yielding lets the holder run.
 pub const SPINS_BEFORE_YIELD: u32 = 64;

@@ -22,8 +22,9 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 use crossbeam_epoch::Guard;
 
-/// Region descriptors: one cache line (see `Region`).
-pub const DESC_BYTES: usize = 64;
+/// Region descriptors: one cache line (see `Region`). Model builds' descriptors are
+/// larger (loom's atomics are a word each, its `AtomicBool`s too): two.
+pub const DESC_BYTES: usize = if cfg!(loom) { 128 } else { 64 };
 /// Tree nodes (see `tree::NODE_BYTES`); sealed lists use the same class.
 pub const NODE_BYTES: usize = 256;
 const CLASS_BYTES: [usize; 2] = [DESC_BYTES, NODE_BYTES];
@@ -238,6 +239,10 @@ fn alloc_from(state: &mut State, own: usize, size: usize) -> *mut u8 {
 /// lock, counted) each time it is used up. Null when metadata is exhausted.
 fn carve(carve: &mut Carve, own: usize, class: usize) -> *mut u8 {
     let size = CLASS_BYTES[class];
+    if cfg!(loom) {
+        // Model builds' `meta` (a stand-in) has no pools or spans: one block per call.
+        return meta::alloc(size, size);
+    }
     if carve.next == carve.end {
         let pool = match carve.pooled || own == 0 {
             true => None,

@@ -9,13 +9,9 @@
 //! an address's arena cannot change under a reader: what a reader finds is the table
 //! whose tree holds every region of that reservation, for the life of the process.
 //!
-//! Model builds (`cfg(loom)`) compile this file unchanged over the loom models' arena
-//! (`loom_tests::Table`, which runs the table's per-region protocol), so the two-arena
-//! model finds its arenas through this code and `space`'s arena byte.
+//! Model builds (`cfg(loom)`) compile it unchanged: the two-arena loom model
+//! (`loom_table`) finds its arenas through this code and `space`'s arena byte.
 
-#[cfg(loom)]
-use super::loom_tests::Table as RegionTable;
-#[cfg(not(loom))]
 use super::RegionTable;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 

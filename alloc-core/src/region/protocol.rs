@@ -183,7 +183,6 @@ impl RetiredStack {
     ///
     /// # Safety
     /// Only in a fork child, which has one thread.
-    #[cfg(not(loom))]
     pub(crate) unsafe fn clear_after_fork(&self) {
         self.0.store(ptr::null_mut(), Ordering::Relaxed);
     }

@@ -360,7 +360,9 @@ impl Default for RegionTable {
 }
 
 impl RegionTable {
-    pub const fn new() -> Self {
+    // Not indented under the macro, so that merges of new fields stay line-for-line.
+    crate::sync::const_fn_unless_loom! {
+    pub fn new() -> Self {
         RegionTable {
             id: AtomicU8::new(0),
             fixed_id: 0,
@@ -396,6 +398,7 @@ impl RegionTable {
             #[cfg(test)]
             pause_after_unlock: TestPause::new(),
         }
+    }
     }
 
     // ------------------------------------------------------------------ read side

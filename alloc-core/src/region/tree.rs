@@ -17,7 +17,9 @@ use crate::region::Region;
 use core::cell::UnsafeCell;
 use core::ops::Range;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+// `crate::sync`: loom's atomics in model builds, where the table's loom models run this
+// tree (`loom_table`): the root's publication and the leaf slots are what readers see.
+use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crossbeam_epoch::Guard;
 
 /// Node size: a power of two because `meta` serves power-of-two blocks, so a node fills
@@ -259,15 +261,17 @@ impl Default for RangeTree {
 }
 
 impl RangeTree {
-    pub const fn new() -> Self {
-        RangeTree {
-            root: OwnLines(AtomicPtr::new(ptr::null_mut())),
-            len: AtomicUsize::new(0),
-            spares: UnsafeCell::new(Spares {
-                head: ptr::null_mut(),
-                count: 0,
-            }),
-            blocks: Blocks::new(),
+    crate::sync::const_fn_unless_loom! {
+        pub fn new() -> Self {
+            RangeTree {
+                root: OwnLines(AtomicPtr::new(ptr::null_mut())),
+                len: AtomicUsize::new(0),
+                spares: UnsafeCell::new(Spares {
+                    head: ptr::null_mut(),
+                    count: 0,
+                }),
+                blocks: Blocks::new(),
+            }
         }
     }
 
@@ -499,7 +503,12 @@ impl RangeTree {
         match w.rebuild(path, &mut entries) {
             Ok(root) => {
                 // Release: see `root`.
-                self.root.store(root, Ordering::Release);
+                #[cfg(not(all(test, loom)))]
+                let order = Ordering::Release;
+                // The broken twin of the two-arena loom model weakens it.
+                #[cfg(all(test, loom))]
+                let order = crate::region::loom_table::root_store_order();
+                self.root.store(root, order);
                 for &old in &w.retired[..w.retired_len] {
                     // SAFETY: `old` is unreachable from the new root; readers that still
                     // hold it are pinned, and it is freed only after they all unpin. We
@@ -702,7 +711,8 @@ impl Drop for RangeTree {
         }
         // SAFETY: `&mut self`: no reader or writer remains.
         unsafe {
-            let root = *self.root.get_mut();
+            // Relaxed: `&mut self` (a load rather than `get_mut`, which loom's lacks).
+            let root = self.root.load(Ordering::Relaxed);
             if !root.is_null() {
                 free_subtree(root);
             }
@@ -746,8 +756,10 @@ impl Default for RegionTree {
 }
 
 impl RegionTree {
-    pub const fn new() -> Self {
-        RegionTree(RangeTree::new())
+    crate::sync::const_fn_unless_loom! {
+        pub fn new() -> Self {
+            RegionTree(RangeTree::new())
+        }
     }
 
     /// The arena's block cache (descriptors and nodes).
@@ -872,7 +884,7 @@ pub(crate) mod meta_budget {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::region::epoch;
