@@ -24,11 +24,14 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub const MAPPINGS_BOUND: u64 = 16384;
 
 /// From this gauge on, purges overwrite the moved-in ranges they purge (`overlay_moved`)
-/// instead of advising them: half the bound, so a program whose moved ranges get purged
-/// reaches the bound only when the census that follows finds them still there. Below
-/// it purges stay `madvise` calls, which take no `mmap_lock` writer: a short run, or a
-/// test's steady state, never overwrites.
-pub const OVERLAY_FROM: u64 = MAPPINGS_BOUND / 2;
+/// instead of advising them: three quarters of the bound. Each overwrite takes an
+/// `mmap_lock` writer where the `madvise` it replaces takes none, and the mark it acts
+/// on is coarse (`region::MOVED_IN` spreads over merged free space), so the fewer the
+/// better: in the `medium` workload's 400k-iteration run (BENCHMARKS.md, "movecap8")
+/// overwriting from 2,048 made 70k overwrites, from 8,192 about 20k, from 12,288 7-11k
+/// per 12-14k moves, with the same faults and at most 12k mappings. Short runs, and
+/// the tests' steady states, never overwrite.
+pub const OVERLAY_FROM: u64 = MAPPINGS_BOUND / 4 * 3;
 
 /// The most mappings one move or one overwrite adds: a range laid inside one mapping
 /// cuts it in three. (A move of an object that spans several mappings carries them all
