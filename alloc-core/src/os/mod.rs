@@ -623,6 +623,33 @@ mod tests {
         }
     }
 
+    /// What `maps` relies on (kernel 6.18, `bench/probe/vma_merge.c`): faulted pages
+    /// moved inside a reservation stay a mapping of their own (two mappings start
+    /// inside the reservation: the moved one and the rest after it), and `overlay` over
+    /// them merges them back (none does), reading as zero. Counted by starts strictly
+    /// inside: the reservation itself may merge with a neighbour mapped beside it.
+    #[test]
+    fn an_overlay_merges_a_moved_in_mapping_back() {
+        const PAGES: usize = 64;
+        let addr = reserve(PAGES * PAGE_SIZE, PAGE_SIZE).unwrap();
+        let inside = |a: usize| a > addr && a < addr + PAGES * PAGE_SIZE;
+        // SAFETY: our reservation; the moved ranges do not overlap.
+        unsafe {
+            for page in 0..PAGES {
+                ((addr + page * PAGE_SIZE) as *mut u64).write(page as u64 + 1);
+            }
+            assert_eq!(maps::count_mappings(inside), Some(0));
+            let (from, to) = (addr + 8 * PAGE_SIZE, addr + 32 * PAGE_SIZE);
+            move_pages(from, to, 8 * PAGE_SIZE).unwrap();
+            assert_eq!((to as *const u64).read(), 9, "content moved");
+            assert_eq!(maps::count_mappings(inside), Some(2), "moved pages split");
+            overlay(to, 8 * PAGE_SIZE).unwrap();
+            assert_eq!((to as *const u64).read(), 0, "overlay reads as zero");
+            assert_eq!(maps::count_mappings(inside), Some(0), "merged back");
+            release(addr, PAGES * PAGE_SIZE).unwrap();
+        }
+    }
+
     #[test]
     fn move_pages_keeps_content_and_source_mapped() {
         let addr = reserve(4 * PAGE_SIZE, PAGE_SIZE).unwrap();
