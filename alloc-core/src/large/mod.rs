@@ -55,10 +55,10 @@ pub const REMAP_MIN: usize = HUGE_PAGE;
 
 /// Medium and mid-size objects of at least this many bytes (below `REMAP_MIN`) move
 /// with `mremap` too, while the mappings they split stay below a bound
-/// (`os::maps::may_split`). A copy reads every source
-/// page (an untouched one faults in the zero page) and faults every destination page,
-/// where a program that wrote a header and a trailer touched two: the `medium` workload
-/// (issue 16) spent most of its faults there. Measured (BENCHMARKS.md, "medium7"),
+/// (`os::maps::may_split`). A copy reads every source page (an untouched one faults in
+/// the zero page) and faults every destination page, where a program that wrote a
+/// header and a trailer touched two: the `medium` workload (issue 16) spent most of its
+/// faults there. Measured (BENCHMARKS.md, "medium7"),
 /// against copying every move below 2 MiB, at 2 / 16 threads: 64 KiB cut the faults
 /// from 36k / 80k to 7.5k / 10.6k, 256 KiB only to 11k / 17k (it still copied 9-19
 /// MiB). Below 64 KiB a copy is at most 16 pages, about one `mremap`'s cost.

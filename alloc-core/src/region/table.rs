@@ -1171,5 +1171,6 @@ unsafe fn purge_region(r: &Region, mode: PurgeMode) -> Result<bool, os::OsError>
     // SAFETY: caller contract.
     unsafe { os::purge(r.start(), r.len(), mode) }.map(|()| mode == PurgeMode::DontNeed)
 }
+
 #[cfg(all(test, not(loom)))]
 mod tests;
