@@ -132,6 +132,12 @@ pub struct ReallocStats {
     pub remapped: u64,
     /// Bytes those moves carried.
     pub remapped_bytes: u64,
+    /// Purges that overwrote a moved-in range with a fresh mapping (`os::overlay`).
+    pub overwritten: u64,
+    /// The gauge of kernel mappings in our reservations (`os::maps::mappings`).
+    pub mappings: u64,
+    /// Censuses of those mappings (`os::maps::censuses`).
+    pub censuses: u64,
 }
 
 /// A statistics snapshot (see `snapshot`).
@@ -252,6 +258,9 @@ pub fn snapshot() -> Stats {
             copied_bytes: large::COPIED_BYTES.get(),
             remapped: large::REMAPPED.get(),
             remapped_bytes: large::REMAPPED_BYTES.get(),
+            overwritten: os::overlays(),
+            mappings: os::maps::mappings(),
+            censuses: os::maps::censuses(),
         },
         medium_cache: MediumCacheStats {
             hits: large::cache::HITS.get(),
@@ -378,12 +387,16 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
     writeln!(
         w,
         "  large reallocs: grown in place {}, moved {} ({:.2} MiB copied), remapped {} \
-         ({:.2} MiB moved by mremap)",
+         ({:.2} MiB moved by mremap); moved-in ranges overwritten {}, mappings gauge {} \
+         ({} censuses)",
         g.grown_in_place,
         g.moved,
         g.copied_bytes as f64 / MIB,
         g.remapped,
-        g.remapped_bytes as f64 / MIB
+        g.remapped_bytes as f64 / MIB,
+        g.overwritten,
+        g.mappings,
+        g.censuses
     )?;
     let m = &s.medium_cache;
     writeln!(
@@ -458,8 +471,16 @@ impl Stats {
         write!(
             w,
             ",\"reallocs\":{{\"grown_in_place\":{},\"moved\":{},\"copied_bytes\":{},\
-             \"remapped\":{},\"remapped_bytes\":{}}}",
-            re.grown_in_place, re.moved, re.copied_bytes, re.remapped, re.remapped_bytes
+             \"remapped\":{},\"remapped_bytes\":{},\"overwritten\":{},\"mappings\":{},\
+             \"censuses\":{}}}",
+            re.grown_in_place,
+            re.moved,
+            re.copied_bytes,
+            re.remapped,
+            re.remapped_bytes,
+            re.overwritten,
+            re.mappings,
+            re.censuses
         )?;
         let r = &self.regions;
         write!(

@@ -17,6 +17,20 @@ pub fn run_child(mode: &str, options: Option<&str>) -> Output {
     cmd.output().expect("run the test binary as a child")
 }
 
+/// `run_child`, asserting that the child succeeded and printed `PASSED mode`; its output
+/// goes in the failure message. Returns its stderr (what it reported).
+pub fn run_child_passing(mode: &str, options: &str) -> String {
+    let out = run_child(mode, Some(options));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success() && stdout.contains(&format!("PASSED {mode}")),
+        "child {mode} failed: {}\n{stdout}\n{stderr}",
+        out.status,
+    );
+    stderr
+}
+
 /// xorshift64: deterministic, so a failure replays from its seed.
 pub struct XorShift(pub u64);
 

@@ -27,9 +27,9 @@ use crate::options::{self, Thp};
 use crate::os::{self, HUGE_PAGE, PAGE_SIZE};
 use crate::region::table::{Placed, RetireError, GUARD_LEN};
 use crate::region::{Freed, RegionKind, Space, ARENAS};
+use crate::space::{self, SlotKind};
 use crate::stats::Counter;
 use core::ptr;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Growing reallocs of large objects that grew in place.
 pub static GROWN_IN_PLACE: Counter = Counter::new();
@@ -54,42 +54,34 @@ pub static REMAPPED_BYTES: Counter = Counter::new();
 pub const REMAP_MIN: usize = HUGE_PAGE;
 
 /// Medium and mid-size objects of at least this many bytes (below `REMAP_MIN`) move
-/// with `mremap` too, while `MEDIUM_REMAP_BUDGET` lasts. A copy reads every source
-/// page (an untouched one faults in the zero page) and faults every destination page,
-/// where a program that wrote a header and a trailer touched two: the `medium` workload
-/// (issue 16) spent most of its faults there. Measured (BENCHMARKS.md, "medium7"),
+/// with `mremap` too, while the mappings they split stay below a bound
+/// (`os::maps::may_split`). A copy reads every source page (an untouched one faults in
+/// the zero page) and faults every destination page, where a program that wrote a
+/// header and a trailer touched two: the `medium` workload (issue 16) spent most of its
+/// faults there. Measured (BENCHMARKS.md, "medium7"),
 /// against copying every move below 2 MiB, at 2 / 16 threads: 64 KiB cut the faults
 /// from 36k / 80k to 7.5k / 10.6k, 256 KiB only to 11k / 17k (it still copied 9-19
 /// MiB). Below 64 KiB a copy is at most 16 pages, about one `mremap`'s cost.
 pub const MEDIUM_REMAP_MIN: usize = 64 << 10;
 
-/// The most moves of objects below `REMAP_MIN` that may use `mremap` in a process; the
-/// later ones copy. Each such move leaves the kernel mapping split at the destination's
-/// ends (the moved pages keep their source's page offset and never merge back), and
-/// nothing bounds their count by size as `REMAP_MIN` does for big objects: measured,
-/// 8,859 medium moves left 15.6k mappings. 8,192 moves make at most 16k mappings, a
-/// quarter of the default `vm.max_map_count` (65,530), past which every `mmap` of the
-/// process (thread stacks, our reservations) would fail.
-const MEDIUM_REMAP_BUDGET: u64 = 8192;
-
-/// Moves charged to `MEDIUM_REMAP_BUDGET` so far.
-static MEDIUM_REMAPS: AtomicU64 = AtomicU64::new(0);
-
 /// Whether the large object at `addr`, `old_len` bytes, that cannot grow in place moves
-/// its pages with `mremap` into space `to` (else it is copied); a medium-sized one takes
-/// one of the budget's moves. Only within one space (see `remap`), and the object's own
-/// space is asked, not `space_for(old_len)`: it may sit in base space (`base_instead`).
+/// its pages with `mremap` into space `to` (else it is copied). Only within one space
+/// (see `remap`), and the object's own space is asked, not `space_for(old_len)`: it may
+/// sit in base space (`base_instead`).
+///
+/// Each such move leaves the kernel mapping split at the destination's ends (the moved
+/// pages keep their source's page offset), and nothing bounds the count of medium
+/// moves by size as `REMAP_MIN` does for big objects: measured, 8,859 medium moves left
+/// 15.6k mappings when nothing overwrote them. So a medium object moves while the
+/// process's mappings in our reservations stay below `os::maps::MAPPINGS_BOUND`; the
+/// purges that overwrite moved-in ranges (`os::overlay`) bring the count down, and a
+/// census reads it back, so the budget renews (until session 7 it was 8,192 moves per
+/// process, after which every move copied).
 fn may_remap(addr: usize, old_len: usize, to: Space) -> bool {
     if old_len < MEDIUM_REMAP_MIN || ARENAS.space_of(addr) != to {
         return false;
     }
-    if old_len >= REMAP_MIN {
-        return true;
-    }
-    // Relaxed: a count that bounds the mappings made, publishing nothing; the load
-    // first keeps the line shared once the budget is spent.
-    MEDIUM_REMAPS.load(Ordering::Relaxed) < MEDIUM_REMAP_BUDGET
-        && MEDIUM_REMAPS.fetch_add(1, Ordering::Relaxed) < MEDIUM_REMAP_BUDGET
+    old_len >= REMAP_MIN || os::maps::may_split(|a| space::kind_of(a) != SlotKind::Foreign)
 }
 
 /// Objects of at least this many bytes go to huge-page space (`Space::Huge`) when
@@ -344,6 +336,10 @@ fn move_elsewhere(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> *
     if remapped {
         REMAPPED.inc();
         REMAPPED_BYTES.add(old_len as u64);
+        if ARENAS.space_of(q as usize) == Space::Base {
+            // As `RegionTable::relocate` marks its destination (`Region::holds_moved_pages`).
+            ARENAS.note_moved_in(q as usize);
+        }
         if free(p).is_err() {
             crate::fatal("realloc: a live large object vanished from the region table");
         }
@@ -394,7 +390,7 @@ fn move_to(p: *mut u8, len: usize, q: *mut u8) -> *mut u8 {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Issue 16: a `realloc` that would grow an object in place while another thread
     /// holds the object's arena's writer mutex does not wait for it: it moves the object

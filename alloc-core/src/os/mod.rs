@@ -11,6 +11,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+pub mod maps;
+
 /// The base page size. x86_64 and aarch64 Linux with 4 KiB pages are the supported
 /// targets; `init_check` verifies it at start-up.
 pub const PAGE_SIZE: usize = 4096;
@@ -305,6 +307,49 @@ pub unsafe fn purge(addr: usize, len: usize, mode: PurgeMode) -> Result<(), OsEr
     madvise(call, addr, len, advice)
 }
 
+/// Purges a free range by laying a fresh mapping over it (`mmap(MAP_FIXED)`, flags as
+/// `reserve`'s): the range reads as zero, and whatever mappings `mremap` moved into it
+/// are gone; the fresh one takes the page offset of its address and merges with its
+/// neighbours (`maps`). Takes `mmap_lock` for write (counted as `mmap`), where
+/// `MADV_DONTNEED` does not: `maps::overlay_moved` says when it is worth it. Base space
+/// only: the fresh mapping does not carry `MADV_HUGEPAGE`. On a failure the kernel
+/// (6.12 and later) leaves the old mappings in place.
+///
+/// # Safety
+/// No live object may lie in the range, which is ours: its content is lost.
+pub unsafe fn overlay(addr: usize, len: usize) -> Result<(), OsError> {
+    let _errno = ErrnoGuard::save();
+    count(Syscall::Mmap);
+    maps::charge();
+    OVERLAYS.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: caller contract: MAP_FIXED replaces only our own free pages.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(OsError {
+            call: Syscall::Mmap,
+            errno: errno(),
+        });
+    }
+    Ok(())
+}
+
+/// `overlay` calls made (statistics; each is also counted as an `mmap`).
+static OVERLAYS: AtomicU64 = AtomicU64::new(0);
+
+/// How many purges overwrote their range (`overlay`) so far.
+pub fn overlays() -> u64 {
+    OVERLAYS.load(Ordering::Relaxed)
+}
+
 fn madvise(call: Syscall, addr: usize, len: usize, advice: libc::c_int) -> Result<(), OsError> {
     count(call);
     // SAFETY: the caller guarantees the range is ours and holds no live object.
@@ -422,6 +467,7 @@ fn protect(addr: usize, len: usize, prot: libc::c_int) -> Result<(), OsError> {
 pub unsafe fn move_pages(from: usize, to: usize, len: usize) -> Result<(), OsError> {
     let _errno = ErrnoGuard::save();
     count(Syscall::Mremap);
+    maps::charge();
     // SAFETY: caller contract; MREMAP_FIXED replaces our own reserved pages at `to`.
     let p = unsafe {
         libc::mremap(
@@ -574,6 +620,33 @@ mod tests {
             guard_remove(addr, PAGE_SIZE).unwrap();
             (addr as *mut u8).write(1);
             release(addr, 2 * PAGE_SIZE).unwrap();
+        }
+    }
+
+    /// What `maps` relies on (kernel 6.18, `bench/probe/vma_merge.c`): faulted pages
+    /// moved inside a reservation stay a mapping of their own (two mappings start
+    /// inside the reservation: the moved one and the rest after it), and `overlay` over
+    /// them merges them back (none does), reading as zero. Counted by starts strictly
+    /// inside: the reservation itself may merge with a neighbour mapped beside it.
+    #[test]
+    fn an_overlay_merges_a_moved_in_mapping_back() {
+        const PAGES: usize = 64;
+        let addr = reserve(PAGES * PAGE_SIZE, PAGE_SIZE).unwrap();
+        let inside = |a: usize| a > addr && a < addr + PAGES * PAGE_SIZE;
+        // SAFETY: our reservation; the moved ranges do not overlap.
+        unsafe {
+            for page in 0..PAGES {
+                ((addr + page * PAGE_SIZE) as *mut u64).write(page as u64 + 1);
+            }
+            assert_eq!(maps::count_mappings(inside), Some(0));
+            let (from, to) = (addr + 8 * PAGE_SIZE, addr + 32 * PAGE_SIZE);
+            move_pages(from, to, 8 * PAGE_SIZE).unwrap();
+            assert_eq!((to as *const u64).read(), 9, "content moved");
+            assert_eq!(maps::count_mappings(inside), Some(2), "moved pages split");
+            overlay(to, 8 * PAGE_SIZE).unwrap();
+            assert_eq!((to as *const u64).read(), 0, "overlay reads as zero");
+            assert_eq!(maps::count_mappings(inside), Some(0), "merged back");
+            release(addr, PAGES * PAGE_SIZE).unwrap();
         }
     }
 

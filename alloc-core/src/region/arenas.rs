@@ -352,6 +352,14 @@ impl Arenas {
         }
     }
 
+    /// `RegionTable::note_moved_in` in the arena holding `addr`.
+    pub fn note_moved_in(&self, addr: usize) {
+        let _path = OnRegionPath::enter();
+        if let Some(t) = Self::table_of(addr) {
+            t.note_moved_in(addr);
+        }
+    }
+
     /// `RegionTable::object_len` in the arena holding `addr`.
     pub fn object_len(&self, addr: usize) -> Option<usize> {
         let _path = OnRegionPath::enter();

@@ -111,10 +111,8 @@ pub struct Region {
     /// fork child that inherits a retire interrupted in between still lifts it before
     /// the range is reused (`Writer::drain_retired`).
     guarded: AtomicBool,
-    /// The object was shrunk in place (`Writer::shrink`) at least once: its freed tail
-    /// lies after it, so freeing it should let the two merge again rather than keep it
-    /// in a thread's region cache (`large::free`).
-    shrunk: AtomicBool,
+    /// `SHRUNK` and `MOVED_IN` (one byte for both: the descriptor has no spare byte).
+    marks: AtomicU8,
     /// The free-index list this region sits on, or `NO_BIN`; writer mutex only. Two
     /// bytes: the lists are per space, dirtiness class and size bin (`free_index`),
     /// and the second byte was padding before `dirtiness`.
@@ -130,6 +128,18 @@ pub struct Region {
     /// and one meta block class, where it would otherwise take a 128-byte block.
     links: [AtomicPtr<Region>; 2],
 }
+
+/// `Region::marks`: the object was shrunk in place (`Writer::shrink`) at least once: its
+/// freed tail lies after it, so freeing it should let the two merge again rather than
+/// keep it in a thread's region cache (`large::free`).
+const SHRUNK: u8 = 1;
+/// `Region::marks`: some page of the range may be mapped by a kernel mapping (VMA) that
+/// `mremap` moved here. A moved anonymous mapping keeps its old page offset and
+/// `anon_vma`, so it never merges with the reservation around it again, until a purge
+/// overwrites it with a fresh mapping (`os::overlay`, `os::maps`). Conservative: set on
+/// a base-space move's destination, inherited by every region cut from a marked one and
+/// by every merge with one, cleared only by that overwrite of the whole region.
+const MOVED_IN: u8 = 2;
 
 /// Indexes into `Region::links`.
 pub(crate) const RETIRED_NEXT: usize = 0;
@@ -167,7 +177,7 @@ impl Region {
             dirtiness: DirtyWord::new(Dirtiness::Clean),
             zeroed: AtomicBool::new(zeroed),
             guarded: AtomicBool::new(false),
-            shrunk: AtomicBool::new(false),
+            marks: AtomicU8::new(0),
             links: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
             bin: UnsafeCell::new(NO_BIN),
         }
@@ -234,12 +244,30 @@ impl Region {
     /// it, on behalf of the object's owner, whose later free is ordered after the
     /// `realloc` that shrank it (same thread, or a hand-off that synchronises).
     pub fn was_shrunk(&self) -> bool {
-        self.shrunk.load(Ordering::Relaxed)
+        self.marks.load(Ordering::Relaxed) & SHRUNK != 0
     }
 
     pub(crate) fn mark_shrunk(&self) {
         // Relaxed: see `was_shrunk`.
-        self.shrunk.store(true, Ordering::Relaxed);
+        self.marks.fetch_or(SHRUNK, Ordering::Relaxed);
+    }
+
+    /// True when some page of the range may lie in a kernel mapping that `mremap` moved
+    /// here (see `MOVED_IN`). Relaxed, as `was_shrunk`: set by a writer, by the owner of
+    /// the live object after its move (a later free orders it before the writers that
+    /// fold the region), or cleared by a purge under its read lock; everyone who reads
+    /// it holds the writer mutex or a read reference taken after those.
+    pub fn holds_moved_pages(&self) -> bool {
+        self.marks.load(Ordering::Relaxed) & MOVED_IN != 0
+    }
+
+    /// Sets or clears `MOVED_IN` (see `holds_moved_pages` for the ordering).
+    pub(crate) fn set_moved_pages(&self, moved: bool) {
+        if moved {
+            self.marks.fetch_or(MOVED_IN, Ordering::Relaxed);
+        } else {
+            self.marks.fetch_and(!MOVED_IN, Ordering::Relaxed);
+        }
     }
 
     /// The region's dirtiness. Relaxed, like the fields above: a free region's is

@@ -604,6 +604,15 @@ impl RegionTable {
         installed
     }
 
+    /// Marks the live object region at `addr` as holding pages `mremap` moved in
+    /// (`Region::holds_moved_pages`), for a move made outside the writer mutex
+    /// (`large::move_elsewhere`; `relocate` marks its own destination).
+    pub fn note_moved_in(&self, addr: usize) {
+        if let Some(read) = self.find_and_read_lock(addr) {
+            read.region().set_moved_pages(true);
+        }
+    }
+
     /// The length of the live object region starting at `addr`.
     pub fn object_len(&self, addr: usize) -> Option<usize> {
         let read = self.find_and_read_lock(addr)?;
@@ -992,9 +1001,8 @@ impl RegionTable {
             self.purge_calls.inc();
             // SAFETY: a free region holds no live object, and our read reference keeps
             // any writer from handing it out until the call returns.
-            if unsafe { os::purge(r.start(), r.len(), mode) }.is_ok() {
-                r.zeroed
-                    .store(mode == PurgeMode::DontNeed, Ordering::Relaxed);
+            if let Ok(zeroed) = unsafe { purge_region(r, mode) } {
+                r.zeroed.store(zeroed, Ordering::Relaxed);
                 r.dirtiness.store(Dirtiness::Clean, Ordering::Relaxed);
                 purged += r.len();
             } else {
@@ -1269,6 +1277,26 @@ pub struct SpaceStats {
     pub large_bytes: usize,
     pub segment_regions: usize,
     pub segment_bytes: usize,
+}
+
+/// Hands the pages of the free region `r` (read-locked by the caller's purge) back to
+/// the kernel: `Ok(true)` when they read as zero afterwards. A region holding pages
+/// that `mremap` moved in is overwritten with a fresh mapping while `os::maps` asks for
+/// it (the moved mappings go, and the fresh one merges with its neighbours), which
+/// clears its mark; otherwise, or when that fails, `os::purge` advises it.
+///
+/// # Safety
+/// `r` holds no live object, and the caller's read reference keeps it free.
+unsafe fn purge_region(r: &Region, mode: PurgeMode) -> Result<bool, os::OsError> {
+    if r.holds_moved_pages() && os::maps::overlay_moved() {
+        // SAFETY: caller contract; base space only (`MOVED_IN`).
+        if unsafe { os::overlay(r.start(), r.len()) }.is_ok() {
+            r.set_moved_pages(false);
+            return Ok(true);
+        }
+    }
+    // SAFETY: caller contract.
+    unsafe { os::purge(r.start(), r.len(), mode) }.map(|()| mode == PurgeMode::DontNeed)
 }
 
 #[cfg(all(test, not(loom)))]

@@ -304,6 +304,9 @@ impl<'a> Writer<'a> {
         let right_len = right.len();
         let zeroed = left.is_zeroed() && right.is_zeroed();
         let dirty = left.dirtiness().merge(right.dirtiness());
+        if right.holds_moved_pages() {
+            left.set_moved_pages(true);
+        }
         self.detach(right);
         left.len.fetch_add(right_len, Ordering::Relaxed);
         left.zeroed.store(zeroed, Ordering::Relaxed);
@@ -634,10 +637,13 @@ impl<'a> Writer<'a> {
         let (start, end) = (free.start(), free.end());
         let zeroed = free.is_zeroed();
         let dirty = free.dirtiness();
+        let moved = free.holds_moved_pages();
         let object = self.new_region(at, len, kind, zeroed);
         if object.is_null() {
             return None;
         }
+        // SAFETY: fresh, unpublished; the object's pages are the free region's.
+        unsafe { (*object).set_moved_pages(moved) };
         let tail = if at + len < end {
             let t = self.new_region(at + len, end - at - len, RegionKind::Free, zeroed);
             if t.is_null() {
@@ -646,7 +652,10 @@ impl<'a> Writer<'a> {
                 return None;
             }
             // SAFETY: fresh, unpublished; the tail carries the free region's purge state.
-            unsafe { (*t).dirtiness.store(dirty, Ordering::Relaxed) };
+            unsafe {
+                (*t).dirtiness.store(dirty, Ordering::Relaxed);
+                (*t).set_moved_pages(moved);
+            }
             t
         } else {
             ptr::null_mut()
@@ -720,8 +729,11 @@ impl<'a> Writer<'a> {
         if rest.is_null() {
             return None;
         }
-        // SAFETY: fresh, unpublished; the rest keeps the region's dirty stamp.
-        unsafe { (*rest).dirtiness.store(r.dirtiness(), Ordering::Relaxed) };
+        // SAFETY: fresh, unpublished; the rest keeps the region's dirty stamp and marks.
+        unsafe {
+            (*rest).dirtiness.store(r.dirtiness(), Ordering::Relaxed);
+            (*rest).set_moved_pages(r.holds_moved_pages());
+        }
         if !self.insert(rest) {
             return None;
         }
@@ -807,8 +819,12 @@ impl<'a> Writer<'a> {
         if next.len() >= delta {
             self.start_write(r);
             self.start_write(next);
+            let moved = next.holds_moved_pages();
             if !self.take_front(next, delta) {
                 return false;
+            }
+            if moved {
+                r.set_moved_pages(true);
             }
         } else {
             let Some(after) = self.free_at(next.end(), addr) else {
@@ -825,9 +841,13 @@ impl<'a> Writer<'a> {
             if !self.take_front(after, rest) {
                 return false;
             }
+            let moved = next.holds_moved_pages() || after.holds_moved_pages();
             // Taking all of it detaches it, which cannot fail.
             let taken = self.take_front(next, next.len());
             debug_assert!(taken);
+            if moved {
+                r.set_moved_pages(true);
+            }
         }
         // The counter moved only once nothing could fail any more (`take_front`).
         r.len.store(new_len, Ordering::Relaxed);
@@ -863,6 +883,13 @@ impl<'a> Writer<'a> {
         if unsafe { os::move_pages(addr, placed.start, old_len) }.is_err() {
             return Some((placed, false));
         }
+        if space == Space::Base {
+            // Huge-page space is never overwritten (`MOVED_IN`): a fresh mapping there
+            // would lose `MADV_HUGEPAGE`.
+            if let Some(dest) = self.region_at(placed.start) {
+                dest.set_moved_pages(true);
+            }
+        }
         // The source is now empty: clean, zero, free.
         r.kind.store(RegionKind::Free as u8, Ordering::Relaxed);
         r.zeroed.store(true, Ordering::Relaxed);
@@ -892,6 +919,7 @@ impl<'a> Writer<'a> {
         r.mark_shrunk();
         // SAFETY: just inserted, attached.
         let tail = unsafe { &*tail };
+        tail.set_moved_pages(r.holds_moved_pages());
         tail.dirtiness
             .store(Dirtiness::since(os::now_ms()), Ordering::Relaxed);
         self.table

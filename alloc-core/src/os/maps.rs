@@ -1,0 +1,208 @@
+//! The kernel's mappings (VMAs) of our reservations, as page moves split them: owns
+//! their gauge, its census from `/proc/self/maps`, and the switch that asks purges to
+//! overwrite moved-in ranges with fresh mappings (`overlay_moved`); calls only `libc`.
+//! `large` asks `may_split` before a medium object moves by `mremap`.
+//!
+//! Measured on this kernel (6.18, a C probe; BENCHMARKS.md, "movecap8"): a faulted
+//! anonymous mapping moved by `mremap` keeps its page offset and `anon_vma`, so the
+//! moved pages stay a mapping of their own in the reservation around them (1 -> 3
+//! mappings), whatever is done to them later (`MADV_DONTNEED`, `MADV_NORMAL`,
+//! `mprotect` away and back: still 3). A fresh mapping over them (`mmap(MAP_FIXED)`,
+//! `os::overlay`) takes the page offset of its address and merges with its neighbours:
+//! back to 1, also when laid piecewise. The source, left mapped by
+//! `MREMAP_DONTUNMAP`, merges back by itself unless its pages had been moved in before.
+//! So the mappings a process holds follow the moved-in ranges not yet overwritten: the
+//! budget renews as purges overwrite them, and the census reads how many there are.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Mappings in our reservations past which medium objects stop moving by `mremap`
+/// (they are copied) until a census finds fewer: a quarter of the default
+/// `vm.max_map_count` (65,530), past which every `mmap` of the process (thread stacks,
+/// our reservations) fails; the bound the fixed budget of 8,192 moves gave (2 mappings
+/// each) before it renewed.
+pub const MAPPINGS_BOUND: u64 = 16384;
+
+/// From this gauge on, purges overwrite the moved-in ranges they purge (`overlay_moved`)
+/// instead of advising them: three quarters of the bound. Each overwrite takes an
+/// `mmap_lock` writer where the `madvise` it replaces takes none, and the mark it acts
+/// on is coarse (`region::MOVED_IN` spreads over merged free space), so the fewer the
+/// better: in the `medium` workload's 400k-iteration run (BENCHMARKS.md, "movecap8")
+/// overwriting from 2,048 made 70k overwrites, from 8,192 about 20k, from 12,288 7-11k
+/// per 12-14k moves, with the same faults and at most 12k mappings. Short runs, and
+/// the tests' steady states, never overwrite.
+pub const OVERLAY_FROM: u64 = MAPPINGS_BOUND / 4 * 3;
+
+/// The most mappings one move or one overwrite adds: a range laid inside one mapping
+/// cuts it in three. (A move of an object that spans several mappings carries them all
+/// and may add more; the census counts what the gauge missed.)
+pub const SPLIT_CHARGE: u64 = 2;
+
+/// After a census that finds the bound still reached, this many refused moves pass
+/// before the next one: a census reads every mapping's line (16k lines: a few ms), and
+/// this many copies of objects of 64 KiB or more fault at least as many pages.
+const REFUSALS_PER_CENSUS: u64 = 1024;
+
+/// Where the kernel lists the process's mappings, one line each.
+const MAPS_PATH: &core::ffi::CStr = c"/proc/self/maps";
+
+/// Bytes read from `MAPS_PATH` per call: a stack buffer (no allocation inside the
+/// allocator), about 40 lines.
+const READ_CHUNK: usize = 4096;
+
+/// Upper bound on the mappings in our reservations: the last census, plus
+/// `SPLIT_CHARGE` per move and overwrite since. Relaxed everywhere: a gauge that
+/// publishes nothing.
+static MAPPINGS: AtomicU64 = AtomicU64::new(0);
+/// Moves refused since the last census that lifted the bound.
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+/// One census at a time (Acquire/Release: the census's gauge update is seen by the next).
+static CENSUS_BUSY: AtomicBool = AtomicBool::new(false);
+/// Censuses taken (statistics).
+static CENSUSES: AtomicU64 = AtomicU64::new(0);
+
+/// Records a move or an overwrite in our reservations.
+pub(crate) fn charge() {
+    MAPPINGS.fetch_add(SPLIT_CHARGE, Ordering::Relaxed);
+}
+
+/// The gauge: at least the mappings in our reservations (as of the last census, give
+/// or take the moves that ran beside it).
+pub fn mappings() -> u64 {
+    MAPPINGS.load(Ordering::Relaxed)
+}
+
+/// Censuses taken so far.
+pub fn censuses() -> u64 {
+    CENSUSES.load(Ordering::Relaxed)
+}
+
+/// Whether purges should overwrite the moved-in ranges they purge now.
+#[inline]
+pub fn overlay_moved() -> bool {
+    MAPPINGS.load(Ordering::Relaxed) >= OVERLAY_FROM
+}
+
+/// Whether one more move may split mappings: below the bound, yes; at it, a census
+/// (one thread at a time, at most once per `REFUSALS_PER_CENSUS` refusals) decides.
+/// `is_ours` tells the addresses of our reservations. Without `/proc` the gauge only
+/// grows, and moves stop at the bound for good, as the fixed budget did.
+pub fn may_split(is_ours: impl Fn(usize) -> bool) -> bool {
+    if mappings() < MAPPINGS_BOUND {
+        return true;
+    }
+    if !REFUSED
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(REFUSALS_PER_CENSUS)
+        || CENSUS_BUSY.swap(true, Ordering::Acquire)
+    {
+        return false;
+    }
+    let lifted = census(is_ours).is_some_and(|n| n < MAPPINGS_BOUND);
+    if lifted {
+        REFUSED.store(0, Ordering::Relaxed);
+    }
+    CENSUS_BUSY.store(false, Ordering::Release);
+    lifted
+}
+
+/// Counts the mappings in our reservations (`/proc/self/maps` lines whose start
+/// `is_ours`) and sets the gauge to that count plus the charges made while it read.
+fn census(is_ours: impl Fn(usize) -> bool) -> Option<u64> {
+    let before = MAPPINGS.load(Ordering::Relaxed);
+    let counted = count_mappings(is_ours)?;
+    CENSUSES.fetch_add(1, Ordering::Relaxed);
+    let mut now = MAPPINGS.load(Ordering::Relaxed);
+    loop {
+        let set = counted.saturating_add(now.saturating_sub(before));
+        match MAPPINGS.compare_exchange_weak(now, set, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(set),
+            Err(seen) => now = seen,
+        }
+    }
+}
+
+/// The number of `/proc/self/maps` lines whose start address `is_ours`; `None` when the
+/// file cannot be read. Allocates nothing.
+pub fn count_mappings(is_ours: impl Fn(usize) -> bool) -> Option<u64> {
+    let _errno = super::ErrnoGuard::save();
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(MAPS_PATH.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut lines = LineStarts::default();
+    let mut buf = [0u8; READ_CHUNK];
+    let complete = loop {
+        // SAFETY: `buf` is a valid buffer of the length passed; our own descriptor.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            break false;
+        }
+        if n == 0 {
+            break true;
+        }
+        lines.feed(&buf[..n as usize], &is_ours);
+    };
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    complete.then_some(lines.ours)
+}
+
+/// Parses the start address (hex digits up to `-`) of each line of a maps file fed in
+/// pieces, and counts the lines whose start `is_ours`.
+#[derive(Default)]
+struct LineStarts {
+    /// The start address read so far on this line.
+    start: usize,
+    /// Past this line's start address (skipping to its end).
+    in_rest: bool,
+    ours: u64,
+}
+
+impl LineStarts {
+    fn feed(&mut self, bytes: &[u8], is_ours: &impl Fn(usize) -> bool) {
+        for &b in bytes {
+            if b == b'\n' {
+                self.start = 0;
+                self.in_rest = false;
+            } else if !self.in_rest {
+                match (b as char).to_digit(16) {
+                    Some(d) => self.start = (self.start << 4) | d as usize,
+                    None => {
+                        self.in_rest = true;
+                        if is_ours(self.start) {
+                            self.ours += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_starts_are_parsed_across_pieces() {
+        let text = b"7f0000000000-7f0000400000 rw-p 7f0000000 00:00 0 \n\
+                     7f0000400000-7f0000500000 rw-p 00000000 00:00 0\n\
+                     555555554000-555555556000 r--p 00000000 08:01 42 /bin/x\n";
+        for cut in 0..text.len() {
+            let mut lines = LineStarts::default();
+            let ours = |a: usize| a >> 40 == 0x7f;
+            lines.feed(&text[..cut], &ours);
+            lines.feed(&text[cut..], &ours);
+            assert_eq!(lines.ours, 2, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn the_census_counts_this_process_mappings() {
+        let all = count_mappings(|_| true).expect("/proc/self/maps");
+        assert!(all >= 3, "{all} mappings");
+        assert_eq!(count_mappings(|_| false), Some(0));
+    }
+}

@@ -1,0 +1,124 @@
+//! Medium moves by `mremap` on a budget that renews (issues 14 and 16): a medium object
+//! that cannot grow in place moves its pages, however many moves came before, while
+//! the kernel mappings those moves split stay bounded, because the purges of moved-in
+//! ranges overwrite them with fresh mappings that merge back (`os::maps`). Each check
+//! runs in a child process of its own, so the counters are its own.
+
+use rangealloc::engine::os::maps;
+use rangealloc::RangeAlloc;
+use std::alloc::{alloc, dealloc, realloc, Layout};
+
+#[global_allocator]
+static A: RangeAlloc = RangeAlloc;
+
+const PAGE: usize = 4096;
+const MIB: usize = 1 << 20;
+
+#[test]
+fn child_entry() {
+    let Ok(mode) = std::env::var("RANGEALLOC_TEST_CHILD") else {
+        return; // only meaningful when spawned by `run_child_passing`
+    };
+    match mode.as_str() {
+        "renew" => moves_go_on_with_bounded_mappings(),
+        _ => panic!("unknown mode {mode}"),
+    }
+    println!("PASSED {mode}");
+}
+
+/// Lines of `/proc/self/maps`: the process's kernel mappings.
+fn mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+fn layout(len: usize) -> Layout {
+    Layout::from_size_align(len, 16).unwrap()
+}
+
+/// Medium moves past the 8,192 that session 7's fixed budget allowed per process (after
+/// which every move copied), each moved object freed a few reallocs later and purged by
+/// the dirty budget: every move still moves its pages, the content (first and last
+/// page) survives each, and the process's mappings stay below the gauge's bound plus
+/// what the process maps besides (about 100 here). Measured: at most 3.2k mappings, one
+/// census (the gauge reached the bound after ~6k moves) and 2.1k overwrites by the
+/// 9,216th move; about 9 in 10 reallocs grow in place (into the space a freed
+/// destination left), so the loop makes ~90k reallocs.
+#[test]
+fn medium_moves_renew_their_budget_and_keep_mappings_bounded() {
+    // Huge pages off: the 70 MiB destinations stay in base space, where the 64 KiB
+    // sources are (a move never crosses spaces).
+    let report = rangealloc_tests::run_child_passing("renew", "thp=never,purge_delay_ms=600000");
+    eprint!("{report}");
+}
+
+fn moves_go_on_with_bounded_mappings() {
+    const MOVES: usize = 8192 + 1024;
+    // The smallest object that moves by `mremap` (`large::MEDIUM_REMAP_MIN`)...
+    const LEN: usize = 64 << 10;
+    // ... grown past its growth room (64 MiB minus its length): it must move.
+    const GROWN: usize = 70 * MIB;
+    // Moved objects live this many moves, so frees and purges interleave with moves.
+    const LIVE: usize = 4;
+    // What the process maps besides our reservations' split mappings, with margin.
+    const OTHERS: usize = 1024;
+    let before = rangealloc::stats().reallocs;
+    let mut ring = [std::ptr::null_mut::<u8>(); LIVE];
+    let mut most = 0;
+    // Some reallocs grow in place instead (into the space a freed one left): they are
+    // no moves, and the loop goes on until `MOVES` moves were made.
+    let moves = || rangealloc::stats().reallocs.remapped - before.remapped;
+    let mut i = 0;
+    while moves() < MOVES as u64 && i < 16 * MOVES {
+        i += 1;
+        let tag = i as u64 * 0x9e37_79b9;
+        // SAFETY: pointers are used within their lengths and freed once.
+        unsafe {
+            let p = alloc(layout(LEN));
+            assert!(!p.is_null());
+            p.cast::<u64>().write(tag);
+            p.add(LEN - PAGE).cast::<u64>().write(!tag);
+            let q = realloc(p, layout(LEN), GROWN);
+            assert!(!q.is_null());
+            assert_eq!(q.cast::<u64>().read(), tag, "move {i}: first page lost");
+            assert_eq!(
+                q.add(LEN - PAGE).cast::<u64>().read(),
+                !tag,
+                "move {i}: last page lost"
+            );
+            let old = std::mem::replace(&mut ring[i % LIVE], q);
+            if !old.is_null() {
+                dealloc(old, layout(GROWN));
+            }
+        }
+        if i % 1024 == 0 {
+            most = most.max(mappings());
+        }
+    }
+    most = most.max(mappings());
+    let after = rangealloc::stats().reallocs;
+    for q in ring {
+        // SAFETY: live, freed once.
+        unsafe { dealloc(q, layout(GROWN)) };
+    }
+    assert_eq!(after.moved - before.moved, 0, "moves that copied");
+    assert!(
+        after.remapped - before.remapped >= MOVES as u64,
+        "{} mremap moves in {i} reallocs",
+        after.remapped - before.remapped
+    );
+    assert!(
+        most < maps::MAPPINGS_BOUND as usize + OTHERS,
+        "{most} mappings at most (bound {})",
+        maps::MAPPINGS_BOUND
+    );
+    eprintln!(
+        "{MOVES} moves in {i} reallocs: at most {most} mappings, now {}; gauge {}, {} censuses, {} overwrites",
+        mappings(),
+        maps::mappings(),
+        maps::censuses(),
+        rangealloc::engine::os::overlays()
+    );
+}
