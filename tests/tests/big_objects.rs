@@ -254,10 +254,27 @@ fn last_frees_bounded() {
 /// (each with neighbours placed after it), all grow in place: no move, no byte copied.
 #[test]
 fn doubling_from_the_small_limit_to_64_mib_never_copies() {
-    run("doubling");
+    run_with("doubling", &format!("{NO_TIMED_PURGE},thp=never"));
+}
+
+/// With huge pages on, an object growing by doubling from the small limit moves once,
+/// as it crosses into huge-page sizes (`large::HUGE_OBJECT_MIN`, 4 MiB), by copying its
+/// fewer than 4 MiB to huge-page space, and grows in place there up to 64 MiB: every
+/// later page faults in 2 MiB at a time. It used to grow in place in base space all the
+/// way (the `region` workload's buffers: 16k faults each, 4 KiB at a time).
+#[test]
+fn a_growing_object_crosses_into_huge_space_once() {
+    run_with("doubling", &format!("{NO_TIMED_PURGE},thp=auto"));
 }
 
 fn doubling_in_place() {
+    use rangealloc::engine::large::HUGE_OBJECT_MIN;
+    use rangealloc::engine::options::{thp, Thp};
+    use rangealloc::engine::region::Space;
+    // With huge pages, each object moves once: from below `HUGE_OBJECT_MIN` in base
+    // space to it in huge-page space.
+    let huge = thp() != Thp::Off;
+    println!("huge pages: {huge}");
     const OBJECTS: usize = 4;
     const TOP: usize = 64 * MIB;
     // The first large size: the small limit plus a page (what `SMALL_MAX + 1` rounds to;
@@ -267,7 +284,7 @@ fn doubling_in_place() {
     // that the test harness left may have no room after them: start clean.
     rangealloc::purge();
     let before = rangealloc::stats().reallocs;
-    let mut steps = 0;
+    let (mut steps, mut crossings, mut copied) = (0, 0, 0);
     // SAFETY: pointers are used within their current lengths and freed once.
     unsafe {
         let mut objs: Vec<(*mut u8, usize)> = (0..OBJECTS)
@@ -282,7 +299,16 @@ fn doubling_in_place() {
                 let new_len = (*len * 2).min(TOP);
                 let q = realloc(*p, layout(*len), new_len);
                 assert!(!q.is_null());
-                assert_eq!(q, *p, "object {i} moved growing {len} -> {new_len}");
+                let crossing = huge && *len < HUGE_OBJECT_MIN && new_len >= HUGE_OBJECT_MIN;
+                if crossing {
+                    assert_ne!(q, *p, "object {i} stayed in base space at {new_len}");
+                    assert_eq!(ARENAS.space_of(q as usize), Space::Huge);
+                    crossings += 1;
+                    copied += *len as u64;
+                } else {
+                    assert_eq!(q, *p, "object {i} moved growing {len} -> {new_len}");
+                }
+                *p = q;
                 fill(q.add(*len), new_len - *len, i as u64 ^ *len as u64);
                 assert_eq!(bad_pages(q, first, i as u64), 0);
                 *len = new_len;
@@ -294,9 +320,13 @@ fn doubling_in_place() {
         }
     }
     let after = rangealloc::stats().reallocs;
-    assert_eq!(after.moved - before.moved, 0);
-    assert_eq!(after.copied_bytes - before.copied_bytes, 0);
-    assert_eq!(after.grown_in_place - before.grown_in_place, steps);
+    assert_eq!(crossings, if huge { OBJECTS as u64 } else { 0 });
+    assert_eq!(after.moved - before.moved, crossings);
+    assert_eq!(after.copied_bytes - before.copied_bytes, copied);
+    assert_eq!(
+        after.grown_in_place - before.grown_in_place,
+        steps - crossings
+    );
 }
 
 /// Content survives every kind of resize: small to large (copy), growth in place,
