@@ -278,6 +278,12 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
             // block stays put, while it wastes at most half: no table update.
             return p;
         }
+        if leaves_huge_space(addr, new_len) {
+            let q = place(new_len, align.max(PAGE_SIZE), false, false);
+            if !q.is_null() {
+                return move_to(p, new_len, q);
+            }
+        }
         if ARENAS.shrink_in_place(addr, new_len) {
             crate::purge::large_removed(old_len - new_len);
         }
@@ -321,6 +327,18 @@ fn crosses_into_huge(addr: usize, old_len: usize, new_len: usize) -> bool {
     old_len < HUGE_OBJECT_MIN
         && space_for(new_len) == Space::Huge
         && ARENAS.space_of(addr) == Space::Base
+}
+
+/// Whether an object at `addr` in huge-page space that shrinks to `new_len`, below
+/// `HUGE_OBJECT_MIN`, moves out to base space (a copy of fewer than 4 MiB), the reverse
+/// of `crosses_into_huge`. Shrunk in place, it would sit at the start of a 2 MiB frame
+/// (all of it resident) and keep the huge region it shrank from split in two: the
+/// `region` workload's next buffer, growing from 4 MiB, then found the freed tail behind
+/// a live object and went to fresh space, or started after it with half its room and
+/// moved again halfway, leaving dirty space behind that raised the peak RSS.
+#[inline]
+fn leaves_huge_space(addr: usize, new_len: usize) -> bool {
+    space_for(new_len) == Space::Base && ARENAS.space_of(addr) == Space::Huge
 }
 
 /// Spins before a busy arena counts as busy: a writer running on another core ends
