@@ -97,6 +97,7 @@ fn child_entry() {
         "room-bound" => room_reserves_bounded(),
         "nothp" => huge_pages_once(false),
         "thp-home" => huge_space_at_home(),
+        "shrink-out" => shrink_out_of_huge_space(),
         _ => panic!("unknown mode {mode}"),
     }
     println!("PASSED {mode}");
@@ -254,10 +255,27 @@ fn last_frees_bounded() {
 /// (each with neighbours placed after it), all grow in place: no move, no byte copied.
 #[test]
 fn doubling_from_the_small_limit_to_64_mib_never_copies() {
-    run("doubling");
+    run_with("doubling", &format!("{NO_TIMED_PURGE},thp=never"));
+}
+
+/// With huge pages on, an object growing by doubling from the small limit moves once,
+/// as it crosses into huge-page sizes (`large::HUGE_OBJECT_MIN`, 4 MiB), by copying its
+/// fewer than 4 MiB to huge-page space, and grows in place there up to 64 MiB: every
+/// later page faults in 2 MiB at a time. It used to grow in place in base space all the
+/// way (the `region` workload's buffers: 16k faults each, 4 KiB at a time).
+#[test]
+fn a_growing_object_crosses_into_huge_space_once() {
+    run_with("doubling", &format!("{NO_TIMED_PURGE},thp=auto"));
 }
 
 fn doubling_in_place() {
+    use rangealloc::engine::large::HUGE_OBJECT_MIN;
+    use rangealloc::engine::options::{thp, Thp};
+    use rangealloc::engine::region::Space;
+    // With huge pages, each object moves once: from below `HUGE_OBJECT_MIN` in base
+    // space to it in huge-page space.
+    let huge = thp() != Thp::Off;
+    println!("huge pages: {huge}");
     const OBJECTS: usize = 4;
     const TOP: usize = 64 * MIB;
     // The first large size: the small limit plus a page (what `SMALL_MAX + 1` rounds to;
@@ -267,7 +285,7 @@ fn doubling_in_place() {
     // that the test harness left may have no room after them: start clean.
     rangealloc::purge();
     let before = rangealloc::stats().reallocs;
-    let mut steps = 0;
+    let (mut steps, mut crossings, mut copied) = (0, 0, 0);
     // SAFETY: pointers are used within their current lengths and freed once.
     unsafe {
         let mut objs: Vec<(*mut u8, usize)> = (0..OBJECTS)
@@ -282,7 +300,16 @@ fn doubling_in_place() {
                 let new_len = (*len * 2).min(TOP);
                 let q = realloc(*p, layout(*len), new_len);
                 assert!(!q.is_null());
-                assert_eq!(q, *p, "object {i} moved growing {len} -> {new_len}");
+                let crossing = huge && *len < HUGE_OBJECT_MIN && new_len >= HUGE_OBJECT_MIN;
+                if crossing {
+                    assert_ne!(q, *p, "object {i} stayed in base space at {new_len}");
+                    assert_eq!(ARENAS.space_of(q as usize), Space::Huge);
+                    crossings += 1;
+                    copied += *len as u64;
+                } else {
+                    assert_eq!(q, *p, "object {i} moved growing {len} -> {new_len}");
+                }
+                *p = q;
                 fill(q.add(*len), new_len - *len, i as u64 ^ *len as u64);
                 assert_eq!(bad_pages(q, first, i as u64), 0);
                 *len = new_len;
@@ -294,14 +321,18 @@ fn doubling_in_place() {
         }
     }
     let after = rangealloc::stats().reallocs;
-    assert_eq!(after.moved - before.moved, 0);
-    assert_eq!(after.copied_bytes - before.copied_bytes, 0);
-    assert_eq!(after.grown_in_place - before.grown_in_place, steps);
+    assert_eq!(crossings, if huge { OBJECTS as u64 } else { 0 });
+    assert_eq!(after.moved - before.moved, crossings);
+    assert_eq!(after.copied_bytes - before.copied_bytes, copied);
+    assert_eq!(
+        after.grown_in_place - before.grown_in_place,
+        steps - crossings
+    );
 }
 
 /// Content survives every kind of resize: small to large (copy), growth in place,
-/// shrink in place, growth past the room (a move, counted with its bytes), large to
-/// small (copy).
+/// shrink in place (or, with huge pages, out of huge-page space: a copy), growth past
+/// the room (a move, counted with its bytes), large to small (copy).
 #[test]
 fn content_is_preserved_across_every_move_kind() {
     run("content");
@@ -318,8 +349,8 @@ fn content_across_moves() {
             p.add(i).write(i as u8);
         }
         // Small to large, then past the 64 MiB room (a copy: below
-        // `MEDIUM_REMAP_MIN`), in place, past that room (an `mremap`), shrinks (in
-        // place), and back to small.
+        // `MEDIUM_REMAP_MIN`), in place, past that room (an `mremap`), shrinks (out of
+        // huge-page space when on, then in place), and back to small.
         let sizes = [
             48 * 1024,
             70 * MIB,
@@ -361,8 +392,14 @@ fn content_across_moves() {
         after.grown_in_place > before.grown_in_place,
         "no growth in place"
     );
-    assert_eq!(after.moved - before.moved, 1, "copies");
-    assert_eq!(after.copied_bytes - before.copied_bytes, 48 * 1024);
+    // With huge pages, the shrink from 250 MiB to 3 MiB leaves huge-page space: a copy.
+    let huge = rangealloc::engine::options::thp() != rangealloc::engine::options::Thp::Off;
+    let shrink_copied = if huge { 3 * MIB as u64 } else { 0 };
+    assert_eq!(after.moved - before.moved, 1 + u64::from(huge), "copies");
+    assert_eq!(
+        after.copied_bytes - before.copied_bytes,
+        48 * 1024 + shrink_copied
+    );
     assert_eq!(after.remapped - before.remapped, 1, "mremap moves");
     assert_eq!(
         after.remapped_bytes - before.remapped_bytes,
@@ -609,6 +646,41 @@ fn huge_space_at_home() {
         .join()
         .unwrap();
         dealloc(first, layout(big));
+    }
+}
+
+/// With huge pages on, a big object in huge-page space that shrinks below 4 MiB (the
+/// `region` workload shrinks its 64 MiB buffers back to 64 KiB) moves out to base space,
+/// its content kept, and leaves its whole region free: the next big buffer takes it
+/// from its start, in place of the pages its predecessor faulted in. Shrunk in place,
+/// the small remainder kept the region's first frame and split the freed space.
+#[test]
+fn a_big_object_shrunk_below_huge_sizes_leaves_huge_space() {
+    run_with("shrink-out", &format!("{NO_TIMED_PURGE},thp=auto"));
+}
+
+fn shrink_out_of_huge_space() {
+    use rangealloc::engine::options::{thp, Thp};
+    use rangealloc::engine::region::Space;
+    if thp() == Thp::Off {
+        println!("huge pages are off (kernel mode never): nothing to check");
+        return;
+    }
+    const BIG: usize = 64 * MIB;
+    const SMALL: usize = 64 << 10;
+    // SAFETY: pointers are used within their current lengths and freed once.
+    unsafe {
+        let p = alloc(layout(BIG));
+        assert_eq!(ARENAS.space_of(p as usize), Space::Huge);
+        fill(p, BIG, 3);
+        let q = realloc(p, layout(BIG), SMALL);
+        assert!(!q.is_null());
+        assert_eq!(ARENAS.space_of(q as usize), Space::Base, "shrunk in place");
+        assert_eq!(bad_pages(q, SMALL, 3), 0);
+        let next = alloc(layout(BIG));
+        assert_eq!(next, p, "the next big buffer did not take the freed region");
+        dealloc(next, layout(BIG));
+        dealloc(q, layout(SMALL));
     }
 }
 

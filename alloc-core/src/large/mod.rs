@@ -19,7 +19,8 @@
 //! `mremap` (one `mmap_lock` writer instead of a copy's faults). Objects of 4 MiB and
 //! more go to huge-page space (`HUGE_OBJECT_MIN`, `options::thp`), where their length is
 //! a whole number of huge pages; the others, like small-object segments, to the base
-//! space.
+//! space. An object growing into that size from base space moves there once, by a copy
+//! of fewer than 4 MiB (`crosses_into_huge`), and keeps growing in place there.
 
 pub mod cache;
 
@@ -269,10 +270,22 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
             // block stays put, while it wastes at most half: no table update.
             return p;
         }
+        if leaves_huge_space(addr, new_len) {
+            let q = place(new_len, align.max(PAGE_SIZE), false, false);
+            if !q.is_null() {
+                return move_to(p, new_len, q);
+            }
+        }
         if ARENAS.shrink_in_place(addr, new_len) {
             crate::purge::large_removed(old_len - new_len);
         }
         return p; // or the tail could not be split off (out of metadata): keep it all
+    }
+    if crosses_into_huge(addr, old_len, new_len) {
+        let q = place(new_len, align.max(PAGE_SIZE), false, true);
+        if !q.is_null() {
+            return move_to(p, old_len, q);
+        }
     }
     match try_grow_in_place(addr, new_len) {
         Some(true) => {
@@ -291,6 +304,33 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         old_len,
         place(new_len, align.max(PAGE_SIZE), false, true),
     )
+}
+
+/// Whether a growing object at `addr` of `old_len` bytes, below `HUGE_OBJECT_MIN` in
+/// base space, moves to huge-page space as it grows to `new_len` there, instead of
+/// growing in place in base space for the rest of its life: every later page of it
+/// would fault 4 KiB at a time (the `region` workload's buffers start at 64 KiB and grow
+/// in place to 64 MiB: 16k faults each). The move copies fewer than `HUGE_OBJECT_MIN`
+/// bytes once (an `mremap` would carry the base space's VMA flags, without
+/// `MADV_HUGEPAGE`, into huge space: see `remap`); an object already that big in base
+/// space (`base_instead`) stays there.
+#[inline]
+fn crosses_into_huge(addr: usize, old_len: usize, new_len: usize) -> bool {
+    old_len < HUGE_OBJECT_MIN
+        && space_for(new_len) == Space::Huge
+        && ARENAS.space_of(addr) == Space::Base
+}
+
+/// Whether an object at `addr` in huge-page space that shrinks to `new_len`, below
+/// `HUGE_OBJECT_MIN`, moves out to base space (a copy of fewer than 4 MiB), the reverse
+/// of `crosses_into_huge`. Shrunk in place, it would sit at the start of a 2 MiB frame
+/// (all of it resident) and keep the huge region it shrank from split in two: the
+/// `region` workload's next buffer, growing from 4 MiB, then found the freed tail behind
+/// a live object and went to fresh space, or started after it with half its room and
+/// moved again halfway, leaving dirty space behind that raised the peak RSS.
+#[inline]
+fn leaves_huge_space(addr: usize, new_len: usize) -> bool {
+    space_for(new_len) == Space::Base && ARENAS.space_of(addr) == Space::Huge
 }
 
 /// Spins before a busy arena counts as busy: a writer running on another core ends
