@@ -125,24 +125,37 @@ pub fn charge_blocks(blocks: usize, block_size: usize) -> usize {
     sampler::charge(blocks, block_size, mean)
 }
 
-/// Frames of ours above `sample` when it samples a small block: `sample_block`, the
-/// heap's `sample_point` and its `alloc_slow` (each called, never jumped to: they keep
-/// their callers' frames). A tail call further up only ever removes an allocator frame
-/// (`malloc`'s), never one of the program's.
+/// Frames of ours above `record_block` when it records a small block: `sample_block`,
+/// the heap's `sample_point` and its `alloc_slow` (each called, never jumped to: they
+/// keep their callers' frames). A tail call further up only ever removes an allocator
+/// frame (`malloc`'s), never one of the program's.
 const SMALL_CALLERS: usize = 3;
 
-/// The allocation at a sample point of a small block of `block_size` bytes: served as
-/// its own page-aligned region, recorded with its stack and the weight of a block of
-/// that size (the profile counts block sizes, as jemalloc's counts usable sizes). Null
-/// if the profiler declines (off by now, the thread is inside the profiler, or no
-/// memory): the caller then serves it from its page.
+/// The allocation at a sample point of a small block: `block`, of `block_size` bytes,
+/// just taken from its page, is recorded with its stack and the weight of a block of
+/// that size (the profile counts block sizes, as jemalloc's counts usable sizes). True
+/// if it was recorded: the caller then marks its page, so that its free reaches the
+/// heap's slow path (`forget_if_sampled`). False if the profiler declines (off by now,
+/// the thread is inside the profiler, or a table is full).
 #[cold]
 #[inline(never)]
-pub fn sample_block(block_size: usize) -> *mut u8 {
+pub fn sample_block(block: *mut u8, block_size: usize) -> bool {
     if STATE.load(Ordering::Relaxed) != ON || thread::inside_allocator() || sampler::busy() {
-        return core::ptr::null_mut();
+        return false;
     }
-    not_a_tail_call(sample(block_size, MALLOC_ALIGN, false, SMALL_CALLERS))
+    core::hint::black_box(record_block(block, block_size, SMALL_CALLERS))
+}
+
+/// Records one sampled small block; `callers` frames above this one are the
+/// allocator's. Out of line, as `sample`.
+#[cold]
+#[inline(never)]
+fn record_block(block: *mut u8, block_size: usize, callers: usize) -> bool {
+    let _busy = sampler::Busy::enter();
+    let (frames, depth) = capture_here(callers + 1);
+    let (objects, bytes) = sampler::weight(block_size, mean());
+    // A full table leaves the block an ordinary, unrecorded one.
+    table::record(block as usize, &frames[..depth], objects, bytes)
 }
 
 /// Frames of ours above `sample` when it samples a large object: `alloc_large` and the
@@ -196,7 +209,11 @@ fn sample(size: usize, align: usize, zero: bool, callers: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
-    forget_if_sampled(p);
+    if forget_if_sampled(p) && crate::space::kind_of(p as usize) == crate::space::SlotKind::Segment
+    {
+        // SAFETY: forwarded contract: a live block, here of a segment.
+        unsafe { crate::heap::sampled_block_forgotten(p) };
+    }
     let take = !crate::served_by_pages(new_size, align)
         && STATE.load(Ordering::Relaxed) == ON
         && sampler::take(new_size, mean)
@@ -244,12 +261,12 @@ fn capture_here(ours: usize) -> ([usize; MAX_FRAMES], usize) {
     (frames, depth)
 }
 
-/// Called by `free` for a table region before it is released.
+/// Called by `free` for a table region before it is released, and by the heap's free of
+/// a block of a marked page before it is published; true if `p` was a sampled object
+/// (its record is dropped: its stack's in-use totals go down).
 #[inline]
-pub fn forget_if_sampled(p: *mut u8) {
-    if table::maybe_sampled(p as usize) {
-        table::forget(p as usize);
-    }
+pub fn forget_if_sampled(p: *mut u8) -> bool {
+    table::maybe_sampled(p as usize) && table::forget(p as usize)
 }
 
 // ---- control -------------------------------------------------------------------------
