@@ -208,6 +208,83 @@ fn remote_child(path: &str) {
     println!("DUMPED");
 }
 
+/// Threads the forked child starts at once: enough to adopt every heap the child
+/// inherits (the abandoned ones first, then the orphans, among them the sampling
+/// thread's).
+const FORK_ADOPTERS: usize = 12;
+const FORK_BLOCKS: usize = 5000;
+
+/// A thread of the parent holds sampled small blocks (every block of its pages is
+/// sampled, so every page is marked) and is alive at `fork`: in the child its heap is an
+/// orphan, rebuilt from its page descriptors by the first child thread that adopts it
+/// (`heap::repair`). The marked pages must be taken for the live pages they are: were
+/// their units given back, the adopters would carve new blocks over the sampled ones.
+/// The child starts `FORK_ADOPTERS` threads that fill blocks of the same class, checks
+/// that the sampled blocks kept their contents, frees them and exits 0.
+fn fork_child(_path: &str) {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let blocks: Vec<usize> = (0..FORK_BLOCKS)
+            .map(|id| Box::into_raw(prof_site_block(id)) as usize)
+            .collect();
+        tx.send(blocks).unwrap();
+        // Alive, with its heap, until the parent has forked.
+        done_rx.recv().unwrap();
+    });
+    let blocks = rx.recv().unwrap();
+    // SAFETY: the child only allocates, frees, starts threads and calls `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(FORK_ADOPTERS));
+        let adopters: Vec<_> = (0..FORK_ADOPTERS)
+            .map(|t| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mine: Vec<Box<[usize; BLOCK_WORDS]>> = (0..FORK_BLOCKS)
+                        .map(|_| Box::new([usize::MAX - t; BLOCK_WORDS]))
+                        .collect();
+                    // Every adopter holds its heap until all have one.
+                    barrier.wait();
+                    mine.iter().all(|b| b.iter().all(|&w| w == usize::MAX - t))
+                })
+            })
+            .collect();
+        let mut ok = adopters.into_iter().all(|a| a.join().unwrap_or(false));
+        for (id, &b) in blocks.iter().enumerate() {
+            // SAFETY: a live block of `BLOCK_WORDS` words, inherited from the parent.
+            let words = unsafe { std::slice::from_raw_parts(b as *const usize, BLOCK_WORDS) };
+            if words.iter().any(|&w| w != id) {
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            for &b in &blocks {
+                // SAFETY: live blocks allocated as `Box<[usize; BLOCK_WORDS]>`.
+                drop(unsafe { Box::from_raw(b as *mut [usize; BLOCK_WORDS]) });
+            }
+        }
+        // SAFETY: `_exit` skips the harness's destructors: fine in a forked child.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the forked child found sampled blocks overwritten, or died (wait status {status:#x})"
+    );
+    for &b in &blocks {
+        // SAFETY: as in the child.
+        drop(unsafe { Box::from_raw(b as *mut [usize; BLOCK_WORDS]) });
+    }
+    println!("FORKED");
+}
+
 #[test]
 fn child_entry() {
     let Ok(mode) = std::env::var("RANGEALLOC_TEST_CHILD") else {
@@ -222,6 +299,9 @@ fn child_entry() {
     }
     if mode == "remote" {
         return remote_child(&path);
+    }
+    if mode == "fork" {
+        return fork_child(&path);
     }
     assert_eq!(mode, "sites");
     for (name, f) in SITES.iter().zip([
@@ -680,6 +760,16 @@ fn sampled_small_blocks_freed_by_another_thread_leave_nothing_in_use() {
     );
     assert_eq!(site_total(&p, site, "inuse_objects"), 0.0);
     assert_eq!(site_total(&p, site, "inuse_space"), 0.0);
+}
+
+/// Pages marked for sampled blocks survive `fork`: the heap of a thread that held
+/// sampled blocks at the fork is rebuilt in the child with those pages live.
+#[test]
+fn a_forked_childs_repair_keeps_pages_holding_sampled_blocks() {
+    let path = scratch("fork").join("fork.heap");
+    let out = run(child("fork", &path, REMOTE_OPTIONS), LIMIT);
+    out.assert_success("the fork program");
+    assert!(out.stdout.contains("FORKED"), "{}", out.stdout);
 }
 
 #[test]

@@ -109,10 +109,6 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
             page
         };
         heap.current[class] = page;
-        // A page whose sampled blocks other threads freed is still marked (they leave
-        // that to us): a refill is the owner's chance to clear it, if its own frees
-        // into the page did not.
-        (*page).unmark_if_unsampled();
         if crate::prof::sampling() && charge_refill(page) {
             // As above: not a tail call.
             return core::hint::black_box(sample_point(heap, page));
@@ -136,6 +132,12 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
 unsafe fn charge_refill(page: *mut Page) -> bool {
     // SAFETY: caller contract.
     unsafe {
+        // A page whose sampled blocks other threads freed is still marked (they leave
+        // that to its owner): a refill is the owner's chance to clear it, if its own
+        // frees into the page did not. Here, not in every refill: with the profiler off
+        // the refill pays nothing (a page marked before it was switched off is cleared
+        // by the owner's next free into it).
+        (*page).unmark_if_unsampled();
         let blocks = (*page).carved_blocks() - (*page).used as usize;
         let before = crate::prof::charge_blocks(blocks, (*page).block_size as usize);
         if before == blocks {
