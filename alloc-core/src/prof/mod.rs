@@ -1,8 +1,9 @@
 //! Heap profiling: sampled allocation stacks, written as pprof profiles, and a leak
 //! report at exit. Owns the profiler's on/off state and its hooks into `alloc`, `free`
-//! and `realloc`; calls `large` (sampled objects are served there), `thread` (the
-//! re-entrancy guard), `options`, `os`, and its own parts: `sampler` (the per-thread
-//! byte countdown and sample weights), `stack` (unwinding, with `cfi`'s call-frame rules), `table` (stacks and live
+//! and `realloc`; calls `large` (sampled large objects are served there), `heap` (a
+//! reallocated sampled block's page count), `thread` (the re-entrancy guard), `options`,
+//! `os`, and its own parts: `sampler` (the per-thread byte countdown and sample
+//! weights), `stack` (unwinding, with `cfi`'s call-frame rules), `table` (stacks and live
 //! samples), `pprof` (the encoder), `gzip` (its compression) and `report` (the leak
 //! report).
 //!
@@ -11,16 +12,19 @@
 //! heap's slow path (`charge_blocks`), which cuts the list before a sample point so that
 //! the sampled allocation reaches the slow path too (`sample_block`); large objects,
 //! already on a slow path, are counted one by one (`alloc_large`). With profiling off a
-//! refill tests one byte. `free` of a small block is untouched, because a sampled object
-//! is never a small block: it is served as a page-aligned large object (tcmalloc gives
-//! sampled objects their own span for the same reason), so only the already-slow free of
-//! a table region asks `table::maybe_sampled`. One allocation in `prof_sample` bytes on
-//! average unwinds its stack and records it.
+//! refill tests one byte. A sampled small block stays an ordinary block of its page; the
+//! heap marks the page (`heap::page::Page::mark_sampled`), which makes the fast free's
+//! block test fail for every block of it, so their frees reach the heap's slow path,
+//! which asks `forget_if_sampled` (one load and a hash when the block is not sampled).
+//! The mark goes when no sampled block of the page is left. The free of a table region,
+//! already slow, asks too. One allocation in `prof_sample` bytes on average unwinds its
+//! stack and records it.
 //!
 //! Hooks: the heap's `alloc_slow` calls `charge_blocks` and `sample_block` while
 //! `sampling()`; `alloc_generic` (`lib.rs`) calls `alloc_large` while `sampling()`;
-//! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region calls
-//! `forget_if_sampled`; the fork handlers take and release the table lock.
+//! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region and
+//! the heap's free of a block of a marked page call `forget_if_sampled`; the fork
+//! handlers take and release the table lock.
 
 // The cached walk reads x86-64 rules; other targets use libgcc's walk alone.
 #[cfg(target_arch = "x86_64")]
