@@ -136,6 +136,155 @@ fn blocks_child(path: &str) {
     println!("DUMPED");
 }
 
+const REMOTE_BLOCKS: usize = 20_000;
+/// Every allocation sampled: every block of the pages involved is a sampled one.
+const REMOTE_OPTIONS: &str = "prof=1,prof_sample=1";
+
+/// Sampled small blocks are ordinary blocks of their pages: their usable size is their
+/// class's, a `realloc` that still fits keeps them in place, and they may be freed by
+/// another thread. Round one: every block is allocated here (each with its id), every
+/// other one shrunk in place with `realloc`, then all are freed by another thread. Round
+/// two reuses those pages here (every block handed out once) and frees locally. The dump
+/// is taken at the end: the site must have nothing in use.
+fn remote_child(path: &str) {
+    use std::alloc::{dealloc, realloc, Layout};
+    println!(
+        "SITE prof_site_block {:#x}",
+        prof_site_block as *const () as usize
+    );
+    let block_bytes = BLOCK_WORDS * std::mem::size_of::<usize>();
+    let full = Layout::new::<[usize; BLOCK_WORDS]>();
+    let shrunk = Layout::from_size_align(block_bytes - 8, full.align()).unwrap();
+    let check = |p: *const usize, id: usize, words: usize| {
+        // SAFETY: `p` is a live block of at least `words` words, written by us.
+        let got = unsafe { std::slice::from_raw_parts(p, words) };
+        assert!(
+            got.iter().all(|&w| w == id),
+            "block {id} was handed out twice"
+        );
+    };
+    for round in 0..2 {
+        let first = round * REMOTE_BLOCKS;
+        let blocks: Vec<usize> = (first..first + REMOTE_BLOCKS)
+            .map(|id| Box::into_raw(prof_site_block(id)) as usize)
+            .collect();
+        for (i, &b) in blocks.iter().enumerate() {
+            check(b as *const usize, first + i, BLOCK_WORDS);
+            // SAFETY: a live block of ours.
+            let usable = unsafe { rangealloc::usable_size(b as *const u8) };
+            assert!(
+                (block_bytes..2 * block_bytes).contains(&usable),
+                "a sampled {block_bytes}-byte block has a usable size of {usable}"
+            );
+        }
+        let mut sizes = Vec::with_capacity(REMOTE_BLOCKS);
+        for (i, &b) in blocks.iter().enumerate() {
+            if i % 2 == 1 {
+                // SAFETY: a live block allocated with `full`; the new size is non-zero.
+                let q = unsafe { realloc(b as *mut u8, full, shrunk.size()) };
+                assert_eq!(
+                    q as usize, b,
+                    "a shrinking realloc that fits moved block {i}"
+                );
+                check(q as *const usize, first + i, BLOCK_WORDS - 1);
+                sizes.push(shrunk);
+            } else {
+                sizes.push(full);
+            }
+        }
+        let free_all = move || {
+            for (&b, &layout) in blocks.iter().zip(&sizes) {
+                // SAFETY: live blocks of ours, with the layouts they have now.
+                unsafe { dealloc(b as *mut u8, layout) };
+            }
+        };
+        if round == 0 {
+            std::thread::spawn(free_all).join().unwrap();
+        } else {
+            free_all();
+        }
+    }
+    rangealloc::profile::dump(path).expect("dump the profile");
+    println!("DUMPED");
+}
+
+/// Threads the forked child starts at once: enough to adopt every heap the child
+/// inherits (the abandoned ones first, then the orphans, among them the sampling
+/// thread's).
+const FORK_ADOPTERS: usize = 12;
+const FORK_BLOCKS: usize = 5000;
+
+/// A thread of the parent holds sampled small blocks (every block of its pages is
+/// sampled, so every page is marked) and is alive at `fork`: in the child its heap is an
+/// orphan, rebuilt from its page descriptors by the first child thread that adopts it
+/// (`heap::repair`). The marked pages must be taken for the live pages they are: were
+/// their units given back, the adopters would carve new blocks over the sampled ones.
+/// The child starts `FORK_ADOPTERS` threads that fill blocks of the same class, checks
+/// that the sampled blocks kept their contents, frees them and exits 0.
+fn fork_child(_path: &str) {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let blocks: Vec<usize> = (0..FORK_BLOCKS)
+            .map(|id| Box::into_raw(prof_site_block(id)) as usize)
+            .collect();
+        tx.send(blocks).unwrap();
+        // Alive, with its heap, until the parent has forked.
+        done_rx.recv().unwrap();
+    });
+    let blocks = rx.recv().unwrap();
+    // SAFETY: the child only allocates, frees, starts threads and calls `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(FORK_ADOPTERS));
+        let adopters: Vec<_> = (0..FORK_ADOPTERS)
+            .map(|t| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mine: Vec<Box<[usize; BLOCK_WORDS]>> = (0..FORK_BLOCKS)
+                        .map(|_| Box::new([usize::MAX - t; BLOCK_WORDS]))
+                        .collect();
+                    // Every adopter holds its heap until all have one.
+                    barrier.wait();
+                    mine.iter().all(|b| b.iter().all(|&w| w == usize::MAX - t))
+                })
+            })
+            .collect();
+        let mut ok = adopters.into_iter().all(|a| a.join().unwrap_or(false));
+        for (id, &b) in blocks.iter().enumerate() {
+            // SAFETY: a live block of `BLOCK_WORDS` words, inherited from the parent.
+            let words = unsafe { std::slice::from_raw_parts(b as *const usize, BLOCK_WORDS) };
+            if words.iter().any(|&w| w != id) {
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            for &b in &blocks {
+                // SAFETY: live blocks allocated as `Box<[usize; BLOCK_WORDS]>`.
+                drop(unsafe { Box::from_raw(b as *mut [usize; BLOCK_WORDS]) });
+            }
+        }
+        // SAFETY: `_exit` skips the harness's destructors: fine in a forked child.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the forked child found sampled blocks overwritten, or died (wait status {status:#x})"
+    );
+    for &b in &blocks {
+        // SAFETY: as in the child.
+        drop(unsafe { Box::from_raw(b as *mut [usize; BLOCK_WORDS]) });
+    }
+    println!("FORKED");
+}
+
 #[test]
 fn child_entry() {
     let Ok(mode) = std::env::var("RANGEALLOC_TEST_CHILD") else {
@@ -147,6 +296,12 @@ fn child_entry() {
     }
     if mode == "blocks" {
         return blocks_child(&path);
+    }
+    if mode == "remote" {
+        return remote_child(&path);
+    }
+    if mode == "fork" {
+        return fork_child(&path);
     }
     assert_eq!(mode, "sites");
     for (name, f) in SITES.iter().zip([
@@ -583,6 +738,38 @@ fn small_blocks_sampled_at_refills_are_counted_and_freed() {
     let after = decode(&std::fs::read(format!("{}.after", path.display())).unwrap());
     assert_eq!(site_total(&after, site, "inuse_objects"), 0.0);
     assert!(site_total(&after, site, "alloc_objects") > 0.0);
+}
+
+/// Sampled small blocks stay blocks of their pages (usable size, in-place `realloc`),
+/// and their frees from another thread and the reuse of their pages leave the profile
+/// right: everything the site allocated is counted, nothing of it in use.
+#[test]
+fn sampled_small_blocks_freed_by_another_thread_leave_nothing_in_use() {
+    let path = scratch("remote").join("remote.heap");
+    let out = run(child("remote", &path, REMOTE_OPTIONS), LIMIT);
+    out.assert_success("the remote-free program");
+    assert!(out.stdout.contains("DUMPED"), "{}", out.stdout);
+    let exe = std::env::current_exe().unwrap();
+    let site = site_range(&out.stdout, &exe, "prof_site_block");
+    let p = decode(&std::fs::read(&path).unwrap());
+    let allocated = site_total(&p, site, "alloc_objects");
+    let want = (2 * REMOTE_BLOCKS) as f64;
+    assert!(
+        (allocated / want - 1.0).abs() < TOLERANCE,
+        "alloc_objects at the block site: {allocated}, expected about {want}"
+    );
+    assert_eq!(site_total(&p, site, "inuse_objects"), 0.0);
+    assert_eq!(site_total(&p, site, "inuse_space"), 0.0);
+}
+
+/// Pages marked for sampled blocks survive `fork`: the heap of a thread that held
+/// sampled blocks at the fork is rebuilt in the child with those pages live.
+#[test]
+fn a_forked_childs_repair_keeps_pages_holding_sampled_blocks() {
+    let path = scratch("fork").join("fork.heap");
+    let out = run(child("fork", &path, REMOTE_OPTIONS), LIMIT);
+    out.assert_success("the fork program");
+    assert!(out.stdout.contains("FORKED"), "{}", out.stdout);
 }
 
 #[test]

@@ -11,9 +11,14 @@
 //! `reclaim.rs` lets any thread purge the free units of every heap (idle ones included)
 //! and retire the pages that only other threads freed into.
 //!
-//! The heap profiler (`prof`) adds nothing to the fast path: the slow path charges each
+//! The heap profiler (`prof`) adds nothing to the fast paths: the slow path charges each
 //! refilled list to the thread's sample countdown at once and cuts the list before a
 //! sample point, so the sampled allocation reaches the slow path (`slow::alloc_slow`).
+//! A sampled block stays on its page, which is marked (`Page::mark_sampled`: the copy
+//! of the divisor magic the fast paths read is zeroed), so the fast free's block test
+//! fails for every block of it and their frees reach `free_small`, which tells the
+//! profiler (`free_on_marked_page`); the owner clears the mark when no sampled block of
+//! the page is left.
 
 mod lifecycle;
 pub mod page;
@@ -325,7 +330,7 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
     unsafe {
         let seg = Segment::of(addr);
         let page = Segment::page_of(seg, addr);
-        if !Page::is_block_start(page, addr) {
+        if !Page::is_block_start_exact(page, addr) {
             return Err(SmallFreeError::NotABlock);
         }
         let block = p as *mut Block;
@@ -333,10 +338,47 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
         if (*block).cookie == cookie {
             return Err(SmallFreeError::DoubleFree);
         }
+        if Page::is_marked(page) {
+            free_on_marked_page(seg, page, p);
+        }
         (*block).cookie = cookie;
         free_validated(seg, page, block);
     }
     Ok(())
+}
+
+/// The profiler's part of a free of a live block of a marked page (`Page::mark_sampled`:
+/// every free of its blocks comes here): a sampled block's record is dropped and the
+/// page's count lowered, before the block is published. The owner also clears the mark
+/// when no sampled block is left (another thread's free of the last one leaves that to
+/// the owner's next free or refill of the page).
+///
+/// # Safety
+/// `p` is a live, validated block of `page` in `seg`, not yet published.
+#[cold]
+#[inline(never)]
+unsafe fn free_on_marked_page(seg: *mut Segment, page: *mut Page, p: *mut u8) {
+    // SAFETY: caller contract: the page stays live until the block is published.
+    unsafe {
+        if crate::prof::forget_if_sampled(p) {
+            Page::unsampled(page);
+        }
+        if (*seg).heap == thread::get() {
+            (*page).unmark_if_unsampled();
+        }
+    }
+}
+
+/// `realloc` of a sampled small block (its record already dropped by the profiler,
+/// before the block may move): one fewer sampled block on its page, which stays marked
+/// until its owner finds none left.
+///
+/// # Safety
+/// `p` is a live block of a live segment.
+pub unsafe fn sampled_block_forgotten(p: *const u8) {
+    let addr = p as usize;
+    // SAFETY: caller contract.
+    unsafe { Page::unsampled(Segment::page_of(Segment::of(addr), addr)) }
 }
 
 /// The end of a free once the block is validated and carries its free cookie: onto the
@@ -393,7 +435,8 @@ pub enum FastFree {
     /// slot was not read with one load): nothing changed; `free_not_owned(page, block)`.
     NotOwned(*mut Page, *mut Block),
     /// Nothing was changed: take the full path (`free_small` and its misuse reports),
-    /// because the pointer is not a live block.
+    /// because the pointer is not a live block, or its page is marked for the heap
+    /// profiler (`Page::mark_sampled`).
     Slow,
 }
 
@@ -502,14 +545,15 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
     unsafe { (*Segment::page_of(Segment::of(p as usize), p as usize)).block_size as usize }
 }
 
-/// True if `p` is a live block (not on any free list we can see from the cookie).
+/// True if `p` is the start of a block ever carved (the block may be free: see
+/// `is_free_block`), on a page marked for the profiler or not.
 ///
 /// # Safety
 /// `p` lies in a live segment.
 pub unsafe fn is_block_start(p: *const u8) -> bool {
     let addr = p as usize;
     // SAFETY: caller contract.
-    unsafe { Page::is_block_start(Segment::page_of(Segment::of(addr), addr), addr) }
+    unsafe { Page::is_block_start_exact(Segment::page_of(Segment::of(addr), addr), addr) }
 }
 
 /// True if the block at `p` carries the free cookie (it is on a free list).

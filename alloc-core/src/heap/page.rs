@@ -13,9 +13,11 @@
 //! a time, so a fresh page costs nothing until used.
 //!
 //! **What another thread may touch.** A remote freer reads only fields that never change
-//! while the page is live (`start`, `block_size`, `divisor_magic`, `class`), `carved` (an
-//! atomic: the owner advances it while freers validate against it), and the shared words
-//! (`thread_free`, `pending_next`), always through raw pointers or atomics, never through
+//! while the page is live (`start`, `block_size`, `block_magic`, `class`), `carved` (an
+//! atomic: the owner advances it while freers validate against it), `divisor_magic` (an
+//! atomic: the owner zeroes it while a block of the page is sampled by the heap
+//! profiler, see `mark_sampled`), and the shared words (`thread_free`, `pending_next`,
+//! `sampled`), always through raw pointers or atomics, never through
 //! a `&Page`/`&mut Page` that would alias the owner's. It touches nothing of the page
 //! after its block is published, except when its push won the page's hand-off (state
 //! `Full` -> `Pending`): a `Pending` page is never retired until the owner has taken it
@@ -30,7 +32,7 @@
 //! block it carved, so no thread holds a block of it and the owner cannot reach it.
 //! Anything short of that is given back untouched. `heap/drain_loom.rs` checks it.
 
-use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use core::ptr;
 
 /// A free block's header. `cookie` marks it free (`free_cookie(address)`), which is how
@@ -577,9 +579,20 @@ pub struct Page {
     pub units: u8,
     // --- shared ---
     pub thread_free: ThreadFree,
+    /// The fast path's copy of `block_magic`, or 0 while the page is marked for the heap
+    /// profiler (`mark_sampled`): a live block of it may be sampled, so every free of
+    /// the page's blocks must reach the slow path (`is_block_start` fails for every
+    /// address with 0), which tells the profiler. Only the owner writes it; any thread
+    /// reads it (Relaxed: the free of a sampled block was handed its pointer after the
+    /// owner marked the page, and the owner clears the mark only once no sampled block
+    /// is left, see `unmark_if_unsampled`).
+    pub divisor_magic: AtomicU64,
+    /// Sampled blocks of this page still live: raised by the owner when it marks the
+    /// page, lowered by whichever thread frees one (before it publishes the block).
+    pub sampled: AtomicU32,
     // --- set by `init`, read-only while the page is live (remote freers read them) ---
-    /// `divisor_magic(block_size)`.
-    pub divisor_magic: u64,
+    /// `divisor_magic(block_size)`, always (the slow paths validate with it).
+    pub block_magic: u64,
     /// First block address and the end of the page's usable bytes.
     pub start: usize,
     pub end: usize,
@@ -612,7 +625,9 @@ macro_rules! empty_page {
             class: 0,
             units: 0,
             thread_free: ThreadFree::new(),
-            divisor_magic: 0,
+            divisor_magic: AtomicU64::new(0),
+            sampled: AtomicU32::new(0),
+            block_magic: 0,
             start: 0,
             end: 0,
             carved: AtomicUsize::new(0),
@@ -647,30 +662,111 @@ impl Page {
         self.class = class as u8;
         self.units = units as u8;
         self.block_size = block_size as u32;
-        self.divisor_magic = divisor_magic(block_size);
+        self.block_magic = divisor_magic(block_size);
+        self.divisor_magic = AtomicU64::new(self.block_magic);
         self.start = start;
         self.end = end;
     }
 
-    /// True if `addr` is the start of a block ever carved here. Any thread may ask: it
-    /// reads only the fields fixed while the page is live and the atomic `carved`,
-    /// through the raw pointer (no reference that would alias the owner's).
+    /// The fast paths' test: true if `addr` is the start of a block ever carved here and
+    /// the page is not marked for the profiler (a marked page's blocks all fail, so
+    /// their frees take the slow path, which asks `is_block_start_exact`). Any thread may
+    /// ask: it reads only the fields fixed while the page is live and the atomics
+    /// `carved` and `divisor_magic`, through the raw pointer (no reference that would
+    /// alias the owner's).
     ///
     /// # Safety
     /// `page` is a live page descriptor.
     #[inline(always)]
     pub unsafe fn is_block_start(page: *const Page, addr: usize) -> bool {
-        // SAFETY: caller contract; these fields do not change while the page is live.
-        let (start, magic, carved) =
-            unsafe { ((*page).start, (*page).divisor_magic, &(*page).carved) };
+        // SAFETY: caller contract; `start` does not change while the page is live.
+        // Relaxed (a plain load on x86-64, as the field was before it could change): see
+        // the field.
+        let magic = unsafe { (*page).divisor_magic.load(Ordering::Relaxed) };
+        // SAFETY: as above.
+        unsafe { Page::is_multiple_carved(page, addr, magic) }
+    }
+
+    /// True if `addr` is the start of a block ever carved here, marked page or not: the
+    /// slow paths' test (misuse checks, `usable_size`).
+    ///
+    /// # Safety
+    /// `page` is a live page descriptor.
+    #[inline]
+    pub unsafe fn is_block_start_exact(page: *const Page, addr: usize) -> bool {
+        // SAFETY: caller contract; `block_magic` does not change while the page is live.
+        unsafe { Page::is_multiple_carved(page, addr, (*page).block_magic) }
+    }
+
+    /// `addr` lies in the carved part and `magic` says its offset is a block boundary.
+    ///
+    /// # Safety
+    /// `page` is a live page descriptor.
+    #[inline(always)]
+    unsafe fn is_multiple_carved(page: *const Page, addr: usize, magic: u64) -> bool {
+        // SAFETY: caller contract; `start` is fixed while the page is live.
+        let (start, carved) = unsafe { ((*page).start, &(*page).carved) };
         // An address below `start` wraps to an offset far above `carved`: one compare
         // checks both ends. Relaxed: see the field.
         let off = addr.wrapping_sub(start);
         if off >= carved.load(Ordering::Relaxed) {
             return false;
         }
-        // `off < carved <= MAGIC_OFFSET_LIMIT`: the magic test is exact.
+        // `off < carved <= MAGIC_OFFSET_LIMIT`: the magic test is exact (and with a magic
+        // of 0 always false).
         (off as u64).wrapping_mul(magic) < magic
+    }
+
+    /// Owner, for the heap profiler: a block of this page was just sampled (and is not
+    /// yet handed out). Every free of the page's blocks takes the slow path from now on,
+    /// until `unmark_if_unsampled` finds no sampled block left.
+    pub fn mark_sampled(&self) {
+        // Relaxed: the block is handed out after both stores, in this thread's program
+        // order; whoever frees it got its pointer through that hand-out (which orders
+        // these stores before its loads), so it sees the mark or a later value of it,
+        // and a later value (the mark cleared) needs this block's own `unsampled` first.
+        self.sampled.fetch_add(1, Ordering::Relaxed);
+        self.divisor_magic.store(0, Ordering::Relaxed);
+    }
+
+    /// True while the page is marked (its frees take the slow path).
+    ///
+    /// # Safety
+    /// `page` is a live page descriptor.
+    #[inline]
+    pub unsafe fn is_marked(page: *const Page) -> bool {
+        // SAFETY: caller contract. Relaxed: see the field.
+        unsafe { (*page).divisor_magic.load(Ordering::Relaxed) == 0 }
+    }
+
+    /// Any thread freeing a sampled block of this page (its record already dropped),
+    /// before the block is published: one fewer sampled block.
+    ///
+    /// # Safety
+    /// `page` is a live page descriptor holding the block being freed.
+    pub unsafe fn unsampled(page: *const Page) {
+        // SAFETY: caller contract; an atomic reached through the raw pointer. Relaxed:
+        // the block's publication (the local list, or the Release push) orders this
+        // before the owner's reuse of it; the owner reads the count only to clear the
+        // mark. Never below 0: a count damaged by an interrupted owner in a fork child
+        // (`repair`) must not wrap and keep the page marked for ever.
+        let _ =
+            unsafe { &(*page).sampled }
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Owner: clears the mark once no sampled block of the page is live (the frees of
+    /// the last ones may have come from other threads, which leave the mark to the
+    /// owner: only the owner writes `divisor_magic`). No sampled block can appear
+    /// meanwhile: only the owner samples.
+    pub fn unmark_if_unsampled(&self) {
+        // Relaxed: see `unsampled`.
+        if self.divisor_magic.load(Ordering::Relaxed) == 0
+            && self.sampled.load(Ordering::Relaxed) == 0
+        {
+            self.divisor_magic
+                .store(self.block_magic, Ordering::Relaxed);
+        }
     }
 
     /// Owner: the page has no free block and the caller has taken it off its queue;
@@ -936,6 +1032,48 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The profiler's mark: a marked page fails the fast paths' block test for every
+    /// block (so their frees take the slow path) and passes the exact one; the mark
+    /// stays while a sampled block is live and is cleared by the owner once none is;
+    /// the count never goes below zero, and a fresh page is unmarked.
+    #[test]
+    fn a_marked_page_sends_frees_to_the_slow_path_until_no_sample_is_left() {
+        let mut memory = vec![0u64; 64];
+        let start = memory.as_mut_ptr() as usize;
+        let mut page = Page::empty();
+        page.init(0, 16, 1, start, start + 512);
+        assert!(page.extend());
+        let p = &page as *const Page;
+        // SAFETY (all calls on `p`): a live page descriptor.
+        let fast = |a| unsafe { Page::is_block_start(p, a) };
+        let exact = |a| unsafe { Page::is_block_start_exact(p, a) };
+        assert!(fast(start + 16) && exact(start + 16) && !unsafe { Page::is_marked(p) });
+        page.mark_sampled();
+        page.mark_sampled();
+        for a in [start, start + 16, start + 496] {
+            assert!(!fast(a), "marked: the fast test fails");
+            assert!(exact(a), "marked: still a block");
+        }
+        assert!(!exact(start + 8) && !exact(start + 512), "not blocks");
+        page.unmark_if_unsampled();
+        assert!(unsafe { Page::is_marked(p) }, "two sampled blocks live");
+        unsafe { Page::unsampled(p) };
+        page.unmark_if_unsampled();
+        assert!(unsafe { Page::is_marked(p) }, "one sampled block live");
+        unsafe { Page::unsampled(p) };
+        assert!(
+            unsafe { Page::is_marked(p) },
+            "only the owner clears the mark"
+        );
+        page.unmark_if_unsampled();
+        assert!(!unsafe { Page::is_marked(p) } && fast(start + 16));
+        unsafe { Page::unsampled(p) };
+        assert_eq!(page.sampled.load(Ordering::Relaxed), 0, "never below zero");
+        page.mark_sampled();
+        page.init(0, 16, 1, start, start + 512);
+        assert!(!unsafe { Page::is_marked(p) } && page.sampled.load(Ordering::Relaxed) == 0);
     }
 
     #[test]

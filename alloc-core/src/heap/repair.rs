@@ -164,8 +164,14 @@ fn is_live_page(seg: &Segment, first: usize, page: &Page) -> bool {
         start,
         span_end - (span_end - start) % size,
     );
+    // Relaxed: only a page's owner writes it, and that is this thread now.
+    let fast_magic = page.divisor_magic.load(Ordering::Relaxed);
     if page.block_size != made.block_size
-        || page.divisor_magic != made.divisor_magic
+        || page.block_magic != made.block_magic
+        // The fast paths' copy is the magic, or 0 on a page marked for the heap profiler
+        // (a live sampled block: the mark and its count are kept, and the profile's
+        // record, inherited too, is dropped when the child frees the block).
+        || !(fast_magic == 0 || fast_magic == made.block_magic)
         || page.start != made.start
         || page.end != made.end
     {

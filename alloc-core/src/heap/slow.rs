@@ -132,6 +132,12 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
 unsafe fn charge_refill(page: *mut Page) -> bool {
     // SAFETY: caller contract.
     unsafe {
+        // A page whose sampled blocks other threads freed is still marked (they leave
+        // that to its owner): a refill is the owner's chance to clear it, if its own
+        // frees into the page did not. Here, not in every refill: with the profiler off
+        // the refill pays nothing (a page marked before it was switched off is cleared
+        // by the owner's next free into it).
+        (*page).unmark_if_unsampled();
         let blocks = (*page).carved_blocks() - (*page).used as usize;
         let before = crate::prof::charge_blocks(blocks, (*page).block_size as usize);
         if before == blocks {
@@ -143,10 +149,12 @@ unsafe fn charge_refill(page: *mut Page) -> bool {
 }
 
 /// The allocation at a sample point of `page` (its `free` list is empty, the blocks
-/// after the cut wait on `local_free`): the profiler serves it as a sampled object.
-/// Then the page's blocks, which the fast path has not yet been charged for, are charged
-/// as a new refill. If the profiler declines (it is off by now, the thread is inside the
-/// profiler, or out of memory), the allocation takes the page's next block as usual.
+/// after the cut wait on `local_free`): it takes the page's next block as usual, and the
+/// profiler records it; a recorded block marks its page (`Page::mark_sampled`), so its
+/// free reaches the slow path, which tells the profiler. Then the page's blocks, which
+/// the fast path has not yet been charged for, are charged as a new refill. The profiler
+/// may decline (it is off by now, the thread is inside the profiler, or its table is
+/// full): the block is then an ordinary one.
 ///
 /// # Safety
 /// `page` is the current page of this thread's heap and has `sample_next` set.
@@ -158,22 +166,17 @@ unsafe fn sample_point(heap: &mut Heap, page: *mut Page) -> *mut u8 {
         (*page).sample_next = false;
         // Never false: the blocks after the cut are at least the one the point fell in.
         (*page).collect();
-        let sampled = crate::prof::sample_block((*page).block_size as usize);
-        let block = if sampled.is_null() {
-            pop(heap, page)
-        } else {
-            ptr::null_mut()
-        };
+        let block = pop(heap, page);
+        // Marked before the block is handed out (see `mark_sampled`).
+        if crate::prof::sample_block(block, (*page).block_size as usize) {
+            (*page).mark_sampled();
+        }
         if !(*page).free.is_null() && crate::prof::sampling() {
             // A point on the first block again (a tiny `prof_sample`) leaves `free` empty
             // and `sample_next` set: the next allocation comes back here.
             charge_refill(page);
         }
-        if sampled.is_null() {
-            block
-        } else {
-            sampled
-        }
+        block
     }
 }
 

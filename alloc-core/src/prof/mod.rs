@@ -1,8 +1,9 @@
 //! Heap profiling: sampled allocation stacks, written as pprof profiles, and a leak
 //! report at exit. Owns the profiler's on/off state and its hooks into `alloc`, `free`
-//! and `realloc`; calls `large` (sampled objects are served there), `thread` (the
-//! re-entrancy guard), `options`, `os`, and its own parts: `sampler` (the per-thread
-//! byte countdown and sample weights), `stack` (unwinding, with `cfi`'s call-frame rules), `table` (stacks and live
+//! and `realloc`; calls `large` (sampled large objects are served there), `heap` (a
+//! reallocated sampled block's page count), `thread` (the re-entrancy guard), `options`,
+//! `os`, and its own parts: `sampler` (the per-thread byte countdown and sample
+//! weights), `stack` (unwinding, with `cfi`'s call-frame rules), `table` (stacks and live
 //! samples), `pprof` (the encoder), `gzip` (its compression) and `report` (the leak
 //! report).
 //!
@@ -11,16 +12,19 @@
 //! heap's slow path (`charge_blocks`), which cuts the list before a sample point so that
 //! the sampled allocation reaches the slow path too (`sample_block`); large objects,
 //! already on a slow path, are counted one by one (`alloc_large`). With profiling off a
-//! refill tests one byte. `free` of a small block is untouched, because a sampled object
-//! is never a small block: it is served as a page-aligned large object (tcmalloc gives
-//! sampled objects their own span for the same reason), so only the already-slow free of
-//! a table region asks `table::maybe_sampled`. One allocation in `prof_sample` bytes on
-//! average unwinds its stack and records it.
+//! refill tests one byte. A sampled small block stays an ordinary block of its page; the
+//! heap marks the page (`heap::page::Page::mark_sampled`), which makes the fast free's
+//! block test fail for every block of it, so their frees reach the heap's slow path,
+//! which asks `forget_if_sampled` (one load and a hash when the block is not sampled).
+//! The mark goes when no sampled block of the page is left. The free of a table region,
+//! already slow, asks too. One allocation in `prof_sample` bytes on average unwinds its
+//! stack and records it.
 //!
 //! Hooks: the heap's `alloc_slow` calls `charge_blocks` and `sample_block` while
 //! `sampling()`; `alloc_generic` (`lib.rs`) calls `alloc_large` while `sampling()`;
-//! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region calls
-//! `forget_if_sampled`; the fork handlers take and release the table lock.
+//! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region and
+//! the heap's free of a block of a marked page call `forget_if_sampled`; the fork
+//! handlers take and release the table lock.
 
 // The cached walk reads x86-64 rules; other targets use libgcc's walk alone.
 #[cfg(target_arch = "x86_64")]
@@ -125,24 +129,37 @@ pub fn charge_blocks(blocks: usize, block_size: usize) -> usize {
     sampler::charge(blocks, block_size, mean)
 }
 
-/// Frames of ours above `sample` when it samples a small block: `sample_block`, the
-/// heap's `sample_point` and its `alloc_slow` (each called, never jumped to: they keep
-/// their callers' frames). A tail call further up only ever removes an allocator frame
-/// (`malloc`'s), never one of the program's.
+/// Frames of ours above `record_block` when it records a small block: `sample_block`,
+/// the heap's `sample_point` and its `alloc_slow` (each called, never jumped to: they
+/// keep their callers' frames). A tail call further up only ever removes an allocator
+/// frame (`malloc`'s), never one of the program's.
 const SMALL_CALLERS: usize = 3;
 
-/// The allocation at a sample point of a small block of `block_size` bytes: served as
-/// its own page-aligned region, recorded with its stack and the weight of a block of
-/// that size (the profile counts block sizes, as jemalloc's counts usable sizes). Null
-/// if the profiler declines (off by now, the thread is inside the profiler, or no
-/// memory): the caller then serves it from its page.
+/// The allocation at a sample point of a small block: `block`, of `block_size` bytes,
+/// just taken from its page, is recorded with its stack and the weight of a block of
+/// that size (the profile counts block sizes, as jemalloc's counts usable sizes). True
+/// if it was recorded: the caller then marks its page, so that its free reaches the
+/// heap's slow path (`forget_if_sampled`). False if the profiler declines (off by now,
+/// the thread is inside the profiler, or a table is full).
 #[cold]
 #[inline(never)]
-pub fn sample_block(block_size: usize) -> *mut u8 {
+pub fn sample_block(block: *mut u8, block_size: usize) -> bool {
     if STATE.load(Ordering::Relaxed) != ON || thread::inside_allocator() || sampler::busy() {
-        return core::ptr::null_mut();
+        return false;
     }
-    not_a_tail_call(sample(block_size, MALLOC_ALIGN, false, SMALL_CALLERS))
+    core::hint::black_box(record_block(block, block_size, SMALL_CALLERS))
+}
+
+/// Records one sampled small block; `callers` frames above this one are the
+/// allocator's. Out of line, as `sample`.
+#[cold]
+#[inline(never)]
+fn record_block(block: *mut u8, block_size: usize, callers: usize) -> bool {
+    let _busy = sampler::Busy::enter();
+    let (frames, depth) = capture_here(callers + 1);
+    let (objects, bytes) = sampler::weight(block_size, mean());
+    // A full table leaves the block an ordinary, unrecorded one.
+    table::record(block as usize, &frames[..depth], objects, bytes)
 }
 
 /// Frames of ours above `sample` when it samples a large object: `alloc_large` and the
@@ -196,7 +213,11 @@ fn sample(size: usize, align: usize, zero: bool, callers: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
-    forget_if_sampled(p);
+    if forget_if_sampled(p) && crate::space::kind_of(p as usize) == crate::space::SlotKind::Segment
+    {
+        // SAFETY: forwarded contract: a live block, here of a segment.
+        unsafe { crate::heap::sampled_block_forgotten(p) };
+    }
     let take = !crate::served_by_pages(new_size, align)
         && STATE.load(Ordering::Relaxed) == ON
         && sampler::take(new_size, mean)
@@ -244,12 +265,12 @@ fn capture_here(ours: usize) -> ([usize; MAX_FRAMES], usize) {
     (frames, depth)
 }
 
-/// Called by `free` for a table region before it is released.
+/// Called by `free` for a table region before it is released, and by the heap's free of
+/// a block of a marked page before it is published; true if `p` was a sampled object
+/// (its record is dropped: its stack's in-use totals go down).
 #[inline]
-pub fn forget_if_sampled(p: *mut u8) {
-    if table::maybe_sampled(p as usize) {
-        table::forget(p as usize);
-    }
+pub fn forget_if_sampled(p: *mut u8) -> bool {
+    table::maybe_sampled(p as usize) && table::forget(p as usize)
 }
 
 // ---- control -------------------------------------------------------------------------
