@@ -522,12 +522,83 @@ fn rust_program_profile_gives_each_site_its_share() {
 }
 
 fn child(mode: &str, profile: &Path, options: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    child_of(&std::env::current_exe().unwrap(), mode, profile, options)
+}
+
+fn child_of(exe: &Path, mode: &str, profile: &Path, options: &str) -> Command {
+    let mut cmd = Command::new(exe);
     cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
         .env("RANGEALLOC_TEST_CHILD", mode)
         .env("RANGEALLOC_TEST_PROFILE", profile)
         .env("RANGEALLOC_OPTIONS", options);
     cmd
+}
+
+/// The Rust three-site program as a static program (glibc linked in, no dynamic
+/// loader): the profiler finds unwind tables without `_dl_find_object` (`dlsym` finds
+/// nothing there), through `dl_iterate_phdr` and `.eh_frame_hdr`. The program is this
+/// test binary rebuilt with `+crt-static` by `static_test_binary`, run in the same
+/// "sites" mode as `rust_program_profile_gives_each_site_its_share`.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+#[test]
+fn static_rust_program_profile_gives_each_site_its_share() {
+    let exe = static_test_binary();
+    assert!(has_interpreter(&std::env::current_exe().unwrap()));
+    assert!(
+        !has_interpreter(&exe),
+        "{} has a PT_INTERP: not a static program",
+        exe.display()
+    );
+    let path = scratch("static").join("sites.heap");
+    let out = run(child_of(&exe, "sites", &path, OPTIONS), LIMIT);
+    out.assert_success("the static Rust sites program");
+    assert!(out.stdout.contains("DUMPED"), "{}", out.stdout);
+    check_profile("static Rust", &path, &out.stdout, &exe);
+    check_with_go_pprof("static Rust", &exe, &path);
+}
+
+/// This test binary built again for `x86_64-unknown-linux-gnu` with
+/// `-C target-feature=+crt-static` (a static-pie program: glibc's `libc.a`, from
+/// libc6-dev, linked in), into `<target>/x86_64-unknown-linux-gnu/release`. Without
+/// LTO and with 16 codegen units: the link is what is under test, and the build then
+/// takes about 40 s of CPU instead of a fat-LTO build's minutes.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+fn static_test_binary() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["test", "--release", "--no-run", "--message-format=json"])
+        .args(["-p", "rangealloc-tests", "--test", "heap_profile"])
+        .args(["--target", "x86_64-unknown-linux-gnu"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_PROFILE_RELEASE_LTO", "false")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
+        .current_dir(ffi_support::workspace())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo for the static build");
+    assert!(out.status.success(), "the static build failed (see stderr)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("the static test binary's path in cargo's messages")
+}
+
+/// Whether the ELF file at `exe` names a program interpreter (`PT_INTERP`): every
+/// dynamically linked program does, a static one (static-pie included) does not.
+fn has_interpreter(exe: &Path) -> bool {
+    const PT_INTERP: u32 = 3;
+    let elf = std::fs::read(exe).unwrap();
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "a 64-bit ELF file");
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    // ELF64 header: e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38.
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| {
+        let at = phoff + i * size;
+        u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == PT_INTERP
+    })
 }
 
 /// `realloc` of sampled blocks moves them with their content, counts the new size at
