@@ -885,6 +885,64 @@ fn profiling_that_starts_inside_atexit_does_not_deadlock() {
 /// Sampled walks from a malloc in a signal handler on an alternate stack, in threads
 /// with 16 KiB stacks, in code without frame pointers (`prof_signals.c`): the walk
 /// hands signal frames to libgcc and never reads outside the stacks.
+/// Allocations on a coroutine stack (`makecontext`), where the walk has no stack bound
+/// from the C library: it checks each page it reads instead. The coroutine's site is
+/// profiled with its whole stack (the coroutine's function above it), and the two
+/// allocations made under a frame whose rule points at a guard page, then at nothing
+/// mapped, are recorded with the frames below that one. Before the check these walks
+/// went to libgcc, which read the guard page: SIGSEGV.
+#[test]
+fn sampled_mallocs_on_a_coroutine_stack_with_an_odd_frame() {
+    const SITE_CALLS: f64 = 1000.0;
+    const SITE_SIZE: f64 = 1000.0;
+    let exe = compile(
+        "prof_coroutine.c",
+        "prof_coroutine",
+        Lang::C,
+        &["-fomit-frame-pointer"],
+    );
+    let path = scratch("coroutine").join("coroutine.heap");
+    let mut cmd = preloaded(&exe);
+    cmd.arg(&path)
+        .env("RANGEALLOC_OPTIONS", "prof=1,prof_sample=1");
+    let out = run(cmd, LIMIT);
+    out.assert_success("prof_coroutine under LD_PRELOAD");
+    assert!(out.stdout.contains("DUMPED"), "{}", out.stdout);
+    let p = decode(&std::fs::read(&path).unwrap());
+    let site = site_range(&out.stdout, &exe, "prof_coro_site");
+    let main = site_range(&out.stdout, &exe, "prof_coroutine_main");
+    let odd = site_range(&out.stdout, &exe, "prof_odd_frame");
+    let at_site = site_total(&p, site, "alloc_space");
+    let want = SITE_CALLS * SITE_SIZE;
+    eprintln!("coroutine: alloc_space at the site {at_site} (true {want})");
+    assert!(
+        (at_site / want - 1.0).abs() < TOLERANCE,
+        "alloc_space at the coroutine's site: {at_site}, expected about {want}"
+    );
+    // The walk went on above the site, on the coroutine's stack.
+    let index = p.types.iter().position(|t| t == "alloc_space").unwrap();
+    let through_both: f64 = p
+        .samples
+        .iter()
+        .filter(|(ids, _)| {
+            let has = |(start, end): (u64, u64)| {
+                ids.iter().any(|id| (start..end).contains(&p.locations[id]))
+            };
+            has(site) && has(main)
+        })
+        .map(|(_, values)| values[index] as f64)
+        .sum();
+    assert_eq!(
+        through_both, at_site,
+        "every site sample has the coroutine's frame"
+    );
+    assert_eq!(
+        site_total(&p, odd, "alloc_objects"),
+        2.0,
+        "the odd frame's two"
+    );
+}
+
 #[test]
 fn sampled_mallocs_in_signal_handlers_on_alternate_stacks() {
     let exe = compile(
