@@ -52,7 +52,8 @@ fn process_set_up() {
         return;
     }
     // Allocations made by what we call (pthread_atfork past glibc's static handlers,
-    // atexit, pthread_create) go to the metadata arena, never back here.
+    // when no constructor registered them first; pthread_create) go to the metadata
+    // arena, never back here.
     let inside = Reentrancy::enter();
     os::check_page_size();
     register_fork_handlers();
