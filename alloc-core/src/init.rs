@@ -1,7 +1,7 @@
 //! Process and thread lifecycle, as mimalloc's `init.c` (`mi_process_init`,
 //! `mi_thread_init`, `mi_thread_done`): the engine's once-per-process set-up (the
 //! page-size check, the options parse, the hardening key, the `pthread_atfork`
-//! handlers, the exit report,
+//! handlers (registered at load, from `.init_array`), arming the exit report,
 //! the background purger), the fork handlers themselves, and each thread's start (its
 //! heap) and exit (giving the heap up). It owns the process set-up state and the
 //! thread-exit key; it calls `heap` (create, adopt, abandon heaps; their fork hooks),
@@ -52,7 +52,8 @@ fn process_set_up() {
         return;
     }
     // Allocations made by what we call (pthread_atfork past glibc's static handlers,
-    // atexit, pthread_create) go to the metadata arena, never back here.
+    // when no constructor registered them first; pthread_create) go to the metadata
+    // arena, never back here.
     let inside = Reentrancy::enter();
     os::check_page_size();
     register_fork_handlers();
@@ -70,12 +71,36 @@ fn process_set_up() {
     PROCESS.finish();
 }
 
-/// Registers `fork_prepare`/`fork_parent`/`fork_child` with `pthread_atfork`. glibc
-/// keeps the first 48 handlers in static storage (past them it calls `malloc`, which
-/// the re-entrancy guard sends to the metadata arena).
+/// Registers the fork handlers when the loader initialises the engine: its
+/// `.init_array` entry, in the C library (`librangealloc.so`) as in a Rust program
+/// that links the engine (dynamic or static), before `main`. The process set-up runs at
+/// the first allocation, and that may be the `malloc` glibc makes inside
+/// `pthread_atfork` past its 48 static handlers while it holds its (non-recursive)
+/// `atfork_lock`: registering from there waited on that lock forever
+/// (`setup_under_libc_locks` test). The set-up still registers them if an allocation
+/// comes before this constructor (another library's constructor, the loader).
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static FORK_HANDLERS_AT_LOAD: extern "C" fn() = fork_handlers_at_load;
+
+extern "C" fn fork_handlers_at_load() {
+    register_fork_handlers();
+}
+
+/// Registers `fork_prepare`/`fork_parent`/`fork_child` with `pthread_atfork`, once
+/// (from the load-time constructor, or the set-up if it comes first). glibc keeps the
+/// first 48 handlers in static storage (past them it calls `malloc`, which the
+/// re-entrancy guard sends to the metadata arena when the set-up registers; the
+/// constructor runs before any such call of ours). The handlers work on an engine that
+/// is not set up yet: they take and release static locks, and the child's repairs find
+/// nothing to repair.
 fn register_fork_handlers() {
-    // Relaxed: only the set-up thread reads and writes it (a fork child's takeover
-    // reads its own copy, single-threaded at that point or ordered by `ProcessOnce`).
+    // Relaxed: read and written by the loading thread at load, then by the set-up
+    // thread (a fork child's takeover reads its own copy, single-threaded at that point
+    // or ordered by `ProcessOnce`). Threads that already run at load (a `dlopen`) may
+    // both register: the handlers nest (`FORK_DEPTH`), so a second registration is
+    // harmless.
     if FORK_HANDLERS.load(Ordering::Relaxed) {
         return;
     }

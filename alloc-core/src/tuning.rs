@@ -1,8 +1,8 @@
 //! Run-time changes of the options that can change safely while the program runs: the
 //! purge delay, the background purger, the report at exit and the dirty budget (the
 //! others shape memory already handed out, or the fast path, and stay as parsed).
-//! Owns the one-time registration of the exit report; stores values through `options`
-//! and calls `purge` and `snapshot` to apply them.
+//! Owns the exit report (armed once, run from `.fini_array`); stores values through
+//! `options` and calls `purge` and `snapshot` to apply them.
 
 use crate::{options, os, purge};
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -39,21 +39,32 @@ pub fn set_dirty_budget(bytes: usize) {
     purge::tick(os::now_ms());
 }
 
-static EXIT_REPORT_REGISTERED: AtomicBool = AtomicBool::new(false);
+/// Whether the exit report is armed: set by the process set-up (`stats=1`) or by
+/// switching it on at run time, so a process that never set the engine up prints
+/// nothing (and parses no options at exit).
+static EXIT_REPORT_ARMED: AtomicBool = AtomicBool::new(false);
 
-/// Registers the exit report with `atexit`, once per process; it prints only if the
-/// switch is still on at exit.
+/// Arms the exit report; it prints only if the switch is still on at exit.
 pub fn register_exit_report() {
-    // Relaxed: the flag only elects the one registering thread.
-    if EXIT_REPORT_REGISTERED.swap(true, Ordering::Relaxed) {
-        return;
-    }
-    // SAFETY: registering a plain `extern "C"` function with no preconditions.
-    unsafe { libc::atexit(print_stats_at_exit) };
+    // Relaxed: read back only at exit, by the thread that runs `exit` (which follows
+    // the arming thread's allocation, or the program's own synchronisation).
+    EXIT_REPORT_ARMED.store(true, Ordering::Relaxed);
 }
 
+/// The exit report, run by the loader's `_dl_fini` at `exit` (after the program's
+/// `atexit` handlers and C++ static destructors). Not registered with `atexit` at the
+/// process set-up: the set-up runs at the first allocation, which may be the one glibc
+/// makes inside `atexit` while it holds its (non-recursive) exit-handler lock, and
+/// registering there waited on that lock forever (`setup_under_libc_locks` test), as
+/// the profiler's exit dump did (`prof::AT_EXIT`).
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".fini_array"]
+static AT_EXIT: extern "C" fn() = print_stats_at_exit;
+
 extern "C" fn print_stats_at_exit() {
-    if options::stats_at_exit() {
+    // Relaxed: see `register_exit_report`.
+    if EXIT_REPORT_ARMED.load(Ordering::Relaxed) && options::stats_at_exit() {
         crate::snapshot::print_to_stderr();
     }
 }

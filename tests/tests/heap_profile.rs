@@ -677,12 +677,83 @@ fn rust_program_profile_gives_each_site_its_share() {
 }
 
 fn child(mode: &str, profile: &Path, options: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    child_of(&std::env::current_exe().unwrap(), mode, profile, options)
+}
+
+fn child_of(exe: &Path, mode: &str, profile: &Path, options: &str) -> Command {
+    let mut cmd = Command::new(exe);
     cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
         .env("RANGEALLOC_TEST_CHILD", mode)
         .env("RANGEALLOC_TEST_PROFILE", profile)
         .env("RANGEALLOC_OPTIONS", options);
     cmd
+}
+
+/// The Rust three-site program as a static program (glibc linked in, no dynamic
+/// loader): the profiler finds unwind tables without `_dl_find_object` (`dlsym` finds
+/// nothing there), through `dl_iterate_phdr` and `.eh_frame_hdr`. The program is this
+/// test binary rebuilt with `+crt-static` by `static_test_binary`, run in the same
+/// "sites" mode as `rust_program_profile_gives_each_site_its_share`.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+#[test]
+fn static_rust_program_profile_gives_each_site_its_share() {
+    let exe = static_test_binary();
+    assert!(has_interpreter(&std::env::current_exe().unwrap()));
+    assert!(
+        !has_interpreter(&exe),
+        "{} has a PT_INTERP: not a static program",
+        exe.display()
+    );
+    let path = scratch("static").join("sites.heap");
+    let out = run(child_of(&exe, "sites", &path, OPTIONS), LIMIT);
+    out.assert_success("the static Rust sites program");
+    assert!(out.stdout.contains("DUMPED"), "{}", out.stdout);
+    check_profile("static Rust", &path, &out.stdout, &exe);
+    check_with_go_pprof("static Rust", &exe, &path);
+}
+
+/// This test binary built again for `x86_64-unknown-linux-gnu` with
+/// `-C target-feature=+crt-static` (a static-pie program: glibc's `libc.a`, from
+/// libc6-dev, linked in), into `<target>/x86_64-unknown-linux-gnu/release`. Without
+/// LTO and with 16 codegen units: the link is what is under test, and the build then
+/// takes about 40 s of CPU instead of a fat-LTO build's minutes.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+fn static_test_binary() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["test", "--release", "--no-run", "--message-format=json"])
+        .args(["-p", "rangealloc-tests", "--test", "heap_profile"])
+        .args(["--target", "x86_64-unknown-linux-gnu"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_PROFILE_RELEASE_LTO", "false")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
+        .current_dir(ffi_support::workspace())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo for the static build");
+    assert!(out.status.success(), "the static build failed (see stderr)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("the static test binary's path in cargo's messages")
+}
+
+/// Whether the ELF file at `exe` names a program interpreter (`PT_INTERP`): every
+/// dynamically linked program does, a static one (static-pie included) does not.
+fn has_interpreter(exe: &Path) -> bool {
+    const PT_INTERP: u32 = 3;
+    let elf = std::fs::read(exe).unwrap();
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "a 64-bit ELF file");
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    // ELF64 header: e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38.
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| {
+        let at = phoff + i * size;
+        u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == PT_INTERP
+    })
 }
 
 /// `realloc` of sampled blocks moves them with their content, counts the new size at
@@ -1001,6 +1072,64 @@ fn profiling_that_starts_inside_atexit_does_not_deadlock() {
 /// Sampled walks from a malloc in a signal handler on an alternate stack, in threads
 /// with 16 KiB stacks, in code without frame pointers (`prof_signals.c`): the walk
 /// hands signal frames to libgcc and never reads outside the stacks.
+/// Allocations on a coroutine stack (`makecontext`), where the walk has no stack bound
+/// from the C library: it checks each page it reads instead. The coroutine's site is
+/// profiled with its whole stack (the coroutine's function above it), and the two
+/// allocations made under a frame whose rule points at a guard page, then at nothing
+/// mapped, are recorded with the frames below that one. Before the check these walks
+/// went to libgcc, which read the guard page: SIGSEGV.
+#[test]
+fn sampled_mallocs_on_a_coroutine_stack_with_an_odd_frame() {
+    const SITE_CALLS: f64 = 1000.0;
+    const SITE_SIZE: f64 = 1000.0;
+    let exe = compile(
+        "prof_coroutine.c",
+        "prof_coroutine",
+        Lang::C,
+        &["-fomit-frame-pointer"],
+    );
+    let path = scratch("coroutine").join("coroutine.heap");
+    let mut cmd = preloaded(&exe);
+    cmd.arg(&path)
+        .env("RANGEALLOC_OPTIONS", "prof=1,prof_sample=1");
+    let out = run(cmd, LIMIT);
+    out.assert_success("prof_coroutine under LD_PRELOAD");
+    assert!(out.stdout.contains("DUMPED"), "{}", out.stdout);
+    let p = decode(&std::fs::read(&path).unwrap());
+    let site = site_range(&out.stdout, &exe, "prof_coro_site");
+    let main = site_range(&out.stdout, &exe, "prof_coroutine_main");
+    let odd = site_range(&out.stdout, &exe, "prof_odd_frame");
+    let at_site = site_total(&p, site, "alloc_space");
+    let want = SITE_CALLS * SITE_SIZE;
+    eprintln!("coroutine: alloc_space at the site {at_site} (true {want})");
+    assert!(
+        (at_site / want - 1.0).abs() < TOLERANCE,
+        "alloc_space at the coroutine's site: {at_site}, expected about {want}"
+    );
+    // The walk went on above the site, on the coroutine's stack.
+    let index = p.types.iter().position(|t| t == "alloc_space").unwrap();
+    let through_both: f64 = p
+        .samples
+        .iter()
+        .filter(|(ids, _)| {
+            let has = |(start, end): (u64, u64)| {
+                ids.iter().any(|id| (start..end).contains(&p.locations[id]))
+            };
+            has(site) && has(main)
+        })
+        .map(|(_, values)| values[index] as f64)
+        .sum();
+    assert_eq!(
+        through_both, at_site,
+        "every site sample has the coroutine's frame"
+    );
+    assert_eq!(
+        site_total(&p, odd, "alloc_objects"),
+        2.0,
+        "the odd frame's two"
+    );
+}
+
 #[test]
 fn sampled_mallocs_in_signal_handlers_on_alternate_stacks() {
     let exe = compile(
