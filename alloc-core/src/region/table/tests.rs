@@ -749,6 +749,8 @@ fn a_purge_whose_merge_back_finds_the_writer_busy_leaves_it_to_the_next_writer()
         start - start % ARENA_SIZE + ARENA_SIZE
     );
     check_layout(table);
+}
+
 /// The two words every lookup reads, the tree's root and the table's sequence, share no
 /// 128-byte block (an aligned pair of cache lines, what x86's spatial prefetcher moves
 /// together) with anything that frees or writers store to: the retired stack's head, the
