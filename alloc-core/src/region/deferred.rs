@@ -150,7 +150,6 @@ impl DeferredFolds {
     ///
     /// # Safety
     /// Only in a fork child, before any other thread runs.
-    #[cfg(not(loom))]
     pub unsafe fn reset_after_fork(&self) {
         // Relaxed: the only thread.
         self.pending.store(self.full_slots(), Ordering::Relaxed);
