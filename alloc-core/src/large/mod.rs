@@ -430,7 +430,6 @@ fn move_to(p: *mut u8, len: usize, q: *mut u8) -> *mut u8 {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Issue 16: a `realloc` that would grow an object in place while another thread
     /// holds the object's arena's writer mutex does not wait for it: it moves the object
@@ -457,24 +456,10 @@ mod tests {
         }
         let table = ARENAS.table_of_addr(p as usize);
         let (writers, waits) = (table.counters.writer.get(), table.counters.waits.get());
-        let done = AtomicBool::new(false);
-        let held = AtomicBool::new(false);
-        let (before, moved) = std::thread::scope(|s| {
-            s.spawn(|| {
-                let _busy = table.hold_writer();
-                held.store(true, Ordering::SeqCst);
-                while !done.load(Ordering::SeqCst) && table.counters.writer.get() == writers {
-                    std::hint::spin_loop();
-                }
-            });
-            while !held.load(Ordering::SeqCst) {
-                std::hint::spin_loop();
-            }
+        let (before, moved) = table.while_writer_busy(|| {
             let before = REMAPPED.get();
             // SAFETY: live, `LEN` bytes, page-aligned.
-            let q = unsafe { realloc(p, LEN, 4 * LEN, PAGE_SIZE) };
-            done.store(true, Ordering::SeqCst);
-            (before, q)
+            (before, unsafe { realloc(p, LEN, 4 * LEN, PAGE_SIZE) })
         });
         assert_eq!(table.counters.waits.get(), waits, "the grow waited");
         assert_eq!(

@@ -770,23 +770,9 @@ mod tests {
             .is_none());
         assert!(own.in_use() && !own.has_space(Space::Base));
         let (writers, waits) = (own.counters.writer.get(), own.counters.waits.get());
-        let done = std::sync::atomic::AtomicBool::new(false);
-        let held = std::sync::atomic::AtomicBool::new(false);
-        let placed = std::thread::scope(|s| {
-            s.spawn(|| {
-                let _busy = own.hold_writer();
-                held.store(true, Ordering::SeqCst);
-                while !done.load(Ordering::SeqCst) && own.counters.writer.get() == writers {
-                    std::hint::spin_loop();
-                }
-            });
-            while !held.load(Ordering::SeqCst) {
-                std::hint::spin_loop();
-            }
-            let placed = SET.allocate(LEN, PAGE_SIZE, RegionKind::Large);
-            done.store(true, Ordering::SeqCst);
-            placed.expect("placed")
-        });
+        let placed = own
+            .while_writer_busy(|| SET.allocate(LEN, PAGE_SIZE, RegionKind::Large))
+            .expect("placed");
         assert_eq!(own.counters.waits.get(), waits, "the placement waited");
         assert_eq!(own.counters.writer.get(), writers, "a blocking acquisition");
         let t = Arenas::table_of(placed.start).expect("known");

@@ -859,11 +859,32 @@ impl RegionTable {
         self.write(|w| w.grow(addr, new_len))
     }
 
-    /// Holds the writer mutex until the guard drops, as an update would (tests: an
-    /// arena kept busy).
+    /// Runs `f` while another thread holds this table's writer mutex, as a long update
+    /// would (tests: an arena kept busy). The holder lets go once `f` has returned, or
+    /// earlier if some other writer got the mutex meanwhile (`f` waited: the caller's
+    /// `waits` assertion then fails instead of the test hanging).
     #[cfg(test)]
-    pub(crate) fn hold_writer(&self) -> impl Drop + '_ {
-        self.writer.lock()
+    pub(crate) fn while_writer_busy<R>(&self, f: impl FnOnce() -> R) -> R {
+        use core::sync::atomic::AtomicBool;
+        let writers = self.counters.writer.get();
+        let done = AtomicBool::new(false);
+        let held = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _busy = self.writer.lock();
+                // SeqCst: test-only handshake, ordering not under study.
+                held.store(true, Ordering::SeqCst);
+                while !done.load(Ordering::SeqCst) && self.counters.writer.get() == writers {
+                    std::hint::spin_loop();
+                }
+            });
+            while !held.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            let out = f();
+            done.store(true, Ordering::SeqCst);
+            out
+        })
     }
 
     /// `grow_in_place`, unless another writer holds the mutex now: then `None` at once,
