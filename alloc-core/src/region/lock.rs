@@ -98,9 +98,17 @@ impl RegionLock {
 
     /// Takes a read reference unless a writer is draining readers. Does not check
     /// `lock_seq`: see `try_read_unlocked`.
+    ///
+    /// The first compare-and-swap guesses the word (no readers, no writer: the common
+    /// case) rather than loading it first. The answer is the same (a compare-and-swap
+    /// succeeds only on the value it was given, and a failed one returns the current
+    /// word for the next try), but the descriptor's line is fetched once, for writing.
+    /// A plain load first fetched it shared, and the swap then had to fetch it again,
+    /// exclusively: a second cross-core transfer whenever another core last locked the
+    /// region, which with lookups spread over both cores is about every other lookup.
     #[inline]
     pub fn try_read(&self) -> bool {
-        let mut word = self.word.load(Ordering::Relaxed);
+        let mut word = 0;
         loop {
             if word & WRITER != 0 {
                 return false;

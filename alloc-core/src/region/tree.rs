@@ -93,16 +93,48 @@ struct Node {
     slots: [AtomicUsize; FANOUT],
 }
 const _: () = assert!(core::mem::size_of::<Node>() == NODE_BYTES);
+// `Node::rank`'s four steps search exactly 15 keys.
+const _: () = assert!(FANOUT == 15);
 
 impl Node {
-    /// The number of keys `<= key`, branch-free over all slots (padding compares greater
-    /// except against `usize::MAX`, hence the clamp). Counted as `FANOUT - above`: LLVM
-    /// compiles that to a `cmp`/`sbb` chain, while summing `k <= key` over 15 keys
-    /// becomes a byte shuffle and popcount, 3x slower (`floor_latency` at 1k keys).
+    /// The number of keys `<= key`: a branch-free binary search over 16 positions (the
+    /// 15 keys and a virtual 16th above every key), four compares whose results move
+    /// the index by 8, 4, 2 and 1 (`setcc`/`lea`, no jumps). Keys are strictly
+    /// increasing and padding compares greater (except against `usize::MAX`, hence the
+    /// clamp to `len`), so "key `<= key`" is true on a prefix and the search counts it.
+    /// It replaced a count over all 15 keys (`FANOUT - above`, a `cmp`/`sbb` chain of
+    /// about 37 instructions per node; summing `k <= key` instead became a byte shuffle
+    /// and popcount, 3x slower): about 13 instructions per node, and a descent through
+    /// four levels is 62% of a table lookup's instructions (BENCHMARKS.md, the read path's
+    /// section of session 9).
     #[inline(always)]
     fn rank(&self, key: usize) -> usize {
-        let above: usize = self.keys.iter().map(|&k| usize::from(key < k)).sum();
-        (FANOUT - above).min(self.len as usize)
+        let k = &self.keys;
+        let mut i = usize::from(k[7] <= key) << 3;
+        i += usize::from(k[i + 3] <= key) << 2;
+        i += usize::from(k[i + 1] <= key) << 1;
+        i += usize::from(k[i] <= key);
+        i.min(self.len as usize)
+    }
+
+    /// Asks for the node's slot lines while its keys are searched: the slot the
+    /// search picks lies in the second half of the node, two lines a descent would
+    /// otherwise fetch only once the rank is known, one more miss in a row per level
+    /// whose node is not in L1. A hint only: no load, no effect on what is read.
+    #[inline(always)]
+    fn prefetch_slots(&self) {
+        #[cfg(all(target_arch = "x86_64", not(loom)))]
+        {
+            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let slots = self.slots.as_ptr() as *const i8;
+            // SAFETY: a prefetch is a hint that never faults nor reads memory as far as
+            // the program can tell; SSE is part of the x86_64 baseline. The addresses
+            // are the node's first and last slot, inside the node.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(slots);
+                _mm_prefetch::<_MM_HINT_T0>(slots.add((FANOUT - 1) * 8));
+            }
+        }
     }
 
     /// A leaf value.
@@ -295,6 +327,7 @@ impl RangeTree {
             // SAFETY: `node` is reachable from a root loaded while `_guard` pins us, and
             // writers free unlinked nodes only after the grace period.
             let n = unsafe { &*node };
+            n.prefetch_slots();
             let rank = n.rank(key);
             // Inner keys are exact child minima, so only the root can give rank 0.
             if rank == 0 {
