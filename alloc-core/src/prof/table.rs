@@ -583,9 +583,9 @@ mod tests {
     /// The live table's touched pages follow the number of live samples, not the
     /// addresses they had: 4,000 sampled objects 2 MiB apart (as sampled large objects
     /// are, each in its own part of the address space), never more than 64 live at once,
-    /// touch one page of a full-size table. (Homes spread over the whole table touched
-    /// ~1,200 of its 1,024-page... every page: `medium` with `prof=1` took 1,300 more
-    /// minor faults, each under the table lock.)
+    /// touch at most two pages of a full-size table. (With homes spread over the whole
+    /// table by span, they touched all 1,024 of its pages: `medium` with `prof=1` took
+    /// 1,300 more minor faults, each under the table lock.)
     #[test]
     fn live_table_pages_follow_live_samples_not_addresses() {
         let mut t = Tables::map(16, LIVE_CAPACITY).expect("map test tables");
