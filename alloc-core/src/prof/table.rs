@@ -1,8 +1,10 @@
 //! The profiler's tables: one entry per distinct sampled call stack (with its estimated
 //! allocated and in-use objects and bytes) and one per live sampled object (its stack
-//! and weight, so its free can be subtracted). Both are fixed-size, open-addressed and
-//! mapped once from the OS, so recording a sample never allocates. Owns the tables, their
-//! spin lock and the side marks that let `free` skip unsampled objects; calls `os`.
+//! and weight, so its free can be subtracted). Both are open-addressed and mapped once
+//! from the OS, so recording a sample never allocates; the live table uses a prefix of
+//! its mapping that doubles as live samples accumulate, so the pages it touches (and
+//! the faults taken under the lock) follow the live samples. Owns the tables, their spin
+//! lock and the side marks that let `free` skip unsampled objects; calls `os`.
 //!
 //! A sampled object is a large one (its own page-aligned region) or a small block on its
 //! page (see `prof`); either way its address identifies one live object exactly, and the
@@ -19,8 +21,12 @@ use crate::sync::SpinLock;
 /// table reserves 9 MiB of address space, touched only as stacks appear.
 const STACK_CAPACITY: usize = 1 << 14;
 /// Live sampled objects kept: 128K, i.e. 64 GiB of live heap at the default 512 KiB
-/// mean (more at a coarser rate); 40 bytes each, 5 MiB reserved, touched as used.
+/// mean (more at a coarser rate); 32 bytes each, 4 MiB reserved. Only a prefix of it is
+/// the table (`Tables::live_active`), one page at first, doubled when half full, so the
+/// pages touched follow the live samples, not the addresses they had.
 const LIVE_CAPACITY: usize = 1 << 17;
+/// The live table's first size: one page of slots.
+const LIVE_START: usize = PAGE_SIZE / core::mem::size_of::<LiveEntry>();
 /// Tables are kept below 7/8 full so linear probes stay short.
 const FILL_LIMIT_NUM: usize = 7;
 const FILL_LIMIT_DEN: usize = 8;
@@ -73,6 +79,9 @@ struct Tables {
     stacks_used: usize,
     live: *mut LiveEntry,
     live_capacity: usize,
+    /// Slots of `live` in use as the table (a power of two, at most `live_capacity`):
+    /// homes are taken modulo this, and the slots past it are empty and untouched.
+    live_active: usize,
     live_used: usize,
 }
 
@@ -132,6 +141,7 @@ impl Tables {
             stacks_used: 0,
             live: reserve_array::<LiveEntry>(live_capacity)?,
             live_capacity,
+            live_active: live_capacity.min(LIVE_START),
             live_used: 0,
         })
     }
@@ -181,6 +191,10 @@ impl Tables {
         objects: f64,
         bytes: f64,
     ) -> bool {
+        debug_assert!(
+            addr != 0 && addr & MOVED == 0,
+            "addresses are 16-byte aligned"
+        );
         if !under_fill_limit(self.live_used, self.live_capacity) {
             return false;
         }
@@ -209,9 +223,13 @@ impl Tables {
                 i = (i + 1) & stack_mask;
             }
         };
-        let live_mask = self.live_capacity - 1;
-        // SAFETY: as above; `stack` is an occupied slot, `live` has `live_capacity`
-        // entries and a free one (below the fill limit).
+        if (self.live_used + 1) * 2 > self.live_active && self.live_active < self.live_capacity {
+            self.grow_live();
+        }
+        let live_mask = self.live_active - 1;
+        // SAFETY: as above; `stack` is an occupied slot, `live` has `live_active`
+        // entries and a free one (half full at most, or below the fill limit once the
+        // table is whole).
         unsafe {
             let c = &mut (*self.stacks.add(stack)).sample.counts;
             c.alloc_objects += objects;
@@ -233,12 +251,58 @@ impl Tables {
         true
     }
 
+    /// Doubles the live table, rehashing it in place. Under the lock, as every change of
+    /// the table: at most 10 times in a process (`LIVE_START` to `LIVE_CAPACITY`), each
+    /// touching the new half's pages (half the table's) and moving every entry once.
+    ///
+    /// The new half is empty. Every entry is taken out and put back at its new home's
+    /// probe run, marked `MOVED` (an address bit that is otherwise 0); the probe skips
+    /// moved entries only, and an entry not yet moved that sits where a moved one goes
+    /// is taken out in its turn. Moved entries are never moved again, so when every
+    /// entry is moved, each one's probe run from its home holds moved entries alone: a
+    /// valid table. The marks are then cleared.
+    #[cold]
+    fn grow_live(&mut self) {
+        let old = self.live_active;
+        let size = old * 2;
+        debug_assert!(size <= self.live_capacity);
+        let mask = size - 1;
+        // SAFETY: `live` has `live_capacity >= size` entries; the caller holds the lock.
+        unsafe {
+            for j in 0..old {
+                let mut carry = *self.live.add(j);
+                if carry.addr == 0 || carry.addr & MOVED != 0 {
+                    continue;
+                }
+                (*self.live.add(j)).addr = 0;
+                loop {
+                    let mut i = live_home(carry.addr, mask);
+                    while (*self.live.add(i)).addr & MOVED != 0 {
+                        i = (i + 1) & mask;
+                    }
+                    let displaced = *self.live.add(i);
+                    carry.addr |= MOVED;
+                    *self.live.add(i) = carry;
+                    if displaced.addr == 0 {
+                        break;
+                    }
+                    carry = displaced;
+                }
+            }
+            for j in 0..size {
+                (*self.live.add(j)).addr &= !MOVED;
+            }
+        }
+        self.live_active = size;
+    }
+
     /// See `forget`.
     fn remove(&mut self, addr: usize) -> bool {
-        let mask = self.live_capacity - 1;
-        // SAFETY: `live` has `live_capacity` entries, `stacks` `stack_capacity`; the
-        // caller holds the lock. Deletion shifts later entries of the probe run back (no
-        // tombstones). The live table is never full (fill limit), so a probe ends.
+        let mask = self.live_active - 1;
+        // SAFETY: `live` has `live_active` entries in use, `stacks` `stack_capacity`;
+        // the caller holds the lock. Deletion shifts later entries of the probe run back
+        // (no tombstones). The live table is never full (at most half full while it can
+        // grow, below the fill limit once whole), so a probe ends.
         unsafe {
             let mut i = live_home(addr, mask);
             loop {
@@ -310,25 +374,20 @@ pub fn record(addr: usize, frames: &[usize], objects: f64, bytes: f64) -> bool {
     true
 }
 
-/// Heap bytes whose samples share one page of the live table (a heap segment unit).
-const HOME_SPAN: usize = 64 << 10;
-/// Live-table slots in one OS page (128 of 32 bytes).
-const SLOTS_PER_PAGE: usize = PAGE_SIZE / core::mem::size_of::<LiveEntry>();
+/// The bit of a live entry's address that marks it moved during `grow_live` (addresses
+/// of sampled objects are 16-byte aligned).
+const MOVED: usize = 1;
 
-/// The home slot of `addr`: the 64 KiB span of heap it lies in picks a page of the table
-/// (hashed), and its offset in the span a slot of that page. So the table pages a
-/// program touches grow with the spans it was sampled in, not with the samples: every
-/// sampled block has its own address, where freed sampled regions were mostly served
-/// again at the same ones, and hashing each address alone touched a new page of the
-/// table for nearly every sample (larson with `prof=1`: 1,200 more minor faults, most
-/// of the 4 MiB table). Blocks 16 bytes apart get different slots; page-aligned objects
-/// too (the page bits are folded into the offset).
+/// The home slot of `addr` in a live table of `mask + 1` slots: the top bits of its
+/// address hash. The table is compact (`Tables::live_active`), so homes need no
+/// locality: every page of it is in use. (Homes once took a page of the whole 4 MiB
+/// table by the 64 KiB span of heap an object lay in, which kept larson's samples in
+/// few pages but gave each sampled large object, in its own span, a page of its own:
+/// `medium` with `prof=1` touched the whole table, 1,300 more minor faults, each taken
+/// under the table lock.) Blocks 16 bytes apart get different homes.
 fn live_home(addr: usize, mask: usize) -> usize {
-    let span = addr / HOME_SPAN;
-    let page = (((span as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize)
-        .wrapping_mul(SLOTS_PER_PAGE);
-    let offset = ((addr / crate::MALLOC_ALIGN) ^ (addr / PAGE_SIZE)) % SLOTS_PER_PAGE;
-    (page + offset) & mask
+    let bits = (mask + 1).trailing_zeros();
+    address_hash(addr).checked_shr(64 - bits).unwrap_or(0) as usize
 }
 
 /// Forgets the sampled object at `addr` (it is being freed), subtracting it from its
@@ -402,37 +461,72 @@ pub unsafe fn fork_release() {
 mod tests {
     use super::*;
 
-    /// Records and forgets many objects whose probe runs collide and wrap; every
-    /// lookup still finds its object after others were deleted, and the in-use totals
-    /// return to zero. Runs on the process-wide tables, with addresses no allocation
-    /// uses (16-byte aligned, in the kernel half), chosen so that their home slots are
-    /// the table's last 32 and first 32.
+    /// Records and forgets many objects whose probe runs collide and wrap, through every
+    /// doubling of a 4,096-slot live table (from `LIVE_START`); every lookup still finds
+    /// its object after others were deleted, and the in-use totals return to zero. The
+    /// addresses (16-byte aligned, in the kernel half) are chosen so that their homes in
+    /// the whole table are its last 32 and first 32 slots: in every smaller one they are
+    /// its last slot and its first, so the runs wrap at every size.
     #[test]
     fn live_table_survives_colliding_deletes() {
-        assert!(init());
+        const CAPACITY: usize = 1 << 12;
+        let mut t = Tables::map(16, CAPACITY).expect("map test tables");
         const BASE: usize = 0xffff_8000_0000_0000;
         const WINDOW: usize = 32;
         let frames = [0x1234usize, 0x5678];
+        let hash = hash_frames(&frames);
         let n = 2000;
-        let mask = LIVE_CAPACITY - 1;
+        let mask = CAPACITY - 1;
         let addrs: Vec<usize> = (0..)
             .map(|k| BASE + k * crate::MALLOC_ALIGN)
             .filter(|&a| (live_home(a, mask) + WINDOW) & mask < 2 * WINDOW)
             .take(n)
             .collect();
         let addr = |i: usize| addrs[i];
+        let mut sizes = vec![t.live_active];
         for i in 0..n {
-            assert!(record(addr(i), &frames, 1.0, 100.0));
+            assert!(t.insert(addr(i), hash, &frames, 1.0, 100.0), "insert {i}");
+            if sizes.last() != Some(&t.live_active) {
+                sizes.push(t.live_active);
+                // Every object recorded so far is found where the new size puts it.
+                for k in (0..=i).step_by(97) {
+                    assert!(t.remove(addr(k)), "{k} lost growing to {}", t.live_active);
+                    assert!(t.insert(addr(k), hash, &frames, 0.0, 0.0));
+                }
+            }
         }
-        assert!(maybe_sampled(addr(7)));
+        assert_eq!(sizes, [128, 256, 512, 1024, 2048, 4096]);
         for i in (0..n).step_by(3) {
-            assert!(forget(addr(i)));
+            assert!(t.remove(addr(i)), "{i} lost");
         }
         for i in (0..n).step_by(3) {
-            assert!(!forget(addr(i)), "{i} forgotten twice");
+            assert!(!t.remove(addr(i)), "{i} forgotten twice");
         }
         for i in (0..n).filter(|i| i % 3 != 0) {
-            assert!(forget(addr(i)), "{i} lost");
+            assert!(t.remove(addr(i)), "{i} lost");
+        }
+        assert_eq!(t.live_used, 0);
+        // SAFETY: occupied slots of a table only this test uses.
+        let c: Vec<Counts> = t.stacks().map(|s| unsafe { (*s).counts }).collect();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].alloc_objects, n as f64);
+        assert_eq!((c[0].inuse_objects, c[0].inuse_bytes), (0.0, 0.0));
+    }
+
+    /// The process-wide tables: a recorded object may be sampled, is forgotten once, and
+    /// leaves its stack's in-use totals at zero.
+    #[test]
+    fn record_and_forget_on_the_process_tables() {
+        assert!(init());
+        const BASE: usize = 0xffff_8800_0000_0000;
+        let frames = [0x2468usize, 0x1357, 0x9999];
+        for i in 0..300 {
+            assert!(record(BASE + i * PAGE_SIZE, &frames, 1.0, 4096.0));
+        }
+        assert!(maybe_sampled(BASE + 7 * PAGE_SIZE));
+        for i in 0..300 {
+            assert!(forget(BASE + i * PAGE_SIZE), "{i} lost");
+            assert!(!forget(BASE + i * PAGE_SIZE), "{i} forgotten twice");
         }
         let mut out = Vec::with_capacity(stack_count());
         snapshot(&mut out);
@@ -440,57 +534,86 @@ mod tests {
             .iter()
             .find(|s| s.frames[..s.depth] == frames)
             .expect("the stack is kept");
-        assert_eq!(mine.counts.inuse_objects, 0.0);
-        assert_eq!(mine.counts.alloc_objects, n as f64);
+        assert_eq!(
+            (mine.counts.inuse_objects, mine.counts.alloc_objects),
+            (0.0, 300.0)
+        );
     }
 
     /// The blocks of one 4 KiB page (16 bytes apart, as sampled small blocks may be)
-    /// spread over the live table's slots and the marks: hashed by page number, as the
-    /// table once was, all 256 shared one home slot and one mark. The homes are the
-    /// slots of one table page (`live_home`), two blocks per slot; the page-aligned
-    /// objects of one span get slots of their own too.
+    /// spread over the live table's homes and the marks: hashed by page number, as they
+    /// once were, all 256 shared one home and one mark. Page-aligned objects next to each
+    /// other get homes of their own too, even in the first, one-page table.
     #[test]
     fn blocks_of_one_page_do_not_share_a_home() {
-        let mask = LIVE_CAPACITY - 1;
         let base = 0x7f00_1234_5000usize;
         let blocks = PAGE_SIZE / crate::MALLOC_ALIGN;
-        let distinct = |f: &dyn Fn(usize) -> usize| {
-            let mut seen: Vec<usize> = (0..blocks)
-                .map(|i| f(base + i * crate::MALLOC_ALIGN))
-                .collect();
+        let distinct = |f: &dyn Fn(usize) -> usize, step: usize| {
+            let mut seen: Vec<usize> = (0..blocks).map(|i| f(base + i * step)).collect();
             seen.sort_unstable();
             seen.dedup();
             seen.len()
         };
-        let homes = distinct(&|a| live_home(a, mask));
-        let marks = distinct(&|a| mark_of(a) as *const AtomicU32 as usize);
-        // 256 blocks over one table page's 128 slots, and over 2^12 marks (at most a
-        // few collide).
-        assert_eq!(homes, SLOTS_PER_PAGE, "home slots for {blocks} blocks");
+        let homes = distinct(&|a| live_home(a, LIVE_CAPACITY - 1), crate::MALLOC_ALIGN);
+        let marks = distinct(
+            &|a| mark_of(a) as *const AtomicU32 as usize,
+            crate::MALLOC_ALIGN,
+        );
+        // 256 blocks over 2^17 homes and 2^12 marks: at most a few collide.
+        assert!(homes >= blocks - 4, "{homes} homes for {blocks} blocks");
         assert!(marks >= blocks - 16, "{marks} marks for {blocks} blocks");
-        let pages = (0..HOME_SPAN / PAGE_SIZE).map(|i| live_home(base + i * PAGE_SIZE, mask));
-        let mut pages: Vec<usize> = pages.collect();
-        pages.sort_unstable();
-        pages.dedup();
-        assert_eq!(
-            pages.len(),
-            HOME_SPAN / PAGE_SIZE,
-            "page-aligned objects of a span"
+        let first = distinct(&|a| live_home(a, LIVE_START - 1), PAGE_SIZE);
+        assert!(
+            first >= LIVE_START * 3 / 5,
+            "{first} homes of {LIVE_START} for {blocks} pages"
         );
     }
 
-    /// The samples of one 64 KiB span share one page of the live table; other spans
-    /// take other pages.
+    /// Resident pages of the live table of `t` (`mincore`: fresh anonymous memory is
+    /// resident once touched).
+    fn live_pages_touched(t: &Tables) -> usize {
+        let len = (t.live_capacity * core::mem::size_of::<LiveEntry>()).next_multiple_of(PAGE_SIZE);
+        let mut resident = vec![0u8; len / PAGE_SIZE];
+        // SAFETY: `live` is a mapping of `len` bytes; `resident` has a byte per page.
+        let r = unsafe { libc::mincore(t.live.cast(), len, resident.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore");
+        resident.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    /// The live table's touched pages follow the number of live samples, not the
+    /// addresses they had: 4,000 sampled objects 2 MiB apart (as sampled large objects
+    /// are, each in its own part of the address space), never more than 64 live at once,
+    /// touch at most two pages of a full-size table. (With homes spread over the whole
+    /// table by span, they touched all 1,024 of its pages: `medium` with `prof=1` took
+    /// 1,300 more minor faults, each under the table lock.)
     #[test]
-    fn a_span_of_heap_keeps_its_samples_in_one_table_page() {
-        let mask = LIVE_CAPACITY - 1;
-        let table_page = |a: usize| live_home(a, mask) / SLOTS_PER_PAGE;
-        let base = 0x7f00_1234_0000usize;
-        assert!((0..HOME_SPAN)
-            .step_by(48)
-            .all(|off| table_page(base + off) == table_page(base)));
-        let others: Vec<usize> = (1..64).map(|k| table_page(base + k * HOME_SPAN)).collect();
-        assert!(others.iter().filter(|&&p| p == table_page(base)).count() <= 1);
+    fn live_table_pages_follow_live_samples_not_addresses() {
+        let mut t = Tables::map(16, LIVE_CAPACITY).expect("map test tables");
+        let len = (LIVE_CAPACITY * core::mem::size_of::<LiveEntry>()).next_multiple_of(PAGE_SIZE);
+        // SAFETY: advice on a mapping this test owns; huge pages would make one touch
+        // resident 512 pages.
+        unsafe { libc::madvise(t.live.cast(), len, libc::MADV_NOHUGEPAGE) };
+        const BASE: usize = 0x7e00_0000_0000;
+        const LIVE: usize = 64;
+        let addr = |i: usize| BASE + i * (2 << 20) + (i % 7) * PAGE_SIZE;
+        let frames = [0x4321usize, 0x8765];
+        let hash = hash_frames(&frames);
+        for i in 0..4000 {
+            assert!(t.insert(addr(i), hash, &frames, 1.0, 4096.0), "insert {i}");
+            if i >= LIVE {
+                assert!(t.remove(addr(i - LIVE)), "remove {}", i - LIVE);
+            }
+        }
+        assert_eq!(t.live_used, LIVE);
+        let pages = live_pages_touched(&t);
+        assert!(
+            pages <= 2,
+            "{pages} pages of the live table touched for {LIVE} live samples"
+        );
+        for i in 4000 - LIVE..4000 {
+            assert!(t.remove(addr(i)), "remove {i}");
+        }
+        assert_eq!(t.live_used, 0);
     }
 
     /// Full tables, at a test size (8 live slots: 7 usable under the fill limit; 4 stack
