@@ -27,6 +27,9 @@ const OPS: usize = 3000;
 const PHASES: usize = 4;
 const KIB: usize = 1024;
 const MEDIUM_MAX: usize = rangealloc::engine::large::cache::MEDIUM_MAX;
+/// Metadata-lock acquisitions the measured phase may take for crossbeam-epoch's nodes:
+/// the refills of a new peak of nodes in flight (see the assertion), each one chunk.
+const NEW_PEAK_REFILLS: u64 = 2;
 
 /// Objects (address, size) handed to a thread to free.
 type Inbox = Mutex<Vec<(usize, usize)>>;
@@ -166,13 +169,18 @@ fn steady_state_large_path_takes_no_process_wide_lock() {
         "{ours} process-wide locks on the large-object path in steady state \
          ({writer} arena writer acquisitions)"
     );
-    // Zero too: crossbeam-epoch allocates one node per 64 deferred batches of a thread
-    // (one batch per 30 freed blocks, a few blocks per update) and whichever thread
-    // collects it frees it, both through the allocator's re-entrant path into `meta`,
-    // whose block stacks serve them without a lock once warm. Under the metadata lock
-    // they took it 77-89 times here (bounded at one per 100 updates until 347a857).
-    assert_eq!(
-        dependency, 0,
+    // Nearly zero too: crossbeam-epoch allocates one node per 64 deferred batches of a
+    // thread (one batch per 30 freed blocks, a few blocks per update) and whichever
+    // thread collects it frees it, both through the allocator's re-entrant path into
+    // `meta`, whose block stacks serve them without a lock once they hold the most nodes
+    // ever in flight. That most depends on the scheduler (a preempted pinned thread holds
+    // collection back), so a measured phase may set a new one, and `meta::refill` then
+    // carves a chunk (a chunk's worth of nodes) under the metadata lock: 1 lock in 2 of
+    // 20 runs at load 15 (session 9), where the assertion was `== 0`. Under that lock
+    // for every node they took it 77-89 times here (bounded at one per 100 updates until
+    // 347a857).
+    assert!(
+        dependency <= NEW_PEAK_REFILLS,
         "crossbeam's allocations took {dependency} process-wide locks for {writer} updates"
     );
 }

@@ -1,7 +1,9 @@
 //! Large objects: every request above the small limit (or aligned beyond a page) is a
 //! region of its own. Owns the realloc counters and the medium size classes; calls
-//! `region` (placement, retire, in-place growth and shrink), `purge` (the live-bytes
-//! gauge and the purge clock) and `cache`.
+//! `region` (placement, retire, in-place growth and shrink, page moves), `purge` (the
+//! live-bytes gauge and the purge clock), `cache`, `options`, and `os` only for its
+//! clock and the mappings gauge (`os::maps::may_split`): every `mremap` is the region
+//! table's (`RegionTable::relocate`, `Arenas::move_pages`).
 //!
 //! Medium objects (up to `cache::MEDIUM_MAX`, 1 MiB) are rounded up to a medium class
 //! (eight per doubling) and, when freed, stay in their freer's region cache (`cache`),
@@ -65,10 +67,10 @@ pub const REMAP_MIN: usize = HUGE_PAGE;
 /// MiB). Below 64 KiB a copy is at most 16 pages, about one `mremap`'s cost.
 pub const MEDIUM_REMAP_MIN: usize = 64 << 10;
 
-/// Whether the large object at `addr`, `old_len` bytes, that cannot grow in place moves
-/// its pages with `mremap` into space `to` (else it is copied). Only within one space
-/// (see `remap`), and the object's own space is asked, not `space_for(old_len)`: it may
-/// sit in base space (`base_instead`).
+/// Whether a large object of `old_len` bytes in space `from`, that cannot grow in place,
+/// moves its pages with `mremap` into space `to` (else it is copied). Only within one
+/// space (see `remap`); `from` is the space the object lies in (`ARENAS.space_of`), not
+/// `space_for(old_len)`: it may sit in base space (`base_instead`).
 ///
 /// Each such move leaves the kernel mapping split at the destination's ends (the moved
 /// pages keep their source's page offset), and nothing bounds the count of medium
@@ -78,8 +80,8 @@ pub const MEDIUM_REMAP_MIN: usize = 64 << 10;
 /// purges that overwrite moved-in ranges (`os::overlay`) bring the count down, and a
 /// census reads it back, so the budget renews (until session 7 it was 8,192 moves per
 /// process, after which every move copied).
-fn may_remap(addr: usize, old_len: usize, to: Space) -> bool {
-    if old_len < MEDIUM_REMAP_MIN || ARENAS.space_of(addr) != to {
+fn may_remap(from: Space, old_len: usize, to: Space) -> bool {
+    if old_len < MEDIUM_REMAP_MIN || from != to {
         return false;
     }
     old_len >= REMAP_MIN || os::maps::may_split(|a| space::kind_of(a) != SlotKind::Foreign)
@@ -264,13 +266,15 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
     if new_len == old_len {
         return p;
     }
+    // Asked once: every move decision below depends on where the object lies.
+    let space = ARENAS.space_of(addr);
     if new_len < old_len {
         if old_len <= cache::MEDIUM_MAX && new_len >= old_len / 2 {
             // A medium object keeps its class length (it stays cacheable), as a small
             // block stays put, while it wastes at most half: no table update.
             return p;
         }
-        if leaves_huge_space(addr, new_len) {
+        if leaves_huge_space(space, new_len) {
             let q = place(new_len, align.max(PAGE_SIZE), false, false);
             if !q.is_null() {
                 return move_to(p, new_len, q);
@@ -281,7 +285,7 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         }
         return p; // or the tail could not be split off (out of metadata): keep it all
     }
-    if crosses_into_huge(addr, old_len, new_len) {
+    if crosses_into_huge(space, old_len, new_len) {
         let q = place(new_len, align.max(PAGE_SIZE), false, true);
         if !q.is_null() {
             return move_to(p, old_len, q);
@@ -294,9 +298,9 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
             return p;
         }
         Some(false) => {}
-        None => return move_elsewhere(p, old_len, new_len, align.max(PAGE_SIZE)),
+        None => return move_elsewhere(p, space, old_len, new_len, align.max(PAGE_SIZE)),
     }
-    if may_remap(addr, old_len, space_for(new_len)) {
+    if may_remap(space, old_len, space_for(new_len)) {
         return remap(p, old_len, new_len, align.max(PAGE_SIZE));
     }
     move_to(
@@ -306,8 +310,8 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
     )
 }
 
-/// Whether a growing object at `addr` of `old_len` bytes, below `HUGE_OBJECT_MIN` in
-/// base space, moves to huge-page space as it grows to `new_len` there, instead of
+/// Whether a growing object of `old_len` bytes in space `from`, below `HUGE_OBJECT_MIN`
+/// in base space, moves to huge-page space as it grows to `new_len` there, instead of
 /// growing in place in base space for the rest of its life: every later page of it
 /// would fault 4 KiB at a time (the `region` workload's buffers start at 64 KiB and grow
 /// in place to 64 MiB: 16k faults each). The move copies fewer than `HUGE_OBJECT_MIN`
@@ -315,13 +319,11 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
 /// `MADV_HUGEPAGE`, into huge space: see `remap`); an object already that big in base
 /// space (`base_instead`) stays there.
 #[inline]
-fn crosses_into_huge(addr: usize, old_len: usize, new_len: usize) -> bool {
-    old_len < HUGE_OBJECT_MIN
-        && space_for(new_len) == Space::Huge
-        && ARENAS.space_of(addr) == Space::Base
+fn crosses_into_huge(from: Space, old_len: usize, new_len: usize) -> bool {
+    old_len < HUGE_OBJECT_MIN && space_for(new_len) == Space::Huge && from == Space::Base
 }
 
-/// Whether an object at `addr` in huge-page space that shrinks to `new_len`, below
+/// Whether an object in huge-page space (`from`) that shrinks to `new_len`, below
 /// `HUGE_OBJECT_MIN`, moves out to base space (a copy of fewer than 4 MiB), the reverse
 /// of `crosses_into_huge`. Shrunk in place, it would sit at the start of a 2 MiB frame
 /// (all of it resident) and keep the huge region it shrank from split in two: the
@@ -329,8 +331,8 @@ fn crosses_into_huge(addr: usize, old_len: usize, new_len: usize) -> bool {
 /// a live object and went to fresh space, or started after it with half its room and
 /// moved again halfway, leaving dirty space behind that raised the peak RSS.
 #[inline]
-fn leaves_huge_space(addr: usize, new_len: usize) -> bool {
-    space_for(new_len) == Space::Base && ARENAS.space_of(addr) == Space::Huge
+fn leaves_huge_space(from: Space, new_len: usize) -> bool {
+    space_for(new_len) == Space::Base && from == Space::Huge
 }
 
 /// Spins before a busy arena counts as busy: a writer running on another core ends
@@ -352,34 +354,32 @@ fn try_grow_in_place(addr: usize, new_len: usize) -> Option<bool> {
     None
 }
 
-/// Moves the object `p` whose arena is busy through whichever arena is free (`place`
-/// tries them with try-lock), carrying its pages with `mremap` without any arena's
-/// writer mutex when it may (`may_remap`), else copying. The source is ours (its owner
-/// is inside `realloc`) and the destination is a live region nobody else knows yet, so
-/// no reader can meet either while the pages move; the emptied source is then freed as
-/// any object.
+/// Moves the object `p` (in space `from`) whose arena is busy through whichever arena
+/// is free (`place` tries them with try-lock), carrying its pages with `mremap` without
+/// the source arena's writer mutex when it may (`may_remap`, `Arenas::move_pages`),
+/// else copying. The source is ours (its owner is inside `realloc`) and the destination
+/// is a live region nobody else knows yet, so no reader can meet either while the pages
+/// move; the emptied source is then freed as any object.
 #[cold]
 #[inline(never)]
-fn move_elsewhere(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> *mut u8 {
+fn move_elsewhere(
+    p: *mut u8,
+    from: Space,
+    old_len: usize,
+    new_len: usize,
+    align: usize,
+) -> *mut u8 {
     let q = place(new_len, align, false, true);
     if q.is_null() {
         return q;
     }
-    // The `mremap` counts as a process-wide lock on the region-table path, as the one
-    // `RegionTable::relocate` makes under the arena's mutex.
-    let remapped = may_remap(p as usize, old_len, ARENAS.space_of(q as usize)) && {
-        let _path = crate::stats::OnRegionPath::enter();
-        // SAFETY: both ranges are ours (see above), `old_len` bytes long at least, and
-        // distinct live regions; the source's content is not needed after the move.
-        unsafe { os::move_pages(p as usize, q as usize, old_len) }.is_ok()
-    };
+    let remapped = may_remap(from, old_len, ARENAS.space_of(q as usize))
+        // SAFETY: both are ours (see above), distinct live objects of `old_len` bytes at
+        // least; the source's content is not needed after the move.
+        && unsafe { ARENAS.move_pages(p as usize, q as usize, old_len) };
     if remapped {
         REMAPPED.inc();
         REMAPPED_BYTES.add(old_len as u64);
-        if ARENAS.space_of(q as usize) == Space::Base {
-            // As `RegionTable::relocate` marks its destination (`Region::holds_moved_pages`).
-            ARENAS.note_moved_in(q as usize);
-        }
         if free(p).is_err() {
             crate::fatal("realloc: a live large object vanished from the region table");
         }

@@ -352,12 +352,18 @@ impl Arenas {
         }
     }
 
-    /// `RegionTable::note_moved_in` in the arena holding `addr`.
-    pub fn note_moved_in(&self, addr: usize) {
+    /// `RegionTable::move_pages_into` in the arena holding `to`: a move between two live
+    /// objects that may lie in different arenas, made without either arena's writer
+    /// mutex (`large::move_elsewhere`). Its `mremap` counts as a process-wide lock on the
+    /// region-table path, as the one `RegionTable::relocate` makes under its mutex.
+    ///
+    /// # Safety
+    /// As `RegionTable::move_pages_into`.
+    pub unsafe fn move_pages(&self, from: usize, to: usize, len: usize) -> bool {
         let _path = OnRegionPath::enter();
-        if let Some(t) = Self::table_of(addr) {
-            t.note_moved_in(addr);
-        }
+        // SAFETY: caller contract.
+        Self::table_of(to)
+            .is_some_and(|t| unsafe { t.move_pages_into(from, to, len, self.space_of(to)) })
     }
 
     /// `RegionTable::object_len` in the arena holding `addr`.

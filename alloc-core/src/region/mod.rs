@@ -254,9 +254,10 @@ impl Region {
 
     /// True when some page of the range may lie in a kernel mapping that `mremap` moved
     /// here (see `MOVED_IN`). Relaxed, as `was_shrunk`: set by a writer, by the owner of
-    /// the live object after its move (a later free orders it before the writers that
-    /// fold the region), or cleared by a purge under its read lock; everyone who reads
-    /// it holds the writer mutex or a read reference taken after those.
+    /// the live object at its move, under its read lock (`table::move_pages_into`; a
+    /// later free orders it before the writers that fold the region), or cleared by a
+    /// purge under its read lock; everyone who reads it holds the writer mutex or a read
+    /// reference taken after those.
     pub fn holds_moved_pages(&self) -> bool {
         self.marks.load(Ordering::Relaxed) & MOVED_IN != 0
     }

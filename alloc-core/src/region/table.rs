@@ -604,13 +604,25 @@ impl RegionTable {
         installed
     }
 
-    /// Marks the live object region at `addr` as holding pages `mremap` moved in
-    /// (`Region::holds_moved_pages`), for a move made outside the writer mutex
-    /// (`large::move_elsewhere`; `relocate` marks its own destination).
-    pub fn note_moved_in(&self, addr: usize) {
-        if let Some(read) = self.find_and_read_lock(addr) {
-            read.region().set_moved_pages(true);
+    /// Moves the pages of the live object at `from` into the live object region that
+    /// starts at `to`, in `space` (`move_pages_into`), under the destination's read lock
+    /// and without the writer mutex: for a move between objects of different arenas.
+    /// False when no such region is here, or `mremap` failed (the caller copies).
+    ///
+    /// # Safety
+    /// `from` is a live object of the caller's, at least `len` bytes, whose content is
+    /// not needed after the move; the object at `to` is the caller's too, nobody else
+    /// knows it yet, and its first `len` bytes hold nothing.
+    pub unsafe fn move_pages_into(&self, from: usize, to: usize, len: usize, space: Space) -> bool {
+        let Some(read) = self.find_and_read_lock(to) else {
+            return false;
+        };
+        let dest = read.region();
+        if dest.start() != to || dest.len() < len || dest.state() != RegionState::Live {
+            return false;
         }
+        // SAFETY: caller contract; the read reference keeps `dest` attached and live.
+        unsafe { move_pages_into(from, dest, len, space) }.is_ok()
     }
 
     /// The length of the live object region starting at `addr`.
@@ -1298,6 +1310,30 @@ pub struct SpaceStats {
     pub large_bytes: usize,
     pub segment_regions: usize,
     pub segment_bytes: usize,
+}
+
+/// Moves `len` bytes of pages from `from` into the region `dest` with `mremap`, and marks
+/// `dest` as holding moved pages (`Region::holds_moved_pages`) when it lies in base
+/// space (`space`, the destination's): the one place a move sets that mark. Huge-page
+/// space is never overwritten (a fresh mapping there would lose `MADV_HUGEPAGE`), so
+/// its regions never carry it.
+///
+/// # Safety
+/// `from` is ours, at least `len` bytes, and its content is not needed after the move;
+/// `dest` is a region of the caller's (write- or read-locked) whose first `len` bytes
+/// hold nothing.
+unsafe fn move_pages_into(
+    from: usize,
+    dest: &Region,
+    len: usize,
+    space: Space,
+) -> Result<(), os::OsError> {
+    // SAFETY: caller contract: `MREMAP_FIXED` replaces only `dest`'s own pages.
+    unsafe { os::move_pages(from, dest.start(), len) }?;
+    if space == Space::Base {
+        dest.set_moved_pages(true);
+    }
+    Ok(())
 }
 
 /// Hands the pages of the free region `r` (read-locked by the caller's purge) back to

@@ -875,20 +875,16 @@ impl<'a> Writer<'a> {
         let old_len = r.len();
         debug_assert!(old_len < new_len && r.kind() == RegionKind::Large);
         let placed = self.allocate_with_room(new_len, align, RegionKind::Large, true, space)?;
+        let Some(dest) = self.region_at(placed.start) else {
+            return Some((placed, false)); // never: it was just placed; copy then
+        };
         self.start_write(r);
         // SAFETY: both ranges are in our reservations; the destination is a region this
         // update just carved out of free space, the source a live object whose owner is
         // inside `realloc` (it needs only the content, which moves with the pages), and
         // both are write-locked until the update ends.
-        if unsafe { os::move_pages(addr, placed.start, old_len) }.is_err() {
+        if unsafe { super::move_pages_into(addr, dest, old_len, space) }.is_err() {
             return Some((placed, false));
-        }
-        if space == Space::Base {
-            // Huge-page space is never overwritten (`MOVED_IN`): a fresh mapping there
-            // would lose `MADV_HUGEPAGE`.
-            if let Some(dest) = self.region_at(placed.start) {
-                dest.set_moved_pages(true);
-            }
         }
         // The source is now empty: clean, zero, free.
         r.kind.store(RegionKind::Free as u8, Ordering::Relaxed);
