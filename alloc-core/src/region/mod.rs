@@ -6,7 +6,9 @@
 //!   (copy-on-write B+tree published by one atomic store, reclaimed by epoch).
 //! - `lock`: the per-region lock word and the table sequence (kernel per-VMA locks).
 //! - `protocol`: the reader's validation and the writer's stamp and detach, shared by the
-//!   table and the loom models (`loom_tests`), which run the same code.
+//!   table and the loom models (`loom_table`'s harness; models a-d in `loom_tests`, e in
+//!   `loom_table`, f in `loom_purge`, the retire models in `loom_retire`), which run the
+//!   shipped table.
 //! - `arenas`: the arena set (`ARENAS`): several `RegionTable`s side by side, the
 //!   thread's home arena, placement across arenas and the process-wide walks.
 //! - `directory`: address -> arena, lock-free (the per-slot arena byte in `space` and
@@ -32,6 +34,8 @@ mod protocol;
 pub mod table;
 pub mod tree;
 
+#[cfg(all(test, loom))]
+mod loom_purge;
 #[cfg(all(test, loom))]
 mod loom_retire;
 #[cfg(all(test, loom))]

@@ -54,6 +54,11 @@ impl Region {
         addr: usize,
         seq: &TableSeq,
     ) -> ReadAttempt {
+        // The loom models' broken twins: this validation with one check dropped.
+        #[cfg(all(test, loom))]
+        if let Some(broken) = super::loom_table::broken_validation(self, key, addr, seq) {
+            return broken;
+        }
         if !self.lock.try_read_unlocked(seq) {
             return ReadAttempt::WriteLocked;
         }
@@ -129,6 +134,13 @@ impl Region {
         stack: &RetiredStack,
         between: impl FnOnce(),
     ) {
+        // The broken twin of the loom retire model: the old order, push then unlock.
+        #[cfg(all(test, loom))]
+        if super::loom_table::pushes_before_unlock() {
+            stack.push(self);
+            self.lock.read_unlock();
+            return;
+        }
         self.lock.read_unlock();
         between();
         // Still ours after the unlock: `Retired` and not on the stack, no writer changes

@@ -1031,6 +1031,9 @@ impl RegionTable {
             *range = (r.start(), r.end());
             #[cfg(test)]
             self.pause_in_madvise.pause_here();
+            // Loom model f watches a page this call may cover.
+            #[cfg(all(test, loom))]
+            crate::region::loom_table::in_madvise(r.start(), r.end());
             self.purge_calls.inc();
             // SAFETY: a free region holds no live object, and our read reference keeps
             // any writer from handing it out until the call returns.
