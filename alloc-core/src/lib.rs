@@ -337,7 +337,12 @@ pub fn report_misaligned(call: &'static str, p: *const u8) -> ! {
 fn free_other(p: *mut u8, call: &'static str) {
     match space::kind_of(p as usize) {
         SlotKind::Table => {
-            prof::forget_if_sampled(p);
+            // SAFETY: `p` lies in a table region, and nothing of its free has happened.
+            if unsafe { prof::large_freed(p) } {
+                // Deferred by the profiler (a signal handler of the thread holding its
+                // table's lock): freed later, unchanged until then.
+                return;
+            }
             if let Err(e) = large::free(p) {
                 misuse::report(Misuse::from(e), call, p);
             }

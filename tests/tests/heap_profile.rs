@@ -1150,3 +1150,35 @@ fn sampled_mallocs_in_signal_handlers_on_alternate_stacks() {
         .unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(handled > 0, "no handler ran");
 }
+
+/// Frees and reallocs of sampled objects (small blocks of marked pages, and large
+/// objects) in a signal handler that interrupted its own thread inside the profile
+/// table's lock (`prof_signal_free.c`: the main thread resets the profile in a loop
+/// while another thread signals it). The profiler defers them instead of waiting for
+/// the lock's holder, which is the interrupted code: before, the handler spun for ever
+/// and the harness killed the program. Afterwards the deferred frees have been made:
+/// the pool's site has nothing in use.
+#[test]
+fn frees_in_a_signal_handler_of_the_table_locks_holder_are_deferred() {
+    let exe = compile("prof_signal_free.c", "prof_signal_free", Lang::C, &[]);
+    let path = scratch("signal_free").join("signal_free.heap");
+    let mut cmd = preloaded(&exe);
+    cmd.arg(&path)
+        .env("RANGEALLOC_OPTIONS", "prof=1,prof_sample=1");
+    let out = run(cmd, LIMIT);
+    out.assert_success("prof_signal_free under LD_PRELOAD");
+    let handled: u64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ok "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(handled > 0, "no handler ran");
+    let p = decode(&std::fs::read(&path).unwrap());
+    let site = site_range(&out.stdout, &exe, "prof_pool_site");
+    assert_eq!(
+        site_total(&p, site, "inuse_space"),
+        0.0,
+        "the pool's site still holds memory after every object was freed"
+    );
+}

@@ -338,8 +338,9 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
         if (*block).cookie == cookie {
             return Err(SmallFreeError::DoubleFree);
         }
-        if Page::is_marked(page) {
-            free_on_marked_page(seg, page, p);
+        if Page::is_marked(page) && free_on_marked_page(seg, page, p) {
+            // Deferred by the profiler: the block stays live for now.
+            return Ok(());
         }
         (*block).cookie = cookie;
         free_validated(seg, page, block);
@@ -351,22 +352,31 @@ pub unsafe fn free_small(p: *mut u8) -> Result<(), SmallFreeError> {
 /// every free of its blocks comes here): a sampled block's record is dropped and the
 /// page's count lowered, before the block is published. The owner also clears the mark
 /// when no sampled block is left (another thread's free of the last one leaves that to
-/// the owner's next free or refill of the page).
+/// the owner's next free or refill of the page). True if the profiler deferred the free
+/// instead (a signal handler of the thread holding its table's lock, see
+/// `prof::defer_free`): the caller then changes nothing.
 ///
 /// # Safety
 /// `p` is a live, validated block of `page` in `seg`, not yet published.
 #[cold]
 #[inline(never)]
-unsafe fn free_on_marked_page(seg: *mut Segment, page: *mut Page, p: *mut u8) {
-    // SAFETY: caller contract: the page stays live until the block is published.
+unsafe fn free_on_marked_page(seg: *mut Segment, page: *mut Page, p: *mut u8) -> bool {
+    // SAFETY: caller contract: the page stays live until the block is published (and a
+    // deferred block stays live).
     unsafe {
-        if crate::prof::forget_if_sampled(p) {
-            Page::unsampled(page);
+        match crate::prof::forget_if_sampled(p) {
+            Ok(true) => Page::unsampled(page),
+            Ok(false) => {}
+            Err(_) => {
+                crate::prof::defer_free(p);
+                return true;
+            }
         }
         if (*seg).heap == thread::get() {
             (*page).unmark_if_unsampled();
         }
     }
+    false
 }
 
 /// `realloc` of a sampled small block (its record already dropped by the profiler,

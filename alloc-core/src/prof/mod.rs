@@ -22,9 +22,17 @@
 //!
 //! Hooks: the heap's `alloc_slow` calls `charge_blocks` and `sample_block` while
 //! `sampling()`; `alloc_generic` (`lib.rs`) calls `alloc_large` while `sampling()`;
-//! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region and
-//! the heap's free of a block of a marked page call `forget_if_sampled`; the fork
-//! handlers take and release the table lock.
+//! `realloc` calls `realloc_profiled` while `watching()`; `free` of a table region
+//! (`large_freed`) and the heap's free of a block of a marked page call
+//! `forget_if_sampled`; the fork handlers take and release the table lock.
+//!
+//! Signal handlers. A handler that frees (or reallocs) an object that may be sampled
+//! while its own thread holds the table lock (the program was dumping or resetting the
+//! profile) cannot wait for the lock: its holder is the code it interrupted. The table
+//! refuses it (`Held`), and the free is deferred (`defer_free`: a lock-free list
+//! through the objects' first words), made by the next control call or large free
+//! (`free_deferred`); such a realloc copies to a new object and defers the old one's
+//! free.
 
 // The cached walk reads x86-64 rules; other targets use libgcc's walk alone.
 #[cfg(target_arch = "x86_64")]
@@ -36,12 +44,12 @@ mod sampler;
 mod stack;
 mod table;
 
-use crate::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use crate::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use crate::{large, options, thread, MALLOC_ALIGN};
 use stack::MAX_FRAMES;
 use std::path::Path;
 
-pub use table::Counts;
+pub use table::{Counts, Held};
 
 const OFF: u8 = 0;
 const ON: u8 = 1;
@@ -213,11 +221,16 @@ fn sample(size: usize, align: usize, zero: bool, callers: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
-    if forget_if_sampled(p) && crate::space::kind_of(p as usize) == crate::space::SlotKind::Segment
-    {
-        // SAFETY: forwarded contract: a live block, here of a segment.
-        unsafe { crate::heap::sampled_block_forgotten(p) };
+    match forget_if_sampled(p) {
+        Ok(true) if crate::space::kind_of(p as usize) == crate::space::SlotKind::Segment => {
+            // SAFETY: forwarded contract: a live block, here of a segment.
+            unsafe { crate::heap::sampled_block_forgotten(p) };
+        }
+        Ok(_) => {}
+        // SAFETY: forwarded contract.
+        Err(Held::ByThisThread) => return unsafe { realloc_by_copy(p, new_size, align) },
     }
+    free_deferred();
     let take = !crate::served_by_pages(new_size, align)
         && STATE.load(Ordering::Relaxed) == ON
         && sampler::take(new_size, mean)
@@ -229,6 +242,31 @@ pub unsafe fn realloc_profiled(p: *mut u8, new_size: usize, align: usize) -> *mu
     }
     // SAFETY: forwarded contract.
     not_a_tail_call(unsafe { sample_realloc(p, new_size, align) })
+}
+
+/// `realloc` of an object that may be sampled, in a signal handler of the thread that
+/// holds the table's lock (`forget_if_sampled`'s `Err`): its record cannot be dropped
+/// now, so it is not resized or moved in place (which frees nothing through `free`);
+/// its contents go to a new object and its free is deferred, as a `free` of it would be.
+///
+/// # Safety
+/// As `crate::realloc`.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_by_copy(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    // SAFETY: forwarded contract: `p` is a live object of this allocator.
+    let old = unsafe { crate::checked_usable_size(p, "realloc") };
+    // SAFETY: `align` is the object's, a power of two (forwarded contract).
+    let q = unsafe { crate::alloc(new_size.max(1), align) };
+    if !q.is_null() {
+        // SAFETY: distinct live objects, each at least `min(old, new_size)` bytes; then
+        // `p`'s free, deferred (forwarded contract: live, freed once).
+        unsafe {
+            core::ptr::copy_nonoverlapping(p, q, old.min(new_size));
+            defer_free(p);
+        }
+    }
+    q
 }
 
 /// Frames of ours above `sample_realloc`: `realloc_profiled`.
@@ -266,11 +304,105 @@ fn capture_here(ours: usize) -> ([usize; MAX_FRAMES], usize) {
 }
 
 /// Called by `free` for a table region before it is released, and by the heap's free of
-/// a block of a marked page before it is published; true if `p` was a sampled object
-/// (its record is dropped: its stack's in-use totals go down).
+/// a block of a marked page before it is published: `Ok(true)` if `p` was a sampled
+/// object (its record is dropped: its stack's in-use totals go down), `Ok(false)` if
+/// not. `Err` when `p` may be sampled and this is a signal handler that interrupted its
+/// own thread inside the table's lock: the caller must not free `p` now (its record
+/// would outlive it, and a new object there would take it over) and hands it to
+/// `defer_free` instead.
 #[inline]
-pub fn forget_if_sampled(p: *mut u8) -> bool {
-    table::maybe_sampled(p as usize) && table::forget(p as usize)
+pub fn forget_if_sampled(p: *mut u8) -> Result<bool, Held> {
+    if !table::maybe_sampled(p as usize) {
+        return Ok(false);
+    }
+    table::forget(p as usize)
+}
+
+/// Frees whose thread held the table's lock (see `Held`), linked through their first
+/// words; freed by the next `free_deferred`.
+static DEFERRED: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Leaves the free of `p` to a later `free_deferred`. Lock-free, so a signal handler
+/// may call it whatever its thread was doing. The block stays allocated until then, as
+/// if the program had freed it a little later.
+///
+/// # Safety
+/// `p` is a live object of this allocator (at least a word long) whose free was asked
+/// for and changed nothing yet.
+#[cold]
+pub unsafe fn defer_free(p: *mut u8) {
+    let mut head = DEFERRED.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: caller contract: the object is ours, and at least one word long.
+        unsafe { (p as *mut *mut u8).write(head) };
+        // Release: the link written above is seen by the `free_deferred` that takes it.
+        match DEFERRED.compare_exchange_weak(head, p, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => head = now,
+        }
+    }
+}
+
+/// Frees the objects `defer_free` kept, if any: called where a free may run and the
+/// table's lock is not held by this code (the control calls, after their tables' work;
+/// a large object's free). Frees each once: a free that finds the lock still its
+/// thread's (a handler again) is deferred anew, for a later call.
+#[inline]
+pub fn free_deferred() {
+    // Relaxed: an empty list is the common case; the swap below orders what it takes.
+    if DEFERRED.load(Ordering::Relaxed).is_null() {
+        return;
+    }
+    free_deferred_now();
+}
+
+/// With this thread's signals blocked: the program whose handler freed is the one
+/// whose handlers free, and one of them must not land in the middle of these frees.
+#[cold]
+#[inline(never)]
+fn free_deferred_now() {
+    // SAFETY: plain data, filled in by the calls below.
+    let (mut all, mut saved): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (core::mem::zeroed(), core::mem::zeroed()) };
+    // SAFETY: valid sets, ours; `pthread_sigmask` neither allocates nor locks.
+    let blocked = unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut saved) == 0
+    };
+    // Acquire: pairs with `defer_free`'s Release (the links).
+    let mut p = DEFERRED.swap(core::ptr::null_mut(), Ordering::Acquire);
+    while !p.is_null() {
+        // SAFETY: a deferred object's first word links the list (`defer_free`); the
+        // object is still live and now freed exactly once.
+        unsafe {
+            let next = *(p as *const *mut u8);
+            crate::free(p);
+            p = next;
+        }
+    }
+    if blocked {
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, core::ptr::null_mut()) };
+    }
+}
+
+/// `free`'s part for a large object (a table region): true if the free was deferred
+/// (`forget_if_sampled`'s `Err`), and the caller stops there. Frees what earlier
+/// deferrals left first, if anything.
+///
+/// # Safety
+/// `p` lies in a table region and is being freed, nothing changed yet.
+#[cold]
+pub unsafe fn large_freed(p: *mut u8) -> bool {
+    // Deferred only once the table says `p` starts a live large object: anything else
+    // goes on to `large::free`, which reports it.
+    if forget_if_sampled(p).is_err() && large::usable_size(p).is_some() {
+        // SAFETY: a live large object (checked above), whose free changed nothing yet.
+        unsafe { defer_free(p) };
+        return true;
+    }
+    free_deferred();
+    false
 }
 
 // ---- control -------------------------------------------------------------------------
@@ -291,7 +423,9 @@ pub fn enabled() -> bool {
 /// while it is off, and their frees are still subtracted.
 pub fn set_active(on: bool) -> bool {
     let was = active();
-    if on && !table::init() {
+    let mapped = !on || table::init();
+    free_deferred();
+    if !mapped {
         return was;
     }
     // Relaxed: as in `sampling`.
@@ -303,6 +437,7 @@ pub fn set_active(on: bool) -> bool {
 /// in-use totals follow the live objects and stay.
 pub fn reset() {
     table::reset();
+    free_deferred();
 }
 
 /// The mean sample distance in bytes.
@@ -336,9 +471,12 @@ pub fn stacks() -> Vec<(Vec<usize>, Counts)> {
 /// the copy (a dump copies what fits; later stacks go in the next dump).
 const SNAPSHOT_SLACK: usize = 64;
 
+/// The stacks, copied under the table's lock; then the frees a signal handler left
+/// while this thread held it (see `defer_free`).
 fn snapshot() -> Vec<table::StackSample> {
     let mut out = Vec::with_capacity(table::stack_count() + SNAPSHOT_SLACK);
     table::snapshot(&mut out);
+    free_deferred();
     out
 }
 

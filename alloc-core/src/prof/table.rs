@@ -6,6 +6,14 @@
 //! the faults taken under the lock) follow the live samples. Owns the tables, their spin
 //! lock and the side marks that let `free` skip unsampled objects; calls `os`.
 //!
+//! The lock's word names its holder (its `pthread_self`), so a signal handler that
+//! interrupts the holder and reaches the tables (a free of a sampled object while the
+//! program was dumping or resetting the profile) sees that the lock is its own thread's
+//! and is refused (`Held::ByThisThread`) instead of waiting for ever for a holder that
+//! cannot run until it returns. Each caller says what a refusal means: `record` drops
+//! the sample, `forget` leaves the free to the caller (`prof` defers it), the control
+//! calls do nothing.
+//!
 //! A sampled object is a large one (its own page-aligned region) or a small block on its
 //! page (see `prof`); either way its address identifies one live object exactly, and the
 //! side marks (a counter per hashed address) answer "may this object be sampled?" with
@@ -13,8 +21,8 @@
 
 use super::stack::MAX_FRAMES;
 use crate::os::{self, PAGE_SIZE};
-use crate::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use crate::sync::SpinLock;
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::cell::UnsafeCell;
 
 /// Distinct stacks kept: 16K. Real services show a few thousand distinct allocation
 /// stacks (jemalloc's profiles of large C++ servers); an entry is ~550 bytes, so the
@@ -85,10 +93,88 @@ struct Tables {
     live_used: usize,
 }
 
-// SAFETY: the raw pointers name process-wide mappings that only the lock holder touches.
-unsafe impl Send for Tables {}
+/// The tables behind their lock: a spin lock whose word is 0 when free and the
+/// holder's thread id (`pthread_self`) when held.
+struct Locked {
+    holder: AtomicUsize,
+    tables: UnsafeCell<Option<Tables>>,
+}
 
-static TABLES: SpinLock<Option<Tables>> = SpinLock::new(None);
+// SAFETY: `tables` is reached only through a `Guard`, which proves the lock is held
+// (exclusive access); its raw pointers name process-wide mappings.
+unsafe impl Sync for Locked {}
+
+static TABLES: Locked = Locked {
+    holder: AtomicUsize::new(0),
+    tables: UnsafeCell::new(None),
+};
+
+/// Why `lock` gave no guard.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Held {
+    /// The calling thread holds the lock already: this call runs in a signal handler
+    /// that interrupted the holder (the only way one thread reaches the tables twice),
+    /// which cannot go on until the handler returns.
+    ByThisThread,
+}
+
+/// The calling thread's id as the lock records it: never 0, distinct among live
+/// threads, and the same in a signal handler as in the code it interrupted (glibc's
+/// `pthread_self` reads the thread pointer: no lock, no allocation).
+fn this_thread() -> usize {
+    // SAFETY: no preconditions.
+    (unsafe { libc::pthread_self() }) as usize
+}
+
+/// Holds the tables' lock; releases it when dropped.
+struct Guard {
+    _private: (),
+}
+
+impl core::ops::Deref for Guard {
+    type Target = Option<Tables>;
+    fn deref(&self) -> &Option<Tables> {
+        // SAFETY: the guard proves the lock is held by this thread.
+        unsafe { &*TABLES.tables.get() }
+    }
+}
+
+impl core::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut Option<Tables> {
+        // SAFETY: as above, exclusively.
+        unsafe { &mut *TABLES.tables.get() }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Release publishes the section's writes to the next Acquire in `lock`.
+        TABLES.holder.store(0, Ordering::Release);
+    }
+}
+
+/// Takes the tables' lock, waiting for another holder; refused when this thread holds
+/// it (see `Held`). A handler that interrupts this thread between the exchange and the
+/// return sees its id in the word and is refused too, so there is no window.
+fn lock() -> Result<Guard, Held> {
+    let me = this_thread();
+    let mut round = 0;
+    loop {
+        // Acquire on success pairs with the Release in `Guard::drop`.
+        match TABLES
+            .holder
+            .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+        {
+            Ok(_) => return Ok(Guard { _private: () }),
+            Err(holder) if holder == me => return Err(Held::ByThisThread),
+            Err(_) => crate::sync::backoff(&mut round),
+        }
+    }
+}
+
+/// Set once the tables are mapped (they are never unmapped): `initialised` without the
+/// lock.
+static MAPPED: AtomicBool = AtomicBool::new(false);
 
 /// Live sampled objects, read without the lock by `free` to skip the profiler entirely
 /// when none are live.
@@ -147,17 +233,23 @@ impl Tables {
     }
 }
 
-/// Maps the tables if they are not yet; false if the OS refused.
+/// Maps the tables if they are not yet; false if the OS refused (or this is a signal
+/// handler of the lock's holder, with the tables not yet mapped).
 pub fn init() -> bool {
-    let mut tables = TABLES.lock();
+    let Ok(mut tables) = lock() else {
+        return initialised();
+    };
     if tables.is_none() {
         *tables = Tables::map(STACK_CAPACITY, LIVE_CAPACITY);
+        // Release: pairs with `initialised`'s Acquire (the mapping exists).
+        MAPPED.store(tables.is_some(), Ordering::Release);
     }
     tables.is_some()
 }
 
+/// True once the tables are mapped. Takes no lock.
 pub fn initialised() -> bool {
-    TABLES.lock().is_some()
+    MAPPED.load(Ordering::Acquire)
 }
 
 fn hash_frames(frames: &[usize]) -> u64 {
@@ -356,10 +448,15 @@ impl Tables {
 }
 
 /// Records a sampled object at `addr` allocated from `frames`, standing for `objects`
-/// objects and `bytes` bytes. False (and counted as dropped) when a table is full.
+/// objects and `bytes` bytes. False (and counted as dropped) when a table is full or
+/// this is a signal handler of the lock's holder.
 pub fn record(addr: usize, frames: &[usize], objects: f64, bytes: f64) -> bool {
     let hash = hash_frames(frames);
-    let mut guard = TABLES.lock();
+    let Ok(mut guard) = lock() else {
+        // Relaxed: a lone counter.
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
     let Some(t) = guard.as_mut() else {
         return false;
     };
@@ -391,24 +488,26 @@ fn live_home(addr: usize, mask: usize) -> usize {
 }
 
 /// Forgets the sampled object at `addr` (it is being freed), subtracting it from its
-/// stack's in-use totals; false if `addr` was not recorded.
-pub fn forget(addr: usize) -> bool {
-    let mut guard = TABLES.lock();
+/// stack's in-use totals: `Ok(false)` if `addr` was not recorded, `Err` (nothing
+/// looked at) in a signal handler of the lock's holder.
+pub fn forget(addr: usize) -> Result<bool, Held> {
+    let mut guard = lock()?;
     let Some(t) = guard.as_mut() else {
-        return false;
+        return Ok(false);
     };
     if !t.remove(addr) {
-        return false;
+        return Ok(false);
     }
     // Relaxed: see `any_live`.
     mark_of(addr).fetch_sub(1, Ordering::Relaxed);
     LIVE.fetch_sub(1, Ordering::Relaxed);
-    true
+    Ok(true)
 }
 
-/// How many stacks a snapshot would copy now.
+/// How many stacks a snapshot would copy now (0 in a signal handler of the lock's
+/// holder).
 pub fn stack_count() -> usize {
-    TABLES.lock().as_ref().map_or(0, |t| t.stacks_used)
+    lock().map_or(0, |t| t.as_ref().map_or(0, |t| t.stacks_used))
 }
 
 /// Samples dropped because a table was full, since the process started.
@@ -418,9 +517,12 @@ pub fn dropped() -> u64 {
 }
 
 /// Copies every stack into `out`, up to its spare capacity (it never grows `out`: the
-/// caller reserves first, so nothing allocates under the lock).
+/// caller reserves first, so nothing allocates under the lock). Copies nothing in a
+/// signal handler of the lock's holder.
 pub fn snapshot(out: &mut Vec<StackSample>) {
-    let guard = TABLES.lock();
+    let Ok(guard) = lock() else {
+        return;
+    };
     let Some(t) = guard.as_ref() else {
         return;
     };
@@ -430,9 +532,11 @@ pub fn snapshot(out: &mut Vec<StackSample>) {
 }
 
 /// Zeroes every stack's allocation totals (in-use totals follow the live objects and
-/// stay).
+/// stay). Does nothing in a signal handler of the lock's holder.
 pub fn reset() {
-    let mut guard = TABLES.lock();
+    let Ok(mut guard) = lock() else {
+        return;
+    };
     let Some(t) = guard.as_mut() else {
         return;
     };
@@ -445,16 +549,28 @@ pub fn reset() {
     }
 }
 
-/// `fork` handlers: the child must not inherit the lock mid-update.
+/// Set while `fork_prepare` holds the lock for the `fork` in progress.
+static HELD_FOR_FORK: AtomicBool = AtomicBool::new(false);
+
+/// `fork` handlers: the child must not inherit the lock mid-update. A `fork` from a
+/// signal handler of the lock's holder leaves the lock as it is: its holder, the
+/// interrupted code, finishes its update and releases it after the handler, in the
+/// parent and in the child alike (the child's thread has the same id).
 pub fn fork_prepare() {
-    TABLES.raw_lock();
+    if let Ok(guard) = lock() {
+        core::mem::forget(guard);
+        // Relaxed: read by this thread only, in `fork_release`.
+        HELD_FOR_FORK.store(true, Ordering::Relaxed);
+    }
 }
 
 /// # Safety
 /// After `fork_prepare` on this thread.
 pub unsafe fn fork_release() {
-    // SAFETY: caller contract.
-    unsafe { TABLES.raw_unlock() }
+    // Relaxed: as above.
+    if HELD_FOR_FORK.swap(false, Ordering::Relaxed) {
+        drop(Guard { _private: () });
+    }
 }
 
 #[cfg(test)]
@@ -525,8 +641,12 @@ mod tests {
         }
         assert!(maybe_sampled(BASE + 7 * PAGE_SIZE));
         for i in 0..300 {
-            assert!(forget(BASE + i * PAGE_SIZE), "{i} lost");
-            assert!(!forget(BASE + i * PAGE_SIZE), "{i} forgotten twice");
+            assert_eq!(forget(BASE + i * PAGE_SIZE), Ok(true), "{i} lost");
+            assert_eq!(
+                forget(BASE + i * PAGE_SIZE),
+                Ok(false),
+                "{i} forgotten twice"
+            );
         }
         let mut out = Vec::with_capacity(stack_count());
         snapshot(&mut out);
@@ -538,6 +658,35 @@ mod tests {
             (mine.counts.inuse_objects, mine.counts.alloc_objects),
             (0.0, 300.0)
         );
+    }
+
+    /// A signal handler of the lock's holder (here: its thread asking again while it
+    /// holds the lock, which is what the handler's calls look like) is refused, not made
+    /// to wait for itself: a forget looks nothing up, a record is dropped, the control
+    /// calls do nothing. Once the lock is released the same calls go through.
+    #[test]
+    fn the_lock_holders_own_thread_is_refused_not_made_to_wait() {
+        assert!(init());
+        const ADDR: usize = 0xffff_a000_0000_0000;
+        let frames = [0x4321usize];
+        let guard = lock().expect("the lock is free");
+        assert_eq!(lock().err(), Some(Held::ByThisThread));
+        assert_eq!(forget(ADDR), Err(Held::ByThisThread));
+        let dropped_before = dropped();
+        assert!(!record(ADDR, &frames, 1.0, 16.0));
+        assert!(
+            dropped() > dropped_before,
+            "the refused sample counts as dropped"
+        );
+        assert_eq!(stack_count(), 0);
+        reset();
+        let mut out = Vec::with_capacity(4);
+        snapshot(&mut out);
+        assert!(out.is_empty());
+        assert!(initialised());
+        drop(guard);
+        assert!(record(ADDR, &frames, 1.0, 16.0));
+        assert_eq!(forget(ADDR), Ok(true));
     }
 
     /// The blocks of one 4 KiB page (16 bytes apart, as sampled small blocks may be)
