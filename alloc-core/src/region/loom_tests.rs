@@ -216,7 +216,7 @@ fn b_model(id: u8, readers: Readers, broken_x: bool, paths: &'static Paths) {
     run(
         "b",
         table,
-        readers.split(probes.to_vec()),
+        readers.split(Vec::from(probes)),
         broken,
         paths,
         move || table.collect_retired(),
