@@ -373,10 +373,11 @@ fn move_elsewhere(
     if q.is_null() {
         return q;
     }
-    let remapped = may_remap(from, old_len, ARENAS.space_of(q as usize))
+    let to = ARENAS.space_of(q as usize);
+    let remapped = may_remap(from, old_len, to)
         // SAFETY: both are ours (see above), distinct live objects of `old_len` bytes at
-        // least; the source's content is not needed after the move.
-        && unsafe { ARENAS.move_pages(p as usize, q as usize, old_len) };
+        // least, `q` in space `to`; the source's content is not needed after the move.
+        && unsafe { ARENAS.move_pages(p as usize, q as usize, old_len, to) };
     if remapped {
         REMAPPED.inc();
         REMAPPED_BYTES.add(old_len as u64);

@@ -358,12 +358,11 @@ impl Arenas {
     /// region-table path, as the one `RegionTable::relocate` makes under its mutex.
     ///
     /// # Safety
-    /// As `RegionTable::move_pages_into`.
-    pub unsafe fn move_pages(&self, from: usize, to: usize, len: usize) -> bool {
+    /// As `RegionTable::move_pages_into`; `space` is `to`'s (`space_of`).
+    pub unsafe fn move_pages(&self, from: usize, to: usize, len: usize, space: Space) -> bool {
         let _path = OnRegionPath::enter();
         // SAFETY: caller contract.
-        Self::table_of(to)
-            .is_some_and(|t| unsafe { t.move_pages_into(from, to, len, self.space_of(to)) })
+        Self::table_of(to).is_some_and(|t| unsafe { t.move_pages_into(from, to, len, space) })
     }
 
     /// `RegionTable::object_len` in the arena holding `addr`.
