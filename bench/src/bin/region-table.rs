@@ -60,12 +60,19 @@ const GAP_PAGES: usize = 8;
 const CHURN_OBJECTS: usize = 512;
 const CHURN_MAX_PAGES: usize = 3;
 /// Default measuring window per run: 6 configurations (table and two baselines, with and
-/// without the writer) x `REPEATS` rounds x 5 reader counts x 2 workloads = 180 runs,
-/// plus 45 for the writer-rate sweep and `WARM_UP_RUNS`, of 0.5 s: about two minutes in all.
+/// without the writer) x (`REPEATS` rounds x 4 reader counts + `TARGET_REPEATS` at
+/// `TARGET_READERS`) x 2 workloads = 228 runs, plus 45 for the writer-rate sweep and
+/// `WARM_UP_RUNS`, of 0.5 s: about two and a half minutes in all.
 const DEFAULT_WINDOW: Duration = Duration::from_millis(500);
 /// Rounds per cell; the table reports the median (single runs on this shared 2-core VM
 /// varied by 2x between identical configurations).
 const REPEATS: usize = 3;
+/// Rounds at `TARGET_READERS`, whose ratio is the verdict: more than `REPEATS`, because
+/// the verdict is the median of the rounds in which both writers kept pace (see
+/// `like_for_like`), and a round with one starved writer drops out of it.
+const TARGET_REPEATS: usize = 7;
+/// The verdict needs at least this many like-for-like rounds of `TARGET_REPEATS`.
+const MIN_LIKE_FOR_LIKE: usize = 4;
 /// Structural updates per second the writer aims at, the same in both variants so the
 /// readers of each face the same write load: 10 k/s is a busy large-object workload
 /// (each update is one placement, resize or free; in a kernel-VMA allocator each would
@@ -603,7 +610,7 @@ fn report(
     objects: &Objects,
     maps: &Arc<Maps>,
     window: Duration,
-) -> Option<(f64, &'static str)> {
+) -> Option<Verdict> {
     println!("\nReaders' work under the lock: {}\n", work.name());
     println!(
         "| readers | table Mops/s | fair RwLock Mops/s | ratio | std RwLock Mops/s | ratio | \
@@ -612,6 +619,7 @@ fn report(
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut target = None;
+    let mut paired = None;
     let mut rounds = Vec::new();
     for readers in READER_COUNTS {
         let fair = Variant::GlobalLock(Baseline::Fair);
@@ -627,13 +635,19 @@ fn report(
         // Rounds interleave the configurations, so a slow spell of the machine (it is
         // shared, and a VM) hits all of them; each cell is the median round.
         let mut runs: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
-        for _ in 0..REPEATS {
+        let repeats = if readers == TARGET_READERS {
+            TARGET_REPEATS
+        } else {
+            REPEATS
+        };
+        for _ in 0..repeats {
             for (runs, &(variant, writer)) in runs.iter_mut().zip(&configs) {
                 runs.push(run(variant, work, readers, writer, objects, maps, window));
             }
         }
         if readers == TARGET_READERS {
             rounds.push((readers, round_cells(&runs)));
+            paired = Some(like_for_like(&runs[0], &runs[2], rate));
         }
         let mut medians = runs.into_iter().map(median);
         let mut next = || medians.next().expect("one median per configuration");
@@ -689,7 +703,52 @@ fn report(
                   their writers' kupdates/s): {cells}"
         );
     }
-    target
+    let (cell, starved) = target?;
+    Some(Verdict {
+        cell,
+        starved,
+        paired: paired?,
+    })
+}
+
+/// A workload's result at `TARGET_READERS`: the table's cell ratio to the fair lock (the
+/// median rounds of each, as in the table) with its starvation mark, and the paired
+/// verdict of `like_for_like`.
+struct Verdict {
+    cell: f64,
+    starved: &'static str,
+    /// The median of the like-for-like rounds' ratios, and how many rounds were.
+    paired: (Option<f64>, usize),
+}
+
+/// The rounds in which the table and the fair lock ran the same write load: both
+/// writers at `AT_PACE` of the target rate and of each other. A round pairs the table's
+/// run with the fair lock's run right after it (the configurations interleave), so a
+/// slow spell of this shared VM hits both sides of a pair; the medians of the table's
+/// cells pair runs from different rounds, and a cell whose median run had a slow writer
+/// used to void the whole comparison. Returns the median ratio over those rounds (none
+/// if fewer than `MIN_LIKE_FOR_LIKE`) and their number.
+fn like_for_like(table: &[Run], fair: &[Run], rate: u64) -> (Option<f64>, usize) {
+    let at_pace = |run: &Run, other: &Run| {
+        (rate == 0 || run.updates_per_s >= AT_PACE * rate as f64)
+            && run.updates_per_s >= AT_PACE * other.updates_per_s
+    };
+    let mut ratios: Vec<f64> = table
+        .iter()
+        .zip(fair)
+        .filter(|(t, f)| at_pace(t, f) && at_pace(f, t))
+        .map(|(t, f)| t.lookups_per_s / f.lookups_per_s)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len();
+    let median = (n >= MIN_LIKE_FOR_LIKE).then(|| {
+        if n % 2 == 1 {
+            ratios[n / 2]
+        } else {
+            (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+        }
+    });
+    (median, n)
 }
 
 /// One line of the target row's rounds: "round: table / fair (writers), ..." from the
@@ -898,12 +957,24 @@ fn main() {
     };
     warm_up(rate, &objects, &maps, window);
     for work in works {
-        if let Some((ratio, starved)) = report(work, rate, &objects, &maps, window) {
+        if let Some(v) = report(work, rate, &objects, &maps, window) {
+            let (paired, n) = v.paired;
+            let paired_text = paired.map_or_else(
+                || format!("fewer than {MIN_LIKE_FOR_LIKE} rounds"),
+                |r| format!("{r:.2}x"),
+            );
             println!(
-                "\n{}: ratio to the fair global lock at {TARGET_READERS} readers: {ratio:.2}x{starved} \
-                 (issue 3 target >= {TARGET_RATIO:.1}x: {})",
+                "\n{}: ratio to the fair global lock at {TARGET_READERS} readers: median of the \
+                 {n} of {TARGET_REPEATS} rounds with both writers at pace {paired_text}; median \
+                 cells {:.2}x{} (issue 3 target >= {TARGET_RATIO:.1}x like-for-like: {})",
                 work.name(),
-                if ratio >= TARGET_RATIO && starved.is_empty() { "met" } else { "NOT met" }
+                v.cell,
+                v.starved,
+                if paired.is_some_and(|r| r >= TARGET_RATIO) {
+                    "met"
+                } else {
+                    "NOT met"
+                }
             );
         }
     }
@@ -912,7 +983,10 @@ fn main() {
     }
     println!();
     println!(
-        "Cells are the median of {REPEATS} interleaved rounds. Ratios are table lookups/s \
+        "Cells are the median of {REPEATS} interleaved rounds ({TARGET_REPEATS} at \
+         {TARGET_READERS} readers, whose verdict is the median ratio of the rounds in \
+         which both writers kept pace, each table run paired with the fair lock's run of \
+         the same round). Ratios are table lookups/s \
          over the baseline's, both with the writer running. A variant marked \"writer \
          starved\" completed under 90% of the other's writer updates, or of its target rate, \
          so its readers ran a lighter workload: that ratio is not a like-for-like \
