@@ -2,10 +2,11 @@
 //! `meta`: a free pushes its block and an allocation pops one without the metadata lock,
 //! so blocks that one thread allocates and another frees (crossbeam-epoch's sealed-bag
 //! nodes, which reach `meta` through the re-entrant path) circulate without any
-//! process-wide lock once warm. Only an empty stack sends an allocation to the lock,
-//! where `meta` carves a fresh chunk and pushes its blocks as one chain. It owns its head
-//! word, the first word of each block on it (the link) and the table of arena numbers
-//! by which it names blocks (`name_arena`); it calls only `sync`.
+//! process-wide lock once warm. An empty stack sends an allocation to `meta`'s carve,
+//! which cuts a fresh chunk (a CAS on its bump word, no lock either) and pushes its
+//! blocks as one chain. It owns its head word, the first word of each block on it (the
+//! link) and the table of arena numbers by which it names blocks (`name_arena`); it
+//! calls only `sync`.
 //!
 //! ABA: a pop reads the head block and its link, then swings the head to the link with
 //! a compare-and-swap. Between the two, other threads may pop that block, pop its

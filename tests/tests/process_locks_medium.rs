@@ -1,0 +1,188 @@
+//! Issue 16: the medium sizes' churn takes no process-wide lock in steady state. As the
+//! `medium` workload (bench): each thread keeps a ring of objects of log-uniform sizes
+//! from 16 KiB to 2 MiB with their first and last lines written, replaces the oldest
+//! (one in four freed by the next thread), and grows one object in eight by half with
+//! `realloc`. Warmed up, a measured phase counts the process-wide locks taken on the
+//! large-object path (`stats::REGION_PATH_PROCESS_LOCKS`: the metadata lock, `mmap_lock`
+//! writers): zero but for the `mremap` of moves, counted apart (`large::MEDIUM_REMAP_MIN`:
+//! one `mmap_lock` writer per move by design, instead of a copy's faults; a sparse copy
+//! that would take none raised the `medium` workload's faults 4-9%: BENCHMARKS.md,
+//! "proclock10", and `bench/probe/unmerged/proclock10-sparse-copy.patch`, with which
+//! this measured phase took 0 `mremap`s). (A file of its own: the counters are
+//! process-wide, and `process_locks.rs` counts its own phase.)
+
+use rangealloc::engine::stats::{REGION_PATH_DEPENDENCY_LOCKS, REGION_PATH_PROCESS_LOCKS};
+use rangealloc::{RangeAlloc, Syscall};
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::{Arc, Barrier, Mutex};
+
+/// No timed purge pass during the test (as in `process_locks.rs`).
+#[global_allocator]
+static A: RangeAlloc = RangeAlloc::with_options("purge_delay_ms=100000000");
+
+const THREADS: usize = 4;
+const RING: usize = 32;
+const OPS: usize = 2000;
+/// Phases of `OPS` replacements per thread; all but the last warm up.
+const PHASES: usize = 4;
+const MIN_SIZE: usize = 16 << 10;
+const MAX_SIZE: usize = 2 << 20;
+const LINE: usize = 64;
+
+/// Objects (address, size) handed to a thread to free.
+type Inbox = Mutex<Vec<(usize, usize)>>;
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// A log-uniform size in `[MIN_SIZE, MAX_SIZE]`.
+fn size_of(seed: &mut u64) -> usize {
+    let (lo, hi) = ((MIN_SIZE as f64).ln(), (MAX_SIZE as f64).ln());
+    let u = (next(seed) >> 11) as f64 / (1u64 << 53) as f64;
+    ((lo + u * (hi - lo)).exp() as usize).clamp(MIN_SIZE, MAX_SIZE)
+}
+
+/// Writes the first and last lines of the object with `tag`.
+///
+/// # Safety
+/// `p` is live with `size` bytes.
+unsafe fn stamp(p: *mut u8, size: usize, tag: u8) {
+    // SAFETY: caller contract; `size` is at least two lines.
+    unsafe {
+        p.write_bytes(tag, LINE);
+        p.add(size - LINE).write_bytes(tag, LINE);
+    }
+}
+
+/// Checks the first line (kept by every `realloc`).
+///
+/// # Safety
+/// `p` is live with at least a line.
+unsafe fn check(p: *const u8, tag: u8) {
+    // SAFETY: caller contract.
+    assert!(
+        (0..LINE).all(|i| unsafe { *p.add(i) } == tag),
+        "content lost"
+    );
+}
+
+fn new_object(seed: &mut u64) -> (usize, usize) {
+    let size = size_of(seed);
+    // SAFETY: a valid non-zero layout.
+    let p = unsafe { A.alloc(layout(size)) };
+    assert!(!p.is_null());
+    // SAFETY: live, `size` bytes.
+    unsafe { stamp(p, size, size as u8) };
+    (p as usize, size)
+}
+
+/// One thread's share of a phase.
+fn phase(ring: &mut [(usize, usize)], seed: &mut u64, outbox: &Inbox) {
+    for op in 0..OPS {
+        let i = op % RING;
+        let (p, size) = ring[i];
+        // SAFETY: every object in the ring is live with its recorded size and tag.
+        unsafe {
+            check(p as *const u8, size as u8);
+            if op % 4 == 3 {
+                outbox.lock().unwrap().push((p, size));
+            } else {
+                A.dealloc(p as *mut u8, layout(size));
+            }
+        }
+        ring[i] = new_object(seed);
+        if op % 8 == 7 {
+            let j = (next(seed) % RING as u64) as usize;
+            let (p, size) = ring[j];
+            let new = size + size / 2;
+            // SAFETY: live with `size` bytes; `q` live with `new`.
+            unsafe {
+                let q = A.realloc(p as *mut u8, layout(size), new);
+                assert!(!q.is_null());
+                check(q, size as u8);
+                stamp(q, new, new as u8);
+                ring[j] = (q as usize, new);
+            }
+        }
+    }
+}
+
+#[test]
+fn steady_state_medium_churn_takes_no_process_wide_lock() {
+    let start = Arc::new(Barrier::new(THREADS + 1));
+    let boxes: Arc<Vec<Inbox>> = Arc::new(
+        (0..THREADS)
+            .map(|_| Mutex::new(Vec::with_capacity(OPS)))
+            .collect(),
+    );
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (start, boxes) = (start.clone(), boxes.clone());
+            std::thread::spawn(move || {
+                let mut seed = 0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1);
+                let mut ring: Vec<(usize, usize)> =
+                    (0..RING).map(|_| new_object(&mut seed)).collect();
+                for _ in 0..PHASES {
+                    start.wait();
+                    phase(&mut ring, &mut seed, &boxes[(t + 1) % THREADS]);
+                    start.wait();
+                    for (p, size) in boxes[t].lock().unwrap().drain(..) {
+                        // SAFETY: handed over live by the previous thread, freed once.
+                        unsafe {
+                            check(p as *const u8, size as u8);
+                            A.dealloc(p as *mut u8, layout(size));
+                        }
+                    }
+                    start.wait();
+                }
+                for (p, size) in ring {
+                    // SAFETY: live, freed once.
+                    unsafe { A.dealloc(p as *mut u8, layout(size)) };
+                }
+            })
+        })
+        .collect();
+    for _ in 0..3 * (PHASES - 1) {
+        start.wait();
+    }
+    let locks_before = REGION_PATH_PROCESS_LOCKS.get();
+    let dependency_before = REGION_PATH_DEPENDENCY_LOCKS.get();
+    let counts_before = rangealloc::syscall_counts();
+    for _ in 0..3 {
+        start.wait();
+    }
+    let locks = REGION_PATH_PROCESS_LOCKS.get() - locks_before;
+    let remaps =
+        rangealloc::syscall_counts().get(Syscall::Mremap) - counts_before.get(Syscall::Mremap);
+    let dependency = REGION_PATH_DEPENDENCY_LOCKS.get() - dependency_before;
+    let counts = rangealloc::syscall_counts();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let calls: Vec<String> = Syscall::ALL
+        .iter()
+        .map(|&c| format!("{} {}", c.name(), counts.get(c) - counts_before.get(c)))
+        .collect();
+    eprintln!(
+        "measured phase: {locks} process-wide locks, {dependency} by crossbeam-epoch; \
+         syscalls: {}",
+        calls.join(", ")
+    );
+    let ours = locks - remaps;
+    assert_eq!(
+        ours,
+        0,
+        "{ours} process-wide locks besides moves' mremap in the medium churn's steady \
+         state ({})",
+        calls.join(", ")
+    );
+    assert_eq!(dependency, 0, "crossbeam's allocations took {dependency}");
+}
