@@ -170,6 +170,11 @@ pub struct Stats {
     pub purge_passes: u64,
     /// Bytes returned to the OS with `madvise` (every purge path).
     pub purged_bytes: u64,
+    /// Purges of the dirty rest of a hole a fresh big object took the front of
+    /// (`large::trim_after`).
+    pub trims: u64,
+    /// Their bytes (part of `purged_bytes`).
+    pub trimmed_bytes: u64,
     /// Dirty free space the table may keep before the excess is purged at once.
     pub dirty_budget: usize,
     /// What growing reallocs of large objects did.
@@ -251,6 +256,8 @@ pub fn snapshot() -> Stats {
         },
         purge_passes: purge::PASSES.get(),
         purged_bytes: purge::PURGED_BYTES.get(),
+        trims: purge::TRIMS.get(),
+        trimmed_bytes: purge::TRIMMED_BYTES.get(),
         dirty_budget: purge::dirty_budget(),
         reallocs: ReallocStats {
             grown_in_place: large::GROWN_IN_PLACE.get(),
@@ -376,9 +383,11 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
     writeln!(w, " (mmap_lock writers {})", s.syscalls.mmap_lock_writers())?;
     writeln!(
         w,
-        "  purge: {} passes, {:.2} MiB (dirty budget {:.2} MiB); heaps {} ({} abandoned)",
+        "  purge: {} passes, {:.2} MiB (of which {} holes' rests after a new object, {:.2} MiB; dirty budget {:.2} MiB); heaps {} ({} abandoned)",
         s.purge_passes,
         s.purged_bytes as f64 / MIB,
+        s.trims,
+        s.trimmed_bytes as f64 / MIB,
         s.dirty_budget as f64 / MIB,
         s.heaps,
         s.abandoned_heaps
@@ -463,8 +472,8 @@ impl Stats {
         }
         write!(
             w,
-            ",\"purge_passes\":{},\"purged_bytes\":{},\"dirty_budget\":{}",
-            self.purge_passes, self.purged_bytes, self.dirty_budget
+            ",\"purge_passes\":{},\"purged_bytes\":{},\"trims\":{},\"trimmed_bytes\":{},\"dirty_budget\":{}",
+            self.purge_passes, self.purged_bytes, self.trims, self.trimmed_bytes, self.dirty_budget
         )?;
         write!(w, ",\"prof_dropped_samples\":{}", self.prof_dropped_samples)?;
         let re = &self.reallocs;

@@ -17,8 +17,10 @@
 //! (`RegionTable::relocate`), and so do those of `MEDIUM_REMAP_MIN` and more within a
 //! process-wide budget of moves; smaller ones are copied; both are counted. Shrinking
 //! gives the tail back as a free region. Freed objects stay dirty for reuse within
-//! `purge::dirty_budget`. No path here makes a syscall in steady state but a move's
-//! `mremap` (one `mmap_lock` writer instead of a copy's faults). Objects of 4 MiB and
+//! `purge::dirty_budget`; a fresh object in huge-page space that takes the front of a
+//! bigger dirty hole purges the hole's rest at once (`trim_after`). No path here makes a
+//! syscall in steady state but that `madvise` and a move's `mremap` (one `mmap_lock`
+//! writer instead of a copy's faults). Objects of 4 MiB and
 //! more go to huge-page space (`HUGE_OBJECT_MIN`, `options::thp`), where their length is
 //! a whole number of huge pages; the others, like small-object segments, to the base
 //! space. An object growing into that size from base space moves there once, by a copy
@@ -196,12 +198,32 @@ fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
         return ptr::null_mut();
     };
     crate::purge::large_added(len);
+    if placed.dirty_after && !growing && space == Space::Huge {
+        trim_after(placed.start + placed.len);
+    }
     if zero && !placed.zeroed {
         // SAFETY: the region is ours and `len` bytes long.
         unsafe { ptr::write_bytes(placed.start as *mut u8, 0, len) };
     }
     crate::purge::tick(os::now_ms());
     placed.start as *mut u8
+}
+
+/// Purges the dirty rest of the hole a fresh object in huge-page space was placed in,
+/// the free region at `end`, right after the object. Placement keeps that space as
+/// the object's growth room, so mostly only the object itself could use it, and a
+/// fresh object that grows faults it back in as it would clean room. Kept, it stayed
+/// resident until a purge, and the next buffer placed in that hole, if bigger, kept it
+/// resident again: each hole's resident size only rose, up to the largest buffer
+/// (big-buffers' peak RSS up to 249 MiB against jemalloc's 247 at 2 threads;
+/// BENCHMARKS.md, "bigbuf10"). Whole huge pages (both ends are on the 2 MiB grid in
+/// that space), so no huge page is split. One `madvise`, outside the writer mutex (the
+/// table's `purge_at`), only when a placement left such a rest (`Placed::dirty_after`).
+#[cold]
+#[inline(never)]
+fn trim_after(end: usize) {
+    let (_, mode) = crate::purge::settings();
+    crate::purge::record_trim(ARENAS.purge_at(end, mode));
 }
 
 /// A big object's placement in base space when huge-page space has none for it: no

@@ -8,7 +8,8 @@
 //!
 //! Reuse before purge: freed space stays dirty (resident, reusable without a fault) up
 //! to a budget that follows the program's live large bytes, and ages out with the purge
-//! delay; only what exceeds the budget is purged at once.
+//! delay; only what exceeds the budget is purged at once, and the dirty rest of a hole a
+//! fresh big object took the front of (`large::trim_after`, counted here).
 
 use crate::options;
 use crate::os::PurgeMode;
@@ -38,6 +39,21 @@ pub fn settings() -> (u64, PurgeMode) {
 /// million years, which the callers' additions to a millisecond clock cannot overflow).
 pub fn interval_ms(delay_ms: u64) -> u64 {
     (delay_ms / INTERVAL_DIVISOR).max(MIN_INTERVAL_MS)
+}
+
+/// Dirty holes' rests purged right after a fresh object took the hole's front
+/// (`large::trim_after`): purges that purged something, and their bytes (also counted in
+/// `PURGED_BYTES`).
+pub static TRIMS: Counter = Counter::new();
+pub static TRIMMED_BYTES: Counter = Counter::new();
+
+/// Records one `large::trim_after`'s bytes.
+pub fn record_trim(bytes: usize) {
+    if bytes > 0 {
+        TRIMS.inc();
+        TRIMMED_BYTES.add(bytes as u64);
+        PURGED_BYTES.add(bytes as u64);
+    }
 }
 
 pub fn record_heap_purge(bytes: usize) {

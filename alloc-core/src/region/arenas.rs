@@ -436,6 +436,12 @@ impl Arenas {
         self.purge_with(delay_ms, mode, budget, false)
     }
 
+    /// `RegionTable::purge_at` in the arena holding `addr` (nothing when none does).
+    pub fn purge_at(&self, addr: usize, mode: PurgeMode) -> usize {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr).map_or(0, |t| t.purge_at(addr, mode))
+    }
+
     /// `purge`, skipping the arenas whose writer mutex is held now
     /// (`RegionTable::try_purge`): for passes run on an allocator call's way.
     pub fn try_purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {

@@ -351,6 +351,10 @@ pub struct Placed {
     pub len: usize,
     /// The memory reads as zero (fresh or purged with DONTNEED).
     pub zeroed: bool,
+    /// The placement cut the object from the front of dirty free space and left the
+    /// rest of it, still dirty, as the free region right after the object
+    /// (`RegionTable::purge_at` its end purges it).
+    pub dirty_after: bool,
 }
 
 impl Default for RegionTable {
@@ -951,7 +955,16 @@ impl RegionTable {
     /// which waits for our read lock. A failed `madvise` puts the dirty stamp back; a fork
     /// child, whose copy of this purge never ends, does too (`after_fork_in_child`).
     pub fn purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
-        self.purge_with(delay_ms, mode, budget, false)
+        self.purge_with(delay_ms, mode, budget, false, None)
+    }
+
+    /// Purges the dirty free region that starts at `addr`, whatever its age (nothing
+    /// when the region there is not free and dirty); returns the bytes purged. As
+    /// `purge` (the same claim, `madvise` under the piece's read lock, merge back), for
+    /// one region a caller knows it will not reuse: the dirty rest of a hole that a
+    /// smaller object took (`large`).
+    pub fn purge_at(&self, addr: usize, mode: PurgeMode) -> usize {
+        self.purge_with(0, mode, usize::MAX, false, Some(addr))
     }
 
     /// `purge`, unless another writer holds the mutex now: then 0 at once, nothing
@@ -960,10 +973,19 @@ impl RegionTable {
     /// writer on a busy machine waits a scheduler slice (issue 16: most of the `medium`
     /// workload's writer waits at 16 threads were such passes).
     pub fn try_purge(&self, delay_ms: u64, mode: PurgeMode, budget: usize) -> usize {
-        self.purge_with(delay_ms, mode, budget, true)
+        self.purge_with(delay_ms, mode, budget, true, None)
     }
 
-    fn purge_with(&self, delay_ms: u64, mode: PurgeMode, budget: usize, try_only: bool) -> usize {
+    /// `purge`'s work: over every dirty region, or (`at`) the one free region starting
+    /// at that address.
+    fn purge_with(
+        &self,
+        delay_ms: u64,
+        mode: PurgeMode,
+        budget: usize,
+        try_only: bool,
+        at: Option<usize>,
+    ) -> usize {
         const BATCH: usize = PURGE_BATCH;
         // No pin across the phases: the read references keep the picked regions attached
         // through `madvise` (detaching needs `start_write`), and phase two works on
@@ -978,19 +1000,29 @@ impl RegionTable {
             // `for_each` visit must not see.
             let mut candidates: [Option<(&Region, Dirtiness)>; BATCH] = [None; BATCH];
             let mut found = 0;
-            // SAFETY: we hold the writer mutex for the visit.
-            unsafe {
-                w.state.free.for_each_dirty(|r| {
-                    let region: &Region = &*r;
-                    // Acquire pairs with the Release of a failed purge's un-claim, so
-                    // its `dirty_bytes` add comes before our subtraction.
+            if let Some(addr) = at {
+                if let Some(region) = w.free_at(addr, addr) {
+                    // Acquire: as below.
                     let since = region.dirtiness.load(Ordering::Acquire);
-                    if found < BATCH && since.dirty_for(now, delay_ms) {
-                        candidates[found] = Some((region, since));
-                        found += 1;
+                    if since.dirty_for(now, delay_ms) {
+                        candidates[0] = Some((region, since));
                     }
-                })
-            };
+                }
+            } else {
+                // SAFETY: we hold the writer mutex for the visit.
+                unsafe {
+                    w.state.free.for_each_dirty(|r| {
+                        let region: &Region = &*r;
+                        // Acquire pairs with the Release of a failed purge's un-claim, so
+                        // its `dirty_bytes` add comes before our subtraction.
+                        let since = region.dirtiness.load(Ordering::Acquire);
+                        if found < BATCH && since.dirty_for(now, delay_ms) {
+                            candidates[found] = Some((region, since));
+                            found += 1;
+                        }
+                    })
+                };
+            }
             let mut bytes = 0;
             for &(region, since) in candidates.iter().flatten() {
                 let mut piece = Some(region);

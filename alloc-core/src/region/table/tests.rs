@@ -785,3 +785,51 @@ fn the_words_every_lookup_reads_have_their_lines_to_themselves() {
         }
     }
 }
+
+/// Issue 14 (bigbuf10): in huge-page space a fresh big object takes a freed dirty hole
+/// smaller than half of it, running on into the clean space after the hole, rather
+/// than fresh clean space; and one smaller than a hole takes its front and reports the
+/// dirty rest after it, which `purge_at` purges whole, merged back with the clean room.
+#[test]
+fn a_big_object_starts_in_a_dirty_hole_under_half_its_size() {
+    const MIB: usize = 1 << 20;
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let place = |len: usize| {
+        table
+            .allocate_with_room(len, PAGE_SIZE, RegionKind::Large, false, Space::Huge)
+            .unwrap()
+    };
+    for _ in 0..4 {
+        place(8 * MIB);
+    }
+    let hole = place(10 * MIB).start;
+    place(12 * MIB);
+    table.retire(hole).unwrap();
+    table.collect_retired();
+    assert_eq!(table.dirty_bytes(), 10 * MIB);
+    let big = place(24 * MIB);
+    assert_eq!(big.start, hole, "the 10 MiB dirty hole was skipped");
+    assert!(!big.dirty_after);
+    assert_eq!(table.dirty_bytes(), 0);
+    check_layout(table);
+    table.retire(big.start).unwrap();
+    table.collect_retired();
+    let small = place(6 * MIB);
+    assert_eq!(small.start, hole, "the 24 MiB dirty hole was skipped");
+    assert!(small.dirty_after, "no dirty rest reported");
+    assert_eq!(table.dirty_bytes(), 18 * MIB);
+    assert_eq!(
+        table.purge_at(hole + 6 * MIB, PurgeMode::DontNeed),
+        18 * MIB
+    );
+    assert_eq!(table.dirty_bytes(), 0);
+    assert_eq!(table.purge_at(hole + 6 * MIB, PurgeMode::DontNeed), 0);
+    check_layout(table);
+    let mut free = Vec::new();
+    table.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    assert!(
+        free.iter()
+            .any(|f| f.0 == hole + 6 * MIB && f.1 >= 58 * MIB && !f.2),
+        "the purged rest did not merge with the clean room: {free:x?}"
+    );
+}

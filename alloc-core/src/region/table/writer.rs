@@ -403,7 +403,7 @@ impl<'a> Writer<'a> {
             .find_with_room(space, len, room, align, true)
             .or_else(|| {
                 (len >= DIRTY_START_MIN)
-                    .then(|| self.find_dirty_start(space, len, room, align))
+                    .then(|| self.find_dirty_start(space, len, room, align, len / 2))
                     .flatten()
             })
             .or_else(|| {
@@ -415,6 +415,16 @@ impl<'a> Writer<'a> {
                     let (r, _) = self.state.free.find_dirty(space, len, align)?;
                     Some((r, top_start((*r).end(), len, align)))
                 }
+            })
+            .or_else(|| {
+                // In huge-page space a fresh object takes any dirty hole it can start in,
+                // however small: the hole's pages need no fault, and a hole left behind
+                // stays resident until a purge. big-buffers' holes under half the next
+                // buffer piled up there (peak RSS 505 MiB against jemalloc's 409 at
+                // 5-25 MiB, one thread; BENCHMARKS.md, "bigbuf10").
+                (!growing && space == Space::Huge)
+                    .then(|| self.find_dirty_start(space, len, room, align, HUGE_PAGE))
+                    .flatten()
             });
         let found = found
             .or_else(|| self.find_with_room(space, len, room, align, false))
@@ -441,9 +451,10 @@ impl<'a> Writer<'a> {
         self.carve(free, at, len, kind)
     }
 
-    /// Dirty space an object can start in, at the dirty region's start, with at least
-    /// half its room after it, the object and its room running on into the clean free
-    /// region after the dirty one where they need to: the start, and the dirty region.
+    /// Dirty space of at least `min_len` bytes an object can start in, at the dirty
+    /// region's start, with at least half its room after it, the object and its room
+    /// running on into the clean free region after the dirty one where they need to: the
+    /// start, and the dirty region.
     /// A freed big buffer leaves a dirty hole with clean room after it; the next buffer,
     /// if bigger, used to skip it for clean space and fault every page, and a growing
     /// object found no dirty space with all its room once a live object (a buffer shrunk
@@ -457,6 +468,7 @@ impl<'a> Writer<'a> {
         len: usize,
         room: usize,
         align: usize,
+        min_len: usize,
     ) -> Option<(*mut Region, usize)> {
         let place = |r: &Region| -> Option<usize> {
             if !r.is_dirty() {
@@ -479,7 +491,7 @@ impl<'a> Writer<'a> {
         unsafe {
             self.state
                 .free
-                .find_placed(space, (len / 2).max(1), Lists::Dirty, place)
+                .find_placed(space, min_len.max(1), Lists::Dirty, place)
         }
     }
 
@@ -702,6 +714,7 @@ impl<'a> Writer<'a> {
             start: at,
             len,
             zeroed,
+            dirty_after: !tail.is_null() && dirty.is_dirty(),
         })
     }
 
@@ -760,7 +773,7 @@ impl<'a> Writer<'a> {
     }
 
     /// The free region starting at `at` in the same arena as `addr`, if any.
-    fn free_at(&self, at: usize, addr: usize) -> Option<&'a Region> {
+    pub(super) fn free_at(&self, at: usize, addr: usize) -> Option<&'a Region> {
         self.region_at(at)
             .filter(|r| r.kind() == RegionKind::Free && arena_of(at) == arena_of(addr))
     }
