@@ -29,7 +29,7 @@ pub mod cache;
 use crate::options::{self, Thp};
 use crate::os::{self, HUGE_PAGE, PAGE_SIZE};
 use crate::region::table::{Placed, RetireError, GUARD_LEN};
-use crate::region::{Freed, RegionKind, Space, ARENAS};
+use crate::region::{Freed, PageMove, RegionKind, Space, ARENAS};
 use crate::space::{self, SlotKind};
 use crate::stats::Counter;
 use core::ptr;
@@ -374,19 +374,24 @@ fn move_elsewhere(
         return q;
     }
     let to = ARENAS.space_of(q as usize);
-    let remapped = may_remap(from, old_len, to)
-        // SAFETY: both are ours (see above), distinct live objects of `old_len` bytes at
-        // least, `q` in space `to`; the source's content is not needed after the move.
-        && unsafe { ARENAS.move_pages(p as usize, q as usize, old_len, to) };
-    if remapped {
-        REMAPPED.inc();
-        REMAPPED_BYTES.add(old_len as u64);
-        if free(p).is_err() {
-            crate::fatal("realloc: a live large object vanished from the region table");
-        }
-        return q;
+    if !may_remap(from, old_len, to) {
+        return move_to(p, old_len, q);
     }
-    move_to(p, old_len, q)
+    // SAFETY: both are ours (see above), distinct live objects of `old_len` bytes at
+    // least, `q` in space `to`; the source's content is not needed after the move.
+    match unsafe { ARENAS.move_pages(p as usize, q as usize, old_len, to) } {
+        PageMove::Moved => {
+            REMAPPED.inc();
+            REMAPPED_BYTES.add(old_len as u64);
+            if free(p).is_err() {
+                crate::fatal("realloc: a live large object vanished from the region table");
+            }
+            q
+        }
+        PageMove::Copy => move_to(p, old_len, q),
+        // `q` stays allocated for good, unused (another mapping holds part of it).
+        PageMove::Lost => move_to(p, old_len, place(new_len, align, false, true)),
+    }
 }
 
 /// Moves a big object that cannot grow in place by moving its pages (`mremap`, one
@@ -474,6 +479,54 @@ mod tests {
         unsafe {
             assert_eq!(moved.read(), 7);
             assert_eq!(moved.add(LEN - 1).read(), 9);
+        }
+        free(moved).unwrap();
+    }
+
+    /// The same move (`move_elsewhere`, its pages moved under the destination's read
+    /// lock) failing as kernels before 6.17 fail it, after unmapping the destination,
+    /// and another mapping taking the hole's last page meanwhile (fault injection): the
+    /// object is copied into a second destination, and the other mapping's page is not
+    /// written. Before, the copy went into the first destination (and faulted on the
+    /// hole).
+    #[test]
+    fn a_busy_arenas_move_that_loses_its_destination_copies_elsewhere() {
+        const LEN: usize = 256 << 10;
+        std::thread::spawn(|| {
+            let q = alloc(LEN, PAGE_SIZE, false);
+            assert!(!q.is_null());
+            free(q).unwrap();
+        })
+        .join()
+        .unwrap();
+        let p = alloc(LEN, PAGE_SIZE, false);
+        assert!(!p.is_null());
+        // SAFETY: `p` is a live object of `LEN` bytes.
+        unsafe {
+            for i in (0..LEN).step_by(PAGE_SIZE) {
+                p.add(i).write((i / PAGE_SIZE) as u8 + 1);
+            }
+        }
+        let table = ARENAS.table_of_addr(p as usize);
+        let lost = os::lost_destinations();
+        let moved = table.while_writer_busy(|| {
+            os::inject::fail_next_move(os::inject::MoveFault::UnmapOthersMapThenFail);
+            // SAFETY: live, `LEN` bytes, page-aligned.
+            unsafe { realloc(p, LEN, 4 * LEN, PAGE_SIZE) }
+        });
+        assert_eq!(os::lost_destinations(), lost + 1, "the injected failure");
+        let foreign = os::inject::foreign_page();
+        assert!(!moved.is_null() && moved != p, "not moved");
+        assert!(
+            !(moved as usize..moved as usize + 4 * LEN).contains(&foreign),
+            "copied into the destination another mapping took part of"
+        );
+        // SAFETY: `moved` is live with `4 * LEN` bytes; `foreign` the injected page.
+        unsafe {
+            for i in (0..LEN).step_by(PAGE_SIZE) {
+                assert_eq!(moved.add(i).read(), (i / PAGE_SIZE) as u8 + 1);
+            }
+            assert_eq!((foreign as *const u64).read(), os::inject::FOREIGN);
         }
         free(moved).unwrap();
     }
