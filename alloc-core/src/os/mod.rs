@@ -1,5 +1,7 @@
 //! The OS layer: the only module that calls `mmap`, `munmap`, `madvise`, `mprotect`
-//! and `mremap`. It owns the syscall counters and nothing else; it calls only `libc`.
+//! and `mremap`. It owns the syscall counters (with those of overlays and of failed
+//! moves' destinations) and, in test builds only, `move_pages`'s fault injection
+//! (`inject`); it calls only `libc`.
 //!
 //! Everything above speaks in page-aligned `(addr, len)` pairs and gets typed errors.
 //! Each call preserves the caller's `errno`, because under `LD_PRELOAD` our callers are
