@@ -437,6 +437,21 @@ fn move_to(p: *mut u8, len: usize, q: *mut u8) -> *mut u8 {
 mod tests {
     use super::*;
 
+    /// A live object of `len` bytes, once another thread's home arena has address space
+    /// of its own to place in (where a move out of a busy arena can go).
+    fn object_beside_another_arena(len: usize) -> *mut u8 {
+        std::thread::spawn(move || {
+            let q = alloc(len, PAGE_SIZE, false);
+            assert!(!q.is_null());
+            free(q).unwrap();
+        })
+        .join()
+        .unwrap();
+        let p = alloc(len, PAGE_SIZE, false);
+        assert!(!p.is_null());
+        p
+    }
+
     /// Issue 16: a `realloc` that would grow an object in place while another thread
     /// holds the object's arena's writer mutex does not wait for it: it moves the object
     /// through another arena (its pages by `mremap`). The holder lets go as soon as the
@@ -445,16 +460,7 @@ mod tests {
     #[test]
     fn a_grow_whose_arena_is_busy_moves_instead_of_waiting() {
         const LEN: usize = 256 << 10;
-        // Another thread's home arena gets address space of its own to place in.
-        std::thread::spawn(|| {
-            let q = alloc(LEN, PAGE_SIZE, false);
-            assert!(!q.is_null());
-            free(q).unwrap();
-        })
-        .join()
-        .unwrap();
-        let p = alloc(LEN, PAGE_SIZE, false);
-        assert!(!p.is_null());
+        let p = object_beside_another_arena(LEN);
         // SAFETY: `p` is a live object of `LEN` bytes.
         unsafe {
             p.write(7);
@@ -492,15 +498,7 @@ mod tests {
     #[test]
     fn a_busy_arenas_move_that_loses_its_destination_copies_elsewhere() {
         const LEN: usize = 256 << 10;
-        std::thread::spawn(|| {
-            let q = alloc(LEN, PAGE_SIZE, false);
-            assert!(!q.is_null());
-            free(q).unwrap();
-        })
-        .join()
-        .unwrap();
-        let p = alloc(LEN, PAGE_SIZE, false);
-        assert!(!p.is_null());
+        let p = object_beside_another_arena(LEN);
         // SAFETY: `p` is a live object of `LEN` bytes.
         unsafe {
             for i in (0..LEN).step_by(PAGE_SIZE) {
