@@ -512,8 +512,9 @@ mod tests {
             // SAFETY: live, `LEN` bytes, page-aligned.
             unsafe { realloc(p, LEN, 4 * LEN, PAGE_SIZE) }
         });
-        assert_eq!(os::lost_destinations(), lost + 1, "the injected failure");
+        assert!(os::lost_destinations() > lost, "not counted");
         let foreign = os::inject::foreign_page();
+        assert_ne!(foreign, 0, "no move by mremap was tried");
         assert!(!moved.is_null() && moved != p, "not moved");
         assert!(
             !(moved as usize..moved as usize + 4 * LEN).contains(&foreign),

@@ -869,7 +869,7 @@ fn a_move_under_a_read_lock_restores_its_destination_or_gives_it_up() {
         unsafe { (foreign as *const u64).read() },
         os::inject::FOREIGN
     );
-    assert_eq!(os::lost_destinations(), lost + 1);
+    assert!(os::lost_destinations() > lost, "not counted");
     assert_eq!(
         table.object_len(other.start),
         Some(LEN),
