@@ -138,6 +138,12 @@ pub struct ReallocStats {
     pub mappings: u64,
     /// Censuses of those mappings (`os::maps::censuses`).
     pub censuses: u64,
+    /// Failed moves whose destination the kernel had unmapped, mapped again before the
+    /// copy (`os::restored_destinations`; kernels before 6.17).
+    pub restored: u64,
+    /// Failed moves whose destination another mapping took part of, left unused
+    /// (`os::lost_destinations`).
+    pub lost: u64,
 }
 
 /// A statistics snapshot (see `snapshot`).
@@ -268,6 +274,8 @@ pub fn snapshot() -> Stats {
             overwritten: os::overlays(),
             mappings: os::maps::mappings(),
             censuses: os::maps::censuses(),
+            restored: os::restored_destinations(),
+            lost: os::lost_destinations(),
         },
         medium_cache: MediumCacheStats {
             hits: large::cache::HITS.get(),
@@ -397,7 +405,7 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
         w,
         "  large reallocs: grown in place {}, moved {} ({:.2} MiB copied), remapped {} \
          ({:.2} MiB moved by mremap); moved-in ranges overwritten {}, mappings gauge {} \
-         ({} censuses)",
+         ({} censuses); failed moves' destinations mapped again {}, lost {}",
         g.grown_in_place,
         g.moved,
         g.copied_bytes as f64 / MIB,
@@ -405,7 +413,9 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
         g.remapped_bytes as f64 / MIB,
         g.overwritten,
         g.mappings,
-        g.censuses
+        g.censuses,
+        g.restored,
+        g.lost
     )?;
     let m = &s.medium_cache;
     writeln!(
@@ -481,7 +491,7 @@ impl Stats {
             w,
             ",\"reallocs\":{{\"grown_in_place\":{},\"moved\":{},\"copied_bytes\":{},\
              \"remapped\":{},\"remapped_bytes\":{},\"overwritten\":{},\"mappings\":{},\
-             \"censuses\":{}}}",
+             \"censuses\":{},\"restored\":{},\"lost\":{}}}",
             re.grown_in_place,
             re.moved,
             re.copied_bytes,
@@ -489,7 +499,9 @@ impl Stats {
             re.remapped_bytes,
             re.overwritten,
             re.mappings,
-            re.censuses
+            re.censuses,
+            re.restored,
+            re.lost
         )?;
         let r = &self.regions;
         write!(

@@ -31,7 +31,7 @@ pub mod cache;
 use crate::options::{self, Thp};
 use crate::os::{self, HUGE_PAGE, PAGE_SIZE};
 use crate::region::table::{Placed, RetireError, GUARD_LEN};
-use crate::region::{Freed, RegionKind, Space, ARENAS};
+use crate::region::{Freed, PageMove, RegionKind, Space, ARENAS};
 use crate::space::{self, SlotKind};
 use crate::stats::Counter;
 use core::ptr;
@@ -396,19 +396,24 @@ fn move_elsewhere(
         return q;
     }
     let to = ARENAS.space_of(q as usize);
-    let remapped = may_remap(from, old_len, to)
-        // SAFETY: both are ours (see above), distinct live objects of `old_len` bytes at
-        // least, `q` in space `to`; the source's content is not needed after the move.
-        && unsafe { ARENAS.move_pages(p as usize, q as usize, old_len, to) };
-    if remapped {
-        REMAPPED.inc();
-        REMAPPED_BYTES.add(old_len as u64);
-        if free(p).is_err() {
-            crate::fatal("realloc: a live large object vanished from the region table");
-        }
-        return q;
+    if !may_remap(from, old_len, to) {
+        return move_to(p, old_len, q);
     }
-    move_to(p, old_len, q)
+    // SAFETY: both are ours (see above), distinct live objects of `old_len` bytes at
+    // least, `q` in space `to`; the source's content is not needed after the move.
+    match unsafe { ARENAS.move_pages(p as usize, q as usize, old_len, to) } {
+        PageMove::Moved => {
+            REMAPPED.inc();
+            REMAPPED_BYTES.add(old_len as u64);
+            if free(p).is_err() {
+                crate::fatal("realloc: a live large object vanished from the region table");
+            }
+            q
+        }
+        PageMove::Copy => move_to(p, old_len, q),
+        // `q` stays allocated for good, unused (another mapping holds part of it).
+        PageMove::Lost => move_to(p, old_len, place(new_len, align, false, true)),
+    }
 }
 
 /// Moves a big object that cannot grow in place by moving its pages (`mremap`, one
@@ -454,6 +459,21 @@ fn move_to(p: *mut u8, len: usize, q: *mut u8) -> *mut u8 {
 mod tests {
     use super::*;
 
+    /// A live object of `len` bytes, once another thread's home arena has address space
+    /// of its own to place in (where a move out of a busy arena can go).
+    fn object_beside_another_arena(len: usize) -> *mut u8 {
+        std::thread::spawn(move || {
+            let q = alloc(len, PAGE_SIZE, false);
+            assert!(!q.is_null());
+            free(q).unwrap();
+        })
+        .join()
+        .unwrap();
+        let p = alloc(len, PAGE_SIZE, false);
+        assert!(!p.is_null());
+        p
+    }
+
     /// Issue 16: a `realloc` that would grow an object in place while another thread
     /// holds the object's arena's writer mutex does not wait for it: it moves the object
     /// through another arena (its pages by `mremap`). The holder lets go as soon as the
@@ -462,16 +482,7 @@ mod tests {
     #[test]
     fn a_grow_whose_arena_is_busy_moves_instead_of_waiting() {
         const LEN: usize = 256 << 10;
-        // Another thread's home arena gets address space of its own to place in.
-        std::thread::spawn(|| {
-            let q = alloc(LEN, PAGE_SIZE, false);
-            assert!(!q.is_null());
-            free(q).unwrap();
-        })
-        .join()
-        .unwrap();
-        let p = alloc(LEN, PAGE_SIZE, false);
-        assert!(!p.is_null());
+        let p = object_beside_another_arena(LEN);
         // SAFETY: `p` is a live object of `LEN` bytes.
         unsafe {
             p.write(7);
@@ -496,6 +507,47 @@ mod tests {
         unsafe {
             assert_eq!(moved.read(), 7);
             assert_eq!(moved.add(LEN - 1).read(), 9);
+        }
+        free(moved).unwrap();
+    }
+
+    /// The same move (`move_elsewhere`, its pages moved under the destination's read
+    /// lock) failing as kernels before 6.17 fail it, after unmapping the destination,
+    /// and another mapping taking the hole's last page meanwhile (fault injection): the
+    /// object is copied into a second destination, and the other mapping's page is not
+    /// written. Before, the copy went into the first destination (and faulted on the
+    /// hole).
+    #[test]
+    fn a_busy_arenas_move_that_loses_its_destination_copies_elsewhere() {
+        const LEN: usize = 256 << 10;
+        let p = object_beside_another_arena(LEN);
+        // SAFETY: `p` is a live object of `LEN` bytes.
+        unsafe {
+            for i in (0..LEN).step_by(PAGE_SIZE) {
+                p.add(i).write((i / PAGE_SIZE) as u8 + 1);
+            }
+        }
+        let table = ARENAS.table_of_addr(p as usize);
+        let lost = os::lost_destinations();
+        let moved = table.while_writer_busy(|| {
+            os::inject::fail_next_move(os::inject::MoveFault::UnmapOthersMapThenFail);
+            // SAFETY: live, `LEN` bytes, page-aligned.
+            unsafe { realloc(p, LEN, 4 * LEN, PAGE_SIZE) }
+        });
+        assert!(os::lost_destinations() > lost, "not counted");
+        let foreign = os::inject::foreign_page();
+        assert_ne!(foreign, 0, "no move by mremap was tried");
+        assert!(!moved.is_null() && moved != p, "not moved");
+        assert!(
+            !(moved as usize..moved as usize + 4 * LEN).contains(&foreign),
+            "copied into the destination another mapping took part of"
+        );
+        // SAFETY: `moved` is live with `4 * LEN` bytes; `foreign` the injected page.
+        unsafe {
+            for i in (0..LEN).step_by(PAGE_SIZE) {
+                assert_eq!(moved.add(i).read(), (i / PAGE_SIZE) as u8 + 1);
+            }
+            assert_eq!((foreign as *const u64).read(), os::inject::FOREIGN);
         }
         free(moved).unwrap();
     }

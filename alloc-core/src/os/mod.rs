@@ -1,5 +1,7 @@
 //! The OS layer: the only module that calls `mmap`, `munmap`, `madvise`, `mprotect`
-//! and `mremap`. It owns the syscall counters and nothing else; it calls only `libc`.
+//! and `mremap`. It owns the syscall counters (with those of overlays and of failed
+//! moves' destinations) and, in test builds only, `move_pages`'s fault injection
+//! (`inject`); it calls only `libc`.
 //!
 //! Everything above speaks in page-aligned `(addr, len)` pairs and gets typed errors.
 //! Each call preserves the caller's `errno`, because under `LD_PRELOAD` our callers are
@@ -459,7 +461,9 @@ fn protect(addr: usize, len: usize, prot: libc::c_int) -> Result<(), OsError> {
 }
 
 /// Moves the pages of `[from, from + len)` to `[to, to + len)` without copying, leaving
-/// the source mapped and empty (`MREMAP_DONTUNMAP`), so the arena keeps no hole.
+/// the source mapped and empty (`MREMAP_DONTUNMAP`), so the arena keeps no hole. On an
+/// error the destination may be unmapped (kernels before 6.17): the caller passes it to
+/// `restore_destination` before it uses it.
 ///
 /// # Safety
 /// Both ranges must be ours; the destination holds no live object and the source's
@@ -468,6 +472,10 @@ pub unsafe fn move_pages(from: usize, to: usize, len: usize) -> Result<(), OsErr
     let _errno = ErrnoGuard::save();
     count(Syscall::Mremap);
     maps::charge();
+    #[cfg(test)]
+    if let Some(e) = inject::apply(to, len) {
+        return Err(e);
+    }
     // SAFETY: caller contract; MREMAP_FIXED replaces our own reserved pages at `to`.
     let p = unsafe {
         libc::mremap(
@@ -485,6 +493,154 @@ pub unsafe fn move_pages(from: usize, to: usize, len: usize) -> Result<(), OsErr
         });
     }
     Ok(())
+}
+
+/// What a failed `move_pages` left at its destination (`restore_destination`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// Mapped, as `reserve` maps: the caller may copy into it.
+    Usable,
+    /// Part of the range was unmapped and another mapping took part of the hole: it is
+    /// not ours to write to or to map over, and must stay unused for good.
+    Lost,
+}
+
+/// Destinations of failed moves mapped again (`restore_destination`; each also an
+/// `mmap`) and destinations lost to another mapping.
+static RESTORED: AtomicU64 = AtomicU64::new(0);
+static LOST: AtomicU64 = AtomicU64::new(0);
+
+/// How many failed moves found their destination unmapped and mapped it again.
+pub fn restored_destinations() -> u64 {
+    RESTORED.load(Ordering::Relaxed)
+}
+
+/// How many failed moves found their destination partly taken by another mapping.
+pub fn lost_destinations() -> u64 {
+    LOST.load(Ordering::Relaxed)
+}
+
+/// Makes the destination of a failed `move_pages` usable again, or says it cannot be.
+/// Kernels before 6.17 unmap an `MREMAP_FIXED` destination before they check the
+/// source, and a source that spans two mappings (an object moved in and then grown in
+/// place) then fails with `EFAULT`, leaving a hole where the destination was: copying
+/// into it faults, and any `mmap` of the process may take it meanwhile. The range is
+/// mapped again without replacing anything (`MAP_FIXED_NOREPLACE`, flags as
+/// `reserve`'s; `advise_huge` re-applies `MADV_HUGEPAGE`, which the fresh mapping does
+/// not carry). If something is mapped there already, the whole range still mapped
+/// means the kernel left it as it was (`msync`, which takes no `mmap_lock` writer,
+/// fails with `ENOMEM` on any unmapped page); a range with holes was unmapped and
+/// partly taken by another mapping: `Lost`. Not told apart: another mapping that took
+/// the whole hole between the kernel's unmap and this call.
+///
+/// # Safety
+/// `[addr, addr + len)` was the destination of the failed move (ours, no live object).
+#[cold]
+#[inline(never)]
+pub unsafe fn restore_destination(addr: usize, len: usize, advise_huge: bool) -> Destination {
+    let _errno = ErrnoGuard::save();
+    count(Syscall::Mmap);
+    // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped: a hole in our own
+    // reservation (caller contract), or nothing at all.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p as usize == addr {
+        maps::charge();
+        RESTORED.fetch_add(1, Ordering::Relaxed);
+        if advise_huge {
+            let _ = madvise(Syscall::MadviseHugePage, addr, len, libc::MADV_HUGEPAGE);
+        }
+        return Destination::Usable;
+    }
+    if p != libc::MAP_FAILED {
+        // A kernel before 4.17 took the address as a hint: a mapping elsewhere, ours.
+        let _ = unmap_raw(p as usize, len);
+    }
+    // SAFETY: MS_ASYNC on anonymous memory writes nothing back; it only checks that
+    // every page of the range is mapped.
+    if unsafe { libc::msync(addr as *mut libc::c_void, len, libc::MS_ASYNC) } == 0 {
+        return Destination::Usable;
+    }
+    LOST.fetch_add(1, Ordering::Relaxed);
+    Destination::Lost
+}
+
+/// Test-only fault injection into `move_pages`: the next move of this thread fails as
+/// kernels before 6.17 fail one whose source spans two mappings, after unmapping the
+/// destination (`UnmapThenFail`), and optionally with another mapping taking the
+/// destination's last page before the caller can react (`UnmapOthersMapThenFail`).
+#[cfg(test)]
+pub(crate) mod inject {
+    use super::{Syscall, PAGE_SIZE};
+    use std::cell::Cell;
+
+    /// How the next `move_pages` of this thread fails.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum MoveFault {
+        None,
+        UnmapThenFail,
+        UnmapOthersMapThenFail,
+    }
+
+    /// What a foreign mapping's page holds.
+    pub const FOREIGN: u64 = 0x5eed_f00d_dead_beef;
+
+    std::thread_local! {
+        static NEXT: Cell<MoveFault> = const { Cell::new(MoveFault::None) };
+        static FOREIGN_AT: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Arms the fault for this thread's next move.
+    pub fn fail_next_move(fault: MoveFault) {
+        NEXT.with(|c| c.set(fault));
+    }
+
+    /// The page the last `UnmapOthersMapThenFail` mapped (0 if none).
+    pub fn foreign_page() -> usize {
+        FOREIGN_AT.with(|c| c.get())
+    }
+
+    /// Applies the armed fault, if any, to a move into `[to, to + len)`.
+    pub(super) fn apply(to: usize, len: usize) -> Option<super::OsError> {
+        let fault = NEXT.with(|c| c.replace(MoveFault::None));
+        if fault == MoveFault::None {
+            return None;
+        }
+        // SAFETY: the destination is ours (move_pages' contract): the old kernel's
+        // unmap, then another mapping in the hole's last page.
+        unsafe {
+            assert_eq!(libc::munmap(to as *mut libc::c_void, len), 0);
+            if fault == MoveFault::UnmapOthersMapThenFail {
+                let page = to + len - PAGE_SIZE;
+                let p = libc::mmap(
+                    page as *mut libc::c_void,
+                    PAGE_SIZE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                );
+                assert_eq!(p as usize, page);
+                (page as *mut u64).write(FOREIGN);
+                FOREIGN_AT.with(|c| c.set(page));
+            }
+        }
+        Some(super::OsError {
+            call: Syscall::Mremap,
+            errno: libc::EFAULT,
+        })
+    }
 }
 
 /// A coarse monotonic clock in milliseconds for purge decay (vDSO, no syscall).

@@ -27,7 +27,9 @@
 //!   its own mutex: a statistic summed over arenas is not one atomic snapshot.
 
 use super::directory;
-use super::table::{Freed, LockCounters, Placed, Placement, ReadGuard, RetireError, SpaceStats};
+use super::table::{
+    Freed, LockCounters, PageMove, Placed, Placement, ReadGuard, RetireError, SpaceStats,
+};
 use super::{Region, RegionKind, RegionState, RegionTable, Space};
 use crate::os::{self, PurgeMode};
 use crate::stats::{Counter, OnRegionPath};
@@ -359,10 +361,13 @@ impl Arenas {
     ///
     /// # Safety
     /// As `RegionTable::move_pages_into`; `space` is `to`'s (`space_of`).
-    pub unsafe fn move_pages(&self, from: usize, to: usize, len: usize, space: Space) -> bool {
+    pub unsafe fn move_pages(&self, from: usize, to: usize, len: usize, space: Space) -> PageMove {
         let _path = OnRegionPath::enter();
-        // SAFETY: caller contract.
-        Self::table_of(to).is_some_and(|t| unsafe { t.move_pages_into(from, to, len, space) })
+        match Self::table_of(to) {
+            // SAFETY: caller contract.
+            Some(t) => unsafe { t.move_pages_into(from, to, len, space) },
+            None => PageMove::Copy,
+        }
     }
 
     /// `RegionTable::object_len` in the arena holding `addr`.

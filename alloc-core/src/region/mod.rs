@@ -49,7 +49,7 @@ use lock::RegionLock;
 
 #[cfg(not(loom))]
 pub use arenas::{Arenas, ARENAS};
-pub use table::{CachedRegion, Freed, LockCounters, Placement, ReadGuard, RegionTable};
+pub use table::{CachedRegion, Freed, LockCounters, PageMove, Placement, ReadGuard, RegionTable};
 
 /// What a region holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -611,22 +611,30 @@ impl RegionTable {
     /// Moves the pages of the live object at `from` into the live object region that
     /// starts at `to`, in `space` (`move_pages_into`), under the destination's read lock
     /// and without the writer mutex: for a move between objects of different arenas.
-    /// False when no such region is here, or `mremap` failed (the caller copies).
+    /// `PageMove::Copy` when no such region is here, or `mremap` failed (the caller
+    /// copies); `PageMove::Lost` when the failed move lost the destination (the caller
+    /// leaves that object allocated for good and copies into another).
     ///
     /// # Safety
     /// `from` is a live object of the caller's, at least `len` bytes, whose content is
     /// not needed after the move; the object at `to` is the caller's too, nobody else
     /// knows it yet, and its first `len` bytes hold nothing.
-    pub unsafe fn move_pages_into(&self, from: usize, to: usize, len: usize, space: Space) -> bool {
+    pub unsafe fn move_pages_into(
+        &self,
+        from: usize,
+        to: usize,
+        len: usize,
+        space: Space,
+    ) -> PageMove {
         let Some(read) = self.find_and_read_lock(to) else {
-            return false;
+            return PageMove::Copy;
         };
         let dest = read.region();
         if dest.start() != to || dest.len() < len || dest.state() != RegionState::Live {
-            return false;
+            return PageMove::Copy;
         }
         // SAFETY: caller contract; the read reference keeps `dest` attached and live.
-        unsafe { move_pages_into(from, dest, len, space) }.is_ok()
+        unsafe { move_pages_into(from, dest, len, space) }
     }
 
     /// The length of the live object region starting at `addr`.
@@ -913,7 +921,8 @@ impl RegionTable {
     /// than its length) in `space`, moving its pages with one `mremap` (see
     /// `Writer::relocate`). `Some((placed, true))`: moved, the old range is free space.
     /// `Some((placed, false))`: `mremap` failed, the new region is live and the caller
-    /// copies and frees the old one. `None`: no room for the new region.
+    /// copies and frees the old one (a destination the failure lost stays allocated,
+    /// unused, and `placed` is another). `None`: no room for the new region.
     pub fn relocate(
         &self,
         addr: usize,
@@ -1347,28 +1356,47 @@ pub struct SpaceStats {
     pub segment_bytes: usize,
 }
 
+/// How a move of pages into a destination region ended (`move_pages_into`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageMove {
+    /// The pages moved: the destination holds the content, the source is empty.
+    Moved,
+    /// `mremap` failed and the destination is mapped and ours: the caller copies.
+    Copy,
+    /// `mremap` failed after unmapping the destination, and another mapping took part of
+    /// the hole (`os::Destination::Lost`): the destination region stays a live object
+    /// nobody holds, never written, freed or purged, and the caller needs another one.
+    Lost,
+}
+
 /// Moves `len` bytes of pages from `from` into the region `dest` with `mremap`, and marks
 /// `dest` as holding moved pages (`Region::holds_moved_pages`) when it lies in base
 /// space (`space`, the destination's): the one place a move sets that mark. Huge-page
 /// space is never overwritten (a fresh mapping there would lose `MADV_HUGEPAGE`), so
-/// its regions never carry it.
+/// its regions never carry it. When the move fails, the destination is mapped again
+/// if the kernel unmapped it (`os::restore_destination`, with `MADV_HUGEPAGE` again in
+/// huge space while THP is advised), before any caller copies into it. Guards need no
+/// restoring: guarded objects never move by `mremap` (`large::realloc` copies them).
 ///
 /// # Safety
 /// `from` is ours, at least `len` bytes, and its content is not needed after the move;
 /// `dest` is a region of the caller's (write- or read-locked) whose first `len` bytes
 /// hold nothing.
-unsafe fn move_pages_into(
-    from: usize,
-    dest: &Region,
-    len: usize,
-    space: Space,
-) -> Result<(), os::OsError> {
+unsafe fn move_pages_into(from: usize, dest: &Region, len: usize, space: Space) -> PageMove {
     // SAFETY: caller contract: `MREMAP_FIXED` replaces only `dest`'s own pages.
-    unsafe { os::move_pages(from, dest.start(), len) }?;
+    if unsafe { os::move_pages(from, dest.start(), len) }.is_err() {
+        let advise_huge =
+            space == Space::Huge && crate::options::thp() == crate::options::Thp::Advise;
+        // SAFETY: `dest`'s first `len` bytes were the failed move's destination.
+        return match unsafe { os::restore_destination(dest.start(), len, advise_huge) } {
+            os::Destination::Usable => PageMove::Copy,
+            os::Destination::Lost => PageMove::Lost,
+        };
+    }
     if space == Space::Base {
         dest.set_moved_pages(true);
     }
-    Ok(())
+    PageMove::Moved
 }
 
 /// Hands the pages of the free region `r` (read-locked by the caller's purge) back to

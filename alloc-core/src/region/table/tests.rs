@@ -833,3 +833,181 @@ fn a_big_object_starts_in_a_dirty_hole_under_half_its_size() {
         "the purged rest did not merge with the clean room: {free:x?}"
     );
 }
+
+/// Fills `len` bytes at `addr` with words that name their offset and `tag`.
+fn fill_words(addr: usize, len: usize, tag: u64) {
+    for i in (0..len).step_by(8) {
+        // SAFETY: the callers' live objects, at least `len` bytes.
+        unsafe { ((addr + i) as *mut u64).write(tag << 32 | i as u64) };
+    }
+}
+
+/// True if `len` bytes at `addr` hold what `fill_words(.., tag)` wrote.
+fn holds_words(addr: usize, len: usize, tag: u64) -> bool {
+    // SAFETY: the callers' live objects, at least `len` bytes.
+    (0..len)
+        .step_by(8)
+        .all(|i| unsafe { ((addr + i) as *const u64).read() } == tag << 32 | i as u64)
+}
+
+/// What `large::move_to` does after a move that did not happen: copies the object to
+/// the destination (and would free the source).
+fn copy_object(from: usize, to: usize, len: usize) {
+    // SAFETY: distinct live objects of the callers', at least `len` bytes each.
+    unsafe { core::ptr::copy_nonoverlapping(from as *const u8, to as *mut u8, len) };
+}
+
+/// Kernels before 6.17 unmap an `mremap(MREMAP_FIXED)` destination before they find
+/// that the source spans two mappings (an object moved in, then grown in place) and fail
+/// with `EFAULT` (injected here: this kernel moves such sources). `relocate` must map
+/// the destination again before it hands it back for the copy: the copy faulted on the
+/// hole before (SIGSEGV), and any `mmap` of the process could have taken it.
+#[test]
+fn a_relocate_whose_move_unmapped_its_destination_maps_it_again_for_the_copy() {
+    const LEN: usize = 16 * PAGE_SIZE;
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
+    fill_words(a.start, LEN, 1);
+    let restored = os::restored_destinations();
+    os::inject::fail_next_move(os::inject::MoveFault::UnmapThenFail);
+    let (placed, moved) = table
+        .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
+        .unwrap();
+    assert!(!moved, "the injected failure did not happen");
+    copy_object(a.start, placed.start, LEN);
+    assert!(holds_words(placed.start, LEN, 1), "content copied");
+    fill_words(placed.start, 2 * LEN, 2);
+    assert!(os::restored_destinations() > restored, "not counted");
+    check_layout(table);
+}
+
+/// The same failure through `move_pages_into` (`large::move_elsewhere`'s move under the
+/// destination's read lock), and then another mapping of the process taking part of
+/// the hole before the allocator can react: the destination is not ours any more, so
+/// it is neither copied into nor mapped over (either would write another mapping's
+/// memory); it stays allocated, unused.
+#[test]
+fn a_move_under_a_read_lock_restores_its_destination_or_gives_it_up() {
+    const LEN: usize = 8 * PAGE_SIZE;
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let src = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
+    let dest = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
+    fill_words(src.start, LEN, 3);
+    os::inject::fail_next_move(os::inject::MoveFault::UnmapThenFail);
+    // SAFETY: two live objects of ours; `dest` is unused, `src`'s content is copied below.
+    let outcome = unsafe { table.move_pages_into(src.start, dest.start, LEN, Space::Base) };
+    assert_eq!(outcome, PageMove::Copy);
+    copy_object(src.start, dest.start, LEN);
+    assert!(holds_words(dest.start, LEN, 3), "content copied");
+
+    let lost = os::lost_destinations();
+    let other = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
+    os::inject::fail_next_move(os::inject::MoveFault::UnmapOthersMapThenFail);
+    // SAFETY: as above.
+    let outcome = unsafe { table.move_pages_into(src.start, other.start, LEN, Space::Base) };
+    let foreign = os::inject::foreign_page();
+    assert!((other.start..other.start + LEN).contains(&foreign));
+    assert_eq!(
+        outcome,
+        PageMove::Lost,
+        "a destination another mapping holds"
+    );
+    // SAFETY: the page the injected foreign mapping wrote.
+    assert_eq!(
+        unsafe { (foreign as *const u64).read() },
+        os::inject::FOREIGN
+    );
+    assert!(os::lost_destinations() > lost, "not counted");
+    assert_eq!(
+        table.object_len(other.start),
+        Some(LEN),
+        "the lost one stays live"
+    );
+}
+
+/// `relocate` whose destination another mapping took part of: it places a second
+/// destination for the copy, and the first stays live (never handed out, freed or
+/// purged) with the other mapping's page intact.
+#[test]
+fn a_relocate_that_lost_its_destination_copies_into_another() {
+    const LEN: usize = 16 * PAGE_SIZE;
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
+    fill_words(a.start, LEN, 4);
+    let live = table.live_regions();
+    os::inject::fail_next_move(os::inject::MoveFault::UnmapOthersMapThenFail);
+    let (placed, moved) = table
+        .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
+        .unwrap();
+    assert!(!moved, "the injected failure did not happen");
+    let foreign = os::inject::foreign_page();
+    assert!(
+        !(placed.start..placed.start + placed.len).contains(&foreign),
+        "handed out a destination another mapping holds part of"
+    );
+    copy_object(a.start, placed.start, LEN);
+    assert!(holds_words(placed.start, LEN, 4), "content copied");
+    // SAFETY: the page the injected foreign mapping wrote.
+    assert_eq!(
+        unsafe { (foreign as *const u64).read() },
+        os::inject::FOREIGN
+    );
+    assert_eq!(
+        table.live_regions(),
+        live + 2,
+        "source, lost and new destinations"
+    );
+    check_layout(table);
+}
+
+/// The `VmFlags` line of the mapping that holds `addr` (`/proc/self/smaps`).
+fn vm_flags(addr: usize) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = (lo..hi).contains(&addr);
+                    continue;
+                }
+            }
+        }
+        if inside {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.to_string();
+            }
+        }
+    }
+    panic!("no mapping holds {addr:#x}");
+}
+
+/// In huge-page space, a destination mapped again gets `MADV_HUGEPAGE` again (while the
+/// options advise it), as its reservation had: a fresh mapping does not carry it.
+#[test]
+fn a_destination_mapped_again_in_huge_space_keeps_its_huge_page_advice() {
+    if crate::options::thp() != crate::options::Thp::Advise {
+        return; // the kernel's THP mode asks for no advice: nothing to keep
+    }
+    const LEN: usize = os::HUGE_PAGE;
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let a = table
+        .allocate_with_room(LEN, os::HUGE_PAGE, RegionKind::Large, true, Space::Huge)
+        .unwrap();
+    assert!(vm_flags(a.start).contains(" hg"), "huge space unadvised");
+    fill_words(a.start, LEN, 5);
+    os::inject::fail_next_move(os::inject::MoveFault::UnmapThenFail);
+    let (placed, moved) = table
+        .relocate(a.start, 4 * LEN, os::HUGE_PAGE, Space::Huge)
+        .unwrap();
+    assert!(!moved, "the injected failure did not happen");
+    copy_object(a.start, placed.start, LEN);
+    assert!(holds_words(placed.start, LEN, 5), "content copied");
+    assert!(
+        vm_flags(placed.start).contains(" hg"),
+        "the destination lost MADV_HUGEPAGE: {}",
+        vm_flags(placed.start)
+    );
+}

@@ -876,7 +876,9 @@ impl<'a> Writer<'a> {
     /// The source range is left mapped and empty (`MREMAP_DONTUNMAP`): it becomes
     /// clean free space reading as zero, counted in no dirty bytes. When `mremap` fails,
     /// the destination is still returned, unmoved (`false`), for the caller to copy into
-    /// and free the source; `None` when no destination could be placed.
+    /// and free the source (mapped again if the kernel unmapped it; if another mapping
+    /// took part of it, it stays allocated and unused, and a second one is placed);
+    /// `None` when no destination could be placed.
     pub(super) fn relocate(
         &mut self,
         addr: usize,
@@ -896,8 +898,15 @@ impl<'a> Writer<'a> {
         // update just carved out of free space, the source a live object whose owner is
         // inside `realloc` (it needs only the content, which moves with the pages), and
         // both are write-locked until the update ends.
-        if unsafe { super::move_pages_into(addr, dest, old_len, space) }.is_err() {
-            return Some((placed, false));
+        match unsafe { super::move_pages_into(addr, dest, old_len, space) } {
+            super::PageMove::Moved => {}
+            super::PageMove::Copy => return Some((placed, false)),
+            super::PageMove::Lost => {
+                // `dest` stays live for good, nobody's: count it, and place another.
+                self.table.live_regions.fetch_add(1, Ordering::Relaxed);
+                let other = self.allocate_with_room(new_len, align, RegionKind::Large, true, space);
+                return other.map(|other| (other, false));
+            }
         }
         // The source is now empty: clean, zero, free.
         r.kind.store(RegionKind::Free as u8, Ordering::Relaxed);
