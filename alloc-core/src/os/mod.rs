@@ -524,14 +524,15 @@ pub fn lost_destinations() -> u64 {
 /// Kernels before 6.17 unmap an `MREMAP_FIXED` destination before they check the
 /// source, and a source that spans two mappings (an object moved in and then grown in
 /// place) then fails with `EFAULT`, leaving a hole where the destination was: copying
-/// into it faults, and any `mmap` of the process may take it meanwhile. The range is
-/// mapped again without replacing anything (`MAP_FIXED_NOREPLACE`, flags as
-/// `reserve`'s; `advise_huge` re-applies `MADV_HUGEPAGE`, which the fresh mapping does
-/// not carry). If something is mapped there already, the whole range still mapped
-/// means the kernel left it as it was (`msync`, which takes no `mmap_lock` writer,
-/// fails with `ENOMEM` on any unmapped page); a range with holes was unmapped and
-/// partly taken by another mapping: `Lost`. Not told apart: another mapping that took
-/// the whole hole between the kernel's unmap and this call.
+/// into it faults, and any `mmap` of the process may take it meanwhile.
+/// - On such a kernel the range is mapped again without replacing anything
+///   (`MAP_FIXED_NOREPLACE`, flags as `reserve`'s; `advise_huge` re-applies
+///   `MADV_HUGEPAGE`, which the fresh mapping does not carry). If something is mapped
+///   there already, it is another mapping's (the kernel unmapped ours): `Lost`, even if
+///   that mapping fills the whole hole, which no check of the range could tell from ours.
+/// - A kernel from 6.17 on checks the source first and leaves the destination alone:
+///   `msync` (no `mmap_lock` writer; `ENOMEM` on any unmapped page) confirms it, and a
+///   range with holes is `Lost`.
 ///
 /// # Safety
 /// `[addr, addr + len)` was the destination of the failed move (ours, no live object).
@@ -539,47 +540,79 @@ pub fn lost_destinations() -> u64 {
 #[inline(never)]
 pub unsafe fn restore_destination(addr: usize, len: usize, advise_huge: bool) -> Destination {
     let _errno = ErrnoGuard::save();
-    count(Syscall::Mmap);
-    // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped: a hole in our own
-    // reservation (caller contract), or nothing at all.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE
-                | libc::MAP_ANONYMOUS
-                | libc::MAP_NORESERVE
-                | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if p as usize == addr {
-        maps::charge();
-        RESTORED.fetch_add(1, Ordering::Relaxed);
-        if advise_huge {
-            let _ = madvise(Syscall::MadviseHugePage, addr, len, libc::MADV_HUGEPAGE);
+    if unmaps_before_failing() {
+        count(Syscall::Mmap);
+        // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped: a hole in our
+        // own reservation (caller contract), or nothing at all.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_NORESERVE
+                    | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p as usize == addr {
+            maps::charge();
+            RESTORED.fetch_add(1, Ordering::Relaxed);
+            if advise_huge {
+                let _ = madvise(Syscall::MadviseHugePage, addr, len, libc::MADV_HUGEPAGE);
+            }
+            return Destination::Usable;
         }
-        return Destination::Usable;
-    }
-    if p != libc::MAP_FAILED {
-        // A kernel before 4.17 took the address as a hint: a mapping elsewhere, ours.
-        let _ = unmap_raw(p as usize, len);
-    }
-    // SAFETY: MS_ASYNC on anonymous memory writes nothing back; it only checks that
-    // every page of the range is mapped.
-    if unsafe { libc::msync(addr as *mut libc::c_void, len, libc::MS_ASYNC) } == 0 {
-        return Destination::Usable;
+        if p != libc::MAP_FAILED {
+            // A kernel before 4.17 took the address as a hint: a mapping elsewhere, ours.
+            let _ = unmap_raw(p as usize, len);
+        }
+    } else {
+        // SAFETY: MS_ASYNC on anonymous memory writes nothing back; it only checks that
+        // every page of the range is mapped.
+        if unsafe { libc::msync(addr as *mut libc::c_void, len, libc::MS_ASYNC) } == 0 {
+            return Destination::Usable;
+        }
     }
     LOST.fetch_add(1, Ordering::Relaxed);
     Destination::Lost
 }
 
+/// Whether a failed `MREMAP_FIXED` may have unmapped its destination first: kernels
+/// before 6.17, whose `mremap_to` unmaps the destination before it looks the source up
+/// (6.17 moves sources of several mappings, and checks them first). Only failed moves
+/// ask, so `uname` is not cached. A release string it cannot read counts as old, the
+/// side that never copies over another mapping.
+fn unmaps_before_failing() -> bool {
+    #[cfg(test)]
+    if inject::pretends_old_kernel() {
+        return true;
+    }
+    // SAFETY: `uname` fills the zeroed struct it is given.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return true;
+    }
+    let release = u.release.iter().map(|&c| c as u8).take_while(|&c| c != 0);
+    let mut parts = [0u32; 2];
+    let mut i = 0;
+    for c in release {
+        match c {
+            b'0'..=b'9' if i < 2 => parts[i] = parts[i] * 10 + u32::from(c - b'0'),
+            b'.' if i < 1 => i += 1,
+            _ => break,
+        }
+    }
+    (parts[0], parts[1]) < (6, 17)
+}
+
 /// Test-only fault injection into `move_pages`: the next move of this thread fails as
 /// kernels before 6.17 fail one whose source spans two mappings, after unmapping the
 /// destination (`UnmapThenFail`), and optionally with another mapping taking the
-/// destination's last page before the caller can react (`UnmapOthersMapThenFail`).
+/// destination's last page (`UnmapOthersMapThenFail`) or all of it
+/// (`UnmapOthersFillThenFail`) before the caller can react.
 #[cfg(test)]
 pub(crate) mod inject {
     use super::{Syscall, PAGE_SIZE};
@@ -591,6 +624,8 @@ pub(crate) mod inject {
         None,
         UnmapThenFail,
         UnmapOthersMapThenFail,
+        /// Another mapping takes the whole hole: nothing in the range tells it from ours.
+        UnmapOthersFillThenFail,
     }
 
     /// What a foreign mapping's page holds.
@@ -599,6 +634,13 @@ pub(crate) mod inject {
     std::thread_local! {
         static NEXT: Cell<MoveFault> = const { Cell::new(MoveFault::None) };
         static FOREIGN_AT: Cell<usize> = const { Cell::new(0) };
+        static OLD_KERNEL: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Whether the failure just applied stands for a kernel before 6.17 (asked once,
+    /// by the restore that follows it).
+    pub(super) fn pretends_old_kernel() -> bool {
+        OLD_KERNEL.with(|c| c.replace(false))
     }
 
     /// Arms the fault for this thread's next move.
@@ -617,21 +659,27 @@ pub(crate) mod inject {
         if fault == MoveFault::None {
             return None;
         }
+        OLD_KERNEL.with(|c| c.set(true));
         // SAFETY: the destination is ours (move_pages' contract): the old kernel's
-        // unmap, then another mapping in the hole's last page.
+        // unmap, then another mapping in the hole's last page or in all of it.
         unsafe {
             assert_eq!(libc::munmap(to as *mut libc::c_void, len), 0);
-            if fault == MoveFault::UnmapOthersMapThenFail {
-                let page = to + len - PAGE_SIZE;
+            let foreign = match fault {
+                MoveFault::UnmapOthersMapThenFail => Some((to + len - PAGE_SIZE, PAGE_SIZE)),
+                MoveFault::UnmapOthersFillThenFail => Some((to, len)),
+                _ => None,
+            };
+            if let Some((at, size)) = foreign {
                 let p = libc::mmap(
-                    page as *mut libc::c_void,
-                    PAGE_SIZE,
+                    at as *mut libc::c_void,
+                    size,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
                     -1,
                     0,
                 );
-                assert_eq!(p as usize, page);
+                assert_eq!(p as usize, at);
+                let page = at + size - PAGE_SIZE;
                 (page as *mut u64).write(FOREIGN);
                 FOREIGN_AT.with(|c| c.set(page));
             }

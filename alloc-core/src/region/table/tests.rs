@@ -960,6 +960,35 @@ fn a_relocate_that_lost_its_destination_copies_into_another() {
     check_layout(table);
 }
 
+/// Review of hazard10: another mapping that takes the *whole* hole the old kernel's
+/// unmap left looks, range-wise, exactly like the destination left in place; the restore
+/// must not take it for ours and copy the object over it.
+#[test]
+fn a_relocate_whose_destination_another_mapping_filled_does_not_copy_over_it() {
+    const LEN: usize = 16 * PAGE_SIZE;
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
+    fill_words(a.start, LEN, 6);
+    os::inject::fail_next_move(os::inject::MoveFault::UnmapOthersFillThenFail);
+    let (placed, moved) = table
+        .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
+        .unwrap();
+    assert!(!moved, "the injected failure did not happen");
+    let foreign = os::inject::foreign_page();
+    assert!(
+        !(placed.start..placed.start + placed.len).contains(&foreign),
+        "handed out a destination another mapping holds"
+    );
+    copy_object(a.start, placed.start, LEN);
+    assert!(holds_words(placed.start, LEN, 6), "content copied");
+    // SAFETY: the last page of the injected foreign mapping.
+    assert_eq!(
+        unsafe { (foreign as *const u64).read() },
+        os::inject::FOREIGN
+    );
+    check_layout(table);
+}
+
 /// The `VmFlags` line of the mapping that holds `addr` (`/proc/self/smaps`).
 fn vm_flags(addr: usize) -> String {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
