@@ -7,10 +7,11 @@
 //!
 //! The arena: `[O: one page][T: three dirty pages][clean]` (O was a four-page object
 //! shrunk in place). The purge's budget is two pages, so its pick cuts T into a piece
-//! `[O+P, O+3P)`, claimed and advised, and a rest `[O+3P, O+4P)`, left dirty. The
-//! writer grows O by a page: `grow` takes the first page of whatever free region
-//! follows O, write-locking it first, which waits out the purge's read lock. The page
-//! `O+P` is watched as a loom cell (`loom_table::watch_page`): the purge's `madvise`
+//! off its top, `[O+2P, O+4P)`, claimed and advised, and a rest `[O+P, O+2P)` (T's own
+//! descriptor), left dirty. The writer grows O by two pages: `grow` takes the free
+//! region after O whole (the rest) and the first page of the one after that (the
+//! piece), write-locking both first, which waits out the purge's read lock. The page
+//! `O+2P` is watched as a loom cell (`loom_table::watch_page`): the purge's `madvise`
 //! writes it (the kernel zaps it), and so does O's owner once `grow` returned (the
 //! object's new bytes); loom checks the two are ordered. When the grower holds the
 //! mutex as the purge ends, the merge-back goes to the deferred slots, and the next
@@ -38,7 +39,8 @@ const F_BOUND: usize = 2;
 
 /// Tallies beside the lookup paths: executions where the grower waited for a purge's
 /// read lock, where the merge-back was deferred, and where the purge's pick came first
-/// (cut T; the grow took the advised piece's first page) or second (after the grow).
+/// (cut T; the grow took the rest and the advised piece's first page: two pages
+/// purged) or second (after the grow: T's last page purged).
 struct Tally {
     waits: AtomicU64,
     deferred: AtomicU64,
@@ -71,26 +73,27 @@ fn f_model(id: u8, broken: bool, paths: &'static Paths, tally: &'static Tally) {
         panic!("not [object][dirty][clean]: {:x?}", regions(table));
     };
     assert_eq!((t, t_len, clean), (base + P, 3 * P, base + 4 * P));
-    // What a reader of `O + 2.5P` may find: T whole; the advised piece (claimed, then
-    // clean); the piece after the grow took its first page; T after the grow took its
-    // first page (dirty, claimed, clean), and that, purged, merged with the clean space.
+    // What a reader of `O + 3.5P` may find: T whole; the advised piece (claimed, then
+    // clean), and merged with the clean space; the piece after the grow took its first
+    // page, or T after the grow took its first two (dirty, claimed, clean); and that,
+    // purged, merged with the clean space.
     let probe = Probe {
-        addr: base + 2 * P + P / 2,
+        addr: base + 3 * P + P / 2,
         views: vec![
             View(t, 3 * P, RegionKind::Free, Dirt::Dirty),
-            View(t, 2 * P, RegionKind::Free, Dirt::Any),
-            View(t + P, P, RegionKind::Free, Dirt::Any),
             View(t + P, 2 * P, RegionKind::Free, Dirt::Any),
             View(t + P, 2 * P + clean_len, RegionKind::Free, Dirt::Clean),
+            View(t + 2 * P, P, RegionKind::Free, Dirt::Any),
+            View(t + 2 * P, P + clean_len, RegionKind::Free, Dirt::Clean),
         ],
         last: None,
     };
     let page = Arc::new(Page::new());
     // SAFETY: `page` lives until the end of this execution, after `Broken::clear`.
-    unsafe { watch_page(base + P, &page) };
+    unsafe { watch_page(base + 2 * P, &page) };
     Broken {
-        // The twin: `grow` does not write-lock the free region it takes a page of.
-        skip_write_lock_at: if broken { t } else { 0 },
+        // The twin: `grow` does not write-lock the piece it takes a page of.
+        skip_write_lock_at: if broken { t + P } else { 0 },
         ..Broken::NONE
     }
     .arm();
@@ -102,20 +105,18 @@ fn f_model(id: u8, broken: bool, paths: &'static Paths, tally: &'static Tally) {
     let grower = {
         let page = page.clone();
         spawn(move || {
-            assert!(table.grow_in_place(o, 2 * P));
+            assert!(table.grow_in_place(o, 3 * P));
             // O's new bytes: ordered after the purge's `madvise` of the page, if any?
             page.write();
         })
     };
     let purger = spawn(move || table.purge(0, PurgeMode::DontNeed, 2 * P));
     if !broken {
-        // (The twin has no reader: its `split_for_purge` loses T's write lock too, and
-        // a reader would catch that first; the twin is about the page.)
+        // (The twin has no reader: the twin is about the page.)
         read(table, &probe, "f");
     }
     grower.join().unwrap();
     let purged = purger.join().unwrap();
-    assert_eq!(purged, 2 * P, "the purge advised two pages");
     Broken::clear();
     paths.add(0, start, table);
     paths.execution();
@@ -133,11 +134,11 @@ fn f_model(id: u8, broken: bool, paths: &'static Paths, tally: &'static Tally) {
     table.for_each_region(|start, len, kind, _| {
         assert!(start == o || kind == RegionKind::Free, "one object");
         if start == o {
-            assert_eq!((len, kind), (2 * P, RegionKind::Large), "O grown");
+            assert_eq!((len, kind), (3 * P, RegionKind::Large), "O grown");
         }
     });
     table.for_each_free_region(|start, len, dirty| free.push((start, len, dirty)));
-    let mut at = base + 2 * P;
+    let mut at = base + 3 * P;
     for (i, &(start, len, dirty)) in free.iter().enumerate() {
         assert_eq!(start, at, "free space tiles the arena: {free:x?}");
         at += len;
@@ -150,13 +151,21 @@ fn f_model(id: u8, broken: bool, paths: &'static Paths, tally: &'static Tally) {
         }
     }
     assert_eq!(at, base + super::table::ARENA_SIZE);
-    match free[..] {
-        // The pick came first: the piece (less the grown page), clean; the rest, dirty.
-        [(_, P, false), (_, P, true), (_, _, false)] => tally.piece_grown.fetch_add(1, Relaxed),
-        // The grow came first: T less a page, purged whole, merged with the clean space.
-        [(_, _, false)] => tally.grown_first.fetch_add(1, Relaxed),
-        _ => panic!("f: an unexpected arena after the purge: {free:x?}"),
-    };
+    // Either way the rest of the arena is one clean region: the piece less the grown
+    // page, or T's last page, purged and merged with the clean space.
+    assert!(
+        matches!(free[..], [(_, _, false)]),
+        "f: an unexpected arena after the purge: {free:x?}"
+    );
+    if purged == 2 * P {
+        // The pick came first: the piece, cut off T's top.
+        tally.piece_grown.fetch_add(1, Relaxed);
+    } else if purged == P {
+        // The grow came first: T's last page, purged whole.
+        tally.grown_first.fetch_add(1, Relaxed);
+    } else {
+        panic!("f: the purge advised {purged:#x} bytes");
+    }
     release(table);
 }
 

@@ -952,7 +952,9 @@ impl RegionTable {
     /// (call again while it returns nonzero to purge them all). The writer mutex is held
     /// only to pick them and to merge them back after, if it is free then (`merge_back`);
     /// a region bigger than what is left of the budget, or than a
-    /// piece, is first cut into pieces, each its own region. Each `madvise` runs under its
+    /// piece, is first cut into pieces from its top end (`split_for_purge`: the dirty
+    /// space left stays at the region's start, where placement reuses it), each its own
+    /// region. Each `madvise` runs under its
     /// piece's read lock alone: writers place around claimed pieces and do not merge with
     /// them (`FreeIndex::find`, `coalesce`); one that needs that very piece (the only
     /// space that fits, or the neighbour an object grows into) waits for one piece.
@@ -1034,11 +1036,13 @@ impl RegionTable {
             }
             let mut bytes = 0;
             for &(region, since) in candidates.iter().flatten() {
-                let mut piece = Some(region);
+                let mut rest = Some(region);
                 // Checked before each piece, and each piece cut to what is left of it:
-                // a pass overshoots its budget by less than a page.
-                while let Some(region) = piece.filter(|_| count < BATCH && bytes < budget) {
-                    piece = w.split_for_purge(region, budget - bytes);
+                // a pass overshoots its budget by less than a page (a huge page in
+                // huge-page space, `split_for_purge`).
+                while let Some(whole) = rest.filter(|_| count < BATCH && bytes < budget) {
+                    let (region, left) = w.split_for_purge(whole, budget - bytes);
+                    rest = left;
                     // SAFETY: we hold the writer mutex.
                     unsafe { region.lock.read_lock_under_writer() };
                     // The claim (see above): under our read lock, as in phase two.
@@ -1099,11 +1103,13 @@ impl RegionTable {
             // neighbour absorbs the region and stops, short of the clean space beyond it;
             // `grow` moves its start. Every free region holding a piece's pages overlaps
             // the piece's range, so coalescing those restores the invariant, whatever ran.
-            // Adjacent pieces (one region's) go as one range.
+            // Adjacent pieces (one region's, cut from its top down) go as one range.
             let mut merged: [(usize, usize); BATCH] = [(0, 0); BATCH];
             let mut n = 0;
             for &(start, end) in ranges[..count].iter().filter(|r| r.0 < r.1) {
-                if n > 0 && merged[n - 1].1 == start {
+                if n > 0 && merged[n - 1].0 == end {
+                    merged[n - 1].0 = start;
+                } else if n > 0 && merged[n - 1].1 == start {
                     merged[n - 1].1 = end;
                 } else {
                     merged[n] = (start, end);

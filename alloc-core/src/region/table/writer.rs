@@ -718,37 +718,66 @@ impl<'a> Writer<'a> {
         })
     }
 
-    /// Cuts the free region `r` for a purge so that it is at most `limit` bytes (rounded
-    /// up to a page) and at most `PURGE_PIECE`, ending on a huge-page boundary when it
-    /// can; returns the rest, a new free region just as dirty, or `None` when `r` is
-    /// small enough already. Out of metadata, `r` stays whole (and `None`): purging it
-    /// in one call is slower for a writer that needs it, never wrong.
-    pub(super) fn split_for_purge(&mut self, r: &'a Region, limit: usize) -> Option<&'a Region> {
+    /// Cuts a piece off the top of the free region `r` for a purge: returns the piece to
+    /// purge, at most `limit` bytes (rounded up to a page) and at most `PURGE_PIECE`, and
+    /// the rest (`r` itself, shortened, just as dirty), or `(r, None)` when `r` is small
+    /// enough already. In huge-page space the cut falls on a huge-page boundary, below
+    /// the exact one (the piece is less than a huge page longer than `limit`), so no
+    /// purge splits a transparent huge page and leaves its other half to fault 4 KiB at
+    /// a time. Out of metadata, `r` stays whole (and is the piece): purging it in one
+    /// call is slower for a writer that needs it, never wrong.
+    ///
+    /// From the top, because the dirty space a purge leaves is what placement reuses
+    /// next: kept at the region's start, with the purged piece (clean, free) after it,
+    /// an object placed there has its growth room through the dirty pages and on into
+    /// the clean ones (`find_with_room` runs the room on into the free region after a
+    /// dirty one). Cut from the front, the dirty rest sat at the region's end, where a
+    /// region at the top of its reservation (the first object a reservation takes goes
+    /// to its top, below its room) has no room after it: the `region` workload's next
+    /// buffer went to clean space and left the rest dirty at its own peak (BENCHMARKS.md,
+    /// "peak9").
+    pub(super) fn split_for_purge(
+        &mut self,
+        r: &'a Region,
+        limit: usize,
+    ) -> (&'a Region, Option<&'a Region>) {
         let limit = limit
             .min(PURGE_PIECE)
             .next_multiple_of(PAGE_SIZE)
             .max(PAGE_SIZE);
         let (start, end) = (r.start(), r.end());
         if end - start <= limit {
-            return None;
+            return (r, None);
         }
-        let cut = match (start + limit) & !(HUGE_PAGE - 1) {
-            aligned if aligned > start => aligned,
-            _ => start + limit,
+        let cut = match self.state.free.space_of(start) {
+            Space::Huge => {
+                let down = (end - limit) & !(HUGE_PAGE - 1);
+                // An end off the huge-page grid (rare there): a piece within the bound.
+                let cut = if end - down > PURGE_PIECE {
+                    down + HUGE_PAGE
+                } else {
+                    down
+                };
+                if cut <= start {
+                    return (r, None);
+                }
+                cut
+            }
+            Space::Base => end - limit,
         };
         // Write-locked before its purge-owned fields are read (see `carve`).
         self.start_write(r);
-        let rest = self.new_region(cut, end - cut, RegionKind::Free, r.is_zeroed());
-        if rest.is_null() {
-            return None;
+        let piece = self.new_region(cut, end - cut, RegionKind::Free, r.is_zeroed());
+        if piece.is_null() {
+            return (r, None);
         }
-        // SAFETY: fresh, unpublished; the rest keeps the region's dirty stamp and marks.
+        // SAFETY: fresh, unpublished; the piece keeps the region's dirty stamp and marks.
         unsafe {
-            (*rest).dirtiness.store(r.dirtiness(), Ordering::Relaxed);
-            (*rest).set_moved_pages(r.holds_moved_pages());
+            (*piece).dirtiness.store(r.dirtiness(), Ordering::Relaxed);
+            (*piece).set_moved_pages(r.holds_moved_pages());
         }
-        if !self.insert(rest) {
-            return None;
+        if !self.insert(piece) {
+            return (r, None);
         }
         let rp = r as *const Region as *mut Region;
         // SAFETY: writer mutex held; out of the index before its length changes. Both
@@ -757,8 +786,8 @@ impl<'a> Writer<'a> {
             self.state.free.remove(rp);
             r.len.store(cut - start, Ordering::Relaxed);
             self.state.free.insert(rp);
-            self.state.free.insert(rest);
-            Some(&*rest)
+            self.state.free.insert(piece);
+            (&*piece, Some(r))
         }
     }
 
