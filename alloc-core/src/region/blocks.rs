@@ -176,6 +176,9 @@ impl Blocks {
     /// # Safety
     /// As `retire`.
     unsafe fn seal(&self, state: &mut State, guard: &Guard) {
+        // The loom models assert that no execution seals a batch (so none reuses a block).
+        #[cfg(all(test, loom))]
+        crate::region::loom_table::sealed_a_batch();
         let len = core::mem::take(&mut state.pending_len);
         let owner = self.owner.load(Ordering::Relaxed);
         let list = alloc_from(state, owner as usize, NODE_BYTES) as *mut usize;

@@ -30,9 +30,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 const P: usize = PAGE_SIZE;
 
-/// Model f's preemption bound: 2 (14,747 executions, 15 s on the shared 2-core VM); at
-/// 3 it did not finish in 200 s (a purge is two updates and a `madvise` between, three
-/// threads share one arena). Its races need one forced switch each: the grow or the
+/// Model f's preemption bound: 2 (7,720 executions since session 10, was 14,747 while
+/// the writer's tree loads were loom scheduling points). At 3 it did not finish: not in
+/// 200 s (session 9), not in 11 minutes at load 13-19 (session 10), and not in 3.5
+/// minutes of CPU (13 wall) with the reader not yielding under its lock (which at bound
+/// 3 would cover every schedule of bound 2 with the yield). A purge is two updates and a
+/// `madvise` between; the lead, not measured: the grower waits out the purge's read
+/// lock in 4,932 of the 7,720 executions, and every round of that wait is a yield, a
+/// switch loom makes for free. Its races need one forced switch each: the grow or the
 /// reader run while the purge is preempted inside its pick, its `madvise` or its
 /// merge-back.
 const F_BOUND: usize = 2;

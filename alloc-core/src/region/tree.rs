@@ -137,25 +137,99 @@ impl Node {
         }
     }
 
-    /// A leaf value.
+    /// A leaf value, as `S` loads it.
     #[inline(always)]
-    fn value(&self, i: usize) -> usize {
-        // Acquire pairs with the Release in `replace`: the value may point to an object
-        // written just before it was stored.
-        self.slots[i].load(Ordering::Acquire)
+    fn value<S: Side>(&self, i: usize) -> usize {
+        S::value(&self.slots[i])
     }
 
     #[inline(always)]
-    fn child(&self, i: usize) -> *const Node {
-        // Relaxed: children never change after publication, and the root's Release /
-        // Acquire pair already orders their contents before this load.
-        ptr::with_exposed_provenance(self.slots[i].load(Ordering::Relaxed))
+    fn child<S: Side>(&self, i: usize) -> *const Node {
+        ptr::with_exposed_provenance(S::child(&self.slots[i]))
     }
 
     #[inline(always)]
-    fn entry(&self, i: usize) -> (usize, usize) {
-        (self.keys[i], self.value(i))
+    fn entry<S: Side>(&self, i: usize) -> (usize, usize) {
+        (self.keys[i], self.value::<S>(i))
     }
+}
+
+/// Who loads the tree's words: a lock-free reader (`Shared`) or the writer (`Held`).
+///
+/// The writer holds the table's writer mutex, so every store to the root and to a slot
+/// was made by it or by a writer the mutex orders before it: its loads need no ordering
+/// of their own. In model builds they are loom's `unsync_load`, which is no scheduling
+/// point and which checks that claim (it panics unless every store to the word happens
+/// before it). A scheduled load would hide races from loom: loom compares a pending
+/// store with the *last* access to the word only, and a writer loads the root (its
+/// descent, `get`, `prev_before`) just before it stores it, so a reader's earlier load
+/// of the root always looked ordered and loom never ran a lookup between the writer's
+/// publication and its last stores (model d's twin with an unstamped tail, session 10).
+trait Side {
+    fn root(root: &AtomicPtr<Node>) -> *mut Node;
+    fn value(slot: &AtomicUsize) -> usize;
+    fn child(slot: &AtomicUsize) -> usize;
+}
+
+/// A lock-free reader, pinned.
+struct Shared;
+
+/// The writer (or anyone holding the table's writer mutex), pinned.
+struct Held;
+
+impl Side for Shared {
+    /// Acquire: see `RangeTree::root`.
+    #[inline(always)]
+    fn root(root: &AtomicPtr<Node>) -> *mut Node {
+        root.load(Ordering::Acquire)
+    }
+
+    /// Acquire pairs with the Release in `replace`: the value may point to an object
+    /// written just before it was stored.
+    #[inline(always)]
+    fn value(slot: &AtomicUsize) -> usize {
+        slot.load(Ordering::Acquire)
+    }
+
+    /// Relaxed: children never change after publication, and the root's Release /
+    /// Acquire pair already orders their contents before this load.
+    #[inline(always)]
+    fn child(slot: &AtomicUsize) -> usize {
+        slot.load(Ordering::Relaxed)
+    }
+}
+
+impl Side for Held {
+    #[inline(always)]
+    fn root(root: &AtomicPtr<Node>) -> *mut Node {
+        #[cfg(loom)]
+        // SAFETY: the writer mutex orders every store to the root before us (see `Side`;
+        // loom checks it).
+        return unsafe { root.unsync_load() };
+        #[cfg(not(loom))]
+        root.load(Ordering::Relaxed)
+    }
+
+    #[inline(always)]
+    fn value(slot: &AtomicUsize) -> usize {
+        own_load(slot)
+    }
+
+    #[inline(always)]
+    fn child(slot: &AtomicUsize) -> usize {
+        own_load(slot)
+    }
+}
+
+/// A slot as the writer loads it (see `Side`).
+#[inline(always)]
+fn own_load(slot: &AtomicUsize) -> usize {
+    #[cfg(loom)]
+    // SAFETY: the writer mutex orders every store to the slot before us (see `Side`;
+    // loom checks it).
+    return unsafe { slot.unsync_load() };
+    #[cfg(not(loom))]
+    slot.load(Ordering::Relaxed)
 }
 
 /// Up to two nodes' worth of entries (an underfull node plus a full sibling, or a full
@@ -188,8 +262,8 @@ impl Entries {
 
     fn extend(&mut self, node: &Node, range: Range<usize>) {
         for i in range {
-            // Relaxed: only the serialised writer stores slots, and that is us.
-            self.push(node.keys[i], node.slots[i].load(Ordering::Relaxed));
+            // Only the serialised writer stores slots, and that is us.
+            self.push(node.keys[i], node.value::<Held>(i));
         }
     }
 
@@ -318,8 +392,22 @@ impl RangeTree {
     /// Greatest entry with key <= `key` (the region that may contain address `key`).
     #[inline]
     pub fn floor(&self, key: usize, _guard: &Guard) -> Option<(usize, usize)> {
-        // Acquire: see `root`.
-        let mut node: *const Node = self.root.load(Ordering::Acquire);
+        self.floor_in::<Shared>(key)
+    }
+
+    /// `floor` for the writer.
+    ///
+    /// # Safety
+    /// The caller holds the writer mutex (the callers' serialisation of writers) and is
+    /// pinned.
+    pub unsafe fn floor_held(&self, key: usize, _guard: &Guard) -> Option<(usize, usize)> {
+        self.floor_in::<Held>(key)
+    }
+
+    /// `floor`, loading as `S` does; the caller is pinned (and as `S` says).
+    #[inline(always)]
+    fn floor_in<S: Side>(&self, key: usize) -> Option<(usize, usize)> {
+        let mut node: *const Node = S::root(&self.root);
         if node.is_null() {
             return None;
         }
@@ -334,16 +422,28 @@ impl RangeTree {
                 return None;
             }
             if n.height == 0 {
-                return Some(n.entry(rank - 1));
+                return Some(n.entry::<S>(rank - 1));
             }
-            node = n.child(rank - 1);
+            node = n.child::<S>(rank - 1);
         }
     }
 
     /// Smallest entry with key > `key` (the next neighbour).
     pub fn next_after(&self, key: usize, _guard: &Guard) -> Option<(usize, usize)> {
-        // Acquire: see `root`.
-        let mut node: *const Node = self.root.load(Ordering::Acquire);
+        self.next_after_in::<Shared>(key)
+    }
+
+    /// `next_after` for the writer.
+    ///
+    /// # Safety
+    /// As `floor_held`.
+    pub unsafe fn next_after_held(&self, key: usize, _guard: &Guard) -> Option<(usize, usize)> {
+        self.next_after_in::<Held>(key)
+    }
+
+    /// `next_after`, loading as `S` does; the caller is pinned (and as `S` says).
+    fn next_after_in<S: Side>(&self, key: usize) -> Option<(usize, usize)> {
+        let mut node: *const Node = S::root(&self.root);
         // The deepest subtree met so far that lies wholly after `key`.
         let mut after: *const Node = ptr::null();
         // SAFETY: as in `floor`.
@@ -351,27 +451,36 @@ impl RangeTree {
             let rank = n.rank(key);
             if rank < n.len as usize {
                 if n.height == 0 {
-                    return Some(n.entry(rank));
+                    return Some(n.entry::<S>(rank));
                 }
-                after = n.child(rank);
+                after = n.child::<S>(rank);
             }
             if rank == 0 || n.height == 0 {
                 break;
             }
-            node = n.child(rank - 1);
+            node = n.child::<S>(rank - 1);
         }
         // SAFETY: as in `floor`.
         let mut n = unsafe { after.as_ref() }?;
         while n.height > 0 {
             // SAFETY: as in `floor`.
-            n = unsafe { &*n.child(0) };
+            n = unsafe { &*n.child::<S>(0) };
         }
-        Some(n.entry(0))
+        Some(n.entry::<S>(0))
     }
 
     /// Greatest entry with key < `key` (the previous neighbour).
     pub fn prev_before(&self, key: usize, guard: &Guard) -> Option<(usize, usize)> {
         self.floor(key.checked_sub(1)?, guard)
+    }
+
+    /// `prev_before` for the writer.
+    ///
+    /// # Safety
+    /// As `floor_held`.
+    pub unsafe fn prev_before_held(&self, key: usize, guard: &Guard) -> Option<(usize, usize)> {
+        // SAFETY: caller contract.
+        unsafe { self.floor_held(key.checked_sub(1)?, guard) }
     }
 
     /// The value stored at exactly `key`.
@@ -384,9 +493,9 @@ impl RangeTree {
         fn visit(node: &Node, f: &mut impl FnMut(usize, usize)) {
             for i in 0..node.len as usize {
                 match node.height {
-                    0 => f(node.keys[i], node.value(i)),
+                    0 => f(node.keys[i], node.value::<Shared>(i)),
                     // SAFETY: as in `floor`; the snapshot stays pinned by `_guard`.
-                    _ => visit(unsafe { &*node.child(i) }, f),
+                    _ => visit(unsafe { &*node.child::<Shared>(i) }, f),
                 }
             }
         }
@@ -435,8 +544,8 @@ impl RangeTree {
         let at = path.exact(key)?;
         // Best effort: a shortfall is covered by what is already in stock.
         let _ = self.refill_spares(2 * path.levels - 1);
-        // Relaxed: only the serialised writer stores slots, and that is us.
-        let value = path.leaf().slots[at].load(Ordering::Relaxed);
+        // Only the serialised writer stores slots, and that is us.
+        let value = path.leaf().value::<Held>(at);
         let mut entries = Entries::of(path.leaf());
         entries.remove(at);
         // SAFETY: writer mutex held and `guard` pinned (caller contract).
@@ -471,8 +580,14 @@ impl RangeTree {
         let at = path.exact(old).ok_or(TreeError::NotFound)?;
         let neighbour = match new.cmp(&old) {
             core::cmp::Ordering::Equal => return Ok(()),
-            core::cmp::Ordering::Less => self.prev_before(old, guard).filter(|e| e.0 >= new),
-            core::cmp::Ordering::Greater => self.next_after(old, guard).filter(|e| e.0 <= new),
+            // SAFETY: writer mutex held and `guard` pinned (caller contract).
+            core::cmp::Ordering::Less => {
+                unsafe { self.prev_before_held(old, guard) }.filter(|e| e.0 >= new)
+            }
+            // SAFETY: as above.
+            core::cmp::Ordering::Greater => {
+                unsafe { self.next_after_held(old, guard) }.filter(|e| e.0 <= new)
+            }
         };
         if neighbour.is_some() {
             return Err(TreeError::KeyExists);
@@ -490,8 +605,8 @@ impl RangeTree {
             index: [0; MAX_LEVELS],
             levels: 0,
         };
-        // Relaxed: the writer mutex orders us after the writer that stored it.
-        let mut node: *const Node = self.root.load(Ordering::Relaxed);
+        // The writer mutex orders us after the writer that stored it.
+        let mut node: *const Node = Held::root(&self.root);
         // SAFETY: published nodes stay live while the writer mutex is held.
         while let Some(n) = unsafe { node.as_ref() } {
             let rank = n.rank(key);
@@ -506,7 +621,7 @@ impl RangeTree {
             node = if n.height == 0 {
                 ptr::null()
             } else {
-                n.child(index)
+                n.child::<Held>(index)
             };
         }
         path
@@ -614,7 +729,7 @@ impl Writer<'_> {
                 // low end, would otherwise leave every node half full for good, and a
                 // reader's descent would cross twice the nodes a full tree spreads over.
                 // SAFETY: as above.
-                let s = unsafe { &*parent.child(at - 1) };
+                let s = unsafe { &*parent.child::<Held>(at - 1) };
                 if (s.len as usize) < FANOUT {
                     self.retired_push(s);
                     entries.prepend(s);
@@ -625,7 +740,7 @@ impl Writer<'_> {
                 // Non-root nodes hold >= 2 entries, so there is a sibling to lean on.
                 let sibling = if at > 0 { at - 1 } else { at + 1 };
                 // SAFETY: as above.
-                let s = unsafe { &*parent.child(sibling) };
+                let s = unsafe { &*parent.child::<Held>(sibling) };
                 self.retired_push(s);
                 if sibling < at {
                     entries.prepend(s);
@@ -737,7 +852,7 @@ impl Drop for RangeTree {
             // SAFETY: caller contract; children are exclusively ours too.
             unsafe {
                 if (*node).height > 0 {
-                    (0..(*node).len as usize).for_each(|i| free_subtree((*node).child(i)));
+                    (0..(*node).len as usize).for_each(|i| free_subtree((*node).child::<Held>(i)));
                 }
                 meta::free(node as *mut u8);
             }
@@ -841,6 +956,56 @@ impl RegionTree {
     /// The region starting exactly at `start`.
     pub fn get<'g>(&self, start: usize, guard: &'g Guard) -> Option<&'g Region> {
         self.floor(start, guard)
+            .filter(|e| e.0 == start)
+            .map(|e| e.1)
+    }
+
+    /// `floor` for the writer (see `RangeTree::floor_held`).
+    ///
+    /// # Safety
+    /// The caller holds the table's writer mutex; `guard` pins it.
+    pub unsafe fn floor_held<'g>(
+        &self,
+        addr: usize,
+        guard: &'g Guard,
+    ) -> Option<(usize, &'g Region)> {
+        // SAFETY: caller contract.
+        unsafe { self.0.floor_held(addr, guard) }.map(|e| Self::typed(e, guard))
+    }
+
+    /// `next_after` for the writer.
+    ///
+    /// # Safety
+    /// As `floor_held`.
+    pub unsafe fn next_after_held<'g>(
+        &self,
+        addr: usize,
+        guard: &'g Guard,
+    ) -> Option<(usize, &'g Region)> {
+        // SAFETY: caller contract.
+        unsafe { self.0.next_after_held(addr, guard) }.map(|e| Self::typed(e, guard))
+    }
+
+    /// `prev_before` for the writer.
+    ///
+    /// # Safety
+    /// As `floor_held`.
+    pub unsafe fn prev_before_held<'g>(
+        &self,
+        addr: usize,
+        guard: &'g Guard,
+    ) -> Option<(usize, &'g Region)> {
+        // SAFETY: caller contract.
+        unsafe { self.0.prev_before_held(addr, guard) }.map(|e| Self::typed(e, guard))
+    }
+
+    /// `get` for the writer.
+    ///
+    /// # Safety
+    /// As `floor_held`.
+    pub unsafe fn get_held<'g>(&self, start: usize, guard: &'g Guard) -> Option<&'g Region> {
+        // SAFETY: caller contract.
+        unsafe { self.floor_held(start, guard) }
             .filter(|e| e.0 == start)
             .map(|e| e.1)
     }
@@ -957,7 +1122,7 @@ mod tests {
             }
             let child = |i: usize| {
                 // SAFETY: test trees have no concurrent writer.
-                let c = unsafe { &*n.child(i) };
+                let c = unsafe { &*n.child::<Held>(i) };
                 assert_eq!(c.height + 1, n.height);
                 assert_eq!(c.keys[0], n.keys[i], "inner keys are exact child minima");
                 let next = if i + 1 < len { Some(n.keys[i + 1]) } else { hi };
@@ -1194,7 +1359,7 @@ mod tests {
                 0 => 1,
                 // SAFETY: test trees have no concurrent writer.
                 _ => (0..n.len as usize)
-                    .map(|i| leaves(unsafe { &*n.child(i) }))
+                    .map(|i| leaves(unsafe { &*n.child::<Held>(i) }))
                     .sum(),
             }
         }
