@@ -1013,12 +1013,27 @@ fn a_move_under_a_read_lock_restores_its_destination_or_gives_it_up() {
 /// purged) with the other mapping's page intact.
 #[test]
 fn a_relocate_that_lost_its_destination_copies_into_another() {
+    relocate_losing_the_destination(os::inject::MoveFault::UnmapOthersMapThenFail);
+}
+
+/// Review of hazard10: another mapping that takes the *whole* hole the old kernel's
+/// unmap left looks, range-wise, exactly like the destination left in place; the restore
+/// must not take it for ours and copy the object over it.
+#[test]
+fn a_relocate_whose_destination_another_mapping_filled_does_not_copy_over_it() {
+    relocate_losing_the_destination(os::inject::MoveFault::UnmapOthersFillThenFail);
+}
+
+/// A `relocate` whose move fails with `fault` (another mapping in the hole): the object
+/// is copied into a destination no foreign page is in, the foreign page keeps what it
+/// holds, and the lost destination stays live beside the source and the new one.
+fn relocate_losing_the_destination(fault: os::inject::MoveFault) {
     const LEN: usize = 16 * PAGE_SIZE;
     let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
     let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
     fill_words(a.start, LEN, 4);
     let live = table.live_regions();
-    os::inject::fail_next_move(os::inject::MoveFault::UnmapOthersMapThenFail);
+    os::inject::fail_next_move(fault);
     let (placed, moved) = table
         .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
         .unwrap();
@@ -1026,11 +1041,11 @@ fn a_relocate_that_lost_its_destination_copies_into_another() {
     let foreign = os::inject::foreign_page();
     assert!(
         !(placed.start..placed.start + placed.len).contains(&foreign),
-        "handed out a destination another mapping holds part of"
+        "handed out a destination another mapping holds ({fault:?})"
     );
     copy_object(a.start, placed.start, LEN);
     assert!(holds_words(placed.start, LEN, 4), "content copied");
-    // SAFETY: the page the injected foreign mapping wrote.
+    // SAFETY: the last page of the injected foreign mapping, which it wrote.
     assert_eq!(
         unsafe { (foreign as *const u64).read() },
         os::inject::FOREIGN
@@ -1039,35 +1054,6 @@ fn a_relocate_that_lost_its_destination_copies_into_another() {
         table.live_regions(),
         live + 2,
         "source, lost and new destinations"
-    );
-    check_layout(table);
-}
-
-/// Review of hazard10: another mapping that takes the *whole* hole the old kernel's
-/// unmap left looks, range-wise, exactly like the destination left in place; the restore
-/// must not take it for ours and copy the object over it.
-#[test]
-fn a_relocate_whose_destination_another_mapping_filled_does_not_copy_over_it() {
-    const LEN: usize = 16 * PAGE_SIZE;
-    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
-    let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
-    fill_words(a.start, LEN, 6);
-    os::inject::fail_next_move(os::inject::MoveFault::UnmapOthersFillThenFail);
-    let (placed, moved) = table
-        .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
-        .unwrap();
-    assert!(!moved, "the injected failure did not happen");
-    let foreign = os::inject::foreign_page();
-    assert!(
-        !(placed.start..placed.start + placed.len).contains(&foreign),
-        "handed out a destination another mapping holds"
-    );
-    copy_object(a.start, placed.start, LEN);
-    assert!(holds_words(placed.start, LEN, 6), "content copied");
-    // SAFETY: the last page of the injected foreign mapping.
-    assert_eq!(
-        unsafe { (foreign as *const u64).read() },
-        os::inject::FOREIGN
     );
     check_layout(table);
 }
