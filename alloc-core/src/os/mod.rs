@@ -590,9 +590,14 @@ fn unmaps_before_failing() -> bool {
     if inject::pretends_old_kernel() {
         return true;
     }
-    // SAFETY: `uname` fills the zeroed struct it is given.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut u) } != 0 {
+    // SAFETY: `utsname` is plain C arrays of `c_char`, valid all zero, and `uname`
+    // only writes into the struct it is handed.
+    let (u, rc) = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        let rc = libc::uname(&mut u);
+        (u, rc)
+    };
+    if rc != 0 {
         return true;
     }
     let release = u.release.iter().map(|&c| c as u8).take_while(|&c| c != 0);
