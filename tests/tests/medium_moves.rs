@@ -63,7 +63,9 @@ fn layout(len: usize) -> Layout {
 /// (at a freed destination's start, where it would grow in place: 9 in 10 reallocs
 /// did on main at 541ba2c, all but 5 of 147k with purges cut from a region's top,
 /// peak9/peak10) is parked there, live and unmoved, and the next object goes
-/// elsewhere. Measured: 9,216 moves in 9,423 rounds, 207 parked.
+/// elsewhere. Measured: 9,216 moves in 9,423 rounds, 207 parked. Skipped on kernels
+/// before 6.12, where purges never overwrite (`os::overlay_is_safe`), so the budget
+/// does not renew by design and moves past the bound copy.
 #[test]
 fn medium_moves_renew_their_budget_and_keep_mappings_bounded() {
     // Huge pages off: the 70 MiB destinations stay in base space, where the 64 KiB
@@ -73,6 +75,10 @@ fn medium_moves_renew_their_budget_and_keep_mappings_bounded() {
 }
 
 fn moves_go_on_with_bounded_mappings() {
+    if !rangealloc::engine::os::overlay_is_safe() {
+        eprintln!("skipped: kernel before 6.12, purges do not overwrite moved-in ranges");
+        return;
+    }
     const MOVES: usize = 8192 + 1024;
     // The smallest object that moves by `mremap` (`large::MEDIUM_REMAP_MIN`)...
     const LEN: usize = 64 << 10;

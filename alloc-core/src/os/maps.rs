@@ -80,7 +80,23 @@ pub fn censuses() -> u64 {
 /// Whether purges should overwrite the moved-in ranges they purge now.
 #[inline]
 pub fn overlay_moved() -> bool {
+    #[cfg(test)]
+    if PRETEND_OVERLAY_DUE.with(|c| c.get()) {
+        return true;
+    }
     MAPPINGS.load(Ordering::Relaxed) >= OVERLAY_FROM
+}
+
+#[cfg(test)]
+std::thread_local! {
+    static PRETEND_OVERLAY_DUE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Test-only: makes `overlay_moved` say yes on this thread, as with the gauge past
+/// `OVERLAY_FROM`, without raising the process-wide gauge other tests read.
+#[cfg(test)]
+pub(crate) fn pretend_overlay_due(on: bool) {
+    PRETEND_OVERLAY_DUE.with(|c| c.set(on));
 }
 
 /// Whether one more move may split mappings: below the bound, yes; at it, a census

@@ -11,7 +11,7 @@
 //! express `MAP_NORESERVE` reservations that are trimmed to an alignment, which is all
 //! this layer does.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 pub mod maps;
 
@@ -314,8 +314,8 @@ pub unsafe fn purge(addr: usize, len: usize, mode: PurgeMode) -> Result<(), OsEr
 /// are gone; the fresh one takes the page offset of its address and merges with its
 /// neighbours (`maps`). Takes `mmap_lock` for write (counted as `mmap`), where
 /// `MADV_DONTNEED` does not: `maps::overlay_moved` says when it is worth it. Base space
-/// only: the fresh mapping does not carry `MADV_HUGEPAGE`. On a failure the kernel
-/// (6.12 and later) leaves the old mappings in place.
+/// only: the fresh mapping does not carry `MADV_HUGEPAGE`. Callers ask `overlay_is_safe`
+/// first: on a failure the kernel (6.12 and later) leaves the old mappings in place.
 ///
 /// # Safety
 /// No live object may lie in the range, which is ours: its content is lost.
@@ -583,13 +583,47 @@ pub unsafe fn restore_destination(addr: usize, len: usize, advise_huge: bool) ->
 /// Whether a failed `MREMAP_FIXED` may have unmapped its destination first: kernels
 /// before 6.17, whose `mremap_to` unmaps the destination before it looks the source up
 /// (6.17 moves sources of several mappings, and checks them first). Only failed moves
-/// ask, so `uname` is not cached. A release string it cannot read counts as old, the
-/// side that never copies over another mapping.
+/// ask.
 fn unmaps_before_failing() -> bool {
     #[cfg(test)]
     if inject::pretends_old_kernel() {
         return true;
     }
+    kernel_before(6, 17)
+}
+
+/// Whether `overlay` may run on this kernel: from 6.12 on, an `mmap(MAP_FIXED)` that
+/// fails leaves the mappings it was to replace in place. Before, `mmap_region` unmapped
+/// the range first and could still fail after (`ENOMEM` from the commit charge under
+/// `vm.overcommit_memory=2`, which ignores `MAP_NORESERVE`), leaving a hole in a free
+/// region: the next object placed there would fault on its first write, or, once any
+/// `mmap` of the process took the hole, be someone else's memory. There purges only
+/// advise (`MADV_DONTNEED` fails without unmapping anything), and the mappings that
+/// moves split stay until a census finds them gone: medium moves then stop at
+/// `maps::MAPPINGS_BOUND` and copy. Asked by purges of moved-in ranges once the gauge
+/// passes `maps::OVERLAY_FROM`, so the answer is kept (the release never changes).
+pub fn overlay_is_safe() -> bool {
+    #[cfg(test)]
+    if inject::pretends_old_fixed_map() {
+        return false;
+    }
+    // 0: not asked yet; 1: safe; 2: not. Relaxed: every thread computes the same answer.
+    static SAFE: AtomicU8 = AtomicU8::new(0);
+    match SAFE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let safe = !kernel_before(6, 12);
+            SAFE.store(if safe { 1 } else { 2 }, Ordering::Relaxed);
+            safe
+        }
+    }
+}
+
+/// Whether the running kernel's release is older than `major.minor`. A release string
+/// it cannot read counts as old: callers ask to choose the side that never loses memory
+/// to another mapping.
+fn kernel_before(major: u32, minor: u32) -> bool {
     // SAFETY: `utsname` is plain C arrays of `c_char`, valid all zero, and `uname`
     // only writes into the struct it is handed.
     let (u, rc) = unsafe {
@@ -610,14 +644,15 @@ fn unmaps_before_failing() -> bool {
             _ => break,
         }
     }
-    (parts[0], parts[1]) < (6, 17)
+    (parts[0], parts[1]) < (major, minor)
 }
 
 /// Test-only fault injection into `move_pages`: the next move of this thread fails as
 /// kernels before 6.17 fail one whose source spans two mappings, after unmapping the
 /// destination (`UnmapThenFail`), and optionally with another mapping taking the
 /// destination's last page (`UnmapOthersMapThenFail`) or all of it
-/// (`UnmapOthersFillThenFail`) before the caller can react.
+/// (`UnmapOthersFillThenFail`) before the caller can react; and, for `overlay_is_safe`,
+/// a kernel before 6.12 on this thread (`pretend_old_fixed_map`).
 #[cfg(test)]
 pub(crate) mod inject {
     use super::{Syscall, PAGE_SIZE};
@@ -640,6 +675,16 @@ pub(crate) mod inject {
         static NEXT: Cell<MoveFault> = const { Cell::new(MoveFault::None) };
         static FOREIGN_AT: Cell<usize> = const { Cell::new(0) };
         static OLD_KERNEL: Cell<bool> = const { Cell::new(false) };
+        static OLD_FIXED_MAP: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Makes `overlay_is_safe` answer, on this thread, as on a kernel before 6.12.
+    pub fn pretend_old_fixed_map(on: bool) {
+        OLD_FIXED_MAP.with(|c| c.set(on));
+    }
+
+    pub(super) fn pretends_old_fixed_map() -> bool {
+        OLD_FIXED_MAP.with(|c| c.get())
     }
 
     /// Whether the failure just applied stands for a kernel before 6.17 (asked once,

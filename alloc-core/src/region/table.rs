@@ -1408,13 +1408,14 @@ unsafe fn move_pages_into(from: usize, dest: &Region, len: usize, space: Space) 
 /// Hands the pages of the free region `r` (read-locked by the caller's purge) back to
 /// the kernel: `Ok(true)` when they read as zero afterwards. A region holding pages
 /// that `mremap` moved in is overwritten with a fresh mapping while `os::maps` asks for
-/// it (the moved mappings go, and the fresh one merges with its neighbours), which
-/// clears its mark; otherwise, or when that fails, `os::purge` advises it.
+/// it (the moved mappings go, and the fresh one merges with its neighbours) and the
+/// kernel keeps the old mapping when that fails (`os::overlay_is_safe`), which clears
+/// its mark; otherwise, or when that fails, `os::purge` advises it.
 ///
 /// # Safety
 /// `r` holds no live object, and the caller's read reference keeps it free.
 unsafe fn purge_region(r: &Region, mode: PurgeMode) -> Result<bool, os::OsError> {
-    if r.holds_moved_pages() && os::maps::overlay_moved() {
+    if r.holds_moved_pages() && os::maps::overlay_moved() && os::overlay_is_safe() {
         // SAFETY: caller contract; base space only (`MOVED_IN`).
         if unsafe { os::overlay(r.start(), r.len()) }.is_ok() {
             r.set_moved_pages(false);

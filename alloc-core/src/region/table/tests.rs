@@ -1058,6 +1058,49 @@ fn relocate_losing_the_destination(fault: os::inject::MoveFault) {
     check_layout(table);
 }
 
+/// Before 6.12 an `mmap(MAP_FIXED)` that fails may have unmapped its range first
+/// (`os::overlay_is_safe`): a purge that overwrote a moved-in free range that way could
+/// leave a hole the next object there faults on, or another mapping takes. On such a
+/// kernel purges of moved-in ranges only advise; on a newer one they overwrite once
+/// the mappings gauge asks (`os::maps::overlay_moved`), as before.
+#[test]
+fn purges_overwrite_moved_in_ranges_only_where_a_failed_overwrite_keeps_them() {
+    const LEN: usize = 16 * PAGE_SIZE;
+    for old_kernel in [false, true] {
+        let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+        let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
+        fill_words(a.start, LEN, 6);
+        let (placed, moved) = table
+            .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
+            .unwrap();
+        assert!(moved, "this kernel refused the move");
+        assert!(holds_words(placed.start, LEN, 6), "content moved");
+        table.retire(placed.start).unwrap();
+        table.collect_retired();
+        assert!(
+            table.dirty_bytes() >= LEN,
+            "the moved-in object is not dirty"
+        );
+        os::maps::pretend_overlay_due(true);
+        os::inject::pretend_old_fixed_map(old_kernel);
+        let overlays = os::overlays();
+        let purged = table.purge(0, PurgeMode::DontNeed, usize::MAX);
+        let overwrote = os::overlays() - overlays;
+        os::maps::pretend_overlay_due(false);
+        os::inject::pretend_old_fixed_map(false);
+        assert!(purged >= LEN, "{purged} bytes purged");
+        assert_eq!(table.dirty_bytes(), 0);
+        assert_eq!(
+            overwrote,
+            u64::from(!old_kernel),
+            "overwrites (kernel before 6.12: {old_kernel})"
+        );
+        // SAFETY: the purged free range is ours and mapped (it reads as zero).
+        assert_eq!(unsafe { (placed.start as *const u64).read() }, 0);
+        check_layout(table);
+    }
+}
+
 /// The `VmFlags` line of the mapping that holds `addr` (`/proc/self/smaps`).
 fn vm_flags(addr: usize) -> String {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
