@@ -34,13 +34,15 @@ use super::{Region, RegionKind, RegionState, RegionTable, Space};
 use crate::os::{self, PurgeMode};
 use crate::stats::{Counter, OnRegionPath};
 use core::cell::Cell;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The most arenas a set holds (the `narenas` option's upper bound). Each unused arena
 /// costs only its zeroed static descriptor; 64 covers jemalloc's default of four per CPU
 /// up to 16 CPUs, beyond which four threads per arena still rarely meet in one (its
 /// mutex is held for a few hundred nanoseconds per update).
 pub const MAX_ARENAS: usize = crate::options::MAX_ARENAS;
+// `Arenas::used` has a bit per arena.
+const _: () = assert!(MAX_ARENAS <= u64::BITS as usize);
 
 /// Arenas per CPU by default, as jemalloc's `narenas` (4 x CPUs): threads outnumber CPUs
 /// in the programs that contend, and an arena costs nothing until a thread uses it.
@@ -56,6 +58,12 @@ pub struct Arenas {
     pub fallbacks: Counter,
     /// The purge pass counter: each pass starts one arena in use further.
     purge_start: AtomicUsize,
+    /// Bit `i`: arena `i` may be in use (`mark_used`), set before any placement in it
+    /// can register it. Walks visit only these: each arena's descriptor is ~37 KiB of
+    /// static data, so a walk over all `MAX_ARENAS` read 64 lines on 64 pages (a page
+    /// fault each at a process's first purge tick, and 64 cache misses at every tick,
+    /// which runs on each large allocation and free).
+    used: AtomicU64,
 }
 
 /// The process's arenas (fixed directory ids: `Arenas::process`).
@@ -112,6 +120,7 @@ impl Arenas {
             }),
             fallbacks: Counter::new(),
             purge_start: AtomicUsize::new(0),
+            used: AtomicU64::new(0),
         }
     }
 
@@ -159,9 +168,23 @@ impl Arenas {
         }
     }
 
-    /// Arena `i` (any of the `MAX_ARENAS`, in use or not).
+    /// Arena `i` (any of the `MAX_ARENAS`, in use or not). Walks visit it from now on:
+    /// its caller may place in it directly.
     pub fn table(&self, i: usize) -> &RegionTable {
+        self.mark_used(i);
         &self.tables[i]
+    }
+
+    /// Records that arena `i` may be in use from now on, before anything places in it.
+    /// Relaxed: a walk that misses a bit set beside it misses an arena that had nothing
+    /// to walk yet, as it would have read its id before the registration; `fork` locks
+    /// every arena's mutex, which orders the bit before a child's walks.
+    #[inline]
+    fn mark_used(&self, i: usize) {
+        let bit = 1u64 << i;
+        if self.used.load(Ordering::Relaxed) & bit == 0 {
+            self.used.fetch_or(bit, Ordering::Relaxed);
+        }
     }
 
     /// The index of the calling thread's home arena.
@@ -180,7 +203,22 @@ impl Arenas {
     /// The arenas that have placed something, in index order (the fixed order of every
     /// walk).
     fn in_use(&self) -> impl Iterator<Item = &RegionTable> {
-        self.tables.iter().filter(|t| t.in_use())
+        self.marked()
+            .map(|i| &self.tables[i])
+            .filter(|t| t.in_use())
+    }
+
+    /// The indexes of the arenas `mark_used` marked, in index order.
+    fn marked(&self) -> impl Iterator<Item = usize> {
+        let mut left = self.used.load(Ordering::Relaxed);
+        core::iter::from_fn(move || {
+            let i = left.trailing_zeros() as usize;
+            // The lowest set bit cleared; `None` once none is left.
+            (left != 0).then(|| {
+                left &= left - 1;
+                i
+            })
+        })
     }
 
     // ------------------------------------------------------------------ placement
@@ -196,6 +234,7 @@ impl Arenas {
         let _path = OnRegionPath::enter();
         let count = self.count();
         let home = self.home();
+        self.mark_used(home);
         let own = &self.tables[home];
         let space = how.space();
         if !own.has_space(space) {
@@ -262,8 +301,14 @@ impl Arenas {
         kind: RegionKind,
         try_lock: bool,
     ) -> Option<Placed> {
+        let used = self.used.load(Ordering::Relaxed);
         for step in 1..count {
-            let other = &self.tables[(home + step) % count];
+            let i = (home + step) % count;
+            // An arena never marked has no space (and its descriptor stays untouched).
+            if used & (1u64 << i) == 0 {
+                continue;
+            }
+            let other = &self.tables[i];
             if !other.has_space(how.space()) {
                 continue;
             }
@@ -459,8 +504,8 @@ impl Arenas {
         // every start past the last arena in use would wrap to arena 0 first).
         let mut used = [0u8; MAX_ARENAS];
         let mut n = 0;
-        for (i, t) in self.tables.iter().enumerate() {
-            if t.in_use() {
+        for i in self.marked() {
+            if self.tables[i].in_use() {
                 used[n] = i as u8;
                 n += 1;
             }
@@ -523,7 +568,8 @@ impl Arenas {
     pub fn lock_counts(&self) -> (LockTotals, [ArenaContention; MAX_ARENAS]) {
         let mut totals = LockTotals::default();
         let mut each = [ArenaContention::default(); MAX_ARENAS];
-        for (t, e) in self.tables.iter().zip(each.iter_mut()) {
+        for i in self.marked() {
+            let (t, e) = (&self.tables[i], &mut each[i]);
             let c: &LockCounters = &t.counters;
             totals.success += c.success.get();
             totals.abort += c.abort.get();
@@ -793,6 +839,31 @@ mod tests {
         assert_eq!(own.counters.writer.get(), writers, "a blocking acquisition");
         let t = Arenas::table_of(placed.start).expect("known");
         assert_eq!(index_of(&SET, t), other);
+    }
+
+    /// Walks visit the arenas a placement (or `table`) marked, and only those: an arena
+    /// nothing placed in is never read (its descriptor's pages stay untouched).
+    #[test]
+    fn walks_visit_only_the_arenas_placements_marked() {
+        static SET: Arenas = Arenas::new(8);
+        assert_eq!(SET.marked().count(), 0);
+        assert_eq!(SET.in_use().count(), 0);
+        let p = SET
+            .allocate(LEN, PAGE_SIZE, RegionKind::Large)
+            .expect("placed");
+        let home = SET.home();
+        assert_eq!(SET.marked().collect::<Vec<_>>(), [home]);
+        assert_eq!(SET.in_use().count(), 1);
+        let mut found = 0;
+        SET.for_each_region(|start, _, _, _| found += usize::from(start == p.start));
+        assert_eq!(found, 1, "the walk missed the object");
+        // The highest and lowest bits: marked, walked in index order, not in use.
+        let _ = SET.table(MAX_ARENAS - 1);
+        let _ = SET.table(0);
+        let mut expect = vec![0, home, MAX_ARENAS - 1];
+        expect.dedup();
+        assert_eq!(SET.marked().collect::<Vec<_>>(), expect);
+        assert_eq!(SET.in_use().count(), 1);
     }
 
     /// A placement whose home arena's writer mutex is held goes to another arena in
