@@ -57,6 +57,8 @@
 //! whole CPU under `SCHED_FIFO`: so only rates up to `FIFO_MAX_RATE` (the target's
 //! 10k/s, which a table update of about 2.4k instructions meets in a few percent of a
 //! CPU) get it; the sweep's 100k/s and flat-out rows keep nice -10, as they always had.
+//! `REGION_TABLE_WRITER=nice` in the environment gives every writer nice -10 as before,
+//! to compare the two on the same machine.
 //!
 //! `cargo run --release -p rangealloc-bench --bin region-table [seconds-per-run
 //! [writer-updates-per-s [objects [header|page|sweep|all|writer [steps [purged]]|reader
@@ -605,10 +607,11 @@ impl WriterPriority {
 }
 
 /// Raises the calling thread's priority for a writer at `rate` updates/s (0: flat out):
-/// `SCHED_FIFO` for a writer paced at up to `FIFO_MAX_RATE`, else nice `WRITER_NICE`;
-/// what it got.
+/// `SCHED_FIFO` for a writer paced at up to `FIFO_MAX_RATE` (unless
+/// `REGION_TABLE_WRITER=nice`), else nice `WRITER_NICE`; what it got.
 fn raise_priority(rate: u64) -> WriterPriority {
-    if rate != 0 && rate <= FIFO_MAX_RATE {
+    let fifo = std::env::var_os("REGION_TABLE_WRITER").is_none_or(|v| v != "nice");
+    if fifo && rate != 0 && rate <= FIFO_MAX_RATE {
         let param = libc::sched_param {
             sched_priority: WRITER_FIFO_PRIORITY,
         };
