@@ -30,35 +30,44 @@
 //! thread runs at a raised priority (`WriterPriority`), and a cell counts only when both
 //! writers kept at least `AT_PACE` of it.
 //!
-//! Which priority: a paced writer runs under `SCHED_FIFO` (session 11). At nice -10
-//! (sessions 8-10) the fair lock's writer kept pace in only 16 of the 35 target rounds of
-//! session 10's five quiet runs (3.1-8.8k of 10k updates/s in the others), so the
-//! like-for-like verdict had too few rounds in three runs of five. Timing its loop
-//! (a probe, not kept) showed where its time went, and it was not waiting for the lock:
-//! in 0.5 s runs at 8 readers (load 3-5) it spent 6-22 ms waiting to acquire the write
-//! lock and 441-454 ms inside the write *unlock*, for 2.5-4.7k updates/s. `parking_lot`
-//! wakes the parked readers one futex call each, and the readers it wakes took the CPU
-//! from it (a nice -10 thread is still scheduled by the fair class, which lets a woken
-//! thread preempt it) before it had woken the rest: the writer sat preempted in the
-//! middle of its own unlock. Under `SCHED_FIFO` (priority 1, above every fair-class
-//! thread) the same runs, interleaved with those, spent 16 ms in unlocks and kept
-//! 9.3-9.6k updates/s. That is the harness failing to give its load generator the CPU
-//! it meant to give, not the lock failing: the lock, its readers and its writer's lock
-//! calls are unchanged, and so is the rule that a round counts only with both writers at
-//! pace. It is fairer to the baseline, in both directions: a writer stalled in its
-//! unlock did fewer updates (a lighter load for its readers) but also left the readers
-//! it had not woken yet parked until it ran again (a heavier one). Which of the two won
-//! varied: in that interleaved set the fair lock's readers did 1.4-1.9 Mops/s with the
-//! writer at pace and 2.3-3.3 with it lagging, while under heavier load (8-12) they beat
-//! the table's at 8 readers in 6 of 7 rounds of a full run with it at pace. So the change
-//! can lower the table's ratio as well as give the verdict its rounds. The table's
-//! writer kept pace before too. A FIFO writer never loses the CPU to readers, so it
-//! takes only what its pace needs and naps the rest. A writer that cannot reach its rate never naps and would take a
-//! whole CPU under `SCHED_FIFO`: so only rates up to `FIFO_MAX_RATE` (the target's
-//! 10k/s, which a table update of about 2.4k instructions meets in a few percent of a
-//! CPU) get it; the sweep's 100k/s and flat-out rows keep nice -10, as they always had.
-//! `REGION_TABLE_WRITER=nice` in the environment gives every writer nice -10 as before,
-//! to compare the two on the same machine.
+//! Which priority (session 11): nice -10 while the writer naps, and `SCHED_FIFO` from
+//! the moment it wakes behind its schedule until it has caught up (`WriterPriority::
+//! Bursts`). At nice -10 throughout (sessions 8-10) the fair lock's writer kept pace in
+//! only 16 of the 35 target rounds of session 10's five quiet runs (3.1-8.8k of 10k
+//! updates/s in the others), so the like-for-like verdict had too few rounds in three
+//! runs of five. Timing its loop (`bench/probe/unmerged/rtable11-writer-timing.patch`)
+//! showed where its time went, and it was not waiting for the lock: in 0.5 s runs at 8
+//! readers (load 3-5) it spent 6-22 ms waiting to acquire the write lock and 441-454 ms
+//! inside the write *unlock*, for 2.5-4.7k updates/s. `parking_lot` wakes the parked
+//! readers one futex call each, and the readers it wakes took the CPU from it (a nice
+//! -10 thread is still scheduled by the fair class, which lets a woken thread preempt
+//! it) before it had woken the rest: the writer sat preempted in the middle of its own
+//! unlock. Under `SCHED_FIFO` (priority 1, above every fair-class thread), runs
+//! interleaved with those spent 16 ms in unlocks and kept 9.3-9.6k updates/s. That is
+//! the harness failing to give its load generator the CPU it meant to give, not the lock
+//! failing: the lock, its readers and its writer's lock calls are unchanged, and so is
+//! the rule that a round counts only with both writers at pace. It is fairer to the
+//! baseline in both directions: the stalled unlock cut its updates (a lighter load for
+//! its readers) but also kept the readers it had not woken yet parked (a heavier one).
+//!
+//! Why not `SCHED_FIFO` throughout: it cost the readers of both variants, the table's
+//! most. In six interleaved pairs of `cell table 8` (load 8-10) the table's readers did
+//! 1.1-2.8 Mops/s beside a FIFO writer and 1.8-5.2 beside a nice -10 one, every pair
+//! lower; and in three interleaved pairs of full header runs (load 4-13) the FIFO ones
+//! gave 0.84-1.27x, the nice -10 ones 1.60-2.65x in their cells (with the fair writer
+//! starved). A writer that is FIFO only while it works kept its pace in both variants
+//! (9.6-10.4k/s) with the table's readers at 3.0-5.4 Mops/s against 1.3-4.1 beside a
+//! nice -10 writer, in four interleaved triples at load 8-9. The switch costs the writer
+//! two `sched_setscheduler` calls per burst (a burst is the updates it owes after a
+//! nap), in both variants. A writer that cannot reach its rate would never leave FIFO
+//! and would own a CPU: so only rates up to `FIFO_MAX_RATE` (the target's 10k/s, which a
+//! table update of about 2.4k instructions meets in a few percent of a CPU) use bursts;
+//! the sweep's 100k/s and flat-out rows keep nice -10 throughout, as they always had.
+//! `REGION_TABLE_WRITER=nice` in the environment gives every writer nice -10
+//! throughout, to compare with sessions 8-10 on the same machine. Under FIFO the
+//! engine's own waits (`sync::backoff` yields) would not let a fair-class thread run on
+//! the writer's CPU; the table's writer waits for readers only of regions they hold,
+//! and this bench's readers hold none of the writer's (the `writer waits` column).
 //!
 //! `cargo run --release -p rangealloc-bench --bin region-table [seconds-per-run
 //! [writer-updates-per-s [objects [header|page|sweep|all|writer [steps [purged]]|reader
@@ -121,10 +130,10 @@ const WRITER_NAP: Duration = Duration::from_micros(200);
 /// `writer` part), so it keeps its rate on a loaded machine too; a
 /// writer ahead of its rate naps and leaves the CPU to the readers.
 const WRITER_NICE: i32 = -10;
-/// The `SCHED_FIFO` priority of a paced writer: the lowest real-time one, above every
-/// fair-class thread (the readers), which is all it needs.
+/// The `SCHED_FIFO` priority of a paced writer's bursts: the lowest real-time one, above
+/// every fair-class thread (the readers), which is all it needs.
 const WRITER_FIFO_PRIORITY: i32 = 1;
-/// The highest writer rate that runs under `SCHED_FIFO` (see the module doc).
+/// The highest writer rate whose bursts run under `SCHED_FIFO` (see the module doc).
 const FIFO_MAX_RATE: u64 = DEFAULT_WRITER_RATE;
 /// A writer that completed at least this share of its target rate kept pace.
 const AT_PACE: f64 = 0.9;
@@ -514,7 +523,9 @@ fn frees_beside_lookups(objects: &Objects, frees: usize) {
 /// The writer: `churn_step` at `rate` updates per second (`0`: flat out); in the
 /// baseline each step runs inside the global write lock and is mirrored into the map.
 fn writer(variant: Variant, maps: &Maps, rate: u64, stop: &AtomicBool) -> u64 {
-    raise_priority(rate);
+    let bursts = raise_priority(rate) == WriterPriority::Bursts;
+    // Under `SCHED_FIFO` now: only between waking behind schedule and catching up.
+    let mut fifo = false;
     let mut rng = Rng(0xc2b2_ae3d_27d4_eb4f);
     let mut own = Vec::new();
     let mut updates = 0u64;
@@ -522,8 +533,14 @@ fn writer(variant: Variant, maps: &Maps, rate: u64, stop: &AtomicBool) -> u64 {
     while !stop.load(Ordering::Relaxed) {
         let due = (began.elapsed().as_secs_f64() * rate as f64) as u64;
         if rate != 0 && updates >= due {
+            if fifo {
+                fifo = !set_fifo(false);
+            }
             std::thread::sleep(WRITER_NAP);
             continue;
+        }
+        if bursts && !fifo {
+            fifo = set_fifo(true);
         }
         match variant {
             Variant::Table => {
@@ -585,12 +602,13 @@ fn writer_alone(steps: u64, purged: bool) {
 }
 
 /// The scheduling the writer thread got (`raise_priority`).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum WriterPriority {
-    /// `SCHED_FIFO` at `WRITER_FIFO_PRIORITY`: a paced writer (see the module doc).
-    Fifo,
-    /// Nice `WRITER_NICE`: a writer flat out or above `FIFO_MAX_RATE`, or `SCHED_FIFO`
-    /// was refused.
+    /// Nice `WRITER_NICE` while napping, `SCHED_FIFO` at `WRITER_FIFO_PRIORITY` while
+    /// catching up: a writer paced at up to `FIFO_MAX_RATE` (see the module doc).
+    Bursts,
+    /// Nice `WRITER_NICE` throughout: a writer flat out or above `FIFO_MAX_RATE`,
+    /// `REGION_TABLE_WRITER=nice`, or `SCHED_FIFO` was refused.
     Nice,
     /// Neither was permitted: nice 0.
     Normal,
@@ -599,27 +617,35 @@ enum WriterPriority {
 impl WriterPriority {
     fn name(self) -> String {
         match self {
-            WriterPriority::Fifo => format!("SCHED_FIFO {WRITER_FIFO_PRIORITY}"),
+            WriterPriority::Bursts => {
+                format!("nice {WRITER_NICE} napping, SCHED_FIFO {WRITER_FIFO_PRIORITY} catching up")
+            }
             WriterPriority::Nice => format!("nice {WRITER_NICE}"),
             WriterPriority::Normal => "nice 0 (raising it was refused)".to_string(),
         }
     }
 }
 
+/// Puts the calling thread under `SCHED_FIFO` at `WRITER_FIFO_PRIORITY` (`fifo`) or back
+/// under the fair class (its nice value stays); false if refused.
+fn set_fifo(fifo: bool) -> bool {
+    let (policy, priority) = if fifo {
+        (libc::SCHED_FIFO, WRITER_FIFO_PRIORITY)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: a plain syscall on the calling thread (pid 0), with a valid parameter.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+}
+
 /// Raises the calling thread's priority for a writer at `rate` updates/s (0: flat out):
-/// `SCHED_FIFO` for a writer paced at up to `FIFO_MAX_RATE` (unless
-/// `REGION_TABLE_WRITER=nice`), else nice `WRITER_NICE`; what it got.
+/// nice `WRITER_NICE`, and for a writer paced at up to `FIFO_MAX_RATE` (unless
+/// `REGION_TABLE_WRITER=nice`) `SCHED_FIFO` bursts if the kernel allows it (tried once
+/// here, the thread left in the fair class); what it got.
 fn raise_priority(rate: u64) -> WriterPriority {
-    let fifo = std::env::var_os("REGION_TABLE_WRITER").is_none_or(|v| v != "nice");
-    if fifo && rate != 0 && rate <= FIFO_MAX_RATE {
-        let param = libc::sched_param {
-            sched_priority: WRITER_FIFO_PRIORITY,
-        };
-        // SAFETY: a plain syscall on the calling thread (pid 0), with a valid parameter.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
-            return WriterPriority::Fifo;
-        }
-    }
     // SAFETY: a plain syscall on the calling thread's own id.
     let niced = unsafe {
         libc::setpriority(
@@ -628,7 +654,12 @@ fn raise_priority(rate: u64) -> WriterPriority {
             WRITER_NICE,
         ) == 0
     };
-    if niced {
+    let bursts = std::env::var_os("REGION_TABLE_WRITER").is_none_or(|v| v != "nice")
+        && rate != 0
+        && rate <= FIFO_MAX_RATE;
+    if bursts && set_fifo(true) && set_fifo(false) {
+        WriterPriority::Bursts
+    } else if niced {
         WriterPriority::Nice
     } else {
         WriterPriority::Normal
