@@ -53,9 +53,9 @@
 //! Why not `SCHED_FIFO` throughout: it cost the readers of both variants, the table's
 //! most. In six interleaved pairs of `cell table 8` (load 8-10) the table's readers did
 //! 1.1-2.8 Mops/s beside a FIFO writer and 1.8-5.2 beside a nice -10 one, every pair
-//! lower; and in three interleaved pairs of full header runs (load 4-13) the FIFO ones
-//! gave 0.84-1.27x, the nice -10 ones 1.60-2.65x in their cells (with the fair writer
-//! starved). A writer that is FIFO only while it works kept its pace in both variants
+//! lower; and in three interleaved pairs of full header runs (load 4-13) the FIFO ones'
+//! cells at 8 readers were 0.89-1.30x, the nice -10 ones' 1.60-2.65x (with the fair
+//! writer starved). A writer that is FIFO only while it works kept its pace in both variants
 //! (9.6-10.4k/s) with the table's readers at 3.0-5.4 Mops/s against 1.3-4.1 beside a
 //! nice -10 writer, in four interleaved triples at load 8-9. The switch costs the writer
 //! two `sched_setscheduler` calls per burst (a burst is the updates it owes after a
