@@ -280,8 +280,11 @@ pub struct RegionTable {
     /// subtracted by the writer that pops the region (the push/pop pair orders the two,
     /// so it never wraps); Relaxed: a statistic that drives purging.
     retired_bytes: AtomicUsize,
-    /// `madvise` calls made by `purge`.
+    /// Pieces `purge` advised (each one `madvise`, or one range of a batched call).
     pub purge_calls: Counter,
+    /// System calls `purge` made for them: batched calls (`os::purge_many`, one TLB
+    /// flush each) and single ones.
+    pub purge_syscalls: Counter,
     /// Ranges a purge cleaned and left to this table's next writer to merge back, the
     /// writer mutex being held when it was done (see `region::deferred`).
     deferred: DeferredFolds,
@@ -393,6 +396,7 @@ impl RegionTable {
             dirty_bytes: AtomicUsize::new(0),
             retired_bytes: AtomicUsize::new(0),
             purge_calls: Counter::new(),
+            purge_syscalls: Counter::new(),
             deferred: DeferredFolds::new(),
             merges_deferred: Counter::new(),
             #[cfg(test)]
@@ -1115,6 +1119,9 @@ impl RegionTable {
             // SAFETY: free regions hold no live object, and our read references keep
             // any writer from handing them out until the call returns.
             let batched = unsafe { os::purge_many(group, mode) };
+            // A batch that reached the kernel, then one call for each piece it did not.
+            self.purge_syscalls
+                .add(u64::from(batched > 0) + (group.len() - batched) as u64);
             for (k, pick) in picked[i..i + group.len()].iter_mut().enumerate() {
                 let Some((read, since)) = pick.take() else {
                     continue;
