@@ -47,8 +47,8 @@ pub struct Options {
     /// `verbose`: report allocations that fail for lack of memory.
     pub verbose: bool,
     /// `dirty_budget_mb` (held in bytes): the fixed part of the dirty budget, free dirty
-    /// space kept (beside a quarter of the live large bytes) before the excess is purged
-    /// at once.
+    /// space kept (beside a quarter of the live large bytes) before dirty space is purged
+    /// at once, down to an eighth under the budget (`purge::low_water`).
     pub dirty_budget: usize,
     /// Heap profiling (`prof`): sample allocations and record their stacks.
     pub prof: bool,

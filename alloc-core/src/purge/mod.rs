@@ -8,8 +8,10 @@
 //!
 //! Reuse before purge: freed space stays dirty (resident, reusable without a fault) up
 //! to a budget that follows the program's live large bytes, and ages out with the purge
-//! delay; only what exceeds the budget is purged at once, and the dirty rest of a hole a
-//! fresh big object took the front of (`large::trim_after`, counted here).
+//! delay; past the budget, dirty space is purged at once down to a low-water mark an
+//! eighth under it (`low_water`: rare passes, each a full batch of pieces advised by
+//! one system call, `os::purge_many`), and the dirty rest of a hole a fresh big object
+//! took the front of (`large::trim_after`, counted here).
 
 use crate::options;
 use crate::os::PurgeMode;
@@ -102,7 +104,7 @@ pub fn live_large_bytes() -> usize {
     }
 }
 
-/// The dirty space the table may hold before the excess is purged at once, whatever
+/// The dirty space the table may hold before it is purged at once (to `low_water`), whatever
 /// its age: reuse of dirty space is what makes freeing and reallocating big buffers
 /// cheap, but a burst of frees must not pin memory out of proportion to the program.
 pub fn dirty_budget() -> usize {
