@@ -338,8 +338,8 @@ pub fn batched_purges() -> (u64, u64) {
 }
 
 /// Purges several free ranges with one `process_madvise` call: the kernel advises
-/// them in order and flushes the TLB once for all of them, where one `madvise` per
-/// range flushes once per range, and every flush that finds the process running on
+/// them in order and (6.18 here does) flushes the TLB once for all of them, where one
+/// `madvise` per range flushes once per range, and every flush that finds the process running on
 /// another CPU is an inter-processor interrupt (a TLB shootdown; the `medium` workload's
 /// purges cost about one each, BENCHMARKS.md "medpurge11"). The call takes
 /// `mmap_lock` for read only, as `madvise(MADV_DONTNEED)` does. Returns how many
