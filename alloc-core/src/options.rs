@@ -35,6 +35,9 @@ pub struct Options {
     pub purge_delay_ms: u64,
     /// `purge_mode`: `MADV_DONTNEED` or `MADV_FREE`.
     pub purge_mode: PurgeMode,
+    /// `purge_batch`: a purge pass advises its pieces with one `process_madvise` call
+    /// (one TLB flush) where the kernel allows it (`os::purge_many`).
+    pub purge_batch: bool,
     /// `background_purge`: a thread purges even when the program makes no calls.
     pub background_purge: bool,
     /// `secure`: a guard page after every large object.
@@ -44,8 +47,8 @@ pub struct Options {
     /// `verbose`: report allocations that fail for lack of memory.
     pub verbose: bool,
     /// `dirty_budget_mb` (held in bytes): the fixed part of the dirty budget, free dirty
-    /// space kept (beside a quarter of the live large bytes) before the excess is purged
-    /// at once.
+    /// space kept (beside a quarter of the live large bytes) before dirty space is purged
+    /// at once, down to an eighth under the budget (`purge::low_water`).
     pub dirty_budget: usize,
     /// Heap profiling (`prof`): sample allocations and record their stacks.
     pub prof: bool,
@@ -129,6 +132,9 @@ impl DumpPrefix {
 pub const DEFAULTS: Options = Options {
     purge_delay_ms: DEFAULT_PURGE_DELAY_MS,
     purge_mode: PurgeMode::DontNeed,
+    // Measured on the 2-core VM (BENCHMARKS.md, "medpurge11"): one TLB shootdown per
+    // pass instead of one per piece.
+    purge_batch: true,
     background_purge: false,
     secure: false,
     stats_at_exit: false,
@@ -476,6 +482,7 @@ pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) ->
         let ok = match key {
             b"purge_delay_ms" => parse_u64(value).map(|v| o.purge_delay_ms = v).is_some(),
             b"purge_mode" => parse_mode(value).map(|v| o.purge_mode = v).is_some(),
+            b"purge_batch" => parse_bool(value).map(|v| o.purge_batch = v).is_some(),
             b"background_purge" => parse_bool(value).map(|v| o.background_purge = v).is_some(),
             b"secure" => parse_bool(value).map(|v| o.secure = v).is_some(),
             b"stats" => parse_bool(value).map(|v| o.stats_at_exit = v).is_some(),

@@ -181,6 +181,11 @@ pub struct Stats {
     pub trims: u64,
     /// Their bytes (part of `purged_bytes`).
     pub trimmed_bytes: u64,
+    /// Batched purge calls (`os::purge_many`, one `process_madvise` and one TLB flush
+    /// each).
+    pub purge_batches: u64,
+    /// The pieces they advised.
+    pub batched_pieces: u64,
     /// Dirty free space the table may keep before the excess is purged at once.
     pub dirty_budget: usize,
     /// What growing reallocs of large objects did.
@@ -264,6 +269,8 @@ pub fn snapshot() -> Stats {
         purged_bytes: purge::PURGED_BYTES.get(),
         trims: purge::TRIMS.get(),
         trimmed_bytes: purge::TRIMMED_BYTES.get(),
+        purge_batches: os::batched_purges().0,
+        batched_pieces: os::batched_purges().1,
         dirty_budget: purge::dirty_budget(),
         reallocs: ReallocStats {
             grown_in_place: large::GROWN_IN_PLACE.get(),
@@ -391,11 +398,13 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
     writeln!(w, " (mmap_lock writers {})", s.syscalls.mmap_lock_writers())?;
     writeln!(
         w,
-        "  purge: {} passes, {:.2} MiB (of which {} holes' rests after a new object, {:.2} MiB; dirty budget {:.2} MiB); heaps {} ({} abandoned)",
+        "  purge: {} passes, {:.2} MiB (of which {} holes' rests after a new object, {:.2} MiB; {} pieces in {} batched calls; dirty budget {:.2} MiB); heaps {} ({} abandoned)",
         s.purge_passes,
         s.purged_bytes as f64 / MIB,
         s.trims,
         s.trimmed_bytes as f64 / MIB,
+        s.batched_pieces,
+        s.purge_batches,
         s.dirty_budget as f64 / MIB,
         s.heaps,
         s.abandoned_heaps
@@ -482,8 +491,14 @@ impl Stats {
         }
         write!(
             w,
-            ",\"purge_passes\":{},\"purged_bytes\":{},\"trims\":{},\"trimmed_bytes\":{},\"dirty_budget\":{}",
-            self.purge_passes, self.purged_bytes, self.trims, self.trimmed_bytes, self.dirty_budget
+            ",\"purge_passes\":{},\"purged_bytes\":{},\"trims\":{},\"trimmed_bytes\":{},\"purge_batches\":{},\"batched_pieces\":{},\"dirty_budget\":{}",
+            self.purge_passes,
+            self.purged_bytes,
+            self.trims,
+            self.trimmed_bytes,
+            self.purge_batches,
+            self.batched_pieces,
+            self.dirty_budget
         )?;
         write!(w, ",\"prof_dropped_samples\":{}", self.prof_dropped_samples)?;
         let re = &self.reallocs;

@@ -89,6 +89,7 @@ fn child_entry() {
         "reuse-bigger" => bigger_buffer_reuses_hole(),
         "budget" => burst_bounded(),
         "budget-last" => last_frees_bounded(),
+        "sparse-burst" => sparse_burst_purged_in_few_calls(),
         "doubling" => doubling_in_place(),
         "content" => content_across_moves(),
         "thp" => huge_pages_once(true),
@@ -251,6 +252,69 @@ fn the_last_frees_of_a_burst_are_purged_down_to_the_budget() {
 fn last_frees_bounded() {
     // No allocation after the last free.
     assert_rss_within_budget(burst_of_frees());
+}
+
+/// medpurge11: frees of objects touched only at their two ends (the `medium` workload's
+/// pattern: little resident, much virtual space) past the dirty budget are purged a
+/// batch at a time, down to the budget's low-water mark: a pass for many frees, and a
+/// system call for many pieces. Purging just each free's excess made a pass and a
+/// `madvise` per free (each a TLB shootdown while another thread runs). Dirty space
+/// stays bounded by the budget.
+#[test]
+fn sparse_frees_past_the_budget_are_purged_in_few_calls() {
+    run("sparse-burst");
+}
+
+fn sparse_burst_purged_in_few_calls() {
+    // Above the medium cache's sizes (retired, not cached), big enough to count as
+    // freed at its retire (`RETIRED_COUNT_MIN`: no writer runs between these frees),
+    // below huge-page space. Seven fit in one batched call (`PURGE_PIECE` in all).
+    const LEN: usize = 2 * MIB + 4 * PAGE;
+    const COUNT: usize = 300;
+    // SAFETY: each block is written within its length and freed once.
+    unsafe {
+        let blocks: Vec<*mut u8> = (0..COUNT)
+            .map(|_| {
+                let p = alloc(layout(LEN));
+                p.cast::<u64>().write(1);
+                p.add(LEN - 8).cast::<u64>().write(1);
+                p
+            })
+            .collect();
+        let (passes, calls, purged) = (
+            purge::PASSES.get(),
+            madvise_calls(),
+            purge::PURGED_BYTES.get(),
+        );
+        // Every other one, so no two freed objects merge into one piece.
+        for &p in blocks.iter().step_by(2) {
+            dealloc(p, layout(LEN));
+        }
+        let pieces = (purge::PURGED_BYTES.get() - purged) / LEN as u64;
+        let (passes, calls) = (purge::PASSES.get() - passes, madvise_calls() - calls);
+        assert!(
+            pieces >= 40,
+            "{COUNT} sparse objects freed, {pieces} of them purged: the budget was not reached"
+        );
+        assert!(
+            passes * 4 <= pieces,
+            "{passes} purge passes for {pieces} objects purged"
+        );
+        assert!(
+            calls * 4 <= pieces,
+            "{calls} madvise calls for {pieces} objects purged"
+        );
+        let (budget, dirty) = (purge::dirty_budget(), ARENAS.dirty_bytes());
+        assert!(
+            dirty <= budget + LEN,
+            "dirty {} MiB over the budget {} MiB",
+            dirty / MIB,
+            budget / MIB
+        );
+        for &p in blocks.iter().skip(1).step_by(2) {
+            dealloc(p, layout(LEN));
+        }
+    }
 }
 
 /// Objects allocated just above the small limit and doubled to 64 MiB, four at a time

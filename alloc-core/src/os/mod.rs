@@ -309,6 +309,112 @@ pub unsafe fn purge(addr: usize, len: usize, mode: PurgeMode) -> Result<(), OsEr
     madvise(call, addr, len, advice)
 }
 
+/// Most ranges one `purge_many` call takes (the region table's purge batch).
+pub const PURGE_MANY_MAX: usize = 16;
+
+/// `process_madvise`'s pidfd for "the calling process" (`PIDFD_SELF_THREAD_GROUP`,
+/// Linux 6.15+): no file descriptor to open, keep or leak into a `fork` child.
+const PIDFD_SELF: libc::c_int = -10001;
+
+/// Whether `purge_many` may batch: `BATCH_UNKNOWN` until the first batched call
+/// answers, then `BATCH_YES` or `BATCH_NO` for good. Relaxed: a hint; a stale read
+/// costs one failed call or one unbatched batch, never correctness.
+static BATCH: AtomicU8 = AtomicU8::new(BATCH_UNKNOWN);
+const BATCH_UNKNOWN: u8 = 0;
+const BATCH_YES: u8 = 1;
+const BATCH_NO: u8 = 2;
+
+/// Batched purges made (`purge_many` calls that reached the kernel), and the ranges
+/// they advised (statistics; each call is also counted once as its `madvise` kind).
+static BATCHES: AtomicU64 = AtomicU64::new(0);
+static BATCHED_RANGES: AtomicU64 = AtomicU64::new(0);
+
+/// Batched purge calls made and the ranges they purged.
+pub fn batched_purges() -> (u64, u64) {
+    (
+        BATCHES.load(Ordering::Relaxed),
+        BATCHED_RANGES.load(Ordering::Relaxed),
+    )
+}
+
+/// Purges several free ranges with one `process_madvise` call: the kernel advises
+/// them in order and (6.18 here does) flushes the TLB once for all of them, where one
+/// `madvise` per range flushes once per range, and every flush that finds the process running on
+/// another CPU is an inter-processor interrupt (a TLB shootdown; the `medium` workload's
+/// purges cost about one each, BENCHMARKS.md "medpurge11"). The call takes
+/// `mmap_lock` for read only, as `madvise(MADV_DONTNEED)` does. Returns how many
+/// leading ranges were purged: all of them, or fewer when the call failed part-way or
+/// is not available (kernels before 6.15 have no `PIDFD_SELF`, before 6.13 no
+/// `MADV_DONTNEED` through `process_madvise`; a seccomp filter may refuse it); the
+/// caller purges the rest with `purge`. A first refusal of the call itself turns
+/// batching off for the process.
+///
+/// # Safety
+/// As `purge`, for every range: no live object may lie in any of them.
+pub unsafe fn purge_many(ranges: &[(usize, usize)], mode: PurgeMode) -> usize {
+    if ranges.len() < 2
+        || ranges.len() > PURGE_MANY_MAX
+        || BATCH.load(Ordering::Relaxed) == BATCH_NO
+    {
+        return 0;
+    }
+    let _errno = ErrnoGuard::save();
+    let (call, advice) = match mode {
+        PurgeMode::DontNeed => (Syscall::MadviseDontNeed, libc::MADV_DONTNEED),
+        PurgeMode::Free => (Syscall::MadviseFree, libc::MADV_FREE),
+    };
+    let mut iov = [libc::iovec {
+        iov_base: core::ptr::null_mut(),
+        iov_len: 0,
+    }; PURGE_MANY_MAX];
+    for (v, &(addr, len)) in iov.iter_mut().zip(ranges) {
+        v.iov_base = addr as *mut libc::c_void;
+        v.iov_len = len;
+    }
+    count(call);
+    // SAFETY: the vector holds `ranges.len()` initialised entries; the caller
+    // guarantees every range is ours and holds no live object.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_process_madvise,
+            PIDFD_SELF,
+            iov.as_ptr(),
+            ranges.len(),
+            advice,
+            0u32,
+        )
+    };
+    if done < 0 {
+        let e = errno();
+        // The call itself refused (no syscall, no sentinel, advice not allowed, a
+        // seccomp filter): never again. Other errors are the ranges' own, which the
+        // caller's one-by-one `purge` meets and reports.
+        if matches!(
+            e,
+            libc::ENOSYS | libc::EBADF | libc::EINVAL | libc::EPERM | libc::ESRCH
+        ) && BATCH.load(Ordering::Relaxed) == BATCH_UNKNOWN
+        {
+            BATCH.store(BATCH_NO, Ordering::Relaxed);
+        }
+        return 0;
+    }
+    BATCH.store(BATCH_YES, Ordering::Relaxed);
+    BATCHES.fetch_add(1, Ordering::Relaxed);
+    // The kernel counts only whole ranges advised: the first `n` whose lengths add up
+    // to what it returns.
+    let mut left = done as usize;
+    let mut n = 0;
+    for &(_, len) in ranges {
+        if len > left {
+            break;
+        }
+        left -= len;
+        n += 1;
+    }
+    BATCHED_RANGES.fetch_add(n as u64, Ordering::Relaxed);
+    n
+}
+
 /// Purges a free range by laying a fresh mapping over it (`mmap(MAP_FIXED)`, flags as
 /// `reserve`'s): the range reads as zero, and whatever mappings `mremap` moved into it
 /// are gone; the fresh one takes the page offset of its address and merges with its

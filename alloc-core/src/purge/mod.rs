@@ -8,8 +8,10 @@
 //!
 //! Reuse before purge: freed space stays dirty (resident, reusable without a fault) up
 //! to a budget that follows the program's live large bytes, and ages out with the purge
-//! delay; only what exceeds the budget is purged at once, and the dirty rest of a hole a
-//! fresh big object took the front of (`large::trim_after`, counted here).
+//! delay; past the budget, dirty space is purged at once down to a low-water mark an
+//! eighth under it (`low_water`: rare passes, each a full batch of pieces advised by
+//! one system call, `os::purge_many`), and the dirty rest of a hole a fresh big object
+//! took the front of (`large::trim_after`, counted here).
 
 use crate::options;
 use crate::os::PurgeMode;
@@ -102,15 +104,26 @@ pub fn live_large_bytes() -> usize {
     }
 }
 
-/// The dirty space the table may hold before the excess is purged at once, whatever
+/// The dirty space the table may hold before it is purged at once (to `low_water`), whatever
 /// its age: reuse of dirty space is what makes freeing and reallocating big buffers
 /// cheap, but a burst of frees must not pin memory out of proportion to the program.
 pub fn dirty_budget() -> usize {
     options::dirty_budget().saturating_add(live_large_bytes() >> DIRTY_LIVE_SHIFT)
 }
 
+/// What a dirty budget's purge brings dirty space down to: the budget less an eighth
+/// (hysteresis). Purging only the excess purged one freed object's worth on nearly every
+/// free once the budget was reached: the `medium` workload made a pass per free, each a
+/// `madvise` of one or two small pieces, each a TLB shootdown (BENCHMARKS.md,
+/// "medpurge11"). Down to the mark, a pass takes full batches (`os::purge_many`), and
+/// the next one waits until an eighth of the budget has been freed again.
+pub fn low_water(budget: usize) -> usize {
+    budget - (budget >> LOW_WATER_SHIFT)
+}
+const LOW_WATER_SHIFT: u32 = 3;
+
 /// Runs the table-wide pass if its time has come (one thread wins the slot), or at once
-/// over the excess when dirty space exceeds `dirty_budget`.
+/// down to `low_water` when dirty space exceeds `dirty_budget`.
 pub fn tick(now_ms: u64) {
     // The one call upward from here: the first tick of a fork child restarts the
     // parent's background purger (`reclaim` owns it), lazily, on a path every front end
@@ -122,9 +135,11 @@ pub fn tick(now_ms: u64) {
     let budget = dirty_budget();
     if dirty > budget {
         let (_, mode) = settings();
+        let low = low_water(budget);
         // Pass after pass (each bounded to `ARENAS.purge`'s batch of regions, so each
-        // holds few read locks), until the excess is gone or nothing more is purgeable.
-        while dirty > budget && try_pass(0, mode, dirty - budget) > 0 {
+        // holds few read locks), until dirty space is down to the low-water mark or
+        // nothing more is purgeable.
+        while dirty > low && try_pass(0, mode, dirty - low) > 0 {
             dirty = ARENAS.freed_bytes();
         }
         return;

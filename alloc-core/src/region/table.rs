@@ -280,8 +280,11 @@ pub struct RegionTable {
     /// subtracted by the writer that pops the region (the push/pop pair orders the two,
     /// so it never wraps); Relaxed: a statistic that drives purging.
     retired_bytes: AtomicUsize,
-    /// `madvise` calls made by `purge`.
+    /// Pieces `purge` advised (each one `madvise`, or one range of a batched call).
     pub purge_calls: Counter,
+    /// System calls `purge` made for them: batched calls (`os::purge_many`, one TLB
+    /// flush each) and single ones.
+    pub purge_syscalls: Counter,
     /// Ranges a purge cleaned and left to this table's next writer to merge back, the
     /// writer mutex being held when it was done (see `region::deferred`).
     deferred: DeferredFolds,
@@ -393,6 +396,7 @@ impl RegionTable {
             dirty_bytes: AtomicUsize::new(0),
             retired_bytes: AtomicUsize::new(0),
             purge_calls: Counter::new(),
+            purge_syscalls: Counter::new(),
             deferred: DeferredFolds::new(),
             merges_deferred: Counter::new(),
             #[cfg(test)]
@@ -948,16 +952,20 @@ impl RegionTable {
     }
 
     /// Purges free regions dirty for at least `delay_ms`, at most `budget` bytes (give or
-    /// take a page) in at most 16 `madvise` calls of at most `PURGE_PIECE` bytes each
-    /// (call again while it returns nonzero to purge them all). The writer mutex is held
+    /// take a page) in at most 16 pieces of at most `PURGE_PIECE` bytes each (call again
+    /// while it returns nonzero to purge them all), advised together by one
+    /// `os::purge_many` call per run of pieces up to `PURGE_PIECE` bytes in all (one TLB
+    /// flush for the run; the option `purge_batch`), else one `madvise` each. The writer mutex is held
     /// only to pick them and to merge them back after, if it is free then (`merge_back`);
     /// a region bigger than what is left of the budget, or than a
     /// piece, is first cut into pieces from its top end (`split_for_purge`: the dirty
     /// space left stays at the region's start, where placement reuses it), each its own
     /// region. Each `madvise` runs under its
-    /// piece's read lock alone: writers place around claimed pieces and do not merge with
-    /// them (`FreeIndex::find`, `coalesce`); one that needs that very piece (the only
-    /// space that fits, or the neighbour an object grows into) waits for one piece.
+    /// piece's read lock (a batched call: under the read locks of its run of pieces, at
+    /// most `PURGE_PIECE` bytes in all): writers place around claimed pieces and do not
+    /// merge with them (`FreeIndex::find`, `coalesce`); one that needs that very piece
+    /// (the only space that fits, or the neighbour an object grows into) waits for one
+    /// call.
     ///
     /// Picking a region claims it: it is stamped `Purging` (which reads as clean) and
     /// leaves `dirty_bytes` at once, so a purge running beside this one (a dirty-budget
@@ -1068,30 +1076,78 @@ impl RegionTable {
         let mut purged = 0;
         // Every piece's range, to merge back once all are done.
         let mut ranges: [(usize, usize); BATCH] = [(0, 0); BATCH];
-        for (pick, range) in picked.iter_mut().take(count).zip(ranges.iter_mut()) {
-            let Some((read, since)) = pick.take() else {
-                continue;
-            };
-            let r = read.region();
-            *range = (r.start(), r.end());
-            #[cfg(test)]
-            self.pause_in_madvise.pause_here();
-            // Loom model f watches a page this call may cover.
-            #[cfg(all(test, loom))]
-            crate::region::loom_table::in_madvise(r.start(), r.end());
-            self.purge_calls.inc();
-            // SAFETY: a free region holds no live object, and our read reference keeps
-            // any writer from handing it out until the call returns.
-            if let Ok(zeroed) = unsafe { purge_region(r, mode) } {
-                r.zeroed.store(zeroed, Ordering::Relaxed);
-                r.dirtiness.store(Dirtiness::Clean, Ordering::Relaxed);
-                purged += r.len();
-            } else {
-                // Still dirty: un-claim it (still under our read lock). Bytes first, then
-                // the stamp (Release), so a purge that claims it next subtracts after.
-                self.dirty_bytes.fetch_add(r.len(), Ordering::Relaxed);
-                r.dirtiness.store(since, Ordering::Release);
+        for (pick, range) in picked.iter().take(count).zip(ranges.iter_mut()) {
+            if let Some((read, _)) = pick {
+                *range = (read.region().start(), read.region().end());
             }
+        }
+        let batch = crate::options::get().purge_batch;
+        let mut i = 0;
+        while i < count {
+            // A group: the pieces from `i` on that one `os::purge_many` call advises,
+            // up to `PURGE_PIECE` bytes in all (the time one call holds its pieces'
+            // read locks stays what one piece's `madvise` held it before), none that
+            // `purge_region` overwrites instead (moved-in pages while `os::maps` asks for
+            // that: those go one by one). A group of one is purged alone.
+            let mut end = i;
+            let mut bytes = 0;
+            while batch && end < count {
+                let Some((read, _)) = &picked[end] else {
+                    break;
+                };
+                let r = read.region();
+                if bytes + r.len() > PURGE_PIECE || overlays(r) {
+                    break;
+                }
+                bytes += r.len();
+                end += 1;
+            }
+            let end = end.max(i + 1);
+            let mut group: [(usize, usize); BATCH] = [(0, 0); BATCH];
+            for (g, &(start, stop)) in group.iter_mut().zip(&ranges[i..end]) {
+                *g = (start, stop - start);
+            }
+            let group = &group[..end - i];
+            for &(_start, _len) in group {
+                #[cfg(test)]
+                self.pause_in_madvise.pause_here();
+                // Loom model f watches a page this call may cover.
+                #[cfg(all(test, loom))]
+                crate::region::loom_table::in_madvise(_start, _start + _len);
+                self.purge_calls.inc();
+            }
+            // SAFETY: free regions hold no live object, and our read references keep
+            // any writer from handing them out until the call returns.
+            let batched = unsafe { os::purge_many(group, mode) };
+            // A batch that reached the kernel, then one call for each piece it did not.
+            self.purge_syscalls
+                .add(u64::from(batched > 0) + (group.len() - batched) as u64);
+            for (k, pick) in picked[i..i + group.len()].iter_mut().enumerate() {
+                let Some((read, since)) = pick.take() else {
+                    continue;
+                };
+                let r = read.region();
+                // The pieces the batch did not reach (a failure part-way, no batching)
+                // go one by one.
+                let result = if k < batched {
+                    Ok(mode == PurgeMode::DontNeed)
+                } else {
+                    // SAFETY: as above, for this piece alone.
+                    unsafe { purge_region(r, mode) }
+                };
+                if let Ok(zeroed) = result {
+                    r.zeroed.store(zeroed, Ordering::Relaxed);
+                    r.dirtiness.store(Dirtiness::Clean, Ordering::Relaxed);
+                    purged += r.len();
+                } else {
+                    // Still dirty: un-claim it (still under our read lock). Bytes first,
+                    // then the stamp (Release), so a purge that claims it next subtracts
+                    // after.
+                    self.dirty_bytes.fetch_add(r.len(), Ordering::Relaxed);
+                    r.dirtiness.store(since, Ordering::Release);
+                }
+            }
+            i += group.len();
         }
         if count > 0 {
             // The pieces merge back with each other and with neighbours of their new
@@ -1405,6 +1461,12 @@ unsafe fn move_pages_into(from: usize, dest: &Region, len: usize, space: Space) 
     PageMove::Moved
 }
 
+/// Whether `purge_region` would overwrite `r` with a fresh mapping (`os::overlay`)
+/// rather than advise it.
+fn overlays(r: &Region) -> bool {
+    r.holds_moved_pages() && os::maps::overlay_moved() && os::overlay_is_safe()
+}
+
 /// Hands the pages of the free region `r` (read-locked by the caller's purge) back to
 /// the kernel: `Ok(true)` when they read as zero afterwards. A region holding pages
 /// that `mremap` moved in is overwritten with a fresh mapping while `os::maps` asks for
@@ -1415,7 +1477,7 @@ unsafe fn move_pages_into(from: usize, dest: &Region, len: usize, space: Space) 
 /// # Safety
 /// `r` holds no live object, and the caller's read reference keeps it free.
 unsafe fn purge_region(r: &Region, mode: PurgeMode) -> Result<bool, os::OsError> {
-    if r.holds_moved_pages() && os::maps::overlay_moved() && os::overlay_is_safe() {
+    if overlays(r) {
         // SAFETY: caller contract; base space only (`MOVED_IN`).
         if unsafe { os::overlay(r.start(), r.len()) }.is_ok() {
             r.set_moved_pages(false);

@@ -1152,3 +1152,91 @@ fn a_destination_mapped_again_in_huge_space_keeps_its_huge_page_advice() {
         vm_flags(placed.start)
     );
 }
+
+/// Whether this process may purge with `os::purge_many` (Linux 6.15 and later, no
+/// seccomp filter refusing `process_madvise`): tried on a scratch mapping of our own.
+fn purge_batching_works() -> bool {
+    const LEN: usize = 4 * PAGE_SIZE;
+    // SAFETY: a fresh private anonymous mapping, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    let a = p as usize;
+    // SAFETY: our own scratch mapping, holding nothing.
+    let done = unsafe {
+        os::purge_many(
+            &[(a, PAGE_SIZE), (a + 2 * PAGE_SIZE, PAGE_SIZE)],
+            PurgeMode::DontNeed,
+        )
+    };
+    // SAFETY: mapped above, unused since.
+    unsafe { libc::munmap(p, LEN) };
+    done == 2
+}
+
+/// medpurge11: sixteen freed objects touched only at their two ends (as the `medium`
+/// workload touches them), kept apart by live objects, are purged by one pass in one
+/// batched call: one TLB flush, where one `madvise` each flushed sixteen times (a TLB
+/// shootdown each while another thread of the process runs). Their pages read as zero
+/// after, and the free regions say so.
+#[test]
+fn one_pass_purges_sixteen_apart_pieces_in_one_call() {
+    const N: usize = 16;
+    const LEN: usize = 256 << 10;
+    if !purge_batching_works() {
+        eprintln!("skipped: process_madvise(PIDFD_SELF, MADV_DONTNEED) is not available here");
+        return;
+    }
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let mut freed = Vec::new();
+    for i in 0..2 * N {
+        let start = table
+            .allocate(LEN, PAGE_SIZE, RegionKind::Large)
+            .unwrap()
+            .start;
+        if i % 2 == 0 {
+            freed.push(start);
+        }
+    }
+    for &p in &freed {
+        // SAFETY: live objects of LEN bytes, ours.
+        unsafe {
+            (p as *mut u64).write(!0);
+            ((p + LEN - 8) as *mut u64).write(!0);
+        }
+        table.retire(p).unwrap();
+    }
+    table.collect_retired();
+    assert_eq!(table.dirty_bytes(), N * LEN);
+    assert_eq!(table.purge(0, PurgeMode::DontNeed, usize::MAX), N * LEN);
+    assert_eq!(table.purge_calls.get(), N as u64, "pieces advised");
+    assert_eq!(table.purge_syscalls.get(), 1, "system calls for {N} pieces");
+    for &p in &freed {
+        // SAFETY: free regions of ours, still mapped (a reservation's pages).
+        let ends = unsafe {
+            [
+                (p as *const u64).read(),
+                ((p + LEN - 8) as *const u64).read(),
+            ]
+        };
+        assert_eq!(ends, [0, 0], "a purged piece at {p:#x} kept its content");
+    }
+    let mut free = Vec::new();
+    table.for_each_free_region(|s, l, d| free.push((s, l, d)));
+    for &p in &freed {
+        assert!(
+            free.iter()
+                .any(|&(s, l, d)| s <= p && p + LEN <= s + l && !d),
+            "{p:#x} is not clean free space: {free:x?}"
+        );
+    }
+    check_layout(table);
+}
