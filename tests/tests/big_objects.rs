@@ -300,10 +300,14 @@ fn sparse_burst_purged_in_few_calls() {
             passes * 4 <= pieces,
             "{passes} purge passes for {pieces} objects purged"
         );
-        assert!(
-            calls * 4 <= pieces,
-            "{calls} madvise calls for {pieces} objects purged"
-        );
+        // Only where the kernel batches (6.15+, no seccomp refusal): elsewhere each
+        // piece is its own call, by design (review11).
+        if rangealloc::engine::os::batched_purges().0 > 0 {
+            assert!(
+                calls * 4 <= pieces,
+                "{calls} madvise calls for {pieces} objects purged"
+            );
+        }
         let (budget, dirty) = (purge::dirty_budget(), ARENAS.dirty_bytes());
         assert!(
             dirty <= budget + LEN,

@@ -312,9 +312,13 @@ pub unsafe fn purge(addr: usize, len: usize, mode: PurgeMode) -> Result<(), OsEr
 /// Most ranges one `purge_many` call takes (the region table's purge batch).
 pub const PURGE_MANY_MAX: usize = 16;
 
-/// `process_madvise`'s pidfd for "the calling process" (`PIDFD_SELF_THREAD_GROUP`,
-/// Linux 6.15+): no file descriptor to open, keep or leak into a `fork` child.
-const PIDFD_SELF: libc::c_int = -10001;
+/// `process_madvise`'s pidfd for "the calling thread" (`PIDFD_SELF_THREAD`, Linux
+/// 6.15+): no file descriptor to open, keep or leak into a `fork` child. Not
+/// `PIDFD_SELF_THREAD_GROUP` (-10001), which goes through the thread-group leader: once
+/// the main thread has called `pthread_exit` (the process lives on) it has no `mm`, and
+/// every call failed with `ESRCH` (review11, a C probe); it also takes the leader's
+/// `task_lock`, one lock for every purging thread.
+const PIDFD_SELF: libc::c_int = -10000;
 
 /// Whether `purge_many` may batch: `BATCH_UNKNOWN` until the first batched call
 /// answers, then `BATCH_YES` or `BATCH_NO` for good. Relaxed: a hint; a stale read
@@ -341,13 +345,20 @@ pub fn batched_purges() -> (u64, u64) {
 /// them in order and (6.18 here does) flushes the TLB once for all of them, where one
 /// `madvise` per range flushes once per range, and every flush that finds the process running on
 /// another CPU is an inter-processor interrupt (a TLB shootdown; the `medium` workload's
-/// purges cost about one each, BENCHMARKS.md "medpurge11"). The call takes
-/// `mmap_lock` for read only, as `madvise(MADV_DONTNEED)` does. Returns how many
+/// purges cost about one each, BENCHMARKS.md "medpurge11"). Locks as `madvise` does,
+/// range by range: a range inside one mapping under that mapping's lock (6.18, counted
+/// by review11 with the `mmap_lock` tracepoints), a range spanning mappings (pages
+/// `mremap` moved in) under `mmap_lock` for read, the process-wide lock's shared side,
+/// which the kernel then keeps for the rest of the vector: a batch holding moved-in
+/// pieces holds it for up to 16 MiB of zapping (27-66 us median against 5-9 us per
+/// single `madvise`, in fewer acquisitions; no writer waited longer in `medium` at 2
+/// threads). Returns how many
 /// leading ranges were purged: all of them, or fewer when the call failed part-way or
 /// is not available (kernels before 6.15 have no `PIDFD_SELF`, before 6.13 no
 /// `MADV_DONTNEED` through `process_madvise`; a seccomp filter may refuse it); the
-/// caller purges the rest with `purge`. A first refusal of the call itself turns
-/// batching off for the process.
+/// caller purges the rest with `purge`. A refusal of the call itself turns batching off
+/// for the process, at once for the errors no range can cause, and for `EINVAL` (which
+/// a range can) only when it is the first answer.
 ///
 /// # Safety
 /// As `purge`, for every range: no live object may lie in any of them.
@@ -387,13 +398,15 @@ pub unsafe fn purge_many(ranges: &[(usize, usize)], mode: PurgeMode) -> usize {
     if done < 0 {
         let e = errno();
         // The call itself refused (no syscall, no sentinel, advice not allowed, a
-        // seccomp filter): never again. Other errors are the ranges' own, which the
-        // caller's one-by-one `purge` meets and reports.
-        if matches!(
+        // seccomp filter, perhaps installed after a first success): never again.
+        // `EINVAL` may also be a range's (locked or PFN mappings), so it counts only as
+        // the first answer. Other errors are the ranges' own, which the caller's
+        // one-by-one `purge` meets and reports.
+        let refused = matches!(
             e,
-            libc::ENOSYS | libc::EBADF | libc::EINVAL | libc::EPERM | libc::ESRCH
-        ) && BATCH.load(Ordering::Relaxed) == BATCH_UNKNOWN
-        {
+            libc::ENOSYS | libc::EBADF | libc::EPERM | libc::EACCES | libc::ESRCH
+        ) || (e == libc::EINVAL && BATCH.load(Ordering::Relaxed) == BATCH_UNKNOWN);
+        if refused {
             BATCH.store(BATCH_NO, Ordering::Relaxed);
         }
         return 0;

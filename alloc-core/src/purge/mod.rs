@@ -138,8 +138,15 @@ pub fn tick(now_ms: u64) {
         let low = low_water(budget);
         // Pass after pass (each bounded to `ARENAS.purge`'s batch of regions, so each
         // holds few read locks), until dirty space is down to the low-water mark or
-        // nothing more is purgeable.
-        while dirty > low && try_pass(0, mode, dirty - low) > 0 {
+        // nothing more is purgeable. Bounded by the excess seen on entry (review11):
+        // other threads' frees meanwhile are theirs to purge, not this call's.
+        let mut left = dirty - low;
+        while left > 0 && dirty > low {
+            let purged = try_pass(0, mode, left.min(dirty - low));
+            if purged == 0 {
+                break;
+            }
+            left = left.saturating_sub(purged);
             dirty = ARENAS.freed_bytes();
         }
         return;

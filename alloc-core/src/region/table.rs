@@ -66,6 +66,8 @@ pub const PURGE_PIECE: usize = 16 << 20;
 
 /// Pieces one purge call picks and advises (and so holds read references on at once).
 const PURGE_BATCH: usize = 16;
+// A group larger than `purge_many` takes would go one piece per call (review11).
+const _: () = assert!(PURGE_BATCH <= os::PURGE_MANY_MAX);
 
 /// Fast-path attempts before a reader takes the slow path after finding a stale region.
 const STALE_RETRIES: u32 = 2;
