@@ -161,9 +161,9 @@ fn batch_order(batch: usize) -> (usize, usize) {
     (offset, scattering_stride(batch, hardening::random() as u64))
 }
 
-/// The stride `batch_order` uses for a random draw `r`: the first stride in `[2, batch
-/// - 2]` coprime with `batch`, scanning from a point `r` picks; 1 when there is none
-/// (batches under 5, and 6, whose order is then only rotated).
+/// The stride `batch_order` uses for a random draw `r`: the first stride from 2 to
+/// `batch - 2` coprime with `batch`, scanning from a point `r` picks; 1 when there is
+/// none (batches under 5, and 6, whose order is then only rotated).
 #[cfg(any(feature = "secure", test))]
 fn scattering_stride(batch: usize, r: u64) -> usize {
     fn gcd(mut a: usize, mut b: usize) -> usize {
