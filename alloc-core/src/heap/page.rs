@@ -161,17 +161,19 @@ fn batch_order(batch: usize) -> (usize, usize) {
     (offset, scattering_stride(batch, hardening::random() as u64))
 }
 
+#[cfg(any(feature = "secure", test))]
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 /// The stride `batch_order` uses for a random draw `r`: the first stride from 2 to
 /// `batch - 2` coprime with `batch`, scanning from a point `r` picks; 1 when there is
 /// none (batches under 5, and 6, whose order is then only rotated).
 #[cfg(any(feature = "secure", test))]
 fn scattering_stride(batch: usize, r: u64) -> usize {
-    fn gcd(mut a: usize, mut b: usize) -> usize {
-        while b != 0 {
-            (a, b) = (b, a % b);
-        }
-        a
-    }
     if batch < 5 {
         return 1;
     }
@@ -1000,8 +1002,7 @@ mod tests {
                     seen.iter().all(|&b| b),
                     "batch {batch} stride {s} skips blocks"
                 );
-                let choice = (2..batch.saturating_sub(1))
-                    .any(|c| (2..=c).all(|d| c % d != 0 || batch % d != 0));
+                let choice = (2..batch.saturating_sub(1)).any(|c| gcd(c, batch) == 1);
                 if choice {
                     assert!(
                         s != 1 && s != batch - 1,

@@ -302,11 +302,18 @@ pub unsafe fn release(addr: usize, len: usize) -> Result<(), OsError> {
 /// No live object may lie in the range: its content is lost.
 pub unsafe fn purge(addr: usize, len: usize, mode: PurgeMode) -> Result<(), OsError> {
     let _errno = ErrnoGuard::save();
-    let (call, advice) = match mode {
-        PurgeMode::DontNeed => (Syscall::MadviseDontNeed, libc::MADV_DONTNEED),
-        PurgeMode::Free => (Syscall::MadviseFree, libc::MADV_FREE),
-    };
+    let (call, advice) = mode.advice();
     madvise(call, addr, len, advice)
+}
+
+impl PurgeMode {
+    /// The `madvise` advice this mode gives, and the counter its calls go to.
+    fn advice(self) -> (Syscall, libc::c_int) {
+        match self {
+            PurgeMode::DontNeed => (Syscall::MadviseDontNeed, libc::MADV_DONTNEED),
+            PurgeMode::Free => (Syscall::MadviseFree, libc::MADV_FREE),
+        }
+    }
 }
 
 /// Most ranges one `purge_many` call takes (the region table's purge batch).
@@ -352,8 +359,7 @@ pub fn batched_purges() -> (u64, u64) {
 /// which the kernel then keeps for the rest of the vector: a batch holding moved-in
 /// pieces holds it for up to 16 MiB of zapping (27-66 us median against 5-9 us per
 /// single `madvise`, in fewer acquisitions; no writer waited longer in `medium` at 2
-/// threads). Returns how many
-/// leading ranges were purged: all of them, or fewer when the call failed part-way or
+/// threads). Returns how many leading ranges were purged: all of them, or fewer when the call failed part-way or
 /// is not available (kernels before 6.15 have no `PIDFD_SELF`, before 6.13 no
 /// `MADV_DONTNEED` through `process_madvise`; a seccomp filter may refuse it); the
 /// caller purges the rest with `purge`. A refusal of the call itself turns batching off
@@ -370,10 +376,7 @@ pub unsafe fn purge_many(ranges: &[(usize, usize)], mode: PurgeMode) -> usize {
         return 0;
     }
     let _errno = ErrnoGuard::save();
-    let (call, advice) = match mode {
-        PurgeMode::DontNeed => (Syscall::MadviseDontNeed, libc::MADV_DONTNEED),
-        PurgeMode::Free => (Syscall::MadviseFree, libc::MADV_FREE),
-    };
+    let (call, advice) = mode.advice();
     let mut iov = [libc::iovec {
         iov_base: core::ptr::null_mut(),
         iov_len: 0,
