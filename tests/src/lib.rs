@@ -2,6 +2,7 @@
 
 use std::process::{Command, Output};
 
+pub mod phases;
 pub mod tiling;
 
 /// Runs this test binary again, executing only its `child_entry` test with

@@ -12,8 +12,9 @@
 use rangealloc::engine::region::ARENAS;
 use rangealloc::engine::stats::{REGION_PATH_DEPENDENCY_LOCKS, REGION_PATH_PROCESS_LOCKS};
 use rangealloc::{RangeAlloc, Syscall};
+use rangealloc_tests::phases::{Inbox, Phases};
 use std::alloc::{GlobalAlloc, Layout};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::Arc;
 
 /// No timed purge pass during the test (a pass is not part of the large-object path a
 /// program drives; the dirty budget still applies).
@@ -27,9 +28,6 @@ const OPS: usize = 3000;
 const PHASES: usize = 4;
 const KIB: usize = 1024;
 const MEDIUM_MAX: usize = rangealloc::engine::large::cache::MEDIUM_MAX;
-
-/// Objects (address, size) handed to a thread to free.
-type Inbox = Mutex<Vec<(usize, usize)>>;
 
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 16).unwrap()
@@ -85,15 +83,10 @@ fn phase(ring: &mut [(usize, usize)], seed: &mut u64, outbox: &Inbox) {
 
 #[test]
 fn steady_state_large_path_takes_no_process_wide_lock() {
-    let start = Arc::new(Barrier::new(THREADS + 1));
-    let boxes: Arc<Vec<Inbox>> = Arc::new(
-        (0..THREADS)
-            .map(|_| Mutex::new(Vec::with_capacity(4 * OPS)))
-            .collect(),
-    );
+    let phases = Arc::new(Phases::new(THREADS, PHASES, 4 * OPS));
     let workers: Vec<_> = (0..THREADS)
         .map(|t| {
-            let (start, boxes) = (start.clone(), boxes.clone());
+            let phases = phases.clone();
             std::thread::spawn(move || {
                 let mut seed = 0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1);
                 let mut ring: Vec<(usize, usize)> = (0..RING)
@@ -103,22 +96,12 @@ fn steady_state_large_path_takes_no_process_wide_lock() {
                         (unsafe { A.alloc(layout(size)) } as usize, size)
                     })
                     .collect();
-                let free_inbox = |boxes: &[Inbox]| {
-                    let mut inbox = boxes[t].lock().unwrap();
-                    for (p, size) in inbox.drain(..) {
-                        // SAFETY: handed over live by the previous thread, freed once.
-                        unsafe { A.dealloc(p as *mut u8, layout(size)) };
-                    }
-                };
-                // The first phases warm up (arenas, reservations, metadata caches, epoch
-                // registration), the last is measured by the main thread.
-                for _ in 0..PHASES {
-                    start.wait();
-                    phase(&mut ring, &mut seed, &boxes[(t + 1) % THREADS]);
-                    start.wait();
-                    free_inbox(&boxes);
-                    start.wait();
-                }
+                phases.work(
+                    t,
+                    |outbox| phase(&mut ring, &mut seed, outbox),
+                    // SAFETY: handed over live by the previous thread, freed once.
+                    |p, size| unsafe { A.dealloc(p as *mut u8, layout(size)) },
+                );
                 for (p, size) in ring {
                     // SAFETY: live, freed once.
                     unsafe { A.dealloc(p as *mut u8, layout(size)) };
@@ -126,21 +109,19 @@ fn steady_state_large_path_takes_no_process_wide_lock() {
             })
         })
         .collect();
-    // Warm-up phases.
-    for _ in 0..3 * (PHASES - 1) {
-        start.wait();
-    }
-    let locks_before = REGION_PATH_PROCESS_LOCKS.get();
-    let remaps_before = rangealloc::syscall_counts().get(Syscall::Mremap);
-    let dependency_before = REGION_PATH_DEPENDENCY_LOCKS.get();
-    let (writers_before, _) = ARENAS.lock_counts();
-    for _ in 0..3 {
-        start.wait();
-    }
-    let locks_after = REGION_PATH_PROCESS_LOCKS.get();
-    let remaps = rangealloc::syscall_counts().get(Syscall::Mremap) - remaps_before;
-    let dependency = REGION_PATH_DEPENDENCY_LOCKS.get() - dependency_before;
-    let (writers_after, _) = ARENAS.lock_counts();
+    let count = || {
+        (
+            REGION_PATH_PROCESS_LOCKS.get(),
+            rangealloc::syscall_counts().get(Syscall::Mremap),
+            REGION_PATH_DEPENDENCY_LOCKS.get(),
+            ARENAS.lock_counts().0,
+        )
+    };
+    let (before, after) = phases.measure_last(count);
+    let (locks_before, remaps_before, dependency_before, writers_before) = before;
+    let (locks_after, remaps_after, dependency_after, writers_after) = after;
+    let remaps = remaps_after - remaps_before;
+    let dependency = dependency_after - dependency_before;
     for w in workers {
         w.join().unwrap();
     }

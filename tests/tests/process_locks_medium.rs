@@ -13,8 +13,9 @@
 
 use rangealloc::engine::stats::{REGION_PATH_DEPENDENCY_LOCKS, REGION_PATH_PROCESS_LOCKS};
 use rangealloc::{RangeAlloc, Syscall};
+use rangealloc_tests::phases::{Inbox, Phases};
 use std::alloc::{GlobalAlloc, Layout};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::Arc;
 
 /// No timed purge pass during the test (as in `process_locks.rs`).
 #[global_allocator]
@@ -28,9 +29,6 @@ const PHASES: usize = 4;
 const MIN_SIZE: usize = 16 << 10;
 const MAX_SIZE: usize = 2 << 20;
 const LINE: usize = 64;
-
-/// Objects (address, size) handed to a thread to free.
-type Inbox = Mutex<Vec<(usize, usize)>>;
 
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
@@ -117,32 +115,23 @@ fn phase(ring: &mut [(usize, usize)], seed: &mut u64, outbox: &Inbox) {
 
 #[test]
 fn steady_state_medium_churn_takes_no_process_wide_lock() {
-    let start = Arc::new(Barrier::new(THREADS + 1));
-    let boxes: Arc<Vec<Inbox>> = Arc::new(
-        (0..THREADS)
-            .map(|_| Mutex::new(Vec::with_capacity(OPS)))
-            .collect(),
-    );
+    let phases = Arc::new(Phases::new(THREADS, PHASES, OPS));
     let workers: Vec<_> = (0..THREADS)
         .map(|t| {
-            let (start, boxes) = (start.clone(), boxes.clone());
+            let phases = phases.clone();
             std::thread::spawn(move || {
                 let mut seed = 0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1);
                 let mut ring: Vec<(usize, usize)> =
                     (0..RING).map(|_| new_object(&mut seed)).collect();
-                for _ in 0..PHASES {
-                    start.wait();
-                    phase(&mut ring, &mut seed, &boxes[(t + 1) % THREADS]);
-                    start.wait();
-                    for (p, size) in boxes[t].lock().unwrap().drain(..) {
-                        // SAFETY: handed over live by the previous thread, freed once.
-                        unsafe {
-                            check(p as *const u8, size as u8);
-                            A.dealloc(p as *mut u8, layout(size));
-                        }
-                    }
-                    start.wait();
-                }
+                phases.work(
+                    t,
+                    |outbox| phase(&mut ring, &mut seed, outbox),
+                    // SAFETY: handed over live by the previous thread, freed once.
+                    |p, size| unsafe {
+                        check(p as *const u8, size as u8);
+                        A.dealloc(p as *mut u8, layout(size));
+                    },
+                );
                 for (p, size) in ring {
                     // SAFETY: live, freed once.
                     unsafe { A.dealloc(p as *mut u8, layout(size)) };
@@ -150,20 +139,18 @@ fn steady_state_medium_churn_takes_no_process_wide_lock() {
             })
         })
         .collect();
-    for _ in 0..3 * (PHASES - 1) {
-        start.wait();
-    }
-    let locks_before = REGION_PATH_PROCESS_LOCKS.get();
-    let dependency_before = REGION_PATH_DEPENDENCY_LOCKS.get();
-    let counts_before = rangealloc::syscall_counts();
-    for _ in 0..3 {
-        start.wait();
-    }
-    let locks = REGION_PATH_PROCESS_LOCKS.get() - locks_before;
-    let remaps =
-        rangealloc::syscall_counts().get(Syscall::Mremap) - counts_before.get(Syscall::Mremap);
-    let dependency = REGION_PATH_DEPENDENCY_LOCKS.get() - dependency_before;
-    let counts = rangealloc::syscall_counts();
+    let count = || {
+        (
+            REGION_PATH_PROCESS_LOCKS.get(),
+            REGION_PATH_DEPENDENCY_LOCKS.get(),
+            rangealloc::syscall_counts(),
+        )
+    };
+    let ((locks_before, dependency_before, counts_before), (locks_after, dependency_after, counts)) =
+        phases.measure_last(count);
+    let locks = locks_after - locks_before;
+    let remaps = counts.get(Syscall::Mremap) - counts_before.get(Syscall::Mremap);
+    let dependency = dependency_after - dependency_before;
     for w in workers {
         w.join().unwrap();
     }
