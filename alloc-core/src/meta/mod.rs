@@ -11,8 +11,9 @@
 //! stacks (`stack`): a block allocated on one thread and freed on another
 //! (crossbeam-epoch's sealed-bag nodes: one per 64 deferred functions of a thread, freed
 //! by whichever thread collects them) comes and goes without any lock. An empty stack
-//! carves a fresh chunk from the newest arena with a compare-and-swap on one bump word
-//! (`Meta::carve`), without any lock either. One spin lock guards the rest: multi-chunk
+//! takes the next page of its class's partly cut chunk, or carves a fresh chunk from the
+//! newest arena with a compare-and-swap on one bump word (`Meta::carve`), without any
+//! lock either; a chunk is cut a page at a time, so its untouched pages never fault in. One spin lock guards the rest: multi-chunk
 //! spans and reserving arenas; every section is a few list operations (no syscall
 //! except when a new arena is reserved, a once-per-GiB event). So the lock is off the
 //! path of every block allocation: a program's steady state never takes it, even when
@@ -100,6 +101,9 @@ struct Meta {
     /// Bytes of class blocks handed out and not yet freed, pool blocks aside
     /// (`POOL_CARVED`).
     block_bytes: AtomicUsize,
+    /// Per class: the first uncut step of the chunk the class cuts page by page
+    /// (`start_chunk`, `cut_from_tail`), or 0.
+    tail: [AtomicUsize; CLASSES],
 }
 
 impl Meta {
@@ -109,6 +113,7 @@ impl Meta {
             free: [const { FreeStack::new() }; CLASSES],
             bump: AtomicUsize::new(0),
             block_bytes: AtomicUsize::new(0),
+            tail: [const { AtomicUsize::new(0) }; CLASSES],
         }
     }
 }
@@ -152,6 +157,12 @@ fn class_of(size: usize, align: usize) -> Option<usize> {
     let need = size.max(align).max(1 << MIN_CLASS_SHIFT);
     let shift = usize::BITS - (need - 1).leading_zeros();
     (shift <= MAX_CLASS_SHIFT).then(|| (shift - MIN_CLASS_SHIFT) as usize)
+}
+
+/// What a refill cuts of a chunk carved into `class`: one page, or one block for classes
+/// of a page and more. A power of two dividing `CHUNK_SIZE`.
+fn step_of(class: usize) -> usize {
+    os::PAGE_SIZE.max(1 << (class as u32 + MIN_CLASS_SHIFT))
 }
 
 fn chunk_word(addr: usize) -> *mut u32 {
@@ -409,18 +420,22 @@ impl Meta {
         block
     }
 
-    /// An empty stack: a fresh chunk carved into the class (`carve`, no lock), all of
-    /// whose blocks but the one returned go onto the stack as one chain. Threads that
-    /// find the stack empty together carve a chunk each (the stacks keep the spare
-    /// blocks). Only a used-up arena sends a refill to the lock (`refill_locked`), once
-    /// per GiB of metadata.
+    /// An empty stack: the next page of the class's partly cut chunk (`cut_from_tail`),
+    /// else a fresh chunk carved into the class (`carve`, no lock) and its first page cut
+    /// (`start_chunk`). Either way one page's blocks (one block, for classes of a page
+    /// and more): the one returned, the rest onto the stack as one chain. Threads that
+    /// find both empty together carve a chunk each. Only a used-up arena sends a refill
+    /// to the lock (`refill_locked`), once per GiB of metadata.
     #[cold]
     #[inline(never)]
     fn refill(&self, class: usize) -> *mut u8 {
+        if let Some(block) = self.cut_from_tail(class) {
+            return block;
+        }
         let Some(chunk) = self.carve(1) else {
             return self.refill_locked(class);
         };
-        self.cut(class, chunk)
+        self.start_chunk(class, chunk)
     }
 
     /// `refill` when the newest arena is used up: under the lock, a block another thread
@@ -439,25 +454,82 @@ impl Meta {
             return ptr::null_mut();
         };
         drop(state);
-        self.cut(class, chunk)
+        self.start_chunk(class, chunk)
     }
 
-    /// Cuts a fresh chunk into blocks of `class`: returns the first and pushes the rest.
-    fn cut(&self, class: usize, chunk: usize) -> *mut u8 {
+    /// A fresh chunk for `class`: names its class in the chunk table, cuts its first
+    /// step (`cut`) and leaves the rest as the class's tail for later refills, untouched.
+    /// Until session 12 the whole chunk was cut at once, which wrote a link into every
+    /// block, so its 16 pages faulted in together however few blocks the class would
+    /// ever use: the 2-4 KiB classes of crossbeam's thread records and bag nodes cost 16
+    /// faults per chunk for a block or two per thread (big-buffers at 8 threads: 75 of
+    /// its 335 faults were these cuts, measured with `perf record -e page-faults`).
+    fn start_chunk(&self, class: usize, chunk: usize) -> *mut u8 {
         // SAFETY: the chunk is ours (carved) and its table word is in the arena's
-        // chunk 0; no other thread reads the word before a block of it is handed out.
+        // chunk 0; no other thread reads the word before a block of it is handed out,
+        // and the tail that hands its blocks to others is published below (Release).
         unsafe { *chunk_word(chunk) = class as u32 + 1 };
+        let step = step_of(class);
+        if step < CHUNK_SIZE {
+            let rest = chunk + step;
+            // Release: a refill that takes the tail (Acquire) sees the chunk's word.
+            if self.tail[class]
+                .compare_exchange(0, rest, Ordering::Release, Ordering::Relaxed)
+                .is_err()
+            {
+                // Another thread's chunk is the tail (it carved beside us): cut ours
+                // whole rather than lose it.
+                return self.cut(class, chunk, chunk + CHUNK_SIZE);
+            }
+        }
+        self.cut(class, chunk, chunk + step)
+    }
+
+    /// The next step of the class's partly cut chunk, cut (`cut`): its first block, or
+    /// `None` when no chunk of the class has uncut steps left.
+    ///
+    /// The compare-and-swap cannot be fooled by a recurring value: the tail only grows
+    /// within its chunk, then becomes 0 or another chunk's, and a chunk is carved once.
+    fn cut_from_tail(&self, class: usize) -> Option<*mut u8> {
+        let step = step_of(class);
+        // Acquire (here and on the CAS) pairs with `start_chunk`'s Release: the chunk's
+        // table word is set.
+        let mut tail = self.tail[class].load(Ordering::Acquire);
+        loop {
+            if tail == 0 {
+                return None;
+            }
+            let next = if (tail + step).is_multiple_of(CHUNK_SIZE) {
+                0
+            } else {
+                tail + step
+            };
+            match self.tail[class].compare_exchange_weak(
+                tail,
+                next,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(self.cut(class, tail, tail + step)),
+                Err(seen) => tail = seen,
+            }
+        }
+    }
+
+    /// Cuts `[from, to)` of a chunk carved into `class` into blocks: returns the first
+    /// and pushes the rest as one chain.
+    fn cut(&self, class: usize, from: usize, to: usize) -> *mut u8 {
         let size = 1usize << (class as u32 + MIN_CLASS_SHIFT);
-        let (first, last) = (chunk + size, chunk + CHUNK_SIZE - size);
+        let (first, last) = (from + size, to - size);
         if first <= last {
             for block in (first..last).step_by(size) {
-                // SAFETY: blocks of the fresh chunk, ours until pushed.
+                // SAFETY: blocks of a fresh step of the chunk, ours until pushed.
                 unsafe { FreeStack::set_link(block as *mut u8, (block + size) as *mut u8) };
             }
             // SAFETY: as above; the chain runs from `first` to `last`.
             unsafe { self.free[class].push_chain(first as *mut u8, last as *mut u8) };
         }
-        chunk as *mut u8
+        from as *mut u8
     }
 
     /// Takes `chunks` never-used chunks from the newest arena without the lock: one CAS
@@ -641,6 +713,75 @@ mod tests {
             "no new chunk carved"
         );
         assert_eq!(meta.state.lock().span_bytes, 0);
+    }
+
+    /// Resident pages of `[start, start + len)` (`mincore`: fresh anonymous memory is
+    /// resident once touched).
+    fn resident_pages(start: usize, len: usize) -> usize {
+        let mut resident = vec![0u8; len / os::PAGE_SIZE];
+        // SAFETY: the range lies in a meta arena's mapping; `resident` has a byte a page.
+        let r = unsafe { libc::mincore(start as *mut _, len, resident.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore");
+        resident.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    /// A refill cuts one page of a fresh chunk (one block, for classes of a page) and
+    /// leaves the rest untouched: a class a thread uses a block or two of costs at most
+    /// the page its links are written in, not the chunk's sixteen (the whole-chunk cut
+    /// wrote a link into every block). A block of a page is linked by nobody.
+    #[test]
+    fn a_refill_touches_only_the_page_it_cuts() {
+        let meta = Meta::new();
+        for size in [64, 1024, 2048, 4096] {
+            let class = class_of(size, 16).unwrap();
+            let block = meta.alloc_block(class);
+            assert!(!block.is_null());
+            let chunk = block as usize & !(CHUNK_SIZE - 1);
+            let linked = usize::from(size < os::PAGE_SIZE);
+            assert_eq!(
+                resident_pages(chunk, CHUNK_SIZE),
+                linked,
+                "class {size}: the chunk's pages in memory after one block"
+            );
+            // The next blocks come from that page, then from the chunk's next one.
+            let per_page = os::PAGE_SIZE / size.min(os::PAGE_SIZE);
+            let more: Vec<usize> = (0..per_page)
+                .map(|_| meta.alloc_block(class) as usize)
+                .collect();
+            assert!(more.iter().all(|&p| p & !(CHUNK_SIZE - 1) == chunk));
+            assert_eq!(
+                resident_pages(chunk, CHUNK_SIZE),
+                2 * linked,
+                "class {size}"
+            );
+        }
+    }
+
+    /// Two threads that carve a chunk of one class together: the second chunk cannot be
+    /// the class's tail (the first is), so it is cut whole and none of it is lost.
+    #[test]
+    fn a_chunk_carved_beside_the_tail_is_cut_whole() {
+        let meta = Meta::new();
+        let class = class_of(4096, 16).unwrap();
+        let first = meta.alloc_block(class);
+        assert!(!first.is_null());
+        assert_ne!(
+            meta.tail[class].load(Ordering::Relaxed),
+            0,
+            "the first chunk's rest"
+        );
+        let chunk = meta.carve(1).expect("the arena has chunks left");
+        let block = meta.start_chunk(class, chunk);
+        assert_eq!(block as usize, chunk);
+        let mut stacked = 0;
+        while !meta.free[class].pop().is_null() {
+            stacked += 1;
+        }
+        assert_eq!(
+            stacked,
+            CHUNK_SIZE / 4096 - 1,
+            "the rest of the chunk, stacked"
+        );
     }
 
     #[test]
