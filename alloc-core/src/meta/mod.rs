@@ -13,9 +13,10 @@
 //! by whichever thread collects them) comes and goes without any lock. An empty stack
 //! takes the next page of its class's partly cut chunk, or carves a fresh chunk from the
 //! newest arena with a compare-and-swap on one bump word (`Meta::carve`), without any
-//! lock either; a chunk is cut a page at a time, so its untouched pages never fault in. One spin lock guards the rest: multi-chunk
-//! spans and reserving arenas; every section is a few list operations (no syscall
-//! except when a new arena is reserved, a once-per-GiB event). So the lock is off the
+//! lock either; a chunk is cut a page at a time, so its untouched pages never fault in.
+//! One spin lock guards the rest: multi-chunk spans and reserving arenas; every section
+//! is a few list operations (no syscall except when a new arena is reserved, a
+//! once-per-GiB event). So the lock is off the
 //! path of every block allocation: a program's steady state never takes it, even when
 //! it sets a new peak of blocks in flight (each such carve used to take it).
 //!
@@ -86,8 +87,8 @@ impl MetaState {
     };
 }
 
-/// The metadata arena: the locked state and the lock-free block stacks and bump word
-/// beside it.
+/// The metadata arena: the locked state and the lock-free block stacks, bump word and
+/// class tails beside it.
 struct Meta {
     state: SpinLock<MetaState>,
     free: [FreeStack; CLASSES],
@@ -125,7 +126,8 @@ static META: Meta = Meta::new();
 pub struct MetaStats {
     /// Bytes handed out and not yet freed.
     pub in_use: usize,
-    /// Bytes of arena carved so far (an upper bound on what metadata made resident).
+    /// Bytes of arena carved so far, the classes' uncut steps aside (an upper bound on
+    /// what metadata made resident).
     pub carved: usize,
     /// Address space reserved for metadata.
     pub reserved: usize,
@@ -133,14 +135,7 @@ pub struct MetaStats {
 
 pub fn stats() -> MetaStats {
     let state = META.state.lock();
-    let carved = if state.arena_count == 0 {
-        0
-    } else {
-        // Relaxed: a statistic. Under the lock, the bump word lies in the newest arena
-        // (`new_arena` moves it there under the lock), at most at its end.
-        let bump = META.bump.load(Ordering::Relaxed);
-        (state.arena_count - 1) * ARENA_SIZE + (bump - state.arenas[state.arena_count - 1])
-    };
+    let carved = META.carved(&state);
     // Relaxed: statistics.
     let pools = POOLS.load(Ordering::Relaxed);
     let pool_carved = POOL_CARVED.load(Ordering::Relaxed);
@@ -150,6 +145,32 @@ pub fn stats() -> MetaStats {
         in_use: state.span_bytes + blocks + pool_carved,
         carved: carved + pool_carved,
         reserved: (state.arena_count + usize::from(pools != 0 && pools != usize::MAX)) * ARENA_SIZE,
+    }
+}
+
+impl Meta {
+    /// Bytes of this arena set carved so far, the classes' uncut steps aside (carved,
+    /// never touched), pools aside.
+    fn carved(&self, state: &MetaState) -> usize {
+        if state.arena_count == 0 {
+            return 0;
+        }
+        // Relaxed: a statistic. Under the lock, the bump word lies in the newest arena
+        // (`new_arena` moves it there under the lock), at most at its end.
+        let bump = self.bump.load(Ordering::Relaxed);
+        let carved =
+            (state.arena_count - 1) * ARENA_SIZE + (bump - state.arenas[state.arena_count - 1]);
+        // Relaxed: a statistic (a tail read while another thread advances it is off by
+        // a step at most).
+        let uncut: usize = self
+            .tail
+            .iter()
+            .map(|t| match t.load(Ordering::Relaxed) {
+                0 => 0,
+                tail => tail.next_multiple_of(CHUNK_SIZE) - tail,
+            })
+            .sum();
+        carved - uncut.min(carved)
     }
 }
 
@@ -363,8 +384,9 @@ pub fn contains(p: *const u8) -> bool {
 }
 
 /// Lock the arena across `fork` so the child never inherits a half-done update.
-/// (The block stacks need no lock: every change is one CAS, so the child inherits each
-/// whole; a block a vanished thread was pushing or had just popped stays that thread's.)
+/// (The block stacks and class tails need no lock: every change is one CAS, so the child
+/// inherits each whole; a block a vanished thread was pushing or had just popped, or the
+/// step it had just cut, stays that thread's.)
 pub fn fork_prepare() {
     META.state.raw_lock();
 }
@@ -439,8 +461,8 @@ impl Meta {
     }
 
     /// `refill` when the newest arena is used up: under the lock, a block another thread
-    /// pushed meanwhile, or a chunk of the arena another thread reserved meanwhile, or of
-    /// a new one.
+    /// pushed meanwhile, or a step of a chunk another thread carved meanwhile, or a chunk
+    /// of the arena another thread reserved meanwhile, or of a new one.
     #[cold]
     #[inline(never)]
     fn refill_locked(&self, class: usize) -> *mut u8 {
@@ -448,6 +470,12 @@ impl Meta {
         let mut state = self.state.lock();
         let block = self.free[class].pop();
         if !block.is_null() {
+            return block;
+        }
+        // Another thread may have carved the arena's last chunk for this class since our
+        // `cut_from_tail` found none (review12): its uncut steps come before a new arena,
+        // whose reservation may fail.
+        if let Some(block) = self.cut_from_tail(class) {
             return block;
         }
         let Some(chunk) = self.carve_locked(&mut state, 1) else {
@@ -668,289 +696,4 @@ impl MetaState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn class_blocks_are_aligned_and_reused_lifo() {
-        let meta = Meta::new();
-        let class = class_of(24, 8).unwrap();
-        let a = meta.alloc_block(class);
-        let b = meta.alloc_block(class);
-        assert!(!a.is_null() && !b.is_null() && a != b);
-        assert!(contains(a));
-        assert_eq!(a as usize % 32, 0);
-        assert_eq!(meta.block_bytes.load(Ordering::Relaxed), 64);
-        // SAFETY: `a` is a live block of this arena.
-        unsafe {
-            assert_eq!(usable_size(a), 32);
-            meta.free(a);
-        }
-        assert_eq!(meta.block_bytes.load(Ordering::Relaxed), 32);
-        assert_eq!(meta.alloc_block(class), a, "LIFO reuse of the freed block");
-    }
-
-    #[test]
-    fn a_refill_carves_one_chunk() {
-        let meta = Meta::new();
-        let class = class_of(4096, 16).unwrap();
-        let per_chunk = CHUNK_SIZE / 4096;
-        let blocks: Vec<*mut u8> = (0..per_chunk).map(|_| meta.alloc_block(class)).collect();
-        let chunk = blocks[0] as usize;
-        assert_eq!(chunk % CHUNK_SIZE, 0);
-        // One chunk's blocks in address order, the rest served from the stack.
-        let expected: Vec<*mut u8> = (0..per_chunk)
-            .map(|i| (chunk + i * 4096) as *mut u8)
-            .collect();
-        assert_eq!(blocks, expected);
-        assert!(meta.free[class].pop().is_null(), "the chunk is used up");
-        // SAFETY: live blocks of this arena, freed once.
-        unsafe { blocks.iter().for_each(|&p| meta.free(p)) };
-        assert_eq!(meta.block_bytes.load(Ordering::Relaxed), 0);
-        let again: Vec<*mut u8> = (0..per_chunk).map(|_| meta.alloc_block(class)).collect();
-        assert!(
-            again.iter().all(|p| blocks.contains(p)),
-            "no new chunk carved"
-        );
-        assert_eq!(meta.state.lock().span_bytes, 0);
-    }
-
-    /// Resident pages of `[start, start + len)` (`mincore`: fresh anonymous memory is
-    /// resident once touched).
-    fn resident_pages(start: usize, len: usize) -> usize {
-        let mut resident = vec![0u8; len / os::PAGE_SIZE];
-        // SAFETY: the range lies in a meta arena's mapping; `resident` has a byte a page.
-        let r = unsafe { libc::mincore(start as *mut _, len, resident.as_mut_ptr()) };
-        assert_eq!(r, 0, "mincore");
-        resident.iter().filter(|&&b| b & 1 != 0).count()
-    }
-
-    /// A refill cuts one page of a fresh chunk (one block, for classes of a page) and
-    /// leaves the rest untouched: a class a thread uses a block or two of costs at most
-    /// the page its links are written in, not the chunk's sixteen (the whole-chunk cut
-    /// wrote a link into every block). A block of a page is linked by nobody.
-    #[test]
-    fn a_refill_touches_only_the_page_it_cuts() {
-        let meta = Meta::new();
-        for size in [64, 1024, 2048, 4096] {
-            let class = class_of(size, 16).unwrap();
-            let block = meta.alloc_block(class);
-            assert!(!block.is_null());
-            let chunk = block as usize & !(CHUNK_SIZE - 1);
-            let linked = usize::from(size < os::PAGE_SIZE);
-            assert_eq!(
-                resident_pages(chunk, CHUNK_SIZE),
-                linked,
-                "class {size}: the chunk's pages in memory after one block"
-            );
-            // The next blocks come from that page, then from the chunk's next one.
-            let per_page = os::PAGE_SIZE / size.min(os::PAGE_SIZE);
-            let more: Vec<usize> = (0..per_page)
-                .map(|_| meta.alloc_block(class) as usize)
-                .collect();
-            assert!(more.iter().all(|&p| p & !(CHUNK_SIZE - 1) == chunk));
-            assert_eq!(
-                resident_pages(chunk, CHUNK_SIZE),
-                2 * linked,
-                "class {size}"
-            );
-        }
-    }
-
-    /// Two threads that carve a chunk of one class together: the second chunk cannot be
-    /// the class's tail (the first is), so it is cut whole and none of it is lost.
-    #[test]
-    fn a_chunk_carved_beside_the_tail_is_cut_whole() {
-        let meta = Meta::new();
-        let class = class_of(4096, 16).unwrap();
-        let first = meta.alloc_block(class);
-        assert!(!first.is_null());
-        assert_ne!(
-            meta.tail[class].load(Ordering::Relaxed),
-            0,
-            "the first chunk's rest"
-        );
-        let chunk = meta.carve(1).expect("the arena has chunks left");
-        let block = meta.start_chunk(class, chunk);
-        assert_eq!(block as usize, chunk);
-        let mut stacked = 0;
-        while !meta.free[class].pop().is_null() {
-            stacked += 1;
-        }
-        assert_eq!(
-            stacked,
-            CHUNK_SIZE / 4096 - 1,
-            "the rest of the chunk, stacked"
-        );
-    }
-
-    #[test]
-    fn blocks_freed_on_other_threads_are_reused_without_the_lock() {
-        let meta: &'static Meta = Box::leak(Box::new(Meta::new()));
-        let class = class_of(2048, 16).unwrap();
-        // Warm: one chunk's worth in flight at most.
-        let warm: Vec<usize> = (0..CHUNK_SIZE / 2048)
-            .map(|_| meta.alloc_block(class) as usize)
-            .collect();
-        // SAFETY: live blocks, freed once.
-        unsafe { warm.iter().for_each(|&p| meta.free(p as *mut u8)) };
-        let carved = meta.bump.load(Ordering::Relaxed);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<usize>(8);
-        let freer = std::thread::spawn(move || {
-            for p in rx {
-                // SAFETY: handed over live by the allocating thread, freed once.
-                unsafe { meta.free(p as *mut u8) };
-            }
-        });
-        for _ in 0..10_000 {
-            let p = meta.alloc_block(class);
-            assert!(!p.is_null());
-            tx.send(p as usize).unwrap();
-        }
-        drop(tx);
-        freer.join().unwrap();
-        assert_eq!(
-            meta.bump.load(Ordering::Relaxed),
-            carved,
-            "no chunk carved after warm-up"
-        );
-    }
-
-    #[test]
-    fn spans_are_chunk_aligned_and_reused_first_fit() {
-        let meta = Meta::new();
-        let mut state = meta.state.lock();
-        let big = meta.alloc_span(&mut state, 4);
-        assert_eq!(big as usize % CHUNK_SIZE, 0);
-        // SAFETY: `big` is a live 4-chunk span of this state's arena.
-        unsafe {
-            assert_eq!(usable_size(big), 4 * CHUNK_SIZE);
-            ptr::write_bytes(big, 0xab, 4 * CHUNK_SIZE);
-            (big as *mut FreeSpan).write(FreeSpan {
-                next: ptr::null_mut(),
-                chunks: 4,
-            });
-        }
-        state.free_spans = big as *mut FreeSpan;
-        assert_eq!(
-            meta.alloc_span(&mut state, 3),
-            big,
-            "first fit reuses the freed span"
-        );
-        let rest = meta.alloc_span(&mut state, 1);
-        assert_eq!(
-            rest as usize,
-            big as usize + 3 * CHUNK_SIZE,
-            "the split tail"
-        );
-    }
-
-    #[test]
-    fn concurrent_carves_are_disjoint_and_need_no_lock() {
-        let meta: &'static Meta = Box::leak(Box::new(Meta::new()));
-        // The first carve reserves the arena, under the lock.
-        let first = meta.alloc_block(class_of(64, 16).unwrap()) as usize;
-        assert!(first != 0);
-        // Held for the rest of the test: a carve that took it would never return.
-        let held = meta.state.lock();
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    (0..500)
-                        .map(|_| meta.carve(1).expect("room in the arena"))
-                        .collect::<Vec<usize>>()
-                })
-            })
-            .collect();
-        let mut chunks: Vec<usize> = threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
-        drop(held);
-        chunks.sort_unstable();
-        let arena = first & !(ARENA_SIZE - 1);
-        assert!(
-            chunks.windows(2).all(|w| w[1] - w[0] == CHUNK_SIZE),
-            "disjoint, dense"
-        );
-        assert!(chunks[0] > first && chunks[0] & !(ARENA_SIZE - 1) == arena);
-        assert_eq!(
-            meta.bump.load(Ordering::Relaxed),
-            chunks[chunks.len() - 1] + CHUNK_SIZE
-        );
-    }
-
-    #[test]
-    fn a_used_up_arena_is_replaced_under_the_lock() {
-        let meta = Meta::new();
-        let class = class_of(64, 16).unwrap();
-        let first = meta.alloc_block(class) as usize;
-        let arena = first & !(ARENA_SIZE - 1);
-        // Leave one chunk in the arena, then use it and ask for one more.
-        meta.bump
-            .store(arena + ARENA_SIZE - CHUNK_SIZE, Ordering::Relaxed);
-        assert_eq!(meta.carve(2), None, "two chunks do not fit in one");
-        assert_eq!(meta.carve(1), Some(arena + ARENA_SIZE - CHUNK_SIZE));
-        assert_eq!(meta.carve(1), None, "used up");
-        let fresh = meta.refill(class + 1) as usize;
-        assert!(
-            fresh != 0 && fresh & !(ARENA_SIZE - 1) != arena,
-            "a new arena"
-        );
-        assert_eq!(
-            fresh % ARENA_SIZE,
-            CHUNK_SIZE,
-            "its first chunk after the table"
-        );
-        assert_eq!(meta.state.lock().arena_count, 2);
-    }
-
-    #[test]
-    fn pool_parts_are_disjoint_classed_and_freeable() {
-        // Owner 64: the last process arena's id; the unit tests never place in the
-        // process's arenas beyond the first few.
-        let (d0, d1) = pool(64, 0, 64).expect("pools reserved");
-        let (n0, n1) = pool(64, 1, 256).expect("pools reserved");
-        assert_eq!(d1 - d0, POOL_PART_BYTES);
-        assert!(d1 <= n0 && n1 - n0 == POOL_PART_BYTES, "parts disjoint");
-        assert_eq!(pool(65, 0, 64), None, "ids of other tables have no pool");
-        assert_eq!(d0 % CHUNK_SIZE, 0);
-        assert!(in_pool(d0 as *const u8) && in_pool((n1 - 1) as *const u8));
-        assert!(!in_pool(ptr::null()));
-        // SAFETY: blocks cut from the parts, as `region::blocks` cuts them.
-        unsafe {
-            assert_eq!(usable_size(d0 as *const u8), 64);
-            assert_eq!(usable_size((d1 - 64) as *const u8), 64);
-            assert_eq!(usable_size(n0 as *const u8), 256);
-        }
-        assert!(
-            stats().reserved >= ARENA_SIZE,
-            "the pools' arena is counted"
-        );
-        // A pool block given to `meta` is counted out of the pools, not out of the
-        // arena's block bytes (a fresh arena has none: subtracting would wrap), and back
-        // into the pools when it is taken again.
-        note_pool_carved(256);
-        let meta = Meta::new();
-        // SAFETY: a block cut (and counted) from the node part, given to this arena.
-        unsafe { meta.free(n0 as *mut u8) };
-        assert_eq!(meta.block_bytes.load(Ordering::Relaxed), 0);
-        assert_eq!(meta.alloc_block(class_of(256, 256).unwrap()), n0 as *mut u8);
-        assert_eq!(meta.block_bytes.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
-    fn global_arena_round_trip() {
-        let aligned = alloc(100, 4096);
-        assert_eq!(aligned as usize % 4096, 0);
-        let zeroed = alloc_zeroed(200_000, 16);
-        // SAFETY: live meta blocks of the sizes asked for.
-        unsafe {
-            assert!((0..200_000).all(|i| *zeroed.add(i) == 0));
-            assert!(usable_size(zeroed) >= 200_000);
-            free(zeroed);
-            free(aligned);
-        }
-        assert!(stats().reserved >= ARENA_SIZE);
-    }
-}
+mod tests;

@@ -2,9 +2,10 @@
 //! `meta`: a free pushes its block and an allocation pops one without the metadata lock,
 //! so blocks that one thread allocates and another frees (crossbeam-epoch's sealed-bag
 //! nodes, which reach `meta` through the re-entrant path) circulate without any
-//! process-wide lock once warm. An empty stack sends an allocation to `meta`'s carve,
-//! which cuts a fresh chunk (a CAS on its bump word, no lock either) and pushes its
-//! blocks as one chain. It owns its head word, the first word of each block on it (the
+//! process-wide lock once warm. An empty stack sends an allocation to `meta`'s refill,
+//! which cuts the next page of its class's current chunk, or of a freshly carved one (a
+//! CAS on the tail or bump word, no lock either), and pushes that page's blocks as one
+//! chain. It owns its head word, the first word of each block on it (the
 //! link) and the table of arena numbers by which it names blocks (`name_arena`); it
 //! calls only `sync`.
 //!
@@ -16,9 +17,10 @@
 //! every successful CAS, and such a CAS fails. The tag has 32 bits because a name has
 //! 32 (arena number and offset, not the 44-bit address): with the address, a 20-bit tag
 //! came round after 2^20 changes, which `tests::stall` shows fooling a pop stalled that
-//! long (a signal handler's million pops and pushes: about 10 ms of one thread). Reading the link of a block that another thread
-//! has popped meanwhile is harmless because metadata memory is never unmapped: the value
-//! read is discarded by the CAS that then fails. (That read may race with the new
+//! long (a signal handler's million pops and pushes: about 10 ms of one thread).
+//! Reading the link of a block that another thread has popped meanwhile is harmless
+//! because metadata memory is never unmapped: the value read is discarded by the CAS
+//! that then fails. (That read may race with the new
 //! owner's plain writes to the block: the one deliberate race here, as in every Treiber
 //! stack over recycled memory. Epoch-based reclamation would avoid it, but crossbeam's
 //! allocates, which is what this stack exists to avoid.)

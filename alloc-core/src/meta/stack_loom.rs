@@ -2,10 +2,10 @@
 //! `TaggedStack` code over a few model blocks, whose first word is the link as in
 //! metadata memory. The model's blocks lie in no metadata arena, so the stack names them
 //! by address (`AddressNames`) where `meta`'s name them by arena number and offset
-//! (`ArenaNames`, plain arithmetic outside the protocol). Each block carries an ownership flag outside the model (set when a
-//! pop hands the block out, cleared before a push gives it back): a block handed out
-//! while it is still owned, or one lost or left on the stack twice at the end, fails the
-//! execution.
+//! (`ArenaNames`, plain arithmetic outside the protocol). Each block carries an
+//! ownership flag outside the model (set when a pop hands the block out, cleared before
+//! a push gives it back): a block handed out while it is still owned, or one lost or
+//! left on the stack twice at the end, fails the execution.
 //!
 //! Scenarios, each a stack of three blocks `A -> B -> C` to start with:
 //! - `Aba`: one thread pops once; the other pops twice and pushes the first block back
