@@ -179,11 +179,12 @@ thread_local! {
 
 /// `pthread_atfork` prepare handler: takes every allocator lock before `fork` so the
 /// child never inherits one mid-update. Lock order: the profiler's tables, heap lists,
-/// then the table's writer mutex, then the metadata arena (no path holds a later one
-/// while taking an earlier one; the profiler's lock is held only around its own table
-/// updates, which take no other lock). Owner-only, lock-free state (a heap's queues and pages) may still be mid-update
-/// in another thread: the child leaves such heaps alone until one is adopted, and the
-/// adopter repairs it (`heap::adopt_or_create`).
+/// then the arenas' fork gate and the writer mutexes of the arenas in use
+/// (`Arenas::fork_prepare`), then the metadata arena (no path holds a later one while
+/// taking an earlier one; the profiler's lock is held only around its own table updates,
+/// which take no other lock). Owner-only, lock-free state (a heap's queues and pages)
+/// may still be mid-update in another thread: the child leaves such heaps alone until
+/// one is adopted, and the adopter repairs it (`heap::adopt_or_create`).
 pub fn fork_prepare() {
     let depth = FORK_DEPTH.with(|d| d.replace(d.get() + 1));
     if depth > 0 {
