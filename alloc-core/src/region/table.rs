@@ -1444,6 +1444,8 @@ pub enum PageMove {
     /// `mremap` failed after unmapping the destination, and another mapping took part of
     /// the hole (`os::Destination::Lost`): the destination region stays a live object
     /// nobody holds, never written, freed or purged, and the caller needs another one.
+    /// The first one stops page moves for good (`os::page_moves_stopped`): one such
+    /// range and descriptor per process, and one per move already under way beside it.
     Lost,
 }
 
