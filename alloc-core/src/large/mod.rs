@@ -15,7 +15,9 @@
 //! regions' write locks, one bulk unlock) through doubling up to 64 MiB; otherwise it
 //! moves the object: objects of `REMAP_MIN` and more move their pages with `mremap`
 //! (`RegionTable::relocate`), and so do those of `MEDIUM_REMAP_MIN` and more within a
-//! process-wide budget of moves; smaller ones are copied; both are counted. Shrinking
+//! process-wide budget of moves; smaller ones are copied; both are counted (kernels
+//! before 6.17 copy objects that may hold moved-in pages too, and after a lost
+//! destination every object is copied: `region::table::move_pages_into`). Shrinking
 //! gives the tail back as a free region. Freed objects stay dirty for reuse within
 //! `purge::dirty_budget`; a fresh object in huge-page space that takes the front of a
 //! bigger dirty hole purges the hole's rest at once (`trim_after`). No path here makes a
