@@ -142,7 +142,7 @@ pub struct ReallocStats {
     /// copy (`os::restored_destinations`; kernels before 6.17).
     pub restored: u64,
     /// Failed moves whose destination another mapping took part of, left unused
-    /// (`os::lost_destinations`).
+    /// (`os::lost_destinations`); after the first, no page moves are tried.
     pub lost: u64,
 }
 

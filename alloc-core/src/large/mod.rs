@@ -15,7 +15,9 @@
 //! regions' write locks, one bulk unlock) through doubling up to 64 MiB; otherwise it
 //! moves the object: objects of `REMAP_MIN` and more move their pages with `mremap`
 //! (`RegionTable::relocate`), and so do those of `MEDIUM_REMAP_MIN` and more within a
-//! process-wide budget of moves; smaller ones are copied; both are counted. Shrinking
+//! process-wide budget of moves; smaller ones are copied; both are counted (kernels
+//! before 6.17 copy objects that may hold moved-in pages too, and after a lost
+//! destination every object is copied: `region::table::move_pages_into`). Shrinking
 //! gives the tail back as a free region. Freed objects stay dirty for reuse within
 //! `purge::dirty_budget`; a fresh object in huge-page space that takes the front of a
 //! bigger dirty hole purges the hole's rest at once (`trim_after`). No path here makes a
@@ -509,6 +511,58 @@ mod tests {
             assert_eq!(moved.add(LEN - 1).read(), 9);
         }
         free(moved).unwrap();
+    }
+
+    /// Review of hazard10 (H3-2) through `move_elsewhere`: on a kernel before 6.17
+    /// (`inject::pretend_old_kernel`, whose refusal reads `/proc/self/maps`) an object
+    /// that arrived by a move spans two mappings, and its next move out of a busy arena
+    /// is copied without asking the kernel, which would refuse it after unmapping the
+    /// destination. The source's mark is read without its arena's writer mutex.
+    #[test]
+    fn a_busy_arenas_move_of_a_moved_in_object_copies_on_a_kernel_that_moves_one_mapping() {
+        // Both moves stay in base space (below `HUGE_OBJECT_MIN`), where pages move.
+        const LEN: usize = 128 << 10;
+        let mut p = object_beside_another_arena(LEN);
+        // Parallel tests may have left moved-in pages where `p` was placed: its first
+        // move must be one the kernel makes.
+        while ARENAS
+            .table_of_addr(p as usize)
+            .may_hold_moved_pages(p as usize)
+        {
+            p = alloc(LEN, PAGE_SIZE, false);
+            assert!(!p.is_null());
+        }
+        // SAFETY: `p` is a live object of `LEN` bytes.
+        unsafe {
+            p.write(7);
+            p.add(LEN - 1).write(9);
+        }
+        os::inject::pretend_old_kernel(true);
+        let (tried, refused) = (os::inject::moves_tried(), os::inject::refused_moves());
+        let busy_move = |p: *mut u8, len: usize| {
+            ARENAS.table_of_addr(p as usize).while_writer_busy(|| {
+                // SAFETY: live, `len` bytes, page-aligned.
+                unsafe { realloc(p, len, 4 * len, PAGE_SIZE) }
+            })
+        };
+        let q = busy_move(p, LEN);
+        assert!(!q.is_null() && q != p, "not moved");
+        assert_eq!(os::inject::moves_tried() - tried, 1, "not moved by mremap");
+        let r = busy_move(q, 4 * LEN);
+        os::inject::pretend_old_kernel(false);
+        assert!(!r.is_null() && r != q, "not moved");
+        assert_eq!(
+            os::inject::refused_moves() - refused,
+            0,
+            "asked the kernel for a move it refuses"
+        );
+        assert_eq!(os::inject::moves_tried() - tried, 1, "moves tried");
+        // SAFETY: `r` is live with `16 * LEN` bytes.
+        unsafe {
+            assert_eq!(r.read(), 7);
+            assert_eq!(r.add(LEN - 1).read(), 9);
+        }
+        free(r).unwrap();
     }
 
     /// The same move (`move_elsewhere`, its pages moved under the destination's read

@@ -595,7 +595,7 @@ pub unsafe fn move_pages(from: usize, to: usize, len: usize) -> Result<(), OsErr
     count(Syscall::Mremap);
     maps::charge();
     #[cfg(test)]
-    if let Some(e) = inject::apply(to, len) {
+    if let Some(e) = inject::apply(from, to, len) {
         return Err(e);
     }
     // SAFETY: caller contract; MREMAP_FIXED replaces our own reserved pages at `to`.
@@ -620,10 +620,15 @@ pub unsafe fn move_pages(from: usize, to: usize, len: usize) -> Result<(), OsErr
 /// What a failed `move_pages` left at its destination (`restore_destination`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Destination {
-    /// Mapped, as `reserve` maps: the caller may copy into it.
+    /// Left mapped by the kernel, as it was: the caller may copy into it.
     Usable,
+    /// Unmapped by the kernel and mapped again here, as `reserve` maps: the caller may
+    /// copy into it. The fresh mapping merges with plain reservation beside it but not
+    /// with moved-in pages (`region::MOVED_IN`), so it may be a mapping of its own.
+    Restored,
     /// Part of the range was unmapped and another mapping took part of the hole: it is
-    /// not ours to write to or to map over, and must stay unused for good.
+    /// not ours to write to or to map over, and must stay unused for good. The first
+    /// one stops page moves for the rest of the process (`page_moves_stopped`).
     Lost,
 }
 
@@ -640,6 +645,40 @@ pub fn restored_destinations() -> u64 {
 /// How many failed moves found their destination partly taken by another mapping.
 pub fn lost_destinations() -> u64 {
     LOST.load(Ordering::Relaxed)
+}
+
+/// Set by the first lost destination (`restore_destination`), never cleared: each lost
+/// destination stays allocated for good (its range and its region descriptor), so
+/// after one no page moves are tried (`page_moves_stopped`) and every big object that
+/// cannot grow in place is copied. One leak per process at most, and a process whose
+/// moves lose destinations (another thread mapping into the kernel's brief hole,
+/// kernels before 6.17 only) is one that should not make more holes.
+#[cfg(not(test))]
+static MOVES_STOPPED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+#[cfg(test)]
+std::thread_local! {
+    /// Test builds: per thread, so the tests that lose a destination on purpose do not
+    /// stop the moves of the tests running beside them.
+    static MOVES_STOPPED: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Whether a destination was lost (`Destination::Lost`): from then on no page moves
+/// are tried (see `MOVES_STOPPED`). Relaxed: only moves already under way on other
+/// threads at the first loss may lose theirs too.
+pub fn page_moves_stopped() -> bool {
+    #[cfg(not(test))]
+    return MOVES_STOPPED.load(Ordering::Relaxed);
+    #[cfg(test)]
+    return MOVES_STOPPED.with(|c| c.get());
+}
+
+#[cold]
+fn stop_page_moves() {
+    #[cfg(not(test))]
+    MOVES_STOPPED.store(true, Ordering::Relaxed);
+    #[cfg(test)]
+    MOVES_STOPPED.with(|c| c.set(true));
 }
 
 /// Makes the destination of a failed `move_pages` usable again, or says it cannot be.
@@ -685,7 +724,7 @@ pub unsafe fn restore_destination(addr: usize, len: usize, advise_huge: bool) ->
             if advise_huge {
                 let _ = madvise(Syscall::MadviseHugePage, addr, len, libc::MADV_HUGEPAGE);
             }
-            return Destination::Usable;
+            return Destination::Restored;
         }
         if p != libc::MAP_FAILED {
             // A kernel before 4.17 took the address as a hint: a mapping elsewhere, ours.
@@ -699,6 +738,7 @@ pub unsafe fn restore_destination(addr: usize, len: usize, advise_huge: bool) ->
         }
     }
     LOST.fetch_add(1, Ordering::Relaxed);
+    stop_page_moves();
     Destination::Lost
 }
 
@@ -711,7 +751,30 @@ fn unmaps_before_failing() -> bool {
     if inject::pretends_old_kernel() {
         return true;
     }
-    kernel_before(6, 17)
+    !moves_span_mappings()
+}
+
+/// Whether `move_pages` may move a source that spans several mappings: from 6.17 on
+/// ("mremap: permit mremap() move of multiple VMAs", for a move without resize as ours).
+/// Before, the kernel refuses such a source with `EFAULT`, after it has unmapped the
+/// destination (`restore_destination`), so callers copy an object that may span
+/// several (`region::MOVED_IN`) without asking. Kept, as `overlay_is_safe`'s answer.
+pub fn moves_span_mappings() -> bool {
+    #[cfg(test)]
+    if inject::pretends_one_mapping_moves() {
+        return false;
+    }
+    // 0: not asked yet; 1: yes; 2: no. Relaxed: every thread computes the same answer.
+    static SPANS: AtomicU8 = AtomicU8::new(0);
+    match SPANS.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let spans = !kernel_before(6, 17);
+            SPANS.store(if spans { 1 } else { 2 }, Ordering::Relaxed);
+            spans
+        }
+    }
 }
 
 /// Whether `overlay` may run on this kernel: from 6.12 on, an `mmap(MAP_FIXED)` that
@@ -798,6 +861,46 @@ pub(crate) mod inject {
         static FOREIGN_AT: Cell<usize> = const { Cell::new(0) };
         static OLD_KERNEL: Cell<bool> = const { Cell::new(false) };
         static OLD_FIXED_MAP: Cell<bool> = const { Cell::new(false) };
+        static ONE_MAPPING_MOVES: Cell<bool> = const { Cell::new(false) };
+        static TRIED: Cell<u64> = const { Cell::new(0) };
+        static REFUSED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Makes this thread's moves behave as on a kernel before 6.17 (`pretend_old_kernel(true)`):
+    /// a move whose source spans more than one mapping (read from `/proc/self/maps`)
+    /// unmaps its destination and fails with `EFAULT` (counted in `refused_moves`).
+    pub fn pretend_old_kernel(on: bool) {
+        ONE_MAPPING_MOVES.with(|c| c.set(on));
+    }
+
+    pub(super) fn pretends_one_mapping_moves() -> bool {
+        ONE_MAPPING_MOVES.with(|c| c.get())
+    }
+
+    /// `move_pages` calls this thread made.
+    pub fn moves_tried() -> u64 {
+        TRIED.with(|c| c.get())
+    }
+
+    /// Moves of this thread that `pretend_old_kernel` made fail.
+    pub fn refused_moves() -> u64 {
+        REFUSED.with(|c| c.get())
+    }
+
+    /// Whether `[from, from + len)` lies in more than one mapping (or not all mapped).
+    fn spans_mappings(from: usize, len: usize) -> bool {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        !maps.lines().any(|line| {
+            let range = line.split(' ').next().unwrap_or("");
+            let Some((lo, hi)) = range.split_once('-') else {
+                return false;
+            };
+            let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            else {
+                return false;
+            };
+            lo <= from && from + len <= hi
+        })
     }
 
     /// Makes `overlay_is_safe` answer, on this thread, as on a kernel before 6.12.
@@ -825,9 +928,15 @@ pub(crate) mod inject {
         FOREIGN_AT.with(|c| c.get())
     }
 
-    /// Applies the armed fault, if any, to a move into `[to, to + len)`.
-    pub(super) fn apply(to: usize, len: usize) -> Option<super::OsError> {
-        let fault = NEXT.with(|c| c.replace(MoveFault::None));
+    /// Applies the armed fault, if any, or the old kernel's refusal of a source that spans
+    /// mappings (`pretend_old_kernel`), to a move of `[from, from + len)` to `[to, to + len)`.
+    pub(super) fn apply(from: usize, to: usize, len: usize) -> Option<super::OsError> {
+        TRIED.with(|c| c.set(c.get() + 1));
+        let mut fault = NEXT.with(|c| c.replace(MoveFault::None));
+        if fault == MoveFault::None && pretends_one_mapping_moves() && spans_mappings(from, len) {
+            REFUSED.with(|c| c.set(c.get() + 1));
+            fault = MoveFault::UnmapThenFail;
+        }
         if fault == MoveFault::None {
             return None;
         }

@@ -423,9 +423,12 @@ impl Arenas {
     /// As `RegionTable::move_pages_into`; `space` is `to`'s (`space_of`).
     pub unsafe fn move_pages(&self, from: usize, to: usize, len: usize, space: Space) -> PageMove {
         let _path = OnRegionPath::enter();
+        // Asked only where the kernel refuses sources of several mappings.
+        let from_moved_in = !os::moves_span_mappings()
+            && Self::table_of(from).is_none_or(|t| t.may_hold_moved_pages(from));
         match Self::table_of(to) {
             // SAFETY: caller contract.
-            Some(t) => unsafe { t.move_pages_into(from, to, len, space) },
+            Some(t) => unsafe { t.move_pages_into(from, from_moved_in, to, len, space) },
             None => PageMove::Copy,
         }
     }

@@ -140,9 +140,12 @@ const SHRUNK: u8 = 1;
 /// `Region::marks`: some page of the range may be mapped by a kernel mapping (VMA) that
 /// `mremap` moved here. A moved anonymous mapping keeps its old page offset and
 /// `anon_vma`, so it never merges with the reservation around it again, until a purge
-/// overwrites it with a fresh mapping (`os::overlay`, `os::maps`). Conservative: set on
-/// a base-space move's destination, inherited by every region cut from a marked one and
-/// by every merge with one, cleared only by that overwrite of the whole region.
+/// overwrites it with a fresh mapping (`os::overlay`, `os::maps`; base space only). So
+/// an object holding such pages may span several mappings, which kernels before 6.17
+/// refuse to move (`os::moves_span_mappings`). Conservative: set on every move's
+/// destination (and on one a failed move's restore mapped again), in both spaces,
+/// inherited by every region cut from a marked one and by every merge with one, cleared
+/// only by that overwrite of the whole region.
 const MOVED_IN: u8 = 2;
 
 /// Indexes into `Region::links`.

@@ -617,9 +617,11 @@ impl RegionTable {
     /// Moves the pages of the live object at `from` into the live object region that
     /// starts at `to`, in `space` (`move_pages_into`), under the destination's read lock
     /// and without the writer mutex: for a move between objects of different arenas.
-    /// `PageMove::Copy` when no such region is here, or `mremap` failed (the caller
-    /// copies); `PageMove::Lost` when the failed move lost the destination (the caller
-    /// leaves that object allocated for good and copies into another).
+    /// `PageMove::Copy` when no such region is here, when the move is not tried
+    /// (`from_moved_in`: the source may hold moved-in pages, see `move_pages_into`), or
+    /// `mremap` failed (the caller copies); `PageMove::Lost` when the failed move lost
+    /// the destination (the caller leaves that object allocated for good and copies
+    /// into another).
     ///
     /// # Safety
     /// `from` is a live object of the caller's, at least `len` bytes, whose content is
@@ -628,6 +630,7 @@ impl RegionTable {
     pub unsafe fn move_pages_into(
         &self,
         from: usize,
+        from_moved_in: bool,
         to: usize,
         len: usize,
         space: Space,
@@ -640,7 +643,18 @@ impl RegionTable {
             return PageMove::Copy;
         }
         // SAFETY: caller contract; the read reference keeps `dest` attached and live.
-        unsafe { move_pages_into(from, dest, len, space) }
+        unsafe { move_pages_into(from, from_moved_in, dest, len, space) }
+    }
+
+    /// Whether the live object at `addr` may hold pages moved in by `mremap`
+    /// (`Region::holds_moved_pages`), asked without the writer mutex, which a move
+    /// through another arena does not wait for: the lock-free lookup only, and `true`
+    /// when it does not answer. The mark of an object is changed only by its owner's
+    /// calls (its move, its growth), so it holds while the owner is inside `realloc`.
+    pub fn may_hold_moved_pages(&self, addr: usize) -> bool {
+        let _inside = Reentrancy::enter();
+        self.find_and_read_lock_fast(addr)
+            .is_none_or(|read| read.region().start() != addr || read.region().holds_moved_pages())
     }
 
     /// The length of the live object region starting at `addr`.
@@ -1430,23 +1444,39 @@ pub enum PageMove {
     /// `mremap` failed after unmapping the destination, and another mapping took part of
     /// the hole (`os::Destination::Lost`): the destination region stays a live object
     /// nobody holds, never written, freed or purged, and the caller needs another one.
+    /// The first one stops page moves for good (`os::page_moves_stopped`): one such
+    /// range and descriptor per process, and one per move already under way beside it.
     Lost,
 }
 
 /// Moves `len` bytes of pages from `from` into the region `dest` with `mremap`, and marks
-/// `dest` as holding moved pages (`Region::holds_moved_pages`) when it lies in base
-/// space (`space`, the destination's): the one place a move sets that mark. Huge-page
-/// space is never overwritten (a fresh mapping there would lose `MADV_HUGEPAGE`), so
-/// its regions never carry it. When the move fails, the destination is mapped again
-/// if the kernel unmapped it (`os::restore_destination`, with `MADV_HUGEPAGE` again in
-/// huge space while THP is advised), before any caller copies into it. Guards need no
-/// restoring: guarded objects never move by `mremap` (`large::realloc` copies them).
+/// `dest` as holding moved pages (`Region::holds_moved_pages`): the one place a move
+/// sets that mark, in both spaces (only base space's purges act on it, `overlays`).
+/// Asks the kernel nothing, and the caller copies, when a destination was lost before
+/// (`os::page_moves_stopped`), or when the source may span several mappings
+/// (`from_moved_in`, the source's mark) on a kernel that refuses to move such a source
+/// only after unmapping the destination (`os::moves_span_mappings`: before 6.17, where
+/// an object that arrived by a move is its moved-in pages plus the reservation's rest).
+/// When the move fails, the destination is mapped again if the kernel unmapped it
+/// (`os::restore_destination`, with `MADV_HUGEPAGE` again in huge space while THP is
+/// advised), before any caller copies into it, and then marked too: the fresh mapping
+/// does not merge with moved-in pages beside it. Guards need no restoring: guarded
+/// objects never move by `mremap` (`large::realloc` copies them).
 ///
 /// # Safety
 /// `from` is ours, at least `len` bytes, and its content is not needed after the move;
 /// `dest` is a region of the caller's (write- or read-locked) whose first `len` bytes
 /// hold nothing.
-unsafe fn move_pages_into(from: usize, dest: &Region, len: usize, space: Space) -> PageMove {
+unsafe fn move_pages_into(
+    from: usize,
+    from_moved_in: bool,
+    dest: &Region,
+    len: usize,
+    space: Space,
+) -> PageMove {
+    if os::page_moves_stopped() || (from_moved_in && !os::moves_span_mappings()) {
+        return PageMove::Copy;
+    }
     // SAFETY: caller contract: `MREMAP_FIXED` replaces only `dest`'s own pages.
     if unsafe { os::move_pages(from, dest.start(), len) }.is_err() {
         let advise_huge =
@@ -1454,19 +1484,25 @@ unsafe fn move_pages_into(from: usize, dest: &Region, len: usize, space: Space) 
         // SAFETY: `dest`'s first `len` bytes were the failed move's destination.
         return match unsafe { os::restore_destination(dest.start(), len, advise_huge) } {
             os::Destination::Usable => PageMove::Copy,
+            os::Destination::Restored => {
+                dest.set_moved_pages(true);
+                PageMove::Copy
+            }
             os::Destination::Lost => PageMove::Lost,
         };
     }
-    if space == Space::Base {
-        dest.set_moved_pages(true);
-    }
+    dest.set_moved_pages(true);
     PageMove::Moved
 }
 
 /// Whether `purge_region` would overwrite `r` with a fresh mapping (`os::overlay`)
-/// rather than advise it.
+/// rather than advise it. Never in huge-page space, whose moved-in regions carry the
+/// mark too: the fresh mapping would not carry `MADV_HUGEPAGE`.
 fn overlays(r: &Region) -> bool {
-    r.holds_moved_pages() && os::maps::overlay_moved() && os::overlay_is_safe()
+    r.holds_moved_pages()
+        && !crate::space::is_huge(r.start())
+        && os::maps::overlay_moved()
+        && os::overlay_is_safe()
 }
 
 /// Hands the pages of the free region `r` (read-locked by the caller's purge) back to
@@ -1480,7 +1516,7 @@ fn overlays(r: &Region) -> bool {
 /// `r` holds no live object, and the caller's read reference keeps it free.
 unsafe fn purge_region(r: &Region, mode: PurgeMode) -> Result<bool, os::OsError> {
     if overlays(r) {
-        // SAFETY: caller contract; base space only (`MOVED_IN`).
+        // SAFETY: caller contract; base space only (`overlays`).
         if unsafe { os::overlay(r.start(), r.len()) }.is_ok() {
             r.set_moved_pages(false);
             return Ok(true);

@@ -978,7 +978,7 @@ fn a_move_under_a_read_lock_restores_its_destination_or_gives_it_up() {
     fill_words(src.start, LEN, 3);
     os::inject::fail_next_move(os::inject::MoveFault::UnmapThenFail);
     // SAFETY: two live objects of ours; `dest` is unused, `src`'s content is copied below.
-    let outcome = unsafe { table.move_pages_into(src.start, dest.start, LEN, Space::Base) };
+    let outcome = unsafe { table.move_pages_into(src.start, false, dest.start, LEN, Space::Base) };
     assert_eq!(outcome, PageMove::Copy);
     copy_object(src.start, dest.start, LEN);
     assert!(holds_words(dest.start, LEN, 3), "content copied");
@@ -987,7 +987,7 @@ fn a_move_under_a_read_lock_restores_its_destination_or_gives_it_up() {
     let other = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
     os::inject::fail_next_move(os::inject::MoveFault::UnmapOthersMapThenFail);
     // SAFETY: as above.
-    let outcome = unsafe { table.move_pages_into(src.start, other.start, LEN, Space::Base) };
+    let outcome = unsafe { table.move_pages_into(src.start, false, other.start, LEN, Space::Base) };
     let foreign = os::inject::foreign_page();
     assert!((other.start..other.start + LEN).contains(&foreign));
     assert_eq!(
@@ -1056,6 +1056,96 @@ fn relocate_losing_the_destination(fault: os::inject::MoveFault) {
         "source, lost and new destinations"
     );
     check_layout(table);
+}
+
+/// Review of hazard10 (H3-2): on a kernel before 6.17 an object that arrived by a move
+/// spans two mappings (its moved-in pages and the reservation's rest), which that
+/// kernel refuses to move, after unmapping the destination. So on such a kernel
+/// (`inject::pretend_old_kernel`: the refusal is read from `/proc/self/maps`) a source
+/// holding moved-in pages is copied without asking: no refused move, no restore. In
+/// both spaces: huge-page space's moves leave the same two mappings.
+#[test]
+fn a_moved_in_object_is_copied_without_asking_a_kernel_that_moves_one_mapping() {
+    for (space, len) in [(Space::Base, 16 * PAGE_SIZE), (Space::Huge, os::HUGE_PAGE)] {
+        let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+        let align = if space == Space::Huge {
+            os::HUGE_PAGE
+        } else {
+            PAGE_SIZE
+        };
+        let a = table
+            .allocate_with_room(len, align, RegionKind::Large, true, space)
+            .unwrap();
+        fill_words(a.start, len, 7);
+        os::inject::pretend_old_kernel(true);
+        let (tried, refused) = (os::inject::moves_tried(), os::inject::refused_moves());
+        let (b, moved) = table.relocate(a.start, 2 * len, align, space).unwrap();
+        assert!(moved, "{space:?}: a fresh object lies in one mapping");
+        assert!(holds_words(b.start, len, 7), "{space:?}: content moved");
+        let (c, moved) = table.relocate(b.start, 4 * len, align, space).unwrap();
+        os::inject::pretend_old_kernel(false);
+        assert!(!moved, "{space:?}: moved an object of two mappings");
+        assert_eq!(
+            os::inject::refused_moves() - refused,
+            0,
+            "{space:?}: asked the kernel for a move it refuses"
+        );
+        assert_eq!(
+            os::inject::moves_tried() - tried,
+            1,
+            "{space:?}: moves tried"
+        );
+        copy_object(b.start, c.start, len);
+        assert!(holds_words(c.start, len, 7), "{space:?}: content copied");
+        check_layout(table);
+    }
+}
+
+/// Review of hazard10 (H3-3): a destination mapped again after a failed move is a fresh
+/// mapping that does not merge with a moved-in neighbour, so it is marked as holding
+/// moved pages: the purge overwrite folds it back, and a kernel before 6.17 is not
+/// asked to move it with its neighbours.
+#[test]
+fn a_destination_mapped_again_is_marked_as_holding_moved_pages() {
+    const LEN: usize = 16 * PAGE_SIZE;
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
+    os::inject::fail_next_move(os::inject::MoveFault::UnmapThenFail);
+    let (placed, moved) = table
+        .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
+        .unwrap();
+    assert!(!moved, "the injected failure did not happen");
+    let read = table.find_and_read_lock(placed.start).unwrap();
+    assert!(
+        read.region().holds_moved_pages(),
+        "a restored destination is not marked"
+    );
+}
+
+/// Review of hazard10 (H3-4): each lost destination stays allocated for good, so after
+/// the first one no page moves are tried (in test builds: on this thread), and the
+/// leak happens at most once.
+#[test]
+fn after_a_lost_destination_no_more_pages_move() {
+    const LEN: usize = 16 * PAGE_SIZE;
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
+    os::inject::fail_next_move(os::inject::MoveFault::UnmapOthersMapThenFail);
+    let (placed, moved) = table
+        .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
+        .unwrap();
+    assert!(!moved, "the injected failure did not happen");
+    table.retire(a.start).unwrap();
+    let tried = os::inject::moves_tried();
+    let (_, moved) = table
+        .relocate(placed.start, 4 * LEN, PAGE_SIZE, Space::Base)
+        .unwrap();
+    assert!(!moved, "pages moved after a lost destination");
+    let b = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
+    // SAFETY: two live objects of ours; `b` holds nothing.
+    let outcome = unsafe { table.move_pages_into(b.start, false, placed.start, LEN, Space::Base) };
+    assert_eq!(outcome, PageMove::Copy);
+    assert_eq!(os::inject::moves_tried(), tried, "moves tried");
 }
 
 /// Before 6.12 an `mmap(MAP_FIXED)` that fails may have unmapped its range first

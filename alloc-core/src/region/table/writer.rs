@@ -951,7 +951,7 @@ impl<'a> Writer<'a> {
         // update just carved out of free space, the source a live object whose owner is
         // inside `realloc` (it needs only the content, which moves with the pages), and
         // both are write-locked until the update ends.
-        match unsafe { super::move_pages_into(addr, dest, old_len, space) } {
+        match unsafe { super::move_pages_into(addr, r.holds_moved_pages(), dest, old_len, space) } {
             super::PageMove::Moved => {}
             super::PageMove::Copy => return Some((placed, false)),
             super::PageMove::Lost => {
