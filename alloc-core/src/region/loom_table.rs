@@ -449,7 +449,16 @@ impl Paths {
     }
 
     pub(super) fn execution(&self) {
-        self.1.fetch_add(1, Relaxed);
+        let n = self.1.fetch_add(1, Relaxed) + 1;
+        // For runs that may not finish (a higher bound): `LOOM_PROGRESS=1` reports.
+        if n.is_multiple_of(20_000) && std::env::var_os("LOOM_PROGRESS").is_some() {
+            eprintln!("progress: {n} executions");
+        }
+    }
+
+    /// Executions counted so far.
+    pub(super) fn executions(&self) -> u64 {
+        self.1.load(Relaxed)
     }
 
     pub(super) fn get(&self, arena: usize) -> [u64; 5] {
