@@ -29,8 +29,10 @@
 //! folds it. Each model runs three ways (`Racers`): all three threads at preemption
 //! bound 2 (`THREE_BOUND`), and the purge beside the grower alone and beside the reader
 //! alone at bound 3 (`TWO_BOUND`); see `THREE_BOUND` for why the three together do not
-//! run at 3. The broken twins drop the grow's write lock on the piece it takes a page
-//! of; loom must report the two writes of the watched page.
+//! run at 3. Model g's grow goes into either piece (`Target`: O into T1, or Y into T2),
+//! so a batched call that let either piece's read lock go before it returns is caught.
+//! The broken twins drop the grow's write lock on the piece it takes a page of; loom
+//! must report the two writes of the watched page.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p rangealloc-core --release --lib loom_purge`.
 
@@ -46,17 +48,18 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 const P: usize = PAGE_SIZE;
 
 /// The preemption bound of the models with all three threads (purge, grow, reader): 2
-/// (f: 9,253 executions, 3.5 s). At 3 model f does not finish: more than 330,000
-/// executions in 10 minutes and more than [LONG] in [LONG_MIN] minutes (session 12;
-/// 11 minutes at load 13-19 in session 10), where bounds 0, 1 and 2 take 2, 342 and
-/// 9,253. Each pair of threads alone is small at 3 (the purge and the grow: 641
-/// executions; the purge and the reader: 2,770), so the product is the cost: with
-/// three threads every wait is a yield on both sides (the grower waiting out the
-/// purge's read lock, the reader's slow path waiting for the grower's mutex, the purge
-/// waiting for the reader's lock), and loom's switch at a yield is free, so a third
-/// forced switch multiplies the schedules of both waits. Each race needs one forced
-/// switch (the grow or the reader run while the purge is preempted inside its pick, its
-/// advice or its merge-back), and the pairs run at 3 (`TWO_BOUND`).
+/// (f: 9,253 executions; g: 4,923). At 3 neither finishes (session 12, load 5-19): f
+/// ran past 380,000 executions in 50 minutes and g past 140,000 in 7, where f takes
+/// 2, 342 and 9,253 at bounds 0, 1 and 2 (session 10: not in 11 minutes either). Each
+/// pair of threads alone is small at 3 (f: the purge and the grow 641 executions, the
+/// purge and the reader 1,601; g: 896 and 437), so the product of the three is the
+/// cost. With all three, every wait is a spin that yields on each round (the grower
+/// waiting out the purge's read lock while it holds the writer mutex: 8,544 rounds over
+/// f's 9,253 executions at bound 2; the reader's slow path waiting for that mutex:
+/// 11,887), and loom charges no preemption for a switch at a yield, so a third forced
+/// switch multiplies the schedules of both waits. Every race here needs one forced
+/// switch (the grow or the reader run while the purge is preempted inside its pick,
+/// its advice or its merge-back), and each pair runs at 3 (`TWO_BOUND`).
 const THREE_BOUND: usize = 2;
 
 /// The preemption bound of the models with the purge and one other thread.
@@ -102,6 +105,7 @@ struct Tally {
     deferred: AtomicU64,
     pick_first: AtomicU64,
     grow_first: AtomicU64,
+    two_pieces: AtomicU64,
     batched: AtomicU64,
 }
 
@@ -112,6 +116,7 @@ impl Tally {
             deferred: AtomicU64::new(0),
             pick_first: AtomicU64::new(0),
             grow_first: AtomicU64::new(0),
+            two_pieces: AtomicU64::new(0),
             batched: AtomicU64::new(0),
         }
     }
@@ -213,9 +218,11 @@ fn run(race: &Race, racers: Racers, paths: &Paths, tally: &Tally) -> usize {
         tally.deferred.fetch_add(1, Relaxed);
     }
     // Two pieces advised, in one system call.
-    let pieces = table.purge_calls.get() - calls;
-    if pieces == 2 && table.purge_syscalls.get() - syscalls == 1 {
-        tally.batched.fetch_add(1, Relaxed);
+    if table.purge_calls.get() - calls == 2 {
+        tally.two_pieces.fetch_add(1, Relaxed);
+        if table.purge_syscalls.get() - syscalls == 1 {
+            tally.batched.fetch_add(1, Relaxed);
+        }
     }
     purged
 }
@@ -356,7 +363,19 @@ fn loom_broken_grow_into_a_piece_being_purged_is_caught() {
     check(TWO_BOUND, || f_model(23, BROKEN, &PATHS, &TALLY));
 }
 
-fn g_model(id: u8, racers: Racers, paths: &'static Paths, tally: &'static Tally) {
+/// Which piece model g's grower grows into: O into T1 (the group's second piece in
+/// this build's free-index order) or Y into T2 (its first). A batched call must hold
+/// every piece's read lock until it returns; a bug that let one go early is caught
+/// only by a grow into that piece (a temporary mutation releasing every piece after
+/// the first before the call was caught by g and g-grow, and not by f; one releasing
+/// every piece before the last, by g-grow-t2 alone).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    T1,
+    T2,
+}
+
+fn g_model(id: u8, racers: Racers, target: Target, paths: &'static Paths, tally: &'static Tally) {
     let table = new_table(id);
     let place = |len| {
         table
@@ -381,57 +400,78 @@ fn g_model(id: u8, racers: Racers, paths: &'static Paths, tally: &'static Tally)
         (o + P, 3 * P, o + 4 * P, o + 5 * P, o + 6 * P)
     );
     // What a reader of `T2 + P/2` may find: T2 (dirty, claimed, clean), and T2 purged
-    // and merged with the clean space, which it is after the final walk.
+    // and merged with the clean space, which it is after the final walk. (With Y
+    // growing into T2 no reader runs: `loom_batched_purge_races_a_grow_into_its_other_piece`.)
     let last = View(t2, P + clean_len, RegionKind::Free, Dirt::Clean);
+    let (object, grown_len, piece) = match target {
+        // O takes T1's first page.
+        Target::T1 => (o, 2 * P, t1),
+        // Y takes T2, its only page.
+        Target::T2 => (y, 2 * P, t2),
+    };
     let race = Race {
         name: "g",
         table,
-        object: o,
-        grown_len: 2 * P,
-        neighbour: t1,
-        watched: t1,
+        object,
+        grown_len,
+        neighbour: piece,
+        watched: piece,
         budget: 4 * P,
-        probe: Probe {
-            addr: t2 + P / 2,
-            views: vec![View(t2, P, RegionKind::Free, Dirt::Any), last],
-            last: None,
+        probe: match target {
+            Target::T1 => Probe {
+                addr: t2 + P / 2,
+                views: vec![View(t2, P, RegionKind::Free, Dirt::Any), last],
+                last: None,
+            },
+            // T2 is Y's: the final lookup is in T1, purged whole.
+            Target::T2 => Probe {
+                addr: t1 + P / 2,
+                views: vec![View(t1, 3 * P, RegionKind::Free, Dirt::Any)],
+                last: None,
+            },
         },
     };
     let purged = run(&race, racers, paths, tally);
-    if racers.grow {
+    match (racers.grow, target) {
         // O grown by T1's first page; T1's rest purged (before or after the grow), kept
         // apart from T2 by Y; T2 purged and merged with the clean space.
-        check_arena(
+        (true, Target::T1) => check_arena(
             &race,
             &[(o, 2 * P), (y, P)],
             &[(t1 + P, 2 * P, false), (t2, last.1, false)],
-        );
-    } else {
-        check_arena(
+        ),
+        // Y grown over T2; T1 purged.
+        (true, Target::T2) => check_arena(
+            &race,
+            &[(o, P), (y, 2 * P)],
+            &[(t1, 3 * P, false), (clean, clean_len, false)],
+        ),
+        (false, _) => check_arena(
             &race,
             &[(o, P), (y, P)],
             &[(t1, 3 * P, false), (t2, last.1, false)],
-        );
+        ),
     }
     match purged {
         // The pick came first: T1 and T2 whole.
         x if x == 4 * P => tally.pick_first.fetch_add(1, Relaxed),
-        // The grow came first: T1 less its first page, and T2.
+        // The grow came first: T1 less its first page and T2, or T1 alone (Y took T2:
+        // one piece, no batch).
         x if x == 3 * P && racers.grow => tally.grow_first.fetch_add(1, Relaxed),
         _ => panic!("g: the purge advised {purged:#x} bytes"),
     };
     release(table);
 }
 
-/// Model g's tallies: those of f, and every execution's two pieces in one call where
+/// Model g's tallies: those of f, and every execution's two pieces (all but Y's grow
+/// first) in one call where
 /// this kernel batches (`process_madvise` with `PIDFD_SELF`, Linux 6.15 and later);
 /// elsewhere the purge falls back to one `madvise` a piece, and says so.
-fn g_report(model: &str, paths: &Paths, tally: &Tally, required: &[&str]) {
-    let executions = paths.executions();
-    let batched = tally.batched.load(Relaxed);
+fn g_report(model: &str, tally: &Tally, required: &[&str]) {
+    let (two, batched) = (tally.two_pieces.load(Relaxed), tally.batched.load(Relaxed));
     if os::purge_batching_works() {
         assert_eq!(
-            batched, executions,
+            batched, two,
             "{model}: executions whose two pieces went in one call"
         );
     } else {
@@ -449,7 +489,7 @@ fn g_report(model: &str, paths: &Paths, tally: &Tally, required: &[&str]) {
 fn loom_batched_purge_races_a_grow_into_one_piece_and_a_reader_of_the_other() {
     static PATHS: Paths = Paths::new();
     static TALLY: Tally = Tally::new();
-    check(THREE_BOUND, || g_model(32, ALL, &PATHS, &TALLY));
+    check(THREE_BOUND, || g_model(32, ALL, Target::T1, &PATHS, &TALLY));
     PATHS.report(
         "g (batched purge vs grow vs reader)",
         &["the arena"],
@@ -457,7 +497,6 @@ fn loom_batched_purge_races_a_grow_into_one_piece_and_a_reader_of_the_other() {
     );
     g_report(
         "g",
-        &PATHS,
         &TALLY,
         &["waited", "deferred", "pick first", "grow first"],
     );
@@ -468,11 +507,24 @@ fn loom_batched_purge_races_a_grow_into_one_piece_and_a_reader_of_the_other() {
 fn loom_batched_purge_races_a_grow_into_one_piece() {
     static PATHS: Paths = Paths::new();
     static TALLY: Tally = Tally::new();
-    check(TWO_BOUND, || g_model(33, GROW, &PATHS, &TALLY));
+    check(TWO_BOUND, || g_model(33, GROW, Target::T1, &PATHS, &TALLY));
     PATHS.report("g-grow (batched purge vs grow)", &["the arena"], &[]);
     g_report(
         "g-grow",
-        &PATHS,
+        &TALLY,
+        &["waited", "deferred", "pick first", "grow first"],
+    );
+}
+
+/// Model g's purge and a grow of Y into T2, the batch's other piece, at bound 3.
+#[test]
+fn loom_batched_purge_races_a_grow_into_its_other_piece() {
+    static PATHS: Paths = Paths::new();
+    static TALLY: Tally = Tally::new();
+    check(TWO_BOUND, || g_model(36, GROW, Target::T2, &PATHS, &TALLY));
+    PATHS.report("g-grow-t2 (batched purge vs grow)", &["the arena"], &[]);
+    g_report(
+        "g-grow-t2",
         &TALLY,
         &["waited", "deferred", "pick first", "grow first"],
     );
@@ -483,13 +535,13 @@ fn loom_batched_purge_races_a_grow_into_one_piece() {
 fn loom_batched_purge_races_a_reader_of_a_piece() {
     static PATHS: Paths = Paths::new();
     static TALLY: Tally = Tally::new();
-    check(TWO_BOUND, || g_model(34, READ, &PATHS, &TALLY));
+    check(TWO_BOUND, || g_model(34, READ, Target::T1, &PATHS, &TALLY));
     PATHS.report(
         "g-read (batched purge vs reader)",
         &["the arena"],
         &["fast", "abort", "slow"],
     );
-    g_report("g-read", &PATHS, &TALLY, &["waited", "pick first"]);
+    g_report("g-read", &TALLY, &["waited", "pick first"]);
 }
 
 /// Model g with `grow` taking T1's first page without write-locking T1: the page is the
@@ -499,5 +551,7 @@ fn loom_batched_purge_races_a_reader_of_a_piece() {
 fn loom_broken_grow_into_a_piece_of_a_batched_purge_is_caught() {
     static PATHS: Paths = Paths::new();
     static TALLY: Tally = Tally::new();
-    check(TWO_BOUND, || g_model(35, BROKEN, &PATHS, &TALLY));
+    check(TWO_BOUND, || {
+        g_model(35, BROKEN, Target::T1, &PATHS, &TALLY)
+    });
 }
