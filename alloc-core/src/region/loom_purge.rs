@@ -49,7 +49,7 @@ const P: usize = PAGE_SIZE;
 
 /// The preemption bound of the models with all three threads (purge, grow, reader): 2
 /// (f: 9,253 executions; g: 4,923). At 3 neither finishes (session 12, load 5-19): f
-/// ran past 380,000 executions in 50 minutes and g past 140,000 in 7, where f takes
+/// ran past 420,000 executions in 50 minutes and g past 140,000 in 7, where f takes
 /// 2, 342 and 9,253 at bounds 0, 1 and 2 (session 10: not in 11 minutes either). Each
 /// pair of threads alone is small at 3 (f: the purge and the grow 641 executions, the
 /// purge and the reader 1,601; g: 896 and 437), so the product of the three is the
