@@ -431,6 +431,36 @@ pub unsafe fn purge_many(ranges: &[(usize, usize)], mode: PurgeMode) -> usize {
     n
 }
 
+/// Whether this process may purge with `os::purge_many` (Linux 6.15 and later, no
+/// seccomp filter refusing `process_madvise`): tried on a scratch mapping of our own.
+#[cfg(test)]
+pub(crate) fn purge_batching_works() -> bool {
+    const LEN: usize = 4 * PAGE_SIZE;
+    // SAFETY: a fresh private anonymous mapping, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    let a = p as usize;
+    // SAFETY: our own scratch mapping, holding nothing.
+    let done = unsafe {
+        purge_many(
+            &[(a, PAGE_SIZE), (a + 2 * PAGE_SIZE, PAGE_SIZE)],
+            PurgeMode::DontNeed,
+        )
+    };
+    // SAFETY: mapped above, unused since.
+    unsafe { libc::munmap(p, LEN) };
+    done == 2
+}
+
 /// Purges a free range by laying a fresh mapping over it (`mmap(MAP_FIXED)`, flags as
 /// `reserve`'s): the range reads as zero, and whatever mappings `mremap` moved into it
 /// are gone; the fresh one takes the page offset of its address and merges with its

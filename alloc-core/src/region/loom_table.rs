@@ -2,8 +2,8 @@
 //! model shares (tables built and released per execution, the reader's checks, the
 //! lookup-path tallies, the broken twins' switches and the hooks the shipped code calls
 //! for them), and model e: two arenas' writers beside readers that look up addresses in
-//! both. Models a-d (`loom_tests`), the purge model f (`loom_purge`) and the retire
-//! models (`loom_retire`) use the same harness.
+//! both. Models a-d (`loom_tests`), the purge models f and g (`loom_purge`) and the
+//! retire models (`loom_retire`) use the same harness.
 //!
 //! What runs is the real table: its copy-on-write tree (`tree.rs`: root publication,
 //! leaf slots), its writer spin lock and sequence, the writer's updates
@@ -119,8 +119,9 @@ thread_local! {
     static VALIDATION: Cell<Validation> = const { Cell::new(Validation::Shipped) };
     /// A retire pushes its region before it gives its read reference up.
     static PUSH_BEFORE_UNLOCK: Cell<bool> = const { Cell::new(false) };
-    /// The pages model f watches: an address, and a loom cell standing for its page
-    /// (null: none). Written by a purge whose `madvise` covers the address.
+    /// The page models f and g watch: an address, and a loom cell standing for its page
+    /// (null: none). Written by a purge whose advice (`madvise` or a batched call) covers
+    /// the address.
     static PAGE: Cell<(usize, *const loom::cell::UnsafeCell<u64>)> =
         const { Cell::new((0, core::ptr::null())) };
     /// Batches of unlinked blocks handed to the epoch collector since the last `release`.
@@ -449,7 +450,11 @@ impl Paths {
     }
 
     pub(super) fn execution(&self) {
-        self.1.fetch_add(1, Relaxed);
+        let n = self.1.fetch_add(1, Relaxed) + 1;
+        // For runs that may not finish (a higher bound): `LOOM_PROGRESS=1` reports.
+        if n.is_multiple_of(20_000) && std::env::var_os("LOOM_PROGRESS").is_some() {
+            eprintln!("progress: {n} executions");
+        }
     }
 
     pub(super) fn get(&self, arena: usize) -> [u64; 5] {

@@ -7,8 +7,8 @@
 //! - `lock`: the per-region lock word and the table sequence (kernel per-VMA locks).
 //! - `protocol`: the reader's validation and the writer's stamp and detach, shared by the
 //!   table and the loom models (`loom_table`'s harness; models a-d in `loom_tests`, e in
-//!   `loom_table`, f in `loom_purge`, the retire models in `loom_retire`), which run the
-//!   shipped table.
+//!   `loom_table`, f and g in `loom_purge`, the retire models in `loom_retire`), which
+//!   run the shipped table.
 //! - `arenas`: the arena set (`ARENAS`): several `RegionTable`s side by side, the
 //!   thread's home arena, placement across arenas and the process-wide walks.
 //! - `directory`: address -> arena, lock-free (the per-slot arena byte in `space` and

@@ -1127,7 +1127,7 @@ impl RegionTable {
             for &(_start, _len) in group {
                 #[cfg(test)]
                 self.pause_in_madvise.pause_here();
-                // Loom model f watches a page this call may cover.
+                // Loom models f and g watch a page this call may cover.
                 #[cfg(all(test, loom))]
                 crate::region::loom_table::in_madvise(_start, _start + _len);
                 self.purge_calls.inc();

@@ -1243,35 +1243,6 @@ fn a_destination_mapped_again_in_huge_space_keeps_its_huge_page_advice() {
     );
 }
 
-/// Whether this process may purge with `os::purge_many` (Linux 6.15 and later, no
-/// seccomp filter refusing `process_madvise`): tried on a scratch mapping of our own.
-fn purge_batching_works() -> bool {
-    const LEN: usize = 4 * PAGE_SIZE;
-    // SAFETY: a fresh private anonymous mapping, unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            core::ptr::null_mut(),
-            LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    let a = p as usize;
-    // SAFETY: our own scratch mapping, holding nothing.
-    let done = unsafe {
-        os::purge_many(
-            &[(a, PAGE_SIZE), (a + 2 * PAGE_SIZE, PAGE_SIZE)],
-            PurgeMode::DontNeed,
-        )
-    };
-    // SAFETY: mapped above, unused since.
-    unsafe { libc::munmap(p, LEN) };
-    done == 2
-}
-
 /// medpurge11: sixteen freed objects touched only at their two ends (as the `medium`
 /// workload touches them), kept apart by live objects, are purged by one pass in one
 /// batched call: one TLB flush, where one `madvise` each flushed sixteen times (a TLB
@@ -1281,7 +1252,7 @@ fn purge_batching_works() -> bool {
 fn one_pass_purges_sixteen_apart_pieces_in_one_call() {
     const N: usize = 16;
     const LEN: usize = 256 << 10;
-    if !purge_batching_works() {
+    if !os::purge_batching_works() {
         eprintln!("skipped: process_madvise(PIDFD_SELF, MADV_DONTNEED) is not available here");
         return;
     }
