@@ -1301,3 +1301,52 @@ fn one_pass_purges_sixteen_apart_pieces_in_one_call() {
     }
     check_layout(table);
 }
+
+/// Review of hazard12 (review12b F2): an object placed from a dirty hole on into the
+/// clean free region after it (`find_dirty_start`, then `extend_into_next`) lies partly
+/// in that region's range, so it holds moved-in pages when that region may: the mark
+/// must come with the bytes taken, as every other cut and merge carries it. Without it
+/// the object spans two kernel mappings unmarked, and a kernel before 6.17 is asked to
+/// move it (the window of review10's H3-2).
+#[test]
+fn an_object_extended_into_a_marked_free_region_is_marked() {
+    const H: usize = os::HUGE_PAGE;
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let x = table
+        .allocate_with_room(H, H, RegionKind::Large, false, Space::Huge)
+        .unwrap();
+    // The clean free space after X: as if a move had once landed there (and a purge
+    // cleaned it without laying a fresh mapping over it, as in huge-page space).
+    {
+        let after = table
+            .find_and_read_lock(x.start + x.len)
+            .expect("room after X");
+        assert_eq!(after.region().kind(), RegionKind::Free);
+        assert!(!after.region().is_dirty());
+        after.region().set_moved_pages(true);
+    }
+    // X freed: a dirty, unmarked hole right before the marked clean region.
+    table.retire(x.start).unwrap();
+    table.collect_retired();
+    {
+        let hole = table.find_and_read_lock(x.start).unwrap();
+        assert!(hole.region().is_dirty() && !hole.region().holds_moved_pages());
+        assert_eq!(
+            hole.region().end(),
+            x.start + x.len,
+            "the hole and the marked space apart"
+        );
+    }
+    // A bigger fresh object starts in the hole and runs on into the marked space.
+    let o = table
+        .allocate_with_room(2 * H, H, RegionKind::Large, false, Space::Huge)
+        .unwrap();
+    assert_eq!(o.start, x.start, "placed from the dirty hole");
+    let read = table.find_and_read_lock(o.start).unwrap();
+    assert!(
+        read.region().holds_moved_pages(),
+        "an object across a marked free region is not marked"
+    );
+    drop(read);
+    check_layout(table);
+}

@@ -530,8 +530,15 @@ impl<'a> Writer<'a> {
         self.start_write(r);
         self.start_write(next);
         // A purge may have cleaned `r` (never dirtied `next`) before the locks.
+        // The bytes taken may lie in a mapping a move brought in: their mark comes with
+        // them, as in every other cut and merge (review12b F2). Read before `take_front`,
+        // which may take `next` whole.
+        let moved = next.holds_moved_pages();
         if next.is_dirty() || next.len() < by || !self.take_front(next, by) {
             return false;
+        }
+        if moved {
+            r.set_moved_pages(true);
         }
         let rp = r as *const Region as *mut Region;
         // SAFETY: writer mutex held; out of the index before its length changes.
