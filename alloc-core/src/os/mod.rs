@@ -794,15 +794,21 @@ pub fn moves_span_mappings() -> bool {
     if inject::pretends_one_mapping_moves() {
         return false;
     }
-    // 0: not asked yet; 1: yes; 2: no. Relaxed: every thread computes the same answer.
     static SPANS: AtomicU8 = AtomicU8::new(0);
-    match SPANS.load(Ordering::Relaxed) {
+    kernel_from(&SPANS, 6, 17)
+}
+
+/// `!kernel_before(major, minor)`, asked once and kept in `cache` (0: not asked yet;
+/// 1: yes; 2: no): the release never changes. Relaxed: every thread computes the same
+/// answer.
+fn kernel_from(cache: &AtomicU8, major: u32, minor: u32) -> bool {
+    match cache.load(Ordering::Relaxed) {
         1 => true,
         2 => false,
         _ => {
-            let spans = !kernel_before(6, 17);
-            SPANS.store(if spans { 1 } else { 2 }, Ordering::Relaxed);
-            spans
+            let yes = !kernel_before(major, minor);
+            cache.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
+            yes
         }
     }
 }
@@ -822,17 +828,8 @@ pub fn overlay_is_safe() -> bool {
     if inject::pretends_old_fixed_map() {
         return false;
     }
-    // 0: not asked yet; 1: safe; 2: not. Relaxed: every thread computes the same answer.
     static SAFE: AtomicU8 = AtomicU8::new(0);
-    match SAFE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let safe = !kernel_before(6, 12);
-            SAFE.store(if safe { 1 } else { 2 }, Ordering::Relaxed);
-            safe
-        }
-    }
+    kernel_from(&SAFE, 6, 12)
 }
 
 /// Whether the running kernel's release is older than `major.minor`. A release string
