@@ -490,8 +490,9 @@ impl Meta {
     /// Until session 12 the whole chunk was cut at once, which wrote a link into every
     /// block, so its 16 pages faulted in together however few blocks the class would
     /// ever use: the 2-4 KiB classes of crossbeam's thread records and bag nodes cost 16
-    /// faults per chunk for a block or two per thread (big-buffers at 8 threads: 75 of
-    /// its 335 faults were these cuts, measured with `perf record -e page-faults`).
+    /// faults per chunk for a block or two per thread (the big-buffers worker at 8
+    /// threads: 75 of the whole process's ~540 faults were these cuts, measured with
+    /// `perf record -e page-faults`; now ~495).
     fn start_chunk(&self, class: usize, chunk: usize) -> *mut u8 {
         // SAFETY: the chunk is ours (carved) and its table word is in the arena's
         // chunk 0; no other thread reads the word before a block of it is handed out,
