@@ -5,7 +5,7 @@
 //! counters and dirty space are not shared with concurrently running tests.
 
 use rangealloc::engine::purge;
-use rangealloc::engine::region::ARENAS;
+use rangealloc::engine::region::{PageMove, ARENAS};
 use rangealloc::{RangeAlloc, Syscall};
 use std::alloc::{alloc, dealloc, realloc, Layout};
 
@@ -582,7 +582,7 @@ fn remap_leaves_clean_space() {
                 let (placed, moved) = ARENAS
                     .relocate(p as usize, FAR, PAGE, ARENAS.space_of(p as usize))
                     .expect("no room for the move");
-                assert!(moved, "round {i}: not moved by mremap");
+                assert_eq!(moved, PageMove::Moved, "round {i}: not moved by mremap");
                 let q = placed.start as *mut u8;
                 assert!(q != p);
                 // `large::remap`'s gauge update: the object now holds `FAR` bytes.

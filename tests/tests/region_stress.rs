@@ -18,7 +18,9 @@
 
 use rangealloc_core::os::{PurgeMode, PAGE_SIZE};
 use rangealloc_core::region::table::{RetireError, ARENA_SIZE, PURGE_PIECE};
-use rangealloc_core::region::{epoch, Arenas, Region, RegionKind, RegionState, RegionTable, Space};
+use rangealloc_core::region::{
+    epoch, Arenas, PageMove, Region, RegionKind, RegionState, RegionTable, Space,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -722,7 +724,7 @@ fn freeing_a_purged_object_racing_a_purge_leaves_free_space_merged() {
     let (_, moved) = T
         .relocate(a.start, 2 * PAGE_SIZE, PAGE_SIZE, Space::Base)
         .unwrap();
-    assert!(moved, "mremap failed");
+    assert_eq!(moved, PageMove::Moved, "mremap failed");
     assert_eq!(purger.join().unwrap(), BIG);
     assert_eq!(
         unmerged_free_neighbours(&T),

@@ -15,9 +15,10 @@
 //! regions' write locks, one bulk unlock) through doubling up to 64 MiB; otherwise it
 //! moves the object: objects of `REMAP_MIN` and more move their pages with `mremap`
 //! (`RegionTable::relocate`), and so do those of `MEDIUM_REMAP_MIN` and more within a
-//! process-wide budget of moves; smaller ones are copied; both are counted (kernels
-//! before 6.17 copy objects that may hold moved-in pages too, and after a lost
-//! destination every object is copied: `region::table::move_pages_into`). Shrinking
+//! process-wide budget of moves; smaller ones are copied; both are counted (a move
+//! carries one mapping per `mremap` and may stop part-way, leaving the rest to copy;
+//! after a lost destination every object is copied: `region::table::move_pages_into`,
+//! `os::move_pages`). Shrinking
 //! gives the tail back as a free region. Freed objects stay dirty for reuse within
 //! `purge::dirty_budget`; a fresh object in huge-page space that takes the front of a
 //! bigger dirty hole purges the hole's rest at once (`trim_after`). No path here makes a
@@ -412,7 +413,7 @@ fn move_elsewhere(
             }
             q
         }
-        PageMove::Copy => move_to(p, old_len, q),
+        PageMove::Copy { moved } => move_rest(p, old_len, q, moved),
         // `q` stays allocated for good, unused (another mapping holds part of it).
         PageMove::Lost => move_to(p, old_len, place(new_len, align, false, true)),
     }
@@ -432,24 +433,35 @@ fn remap(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> *mut u8 {
         return move_to(p, old_len, place(new_len, align, false, true));
     };
     let q = placed.start as *mut u8;
-    if moved {
-        REMAPPED.inc();
-        REMAPPED_BYTES.add(old_len as u64);
-        crate::purge::large_added(new_len - old_len);
-        crate::purge::tick(os::now_ms());
-        return q;
-    }
+    let moved = match moved {
+        PageMove::Moved => {
+            REMAPPED.inc();
+            REMAPPED_BYTES.add(old_len as u64);
+            crate::purge::large_added(new_len - old_len);
+            crate::purge::tick(os::now_ms());
+            return q;
+        }
+        PageMove::Copy { moved } => moved,
+        PageMove::Lost => 0, // never: `relocate` places another destination
+    };
     crate::purge::large_added(new_len);
-    move_to(p, old_len, q)
+    move_rest(p, old_len, q, moved)
 }
 
 /// Copies `len` bytes of the large object `p` to `q` (when not null) and frees `p`.
 fn move_to(p: *mut u8, len: usize, q: *mut u8) -> *mut u8 {
+    move_rest(p, len, q, 0)
+}
+
+/// `move_to` of an object whose first `moved` bytes are at `q` already (a move of its
+/// pages that stopped part-way, `PageMove::Copy`): copies the rest.
+fn move_rest(p: *mut u8, len: usize, q: *mut u8, moved: usize) -> *mut u8 {
     if !q.is_null() {
         MOVED.inc();
-        COPIED_BYTES.add(len as u64);
-        // SAFETY: both are live, distinct objects of at least `len` usable bytes.
-        unsafe { ptr::copy_nonoverlapping(p, q, len) };
+        COPIED_BYTES.add((len - moved) as u64);
+        // SAFETY: both are live, distinct objects of at least `len` usable bytes, and
+        // `moved <= len`.
+        unsafe { ptr::copy_nonoverlapping(p.add(moved), q.add(moved), len - moved) };
         if free(p).is_err() {
             crate::fatal("realloc: a live large object vanished from the region table");
         }
@@ -492,8 +504,9 @@ mod tests {
         }
         let table = ARENAS.table_of_addr(p as usize);
         let (writers, waits) = (table.counters.writer.get(), table.counters.waits.get());
+        // Moves are counted per thread: `REMAPPED` also counts the tests beside this one.
         let (before, moved) = table.while_writer_busy(|| {
-            let before = REMAPPED.get();
+            let before = os::inject::moves_tried();
             // SAFETY: live, `LEN` bytes, page-aligned.
             (before, unsafe { realloc(p, LEN, 4 * LEN, PAGE_SIZE) })
         });
@@ -504,7 +517,7 @@ mod tests {
             "a blocking acquisition"
         );
         assert!(!moved.is_null() && moved != p, "not moved");
-        assert_eq!(REMAPPED.get() - before, 1, "not moved by mremap");
+        assert!(os::inject::moves_tried() > before, "not moved by mremap");
         // SAFETY: `moved` is live with `4 * LEN` bytes.
         unsafe {
             assert_eq!(moved.read(), 7);
@@ -513,56 +526,76 @@ mod tests {
         free(moved).unwrap();
     }
 
-    /// Review of hazard10 (H3-2) through `move_elsewhere`: on a kernel before 6.17
-    /// (`inject::pretend_old_kernel`, whose refusal reads `/proc/self/maps`) an object
-    /// that arrived by a move spans two mappings, and its next move out of a busy arena
-    /// is copied without asking the kernel, which would refuse it after unmapping the
-    /// destination. The source's mark is read without its arena's writer mutex.
+    /// Review of hazard10 (H3-2) and review12b (F1) through `move_elsewhere`: an object
+    /// that arrived by a move and grew spans two mappings, which a kernel before 6.17
+    /// (`inject::pretend_old_kernel`, whose refusal reads `/proc/self/maps`) refuses to
+    /// move in one call after unmapping the destination. Its next move out of a busy
+    /// arena goes one mapping at a time where the kernel lists them, and is copied
+    /// without asking where it cannot (`inject::pretend_no_query`). The source's mark
+    /// is read without its arena's writer mutex.
     #[test]
-    fn a_busy_arenas_move_of_a_moved_in_object_copies_on_a_kernel_that_moves_one_mapping() {
-        // Both moves stay in base space (below `HUGE_OBJECT_MIN`), where pages move.
-        const LEN: usize = 128 << 10;
-        let mut p = object_beside_another_arena(LEN);
-        // Parallel tests may have left moved-in pages where `p` was placed: its first
-        // move must be one the kernel makes.
-        while ARENAS
-            .table_of_addr(p as usize)
-            .may_hold_moved_pages(p as usize)
-        {
-            p = alloc(LEN, PAGE_SIZE, false);
-            assert!(!p.is_null());
+    fn a_busy_arenas_move_of_a_moved_in_object_moves_each_mapping_or_copies() {
+        for query in [true, false] {
+            // Both moves stay in base space (below `HUGE_OBJECT_MIN`), where pages move.
+            const LEN: usize = 128 << 10;
+            let mut p = object_beside_another_arena(LEN);
+            // Parallel tests may have left moved-in pages where `p` was placed: its
+            // first move must be one the kernel makes.
+            while ARENAS
+                .table_of_addr(p as usize)
+                .may_hold_moved_pages(p as usize)
+            {
+                p = alloc(LEN, PAGE_SIZE, false);
+                assert!(!p.is_null());
+            }
+            // SAFETY: `p` is a live object of `LEN` bytes.
+            unsafe {
+                p.write(7);
+                p.add(LEN - 1).write(9);
+            }
+            os::inject::pretend_old_kernel(true);
+            os::inject::pretend_no_query(!query);
+            let (tried, refused) = (os::inject::moves_tried(), os::inject::refused_moves());
+            let busy_move = |p: *mut u8, len: usize| {
+                ARENAS.table_of_addr(p as usize).while_writer_busy(|| {
+                    // SAFETY: live, `len` bytes, page-aligned.
+                    unsafe { realloc(p, len, 4 * len, PAGE_SIZE) }
+                })
+            };
+            let q = busy_move(p, LEN);
+            assert!(!q.is_null() && q != p, "not moved");
+            assert_eq!(os::inject::moves_tried() - tried, 1, "not moved by mremap");
+            // SAFETY: `q` is live with `4 * LEN` bytes: its grown part holds a mark too.
+            unsafe { q.add(4 * LEN - 1).write(5) };
+            // Its moved-in pages and the rest (more where the tests beside this one
+            // left moved-in pages in the shared arenas).
+            os::inject::pretend_no_query(false);
+            let mappings = os::maps::pieces(q as usize, 4 * LEN).map_or(0, |p| p.count());
+            assert!(mappings >= 2, "{mappings} mappings");
+            os::inject::pretend_no_query(!query);
+            let r = busy_move(q, 4 * LEN);
+            os::inject::pretend_old_kernel(false);
+            os::inject::pretend_no_query(false);
+            assert!(!r.is_null() && r != q, "not moved");
+            assert_eq!(
+                os::inject::refused_moves() - refused,
+                0,
+                "asked the kernel for a move it refuses"
+            );
+            let calls = if query { 1 + mappings as u64 } else { 1 };
+            assert_eq!(
+                os::inject::moves_tried() - tried,
+                calls,
+                "moves tried ({query})"
+            );
+            // SAFETY: `r` is live with `16 * LEN` bytes.
+            unsafe {
+                assert_eq!(r.read(), 7);
+                assert_eq!(r.add(LEN - 1).read(), 9);
+                assert_eq!(r.add(4 * LEN - 1).read(), 5);
+            }
+            free(r).unwrap();
         }
-        // SAFETY: `p` is a live object of `LEN` bytes.
-        unsafe {
-            p.write(7);
-            p.add(LEN - 1).write(9);
-        }
-        os::inject::pretend_old_kernel(true);
-        let (tried, refused) = (os::inject::moves_tried(), os::inject::refused_moves());
-        let busy_move = |p: *mut u8, len: usize| {
-            ARENAS.table_of_addr(p as usize).while_writer_busy(|| {
-                // SAFETY: live, `len` bytes, page-aligned.
-                unsafe { realloc(p, len, 4 * len, PAGE_SIZE) }
-            })
-        };
-        let q = busy_move(p, LEN);
-        assert!(!q.is_null() && q != p, "not moved");
-        assert_eq!(os::inject::moves_tried() - tried, 1, "not moved by mremap");
-        let r = busy_move(q, 4 * LEN);
-        os::inject::pretend_old_kernel(false);
-        assert!(!r.is_null() && r != q, "not moved");
-        assert_eq!(
-            os::inject::refused_moves() - refused,
-            0,
-            "asked the kernel for a move it refuses"
-        );
-        assert_eq!(os::inject::moves_tried() - tried, 1, "moves tried");
-        // SAFETY: `r` is live with `16 * LEN` bytes.
-        unsafe {
-            assert_eq!(r.read(), 7);
-            assert_eq!(r.add(LEN - 1).read(), 9);
-        }
-        free(r).unwrap();
     }
 
     /// The same move (`move_elsewhere`, its pages moved under the destination's read

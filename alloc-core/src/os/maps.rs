@@ -165,6 +165,131 @@ pub fn count_mappings(is_ours: impl Fn(usize) -> bool) -> Option<u64> {
     complete.then_some(lines.ours)
 }
 
+/// Most mappings a source may span and still move, one `mremap` per mapping
+/// (`os::move_pages`); a source of more is copied. An object that arrived by a move and
+/// then grew in place spans two; each later move and growth may add one more.
+pub const MOVE_PIECES: usize = 8;
+
+/// The mappings a range spans (`pieces`): where each of its pieces ends, as an offset
+/// from the range's start, in address order; the last is the range's length.
+#[derive(Clone, Copy, Debug)]
+pub struct Pieces {
+    ends: [usize; MOVE_PIECES],
+    count: usize,
+}
+
+impl Pieces {
+    /// The pieces as `(offset, length)` from the range's start, in address order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let mut start = 0;
+        self.ends[..self.count].iter().map(move |&end| {
+            let piece = (start, end - start);
+            start = end;
+            piece
+        })
+    }
+
+    /// How many mappings the range spans.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
+/// `struct procmap_query` of `<linux/fs.h>` (Linux 6.11): asks the kernel for the
+/// mapping covering an address, through an ioctl on `/proc/self/maps`.
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+/// `PROCMAP_QUERY`: `_IOWR('f', 17, struct procmap_query)`.
+const PROCMAP_QUERY: libc::c_ulong = (3 << 30)
+    | ((core::mem::size_of::<ProcmapQuery>() as libc::c_ulong) << 16)
+    | ((b'f' as libc::c_ulong) << 8)
+    | 17;
+
+/// Whether `PROCMAP_QUERY` answered before (0: not asked; 1: yes; 2: the kernel has
+/// none, before 6.11, or `/proc` refuses it): asked once, a property of the kernel.
+static QUERY: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// The mappings `[addr, addr + len)` spans, asked of the kernel piece by piece
+/// (`PROCMAP_QUERY`: one `open`, one `ioctl` per mapping and one `close`, measured at
+/// 3 us for one mapping; from 6.17 the kernel answers under the mapping's own lock, no
+/// `mmap_lock`). `None` when the range is not all mapped, spans more than
+/// `MOVE_PIECES` mappings, or the kernel cannot say (no `/proc`, no `PROCMAP_QUERY`, no
+/// descriptor left). Allocates nothing. The answer holds while nothing changes the
+/// range's mappings: for an object, while its owner makes no call on it.
+pub fn pieces(addr: usize, len: usize) -> Option<Pieces> {
+    #[cfg(test)]
+    if super::inject::pretends_no_query() {
+        return None;
+    }
+    if QUERY.load(Ordering::Relaxed) == 2 {
+        return None;
+    }
+    let _errno = super::ErrnoGuard::save();
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(MAPS_PATH.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let end = addr + len;
+    let mut pieces = Pieces {
+        ends: [0; MOVE_PIECES],
+        count: 0,
+    };
+    let mut at = addr;
+    let complete = loop {
+        if at >= end {
+            break true;
+        }
+        if pieces.count == MOVE_PIECES {
+            break false;
+        }
+        let mut q = ProcmapQuery {
+            size: core::mem::size_of::<ProcmapQuery>() as u64,
+            query_addr: at as u64,
+            ..ProcmapQuery::default()
+        };
+        // SAFETY: our own descriptor; `q` is a valid `procmap_query` of the size it
+        // states, and its name and build-id buffers are null with size 0 (not filled).
+        if unsafe { libc::ioctl(fd, PROCMAP_QUERY as _, &mut q as *mut ProcmapQuery) } != 0 {
+            // ENOENT: a hole at `at`; ENOTTY or EINVAL: the kernel has no such query.
+            if matches!(super::errno(), libc::ENOTTY | libc::EINVAL) {
+                QUERY.store(2, Ordering::Relaxed);
+            }
+            break false;
+        }
+        QUERY.store(1, Ordering::Relaxed);
+        let vma_end = q.vma_end as usize;
+        if q.vma_start as usize > at || vma_end <= at {
+            break false;
+        }
+        let piece_end = vma_end.min(end);
+        pieces.ends[pieces.count] = piece_end - addr;
+        pieces.count += 1;
+        at = piece_end;
+    };
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    complete.then_some(pieces)
+}
+
 /// Parses the start address (hex digits up to `-`) of each line of a maps file fed in
 /// pieces, and counts the lines whose start `is_ours`.
 #[derive(Default)]

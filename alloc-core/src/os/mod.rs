@@ -612,16 +612,72 @@ fn protect(addr: usize, len: usize, prot: libc::c_int) -> Result<(), OsError> {
     Ok(())
 }
 
+/// Where a `move_pages` stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoveStop {
+    /// The first `moved` bytes are at the destination (their source range mapped and
+    /// empty); the rest are still at the source.
+    pub moved: usize,
+    /// This many bytes from `moved` on were the destination of the `mremap` that
+    /// failed, which the kernel may have unmapped (`restore_destination`); 0 when no
+    /// call was made.
+    pub failed: usize,
+}
+
 /// Moves the pages of `[from, from + len)` to `[to, to + len)` without copying, leaving
-/// the source mapped and empty (`MREMAP_DONTUNMAP`), so the arena keeps no hole. On an
-/// error the destination may be unmapped (kernels before 6.17): the caller passes it to
-/// `restore_destination` before it uses it.
+/// the source mapped and empty (`MREMAP_DONTUNMAP`), so the arena keeps no hole: one
+/// `mremap` per mapping the source spans (`maps::pieces`), never one over several.
+/// From 6.17 the kernel moves a source of several mappings in one call, but one by
+/// one, and a failure on a later one (a userfaultfd-registered part, `vm.max_map_count`
+/// or `RLIMIT_DATA` reached, `EINTR` from KSM's unmerge, which `SA_RESTART` then reruns
+/// over the emptied front and reports as success) keeps the earlier ones moved: a copy
+/// from the source would read zeros there (review12b F1, `bench/probe/uffd_mremap_multi_vma.c`).
+/// A move of one mapping either happens whole or not at all. So a failure stops at a
+/// known piece (`MoveStop`). When the kernel cannot list the pieces, a source that may
+/// span several (`may_span`: `region::MOVED_IN`) is not moved (`MoveStop` of nothing),
+/// and any other is moved in one call, as one mapping: only a mapping split the program
+/// made itself (`mprotect`, `madvise`, userfaultfd on part of an object) is then at risk.
 ///
 /// # Safety
 /// Both ranges must be ours; the destination holds no live object and the source's
-/// content is not needed any more.
-pub unsafe fn move_pages(from: usize, to: usize, len: usize) -> Result<(), OsError> {
+/// content is not needed any more unless the move stops (`MoveStop`).
+pub unsafe fn move_pages(
+    from: usize,
+    to: usize,
+    len: usize,
+    may_span: bool,
+) -> Result<(), MoveStop> {
     let _errno = ErrnoGuard::save();
+    let Some(pieces) = maps::pieces(from, len) else {
+        if may_span {
+            return Err(MoveStop {
+                moved: 0,
+                failed: 0,
+            });
+        }
+        // SAFETY: caller contract.
+        return unsafe { move_mapping(from, to, len) }.map_err(|_| MoveStop {
+            moved: 0,
+            failed: len,
+        });
+    };
+    for (offset, piece) in pieces.iter() {
+        // SAFETY: caller contract; each piece lies in one mapping.
+        if unsafe { move_mapping(from + offset, to + offset, piece) }.is_err() {
+            return Err(MoveStop {
+                moved: offset,
+                failed: piece,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One `mremap` of `move_pages`.
+///
+/// # Safety
+/// As `move_pages`.
+unsafe fn move_mapping(from: usize, to: usize, len: usize) -> Result<(), OsError> {
     count(Syscall::Mremap);
     maps::charge();
     #[cfg(test)]
@@ -711,91 +767,86 @@ fn stop_page_moves() {
     MOVES_STOPPED.with(|c| c.set(true));
 }
 
-/// Makes the destination of a failed `move_pages` usable again, or says it cannot be.
-/// Kernels before 6.17 unmap an `MREMAP_FIXED` destination before they check the
-/// source, and a source that spans two mappings (an object moved in and then grown in
-/// place) then fails with `EFAULT`, leaving a hole where the destination was: copying
-/// into it faults, and any `mmap` of the process may take it meanwhile.
-/// - On such a kernel the range is mapped again without replacing anything
+/// Makes the destination of a failed `move_pages` call usable again, or says it cannot
+/// be. A failed `MREMAP_FIXED` may unmap its destination before it fails: kernels before
+/// 6.17 do so for every failure past the argument checks (a source spanning two
+/// mappings fails with `EFAULT` only then), and 6.17 on for those past the source
+/// checks (`ENOMEM` from `RLIMIT_DATA` or `vm.max_map_count`, `EINTR` from KSM's
+/// unmerge). Copying into such a hole faults, and any `mmap` of the process may take it
+/// meanwhile.
+/// - From 6.17, a range still mapped whole (`msync`: no `mmap_lock` writer, `ENOMEM`
+///   on any unmapped page) is the kernel's leaving it alone: `Usable`. (A foreign
+///   mapping that took exactly the whole hole of a failure past the source checks
+///   would pass too; nothing in the range tells the two apart.)
+/// - Otherwise the range is mapped again without replacing anything
 ///   (`MAP_FIXED_NOREPLACE`, flags as `reserve`'s; `advise_huge` re-applies
-///   `MADV_HUGEPAGE`, which the fresh mapping does not carry). If something is mapped
-///   there already, it is another mapping's (the kernel unmapped ours): `Lost`, even if
-///   that mapping fills the whole hole, which no check of the range could tell from ours.
-/// - A kernel from 6.17 on checks the source first and leaves the destination alone:
-///   `msync` (no `mmap_lock` writer; `ENOMEM` on any unmapped page) confirms it, and a
-///   range with holes is `Lost`.
+///   `MADV_HUGEPAGE`, which the fresh mapping does not carry): `Restored`, on every
+///   kernel, so one transient failure costs one `mmap` and the moves go on (review12b
+///   F3). If something is mapped there already, before 6.17 it is another mapping's
+///   even if it fills the whole hole, and from 6.17 the range has holes beside it:
+///   `Lost`.
 ///
 /// # Safety
-/// `[addr, addr + len)` was the destination of the failed move (ours, no live object).
+/// `[addr, addr + len)` was the destination of the failed call (ours, no live object).
 #[cold]
 #[inline(never)]
 pub unsafe fn restore_destination(addr: usize, len: usize, advise_huge: bool) -> Destination {
     let _errno = ErrnoGuard::save();
-    if unmaps_before_failing() {
-        count(Syscall::Mmap);
-        // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped: a hole in our
-        // own reservation (caller contract), or nothing at all.
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE
-                    | libc::MAP_ANONYMOUS
-                    | libc::MAP_NORESERVE
-                    | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p as usize == addr {
-            maps::charge();
-            RESTORED.fetch_add(1, Ordering::Relaxed);
-            if advise_huge {
-                let _ = madvise(Syscall::MadviseHugePage, addr, len, libc::MADV_HUGEPAGE);
-            }
-            return Destination::Restored;
+    // SAFETY: MS_ASYNC on anonymous memory writes nothing back; it only checks that
+    // every page of the range is mapped.
+    if !unmaps_before_failing()
+        && unsafe { libc::msync(addr as *mut libc::c_void, len, libc::MS_ASYNC) } == 0
+    {
+        return Destination::Usable;
+    }
+    count(Syscall::Mmap);
+    // SAFETY: MAP_FIXED_NOREPLACE maps only where nothing is mapped: a hole in our own
+    // reservation (caller contract), or nothing at all.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p as usize == addr {
+        maps::charge();
+        RESTORED.fetch_add(1, Ordering::Relaxed);
+        if advise_huge {
+            let _ = madvise(Syscall::MadviseHugePage, addr, len, libc::MADV_HUGEPAGE);
         }
-        if p != libc::MAP_FAILED {
-            // A kernel before 4.17 took the address as a hint: a mapping elsewhere, ours.
-            let _ = unmap_raw(p as usize, len);
-        }
-    } else {
-        // SAFETY: MS_ASYNC on anonymous memory writes nothing back; it only checks that
-        // every page of the range is mapped.
-        if unsafe { libc::msync(addr as *mut libc::c_void, len, libc::MS_ASYNC) } == 0 {
-            return Destination::Usable;
-        }
+        return Destination::Restored;
+    }
+    if p != libc::MAP_FAILED {
+        // A kernel before 4.17 took the address as a hint: a mapping elsewhere, ours.
+        let _ = unmap_raw(p as usize, len);
     }
     LOST.fetch_add(1, Ordering::Relaxed);
     stop_page_moves();
     Destination::Lost
 }
 
-/// Whether a failed `MREMAP_FIXED` may have unmapped its destination first: kernels
-/// before 6.17, whose `mremap_to` unmaps the destination before it looks the source up
-/// (6.17 moves sources of several mappings, and checks them first). Only failed moves
-/// ask.
+/// Whether every failed `MREMAP_FIXED` past its argument checks unmapped its
+/// destination first: kernels before 6.17, whose `mremap_to` unmaps the destination
+/// before it looks the source up. From 6.17 the source is checked first ("mremap:
+/// permit mremap() move of multiple VMAs"), and only later failures unmap.
 fn unmaps_before_failing() -> bool {
     #[cfg(test)]
     if inject::pretends_old_kernel() {
         return true;
     }
-    !moves_span_mappings()
-}
-
-/// Whether `move_pages` may move a source that spans several mappings: from 6.17 on
-/// ("mremap: permit mremap() move of multiple VMAs", for a move without resize as ours).
-/// Before, the kernel refuses such a source with `EFAULT`, after it has unmapped the
-/// destination (`restore_destination`), so callers copy an object that may span
-/// several (`region::MOVED_IN`) without asking. Kept, as `overlay_is_safe`'s answer.
-pub fn moves_span_mappings() -> bool {
     #[cfg(test)]
     if inject::pretends_one_mapping_moves() {
-        return false;
+        return true;
     }
-    static SPANS: AtomicU8 = AtomicU8::new(0);
-    kernel_from(&SPANS, 6, 17)
+    static CHECKS_FIRST: AtomicU8 = AtomicU8::new(0);
+    !kernel_from(&CHECKS_FIRST, 6, 17)
 }
 
 /// `!kernel_before(major, minor)`, asked once and kept in `cache` (0: not asked yet;
@@ -859,12 +910,15 @@ fn kernel_before(major: u32, minor: u32) -> bool {
     (parts[0], parts[1]) < (major, minor)
 }
 
-/// Test-only fault injection into `move_pages`: the next move of this thread fails as
-/// kernels before 6.17 fail one whose source spans two mappings, after unmapping the
-/// destination (`UnmapThenFail`), and optionally with another mapping taking the
-/// destination's last page (`UnmapOthersMapThenFail`) or all of it
-/// (`UnmapOthersFillThenFail`) before the caller can react; and, for `overlay_is_safe`,
-/// a kernel before 6.12 on this thread (`pretend_old_fixed_map`).
+/// Test-only fault injection into `move_pages`: the next move call of this thread (or
+/// the one after the next few, `fail_move_after`) fails as kernels before 6.17 fail one
+/// whose source spans two mappings, after unmapping the destination (`UnmapThenFail`),
+/// and optionally with another mapping taking the destination's last page
+/// (`UnmapOthersMapThenFail`) or all of it (`UnmapOthersFillThenFail`) before the caller
+/// can react, or as a kernel from 6.17 on fails past its source checks
+/// (`NewKernelUnmapThenFail`); `maps::pieces` without an answer (`pretend_no_query`);
+/// and, for `overlay_is_safe`, a kernel before 6.12 on this thread
+/// (`pretend_old_fixed_map`).
 #[cfg(test)]
 pub(crate) mod inject {
     use super::{Syscall, PAGE_SIZE};
@@ -878,6 +932,9 @@ pub(crate) mod inject {
         UnmapOthersMapThenFail,
         /// Another mapping takes the whole hole: nothing in the range tells it from ours.
         UnmapOthersFillThenFail,
+        /// Unmaps and fails as a kernel from 6.17 on does past its source checks
+        /// (`ENOMEM` from `RLIMIT_DATA`): the restore then runs as on such a kernel.
+        NewKernelUnmapThenFail,
     }
 
     /// What a foreign mapping's page holds.
@@ -885,6 +942,8 @@ pub(crate) mod inject {
 
     std::thread_local! {
         static NEXT: Cell<MoveFault> = const { Cell::new(MoveFault::None) };
+        static SKIP: Cell<u32> = const { Cell::new(0) };
+        static NO_QUERY: Cell<bool> = const { Cell::new(false) };
         static FOREIGN_AT: Cell<usize> = const { Cell::new(0) };
         static OLD_KERNEL: Cell<bool> = const { Cell::new(false) };
         static OLD_FIXED_MAP: Cell<bool> = const { Cell::new(false) };
@@ -947,7 +1006,24 @@ pub(crate) mod inject {
 
     /// Arms the fault for this thread's next move.
     pub fn fail_next_move(fault: MoveFault) {
+        fail_move_after(0, fault);
+    }
+
+    /// Arms the fault for this thread's move call after the next `calls` ones (each
+    /// mapping of a source is one call: `move_pages`).
+    pub fn fail_move_after(calls: u32, fault: MoveFault) {
+        SKIP.with(|c| c.set(calls));
         NEXT.with(|c| c.set(fault));
+    }
+
+    /// Makes `maps::pieces` answer `None` on this thread, as on a kernel without
+    /// `PROCMAP_QUERY` (before 6.11) or without `/proc`.
+    pub fn pretend_no_query(on: bool) {
+        NO_QUERY.with(|c| c.set(on));
+    }
+
+    pub(in crate::os) fn pretends_no_query() -> bool {
+        NO_QUERY.with(|c| c.get())
     }
 
     /// The page the last `UnmapOthersMapThenFail` mapped (0 if none).
@@ -959,7 +1035,13 @@ pub(crate) mod inject {
     /// mappings (`pretend_old_kernel`), to a move of `[from, from + len)` to `[to, to + len)`.
     pub(super) fn apply(from: usize, to: usize, len: usize) -> Option<super::OsError> {
         TRIED.with(|c| c.set(c.get() + 1));
-        let mut fault = NEXT.with(|c| c.replace(MoveFault::None));
+        let mut fault = match SKIP.with(|c| c.get()) {
+            0 => NEXT.with(|c| c.replace(MoveFault::None)),
+            n => {
+                SKIP.with(|c| c.set(n - 1));
+                MoveFault::None
+            }
+        };
         if fault == MoveFault::None && pretends_one_mapping_moves() && spans_mappings(from, len) {
             REFUSED.with(|c| c.set(c.get() + 1));
             fault = MoveFault::UnmapThenFail;
@@ -967,7 +1049,7 @@ pub(crate) mod inject {
         if fault == MoveFault::None {
             return None;
         }
-        OLD_KERNEL.with(|c| c.set(true));
+        OLD_KERNEL.with(|c| c.set(fault != MoveFault::NewKernelUnmapThenFail));
         // SAFETY: the destination is ours (move_pages' contract): the old kernel's
         // unmap, then another mapping in the hole's last page or in all of it.
         unsafe {
@@ -994,7 +1076,11 @@ pub(crate) mod inject {
         }
         Some(super::OsError {
             call: Syscall::Mremap,
-            errno: libc::EFAULT,
+            errno: if fault == MoveFault::NewKernelUnmapThenFail {
+                libc::ENOMEM
+            } else {
+                libc::EFAULT
+            },
         })
     }
 }
@@ -1135,6 +1221,106 @@ mod tests {
         }
     }
 
+    /// A userfaultfd of this process (`UFFD_USER_MODE_ONLY`), or `None` where the
+    /// kernel or its settings refuse one (the test using it then says so and passes).
+    fn userfaultfd() -> Option<libc::c_int> {
+        // SAFETY: plain syscalls on our own descriptor and structures.
+        unsafe {
+            let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | 1) as libc::c_int;
+            if fd < 0 {
+                return None;
+            }
+            let mut api = [0u64; 3]; // struct uffdio_api: api, features, ioctls
+            api[0] = 0xaa; // UFFD_API
+                           // UFFDIO_API: _IOWR(0xaa, 0x3f, struct uffdio_api)
+            if libc::ioctl(fd, 0xc018_aa3f, api.as_mut_ptr()) != 0 {
+                libc::close(fd);
+                return None;
+            }
+            Some(fd)
+        }
+    }
+
+    /// Review12b F1 on this kernel: a source of two mappings, the second registered with
+    /// a userfaultfd (write-protect mode) by the program. From 6.17 one `mremap` over
+    /// both moves the first and then fails with `EFAULT`, so a copy from the source
+    /// would read zeros in front (`bench/probe/uffd_mremap_multi_vma.c`); moved one
+    /// mapping at a time, each moves whole.
+    #[test]
+    fn a_source_of_two_mappings_one_registered_moves_whole() {
+        const PAGES: usize = 64;
+        let Some(uffd) = userfaultfd() else {
+            eprintln!("skipped: no userfaultfd here");
+            return;
+        };
+        let addr = reserve(PAGES * PAGE_SIZE, PAGE_SIZE).unwrap();
+        let (obj, len, to) = (addr, 16 * PAGE_SIZE, addr + 24 * PAGE_SIZE);
+        // SAFETY: our reservation; the moved ranges do not overlap.
+        unsafe {
+            // The object's first half arrives by a move: a mapping of its own.
+            move_pages(addr + 40 * PAGE_SIZE, obj, 8 * PAGE_SIZE, false).unwrap();
+            for page in 0..16 {
+                ((obj + page * PAGE_SIZE) as *mut u64).write(page as u64 + 1);
+            }
+            // struct uffdio_register: range { start, len }, mode, ioctls.
+            let mut reg = [(obj + 8 * PAGE_SIZE) as u64, 8 * PAGE_SIZE as u64, 2, 0];
+            // UFFDIO_REGISTER: _IOWR(0xaa, 0x00, struct uffdio_register); mode 2: WP.
+            if libc::ioctl(uffd, 0xc020_aa00, reg.as_mut_ptr()) != 0 {
+                eprintln!("skipped: userfaultfd write-protect registration refused");
+                libc::close(uffd);
+                return;
+            }
+            assert_eq!(
+                maps::pieces(obj, len).map(|p| p.count()),
+                Some(2),
+                "two mappings"
+            );
+            assert_eq!(move_pages(obj, to, len, true), Ok(()), "not moved");
+            for page in 0..16 {
+                let word = ((to + page * PAGE_SIZE) as *const u64).read();
+                assert_eq!(word, page as u64 + 1, "page {page} lost in the move");
+            }
+            libc::close(uffd);
+            release(addr, PAGES * PAGE_SIZE).unwrap();
+        }
+    }
+
+    /// `maps::pieces` lists the mappings a range spans, in order, and none for a range
+    /// with a hole or one past `MOVE_PIECES` mappings.
+    #[test]
+    fn pieces_lists_the_mappings_of_a_range() {
+        const PAGES: usize = 64;
+        let addr = reserve(PAGES * PAGE_SIZE, PAGE_SIZE).unwrap();
+        // SAFETY: our reservation; only its own pages are protected or unmapped.
+        unsafe {
+            let whole = maps::pieces(addr, PAGES * PAGE_SIZE).expect("this kernel lists mappings");
+            assert_eq!(whole.iter().collect::<Vec<_>>(), [(0, PAGES * PAGE_SIZE)]);
+            protect(addr + 8 * PAGE_SIZE, 4 * PAGE_SIZE, libc::PROT_READ).unwrap();
+            let split = maps::pieces(addr + PAGE_SIZE, 15 * PAGE_SIZE).unwrap();
+            assert_eq!(
+                split.iter().collect::<Vec<_>>(),
+                [
+                    (0, 7 * PAGE_SIZE),
+                    (7 * PAGE_SIZE, 4 * PAGE_SIZE),
+                    (11 * PAGE_SIZE, 4 * PAGE_SIZE)
+                ]
+            );
+            for i in 0..maps::MOVE_PIECES {
+                protect(addr + (16 + 2 * i) * PAGE_SIZE, PAGE_SIZE, libc::PROT_READ).unwrap();
+            }
+            assert!(
+                maps::pieces(addr + 16 * PAGE_SIZE, 2 * maps::MOVE_PIECES * PAGE_SIZE).is_none()
+            );
+            unmap_raw(addr + 60 * PAGE_SIZE, PAGE_SIZE).unwrap();
+            assert!(
+                maps::pieces(addr + 56 * PAGE_SIZE, 8 * PAGE_SIZE).is_none(),
+                "a hole"
+            );
+            release(addr, 60 * PAGE_SIZE).unwrap();
+            release(addr + 61 * PAGE_SIZE, 3 * PAGE_SIZE).unwrap();
+        }
+    }
+
     /// What `maps` relies on (kernel 6.18, `bench/probe/vma_merge.c`): faulted pages
     /// moved inside a reservation stay a mapping of their own (two mappings start
     /// inside the reservation: the moved one and the rest after it), and `overlay` over
@@ -1152,7 +1338,7 @@ mod tests {
             }
             assert_eq!(maps::count_mappings(inside), Some(0));
             let (from, to) = (addr + 8 * PAGE_SIZE, addr + 32 * PAGE_SIZE);
-            move_pages(from, to, 8 * PAGE_SIZE).unwrap();
+            move_pages(from, to, 8 * PAGE_SIZE, false).unwrap();
             assert_eq!((to as *const u64).read(), 9, "content moved");
             assert_eq!(maps::count_mappings(inside), Some(2), "moved pages split");
             overlay(to, 8 * PAGE_SIZE).unwrap();
@@ -1168,7 +1354,7 @@ mod tests {
         // SAFETY: our reservation; the two halves do not overlap.
         unsafe {
             (addr as *mut u64).write(0xfeed);
-            move_pages(addr, addr + 2 * PAGE_SIZE, 2 * PAGE_SIZE).unwrap();
+            move_pages(addr, addr + 2 * PAGE_SIZE, 2 * PAGE_SIZE, false).unwrap();
             assert_eq!(((addr + 2 * PAGE_SIZE) as *const u64).read(), 0xfeed);
             assert_eq!((addr as *const u64).read(), 0, "source reads back empty");
             release(addr, 4 * PAGE_SIZE).unwrap();

@@ -423,13 +423,11 @@ impl Arenas {
     /// As `RegionTable::move_pages_into`; `space` is `to`'s (`space_of`).
     pub unsafe fn move_pages(&self, from: usize, to: usize, len: usize, space: Space) -> PageMove {
         let _path = OnRegionPath::enter();
-        // Asked only where the kernel refuses sources of several mappings.
-        let from_moved_in = !os::moves_span_mappings()
-            && Self::table_of(from).is_none_or(|t| t.may_hold_moved_pages(from));
+        let from_moved_in = Self::table_of(from).is_none_or(|t| t.may_hold_moved_pages(from));
         match Self::table_of(to) {
             // SAFETY: caller contract.
             Some(t) => unsafe { t.move_pages_into(from, from_moved_in, to, len, space) },
-            None => PageMove::Copy,
+            None => PageMove::Copy { moved: 0 },
         }
     }
 
@@ -477,7 +475,7 @@ impl Arenas {
         new_len: usize,
         align: usize,
         space: Space,
-    ) -> Option<(Placed, bool)> {
+    ) -> Option<(Placed, PageMove)> {
         let _path = OnRegionPath::enter();
         Self::table_of(addr)?.relocate(addr, new_len, align, space)
     }

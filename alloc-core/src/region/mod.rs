@@ -141,8 +141,9 @@ const SHRUNK: u8 = 1;
 /// `mremap` moved here. A moved anonymous mapping keeps its old page offset and
 /// `anon_vma`, so it never merges with the reservation around it again, until a purge
 /// overwrites it with a fresh mapping (`os::overlay`, `os::maps`; base space only). So
-/// an object holding such pages may span several mappings, which kernels before 6.17
-/// refuse to move (`os::moves_span_mappings`). Conservative: set on every move's
+/// an object holding such pages may span several mappings: it moves one mapping per
+/// `mremap` where the kernel lists them, and is copied where it cannot
+/// (`os::move_pages`). Conservative: set on every move's
 /// destination (and on one a failed move's restore mapped again), in both spaces,
 /// inherited by every region cut from a marked one and by every merge with one, cleared
 /// only by that overwrite of the whole region.

@@ -618,10 +618,9 @@ impl RegionTable {
     /// starts at `to`, in `space` (`move_pages_into`), under the destination's read lock
     /// and without the writer mutex: for a move between objects of different arenas.
     /// `PageMove::Copy` when no such region is here, when the move is not tried
-    /// (`from_moved_in`: the source may hold moved-in pages, see `move_pages_into`), or
-    /// `mremap` failed (the caller copies); `PageMove::Lost` when the failed move lost
-    /// the destination (the caller leaves that object allocated for good and copies
-    /// into another).
+    /// (see `move_pages_into`), or `mremap` failed (the caller copies what did not
+    /// move); `PageMove::Lost` when the failed move lost the destination (the caller
+    /// leaves that object allocated for good and copies into another).
     ///
     /// # Safety
     /// `from` is a live object of the caller's, at least `len` bytes, whose content is
@@ -636,11 +635,11 @@ impl RegionTable {
         space: Space,
     ) -> PageMove {
         let Some(read) = self.find_and_read_lock(to) else {
-            return PageMove::Copy;
+            return PageMove::Copy { moved: 0 };
         };
         let dest = read.region();
         if dest.start() != to || dest.len() < len || dest.state() != RegionState::Live {
-            return PageMove::Copy;
+            return PageMove::Copy { moved: 0 };
         }
         // SAFETY: caller contract; the read reference keeps `dest` attached and live.
         unsafe { move_pages_into(from, from_moved_in, dest, len, space) }
@@ -938,20 +937,21 @@ impl RegionTable {
     }
 
     /// Moves the live large object at `addr` to a new region of `new_len` bytes (more
-    /// than its length) in `space`, moving its pages with one `mremap` (see
-    /// `Writer::relocate`). `Some((placed, true))`: moved, the old range is free space.
-    /// `Some((placed, false))`: `mremap` failed, the new region is live and the caller
-    /// copies and frees the old one (a destination the failure lost stays allocated,
-    /// unused, and `placed` is another). `None`: no room for the new region.
+    /// than its length) in `space`, moving its pages with `mremap` (see
+    /// `Writer::relocate`). `Some((placed, PageMove::Moved))`: moved, the old range is
+    /// free space. `Some((placed, PageMove::Copy { moved }))`: the move stopped, the new
+    /// region is live and holds the first `moved` bytes, and the caller copies the rest
+    /// and frees the old one (a destination the failure lost stays allocated, unused,
+    /// and `placed` is another). `None`: no room for the new region.
     pub fn relocate(
         &self,
         addr: usize,
         new_len: usize,
         align: usize,
         space: Space,
-    ) -> Option<(Placed, bool)> {
+    ) -> Option<(Placed, PageMove)> {
         let (placed, moved) = self.write(|w| w.relocate(addr, new_len, align, space))?;
-        if !moved {
+        if moved != PageMove::Moved {
             self.live_regions.fetch_add(1, Ordering::Relaxed);
         }
         Some((placed, moved))
@@ -1439,34 +1439,38 @@ pub struct SpaceStats {
 pub enum PageMove {
     /// The pages moved: the destination holds the content, the source is empty.
     Moved,
-    /// `mremap` failed and the destination is mapped and ours: the caller copies.
-    Copy,
-    /// `mremap` failed after unmapping the destination, and another mapping took part of
-    /// the hole (`os::Destination::Lost`): the destination region stays a live object
-    /// nobody holds, never written, freed or purged, and the caller needs another one.
-    /// The first one stops page moves for good (`os::page_moves_stopped`): one such
-    /// range and descriptor per process, and one per move already under way beside it.
+    /// The move was not made, or stopped part-way, and the destination is mapped and
+    /// ours: it holds the object's first `moved` bytes (0 or more: the mappings that
+    /// moved before the one that failed, their source range now empty), and the caller
+    /// copies the rest from the source.
+    Copy { moved: usize },
+    /// `mremap` failed after unmapping its piece of the destination, and another mapping
+    /// took part of the hole (`os::Destination::Lost`): the destination region stays a
+    /// live object nobody holds, never written, freed or purged, and the caller needs
+    /// another one. Whatever had moved into it before is back at the source, so the
+    /// source holds the whole content. The first one stops page moves for good
+    /// (`os::page_moves_stopped`): one such range and descriptor per process, and one
+    /// per move already under way beside it.
     Lost,
 }
 
-/// Moves `len` bytes of pages from `from` into the region `dest` with `mremap`, and marks
-/// `dest` as holding moved pages (`Region::holds_moved_pages`): the one place a move
-/// sets that mark, in both spaces (only base space's purges act on it, `overlays`).
-/// Asks the kernel nothing, and the caller copies, when a destination was lost before
-/// (`os::page_moves_stopped`), or when the source may span several mappings
-/// (`from_moved_in`, the source's mark) on a kernel that refuses to move such a source
-/// only after unmapping the destination (`os::moves_span_mappings`: before 6.17, where
-/// an object that arrived by a move is its moved-in pages plus the reservation's rest).
-/// When the move fails, the destination is mapped again if the kernel unmapped it
-/// (`os::restore_destination`, with `MADV_HUGEPAGE` again in huge space while THP is
-/// advised), before any caller copies into it, and then marked too: the fresh mapping
-/// does not merge with moved-in pages beside it. Guards need no restoring: guarded
-/// objects never move by `mremap` (`large::realloc` copies them).
+/// Moves `len` bytes of pages from `from` into the region `dest` with `mremap`, one call
+/// per mapping the source spans (`os::move_pages`), and marks `dest` as holding moved
+/// pages (`Region::holds_moved_pages`) once any piece moved: the one place a move sets
+/// that mark, in both spaces (only base space's purges act on it, `overlays`). Asks
+/// the kernel nothing, and the caller copies, when a destination was lost before
+/// (`os::page_moves_stopped`). `from_moved_in` (the source's mark) says the source
+/// may span several mappings: it then moves only where the kernel lists them. When a
+/// call fails, the destination piece it was given is mapped again if the kernel
+/// unmapped it (`os::restore_destination`, with `MADV_HUGEPAGE` again in huge space
+/// while THP is advised), before any caller copies into it, and `dest` is marked too:
+/// the fresh mapping does not merge with moved-in pages beside it. Guards need no
+/// restoring: guarded objects never move by `mremap` (`large::realloc` copies them).
 ///
 /// # Safety
-/// `from` is ours, at least `len` bytes, and its content is not needed after the move;
-/// `dest` is a region of the caller's (write- or read-locked) whose first `len` bytes
-/// hold nothing.
+/// `from` is ours, at least `len` bytes, and its content is not needed after the move
+/// but for what `PageMove::Copy` leaves at the source; `dest` is a region of the
+/// caller's (write- or read-locked) whose first `len` bytes hold nothing.
 unsafe fn move_pages_into(
     from: usize,
     from_moved_in: bool,
@@ -1474,25 +1478,47 @@ unsafe fn move_pages_into(
     len: usize,
     space: Space,
 ) -> PageMove {
-    if os::page_moves_stopped() || (from_moved_in && !os::moves_span_mappings()) {
-        return PageMove::Copy;
+    if os::page_moves_stopped() {
+        return PageMove::Copy { moved: 0 };
     }
     // SAFETY: caller contract: `MREMAP_FIXED` replaces only `dest`'s own pages.
-    if unsafe { os::move_pages(from, dest.start(), len) }.is_err() {
-        let advise_huge =
-            space == Space::Huge && crate::options::thp() == crate::options::Thp::Advise;
-        // SAFETY: `dest`'s first `len` bytes were the failed move's destination.
-        return match unsafe { os::restore_destination(dest.start(), len, advise_huge) } {
-            os::Destination::Usable => PageMove::Copy,
-            os::Destination::Restored => {
-                dest.set_moved_pages(true);
-                PageMove::Copy
-            }
-            os::Destination::Lost => PageMove::Lost,
-        };
+    let Err(stop) = (unsafe { os::move_pages(from, dest.start(), len, from_moved_in) }) else {
+        dest.set_moved_pages(true);
+        return PageMove::Moved;
+    };
+    if stop.moved > 0 {
+        dest.set_moved_pages(true);
     }
-    dest.set_moved_pages(true);
-    PageMove::Moved
+    if stop.failed == 0 {
+        return PageMove::Copy { moved: stop.moved };
+    }
+    let advise_huge = space == Space::Huge && crate::options::thp() == crate::options::Thp::Advise;
+    let failed_at = dest.start() + stop.moved;
+    // SAFETY: `[failed_at, failed_at + stop.failed)` was the failed call's destination.
+    match unsafe { os::restore_destination(failed_at, stop.failed, advise_huge) } {
+        os::Destination::Usable => PageMove::Copy { moved: stop.moved },
+        os::Destination::Restored => {
+            dest.set_moved_pages(true);
+            PageMove::Copy { moved: stop.moved }
+        }
+        os::Destination::Lost => {
+            // The pieces that moved go back to the source, and the lost region, never
+            // purged, gives their pages back now.
+            // SAFETY: the pieces that moved are `dest`'s first `stop.moved` bytes, still
+            // mapped and ours (only the failed piece's range was lost); their source
+            // range is mapped and empty (`MREMAP_DONTUNMAP`); the ranges are disjoint,
+            // and nothing else reads or writes either while the caller holds them.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    dest.start() as *const u8,
+                    from as *mut u8,
+                    stop.moved,
+                );
+                let _ = os::purge(dest.start(), stop.moved, PurgeMode::DontNeed);
+            }
+            PageMove::Lost
+        }
+    }
 }
 
 /// Whether `purge_region` would overwrite `r` with a fresh mapping (`os::overlay`)

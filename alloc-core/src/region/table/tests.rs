@@ -956,7 +956,11 @@ fn a_relocate_whose_move_unmapped_its_destination_maps_it_again_for_the_copy() {
     let (placed, moved) = table
         .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
         .unwrap();
-    assert!(!moved, "the injected failure did not happen");
+    assert_eq!(
+        moved,
+        PageMove::Copy { moved: 0 },
+        "the injected failure did not happen"
+    );
     copy_object(a.start, placed.start, LEN);
     assert!(holds_words(placed.start, LEN, 1), "content copied");
     fill_words(placed.start, 2 * LEN, 2);
@@ -979,7 +983,7 @@ fn a_move_under_a_read_lock_restores_its_destination_or_gives_it_up() {
     os::inject::fail_next_move(os::inject::MoveFault::UnmapThenFail);
     // SAFETY: two live objects of ours; `dest` is unused, `src`'s content is copied below.
     let outcome = unsafe { table.move_pages_into(src.start, false, dest.start, LEN, Space::Base) };
-    assert_eq!(outcome, PageMove::Copy);
+    assert_eq!(outcome, PageMove::Copy { moved: 0 });
     copy_object(src.start, dest.start, LEN);
     assert!(holds_words(dest.start, LEN, 3), "content copied");
 
@@ -1037,7 +1041,11 @@ fn relocate_losing_the_destination(fault: os::inject::MoveFault) {
     let (placed, moved) = table
         .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
         .unwrap();
-    assert!(!moved, "the injected failure did not happen");
+    assert_eq!(
+        moved,
+        PageMove::Copy { moved: 0 },
+        "the injected failure did not happen"
+    );
     let foreign = os::inject::foreign_page();
     assert!(
         !(placed.start..placed.start + placed.len).contains(&foreign),
@@ -1058,47 +1066,171 @@ fn relocate_losing_the_destination(fault: os::inject::MoveFault) {
     check_layout(table);
 }
 
-/// Review of hazard10 (H3-2): on a kernel before 6.17 an object that arrived by a move
-/// spans two mappings (its moved-in pages and the reservation's rest), which that
-/// kernel refuses to move, after unmapping the destination. So on such a kernel
-/// (`inject::pretend_old_kernel`: the refusal is read from `/proc/self/maps`) a source
-/// holding moved-in pages is copied without asking: no refused move, no restore. In
-/// both spaces: huge-page space's moves leave the same two mappings.
+/// Review of hazard10 (H3-2) and review12b (F1, F4): an object that arrived by a move
+/// spans two mappings (its moved-in pages and the reservation's rest). A kernel before
+/// 6.17 refuses to move it in one call, after unmapping the destination; one from 6.17
+/// moves it mapping by mapping and keeps the first moved when a later one fails. So
+/// such a source moves one `mremap` per mapping where the kernel lists them
+/// (`os::maps::pieces`), and is copied without asking where it cannot: never a refused
+/// move (`inject::pretend_old_kernel`: the refusal is read from `/proc/self/maps`), no
+/// restore. In both spaces: huge-page space's moves leave the same two mappings.
 #[test]
-fn a_moved_in_object_is_copied_without_asking_a_kernel_that_moves_one_mapping() {
-    for (space, len) in [(Space::Base, 16 * PAGE_SIZE), (Space::Huge, os::HUGE_PAGE)] {
-        let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
-        let align = if space == Space::Huge {
-            os::HUGE_PAGE
-        } else {
-            PAGE_SIZE
-        };
-        let a = table
-            .allocate_with_room(len, align, RegionKind::Large, true, space)
+fn a_moved_in_object_moves_one_mapping_at_a_time_or_is_copied() {
+    for query in [true, false] {
+        for (space, len) in [(Space::Base, 16 * PAGE_SIZE), (Space::Huge, os::HUGE_PAGE)] {
+            let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+            let align = if space == Space::Huge {
+                os::HUGE_PAGE
+            } else {
+                PAGE_SIZE
+            };
+            let a = table
+                .allocate_with_room(len, align, RegionKind::Large, true, space)
+                .unwrap();
+            fill_words(a.start, len, 7);
+            os::inject::pretend_old_kernel(true);
+            os::inject::pretend_no_query(!query);
+            let (tried, refused) = (os::inject::moves_tried(), os::inject::refused_moves());
+            let (b, moved) = table.relocate(a.start, 2 * len, align, space).unwrap();
+            assert_eq!(
+                moved,
+                PageMove::Moved,
+                "{space:?}: a fresh object lies in one mapping"
+            );
+            assert!(holds_words(b.start, len, 7), "{space:?}: content moved");
+            assert!(
+                table.grow_in_place(b.start, 2 * len),
+                "{space:?}: not grown"
+            );
+            fill_words(b.start + len, len, 8);
+            let (c, moved) = table.relocate(b.start, 4 * len, align, space).unwrap();
+            os::inject::pretend_old_kernel(false);
+            os::inject::pretend_no_query(false);
+            assert_eq!(
+                os::inject::refused_moves() - refused,
+                0,
+                "{space:?}: asked the kernel for a move it refuses"
+            );
+            if query {
+                assert_eq!(moved, PageMove::Moved, "{space:?}: not moved");
+                assert_eq!(
+                    os::inject::moves_tried() - tried,
+                    3,
+                    "{space:?}: one call per mapping"
+                );
+            } else {
+                assert_eq!(
+                    moved,
+                    PageMove::Copy { moved: 0 },
+                    "{space:?}: moved an object of two mappings"
+                );
+                assert_eq!(
+                    os::inject::moves_tried() - tried,
+                    1,
+                    "{space:?}: moves tried"
+                );
+                copy_object(b.start, c.start, 2 * len);
+            }
+            assert!(holds_words(c.start, len, 7), "{space:?}: front kept");
+            assert!(
+                holds_words(c.start + len, len, 8),
+                "{space:?}: grown part kept"
+            );
+            check_layout(table);
+        }
+    }
+}
+
+/// The length of `object_of_two_mappings`' halves.
+const LEN: usize = 16 * PAGE_SIZE;
+
+/// A live object of `2 * LEN` bytes in a table of its own, of two mappings: its first
+/// half moved in by `relocate` (holding `fill_words(.., 5)`), its second grown in place
+/// (holding `fill_words(.., 6)`).
+fn object_of_two_mappings() -> (&'static RegionTable, Placed) {
+    let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
+    let a = table
+        .allocate_with_room(LEN, PAGE_SIZE, RegionKind::Large, true, Space::Base)
+        .unwrap();
+    // Faulted pages keep their page offset when they move: a mapping of their own.
+    fill_words(a.start, LEN, 5);
+    let (b, moved) = table
+        .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
+        .unwrap();
+    assert_eq!(moved, PageMove::Moved);
+    assert!(table.grow_in_place(b.start, 2 * LEN), "not grown");
+    fill_words(b.start + LEN, LEN, 6);
+    let pieces = os::maps::pieces(b.start, 2 * LEN).map(|p| p.count());
+    assert_eq!(pieces, Some(2), "not two mappings");
+    (table, b)
+}
+
+/// An object of two mappings whose second mapping's move fails (review12b F1: from 6.17
+/// the kernel itself would have stopped there, with the first moved): the first stays
+/// moved, its source range is empty, and `relocate` says how much moved, so the copy
+/// takes only the rest. Then the same failure as a kernel from 6.17 on makes it past
+/// its source checks, after unmapping that piece of the destination (review12b F3): the
+/// piece is mapped again (`Restored`), not given up, and moves go on.
+#[test]
+fn a_move_that_stops_after_its_first_mapping_copies_only_the_rest() {
+    for fault in [
+        os::inject::MoveFault::UnmapThenFail,
+        os::inject::MoveFault::NewKernelUnmapThenFail,
+    ] {
+        let (table, b) = object_of_two_mappings();
+        let restored = os::restored_destinations();
+        os::inject::fail_move_after(1, fault);
+        let (c, moved) = table
+            .relocate(b.start, 4 * LEN, PAGE_SIZE, Space::Base)
             .unwrap();
-        fill_words(a.start, len, 7);
-        os::inject::pretend_old_kernel(true);
-        let (tried, refused) = (os::inject::moves_tried(), os::inject::refused_moves());
-        let (b, moved) = table.relocate(a.start, 2 * len, align, space).unwrap();
-        assert!(moved, "{space:?}: a fresh object lies in one mapping");
-        assert!(holds_words(b.start, len, 7), "{space:?}: content moved");
-        let (c, moved) = table.relocate(b.start, 4 * len, align, space).unwrap();
-        os::inject::pretend_old_kernel(false);
-        assert!(!moved, "{space:?}: moved an object of two mappings");
-        assert_eq!(
-            os::inject::refused_moves() - refused,
-            0,
-            "{space:?}: asked the kernel for a move it refuses"
+        assert_eq!(moved, PageMove::Copy { moved: LEN }, "{fault:?}");
+        assert!(holds_words(c.start, LEN, 5), "{fault:?}: the moved mapping");
+        // SAFETY: `b` is live, `LEN` bytes and more.
+        let empty = (0..LEN)
+            .step_by(8)
+            .all(|i| unsafe { ((b.start + i) as *const u64).read() } == 0);
+        assert!(empty, "{fault:?}: its source is not empty");
+        copy_object(b.start + LEN, c.start + LEN, LEN);
+        assert!(
+            holds_words(c.start + LEN, LEN, 6),
+            "{fault:?}: the copied rest"
         );
-        assert_eq!(
-            os::inject::moves_tried() - tried,
-            1,
-            "{space:?}: moves tried"
+        assert!(
+            os::restored_destinations() > restored,
+            "{fault:?}: not restored"
         );
-        copy_object(b.start, c.start, len);
-        assert!(holds_words(c.start, len, 7), "{space:?}: content copied");
+        // Per thread in test builds, where the process-wide counters see other tests.
+        assert!(
+            !os::page_moves_stopped(),
+            "{fault:?}: given up, moves stopped"
+        );
+        fill_words(c.start, 4 * LEN, 9);
+        table.retire(b.start).unwrap();
         check_layout(table);
     }
+}
+
+/// The same stop, and then another mapping takes part of the failed piece's hole: the
+/// destination is given up, and what had moved into it goes back to the source first,
+/// so the copy into the second destination reads the whole object.
+#[test]
+fn a_move_that_stops_and_loses_its_destination_brings_the_moved_part_back() {
+    let (table, b) = object_of_two_mappings();
+    os::inject::fail_move_after(1, os::inject::MoveFault::UnmapOthersMapThenFail);
+    let (c, moved) = table
+        .relocate(b.start, 4 * LEN, PAGE_SIZE, Space::Base)
+        .unwrap();
+    assert_eq!(moved, PageMove::Copy { moved: 0 });
+    let foreign = os::inject::foreign_page();
+    assert!(
+        !(c.start..c.start + c.len).contains(&foreign),
+        "handed out the lost one"
+    );
+    assert!(holds_words(b.start, LEN, 5), "the moved part is not back");
+    copy_object(b.start, c.start, 2 * LEN);
+    assert!(holds_words(c.start, LEN, 5) && holds_words(c.start + LEN, LEN, 6));
+    assert!(os::page_moves_stopped());
+    check_layout(table);
 }
 
 /// Review of hazard10 (H3-3): a destination mapped again after a failed move is a fresh
@@ -1114,7 +1246,11 @@ fn a_destination_mapped_again_is_marked_as_holding_moved_pages() {
     let (placed, moved) = table
         .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
         .unwrap();
-    assert!(!moved, "the injected failure did not happen");
+    assert_eq!(
+        moved,
+        PageMove::Copy { moved: 0 },
+        "the injected failure did not happen"
+    );
     let read = table.find_and_read_lock(placed.start).unwrap();
     assert!(
         read.region().holds_moved_pages(),
@@ -1134,17 +1270,25 @@ fn after_a_lost_destination_no_more_pages_move() {
     let (placed, moved) = table
         .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
         .unwrap();
-    assert!(!moved, "the injected failure did not happen");
+    assert_eq!(
+        moved,
+        PageMove::Copy { moved: 0 },
+        "the injected failure did not happen"
+    );
     table.retire(a.start).unwrap();
     let tried = os::inject::moves_tried();
     let (_, moved) = table
         .relocate(placed.start, 4 * LEN, PAGE_SIZE, Space::Base)
         .unwrap();
-    assert!(!moved, "pages moved after a lost destination");
+    assert_eq!(
+        moved,
+        PageMove::Copy { moved: 0 },
+        "pages moved after a lost destination"
+    );
     let b = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
     // SAFETY: two live objects of ours; `b` holds nothing.
     let outcome = unsafe { table.move_pages_into(b.start, false, placed.start, LEN, Space::Base) };
-    assert_eq!(outcome, PageMove::Copy);
+    assert_eq!(outcome, PageMove::Copy { moved: 0 });
     assert_eq!(os::inject::moves_tried(), tried, "moves tried");
 }
 
@@ -1163,7 +1307,7 @@ fn purges_overwrite_moved_in_ranges_only_where_a_failed_overwrite_keeps_them() {
         let (placed, moved) = table
             .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
             .unwrap();
-        assert!(moved, "this kernel refused the move");
+        assert_eq!(moved, PageMove::Moved, "this kernel refused the move");
         assert!(holds_words(placed.start, LEN, 6), "content moved");
         table.retire(placed.start).unwrap();
         table.collect_retired();
@@ -1233,7 +1377,11 @@ fn a_destination_mapped_again_in_huge_space_keeps_its_huge_page_advice() {
     let (placed, moved) = table
         .relocate(a.start, 4 * LEN, os::HUGE_PAGE, Space::Huge)
         .unwrap();
-    assert!(!moved, "the injected failure did not happen");
+    assert_eq!(
+        moved,
+        PageMove::Copy { moved: 0 },
+        "the injected failure did not happen"
+    );
     copy_object(a.start, placed.start, LEN);
     assert!(holds_words(placed.start, LEN, 5), "content copied");
     assert!(

@@ -15,7 +15,7 @@ use crate::os::{HUGE_PAGE, PAGE_SIZE};
 use crate::region::blocks::DESC_BYTES;
 use crate::region::directory;
 use crate::region::free_index::Lists;
-use crate::region::{Dirtiness, Region, RegionKind, RegionState, Space, RETIRED_NEXT};
+use crate::region::{Dirtiness, PageMove, Region, RegionKind, RegionState, Space, RETIRED_NEXT};
 use crate::space::{self, SlotKind};
 use crate::sync::atomic::Ordering;
 use core::ptr;
@@ -934,24 +934,26 @@ impl<'a> Writer<'a> {
     /// together by `end_write_all`, so no reader sees the object in two places and no
     /// purge advises either range meanwhile (`carve` waits a purge's read lock out).
     /// The source range is left mapped and empty (`MREMAP_DONTUNMAP`): it becomes
-    /// clean free space reading as zero, counted in no dirty bytes. When `mremap` fails,
-    /// the destination is still returned, unmoved (`false`), for the caller to copy into
-    /// and free the source (mapped again if the kernel unmapped it; if another mapping
-    /// took part of it, it stays allocated and unused, and a second one is placed);
-    /// `None` when no destination could be placed.
+    /// clean free space reading as zero, counted in no dirty bytes: `PageMove::Moved`.
+    /// When a move stops (`os::move_pages`), the destination is still returned with
+    /// `PageMove::Copy` and the bytes that did move, for the caller to copy the rest
+    /// into and free the source (mapped again if the kernel unmapped it; if another
+    /// mapping took part of it, it stays allocated and unused, and a second one is
+    /// placed, into which everything is copied); `None` when no destination could be
+    /// placed. Never `PageMove::Lost`.
     pub(super) fn relocate(
         &mut self,
         addr: usize,
         new_len: usize,
         align: usize,
         space: Space,
-    ) -> Option<(Placed, bool)> {
+    ) -> Option<(Placed, PageMove)> {
         let r = self.live_object_at(addr)?;
         let old_len = r.len();
         debug_assert!(old_len < new_len && r.kind() == RegionKind::Large);
         let placed = self.allocate_with_room(new_len, align, RegionKind::Large, true, space)?;
         let Some(dest) = self.region_at(placed.start) else {
-            return Some((placed, false)); // never: it was just placed; copy then
+            return Some((placed, PageMove::Copy { moved: 0 })); // never: it was just placed
         };
         self.start_write(r);
         // SAFETY: both ranges are in our reservations; the destination is a region this
@@ -959,13 +961,13 @@ impl<'a> Writer<'a> {
         // inside `realloc` (it needs only the content, which moves with the pages), and
         // both are write-locked until the update ends.
         match unsafe { super::move_pages_into(addr, r.holds_moved_pages(), dest, old_len, space) } {
-            super::PageMove::Moved => {}
-            super::PageMove::Copy => return Some((placed, false)),
-            super::PageMove::Lost => {
+            PageMove::Moved => {}
+            copy @ PageMove::Copy { .. } => return Some((placed, copy)),
+            PageMove::Lost => {
                 // `dest` stays live for good, nobody's: count it, and place another.
                 self.table.live_regions.fetch_add(1, Ordering::Relaxed);
                 let other = self.allocate_with_room(new_len, align, RegionKind::Large, true, space);
-                return other.map(|other| (other, false));
+                return other.map(|other| (other, PageMove::Copy { moved: 0 }));
             }
         }
         // The source is now empty: clean, zero, free.
@@ -973,7 +975,7 @@ impl<'a> Writer<'a> {
         r.zeroed.store(true, Ordering::Relaxed);
         r.dirtiness.store(Dirtiness::Clean, Ordering::Relaxed);
         self.coalesce(r);
-        Some((placed, true))
+        Some((placed, PageMove::Moved))
     }
 
     pub(super) fn shrink(&mut self, addr: usize, new_len: usize) -> bool {
