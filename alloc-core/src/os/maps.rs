@@ -223,30 +223,52 @@ const PROCMAP_QUERY: libc::c_ulong = (3 << 30)
     | ((b'f' as libc::c_ulong) << 8)
     | 17;
 
-/// Whether `PROCMAP_QUERY` answered before (0: not asked; 1: yes; 2: the kernel has
-/// none, before 6.11, or `/proc` refuses it): asked once, a property of the kernel.
+/// 2 once `PROCMAP_QUERY` was refused as unknown (`ENOTTY`, `EINVAL`: before 6.11), a
+/// property of the kernel: not asked again. 0 otherwise.
 static QUERY: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// What `pieces` found.
+#[derive(Clone, Copy, Debug)]
+pub enum Layout {
+    /// The range spans these mappings.
+    Known(Pieces),
+    /// The range spans more than `MOVE_PIECES` mappings, or has a hole.
+    Several,
+    /// The kernel could not say: no `/proc`, no `PROCMAP_QUERY` (before 6.11), no
+    /// descriptor left, or a sandbox refused the call.
+    Unknown,
+}
+
+impl Layout {
+    /// The pieces, when known.
+    pub fn known(self) -> Option<Pieces> {
+        match self {
+            Layout::Known(pieces) => Some(pieces),
+            Layout::Several | Layout::Unknown => None,
+        }
+    }
+}
 
 /// The mappings `[addr, addr + len)` spans, asked of the kernel piece by piece
 /// (`PROCMAP_QUERY`: one `open`, one `ioctl` per mapping and one `close`, measured at
-/// 3 us for one mapping; from 6.17 the kernel answers under the mapping's own lock, no
-/// `mmap_lock`). `None` when the range is not all mapped, spans more than
-/// `MOVE_PIECES` mappings, or the kernel cannot say (no `/proc`, no `PROCMAP_QUERY`, no
-/// descriptor left). Allocates nothing. The answer holds while nothing changes the
-/// range's mappings: for an object, while its owner makes no call on it.
-pub fn pieces(addr: usize, len: usize) -> Option<Pieces> {
+/// 3 us for one mapping on a quiet machine; from 6.17 the kernel answers under the
+/// mapping's own lock, no `mmap_lock`). Allocates nothing. The answer holds while
+/// nothing changes the range's mappings: for an object, while its owner makes no call
+/// on it (others' purges, moves and merges cut or join mappings only at their own
+/// ranges' ends, outside it).
+pub fn pieces(addr: usize, len: usize) -> Layout {
     #[cfg(test)]
     if super::inject::pretends_no_query() {
-        return None;
+        return Layout::Unknown;
     }
     if QUERY.load(Ordering::Relaxed) == 2 {
-        return None;
+        return Layout::Unknown;
     }
     let _errno = super::ErrnoGuard::save();
     // SAFETY: a NUL-terminated path; the descriptor is closed below.
     let fd = unsafe { libc::open(MAPS_PATH.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
-        return None;
+        return Layout::Unknown;
     }
     let end = addr + len;
     let mut pieces = Pieces {
@@ -254,12 +276,12 @@ pub fn pieces(addr: usize, len: usize) -> Option<Pieces> {
         count: 0,
     };
     let mut at = addr;
-    let complete = loop {
+    let layout = loop {
         if at >= end {
-            break true;
+            break Layout::Known(pieces);
         }
         if pieces.count == MOVE_PIECES {
-            break false;
+            break Layout::Several;
         }
         let mut q = ProcmapQuery {
             size: core::mem::size_of::<ProcmapQuery>() as u64,
@@ -269,16 +291,18 @@ pub fn pieces(addr: usize, len: usize) -> Option<Pieces> {
         // SAFETY: our own descriptor; `q` is a valid `procmap_query` of the size it
         // states, and its name and build-id buffers are null with size 0 (not filled).
         if unsafe { libc::ioctl(fd, PROCMAP_QUERY as _, &mut q as *mut ProcmapQuery) } != 0 {
-            // ENOENT: a hole at `at`; ENOTTY or EINVAL: the kernel has no such query.
-            if matches!(super::errno(), libc::ENOTTY | libc::EINVAL) {
-                QUERY.store(2, Ordering::Relaxed);
-            }
-            break false;
+            break match super::errno() {
+                libc::ENOENT => Layout::Several, // a hole at `at`
+                libc::ENOTTY | libc::EINVAL => {
+                    QUERY.store(2, Ordering::Relaxed); // no such query here
+                    Layout::Unknown
+                }
+                _ => Layout::Unknown,
+            };
         }
-        QUERY.store(1, Ordering::Relaxed);
         let vma_end = q.vma_end as usize;
         if q.vma_start as usize > at || vma_end <= at {
-            break false;
+            break Layout::Unknown;
         }
         let piece_end = vma_end.min(end);
         pieces.ends[pieces.count] = piece_end - addr;
@@ -287,7 +311,7 @@ pub fn pieces(addr: usize, len: usize) -> Option<Pieces> {
     };
     // SAFETY: our own descriptor.
     unsafe { libc::close(fd) };
-    complete.then_some(pieces)
+    layout
 }
 
 /// Parses the start address (hex digits up to `-`) of each line of a maps file fed in

@@ -626,17 +626,21 @@ pub struct MoveStop {
 
 /// Moves the pages of `[from, from + len)` to `[to, to + len)` without copying, leaving
 /// the source mapped and empty (`MREMAP_DONTUNMAP`), so the arena keeps no hole: one
-/// `mremap` per mapping the source spans (`maps::pieces`), never one over several.
+/// `mremap` per mapping the source spans (`maps::pieces`), never one over several
+/// where a call could stop part-way.
 /// From 6.17 the kernel moves a source of several mappings in one call, but one by
 /// one, and a failure on a later one (a userfaultfd-registered part, `vm.max_map_count`
 /// or `RLIMIT_DATA` reached, `EINTR` from KSM's unmerge, which `SA_RESTART` then reruns
 /// over the emptied front and reports as success) keeps the earlier ones moved: a copy
 /// from the source would read zeros there (review12b F1, `bench/probe/uffd_mremap_multi_vma.c`).
-/// A move of one mapping either happens whole or not at all. So a failure stops at a
-/// known piece (`MoveStop`). When the kernel cannot list the pieces, a source that may
-/// span several (`may_span`: `region::MOVED_IN`) is not moved (`MoveStop` of nothing),
-/// and any other is moved in one call, as one mapping: only a mapping split the program
-/// made itself (`mprotect`, `madvise`, userfaultfd on part of an object) is then at risk.
+/// A move of one mapping either happens whole or not at all, so a failure stops at a
+/// known piece (`MoveStop`). A source of more than `maps::MOVE_PIECES` mappings is not
+/// moved (`MoveStop` of nothing: the caller copies). When the kernel cannot list the
+/// pieces, a source that may span several (`may_span`: `region::MOVED_IN`) is not
+/// moved either, nor is any source from 6.17 on: an unmarked object may span several
+/// too, split by the program (`mprotect`, `madvise`, userfaultfd on part of it) or by
+/// our own purges' overwrites of moved-in neighbours (review13 M1). Before 6.17 one
+/// call is all or nothing, and an unmarked source goes in one.
 ///
 /// # Safety
 /// Both ranges must be ours; the destination holds no live object and the source's
@@ -648,18 +652,26 @@ pub unsafe fn move_pages(
     may_span: bool,
 ) -> Result<(), MoveStop> {
     let _errno = ErrnoGuard::save();
-    let Some(pieces) = maps::pieces(from, len) else {
-        if may_span {
+    let pieces = match maps::pieces(from, len) {
+        maps::Layout::Known(pieces) => pieces,
+        // Before 6.17 one call over several mappings fails whole (`EFAULT`, after
+        // unmapping the destination), and over one it is all or nothing: a source
+        // that is not known to span several may go in one call. From 6.17 (where
+        // `PROCMAP_QUERY` exists, so only `/proc` or a sandbox refused it) one call may
+        // stop part-way, and nothing tells an object the program split itself: copy.
+        maps::Layout::Unknown if !may_span && unmaps_before_failing() => {
+            // SAFETY: caller contract.
+            return unsafe { move_mapping(from, to, len) }.map_err(|_| MoveStop {
+                moved: 0,
+                failed: len,
+            });
+        }
+        maps::Layout::Unknown | maps::Layout::Several => {
             return Err(MoveStop {
                 moved: 0,
                 failed: 0,
-            });
+            })
         }
-        // SAFETY: caller contract.
-        return unsafe { move_mapping(from, to, len) }.map_err(|_| MoveStop {
-            moved: 0,
-            failed: len,
-        });
     };
     for (offset, piece) in pieces.iter() {
         // SAFETY: caller contract; each piece lies in one mapping.
@@ -818,6 +830,8 @@ pub unsafe fn restore_destination(addr: usize, len: usize, advise_huge: bool) ->
     if p as usize == addr {
         maps::charge();
         RESTORED.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        inject::count_restore();
         if advise_huge {
             let _ = madvise(Syscall::MadviseHugePage, addr, len, libc::MADV_HUGEPAGE);
         }
@@ -830,6 +844,13 @@ pub unsafe fn restore_destination(addr: usize, len: usize, advise_huge: bool) ->
     LOST.fetch_add(1, Ordering::Relaxed);
     stop_page_moves();
     Destination::Lost
+}
+
+/// Whether one `mremap` over several mappings may move some and then fail (from 6.17),
+/// as the tests that pretend to know no pieces (`inject::pretend_no_query`) ask.
+#[cfg(test)]
+pub(crate) fn one_call_may_stop_part_way() -> bool {
+    !unmaps_before_failing()
 }
 
 /// Whether every failed `MREMAP_FIXED` past its argument checks unmapped its
@@ -943,6 +964,7 @@ pub(crate) mod inject {
     std::thread_local! {
         static NEXT: Cell<MoveFault> = const { Cell::new(MoveFault::None) };
         static SKIP: Cell<u32> = const { Cell::new(0) };
+        static RESTORES: Cell<u64> = const { Cell::new(0) };
         static NO_QUERY: Cell<bool> = const { Cell::new(false) };
         static FOREIGN_AT: Cell<usize> = const { Cell::new(0) };
         static OLD_KERNEL: Cell<bool> = const { Cell::new(false) };
@@ -1004,6 +1026,15 @@ pub(crate) mod inject {
         OLD_KERNEL.with(|c| c.replace(false))
     }
 
+    /// Destinations this thread's failed moves mapped again (`restore_destination`).
+    pub fn restores() -> u64 {
+        RESTORES.with(|c| c.get())
+    }
+
+    pub(in crate::os) fn count_restore() {
+        RESTORES.with(|c| c.set(c.get() + 1));
+    }
+
     /// Arms the fault for this thread's next move.
     pub fn fail_next_move(fault: MoveFault) {
         fail_move_after(0, fault);
@@ -1016,7 +1047,7 @@ pub(crate) mod inject {
         NEXT.with(|c| c.set(fault));
     }
 
-    /// Makes `maps::pieces` answer `None` on this thread, as on a kernel without
+    /// Makes `maps::pieces` answer `Unknown` on this thread, as on a kernel without
     /// `PROCMAP_QUERY` (before 6.11) or without `/proc`.
     pub fn pretend_no_query(on: bool) {
         NO_QUERY.with(|c| c.set(on));
@@ -1271,7 +1302,7 @@ mod tests {
                 return;
             }
             assert_eq!(
-                maps::pieces(obj, len).map(|p| p.count()),
+                maps::pieces(obj, len).known().map(|p| p.count()),
                 Some(2),
                 "two mappings"
             );
@@ -1293,10 +1324,14 @@ mod tests {
         let addr = reserve(PAGES * PAGE_SIZE, PAGE_SIZE).unwrap();
         // SAFETY: our reservation; only its own pages are protected or unmapped.
         unsafe {
-            let whole = maps::pieces(addr, PAGES * PAGE_SIZE).expect("this kernel lists mappings");
+            let whole = maps::pieces(addr, PAGES * PAGE_SIZE)
+                .known()
+                .expect("this kernel lists mappings");
             assert_eq!(whole.iter().collect::<Vec<_>>(), [(0, PAGES * PAGE_SIZE)]);
             protect(addr + 8 * PAGE_SIZE, 4 * PAGE_SIZE, libc::PROT_READ).unwrap();
-            let split = maps::pieces(addr + PAGE_SIZE, 15 * PAGE_SIZE).unwrap();
+            let split = maps::pieces(addr + PAGE_SIZE, 15 * PAGE_SIZE)
+                .known()
+                .unwrap();
             assert_eq!(
                 split.iter().collect::<Vec<_>>(),
                 [
@@ -1308,12 +1343,16 @@ mod tests {
             for i in 0..maps::MOVE_PIECES {
                 protect(addr + (16 + 2 * i) * PAGE_SIZE, PAGE_SIZE, libc::PROT_READ).unwrap();
             }
-            assert!(
-                maps::pieces(addr + 16 * PAGE_SIZE, 2 * maps::MOVE_PIECES * PAGE_SIZE).is_none()
-            );
+            assert!(matches!(
+                maps::pieces(addr + 16 * PAGE_SIZE, 2 * maps::MOVE_PIECES * PAGE_SIZE),
+                maps::Layout::Several
+            ));
             unmap_raw(addr + 60 * PAGE_SIZE, PAGE_SIZE).unwrap();
             assert!(
-                maps::pieces(addr + 56 * PAGE_SIZE, 8 * PAGE_SIZE).is_none(),
+                matches!(
+                    maps::pieces(addr + 56 * PAGE_SIZE, 8 * PAGE_SIZE),
+                    maps::Layout::Several
+                ),
                 "a hole"
             );
             release(addr, 60 * PAGE_SIZE).unwrap();

@@ -143,7 +143,9 @@ const SHRUNK: u8 = 1;
 /// overwrites it with a fresh mapping (`os::overlay`, `os::maps`; base space only). So
 /// an object holding such pages may span several mappings: it moves one mapping per
 /// `mremap` where the kernel lists them, and is copied where it cannot
-/// (`os::move_pages`). Conservative: set on every move's
+/// (`os::move_pages`). An unmarked one may span several too (split by the program, or
+/// by overwrites of moved-in neighbours), so the mark only decides what happens where
+/// the kernel cannot list them. Conservative: set on every move's
 /// destination (and on one a failed move's restore mapped again), in both spaces,
 /// inherited by every region cut from a marked one and by every merge with one, cleared
 /// only by that overwrite of the whole region.
