@@ -139,10 +139,11 @@ pub struct ReallocStats {
     /// Censuses of those mappings (`os::maps::censuses`).
     pub censuses: u64,
     /// Failed moves whose destination the kernel had unmapped, mapped again before the
-    /// copy (`os::restored_destinations`; kernels before 6.17).
+    /// copy (`os::restored_destinations`).
     pub restored: u64,
-    /// Failed moves whose destination another mapping took part of, left unused
-    /// (`os::lost_destinations`); after the first, no page moves are tried.
+    /// Failed moves whose destination could not be mapped again (another mapping took
+    /// part of it, or the `mmap` failed), left unused (`os::lost_destinations`); after
+    /// the first, no page moves are tried.
     pub lost: u64,
 }
 

@@ -102,6 +102,7 @@ fn child_entry() {
         "small-hole" => big_object_takes_small_hole(),
         "trim" => hole_rest_purged(),
         "uffd-part" => registered_part_moves_whole(),
+        "lost" => lost_destination_stops_moves(),
         _ => panic!("unknown mode {mode}"),
     }
     println!("PASSED {mode}");
@@ -536,6 +537,65 @@ fn registered_part_moves_whole() {
     let after = rangealloc::stats().reallocs;
     assert_eq!(after.remapped - before.remapped, 2, "mremap moves");
     assert_eq!(after.moved, before.moved, "copies");
+}
+
+/// Review12b F6, on this kernel and in the shipped build: with `RLIMIT_DATA` below the
+/// process's data size, a move's `mremap` unmaps its destination and then fails
+/// (`ENOMEM`: `MREMAP_DONTUNMAP` would add the source's size again), and mapping the
+/// hole again fails the same way. The destination is lost: the object is copied into
+/// another, whole, and from then on no page moves are tried (`os::page_moves_stopped`,
+/// process-wide outside test builds): the next big move copies.
+#[test]
+fn a_lost_destination_stops_page_moves_for_the_process() {
+    run("lost");
+}
+
+fn lost_destination_stops_moves() {
+    const TAG: u64 = 0x105;
+    let mremaps = || rangealloc::syscall_counts().get(Syscall::Mremap);
+    // SAFETY: live objects of the lengths given; the limit is put back before anything
+    // else allocates. Each move is the table's own (`relocate`, what `realloc` calls
+    // for a big object that cannot grow in place), so that it moves whatever
+    // placement does; its caller's copy is done here, as `realloc` does it.
+    unsafe {
+        let p = alloc(layout(8 * MIB));
+        fill(p, 8 * MIB, TAG);
+        let (lost, calls) = (rangealloc::stats().reallocs.lost, mremaps());
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_DATA, &mut limit), 0);
+        let tight = libc::rlimit {
+            rlim_cur: MIB as libc::rlim_t,
+            rlim_max: limit.rlim_max,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_DATA, &tight), 0);
+        let moved = ARENAS.relocate(p as usize, 100 * MIB, PAGE, ARENAS.space_of(p as usize));
+        assert_eq!(libc::setrlimit(libc::RLIMIT_DATA, &limit), 0);
+        let (placed, moved) = moved.expect("no room for the move");
+        assert_eq!(moved, PageMove::Copy { moved: 0 }, "not copied");
+        assert_eq!(mremaps() - calls, 1, "mremap calls");
+        assert_eq!(rangealloc::stats().reallocs.lost - lost, 1, "not lost");
+        assert!(rangealloc::engine::os::page_moves_stopped(), "moves go on");
+        let q = placed.start as *mut u8;
+        assert!(q != p);
+        std::ptr::copy_nonoverlapping(p, q, 8 * MIB);
+        dealloc(p, layout(8 * MIB));
+        assert_eq!(bad_pages(q, 8 * MIB, TAG), 0, "pages lost in the copy");
+        // The next move copies without asking the kernel.
+        let (placed, moved) = ARENAS
+            .relocate(q as usize, 300 * MIB, PAGE, ARENAS.space_of(q as usize))
+            .expect("no room for the move");
+        assert_eq!(
+            moved,
+            PageMove::Copy { moved: 0 },
+            "pages moved after a lost destination"
+        );
+        assert_eq!(mremaps() - calls, 1, "mremap calls");
+        dealloc(q, layout(100 * MIB));
+        dealloc(placed.start as *mut u8, layout(300 * MIB));
+    }
 }
 
 /// A big object that cannot grow in place moves its pages with `mremap`: its content
