@@ -17,11 +17,13 @@ static A: RangeAlloc = RangeAlloc;
 /// four arenas per CPU each of them sets up an arena of its own on a 2-core machine.
 const THREADS: usize = 6;
 
-/// Faults a thread's first small and big allocation (and their frees) may cost, the
-/// median over the threads. Measured on the 2-core VM (kernel 6.18), medians of four
-/// runs: 14 each (11-18 a thread) with the arena descriptor as it was, 9-11 with
-/// bbfault13's layout (8-13 a thread).
-const MAX_FAULTS_PER_THREAD: i64 = 12;
+/// Faults a thread's first small and big allocation (and their frees) may cost, on
+/// average over the threads. Measured on the 2-core VM (kernel 6.18), four runs each:
+/// 13.7-14.0 with the arena descriptor as it was (11-18 a thread), 10.0-10.3 with
+/// bbfault13's layout (8-13), 7.8-8.3 with a new segment's descriptors written lazily
+/// too (6-11). The first thread pays a few more (the process's first thread-exit hook
+/// and collector work).
+const MAX_FAULTS_PER_THREAD: i64 = 10;
 
 fn thread_faults() -> i64 {
     // SAFETY: a plain syscall filling a zeroed `rusage` of ours.
@@ -52,7 +54,7 @@ fn a_new_thread_touches_few_pages_for_its_first_allocations() {
     // The process's set-up (metadata arena, collector, options) on this thread, outside
     // the count.
     first_allocations();
-    let mut each: Vec<i64> = (0..THREADS)
+    let each: Vec<i64> = (0..THREADS)
         .map(|_| {
             std::thread::spawn(|| {
                 let before = thread_faults();
@@ -64,11 +66,10 @@ fn a_new_thread_touches_few_pages_for_its_first_allocations() {
         })
         .collect();
     eprintln!("page faults of each new thread's first allocations: {each:?}");
-    each.sort_unstable();
-    let median = each[THREADS / 2];
+    let total: i64 = each.iter().sum();
     assert!(
-        median <= MAX_FAULTS_PER_THREAD,
-        "a new thread's first allocations cost {median} page faults (median of {each:?}); \
-         at most {MAX_FAULTS_PER_THREAD} expected"
+        total <= MAX_FAULTS_PER_THREAD * THREADS as i64,
+        "new threads' first allocations cost {total} page faults ({each:?}); at most \
+         {MAX_FAULTS_PER_THREAD} a thread on average expected"
     );
 }
