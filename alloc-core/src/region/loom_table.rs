@@ -440,7 +440,7 @@ impl Paths {
 
     pub(super) fn counts(t: &RegionTable) -> [u64; 5] {
         let c = &t.counters;
-        [&c.success, &c.abort, &c.retry, &c.miss, &c.slow].map(|k| k.get())
+        [c.success(), c.abort(), c.retry(), c.miss(), c.slow()].map(|k| k.get())
     }
 
     pub(super) fn add(&self, arena: usize, before: [u64; 5], t: &RegionTable) {
