@@ -19,7 +19,7 @@ const THREADS: usize = 6;
 
 /// Faults a thread's first small and big allocation (and their frees) may cost, on
 /// average over the threads. Measured on the 2-core VM (kernel 6.18), four runs each:
-/// 13.7-14.0 with the arena descriptor as it was (11-18 a thread), 10.0-10.3 with
+/// 13.7-14.0 with the arena descriptor as it was (11-18 a thread), 10.2-10.3 with
 /// bbfault13's layout (8-13), 7.8-8.3 with a new segment's descriptors written lazily
 /// too (6-11). The first thread pays a few more (the process's first thread-exit hook
 /// and collector work).
