@@ -73,6 +73,66 @@ impl Default for Counter {
     }
 }
 
+/// `N` counters kept shard-major: a thread's shard of all of them is one row of
+/// adjacent words (one or two cache lines), where `N` separate `Counter`s would put its
+/// shards on `N` lines a kilobyte apart. A structure that counts many events per
+/// instance (an arena's table: twelve counters) costs a thread one fresh page for its
+/// counters, not three (a page fault each on first use, issue 14's big-buffers), and
+/// is 2 KiB rather than 12. Same sharding as `Counter` (a thread's shard, Relaxed).
+pub struct CounterSet<const N: usize>([Row<N>; SHARDS]);
+
+/// One shard of a `CounterSet`, on lines no other shard shares.
+#[repr(align(64))]
+struct Row<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> CounterSet<N> {
+    /// `N` counters at zero.
+    pub const fn new() -> Self {
+        CounterSet([const { Row([const { AtomicU64::new(0) }; N]) }; SHARDS])
+    }
+
+    /// Counter `i` of the set.
+    #[inline]
+    pub fn at(&self, i: usize) -> CounterRef<'_, N> {
+        debug_assert!(i < N);
+        CounterRef { set: self, i }
+    }
+}
+
+impl<const N: usize> Default for CounterSet<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One counter of a `CounterSet`, with `Counter`'s operations.
+#[derive(Clone, Copy)]
+pub struct CounterRef<'a, const N: usize> {
+    set: &'a CounterSet<N>,
+    i: usize,
+}
+
+impl<const N: usize> CounterRef<'_, N> {
+    /// Adds `n` (to this thread's shard).
+    #[inline]
+    pub fn add(self, n: u64) {
+        self.set.0[shard()].0[self.i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds one.
+    #[inline]
+    pub fn inc(self) {
+        self.add(1);
+    }
+
+    /// The sum of the shards: exact once the updates it should see are done.
+    pub fn get(self) -> u64 {
+        self.set.0.iter().fold(0u64, |sum, r| {
+            sum.wrapping_add(r.0[self.i].load(Ordering::Relaxed))
+        })
+    }
+}
+
 /// Process-wide locks taken by a thread while it is on the region-table path (placing,
 /// freeing, growing, shrinking or purging large objects and segments through
 /// `region::ARENAS`): acquisitions of the metadata arena's lock and system calls that

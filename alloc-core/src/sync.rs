@@ -48,7 +48,9 @@ pub fn backoff(round: &mut u32) {
 
 /// A test-and-test-and-set lock that never allocates (unlike a parking lock's first
 /// park). Used for the metadata arena and the global heap lists: sections of a few
-/// dozen instructions.
+/// dozen instructions. `repr(C)`: the lock word before the value, so that a big value's
+/// first fields share its line and page (`RegionTable`'s layout counts on it).
+#[repr(C)]
 pub struct SpinLock<T> {
     locked: AtomicBool,
     value: UnsafeCell<T>,

@@ -406,12 +406,12 @@ fn region_table_stress() {
     // acquisition was an update of ours or a slow lookup.
     let c = &TABLE.counters;
     let (success, abort, retry, miss, slow, writer) = (
-        c.success.get(),
-        c.abort.get(),
-        c.retry.get(),
-        c.miss.get(),
-        c.slow.get(),
-        c.writer.get(),
+        c.success().get(),
+        c.abort().get(),
+        c.retry().get(),
+        c.miss().get(),
+        c.slow().get(),
+        c.writer().get(),
     );
     let lookups = LOOKUPS.load(Ordering::Relaxed);
     eprintln!(
@@ -436,7 +436,7 @@ fn region_table_stress() {
     // A purge's second update is no acquisition when the mutex was busy and it left
     // its ranges to the next writer (`merges_deferred`).
     assert_eq!(
-        writer + TABLE.merges_deferred.get(),
+        writer + TABLE.counters.merges_deferred().get(),
         WRITES.load(Ordering::Relaxed) + slow,
         "writer mutex accounting"
     );
@@ -749,7 +749,7 @@ fn two_purges_of_one_region_count_its_bytes_once() {
     let first = first.join().unwrap();
     assert_eq!((first, second), (BIG, 0));
     assert_eq!(
-        T.purge_calls.get() as usize,
+        T.counters.purge_calls().get() as usize,
         BIG / PURGE_PIECE,
         "a piece of the region was purged twice"
     );

@@ -193,6 +193,11 @@ unsafe fn rebuild_segment(heap: &mut Heap, seg: &mut Segment) {
     let mut live_units = 0u64;
     let mut first = 0;
     while first < UNITS {
+        if seg.described & (1 << first) == 0 {
+            // Never a page's first unit: its descriptor was never written.
+            first += 1;
+            continue;
+        }
         let page: *mut Page = &mut seg.pages[first];
         // SAFETY: a descriptor of our segment.
         let units = unsafe {
@@ -225,7 +230,8 @@ unsafe fn rebuild_segment(heap: &mut Heap, seg: &mut Segment) {
         seg.dirty_units |= stray;
     }
     for unit in 0..UNITS {
-        if live_units & (1 << unit) == 0 && seg.pages[unit].units != 0 {
+        let described = seg.described & (1 << unit) != 0;
+        if described && live_units & (1 << unit) == 0 && seg.pages[unit].units != 0 {
             seg.pages[unit] = Page::empty();
         }
     }

@@ -55,6 +55,16 @@ pub struct Segment {
     /// Links in the owning heap's list of segments.
     pub next: *mut Segment,
     pub prev: *mut Segment,
+    /// Units whose descriptor in `pages` has been written (bit per unit): unit 0's at
+    /// creation (every `unit_page` entry starts out pointing to it), any other's when a
+    /// page first starts there (`alloc_page`); once written a descriptor stays a valid
+    /// `Page` (`free_page` writes it empty again). The rest hold whatever the region
+    /// held before: no `unit_page` entry points to them and nothing reads them
+    /// (`repair` skips them), so no `Page` is ever read from those bytes. Writing all 64 (8 KiB) at creation touched the header's three pages, two
+    /// page faults more for a thread's first segment than the descriptors it uses, which
+    /// sit on the first page (issue 14). Changes only under the segments lock, as
+    /// `free_units`.
+    pub described: u64,
     pub pages: [Page; UNITS],
 }
 
@@ -76,10 +86,8 @@ impl Segment {
             ptr::addr_of_mut!((*seg).dirty_since).write(0);
             ptr::addr_of_mut!((*seg).next).write(ptr::null_mut());
             ptr::addr_of_mut!((*seg).prev).write(ptr::null_mut());
-            let pages = ptr::addr_of_mut!((*seg).pages) as *mut Page;
-            for i in 0..UNITS {
-                pages.add(i).write(Page::empty());
-            }
+            ptr::addr_of_mut!((*seg).described).write(1);
+            (ptr::addr_of_mut!((*seg).pages) as *mut Page).write(Page::empty());
         }
         seg
     }
@@ -165,6 +173,17 @@ impl Segment {
         let span_end = base + (first + units) * UNIT_SIZE;
         // Blocks start at `start`; the page ends at the last whole block.
         let end = start + (span_end - start) / block_size * block_size;
+        if self.described & (1 << first) == 0 {
+            // SAFETY: `first < UNITS`; the descriptor has never been written (whatever
+            // the memory held), so it is written whole, through a raw pointer, before
+            // any reference to it is made.
+            unsafe {
+                (ptr::addr_of_mut!(self.pages) as *mut Page)
+                    .add(first)
+                    .write(Page::empty())
+            };
+            self.described |= 1 << first;
+        }
         let page = &mut self.pages[first];
         page.init(class, block_size, units, start, end);
         page

@@ -503,16 +503,16 @@ mod tests {
             p.add(LEN - 1).write(9);
         }
         let table = ARENAS.table_of_addr(p as usize);
-        let (writers, waits) = (table.counters.writer.get(), table.counters.waits.get());
+        let (writers, waits) = (table.counters.writer().get(), table.counters.waits().get());
         // Moves are counted per thread: `REMAPPED` also counts the tests beside this one.
         let (before, moved) = table.while_writer_busy(|| {
             let before = os::inject::moves_tried();
             // SAFETY: live, `LEN` bytes, page-aligned.
             (before, unsafe { realloc(p, LEN, 4 * LEN, PAGE_SIZE) })
         });
-        assert_eq!(table.counters.waits.get(), waits, "the grow waited");
+        assert_eq!(table.counters.waits().get(), waits, "the grow waited");
         assert_eq!(
-            table.counters.writer.get(),
+            table.counters.writer().get(),
             writers,
             "a blocking acquisition"
         );

@@ -587,16 +587,16 @@ impl Arenas {
         for i in self.marked() {
             let (t, e) = (&self.tables[i], &mut each[i]);
             let c: &LockCounters = &t.counters;
-            totals.success += c.success.get();
-            totals.abort += c.abort.get();
-            totals.retry += c.retry.get();
-            totals.miss += c.miss.get();
-            totals.slow += c.slow.get();
-            totals.reader_waits += c.reader_waits.get();
+            totals.success += c.success().get();
+            totals.abort += c.abort().get();
+            totals.retry += c.retry().get();
+            totals.miss += c.miss().get();
+            totals.slow += c.slow().get();
+            totals.reader_waits += c.reader_waits().get();
             *e = ArenaContention {
-                writer: c.writer.get(),
-                waits: c.waits.get(),
-                wait_ns: c.wait_ns.get(),
+                writer: c.writer().get(),
+                waits: c.waits().get(),
+                wait_ns: c.wait_ns().get(),
             };
             totals.writer += e.writer;
             totals.waits += e.waits;
@@ -860,12 +860,16 @@ mod tests {
             )
             .is_none());
         assert!(own.in_use() && !own.has_space(Space::Base));
-        let (writers, waits) = (own.counters.writer.get(), own.counters.waits.get());
+        let (writers, waits) = (own.counters.writer().get(), own.counters.waits().get());
         let placed = own
             .while_writer_busy(|| SET.allocate(LEN, PAGE_SIZE, RegionKind::Large))
             .expect("placed");
-        assert_eq!(own.counters.waits.get(), waits, "the placement waited");
-        assert_eq!(own.counters.writer.get(), writers, "a blocking acquisition");
+        assert_eq!(own.counters.waits().get(), waits, "the placement waited");
+        assert_eq!(
+            own.counters.writer().get(),
+            writers,
+            "a blocking acquisition"
+        );
         let t = Arenas::table_of(placed.start).expect("known");
         assert_eq!(index_of(&SET, t), other);
     }

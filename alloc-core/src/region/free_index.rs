@@ -2,8 +2,9 @@
 //! reservations they lie in, `Space`), dirtiness class (`Class`) and size bin, for
 //! placement and for the purge's pick. It owns the list heads, the free regions' links
 //! (`Region::link`, `Region::bin`) and the record of which reservations are huge-page
-//! space, and is touched only by the holder of the table's writer mutex, so it needs no
-//! synchronisation. Calls nothing.
+//! space (one map for all tables, each writing only its own reservations' bits, with
+//! atomic read-modify-writes); the rest is touched only by the holder of the table's
+//! writer mutex, so it needs no synchronisation. Calls nothing.
 //!
 //! **Dirty and clean apart.** Placement prefers dirty space and a purge looks only for
 //! dirty space; with one list per bin both walked every clean region of the bins they
@@ -68,6 +69,16 @@ const OWN_BIN_PROBES: usize = 8;
 const UNIT_SHIFT: u32 = ARENA_SIZE.trailing_zeros();
 const UNIT_WORDS: usize = (1 << (47 - UNIT_SHIFT)) / u64::BITS as usize;
 
+/// Which reservation units are `Space::Huge`, for every table's index at once: a unit
+/// belongs to one reservation, so to one table, at a time (the kernel maps no address
+/// twice; a reservation is recorded here by `set_space` before any of it is indexed).
+/// One map rather than one per table: an arena's 16 KiB map cost it a page fault for
+/// its one bit, and 1 MiB of static data over 64 arenas; here the bits of neighbouring
+/// reservations, whatever their tables, share a page. Core atomics under `loom` too:
+/// the map is ordered by each table's writer mutex, not a protocol the models check.
+static HUGE_UNITS: [core::sync::atomic::AtomicU64; UNIT_WORDS] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; UNIT_WORDS];
+
 /// Which of a bin's two lists a free region is filed on (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Class {
@@ -106,17 +117,18 @@ impl Lists {
     }
 }
 
+/// `repr(C)`: the small fields first, beside the table's other hot fields (see
+/// `RegionTable`'s layout), then the 8 KiB of list heads.
+#[repr(C)]
 pub(crate) struct FreeIndex {
-    /// The list heads, by `list_of`.
-    heads: [*mut Region; LISTS],
-    /// Per set of lists (`space * CLASSES + class`), one bit per size bin whose list is
-    /// not empty, so that a search skips empty bins a word at a time.
-    nonempty: [[u64; BITMAP_WORDS]; SETS],
-    /// Which reservation units are `Space::Huge`.
-    huge_units: [u64; UNIT_WORDS],
     /// Bytes in all indexed free regions.
     pub bytes: usize,
     pub count: usize,
+    /// Per set of lists (`space * CLASSES + class`), one bit per size bin whose list is
+    /// not empty, so that a search skips empty bins a word at a time.
+    nonempty: [[u64; BITMAP_WORDS]; SETS],
+    /// The list heads, by `list_of`.
+    heads: [*mut Region; LISTS],
     /// Regions `find_where` looked at (tests: the bound on a search's walk).
     #[cfg(test)]
     probes: usize,
@@ -139,8 +151,16 @@ fn set_of(space: Space, class: Class) -> usize {
     space as usize * CLASSES + class as usize
 }
 
+/// Bin-major: a bin's lists of every set are adjacent, so the bins one size range
+/// uses share a page of `heads` whatever their class (set-major, the dirty and clean
+/// lists of big sizes were 2 KiB apart: a page fault each at an arena's first use).
 fn list_of(space: Space, class: Class, bin: usize) -> usize {
-    set_of(space, class) * SIZE_BINS + bin
+    bin * SETS + set_of(space, class)
+}
+
+/// The set and the bin of a list (`list_of`'s inverse).
+fn set_and_bin(list: usize) -> (usize, usize) {
+    (list % SETS, list / SETS)
 }
 
 /// The first bin at or after `from` set in `map`, if any.
@@ -160,11 +180,10 @@ fn next_bin(map: &[u64; BITMAP_WORDS], from: usize) -> Option<usize> {
 impl FreeIndex {
     pub const fn new() -> Self {
         FreeIndex {
-            heads: [ptr::null_mut(); LISTS],
-            nonempty: [[0; BITMAP_WORDS]; SETS],
-            huge_units: [0; UNIT_WORDS],
             bytes: 0,
             count: 0,
+            nonempty: [[0; BITMAP_WORDS]; SETS],
+            heads: [ptr::null_mut(); LISTS],
             #[cfg(test)]
             probes: 0,
         }
@@ -175,11 +194,13 @@ impl FreeIndex {
     pub fn set_space(&mut self, base: usize, len: usize, space: Space) {
         for unit in (base >> UNIT_SHIFT)..((base + len) >> UNIT_SHIFT) {
             let (word, bit) = (unit / u64::BITS as usize, unit % u64::BITS as usize);
-            if let Some(w) = self.huge_units.get_mut(word) {
+            if let Some(w) = HUGE_UNITS.get(word) {
+                // Relaxed: the bit is read under this table's writer mutex, which
+                // ordered this store before; the RMW keeps other tables' bits of the word.
                 match space {
-                    Space::Huge => *w |= 1 << bit,
-                    Space::Base => *w &= !(1 << bit),
-                }
+                    Space::Huge => w.fetch_or(1 << bit, Relaxed),
+                    Space::Base => w.fetch_and(!(1 << bit), Relaxed),
+                };
             }
         }
     }
@@ -187,7 +208,10 @@ impl FreeIndex {
     /// The space of the reservation holding `addr`.
     pub fn space_of(&self, addr: usize) -> Space {
         let unit = addr >> UNIT_SHIFT;
-        let word = self.huge_units.get(unit / u64::BITS as usize).copied();
+        // Relaxed: as in `set_space`.
+        let word = HUGE_UNITS
+            .get(unit / u64::BITS as usize)
+            .map(|w| w.load(Relaxed));
         match word {
             Some(w) if w & (1 << (unit % u64::BITS as usize)) != 0 => Space::Huge,
             _ => Space::Base,
@@ -242,7 +266,7 @@ impl FreeIndex {
             self.heads[list] = r;
             *(*r).bin.get() = list as u16;
         }
-        let (set, bin) = (list / SIZE_BINS, list % SIZE_BINS);
+        let (set, bin) = set_and_bin(list);
         self.nonempty[set][bin / u64::BITS as usize] |= 1 << (bin % u64::BITS as usize);
     }
 
@@ -263,7 +287,7 @@ impl FreeIndex {
             if prev.is_null() {
                 self.heads[list] = next;
                 if next.is_null() {
-                    let (set, bin) = (list / SIZE_BINS, list % SIZE_BINS);
+                    let (set, bin) = set_and_bin(list);
                     self.nonempty[set][bin / u64::BITS as usize] &=
                         !(1 << (bin % u64::BITS as usize));
                 }
@@ -290,10 +314,11 @@ impl FreeIndex {
             let list = *(*r).bin.get() as usize;
             debug_assert_eq!((*r).dirtiness(), Dirtiness::Clean);
             self.unlink(r);
-            self.push(
-                r,
-                list + (Class::Clean as usize - Class::Dirty as usize) * SIZE_BINS,
-            );
+            // The same space and bin, the clean set (`set_of`: the class is the low
+            // part of the set, and the set the low part of the list, `list_of`).
+            let (set, bin) = set_and_bin(list);
+            let clean = set + (Class::Clean as usize - Class::Dirty as usize);
+            self.push(r, bin * SETS + clean);
         }
     }
 
@@ -534,7 +559,7 @@ mod tests {
             // SAFETY: the test is the only thread.
             let list = unsafe { *self.regions[i].bin.get() } as usize;
             assert_ne!(list, NO_BIN as usize, "indexed");
-            match (list / SIZE_BINS) % CLASSES {
+            match set_and_bin(list).0 % CLASSES {
                 0 => Class::Dirty,
                 _ => Class::Clean,
             }

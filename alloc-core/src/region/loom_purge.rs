@@ -185,10 +185,13 @@ fn run(race: &Race, racers: Racers, paths: &Paths, tally: &Tally) -> usize {
     .arm();
     let start = Paths::counts(table);
     let (waits, deferred) = (
-        table.counters.reader_waits.get(),
-        table.merges_deferred.get(),
+        table.counters.reader_waits().get(),
+        table.counters.merges_deferred().get(),
     );
-    let (calls, syscalls) = (table.purge_calls.get(), table.purge_syscalls.get());
+    let (calls, syscalls) = (
+        table.counters.purge_calls().get(),
+        table.counters.purge_syscalls().get(),
+    );
     let grower = racers.grow.then(|| {
         let page = page.clone();
         let (o, len) = (race.object, race.grown_len);
@@ -211,16 +214,16 @@ fn run(race: &Race, racers: Racers, paths: &Paths, tally: &Tally) -> usize {
     paths.add(0, start, table);
     paths.execution();
     read_last(table, &race.probe, race.name);
-    if table.counters.reader_waits.get() > waits {
+    if table.counters.reader_waits().get() > waits {
         tally.waits.fetch_add(1, Relaxed);
     }
-    if table.merges_deferred.get() > deferred {
+    if table.counters.merges_deferred().get() > deferred {
         tally.deferred.fetch_add(1, Relaxed);
     }
     // Two pieces advised, in one system call.
-    if table.purge_calls.get() - calls == 2 {
+    if table.counters.purge_calls().get() - calls == 2 {
         tally.two_pieces.fetch_add(1, Relaxed);
-        if table.purge_syscalls.get() - syscalls == 1 {
+        if table.counters.purge_syscalls().get() - syscalls == 1 {
             tally.batched.fetch_add(1, Relaxed);
         }
     }

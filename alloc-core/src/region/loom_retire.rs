@@ -113,7 +113,10 @@ fn frees_vs_drain(id: u8, tally: &'static Tally, freers: usize, push_first: bool
             ..Broken::NONE
         }
         .arm();
-        let (waits, slow) = (table.counters.reader_waits.get(), table.counters.slow.get());
+        let (waits, slow) = (
+            table.counters.reader_waits().get(),
+            table.counters.slow().get(),
+        );
         let freers: Vec<_> = (0..freers)
             .map(|_| spawn(move || table.retire(x)))
             .collect();
@@ -122,7 +125,7 @@ fn frees_vs_drain(id: u8, tally: &'static Tally, freers: usize, push_first: bool
         let ends: Vec<_> = freers.into_iter().map(|f| f.join().unwrap()).collect();
         Broken::clear();
         assert!(
-            !(one && table.counters.reader_waits.get() > waits),
+            !(one && table.counters.reader_waits().get() > waits),
             "the writer waited for the freer that pushed the region"
         );
         let winners = ends.iter().filter(|e| e.is_ok()).count();
@@ -135,7 +138,7 @@ fn frees_vs_drain(id: u8, tally: &'static Tally, freers: usize, push_first: bool
                 Ok(()) => 0,
             };
         }
-        if table.counters.slow.get() > slow {
+        if table.counters.slow().get() > slow {
             tally.slow.fetch_add(1, Relaxed);
         }
         drained(table, x, tally);

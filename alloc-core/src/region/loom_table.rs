@@ -404,7 +404,7 @@ pub(super) fn read_holding(table: &RegionTable, probe: &Probe, name: &str, hold:
 /// Once every writer is done: the probe's address shows its last view (or one of its
 /// views), unlocked, on the fast path.
 pub(super) fn read_last(table: &RegionTable, probe: &Probe, name: &str) {
-    let fast = table.counters.success.get();
+    let fast = table.counters.success().get();
     let read = table.find_and_read_lock(probe.addr).expect("covered");
     let r = read.region();
     let first = seen(r);
@@ -418,7 +418,7 @@ pub(super) fn read_last(table: &RegionTable, probe: &Probe, name: &str) {
         probe.addr
     );
     assert_eq!(
-        table.counters.success.get(),
+        table.counters.success().get(),
         fast + 1,
         "{name}: an unlocked region took the slow path"
     );
@@ -440,7 +440,7 @@ impl Paths {
 
     pub(super) fn counts(t: &RegionTable) -> [u64; 5] {
         let c = &t.counters;
-        [&c.success, &c.abort, &c.retry, &c.miss, &c.slow].map(|k| k.get())
+        [c.success(), c.abort(), c.retry(), c.miss(), c.slow()].map(|k| k.get())
     }
 
     pub(super) fn add(&self, arena: usize, before: [u64; 5], t: &RegionTable) {

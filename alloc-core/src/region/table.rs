@@ -34,10 +34,10 @@ use super::epoch;
 use super::free_index::FreeIndex;
 use super::lock::TableSeq;
 use super::protocol::{ReadAttempt, RetiredStack};
-use super::tree::RegionTree;
+use super::tree::{OwnLines, RegionTree};
 use super::{Dirtiness, Region, RegionKind, RegionState, Space};
 use crate::os::{self, PurgeMode};
-use crate::stats::Counter;
+use crate::stats::{CounterRef, CounterSet};
 use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use crate::sync::{SpinGuard, SpinLock};
 use crate::Reentrancy;
@@ -72,30 +72,99 @@ const _: () = assert!(PURGE_BATCH <= os::PURGE_MANY_MAX);
 /// Fast-path attempts before a reader takes the slow path after finding a stale region.
 const STALE_RETRIES: u32 = 2;
 
-/// Counters of the read-side protocol, as the kernel's `VMA_LOCK_*` events.
-pub struct LockCounters {
+/// Counters of the read-side protocol, as the kernel's `VMA_LOCK_*` events, and of the
+/// table's purges: one `CounterSet`, so a thread's shard of all of them shares a line
+/// (an arena's first use touched three pages of twelve separate counters, issue 14).
+pub struct LockCounters(CounterSet<TABLE_COUNTERS>);
+
+/// The counters in `LockCounters`.
+const TABLE_COUNTERS: usize = 12;
+
+/// One of them.
+pub type TableCounter<'a> = CounterRef<'a, TABLE_COUNTERS>;
+
+impl LockCounters {
+    const fn new() -> Self {
+        LockCounters(CounterSet::new())
+    }
+
     /// Lookups that got a validated read lock without the writer mutex.
-    pub success: Counter,
+    #[inline]
+    pub fn success(&self) -> TableCounter<'_> {
+        self.0.at(0)
+    }
+
     /// try-read failed, or the region was write-locked by an update (`lock_seq`).
-    pub abort: Counter,
+    #[inline]
+    pub fn abort(&self) -> TableCounter<'_> {
+        self.0.at(1)
+    }
+
     /// The region found was detached or no longer covered the address.
-    pub retry: Counter,
+    #[inline]
+    pub fn retry(&self) -> TableCounter<'_> {
+        self.0.at(2)
+    }
+
     /// The lock-free lookup found no region covering the address.
-    pub miss: Counter,
+    #[inline]
+    pub fn miss(&self) -> TableCounter<'_> {
+        self.0.at(3)
+    }
+
     /// Lookups finished under the writer mutex.
-    pub slow: Counter,
+    #[inline]
+    pub fn slow(&self) -> TableCounter<'_> {
+        self.0.at(4)
+    }
+
     /// Writer-mutex acquisitions (structural updates and slow lookups).
-    pub writer: Counter,
+    #[inline]
+    pub fn writer(&self) -> TableCounter<'_> {
+        self.0.at(5)
+    }
+
     /// Acquisitions that found the mutex held and waited for it (a `try_write` that
     /// gives up instead is not one).
-    pub waits: Counter,
+    #[inline]
+    pub fn waits(&self) -> TableCounter<'_> {
+        self.0.at(6)
+    }
+
     /// Nanoseconds those acquisitions waited (`os::now_ns` around the wait, read only
     /// when the lock was found held).
-    pub wait_ns: Counter,
+    #[inline]
+    pub fn wait_ns(&self) -> TableCounter<'_> {
+        self.0.at(7)
+    }
+
     /// Write-locks (`start_write`) that found readers inside a region and waited for
     /// them to leave: the one place a writer waits for readers, and where a reader
     /// preempted while holding its reference would stall the update.
-    pub reader_waits: Counter,
+    #[inline]
+    pub fn reader_waits(&self) -> TableCounter<'_> {
+        self.0.at(8)
+    }
+
+    /// Pieces `purge` advised (each one `madvise`, or one range of a batched call).
+    #[inline]
+    pub fn purge_calls(&self) -> TableCounter<'_> {
+        self.0.at(9)
+    }
+
+    /// System calls `purge` made for them: batched calls (`os::purge_many`, one TLB
+    /// flush each) and single ones.
+    #[inline]
+    pub fn purge_syscalls(&self) -> TableCounter<'_> {
+        self.0.at(10)
+    }
+
+    /// Purges whose merge-back took no writer-mutex acquisition: every range went to
+    /// `deferred` (so each purge is one acquisition, its pick, or two, or one).
+    #[inline]
+    pub fn merges_deferred(&self) -> TableCounter<'_> {
+        self.0.at(11)
+    }
 }
 
 /// What a reader holds: a validated read reference on one region. The reference, not
@@ -239,16 +308,27 @@ pub enum RetireError {
     DoubleFree,
 }
 
+/// `repr(C)`: the small field before the free index's list heads (`RegionTable`).
+#[repr(C)]
 struct WriterState {
-    free: FreeIndex,
     /// Address space reserved from the OS, in bytes.
     reserved: usize,
+    free: FreeIndex,
 }
 
 // SAFETY: the raw pointers inside the free index are followed only under the mutex.
 unsafe impl Send for WriterState {}
 
+/// One arena's table. `repr(C)`, page-aligned, hot fields first: an arena's first use
+/// faults in every page of its descriptor it touches (the process's 64 arenas are static
+/// data), and 12 separately sharded counters, a 16 KiB huge-unit map and the fields
+/// around an 8 KiB list-head array put what one thread touched on 8-9 pages of 37 KiB.
+/// Now the counters (shard-major), the small fields, the tree's root and spares, the
+/// sequence and the free index's small fields share the first page, and the list heads
+/// that one size range uses (bin-major) usually one more (issue 14's big-buffers).
+#[repr(C, align(4096))]
 pub struct RegionTable {
+    pub counters: LockCounters,
     /// This table's id in `region::directory` (0 until its first placement registers it,
     /// once, under the writer mutex).
     id: AtomicU8,
@@ -258,18 +338,6 @@ pub struct RegionTable {
     /// Per `Space` (indexed by its value): set once the table has reserved address
     /// space of that space (`Writer::add_arena`).
     reserved_any: [AtomicBool; 2],
-    tree: RegionTree,
-    seq: TableSeq,
-    /// The writer mutex. A spin-then-yield lock rather than `parking_lot::Mutex`: a
-    /// parking lock's `fork` handling is unsafe (a child whose parent had threads parked
-    /// on it must wake them through parking_lot's bucket locks, which a vanished thread
-    /// may hold: the child hangs on a futex, as `tests/tests/fork_signals.rs` showed),
-    /// and parking allocates. Sections under it make no syscall but the rare arena
-    /// reservation, so spinning is short.
-    writer: SpinLock<WriterState>,
-    /// Retired regions waiting to become free space (see `RetiredStack`).
-    retired: RetiredStack,
-    pub counters: LockCounters,
     live_regions: AtomicUsize,
     /// Bytes in dirty free regions (written under the writer mutex, or by a purge that
     /// holds the region's read lock; Relaxed: a statistic that drives purging).
@@ -282,17 +350,22 @@ pub struct RegionTable {
     /// subtracted by the writer that pops the region (the push/pop pair orders the two,
     /// so it never wraps); Relaxed: a statistic that drives purging.
     retired_bytes: AtomicUsize,
-    /// Pieces `purge` advised (each one `madvise`, or one range of a batched call).
-    pub purge_calls: Counter,
-    /// System calls `purge` made for them: batched calls (`os::purge_many`, one TLB
-    /// flush each) and single ones.
-    pub purge_syscalls: Counter,
+    /// Retired regions waiting to become free space (see `RetiredStack`).
+    retired: RetiredStack,
     /// Ranges a purge cleaned and left to this table's next writer to merge back, the
     /// writer mutex being held when it was done (see `region::deferred`).
     deferred: DeferredFolds,
-    /// Purges whose merge-back took no writer-mutex acquisition: every range went to
-    /// `deferred` (so each purge is one acquisition, its pick, or two, or one).
-    pub merges_deferred: Counter,
+    tree: RegionTree,
+    /// On lines of its own: every lookup reads it, and the fields around it are written
+    /// by writers and freers.
+    seq: OwnLines<TableSeq>,
+    /// The writer mutex. A spin-then-yield lock rather than `parking_lot::Mutex`: a
+    /// parking lock's `fork` handling is unsafe (a child whose parent had threads parked
+    /// on it must wake them through parking_lot's bucket locks, which a vanished thread
+    /// may hold: the child hangs on a futex, as `tests/tests/fork_signals.rs` showed),
+    /// and parking allocates. Sections under it make no syscall but the rare arena
+    /// reservation, so spinning is short.
+    writer: SpinLock<WriterState>,
     /// Test hook: stops a purge just before one of its `madvise` calls.
     #[cfg(test)]
     pub(crate) pause_in_madvise: TestPause,
@@ -377,30 +450,17 @@ impl RegionTable {
             fixed_id: 0,
             reserved_any: [AtomicBool::new(false), AtomicBool::new(false)],
             tree: RegionTree::new(),
-            seq: TableSeq::new(),
+            seq: OwnLines(TableSeq::new()),
             writer: SpinLock::new(WriterState {
                 free: FreeIndex::new(),
                 reserved: 0,
             }),
             retired: RetiredStack::new(),
-            counters: LockCounters {
-                success: Counter::new(),
-                abort: Counter::new(),
-                retry: Counter::new(),
-                miss: Counter::new(),
-                slow: Counter::new(),
-                writer: Counter::new(),
-                waits: Counter::new(),
-                wait_ns: Counter::new(),
-                reader_waits: Counter::new(),
-            },
+            counters: LockCounters::new(),
             live_regions: AtomicUsize::new(0),
             dirty_bytes: AtomicUsize::new(0),
             retired_bytes: AtomicUsize::new(0),
-            purge_calls: Counter::new(),
-            purge_syscalls: Counter::new(),
             deferred: DeferredFolds::new(),
-            merges_deferred: Counter::new(),
             #[cfg(test)]
             pause_in_madvise: TestPause::new(),
             #[cfg(test)]
@@ -430,26 +490,26 @@ impl RegionTable {
         for _ in 0..STALE_RETRIES {
             let guard = epoch::pin();
             let Some((start, region)) = self.tree.floor(addr, &guard) else {
-                self.counters.miss.inc();
+                self.counters.miss().inc();
                 break;
             };
             match region.read_lock_validated(start, addr, &self.seq) {
                 ReadAttempt::Locked => {}
                 ReadAttempt::WriteLocked => {
-                    self.counters.abort.inc();
+                    self.counters.abort().inc();
                     break;
                 }
                 // A detached region, or one an update moved after our tree snapshot.
                 ReadAttempt::Moved => {
-                    self.counters.retry.inc();
+                    self.counters.retry().inc();
                     continue;
                 }
                 ReadAttempt::Missed => {
-                    self.counters.miss.inc();
+                    self.counters.miss().inc();
                     break;
                 }
             }
-            self.counters.success.inc();
+            self.counters.success().inc();
             return Some(ReadGuard::new(region, start));
         }
         None
@@ -460,7 +520,7 @@ impl RegionTable {
     fn find_and_read_lock_slow(&self, addr: usize) -> Option<ReadGuard> {
         let _inside = Reentrancy::enter();
         let _writer = self.lock_writer();
-        self.counters.slow.inc();
+        self.counters.slow().inc();
         let guard = epoch::pin();
         // Under the writer mutex the region found is attached.
         let (start, region) = self.tree.floor(addr, &guard)?;
@@ -669,7 +729,7 @@ impl RegionTable {
     /// Takes the writer mutex, counting the acquisition and, when it was held, the wait
     /// and its length.
     fn lock_writer(&self) -> SpinGuard<'_, WriterState> {
-        self.counters.writer.inc();
+        self.counters.writer().inc();
         if let Some(state) = self.writer.try_lock() {
             return state;
         }
@@ -681,9 +741,9 @@ impl RegionTable {
     fn lock_writer_contended(&self) -> SpinGuard<'_, WriterState> {
         let since = os::now_ns();
         let state = self.writer.lock();
-        self.counters.waits.inc();
+        self.counters.waits().inc();
         self.counters
-            .wait_ns
+            .wait_ns()
             .add(os::now_ns().saturating_sub(since));
         state
     }
@@ -703,7 +763,7 @@ impl RegionTable {
     ) -> Option<R> {
         let _inside = Reentrancy::enter();
         let state = self.writer.try_lock()?;
-        self.counters.writer.inc();
+        self.counters.writer().inc();
         Some(self.write_locked(state, may_reserve, update))
     }
 
@@ -909,7 +969,7 @@ impl RegionTable {
     #[cfg(test)]
     pub(crate) fn while_writer_busy<R>(&self, f: impl FnOnce() -> R) -> R {
         use core::sync::atomic::AtomicBool;
-        let writers = self.counters.writer.get();
+        let writers = self.counters.writer().get();
         let done = AtomicBool::new(false);
         let held = AtomicBool::new(false);
         std::thread::scope(|s| {
@@ -917,7 +977,7 @@ impl RegionTable {
                 let _busy = self.writer.lock();
                 // SeqCst: test-only handshake, ordering not under study.
                 held.store(true, Ordering::SeqCst);
-                while !done.load(Ordering::SeqCst) && self.counters.writer.get() == writers {
+                while !done.load(Ordering::SeqCst) && self.counters.writer().get() == writers {
                     std::hint::spin_loop();
                 }
             });
@@ -1130,13 +1190,14 @@ impl RegionTable {
                 // Loom models f and g watch a page this call may cover.
                 #[cfg(all(test, loom))]
                 crate::region::loom_table::in_madvise(_start, _start + _len);
-                self.purge_calls.inc();
+                self.counters.purge_calls().inc();
             }
             // SAFETY: free regions hold no live object, and our read references keep
             // any writer from handing them out until the call returns.
             let batched = unsafe { os::purge_many(group, mode) };
             // A batch that reached the kernel, then one call for each piece it did not.
-            self.purge_syscalls
+            self.counters
+                .purge_syscalls()
                 .add(u64::from(batched > 0) + (group.len() - batched) as u64);
             for (k, pick) in picked[i..i + group.len()].iter_mut().enumerate() {
                 let Some((read, since)) = pick.take() else {
@@ -1219,7 +1280,7 @@ impl RegionTable {
             }
         }
         if n == 0 {
-            self.merges_deferred.inc();
+            self.counters.merges_deferred().inc();
         } else {
             self.write(|w| fold(w, &left[..n]));
         }

@@ -296,13 +296,13 @@ const COUNTERS: usize = 7;
 fn counters() -> [u64; COUNTERS] {
     let c = &TABLE.counters;
     [
-        c.success.get(),
-        c.abort.get(),
-        c.retry.get(),
-        c.miss.get(),
-        c.slow.get(),
-        c.reader_waits.get(),
-        c.waits.get(),
+        c.success().get(),
+        c.abort().get(),
+        c.retry().get(),
+        c.miss().get(),
+        c.slow().get(),
+        c.reader_waits().get(),
+        c.waits().get(),
     ]
 }
 

@@ -290,9 +290,9 @@ fn a_huge_free_region_is_purged_in_bounded_pieces() {
         "one pass with a {BUDGET:#x} budget purged {first:#x}"
     );
     assert!(
-        table.purge_calls.get() as usize >= first.div_ceil(PURGE_PIECE),
+        table.counters.purge_calls().get() as usize >= first.div_ceil(PURGE_PIECE),
         "{} madvise calls for {first:#x} bytes: some exceeded {PURGE_PIECE:#x}",
-        table.purge_calls.get()
+        table.counters.purge_calls().get()
     );
     check_layout(table);
     let mut total = first;
@@ -304,7 +304,7 @@ fn a_huge_free_region_is_purged_in_bounded_pieces() {
         total += bytes;
     }
     assert_eq!(total, len);
-    assert!(table.purge_calls.get() as usize >= len.div_ceil(PURGE_PIECE));
+    assert!(table.counters.purge_calls().get() as usize >= len.div_ceil(PURGE_PIECE));
     assert_eq!(table.dirty_bytes(), 0);
     let mut free = Vec::new();
     table.for_each_free_region(|s, l, d| free.push((s, l, d)));
@@ -640,17 +640,17 @@ fn try_purge_skips_a_table_whose_writer_is_busy() {
     let len = 1 << 20;
     let (table, _) = dirty_region_in_new_table(len);
     assert_eq!(table.dirty_bytes(), len);
-    let (writers, waits) = (table.counters.writer.get(), table.counters.waits.get());
+    let (writers, waits) = (table.counters.writer().get(), table.counters.waits().get());
     {
         let _held = table.writer.lock();
         assert_eq!(table.try_purge(0, PurgeMode::DontNeed, usize::MAX), 0);
     }
     assert_eq!(
-        table.counters.writer.get(),
+        table.counters.writer().get(),
         writers,
         "an acquisition counted"
     );
-    assert_eq!(table.counters.waits.get(), waits);
+    assert_eq!(table.counters.waits().get(), waits);
     assert_eq!(table.dirty_bytes(), len);
     assert_eq!(table.try_purge(0, PurgeMode::DontNeed, usize::MAX), len);
     assert_eq!(table.dirty_bytes(), 0);
@@ -780,20 +780,20 @@ fn a_purge_whose_merge_back_finds_the_writer_busy_leaves_it_to_the_next_writer()
     let len = 2 * PURGE_PIECE;
     let (table, start) = dirty_region_in_new_table(len);
     assert_eq!(table.dirty_bytes(), len);
-    let waits = table.counters.waits.get();
+    let waits = table.counters.waits().get();
     table.pause_in_madvise.arm();
     let (purged, blocked) = std::thread::scope(|s| {
         let purger = s.spawn(|| table.purge(0, PurgeMode::DontNeed, usize::MAX));
         table.pause_in_madvise.wait_paused();
         // The pick's acquisition is counted; the merge-back's would be the next.
-        let writers = table.counters.writer.get();
+        let writers = table.counters.writer().get();
         let held = table.writer.lock();
         table.pause_in_madvise.release();
         let blocked = loop {
             if purger.is_finished() {
                 break false;
             }
-            if table.counters.writer.get() != writers {
+            if table.counters.writer().get() != writers {
                 break true;
             }
             std::thread::yield_now();
@@ -804,9 +804,9 @@ fn a_purge_whose_merge_back_finds_the_writer_busy_leaves_it_to_the_next_writer()
     });
     assert_eq!(purged, len);
     assert_eq!(blocked, None, "the merge-back took the mutex, blocking");
-    assert_eq!(table.counters.waits.get(), waits, "the merge-back waited");
+    assert_eq!(table.counters.waits().get(), waits, "the merge-back waited");
     assert_eq!(table.deferred_folds(), 1, "the pieces went as one range");
-    assert_eq!(table.merges_deferred.get(), 1);
+    assert_eq!(table.counters.merges_deferred().get(), 1);
     // Unmerged until a writer comes (read from the tree, not by a walk, which folds).
     let pieces = {
         let guard = epoch::pin();
@@ -1496,8 +1496,16 @@ fn one_pass_purges_sixteen_apart_pieces_in_one_call() {
     table.collect_retired();
     assert_eq!(table.dirty_bytes(), N * LEN);
     assert_eq!(table.purge(0, PurgeMode::DontNeed, usize::MAX), N * LEN);
-    assert_eq!(table.purge_calls.get(), N as u64, "pieces advised");
-    assert_eq!(table.purge_syscalls.get(), 1, "system calls for {N} pieces");
+    assert_eq!(
+        table.counters.purge_calls().get(),
+        N as u64,
+        "pieces advised"
+    );
+    assert_eq!(
+        table.counters.purge_syscalls().get(),
+        1,
+        "system calls for {N} pieces"
+    );
     for &p in &freed {
         // SAFETY: free regions of ours, still mapped (a reservation's pages).
         let ends = unsafe {

@@ -89,7 +89,7 @@ impl<'a> Writer<'a> {
         }
         // SAFETY: we hold the writer mutex and `write()` ends the update.
         if unsafe { r.lock.start_write_waited(&self.table.seq) } {
-            self.table.counters.reader_waits.inc();
+            self.table.counters.reader_waits().inc();
         }
     }
 

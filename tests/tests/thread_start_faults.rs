@@ -1,0 +1,75 @@
+//! What a new thread's first allocations cost in page faults: its heap, its first
+//! small-object segment, its home arena's descriptor and metadata, and the stack our code
+//! uses. Issue 14's big-buffers at 8 threads paid about 20 faults a thread for these, more
+//! than half of them on the arena's static descriptor (37 KiB, of which a thread's first
+//! placement touched 8-9 pages: counters sharded one kilobyte apart, a 16 KiB huge-space
+//! map, list heads 2 KiB apart). Counted per thread (`RUSAGE_THREAD`), so other threads
+//! do not disturb it; the process's one-time set-up runs on the main thread first. (A
+//! file of its own, so that no other test's threads take arena tickets meanwhile.)
+
+use rangealloc::RangeAlloc;
+use std::alloc::{GlobalAlloc, Layout};
+
+#[global_allocator]
+static A: RangeAlloc = RangeAlloc;
+
+/// New threads measured, one after another: each takes the next arena ticket, so with
+/// four arenas per CPU each of them sets up an arena of its own on a 2-core machine.
+const THREADS: usize = 6;
+
+/// Faults a thread's first small and big allocation (and their frees) may cost, on
+/// average over the threads. Measured on the 2-core VM (kernel 6.18), four runs each:
+/// 13.7-14.0 with the arena descriptor as it was (11-18 a thread), 10.2-10.3 with
+/// bbfault13's layout (8-13), 7.8-8.3 with a new segment's descriptors written lazily
+/// too (6-11). The first thread pays a few more (the process's first thread-exit hook
+/// and collector work).
+const MAX_FAULTS_PER_THREAD: i64 = 10;
+
+fn thread_faults() -> i64 {
+    // SAFETY: a plain syscall filling a zeroed `rusage` of ours.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut usage), 0);
+        usage.ru_minflt
+    }
+}
+
+/// One small and one big allocation (the big one in huge-page space, never touched) and
+/// their frees.
+fn first_allocations() {
+    let small = Layout::from_size_align(64, 16).unwrap();
+    let big = Layout::from_size_align(6 << 20, 16).unwrap();
+    // SAFETY: valid non-zero layouts; both freed with them below.
+    unsafe {
+        let (p, q) = (A.alloc(small), A.alloc(big));
+        assert!(!p.is_null() && !q.is_null());
+        p.write(1);
+        A.dealloc(q, big);
+        A.dealloc(p, small);
+    }
+}
+
+#[test]
+fn a_new_thread_touches_few_pages_for_its_first_allocations() {
+    // The process's set-up (metadata arena, collector, options) on this thread, outside
+    // the count.
+    first_allocations();
+    let each: Vec<i64> = (0..THREADS)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let before = thread_faults();
+                first_allocations();
+                thread_faults() - before
+            })
+            .join()
+            .unwrap()
+        })
+        .collect();
+    eprintln!("page faults of each new thread's first allocations: {each:?}");
+    let total: i64 = each.iter().sum();
+    assert!(
+        total <= MAX_FAULTS_PER_THREAD * THREADS as i64,
+        "new threads' first allocations cost {total} page faults ({each:?}); at most \
+         {MAX_FAULTS_PER_THREAD} a thread on average expected"
+    );
+}
