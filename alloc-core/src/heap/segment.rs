@@ -165,14 +165,8 @@ impl Segment {
         SMALL_PAGE_BYTES.add((units * UNIT_SIZE) as u64);
         self.free_units &= !(run << first);
         self.dirty_units &= !(run << first);
-        for u in first..first + units {
-            self.unit_page[u] = Segment::page_offset(first);
-        }
-        let base = self as *mut Segment as usize;
-        let start = base + first * UNIT_SIZE + if first == 0 { HEADER_SIZE } else { 0 };
-        let span_end = base + (first + units) * UNIT_SIZE;
-        // Blocks start at `start`; the page ends at the last whole block.
-        let end = start + (span_end - start) / block_size * block_size;
+        // The descriptor is written before any unit points at it (review13b L1): a
+        // stray free racing this claim reads an empty page, never an earlier life's.
         if self.described & (1 << first) == 0 {
             // SAFETY: `first < UNITS`; the descriptor has never been written (whatever
             // the memory held), so it is written whole, through a raw pointer, before
@@ -184,6 +178,14 @@ impl Segment {
             };
             self.described |= 1 << first;
         }
+        for u in first..first + units {
+            self.unit_page[u] = Segment::page_offset(first);
+        }
+        let base = self as *mut Segment as usize;
+        let start = base + first * UNIT_SIZE + if first == 0 { HEADER_SIZE } else { 0 };
+        let span_end = base + (first + units) * UNIT_SIZE;
+        // Blocks start at `start`; the page ends at the last whole block.
+        let end = start + (span_end - start) / block_size * block_size;
         let page = &mut self.pages[first];
         page.init(class, block_size, units, start, end);
         page
