@@ -53,7 +53,10 @@ cli get greeting
 head -c 1048576 /dev/zero | tr '\0' 'r' >"$WORK/big.txt"
 cli -x set big <"$WORK/big.txt"
 cli --no-raw strlen big
-cli get big | head -c 1048576 | sha256sum | cut -c1-32
+# Through a file: `head` closing the pipe early would kill redis-cli with SIGPIPE (its
+# trailing newline comes after the value), which pipefail turned into a failed run.
+cli get big >"$WORK/got.txt"
+head -c 1048576 "$WORK/got.txt" | sha256sum | cut -c1-32
 sha256sum <"$WORK/big.txt" | cut -c1-32
 awk 'BEGIN { for (i = 0; i < 100000; i++) printf "%c", 1 + (i * 7919) % 255 }' >"$WORK/bin.dat"
 cli -x set bin <"$WORK/bin.dat"
