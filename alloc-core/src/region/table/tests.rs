@@ -940,6 +940,26 @@ fn copy_object(from: usize, to: usize, len: usize) {
     unsafe { core::ptr::copy_nonoverlapping(from as *const u8, to as *mut u8, len) };
 }
 
+/// `relocate` of the live object at `addr` (`len` bytes) to twice its length, its move
+/// failing with `fault`: the destination, which the caller copies into.
+fn relocate_failing(
+    table: &RegionTable,
+    addr: usize,
+    len: usize,
+    fault: os::inject::MoveFault,
+) -> Placed {
+    os::inject::fail_next_move(fault);
+    let (placed, moved) = table
+        .relocate(addr, 2 * len, PAGE_SIZE, Space::Base)
+        .unwrap();
+    assert_eq!(
+        moved,
+        PageMove::Copy { moved: 0 },
+        "the injected failure did not happen"
+    );
+    placed
+}
+
 /// Kernels before 6.17 unmap an `mremap(MREMAP_FIXED)` destination before they find
 /// that the source spans two mappings (an object moved in, then grown in place) and fail
 /// with `EFAULT` (injected here: this kernel moves such sources). `relocate` must map
@@ -952,15 +972,7 @@ fn a_relocate_whose_move_unmapped_its_destination_maps_it_again_for_the_copy() {
     let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
     fill_words(a.start, LEN, 1);
     let restored = os::restored_destinations();
-    os::inject::fail_next_move(os::inject::MoveFault::UnmapThenFail);
-    let (placed, moved) = table
-        .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
-        .unwrap();
-    assert_eq!(
-        moved,
-        PageMove::Copy { moved: 0 },
-        "the injected failure did not happen"
-    );
+    let placed = relocate_failing(table, a.start, LEN, os::inject::MoveFault::UnmapThenFail);
     copy_object(a.start, placed.start, LEN);
     assert!(holds_words(placed.start, LEN, 1), "content copied");
     fill_words(placed.start, 2 * LEN, 2);
@@ -1037,15 +1049,7 @@ fn relocate_losing_the_destination(fault: os::inject::MoveFault) {
     let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
     fill_words(a.start, LEN, 4);
     let live = table.live_regions();
-    os::inject::fail_next_move(fault);
-    let (placed, moved) = table
-        .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
-        .unwrap();
-    assert_eq!(
-        moved,
-        PageMove::Copy { moved: 0 },
-        "the injected failure did not happen"
-    );
+    let placed = relocate_failing(table, a.start, LEN, fault);
     let foreign = os::inject::foreign_page();
     assert!(
         !(placed.start..placed.start + placed.len).contains(&foreign),
@@ -1312,15 +1316,7 @@ fn a_destination_mapped_again_is_marked_as_holding_moved_pages() {
     const LEN: usize = 16 * PAGE_SIZE;
     let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
     let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
-    os::inject::fail_next_move(os::inject::MoveFault::UnmapThenFail);
-    let (placed, moved) = table
-        .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
-        .unwrap();
-    assert_eq!(
-        moved,
-        PageMove::Copy { moved: 0 },
-        "the injected failure did not happen"
-    );
+    let placed = relocate_failing(table, a.start, LEN, os::inject::MoveFault::UnmapThenFail);
     let read = table.find_and_read_lock(placed.start).unwrap();
     assert!(
         read.region().holds_moved_pages(),
@@ -1336,14 +1332,11 @@ fn after_a_lost_destination_no_more_pages_move() {
     const LEN: usize = 16 * PAGE_SIZE;
     let table: &'static RegionTable = Box::leak(Box::new(RegionTable::new()));
     let a = table.allocate(LEN, PAGE_SIZE, RegionKind::Large).unwrap();
-    os::inject::fail_next_move(os::inject::MoveFault::UnmapOthersMapThenFail);
-    let (placed, moved) = table
-        .relocate(a.start, 2 * LEN, PAGE_SIZE, Space::Base)
-        .unwrap();
-    assert_eq!(
-        moved,
-        PageMove::Copy { moved: 0 },
-        "the injected failure did not happen"
+    let placed = relocate_failing(
+        table,
+        a.start,
+        LEN,
+        os::inject::MoveFault::UnmapOthersMapThenFail,
     );
     table.retire(a.start).unwrap();
     let tried = os::inject::moves_tried();
