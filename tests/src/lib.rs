@@ -5,6 +5,17 @@ use std::process::{Command, Output};
 pub mod phases;
 pub mod tiling;
 
+/// Minor page faults so far of `who`: `libc::RUSAGE_SELF` (the whole process) or
+/// `libc::RUSAGE_THREAD` (the calling thread).
+pub fn minor_faults(who: libc::c_int) -> u64 {
+    // SAFETY: a plain syscall filling a zeroed `rusage` of ours.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(who, &mut usage), 0);
+        usage.ru_minflt as u64
+    }
+}
+
 /// Runs this test binary again, executing only its `child_entry` test with
 /// `RANGEALLOC_TEST_CHILD=mode` (and `RANGEALLOC_OPTIONS=options` when given): the way
 /// to test what aborts, options read once per process, and process-wide limits.

@@ -24,11 +24,7 @@ fn madvise_calls() -> u64 {
 }
 
 fn minor_faults() -> u64 {
-    // SAFETY: an all-zero rusage is valid; getrusage fills it.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid out-pointer.
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) }, 0);
-    u.ru_minflt as u64
+    rangealloc_tests::minor_faults(libc::RUSAGE_SELF)
 }
 
 fn rss_kib() -> usize {

@@ -11,21 +11,12 @@ use std::alloc::{GlobalAlloc, Layout};
 #[global_allocator]
 static A: RangeAlloc = RangeAlloc;
 
-const FORKS: i64 = 50;
+const FORKS: u64 = 50;
 /// Faults a fork may cost the parent: its handlers' locks (the metadata lock, the heap
 /// lists, every heap's region cache, the arenas in use, the profiler's), a stack page or
 /// two, and the C library's own (2 a fork with glibc's malloc). The 64 arenas' mutexes
 /// alone were 64.
-const MAX_FAULTS_PER_FORK: i64 = 24;
-
-fn minor_faults() -> i64 {
-    // SAFETY: a plain syscall filling a zeroed `rusage` of ours.
-    unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
-        usage.ru_minflt
-    }
-}
+const MAX_FAULTS_PER_FORK: u64 = 24;
 
 #[test]
 fn a_fork_touches_only_the_arenas_in_use() {
@@ -50,11 +41,11 @@ fn a_fork_touches_only_the_arenas_in_use() {
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     };
     fork_and_wait();
-    let before = minor_faults();
+    let before = rangealloc_tests::minor_faults(libc::RUSAGE_SELF);
     for _ in 0..FORKS {
         fork_and_wait();
     }
-    let per_fork = (minor_faults() - before) / FORKS;
+    let per_fork = (rangealloc_tests::minor_faults(libc::RUSAGE_SELF) - before) / FORKS;
     eprintln!("{per_fork} page faults in the parent per fork");
     // SAFETY: live, allocated above with these layouts.
     unsafe {

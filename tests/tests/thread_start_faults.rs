@@ -23,15 +23,10 @@ const THREADS: usize = 6;
 /// bbfault13's layout (8-13), 7.8-8.3 with a new segment's descriptors written lazily
 /// too (6-11). The first thread pays a few more (the process's first thread-exit hook
 /// and collector work).
-const MAX_FAULTS_PER_THREAD: i64 = 10;
+const MAX_FAULTS_PER_THREAD: u64 = 10;
 
-fn thread_faults() -> i64 {
-    // SAFETY: a plain syscall filling a zeroed `rusage` of ours.
-    unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut usage), 0);
-        usage.ru_minflt
-    }
+fn thread_faults() -> u64 {
+    rangealloc_tests::minor_faults(libc::RUSAGE_THREAD)
 }
 
 /// Writes 128 KiB of this thread's stack.
@@ -64,7 +59,7 @@ fn a_new_thread_touches_few_pages_for_its_first_allocations() {
     // The process's set-up (metadata arena, collector, options) on this thread, outside
     // the count.
     first_allocations();
-    let each: Vec<i64> = (0..THREADS)
+    let each: Vec<u64> = (0..THREADS)
         .map(|_| {
             std::thread::spawn(|| {
                 // The stack our calls may reach, faulted outside the count: a debug
@@ -79,9 +74,9 @@ fn a_new_thread_touches_few_pages_for_its_first_allocations() {
         })
         .collect();
     eprintln!("page faults of each new thread's first allocations: {each:?}");
-    let total: i64 = each.iter().sum();
+    let total: u64 = each.iter().sum();
     assert!(
-        total <= MAX_FAULTS_PER_THREAD * THREADS as i64,
+        total <= MAX_FAULTS_PER_THREAD * THREADS as u64,
         "new threads' first allocations cost {total} page faults ({each:?}); at most \
          {MAX_FAULTS_PER_THREAD} a thread on average expected"
     );
