@@ -997,18 +997,7 @@ pub(crate) mod inject {
 
     /// Whether `[from, from + len)` lies in more than one mapping (or not all mapped).
     fn spans_mappings(from: usize, len: usize) -> bool {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        !maps.lines().any(|line| {
-            let range = line.split(' ').next().unwrap_or("");
-            let Some((lo, hi)) = range.split_once('-') else {
-                return false;
-            };
-            let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-            else {
-                return false;
-            };
-            lo <= from && from + len <= hi
-        })
+        !matches!(super::maps::listed(from, len), super::maps::Layout::Known(p) if p.count() == 1)
     }
 
     /// Makes `overlay_is_safe` answer, on this thread, as on a kernel before 6.12.
