@@ -132,6 +132,11 @@ pub struct ReallocStats {
     pub remapped: u64,
     /// Bytes those moves carried.
     pub remapped_bytes: u64,
+    /// Moved to a new region by copying only the pages that hold bytes
+    /// (`os::pagemap::copy_sparse`): no `mmap_lock` writer.
+    pub sparse: u64,
+    /// Bytes those moves copied (whole pages).
+    pub sparse_bytes: u64,
     /// Purges that overwrote a moved-in range with a fresh mapping (`os::overlay`).
     pub overwritten: u64,
     /// The gauge of kernel mappings in our reservations (`os::maps::mappings`).
@@ -279,6 +284,8 @@ pub fn snapshot() -> Stats {
             copied_bytes: large::COPIED_BYTES.get(),
             remapped: large::REMAPPED.get(),
             remapped_bytes: large::REMAPPED_BYTES.get(),
+            sparse: large::SPARSE_MOVED.get(),
+            sparse_bytes: large::SPARSE_BYTES.get(),
             overwritten: os::overlays(),
             mappings: os::maps::mappings(),
             censuses: os::maps::censuses(),
@@ -414,13 +421,15 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
     writeln!(
         w,
         "  large reallocs: grown in place {}, moved {} ({:.2} MiB copied), remapped {} \
-         ({:.2} MiB moved by mremap); moved-in ranges overwritten {}, mappings gauge {} \
+         ({:.2} MiB moved by mremap), copied sparsely {} ({:.2} MiB); moved-in ranges overwritten {}, mappings gauge {} \
          ({} censuses); failed moves' destinations mapped again {}, lost {}",
         g.grown_in_place,
         g.moved,
         g.copied_bytes as f64 / MIB,
         g.remapped,
         g.remapped_bytes as f64 / MIB,
+        g.sparse,
+        g.sparse_bytes as f64 / MIB,
         g.overwritten,
         g.mappings,
         g.censuses,
@@ -506,13 +515,16 @@ impl Stats {
         write!(
             w,
             ",\"reallocs\":{{\"grown_in_place\":{},\"moved\":{},\"copied_bytes\":{},\
-             \"remapped\":{},\"remapped_bytes\":{},\"overwritten\":{},\"mappings\":{},\
+             \"remapped\":{},\"remapped_bytes\":{},\"sparse\":{},\"sparse_bytes\":{},\
+             \"overwritten\":{},\"mappings\":{},\
              \"censuses\":{},\"restored\":{},\"lost\":{}}}",
             re.grown_in_place,
             re.moved,
             re.copied_bytes,
             re.remapped,
             re.remapped_bytes,
+            re.sparse,
+            re.sparse_bytes,
             re.overwritten,
             re.mappings,
             re.censuses,

@@ -100,6 +100,8 @@ struct rangealloc_stats {
     uint64_t reallocs_copied_bytes;     /* bytes those copies copied */
     uint64_t reallocs_remapped;         /* ... that moved their pages with mremap */
     uint64_t reallocs_remapped_bytes;   /* bytes those moves carried */
+    uint64_t reallocs_sparse;           /* ... that copied only the pages holding bytes */
+    uint64_t reallocs_sparse_bytes;     /* bytes those copies copied (whole pages) */
 };
 
 /*

@@ -44,6 +44,8 @@ pub struct RangeallocStats {
     pub reallocs_copied_bytes: u64,
     pub reallocs_remapped: u64,
     pub reallocs_remapped_bytes: u64,
+    pub reallocs_sparse: u64,
+    pub reallocs_sparse_bytes: u64,
 }
 
 /// Fills `out` with a snapshot. `size` is `sizeof(struct rangealloc_stats)` as the
@@ -94,6 +96,8 @@ pub unsafe extern "C" fn rangealloc_stats_get(out: *mut RangeallocStats, size: u
         reallocs_copied_bytes: s.reallocs.copied_bytes,
         reallocs_remapped: s.reallocs.remapped,
         reallocs_remapped_bytes: s.reallocs.remapped_bytes,
+        reallocs_sparse: s.reallocs.sparse,
+        reallocs_sparse_bytes: s.reallocs.sparse_bytes,
     };
     let n = size.min(core::mem::size_of::<RangeallocStats>());
     // SAFETY: `out` has `size` writable bytes (caller contract); we copy at most that.

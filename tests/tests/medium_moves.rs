@@ -1,5 +1,5 @@
-//! Medium moves by `mremap` on a budget that renews (issues 14 and 16): a medium object
-//! that cannot grow in place moves its pages, however many moves came before, while
+//! Medium moves by `mremap` on a budget that renews (issues 14 and 16): a dense medium
+//! object (its pages written) that cannot grow in place moves its pages, however many moves came before, while
 //! the kernel mappings those moves split stay bounded, because the purges of moved-in
 //! ranges overwrite them with fresh mappings that merge back (`os::maps`). Each check
 //! runs in a child process of its own, so the counters are its own.
@@ -110,13 +110,20 @@ fn moves_go_on_with_bounded_mappings() {
                 assert!(parked.len() < PARKED, "{PARKED} objects with room to grow");
                 continue;
             }
-            p.cast::<u64>().write(tag);
+            // Every page written: a dense object moves its pages (a sparse one, of at
+            // most half its pages holding bytes, is copied: `large::copies_sparse_first`).
+            for page in (0..LEN).step_by(PAGE) {
+                p.add(page).cast::<u64>().write(tag ^ page as u64);
+            }
             p.add(LEN - PAGE).cast::<u64>().write(!tag);
             let before_move = moves();
             let q = realloc(p, layout(LEN), GROWN);
             assert_eq!(moves(), before_move + 1, "move {i}: not moved by mremap");
             assert!(!q.is_null());
-            assert_eq!(q.cast::<u64>().read(), tag, "move {i}: first page lost");
+            for page in (0..LEN - PAGE).step_by(PAGE) {
+                let got = q.add(page).cast::<u64>().read();
+                assert_eq!(got, tag ^ page as u64, "move {i}: page {page:#x} lost");
+            }
             assert_eq!(
                 q.add(LEN - PAGE).cast::<u64>().read(),
                 !tag,

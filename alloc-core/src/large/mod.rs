@@ -49,6 +49,11 @@ pub static COPIED_BYTES: Counter = Counter::new();
 pub static REMAPPED: Counter = Counter::new();
 /// Bytes those moves carried.
 pub static REMAPPED_BYTES: Counter = Counter::new();
+/// Reallocs of large objects that moved by copying only the pages holding bytes
+/// (`os::pagemap::copy_sparse`).
+pub static SPARSE_MOVED: Counter = Counter::new();
+/// Bytes those moves copied (whole pages).
+pub static SPARSE_BYTES: Counter = Counter::new();
 
 /// Objects of at least this many bytes that cannot grow in place move their pages with
 /// `mremap` rather than being copied. Measured on the 2-core VM (`BENCHMARKS.md`, "Big
@@ -91,6 +96,36 @@ fn may_remap(from: Space, old_len: usize, to: Space) -> bool {
     }
     old_len >= REMAP_MIN || os::maps::may_split(|a| space::kind_of(a) != SlotKind::Foreign)
 }
+
+/// Whether a large object of `old_len` bytes in space `from`, that cannot grow in place,
+/// is first offered a sparse copy into space `to` (`os::pagemap::copy_sparse`) before an
+/// `mremap` or a plain copy: within base space, from `MEDIUM_REMAP_MIN` (below it a
+/// plain copy is a few pages). A sparse copy takes no `mmap_lock` writer, splits no
+/// mapping and reads no untouched page; the pages that hold bytes are copied and fault
+/// in the destination, where a move's `mremap` faults none but takes the process-wide
+/// writer lock, so the copy is made only while at most `sparse_max_pages` pages hold
+/// bytes. Huge-page space keeps its `mremap` moves: there a page is a 2 MiB frame,
+/// and moving its page-table entry beats copying and faulting the frame.
+#[inline]
+fn copies_sparse_first(from: Space, old_len: usize, to: Space) -> bool {
+    old_len >= MEDIUM_REMAP_MIN && from == Space::Base && to == Space::Base
+}
+
+/// The most pages holding bytes that an object of `len` bytes may have to be copied
+/// sparsely (`copies_sparse_first`): half its pages, and at least `SPARSE_ALWAYS_PAGES`.
+/// Denser objects (a filled buffer) move their pages, which copies and faults nothing.
+#[inline]
+fn sparse_max_pages(len: usize) -> usize {
+    (len / PAGE_SIZE / 2).max(SPARSE_ALWAYS_PAGES)
+}
+
+/// Pages holding bytes that a sparse copy takes whatever the object's length: 256
+/// KiB, a copy of about four `mremap`s' time (`MEDIUM_REMAP_MIN`: 16 pages cost about
+/// one) and no process-wide lock. The `medium` workload's objects of 64-128 KiB placed
+/// in reused dirty space hold stale bytes in more than half their pages (an earlier
+/// owner's header and trailer in every few pages): with half as the only bound, 1-4 of
+/// them a run still moved by `mremap`.
+const SPARSE_ALWAYS_PAGES: usize = 64;
 
 /// Objects of at least this many bytes go to huge-page space (`Space::Huge`) when
 /// `options::thp` is on: two huge pages. A small object there would sit alone in a
@@ -325,6 +360,10 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         Some(false) => {}
         None => return move_elsewhere(p, space, old_len, new_len, align.max(PAGE_SIZE)),
     }
+    if copies_sparse_first(space, old_len, space_for(new_len)) {
+        // Placed first, then copied if sparse, else moved or copied whole.
+        return move_elsewhere(p, space, old_len, new_len, align.max(PAGE_SIZE));
+    }
     if may_remap(space, old_len, space_for(new_len)) {
         return remap(p, old_len, new_len, align.max(PAGE_SIZE));
     }
@@ -379,10 +418,11 @@ fn try_grow_in_place(addr: usize, new_len: usize) -> Option<bool> {
     None
 }
 
-/// Moves the object `p` (in space `from`) whose arena is busy through whichever arena
-/// is free (`place` tries them with try-lock), carrying its pages with `mremap` without
-/// the source arena's writer mutex when it may (`may_remap`, `Arenas::move_pages`),
-/// else copying. The source is ours (its owner is inside `realloc`) and the destination
+/// Moves the object `p` (in space `from`) that cannot grow in place, or whose arena is
+/// busy, through whichever arena is free (`place` tries them with try-lock): copying
+/// only the pages that hold bytes where it may (`copies_sparse_first`), else carrying
+/// its pages with `mremap` without the source arena's writer mutex when it may
+/// (`may_remap`, `Arenas::move_pages`), else copying. The source is ours (its owner is inside `realloc`) and the destination
 /// is a live region nobody else knows yet, so no reader can meet either while the pages
 /// move; the emptied source is then freed as any object.
 #[cold]
@@ -399,6 +439,22 @@ fn move_elsewhere(
         return q;
     }
     let to = ARENAS.space_of(q as usize);
+    if copies_sparse_first(from, old_len, to) {
+        let most = sparse_max_pages(old_len);
+        // SAFETY: both are ours (see above), distinct, page-aligned live objects of
+        // `old_len` bytes at least, in base space (anonymous private memory).
+        match unsafe { os::pagemap::copy_sparse(p as usize, q as usize, old_len, most) } {
+            os::pagemap::Sparse::Copied { bytes } => {
+                SPARSE_MOVED.inc();
+                SPARSE_BYTES.add(bytes as u64);
+                if free(p).is_err() {
+                    crate::fatal("realloc: a live large object vanished from the region table");
+                }
+                return q;
+            }
+            os::pagemap::Sparse::Dense | os::pagemap::Sparse::Unknown => {}
+        }
+    }
     if !may_remap(from, old_len, to) {
         return move_to(p, old_len, q);
     }

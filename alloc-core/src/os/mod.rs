@@ -14,6 +14,7 @@
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 pub mod maps;
+pub mod pagemap;
 
 /// The base page size. x86_64 and aarch64 Linux with 4 KiB pages are the supported
 /// targets; `init_check` verifies it at start-up.
