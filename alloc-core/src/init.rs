@@ -178,7 +178,9 @@ thread_local! {
 }
 
 /// `pthread_atfork` prepare handler: takes every allocator lock before `fork` so the
-/// child never inherits one mid-update. Lock order: the profiler's tables, heap lists,
+/// child never inherits one mid-update. First, holding no lock, it waits for the
+/// `/proc` descriptors other threads hold to be closed (`os::maps::fork_prepare`), so
+/// the child inherits none. Lock order: the profiler's tables, heap lists,
 /// then the arenas' fork gate and the writer mutexes of the arenas in use
 /// (`Arenas::fork_prepare`), then the metadata arena (no path holds a later one while
 /// taking an earlier one; the profiler's lock is held only around its own table updates,
@@ -191,6 +193,8 @@ pub fn fork_prepare() {
         return;
     }
     SLOT_BEFORE_FORK.with(|s| s.set(thread::get()));
+    // Before any lock: a thread holding a `/proc` descriptor may wait for one.
+    os::maps::fork_prepare();
     // Anything the locking below allocates goes to the metadata arena.
     thread::set(thread::BUSY);
     crate::prof::fork_prepare();
@@ -203,6 +207,7 @@ pub fn fork_prepare() {
 pub fn fork_parent() {
     if leave_fork() {
         release_fork_locks();
+        os::maps::fork_done(false);
     }
 }
 
@@ -231,6 +236,7 @@ pub fn fork_child() {
     }
     heap::fork_child();
     crate::reclaim::after_fork_in_child();
+    os::maps::fork_done(true);
 }
 
 /// Counts a parent/child handler call off; true for the outermost one.

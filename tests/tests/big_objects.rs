@@ -716,13 +716,16 @@ fn remap_leaves_clean_space() {
     }
 }
 
-/// A medium-sized object that cannot grow in place moves its pages with `mremap` too
-/// (`large::MEDIUM_REMAP_MIN`, issue 16): a program that wrote its first and last page
-/// and grows it past its room pays no copy, so neither the destination's pages nor the
-/// source's untouched ones fault. (Huge pages off: a 70 MiB object would otherwise go
-/// to huge-page space, which a base-space object never moves into.)
+/// A medium-sized object that cannot grow in place and holds bytes in few pages is
+/// copied sparsely (`large::copies_sparse_first`, issue 16): a program that wrote its
+/// first and last page and read one in the middle grows it past its room; only the two
+/// written pages are copied (no `mremap`, no copy of the rest), so neither the
+/// destination's other pages nor the source's untouched ones fault, and every byte
+/// reads as before. The same object with every page written is dense: it moves its
+/// pages with one `mremap`. (Huge pages off: a 70 MiB object would otherwise go to
+/// huge-page space, which a base-space object never moves into.)
 #[test]
-fn a_medium_object_that_must_move_moves_its_pages() {
+fn a_medium_object_that_must_move_is_copied_sparsely_or_moves_its_pages() {
     run_with("remap-medium", "thp=never,purge_delay_ms=600000");
 }
 
@@ -731,30 +734,57 @@ fn medium_move_remaps() {
     // Past the object's growth room (64 MiB minus its length): a move.
     const GROWN: usize = 70 * MIB;
     const TAG: u64 = 0x3ed1;
-    // SAFETY: pointers are used within their lengths and freed once.
-    unsafe {
-        let p = alloc(layout(LEN));
-        fill(p, PAGE, TAG);
-        fill(p.add(LEN - PAGE), PAGE, !TAG);
-        let (before, faults0) = (rangealloc::stats().reallocs, minor_faults());
-        let q = realloc(p, layout(LEN), GROWN);
-        assert!(!q.is_null() && q != p, "no move");
-        let faults = minor_faults() - faults0;
-        assert_eq!(bad_pages(q, PAGE, TAG), 0, "first page lost in the move");
-        assert_eq!(
-            bad_pages(q.add(LEN - PAGE), PAGE, !TAG),
-            0,
-            "last page lost"
-        );
-        let after = rangealloc::stats().reallocs;
-        assert_eq!(after.moved - before.moved, 0, "copied");
-        assert_eq!(after.remapped - before.remapped, 1, "mremap moves");
-        assert_eq!(after.remapped_bytes - before.remapped_bytes, LEN as u64);
-        assert!(
-            faults < (LEN / PAGE / 8) as u64,
-            "{faults} faults: pages copied?"
-        );
-        dealloc(q, layout(GROWN));
+    let sparse = rangealloc::engine::os::pagemap::scans();
+    if !sparse {
+        eprintln!("no PAGEMAP_SCAN here (before Linux 6.7): every such move is an mremap");
+    }
+    for dense in [false, true] {
+        // SAFETY: pointers are used within their lengths and freed once.
+        unsafe {
+            let p = alloc(layout(LEN));
+            if dense {
+                fill(p, LEN, TAG);
+            } else {
+                fill(p, PAGE, TAG);
+                fill(p.add(LEN - PAGE), PAGE, !TAG);
+                let _ = p.add(LEN / 2).read_volatile(); // the zero page
+            }
+            let (before, faults0) = (rangealloc::stats().reallocs, minor_faults());
+            let remaps0 = rangealloc::syscall_counts().get(rangealloc::Syscall::Mremap);
+            let q = realloc(p, layout(LEN), GROWN);
+            assert!(!q.is_null() && q != p, "no move");
+            let faults = minor_faults() - faults0;
+            let remaps = rangealloc::syscall_counts().get(rangealloc::Syscall::Mremap) - remaps0;
+            let after = rangealloc::stats().reallocs;
+            if dense {
+                assert_eq!(bad_pages(q, LEN, TAG), 0, "pages lost in the move");
+            } else {
+                assert_eq!(bad_pages(q, PAGE, TAG), 0, "first page lost in the move");
+                let last = q.add(LEN - PAGE);
+                assert_eq!(bad_pages(last, PAGE, !TAG), 0, "last page lost");
+                let rest = std::slice::from_raw_parts(q.add(PAGE), LEN - 2 * PAGE);
+                assert!(
+                    rest.iter().all(|&b| b == 0),
+                    "bytes where none were written"
+                );
+            }
+            assert_eq!(after.moved - before.moved, 0, "copied whole");
+            if sparse && !dense {
+                assert_eq!(after.sparse - before.sparse, 1, "sparse copies");
+                assert_eq!(after.sparse_bytes - before.sparse_bytes, 2 * PAGE as u64);
+                assert_eq!(after.remapped - before.remapped, 0, "mremap moves");
+                assert_eq!(remaps, 0, "mremap calls");
+            } else {
+                assert_eq!(after.sparse - before.sparse, 0, "sparse copies");
+                assert_eq!(after.remapped - before.remapped, 1, "mremap moves");
+                assert_eq!(after.remapped_bytes - before.remapped_bytes, LEN as u64);
+            }
+            assert!(
+                faults < (LEN / PAGE / 8) as u64,
+                "{faults} faults: pages copied? (dense {dense})"
+            );
+            dealloc(q, layout(GROWN));
+        }
     }
 }
 

@@ -80,8 +80,9 @@ fn moves_go_on_with_bounded_mappings() {
         return;
     }
     const MOVES: usize = 8192 + 1024;
-    // The smallest object that moves by `mremap` (`large::MEDIUM_REMAP_MIN`)...
-    const LEN: usize = 64 << 10;
+    // A medium class (eight per doubling) past the 64 pages a sparse copy takes
+    // (`large::SPARSE_MAX_PAGES`): written whole, it moves by `mremap`...
+    const LEN: usize = 288 << 10;
     // ... grown past its growth room (64 MiB minus its length): it must move.
     const GROWN: usize = 70 * MIB;
     // Moved objects live this many moves, so frees and purges interleave with moves.
@@ -110,15 +111,20 @@ fn moves_go_on_with_bounded_mappings() {
                 assert!(parked.len() < PARKED, "{PARKED} objects with room to grow");
                 continue;
             }
-            // Every page written: a dense object moves its pages (a sparse one, of at
-            // most half its pages holding bytes, is copied: `large::copies_sparse_first`).
+            // Every page written: a dense object moves its pages (a sparse one is
+            // copied: `large::copies_sparse_first`).
             for page in (0..LEN).step_by(PAGE) {
                 p.add(page).cast::<u64>().write(tag ^ page as u64);
             }
             p.add(LEN - PAGE).cast::<u64>().write(!tag);
             let before_move = moves();
             let q = realloc(p, layout(LEN), GROWN);
-            assert_eq!(moves(), before_move + 1, "move {i}: not moved by mremap");
+            assert_eq!(
+                moves(),
+                before_move + 1,
+                "move {i}: not moved by mremap ({:?})",
+                rangealloc::stats().reallocs
+            );
             assert!(!q.is_null());
             for page in (0..LEN - PAGE).step_by(PAGE) {
                 let got = q.add(page).cast::<u64>().read();

@@ -100,10 +100,12 @@ fn may_remap(from: Space, old_len: usize, to: Space) -> bool {
 /// Whether a large object of `old_len` bytes in space `from`, that cannot grow in place,
 /// is first offered a sparse copy into space `to` (`os::pagemap::copy_sparse`) before an
 /// `mremap` or a plain copy: within base space, from `MEDIUM_REMAP_MIN` (below it a
-/// plain copy is a few pages). A sparse copy takes no `mmap_lock` writer, splits no
+/// plain copy is a few pages), when the object lies inside one of our reservations'
+/// mappings (`os::maps::inside_a_larger_mapping`: the pages it does not hold read
+/// zero). A sparse copy takes no `mmap_lock` writer, splits no
 /// mapping and reads no untouched page; the pages that hold bytes are copied and fault
 /// in the destination, where a move's `mremap` faults none but takes the process-wide
-/// writer lock, so the copy is made only while at most `sparse_max_pages` pages hold
+/// writer lock, so the copy is made only while at most `SPARSE_MAX_PAGES` pages hold
 /// bytes. Huge-page space keeps its `mremap` moves: there a page is a 2 MiB frame,
 /// and moving its page-table entry beats copying and faulting the frame.
 #[inline]
@@ -111,21 +113,16 @@ fn copies_sparse_first(from: Space, old_len: usize, to: Space) -> bool {
     old_len >= MEDIUM_REMAP_MIN && from == Space::Base && to == Space::Base
 }
 
-/// The most pages holding bytes that an object of `len` bytes may have to be copied
-/// sparsely (`copies_sparse_first`): half its pages, and at least `SPARSE_ALWAYS_PAGES`.
-/// Denser objects (a filled buffer) move their pages, which copies and faults nothing.
-#[inline]
-fn sparse_max_pages(len: usize) -> usize {
-    (len / PAGE_SIZE / 2).max(SPARSE_ALWAYS_PAGES)
-}
-
-/// Pages holding bytes that a sparse copy takes whatever the object's length: 256
-/// KiB, a copy of about four `mremap`s' time (`MEDIUM_REMAP_MIN`: 16 pages cost about
-/// one) and no process-wide lock. The `medium` workload's objects of 64-128 KiB placed
-/// in reused dirty space hold stale bytes in more than half their pages (an earlier
-/// owner's header and trailer in every few pages): with half as the only bound, 1-4 of
-/// them a run still moved by `mremap`.
-const SPARSE_ALWAYS_PAGES: usize = 64;
+/// The most pages holding bytes that an object may have to be copied sparsely
+/// (`copies_sparse_first`), whatever its length: 256 KiB, a copy of about four
+/// `mremap`s' time (`MEDIUM_REMAP_MIN`: 16 pages cost about one) and no process-wide
+/// lock. Denser objects (a filled buffer) move their pages, which copies and faults
+/// nothing. A bound in pages, not a fraction: half of a 64 MiB buffer, copied, took 26
+/// ms where its `mremap` took 0.15 (review14 F7). The `medium` workload's objects of
+/// 64-128 KiB placed in reused dirty space hold stale bytes in more than half their
+/// pages (an earlier owner's header and trailer every few pages): with half their
+/// pages as the bound, 1-4 of them a run still moved by `mremap`.
+const SPARSE_MAX_PAGES: usize = 64;
 
 /// Objects of at least this many bytes go to huge-page space (`Space::Huge`) when
 /// `options::thp` is on: two huge pages. A small object there would sit alone in a
@@ -361,8 +358,9 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         None => return move_elsewhere(p, space, old_len, new_len, align.max(PAGE_SIZE)),
     }
     if copies_sparse_first(space, old_len, space_for(new_len)) {
-        // Placed first, then copied if sparse, else moved or copied whole.
-        return move_elsewhere(p, space, old_len, new_len, align.max(PAGE_SIZE));
+        if let Some(q) = move_sparse(p, old_len, new_len, align.max(PAGE_SIZE)) {
+            return q;
+        }
     }
     if may_remap(space, old_len, space_for(new_len)) {
         return remap(p, old_len, new_len, align.max(PAGE_SIZE));
@@ -418,11 +416,55 @@ fn try_grow_in_place(addr: usize, new_len: usize) -> Option<bool> {
     None
 }
 
-/// Moves the object `p` (in space `from`) that cannot grow in place, or whose arena is
-/// busy, through whichever arena is free (`place` tries them with try-lock): copying
-/// only the pages that hold bytes where it may (`copies_sparse_first`), else carrying
-/// its pages with `mremap` without the source arena's writer mutex when it may
-/// (`may_remap`, `Arenas::move_pages`), else copying. The source is ours (its owner is inside `realloc`) and the destination
+/// Moves the object `p` of `old_len` bytes that cannot grow in place by copying only
+/// its pages that hold bytes (`os::pagemap`), when they are few enough
+/// (`SPARSE_MAX_PAGES`): `None` when they are not or the kernel cannot say, before
+/// anything is placed (the caller moves the pages or copies). The source's emptied
+/// pages are not the question here, unlike `remap`'s: they stay resident, and its
+/// region is freed dirty as any object's.
+#[cold]
+#[inline(never)]
+fn move_sparse(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> Option<*mut u8> {
+    // Not a range whose absent pages may get bytes from a userfaultfd's handler at
+    // their first read (review14 F1: CRIU's lazy restore): such a range is a mapping
+    // of its own, as is one moved in by `mremap`.
+    if !os::maps::inside_a_larger_mapping(p as usize, old_len) {
+        return None;
+    }
+    let scanner = os::pagemap::Scanner::open().ok()?;
+    let source = scanner.count(p as usize, old_len, SPARSE_MAX_PAGES).ok()?;
+    let q = place(new_len, align, false, true);
+    if q.is_null() {
+        return Some(q);
+    }
+    // SAFETY: `p` is ours (its owner is inside `realloc`), unchanged since counted, and
+    // `q` a distinct live object nobody else knows yet; both page-aligned, of `old_len`
+    // bytes at least, anonymous private memory.
+    match unsafe { scanner.copy(&source, q as usize) } {
+        Ok(bytes) => {
+            SPARSE_MOVED.inc();
+            SPARSE_BYTES.add(bytes as u64);
+            if free(p).is_err() {
+                crate::fatal("realloc: a live large object vanished from the region table");
+            }
+            Some(q)
+        }
+        Err(os::pagemap::Sparse::Dense) => {
+            // A guard marker in the destination: the pages move instead.
+            if free(q).is_err() {
+                crate::fatal("realloc: a new large object vanished from the region table");
+            }
+            None
+        }
+        Err(_) => Some(move_to(p, old_len, q)), // a scan failed part-way: copy it all
+    }
+}
+
+/// Moves the object `p` (in space `from`) whose arena is busy through whichever arena
+/// is free (`place` tries them with try-lock): copying only the pages that hold bytes
+/// where it may (`copies_sparse_first`), else carrying its pages with `mremap` without
+/// the source arena's writer mutex when it may (`may_remap`, `Arenas::move_pages`),
+/// else copying. The source is ours (its owner is inside `realloc`) and the destination
 /// is a live region nobody else knows yet, so no reader can meet either while the pages
 /// move; the emptied source is then freed as any object.
 #[cold]
@@ -439,11 +481,13 @@ fn move_elsewhere(
         return q;
     }
     let to = ARENAS.space_of(q as usize);
-    if copies_sparse_first(from, old_len, to) {
-        let most = sparse_max_pages(old_len);
+    if copies_sparse_first(from, old_len, to)
+        && os::maps::inside_a_larger_mapping(p as usize, old_len)
+    {
         // SAFETY: both are ours (see above), distinct, page-aligned live objects of
         // `old_len` bytes at least, in base space (anonymous private memory).
-        match unsafe { os::pagemap::copy_sparse(p as usize, q as usize, old_len, most) } {
+        match unsafe { os::pagemap::copy_sparse(p as usize, q as usize, old_len, SPARSE_MAX_PAGES) }
+        {
             os::pagemap::Sparse::Copied { bytes } => {
                 SPARSE_MOVED.inc();
                 SPARSE_BYTES.add(bytes as u64);
@@ -551,6 +595,8 @@ mod tests {
     /// a grower that waits is seen, not hung.
     #[test]
     fn a_grow_whose_arena_is_busy_moves_instead_of_waiting() {
+        // Page moves, not a sparse copy (this thread only).
+        os::inject::pretend_no_scan(true);
         const LEN: usize = 256 << 10;
         let p = object_beside_another_arena(LEN);
         // SAFETY: `p` is a live object of `LEN` bytes.
@@ -591,6 +637,8 @@ mod tests {
     /// is read without its arena's writer mutex.
     #[test]
     fn a_busy_arenas_move_of_a_moved_in_object_moves_each_mapping_or_copies() {
+        // Page moves, not a sparse copy (this thread only).
+        os::inject::pretend_no_scan(true);
         for query in [true, false] {
             // Both moves stay in base space (below `HUGE_OBJECT_MIN`), where pages move.
             const LEN: usize = 128 << 10;
@@ -664,6 +712,8 @@ mod tests {
     /// hole).
     #[test]
     fn a_busy_arenas_move_that_loses_its_destination_copies_elsewhere() {
+        // Page moves, not a sparse copy (this thread only).
+        os::inject::pretend_no_scan(true);
         const LEN: usize = 256 << 10;
         let p = object_beside_another_arena(LEN);
         // SAFETY: `p` is a live object of `LEN` bytes.

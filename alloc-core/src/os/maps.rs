@@ -14,7 +14,7 @@
 //! So the mappings a process holds follow the moved-in ranges not yet overwritten: the
 //! budget renews as purges overwrite them, and the census reads how many there are.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 /// Mappings in our reservations past which medium objects stop moving by `mremap`
 /// (they are copied) until a census finds fewer: a quarter of the default
@@ -142,11 +142,8 @@ fn census(is_ours: impl Fn(usize) -> bool) -> Option<u64> {
 /// file cannot be read. Allocates nothing.
 pub fn count_mappings(is_ours: impl Fn(usize) -> bool) -> Option<u64> {
     let _errno = super::ErrnoGuard::save();
-    // SAFETY: a NUL-terminated path; the descriptor is closed below.
-    let fd = unsafe { libc::open(MAPS_PATH.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
+    let file = ProcFd::open(MAPS_PATH)?;
+    let fd = file.fd();
     let mut lines = LineStarts::default();
     let mut buf = [0u8; READ_CHUNK];
     let complete = loop {
@@ -160,8 +157,7 @@ pub fn count_mappings(is_ours: impl Fn(usize) -> bool) -> Option<u64> {
         }
         lines.feed(&buf[..n as usize], &is_ours);
     };
-    // SAFETY: our own descriptor.
-    unsafe { libc::close(fd) };
+    drop(file);
     complete.then_some(lines.ours)
 }
 
@@ -271,11 +267,10 @@ pub(super) fn listed(addr: usize, len: usize) -> Layout {
         return Layout::Unknown;
     }
     let _errno = super::ErrnoGuard::save();
-    // SAFETY: a NUL-terminated path; the descriptor is closed below.
-    let fd = unsafe { libc::open(MAPS_PATH.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
+    let Some(file) = ProcFd::open(MAPS_PATH) else {
         return Layout::Unknown;
-    }
+    };
+    let fd = file.fd();
     let end = addr + len;
     let mut pieces = Pieces {
         ends: [0; MOVE_PIECES],
@@ -315,9 +310,149 @@ pub(super) fn listed(addr: usize, len: usize) -> Layout {
         pieces.count += 1;
         at = piece_end;
     };
-    // SAFETY: our own descriptor.
-    unsafe { libc::close(fd) };
+    drop(file);
     layout
+}
+
+/// Slots for the `/proc` descriptors open at one time (`ProcFd`); past them a caller
+/// gets none and its question goes unanswered (its move copies or `mremap`s).
+const PROC_SLOTS: usize = 16;
+/// A slot nobody holds.
+const FREE: i32 = -1;
+/// A slot taken, its descriptor being opened (then the slot holds the descriptor,
+/// until it is closed).
+const HELD: i32 = -2;
+/// The slots: while a `fork` waits in `fork_prepare`, none is taken anew, and the fork
+/// waits for the held ones to be freed, so a child inherits none of our descriptors.
+/// (`O_CLOEXEC` covers `exec`, not `fork`: review14 F5 counted 509 of 2,000 children
+/// inheriting one, which also holds the parent's address space for `pagemap`.)
+static PROC_FDS: [AtomicI32; PROC_SLOTS] = [const { AtomicI32::new(FREE) }; PROC_SLOTS];
+/// Set by `fork_prepare` until the fork's parent and child handlers.
+static FORKING: AtomicBool = AtomicBool::new(false);
+/// How long a fork waits for held descriptors (ms): a holder takes microseconds, but
+/// one stopped by a signal must not hang the fork (its descriptor then leaks into that
+/// child, as before the slots).
+const FORK_WAIT_MS: u64 = 100;
+
+/// A `/proc` file of ours, open read-only and close-on-exec; closed on drop. Opened
+/// and closed by the raw system calls: glibc's `open` and `close` are cancellation
+/// points (a pending `pthread_cancel` would act inside `malloc`, review14 F4), and a
+/// program may interpose them.
+pub(super) struct ProcFd {
+    fd: libc::c_int,
+    slot: usize,
+}
+
+impl ProcFd {
+    /// Opens `path`: `None` on failure, with no slot free, or while a fork waits.
+    pub(super) fn open(path: &core::ffi::CStr) -> Option<ProcFd> {
+        let slot = PROC_FDS.iter().position(|s| {
+            s.compare_exchange(FREE, HELD, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        })?;
+        // Against `fork_prepare`'s store of `FORKING` then load of the slots (both
+        // SeqCst): either it sees this slot held and waits, or this sees it forking.
+        if FORKING.load(Ordering::SeqCst) {
+            PROC_FDS[slot].store(FREE, Ordering::Release);
+            return None;
+        }
+        // SAFETY: a NUL-terminated path; the descriptor is closed on drop.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        } as libc::c_int;
+        if fd < 0 {
+            PROC_FDS[slot].store(FREE, Ordering::Release);
+            return None;
+        }
+        // Where a fork child that inherited it after a timed-out wait finds it.
+        PROC_FDS[slot].store(fd, Ordering::Release);
+        Some(ProcFd { fd, slot })
+    }
+
+    pub(super) fn fd(&self) -> libc::c_int {
+        self.fd
+    }
+}
+
+impl Drop for ProcFd {
+    fn drop(&mut self) {
+        // SAFETY: our own descriptor, closed once.
+        unsafe { libc::syscall(libc::SYS_close, self.fd) };
+        // Freed after the close: a fork that waited for it inherits no descriptor.
+        PROC_FDS[self.slot].store(FREE, Ordering::Release);
+    }
+}
+
+/// `pthread_atfork` prepare handler, before any allocator lock is taken (a holder may
+/// be waiting for one): no descriptor is opened from now until `fork_done`, and the
+/// held ones are waited for (up to `FORK_WAIT_MS`).
+pub fn fork_prepare() {
+    FORKING.store(true, Ordering::SeqCst);
+    let start = super::now_ms();
+    while PROC_FDS.iter().any(|s| s.load(Ordering::SeqCst) != FREE) {
+        if super::now_ms().saturating_sub(start) > FORK_WAIT_MS {
+            break;
+        }
+        // SAFETY: plain syscall.
+        unsafe { libc::sched_yield() };
+    }
+}
+
+/// `pthread_atfork` parent and child handler: descriptors may be opened again. In the
+/// child (`child`), whatever slot is still held belonged to a thread that is gone (its
+/// holder outlasted the fork's wait): its descriptor, if it had one yet, is closed, and
+/// the slot freed.
+pub fn fork_done(child: bool) {
+    if child {
+        for s in &PROC_FDS {
+            let fd = s.swap(FREE, Ordering::Relaxed);
+            if fd >= 0 {
+                // SAFETY: a descriptor of ours whose holder does not exist here.
+                unsafe { libc::syscall(libc::SYS_close, fd) };
+            }
+        }
+    }
+    FORKING.store(false, Ordering::SeqCst);
+}
+
+/// Whether `[addr, addr + len)` lies inside one kernel mapping that reaches beyond it
+/// (one `PROCMAP_QUERY`); false when it does not or the kernel cannot say. An object
+/// of ours inside one of our reservations' mappings qualifies; a range the program
+/// registered with a userfaultfd does not, because a registration makes its range a
+/// mapping of its own (a program cannot register part of our reservation without
+/// registering memory it does not own), and neither does an object whose pages were
+/// moved in by `mremap` and kept their own mapping.
+pub fn inside_a_larger_mapping(addr: usize, len: usize) -> bool {
+    #[cfg(test)]
+    if super::inject::pretends_no_query() {
+        return false;
+    }
+    if QUERY.load(Ordering::Relaxed) == 2 {
+        return false;
+    }
+    let _errno = super::ErrnoGuard::save();
+    let Some(file) = ProcFd::open(MAPS_PATH) else {
+        return false;
+    };
+    let mut q = ProcmapQuery {
+        size: core::mem::size_of::<ProcmapQuery>() as u64,
+        query_addr: addr as u64,
+        ..ProcmapQuery::default()
+    };
+    // SAFETY: our own descriptor; `q` as in `listed`.
+    let found =
+        unsafe { libc::ioctl(file.fd(), PROCMAP_QUERY as _, &mut q as *mut ProcmapQuery) } == 0;
+    if !found && matches!(super::errno(), libc::ENOTTY | libc::EINVAL) {
+        QUERY.store(2, Ordering::Relaxed); // no such query here
+    }
+    drop(file);
+    let (start, end) = (q.vma_start as usize, q.vma_end as usize);
+    found && start <= addr && end >= addr + len && (start < addr || end > addr + len)
 }
 
 /// Parses the start address (hex digits up to `-`) of each line of a maps file fed in

@@ -13,9 +13,10 @@
 //! Measured on this kernel (C probe): a scan of 2 MiB with a few runs costs about 1 us,
 //! the `open` and `close` of the descriptor another 1 us.
 //!
-//! The descriptor is opened per copy, as `maps::listed` opens `/proc/self/maps`: one
-//! kept open could be closed by the program, and its number reused for a file of the
-//! program's, which a scan would then misread (a wrong answer here loses bytes).
+//! The descriptor is opened per copy (`maps::ProcFd`, as `maps::listed` opens
+//! `/proc/self/maps`): one kept open could be closed by the program, and its number
+//! reused for a file of the program's, which a scan would then misread (a wrong answer
+//! here loses bytes).
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -65,9 +66,18 @@ const PAGE_IS_SWAPPED: u64 = 1 << 4;
 /// The shared zero page (a read of an untouched page): present, but reads zero.
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
+/// A guard marker (`MADV_GUARD_INSTALL`, reported from 6.14): reads fault. Asked for
+/// where the kernel knows it (`NO_GUARD_BIT`); a range with one is not copied.
+const PAGE_IS_GUARD: u64 = 1 << 8;
+
 /// Set once the kernel refused `PAGEMAP_SCAN` as unknown (`ENOTTY`, `EINVAL`: before
-/// 6.7), a property of the kernel: not asked again.
+/// 6.7) or a sandbox refused the calls (`EPERM`, `EACCES`, `ENOSYS`), a property of
+/// the kernel or the process: not asked again.
 static NO_SCAN: AtomicBool = AtomicBool::new(false);
+
+/// Set once the kernel refused `PAGE_IS_GUARD` as an unknown category (before 6.14,
+/// which has no guard markers in page tables but 6.13's): scans go on without it.
+static NO_GUARD_BIT: AtomicBool = AtomicBool::new(false);
 
 /// What `copy_sparse` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +89,7 @@ pub enum Sparse {
         bytes: usize,
     },
     /// Nothing was written: the source has more than the allowed pages holding bytes,
-    /// or either side more than `SCAN_RUNS` runs of them.
+    /// or a guard marker on either side.
     Dense,
     /// Nothing was written: the kernel could not say (no `/proc`, no `PAGEMAP_SCAN`
     /// before 6.7, no descriptor left, a sandbox refused the call).
@@ -121,26 +131,39 @@ fn scan(fd: libc::c_int, addr: usize, end: usize, max_pages: usize) -> Result<Ba
         count: 0,
         walk_end: addr,
     };
-    let mut arg = PmScanArg {
-        size: core::mem::size_of::<PmScanArg>() as u64,
-        start: addr as u64,
-        end: end as u64,
-        vec: batch.regions.as_mut_ptr() as u64,
-        vec_len: SCAN_RUNS as u64,
-        max_pages: max_pages as u64,
-        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO,
-        ..PmScanArg::default()
-    };
-    // SAFETY: our own descriptor; `arg` is a valid `pm_scan_arg` of the size it
-    // states, whose `vec` points at `SCAN_RUNS` writable `page_region`s that live
-    // through the call; no flag asks the kernel to change any page.
-    let found = unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
-    if found < 0 {
-        if matches!(super::errno(), libc::ENOTTY | libc::EINVAL) {
-            NO_SCAN.store(true, Ordering::Relaxed); // no such scan here
+    let (mut arg, mut found);
+    loop {
+        let guard = if NO_GUARD_BIT.load(Ordering::Relaxed) {
+            0
+        } else {
+            PAGE_IS_GUARD
+        };
+        arg = PmScanArg {
+            size: core::mem::size_of::<PmScanArg>() as u64,
+            start: addr as u64,
+            end: end as u64,
+            vec: batch.regions.as_mut_ptr() as u64,
+            vec_len: SCAN_RUNS as u64,
+            max_pages: max_pages as u64,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | guard,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | guard,
+            ..PmScanArg::default()
+        };
+        // SAFETY: our own descriptor; `arg` is a valid `pm_scan_arg` of the size it
+        // states, whose `vec` points at `SCAN_RUNS` writable `page_region`s that live
+        // through the call; no flag asks the kernel to change any page.
+        found = unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
+        if found >= 0 {
+            break;
         }
-        return Err(Sparse::Unknown);
+        match super::errno() {
+            libc::EINVAL if guard != 0 => NO_GUARD_BIT.store(true, Ordering::Relaxed),
+            libc::ENOTTY | libc::EINVAL | libc::EPERM | libc::EACCES | libc::ENOSYS => {
+                NO_SCAN.store(true, Ordering::Relaxed); // no such scan here
+                return Err(Sparse::Unknown);
+            }
+            _ => return Err(Sparse::Unknown),
+        }
     }
     let walk_end = arg.walk_end as usize;
     if found as usize > SCAN_RUNS || walk_end < addr || walk_end > end {
@@ -148,6 +171,12 @@ fn scan(fd: libc::c_int, addr: usize, end: usize, max_pages: usize) -> Result<Ba
     }
     batch.count = found as usize;
     batch.walk_end = walk_end;
+    if batch.regions[..batch.count]
+        .iter()
+        .any(|r| r.categories & PAGE_IS_GUARD != 0)
+    {
+        return Err(Sparse::Dense); // a read there would fault: the caller moves the pages
+    }
     Ok(batch)
 }
 
@@ -186,35 +215,46 @@ fn each_run(
     }
 }
 
-/// Gives `[dst, dst + len)` the bytes of `[src, src + len)` by writing only the pages
-/// that hold bytes on either side: each source page holding bytes is copied, each
-/// destination page holding other bytes where the source reads zero is zeroed, and
-/// every page absent on both sides is left alone (it reads zero on both). Does
-/// nothing (`Dense`, `Unknown`) when more than `max_pages` source pages are present
-/// or swapped, or the kernel cannot say. Preserves `errno`; allocates nothing.
-///
-/// # Safety
-/// Both ranges are page-aligned, `len` bytes, readable and writable, anonymous private
-/// memory of the caller's that nothing else reads or writes meanwhile, and distinct.
-pub unsafe fn copy_sparse(src: usize, dst: usize, len: usize, max_pages: usize) -> Sparse {
-    if NO_SCAN.load(Ordering::Relaxed) {
-        return Sparse::Unknown;
+/// An open `/proc/self/pagemap`, for the scans of one move; closed on drop, which
+/// also restores the caller's `errno` (fields drop in order: the descriptor first).
+pub struct Scanner {
+    file: super::maps::ProcFd,
+    _errno: super::ErrnoGuard,
+}
+
+/// A source range counted sparse (`Scanner::count`), with its first scan.
+pub struct Source {
+    first: Batch,
+    addr: usize,
+    len: usize,
+}
+
+impl Scanner {
+    /// Opens the descriptor: `Unknown` where the kernel cannot scan (no `/proc`, no
+    /// descriptor left, no `PAGEMAP_SCAN` as found before).
+    pub fn open() -> Result<Scanner, Sparse> {
+        #[cfg(test)]
+        if super::inject::pretends_no_scan() {
+            return Err(Sparse::Unknown);
+        }
+        if NO_SCAN.load(Ordering::Relaxed) {
+            return Err(Sparse::Unknown);
+        }
+        let _errno = super::ErrnoGuard::save();
+        let file = super::maps::ProcFd::open(PAGEMAP_PATH).ok_or(Sparse::Unknown)?;
+        Ok(Scanner { file, _errno })
     }
-    let _errno = super::ErrnoGuard::save();
-    // SAFETY: a NUL-terminated path; the descriptor is closed below.
-    let fd = unsafe { libc::open(PAGEMAP_PATH.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Sparse::Unknown;
-    }
-    let outcome = (|| {
-        // The source's pages, counted first, up to the bound: nothing is written for
-        // a dense source. Usually one batch, which the copy below reuses.
+
+    /// Counts the pages present or swapped in `[src, src + len)` (page-aligned), up to
+    /// `max_pages`: `Dense` past it, without looking further. Usually one scan, which
+    /// the copy reuses.
+    pub fn count(&self, src: usize, len: usize, max_pages: usize) -> Result<Source, Sparse> {
         let end = src + len;
-        let first = scan(fd, src, end, max_pages + 1)?;
+        let first = scan(self.file.fd(), src, end, max_pages + 1)?;
         let (mut pages, mut at) = (first.pages(), first.walk_end);
         while pages <= max_pages && at < end {
             // The runs ran out first: on from where the walk stopped.
-            let more = scan(fd, at, end, max_pages + 1 - pages)?;
+            let more = scan(self.file.fd(), at, end, max_pages + 1 - pages)?;
             if more.walk_end == at {
                 return Err(Sparse::Unknown); // no progress: not an answer we understand
             }
@@ -224,14 +264,35 @@ pub unsafe fn copy_sparse(src: usize, dst: usize, len: usize, max_pages: usize) 
         if pages > max_pages {
             return Err(Sparse::Dense);
         }
+        Ok(Source {
+            first,
+            addr: src,
+            len,
+        })
+    }
+
+    /// Gives `[dst, dst + source.len)` the bytes of the counted source by writing only
+    /// the pages that hold bytes on either side: each source page holding bytes is
+    /// copied, each destination page holding other bytes where the source reads zero
+    /// is zeroed, and every page absent on both sides is left alone (it reads zero on
+    /// both). Returns the bytes copied. On `Err` the destination holds part of it:
+    /// `Unknown` (a scan failed part-way), the caller copies the whole; `Dense` (a
+    /// guard marker in the destination, where no write may go), it moves the pages.
+    ///
+    /// # Safety
+    /// Both ranges are page-aligned, `source.len` bytes, readable and writable,
+    /// anonymous private memory of the caller's that nothing else reads or writes
+    /// meanwhile, and distinct; the source is unchanged since it was counted.
+    pub unsafe fn copy(&self, source: &Source, dst: usize) -> Result<usize, Sparse> {
+        let (src, len) = (source.addr, source.len);
         // Stale bytes first (a reused destination), then the source's over them.
-        each_run(fd, dst, len, None, |at, n| {
+        each_run(self.file.fd(), dst, len, None, |at, n| {
             // SAFETY: within the destination (the caller's contract).
             unsafe { core::ptr::write_bytes(at as *mut u8, 0, n) };
         })?;
         let mut bytes = 0;
-        let whole = (first.walk_end == src + len).then_some(&first);
-        each_run(fd, src, len, whole, |at, n| {
+        let whole = (source.first.walk_end == src + len).then_some(&source.first);
+        each_run(self.file.fd(), src, len, whole, |at, n| {
             // SAFETY: within both ranges, which are distinct (the caller's contract).
             unsafe {
                 core::ptr::copy_nonoverlapping(at as *const u8, (at - src + dst) as *mut u8, n)
@@ -239,12 +300,38 @@ pub unsafe fn copy_sparse(src: usize, dst: usize, len: usize, max_pages: usize) 
             bytes += n;
         })?;
         Ok(bytes)
-    })();
-    // SAFETY: our own descriptor.
-    unsafe { libc::close(fd) };
-    match outcome {
+    }
+}
+
+/// `Scanner::count` and `Scanner::copy` in one: gives `[dst, dst + len)` the bytes of
+/// `[src, src + len)`, writing only the pages that hold bytes, or does nothing
+/// (`Dense`, `Unknown`) when more than `max_pages` source pages are present or
+/// swapped, or the kernel cannot say (where a scan fails part-way, the whole range is
+/// copied: the outcome is still `Copied`), or either side has a guard marker (then the
+/// destination may hold zeroed pages). Preserves `errno`; allocates nothing.
+///
+/// # Safety
+/// As `Scanner::copy`.
+pub unsafe fn copy_sparse(src: usize, dst: usize, len: usize, max_pages: usize) -> Sparse {
+    let scanner = match Scanner::open() {
+        Ok(s) => s,
+        Err(outcome) => return outcome,
+    };
+    let source = match scanner.count(src, len, max_pages) {
+        Ok(source) => source,
+        Err(outcome) => return outcome,
+    };
+    // SAFETY: forwarded contract.
+    match unsafe { scanner.copy(&source, dst) } {
         Ok(bytes) => Sparse::Copied { bytes },
-        Err(outcome) => outcome,
+        // A guard marker in the destination (the source's were counted): a plain copy
+        // would fault there too.
+        Err(Sparse::Dense) => Sparse::Dense,
+        Err(_) => {
+            // SAFETY: forwarded contract.
+            unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+            Sparse::Copied { bytes: len }
+        }
     }
 }
 
@@ -257,15 +344,10 @@ pub fn scans() -> bool {
     let here = 0u8;
     let page = core::ptr::addr_of!(here) as usize & !(super::PAGE_SIZE - 1);
     let _errno = super::ErrnoGuard::save();
-    // SAFETY: as in `copy_sparse`.
-    let fd = unsafe { libc::open(PAGEMAP_PATH.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
+    let Some(file) = super::maps::ProcFd::open(PAGEMAP_PATH) else {
         return false;
-    }
-    let ok = scan(fd, page, page + super::PAGE_SIZE, 0).is_ok();
-    // SAFETY: our own descriptor.
-    unsafe { libc::close(fd) };
-    ok
+    };
+    scan(file.fd(), page, page + super::PAGE_SIZE, 0).is_ok()
 }
 
 #[cfg(all(test, not(loom)))]
@@ -388,6 +470,31 @@ mod tests {
                 bytes: 8 * PAGE_SIZE
             }
         );
+    }
+
+    /// A guard marker (`MADV_GUARD_INSTALL`) in the source or the destination: a
+    /// read or write there faults, so the range is left to a move of its pages.
+    #[test]
+    fn a_range_with_a_guard_marker_is_not_copied() {
+        if !scans() {
+            return;
+        }
+        for guarded_side in 0..2 {
+            let (src, dst) = (Map::new(16), Map::new(16));
+            // SAFETY: pages of our mappings.
+            unsafe { src.page(0).write(1) };
+            let side = if guarded_side == 0 { &src } else { &dst };
+            // SAFETY: a page of our own mapping; 102 is `MADV_GUARD_INSTALL` (6.13).
+            if unsafe { libc::madvise(side.page(5).cast(), PAGE_SIZE, 102) } != 0 {
+                return; // no guard markers here
+            }
+            // SAFETY: both ours, page-aligned, distinct.
+            let outcome = unsafe { copy_sparse(src.0, dst.0, src.1, 16) };
+            if NO_GUARD_BIT.load(Ordering::Relaxed) {
+                return; // 6.13: markers the scan cannot report
+            }
+            assert_eq!(outcome, Sparse::Dense, "guard on side {guarded_side}");
+        }
     }
 
     /// Runs past one scan's `SCAN_RUNS`, on both sides: the source's pages are counted

@@ -1,0 +1,224 @@
+/* Hazards of a large object's move under LD_PRELOAD (review14 of the sparse copy, issue
+ * 16): each case forces a move with realloc(p, 70 MiB), past the object's growth room,
+ * with RANGEALLOC_OPTIONS=thp=never so the move stays in base space, where objects of
+ * 64 KiB and more are copied sparsely (only their pages that hold bytes) or moved by
+ * mremap. Prints "ok <case>" or "skip <case>: why" per case, then ALL OK.
+ *
+ * lazy:   a buffer restored lazily (CRIU-style): its pages are absent and a userfaultfd
+ *         monitor (MISSING mode, EVENT_REMAP) supplies each at its first touch. A sparse
+ *         copy would skip the absent pages and lose every byte.
+ * guard:  a guard page (MADV_GUARD_INSTALL) the program put inside its buffer: a copy
+ *         reading it would fault; the move must carry it.
+ * cancel: a pending deferred pthread_cancel does not act inside realloc (malloc and
+ *         realloc are not cancellation points; glibc's open and close are).
+ * fork:   fork children never inherit a descriptor of ours (/proc/<pid>/pagemap or maps)
+ *         while another thread moves objects. */
+#define _GNU_SOURCE
+#include "check.h"
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PG 4096
+#define LEN (256 << 10)
+#define GROWN (70 << 20)
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#endif
+
+/* ---- lazy ---- */
+static unsigned char image[LEN];
+static volatile uintptr_t lazy_base;
+static int uffd = -1;
+static volatile long served, remaps;
+
+static void *monitor(void *arg) {
+    (void)arg;
+    static unsigned char zero[PG];
+    for (;;) {
+        struct uffd_msg m;
+        if (read(uffd, &m, sizeof m) != sizeof m)
+            continue;
+        if (m.event == UFFD_EVENT_REMAP) {
+            if (m.arg.remap.from == lazy_base)
+                lazy_base = m.arg.remap.to;
+            remaps++;
+        } else if (m.event == UFFD_EVENT_PAGEFAULT) {
+            uintptr_t a = m.arg.pagefault.address & ~(uintptr_t)(PG - 1);
+            uintptr_t off = a - lazy_base;
+            struct uffdio_copy c = {
+                .dst = a, .src = (uintptr_t)(off < LEN ? image + off : zero), .len = PG};
+            ioctl(uffd, UFFDIO_COPY, &c);
+            served++;
+        }
+    }
+    return NULL;
+}
+
+static void lazy(void) {
+    unsigned char *p = malloc(LEN);
+    CHECK(p && is_aligned(p, PG));
+    for (size_t i = 0; i < LEN; i++)
+        p[i] = (unsigned char)(i * 7 + i / PG + 1);
+    memcpy(image, p, LEN);
+    uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | 1 /* UFFD_USER_MODE_ONLY */);
+    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_EVENT_REMAP};
+    if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) {
+        printf("skip lazy: no userfaultfd with EVENT_REMAP here\n");
+        free(p);
+        return;
+    }
+    CHECK(madvise(p, LEN, MADV_DONTNEED) == 0); /* the monitor holds the bytes now */
+    struct uffdio_register r = {.range = {(uintptr_t)p, LEN},
+                                .mode = UFFDIO_REGISTER_MODE_MISSING};
+    if (ioctl(uffd, UFFDIO_REGISTER, &r)) {
+        printf("skip lazy: registration refused\n");
+        free(p);
+        return;
+    }
+    lazy_base = (uintptr_t)p;
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, monitor, NULL) == 0);
+    unsigned char *q = realloc(p, GROWN);
+    CHECK(q && q != p);
+    size_t bad = 0;
+    for (size_t pg = 0; pg < LEN / PG; pg++)
+        bad += memcmp(q + pg * PG, image + pg * PG, PG) != 0;
+    if (bad)
+        fprintf(stderr, "lazy: %zu of %d pages lost (served %ld, remap events %ld)\n", bad,
+                LEN / PG, served, remaps);
+    CHECK(bad == 0);
+    printf("ok lazy\n");
+    /* q stays: its range is registered with the monitor, which runs on. */
+}
+
+/* ---- guard ---- */
+static void guard(void) {
+    unsigned char *p = malloc(LEN);
+    CHECK(p && is_aligned(p, PG));
+    p[0] = 1;
+    p[LEN - 1] = 2;
+    if (madvise(p + 5 * PG, PG, MADV_GUARD_INSTALL)) {
+        printf("skip guard: no MADV_GUARD_INSTALL here (errno %d)\n", errno);
+        free(p);
+        return;
+    }
+    unsigned char *q = realloc(p, GROWN); /* faults here if the copy reads the guard */
+    CHECK(q && q[0] == 1 && q[LEN - 1] == 2);
+    printf("ok guard\n");
+    /* q keeps its guard page: not freed, as the program would not reuse it either. */
+}
+
+/* ---- cancel ---- */
+static volatile int go, ready, returned;
+
+static void *cancelled_worker(void *arg) {
+    (void)arg;
+    free(realloc(malloc(LEN), GROWN)); /* one-time set-up done */
+    char *p = malloc(LEN);
+    memset(p, 1, PG);
+    ready = 1;
+    while (!go) {
+    } /* no cancellation point */
+    char *q = realloc(p, GROWN); /* a move */
+    returned = q && q[0] == 1;
+    free(q);
+    pthread_testcancel(); /* where the cancel acts */
+    return NULL;
+}
+
+static void cancel(void) {
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, cancelled_worker, NULL) == 0);
+    while (!ready) {
+    }
+    CHECK(pthread_cancel(t) == 0);
+    go = 1;
+    void *res;
+    CHECK(pthread_join(t, &res) == 0);
+    CHECK(res == PTHREAD_CANCELED);
+    if (!returned)
+        fprintf(stderr, "cancel: the thread was cancelled inside realloc\n");
+    CHECK(returned);
+    printf("ok cancel\n");
+}
+
+/* ---- fork ---- */
+static volatile int stop_moving;
+
+static void *mover(void *arg) {
+    (void)arg;
+    while (!stop_moving) {
+        unsigned char *p = malloc(LEN);
+        p[0] = 3;
+        p[LEN - 1] = 4;
+        unsigned char *q = realloc(p, GROWN);
+        CHECK(q && q[0] == 3 && q[LEN - 1] == 4);
+        free(q);
+    }
+    return NULL;
+}
+
+/* In a fork child: whether a descriptor of /proc's pagemap or maps is open. */
+static int holds_proc_descriptor(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return 0;
+    int found = 0;
+    struct dirent *e;
+    char path[300], target[256];
+    while ((e = readdir(d))) {
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        if (n <= 0)
+            continue;
+        target[n] = 0;
+        if (strstr(target, "/pagemap") || strstr(target, "/maps"))
+            found = 1;
+    }
+    closedir(d);
+    return found;
+}
+
+static void forks(void) {
+    enum { CHILDREN = 300 };
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, mover, NULL) == 0);
+    int inherited = 0;
+    for (int i = 0; i < CHILDREN; i++) {
+        pid_t pid = fork();
+        CHECK(pid >= 0);
+        if (pid == 0)
+            _exit(holds_proc_descriptor());
+        int status;
+        CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status));
+        inherited += WEXITSTATUS(status);
+    }
+    stop_moving = 1;
+    CHECK(pthread_join(t, NULL) == 0);
+    if (inherited)
+        fprintf(stderr, "fork: %d of %d children inherited a descriptor\n", inherited,
+                CHILDREN);
+    CHECK(inherited == 0);
+    printf("ok fork\n");
+}
+
+/* All cases, or the one named by the argument. */
+int main(int argc, char **argv) {
+    const char *only = argc > 1 ? argv[1] : "";
+#define CASE(name, fn)                                                                 \
+    if (!*only || !strcmp(only, name))                                                 \
+        fn();
+    CASE("guard", guard)
+    CASE("cancel", cancel)
+    CASE("fork", forks)
+    CASE("lazy", lazy) /* last: its monitor thread runs until exit */
+    printf("ALL OK\n");
+    return 0;
+}
