@@ -42,6 +42,10 @@ pub struct Options {
     pub background_purge: bool,
     /// `secure`: a guard page after every large object.
     pub secure: bool,
+    /// `sparse_moves`: a large object that must move and holds bytes in few pages is
+    /// copied sparsely (`large::copies_sparse_first`, no `mmap_lock` writer) instead of
+    /// moving its pages with `mremap`.
+    pub sparse_moves: bool,
     /// `stats`: print the statistics report on stderr at exit.
     pub stats_at_exit: bool,
     /// `verbose`: report allocations that fail for lack of memory.
@@ -137,6 +141,13 @@ pub const DEFAULTS: Options = Options {
     purge_batch: true,
     background_purge: false,
     secure: false,
+    // Off (review14b): a sparse copy skips the source's absent pages as zero, which
+    // they are not where a userfaultfd monitor fills them on first touch and covers
+    // more than the object (CRIU's lazy restore registers whole mappings): every such
+    // page was lost. No cheap call tells a range so registered (`/proc/self/smaps`'
+    // `VmFlags` walks every mapping), and a move by `mremap` keeps such pages (the
+    // monitor follows with `UFFD_EVENT_REMAP`). BENCHMARKS.md, "Sparse copies".
+    sparse_moves: false,
     stats_at_exit: false,
     verbose: false,
     dirty_budget: DEFAULT_DIRTY_BUDGET,
@@ -485,6 +496,7 @@ pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) ->
             b"purge_batch" => parse_bool(value).map(|v| o.purge_batch = v).is_some(),
             b"background_purge" => parse_bool(value).map(|v| o.background_purge = v).is_some(),
             b"secure" => parse_bool(value).map(|v| o.secure = v).is_some(),
+            b"sparse_moves" => parse_bool(value).map(|v| o.sparse_moves = v).is_some(),
             b"stats" => parse_bool(value).map(|v| o.stats_at_exit = v).is_some(),
             b"verbose" => parse_bool(value).map(|v| o.verbose = v).is_some(),
             b"dirty_budget_mb" => parse_u64(value)

@@ -6,10 +6,10 @@
 //! ones, whose moves in huge-page space `mremap` by design, issue 14). Warmed up, a
 //! measured phase counts the process-wide locks taken on the large-object path
 //! (`stats::REGION_PATH_PROCESS_LOCKS`: the metadata lock, `mmap_lock` writers): zero,
-//! moves included. A medium object that cannot grow in place is copied sparsely
-//! (`os::pagemap::copy_sparse`: only its pages that hold bytes, no `mmap_lock`
-//! writer); until session 14 it moved its pages with `mremap`, one writer each (the
-//! measured phase took 441-497). On a kernel without `PAGEMAP_SCAN` (before 6.7) moves
+//! moves included, with the `sparse_moves` option: a medium object that cannot grow in
+//! place is then copied sparsely (`os::pagemap`: only its pages that hold bytes, no
+//! `mmap_lock` writer); by default, and until session 14, it moves its pages with
+//! `mremap`, one writer each (the measured phase took 441-497, 992-1,189 now). On a kernel without `PAGEMAP_SCAN` (before 6.7) moves
 //! still `mremap`, and the test says so and counts them apart. (A file of its own: the
 //! counters are process-wide, and `process_locks.rs` counts its own phase.)
 
@@ -21,9 +21,11 @@ use rangealloc_tests::phases::{Inbox, Phases};
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Arc;
 
-/// No timed purge pass during the test (as in `process_locks.rs`).
+/// No timed purge pass during the test (as in `process_locks.rs`); sparse copies on
+/// (`sparse_moves`, off by default: with it off the measured phase takes 992-1,189
+/// `mremap`s, one `mmap_lock` writer each).
 #[global_allocator]
-static A: RangeAlloc = RangeAlloc::with_options("purge_delay_ms=100000000");
+static A: RangeAlloc = RangeAlloc::with_options("purge_delay_ms=100000000,sparse_moves=1");
 
 const THREADS: usize = 4;
 const RING: usize = 32;

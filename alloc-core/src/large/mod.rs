@@ -2,8 +2,9 @@
 //! region of its own. Owns the realloc counters and the medium size classes; calls
 //! `region` (placement, retire, in-place growth and shrink, page moves), `purge` (the
 //! live-bytes gauge and the purge clock), `cache`, `options`, and `os` only for its
-//! clock and the mappings gauge (`os::maps::may_split`): every `mremap` is the region
-//! table's (`RegionTable::relocate`, `Arenas::move_pages`).
+//! clock, the mappings gauge and query (`os::maps::may_split`,
+//! `os::maps::inside_a_larger_mapping`) and sparse copies (`os::pagemap`): every
+//! `mremap` is the region table's (`RegionTable::relocate`, `Arenas::move_pages`).
 //!
 //! Medium objects (up to `cache::MEDIUM_MAX`, 1 MiB) are rounded up to a medium class
 //! (eight per doubling) and, when freed, stay in their freer's region cache (`cache`),
@@ -13,17 +14,21 @@
 //! The table places every large object with free address space after it (see
 //! `region::table`), so `realloc` grows in place (a table update under the two
 //! regions' write locks, one bulk unlock) through doubling up to 64 MiB; otherwise it
-//! moves the object: objects of `REMAP_MIN` and more move their pages with `mremap`
-//! (`RegionTable::relocate`), and so do those of `MEDIUM_REMAP_MIN` and more within a
-//! process-wide budget of moves; smaller ones are copied; both are counted (a move
+//! moves the object: in base space, one of `MEDIUM_REMAP_MIN` and more whose pages
+//! holding bytes are at most `SPARSE_MAX_PAGES` is copied sparsely (those pages only,
+//! no `mmap_lock` writer: `move_sparse`); denser objects of `REMAP_MIN` and more move
+//! their pages with `mremap` (`RegionTable::relocate`), and so do those of
+//! `MEDIUM_REMAP_MIN` and more within a process-wide budget of moves; smaller ones are
+//! copied; all are counted (a move
 //! carries one mapping per `mremap` and may stop part-way, leaving the rest to copy;
 //! after a lost destination every object is copied: `region::table::move_pages_into`,
 //! `os::move_pages`). Shrinking
 //! gives the tail back as a free region. Freed objects stay dirty for reuse within
 //! `purge::dirty_budget`; a fresh object in huge-page space that takes the front of a
 //! bigger dirty hole purges the hole's rest at once (`trim_after`). No path here makes a
-//! syscall in steady state but that `madvise` and a move's `mremap` (one `mmap_lock`
-//! writer instead of a copy's faults). Objects of 4 MiB and
+//! syscall in steady state but `madvise`, a sparse copy's scans (`mmap_lock` for read
+//! only) and a dense object's `mremap` (one `mmap_lock` writer instead of a copy's
+//! faults). Objects of 4 MiB and
 //! more go to huge-page space (`HUGE_OBJECT_MIN`, `options::thp`), where their length is
 //! a whole number of huge pages; the others, like small-object segments, to the base
 //! space. An object growing into that size from base space moves there once, by a copy
@@ -66,9 +71,10 @@ pub static SPARSE_BYTES: Counter = Counter::new();
 /// `HUGE_OBJECT_MIN`, on both sides of the move, so the moved VMA keeps `MADV_HUGEPAGE`).
 pub const REMAP_MIN: usize = HUGE_PAGE;
 
-/// Medium and mid-size objects of at least this many bytes (below `REMAP_MIN`) move
-/// with `mremap` too, while the mappings they split stay below a bound
-/// (`os::maps::may_split`). A copy reads every source page (an untouched one faults in
+/// Medium and mid-size objects of at least this many bytes (below `REMAP_MIN`) are
+/// copied sparsely when few of their pages hold bytes (`copies_sparse_first`), and
+/// otherwise move with `mremap` too, while the mappings they split stay below a bound
+/// (`os::maps::may_split`). A plain copy reads every source page (an untouched one faults in
 /// the zero page) and faults every destination page, where a program that wrote a
 /// header and a trailer touched two: the `medium` workload (issue 16) spent most of its
 /// faults there. Measured (BENCHMARKS.md, "medium7"),
@@ -107,10 +113,14 @@ fn may_remap(from: Space, old_len: usize, to: Space) -> bool {
 /// in the destination, where a move's `mremap` faults none but takes the process-wide
 /// writer lock, so the copy is made only while at most `SPARSE_MAX_PAGES` pages hold
 /// bytes. Huge-page space keeps its `mremap` moves: there a page is a 2 MiB frame,
-/// and moving its page-table entry beats copying and faulting the frame.
+/// and moving its page-table entry beats copying and faulting the frame. Only with the
+/// `sparse_moves` option (off by default: see `options::DEFAULTS`).
 #[inline]
 fn copies_sparse_first(from: Space, old_len: usize, to: Space) -> bool {
-    old_len >= MEDIUM_REMAP_MIN && from == Space::Base && to == Space::Base
+    old_len >= MEDIUM_REMAP_MIN
+        && from == Space::Base
+        && to == Space::Base
+        && options::get().sparse_moves
 }
 
 /// The most pages holding bytes that an object may have to be copied sparsely
@@ -426,17 +436,26 @@ fn try_grow_in_place(addr: usize, new_len: usize) -> Option<bool> {
 #[inline(never)]
 fn move_sparse(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> Option<*mut u8> {
     // Not a range whose absent pages may get bytes from a userfaultfd's handler at
-    // their first read (review14 F1: CRIU's lazy restore): such a range is a mapping
-    // of its own, as is one moved in by `mremap`.
+    // their first read (review14 F1) when the program registered exactly the object:
+    // such a range is a mapping of its own, as is one moved in by `mremap`. (A
+    // registration wider than the object, as CRIU's lazy restore makes, passes: hence
+    // the option, off by default.)
     if !os::maps::inside_a_larger_mapping(p as usize, old_len) {
         return None;
     }
-    let scanner = os::pagemap::Scanner::open().ok()?;
-    let source = scanner.count(p as usize, old_len, SPARSE_MAX_PAGES).ok()?;
+    let source = os::pagemap::Scanner::open()
+        .ok()?
+        .count(p as usize, old_len, SPARSE_MAX_PAGES)
+        .ok()?;
+    // The descriptor is not held across the placement, whose purge passes may take
+    // long: a `fork` waits for every descriptor held (`os::maps::fork_prepare`).
     let q = place(new_len, align, false, true);
     if q.is_null() {
         return Some(q);
     }
+    let Ok(scanner) = os::pagemap::Scanner::open() else {
+        return Some(move_to(p, old_len, q)); // a fork began meanwhile: copy it all
+    };
     // SAFETY: `p` is ours (its owner is inside `realloc`), unchanged since counted, and
     // `q` a distinct live object nobody else knows yet; both page-aligned, of `old_len`
     // bytes at least, anonymous private memory.

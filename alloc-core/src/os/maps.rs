@@ -1,7 +1,10 @@
 //! The kernel's mappings (VMAs) of our reservations, as page moves split them: owns
-//! their gauge, its census from `/proc/self/maps`, and the switch that asks purges to
-//! overwrite moved-in ranges with fresh mappings (`overlay_moved`); calls only `libc`.
-//! `large` asks `may_split` before a medium object moves by `mremap`.
+//! their gauge, its census from `/proc/self/maps`, the switch that asks purges to
+//! overwrite moved-in ranges with fresh mappings (`overlay_moved`), and the `/proc`
+//! descriptors of the allocator (`ProcFd`: opened by raw syscalls, in slots a `fork`
+//! waits for so no child inherits one); calls only `libc`. `large` asks `may_split`
+//! before a medium object moves by `mremap` and `inside_a_larger_mapping` before a
+//! sparse copy.
 //!
 //! Measured on this kernel (6.18, a C probe; BENCHMARKS.md, "movecap8"): a faulted
 //! anonymous mapping moved by `mremap` keeps its page offset and `anon_vma`, so the
@@ -14,7 +17,7 @@
 //! So the mappings a process holds follow the moved-in ranges not yet overwritten: the
 //! budget renews as purges overwrite them, and the census reads how many there are.
 
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 /// Mappings in our reservations past which medium objects stop moving by `mremap`
 /// (they are copied) until a census finds fewer: a quarter of the default
@@ -143,12 +146,10 @@ fn census(is_ours: impl Fn(usize) -> bool) -> Option<u64> {
 pub fn count_mappings(is_ours: impl Fn(usize) -> bool) -> Option<u64> {
     let _errno = super::ErrnoGuard::save();
     let file = ProcFd::open(MAPS_PATH)?;
-    let fd = file.fd();
     let mut lines = LineStarts::default();
     let mut buf = [0u8; READ_CHUNK];
     let complete = loop {
-        // SAFETY: `buf` is a valid buffer of the length passed; our own descriptor.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        let n = file.read(&mut buf);
         if n < 0 {
             break false;
         }
@@ -327,14 +328,18 @@ const HELD: i32 = -2;
 /// (`O_CLOEXEC` covers `exec`, not `fork`: review14 F5 counted 509 of 2,000 children
 /// inheriting one, which also holds the parent's address space for `pagemap`.)
 static PROC_FDS: [AtomicI32; PROC_SLOTS] = [const { AtomicI32::new(FREE) }; PROC_SLOTS];
-/// Set by `fork_prepare` until the fork's parent and child handlers.
-static FORKING: AtomicBool = AtomicBool::new(false);
+/// Forks between their prepare handler and their parent handler (0 in a child): a
+/// count, not a flag, because glibc (2.36+) runs the handlers of concurrent forks
+/// without a common lock, and one fork's parent handler must not reopen the door
+/// while another's prepare has waited (review14b: 18-60 children in 1,200-1,500 forks
+/// from 2-3 threads inherited a descriptor with a flag).
+static FORKING: AtomicU32 = AtomicU32::new(0);
 /// How long a fork waits for held descriptors (ms): a holder takes microseconds, but
 /// one stopped by a signal must not hang the fork (its descriptor then leaks into that
 /// child, as before the slots).
 const FORK_WAIT_MS: u64 = 100;
 
-/// A `/proc` file of ours, open read-only and close-on-exec; closed on drop. Opened
+/// A `/proc` (or `/sys`) file of ours, open read-only and close-on-exec; closed on drop. Opened
 /// and closed by the raw system calls: glibc's `open` and `close` are cancellation
 /// points (a pending `pthread_cancel` would act inside `malloc`, review14 F4), and a
 /// program may interpose them.
@@ -352,7 +357,7 @@ impl ProcFd {
         })?;
         // Against `fork_prepare`'s store of `FORKING` then load of the slots (both
         // SeqCst): either it sees this slot held and waits, or this sees it forking.
-        if FORKING.load(Ordering::SeqCst) {
+        if FORKING.load(Ordering::SeqCst) != 0 {
             PROC_FDS[slot].store(FREE, Ordering::Release);
             return None;
         }
@@ -377,10 +382,21 @@ impl ProcFd {
     pub(super) fn fd(&self) -> libc::c_int {
         self.fd
     }
+
+    /// Reads into `buf` by the raw system call (not a cancellation point): the bytes
+    /// read, or a negative value on failure.
+    pub(super) fn read(&self, buf: &mut [u8]) -> isize {
+        // SAFETY: `buf` is a valid writable buffer of the length passed; our descriptor.
+        unsafe { libc::syscall(libc::SYS_read, self.fd, buf.as_mut_ptr(), buf.len()) as isize }
+    }
 }
 
 impl Drop for ProcFd {
     fn drop(&mut self) {
+        // The number leaves the slot before the close: a child forked after a timed-out
+        // wait never closes a number another thread has reopened for a file of its own
+        // (at worst it inherits this descriptor).
+        PROC_FDS[self.slot].store(HELD, Ordering::SeqCst);
         // SAFETY: our own descriptor, closed once.
         unsafe { libc::syscall(libc::SYS_close, self.fd) };
         // Freed after the close: a fork that waited for it inherits no descriptor.
@@ -392,7 +408,7 @@ impl Drop for ProcFd {
 /// be waiting for one): no descriptor is opened from now until `fork_done`, and the
 /// held ones are waited for (up to `FORK_WAIT_MS`).
 pub fn fork_prepare() {
-    FORKING.store(true, Ordering::SeqCst);
+    FORKING.fetch_add(1, Ordering::SeqCst);
     let start = super::now_ms();
     while PROC_FDS.iter().any(|s| s.load(Ordering::SeqCst) != FREE) {
         if super::now_ms().saturating_sub(start) > FORK_WAIT_MS {
@@ -403,7 +419,8 @@ pub fn fork_prepare() {
     }
 }
 
-/// `pthread_atfork` parent and child handler: descriptors may be opened again. In the
+/// `pthread_atfork` parent and child handler: descriptors may be opened again once no
+/// fork is between its handlers. In the
 /// child (`child`), whatever slot is still held belonged to a thread that is gone (its
 /// holder outlasted the fork's wait): its descriptor, if it had one yet, is closed, and
 /// the slot freed.
@@ -416,8 +433,11 @@ pub fn fork_done(child: bool) {
                 unsafe { libc::syscall(libc::SYS_close, fd) };
             }
         }
+        // The child's only thread: the forks of the parent's other threads are not its.
+        FORKING.store(0, Ordering::SeqCst);
+    } else {
+        FORKING.fetch_sub(1, Ordering::SeqCst);
     }
-    FORKING.store(false, Ordering::SeqCst);
 }
 
 /// Whether `[addr, addr + len)` lies inside one kernel mapping that reaches beyond it

@@ -548,15 +548,12 @@ const THP_ENABLED_MAX: usize = 64;
 pub fn kernel_thp() -> KernelThp {
     let _errno = ErrnoGuard::save();
     let mut buf = [0u8; THP_ENABLED_MAX];
-    // SAFETY: a NUL-terminated path; the descriptor is closed below.
-    let fd = unsafe { libc::open(THP_ENABLED_PATH.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
+    // Raw calls (`maps::ProcFd`): no cancellation point inside the first allocation.
+    let Some(file) = maps::ProcFd::open(THP_ENABLED_PATH) else {
         return KernelThp::Never;
-    }
-    // SAFETY: `buf` is a valid buffer of the length passed.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    // SAFETY: our own descriptor.
-    unsafe { libc::close(fd) };
+    };
+    let n = file.read(&mut buf);
+    drop(file);
     if n <= 0 {
         return KernelThp::Never;
     }
