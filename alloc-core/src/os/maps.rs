@@ -316,8 +316,10 @@ pub(super) fn listed(addr: usize, len: usize) -> Layout {
 }
 
 /// Slots for the `/proc` descriptors open at one time (`ProcFd`); past them a caller
-/// gets none and its question goes unanswered (its move copies or `mremap`s).
-const PROC_SLOTS: usize = 16;
+/// gets none and its question goes unanswered (its move copies or `mremap`s). One per
+/// thread moving an object at the same moment: 64 covers the `medium` workload's 16
+/// threads with room; a fork scans them all (64 loads).
+const PROC_SLOTS: usize = 64;
 /// A slot nobody holds.
 const FREE: i32 = -1;
 /// A slot taken, its descriptor being opened (then the slot holds the descriptor,
@@ -339,7 +341,40 @@ static FORKING: AtomicU32 = AtomicU32::new(0);
 /// child, as before the slots).
 const FORK_WAIT_MS: u64 = 100;
 
-/// A `/proc` (or `/sys`) file of ours, open read-only and close-on-exec; closed on drop. Opened
+/// Opens `path` read-only and close-on-exec by the raw system call (see `ProcFd`): the
+/// descriptor, or -1. The caller closes it.
+fn open_raw(path: &core::ffi::CStr) -> libc::c_int {
+    // SAFETY: a NUL-terminated path.
+    unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        ) as libc::c_int
+    }
+}
+
+/// Reads the start of the file at `path` into `buf` by raw system calls, outside the
+/// slots (`ProcFd`): for a question asked once per process whose answer is kept, which
+/// must not fail because a `fork` is in progress (`os::kernel_thp`: the THP mode). A
+/// fork at that moment may leave the descriptor in its child, as before the slots.
+/// The bytes read, or a negative value.
+pub(super) fn read_once(path: &core::ffi::CStr, buf: &mut [u8]) -> isize {
+    let fd = open_raw(path);
+    if fd < 0 {
+        return -1;
+    }
+    // SAFETY: `buf` is a valid writable buffer of the length passed; our descriptor,
+    // closed once.
+    unsafe {
+        let n = libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) as isize;
+        libc::syscall(libc::SYS_close, fd);
+        n
+    }
+}
+
+/// A `/proc` file of ours, open read-only and close-on-exec; closed on drop. Opened
 /// and closed by the raw system calls: glibc's `open` and `close` are cancellation
 /// points (a pending `pthread_cancel` would act inside `malloc`, review14 F4), and a
 /// program may interpose them.
@@ -361,15 +396,7 @@ impl ProcFd {
             PROC_FDS[slot].store(FREE, Ordering::Release);
             return None;
         }
-        // SAFETY: a NUL-terminated path; the descriptor is closed on drop.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat,
-                libc::AT_FDCWD,
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        } as libc::c_int;
+        let fd = open_raw(path); // closed on drop
         if fd < 0 {
             PROC_FDS[slot].store(FREE, Ordering::Release);
             return None;

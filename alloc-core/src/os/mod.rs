@@ -548,12 +548,10 @@ const THP_ENABLED_MAX: usize = 64;
 pub fn kernel_thp() -> KernelThp {
     let _errno = ErrnoGuard::save();
     let mut buf = [0u8; THP_ENABLED_MAX];
-    // Raw calls (`maps::ProcFd`): no cancellation point inside the first allocation.
-    let Some(file) = maps::ProcFd::open(THP_ENABLED_PATH) else {
-        return KernelThp::Never;
-    };
-    let n = file.read(&mut buf);
-    drop(file);
+    // Raw calls: no cancellation point inside the first allocation; outside the
+    // descriptor slots, which refuse while a fork is in progress (the answer is kept
+    // for the process: `options::thp`).
+    let n = maps::read_once(THP_ENABLED_PATH, &mut buf);
     if n <= 0 {
         return KernelThp::Never;
     }
