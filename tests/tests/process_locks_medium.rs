@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 /// No timed purge pass during the test (as in `process_locks.rs`); sparse copies on
 /// (`sparse_moves`, off by default: with it off the measured phase takes 992-1,189
-/// `mremap`s, one `mmap_lock` writer each).
+/// `mremap`s, one `mmap_lock` writer each), unless the environment turns them off.
 #[global_allocator]
 static A: RangeAlloc = RangeAlloc::with_options("purge_delay_ms=100000000,sparse_moves=1");
 
@@ -123,8 +123,30 @@ fn phase(ring: &mut [(usize, usize)], seed: &mut u64, outbox: &Inbox) {
     }
 }
 
+/// With `sparse_moves=1` (the program's option string): zero process-wide locks in the
+/// measured phase, moves included. By default (the environment turns the option off):
+/// none but the moves' `mremap`s, one `mmap_lock` writer each by design. Each setting
+/// in a child process of its own (the counters are process-wide).
 #[test]
 fn steady_state_medium_churn_takes_no_process_wide_lock() {
+    rangealloc_tests::run_child_passing("sparse", "");
+    rangealloc_tests::run_child_passing("default", "sparse_moves=0");
+}
+
+#[test]
+fn child_entry() {
+    let Ok(mode) = std::env::var("RANGEALLOC_TEST_CHILD") else {
+        return; // only meaningful when spawned by the test above
+    };
+    churn_and_count(mode == "sparse");
+    println!("PASSED {mode}");
+}
+
+fn churn_and_count(sparse_moves: bool) {
+    assert_eq!(
+        rangealloc::engine::options::get().sparse_moves,
+        sparse_moves
+    );
     let phases = Arc::new(Phases::new(THREADS, PHASES, OPS));
     let workers: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -178,10 +200,13 @@ fn steady_state_medium_churn_takes_no_process_wide_lock() {
         calls.join(", ")
     );
     assert_eq!(dependency, 0, "crossbeam's allocations took {dependency}");
-    if !pagemap::scans() {
-        eprintln!("no PAGEMAP_SCAN here (before Linux 6.7): moves mremap, counted apart");
+    if !sparse_moves || !pagemap::scans() {
+        if sparse_moves {
+            eprintln!("no PAGEMAP_SCAN here (before Linux 6.7): moves mremap, counted apart");
+        }
         let ours = locks - remaps;
         assert_eq!(ours, 0, "{ours} process-wide locks besides moves' mremap");
+        assert_eq!(sparse, 0, "sparse copies with the option off");
         return;
     }
     assert!(sparse > 0, "no move was a sparse copy");
