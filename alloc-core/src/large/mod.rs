@@ -14,9 +14,10 @@
 //! The table places every large object with free address space after it (see
 //! `region::table`), so `realloc` grows in place (a table update under the two
 //! regions' write locks, one bulk unlock) through doubling up to 64 MiB; otherwise it
-//! moves the object: in base space, one of `MEDIUM_REMAP_MIN` and more whose pages
-//! holding bytes are at most `SPARSE_MAX_PAGES` is copied sparsely (those pages only,
-//! no `mmap_lock` writer: `move_sparse`); denser objects of `REMAP_MIN` and more move
+//! moves the object: with the `sparse_moves` option, in base space, one of
+//! `MEDIUM_REMAP_MIN` and more whose pages holding bytes are at most `SPARSE_MAX_PAGES`
+//! is copied sparsely (those pages only, no `mmap_lock` writer: `move_sparse`); others
+//! (by default, all) of `REMAP_MIN` and more move
 //! their pages with `mremap` (`RegionTable::relocate`), and so do those of
 //! `MEDIUM_REMAP_MIN` and more within a process-wide budget of moves; smaller ones are
 //! copied; all are counted (a move
@@ -74,10 +75,10 @@ pub const REMAP_MIN: usize = HUGE_PAGE;
 /// Medium and mid-size objects of at least this many bytes (below `REMAP_MIN`) are
 /// copied sparsely when few of their pages hold bytes (`copies_sparse_first`), and
 /// otherwise move with `mremap` too, while the mappings they split stay below a bound
-/// (`os::maps::may_split`). A plain copy reads every source page (an untouched one faults in
-/// the zero page) and faults every destination page, where a program that wrote a
-/// header and a trailer touched two: the `medium` workload (issue 16) spent most of its
-/// faults there. Measured (BENCHMARKS.md, "medium7"),
+/// (`os::maps::may_split`). A plain copy reads every source page (an untouched one
+/// faults in the zero page) and faults every destination page, where a program that
+/// wrote a header and a trailer touched two: the `medium` workload (issue 16) spent
+/// most of its faults there. Measured (BENCHMARKS.md, "medium7"),
 /// against copying every move below 2 MiB, at 2 / 16 threads: 64 KiB cut the faults
 /// from 36k / 80k to 7.5k / 10.6k, 256 KiB only to 11k / 17k (it still copied 9-19
 /// MiB). Below 64 KiB a copy is at most 16 pages, about one `mremap`'s cost.
@@ -107,8 +108,8 @@ fn may_remap(from: Space, old_len: usize, to: Space) -> bool {
 /// is first offered a sparse copy into space `to` (`os::pagemap::copy_sparse`) before an
 /// `mremap` or a plain copy: within base space, from `MEDIUM_REMAP_MIN` (below it a
 /// plain copy is a few pages), when the object lies inside one of our reservations'
-/// mappings (`os::maps::inside_a_larger_mapping`: the pages it does not hold read
-/// zero). A sparse copy takes no `mmap_lock` writer, splits no
+/// mappings (the callers ask `os::maps::inside_a_larger_mapping`: the pages it does
+/// not hold read zero). A sparse copy takes no `mmap_lock` writer, splits no
 /// mapping and reads no untouched page; the pages that hold bytes are copied and fault
 /// in the destination, where a move's `mremap` faults none but takes the process-wide
 /// writer lock, so the copy is made only while at most `SPARSE_MAX_PAGES` pages hold
@@ -460,14 +461,7 @@ fn move_sparse(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> Opti
     // `q` a distinct live object nobody else knows yet; both page-aligned, of `old_len`
     // bytes at least, anonymous private memory.
     match unsafe { scanner.copy(&source, q as usize) } {
-        Ok(bytes) => {
-            SPARSE_MOVED.inc();
-            SPARSE_BYTES.add(bytes as u64);
-            if free(p).is_err() {
-                crate::fatal("realloc: a live large object vanished from the region table");
-            }
-            Some(q)
-        }
+        Ok(bytes) => Some(sparse_moved(p, bytes, q)),
         Err(os::pagemap::Sparse::Dense) => {
             // A guard marker in the destination: the pages move instead.
             if free(q).is_err() {
@@ -477,6 +471,16 @@ fn move_sparse(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> Opti
         }
         Err(_) => Some(move_to(p, old_len, q)), // a scan failed part-way: copy it all
     }
+}
+
+/// Ends a sparse copy of `p` into `q` that copied `bytes`: counts it and frees `p`.
+fn sparse_moved(p: *mut u8, bytes: usize, q: *mut u8) -> *mut u8 {
+    SPARSE_MOVED.inc();
+    SPARSE_BYTES.add(bytes as u64);
+    if free(p).is_err() {
+        crate::fatal("realloc: a live large object vanished from the region table");
+    }
+    q
 }
 
 /// Moves the object `p` (in space `from`) whose arena is busy through whichever arena
@@ -507,14 +511,7 @@ fn move_elsewhere(
         // `old_len` bytes at least, in base space (anonymous private memory).
         match unsafe { os::pagemap::copy_sparse(p as usize, q as usize, old_len, SPARSE_MAX_PAGES) }
         {
-            os::pagemap::Sparse::Copied { bytes } => {
-                SPARSE_MOVED.inc();
-                SPARSE_BYTES.add(bytes as u64);
-                if free(p).is_err() {
-                    crate::fatal("realloc: a live large object vanished from the region table");
-                }
-                return q;
-            }
+            os::pagemap::Sparse::Copied { bytes } => return sparse_moved(p, bytes, q),
             os::pagemap::Sparse::Dense | os::pagemap::Sparse::Unknown => {}
         }
     }
@@ -614,8 +611,6 @@ mod tests {
     /// a grower that waits is seen, not hung.
     #[test]
     fn a_grow_whose_arena_is_busy_moves_instead_of_waiting() {
-        // Page moves, not a sparse copy (this thread only).
-        os::inject::pretend_no_scan(true);
         const LEN: usize = 256 << 10;
         let p = object_beside_another_arena(LEN);
         // SAFETY: `p` is a live object of `LEN` bytes.
@@ -656,8 +651,6 @@ mod tests {
     /// is read without its arena's writer mutex.
     #[test]
     fn a_busy_arenas_move_of_a_moved_in_object_moves_each_mapping_or_copies() {
-        // Page moves, not a sparse copy (this thread only).
-        os::inject::pretend_no_scan(true);
         for query in [true, false] {
             // Both moves stay in base space (below `HUGE_OBJECT_MIN`), where pages move.
             const LEN: usize = 128 << 10;
@@ -731,8 +724,6 @@ mod tests {
     /// hole).
     #[test]
     fn a_busy_arenas_move_that_loses_its_destination_copies_elsewhere() {
-        // Page moves, not a sparse copy (this thread only).
-        os::inject::pretend_no_scan(true);
         const LEN: usize = 256 << 10;
         let p = object_beside_another_arena(LEN);
         // SAFETY: `p` is a live object of `LEN` bytes.

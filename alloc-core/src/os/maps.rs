@@ -365,13 +365,22 @@ pub(super) fn read_once(path: &core::ffi::CStr, buf: &mut [u8]) -> isize {
     if fd < 0 {
         return -1;
     }
-    // SAFETY: `buf` is a valid writable buffer of the length passed; our descriptor,
-    // closed once.
-    unsafe {
-        let n = libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) as isize;
-        libc::syscall(libc::SYS_close, fd);
-        n
-    }
+    let n = read_raw(fd, buf);
+    close_raw(fd);
+    n
+}
+
+/// Reads into `buf` from `fd` by the raw system call (not a cancellation point): the
+/// bytes read, or a negative value.
+fn read_raw(fd: libc::c_int, buf: &mut [u8]) -> isize {
+    // SAFETY: `buf` is a valid writable buffer of the length passed.
+    unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) as isize }
+}
+
+/// Closes `fd`, a descriptor of ours, by the raw system call.
+fn close_raw(fd: libc::c_int) {
+    // SAFETY: the caller's own descriptor, closed once.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
 }
 
 /// A `/proc` file of ours, open read-only and close-on-exec; closed on drop. Opened
@@ -390,7 +399,7 @@ impl ProcFd {
             s.compare_exchange(FREE, HELD, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
         })?;
-        // Against `fork_prepare`'s store of `FORKING` then load of the slots (both
+        // Against `fork_prepare`'s increment of `FORKING` then load of the slots (both
         // SeqCst): either it sees this slot held and waits, or this sees it forking.
         if FORKING.load(Ordering::SeqCst) != 0 {
             PROC_FDS[slot].store(FREE, Ordering::Release);
@@ -410,11 +419,9 @@ impl ProcFd {
         self.fd
     }
 
-    /// Reads into `buf` by the raw system call (not a cancellation point): the bytes
-    /// read, or a negative value on failure.
+    /// Reads into `buf` (`read_raw`).
     pub(super) fn read(&self, buf: &mut [u8]) -> isize {
-        // SAFETY: `buf` is a valid writable buffer of the length passed; our descriptor.
-        unsafe { libc::syscall(libc::SYS_read, self.fd, buf.as_mut_ptr(), buf.len()) as isize }
+        read_raw(self.fd, buf)
     }
 }
 
@@ -424,8 +431,7 @@ impl Drop for ProcFd {
         // wait never closes a number another thread has reopened for a file of its own
         // (at worst it inherits this descriptor).
         PROC_FDS[self.slot].store(HELD, Ordering::SeqCst);
-        // SAFETY: our own descriptor, closed once.
-        unsafe { libc::syscall(libc::SYS_close, self.fd) };
+        close_raw(self.fd);
         // Freed after the close: a fork that waited for it inherits no descriptor.
         PROC_FDS[self.slot].store(FREE, Ordering::Release);
     }
@@ -456,8 +462,7 @@ pub fn fork_done(child: bool) {
         for s in &PROC_FDS {
             let fd = s.swap(FREE, Ordering::Relaxed);
             if fd >= 0 {
-                // SAFETY: a descriptor of ours whose holder does not exist here.
-                unsafe { libc::syscall(libc::SYS_close, fd) };
+                close_raw(fd); // ours; its holder does not exist here
             }
         }
         // The child's only thread: the forks of the parent's other threads are not its.

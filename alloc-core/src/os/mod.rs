@@ -934,7 +934,6 @@ fn kernel_before(major: u32, minor: u32) -> bool {
 /// (`UnmapOthersMapThenFail`) or all of it (`UnmapOthersFillThenFail`) before the caller
 /// can react, or as a kernel from 6.17 on fails past its source checks
 /// (`NewKernelUnmapThenFail`); `maps::pieces` without an answer (`pretend_no_query`);
-/// `pagemap::copy_sparse` without the scan (`pretend_no_scan`);
 /// and, for `overlay_is_safe`, a kernel before 6.12 on this thread
 /// (`pretend_old_fixed_map`).
 #[cfg(test)]
@@ -963,7 +962,6 @@ pub(crate) mod inject {
         static SKIP: Cell<u32> = const { Cell::new(0) };
         static RESTORES: Cell<u64> = const { Cell::new(0) };
         static NO_QUERY: Cell<bool> = const { Cell::new(false) };
-        static NO_SCAN: Cell<bool> = const { Cell::new(false) };
         static FOREIGN_AT: Cell<usize> = const { Cell::new(0) };
         static OLD_KERNEL: Cell<bool> = const { Cell::new(false) };
         static OLD_FIXED_MAP: Cell<bool> = const { Cell::new(false) };
@@ -1042,17 +1040,6 @@ pub(crate) mod inject {
 
     pub(in crate::os) fn pretends_no_query() -> bool {
         NO_QUERY.with(|c| c.get())
-    }
-
-    /// From now on this thread's sparse copies find no `PAGEMAP_SCAN`
-    /// (`pagemap::copy_sparse` answers `Unknown`), as before Linux 6.7: moves take the
-    /// `mremap` path the tests of page moves study.
-    pub fn pretend_no_scan(on: bool) {
-        NO_SCAN.with(|c| c.set(on));
-    }
-
-    pub(in crate::os) fn pretends_no_scan() -> bool {
-        NO_SCAN.with(|c| c.get())
     }
 
     /// The page the last `UnmapOthersMapThenFail` mapped (0 if none).

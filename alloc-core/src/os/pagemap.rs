@@ -233,10 +233,6 @@ impl Scanner {
     /// Opens the descriptor: `Unknown` where the kernel cannot scan (no `/proc`, no
     /// descriptor left, no `PAGEMAP_SCAN` as found before).
     pub fn open() -> Result<Scanner, Sparse> {
-        #[cfg(test)]
-        if super::inject::pretends_no_scan() {
-            return Err(Sparse::Unknown);
-        }
         if NO_SCAN.load(Ordering::Relaxed) {
             return Err(Sparse::Unknown);
         }
