@@ -285,25 +285,12 @@ pub(super) fn listed(addr: usize, len: usize) -> Layout {
         if pieces.count == MOVE_PIECES {
             break Layout::Several;
         }
-        let mut q = ProcmapQuery {
-            size: core::mem::size_of::<ProcmapQuery>() as u64,
-            query_addr: at as u64,
-            ..ProcmapQuery::default()
+        let (vma_start, vma_end) = match query(fd, at) {
+            Ok(vma) => vma,
+            Err(libc::ENOENT) => break Layout::Several, // a hole at `at`
+            Err(_) => break Layout::Unknown,
         };
-        // SAFETY: our own descriptor; `q` is a valid `procmap_query` of the size it
-        // states, and its name and build-id buffers are null with size 0 (not filled).
-        if unsafe { libc::ioctl(fd, PROCMAP_QUERY as _, &mut q as *mut ProcmapQuery) } != 0 {
-            break match super::errno() {
-                libc::ENOENT => Layout::Several, // a hole at `at`
-                libc::ENOTTY | libc::EINVAL => {
-                    QUERY.store(2, Ordering::Relaxed); // no such query here
-                    Layout::Unknown
-                }
-                _ => Layout::Unknown,
-            };
-        }
-        let vma_end = q.vma_end as usize;
-        if q.vma_start as usize > at || vma_end <= at {
+        if vma_start > at || vma_end <= at {
             break Layout::Unknown;
         }
         let piece_end = vma_end.min(end);
@@ -313,6 +300,27 @@ pub(super) fn listed(addr: usize, len: usize) -> Layout {
     };
     drop(file);
     layout
+}
+
+/// The mapping covering `at`, as `(start, end)`, asked with one `PROCMAP_QUERY` on `fd`
+/// (a `/proc/self/maps` descriptor); else the call's errno. A kernel that knows no
+/// such query (`ENOTTY`, `EINVAL`) is not asked again (`QUERY`).
+fn query(fd: libc::c_int, at: usize) -> Result<(usize, usize), i32> {
+    let mut q = ProcmapQuery {
+        size: core::mem::size_of::<ProcmapQuery>() as u64,
+        query_addr: at as u64,
+        ..ProcmapQuery::default()
+    };
+    // SAFETY: the caller's descriptor; `q` is a valid `procmap_query` of the size it
+    // states, and its name and build-id buffers are null with size 0 (not filled).
+    if unsafe { libc::ioctl(fd, PROCMAP_QUERY as _, &mut q as *mut ProcmapQuery) } != 0 {
+        let errno = super::errno();
+        if matches!(errno, libc::ENOTTY | libc::EINVAL) {
+            QUERY.store(2, Ordering::Relaxed); // no such query here
+        }
+        return Err(errno);
+    }
+    Ok((q.vma_start as usize, q.vma_end as usize))
 }
 
 /// Slots for the `/proc` descriptors open at one time (`ProcFd`); past them a caller
@@ -491,20 +499,10 @@ pub fn inside_a_larger_mapping(addr: usize, len: usize) -> bool {
     let Some(file) = ProcFd::open(MAPS_PATH) else {
         return false;
     };
-    let mut q = ProcmapQuery {
-        size: core::mem::size_of::<ProcmapQuery>() as u64,
-        query_addr: addr as u64,
-        ..ProcmapQuery::default()
+    let Ok((start, end)) = query(file.fd(), addr) else {
+        return false;
     };
-    // SAFETY: our own descriptor; `q` as in `listed`.
-    let found =
-        unsafe { libc::ioctl(file.fd(), PROCMAP_QUERY as _, &mut q as *mut ProcmapQuery) } == 0;
-    if !found && matches!(super::errno(), libc::ENOTTY | libc::EINVAL) {
-        QUERY.store(2, Ordering::Relaxed); // no such query here
-    }
-    drop(file);
-    let (start, end) = (q.vma_start as usize, q.vma_end as usize);
-    found && start <= addr && end >= addr + len && (start < addr || end > addr + len)
+    start <= addr && end >= addr + len && (start < addr || end > addr + len)
 }
 
 /// Parses the start address (hex digits up to `-`) of each line of a maps file fed in

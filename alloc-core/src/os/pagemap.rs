@@ -334,16 +334,9 @@ pub unsafe fn copy_sparse(src: usize, dst: usize, len: usize, max_pages: usize) 
 /// Whether this kernel answers `PAGEMAP_SCAN` (tests that need it say so): a scan of
 /// the stack page this function runs on.
 pub fn scans() -> bool {
-    if NO_SCAN.load(Ordering::Relaxed) {
-        return false;
-    }
     let here = 0u8;
     let page = core::ptr::addr_of!(here) as usize & !(super::PAGE_SIZE - 1);
-    let _errno = super::ErrnoGuard::save();
-    let Some(file) = super::maps::ProcFd::open(PAGEMAP_PATH) else {
-        return false;
-    };
-    scan(file.fd(), page, page + super::PAGE_SIZE, 0).is_ok()
+    Scanner::open().is_ok_and(|s| scan(s.file.fd(), page, page + super::PAGE_SIZE, 0).is_ok())
 }
 
 #[cfg(all(test, not(loom)))]
