@@ -231,6 +231,7 @@ pub fn fork_child() {
     unsafe {
         epoch::after_fork_in_child();
         let in_table = region::ARENAS.after_fork_in_child();
+        region::arenas::tickets_after_fork_in_child();
         EXIT_KEY.after_fork_in_child();
         crate::large::cache::after_fork_in_child(in_table, in_caches);
     }

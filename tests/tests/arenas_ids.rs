@@ -3,6 +3,7 @@
 //! that cannot get one fails every placement, though another arena has free space.
 //! Its own binary (system allocator): it spends the whole id space.
 
+use rangealloc_core::region::arenas::on_new_thread_at_home;
 use rangealloc_core::region::{Arenas, Placement, RegionKind, RegionTable};
 
 const PAGE: usize = 4096;
@@ -22,15 +23,8 @@ fn a_home_arena_without_a_directory_id_places_elsewhere() {
     }
     // A thread whose home is the other arena: its arena cannot register, and the
     // placement fails instead of using the ~1 GiB free in arena `home`.
-    let placed = loop {
-        let r = std::thread::spawn(move || {
-            (SET.home() != home).then(|| SET.allocate(16 * PAGE, PAGE, RegionKind::Large).is_some())
-        })
-        .join()
-        .unwrap();
-        if let Some(ok) = r {
-            break ok;
-        }
-    };
+    let placed = on_new_thread_at_home(&SET, 1 - home, || {
+        SET.allocate(16 * PAGE, PAGE, RegionKind::Large).is_some()
+    });
     assert!(placed, "placement failed with free space in another arena");
 }

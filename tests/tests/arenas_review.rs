@@ -45,8 +45,8 @@ fn child_entry() {
     };
     // SAFETY: a valid rlimit.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
-    // Threads on fresh home arenas (4 arenas: the first thread's ticket onward, one of
-    // them is a new arena): each places one large object.
+    // Threads on a home arena that is not main's (each takes the ticket the one before
+    // handed back), which cannot reserve: each places one large object.
     let mut failed = 0;
     for _ in 0..4 {
         let ok = std::thread::spawn(move || {

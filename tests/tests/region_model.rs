@@ -18,14 +18,15 @@
 //! thread (a home arena other than the placer's).
 //!
 //! The tables are a private set of `ARENAS` arenas, and the binary keeps the system
-//! allocator. Each sequence runs on a thread of its own, so consecutive sequences have
-//! different home arenas (tickets are dealt round-robin): the model is the home arena's,
+//! allocator. Each sequence runs on a thread of its own, started at each home arena in
+//! turn (`spawn_at_home`): the model is the home arena's,
 //! every placement must land there and the directory must name that arena for it, and
 //! resizes, frees and lookups go through the set's address routing. The other arenas
 //! keep one live witness object each, which lookups through the set must still find.
 //! Deterministic: a failure replays from `SEED`.
 
 use rangealloc_core::os::{PurgeMode, PAGE_SIZE};
+use rangealloc_core::region::arenas::on_new_thread_at_home;
 use rangealloc_core::region::table::{RetireError, ARENA_SIZE};
 use rangealloc_core::region::{Arenas, RegionKind, RegionState, RegionTable};
 use rangealloc_tests::tiling::{check_dirty_accounting, check_tiling, regions, Region};
@@ -218,8 +219,8 @@ fn retire(model: &mut Model, rng: &mut Rng) {
         assert_eq!(SET.retire(interior), Err(RetireError::Interior));
     }
     check_stamp(start, len);
-    // One free in four comes from another thread, whose home is another arena (a new
-    // thread takes the next ticket): the set routes it by address all the same.
+    // One free in four comes from another thread (whose home the sequence's thread,
+    // holding its own ticket, does not decide): the set routes it by address all the same.
     let freed = if rng.below(4) == 0 {
         std::thread::scope(|s| s.spawn(|| SET.retire(start)).join().unwrap())
     } else {
@@ -315,24 +316,13 @@ fn witnesses() -> &'static [usize; ARENAS] {
     static WITNESSES: std::sync::OnceLock<[usize; ARENAS]> = std::sync::OnceLock::new();
     WITNESSES.get_or_init(|| {
         let mut placed = [0; ARENAS];
-        let mut missing = ARENAS;
-        while missing > 0 {
-            let (home, start) = std::thread::spawn(|| {
-                let home = SET.home();
+        for (home, start) in placed.iter_mut().enumerate() {
+            *start = on_new_thread_at_home(&SET, home, move || {
                 let p = SET
                     .table(home)
                     .allocate(WITNESS_LEN, PAGE_SIZE, RegionKind::Large);
-                (home, p.expect("address space").start)
-            })
-            .join()
-            .unwrap();
-            if placed[home] == 0 {
-                placed[home] = start;
-                missing -= 1;
-            } else {
-                assert_eq!(SET.retire(start), Ok(()));
-                SET.table(home).collect_retired();
-            }
+                p.expect("address space").start
+            });
         }
         placed
     })
@@ -356,16 +346,17 @@ fn region_table_matches_its_model() {
     witnesses();
     let mut homes = [0usize; ARENAS];
     for seq in 0..SEQUENCES {
-        // A thread per sequence: a new ticket, the next home arena.
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    homes[SET.home()] += 1;
-                    sequence(seq, &mut rng, &mut steps, &mut most_regions)
-                })
-                .join()
-                .unwrap()
+        // A thread per sequence, at each home in turn.
+        let home = seq % ARENAS;
+        let (r, s, m) = (Rng(rng.0), steps, most_regions);
+        let (r, s, m, at) = on_new_thread_at_home(&SET, home, move || {
+            let (mut r, mut s, mut m) = (r, s, m);
+            let at = SET.home();
+            sequence(seq, &mut r, &mut s, &mut m);
+            (r, s, m, at)
         });
+        (rng, steps, most_regions) = (r, s, m);
+        homes[at] += 1;
     }
     assert!(
         homes.iter().all(|&n| n >= SEQUENCES / ARENAS / 2),

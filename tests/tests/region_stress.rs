@@ -17,6 +17,7 @@
 //! add up, and nothing deadlocked (a watchdog bounds it).
 
 use rangealloc_core::os::{PurgeMode, PAGE_SIZE};
+use rangealloc_core::region::arenas::spawn_at_home;
 use rangealloc_core::region::table::{RetireError, ARENA_SIZE, PURGE_PIECE};
 use rangealloc_core::region::{
     epoch, Arenas, PageMove, Region, RegionKind, RegionState, RegionTable, Space,
@@ -846,7 +847,7 @@ fn fork_during_a_purge_leaves_the_childs_claimed_regions_dirty() {
 
 // ------------------------------------------------------------------ across arenas
 
-/// Arenas of `region_arenas_stress`'s set: its threads are dealt home arenas round-robin.
+/// Arenas of `region_arenas_stress`'s set: its churners are started at each home in turn.
 const SET_ARENAS: usize = 3;
 /// Churners of the set: more than its arenas, so homes repeat and arenas are shared, and
 /// at least one churner per arena.
@@ -1096,7 +1097,8 @@ fn region_arenas_stress() {
     let mut readers = Vec::new();
     for t in 0..SET_CHURNERS {
         let (stop, exchange, done) = (stop.clone(), exchange.clone(), Finished(finished.clone()));
-        churners.push(std::thread::spawn(move || {
+        // Churner `t` at home `t % SET_ARENAS`: the homes cover the set.
+        churners.push(spawn_at_home(&SET, t % SET_ARENAS, move || {
             let _done = done;
             set_churner(t, 0x243f_6a88_85a3_08d3 ^ (t as u64 + 1), &stop, &exchange)
         }));

@@ -44,9 +44,9 @@ fn region_workload_steady_state_takes_no_mmap_lock() {
             assert_eq!(v.len(), 1 << 20);
         }
     }
-    // Warm-up: heaps created, and every arena reserved: threads are dealt home arenas
-    // round-robin, so rounds of four threads visit all of them only after
-    // `narenas / 4` rounds (8 arenas on 2 CPUs).
+    // Warm-up: heaps created, and the arenas the rounds use reserved (each round's four
+    // threads take the tickets the last round's handed back; a few rounds, as many as
+    // round-robin tickets needed to visit all `narenas`, 8 on 2 CPUs).
     let arenas = rangealloc::engine::region::ARENAS.count();
     for _ in 0..arenas.div_ceil(4).max(1) {
         round(4, true);

@@ -13,8 +13,9 @@ use std::alloc::{GlobalAlloc, Layout};
 #[global_allocator]
 static A: RangeAlloc = RangeAlloc;
 
-/// New threads measured, one after another: each takes the next arena ticket, so with
-/// four arenas per CPU each of them sets up an arena of its own on a 2-core machine.
+/// New threads measured, one after another, each kept alive: each takes a ticket no live
+/// thread holds, so with four arenas per CPU each of them sets up an arena of its own on
+/// a 2-core machine.
 const THREADS: usize = 6;
 
 /// Faults a thread's first small and big allocation (and their frees) may cost, on
@@ -59,20 +60,32 @@ fn a_new_thread_touches_few_pages_for_its_first_allocations() {
     // The process's set-up (metadata arena, collector, options) on this thread, outside
     // the count.
     first_allocations();
+    // Each measured thread stays alive (holding its arena ticket) until all are
+    // measured: a thread that exited would hand its ticket, and its arena, to the next.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let done_rx = std::sync::Arc::new(std::sync::Mutex::new(done_rx));
+    let mut held = Vec::new();
     let each: Vec<u64> = (0..THREADS)
         .map(|_| {
-            std::thread::spawn(|| {
+            let (faults_tx, faults_rx) = std::sync::mpsc::channel();
+            let done_rx = done_rx.clone();
+            held.push(std::thread::spawn(move || {
                 // The stack our calls may reach, faulted outside the count: a debug
                 // build's frames are deeper than a release build's (review13b M1).
                 touch_stack();
                 let before = thread_faults();
                 first_allocations();
-                thread_faults() - before
-            })
-            .join()
-            .unwrap()
+                faults_tx.send(thread_faults() - before).unwrap();
+                // Disconnected (all measured) ends the wait.
+                let _ = done_rx.lock().unwrap().recv();
+            }));
+            faults_rx.recv().unwrap()
         })
         .collect();
+    drop(done_tx);
+    for thread in held {
+        thread.join().unwrap();
+    }
     eprintln!("page faults of each new thread's first allocations: {each:?}");
     let total: u64 = each.iter().sum();
     assert!(

@@ -1,11 +1,13 @@
 //! The arena set: several independent `RegionTable`s ("arenas", each its own "mm": tree,
 //! writer mutex, sequence, retired stack, free index and reservations), a thread's home
 //! arena, placement across them, and every process-wide walk (purge, statistics, fork).
-//! It owns `ARENAS` and the threads' arena tickets; it calls `table`, `directory` and
-//! `options`.
+//! It owns `ARENAS` and the threads' arena tickets (with their exit key); it calls
+//! `table`, `directory`, `options` and `thread` (the exit key).
 //!
-//! - Placement: a thread places in its home arena (`home`: tickets dealt round-robin at a
-//!   thread's first placement, so `n` threads spread over `min(n, count)` arenas). First
+//! - Placement: a thread places in its home arena (`home`: a ticket dealt at the thread's
+//!   first placement, the one the fewest live threads hold, handed back at its exit; so
+//!   `n` live threads spread over `min(n, count)` arenas, and a new thread takes the
+//!   arena an exited one left). First
 //!   with `try_write` and without reserving address space; then, in order, every other
 //!   arena that has space the same way (try-lock, no reservation), so a thread whose
 //!   arena is busy or full uses space another arena has before it waits; only then does
@@ -34,8 +36,9 @@ use super::{Region, RegionKind, RegionState, RegionTable, Space};
 use crate::os::{self, PurgeMode};
 use crate::stats::{Counter, OnRegionPath};
 use crate::sync::SpinLock;
+use crate::thread::ExitKey;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// The most arenas a set holds (the `narenas` option's upper bound). Each unused arena
 /// costs only its zeroed static descriptor; 64 covers jemalloc's default of four per CPU
@@ -75,25 +78,171 @@ pub struct Arenas {
 pub static ARENAS: Arenas = Arenas::process();
 
 thread_local! {
-    /// This thread's ticket: the home arena is `ticket % count`. `u32::MAX` until dealt.
-    static TICKET: Cell<u32> = const { Cell::new(u32::MAX) };
+    /// This thread's ticket: its home arena is `ticket % count` (in any set). `NO_TICKET`
+    /// until dealt (`deal`); `HANDED_BACK` is set in it once the thread has exited
+    /// (`hand_back`), after which its late placements (other exit destructors) still go
+    /// to the same arena but no longer count in `HOLDERS`.
+    static TICKET: Cell<u32> = const { Cell::new(NO_TICKET) };
 }
 
-/// The next ticket to deal.
-static NEXT_TICKET: AtomicUsize = AtomicUsize::new(0);
+const NO_TICKET: u32 = u32::MAX;
+const HANDED_BACK: u32 = 1 << 31;
+// Tickets are arena indexes of the process's set.
+const _: () = assert!(MAX_ARENAS < HANDED_BACK as usize);
+
+/// Live threads holding each ticket. A new thread takes the least-held ticket, the
+/// lowest of them on a tie, and hands it back at exit, as jemalloc's `arena_choose`
+/// binds a thread to its least-loaded arena: threads that come and go (a round of
+/// workers, a thread per request) land in the arenas their predecessors left, with
+/// those arenas' dirty space and retired regions, instead of going round every arena.
+/// Dealt round-robin until session 15, `mstress` (fresh threads each round) touched
+/// each arena in turn: 5x the faults and 2.5x the peak RSS of one arena (BENCHMARKS.md,
+/// "Arena tickets handed back"). Process-wide, whichever set places: a ticket indexes
+/// the process's arenas, and a set of fewer arenas takes it modulo its count.
+static HOLDERS: [AtomicU32; MAX_ARENAS] = [const { AtomicU32::new(0) }; MAX_ARENAS];
+
+/// Hands a thread's ticket back at its exit (`hand_back`).
+static TICKET_KEY: ExitKey = ExitKey::new(hand_back_at_exit);
 
 #[inline]
 fn ticket() -> usize {
-    TICKET.with(|t| {
-        let v = t.get();
-        if v != u32::MAX {
-            return v as usize;
+    match TICKET.with(Cell::get) {
+        NO_TICKET => deal(),
+        t => (t & !HANDED_BACK) as usize,
+    }
+}
+
+/// Deals the calling thread its ticket: the least-held, the lowest on a tie (an arena
+/// a thread used before, with space of its own, rather than one never used). Two
+/// threads dealt at once may take the same one: tickets only spread threads.
+#[cold]
+#[inline(never)]
+fn deal() -> usize {
+    let count = ARENAS.count();
+    let mut chosen = 0;
+    let mut least = u32::MAX;
+    for (i, holders) in HOLDERS.iter().enumerate().take(count) {
+        // Relaxed: a hint; no data is published through the counts.
+        let held = holders.load(Ordering::Relaxed);
+        if held < least {
+            (chosen, least) = (i, held);
+            if held == 0 {
+                break;
+            }
         }
-        // Relaxed: only spreads threads; no data is published through it.
-        let v = (NEXT_TICKET.fetch_add(1, Ordering::Relaxed) % u32::MAX as usize) as u32;
-        t.set(v);
-        v as usize
-    })
+    }
+    HOLDERS[chosen].fetch_add(1, Ordering::Relaxed);
+    TICKET.with(|t| t.set(chosen as u32));
+    // Placement runs inside the allocator (re-entrancy guard set), where
+    // `pthread_setspecific`'s possible `calloc` (keys past the first 32) is served from
+    // metadata memory. Without a key (none left), the ticket stays counted for good:
+    // a thread fewer to spread by.
+    if let Some(key) = TICKET_KEY.get(|| {}) {
+        // SAFETY: a valid key; the value is only a marker for the destructor.
+        unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<libc::c_void>()) };
+    }
+    chosen
+}
+
+/// `TICKET_KEY`'s destructor.
+unsafe extern "C" fn hand_back_at_exit(_: *mut libc::c_void) {
+    hand_back();
+}
+
+/// Hands the calling thread's ticket back (thread exit): its arena counts one holder
+/// less. The thread keeps its home arena for whatever it still places.
+fn hand_back() {
+    let t = TICKET.with(Cell::get);
+    if t == NO_TICKET || t & HANDED_BACK != 0 {
+        return;
+    }
+    TICKET.with(|c| c.set(t | HANDED_BACK));
+    // Relaxed: as in `deal`.
+    HOLDERS[t as usize].fetch_sub(1, Ordering::Relaxed);
+}
+
+/// In a fork child: the parent's other threads are gone, and so are their tickets;
+/// only the forking thread's own stays held. Also lets `TICKET_KEY` be created again
+/// if a vanished thread was creating it.
+///
+/// # Safety
+/// Only in a fork child while it is single-threaded.
+pub unsafe fn tickets_after_fork_in_child() {
+    for holders in &HOLDERS {
+        // Relaxed: one thread; threads started later see it through `pthread_create`.
+        holders.store(0, Ordering::Relaxed);
+    }
+    let t = TICKET.with(Cell::get);
+    if t != NO_TICKET && t & HANDED_BACK == 0 {
+        HOLDERS[t as usize].store(1, Ordering::Relaxed);
+    }
+    // SAFETY: caller contract.
+    unsafe { TICKET_KEY.after_fork_in_child() };
+}
+
+/// The live threads holding each of the first `n` tickets (tests, diagnostics).
+pub fn ticket_holders(n: usize) -> impl Iterator<Item = u32> {
+    HOLDERS.iter().take(n).map(|h| h.load(Ordering::Relaxed))
+}
+
+/// Starts `f` on a new thread whose home arena in `set` is `home` (tests). A new thread
+/// takes the least-held ticket, so one that exits before the next starts hands its
+/// ticket to it: the probe threads dealt another home stay alive, holding their tickets,
+/// until one is dealt a ticket of `home`; that one runs `f`, the others then exit.
+#[doc(hidden)]
+pub fn spawn_at_home<T: Send + 'static>(
+    set: &'static Arenas,
+    home: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> AtHome<T> {
+    use std::sync::mpsc;
+    type Job<T> = Box<dyn FnOnce() -> T + Send>;
+    let mut job: Option<Job<T>> = Some(Box::new(f));
+    let mut held = Vec::new();
+    loop {
+        let (home_tx, home_rx) = mpsc::channel();
+        let (job_tx, job_rx) = mpsc::channel::<Job<T>>();
+        let thread = std::thread::spawn(move || {
+            home_tx.send(set.home()).expect("the caller waits");
+            // A probe's wait ends when its sender is dropped, without a job.
+            job_rx.recv().ok().map(|job| job())
+        });
+        if home_rx.recv().expect("the thread reports its home") != home {
+            held.push((job_tx, thread));
+            continue;
+        }
+        job_tx
+            .send(job.take().expect("one job"))
+            .expect("the thread waits");
+        for (job_tx, thread) in held {
+            drop(job_tx);
+            thread.join().expect("a probe thread");
+        }
+        return AtHome(thread);
+    }
+}
+
+/// A thread `spawn_at_home` started.
+#[doc(hidden)]
+pub struct AtHome<T>(std::thread::JoinHandle<Option<T>>);
+
+impl<T> AtHome<T> {
+    /// Waits for the thread: what its job returned, or its panic.
+    pub fn join(self) -> std::thread::Result<T> {
+        self.0
+            .join()
+            .map(|out| out.expect("the job was sent before the handle was returned"))
+    }
+}
+
+/// `spawn_at_home`, joined: what `f` returns.
+#[doc(hidden)]
+pub fn on_new_thread_at_home<T: Send + 'static>(
+    set: &'static Arenas,
+    home: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    spawn_at_home(set, home, f).join().expect("the job ran")
 }
 
 /// Contention counters of one arena.
@@ -707,26 +856,18 @@ mod tests {
     #[test]
     fn threads_place_in_their_home_arena_and_resize_there_alone() {
         static SET: Arenas = Arenas::new(4);
-        // Tickets come from a counter every set and thread shares (other tests draw
-        // from it too), so consecutive threads need not get consecutive homes: spawn
-        // threads until each of the four arenas was some thread's home, and place only
-        // from the first thread of each home.
-        let mut homes: Vec<(usize, usize)> = Vec::new();
-        while homes.len() < 4 {
-            let taken: Vec<usize> = homes.iter().map(|h| h.0).collect();
-            let placed = std::thread::spawn(move || {
-                let home = SET.home();
-                (!taken.contains(&home)).then(|| {
-                    let p = SET
-                        .allocate_with_room(LEN, PAGE_SIZE, RegionKind::Large, false, Space::Base)
-                        .expect("placed");
-                    (home, p.start)
-                })
+        // Tickets are dealt to every set's threads alike (other tests hold some too):
+        // place from a new thread of each home in turn.
+        let homes: Vec<(usize, usize)> = (0..4)
+            .map(|home| {
+                let start = on_new_thread_at_home(&SET, home, || {
+                    SET.allocate_with_room(LEN, PAGE_SIZE, RegionKind::Large, false, Space::Base)
+                        .expect("placed")
+                        .start
+                });
+                (home, start)
             })
-            .join()
-            .unwrap();
-            homes.extend(placed);
-        }
+            .collect();
         let mut seen: Vec<usize> = homes.iter().map(|h| h.0).collect();
         seen.sort_unstable();
         seen.dedup();
@@ -818,21 +959,14 @@ mod tests {
         assert!(directory::id_of(other).unwrap() > MAX_ARENAS);
     }
 
-    /// Places an object from a thread whose home arena in `set` is `home` (spawning
-    /// threads until one gets that ticket); returns its start.
+    /// Places an object from a new thread whose home arena in `set` is `home`; returns
+    /// its start.
     fn placed_from_home(set: &'static Arenas, home: usize) -> usize {
-        loop {
-            let placed = std::thread::spawn(move || {
-                (set.home() == home)
-                    .then(|| set.allocate(LEN, PAGE_SIZE, RegionKind::Large))
-                    .flatten()
-            })
-            .join()
-            .unwrap();
-            if let Some(p) = placed {
-                return p.start;
-            }
-        }
+        on_new_thread_at_home(set, home, move || {
+            set.allocate(LEN, PAGE_SIZE, RegionKind::Large)
+                .expect("placed")
+                .start
+        })
     }
 
     /// Issue 16: a placement whose home arena has no space of its own yet, and whose
