@@ -28,6 +28,25 @@ fn threads_cross_thread_free_and_churn() {
     );
 }
 
+/// A program with more than 32 pthread keys before its first allocation: the
+/// allocator's own keys need glibc's second-level blocks, allocated inside
+/// `pthread_setspecific`; a thread whose first allocation is large keeps every key's
+/// value, and thousands of such threads leak nothing (review15 #1).
+#[test]
+fn threads_keep_their_exit_hooks_with_keys_past_32() {
+    let exe = compile("late_keys.c", "late_keys", Lang::C, &[]);
+    let out = run(preloaded(&exe), LIMIT);
+    out.assert_success("late_keys under LD_PRELOAD");
+    assert_lines(
+        &out.stdout,
+        &[
+            "ok keys keep their values",
+            "ok no leak per thread",
+            "ALL OK",
+        ],
+    );
+}
+
 #[test]
 fn fork_from_several_threads() {
     let exe = compile("fork.c", "fork", Lang::C, &[]);

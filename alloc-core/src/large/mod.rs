@@ -611,13 +611,14 @@ mod tests {
     /// A live object of `len` bytes, once another thread's home arena has address space
     /// of its own to place in (where a move out of a busy arena can go).
     fn object_beside_another_arena(len: usize) -> *mut u8 {
-        std::thread::spawn(move || {
+        // A thread of another home (one that exited would hand its ticket, and its
+        // arena, to this thread's next placement if this one had none yet).
+        let other = (ARENAS.home() + 1) % ARENAS.count();
+        crate::region::arenas::on_new_thread_at_home(&ARENAS, other, move || {
             let q = alloc(len, PAGE_SIZE, false);
             assert!(!q.is_null());
             free(q).unwrap();
-        })
-        .join()
-        .unwrap();
+        });
         let p = alloc(len, PAGE_SIZE, false);
         assert!(!p.is_null());
         p

@@ -113,35 +113,55 @@ fn ticket() -> usize {
 }
 
 /// Deals the calling thread its ticket: the least-held, the lowest on a tie (an arena
-/// a thread used before, with space of its own, rather than one never used). Two
-/// threads dealt at once may take the same one: tickets only spread threads.
+/// a thread used before, with space of its own, rather than one never used). The count
+/// is taken with a compare-exchange against the count the choice read, so threads dealt
+/// at once do not pile onto one ticket while another sits free (a lost race chooses
+/// again).
 #[cold]
 #[inline(never)]
 fn deal() -> usize {
-    let count = ARENAS.count();
-    let mut chosen = 0;
-    let mut least = u32::MAX;
+    let chosen = loop {
+        let (chosen, held) = least_held(ARENAS.count());
+        // Relaxed: the counts are a hint; no data is published through them.
+        if HOLDERS[chosen]
+            .compare_exchange(held, held + 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            break chosen;
+        }
+    };
+    TICKET.with(|t| t.set(chosen as u32));
+    // Under the re-entrancy guard: a thread's first placement may come before any guard
+    // is set (a large object first, or a heap's first segment), and
+    // `pthread_setspecific` may `calloc` (keys past the first 32): served here, that
+    // calloc could be the thread's first small allocation, whose own
+    // `pthread_setspecific`s (heap and epoch exit keys) glibc's outer call would then
+    // overwrite (review15 #1: 26 KiB lost a thread). Without a key (none left), or set
+    // in glibc's last round of key destructors (a thread whose first placement comes
+    // from a late destructor: that round's keys run no destructor), the ticket stays
+    // counted for good: a thread fewer to spread by (review15 #2).
+    if let Some(key) = TICKET_KEY.get(|| {}) {
+        let _inside = crate::Reentrancy::enter();
+        // SAFETY: a valid key; the value is only a marker for the destructor.
+        unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<libc::c_void>()) };
+    }
+    chosen
+}
+
+/// The least-held of the first `count` tickets, the lowest on a tie, and its holders.
+fn least_held(count: usize) -> (usize, u32) {
+    let mut best = (0, u32::MAX);
     for (i, holders) in HOLDERS.iter().enumerate().take(count) {
-        // Relaxed: a hint; no data is published through the counts.
+        // Relaxed: as in `deal`.
         let held = holders.load(Ordering::Relaxed);
-        if held < least {
-            (chosen, least) = (i, held);
+        if held < best.1 {
+            best = (i, held);
             if held == 0 {
                 break;
             }
         }
     }
-    HOLDERS[chosen].fetch_add(1, Ordering::Relaxed);
-    TICKET.with(|t| t.set(chosen as u32));
-    // Placement runs inside the allocator (re-entrancy guard set), where
-    // `pthread_setspecific`'s possible `calloc` (keys past the first 32) is served from
-    // metadata memory. Without a key (none left), the ticket stays counted for good:
-    // a thread fewer to spread by.
-    if let Some(key) = TICKET_KEY.get(|| {}) {
-        // SAFETY: a valid key; the value is only a marker for the destructor.
-        unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<libc::c_void>()) };
-    }
-    chosen
+    best
 }
 
 /// `TICKET_KEY`'s destructor.
@@ -150,7 +170,9 @@ unsafe extern "C" fn hand_back_at_exit(_: *mut libc::c_void) {
 }
 
 /// Hands the calling thread's ticket back (thread exit): its arena counts one holder
-/// less. The thread keeps its home arena for whatever it still places.
+/// less (never below none: a fork child, whose counts start over with the forking
+/// thread's own, may run a `deal` that a signal handler's `fork` interrupted). The
+/// thread keeps its home arena for whatever it still places.
 fn hand_back() {
     let t = TICKET.with(Cell::get);
     if t == NO_TICKET || t & HANDED_BACK != 0 {
@@ -158,7 +180,8 @@ fn hand_back() {
     }
     TICKET.with(|c| c.set(t | HANDED_BACK));
     // Relaxed: as in `deal`.
-    HOLDERS[t as usize].fetch_sub(1, Ordering::Relaxed);
+    let _ = HOLDERS[t as usize]
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
 }
 
 /// In a fork child: the parent's other threads are gone, and so are their tickets;
@@ -195,6 +218,12 @@ pub fn spawn_at_home<T: Send + 'static>(
     home: usize,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> AtHome<T> {
+    assert!(
+        home < set.count().min(ARENAS.count()),
+        "home {home}: tickets index the process's {} arenas, the set has {}",
+        ARENAS.count(),
+        set.count()
+    );
     use std::sync::mpsc;
     type Job<T> = Box<dyn FnOnce() -> T + Send>;
     let mut job: Option<Job<T>> = Some(Box::new(f));
@@ -351,7 +380,9 @@ impl Arenas {
         self.used.fetch_or(1u64 << i, Ordering::Relaxed);
     }
 
-    /// The index of the calling thread's home arena.
+    /// The index of the calling thread's home arena: its ticket modulo this set's
+    /// count. Tickets index the process's arenas (`ARENAS.count()`), so a set with more
+    /// arenas than the process (tests) has homes only among its first that many.
     #[inline]
     pub fn home(&self) -> usize {
         ticket() % self.count()
