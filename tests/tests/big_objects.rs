@@ -99,7 +99,6 @@ fn child_entry() {
         "trim" => hole_rest_purged(),
         "uffd-part" => registered_part_moves_whole(),
         "lost" => lost_destination_stops_moves(),
-        "calloc-medium" => zeroed_medium_written(),
         _ => panic!("unknown mode {mode}"),
     }
     println!("PASSED {mode}");
@@ -1099,40 +1098,6 @@ fn big_object_takes_small_hole() {
         fill(q, LEN, 2);
         assert_eq!(bad_pages(q, LEN, 2), 0);
         dealloc(q, layout(LEN));
-    }
-}
-
-/// A zero-filled medium object on fresh pages comes back written (resident): a program
-/// that reads such pages before writing them (mstress checks each word of its `calloc`ed
-/// objects, then fills them) would otherwise map the zero page and replace it at the
-/// write, a TLB flush that interrupts every other CPU running the process (40% of
-/// mstress's time at 2 threads). Its first object of the size in a fresh process, so
-/// fresh pages (a cached or dirty one is written anyway).
-#[test]
-fn a_zeroed_medium_object_on_fresh_pages_is_written_at_once() {
-    run("calloc-medium");
-}
-
-fn zeroed_medium_written() {
-    const LEN: usize = 768 << 10;
-    // SAFETY: a valid layout; the object is read within its length and freed once.
-    unsafe {
-        let p = std::alloc::alloc_zeroed(layout(LEN));
-        assert!(!p.is_null());
-        assert_eq!(
-            resident_pages(p, LEN),
-            LEN / PAGE,
-            "a zeroed medium object left pages to fault in"
-        );
-        let faults = minor_faults();
-        let nonzero = (0..LEN).step_by(512).filter(|&i| *p.add(i) != 0).count();
-        p.write_bytes(1, LEN);
-        assert_eq!(nonzero, 0, "a zeroed object read nonzero bytes");
-        assert!(
-            minor_faults() - faults < 4,
-            "reading then writing a zeroed medium object faulted"
-        );
-        dealloc(p, layout(LEN));
     }
 }
 

@@ -247,31 +247,12 @@ fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
     if placed.dirty_after && !growing && space == Space::Huge {
         trim_after(placed.start + placed.len);
     }
-    if zero && (!placed.zeroed || zeroes_written(space, len)) {
+    if zero && !placed.zeroed {
         // SAFETY: the region is ours and `len` bytes long.
         unsafe { ptr::write_bytes(placed.start as *mut u8, 0, len) };
     }
     crate::purge::tick(os::now_ms());
     placed.start as *mut u8
-}
-
-/// Whether a zero-filled object of `len` bytes placed in space `space` on fresh pages
-/// (`Placed::zeroed`: they read as zero already) is written with zeroes all the same: a
-/// medium one in base space. Left untouched, a page the program reads before it writes
-/// (a `calloc`ed table checked, then filled) maps the shared zero page, and the write
-/// that follows replaces it: a second fault, whose TLB flush interrupts every other
-/// CPU running the process (an IPI, costly in a VM). mstress (mimalloc-bench, which
-/// checks each word of its `calloc`ed objects before filling them) spent 40% of its
-/// time in those flushes at 2 threads; written here, each page faults once, on a write
-/// (BENCHMARKS.md, "Zeroed medium objects written"). As tcmalloc's `calloc`, which
-/// always writes; but only up to `cache::MEDIUM_MAX`, where the rest of the object's
-/// life mostly touches it all anyway and a cached one is written the same way (its
-/// last owner's bytes). A bigger fresh object stays lazy: a program may use little of a
-/// big zeroed table, and in huge-page space a first read maps the huge zero page, one
-/// flush per 2 MiB.
-#[inline]
-fn zeroes_written(space: Space, len: usize) -> bool {
-    space == Space::Base && len <= cache::MEDIUM_MAX
 }
 
 /// Purges the dirty rest of the hole a fresh object in huge-page space was placed in,
