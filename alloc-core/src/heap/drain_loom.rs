@@ -296,12 +296,15 @@ fn run(scenario: Scenario, variant: Variant, tally: &'static Tally) {
             // `alloc_slow` on the page: collect, allocate every free block, then (no
             // free block left) off the queue and park again.
             shared.touch();
-            (*page).collect();
-            while !(*page).free.is_null() {
-                let block = (*page).free;
-                (*page).free = Block::load_next(block);
-                (*page).used += 1;
-                mine.push(block);
+            // `collect` may leave the local blocks on `local_free` until `free` is
+            // empty: collect again until it finds nothing, as `alloc_slow` does.
+            while (*page).collect() {
+                while !(*page).free.is_null() {
+                    let block = (*page).free;
+                    (*page).free = Block::load_next(block);
+                    (*page).used += 1;
+                    mine.push(block);
+                }
             }
             shared.touch(); // queue_remove
             if !(*page).park() {

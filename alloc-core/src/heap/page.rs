@@ -210,6 +210,25 @@ pub enum HandOff {
 const STATE_MASK: usize = 0b11;
 const _: () = assert!(super::size_class::MIN_BLOCK > STATE_MASK);
 
+/// The top bits of `ThreadFree`'s word count the blocks on its list, so the owner takes
+/// the list and its length with one RMW and never walks it (each block of it was last
+/// written by another CPU: a walk is a chain of cache misses, a quarter of sh8bench's
+/// time). Blocks lie in the 47-bit user space (`space` asserts it), so the bits from
+/// `COUNT_SHIFT` up are free; a list holds at most one page's blocks (4,096), far below
+/// 2^16 (a count past that, possible only with racing double frees, wraps modulo 2^16).
+const COUNT_SHIFT: u32 = 48;
+const COUNT_ONE: usize = 1 << COUNT_SHIFT;
+const COUNT_MASK: usize = !(COUNT_ONE - 1);
+/// The list head's bits of the word.
+const LIST_MASK: usize = !(COUNT_MASK | STATE_MASK);
+const _: () = assert!(1usize << 47 <= COUNT_ONE);
+// The most blocks a page holds: a one-unit page of the smallest class (model builds
+// have no segments).
+#[cfg(not(loom))]
+const _: () = assert!(
+    super::segment::UNIT_SIZE / super::size_class::MIN_BLOCK < 1 << (usize::BITS - COUNT_SHIFT)
+);
+
 impl HandOff {
     #[inline(always)]
     fn of(word: usize) -> HandOff {
@@ -280,14 +299,15 @@ impl ThreadFree {
                 state
             };
             // SAFETY: the block is ours to link until the push is published.
-            unsafe { Block::store_next(block, (word & !STATE_MASK) as *mut Block) };
+            unsafe { Block::store_next(block, (word & LIST_MASK) as *mut Block) };
+            let count = (word & COUNT_MASK).wrapping_add(COUNT_ONE);
             // Release publishes the block's link and cookie to the owner's Acquire in
             // `take_all`. Acquire (on success) makes a winner see what the owner did
             // before it parked, e.g. its last read of `pending_next` in `drain_pending`,
             // before the winner writes that link again.
             match self.0.compare_exchange_weak(
                 word,
-                block as usize | new_state,
+                block as usize | new_state | count,
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
@@ -300,12 +320,22 @@ impl ThreadFree {
     /// Owner: takes every block other threads freed (the state stays).
     #[inline]
     pub fn take_all(&self) -> *mut Block {
+        self.take_all_counted().0
+    }
+
+    /// Owner: `take_all`, with the number of blocks on the list (no walk).
+    #[inline]
+    pub fn take_all_counted(&self) -> (*mut Block, u32) {
         if self.0.load(Ordering::Relaxed) & !STATE_MASK == 0 {
-            return ptr::null_mut();
+            return (ptr::null_mut(), 0);
         }
         // Acquire pairs with the freers' Release push: their writes to the blocks (the
         // links) are visible before we follow them.
-        (self.0.fetch_and(STATE_MASK, Ordering::Acquire) & !STATE_MASK) as *mut Block
+        let word = self.0.fetch_and(STATE_MASK, Ordering::Acquire);
+        (
+            (word & LIST_MASK) as *mut Block,
+            (word >> COUNT_SHIFT) as u32,
+        )
     }
 
     /// Owner: parks the page if no remote free has arrived. A page whose hand-off is
@@ -397,7 +427,7 @@ impl ThreadFree {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return (word & !STATE_MASK) as *mut Block,
+                Ok(_) => return (word & LIST_MASK) as *mut Block,
                 Err(seen) => word = seen,
             }
         }
@@ -408,17 +438,19 @@ impl ThreadFree {
     /// have un-parked the page meanwhile).
     ///
     /// # Safety
-    /// `head`..`tail` is a list `take_parked` returned, walked to its last block.
-    pub unsafe fn give_back(&self, head: *mut Block, tail: *mut Block) {
+    /// `head`..`tail` is a list `take_parked` returned, walked to its last block, of
+    /// `count` blocks.
+    pub unsafe fn give_back(&self, head: *mut Block, tail: *mut Block, count: usize) {
         let mut word = self.0.load(Ordering::Relaxed);
         loop {
             // SAFETY: caller contract: the blocks are ours until the CAS publishes them.
-            unsafe { Block::store_next(tail, (word & !STATE_MASK) as *mut Block) };
+            unsafe { Block::store_next(tail, (word & LIST_MASK) as *mut Block) };
+            let total = (word & COUNT_MASK).wrapping_add(count << COUNT_SHIFT);
             // Release publishes the tail's link (and orders our reads of the blocks)
             // before the owner's Acquire `take_all`.
             match self.0.compare_exchange_weak(
                 word,
-                head as usize | (word & STATE_MASK),
+                head as usize | (word & STATE_MASK) | total,
                 Ordering::Release,
                 Ordering::Relaxed,
             ) {
@@ -863,7 +895,7 @@ impl Page {
             if count == carved {
                 return true;
             }
-            remote.give_back(head, tail);
+            remote.give_back(head, tail, count);
             false
         }
     }
@@ -938,29 +970,26 @@ impl Page {
         true
     }
 
-    /// Moves `local_free` and `thread_free` into `free`; returns true if `free` is
-    /// non-empty afterwards.
+    /// Makes the blocks other threads freed and, when `free` is empty, the owner's
+    /// `local_free` ready for the fast path; returns true if `free` is non-empty
+    /// afterwards. Touches no block: the remote list comes with its length
+    /// (`take_all_counted`) and goes whole onto `free` (or `local_free`), and
+    /// `local_free` becomes `free` only once `free` is empty (mimalloc's order), so a
+    /// collect walks no list of blocks another CPU wrote last. `local_free` may hold
+    /// blocks afterwards (`merge_local` moves them when every free block must be on
+    /// `free`). Only when both owner lists hold blocks is the remote list walked, to
+    /// link its tail.
     pub fn collect(&mut self) -> bool {
-        let mut list = self.thread_free.take_all();
+        let (list, count) = self.thread_free.take_all_counted();
         if !list.is_null() {
-            let mut count = 0u32;
-            while !list.is_null() {
-                // SAFETY: blocks on the list are free blocks of this page.
-                let next = unsafe { Block::load_next(list) };
-                // SAFETY: as above.
-                unsafe { Block::store_next(list, self.free) };
-                self.free = list;
-                list = next;
-                count += 1;
-            }
             self.used -= count;
-        }
-        if !self.local_free.is_null() {
             if self.free.is_null() {
-                self.free = self.local_free;
+                self.free = list;
+            } else if self.local_free.is_null() {
+                self.local_free = list;
             } else {
-                let mut tail = self.local_free;
-                // SAFETY: local_free holds free blocks of this page.
+                let mut tail = list;
+                // SAFETY: blocks on the list are free blocks of this page.
                 unsafe {
                     loop {
                         let next = Block::load_next(tail);
@@ -969,16 +998,52 @@ impl Page {
                         }
                         tail = next;
                     }
-                    Block::store_next(tail, self.free);
+                    Block::store_next(tail, self.local_free);
                 }
-                self.free = self.local_free;
-                // Both lists now share the local blocks, until the next store.
-                #[cfg(all(test, not(loom)))]
-                super::test_hooks::pause_point();
+                self.local_free = list;
             }
+        }
+        if self.free.is_null() {
+            self.free = self.local_free;
             self.local_free = ptr::null_mut();
         }
         !self.free.is_null()
+    }
+
+    /// `collect`, then every free block onto `free` (`local_free` appended by a walk):
+    /// for the heap profiler, which counts and cuts `free`, and for a trim.
+    pub fn collect_all(&mut self) -> bool {
+        self.collect();
+        self.merge_local();
+        !self.free.is_null()
+    }
+
+    /// Appends `local_free` to `free` (walks `local_free` to its tail).
+    fn merge_local(&mut self) {
+        if self.local_free.is_null() {
+            return;
+        }
+        if self.free.is_null() {
+            self.free = self.local_free;
+        } else {
+            let mut tail = self.local_free;
+            // SAFETY: local_free holds free blocks of this page.
+            unsafe {
+                loop {
+                    let next = Block::load_next(tail);
+                    if next.is_null() {
+                        break;
+                    }
+                    tail = next;
+                }
+                Block::store_next(tail, self.free);
+            }
+            self.free = self.local_free;
+            // Both lists now share the local blocks, until the next store.
+            #[cfg(all(test, not(loom)))]
+            super::test_hooks::pause_point();
+        }
+        self.local_free = ptr::null_mut();
     }
 }
 
@@ -1047,9 +1112,12 @@ mod tests {
             !unsafe { page.thread_free.push(a) },
             "not parked: no hand-off"
         );
+        let rest = page.free;
         assert!(page.collect());
         assert_eq!(page.used, 0);
-        assert_eq!(page.free, a);
+        // `free` still held the extension's other blocks: the remote list goes whole
+        // onto the empty `local_free`, no block is walked.
+        assert_eq!((page.free, page.local_free), (rest, a));
         assert_eq!(page.thread_free.state(), HandOff::Active);
     }
 
@@ -1114,6 +1182,65 @@ mod tests {
         page.mark_sampled();
         page.init(0, 16, 1, start, start + 512);
         assert!(!unsafe { Page::is_marked(p) } && page.sampled.load(Ordering::Relaxed) == 0);
+    }
+
+    /// `collect` takes the remote list with its count (no walk) and keeps every block:
+    /// onto `free` when it is empty, onto `local_free` when only `free` holds blocks,
+    /// and linked in front of `local_free` when both do; `collect_all` leaves every
+    /// free block on `free`.
+    #[test]
+    fn collect_keeps_every_block_whichever_lists_hold_blocks() {
+        let mut memory = vec![0u64; 64 * 2];
+        let start = memory.as_mut_ptr() as usize;
+        let block = |i: usize| (start + 16 * i) as *mut Block;
+        let len = |mut b: *mut Block| {
+            let mut n = 0;
+            while !b.is_null() {
+                n += 1;
+                // SAFETY: a list of blocks of the page.
+                b = unsafe { Block::load_next(b) };
+            }
+            n
+        };
+        for case in 0..3 {
+            let mut page = Page::empty();
+            page.init(0, 16, 1, start, start + 1024);
+            assert!(page.extend());
+            // Take all 64 carved blocks, then give some back on each list.
+            page.free = ptr::null_mut();
+            page.used = 64;
+            let mut owner_lists = 0;
+            if case >= 1 {
+                // SAFETY (all list edits): blocks of the page, each on one list.
+                unsafe { Block::store_next(block(0), ptr::null_mut()) };
+                page.free = block(0);
+                owner_lists += 1;
+            }
+            if case >= 2 {
+                unsafe {
+                    Block::store_next(block(1), ptr::null_mut());
+                    Block::store_next(block(2), block(1));
+                }
+                page.local_free = block(2);
+                owner_lists += 2;
+            }
+            page.used -= owner_lists;
+            for i in 10..15 {
+                // SAFETY: blocks of the page, freed once.
+                assert!(!unsafe { page.thread_free.push(block(i)) });
+            }
+            assert!(page.collect());
+            assert_eq!(page.used, 64 - owner_lists - 5, "case {case}");
+            assert_eq!(
+                len(page.free) + len(page.local_free),
+                owner_lists as usize + 5,
+                "case {case}"
+            );
+            assert_eq!(page.thread_free.take_all_counted(), (ptr::null_mut(), 0));
+            assert!(page.collect_all());
+            assert!(page.local_free.is_null());
+            assert_eq!(len(page.free), owner_lists as usize + 5, "case {case}");
+        }
     }
 
     #[test]

@@ -52,7 +52,9 @@ unsafe fn pop(heap: &Heap, page: *mut Page) -> *mut u8 {
     // SAFETY: caller guarantees `page` is ours and its free list is non-empty.
     unsafe {
         let block = (*page).free;
-        (*page).free = super::next_checked(page, block);
+        let next = super::next_checked(page, block);
+        super::prefetch_for_write(next);
+        (*page).free = next;
         (*page).used += 1;
         (*block).cookie = 0;
         super::bump(&heap.counts.allocs[(*page).class as usize]);
@@ -132,6 +134,9 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
 unsafe fn charge_refill(page: *mut Page) -> bool {
     // SAFETY: caller contract.
     unsafe {
+        // Every free block on `free`, where the count and the cut expect them
+        // (`collect` may leave some on `local_free`).
+        (*page).collect_all();
         // A page whose sampled blocks other threads freed is still marked (they leave
         // that to its owner): a refill is the owner's chance to clear it, if its own
         // frees into the page did not. Here, not in every refill: with the profiler off
@@ -411,7 +416,7 @@ pub(super) unsafe fn trim(heap: &mut Heap) {
                 // A profiler cut's blocks come back to `free`; the next owner samples by
                 // its own count.
                 (*page).sample_next = false;
-                (*page).collect();
+                (*page).collect_all();
                 if (*page).used == 0 && !(*page).is_pending() {
                     queue_remove(heap, page);
                     let seg = Segment::of(page as usize);

@@ -10,7 +10,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 /// Where a thread can be stopped.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Site {
-    /// `Page::collect`, after `free = local_free` and before `local_free = null`.
+    /// `Page::merge_local` (from `collect_all`), after `free = local_free` and before
+    /// `local_free = null`.
     Collect = 1,
     /// `slow::trim`, holding the heap's segments lock (before releasing segments).
     TrimLocked = 2,
