@@ -215,7 +215,10 @@ const _: () = assert!(super::size_class::MIN_BLOCK > STATE_MASK);
 /// written by another CPU: a walk is a chain of cache misses, a quarter of sh8bench's
 /// time). Blocks lie in the 47-bit user space (`space` asserts it), so the bits from
 /// `COUNT_SHIFT` up are free; a list holds at most one page's blocks (4,096), far below
-/// 2^16 (a count past that, possible only with racing double frees, wraps modulo 2^16).
+/// 2^16. Two threads freeing one block at the same moment (a program's double free that
+/// both cookie checks pass) push it twice: the count then says one block more than the
+/// page's free blocks (its `used` one too low) and the block may link to itself, where
+/// the old walk looped forever; neither is detected (review15b #2).
 const COUNT_SHIFT: u32 = 48;
 const COUNT_ONE: usize = 1 << COUNT_SHIFT;
 const COUNT_MASK: usize = !(COUNT_ONE - 1);
@@ -912,8 +915,8 @@ impl Page {
     }
 
     /// Owner, for the heap profiler: keeps the first `keep` blocks of `free` (fewer than
-    /// it holds) and moves the rest to `local_free`, which must be empty (as `collect`
-    /// leaves it), then sets `sample_next`. The fast path pops the kept blocks; the
+    /// it holds) and moves the rest to `local_free`, which must be empty (as
+    /// `collect_all` leaves it), then sets `sample_next`. The fast path pops the kept blocks; the
     /// allocation after them finds `free` empty and reaches the slow path, which samples
     /// it and `collect`s the rest back. Walks `keep` links: the profiler cuts once per
     /// sample point, never on the fast path.

@@ -127,8 +127,8 @@ pub unsafe fn alloc_slow(heap: *mut Heap, class: usize) -> *mut u8 {
 /// comes back here (`sample_point`). True if that is the allocation being served now.
 ///
 /// # Safety
-/// `page` is the current page of this thread's heap, its free list non-empty and its
-/// `local_free` empty.
+/// `page` is the current page of this thread's heap, with free blocks on `free` or
+/// `local_free` (it merges them onto `free` itself: `Page::collect_all`).
 #[cold]
 #[inline(never)]
 unsafe fn charge_refill(page: *mut Page) -> bool {
