@@ -12,6 +12,10 @@
 //! written) as soon as it is empty and not `Pending`, and every touch of the page by a
 //! freer after its push must be ordered before that; its must-fail twin reads the page
 //! after every push, as the old code did, and loom reports the causality violation.
+//! `collect_beside_*` run `Page::collect` while the owner's `free` (and `local_free`)
+//! hold blocks and two threads free remotely, the cases the hand-off model never
+//! reaches (it collects only once `free` is empty): no block lost or linked twice,
+//! `used` exact.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p rangealloc-core --release --lib loom`.
 
@@ -36,9 +40,10 @@ fn builder() -> loom::model::Builder {
     b
 }
 
-/// The page's blocks: real memory, 16-byte aligned like every block.
+/// The page's blocks: real memory, 16-byte aligned like every block (room for the
+/// largest model's page; each model carves only its own blocks).
 #[repr(C, align(16))]
-struct Memory([u8; BLOCK * BLOCKS]);
+struct Memory([u8; BLOCK * COLLECT_BLOCKS]);
 
 /// A page and the owner's pending stack, shared with the freers by address (the freers
 /// touch only the atomics, through the same raw-pointer paths as `free_small`).
@@ -63,7 +68,7 @@ impl Drop for Shared {
 
 /// A page of `BLOCKS` blocks, all allocated by the owner (`used == BLOCKS`), parked full.
 fn fresh() -> (Arc<Shared>, [*mut Block; BLOCKS]) {
-    let memory = Box::new(Memory([0; BLOCK * BLOCKS]));
+    let memory = Box::new(Memory([0; BLOCK * COLLECT_BLOCKS]));
     let start = memory.0.as_ptr() as usize;
     let page = Box::into_raw(Box::new(Page::empty()));
     // SAFETY: a fresh descriptor over our own memory; no other thread sees it yet.
@@ -331,7 +336,7 @@ unsafe impl Sync for Retirable {}
 /// to a freer, the owner keeps the other. The owner frees its block locally, collects,
 /// and retires the page as `retire_if_spare` would once it is empty and not `Pending`.
 fn run_retire(after_push: AfterPush, tally: &StdCounter) {
-    let memory = Box::new(Memory([0; BLOCK * BLOCKS]));
+    let memory = Box::new(Memory([0; BLOCK * COLLECT_BLOCKS]));
     let start = memory.0.as_ptr() as usize;
     let page = Box::into_raw(Box::new(Page::empty()));
     // SAFETY: a fresh descriptor over our own memory; no other thread sees it yet.
@@ -406,4 +411,178 @@ fn loom_no_touch_after_publish() {
 fn loom_broken_freer_touches_a_page_after_publishing() {
     static RETIRES: StdCounter = StdCounter::new(0);
     builder().check(|| run_retire(AfterPush::TouchAlways, &RETIRES));
+}
+
+// ------------------------------------- collect with blocks on the owner's lists (review15b)
+
+/// What the owner's lists hold when it collects in `run_collect`.
+#[derive(Clone, Copy)]
+enum OwnerLists {
+    /// `free` only: a remote list goes whole onto the empty `local_free`.
+    Free,
+    /// `free` and `local_free`: a remote list is walked to its tail and linked in front
+    /// of `local_free`.
+    FreeAndLocal,
+}
+
+/// Paths `run_collect` took, summed over a model's executions.
+struct CollectTally {
+    executions: StdCounter,
+    /// A first collect that took one remote block, and one that took both.
+    took_one: StdCounter,
+    took_two: StdCounter,
+}
+
+impl CollectTally {
+    const fn new() -> Self {
+        CollectTally {
+            executions: StdCounter::new(0),
+            took_one: StdCounter::new(0),
+            took_two: StdCounter::new(0),
+        }
+    }
+}
+
+/// Blocks in `run_collect`'s page: two for the freers, one the owner frees locally, and
+/// two left on `free`.
+const COLLECT_BLOCKS: usize = 5;
+
+/// `Page::collect` with a non-empty `free` (the page-hand-off model above only collects
+/// once `free` is empty). The owner carves a page of five blocks, allocates three (`a`,
+/// `b`, `c`), leaving two on `free`; two threads free `a` and `b` remotely; the owner
+/// (with `FreeAndLocal`) frees `c` locally, then collects while the freers run, takes one
+/// block off `free` and gives it back locally, and collects again once they are done.
+/// Checked in every execution: `used` counts exactly the blocks the owner holds, and
+/// draining the page (pop, collect, pop) yields every block exactly once.
+fn run_collect(lists: OwnerLists, tally: &'static CollectTally) {
+    let memory = Box::new(Memory([0; BLOCK * COLLECT_BLOCKS]));
+    let start = memory.0.as_ptr() as usize;
+    let page = Box::into_raw(Box::new(Page::empty()));
+    // SAFETY: a fresh descriptor over our own memory; no other thread sees it yet.
+    let (a, b, c) = unsafe {
+        (*page).init(0, BLOCK, 1, start, start + BLOCK * COLLECT_BLOCKS);
+        assert!((*page).extend());
+        (pop(page).unwrap(), pop(page).unwrap(), pop(page).unwrap())
+    };
+    let shared = Arc::new(Shared {
+        page,
+        pending: PendingPages::new(),
+        _memory: memory,
+    });
+    let freers: Vec<_> = [a, b]
+        .into_iter()
+        .map(|block| {
+            let shared = shared.clone();
+            let block = block as usize;
+            thread::spawn(move || {
+                // SAFETY: a block of the page this thread frees once; the page stays live
+                // (the block counts in `used` until the owner collects it). Nothing of
+                // the page is touched after the push: the page is `Active`, no hand-off.
+                let won = unsafe { (*shared.page).thread_free.push(block as *mut Block) };
+                assert!(!won, "an active page is never handed off");
+            })
+        })
+        .collect();
+    let mut held = vec![];
+    // SAFETY: this thread owns the page; the freers touch only its remote-free word.
+    unsafe {
+        if matches!(lists, OwnerLists::FreeAndLocal) {
+            Block::store_next(c, (*page).local_free);
+            (*page).local_free = c;
+            (*page).used -= 1;
+        } else {
+            held.push(c);
+        }
+        let used_before = (*page).used;
+        assert!(
+            !(*page).free.is_null(),
+            "the model collects with blocks on free"
+        );
+        // A scheduling point before the collect, as in `run_retire`: loom's reduction
+        // does not otherwise run a freer's whole free before the owner's first atomic.
+        loom::thread::yield_now();
+        assert!((*page).collect(), "free stays non-empty");
+        match used_before - (*page).used {
+            0 => {}
+            1 => {
+                tally.took_one.fetch_add(1, Relaxed);
+            }
+            2 => {
+                tally.took_two.fetch_add(1, Relaxed);
+            }
+            n => panic!("collect counted {n} remote blocks of two"),
+        }
+        // Work on the lists between collects, as the fast path does.
+        let d = pop(page).expect("free was non-empty");
+        Block::store_next(d, (*page).local_free);
+        (*page).local_free = d;
+        (*page).used -= 1;
+    }
+    for f in freers {
+        f.join().unwrap();
+    }
+    // SAFETY: every freer is joined; this thread owns the page.
+    unsafe {
+        (*page).collect();
+        assert_eq!((*page).used as usize, held.len(), "used miscounted");
+        let mut seen = held.clone();
+        loop {
+            while let Some(block) = pop(page) {
+                seen.push(block);
+                // A list that links back to itself would pop forever.
+                assert!(
+                    seen.len() <= COLLECT_BLOCKS,
+                    "a block was lost or duplicated"
+                );
+            }
+            if !(*page).collect() {
+                break;
+            }
+        }
+        assert!((*page).local_free.is_null() && (*page).thread_free.take_all().is_null());
+        assert_eq!(
+            (*page).used as usize,
+            seen.len(),
+            "used miscounted after draining"
+        );
+        seen.sort();
+        let all: Vec<_> = (0..COLLECT_BLOCKS)
+            .map(|i| (start + i * BLOCK) as *mut Block)
+            .collect();
+        assert_eq!(seen, all, "a block was lost or duplicated");
+    }
+    tally.executions.fetch_add(1, Relaxed);
+}
+
+fn check_collect(lists: OwnerLists) {
+    static FREE: CollectTally = CollectTally::new();
+    static FREE_AND_LOCAL: CollectTally = CollectTally::new();
+    let tally = match lists {
+        OwnerLists::Free => &FREE,
+        OwnerLists::FreeAndLocal => &FREE_AND_LOCAL,
+    };
+    builder().check(move || run_collect(lists, tally));
+    // Non-vacuity: the first collect met one and two remote blocks.
+    assert!(
+        tally.took_one.load(Relaxed) > 0,
+        "no collect took one block"
+    );
+    assert!(
+        tally.took_two.load(Relaxed) > 0,
+        "no collect took both blocks"
+    );
+    assert!(tally.executions.load(Relaxed) > 10);
+}
+
+/// A remote list collected while `free` holds blocks goes whole onto `local_free`.
+#[test]
+fn loom_collect_beside_free_blocks() {
+    check_collect(OwnerLists::Free);
+}
+
+/// A remote list collected while `free` and `local_free` hold blocks is linked in front
+/// of `local_free` (the one walk `collect` makes).
+#[test]
+fn loom_collect_beside_free_and_local_blocks() {
+    check_collect(OwnerLists::FreeAndLocal);
 }
