@@ -49,7 +49,11 @@ pub const MAX_ARENAS: usize = crate::options::MAX_ARENAS;
 const _: () = assert!(MAX_ARENAS <= u64::BITS as usize);
 
 /// Arenas per CPU by default, as jemalloc's `narenas` (4 x CPUs): threads outnumber CPUs
-/// in the programs that contend, and an arena costs nothing until a thread uses it.
+/// in the programs that contend, and a writer preempted while it holds its arena's mutex
+/// stalls only that arena's threads. An arena in use keeps its own dirty space, so fewer
+/// arenas pool more of it: measured in session 16 (BENCHMARKS.md, "the arena count"),
+/// 2 arenas on 2 CPUs cut mstress/8's time 23% and peak 18%, but raised `medium`/16's
+/// writer waits from 2 to 104 and `region`/8's peak by a third.
 pub const ARENAS_PER_CPU: usize = 4;
 
 /// A set of arenas. The process has one (`ARENAS`); tests build their own.
