@@ -5,13 +5,16 @@
 //! `realloc` (while it stays below `large::HUGE_OBJECT_MIN`: bigger objects are big
 //! ones, whose moves in huge-page space `mremap` by design, issue 14). Warmed up, a
 //! measured phase counts the process-wide locks taken on the large-object path
-//! (`stats::REGION_PATH_PROCESS_LOCKS`: the metadata lock, `mmap_lock` writers): zero,
-//! moves included, with the `sparse_moves` option: a medium object that cannot grow in
-//! place is then copied sparsely (`os::pagemap`: only its pages that hold bytes, no
-//! `mmap_lock` writer); by default, and until session 14, it moves its pages with
-//! `mremap`, one writer each (the measured phase took 441-497, 992-1,189 now). On a kernel without `PAGEMAP_SCAN` (before 6.7) moves
-//! still `mremap`, and the test says so and counts them apart. (A file of its own: the
-//! counters are process-wide, and `process_locks.rs` counts its own phase.)
+//! (`stats::REGION_PATH_PROCESS_LOCKS`: the metadata lock, `mmap_lock` writers). With
+//! the `sparse_moves` option a medium object that cannot grow in place is copied
+//! sparsely (`os::pagemap`: only its pages that hold bytes, no `mmap_lock` writer), so
+//! the only ones are the rare dense source's `mremap` (more than `SPARSE_MAX_PAGES`
+//! pages hold bytes, often earlier owners' lines in reused space): at most one move in
+//! 50 is asserted, 0-4 of ~500 seen. By default, and until session 14, every such move
+//! takes its pages with `mremap`, one writer each (992-1,189 in the phase). On a kernel
+//! without `PAGEMAP_SCAN` (before 6.7) moves still `mremap`, and the test says so and
+//! counts them apart. (A file of its own: the counters are process-wide, and
+//! `process_locks.rs` counts its own phase.)
 
 use rangealloc::engine::large::HUGE_OBJECT_MIN;
 use rangealloc::engine::os::pagemap;
@@ -123,9 +126,10 @@ fn phase(ring: &mut [(usize, usize)], seed: &mut u64, outbox: &Inbox) {
     }
 }
 
-/// With `sparse_moves=1` (the program's option string): zero process-wide locks in the
-/// measured phase, moves included. By default (the environment turns the option off):
-/// none but the moves' `mremap`s, one `mmap_lock` writer each by design. Each setting
+/// With `sparse_moves=1` (the program's option string): no process-wide lock in the
+/// measured phase but the rare dense source's `mremap` (at most one move in 50). By
+/// default (the environment turns the option off): none but the moves' `mremap`s, one
+/// `mmap_lock` writer each by design. Each setting
 /// in a child process of its own (the counters are process-wide).
 #[test]
 fn steady_state_medium_churn_takes_no_process_wide_lock() {
@@ -210,10 +214,19 @@ fn churn_and_count(sparse_moves: bool) {
         return;
     }
     assert!(sparse > 0, "no move was a sparse copy");
+    // A source with more than `SPARSE_MAX_PAGES` pages holding bytes (an object placed
+    // in reused dirty space keeps earlier owners' lines) is dense and moves its pages
+    // with `mremap` by design: 0-4 of ~500 moves a phase (session 16: 2 failing runs
+    // in 20 asserted none, each a dense source).
+    let ours = locks - remaps;
     assert_eq!(
-        locks,
+        ours,
         0,
-        "{locks} process-wide locks in the medium churn's steady state ({})",
+        "{ours} process-wide locks besides dense objects' mremap ({})",
         calls.join(", ")
+    );
+    assert!(
+        remaps * 50 <= sparse,
+        "{remaps} mremaps against {sparse} sparse copies: dense sources are not rare"
     );
 }
