@@ -9,15 +9,32 @@
 use rangealloc::SyscallCounts;
 
 /// One allocator: the name used in reports, the worker binary that links it, and the
-/// shared library preloaded into that worker, for allocators with no Rust binding.
+/// shared library preloaded into that worker, for allocators with no Rust binding (and
+/// for rangealloc's own C library, whose path `malloc` every C program meets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allocator {
     pub name: &'static str,
     pub worker_bin: &'static str,
-    /// Where the library may be installed (first existing path wins). A preloaded
-    /// `malloc` replaces glibc's, so the system worker (`std::alloc::System`) runs it.
-    pub preload: &'static [&'static str],
+    /// The shared library preloaded into the worker, if any. A preloaded `malloc`
+    /// replaces glibc's, so the system worker (`std::alloc::System`) runs it.
+    pub preload: Preload,
 }
+
+/// Which shared library, if any, a worker runs with in its `LD_PRELOAD`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preload {
+    /// None: the worker links the allocator.
+    None,
+    /// A library installed by a system package: the first of these paths that exists.
+    Installed(&'static [&'static str]),
+    /// This workspace's `librangealloc.so` (crate `rangealloc-ffi`), next to the
+    /// workers: the C path (`malloc`, `free`, thread-local fast path through the
+    /// preloaded library) that C and C++ programs take, which the Rust worker does not.
+    Ours,
+}
+
+/// The file name of rangealloc's C library (`ffi/`), built next to the workers.
+pub const OUR_LIBRARY: &str = "librangealloc.so";
 
 /// Debian's `libtcmalloc-minimal4` (gperftools' tcmalloc without the profiler), in the
 /// multiarch directories of the two supported targets.
@@ -27,31 +44,36 @@ const TCMALLOC_PATHS: &[&str] = &[
 ];
 
 /// Every allocator, in the order runs interleave and reports list them.
-pub const ALL: [Allocator; 5] = [
+pub const ALL: [Allocator; 6] = [
     Allocator {
         name: "rangealloc",
         worker_bin: "bench-worker-rangealloc",
-        preload: &[],
+        preload: Preload::None,
+    },
+    Allocator {
+        name: "rangealloc-c",
+        worker_bin: "bench-worker-system",
+        preload: Preload::Ours,
     },
     Allocator {
         name: "jemalloc",
         worker_bin: "bench-worker-jemalloc",
-        preload: &[],
+        preload: Preload::None,
     },
     Allocator {
         name: "mimalloc",
         worker_bin: "bench-worker-mimalloc",
-        preload: &[],
+        preload: Preload::None,
     },
     Allocator {
         name: "system",
         worker_bin: "bench-worker-system",
-        preload: &[],
+        preload: Preload::None,
     },
     Allocator {
         name: "tcmalloc",
         worker_bin: "bench-worker-system",
-        preload: TCMALLOC_PATHS,
+        preload: Preload::Installed(TCMALLOC_PATHS),
     },
 ];
 
@@ -59,27 +81,50 @@ impl Allocator {
     /// The library to preload: `Ok(None)` for a linked allocator, an error naming the
     /// package when a preloaded one is not installed.
     pub fn preload_path(&self) -> Result<Option<&'static str>, String> {
-        if self.preload.is_empty() {
-            return Ok(None);
+        match self.preload {
+            Preload::None => Ok(None),
+            Preload::Installed(paths) => paths
+                .iter()
+                .copied()
+                .find(|p| std::path::Path::new(p).is_file())
+                .map(Some)
+                .ok_or_else(|| {
+                    format!(
+                        "{} is not installed (looked for {}; Debian: apt-get install libtcmalloc-minimal4)",
+                        self.name,
+                        paths.join(", ")
+                    )
+                }),
+            Preload::Ours => our_library().map(Some),
         }
-        self.preload
-            .iter()
-            .copied()
-            .find(|p| std::path::Path::new(p).is_file())
-            .map(Some)
-            .ok_or_else(|| {
-                format!(
-                    "{} is not installed (looked for {}; Debian: apt-get install libtcmalloc-minimal4)",
-                    self.name,
-                    self.preload.join(", ")
-                )
-            })
     }
 
     /// Whether this allocator can run here (its library, if any, is installed).
     pub fn available(&self) -> bool {
         self.preload_path().is_ok()
     }
+}
+
+/// rangealloc's C library next to the running executable (the runner and the workers
+/// share `target/<profile>/`), as a `'static` path: looked up once, then kept.
+fn our_library() -> Result<&'static str, String> {
+    static PATH: std::sync::OnceLock<Result<&'static str, String>> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+        let path = exe
+            .parent()
+            .ok_or("executable has no directory")?
+            .join(OUR_LIBRARY);
+        if !path.is_file() {
+            return Err(format!(
+                "rangealloc-c: {} is missing; build it with `cargo build --release -p rangealloc-ffi`",
+                path.display()
+            ));
+        }
+        let path = path.to_str().ok_or("library path is not UTF-8")?.to_owned();
+        Ok(&*Box::leak(path.into_boxed_str()))
+    })
+    .clone()
 }
 
 /// The allocator that ratios are taken against: the best-known general-purpose
@@ -236,7 +281,7 @@ impl Probe for System {
 pub const WITH_OPTIONS: Allocator = Allocator {
     name: "ra+options",
     worker_bin: "bench-worker-rangealloc",
-    preload: &[],
+    preload: Preload::None,
 };
 
 /// The environment variable rangealloc reads its options from.

@@ -10,7 +10,7 @@ use crate::allocators::{BASELINE, UNDER_TEST};
 const COLUMNS: [(&str, usize); 15] = [
     ("workload", 14),
     ("thr", 3),
-    ("allocator", 10),
+    ("allocator", 12),
     ("median ms", 10),
     ("min ms", 9),
     ("max ms", 9),
@@ -86,8 +86,8 @@ pub fn render(results: &Results) -> String {
     .unwrap();
     for allocator in &results.meta.allocators {
         match results.geomean_ratio(allocator) {
-            Some((g, n)) => writeln!(out, "  {allocator:>10}  {g:.3}x  over {n} rows").unwrap(),
-            None => writeln!(out, "  {allocator:>10}  -").unwrap(),
+            Some((g, n)) => writeln!(out, "  {allocator:>12}  {g:.3}x  over {n} rows").unwrap(),
+            None => writeln!(out, "  {allocator:>12}  -").unwrap(),
         }
     }
     writeln!(

@@ -11,13 +11,15 @@ usage: cargo run --release -p rangealloc-bench -- [OPTIONS]
        cargo run --release -p rangealloc-bench -- markdown|report [--in FILE]
        cargo run --release -p rangealloc-bench -- list
 
-Runs every workload against rangealloc, jemalloc, mimalloc, the system allocator and
-tcmalloc (preloaded into the system worker, when libtcmalloc-minimal4 is installed),
-interleaved, and writes a table (stdout), results.json and SVG charts.
+Runs every workload against rangealloc (its Rust global allocator, and as rangealloc-c
+its C library preloaded into the system worker: the path C programs take), jemalloc,
+mimalloc, the system allocator and tcmalloc (preloaded into the system worker, when
+libtcmalloc-minimal4 is installed), interleaved, and writes a table (stdout),
+results.json and SVG charts.
 
 options:
   --quick              small inputs, 3 repetitions, threads 2,8 (and medium at 16)
-                       (default; < 3 min on 2 cores)
+                       (default; about 3 min on 2 cores)
   --full               larger inputs, 7 repetitions, threads 1,2,4,8
   --threads LIST       thread counts, e.g. 1,2,4,8
   --filter LIST        only workloads whose name contains one of these (comma-separated)

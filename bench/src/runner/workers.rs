@@ -29,8 +29,9 @@ pub fn bin_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| "executable has no directory".into())
 }
 
-/// Builds every binary of this package with the runner's profile and target directory,
-/// when started by cargo (which sets `CARGO`).
+/// Builds every binary of this package, and rangealloc's C library (`rangealloc-c`),
+/// with the runner's profile and target directory, when started by cargo (which sets
+/// `CARGO`).
 pub fn build(dir: &Path) -> Result<(), String> {
     let Some(cargo) = std::env::var_os("CARGO") else {
         eprintln!(
@@ -51,13 +52,33 @@ pub fn build(dir: &Path) -> Result<(), String> {
     };
     let target_dir = dir.parent().ok_or("binary directory has no parent")?;
     eprintln!("building the worker binaries ({profile} profile)...");
+    cargo_build(
+        &cargo,
+        [env!("CARGO_PKG_NAME"), "--bins"],
+        profile,
+        target_dir,
+    )
+    .map_err(|e| format!("cargo build of the workers failed ({e})"))?;
+    // rangealloc's C library, preloaded into the system worker as `rangealloc-c`
+    // (`--bins` above builds no library, and it is another package's).
+    cargo_build(&cargo, ["rangealloc-ffi", "--lib"], profile, target_dir)
+        .map_err(|e| format!("cargo build of librangealloc.so failed ({e})"))
+}
+
+/// `cargo build --quiet -p PACKAGE WHAT --profile PROFILE --target-dir TARGET_DIR`.
+fn cargo_build(
+    cargo: &std::ffi::OsStr,
+    [package, what]: [&str; 2],
+    profile: &str,
+    target_dir: &Path,
+) -> Result<(), String> {
     let status = Command::new(cargo)
         .args([
             "build",
             "--quiet",
             "-p",
-            env!("CARGO_PKG_NAME"),
-            "--bins",
+            package,
+            what,
             "--profile",
             profile,
         ])
@@ -65,10 +86,11 @@ pub fn build(dir: &Path) -> Result<(), String> {
         .arg(target_dir)
         .status()
         .map_err(|e| format!("cannot run cargo build: {e}"))?;
-    if !status.success() {
-        return Err(format!("cargo build of the workers failed ({status})"));
+    if status.success() {
+        Ok(())
+    } else {
+        Err(status.to_string())
     }
-    Ok(())
 }
 
 /// The worker binary for `allocator`, checked to exist.

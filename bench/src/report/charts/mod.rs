@@ -22,6 +22,7 @@ type ChartResult = Result<(), Box<dyn Error>>;
 fn colour(allocator: &str) -> RGBColor {
     match allocator {
         "rangealloc" => RGBColor(214, 39, 40),
+        "rangealloc-c" => RGBColor(255, 127, 14),
         "jemalloc" => RGBColor(31, 119, 180),
         "mimalloc" => RGBColor(44, 160, 44),
         "system" => RGBColor(127, 127, 127),
