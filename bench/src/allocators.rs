@@ -294,3 +294,39 @@ pub fn by_name(name: &str) -> Option<Allocator> {
         .chain([WITH_OPTIONS])
         .find(|a| a.name == name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `rangealloc-c` runs the system worker with this workspace's C library from the
+    /// executable's own directory. A test binary lives in `target/<profile>/deps/`,
+    /// where no `librangealloc.so` is ever built: the lookup must fail saying which file
+    /// it wanted and how to build it (the runner then skips the row with that warning).
+    #[test]
+    fn rangealloc_c_preloads_our_library_from_beside_the_executable() {
+        let c = by_name("rangealloc-c").expect("rangealloc-c is listed");
+        assert_eq!(
+            (c.worker_bin, c.preload),
+            ("bench-worker-system", Preload::Ours)
+        );
+        let dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let wanted = dir.join(OUR_LIBRARY);
+        match c.preload_path() {
+            Ok(Some(path)) => assert_eq!(std::path::Path::new(path), wanted),
+            Ok(None) => panic!("rangealloc-c preloads nothing"),
+            Err(e) => {
+                assert!(!wanted.is_file(), "{e}");
+                assert!(e.contains(&wanted.display().to_string()), "{e}");
+                assert!(e.contains("cargo build --release -p rangealloc-ffi"), "{e}");
+            }
+        }
+        assert!(!ALL
+            .iter()
+            .any(|a| a.name != c.name && a.preload == Preload::Ours));
+    }
+}
