@@ -110,11 +110,7 @@ impl Allocator {
 fn our_library() -> Result<&'static str, String> {
     static PATH: std::sync::OnceLock<Result<&'static str, String>> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
-        let path = exe
-            .parent()
-            .ok_or("executable has no directory")?
-            .join(OUR_LIBRARY);
+        let path = crate::runner::workers::bin_dir()?.join(OUR_LIBRARY);
         if !path.is_file() {
             return Err(format!(
                 "rangealloc-c: {} is missing; build it with `cargo build --release -p rangealloc-ffi`",

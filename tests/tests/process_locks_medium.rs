@@ -204,27 +204,26 @@ fn churn_and_count(sparse_moves: bool) {
         calls.join(", ")
     );
     assert_eq!(dependency, 0, "crossbeam's allocations took {dependency}");
-    if !sparse_moves || !pagemap::scans() {
-        if sparse_moves {
-            eprintln!("no PAGEMAP_SCAN here (before Linux 6.7): moves mremap, counted apart");
-        }
-        let ours = locks - remaps;
-        assert_eq!(ours, 0, "{ours} process-wide locks besides moves' mremap");
-        assert_eq!(sparse, 0, "sparse copies with the option off");
-        return;
-    }
-    assert!(sparse > 0, "no move was a sparse copy");
-    // A source with more than `SPARSE_MAX_PAGES` pages holding bytes (an object placed
-    // in reused dirty space keeps earlier owners' lines) is dense and moves its pages
-    // with `mremap` by design: 0-4 of ~500 moves a phase (session 16: 2 failing runs
-    // in 20 asserted none, each a dense source).
+    // Every process-wide lock is a move's `mremap`: by default (or without
+    // `PAGEMAP_SCAN`) each medium move's; with sparse copies, only a dense source's
+    // (more than `SPARSE_MAX_PAGES` pages holding bytes: an object placed in reused
+    // dirty space keeps earlier owners' lines), 0-4 of ~500 moves a phase (session 16:
+    // 2 failing runs in 20 asserted none, each a dense source).
     let ours = locks - remaps;
     assert_eq!(
         ours,
         0,
-        "{ours} process-wide locks besides dense objects' mremap ({})",
+        "{ours} process-wide locks besides moves' mremap ({})",
         calls.join(", ")
     );
+    if !sparse_moves || !pagemap::scans() {
+        if sparse_moves {
+            eprintln!("no PAGEMAP_SCAN here (before Linux 6.7): moves mremap, counted apart");
+        }
+        assert_eq!(sparse, 0, "sparse copies with the option off");
+        return;
+    }
+    assert!(sparse > 0, "no move was a sparse copy");
     assert!(
         remaps * 50 <= sparse,
         "{remaps} mremaps against {sparse} sparse copies: dense sources are not rare"
