@@ -58,6 +58,10 @@ fn process_set_up() {
     os::check_page_size();
     register_fork_handlers();
     let options = options::get();
+    if options.sparse_moves {
+        // Before any object can move (`os::checkpoint`).
+        os::checkpoint::note_start();
+    }
     #[cfg(feature = "secure")]
     heap::page::hardening::init();
     if options.stats_at_exit {
@@ -193,6 +197,11 @@ pub fn fork_prepare() {
         return;
     }
     SLOT_BEFORE_FORK.with(|s| s.set(thread::get()));
+    if PROCESS.is_done() && options::get().sparse_moves {
+        // A restored parent latches before its child notes a start of its own
+        // (`os::checkpoint`); before the descriptors' wait, which bars new ones.
+        os::checkpoint::same_process();
+    }
     // Before any lock: a thread holding a `/proc` descriptor may wait for one.
     os::maps::fork_prepare();
     // Anything the locking below allocates goes to the metadata arena.
@@ -238,6 +247,11 @@ pub fn fork_child() {
     heap::fork_child();
     crate::reclaim::after_fork_in_child();
     os::maps::fork_done(true);
+    if PROCESS.is_done() && options::get().sparse_moves {
+        // The child is a task of its own (`os::checkpoint`); after `fork_done`, which
+        // frees the `/proc` descriptor slots again.
+        os::checkpoint::note_start();
+    }
 }
 
 /// Counts a parent/child handler call off; true for the outermost one.

@@ -43,9 +43,13 @@ pub struct Options {
     /// `secure`: a guard page after every large object.
     pub secure: bool,
     /// `sparse_moves`: a large object that must move and holds bytes in few pages is
-    /// copied sparsely (`large::copies_sparse_first`, no `mmap_lock` writer) instead of
-    /// moving its pages with `mremap`.
+    /// copied sparsely (`large::copies_sparse_first`, no `mmap_lock` writer), not in a
+    /// process restored from a checkpoint (`os::checkpoint`).
     pub sparse_moves: bool,
+    /// `medium_remap`: a large object below `large::HUGE_OBJECT_MIN` that must move
+    /// (and is not copied sparsely) moves its pages with `mremap` (one `mmap_lock`
+    /// writer) instead of being copied (`large::may_remap`).
+    pub medium_remap: bool,
     /// `stats`: print the statistics report on stderr at exit.
     pub stats_at_exit: bool,
     /// `verbose`: report allocations that fail for lack of memory.
@@ -141,13 +145,20 @@ pub const DEFAULTS: Options = Options {
     purge_batch: true,
     background_purge: false,
     secure: false,
-    // Off (review14b): a sparse copy skips the source's absent pages as zero, which
-    // they are not where a userfaultfd monitor fills them on first touch and covers
-    // more than the object (CRIU's lazy restore registers whole mappings): every such
-    // page was lost. No cheap call tells a range so registered (`/proc/self/smaps`'
-    // `VmFlags` walks every mapping), and a move by `mremap` keeps such pages (the
-    // monitor follows with `UFFD_EVENT_REMAP`). BENCHMARKS.md, "Sparse copies".
-    sparse_moves: false,
+    // On since session 17. A sparse copy skips the source's absent pages as zero,
+    // which they are not where a userfaultfd monitor fills them on first touch and
+    // covers more than the object, as CRIU's lazy restore does (review14b: every such
+    // page was lost). No cheap call tells a range so registered, but a restored process
+    // is a new task with a new start time, so sparse copies stop for good once a move
+    // sees one (`os::checkpoint`). Measured with `medium_remap` off (BENCHMARKS.md,
+    // "Session 17"): the `medium` workload 20-35% faster than moving pages by `mremap`
+    // and 2.6-3x faster than copying every page.
+    sparse_moves: true,
+    // Off since session 17 (issue 16: no process-wide lock on the large path in
+    // steady state): below 4 MiB, an object that must move and is not copied sparsely
+    // is copied whole, where `mremap` takes `mmap_lock` for write. Dense sources are
+    // rare (0-4 of ~500 moves in the `medium` churn). BENCHMARKS.md, "Session 17".
+    medium_remap: false,
     stats_at_exit: false,
     verbose: false,
     dirty_budget: DEFAULT_DIRTY_BUDGET,
@@ -497,6 +508,7 @@ pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) ->
             b"background_purge" => parse_bool(value).map(|v| o.background_purge = v).is_some(),
             b"secure" => parse_bool(value).map(|v| o.secure = v).is_some(),
             b"sparse_moves" => parse_bool(value).map(|v| o.sparse_moves = v).is_some(),
+            b"medium_remap" => parse_bool(value).map(|v| o.medium_remap = v).is_some(),
             b"stats" => parse_bool(value).map(|v| o.stats_at_exit = v).is_some(),
             b"verbose" => parse_bool(value).map(|v| o.verbose = v).is_some(),
             b"dirty_budget_mb" => parse_u64(value)

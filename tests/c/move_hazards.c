@@ -9,14 +9,23 @@
  *         copy would skip the absent pages and lose every byte; registered exactly, the
  *         object is a mapping of its own and moves by mremap, with sparse_moves too.
  * lazy-wide: the same, registered one page wider on each side (as CRIU registers whole
- *         mappings): sparse_moves=1 loses it (documented), the default keeps it.
+ *         mappings) in the running process: sparse copies (the default) lose it
+ *         (documented: registering memory beyond one's own objects asks for
+ *         sparse_moves=0), whole copies and moves by mremap keep it.
+ * restored: lazy-wide in a process restored as CRIU restores one: a new task (here a
+ *         raw fork, which runs no fork handler) with the memory of the one the engine
+ *         saw start, its monitor in SIGBUS mode (one thread). The default keeps every
+ *         page: a restored process makes no sparse copy, nor do its fork children
+ *         (os::checkpoint).
  * guard:  a guard page (MADV_GUARD_INSTALL) the program put inside its buffer: a copy
  *         reading it would fault; the move must carry it.
+ * guard-dense: the same in a buffer whose every page holds bytes, the guard near its
+ *         end, past the pages a sparse copy counts: a whole copy would fault too.
  * cancel: a pending deferred pthread_cancel does not act inside realloc (malloc and
  *         realloc are not cancellation points; glibc's open and close are).
  * fork:   fork children never inherit a descriptor of ours (/proc/<pid>/pagemap or maps)
  *         while other threads move objects, with forks from three threads at once.
- * With no argument: every case but lazy (one monitor a run); else the case named. */
+ * With no argument: guard, guard-dense, cancel, fork; else the case named. */
 #define _GNU_SOURCE
 #include "check.h"
 #include "rangealloc.h"
@@ -25,6 +34,7 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -117,10 +127,130 @@ static void lazy_wide(void) {
     lazy_with(1, "lazy-wide");
 }
 
+/* ---- restored ---- */
+static unsigned char *restored_base;
+
+/* The monitor of a SIGBUS-mode registration: the faulting thread fills its own page. */
+static void fill_on_sigbus(int sig, siginfo_t *si, void *ctx) {
+    (void)sig, (void)ctx;
+    uintptr_t a = (uintptr_t)si->si_addr & ~(uintptr_t)(PG - 1);
+    uintptr_t off = a - (uintptr_t)restored_base;
+    static unsigned char zero[PG];
+    struct uffdio_copy c = {.dst = a, .src = (uintptr_t)(off < LEN ? image + off : zero),
+                            .len = PG};
+    if (ioctl(uffd, UFFDIO_COPY, &c))
+        _exit(3);
+}
+
+/* Sparse copies made by one move of an object that wrote its ends (-1: no stats). */
+static long sparse_copies_of_one_move(void) {
+    int (*get)(struct rangealloc_stats *, size_t) =
+        (int (*)(struct rangealloc_stats *, size_t))dlsym(RTLD_DEFAULT, "rangealloc_stats_get");
+    struct rangealloc_stats before, after;
+    unsigned char *p = malloc(LEN);
+    if (!get || !p || get(&before, sizeof before))
+        return -1;
+    p[0] = 1;
+    p[LEN - 1] = 2;
+    unsigned char *q = realloc(p, GROWN);
+    if (!q || q[0] != 1 || q[LEN - 1] != 2 || get(&after, sizeof after))
+        return -1;
+    free(q);
+    return (long)(after.reallocs_sparse - before.reallocs_sparse);
+}
+
+/* The child's part: 0 when every page was kept and no sparse copy was made, in it or
+ * in a child it forks; 2 when the case cannot run here. */
+static int restored_child(void) {
+    unsigned char *p = malloc(LEN);
+    if (!p || !is_aligned(p, PG))
+        return 1;
+    for (size_t i = 0; i < LEN; i++)
+        p[i] = (unsigned char)(i * 5 + i / PG + 3);
+    memcpy(image, p, LEN);
+    uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | 1 /* UFFD_USER_MODE_ONLY */);
+    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_SIGBUS};
+    if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api))
+        return 2;
+    struct sigaction sa = {.sa_sigaction = fill_on_sigbus, .sa_flags = SA_SIGINFO};
+    if (sigaction(SIGBUS, &sa, NULL))
+        return 1;
+    if (madvise(p, LEN, MADV_DONTNEED)) /* the monitor holds the bytes now */
+        return 1;
+    restored_base = p;
+    struct uffdio_register r = {.range = {(uintptr_t)p - PG, LEN + 2 * PG},
+                                .mode = UFFDIO_REGISTER_MODE_MISSING};
+    if (ioctl(uffd, UFFDIO_REGISTER, &r))
+        return 2;
+    unsigned char *q = realloc(p, GROWN);
+    if (!q || q == p)
+        return 1;
+    size_t bad = 0;
+    for (size_t pg = 0; pg < LEN / PG; pg++)
+        bad += memcmp(q + pg * PG, image + pg * PG, PG) != 0;
+    if (bad) {
+        fprintf(stderr, "restored: %zu of %d pages lost\n", bad, LEN / PG);
+        return 1;
+    }
+    if (sparse_copies_of_one_move() != 0)
+        return 1;
+    usleep(50 * 1000); /* a child in a later clock tick */
+    pid_t pid = fork();
+    if (pid < 0)
+        return 1;
+    if (pid == 0)
+        _exit(sparse_copies_of_one_move() != 0);
+    int status;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status)) {
+        fprintf(stderr, "restored: a fork child made a sparse copy\n");
+        return 1;
+    }
+    return 0;
+}
+
+static void restored(void) {
+    /* Start times count in clock ticks (10 ms): the copy must start in a later one, as
+     * a restore always does (it follows a checkpoint). */
+    usleep(50 * 1000);
+    void *volatile first = malloc(LEN); /* the engine is set up here, before the copy */
+    free(first);
+    pid_t pid = (pid_t)syscall(SYS_fork); /* no fork handler runs: a task of its own */
+    CHECK(pid >= 0);
+    if (pid == 0)
+        _exit(restored_child());
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 2) {
+        printf("skip restored: no SIGBUS-mode userfaultfd here\n");
+        return;
+    }
+    CHECK(WEXITSTATUS(status) == 0);
+    printf("ok restored\n");
+}
+
 /* ---- sparse ---- */
-/* With sparse_moves=1, a move of an object that wrote its ends is a sparse copy (the
- * path the other cases exercise then), and keeps its bytes. */
+/* By default, a move of an object that wrote its ends is a sparse copy (the path the
+ * other cases exercise then), and keeps its bytes; in a fork child too (fork's
+ * handlers note the child's start: os::checkpoint). */
+static void sparse_once(void);
+
 static void sparse(void) {
+    sparse_once();
+    usleep(50 * 1000); /* a child in a later clock tick than the start (see restored) */
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        sparse_once();
+        _exit(0);
+    }
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    printf("ok sparse\n");
+}
+
+static void sparse_once(void) {
     int (*get)(struct rangealloc_stats *, size_t) =
         (int (*)(struct rangealloc_stats *, size_t))dlsym(RTLD_DEFAULT, "rangealloc_stats_get");
     CHECK(get);
@@ -137,7 +267,6 @@ static void sparse(void) {
     CHECK(after.reallocs_sparse_bytes == before.reallocs_sparse_bytes + 2 * PG);
     CHECK(after.syscalls_mremap == before.syscalls_mremap);
     free(q);
-    printf("ok sparse\n");
 }
 
 /* ---- guard ---- */
@@ -155,6 +284,22 @@ static void guard(void) {
     CHECK(q && q[0] == 1 && q[LEN - 1] == 2);
     printf("ok guard\n");
     /* q keeps its guard page: not freed, as the program would not reuse it either. */
+}
+
+/* 128 pages holding bytes, the guard at page 120: past the 64 a sparse copy counts. */
+static void guard_dense(void) {
+    const size_t len = 128 * PG;
+    unsigned char *p = malloc(len);
+    CHECK(p && is_aligned(p, PG));
+    memset(p, 7, len);
+    if (madvise(p + 120 * PG, PG, MADV_GUARD_INSTALL)) {
+        printf("skip guard-dense: no MADV_GUARD_INSTALL here (errno %d)\n", errno);
+        free(p);
+        return;
+    }
+    unsigned char *q = realloc(p, GROWN); /* faults here if the copy reads the guard */
+    CHECK(q && q[0] == 7 && q[119 * PG] == 7 && q[len - 1] == 7);
+    printf("ok guard-dense\n");
 }
 
 /* ---- cancel ---- */
@@ -272,14 +417,17 @@ int main(int argc, char **argv) {
     if (!*only || !strcmp(only, name))                                                 \
         fn();
     CASE("guard", guard)
+    CASE("guard-dense", guard_dense)
     CASE("cancel", cancel)
     CASE("fork", forks)
     if (!strcmp(only, "sparse"))
         sparse();
+    if (!strcmp(only, "restored"))
+        restored();
     /* Last: their monitor thread runs until exit (one monitor: one case a run). */
     if (!strcmp(only, "lazy"))
         lazy();
-    else if (!*only || !strcmp(only, "lazy-wide"))
+    else if (!strcmp(only, "lazy-wide"))
         lazy_wide();
     printf("ALL OK\n");
     return 0;

@@ -366,26 +366,34 @@ fn c_stats_api_and_stats_at_exit() {
 }
 
 /// Review14 of issue 16's sparse copies, under the preload (`tests/c/move_hazards.c`,
-/// base space only: `thp=never`), by default and with `sparse_moves=1`: a large
-/// object's move keeps every byte of a buffer that a userfaultfd monitor restores
-/// lazily (registered exactly; and, by default only, registered wider, as CRIU does),
-/// carries a guard page the program put in its buffer, is no cancellation point, and
-/// leaves no descriptor of ours in fork children while other threads move objects and
-/// three threads fork. With `sparse_moves=1` each case failed at 2a47913 (64 of 64
-/// pages lost; a segfault; cancelled inside `realloc`; 15 of 300 children), and the
-/// fork case at fa23890 (18-60 children, concurrent forks). A case the kernel cannot
-/// run (no userfaultfd, no guard pages) says `skip`.
+/// base space only: `thp=never`), by default (sparse copies, else whole copies), with
+/// whole copies only (`sparse_moves=0`) and with moves by `mremap` (`sparse_moves=0,
+/// medium_remap=1`, the default until session 16): a large object's move keeps every
+/// byte of a buffer that a userfaultfd monitor restores lazily (registered exactly;
+/// registered wider, as CRIU does, in a restored process, and in the running one
+/// without sparse copies), carries a guard page the program put in its buffer (also
+/// past a dense buffer's counted pages), is no cancellation point, and leaves no
+/// descriptor of ours in fork children while other threads move objects and three
+/// threads fork. With sparse copies each case failed at 2a47913 (64 of 64 pages lost;
+/// a segfault; cancelled inside `realloc`; 15 of 300 children), the fork case at
+/// fa23890 (18-60 children, concurrent forks), and `restored` and `guard-dense` before
+/// session 17 (pages lost; a segfault). A case the kernel cannot run (no userfaultfd,
+/// no guard pages) says `skip`.
 #[test]
 fn moves_keep_lazy_pages_and_guards_and_leak_no_descriptor() {
     let exe = compile("move_hazards.c", "move_hazards", Lang::C, &["-pthread"]);
-    let runs: [(&str, &[&str]); 7] = [
+    const REMAP: &str = "thp=never,sparse_moves=0,medium_remap=1";
+    const COPY: &str = "thp=never,sparse_moves=0";
+    let runs: [(&str, &[&str]); 9] = [
         ("thp=never", &[]),
         ("thp=never", &["lazy"]),
-        ("thp=never,sparse_moves=1", &["guard"]),
-        ("thp=never,sparse_moves=1", &["cancel"]),
-        ("thp=never,sparse_moves=1", &["fork"]),
-        ("thp=never,sparse_moves=1", &["lazy"]),
-        ("thp=never,sparse_moves=1", &["sparse"]),
+        ("thp=never", &["restored"]),
+        ("thp=never", &["sparse"]),
+        (COPY, &[]),
+        (COPY, &["lazy-wide"]),
+        (REMAP, &[]),
+        (REMAP, &["lazy"]),
+        (REMAP, &["lazy-wide"]),
     ];
     for (options, args) in runs {
         let mut cmd = preloaded(&exe);
@@ -395,7 +403,7 @@ fn moves_keep_lazy_pages_and_guards_and_leak_no_descriptor() {
         out.assert_success(&what);
         assert_lines(&out.stdout, &["ALL OK"]);
         let cases: &[&str] = match args {
-            [] => &["guard", "cancel", "fork", "lazy-wide"],
+            [] => &["guard", "guard-dense", "cancel", "fork"],
             [one] => std::slice::from_ref(one),
             _ => unreachable!(),
         };

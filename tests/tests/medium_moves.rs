@@ -1,15 +1,17 @@
 //! Medium moves by `mremap` on a budget that renews (issues 14 and 16): a dense medium
 //! object (its pages written) that cannot grow in place moves its pages, however many moves came before, while
 //! the kernel mappings those moves split stay bounded, because the purges of moved-in
-//! ranges overwrite them with fresh mappings that merge back (`os::maps`). Each check
-//! runs in a child process of its own, so the counters are its own.
+//! ranges overwrite them with fresh mappings that merge back (`os::maps`). Medium moves
+//! take `mremap` with `medium_remap=1` (off by default since session 17: dense ones are
+//! copied whole). Each check runs in a child process of its own, so the counters are
+//! its own.
 
 use rangealloc::engine::os::maps;
 use rangealloc::RangeAlloc;
 use std::alloc::{alloc, dealloc, realloc, Layout};
 
 #[global_allocator]
-static A: RangeAlloc = RangeAlloc;
+static A: RangeAlloc = RangeAlloc::with_options("medium_remap=1");
 
 const PAGE: usize = 4096;
 const MIB: usize = 1 << 20;

@@ -5,16 +5,18 @@
 //! `realloc` (while it stays below `large::HUGE_OBJECT_MIN`: bigger objects are big
 //! ones, whose moves in huge-page space `mremap` by design, issue 14). Warmed up, a
 //! measured phase counts the process-wide locks taken on the large-object path
-//! (`stats::REGION_PATH_PROCESS_LOCKS`: the metadata lock, `mmap_lock` writers). With
-//! the `sparse_moves` option a medium object that cannot grow in place is copied
-//! sparsely (`os::pagemap`: only its pages that hold bytes, no `mmap_lock` writer), so
-//! the only ones are the rare dense source's `mremap` (more than `SPARSE_MAX_PAGES`
-//! pages hold bytes, often earlier owners' lines in reused space): at most one move in
-//! 50 is asserted, 0-4 of ~500 seen. By default, and until session 14, every such move
-//! takes its pages with `mremap`, one writer each (992-1,189 in the phase). On a kernel
-//! without `PAGEMAP_SCAN` (before 6.7) moves still `mremap`, and the test says so and
-//! counts them apart. (A file of its own: the counters are process-wide, and
-//! `process_locks.rs` counts its own phase.)
+//! (`stats::REGION_PATH_PROCESS_LOCKS`: the metadata lock, `mmap_lock` writers). By
+//! default (session 17 on) there are none: a medium object that cannot grow in place is
+//! copied sparsely (`sparse_moves`: only its pages that hold bytes, found by
+//! `os::pagemap`, no `mmap_lock` writer) or, when more than `SPARSE_MAX_PAGES` pages
+//! hold bytes (0-4 of ~500 moves, often earlier owners' lines in reused space), copied
+//! whole (`medium_remap` off). With `sparse_moves=0` every move copies whole, also
+//! without a lock. With `medium_remap=1,sparse_moves=0`, the default until session 16,
+//! each move carries its pages with `mremap`, one `mmap_lock` writer each (992-1,189
+//! in the phase): counted, and the only locks there are. On 6.13 and 6.14, whose scans
+//! cannot name guard markers, dense moves carry their pages by default too: the test
+//! says so. (A file of its own: the counters are process-wide, and `process_locks.rs`
+//! counts its own phase.)
 
 use rangealloc::engine::large::HUGE_OBJECT_MIN;
 use rangealloc::engine::os::pagemap;
@@ -24,11 +26,10 @@ use rangealloc_tests::phases::{Inbox, Phases};
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Arc;
 
-/// No timed purge pass during the test (as in `process_locks.rs`); sparse copies on
-/// (`sparse_moves`, off by default: with it off the measured phase takes 992-1,189
-/// `mremap`s, one `mmap_lock` writer each), unless the environment turns them off.
+/// No timed purge pass during the test (as in `process_locks.rs`); the move options as
+/// the environment sets them (the defaults in the first child).
 #[global_allocator]
-static A: RangeAlloc = RangeAlloc::with_options("purge_delay_ms=100000000,sparse_moves=1");
+static A: RangeAlloc = RangeAlloc::with_options("purge_delay_ms=100000000");
 
 const THREADS: usize = 4;
 const RING: usize = 32;
@@ -126,15 +127,14 @@ fn phase(ring: &mut [(usize, usize)], seed: &mut u64, outbox: &Inbox) {
     }
 }
 
-/// With `sparse_moves=1` (the program's option string): no process-wide lock in the
-/// measured phase but the rare dense source's `mremap` (at most one move in 50). By
-/// default (the environment turns the option off): none but the moves' `mremap`s, one
-/// `mmap_lock` writer each by design. Each setting
-/// in a child process of its own (the counters are process-wide).
+/// By default, and with whole copies only: no process-wide lock in the measured phase.
+/// With moves by `mremap`: none but theirs. Each setting in a child process of its own
+/// (the counters are process-wide).
 #[test]
 fn steady_state_medium_churn_takes_no_process_wide_lock() {
-    rangealloc_tests::run_child_passing("sparse", "");
-    rangealloc_tests::run_child_passing("default", "sparse_moves=0");
+    rangealloc_tests::run_child_passing("default", "");
+    rangealloc_tests::run_child_passing("copy", "sparse_moves=0");
+    rangealloc_tests::run_child_passing("remap", "sparse_moves=0,medium_remap=1");
 }
 
 #[test]
@@ -142,14 +142,21 @@ fn child_entry() {
     let Ok(mode) = std::env::var("RANGEALLOC_TEST_CHILD") else {
         return; // only meaningful when spawned by the test above
     };
-    churn_and_count(mode == "sparse");
+    churn_and_count(&mode);
     println!("PASSED {mode}");
 }
 
-fn churn_and_count(sparse_moves: bool) {
+fn churn_and_count(mode: &str) {
+    let options = rangealloc::engine::options::get();
+    let (sparse_moves, medium_remap) = match mode {
+        "default" => (true, false),
+        "copy" => (false, false),
+        "remap" => (false, true),
+        _ => panic!("unknown mode {mode}"),
+    };
     assert_eq!(
-        rangealloc::engine::options::get().sparse_moves,
-        sparse_moves
+        (options.sparse_moves, options.medium_remap),
+        (sparse_moves, medium_remap)
     );
     let phases = Arc::new(Phases::new(THREADS, PHASES, OPS));
     let workers: Vec<_> = (0..THREADS)
@@ -204,11 +211,8 @@ fn churn_and_count(sparse_moves: bool) {
         calls.join(", ")
     );
     assert_eq!(dependency, 0, "crossbeam's allocations took {dependency}");
-    // Every process-wide lock is a move's `mremap`: by default (or without
-    // `PAGEMAP_SCAN`) each medium move's; with sparse copies, only a dense source's
-    // (more than `SPARSE_MAX_PAGES` pages holding bytes: an object placed in reused
-    // dirty space keeps earlier owners' lines), 0-4 of ~500 moves a phase (session 16:
-    // 2 failing runs in 20 asserted none, each a dense source).
+    // Every process-wide lock is a move's `mremap`, and only moves by `mremap` take
+    // them.
     let ours = locks - remaps;
     assert_eq!(
         ours,
@@ -216,16 +220,26 @@ fn churn_and_count(sparse_moves: bool) {
         "{ours} process-wide locks besides moves' mremap ({})",
         calls.join(", ")
     );
-    if !sparse_moves || !pagemap::scans() {
-        if sparse_moves {
-            eprintln!("no PAGEMAP_SCAN here (before Linux 6.7): moves mremap, counted apart");
-        }
+    if medium_remap {
+        assert!(remaps > 0, "no move carried its pages with mremap");
         assert_eq!(sparse, 0, "sparse copies with the option off");
         return;
     }
-    assert!(sparse > 0, "no move was a sparse copy");
-    assert!(
-        remaps * 50 <= sparse,
-        "{remaps} mremaps against {sparse} sparse copies: dense sources are not rare"
+    if !pagemap::sees_guards() {
+        // 6.13, 6.14, or no `PAGEMAP_SCAN` answered where guard markers exist: a copy
+        // could fault on one nobody can see, so dense moves carry their pages.
+        eprintln!("guard markers the kernel cannot name here: dense moves mremap");
+        return;
+    }
+    assert_eq!(
+        remaps, 0,
+        "{remaps} moves took mmap_lock for write by mremap"
     );
+    if !sparse_moves {
+        assert_eq!(sparse, 0, "sparse copies with the option off");
+    } else if pagemap::scans() {
+        assert!(sparse > 0, "no move was a sparse copy");
+    } else {
+        eprintln!("no PAGEMAP_SCAN here (before Linux 6.7): every move copied whole");
+    }
 }

@@ -3,7 +3,8 @@
 //! `region` (placement, retire, in-place growth and shrink, page moves), `purge` (the
 //! live-bytes gauge and the purge clock), `cache`, `options`, and `os` only for its
 //! clock, the mappings gauge and query (`os::maps::may_split`,
-//! `os::maps::inside_a_larger_mapping`) and sparse copies (`os::pagemap`): every
+//! `os::maps::inside_a_larger_mapping`), sparse copies and guard markers
+//! (`os::pagemap`, `os::checkpoint`): every
 //! `mremap` is the region table's (`RegionTable::relocate`, `Arenas::move_pages`).
 //!
 //! Medium objects (up to `cache::MEDIUM_MAX`, 1 MiB) are rounded up to a medium class
@@ -14,22 +15,24 @@
 //! The table places every large object with free address space after it (see
 //! `region::table`), so `realloc` grows in place (a table update under the two
 //! regions' write locks, one bulk unlock) through doubling up to 64 MiB; otherwise it
-//! moves the object: with the `sparse_moves` option, in base space, one of
-//! `MEDIUM_REMAP_MIN` and more whose pages holding bytes are at most `SPARSE_MAX_PAGES`
-//! is copied sparsely (those pages only, no `mmap_lock` writer: `move_sparse`); others
-//! (by default, all) of `REMAP_MIN` and more move
-//! their pages with `mremap` (`RegionTable::relocate`), and so do those of
-//! `MEDIUM_REMAP_MIN` and more within a process-wide budget of moves; smaller ones are
-//! copied; all are counted (a move
-//! carries one mapping per `mremap` and may stop part-way, leaving the rest to copy;
+//! moves the object. Below `HUGE_OBJECT_MIN` (4 MiB) a move takes no process-wide lock
+//! by default: in base space, one of `MEDIUM_REMAP_MIN` and more whose pages holding
+//! bytes are at most `SPARSE_MAX_PAGES` is copied sparsely (those pages only:
+//! `move_sparse`, option `sparse_moves`, not in a process restored from a checkpoint,
+//! `os::checkpoint`), and the others are copied whole; with the `medium_remap` option,
+//! and wherever a copy would fault on a guard marker (`os::pagemap::guarded`), those
+//! of `MEDIUM_REMAP_MIN` and more move their pages with `mremap` within a process-wide
+//! budget of moves (`RegionTable::relocate`). Objects of 4 MiB and more always move
+//! their pages, in either space; all moves are counted (a move carries one mapping per
+//! `mremap` and may stop part-way, leaving the rest to copy;
 //! after a lost destination every object is copied: `region::table::move_pages_into`,
 //! `os::move_pages`). Shrinking
 //! gives the tail back as a free region. Freed objects stay dirty for reuse within
 //! `purge::dirty_budget`; a fresh object in huge-page space that takes the front of a
 //! bigger dirty hole purges the hole's rest at once (`trim_after`). No path here makes a
-//! syscall in steady state but `madvise`, a sparse copy's scans (`mmap_lock` for read
-//! only) and a dense object's `mremap` (one `mmap_lock` writer instead of a copy's
-//! faults). Objects of 4 MiB and
+//! syscall in steady state but `madvise`, a sparse copy's scans and reads of `/proc`
+//! (`mmap_lock` for read only) and a big object's `mremap` (one `mmap_lock` writer
+//! instead of a copy's faults). Objects of 4 MiB and
 //! more go to huge-page space (`HUGE_OBJECT_MIN`, `options::thp`), where their length is
 //! a whole number of huge pages; the others, like small-object segments, to the base
 //! space. An object growing into that size from base space moves there once, by a copy
@@ -62,9 +65,14 @@ pub static SPARSE_MOVED: Counter = Counter::new();
 pub static SPARSE_BYTES: Counter = Counter::new();
 
 /// Objects of at least this many bytes that cannot grow in place move their pages with
-/// `mremap` rather than being copied. Measured on the 2-core VM (`BENCHMARKS.md`, "Big
-/// objects: mremap moves"): from 256 KiB up, one `mremap` costs 7-45 us where the copy
-/// (reading the source, faulting the destination) costs 0.1-340 ms. The bound is higher
+/// `mremap` rather than being copied, with the `medium_remap` option below
+/// `HUGE_OBJECT_MIN` (by default a dense one of 2-4 MiB is copied whole there, about a
+/// millisecond, where an `mremap` takes the process-wide `mmap_lock` writer; such a
+/// move is rare: the object was placed with growth room, and past 4 MiB it moves to
+/// huge-page space by a copy anyway, `crosses_into_huge`). Measured on the 2-core VM
+/// (`BENCHMARKS.md`, "Big objects: mremap moves"): from 256 KiB up, one `mremap` costs
+/// 7-45 us where the copy (reading the source, faulting the destination) costs
+/// 0.1-340 ms (64 MiB). The bound is higher
 /// than that break-even for two reasons: each move leaves the kernel mapping split at
 /// the destination's ends (the moved pages keep their own VMA), so the number of VMAs
 /// it can create is bounded by reserved space / this size; and an object this big moves
@@ -74,7 +82,9 @@ pub const REMAP_MIN: usize = HUGE_PAGE;
 
 /// Medium and mid-size objects of at least this many bytes (below `REMAP_MIN`) are
 /// copied sparsely when few of their pages hold bytes (`copies_sparse_first`), and
-/// otherwise move with `mremap` too, while the mappings they split stay below a bound
+/// otherwise, with the `medium_remap` option (off by default since session 17, when
+/// `sparse_moves` came on: no process-wide lock) or a guard marker in them, move with
+/// `mremap` too, while the mappings they split stay below a bound
 /// (`os::maps::may_split`). A plain copy reads every source page (an untouched one
 /// faults in the zero page) and faults every destination page, where a program that
 /// wrote a header and a trailer touched two: the `medium` workload (issue 16) spent
@@ -97,11 +107,23 @@ pub const MEDIUM_REMAP_MIN: usize = 64 << 10;
 /// purges that overwrite moved-in ranges (`os::overlay`) bring the count down, and a
 /// census reads it back, so the budget renews (until session 7 it was 8,192 moves per
 /// process, after which every move copied).
-fn may_remap(from: Space, old_len: usize, to: Space) -> bool {
+///
+/// Below `HUGE_OBJECT_MIN`, where a copy would fault, whatever the budget: a guard
+/// marker in the source `addr` (`os::pagemap::guarded`, also when the kernel cannot
+/// say) or, as `carry` says, in the destination a sparse copy found. Otherwise only
+/// with the `medium_remap` option (off by default: a copy takes no process-wide lock).
+fn may_remap(from: Space, old_len: usize, to: Space, addr: usize, carry: bool) -> bool {
     if old_len < MEDIUM_REMAP_MIN || from != to {
         return false;
     }
-    old_len >= REMAP_MIN || os::maps::may_split(|a| space::kind_of(a) != SlotKind::Foreign)
+    if old_len >= HUGE_OBJECT_MIN {
+        return true;
+    }
+    if carry || os::pagemap::guarded(addr, old_len) != Some(false) {
+        return true;
+    }
+    move_options().medium_remap
+        && (old_len >= REMAP_MIN || os::maps::may_split(|a| space::kind_of(a) != SlotKind::Foreign))
 }
 
 /// Whether a large object of `old_len` bytes in space `from`, that cannot grow in place,
@@ -114,14 +136,33 @@ fn may_remap(from: Space, old_len: usize, to: Space) -> bool {
 /// in the destination, where a move's `mremap` faults none but takes the process-wide
 /// writer lock, so the copy is made only while at most `SPARSE_MAX_PAGES` pages hold
 /// bytes. Huge-page space keeps its `mremap` moves: there a page is a 2 MiB frame,
-/// and moving its page-table entry beats copying and faulting the frame. Only with the
-/// `sparse_moves` option (off by default: see `options::DEFAULTS`).
+/// and moving its page-table entry beats copying and faulting the frame. With the
+/// `sparse_moves` option (on by default), and never in a process restored from a
+/// checkpoint (`os::checkpoint::same_process`: three system calls a move).
 #[inline]
 fn copies_sparse_first(from: Space, old_len: usize, to: Space) -> bool {
     old_len >= MEDIUM_REMAP_MIN
         && from == Space::Base
         && to == Space::Base
-        && options::get().sparse_moves
+        && move_options().sparse_moves
+        && os::checkpoint::same_process()
+}
+
+/// The options that choose how an object moves (`sparse_moves`, `medium_remap`). The
+/// engine's unit tests of moves by `mremap` turn those on for their own thread
+/// (`tests::remap_medium_here`): their objects are medium ones, and the process's
+/// options are not theirs to set.
+#[inline]
+fn move_options() -> options::Options {
+    #[cfg(all(test, not(loom)))]
+    if tests::REMAP_MEDIUM.get() {
+        return options::Options {
+            sparse_moves: false,
+            medium_remap: true,
+            ..options::get()
+        };
+    }
+    options::get()
 }
 
 /// The most pages holding bytes that an object may have to be copied sparsely
@@ -368,12 +409,15 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         Some(false) => {}
         None => return move_elsewhere(p, space, old_len, new_len, align.max(PAGE_SIZE)),
     }
+    let mut carry = false;
     if copies_sparse_first(space, old_len, space_for(new_len)) {
-        if let Some(q) = move_sparse(p, old_len, new_len, align.max(PAGE_SIZE)) {
-            return q;
+        match move_sparse(p, old_len, new_len, align.max(PAGE_SIZE)) {
+            Ok(q) => return q,
+            Err(NotSparse::Guarded) => carry = true,
+            Err(NotSparse::Dense) => {}
         }
     }
-    if may_remap(space, old_len, space_for(new_len)) {
+    if may_remap(space, old_len, space_for(new_len), addr, carry) {
         return remap(p, old_len, new_len, align.max(PAGE_SIZE));
     }
     move_to(
@@ -427,54 +471,77 @@ fn try_grow_in_place(addr: usize, new_len: usize) -> Option<bool> {
     None
 }
 
+/// Why `move_sparse` made no sparse copy (nothing was moved).
+enum NotSparse {
+    /// Too many pages hold bytes, or the kernel cannot say (or a guard marker in the
+    /// part of the source counted): the caller copies or moves the pages.
+    Dense,
+    /// A guard marker in the destination placed for it: a copy would fault there too,
+    /// so the pages move.
+    Guarded,
+}
+
 /// Moves the object `p` of `old_len` bytes that cannot grow in place by copying only
 /// its pages that hold bytes (`os::pagemap`), when they are few enough
-/// (`SPARSE_MAX_PAGES`): `None` when they are not or the kernel cannot say, before
-/// anything is placed (the caller moves the pages or copies). The source's emptied
-/// pages are not the question here, unlike `remap`'s: they stay resident, and its
-/// region is freed dirty as any object's.
+/// (`SPARSE_MAX_PAGES`): `Err` when they are not or the kernel cannot say, with nothing
+/// moved (the caller moves the pages or copies). The source's emptied pages are not the
+/// question here, unlike `remap`'s: they stay resident, and its region is freed dirty
+/// as any object's.
 #[cold]
 #[inline(never)]
-fn move_sparse(p: *mut u8, old_len: usize, new_len: usize, align: usize) -> Option<*mut u8> {
+fn move_sparse(
+    p: *mut u8,
+    old_len: usize,
+    new_len: usize,
+    align: usize,
+) -> Result<*mut u8, NotSparse> {
     // Not a range whose absent pages may get bytes from a userfaultfd's handler at
     // their first read (review14 F1) when the program registered exactly the object:
     // such a range is a mapping of its own, as is one moved in by `mremap`. (A
-    // registration wider than the object, as CRIU's lazy restore makes, passes: hence
-    // the option, off by default.)
+    // registration wider than the object, as CRIU's lazy restore makes, passes: a
+    // restored process makes no sparse copy, `os::checkpoint`.)
     if !os::maps::inside_a_larger_mapping(p as usize, old_len) {
-        return None;
+        return Err(NotSparse::Dense);
     }
     let source = os::pagemap::Scanner::open()
-        .ok()?
-        .count(p as usize, old_len, SPARSE_MAX_PAGES)
-        .ok()?;
+        .and_then(|s| s.count(p as usize, old_len, SPARSE_MAX_PAGES))
+        .map_err(|_| NotSparse::Dense)?;
     // The descriptor is not held across the placement, whose purge passes may take
     // long: a `fork` waits for every descriptor held (`os::maps::fork_prepare`).
     let q = place(new_len, align, false, true);
     if q.is_null() {
-        return Some(q);
+        return Ok(q);
     }
     let Ok(scanner) = os::pagemap::Scanner::open() else {
-        return Some(move_to(p, old_len, q)); // a fork began meanwhile: copy it all
+        return Ok(move_to(p, old_len, q)); // a fork began meanwhile: copy it all
     };
     // SAFETY: `p` is ours (its owner is inside `realloc`), unchanged since counted, and
     // `q` a distinct live object nobody else knows yet; both page-aligned, of `old_len`
     // bytes at least, anonymous private memory.
-    match unsafe { scanner.copy(&source, q as usize) } {
-        Ok(bytes) => Some(sparse_moved(p, bytes, q)),
+    let copied = unsafe { scanner.copy(&source, q as usize) };
+    drop(scanner); // before `sparse_moved` opens one of its own
+    match copied {
+        Ok(bytes) => Ok(sparse_moved(p, old_len, bytes, q)),
         Err(os::pagemap::Sparse::Dense) => {
             // A guard marker in the destination: the pages move instead.
             if free(q).is_err() {
                 crate::fatal("realloc: a new large object vanished from the region table");
             }
-            None
+            Err(NotSparse::Guarded)
         }
-        Err(_) => Some(move_to(p, old_len, q)), // a scan failed part-way: copy it all
+        Err(_) => Ok(move_to(p, old_len, q)), // a scan failed part-way: copy it all
     }
 }
 
-/// Ends a sparse copy of `p` into `q` that copied `bytes`: counts it and frees `p`.
-fn sparse_moved(p: *mut u8, bytes: usize, q: *mut u8) -> *mut u8 {
+/// Ends a sparse copy of the object `p` of `len` bytes into `q` that copied `bytes`:
+/// counts it and frees `p`. Unless the process turns out restored from a checkpoint
+/// taken while the copy ran, whose scans may have passed over pages a userfaultfd
+/// monitor had still to fill (`os::checkpoint`): then the untouched source is copied
+/// whole over the destination.
+fn sparse_moved(p: *mut u8, len: usize, bytes: usize, q: *mut u8) -> *mut u8 {
+    if !os::checkpoint::same_process() {
+        return move_to(p, len, q);
+    }
     SPARSE_MOVED.inc();
     SPARSE_BYTES.add(bytes as u64);
     if free(p).is_err() {
@@ -511,11 +578,11 @@ fn move_elsewhere(
         // `old_len` bytes at least, in base space (anonymous private memory).
         match unsafe { os::pagemap::copy_sparse(p as usize, q as usize, old_len, SPARSE_MAX_PAGES) }
         {
-            os::pagemap::Sparse::Copied { bytes } => return sparse_moved(p, bytes, q),
+            os::pagemap::Sparse::Copied { bytes } => return sparse_moved(p, old_len, bytes, q),
             os::pagemap::Sparse::Dense | os::pagemap::Sparse::Unknown => {}
         }
     }
-    if !may_remap(from, old_len, to) {
+    if !may_remap(from, old_len, to, p as usize, false) {
         return move_to(p, old_len, q);
     }
     // SAFETY: both are ours (see above), distinct live objects of `old_len` bytes at
@@ -588,6 +655,18 @@ fn move_rest(p: *mut u8, len: usize, q: *mut u8, moved: usize) -> *mut u8 {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use core::cell::Cell;
+
+    std::thread_local! {
+        /// This thread's medium objects move by `mremap` (`move_options`).
+        pub(super) static REMAP_MEDIUM: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Makes this thread's medium moves carry their pages by `mremap`, as
+    /// `sparse_moves=0,medium_remap=1` would (the default until session 16).
+    fn remap_medium_here() {
+        REMAP_MEDIUM.set(true);
+    }
 
     /// A live object of `len` bytes, once another thread's home arena has address space
     /// of its own to place in (where a move out of a busy arena can go).
@@ -612,6 +691,7 @@ mod tests {
     /// a grower that waits is seen, not hung.
     #[test]
     fn a_grow_whose_arena_is_busy_moves_instead_of_waiting() {
+        remap_medium_here();
         const LEN: usize = 256 << 10;
         let p = object_beside_another_arena(LEN);
         // SAFETY: `p` is a live object of `LEN` bytes.
@@ -652,6 +732,7 @@ mod tests {
     /// is read without its arena's writer mutex.
     #[test]
     fn a_busy_arenas_move_of_a_moved_in_object_moves_each_mapping_or_copies() {
+        remap_medium_here();
         for query in [true, false] {
             // Both moves stay in base space (below `HUGE_OBJECT_MIN`), where pages move.
             const LEN: usize = 128 << 10;
@@ -725,6 +806,7 @@ mod tests {
     /// hole).
     #[test]
     fn a_busy_arenas_move_that_loses_its_destination_copies_elsewhere() {
+        remap_medium_here();
         const LEN: usize = 256 << 10;
         let p = object_beside_another_arena(LEN);
         // SAFETY: `p` is a live object of `LEN` bytes.

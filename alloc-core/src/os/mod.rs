@@ -13,6 +13,7 @@
 
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
+pub mod checkpoint;
 pub mod maps;
 pub mod pagemap;
 
@@ -898,6 +899,29 @@ pub fn overlay_is_safe() -> bool {
     }
     static SAFE: AtomicU8 = AtomicU8::new(0);
     kernel_from(&SAFE, 6, 12)
+}
+
+/// Whether a page of ours may carry a guard marker (`MADV_GUARD_INSTALL`, Linux 6.13,
+/// or a backport), which faults on any access: a copy that reads one would crash
+/// (`pagemap::guarded`). Asked of the kernel once: an advice it does not know fails
+/// with `EINVAL` before the length is looked at, and a known one over no bytes does
+/// nothing.
+pub fn guard_markers_exist() -> bool {
+    static KNOWN: AtomicU8 = AtomicU8::new(0);
+    match KNOWN.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let _errno = ErrnoGuard::save();
+            // A page-aligned address (the length is zero: nothing is touched).
+            let at = PAGE_SIZE as *mut libc::c_void;
+            // SAFETY: an advice over zero bytes changes no mapping.
+            let rc = unsafe { libc::madvise(at, 0, MADV_GUARD_INSTALL) };
+            let known = rc == 0 || errno() != libc::EINVAL;
+            KNOWN.store(if known { 1 } else { 2 }, Ordering::Relaxed);
+            known
+        }
+    }
 }
 
 /// Whether the running kernel's release is older than `major.minor`. A release string

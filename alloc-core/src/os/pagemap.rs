@@ -66,8 +66,9 @@ const PAGE_IS_SWAPPED: u64 = 1 << 4;
 /// The shared zero page (a read of an untouched page): present, but reads zero.
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
-/// A guard marker (`MADV_GUARD_INSTALL`, reported from 6.14): reads fault. Asked for
-/// where the kernel knows it (`NO_GUARD_BIT`); a range with one is not copied.
+/// A guard marker (`MADV_GUARD_INSTALL`, 6.13; reported by scans from 6.15): reads
+/// fault. Asked for where the kernel knows it (`NO_GUARD_BIT`); a range with one is not
+/// copied.
 const PAGE_IS_GUARD: u64 = 1 << 8;
 
 /// Set once the kernel refused `PAGEMAP_SCAN` as unknown (`ENOTTY`, `EINVAL`: before
@@ -75,8 +76,11 @@ const PAGE_IS_GUARD: u64 = 1 << 8;
 /// the kernel or the process: not asked again.
 static NO_SCAN: AtomicBool = AtomicBool::new(false);
 
-/// Set once the kernel refused `PAGE_IS_GUARD` as an unknown category (before 6.14,
-/// which has no guard markers in page tables but 6.13's): scans go on without it.
+/// Set once the kernel refused `PAGE_IS_GUARD` as an unknown category (before 6.15).
+/// Where guard markers exist all the same (6.13 and 6.14, `guard_markers_exist`), a
+/// scan reports one as swapped, a page holding bytes that a copy would read and fault
+/// on, so scans there answer nothing (`Sparse::Unknown`); before 6.13 they go on
+/// without the category.
 static NO_GUARD_BIT: AtomicBool = AtomicBool::new(false);
 
 /// What `copy_sparse` did.
@@ -134,6 +138,9 @@ fn scan(fd: libc::c_int, addr: usize, end: usize, max_pages: usize) -> Result<Ba
     let (mut arg, mut found);
     loop {
         let guard = if NO_GUARD_BIT.load(Ordering::Relaxed) {
+            if super::guard_markers_exist() {
+                return Err(Sparse::Unknown); // 6.13, 6.14: markers the scan cannot name
+            }
             0
         } else {
             PAGE_IS_GUARD
@@ -331,6 +338,67 @@ pub unsafe fn copy_sparse(src: usize, dst: usize, len: usize, max_pages: usize) 
     }
 }
 
+/// Whether `[addr, addr + len)` (page-aligned) holds a guard marker, which a copy
+/// reading it would fault on: `Some(false)` where none can exist (a kernel without
+/// `MADV_GUARD_INSTALL`) or one scan of the whole range found none, `None` where the
+/// kernel cannot say (a failed scan; 6.13 and 6.14, whose scans do not report
+/// markers). The caller then moves the pages instead of copying them.
+pub fn guarded(addr: usize, len: usize) -> Option<bool> {
+    if !super::guard_markers_exist() {
+        return Some(false);
+    }
+    if NO_GUARD_BIT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let scanner = Scanner::open().ok()?;
+    let mut region = PageRegion::default();
+    let mut arg = PmScanArg {
+        size: core::mem::size_of::<PmScanArg>() as u64,
+        start: addr as u64,
+        end: (addr + len) as u64,
+        vec: &mut region as *mut PageRegion as u64,
+        vec_len: 1,
+        category_anyof_mask: PAGE_IS_GUARD,
+        return_mask: PAGE_IS_GUARD,
+        ..PmScanArg::default()
+    };
+    // SAFETY: our own descriptor; `arg` is a valid `pm_scan_arg` of the size it states,
+    // whose `vec` points at one writable `page_region` that lives through the call; no
+    // flag asks the kernel to change any page.
+    let found = unsafe {
+        libc::ioctl(
+            scanner.file.fd(),
+            PAGEMAP_SCAN as _,
+            &mut arg as *mut PmScanArg,
+        )
+    };
+    if found < 0 {
+        if super::errno() == libc::EINVAL {
+            NO_GUARD_BIT.store(true, Ordering::Relaxed); // 6.13, 6.14: no such category
+        }
+        return None;
+    }
+    if found > 0 {
+        return Some(true);
+    }
+    // With no run found the walk covers the whole range; anything else is not an
+    // answer this code understands.
+    (arg.walk_end as usize == addr + len).then_some(false)
+}
+
+/// Whether `guarded` can tell every range's answer here: no guard markers exist, or
+/// scans name them (6.15 and later). Where it cannot (6.13, 6.14, no `PAGEMAP_SCAN`
+/// answered), a dense medium object moves its pages with `mremap` (tests of lock-free
+/// moves say so).
+pub fn sees_guards() -> bool {
+    if !super::guard_markers_exist() {
+        return true;
+    }
+    let page = [0u8; 2 * super::PAGE_SIZE];
+    let at = (page.as_ptr() as usize + super::PAGE_SIZE - 1) & !(super::PAGE_SIZE - 1);
+    guarded(at, super::PAGE_SIZE).is_some()
+}
+
 /// Whether this kernel answers `PAGEMAP_SCAN` (tests that need it say so): a scan of
 /// the stack page this function runs on.
 pub fn scans() -> bool {
@@ -480,10 +548,37 @@ mod tests {
             // SAFETY: both ours, page-aligned, distinct.
             let outcome = unsafe { copy_sparse(src.0, dst.0, src.1, 16) };
             if NO_GUARD_BIT.load(Ordering::Relaxed) {
-                return; // 6.13: markers the scan cannot report
+                return; // 6.13, 6.14: markers the scan cannot report
             }
             assert_eq!(outcome, Sparse::Dense, "guard on side {guarded_side}");
         }
+    }
+
+    /// A guard marker anywhere in a range is found, past any number of pages that
+    /// hold bytes (a dense source's count stops at its bound), and a range without one
+    /// reads as clear.
+    #[test]
+    fn a_guard_marker_past_many_pages_holding_bytes_is_found() {
+        let map = Map::new(512);
+        for i in 0..512 {
+            // SAFETY: pages of our mapping.
+            unsafe { map.page(i).write(1) };
+        }
+        if !scans() || !super::super::guard_markers_exist() {
+            return;
+        }
+        assert_eq!(guarded(map.0, map.1), Some(false));
+        // SAFETY: a page of our own mapping; 102 is `MADV_GUARD_INSTALL` (6.13).
+        assert_eq!(
+            unsafe { libc::madvise(map.page(500).cast(), PAGE_SIZE, 102) },
+            0
+        );
+        if NO_GUARD_BIT.load(Ordering::Relaxed) {
+            assert_eq!(guarded(map.0, map.1), None, "6.13: the scan cannot say");
+            return;
+        }
+        assert_eq!(guarded(map.0, map.1), Some(true));
+        assert_eq!(guarded(map.0, 500 * PAGE_SIZE), Some(false));
     }
 
     /// Runs past one scan's `SCAN_RUNS`, on both sides: the source's pages are counted
