@@ -175,6 +175,9 @@ unsafe extern "C" fn on_thread_exit(value: *mut libc::c_void) {
 thread_local! {
     /// The forking thread's slot, restored after the fork in both processes.
     static SLOT_BEFORE_FORK: Cell<usize> = const { Cell::new(0) };
+    /// Whether `fork_prepare` found this process the one whose start was noted
+    /// (`os::checkpoint::same_process`), for the child's handler.
+    static SAME_BEFORE_FORK: Cell<bool> = const { Cell::new(false) };
     /// `fork_prepare` calls on this thread not yet matched by a release: a program
     /// that also registers the engine's handlers itself (as Rust programs had to before
     /// the engine did) nests them, and only the outermost pair locks and releases.
@@ -197,11 +200,11 @@ pub fn fork_prepare() {
         return;
     }
     SLOT_BEFORE_FORK.with(|s| s.set(thread::get()));
-    if PROCESS.is_done() && options::get().sparse_moves {
-        // A restored parent latches before its child notes a start of its own
-        // (`os::checkpoint`); before the descriptors' wait, which bars new ones.
-        os::checkpoint::same_process();
-    }
+    // A restored parent latches before its child notes a start of its own
+    // (`os::checkpoint`), and a child notes one only where the parent was found the
+    // same process; before the descriptors' wait, which bars new ones.
+    let same = PROCESS.is_done() && options::get().sparse_moves && os::checkpoint::same_process();
+    SAME_BEFORE_FORK.with(|s| s.set(same));
     // Before any lock: a thread holding a `/proc` descriptor may wait for one.
     os::maps::fork_prepare();
     // Anything the locking below allocates goes to the metadata arena.
@@ -247,9 +250,10 @@ pub fn fork_child() {
     heap::fork_child();
     crate::reclaim::after_fork_in_child();
     os::maps::fork_done(true);
-    if PROCESS.is_done() && options::get().sparse_moves {
+    if SAME_BEFORE_FORK.with(|s| s.get()) {
         // The child is a task of its own (`os::checkpoint`); after `fork_done`, which
-        // frees the `/proc` descriptor slots again.
+        // frees the `/proc` descriptor slots again. Otherwise it keeps its parent's
+        // note, which its own start differs from: no sparse copy.
         os::checkpoint::note_start();
     }
 }

@@ -109,9 +109,10 @@ pub const MEDIUM_REMAP_MIN: usize = 64 << 10;
 /// process, after which every move copied).
 ///
 /// Below `HUGE_OBJECT_MIN`, where a copy would fault, whatever the budget: a guard
-/// marker in the source `addr` (`os::pagemap::guarded`, also when the kernel cannot
-/// say) or, as `carry` says, in the destination a sparse copy found. Otherwise only
-/// with the `medium_remap` option (off by default: a copy takes no process-wide lock).
+/// marker in the source `addr` (`os::pagemap::guarded`) or, as `carry` says, in the
+/// destination a sparse copy found; within the budget where the kernel cannot say
+/// whether the source has one. Otherwise only with the `medium_remap` option (off by
+/// default: a copy takes no process-wide lock).
 fn may_remap(from: Space, old_len: usize, to: Space, addr: usize, carry: bool) -> bool {
     if old_len < MEDIUM_REMAP_MIN || from != to {
         return false;
@@ -119,10 +120,13 @@ fn may_remap(from: Space, old_len: usize, to: Space, addr: usize, carry: bool) -
     if old_len >= HUGE_OBJECT_MIN {
         return true;
     }
-    if carry || os::pagemap::guarded(addr, old_len) != Some(false) {
+    let guarded = os::pagemap::guarded(addr, old_len);
+    if carry || guarded == Some(true) {
         return true;
     }
-    move_options().medium_remap
+    // Where the kernel cannot say (6.13 and 6.14, a sandbox), within the budget: each
+    // move may split mappings, and unbounded they would reach `vm.max_map_count`.
+    (move_options().medium_remap || guarded.is_none())
         && (old_len >= REMAP_MIN || os::maps::may_split(|a| space::kind_of(a) != SlotKind::Foreign))
 }
 
@@ -137,15 +141,15 @@ fn may_remap(from: Space, old_len: usize, to: Space, addr: usize, carry: bool) -
 /// writer lock, so the copy is made only while at most `SPARSE_MAX_PAGES` pages hold
 /// bytes. Huge-page space keeps its `mremap` moves: there a page is a 2 MiB frame,
 /// and moving its page-table entry beats copying and faulting the frame. With the
-/// `sparse_moves` option (on by default), and never in a process restored from a
-/// checkpoint (`os::checkpoint::same_process`: three system calls a move).
+/// `sparse_moves` option (on by default), and never in a process seen restored from a
+/// checkpoint (`os::checkpoint`: each sparse copy is checked once made, `sparse_moved`).
 #[inline]
 fn copies_sparse_first(from: Space, old_len: usize, to: Space) -> bool {
     old_len >= MEDIUM_REMAP_MIN
         && from == Space::Base
         && to == Space::Base
         && move_options().sparse_moves
-        && os::checkpoint::same_process()
+        && os::checkpoint::not_seen_restored()
 }
 
 /// The options that choose how an object moves (`sparse_moves`, `medium_remap`). The
@@ -522,7 +526,7 @@ fn move_sparse(
     drop(scanner); // before `sparse_moved` opens one of its own
     match copied {
         Ok(bytes) => Ok(sparse_moved(p, old_len, bytes, q)),
-        Err(os::pagemap::Sparse::Dense) => {
+        Err(os::pagemap::Sparse::GuardedDestination) => {
             // A guard marker in the destination: the pages move instead.
             if free(q).is_err() {
                 crate::fatal("realloc: a new large object vanished from the region table");
@@ -571,6 +575,7 @@ fn move_elsewhere(
         return q;
     }
     let to = ARENAS.space_of(q as usize);
+    let mut carry = false;
     if copies_sparse_first(from, old_len, to)
         && os::maps::inside_a_larger_mapping(p as usize, old_len)
     {
@@ -579,10 +584,12 @@ fn move_elsewhere(
         match unsafe { os::pagemap::copy_sparse(p as usize, q as usize, old_len, SPARSE_MAX_PAGES) }
         {
             os::pagemap::Sparse::Copied { bytes } => return sparse_moved(p, old_len, bytes, q),
+            // A copy into `q` would fault there too: its pages are replaced instead.
+            os::pagemap::Sparse::GuardedDestination => carry = true,
             os::pagemap::Sparse::Dense | os::pagemap::Sparse::Unknown => {}
         }
     }
-    if !may_remap(from, old_len, to, p as usize, false) {
+    if !may_remap(from, old_len, to, p as usize, carry) {
         return move_to(p, old_len, q);
     }
     // SAFETY: both are ours (see above), distinct live objects of `old_len` bytes at

@@ -904,8 +904,8 @@ pub fn overlay_is_safe() -> bool {
 /// Whether a page of ours may carry a guard marker (`MADV_GUARD_INSTALL`, Linux 6.13,
 /// or a backport), which faults on any access: a copy that reads one would crash
 /// (`pagemap::guarded`). Asked of the kernel once: an advice it does not know fails
-/// with `EINVAL` before the length is looked at, and a known one over no bytes does
-/// nothing.
+/// (`EINVAL`) before the length is looked at, and a known one over no bytes does
+/// nothing and succeeds.
 pub fn guard_markers_exist() -> bool {
     static KNOWN: AtomicU8 = AtomicU8::new(0);
     match KNOWN.load(Ordering::Relaxed) {
@@ -917,7 +917,9 @@ pub fn guard_markers_exist() -> bool {
             let at = PAGE_SIZE as *mut libc::c_void;
             // SAFETY: an advice over zero bytes changes no mapping.
             let rc = unsafe { libc::madvise(at, 0, MADV_GUARD_INSTALL) };
-            let known = rc == 0 || errno() != libc::EINVAL;
+            // Only an answer counts: a sandbox that refuses the call refuses the
+            // program's markers too.
+            let known = rc == 0;
             KNOWN.store(if known { 1 } else { 2 }, Ordering::Relaxed);
             known
         }

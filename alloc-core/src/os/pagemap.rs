@@ -93,8 +93,11 @@ pub enum Sparse {
         bytes: usize,
     },
     /// Nothing was written: the source has more than the allowed pages holding bytes,
-    /// or a guard marker on either side.
+    /// or a guard marker.
     Dense,
+    /// The destination has a guard marker, where no write may go (it may hold zeroed
+    /// pages): its pages must be replaced, not written.
+    GuardedDestination,
     /// Nothing was written: the kernel could not say (no `/proc`, no `PAGEMAP_SCAN`
     /// before 6.7, no descriptor left, a sandbox refused the call).
     Unknown,
@@ -279,8 +282,9 @@ impl Scanner {
     /// copied, each destination page holding other bytes where the source reads zero
     /// is zeroed, and every page absent on both sides is left alone (it reads zero on
     /// both). Returns the bytes copied. On `Err` the destination holds part of it:
-    /// `Unknown` (a scan failed part-way), the caller copies the whole; `Dense` (a
-    /// guard marker in the destination, where no write may go), it moves the pages.
+    /// `Unknown` (a scan failed part-way), the caller copies the whole;
+    /// `GuardedDestination` (a guard marker in the destination, where no write may go),
+    /// it moves the pages.
     ///
     /// # Safety
     /// Both ranges are page-aligned, `source.len` bytes, readable and writable,
@@ -292,6 +296,10 @@ impl Scanner {
         each_run(self.file.fd(), dst, len, None, |at, n| {
             // SAFETY: within the destination (the caller's contract).
             unsafe { core::ptr::write_bytes(at as *mut u8, 0, n) };
+        })
+        .map_err(|e| match e {
+            Sparse::Dense => Sparse::GuardedDestination,
+            other => other,
         })?;
         let mut bytes = 0;
         let whole = (source.first.walk_end == src + len).then_some(&source.first);
@@ -310,8 +318,9 @@ impl Scanner {
 /// `[src, src + len)`, writing only the pages that hold bytes, or does nothing
 /// (`Dense`, `Unknown`) when more than `max_pages` source pages are present or
 /// swapped, or the kernel cannot say (where a scan fails part-way, the whole range is
-/// copied: the outcome is still `Copied`), or either side has a guard marker (then the
-/// destination may hold zeroed pages). Preserves `errno`; allocates nothing.
+/// copied: the outcome is still `Copied`), or the source has a guard marker; or
+/// `GuardedDestination` when the destination has one (it may then hold zeroed pages).
+/// Preserves `errno`; allocates nothing.
 ///
 /// # Safety
 /// As `Scanner::copy`.
@@ -329,7 +338,7 @@ pub unsafe fn copy_sparse(src: usize, dst: usize, len: usize, max_pages: usize) 
         Ok(bytes) => Sparse::Copied { bytes },
         // A guard marker in the destination (the source's were counted): a plain copy
         // would fault there too.
-        Err(Sparse::Dense) => Sparse::Dense,
+        Err(Sparse::GuardedDestination) => Sparse::GuardedDestination,
         Err(_) => {
             // SAFETY: forwarded contract.
             unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
@@ -550,7 +559,8 @@ mod tests {
             if NO_GUARD_BIT.load(Ordering::Relaxed) {
                 return; // 6.13, 6.14: markers the scan cannot report
             }
-            assert_eq!(outcome, Sparse::Dense, "guard on side {guarded_side}");
+            let expected = [Sparse::Dense, Sparse::GuardedDestination][guarded_side];
+            assert_eq!(outcome, expected, "guard on side {guarded_side}");
         }
     }
 
