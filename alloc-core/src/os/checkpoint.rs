@@ -1,6 +1,7 @@
 //! Whether this process is still the one the engine saw start, or a copy of it restored
-//! from a checkpoint (CRIU), told by the start time the kernel reports for it
-//! (`/proc/self/stat`, field 22): a restored process is a new task, with a new start
+//! from a checkpoint (CRIU), told by the start time the kernel reports for it (field 22
+//! of its first thread's `/proc/self/task/<pid>/stat`): a restored process is a new
+//! task, with a new start
 //! time, while our memory (where the first one was noted) comes back as it was. Owns
 //! that note and the latch set once a restore is seen; calls `maps` (its `/proc`
 //! descriptors) only.
@@ -127,19 +128,13 @@ fn read_start() -> Option<u64> {
 fn leader_stat_path(pid: u32, buf: &mut [u8; 48]) -> Option<&core::ffi::CStr> {
     const HEAD: &[u8] = b"/proc/self/task/";
     const TAIL: &[u8] = b"/stat\0";
-    let mut digits = [0u8; 10];
-    let mut n = 0;
-    let mut v = pid;
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
+    let mut digits = [0u8; 20];
     let mut len = 0;
-    for &b in HEAD.iter().chain(digits[..n].iter().rev()).chain(TAIL) {
+    for &b in HEAD
+        .iter()
+        .chain(super::decimal(u64::from(pid), &mut digits))
+        .chain(TAIL)
+    {
         buf[len] = b;
         len += 1;
     }

@@ -208,8 +208,20 @@ fn page_size_message(actual: usize) -> Option<([u8; PAGE_SIZE_MESSAGE_LEN], usiz
     let mut line = [0u8; PAGE_SIZE_MESSAGE_LEN];
     let mut len = 0;
     let mut digits = [0u8; 20];
+    for part in [
+        b"rangealloc: fatal: the kernel's page size is ".as_slice(),
+        decimal(actual as u64, &mut digits),
+        b" bytes; this build supports only 4096-byte pages (Linux x86_64)\n",
+    ] {
+        line[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
+    }
+    Some((line, len))
+}
+
+/// `v` in decimal digits, written at the end of `digits` (no allocation).
+fn decimal(mut v: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut n = digits.len();
-    let mut v = actual;
     loop {
         n -= 1;
         digits[n] = b'0' + (v % 10) as u8;
@@ -218,15 +230,7 @@ fn page_size_message(actual: usize) -> Option<([u8; PAGE_SIZE_MESSAGE_LEN], usiz
             break;
         }
     }
-    for part in [
-        b"rangealloc: fatal: the kernel's page size is ".as_slice(),
-        &digits[n..],
-        b" bytes; this build supports only 4096-byte pages (Linux x86_64)\n",
-    ] {
-        line[len..len + part.len()].copy_from_slice(part);
-        len += part.len();
-    }
-    Some((line, len))
+    &digits[n..]
 }
 
 /// Reserves `len` bytes of address space aligned to `align` (a power of two, at least a

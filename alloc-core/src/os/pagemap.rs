@@ -138,7 +138,7 @@ fn scan(fd: libc::c_int, addr: usize, end: usize, max_pages: usize) -> Result<Ba
         count: 0,
         walk_end: addr,
     };
-    let (mut arg, mut found);
+    let (mut arg, found);
     loop {
         let guard = if NO_GUARD_BIT.load(Ordering::Relaxed) {
             if super::guard_markers_exist() {
@@ -159,14 +159,16 @@ fn scan(fd: libc::c_int, addr: usize, end: usize, max_pages: usize) -> Result<Ba
             return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | guard,
             ..PmScanArg::default()
         };
-        // SAFETY: our own descriptor; `arg` is a valid `pm_scan_arg` of the size it
-        // states, whose `vec` points at `SCAN_RUNS` writable `page_region`s that live
-        // through the call; no flag asks the kernel to change any page.
-        found = unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
-        if found >= 0 {
-            break;
-        }
-        match super::errno() {
+        // SAFETY: `vec` points at `SCAN_RUNS` writable `page_region`s that live
+        // through the call; no flag is set.
+        let errno = match unsafe { scan_call(fd, &mut arg) } {
+            Ok(runs) => {
+                found = runs;
+                break;
+            }
+            Err(errno) => errno,
+        };
+        match errno {
             libc::EINVAL if guard != 0 => NO_GUARD_BIT.store(true, Ordering::Relaxed),
             libc::ENOTTY | libc::EINVAL | libc::EPERM | libc::EACCES | libc::ENOSYS => {
                 NO_SCAN.store(true, Ordering::Relaxed); // no such scan here
@@ -176,10 +178,10 @@ fn scan(fd: libc::c_int, addr: usize, end: usize, max_pages: usize) -> Result<Ba
         }
     }
     let walk_end = arg.walk_end as usize;
-    if found as usize > SCAN_RUNS || walk_end < addr || walk_end > end {
+    if found > SCAN_RUNS || walk_end < addr || walk_end > end {
         return Err(Sparse::Unknown); // not an answer this code understands
     }
-    batch.count = found as usize;
+    batch.count = found;
     batch.walk_end = walk_end;
     if batch.regions[..batch.count]
         .iter()
@@ -188,6 +190,23 @@ fn scan(fd: libc::c_int, addr: usize, end: usize, max_pages: usize) -> Result<Ba
         return Err(Sparse::Dense); // a read there would fault: the caller moves the pages
     }
     Ok(batch)
+}
+
+/// One `PAGEMAP_SCAN` call on `fd` (our own `/proc/self/pagemap`): the runs it wrote,
+/// or the `errno` it failed with.
+///
+/// # Safety
+/// `arg.vec` points at `arg.vec_len` writable `page_region`s that live through the
+/// call, and `arg.flags` asks the kernel to change no page.
+unsafe fn scan_call(fd: libc::c_int, arg: &mut PmScanArg) -> Result<usize, i32> {
+    // SAFETY: a valid `pm_scan_arg` of the size it states (the caller's contract for
+    // its vector and flags).
+    let found = unsafe { libc::ioctl(fd, PAGEMAP_SCAN as _, arg as *mut PmScanArg) };
+    if found < 0 {
+        Err(super::errno())
+    } else {
+        Ok(found as usize)
+    }
 }
 
 /// Calls `each(addr, len)` for every run of pages holding bytes in `[addr, addr +
@@ -371,24 +390,17 @@ pub fn guarded(addr: usize, len: usize) -> Option<bool> {
         return_mask: PAGE_IS_GUARD,
         ..PmScanArg::default()
     };
-    // SAFETY: our own descriptor; `arg` is a valid `pm_scan_arg` of the size it states,
-    // whose `vec` points at one writable `page_region` that lives through the call; no
-    // flag asks the kernel to change any page.
-    let found = unsafe {
-        libc::ioctl(
-            scanner.file.fd(),
-            PAGEMAP_SCAN as _,
-            &mut arg as *mut PmScanArg,
-        )
-    };
-    if found < 0 {
-        if super::errno() == libc::EINVAL {
-            NO_GUARD_BIT.store(true, Ordering::Relaxed); // 6.13, 6.14: no such category
+    // SAFETY: `vec` points at one writable `page_region` that lives through the call;
+    // no flag is set.
+    match unsafe { scan_call(scanner.file.fd(), &mut arg) } {
+        Ok(0) => {}
+        Ok(_) => return Some(true),
+        Err(errno) => {
+            if errno == libc::EINVAL {
+                NO_GUARD_BIT.store(true, Ordering::Relaxed); // 6.13, 6.14: no such category
+            }
+            return None;
         }
-        return None;
-    }
-    if found > 0 {
-        return Some(true);
     }
     // With no run found the walk covers the whole range; anything else is not an
     // answer this code understands.
