@@ -50,6 +50,10 @@ pub struct Options {
     /// (and is not copied sparsely) moves its pages with `mremap` (one `mmap_lock`
     /// writer) instead of being copied (`large::may_remap`).
     pub medium_remap: bool,
+    /// `calloc_prefault`: a zero-filled large object on fresh pages is faulted in before
+    /// it is returned while sampled ones show the program writes such objects whole
+    /// (`large::prefault`).
+    pub calloc_prefault: bool,
     /// `stats`: print the statistics report on stderr at exit.
     pub stats_at_exit: bool,
     /// `verbose`: report allocations that fail for lack of memory.
@@ -159,6 +163,12 @@ pub const DEFAULTS: Options = Options {
     // is copied whole, where `mremap` takes `mmap_lock` for write. Dense sources are
     // rare (0-4 of ~500 moves in the `medium` churn). BENCHMARKS.md, "Session 17".
     medium_remap: false,
+    // On since session 18: a program that reads a fresh zeroed object before writing
+    // it maps the shared zero page, and each write then replaces it with a TLB flush
+    // that interrupts every other CPU running the process. Prefaulting follows
+    // evidence (sampled objects found written whole), so a program that leaves its
+    // zeroed objects sparse keeps them lazy. BENCHMARKS.md, "Session 18".
+    calloc_prefault: true,
     stats_at_exit: false,
     verbose: false,
     dirty_budget: DEFAULT_DIRTY_BUDGET,
@@ -509,6 +519,7 @@ pub fn parse_onto(base: Options, text: &[u8], warn: &mut dyn FnMut(&[&[u8]])) ->
             b"secure" => parse_bool(value).map(|v| o.secure = v).is_some(),
             b"sparse_moves" => parse_bool(value).map(|v| o.sparse_moves = v).is_some(),
             b"medium_remap" => parse_bool(value).map(|v| o.medium_remap = v).is_some(),
+            b"calloc_prefault" => parse_bool(value).map(|v| o.calloc_prefault = v).is_some(),
             b"stats" => parse_bool(value).map(|v| o.stats_at_exit = v).is_some(),
             b"verbose" => parse_bool(value).map(|v| o.verbose = v).is_some(),
             b"dirty_budget_mb" => parse_u64(value)

@@ -119,6 +119,21 @@ pub struct MediumCacheStats {
     pub evicted: u64,
 }
 
+/// What zero-filled large objects on fresh pages got (`large::prefault`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrefaultStats {
+    /// Objects faulted in before they were returned.
+    pub prefaulted: u64,
+    /// Bytes those objects held.
+    pub prefaulted_bytes: u64,
+    /// Sampled objects found written at their free (credit earned).
+    pub found_written: u64,
+    /// Sampled objects found sparse at their free (credit dropped to zero).
+    pub found_sparse: u64,
+    /// The credit left (bytes the process may still prefault).
+    pub credit: usize,
+}
+
 /// What growing reallocs of large objects did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReallocStats {
@@ -198,6 +213,8 @@ pub struct Stats {
     pub reallocs: ReallocStats,
     /// What the caches of freed medium objects did.
     pub medium_cache: MediumCacheStats,
+    /// What zero-filled large objects on fresh pages got.
+    pub prefault: PrefaultStats,
     /// Thread heaps created.
     pub heaps: usize,
     /// Heaps of exited threads waiting for adoption.
@@ -296,6 +313,13 @@ pub fn snapshot() -> Stats {
             hits: large::cache::HITS.get(),
             misses: large::cache::MISSES.get(),
             evicted: large::cache::EVICTED.get(),
+        },
+        prefault: PrefaultStats {
+            prefaulted: large::prefault::PREFAULTED.get(),
+            prefaulted_bytes: large::prefault::PREFAULTED_BYTES.get(),
+            found_written: large::prefault::FOUND_WRITTEN.get(),
+            found_sparse: large::prefault::FOUND_SPARSE.get(),
+            credit: large::prefault::credit(),
         },
         heaps: heaps.heaps,
         abandoned_heaps: heaps.abandoned,
@@ -442,6 +466,16 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
         "  medium cache: hits {}, misses {}, evicted {}",
         m.hits, m.misses, m.evicted
     )?;
+    let z = &s.prefault;
+    writeln!(
+        w,
+        "  zeroed large objects: prefaulted {} ({:.2} MiB); samples found written {}, sparse {}; credit {:.2} MiB",
+        z.prefaulted,
+        z.prefaulted_bytes as f64 / MIB,
+        z.found_written,
+        z.found_sparse,
+        z.credit as f64 / MIB
+    )?;
     if s.prof_dropped_samples > 0 {
         writeln!(
             w,
@@ -542,6 +576,12 @@ impl Stats {
             w,
             ",\"medium_cache\":{{\"hits\":{},\"misses\":{},\"evicted\":{}}}",
             m.hits, m.misses, m.evicted
+        )?;
+        let z = &self.prefault;
+        write!(
+            w,
+            ",\"prefault\":{{\"prefaulted\":{},\"prefaulted_bytes\":{},\"found_written\":{},\"found_sparse\":{},\"credit\":{}}}",
+            z.prefaulted, z.prefaulted_bytes, z.found_written, z.found_sparse, z.credit
         )?;
         let l = &self.lock;
         write!(

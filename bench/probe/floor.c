@@ -15,6 +15,8 @@
 // Run:   LD_PRELOAD=/tmp/floor.so target/release/bench-worker-system --workload ...
 // FLOOR_PREFAULT=0 leaves the pool untouched (first use of each page faults once).
 // FLOOR_POOL_MB sets the pool's size (default 512).
+// FLOOR_THP=1 marks the pool MADV_HUGEPAGE (with FLOOR_PREFAULT=0: each 2 MiB of the
+// pool faults once, as an allocator that put every object in huge-page space would).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdatomic.h>
@@ -55,6 +57,9 @@ static void setup(void) {
                    -1, 0);
     if (p == MAP_FAILED)
         die("floor: mmap failed\n");
+    const char *thp = getenv("FLOOR_THP");
+    if (thp && thp[0] == '1' && madvise(p, pool_slots * STRIDE, MADV_HUGEPAGE) != 0)
+        die("floor: madvise(MADV_HUGEPAGE) failed\n");
     pool = p;
 }
 

@@ -12,6 +12,9 @@
 //! from which the next allocation of the class on that thread takes them back without a
 //! tree update or the writer mutex.
 //!
+//! A zero-filled object placed on fresh pages is faulted in before it is returned, or
+//! left lazy and sampled, as `prefault` decides from the program's earlier ones.
+//!
 //! The table places every large object with free address space after it (see
 //! `region::table`), so `realloc` grows in place (a table update under the two
 //! regions' write locks, one bulk unlock) through doubling up to 64 MiB; otherwise it
@@ -39,6 +42,7 @@
 //! of fewer than 4 MiB (`crosses_into_huge`), and keeps growing in place there.
 
 pub mod cache;
+pub mod prefault;
 
 use crate::options::{self, Thp};
 use crate::os::{self, HUGE_PAGE, PAGE_SIZE};
@@ -296,6 +300,9 @@ fn place(len: usize, align: usize, zero: bool, growing: bool) -> *mut u8 {
         // SAFETY: the region is ours and `len` bytes long.
         unsafe { ptr::write_bytes(placed.start as *mut u8, 0, len) };
     }
+    // SAFETY: the region is ours, `len` bytes long (its guard page not installed yet,
+    // and left out), and reads zero where `placed.zeroed` says so.
+    unsafe { prefault::placed(placed.start, len, guard_len(), zero && placed.zeroed) };
     crate::purge::tick(os::now_ms());
     placed.start as *mut u8
 }
@@ -340,6 +347,8 @@ pub fn free(p: *mut u8) -> Result<(), RetireError> {
     // A guard page (secure mode) is lifted by the retire itself; a cached region keeps
     // its guard.
     let cache = cache::available();
+    // After `available`, which starts the thread (a first call may allocate).
+    prefault::freeing(p as usize, guard_len());
     let freed = ARENAS.retire_or_cache(
         p as usize,
         // Not a region shrunk in place: its freed tail follows it, and retiring it lets

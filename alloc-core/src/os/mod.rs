@@ -522,6 +522,36 @@ fn madvise(call: Syscall, addr: usize, len: usize, advice: libc::c_int) -> Resul
     Ok(())
 }
 
+/// `MADV_POPULATE_WRITE` (Linux 5.14): not in `libc` 0.2 for every target.
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// Faults in `[addr, addr + len)` (page-aligned, our own anonymous memory that reads
+/// zero) for writing, so that the program's first access there, a read or a write,
+/// finds a private page: one `madvise(MADV_POPULATE_WRITE)` (`mmap_lock` for read, no
+/// writer), or where the kernel has no such advice (before 5.14) a store of zero into
+/// each page. A page that already holds the zero page gets its own page on either way.
+/// Preserves `errno`; false (nothing guaranteed, nothing lost) when the kernel could
+/// not (out of memory: the program's own touches would then fail alike).
+///
+/// # Safety
+/// The range is ours, mapped readable and writable, and reads zero: nothing else
+/// reads or writes it meanwhile (a store of zero changes no byte, but must not race).
+pub unsafe fn prefault(addr: usize, len: usize) -> bool {
+    let _errno = ErrnoGuard::save();
+    // SAFETY: the caller's range; the advice changes no byte.
+    if unsafe { libc::madvise(addr as *mut libc::c_void, len, MADV_POPULATE_WRITE) } == 0 {
+        return true;
+    }
+    if errno() != libc::EINVAL {
+        return false;
+    }
+    for page in (addr..addr + len).step_by(PAGE_SIZE) {
+        // SAFETY: within the caller's range, which reads zero and nothing else touches.
+        unsafe { core::ptr::write_volatile(page as *mut u8, 0) };
+    }
+    true
+}
+
 /// Asks the kernel to back a reservation with transparent huge pages where whole
 /// aligned 2 MiB frames of it are touched (`MADV_HUGEPAGE`). It changes the VMA's flags
 /// and takes `mmap_lock` for write: called once per reservation, never per object.

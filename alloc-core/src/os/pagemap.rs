@@ -366,6 +366,20 @@ pub unsafe fn copy_sparse(src: usize, dst: usize, len: usize, max_pages: usize) 
     }
 }
 
+/// How many pages of `[addr, addr + len)` (page-aligned) hold bytes of their own:
+/// present and not the shared zero page, or swapped out (`large::prefault` asks, of a
+/// zero-filled object at its free, how much of it the program wrote). `None` where the
+/// kernel cannot say, or the range has a guard marker.
+pub fn written_pages(addr: usize, len: usize) -> Option<usize> {
+    let scanner = Scanner::open().ok()?;
+    let mut pages = 0;
+    each_run(scanner.file.fd(), addr, len, None, |_, n| {
+        pages += n / super::PAGE_SIZE
+    })
+    .ok()?;
+    Some(pages)
+}
+
 /// Whether `[addr, addr + len)` (page-aligned) holds a guard marker, which a copy
 /// reading it would fault on: `Some(false)` where none can exist (a kernel without
 /// `MADV_GUARD_INSTALL`) or one scan of the whole range found none, `None` where the
