@@ -126,12 +126,14 @@ pub struct PrefaultStats {
     pub prefaulted: u64,
     /// Bytes those objects held.
     pub prefaulted_bytes: u64,
-    /// Sampled objects found written at their free (credit earned).
+    /// Objects left lazy as samples.
+    pub sampled: u64,
+    /// Sampled objects found written at their free.
     pub found_written: u64,
-    /// Sampled objects found sparse at their free (credit dropped to zero).
+    /// Sampled objects found sparse at their free.
     pub found_sparse: u64,
-    /// The credit left (bytes the process may still prefault).
-    pub credit: usize,
+    /// Bytes of live prefaulted objects.
+    pub live_bytes: usize,
 }
 
 /// What growing reallocs of large objects did.
@@ -317,9 +319,10 @@ pub fn snapshot() -> Stats {
         prefault: PrefaultStats {
             prefaulted: large::prefault::PREFAULTED.get(),
             prefaulted_bytes: large::prefault::PREFAULTED_BYTES.get(),
+            sampled: large::prefault::SAMPLED.get(),
             found_written: large::prefault::FOUND_WRITTEN.get(),
             found_sparse: large::prefault::FOUND_SPARSE.get(),
-            credit: large::prefault::credit(),
+            live_bytes: large::prefault::live_bytes(),
         },
         heaps: heaps.heaps,
         abandoned_heaps: heaps.abandoned,
@@ -469,12 +472,13 @@ fn write_report(w: &mut impl core::fmt::Write, s: &Stats) -> core::fmt::Result {
     let z = &s.prefault;
     writeln!(
         w,
-        "  zeroed large objects: prefaulted {} ({:.2} MiB); samples found written {}, sparse {}; credit {:.2} MiB",
+        "  zeroed large objects: prefaulted {} ({:.2} MiB); left lazy as samples {}, found written {}, sparse {}; live prefaulted {:.2} MiB",
         z.prefaulted,
         z.prefaulted_bytes as f64 / MIB,
+        z.sampled,
         z.found_written,
         z.found_sparse,
-        z.credit as f64 / MIB
+        z.live_bytes as f64 / MIB
     )?;
     if s.prof_dropped_samples > 0 {
         writeln!(
@@ -580,8 +584,8 @@ impl Stats {
         let z = &self.prefault;
         write!(
             w,
-            ",\"prefault\":{{\"prefaulted\":{},\"prefaulted_bytes\":{},\"found_written\":{},\"found_sparse\":{},\"credit\":{}}}",
-            z.prefaulted, z.prefaulted_bytes, z.found_written, z.found_sparse, z.credit
+            ",\"prefault\":{{\"prefaulted\":{},\"prefaulted_bytes\":{},\"sampled\":{},\"found_written\":{},\"found_sparse\":{},\"live_bytes\":{}}}",
+            z.prefaulted, z.prefaulted_bytes, z.sampled, z.found_written, z.found_sparse, z.live_bytes
         )?;
         let l = &self.lock;
         write!(

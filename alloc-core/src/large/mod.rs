@@ -354,7 +354,10 @@ pub fn free(p: *mut u8) -> Result<(), RetireError> {
         // Not a region shrunk in place: its freed tail follows it, and retiring it lets
         // the two merge back (a big buffer shrunk to a medium size and freed would
         // otherwise keep its old range split, and the next big buffer faults fresh pages).
-        |region| cache && !region.was_shrunk() && cache::wants(region.len()),
+        |region| {
+            prefault::released(region, guard_len());
+            cache && !region.was_shrunk() && cache::wants(region.len())
+        },
         |region| crate::purge::large_removed(region.len()),
     )?;
     let retired = match freed {
@@ -381,6 +384,7 @@ pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize)
         return ptr::null_mut();
     };
     let addr = p as usize;
+    prefault::resizing(addr, guard_len());
     if guard_len() != 0 {
         // Guarded objects always move: moving the guard in place would cost as much.
         return move_to(p, old_len.min(new_size), alloc(new_size, align, false));

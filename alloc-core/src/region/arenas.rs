@@ -554,6 +554,28 @@ impl Arenas {
         Self::table_of(addr)?.find_and_read_lock(addr)
     }
 
+    /// Marks the live object at `addr` prefaulted (`Region::mark_prefaulted`): false
+    /// when no live object starts there.
+    pub fn mark_prefaulted(&self, addr: usize) -> bool {
+        self.live_object(addr, Region::mark_prefaulted).is_some()
+    }
+
+    /// Takes the prefaulted mark of the live object at `addr`: its length (guard page
+    /// included) when the mark was set.
+    pub fn take_prefaulted(&self, addr: usize) -> Option<usize> {
+        self.live_object(addr, |r| r.take_prefaulted().then(|| r.len()))
+            .flatten()
+    }
+
+    /// Runs `f` on the live object region starting at `addr`, under its read lock.
+    fn live_object<T>(&self, addr: usize, f: impl FnOnce(&Region) -> T) -> Option<T> {
+        let _path = OnRegionPath::enter();
+        let read = self.find_and_read_lock(addr)?;
+        let r = read.region();
+        (r.kind() != RegionKind::Free && r.start() == addr && r.state() == RegionState::Live)
+            .then(|| f(r))
+    }
+
     /// `RegionTable::retire` in the arena holding `addr`.
     pub fn retire(&self, addr: usize) -> Result<(), RetireError> {
         let _path = OnRegionPath::enter();

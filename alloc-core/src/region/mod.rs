@@ -151,6 +151,12 @@ const SHRUNK: u8 = 1;
 /// only by that overwrite of the whole region.
 const MOVED_IN: u8 = 2;
 
+/// `Region::marks`: the live object was faulted in before it was returned and counts
+/// in `large::prefault`'s live prefaulted bytes; set by its allocator before the
+/// object is returned, taken (cleared) once, at its free or first resize. Never set on a
+/// free region: an object's descriptor becomes free only after its free took it.
+const PREFAULTED: u8 = 4;
+
 /// Indexes into `Region::links`.
 pub(crate) const RETIRED_NEXT: usize = 0;
 pub(crate) const BIN_NEXT: usize = 0;
@@ -260,6 +266,18 @@ impl Region {
     pub(crate) fn mark_shrunk(&self) {
         // Relaxed: see `was_shrunk`.
         self.marks.fetch_or(SHRUNK, Ordering::Relaxed);
+    }
+
+    /// Marks a live object as prefaulted (see `PREFAULTED`). Relaxed, as `was_shrunk`:
+    /// set by the object's allocator before the object is returned, and read by its
+    /// free or resize, which the program orders after that.
+    pub(crate) fn mark_prefaulted(&self) {
+        self.marks.fetch_or(PREFAULTED, Ordering::Relaxed);
+    }
+
+    /// Clears `PREFAULTED`, saying whether it was set (each mark is taken once).
+    pub(crate) fn take_prefaulted(&self) -> bool {
+        self.marks.fetch_and(!PREFAULTED, Ordering::Relaxed) & PREFAULTED != 0
     }
 
     /// True when some page of the range may lie in a kernel mapping that `mremap` moved
