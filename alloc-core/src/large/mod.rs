@@ -278,6 +278,7 @@ fn alloc_placed(size: usize, align: usize, zero: bool, growing: bool) -> *mut u8
     }
     if guard != 0 && !p.is_null() && ARENAS.install_guard(p as usize).is_err() {
         crate::purge::large_removed(len);
+        prefault::resizing(p as usize, guard); // gives its prefaulted bytes back
         let _ = ARENAS.retire(p as usize);
         return ptr::null_mut();
     }
@@ -377,14 +378,31 @@ pub fn usable_size(p: *const u8) -> Option<usize> {
 
 /// Resizes a live large object of `old_len` bytes to `new_size` bytes (still large).
 ///
+/// A prefaulted object's count moves to the object that comes out (`p` itself where the
+/// resize failed): its populated pages live on there, grown in place, kept, or carried
+/// by a move (review18b H1).
+///
 /// # Safety
 /// `p` is a live large object of length `old_len`, allocated with `align`.
 pub unsafe fn realloc(p: *mut u8, old_len: usize, new_size: usize, align: usize) -> *mut u8 {
+    let carried = prefault::resizing(p as usize, guard_len());
+    // SAFETY: forwarded contract.
+    let q = unsafe { resize(p, old_len, new_size, align) };
+    if carried {
+        prefault::resized(if q.is_null() { p } else { q } as usize, guard_len());
+    }
+    q
+}
+
+/// `realloc`'s work.
+///
+/// # Safety
+/// As `realloc`.
+unsafe fn resize(p: *mut u8, old_len: usize, new_size: usize, align: usize) -> *mut u8 {
     let Some(new_len) = page_round(new_size) else {
         return ptr::null_mut();
     };
     let addr = p as usize;
-    prefault::resizing(addr, guard_len());
     if guard_len() != 0 {
         // Guarded objects always move: moving the guard in place would cost as much.
         return move_to(p, old_len.min(new_size), alloc(new_size, align, false));

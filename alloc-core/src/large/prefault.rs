@@ -25,7 +25,9 @@
 //! "sparse". Objects are prefaulted only while the verdict is "written". **Bound:**
 //! the bytes of live prefaulted objects stay at most `LIVE_MAX`: each prefaulted object
 //! is marked in its region (`Region::mark_prefaulted`) and gives its bytes back at its
-//! free or first resize. So whatever the program does, prefaulting holds at most
+//! free; a `realloc` moves the mark and the count to the object that comes out, where
+//! the populated pages live on (counted whole, past the bound if it grew: that only
+//! stops prefaulting sooner). So whatever the program does, prefaulting holds at most
 //! `LIVE_MAX` of memory the program did not write (review18 H1: a budget refilled by
 //! the evidence alone let a program mixing dense, freed objects with sparse, kept
 //! ones lose 450 MiB).
@@ -37,9 +39,10 @@
 //! a round trip to a lazy-restore monitor inside `calloc` (`os::checkpoint`).
 //!
 //! What the heuristic can miss, at no cost but the verdict's accuracy: a sample pushed
-//! out of the table by newer ones, or moved or resized by `realloc` (its length no
-//! longer matches), is never scanned. A placement at a sample's start forgets the
-//! sample first, so a later object in the same range is never taken for it. Where the
+//! out of the table by newer ones, or resized or moved by `realloc` (which forgets it),
+//! is never scanned. Every way an object goes (its free, a `realloc`, the retire of one
+//! whose guard page failed) forgets its sample, so a sample in the table is always its
+//! own live object (placements forget any sample at their start too). Where the
 //! kernel cannot scan (before 6.7, or a sandbox), the verdict never becomes "written":
 //! every zeroed object stays lazy, as before this module.
 
@@ -189,12 +192,14 @@ pub unsafe fn placed(start: usize, len: usize, guard: usize, zero_fresh: bool) {
     if !WRITTEN.load(Ordering::Relaxed) || !os::checkpoint::not_seen_restored() || !reserve(bytes) {
         return;
     }
-    // SAFETY: forwarded contract.
-    if unsafe { os::prefault(start, bytes) } && ARENAS.mark_prefaulted(start) {
+    // SAFETY: forwarded contract. Counted and marked even where a piece failed: the
+    // pieces before it stay populated.
+    let populated = unsafe { os::prefault(start, bytes) };
+    if !ARENAS.mark_prefaulted(start) {
+        LIVE.fetch_sub(bytes, Ordering::Relaxed);
+    } else if populated {
         PREFAULTED.inc();
         PREFAULTED_BYTES.add(bytes as u64);
-    } else {
-        LIVE.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -238,14 +243,33 @@ pub fn released(region: &Region, guard: usize) {
     }
 }
 
-/// Called before a live large object at `start` is resized or moved by `realloc`: gives
-/// back its bytes if it was prefaulted (its length is about to change, and a moved
-/// object's old region goes without a free).
-pub fn resizing(start: usize, guard: usize) {
+/// Called before a live large object at `start` is resized or moved by `realloc`, or
+/// retired unreturned: forgets it as a sample (its pages say nothing of a zeroed
+/// object's use once resized or moved), and takes its prefaulted mark, giving its bytes
+/// back. True when it had the mark: `realloc` then counts the object that comes out
+/// (`resized`), where the populated pages live on.
+pub fn resizing(start: usize, guard: usize) -> bool {
+    take_sample(start);
     if LIVE.load(Ordering::Relaxed) == 0 {
-        return; // nothing prefaulted is live: no lookup
+        return false; // nothing prefaulted is live: no lookup
     }
-    if let Some(len) = ARENAS.take_prefaulted(start) {
-        LIVE.fetch_sub(len - guard, Ordering::Relaxed);
+    match ARENAS.take_prefaulted(start) {
+        Some(len) => {
+            LIVE.fetch_sub(len - guard, Ordering::Relaxed);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Counts the live large object at `start`, which holds a resized prefaulted object's
+/// pages, as prefaulted: marked, its whole length counted, past `LIVE_MAX` if need be
+/// (its grown part may be lazy: counting it only stops prefaulting sooner).
+pub fn resized(start: usize, guard: usize) {
+    if let Some(len) = ARENAS.object_len(start) {
+        LIVE.fetch_add(len - guard, Ordering::Relaxed);
+        if !ARENAS.mark_prefaulted(start) {
+            LIVE.fetch_sub(len - guard, Ordering::Relaxed);
+        }
     }
 }

@@ -153,8 +153,9 @@ const MOVED_IN: u8 = 2;
 
 /// `Region::marks`: the live object was faulted in before it was returned and counts
 /// in `large::prefault`'s live prefaulted bytes; set by its allocator before the
-/// object is returned, taken (cleared) once, at its free or first resize. Never set on a
-/// free region: an object's descriptor becomes free only after its free took it.
+/// object is returned (or by a `realloc` on the object that comes out), taken (cleared)
+/// once: at its free, at a `realloc`, or before the retire of an object never returned.
+/// So never set on a region that is not a live object.
 const PREFAULTED: u8 = 4;
 
 /// Indexes into `Region::links`.
