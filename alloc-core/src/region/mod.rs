@@ -115,7 +115,8 @@ pub struct Region {
     /// fork child that inherits a retire interrupted in between still lifts it before
     /// the range is reused (`Writer::drain_retired`).
     guarded: AtomicBool,
-    /// `SHRUNK` and `MOVED_IN` (one byte for both: the descriptor has no spare byte).
+    /// `SHRUNK`, `MOVED_IN` and `PREFAULTED` (one byte for all: the descriptor has no spare
+    /// byte).
     marks: AtomicU8,
     /// The free-index list this region sits on, or `NO_BIN`; writer mutex only. Two
     /// bytes: the lists are per space, dirtiness class and size bin (`free_index`),
@@ -276,9 +277,14 @@ impl Region {
         self.marks.fetch_or(PREFAULTED, Ordering::Relaxed);
     }
 
-    /// Clears `PREFAULTED`, saying whether it was set (each mark is taken once).
+    /// Clears `PREFAULTED`, saying whether it was set (each mark is taken once). A load
+    /// first: every large free asks, and few objects are marked (no locked instruction
+    /// for the rest). The mark was set before the object reached its freer, and only
+    /// that one caller takes it (a free or resize of a live object is the program's
+    /// alone), so the load sees it.
     pub(crate) fn take_prefaulted(&self) -> bool {
-        self.marks.fetch_and(!PREFAULTED, Ordering::Relaxed) & PREFAULTED != 0
+        self.marks.load(Ordering::Relaxed) & PREFAULTED != 0
+            && self.marks.fetch_and(!PREFAULTED, Ordering::Relaxed) & PREFAULTED != 0
     }
 
     /// True when some page of the range may lie in a kernel mapping that `mremap` moved
