@@ -27,9 +27,9 @@
 //! Options come from the program (`RangeAlloc::with_options`) and from the environment
 //! variable `RANGEALLOC_OPTIONS=key=value,...`, whose keys override the program's one by
 //! one. A malformed item is reported once on stderr at the first allocation and keeps
-//! its default. The keys (the README has the full table): `purge_delay_ms`,
+//! its default. Among the keys (the README has the full table): `purge_delay_ms`,
 //! `purge_mode` (`dontneed`/`free`), `background_purge`, `secure`, `stats`, `verbose`,
-//! `dirty_budget_mb`.
+//! `dirty_budget_mb`, `thp` (`auto`/`never`), `calloc_prefault`.
 //!
 //! ```
 //! #[global_allocator]
