@@ -4,7 +4,8 @@
 //! before writing it maps no zero page (no fault at all); the bytes of live prefaulted
 //! objects never pass `LIVE_MAX`, whatever mix of dense and sparse objects the program
 //! makes, and go back to zero when they are freed or resized; once a sparse sample is
-//! freed nothing more is prefaulted; every zeroed object reads zero, guard page or not.
+//! freed nothing more is prefaulted; every zeroed object reads zero, guard page or not;
+//! and four threads resizing and handing off zeroed objects leave the count exact.
 //! Each check runs in a child process of its own (the verdict and the counters are
 //! process-wide).
 
@@ -275,6 +276,93 @@ fn mixed() {
     assert_eq!(prefault::live_bytes(), 0);
 }
 
+/// Real threads: four threads allocate zeroed objects of 40 KiB to 3 MiB, check them
+/// zero where they look (first and last word of every page), write them whole, resize
+/// one in four (grown, shrunk, or moved by the resize) and hand half of them to the
+/// next thread to free, while one purges now and then so placements find fresh pages.
+/// The live prefaulted bytes never pass `LIVE_MAX` and come back to exactly zero: no
+/// path loses or doubles a count (it would wrap or stay above zero).
+fn threads() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    const THREADS: usize = 4;
+    const OBJECTS: usize = 300;
+    dense_phase(16);
+    static MAX_LIVE: AtomicUsize = AtomicUsize::new(0);
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..THREADS)
+        .map(|_| mpsc::channel::<(usize, usize)>())
+        .unzip();
+    let handles: Vec<_> = receivers
+        .into_iter()
+        .enumerate()
+        .map(|(t, rx)| {
+            let next = senders[(t + 1) % THREADS].clone();
+            std::thread::spawn(move || {
+                let mut rng = rangealloc_tests::XorShift(0x9e37_79b9 + t as u64);
+                for i in 0..OBJECTS {
+                    let size = 40 * 1024 + rng.below(3 * MIB - 40 * 1024);
+                    let layout = Layout::from_size_align(size, 8).unwrap();
+                    // SAFETY: a nonzero layout; every access is inside the object.
+                    let (p, size) = unsafe {
+                        let p = alloc_zeroed(layout);
+                        assert!(!p.is_null());
+                        for off in (0..size).step_by(PAGE) {
+                            // The page's last whole word, if it has one of its own.
+                            let last = ((off + PAGE).min(size) - 8) & !7;
+                            assert_eq!(p.add(off).read(), 0, "zeroed at {off}");
+                            if last > off {
+                                assert_eq!(p.add(last).cast::<u64>().read(), 0);
+                                p.add(last).cast::<u64>().write(u64::MAX);
+                            }
+                            p.add(off).write(1);
+                        }
+                        if rng.below(4) == 0 {
+                            let new = 40 * 1024 + rng.below(4 * MIB);
+                            let q = realloc(p, layout, new);
+                            assert!(!q.is_null());
+                            assert_eq!(q.read(), 1);
+                            (q, new)
+                        } else {
+                            (p, size)
+                        }
+                    };
+                    MAX_LIVE.fetch_max(prefault::live_bytes(), Ordering::Relaxed);
+                    if i % 2 == 0 {
+                        next.send((p as usize, size)).unwrap();
+                    } else {
+                        // SAFETY: allocated (or resized) above with this size.
+                        unsafe { dealloc(p, Layout::from_size_align(size, 8).unwrap()) };
+                    }
+                    while let Ok((q, size)) = rx.try_recv() {
+                        // SAFETY: a live object another thread handed over, of this size.
+                        unsafe { dealloc(q as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
+                    }
+                    if t == 0 && i % 16 == 0 {
+                        purge::purge_all();
+                    }
+                }
+                drop(next);
+                rx
+            })
+        })
+        .collect();
+    drop(senders);
+    for h in handles {
+        let rx = h.join().unwrap();
+        for (q, size) in rx.try_iter() {
+            // SAFETY: a live object handed over and never freed, of this size.
+            unsafe { dealloc(q as *mut u8, Layout::from_size_align(size, 8).unwrap()) };
+        }
+    }
+    assert!(prefault::PREFAULTED.get() > 0, "objects were prefaulted");
+    assert!(MAX_LIVE.load(Ordering::Relaxed) <= prefault::LIVE_MAX);
+    assert_eq!(
+        prefault::live_bytes(),
+        0,
+        "every count given back exactly once"
+    );
+}
+
 #[test]
 fn zeroed_objects_written_whole_are_prefaulted() {
     rangealloc_tests::run_child_passing("dense", NO_TIMED_PURGE);
@@ -291,6 +379,11 @@ fn prefault_off_leaves_zeroed_objects_lazy() {
 #[test]
 fn sparse_zeroed_objects_cost_at_most_the_bound() {
     rangealloc_tests::run_child_passing("sparse", NO_TIMED_PURGE);
+}
+
+#[test]
+fn threads_resizing_and_handing_off_zeroed_objects_keep_the_count_exact() {
+    rangealloc_tests::run_child_passing("threads", NO_TIMED_PURGE);
 }
 
 #[test]
@@ -315,6 +408,7 @@ fn child_entry() {
         "off" => off(),
         "sparse" => sparse(),
         "mixed" => mixed(),
+        "threads" => threads(),
         _ => panic!("unknown mode {mode}"),
     }
     println!("PASSED {mode}");
