@@ -195,7 +195,7 @@ pub unsafe fn placed(start: usize, len: usize, guard: usize, zero_fresh: bool) {
     // SAFETY: forwarded contract. Counted and marked even where a piece failed: the
     // pieces before it stay populated.
     let populated = unsafe { os::prefault(start, bytes) };
-    if !ARENAS.mark_prefaulted(start) {
+    if ARENAS.mark_prefaulted(start).is_none() {
         LIVE.fetch_sub(bytes, Ordering::Relaxed);
     } else if populated {
         PREFAULTED.inc();
@@ -266,10 +266,8 @@ pub fn resizing(start: usize, guard: usize) -> bool {
 /// pages, as prefaulted: marked, its whole length counted, past `LIVE_MAX` if need be
 /// (its grown part may be lazy: counting it only stops prefaulting sooner).
 pub fn resized(start: usize, guard: usize) {
-    if let Some(len) = ARENAS.object_len(start) {
+    // Marked, then counted: only this `realloc`'s caller can take the mark meanwhile.
+    if let Some(len) = ARENAS.mark_prefaulted(start) {
         LIVE.fetch_add(len - guard, Ordering::Relaxed);
-        if !ARENAS.mark_prefaulted(start) {
-            LIVE.fetch_sub(len - guard, Ordering::Relaxed);
-        }
     }
 }

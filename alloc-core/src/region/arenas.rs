@@ -554,26 +554,23 @@ impl Arenas {
         Self::table_of(addr)?.find_and_read_lock(addr)
     }
 
-    /// Marks the live object at `addr` prefaulted (`Region::mark_prefaulted`): false
-    /// when no live object starts there.
-    pub fn mark_prefaulted(&self, addr: usize) -> bool {
-        self.live_object(addr, Region::mark_prefaulted).is_some()
+    /// Marks the live object at `addr` prefaulted (`Region::mark_prefaulted`): its
+    /// length (guard page included), or `None` when no live object starts there.
+    pub fn mark_prefaulted(&self, addr: usize) -> Option<usize> {
+        let _path = OnRegionPath::enter();
+        Self::table_of(addr)?.live_object(addr, |r| {
+            r.mark_prefaulted();
+            r.len()
+        })
     }
 
     /// Takes the prefaulted mark of the live object at `addr`: its length (guard page
     /// included) when the mark was set.
     pub fn take_prefaulted(&self, addr: usize) -> Option<usize> {
-        self.live_object(addr, |r| r.take_prefaulted().then(|| r.len()))
-            .flatten()
-    }
-
-    /// Runs `f` on the live object region starting at `addr`, under its read lock.
-    fn live_object<T>(&self, addr: usize, f: impl FnOnce(&Region) -> T) -> Option<T> {
         let _path = OnRegionPath::enter();
-        let read = self.find_and_read_lock(addr)?;
-        let r = read.region();
-        (r.kind() != RegionKind::Free && r.start() == addr && r.state() == RegionState::Live)
-            .then(|| f(r))
+        Self::table_of(addr)?
+            .live_object(addr, |r| r.take_prefaulted().then(|| r.len()))
+            .flatten()
     }
 
     /// `RegionTable::retire` in the arena holding `addr`.

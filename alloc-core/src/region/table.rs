@@ -718,10 +718,15 @@ impl RegionTable {
 
     /// The length of the live object region starting at `addr`.
     pub fn object_len(&self, addr: usize) -> Option<usize> {
+        self.live_object(addr, Region::len)
+    }
+
+    /// Runs `f` on the live object region starting at `addr`, under its read lock.
+    pub fn live_object<T>(&self, addr: usize, f: impl FnOnce(&Region) -> T) -> Option<T> {
         let read = self.find_and_read_lock(addr)?;
         let r = read.region();
         (r.kind() != RegionKind::Free && r.start() == addr && r.state() == RegionState::Live)
-            .then(|| r.len())
+            .then(|| f(r))
     }
 
     // ----------------------------------------------------------------- write side
