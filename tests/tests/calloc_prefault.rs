@@ -71,10 +71,6 @@ fn dense_phase(n: usize) {
     }
 }
 
-fn resident_bytes() -> usize {
-    rangealloc_tests::rss_bytes()
-}
-
 /// Allocates zeroed objects until one is prefaulted (at most 64): that one.
 fn prefaulted_object() -> *mut u8 {
     for _ in 0..64 {
@@ -173,7 +169,7 @@ fn sparse() {
         prefault::verdict_written(),
         "the dense phase's samples were written"
     );
-    let before = resident_bytes();
+    let before = rangealloc_tests::rss_bytes();
     let held: Vec<*mut u8> = (0..200)
         .map(|_| {
             // SAFETY: a nonzero layout; one byte written, inside the object.
@@ -185,7 +181,7 @@ fn sparse() {
             }
         })
         .collect();
-    let grown = resident_bytes().saturating_sub(before);
+    let grown = rangealloc_tests::rss_bytes().saturating_sub(before);
     assert!(prefault::live_bytes() <= prefault::LIVE_MAX);
     assert!(
         thp_always() || grown <= prefault::LIVE_MAX + 8 * MIB,
@@ -239,7 +235,7 @@ fn sparse() {
 /// them at once: 300 kept objects add at most that much RSS (the first design, a budget
 /// refilled by each written sample, added 450 MiB).
 fn mixed() {
-    let before = resident_bytes();
+    let before = rangealloc_tests::rss_bytes();
     let mut kept = Vec::new();
     for i in 0..300 {
         dense_phase(1);
@@ -257,7 +253,7 @@ fn mixed() {
             kept.push((q, size));
         }
     }
-    let grown = resident_bytes().saturating_sub(before);
+    let grown = rangealloc_tests::rss_bytes().saturating_sub(before);
     assert!(
         prefault::PREFAULTED.get() > 0,
         "the dense objects earned prefaults"

@@ -218,7 +218,9 @@ pub fn freeing(start: usize, guard: usize) {
     let Some(len) = take_sample(start) else {
         return;
     };
-    // The same length as sampled: a resized object's pages say nothing of its start.
+    // Still the live object sampled, as the table's invariant says (module doc): the
+    // scan runs before the free's own checks, so a table that broke it must not send
+    // it into memory that is not the sample.
     if ARENAS.object_len(start) != Some(len) {
         return;
     }
