@@ -1,8 +1,9 @@
 //! The drop-in surface of issue 17 under `LD_PRELOAD`: glibc's internal names, C23's
 //! sized frees, glibc's introspection and tuning calls, the statistics JSON
 //! (`tests/c/dropin.c`), `malloc_trim` reaching an idle thread's pages
-//! (`tests/c/idle_trim.c`), and the program's own options with the run-time setters
-//! (`tests/c/conf.c`).
+//! (`tests/c/idle_trim.c`), the program's own options with the run-time setters
+//! (`tests/c/conf.c`), and what preloading loads besides the allocator
+//! (`tests/c/loaded_objects.c`).
 
 mod ffi_support;
 
@@ -65,6 +66,31 @@ fn glibc_and_c23_surface() {
 /// went idle (issue 17, "memory comes back from every thread"): it returns 1 and RSS
 /// falls by at least 180 MiB from its peak (`tests/c/idle_trim.c`, its own process).
 /// Before the fix the trim reached only the region table: about 110 MiB stayed.
+/// Preloading loads nothing but the allocator: no `libgcc_s` (its unwinder is linked
+/// into the library) and no `libm` (the profiler's two float functions are Rust's), which
+/// cost every short-lived process about 0.2 ms each to load and relocate (BENCHMARKS.md,
+/// "Start-up cost"). The program links neither.
+#[test]
+fn preloading_loads_no_other_library() {
+    let exe = compile("loaded_objects.c", "loaded_objects", Lang::C, &[]);
+    let out = run(preloaded(&exe), LIMIT);
+    out.assert_success("loaded_objects.c under LD_PRELOAD");
+    let objects: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("object "))
+        .collect();
+    assert!(
+        objects.iter().any(|o| o.ends_with("librangealloc.so")),
+        "not preloaded: {objects:?}"
+    );
+    let extra: Vec<&&str> = objects
+        .iter()
+        .filter(|o| o.contains("libgcc_s") || o.contains("libm."))
+        .collect();
+    assert!(extra.is_empty(), "the allocator loaded {extra:?}");
+}
+
 #[test]
 fn malloc_trim_returns_an_idle_threads_pages() {
     let exe = compile("idle_trim.c", "idle_trim", Lang::C, &["-pthread"]);

@@ -4,7 +4,8 @@
 //! the object's `.eh_frame_hdr` search table: no lock, no allocation; without
 //! `_dl_find_object`, as before glibc 2.35 or in a static program, `dl_iterate_phdr`
 //! finds the object) and the DWARF call-frame instruction interpreter (the subset
-//! compilers emit for x86-64); calls glibc, and libgcc's `_Unwind_Find_FDE` only for
+//! compilers emit for x86-64); calls glibc, and libgcc's `_Unwind_Find_FDE` (the one
+//! `libgcc` picks: the program's, else ours) only for
 //! code outside every loaded object (frames a JIT registered) or in an object whose
 //! search table is missing or in unusual encodings. The
 //! walker in `stack` caches one `Rule` per return address, so this runs once per
@@ -19,6 +20,7 @@
 
 use core::ffi::{c_int, c_void};
 
+use super::libgcc::{self, DwarfEhBases};
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// DWARF register numbers of x86-64 (System V psABI, figure 3.36).
@@ -48,20 +50,6 @@ pub enum Rule {
     End,
     /// A frame this walker does not follow.
     Unsupported,
-}
-
-/// `struct dwarf_eh_bases` of libgcc's `unwind-dw2-fde.h`.
-#[repr(C)]
-struct DwarfEhBases {
-    tbase: *mut c_void,
-    dbase: *mut c_void,
-    func: *mut c_void,
-}
-
-extern "C" {
-    /// libgcc: the FDE covering `pc`, or null; fills `bases.func` with the start of the
-    /// function it covers.
-    fn _Unwind_Find_FDE(pc: *mut c_void, bases: *mut DwarfEhBases) -> *const u8;
 }
 
 /// `struct dl_find_object` of glibc 2.35+'s `<dlfcn.h>` (x86-64 layout).
@@ -120,7 +108,7 @@ pub fn init(phdr_only: bool) {
         unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) }
     };
     let find = sym as usize;
-    let find_fde = _Unwind_Find_FDE as *const () as usize;
+    let find_fde = libgcc::find_fde_address();
     if let Some(libgcc) = object_of(find_fde, find) {
         // The walk ends at libgcc's frames only if libgcc is an object of its own
         // (libgcc_s.so); linked into our own object, its range would cover ours too.
@@ -318,7 +306,7 @@ fn rule_by_libgcc(at: usize) -> Rule {
         func: core::ptr::null_mut(),
     };
     // SAFETY: libgcc reads `at` only as a number and writes `bases`, which we own.
-    let fde = unsafe { _Unwind_Find_FDE(at as *mut c_void, &mut bases) };
+    let fde = unsafe { libgcc::find_fde(at as *mut c_void, &mut bases) };
     if fde.is_null() {
         return Rule::End;
     }
@@ -1091,7 +1079,7 @@ pub(super) mod tests {
             }
             assert!(compared > 50_000, "{compared}");
         }
-        let libgcc = _Unwind_Find_FDE as *const () as usize;
+        let libgcc = libgcc::find_fde_address();
         assert_eq!(lookup(libgcc + 1), Lookup::Found(Rule::End));
         let (start, end) = (
             FIND_FDE_START.load(Ordering::Relaxed),

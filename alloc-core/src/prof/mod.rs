@@ -3,7 +3,8 @@
 //! and `realloc`; calls `large` (sampled large objects are served there), `heap` (a
 //! reallocated sampled block's page count), `thread` (the re-entrancy guard), `options`,
 //! `os`, and its own parts: `sampler` (the per-thread byte countdown and sample
-//! weights), `stack` (unwinding, with `cfi`'s call-frame rules), `table` (stacks and live
+//! weights), `stack` (unwinding, with `cfi`'s call-frame rules and `libgcc`'s unwinder,
+//! the program's or ours), `table` (stacks and live
 //! samples), `pprof` (the encoder), `gzip` (its compression) and `report` (the leak
 //! report).
 //!
@@ -38,6 +39,7 @@
 #[cfg(target_arch = "x86_64")]
 mod cfi;
 mod gzip;
+mod libgcc;
 mod pprof;
 mod report;
 mod sampler;
@@ -97,11 +99,12 @@ fn start() -> bool {
         let o = options::get();
         MEAN.store(o.prof_sample, Ordering::Relaxed);
         let on = o.prof && table::init();
-        #[cfg(target_arch = "x86_64")]
         if on {
             // `dlsym` may allocate; this may run in the middle of a heap refill
             // (`charge_blocks`), so that goes to the metadata arena, as in `capture_here`.
             let _inside = thread::Reentrancy::enter();
+            libgcc::init();
+            #[cfg(target_arch = "x86_64")]
             cfi::init(o.prof_unwind_phdr);
         }
         // Relaxed: as in `sampling`.

@@ -93,7 +93,7 @@ fn reached(before: i64, size: i64, mean: u64) -> bool {
 /// The next sample distance: `-ln(u) * mean`, at least one byte.
 fn draw(mean: u64) -> i64 {
     let u = uniform();
-    let distance = (-u.ln()).min(MAX_MEANS) * mean as f64;
+    let distance = (-libm::log(u)).min(MAX_MEANS) * mean as f64;
     (distance as i64).max(1)
 }
 
@@ -117,7 +117,7 @@ fn uniform() -> f64 {
 /// process of rate `1 / mean` puts a point in those bytes. Dividing by `p` makes each
 /// stack's totals unbiased estimates (tcmalloc and Go weight their samples the same way).
 pub fn weight(size: usize, mean: u64) -> (f64, f64) {
-    let p = -(-(size as f64) / mean as f64).exp_m1();
+    let p = -libm::expm1(-(size as f64) / mean as f64);
     let objects = if p > 0.0 { 1.0 / p } else { 1.0 };
     (objects, objects * size as f64)
 }

@@ -2,7 +2,8 @@
 //! built with `-fomit-frame-pointer` (Debian's C programs) because it reads the
 //! `.eh_frame` CFI that x86-64 compilers emit by default. Owns the walk, a process-wide
 //! cache of call-frame rules keyed by code address, and the fallback to libgcc's
-//! `_Unwind_Backtrace`; calls `cfi` (rules from the unwind tables) and libgcc.
+//! `_Unwind_Backtrace`; calls `cfi` (rules from the unwind tables) and `libgcc` (the
+//! unwinder: the program's, else ours).
 //!
 //! Cost. libgcc's walk costs about 1.4k-3k instructions per frame (the FDE lookup,
 //! interpreting the CIE and FDE programs, updating a context of every register), about
@@ -52,6 +53,7 @@ use core::ffi::{c_int, c_void};
 
 #[cfg(target_arch = "x86_64")]
 use super::cfi::{self, Rule};
+use super::libgcc::{self, GetIpFn, UnwindContext};
 #[cfg(target_arch = "x86_64")]
 use crate::sync::atomic::{fence, AtomicU64, Ordering};
 
@@ -564,35 +566,24 @@ fn unpack(w: u64) -> Rule {
 
 // ---- libgcc's walk ---------------------------------------------------------------------
 
-#[repr(C)]
-struct UnwindContext {
-    _private: [u8; 0],
-}
-
 /// `_URC_NO_REASON`: keep unwinding.
 const URC_NO_REASON: c_int = 0;
 /// `_URC_END_OF_STACK`, returned by the callback to stop early.
 const URC_END_OF_STACK: c_int = 5;
 
-extern "C" {
-    fn _Unwind_Backtrace(
-        trace: extern "C" fn(*mut UnwindContext, *mut c_void) -> c_int,
-        arg: *mut c_void,
-    ) -> c_int;
-    fn _Unwind_GetIP(ctx: *mut UnwindContext) -> usize;
-}
-
 struct Walk<'a> {
     frames: &'a mut [usize; MAX_FRAMES],
     depth: usize,
     skip: usize,
+    /// The `_Unwind_GetIP` of the library whose `_Unwind_Backtrace` runs the walk.
+    get_ip: GetIpFn,
 }
 
 extern "C" fn on_frame(ctx: *mut UnwindContext, arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `Walk` that `libgcc_capture` passed, alive for the whole walk.
     let walk = unsafe { &mut *(arg as *mut Walk) };
     // SAFETY: a context libgcc handed us for this callback.
-    let ip = unsafe { _Unwind_GetIP(ctx) };
+    let ip = unsafe { (walk.get_ip)(ctx) };
     if ip == 0 {
         return URC_END_OF_STACK;
     }
@@ -613,14 +604,16 @@ extern "C" fn on_frame(ctx: *mut UnwindContext, arg: *mut c_void) -> c_int {
 /// `skip` frames above it.
 #[inline(never)]
 fn libgcc_capture(frames: &mut [usize; MAX_FRAMES], skip: usize) -> usize {
+    let (backtrace, get_ip) = libgcc::backtrace_pair();
     let mut walk = Walk {
         frames,
         depth: 0,
         // The first context is this function itself.
         skip: skip + 1,
+        get_ip,
     };
     // SAFETY: the callback matches libgcc's signature and `walk` outlives the call.
-    unsafe { _Unwind_Backtrace(on_frame, &mut walk as *mut Walk as *mut c_void) };
+    unsafe { backtrace(on_frame, &mut walk as *mut Walk as *mut c_void) };
     walk.depth
 }
 
