@@ -1030,6 +1030,30 @@ fn without_dl_find_object_a_malloc_inside_libgccs_fde_lookup_does_not_deadlock()
     register_frame_program("prof=1,prof_sample=1,prof_unwind_phdr=1");
 }
 
+/// A JIT's frame (code in no loaded object, its unwind table registered with the
+/// program's libgcc) between a sampled malloc and its caller: the walk asks libgcc for
+/// that frame's rule, and it must ask the program's `libgcc_s.so`, where the table is
+/// registered, not the copy of the unwinder linked into `librangealloc.so`, whose
+/// registry is empty (`prof::libgcc`). With the copy, the stack ended at the JIT frame.
+#[test]
+fn a_jit_frame_registered_with_the_programs_libgcc_is_walked_through() {
+    let exe = compile("prof_jit.c", "prof_jit", Lang::C, &["-rdynamic"]);
+    let mut cmd = preloaded(&exe);
+    cmd.env("RANGEALLOC_OPTIONS", "prof=1,prof_sample=1,prof_leak=1");
+    let out = run(cmd, LIMIT);
+    out.assert_success("prof_jit under LD_PRELOAD");
+    assert!(out.stdout.contains("ALL OK"), "{}", out.stdout);
+    let report = &out.stderr;
+    let first = report.find("leak #1:").expect("a leak report on stderr");
+    let end = report[first..]
+        .find("leak #2:")
+        .map_or(report.len(), |i| first + i);
+    assert!(
+        report[first..end].contains("prof_jit_caller"),
+        "the JIT object's stack stops at the JIT frame:\n{report}"
+    );
+}
+
 fn register_frame_program(options: &str) {
     let exe = compile("prof_register_frame.c", "prof_register_frame", Lang::C, &[]);
     let mut cmd = preloaded(&exe);
