@@ -5,11 +5,14 @@
 //! the background purger), the fork handlers themselves, and each thread's start (its
 //! heap) and exit (giving the heap up). It owns the process set-up state and the
 //! thread-exit key; it calls `heap` (create, adopt, abandon heaps; their fork hooks),
-//! `region`, `meta`, `options`, `reclaim`, `snapshot` and `thread`.
+//! `region`, `meta`, `options`, `reclaim`, `tuning` (the exit report), `os` (the
+//! page-size check, the checkpoint note, the `/proc` descriptors' fork handling),
+//! `prof` and `large::cache` (their fork hooks) and `thread`.
 //!
-//! It is entered from two cold paths and nowhere else: a thread's first small
-//! allocation (`heap`'s slow path calls `thread_start`) and the large-object path
-//! (`lib.rs` calls `ensure_process`). Every front end allocates through one of them
+//! It is entered from three cold paths and nowhere else: a thread's first small
+//! allocation (`heap`'s slow path calls `thread_start`), a thread's first medium free
+//! or allocation (`large::cache` finds its cache through `thread_start`) and the
+//! large-object path (`lib.rs` calls `ensure_process`). Every front end allocates through one of them
 //! first, so the Rust `#[global_allocator]` gets the fork handlers exactly as the C
 //! library does, and the fast paths carry no check.
 //!

@@ -1,12 +1,14 @@
 //! rangealloc-core: the allocator engine.
 //!
-//! Reading order: `heap/` is the small-object fast path (thread-local, never touches the
-//! region table); `large/` serves big objects, one region each; `region/` is the region
+//! Reading order: `heap/` is the small-object fast path (thread-local; its fast paths
+//! never touch the region table, its segments are regions of it); `large/` serves big objects, one region each; `region/` is the region
 //! table (the user-space VMA tree with lock-free lookups and per-region locks); `purge/`
 //! returns memory; `meta/` holds our own metadata; `os/` is the only code that makes
 //! memory syscalls; `space` maps addresses to their owner; `init` is the process and
 //! thread lifecycle (first-use set-up, fork handlers, thread exit). This file is the
-//! public surface (used by `rangealloc` and the C shim).
+//! public surface (used by `rangealloc` and the C shim): it owns `MALLOC_ALIGN`, `fatal`
+//! and the entry points, and calls `heap`, `large`, `meta`, `misuse`, `os`, `prof`,
+//! `space`, `thread` and `init`.
 
 // Model builds leave out the code that uses most of the descriptor (see below), and the
 // loom-only constructors cannot be `const`, hence not `Default`-able either.

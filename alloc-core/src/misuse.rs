@@ -1,6 +1,6 @@
 //! Reporting detected misuse: one line naming the call, the pointer and the misuse,
 //! then abort. Formats into a stack buffer (no allocation: the heap may be the thing
-//! that is broken). Calls `os`.
+//! that is broken). Owns nothing; calls `os` and `options`.
 
 use crate::region::table::RetireError;
 

@@ -2,7 +2,8 @@
 //! (C's `rangealloc_conf`, Rust's `RangeAlloc::with_options`) and then from
 //! `RANGEALLOC_OPTIONS=key=value,...`, whose keys override the program's one by one.
 //! Owns the parsed options and the run-time overrides of the few that may change while
-//! the program runs (`live`); calls `os` (for warnings) and `libc::getenv`.
+//! the program runs (`live`); calls `os` (for warnings and the kernel's THP mode),
+//! `thread` (`ProcessOnce`) and `libc::getenv`.
 //!
 //! Unknown keys and bad values print one warning on stderr and keep the default.
 

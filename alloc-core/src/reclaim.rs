@@ -2,7 +2,8 @@
 //! region table's free space (`purge`) and the free units of every thread's heap,
 //! idle and abandoned ones included (`heap::reclaim`). Owns `purge_now` (behind Rust's
 //! `purge()`, C's `rangealloc_purge`, `malloc_trim` and `arena.<i>.purge`) and the
-//! background purger thread; calls `heap`, `purge`, `region` and `options`.
+//! background purger thread; calls `heap`, `purge`, `region`, `options` and
+//! `large::cache` (`flush_all`).
 //!
 //! A cache that keeps free memory per thread (regions, pages) must be emptied here too:
 //! `purge_now` calls `flush_caches` first, so that what the caches give back lands in

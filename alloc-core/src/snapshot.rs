@@ -1,5 +1,5 @@
 //! Statistics snapshots and the human-readable report. Owns nothing; reads the counters
-//! of `heap`, `large`, `region`, `purge`, `meta`, `prof` and `os`. Reading costs a walk over the heaps
+//! of `heap`, `large`, `region`, `purge`, `meta`, `prof`, `stats` and `os`. Reading costs a walk over the heaps
 //! (one per live thread at most) and the region tree, never a pause of the fast path.
 
 use crate::heap::{self, segment, size_class};

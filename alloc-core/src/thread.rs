@@ -1,8 +1,8 @@
 //! The calling thread's allocator slot: a `const` thread-local word holding this
 //! thread's heap, or a sentinel, and beside it the fast word the fast paths read: the
 //! heap, or `heap::NO_HEAP` (a heap with no block in any class; its address is this
-//! module's only reference outside itself) while the slot holds a sentinel. It owns
-//! those words and calls nothing.
+//! module's only reference outside itself but `sync`'s back-off) while the slot holds a
+//! sentinel. It owns those words and calls nothing for them.
 //!
 //! The sentinels double as the re-entrancy guard of DESIGN.md §5: while a thread runs
 //! allocator code that may allocate through a dependency, its slot reads `BUSY` and its
@@ -22,7 +22,8 @@
 //! thread, and [`verify_static_tls`] for the per-thread check.
 //!
 //! It also holds the two once-per-process primitives the engine's set-up needs, both
-//! safe across `fork` (`ExitKey`, `ProcessOnce`); they call only `libc`.
+//! safe across `fork` (`ExitKey`, `ProcessOnce`); they call `libc` and `sync` (the
+//! back-off of threads waiting for the set-up).
 
 use core::cell::Cell;
 

@@ -2,7 +2,8 @@
 //! purge delay, the background purger, the report at exit and the dirty budget (the
 //! others shape memory already handed out, or the fast path, and stay as parsed).
 //! Owns the exit report (armed once, run from `.fini_array`); stores values through
-//! `options` and calls `purge` and `snapshot` to apply them.
+//! `options` and calls `purge`, `snapshot`, `reclaim` (the background purger's thread)
+//! and `os` (the clock) to apply them.
 
 use crate::{options, os, purge};
 use core::sync::atomic::{AtomicBool, Ordering};

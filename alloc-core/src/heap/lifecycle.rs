@@ -1,6 +1,8 @@
 //! Heap lifecycle: creating a heap or adopting an abandoned one for a starting thread,
 //! giving a heap up, and the heap lists' part of `fork`. Owns the global heap lists;
-//! calls `meta`, `slow` (trim) and `thread`. The thread and process events that drive it
+//! calls `meta`, `slow` (trim), `repair` (an orphan's rebuild), `reclaim` (its fork
+//! hooks), `large::cache` (an abandoned heap's cache flushed, a child's cached regions
+//! counted) and `thread`. The thread and process events that drive it
 //! (first allocation, the exit hook, the fork handlers) are `init`'s.
 //!
 //! A heap is never freed: a dying thread trims it (empty pages and segments go back)

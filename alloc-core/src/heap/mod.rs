@@ -1,13 +1,17 @@
 //! Thread-local heaps: the small-object fast path. A heap owns segments (from the region
 //! table), their pages and a queue of pages per size class; it calls `region` (through
-//! `segment`), `meta` (for the heap structs), `os`, `thread`, `prof` (at refills, from
-//! `slow`) and `init` from one place only: a thread's first allocation starts the thread
-//! there (`slow`).
+//! `segment`), `meta` (the heap structs, and allocations made with no heap or from
+//! inside the allocator), `os`, `space`, `thread`, `purge` and `reclaim` (the slow
+//! path's purges), `misuse` (bad frees), `large::cache` (a heap's medium cache, flushed
+//! when it is abandoned), `prof` (at refills, and frees of blocks of sampled pages) and
+//! `init` from one place only: a thread's first allocation starts the thread there
+//! (`slow`).
 //!
 //! `alloc_small` pops the current page's free list; `free_small` masks the pointer to its
 //! segment header, validates the block and pushes it on the page's local list when this
 //! thread owns the page, or on the page's atomic list otherwise. Neither touches the
-//! region table or takes a lock. Everything else is in `slow.rs`, `lifecycle.rs` and `repair.rs`;
+//! region table or takes a lock (a free of a block of a page the profiler marked leaves
+//! the fast path: `free_on_marked_page`, which may take the profiler's table lock). Everything else is in `slow.rs`, `lifecycle.rs` and `repair.rs`;
 //! `reclaim.rs` lets any thread purge the free units of every heap (idle ones included)
 //! and retire the pages that only other threads freed into.
 //!

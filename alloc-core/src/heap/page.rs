@@ -1,6 +1,7 @@
 //! A page: a run of 64 KiB units inside a segment, carved into blocks of one size class,
-//! with mimalloc's three sharded free lists. It owns the page descriptor and its lists,
-//! and calls nothing.
+//! with mimalloc's three sharded free lists. It owns the page descriptor and its lists
+//! (and, with the `secure` feature, the per-process key that encodes their links), and
+//! calls nothing (but `getrandom` for that key).
 //!
 //! - `free`: blocks ready for the owner's fast path;
 //! - `local_free`: blocks freed by the owner (kept apart so the fast path's list stays

@@ -4,7 +4,7 @@
 //! merged by `collect`), so nothing the heap links together can be trusted. The adopter
 //! (the first child thread to need a heap) rebuilds it here from the ground truth, the
 //! segments' page descriptors, before using it. Called only by `lifecycle`; calls
-//! `segment`, `slow` (queues) and `space`.
+//! `segment`, `page`, `slow` (queues, trim), `space` and `os` (the clock).
 //!
 //! What is trusted, and why. The child's memory is the parent's at one instant; on
 //! x86-64 (TSO) the owner's stores reach memory in program order, so each field holds

@@ -2,7 +2,10 @@
 //! segments; un-parking and retiring pages on free; the pending hand-off; periodic
 //! purging of unused units. Owner-thread only, except `hand_off_pending`. Changes to
 //! the segment list and the segments' unit bits are made under the heap's segments
-//! lock (`reclaim`), which foreign purgers take too.
+//! lock (`reclaim`), which foreign purgers take too. Owns nothing; calls the heap's
+//! parts, `init` (a thread's start), `meta` (allocations with no heap, or from inside
+//! the allocator), `misuse`, `prof` (sampling at refills), `purge`, `reclaim`
+//! (`purge_segments`), `os` (the clock) and `thread`.
 
 use super::page::{Block, Page, PendingPages};
 

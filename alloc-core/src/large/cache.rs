@@ -7,7 +7,8 @@
 //! size classes, the cache (its storage is a field of each `Heap`, so it lives and dies
 //! with the heap and is reachable from the heap list) and its counters; calls `region`
 //! (the state changes), `purge` (the live-bytes gauge, the purge interval), `options`,
-//! `os` (the clock) and `thread`/`heap` (to find the calling thread's cache).
+//! `os` (the clock), `meta` (the bins' scratch lists), `thread`/`heap`/`init` (to find,
+//! or start, the calling thread's cache, and to walk every heap's) .
 //!
 //! A bin keeps regions only for a class in demand (`Bin::limit`): one its thread has
 //! allocated and found empty, or, for a free of another thread's object, one some

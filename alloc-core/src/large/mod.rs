@@ -1,7 +1,9 @@
 //! Large objects: every request above the small limit (or aligned beyond a page) is a
-//! region of its own. Owns the realloc counters and the medium size classes; calls
-//! `region` (placement, retire, in-place growth and shrink, page moves), `purge` (the
-//! live-bytes gauge and the purge clock), `cache`, `options`, and `os` only for its
+//! region of its own. Owns the realloc counters; calls `region` (placement, retire,
+//! in-place growth and shrink, page moves), `purge` (the live-bytes gauge and the purge
+//! clock), its parts `cache` (the medium size classes and the per-thread cache) and
+//! `prefault`, `options`, `space` (a region's kind), `misuse` (out of memory), and `os`
+//! only for its
 //! clock, the mappings gauge and query (`os::maps::may_split`,
 //! `os::maps::inside_a_larger_mapping`), sparse copies and guard markers
 //! (`os::pagemap`, `os::checkpoint`): every

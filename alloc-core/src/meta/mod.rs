@@ -1,7 +1,8 @@
 //! The metadata arena: memory for the allocator's own structures (region descriptors,
 //! tree nodes, heaps) and for allocations made by our dependencies while we are inside
 //! the allocator (the re-entrancy bootstrap path of DESIGN.md §5). It owns its arenas and
-//! calls only `os` and `space`; it never touches the region table, so it can serve any
+//! calls only `os`, `space` and `stats` (to count process-wide locks); it never touches
+//! the region table, so it can serve any
 //! caller at any depth without recursion.
 //!
 //! Layout: 1 GiB reservations, cut into 64 KiB chunks. Chunk 0 holds a table with one

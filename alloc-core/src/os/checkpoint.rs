@@ -4,7 +4,7 @@
 //! task, with a new start
 //! time, while our memory (where the first one was noted) comes back as it was. Owns
 //! that note and the latch set once a restore is seen; calls `maps` (its `/proc`
-//! descriptors) only.
+//! descriptors), `os` (errno, number parsing) and `libc` (`getpid`).
 //!
 //! Why it matters: a sparse copy (`pagemap`) reads an absent page as zero, which it is
 //! not while a userfaultfd monitor still has to fill it, and CRIU's lazy restore

@@ -2,7 +2,8 @@
 //! their gauge, its census from `/proc/self/maps`, the switch that asks purges to
 //! overwrite moved-in ranges with fresh mappings (`overlay_moved`), and the `/proc`
 //! descriptors of the allocator (`ProcFd`: opened by raw syscalls, in slots a `fork`
-//! waits for so no child inherits one); calls only `libc`. `large` asks `may_split`
+//! waits for so no child inherits one); calls `libc` and `os` (errno, the clock).
+//! `large` asks `may_split`
 //! before a medium object moves by `mremap` and `inside_a_larger_mapping` before a
 //! sparse copy.
 //!

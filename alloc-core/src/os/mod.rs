@@ -1,7 +1,8 @@
 //! The OS layer: the only module that calls `mmap`, `munmap`, `madvise`, `mprotect`
 //! and `mremap`. It owns the syscall counters (with those of overlays and of failed
 //! moves' destinations) and, in test builds only, `move_pages`'s fault injection
-//! (`inject`); it calls only `libc`.
+//! (`inject`); it calls `libc`, its own parts (`maps`: the mappings gauge and `/proc`
+//! reads) and `stats` (to count process-wide locks).
 //!
 //! Everything above speaks in page-aligned `(addr, len)` pairs and gets typed errors.
 //! Each call preserves the caller's `errno`, because under `LD_PRELOAD` our callers are

@@ -1,6 +1,7 @@
 //! Which pages of a range hold bytes, as the kernel's page tables say (`PAGEMAP_SCAN`,
 //! Linux 6.7: an ioctl on `/proc/self/pagemap`), and the sparse copy built on it; owns
-//! the switch that remembers a kernel without the scan; calls only `libc`. `large`
+//! the switch that remembers a kernel without the scan; calls `libc`, `maps` (its
+//! `/proc` descriptor) and `os` (errno, guard-marker support). `large`
 //! copies a moving object this way instead of moving its pages with `mremap`
 //! (`copy_sparse`).
 //!

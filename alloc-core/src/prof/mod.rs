@@ -2,7 +2,8 @@
 //! report at exit. Owns the profiler's on/off state and its hooks into `alloc`, `free`
 //! and `realloc`; calls `large` (sampled large objects are served there), `heap` (a
 //! reallocated sampled block's page count), `thread` (the re-entrancy guard), `options`,
-//! `os`, and its own parts: `sampler` (the per-thread byte countdown and sample
+//! `os`, `space` (what kind of memory a pointer is in), the crate's own entry points
+//! (a sampled object's allocation, free and resize), and its own parts: `sampler` (the per-thread byte countdown and sample
 //! weights), `stack` (unwinding, with `cfi`'s call-frame rules and `libgcc`'s unwinder,
 //! the program's or ours), `table` (stacks and live
 //! samples), `pprof` (the encoder), `gzip` (its compression) and `report` (the leak

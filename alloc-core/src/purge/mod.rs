@@ -1,6 +1,7 @@
 //! Returning memory to the OS: when and how much. Owns the purge clock, the purge
 //! counters and the gauge of live large bytes that sizes the dirty budget; calls
-//! `region` (free regions, purged under their own read lock) and `options`. Heaps purge
+//! `region` (free regions, purged under their own read lock), `options` and `reclaim`
+//! (a fork child's first tick restarts the parent's background purger). Heaps purge
 //! their own unused units from their slow path (`heap::slow`) and then call `tick`,
 //! which runs the table-wide pass at most once per interval: decay is lazy, driven by
 //! allocator calls, never done on every free. Explicit purges and the background

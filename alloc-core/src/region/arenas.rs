@@ -2,7 +2,8 @@
 //! writer mutex, sequence, retired stack, free index and reservations), a thread's home
 //! arena, placement across them, and every process-wide walk (purge, statistics, fork).
 //! It owns `ARENAS` and the threads' arena tickets (with their exit key); it calls
-//! `table`, `directory`, `options` and `thread` (the exit key).
+//! `table`, `directory`, `options`, `os` (the CPU count), `space`, `stats` (the region
+//! path's count) and `thread` (the exit key, the re-entrancy guard).
 //!
 //! - Placement: a thread places in its home arena (`home`: a ticket dealt at the thread's
 //!   first placement, the one the fewest live threads hold, handed back at its exit; so

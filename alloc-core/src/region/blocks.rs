@@ -2,8 +2,9 @@
 //! back to a cache of the arena's own, so that steady-state updates never take the
 //! metadata arena's process-wide lock. It owns the cache (writer-only free lists), the
 //! batch of blocks unlinked and waiting for a grace period, and the per-arena stacks of
-//! batches whose grace period has passed; it calls `meta` (only when the cache is empty)
-//! and `crossbeam_epoch` (one deferred function per batch).
+//! batches whose grace period has passed; it calls `meta` (for blocks when the cache is
+//! empty or full, and to size them), `crossbeam_epoch` (one deferred function per
+//! batch) and `stats` (time spent in it).
 //!
 //! A block's life: taken by a writer (`alloc`), published, unlinked by a later writer of
 //! the same arena (`retire`: into the arena's pending batch), sealed into a list when the

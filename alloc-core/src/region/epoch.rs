@@ -1,6 +1,7 @@
 //! Our own epoch collector (crossbeam-epoch) for the region table's grace periods.
-//! It owns the collector and each thread's registration; it calls `crossbeam_epoch` and
-//! `meta` (the handle lives in metadata memory).
+//! It owns the collector and each thread's registration (with its exit key); it calls
+//! `crossbeam_epoch`, `meta` (the handle lives in metadata memory), `thread` (the exit
+//! key, the re-entrancy guard) and `stats` (time spent in the dependency).
 //!
 //! Why not `crossbeam_epoch::pin()`: the default collector is built lazily inside a
 //! `Once` and allocates, so pinning from inside `GlobalAlloc::alloc` re-enters that

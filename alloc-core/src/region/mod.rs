@@ -1,6 +1,7 @@
 //! The region table: rangealloc's user-space VMA tree. It owns every address range the
 //! allocator manages outside the metadata arena, each described by a `Region`, and it
-//! calls `os` (for address space), `meta` (for descriptors and tree nodes) and `space`.
+//! calls `os` (for address space), `meta` (for descriptors and tree nodes), `space`,
+//! `options`, `thread` (exit keys, the re-entrancy guard) and `stats`.
 //!
 //! - `tree`: the ordered map from start address to region, readable without locks
 //!   (copy-on-write B+tree published by one atomic store, reclaimed by epoch).

@@ -4,7 +4,8 @@
 //! bounded pieces), secure mode's guard pages (`install_guard`, lifted by `retire`) and
 //! the diagnostic walks. The updates themselves are in `writer` (`table/writer.rs`);
 //! test hooks in `table/hooks.rs`. Calls `tree`, `lock`, `protocol`, `free_index`,
-//! `epoch` and `os`.
+//! `deferred`, `directory`, `epoch`, `os`, `options`, `space` and `thread` (the
+//! re-entrancy guard).
 //!
 //! Read side (free, usable size, purge of one region):
 //! pin; r = tree.floor(addr); try-read r; back off if `lock_seq == table_seq`; re-check

@@ -6,8 +6,8 @@
 //! write-locks the regions it touches (`start_write`) and creates new ones write-locked
 //! (`new_region`); `RegionTable::write` ends the update with one `end_write_all`.
 //! Placement draws from one `Space` (huge-page reservations or the base ones). Calls
-//! `tree`, `free_index`, `epoch`, `meta`, `os`, `options` (the huge-page mode) and
-//! `space`.
+//! `tree` (and its descriptor blocks, `blocks`), `free_index`, `directory` (the
+//! reserved total), `os`, `options` (the huge-page mode) and `space`.
 
 use super::{Placed, RegionTable, WriterState, ARENA_SIZE, PURGE_PIECE};
 use crate::os;
