@@ -9,6 +9,10 @@
 //! profiler calls its entry points, found with `dlsym` when profiling starts; otherwise
 //! (no JIT could have registered frames there), and before `init` (unit tests), the
 //! linked copy. In the `rangealloc` crate the linked copy is `libgcc_s.so` itself.
+//!
+//! Not covered: a `libgcc_s.so` loaded only after profiling started (a `dlopen`ed C++
+//! library), whose registered frames the linked copy cannot see: stacks end at such a
+//! frame (looking it up again during a walk would mean `dlsym` inside `malloc`).
 
 use core::ffi::{c_int, c_void};
 
