@@ -274,10 +274,14 @@ fn mixed() {
 
 /// Real threads: four threads allocate zeroed objects of 40 KiB to 3 MiB, check them
 /// zero where they look (first and last word of every page), write them whole, resize
-/// one in four (grown, shrunk, or moved by the resize) and hand half of them to the
-/// next thread to free, while one purges now and then so placements find fresh pages.
-/// The live prefaulted bytes never pass `LIVE_MAX` and come back to exactly zero: no
-/// path loses or doubles a count (it would wrap or stay above zero).
+/// one in four (grown, shrunk, or moved by the resize) and free it, and hand half of
+/// the others to the next thread to free, while one purges now and then so placements
+/// find fresh pages. The live prefaulted bytes come back to exactly zero (no path loses
+/// or doubles a count: it would wrap or stay above zero), and stay within `LIVE_MAX`
+/// plus what the resized objects, one live per thread, may count past it: a resize
+/// counts the object that comes out whole, past the bound if it grew (`prefault`'s
+/// module doc). Handing resized objects off too let that excess pile up in a
+/// descheduled thread's queue: the assertion failed once in a full run beside a build.
 fn threads() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
@@ -299,7 +303,7 @@ fn threads() {
                     let size = 40 * 1024 + rng.below(3 * MIB - 40 * 1024);
                     let layout = Layout::from_size_align(size, 8).unwrap();
                     // SAFETY: a nonzero layout; every access is inside the object.
-                    let (p, size) = unsafe {
+                    let (p, size, resized) = unsafe {
                         let p = alloc_zeroed(layout);
                         assert!(!p.is_null());
                         for off in (0..size).step_by(PAGE) {
@@ -317,13 +321,13 @@ fn threads() {
                             let q = realloc(p, layout, new);
                             assert!(!q.is_null());
                             assert_eq!(q.read(), 1);
-                            (q, new)
+                            (q, new, true)
                         } else {
-                            (p, size)
+                            (p, size, false)
                         }
                     };
                     MAX_LIVE.fetch_max(prefault::live_bytes(), Ordering::Relaxed);
-                    if i % 2 == 0 {
+                    if i % 2 == 0 && !resized {
                         next.send((p as usize, size)).unwrap();
                     } else {
                         // SAFETY: allocated (or resized) above with this size.
@@ -351,7 +355,14 @@ fn threads() {
         }
     }
     assert!(prefault::PREFAULTED.get() > 0, "objects were prefaulted");
-    assert!(MAX_LIVE.load(Ordering::Relaxed) <= prefault::LIVE_MAX);
+    // A resized object counts at most its region: under 4 MiB + 40 KiB, rounded to huge
+    // pages (6 MiB).
+    let resized_max = 6 * MIB;
+    assert!(
+        MAX_LIVE.load(Ordering::Relaxed) <= prefault::LIVE_MAX + THREADS * resized_max,
+        "{} live prefaulted bytes",
+        MAX_LIVE.load(Ordering::Relaxed)
+    );
     assert_eq!(
         prefault::live_bytes(),
         0,

@@ -1054,6 +1054,20 @@ fn a_jit_frame_registered_with_the_programs_libgcc_is_walked_through() {
     );
 }
 
+/// A sampled allocation inside `pthread_getattr_np`, which holds the thread's lock while
+/// it allocates: the walk must not call it for its stack bound (review19 H1: the thread
+/// waited on its own lock, on the main thread and on others, and a Rust program hung
+/// in `std`'s start-up, which asks for the main thread's stack).
+#[test]
+fn a_sample_inside_pthread_getattr_np_does_not_deadlock() {
+    let exe = compile("prof_getattr.c", "prof_getattr", Lang::C, &[]);
+    let mut cmd = preloaded(&exe);
+    cmd.env("RANGEALLOC_OPTIONS", "prof=1,prof_sample=1");
+    let out = run(cmd, Duration::from_secs(60));
+    out.assert_success("prof_getattr under LD_PRELOAD");
+    assert!(out.stdout.contains("ALL OK"), "{}", out.stdout);
+}
+
 fn register_frame_program(options: &str) {
     let exe = compile("prof_register_frame.c", "prof_register_frame", Lang::C, &[]);
     let mut cmd = preloaded(&exe);

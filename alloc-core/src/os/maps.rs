@@ -163,6 +163,36 @@ pub fn count_mappings(is_ours: impl Fn(usize) -> bool) -> Option<u64> {
     complete.then_some(lines.ours)
 }
 
+/// The mapping holding `at`, as `(start, end)`; `None` when there is none or `/proc`
+/// cannot be read. One `PROCMAP_QUERY` (6.11+), else a pass over `/proc/self/maps`.
+/// Allocates nothing and takes no lock of the C library: the heap profiler asks it for
+/// the stack a walk runs on, from inside `malloc`, where `pthread_getattr_np` (which
+/// holds the thread's lock while it `malloc`s) could be the caller (review19 H1).
+pub fn mapping_of(at: usize) -> Option<(usize, usize)> {
+    let _errno = super::ErrnoGuard::save();
+    let file = ProcFd::open(MAPS_PATH)?;
+    if QUERY.load(Ordering::Relaxed) != 2 {
+        match query(file.fd(), at) {
+            Ok((start, end)) if start <= at && at < end => return Some((start, end)),
+            Err(libc::ENOENT) => return None,
+            _ => {} // an old kernel (now remembered) or an odd answer: read the text
+        }
+    }
+    let mut lines = LineRanges {
+        at,
+        ..LineRanges::default()
+    };
+    let mut buf = [0u8; READ_CHUNK];
+    loop {
+        let n = file.read(&mut buf);
+        if n <= 0 || lines.found.is_some() {
+            break;
+        }
+        lines.feed(&buf[..n as usize]);
+    }
+    lines.found
+}
+
 /// Most mappings a source may span and still move, one `mremap` per mapping
 /// (`os::move_pages`); a source of more is copied. An object that arrived by a move and
 /// then grew in place spans two; each later move and growth may add one more.
@@ -538,9 +568,79 @@ impl LineStarts {
     }
 }
 
+/// Parses each line's range (`start-end`, hex) of a maps file fed in pieces, and keeps
+/// the first that holds `at`.
+#[derive(Default)]
+struct LineRanges {
+    at: usize,
+    /// The number being read on this line, and whether it is the end (after `-`).
+    value: usize,
+    start: usize,
+    in_end: bool,
+    /// Past this line's range (skipping to its end).
+    in_rest: bool,
+    found: Option<(usize, usize)>,
+}
+
+impl LineRanges {
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                (self.value, self.in_end, self.in_rest) = (0, false, false);
+            } else if !self.in_rest {
+                match (b as char).to_digit(16) {
+                    Some(d) => self.value = (self.value << 4) | d as usize,
+                    None if !self.in_end && b == b'-' => {
+                        (self.start, self.value, self.in_end) = (self.value, 0, true);
+                    }
+                    None => {
+                        self.in_rest = true;
+                        let range = (self.start, self.value);
+                        if self.in_end && range.0 <= self.at && self.at < range.1 {
+                            self.found.get_or_insert(range);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_ranges_are_parsed_across_pieces() {
+        let text = b"7f0000000000-7f0000400000 rw-p 7f0000000 00:00 0 \n\
+                     7f0000400000-7f0000500000 rw-p 00000000 00:00 0\n\
+                     555555554000-555555556000 r--p 00000000 08:01 42 /bin/x\n";
+        for (at, want) in [
+            (0x7f0000400000, Some((0x7f0000400000, 0x7f0000500000))),
+            (0x7f00003fffff, Some((0x7f0000000000, 0x7f0000400000))),
+            (0x555555555000, Some((0x555555554000, 0x555555556000))),
+            (0x7f0000500000, None),
+        ] {
+            for cut in 0..text.len() {
+                let mut lines = LineRanges {
+                    at,
+                    ..LineRanges::default()
+                };
+                lines.feed(&text[..cut]);
+                lines.feed(&text[cut..]);
+                assert_eq!(lines.found, want, "at {at:#x}, cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_mapping_of_a_stack_address_holds_it() {
+        let local = 0u64;
+        let at = &local as *const u64 as usize;
+        let (start, end) = mapping_of(at).expect("/proc/self/maps");
+        assert!(start <= at && at < end, "{start:#x}..{end:#x} for {at:#x}");
+        assert_eq!(mapping_of(8), None, "page 0 is never mapped");
+    }
 
     #[test]
     fn line_starts_are_parsed_across_pieces() {

@@ -16,8 +16,8 @@
 //! Safety of the walk: it reads only the slots the unwind tables name in the frames of
 //! the calling thread's stack (as libgcc does), and gives up where a step would not
 //! move up the stack or would leave it: every read lies between the frame's `sp` and
-//! the end of the stack it runs on (the thread's, from `pthread_getattr_np` once per
-//! thread, or the alternate signal stack), so wrong rules or a corrupt `rbp` end the
+//! the end of the stack it runs on (the thread's, its mapping asked of the kernel once
+//! per thread, or the alternate signal stack), so wrong rules or a corrupt `rbp` end the
 //! walk rather than read another mapping (libgcc has no such bound). A stack neither
 //! of those (a coroutine's, a fiber's: `makecontext`, green threads) has no bound we
 //! can ask for without allocating, so there the walk is bounded differently
@@ -163,10 +163,16 @@ fn unloads() -> Option<u64> {
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// This thread's stack, `[low, high)`, from `pthread_getattr_np` at its first
-    /// sample; `(0, 0)` until then (and if the C library cannot say). `const`, no Drop:
-    /// nothing registered with the C library (see DESIGN's hazards).
+    /// This thread's stack, `[low, high)`, from `thread_stack` at its first sample;
+    /// `(0, 0)` until then, `(0, 1)` if it could not be told. `const`, no Drop: nothing
+    /// registered with the C library (see DESIGN's hazards).
     static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
+extern "C" {
+    /// glibc (`ld.so`): an address near the top of the initial thread's stack, set at
+    /// start-up.
+    static __libc_stack_end: *const c_void;
 }
 
 /// The end (one past the highest byte) of the stack that `sp` lies on: the thread's
@@ -174,17 +180,14 @@ thread_local! {
 /// cannot bound (a coroutine's or fiber's, made by the program): that walk checks each
 /// page it reads (`Probed`).
 ///
-/// The thread's range is read once per thread, on its first sample, from
-/// `pthread_getattr_np`. That call allocates (for the main thread it reads
-/// `/proc/self/maps` through stdio; for others it may `malloc` a CPU set), so it runs
-/// only here, under `capture`'s callers' busy flag and re-entrancy guard, whose nested
-/// allocations go to the metadata arena and are never sampled. `sigaltstack` is a
-/// syscall, asked only when `sp` is outside the thread's stack.
+/// The thread's range is read once per thread, on its first sample (`thread_stack`),
+/// and again when `sp` is below it on the initial thread's stack, which grows.
+/// `sigaltstack` is a syscall, asked only when `sp` is outside the thread's stack.
 #[cfg(target_arch = "x86_64")]
 fn stack_top(sp: usize) -> Option<usize> {
     let (mut low, mut high) = STACK.with(|s| s.get());
-    if high == 0 {
-        (low, high) = thread_stack().unwrap_or((0, 0));
+    if high == 0 || (sp < low && low - sp <= STACK_GROWTH && high == initial_stack_end()) {
+        (low, high) = thread_stack(sp).unwrap_or((0, 1));
         STACK.with(|s| s.set((low, high)));
     }
     // At least a word between `sp` and the end: `walk` relies on it.
@@ -205,23 +208,63 @@ fn stack_top(sp: usize) -> Option<usize> {
     None
 }
 
-/// The calling thread's stack `[low, high)` as glibc reports it.
+/// The calling thread's stack `[low, high)`, where `sp` lies: for a thread glibc
+/// started, the mapping holding its thread descriptor (`pthread_self()`), up to the
+/// descriptor, which glibc puts at the top of the thread's stack (its own block, above
+/// the guard page's mapping, or the program's, `pthread_attr_setstack`); for the
+/// initial thread, the mapping holding `__libc_stack_end`. `None` when `sp` is in
+/// neither (a signal, coroutine or fiber stack) or the kernel cannot say.
+///
+/// Not `pthread_getattr_np`: it holds the thread's lock while it allocates (the
+/// initial thread's stack is read from `/proc/self/maps` through stdio, every thread's
+/// CPU set is `realloc`ed), so a sample taken inside it waited on that lock forever
+/// (review19 H1). `maps::mapping_of` allocates nothing and takes no lock of the C
+/// library.
 #[cfg(target_arch = "x86_64")]
-fn thread_stack() -> Option<(usize, usize)> {
-    // SAFETY: `pthread_attr_t` is plain data that `pthread_getattr_np` initialises.
-    let mut attr: libc::pthread_attr_t = unsafe { core::mem::zeroed() };
-    // SAFETY: `attr` is ours; on success it is initialised and destroyed below.
-    if unsafe { libc::pthread_getattr_np(libc::pthread_self(), &mut attr) } != 0 {
+fn thread_stack(sp: usize) -> Option<(usize, usize)> {
+    // SAFETY: no preconditions; returns the calling thread's descriptor.
+    let descriptor = unsafe { libc::pthread_self() } as usize;
+    let holds_sp = |&(low, high): &(usize, usize)| low <= sp && sp < high;
+    let own = crate::os::maps::mapping_of(descriptor).map(|(low, end)| (low, end.min(descriptor)));
+    if let Some(own) = own.filter(holds_sp) {
+        return Some(own);
+    }
+    // SAFETY: glibc's variable, set once before any code of the program runs.
+    let initial = unsafe { __libc_stack_end } as usize;
+    if initial == 0 {
         return None;
     }
-    let (mut addr, mut size) = (core::ptr::null_mut(), 0usize);
-    // SAFETY: `attr` was initialised above; the out-pointers are ours.
-    let ok = unsafe { libc::pthread_attr_getstack(&attr, &mut addr, &mut size) } == 0;
-    // SAFETY: initialised above and not used after.
-    unsafe { libc::pthread_attr_destroy(&mut attr) };
-    let low = addr as usize;
-    (ok && size > 0).then(|| (low, low + size))
+    crate::os::maps::mapping_of(initial).filter(holds_sp)
 }
+
+/// The end of the initial thread's stack mapping as last seen (0 if unknown), so that
+/// `stack_top` tells that stack's growth from a stack elsewhere.
+#[cfg(target_arch = "x86_64")]
+fn initial_stack_end() -> usize {
+    // SAFETY: glibc's variable, set once before any code of the program runs.
+    let at = unsafe { __libc_stack_end } as usize;
+    // Relaxed: a hint read and written whole; a stale 0 only costs a lookup.
+    match INITIAL_STACK_END.load(Ordering::Relaxed) {
+        0 if at != 0 => {
+            let end = crate::os::maps::mapping_of(at).map_or(0, |(_, end)| end);
+            INITIAL_STACK_END.store(end, Ordering::Relaxed);
+            end
+        }
+        end => end,
+    }
+}
+
+/// How far below its last known start `sp` may be for `stack_top` to ask whether the
+/// initial thread's stack grew there: within the usual stack limit's reach, and far
+/// short of where the kernel puts mappings (at least 128 MiB below the stack), so a
+/// coroutine's stack in the main thread costs no lookup per sample.
+#[cfg(target_arch = "x86_64")]
+const STACK_GROWTH: usize = 64 << 20;
+
+/// See `initial_stack_end`.
+#[cfg(target_arch = "x86_64")]
+static INITIAL_STACK_END: crate::sync::atomic::AtomicUsize =
+    crate::sync::atomic::AtomicUsize::new(0);
 
 /// How far above `sp` a walk on a stack we cannot bound may read: 8 MiB, the usual
 /// main-thread stack limit (`ulimit -s`), above any coroutine stack's usual size
