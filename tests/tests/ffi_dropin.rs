@@ -61,36 +61,47 @@ fn glibc_and_c23_surface() {
         .any(|c| c["block_size"] == 64 && c["allocs"].as_u64() >= Some(1000)));
 }
 
-/// `malloc_stats_print` with jemalloc's `J` option writes the same JSON object.
+/// Preloading loads nothing but the allocator, with the profiler off or on: the
+/// program's objects under the preload are its objects without it plus
+/// `librangealloc.so`. Before, the library brought `libgcc_s` (now its unwinder is
+/// linked in) and `libm` (the profiler's two float functions are Rust's), which cost
+/// every short-lived process about 0.2 ms to load and relocate (BENCHMARKS.md, "Start-up
+/// cost").
+#[test]
+fn preloading_loads_no_other_library() {
+    let exe = compile("loaded_objects.c", "loaded_objects", Lang::C, &[]);
+    let objects = |out: &ffi_support::Outcome| -> Vec<String> {
+        out.assert_success("loaded_objects.c");
+        let mut v: Vec<String> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("object "))
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let alone = objects(&run(std::process::Command::new(&exe), LIMIT));
+    for options in ["", "prof=1,prof_sample=1"] {
+        let mut cmd = preloaded(&exe);
+        cmd.env("RANGEALLOC_OPTIONS", options);
+        let mut preloaded_objects = objects(&run(cmd, LIMIT));
+        let ours = preloaded_objects
+            .iter()
+            .position(|o| o.ends_with("librangealloc.so"))
+            .unwrap_or_else(|| panic!("not preloaded: {preloaded_objects:?}"));
+        preloaded_objects.remove(ours);
+        assert_eq!(
+            preloaded_objects, alone,
+            "with options {options:?} the allocator loaded more than itself"
+        );
+    }
+}
+
 /// `malloc_trim(0)` returns the pages of a thread that freed 200 MiB of small blocks and
 /// went idle (issue 17, "memory comes back from every thread"): it returns 1 and RSS
 /// falls by at least 180 MiB from its peak (`tests/c/idle_trim.c`, its own process).
 /// Before the fix the trim reached only the region table: about 110 MiB stayed.
-/// Preloading loads nothing but the allocator: no `libgcc_s` (its unwinder is linked
-/// into the library) and no `libm` (the profiler's two float functions are Rust's), which
-/// cost every short-lived process about 0.2 ms each to load and relocate (BENCHMARKS.md,
-/// "Start-up cost"). The program links neither.
-#[test]
-fn preloading_loads_no_other_library() {
-    let exe = compile("loaded_objects.c", "loaded_objects", Lang::C, &[]);
-    let out = run(preloaded(&exe), LIMIT);
-    out.assert_success("loaded_objects.c under LD_PRELOAD");
-    let objects: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("object "))
-        .collect();
-    assert!(
-        objects.iter().any(|o| o.ends_with("librangealloc.so")),
-        "not preloaded: {objects:?}"
-    );
-    let extra: Vec<&&str> = objects
-        .iter()
-        .filter(|o| o.contains("libgcc_s") || o.contains("libm."))
-        .collect();
-    assert!(extra.is_empty(), "the allocator loaded {extra:?}");
-}
-
 #[test]
 fn malloc_trim_returns_an_idle_threads_pages() {
     let exe = compile("idle_trim.c", "idle_trim", Lang::C, &["-pthread"]);
@@ -118,6 +129,7 @@ fn malloc_trim_returns_pages_other_threads_emptied_for_an_idle_thread() {
     assert_lines(&out.stdout, &["ok idle trim"]);
 }
 
+/// `malloc_stats_print` with jemalloc's `J` option writes the same JSON object.
 #[test]
 fn malloc_stats_print_json_option() {
     let exe = compile("jemalloc_api.c", "jemalloc_api", Lang::C, &[]);

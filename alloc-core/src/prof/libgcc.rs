@@ -6,13 +6,17 @@
 //! not use it (BENCHMARKS.md, "Start-up cost"). That copy keeps its own registry of
 //! frames: the frames a JIT registered with the program's libgcc (`__register_frame`)
 //! are known only to the program's. So where the program has `libgcc_s.so` loaded, the
-//! profiler calls its entry points, found with `dlsym` when profiling starts; otherwise
-//! (no JIT could have registered frames there), and before `init` (unit tests), the
-//! linked copy. In the `rangealloc` crate the linked copy is `libgcc_s.so` itself.
+//! profiler calls its entry points, found with `dlsym` when profiling starts; otherwise,
+//! and before `init` (unit tests), the linked copy. In the `rangealloc` crate the
+//! linked copy is `libgcc_s.so` itself.
 //!
-//! Not covered: a `libgcc_s.so` loaded only after profiling started (a `dlopen`ed C++
-//! library), whose registered frames the linked copy cannot see: stacks end at such a
-//! frame (looking it up again during a walk would mean `dlsym` inside `malloc`).
+//! Not covered (review19 M1): a `libgcc_s.so` that `dlsym` cannot see when profiling
+//! starts, loaded later (a `dlopen`ed C++ library) or with `RTLD_LOCAL` (Python's
+//! extension modules, numba's JIT): the profiler keeps the linked copy, which cannot see
+//! the frames registered there, so such stacks end at the JIT frame, where before this
+//! copy existed they went on. Looking it up again during a walk would mean `dlsym`
+//! inside `malloc`; finding it without `dlsym` (its dynamic symbol table, through
+//! `dl_iterate_phdr`) is the fix, not made yet.
 
 use core::ffi::{c_int, c_void};
 
@@ -25,6 +29,7 @@ pub struct UnwindContext {
 }
 
 /// `struct dwarf_eh_bases` of libgcc's `unwind-dw2-fde.h`.
+#[cfg(target_arch = "x86_64")]
 #[repr(C)]
 pub struct DwarfEhBases {
     pub tbase: *mut c_void,
@@ -35,17 +40,21 @@ pub struct DwarfEhBases {
 /// `_Unwind_Backtrace`'s callback.
 pub type TraceFn = extern "C" fn(*mut UnwindContext, *mut c_void) -> c_int;
 
+#[cfg(target_arch = "x86_64")]
 type FindFdeFn = unsafe extern "C" fn(*mut c_void, *mut DwarfEhBases) -> *const u8;
 type BacktraceFn = unsafe extern "C" fn(TraceFn, *mut c_void) -> c_int;
 pub type GetIpFn = unsafe extern "C" fn(*mut UnwindContext) -> usize;
 
 extern "C" {
+    #[cfg(target_arch = "x86_64")]
     fn _Unwind_Find_FDE(pc: *mut c_void, bases: *mut DwarfEhBases) -> *const u8;
     fn _Unwind_Backtrace(trace: TraceFn, arg: *mut c_void) -> c_int;
     fn _Unwind_GetIP(ctx: *mut UnwindContext) -> usize;
 }
 
-/// The program's `_Unwind_Find_FDE`, or 0 for the linked one.
+/// The program's `_Unwind_Find_FDE`, or 0 for the linked one (only `cfi`, on x86-64,
+/// looks FDEs up).
+#[cfg(target_arch = "x86_64")]
 static FIND_FDE: AtomicUsize = AtomicUsize::new(0);
 /// The program's `_Unwind_Backtrace` and `_Unwind_GetIP`, or 0 for the linked pair: a
 /// context is only read by the library that made it, so the two are taken together
@@ -58,11 +67,16 @@ static GET_IP: AtomicUsize = AtomicUsize::new(0);
 /// Idempotent. Our own copy's symbols are not exported, so `dlsym` finds only the
 /// program's.
 pub fn init() {
-    let find = symbol(c"_Unwind_Find_FDE");
-    if find != 0 {
-        // Relaxed: `cfi::init` reads it on this thread and publishes what it derives
-        // with its own Release store; other readers are ordered as `sampling()` is.
-        FIND_FDE.store(find, Ordering::Relaxed);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let find = symbol(c"_Unwind_Find_FDE");
+        if find != 0 {
+            // Relaxed: `cfi::init` reads it next on this thread and publishes what it
+            // derives with its `READY` Release store, which every lookup reads with
+            // Acquire first; a walk on another thread before that uses the linked copy,
+            // which is no worse than before `init`.
+            FIND_FDE.store(find, Ordering::Relaxed);
+        }
     }
     let (backtrace, get_ip) = (symbol(c"_Unwind_Backtrace"), symbol(c"_Unwind_GetIP"));
     if backtrace != 0 && get_ip != 0 {
@@ -79,6 +93,7 @@ fn symbol(name: &core::ffi::CStr) -> usize {
 }
 
 /// The address of the `_Unwind_Find_FDE` that `find_fde` calls.
+#[cfg(target_arch = "x86_64")]
 pub fn find_fde_address() -> usize {
     match FIND_FDE.load(Ordering::Relaxed) {
         0 => _Unwind_Find_FDE as *const () as usize,
@@ -91,6 +106,7 @@ pub fn find_fde_address() -> usize {
 ///
 /// # Safety
 /// As libgcc's: `bases` points to a writable `DwarfEhBases`.
+#[cfg(target_arch = "x86_64")]
 pub unsafe fn find_fde(pc: *mut c_void, bases: *mut DwarfEhBases) -> *const u8 {
     // SAFETY: `find_fde_address` is `_Unwind_Find_FDE` (ours or the program's), of
     // this type.
