@@ -1,5 +1,5 @@
 //! The address-space map: which 4 MiB slots of the address space belong to rangealloc
-//! and what each holds. It owns one static byte per slot and calls nothing.
+//! and what each holds. It owns two static bytes per slot (the kind and the arena, below) and calls nothing.
 //!
 //! `free(p)` reads one byte here before it follows any pointer: a small-object segment
 //! (its header sits at the slot base), a slot whose objects the region table knows, our

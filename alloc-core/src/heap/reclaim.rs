@@ -1,8 +1,9 @@
 //! Returning the free units of every heap, from any thread: what lets `purge()`, the
 //! background purger and `malloc_trim` reach the memory of threads that are blocked or
-//! idle. Owns each heap's segments lock and the foreign pass over all heaps; calls
+//! idle. Owns the segments lock's protocol (the lock word is `segments_lock`'s) and the
+//! foreign pass over all heaps; calls
 //! `segment` (to purge units and retire drained pages), `page` (the foreign drain),
-//! `lifecycle` (the heap list) and `os`.
+//! `lifecycle` (the heap list), `purge` (the purged bytes' count) and `os`.
 //!
 //! **The segments lock.** A heap's segment list (`Heap::segments`, `Segment::next/prev`)
 //! and every segment's unit bookkeeping (`free_units`, `dirty_units`, `dirty_since`)

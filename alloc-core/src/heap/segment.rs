@@ -1,8 +1,9 @@
 //! A segment: one 4 MiB region of the table (one `space` slot), owned by one heap, cut
 //! into 64 KiB units that pages occupy. The segment header (this struct) sits at the
 //! segment base, so `free(p)` finds the page of any small block by masking `p`: no
-//! table lookup, no lock. Owns the header and its unit bitmaps; calls `region` (to get
-//! and give back the segment) and `os` (to purge unused units). The bitmaps and links
+//! table lookup, no lock. Owns the header and its unit bitmaps, and the segment
+//! counters; calls `region` (to get and give back the segment), `page` (an empty page
+//! descriptor) and `os` (to purge unused units). The bitmaps and links
 //! are guarded by the owning heap's segments lock (`heap::reclaim`), so another thread
 //! may purge the free units of an idle heap.
 

@@ -1,7 +1,7 @@
 //! The leak report (`prof_leak=1`): at exit, the call stacks that still hold the most
 //! sampled memory, as text on stderr, symbolized with `dladdr` (exported symbols; other
 //! frames print as module + offset, for `addr2line`). Owns the report's format; calls
-//! `os` and libc. Runs at exit, outside allocator locks, and allocates normally.
+//! `os`, libc and its parent `prof` (the sample interval, the dropped samples). Runs at exit, outside allocator locks, and allocates normally.
 
 use super::table::StackSample;
 use core::fmt::Write;
