@@ -169,10 +169,20 @@ thread_local! {
     static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
-extern "C" {
-    /// glibc (`ld.so`): an address near the top of the initial thread's stack, set at
-    /// start-up.
-    static __libc_stack_end: *const c_void;
+/// An address near the top of the initial thread's stack, set at start-up (glibc's
+/// `__libc_stack_end`, in `ld.so`); 0 where the C library has none.
+#[cfg(target_arch = "x86_64")]
+fn libc_stack_end() -> usize {
+    #[cfg(target_env = "gnu")]
+    {
+        extern "C" {
+            static __libc_stack_end: *const c_void;
+        }
+        // SAFETY: glibc's variable, set once before any code of the program runs.
+        unsafe { __libc_stack_end as usize }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    0
 }
 
 /// The end (one past the highest byte) of the stack that `sp` lies on: the thread's
@@ -229,8 +239,7 @@ fn thread_stack(sp: usize) -> Option<(usize, usize)> {
     if let Some(own) = own.filter(holds_sp) {
         return Some(own);
     }
-    // SAFETY: glibc's variable, set once before any code of the program runs.
-    let initial = unsafe { __libc_stack_end } as usize;
+    let initial = libc_stack_end();
     if initial == 0 {
         return None;
     }
@@ -241,8 +250,7 @@ fn thread_stack(sp: usize) -> Option<(usize, usize)> {
 /// `stack_top` tells that stack's growth from a stack elsewhere.
 #[cfg(target_arch = "x86_64")]
 fn initial_stack_end() -> usize {
-    // SAFETY: glibc's variable, set once before any code of the program runs.
-    let at = unsafe { __libc_stack_end } as usize;
+    let at = libc_stack_end();
     // Relaxed: a hint read and written whole; a stale 0 only costs a lookup.
     match INITIAL_STACK_END.load(Ordering::Relaxed) {
         0 if at != 0 => {
