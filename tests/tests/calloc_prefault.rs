@@ -347,8 +347,10 @@ fn threads() {
         })
         .collect();
     drop(senders);
-    for h in handles {
-        let rx = h.join().unwrap();
+    // Every thread joined before any queue is dropped: a thread still running sends to
+    // the next one's queue, which an early drop closed (`SendError`, seen in a full run).
+    let queues: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for rx in queues {
         for (q, size) in rx.try_iter() {
             // SAFETY: a live object handed over and never freed, of this size.
             unsafe { dealloc(q as *mut u8, Layout::from_size_align(size, 8).unwrap()) };

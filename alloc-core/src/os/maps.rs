@@ -183,15 +183,44 @@ pub fn mapping_of(at: usize) -> Option<(usize, usize)> {
         ..LineRanges::default()
     };
     let mut buf = [0u8; READ_CHUNK];
-    loop {
+    while lines.found.is_none() {
         let n = file.read(&mut buf);
-        if n <= 0 || lines.found.is_some() {
+        if n <= 0 {
             break;
         }
         lines.feed(&buf[..n as usize]);
     }
     lines.found
 }
+
+/// Whether nothing readable lies right below `start` (the page before it is unmapped,
+/// or mapped without read access: a guard page), as `PROCMAP_QUERY` says; false where
+/// it cannot say (before 6.11, or no `/proc`). The heap profiler trusts a mapping as a
+/// thread's whole stack only when it is closed off below (review19b H1).
+pub fn closed_below(start: usize) -> bool {
+    if start < PAGE_BELOW || QUERY.load(Ordering::Relaxed) == 2 {
+        return false;
+    }
+    let _errno = super::ErrnoGuard::save();
+    let Some(file) = ProcFd::open(MAPS_PATH) else {
+        return false;
+    };
+    let mut q = ProcmapQuery {
+        size: core::mem::size_of::<ProcmapQuery>() as u64,
+        query_addr: (start - PAGE_BELOW) as u64,
+        ..ProcmapQuery::default()
+    };
+    // SAFETY: as in `query`: our descriptor, a valid `procmap_query` with no buffers.
+    if unsafe { libc::ioctl(file.fd(), PROCMAP_QUERY as _, &mut q as *mut ProcmapQuery) } != 0 {
+        return super::errno() == libc::ENOENT;
+    }
+    q.vma_flags & PROCMAP_QUERY_VMA_READABLE == 0
+}
+
+/// The page below a mapping's start that `closed_below` asks about.
+const PAGE_BELOW: usize = 4096;
+/// `PROCMAP_QUERY_VMA_READABLE` of `<linux/fs.h>`.
+const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
 
 /// Most mappings a source may span and still move, one `mremap` per mapping
 /// (`os::move_pages`); a source of more is copied. An object that arrived by a move and
@@ -630,6 +659,59 @@ mod tests {
                 lines.feed(&text[cut..]);
                 assert_eq!(lines.found, want, "at {at:#x}, cut at {cut}");
             }
+        }
+    }
+
+    /// A mapping is closed off below by a hole or a page without read access, not by a
+    /// readable mapping (here each case splits one private mapping of four pages).
+    #[test]
+    fn closed_below_tells_guards_and_holes_from_readable_neighbours() {
+        let page = PAGE_BELOW;
+        // SAFETY: a fresh private mapping of four pages, changed and unmapped only here.
+        let base = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                4 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let at = |i: usize| base as usize + i * page;
+        // Page 1 read-only: a readable neighbour below page 2's mapping.
+        // SAFETY: pages of the mapping above.
+        assert_eq!(
+            unsafe { libc::mprotect(at(1) as *mut _, page, libc::PROT_READ) },
+            0
+        );
+        if mapping_of(at(1)) != Some((at(1), at(2))) {
+            // SAFETY: as above.
+            unsafe { libc::munmap(base, 4 * page) };
+            return; // the kernel cannot say (no PROCMAP_QUERY, no /proc): nothing to test
+        }
+        let readable_below = closed_below(at(2));
+        // Page 1 a guard (no access): closed.
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::mprotect(at(1) as *mut _, page, libc::PROT_NONE) },
+            0
+        );
+        let guard_below = closed_below(at(2));
+        // Page 1 unmapped: closed.
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::munmap(at(1) as *mut _, page) }, 0);
+        let hole_below = closed_below(at(2));
+        // SAFETY: the pages of the mapping left.
+        unsafe {
+            libc::munmap(base, page);
+            libc::munmap(at(2) as *mut _, 2 * page);
+        }
+        if QUERY.load(Ordering::Relaxed) != 2 {
+            assert!(!readable_below, "a readable page below");
+            assert!(guard_below, "a guard page below");
+            assert!(hole_below, "nothing mapped below");
         }
     }
 

@@ -164,8 +164,9 @@ fn unloads() -> Option<u64> {
 #[cfg(target_arch = "x86_64")]
 thread_local! {
     /// This thread's stack, `[low, high)`, from `thread_stack` at its first sample;
-    /// `(0, 0)` until then, `(0, 1)` if it could not be told. `const`, no Drop: nothing
-    /// registered with the C library (see DESIGN's hazards).
+    /// `(0, 0)` until then, `(0, 1)` if it could not be told (the kernel could not say,
+    /// or that sample ran on another stack: this thread's walks are then `Probed`).
+    /// `const`, no Drop: nothing registered with the C library (see DESIGN's hazards).
     static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
@@ -190,8 +191,8 @@ fn libc_stack_end() -> usize {
 /// cannot bound (a coroutine's or fiber's, made by the program): that walk checks each
 /// page it reads (`Probed`).
 ///
-/// The thread's range is read once per thread, on its first sample (`thread_stack`),
-/// and again when `sp` is below it on the initial thread's stack, which grows.
+/// The thread's range is read on its first sample (`thread_stack`), and again when `sp`
+/// is just below it on the initial thread's stack, which grows.
 /// `sigaltstack` is a syscall, asked only when `sp` is outside the thread's stack.
 #[cfg(target_arch = "x86_64")]
 fn stack_top(sp: usize) -> Option<usize> {
@@ -218,32 +219,35 @@ fn stack_top(sp: usize) -> Option<usize> {
     None
 }
 
-/// The calling thread's stack `[low, high)`, where `sp` lies: for a thread glibc
-/// started, the mapping holding its thread descriptor (`pthread_self()`), up to the
-/// descriptor, which glibc puts at the top of the thread's stack (its own block, above
-/// the guard page's mapping, or the program's, `pthread_attr_setstack`); for the
-/// initial thread, the mapping holding `__libc_stack_end`. `None` when `sp` is in
-/// neither (a signal, coroutine or fiber stack) or the kernel cannot say.
+/// The calling thread's stack `[low, high)`, where `sp` lies: for the initial thread,
+/// the mapping holding `__libc_stack_end`; for a thread glibc started, the mapping
+/// holding its thread descriptor (`pthread_self()`), up to the descriptor, which glibc
+/// puts at the top of the thread's stack, and only if nothing readable lies below that
+/// mapping (glibc's guard page, or a gap): a stack without a guard page can share its
+/// mapping with a coroutine's stack mapped next to it, or lie in a bigger mapping
+/// (`pthread_attr_setstack` on allocated memory), and such a range would pass another
+/// stack off as this one (review19b H1). `None` when `sp` is in neither, or the kernel
+/// cannot say: that thread's walks check every page they read (`Probed`).
 ///
 /// Not `pthread_getattr_np`: it holds the thread's lock while it allocates (the
 /// initial thread's stack is read from `/proc/self/maps` through stdio, every thread's
 /// CPU set is `realloc`ed), so a sample taken inside it waited on that lock forever
-/// (review19 H1). `maps::mapping_of` allocates nothing and takes no lock of the C
-/// library.
+/// (review19 H1). `maps` allocates nothing and takes no lock of the C library.
 #[cfg(target_arch = "x86_64")]
 fn thread_stack(sp: usize) -> Option<(usize, usize)> {
+    let holds_sp = |&(low, high): &(usize, usize)| low <= sp && sp < high;
+    let initial = libc_stack_end();
+    if initial != 0 {
+        if let Some(stack) = crate::os::maps::mapping_of(initial).filter(holds_sp) {
+            return Some(stack);
+        }
+    }
     // SAFETY: no preconditions; returns the calling thread's descriptor.
     let descriptor = unsafe { libc::pthread_self() } as usize;
-    let holds_sp = |&(low, high): &(usize, usize)| low <= sp && sp < high;
-    let own = crate::os::maps::mapping_of(descriptor).map(|(low, end)| (low, end.min(descriptor)));
-    if let Some(own) = own.filter(holds_sp) {
-        return Some(own);
-    }
-    let initial = libc_stack_end();
-    if initial == 0 {
-        return None;
-    }
-    crate::os::maps::mapping_of(initial).filter(holds_sp)
+    let (low, end) = crate::os::maps::mapping_of(descriptor)?;
+    Some((low, end.min(descriptor)))
+        .filter(holds_sp)
+        .filter(|&(low, _)| crate::os::maps::closed_below(low))
 }
 
 /// The end of the initial thread's stack mapping as last seen (0 if unknown), so that
@@ -263,9 +267,10 @@ fn initial_stack_end() -> usize {
 }
 
 /// How far below its last known start `sp` may be for `stack_top` to ask whether the
-/// initial thread's stack grew there: within the usual stack limit's reach, and far
-/// short of where the kernel puts mappings (at least 128 MiB below the stack), so a
-/// coroutine's stack in the main thread costs no lookup per sample.
+/// initial thread's stack grew there: within the usual stack limit's reach, so a
+/// coroutine's stack of the main thread mapped further away costs no lookup per sample
+/// (one mapped nearer, which address randomisation allows, costs two per sample, and
+/// may leave the thread's cached range unknown: its walks are then `Probed`).
 #[cfg(target_arch = "x86_64")]
 const STACK_GROWTH: usize = 64 << 20;
 
