@@ -198,27 +198,19 @@ pub fn mapping_of(at: usize) -> Option<(usize, usize)> {
 /// it cannot say (before 6.11, or no `/proc`). The heap profiler trusts a mapping as a
 /// thread's whole stack only when it is closed off below (review19b H1).
 pub fn closed_below(start: usize) -> bool {
-    if start < PAGE_BELOW || QUERY.load(Ordering::Relaxed) == 2 {
+    if start < super::PAGE_SIZE || QUERY.load(Ordering::Relaxed) == 2 {
         return false;
     }
     let _errno = super::ErrnoGuard::save();
     let Some(file) = ProcFd::open(MAPS_PATH) else {
         return false;
     };
-    let mut q = ProcmapQuery {
-        size: core::mem::size_of::<ProcmapQuery>() as u64,
-        query_addr: (start - PAGE_BELOW) as u64,
-        ..ProcmapQuery::default()
-    };
-    // SAFETY: as in `query`: our descriptor, a valid `procmap_query` with no buffers.
-    if unsafe { libc::ioctl(file.fd(), PROCMAP_QUERY as _, &mut q as *mut ProcmapQuery) } != 0 {
-        return super::errno() == libc::ENOENT;
+    match ask(file.fd(), start - super::PAGE_SIZE) {
+        Ok(q) => q.vma_flags & PROCMAP_QUERY_VMA_READABLE == 0,
+        Err(errno) => errno == libc::ENOENT,
     }
-    q.vma_flags & PROCMAP_QUERY_VMA_READABLE == 0
 }
 
-/// The page below a mapping's start that `closed_below` asks about.
-const PAGE_BELOW: usize = 4096;
 /// `PROCMAP_QUERY_VMA_READABLE` of `<linux/fs.h>`.
 const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
 
@@ -366,6 +358,11 @@ pub(super) fn listed(addr: usize, len: usize) -> Layout {
 /// (a `/proc/self/maps` descriptor); else the call's errno. A kernel that knows no
 /// such query (`ENOTTY`, `EINVAL`) is not asked again (`QUERY`).
 fn query(fd: libc::c_int, at: usize) -> Result<(usize, usize), i32> {
+    ask(fd, at).map(|q| (q.vma_start as usize, q.vma_end as usize))
+}
+
+/// `query`'s `PROCMAP_QUERY`, the kernel's whole answer.
+fn ask(fd: libc::c_int, at: usize) -> Result<ProcmapQuery, i32> {
     let mut q = ProcmapQuery {
         size: core::mem::size_of::<ProcmapQuery>() as u64,
         query_addr: at as u64,
@@ -380,7 +377,7 @@ fn query(fd: libc::c_int, at: usize) -> Result<(usize, usize), i32> {
         }
         return Err(errno);
     }
-    Ok((q.vma_start as usize, q.vma_end as usize))
+    Ok(q)
 }
 
 /// Slots for the `/proc` descriptors open at one time (`ProcFd`); past them a caller
@@ -666,7 +663,7 @@ mod tests {
     /// readable mapping (here each case splits one private mapping of four pages).
     #[test]
     fn closed_below_tells_guards_and_holes_from_readable_neighbours() {
-        let page = PAGE_BELOW;
+        let page = crate::os::PAGE_SIZE;
         // SAFETY: a fresh private mapping of four pages, changed and unmapped only here.
         let base = unsafe {
             libc::mmap(
